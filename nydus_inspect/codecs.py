@@ -1,0 +1,130 @@
+"""Chunk and entry compressors: none, zstd and lz4_block, with bounded output.
+
+Nydus names its compressors with three different numberings (ToC entry flags,
+blob.meta / blob-table ``compression_algo``, and RAFS super-block flag bits);
+:class:`Compressor` maps between them. Decompression always knows the expected
+size and never produces more, so hostile input cannot make us allocate without
+bound.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import threading
+
+import lz4.block
+import zstandard
+
+from .errors import FormatError
+
+#: Largest uncompressed size we accept for any single decompression (1 GiB). Chunks are at most 16 MiB;
+#: bootstraps of very large images stay well below this.
+MAX_UNCOMPRESSED = 1 << 30
+
+
+class Compressor(enum.Enum):
+    NONE = "none"
+    LZ4_BLOCK = "lz4_block"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+    # --- numberings used on disk -------------------------------------------------
+    @property
+    def algo(self) -> int:
+        """``compress::Algorithm`` value (blob.meta header, blob table)."""
+        return _ALGO[self]
+
+    @property
+    def toc_flag(self) -> int:
+        return _TOC_FLAG[self]
+
+    @property
+    def super_flag(self) -> int:
+        return _SUPER_FLAG[self]
+
+    @classmethod
+    def from_algo(cls, value: int) -> Compressor:
+        for comp, algo in _ALGO.items():
+            if algo == value:
+                return comp
+        raise ValueError(f"unknown compression algorithm {value}")
+
+    @classmethod
+    def from_toc_flag(cls, value: int) -> Compressor:
+        for comp, flag in _TOC_FLAG.items():
+            if flag == value:
+                return comp
+        raise ValueError(f"unknown ToC compression flag {value:#x}")
+
+    @classmethod
+    def parse(cls, name: str) -> Compressor:
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(f"unknown compressor {name!r} (choose none, zstd or lz4_block)") from None
+
+
+_ALGO = {Compressor.NONE: 0, Compressor.LZ4_BLOCK: 1, Compressor.GZIP: 2, Compressor.ZSTD: 3}
+_TOC_FLAG = {Compressor.NONE: 0x1, Compressor.ZSTD: 0x2, Compressor.LZ4_BLOCK: 0x4}
+_SUPER_FLAG = {Compressor.NONE: 0x1, Compressor.LZ4_BLOCK: 0x2, Compressor.GZIP: 0x40, Compressor.ZSTD: 0x80}
+
+ZSTD_LEVEL = 3
+_local = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    # zstandard objects are not thread-safe; the packer compresses from a thread pool.
+    comp = getattr(_local, "zc", None)
+    if comp is None:
+        comp = _local.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return comp
+
+
+def compress(data: bytes, comp: Compressor) -> bytes:
+    """Compress ``data`` as nydus does: a zstd frame or a raw LZ4 block (no size prefix)."""
+    if comp is Compressor.NONE:
+        return bytes(data)
+    if comp is Compressor.ZSTD:
+        return _zstd_compressor().compress(data)
+    if comp is Compressor.LZ4_BLOCK:
+        return lz4.block.compress(data, store_size=False)
+    raise ValueError(f"compressor {comp.value} cannot be used for writing")
+
+
+def compress_if_smaller(data: bytes, comp: Compressor) -> tuple[bytes, bool]:
+    """Return ``(stored_bytes, compressed)``: the compressed form only when strictly smaller."""
+    if comp is Compressor.NONE or not data:
+        return bytes(data), False
+    packed = compress(data, comp)
+    if len(packed) < len(data):
+        return packed, True
+    return bytes(data), False
+
+
+def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", offset: int | None = None) -> bytes:
+    """Decompress ``data`` into exactly ``size`` bytes or raise FormatError naming ``what``."""
+    if size < 0 or size > MAX_UNCOMPRESSED:
+        raise FormatError(what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size)
+    try:
+        if comp is Compressor.NONE:
+            out = bytes(data)
+        elif comp is Compressor.ZSTD:
+            # A stream reader bounds the output whatever the frame header claims.
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
+                out = rd.read(size + 1) if size else rd.read(1)
+        elif comp is Compressor.LZ4_BLOCK:
+            out = lz4.block.decompress(bytes(data), uncompressed_size=size) if size else b""
+        else:
+            raise FormatError(what, f"compressor {comp.value} is not supported for reading", offset=offset)
+    except FormatError:
+        raise
+    except (zstandard.ZstdError, lz4.block.LZ4BlockError, ValueError, MemoryError) as exc:
+        raise FormatError(what, f"{comp.value} data does not decode: {exc}", offset=offset) from None
+    if len(out) > size:
+        raise FormatError(what, f"{comp.value} data decodes to more than {size} bytes", offset=offset)
+    if len(out) != size:
+        raise FormatError(
+            what, f"{comp.value} data decodes to {len(out)} bytes, expected {size}", offset=offset, value=len(out)
+        )
+    return out

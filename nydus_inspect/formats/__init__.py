@@ -1,0 +1,1 @@
+"""Sans-I/O codecs for every nydus on-disk structure: bytes in, dataclasses out, and back."""
