@@ -1,0 +1,375 @@
+"""The ``nydus-inspect`` command line: parse arguments, call operations, print.
+
+Exit codes: 0 ok, 1 a check failed, 2 bad usage or unreadable input. Errors are
+one line on stderr; no traceback reaches a user (set NYDUS_INSPECT_DEBUG=1 to
+see one for a bug report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable
+
+from .errors import NydusInspectError
+
+PROG = "nydus-inspect"
+
+
+# ---------------------------------------------------------------------------- output helpers
+def print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def stream_json_array(items: Iterable[dict]) -> None:
+    """Write a JSON array one element at a time (constant memory for huge listings)."""
+    w = sys.stdout.write
+    first = True
+    w("[")
+    for item in items:
+        w("\n  " if first else ",\n  ")
+        w(json.dumps(item, ensure_ascii=False))
+        first = False
+    w("\n]\n" if not first else "]\n")
+
+
+def print_table(headers: list[str], rows: Iterable[list[object]], right: set[int] | None = None) -> None:
+    rows = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    right = right or set()
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+
+    print(fmt(headers))
+    for row in rows:
+        print(fmt(row))
+
+
+def print_kv(pairs: list[tuple[str, object]], indent: str = "") -> None:
+    width = max((len(k) for k, _ in pairs), default=0)
+    for k, v in pairs:
+        print(f"{indent}{k.ljust(width)}  {v}")
+
+
+def mode_string(node) -> str:
+    return stat.filemode(node.mode)
+
+
+def _mtime(ts: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+
+
+# ---------------------------------------------------------------------------- commands
+def _open(args):
+    from .layer import open_layer
+
+    return open_layer(args.layer, blob_dir=getattr(args, "blob_dir", None), blobs=getattr(args, "blob", None))
+
+
+def cmd_info(args) -> int:
+    from .inspect import info
+
+    with _open(args) as layer:
+        data = info(layer)
+    if args.json:
+        print_json(data)
+        return 0
+    print_kv([("path", data["path"]), ("kind", data["kind"]), ("size", data["size"]), ("sha256", data["sha256"])])
+    for note in data.get("notes", []):
+        print(f"note: {note}")
+    if "toc" in data:
+        t = data["toc"]
+        print(f"toc: {t['entries']} entries, {t['size']} bytes, digest {t['digest']}")
+    if "blob_meta" in data:
+        h = data["blob_meta"]
+        print(
+            f"blob.meta: {h['ci_entries']} chunks, ci {h['ci_compressor']} at {h['ci_offset']} "
+            f"({h['ci_compressed_size']} -> {h['ci_uncompressed_size']} bytes), features {h['features']} "
+            f"({', '.join(h['features_names'])})"
+        )
+    boot = data.get("bootstrap")
+    if boot:
+        print(f"bootstrap: RAFS v{boot['version']}")
+        sb = boot["superblock"]
+        if boot["version"] == 6:
+            ext = boot["ext_superblock"]
+            print_kv(
+                [
+                    ("inodes", sb["inodes"]),
+                    ("root nid", sb["root_nid"]),
+                    ("meta blkaddr", sb["meta_blkaddr"]),
+                    ("flags", f"{ext['flags']} ({', '.join(ext['flags_names'])})"),
+                    ("compressor", ext["compressor"]),
+                    ("digester", ext["digester"]),
+                    ("chunk size", f"{ext['chunk_size']:#x}"),
+                    ("chunk table", f"{ext['chunk_table_entries']} entries at {ext['chunk_table_offset']}"),
+                    ("prefetch", " ".join(map(str, boot["prefetch"])) or "-"),
+                ],
+                indent="  ",
+            )
+        else:
+            print_kv(
+                [("inodes", sb["inodes"]), ("flags", f"{sb['flags']} ({', '.join(sb['flags_names'])})"),
+                 ("chunk size", f"{sb['chunk_size']:#x}")],
+                indent="  ",
+            )
+        blobs = boot["blobs"]
+        print(f"blob table: {len(blobs)} blob(s)")
+        for b in blobs:
+            bid = b.get("blob_id_resolved", b["blob_id"])
+            if boot["version"] == 5:
+                print(f"  [{b['index']}] {bid}")
+                continue
+            print(f"  [{b['index']}] {bid}")
+            print_kv(
+                [
+                    ("chunks", f"{b['chunk_count']} x {b['chunk_size']:#x}, {b['compressor']}, {b['digester']}"),
+                    ("sizes", f"compressed {b['compressed_size']}, uncompressed {b['uncompressed_size']}"),
+                    ("features", f"{b['features']} ({', '.join(b['features_names'])})"),
+                    ("blob.meta", f"{b['ci_compressor']} at {b['ci_offset']}, {b['ci_compressed_size']} -> "
+                                  f"{b['ci_uncompressed_size']} bytes"),
+                    ("toc", f"{b['blob_toc_size']} bytes, digest {b['blob_toc_digest']}"),
+                ],
+                indent="      ",
+            )
+    return 0
+
+
+def cmd_toc(args) -> int:
+    from .inspect import toc_report
+
+    with _open(args) as layer:
+        rep = toc_report(layer)
+    if args.json:
+        print_json(rep)
+        return 0
+    for note in rep["notes"]:
+        print(f"note: {note}")
+    print_table(
+        ["NAME", "COMPRESSOR", "OFFSET", "STORED", "SIZE", "SHA256"],
+        (
+            [e["name"], e["compressor"], e["compressed_offset"], e["compressed_size"], e["uncompressed_size"],
+             e["sha256"] or "-"]
+            for e in rep["entries"]
+        ),
+        right={2, 3, 4},
+    )
+    if rep["toc_digest"]:
+        print(f"toc digest: {rep['toc_digest']} ({rep['toc_size']} bytes)")
+    else:
+        print("no ToC: entries from the tar-header walk")
+    return 0
+
+
+def cmd_entry(args) -> int:
+    with _open(args) as layer:
+        if args.raw:
+            chunks: Iterable[bytes] = [layer.entry_raw(args.name)]
+        else:
+            chunks = layer.iter_entry(args.name)
+        _write_stream(chunks, args.output)
+    return 0
+
+
+def _write_stream(chunks: Iterable[bytes], output: str | None) -> None:
+    from .fsutil import atomic_output
+
+    if output and output != "-":
+        with atomic_output(output) as f:
+            for c in chunks:
+                f.write(c)
+    else:
+        out = sys.stdout.buffer
+        for c in chunks:
+            out.write(c)
+        out.flush()
+
+
+def cmd_chunks(args) -> int:
+    from .inspect import chunks_report
+
+    with _open(args) as layer:
+        it = chunks_report(layer)
+        head = next(it)
+        if args.json:
+            w = sys.stdout.write
+            w(f'{{"source": {json.dumps(head["source"])}, "header": {json.dumps(head["header"])}, "chunks": ')
+            stream_json_array(it)
+            w("}\n")
+            return 0
+        print(f"source: {head['source']}")
+        for k, v in head["header"].items():
+            print(f"  {k}: {v}")
+        print_table(
+            ["INDEX", "C.OFFSET", "C.SIZE", "U.OFFSET", "U.SIZE", "COMP", "DIGEST"],
+            (
+                [c["index"], c["compressed_offset"], c["compressed_size"], c["uncompressed_offset"],
+                 c["uncompressed_size"], "yes" if c["compressed"] else "no", c.get("digest") or "-"]
+                for c in it
+            ),
+            right={0, 1, 2, 3, 4},
+        )
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from .inspect import list_nodes
+    from .model import fsdecode
+
+    with _open(args) as layer:
+        nodes = list_nodes(layer, args.path, args.recursive, with_chunks=args.chunks)
+        if args.json:
+            stream_json_array(n.to_json(with_chunks=args.chunks) for n in nodes)
+            return 0
+        for n in nodes:
+            name = fsdecode(n.path)
+            if not args.long:
+                print(name)
+                continue
+            size = f"{os.major(n.rdev)},{os.minor(n.rdev)}" if n.type in ("char", "block") else str(n.size)
+            line = f"{mode_string(n)} {n.nlink:>3} {n.uid:>5} {n.gid:>5} {size:>10} {_mtime(n.mtime)} {name}"
+            if n.target is not None:
+                line += f" -> {fsdecode(n.target)}"
+            if n.hardlink is not None:
+                line += f"  [hardlink group {n.hardlink}]"
+            print(line)
+            for k, v in sorted(n.xattrs.items()):
+                print(f"    xattr {fsdecode(k)}={v!r}")
+            if args.chunks and n.chunks:
+                for c in n.chunks:
+                    print(
+                        f"    chunk @{c.file_offset}: blob {c.blob_index} #{c.ci_index} "
+                        f"c[{c.compressed_offset}+{c.compressed_size}] u[{c.uncompressed_offset}+{c.uncompressed_size}] "
+                        f"{c.digest.hex()}"
+                    )
+    return 0
+
+
+def cmd_cat(args) -> int:
+    from .inspect import cat
+
+    with _open(args) as layer:
+        _write_stream(cat(layer, args.path), args.output)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def _layer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("layer", metavar="LAYER", help="nydus layer blob, RAFS bootstrap, or bootstrap layer (tar/tar.gz)")
+    p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)")
+    p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Inspect, pack, unpack and verify Nydus (RAFS v6) layers.")
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("info", help="what a layer is: superblocks, blob table, ToC summary")
+    _layer_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("toc", help="the blob's table of contents (or its tar sections)")
+    _layer_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_toc)
+
+    s = sub.add_parser("entry", help="extract one blob entry, decompressed and checked")
+    _layer_args(s)
+    s.add_argument("name", metavar="NAME", help="image.boot, blob.meta, blob.meta.header, blob.digest, image.blob, rafs.blob.toc")
+    s.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    s.add_argument("--raw", action="store_true", help="the stored (compressed) bytes, unchecked")
+    s.set_defaults(func=cmd_entry)
+
+    s = sub.add_parser("chunks", help="blob.meta header and chunk records (or the bootstrap chunk table)")
+    _layer_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_chunks)
+
+    s = sub.add_parser("ls", help="list the file tree of the bootstrap")
+    _layer_args(s)
+    s.add_argument("path", nargs="?", default="/", metavar="PATH")
+    s.add_argument("-R", "--recursive", action="store_true")
+    s.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime, link target")
+    s.add_argument("--chunks", action="store_true", help="with -l or --json: each file's chunks")
+    s.add_argument("--json", action="store_true", help="a JSON array, streamed")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("cat", help="a file's bytes, read chunk by chunk and checked against chunk digests")
+    _layer_args(s)
+    s.add_argument("path", metavar="PATH")
+    s.add_argument("-o", "--output", metavar="FILE")
+    s.set_defaults(func=cmd_cat)
+
+    _register_extra(sub)
+    return p
+
+
+def _register_extra(sub) -> None:
+    """Commands from the operation modules (pack, unpack, diff, verify...), when present."""
+    from . import cli_ops
+
+    cli_ops.register(sub)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nydus-inspect")
+    except Exception:
+        return "0+unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except NydusInspectError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (| head); exit quietly, as cat does.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except OSError as exc:
+        _error(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}")
+        return 2
+    except Exception as exc:  # a bug: keep it to one line, unless debugging
+        if os.environ.get("NYDUS_INSPECT_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (set NYDUS_INSPECT_DEBUG=1 for a traceback)")
+        return 3
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message.splitlines()[0] if message else 'unknown error'}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Sub-commands backed by the operation modules: pack, unpack, diff, cache-file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+from .errors import UsageError
+
+
+def _progress_wanted(args) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bar(args, description: str, total: int | None) -> Iterator:
+    """A rich progress bar on stderr (TTY only, not with --quiet); yields an update(done) callable."""
+    if not _progress_wanted(args):
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), transient=True, console=_stderr_console(),
+    ) as prog:
+        task = prog.add_task(description, total=total)
+        last = [0]
+
+        def update(done: int) -> None:
+            if done - last[0] >= 1 << 20 or (total and done >= total):
+                last[0] = done
+                prog.update(task, completed=done)
+
+        yield update
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _warnings_to_stderr(args) -> None:
+    if getattr(args, "quiet", False):
+        logging.basicConfig(level=logging.ERROR, format="nydus-inspect: %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="nydus-inspect: warning: %(message)s")
+
+
+def cmd_pack(args) -> int:
+    from .codecs import Compressor
+    from .digests import Digester
+    from .pack import PackOptions, pack
+
+    _warnings_to_stderr(args)
+    try:
+        opts = PackOptions(
+            compressor=Compressor.parse(args.compressor),
+            digester=Digester.parse(args.digester),
+            chunk_size=int(args.chunk_size, 0),
+            bootstrap=args.bootstrap,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
+    with progress_bar(args, "pack", total) as update:
+        opts.progress = update
+        res = pack(args.source, args.output, opts)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res.to_json())
+        return 0
+    print(f"sha256:{res.digest}  {res.path}")
+    print(
+        f"{res.entries} entries, {res.files} files, {res.data_bytes} bytes in {res.chunks} chunks "
+        f"({res.unique_chunks} stored, {res.stored_bytes} bytes), bootstrap {res.bootstrap_size} bytes, "
+        f"blob {res.size} bytes"
+    )
+    return 0
+
+
+def _open(args):
+    from .layer import open_layer
+
+    return open_layer(args.layer, blob_dir=args.blob_dir, blobs=args.blob)
+
+
+def cmd_unpack(args) -> int:
+    from .unpack import to_dir, to_tar
+
+    if not args.output and not args.to_dir:
+        raise UsageError("unpack needs -o OUT.tar (or - for stdout) or --to-dir DIR")
+    with _open(args) as layer:
+        if args.to_dir:
+            res = to_dir(layer, args.to_dir)
+        else:
+            res = to_tar(layer, args.output)
+    if args.output != "-" and not args.quiet:
+        msg = f"{res.entries} entries, {res.files} files, {res.bytes} bytes"
+        if res.skipped:
+            msg += f", {res.skipped} skipped (sockets, or devices without privilege)"
+        print(msg, file=sys.stderr)
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .diff import diff_paths
+
+    diffs = diff_paths(args.a, args.b, blob_dir=args.blob_dir, blobs=args.blob)
+    if args.json:
+        from .cli import print_json
+
+        print_json({"equal": not diffs, "differences": [d.to_json() for d in diffs]})
+    elif diffs:
+        for d in diffs:
+            print(d)
+        print(f"{len(diffs)} difference(s)")
+    else:
+        print("no differences")
+    return 1 if diffs else 0
+
+
+def cmd_cache_file(args) -> int:
+    from .unpack import cache_file
+
+    with _open(args) as layer:
+        size = cache_file(layer, args.output, args.blob_index)
+    if not args.quiet:
+        print(f"{args.output}: {size} bytes", file=sys.stderr)
+    return 0
+
+
+def _layer_args(p) -> None:
+    p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
+    p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
+    p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+
+
+def register(sub) -> None:
+    s = sub.add_parser("pack", help="OCI layer tar (plain, gzip, zstd, or - for stdin) -> nydus layer blob")
+    s.add_argument("source", metavar="LAYER.tar")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
+    s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
+    s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
+    s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
+    s.add_argument("--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_pack)
+
+    s = sub.add_parser("unpack", help="nydus layer -> OCI layer tar, or a directory")
+    _layer_args(s)
+    s.add_argument("-o", "--output", metavar="OUT.tar", help="tar to write (- for stdout)")
+    s.add_argument("--to-dir", metavar="DIR", help="extract into DIR (never writes outside it)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_unpack)
+
+    s = sub.add_parser("diff", help="compare two trees (layer tar, nydus layer or bootstrap) entry by entry")
+    s.add_argument("a", metavar="SOURCE")
+    s.add_argument("b", metavar="LAYER")
+    s.add_argument("--blob-dir", metavar="DIR")
+    s.add_argument("--blob", metavar="FILE", action="append")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
+    _layer_args(s)
+    s.add_argument("-o", "--output", required=True, metavar="FILE")
+    s.add_argument("--blob-index", type=int, default=None, help="which blob of the table (default: the layer's own)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_cache_file)

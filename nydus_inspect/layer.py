@@ -1,0 +1,628 @@
+"""Open what a nydus user has in hand and find its parts.
+
+A *layer* is one of: a nydus layer blob (tar-like, with or without ToC; inline
+bootstrap or data only), a raw RAFS v6 or v5 bootstrap, or a bootstrap layer
+(tar / tar.gz holding ``image/image.boot``). :func:`open_layer` sniffs which,
+locates the sections (ToC first, tar-header walk as fallback, tolerating the
+old-blob quirks), and gives access to the bootstrap model and the chunk data
+of every blob the bootstrap lists.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import mmap
+import os
+import struct
+import tarfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+from . import codecs
+from .codecs import Compressor
+from .errors import FormatError, UsageError
+from .formats import blob_meta, rafs_v5, rafs_v6, tar_header, toc
+from .formats.tar_header import (
+    BLOB_DIGEST,
+    BLOB_META,
+    BLOB_META_HEADER,
+    IMAGE_BLOB,
+    IMAGE_BOOT,
+    RAFS_BLOB_TOC,
+)
+from .model import Chunk, Node, RafsV6
+
+log = logging.getLogger(__name__)
+
+SECTION_NAMES = (IMAGE_BLOB, BLOB_META, BLOB_DIGEST, IMAGE_BOOT, RAFS_BLOB_TOC)
+ENTRY_NAMES = (IMAGE_BLOB, BLOB_META, BLOB_META_HEADER, BLOB_DIGEST, IMAGE_BOOT, RAFS_BLOB_TOC)
+#: Largest bootstrap we load (uncompressed). A 1M-inode image is far below this.
+MAX_BOOTSTRAP = 1 << 30
+#: Bootstrap layers are small tars; refuse to scan more members than this.
+MAX_TAR_MEMBERS = 100_000
+
+KIND_BLOB_TOC = "nydus-blob"  # layer blob with rafs.blob.toc
+KIND_BLOB_NO_TOC = "nydus-blob-no-toc"  # layer blob found by tar-header walk only
+KIND_BOOTSTRAP = "bootstrap"  # raw RAFS v6 bootstrap
+KIND_BOOTSTRAP_V5 = "bootstrap-v5"
+KIND_BOOTSTRAP_LAYER = "bootstrap-layer"  # tar(.gz) holding image/image.boot
+
+
+@dataclass(frozen=True)
+class Section:
+    """A region of a blob file found by the tar-header walk: ``[offset, offset+size)`` then its header."""
+
+    name: str
+    offset: int
+    size: int
+    header_offset: int
+
+
+class Layer:
+    """One opened layer. Cheap to create; everything is decoded on first use."""
+
+    def __init__(self, path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> None:
+        self.path = path
+        self.name = os.path.basename(path)
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot open: {exc.strerror}") from None
+        self.size = os.fstat(self._fd).st_size
+        self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) if self.size else b""
+        self.blob_dir = blob_dir
+        self.extra_blobs = list(blobs or [])
+        self.kind = ""
+        self.toc: list[toc.TocEntry] | None = None
+        self.toc_bytes = b""
+        self.toc_header = b""
+        self.sections: list[Section] = []
+        self.notes: list[str] = []
+        self._bootstrap_raw: bytes | None = None
+        self._blob_files: dict[int, BlobFile] = {}
+        try:
+            self._sniff()
+        except FormatError as exc:
+            self.close()
+            raise exc.located(path) from None
+
+    # ------------------------------------------------------------------ life cycle
+    def close(self) -> None:
+        for bf in self._blob_files.values():
+            if bf.layer is not self:
+                bf.close()
+        self._blob_files.clear()
+        if isinstance(self._map, mmap.mmap):
+            try:
+                self._map.close()
+            except BufferError:
+                pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Layer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ raw access
+    def pread(self, offset: int, size: int, what: str = "data") -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise FormatError(what, f"range of {size} bytes lies outside the {self.size}-byte file", offset=offset)
+        return bytes(self._map[offset : offset + size])
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the whole file (the OCI layer digest)."""
+        h = hashlib.sha256()
+        for off in range(0, self.size, 1 << 22):
+            h.update(self._map[off : off + (1 << 22)])
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ sniffing
+    def _sniff(self) -> None:
+        m = self._map
+        if self.size == 0:
+            raise FormatError("layer", "the file is empty", offset=0)
+        if self.size >= 512 and self._try_blob():
+            return
+        if self.size >= 8 and struct.unpack_from("<II", m, 0) == (rafs_v5.MAGIC, rafs_v5.VERSION):
+            self.kind = KIND_BOOTSTRAP_V5
+            return
+        if self.size >= 1028 and struct.unpack_from("<I", m, 1024)[0] == rafs_v6.EROFS_MAGIC:
+            self.kind = KIND_BOOTSTRAP
+            return
+        if self.size >= 2 and m[:2] == b"\x1f\x8b" or self.size >= 265 and m[257:262] == b"ustar":
+            self.kind = KIND_BOOTSTRAP_LAYER
+            return
+        raise FormatError(
+            "layer",
+            "not a nydus layer blob, RAFS bootstrap or bootstrap layer (no ToC, no tar header at the end, "
+            "no RAFS magic, no tar or gzip signature)",
+            offset=0,
+        )
+
+    def _try_blob(self) -> bool:
+        tail_off = self.size - 512
+        tail = self._map[tail_off:]
+        try:
+            hdr = tar_header.parse(tail, tail_off)
+        except FormatError:
+            return False
+        if hdr.name not in SECTION_NAMES:
+            return False
+        if hdr.name == RAFS_BLOB_TOC:
+            self._read_toc(hdr)
+            self.kind = KIND_BLOB_TOC
+        else:
+            self.kind = KIND_BLOB_NO_TOC
+            self.notes.append("no rafs.blob.toc: sections found by walking the tar headers")
+        self.sections = self._walk_sections()
+        return True
+
+    def _read_toc(self, hdr: tar_header.TarHeader) -> None:
+        if not hdr.gnu:
+            raise FormatError("rafs.blob.toc tar header", "not an old-GNU header", offset=hdr.offset + 257)
+        if hdr.size > toc.MAX_TOC_SIZE or hdr.size > hdr.offset:
+            raise FormatError(
+                "rafs.blob.toc tar header", "size larger than 1 MiB or than the data before it", field="size",
+                offset=hdr.offset + 124, value=hdr.size,
+            )
+        start = hdr.offset - hdr.size
+        self.toc_bytes = self.pread(start, hdr.size, "rafs.blob.toc")
+        self.toc_header = self.pread(hdr.offset, 512, "rafs.blob.toc tar header")
+        entries = toc.parse(self.toc_bytes, start)
+        limit = start  # entries describe bytes before the ToC
+        for i, ent in enumerate(entries):
+            where = start + i * toc.ENTRY_SIZE
+            off = self._entry_offset(ent)
+            if off + ent.compressed_size > limit:
+                raise toc.ENTRY.error(
+                    "compressed_size", where, f"entry {ent.name} runs past the data before the ToC ({limit} bytes)",
+                    ent.compressed_size,
+                )
+            if ent.compressor is Compressor.NONE and ent.name != IMAGE_BLOB and ent.compressed_size != ent.uncompressed_size:
+                raise toc.ENTRY.error(
+                    "uncompressed_size", where, f"uncompressed entry {ent.name} has a different stored size",
+                    ent.uncompressed_size,
+                )
+            if ent.uncompressed_size > codecs.MAX_UNCOMPRESSED and ent.name != IMAGE_BLOB:
+                raise toc.ENTRY.error("uncompressed_size", where, "entry larger than 1 GiB", ent.uncompressed_size)
+        self.toc = entries
+        blob = self.toc_entry(IMAGE_BLOB)
+        if blob is not None and blob.compressed_offset != 0:
+            self.notes.append(
+                f"image.blob ToC offset field is {blob.compressed_offset} (old-blob quirk); its data starts at 0"
+            )
+
+    @staticmethod
+    def _entry_offset(ent: toc.TocEntry) -> int:
+        # Blobs built before 2023 record image.blob at the *end* of the chunk data; it always starts at 0.
+        return 0 if ent.name == IMAGE_BLOB else ent.compressed_offset
+
+    def _walk_sections(self) -> list[Section]:
+        """The seed converter's tar walk: from the end, each header's data sits right before it."""
+        out: list[Section] = []
+        cur = self.size - 512
+        while cur >= 0:
+            hdr = tar_header.parse(self._map[cur : cur + 512], cur)
+            if hdr.size > cur:
+                raise FormatError(
+                    f"{hdr.name} tar header", "size larger than the data before it", field="size",
+                    offset=cur + 124, value=hdr.size,
+                )
+            out.append(Section(hdr.name, cur - hdr.size, hdr.size, cur))
+            cur = cur - hdr.size - 512
+            if cur < 0:
+                # Data must start exactly at offset 0.
+                if cur != -512:
+                    raise FormatError("tar header walk", "sections do not start at offset 0", offset=cur + 512)
+                break
+        out.reverse()
+        return out
+
+    # ------------------------------------------------------------------ entries
+    def toc_entry(self, name: str) -> toc.TocEntry | None:
+        for ent in self.toc or ():
+            if ent.name == name:
+                return ent
+        return None
+
+    def section(self, name: str) -> Section | None:
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        return None
+
+    def entry_names(self) -> list[str]:
+        if self.toc is not None:
+            return [e.name for e in self.toc] + [RAFS_BLOB_TOC]
+        names = []
+        for sec in self.sections:
+            if sec.name == BLOB_META:
+                names += [BLOB_META, BLOB_META_HEADER]
+            else:
+                names.append(sec.name)
+        return names
+
+    def entry_location(self, name: str) -> tuple[int, int, Compressor, int, bytes | None]:
+        """(stored offset, stored size, compressor, uncompressed size, sha256 or None) of entry ``name``."""
+        if name == RAFS_BLOB_TOC and self.toc is not None:
+            start = self.size - 512 - len(self.toc_bytes)
+            return start, len(self.toc_bytes), Compressor.NONE, len(self.toc_bytes), None
+        ent = self.toc_entry(name)
+        if ent is not None:
+            return self._entry_offset(ent), ent.compressed_size, ent.compressor, ent.uncompressed_size, ent.uncompressed_digest
+        # Tar-walk fallback (no ToC, or a name the ToC does not list).
+        if name == BLOB_META_HEADER:
+            sec = self.section(BLOB_META)
+            if sec and sec.size >= blob_meta.HEADER_SIZE:
+                return sec.offset + sec.size - blob_meta.HEADER_SIZE, blob_meta.HEADER_SIZE, Compressor.NONE, blob_meta.HEADER_SIZE, None
+        elif name == BLOB_META:
+            sec = self.section(BLOB_META)
+            if sec and sec.size >= blob_meta.HEADER_SIZE:
+                hdr = blob_meta.BlobMetaHeader.parse(self._map, sec.offset + sec.size - blob_meta.HEADER_SIZE)
+                comp = Compressor.from_algo(hdr.s_ci_compressor)
+                return sec.offset, sec.size - blob_meta.HEADER_SIZE, comp, hdr.s_ci_uncompressed_size, None
+        else:
+            sec = self.section(name)
+            if sec is not None:
+                if name == IMAGE_BOOT and self.toc is None:
+                    # Without a ToC nydus stores the bootstrap raw, unless it is a zstd frame.
+                    comp = Compressor.ZSTD if self._map[sec.offset : sec.offset + 4] == b"\x28\xb5\x2f\xfd" else Compressor.NONE
+                    usize = sec.size if comp is Compressor.NONE else -1
+                    return sec.offset, sec.size, comp, usize, None
+                return sec.offset, sec.size, Compressor.NONE, sec.size, None
+        raise UsageError(f"{self.path}: no entry named {name!r} (this layer has: {', '.join(self.entry_names()) or 'none'})")
+
+    def entry_raw(self, name: str) -> bytes:
+        off, size, _, _, _ = self.entry_location(name)
+        return self.pread(off, size, name)
+
+    def entry(self, name: str, verify: bool = True) -> bytes:
+        """The decompressed bytes of entry ``name``, checked against the ToC's size and sha256."""
+        off, size, comp, usize, digest = self.entry_location(name)
+        raw = self.pread(off, size, name)
+        if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
+            usize = _zstd_frame_size(raw, name, off)
+        data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
+        if verify and digest is not None:
+            got = hashlib.sha256(data)
+            if name == IMAGE_BLOB:
+                got.update(self.pread(off + size, 512, "image.blob tar header"))
+            if got.digest() != digest:
+                raise FormatError(
+                    "toc entry", f"sha256 of {name} is {got.hexdigest()}, the ToC says {digest.hex()}",
+                    field="uncompressed_digest", offset=off,
+                )
+        return data
+
+    def iter_entry(self, name: str, block: int = 1 << 20) -> Iterator[bytes]:
+        """Stream an entry; uncompressed entries (image.blob) are never loaded whole."""
+        off, size, comp, _, digest = self.entry_location(name)
+        if comp is not Compressor.NONE:
+            yield self.entry(name)
+            return
+        h = hashlib.sha256()
+        for pos in range(off, off + size, block):
+            chunk = self.pread(pos, min(block, off + size - pos), name)
+            h.update(chunk)
+            yield chunk
+        if digest is not None:
+            if name == IMAGE_BLOB:
+                h.update(self.pread(off + size, 512, "image.blob tar header"))
+            if h.digest() != digest:
+                raise FormatError(
+                    "toc entry", f"sha256 of {name} is {h.hexdigest()}, the ToC says {digest.hex()}",
+                    field="uncompressed_digest", offset=off,
+                )
+
+    @cached_property
+    def toc_digest(self) -> bytes | None:
+        if self.toc is None:
+            return None
+        return toc.toc_digest(self.toc_bytes, self.toc_header)
+
+    # ------------------------------------------------------------------ blob.meta
+    def has_entry(self, name: str) -> bool:
+        try:
+            self.entry_location(name)
+        except UsageError:
+            return False
+        return True
+
+    @cached_property
+    def blob_meta_header(self) -> blob_meta.BlobMetaHeader | None:
+        if not self.has_entry(BLOB_META_HEADER):
+            return None
+        off, size, _, _, _ = self.entry_location(BLOB_META_HEADER)
+        try:
+            return blob_meta.BlobMetaHeader.parse(self.entry(BLOB_META_HEADER), 0, off)
+        except FormatError as exc:
+            raise exc.located(self.path) from None
+
+    @cached_property
+    def chunk_infos(self) -> blob_meta.ChunkInfoArray | None:
+        hdr = self.blob_meta_header
+        if hdr is None:
+            return None
+        off, size, comp, usize, _ = self.entry_location(BLOB_META)
+        if off != hdr.s_ci_offset or size != hdr.s_ci_compressed_size:
+            raise FormatError(
+                "blob.meta.header", f"ci location {hdr.s_ci_offset}+{hdr.s_ci_compressed_size} differs from the "
+                f"blob.meta entry at {off}+{size}", field="s_ci_offset", offset=off + size, value=hdr.s_ci_offset,
+            ).located(self.path)
+        data = self.entry(BLOB_META)
+        if len(data) != hdr.s_ci_uncompressed_size:
+            raise FormatError("blob.meta", "decoded size differs from the header", offset=off, value=len(data)).located(self.path)
+        return blob_meta.ChunkInfoArray(data, hdr.s_ci_entries, bool(hdr.s_features & blob_meta.CHUNK_INFO_V2), off)
+
+    @cached_property
+    def chunk_digests(self) -> list[bytes] | None:
+        if not self.has_entry(BLOB_DIGEST):
+            return None
+        data = self.entry(BLOB_DIGEST)
+        if len(data) % 32:
+            raise FormatError("blob.digest", "size is not a multiple of 32", value=len(data)).located(self.path)
+        hdr = self.blob_meta_header
+        if hdr is not None and len(data) != 32 * hdr.s_ci_entries:
+            raise FormatError(
+                "blob.digest", f"holds {len(data) // 32} digests for {hdr.s_ci_entries} chunks", value=len(data)
+            ).located(self.path)
+        return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+    # ------------------------------------------------------------------ bootstrap
+    @property
+    def has_bootstrap(self) -> bool:
+        return self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_LAYER, KIND_BOOTSTRAP_V5) or self.has_entry(IMAGE_BOOT)
+
+    def bootstrap_bytes(self):
+        if self._bootstrap_raw is not None:
+            return self._bootstrap_raw
+        try:
+            if self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5):
+                data = self._map
+            elif self.kind == KIND_BOOTSTRAP_LAYER:
+                data = self._bootstrap_from_tar()
+            elif self.has_entry(IMAGE_BOOT):
+                data = self.entry(IMAGE_BOOT)
+            else:
+                raise UsageError(
+                    f"{self.path}: this blob holds no bootstrap (image.boot); pass the bootstrap instead, "
+                    "with this blob in --blob-dir"
+                )
+        except FormatError as exc:
+            raise exc.located(self.path) from None
+        self._bootstrap_raw = data
+        return data
+
+    def _bootstrap_from_tar(self) -> bytes:
+        raw = io.BytesIO(self._map)
+        try:
+            if self._map[:2] == b"\x1f\x8b":
+                fobj: io.IOBase = gzip.GzipFile(fileobj=raw)
+            else:
+                fobj = raw
+            with tarfile.open(fileobj=fobj, mode="r|") as tf:
+                for count, member in enumerate(tf):
+                    if count >= MAX_TAR_MEMBERS:
+                        break
+                    if member.name.lstrip("./") == "image/image.boot":
+                        if not member.isreg():
+                            raise FormatError("bootstrap layer", "image/image.boot is not a regular file")
+                        if member.size > MAX_BOOTSTRAP:
+                            raise FormatError("bootstrap layer", "image/image.boot larger than 1 GiB", value=member.size)
+                        f = tf.extractfile(member)
+                        data = f.read() if f else b""
+                        if len(data) != member.size:
+                            raise FormatError("bootstrap layer", "image/image.boot is truncated", value=len(data))
+                        return data
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise FormatError("bootstrap layer", f"not a readable tar or tar.gz: {exc}") from None
+        raise FormatError("bootstrap layer", "no image/image.boot in this tar")
+
+    @cached_property
+    def rafs(self) -> RafsV6:
+        data = self.bootstrap_bytes()
+        if len(data) >= 8 and struct.unpack_from("<II", data, 0) == (rafs_v5.MAGIC, rafs_v5.VERSION):
+            raise FormatError(
+                "rafs v5 superblock", "this is a RAFS v5 bootstrap; this command needs RAFS v6", offset=0,
+                value=rafs_v5.MAGIC,
+            ).located(self.path)
+        try:
+            return RafsV6(data, ci_source=self._ci_source)
+        except FormatError as exc:
+            raise exc.located(self.path) from None
+
+    @cached_property
+    def rafs_v5(self) -> rafs_v5.RafsV5:
+        try:
+            return rafs_v5.RafsV5(self.bootstrap_bytes())
+        except FormatError as exc:
+            raise exc.located(self.path) from None
+
+    @property
+    def is_v5(self) -> bool:
+        data = self.bootstrap_bytes()
+        return len(data) >= 8 and struct.unpack_from("<II", data, 0) == (rafs_v5.MAGIC, rafs_v5.VERSION)
+
+    def _ci_source(self, blob_index: int):
+        bf = self.blob_file(blob_index, required=False)
+        return bf.layer.chunk_infos if bf is not None else None
+
+    # ------------------------------------------------------------------ blob files
+    def own_blob_index(self) -> int | None:
+        """The blob-table index of this layer's own data, for a blob with an inline bootstrap.
+
+        v2.3 writes the placeholder id and INLINED_FS_META; 2022 builders wrote the real id. The blob
+        whose blob.meta sits where this file's blob.meta is, or the only blob, is this file's own.
+        """
+        if self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or not self.has_entry(IMAGE_BLOB):
+            return None
+        if "_own" in self.__dict__:
+            return self.__dict__["_own"]
+        blobs = self.rafs.blobs
+        own = None
+        for ent in blobs:
+            if ent.id in (rafs_v6.PLACEHOLDER_BLOB_ID, self.name.split(".")[0]) or ent.features & blob_meta.INLINED_FS_META:
+                own = ent.blob_index
+                break
+        else:
+            hdr = self.blob_meta_header
+            for ent in blobs:
+                if hdr is not None and ent.ci_offset == hdr.s_ci_offset and ent.chunk_count == hdr.s_ci_entries:
+                    own = ent.blob_index
+                    break
+            else:
+                if len(blobs) == 1:
+                    own = 0
+        self.__dict__["_own"] = own
+        return own
+
+    def blob_id(self, blob_index: int) -> str:
+        """The real id of a blob: the placeholder of an inline layer becomes the layer file's name."""
+        ent = self.rafs.blobs[blob_index]
+        if blob_index == self.own_blob_index() and (
+            ent.id == rafs_v6.PLACEHOLDER_BLOB_ID or ent.features & blob_meta.INLINED_FS_META
+        ):
+            return self.name.split(".")[0]
+        return ent.id
+
+    def blob_file(self, blob_index: int, required: bool = True) -> BlobFile | None:
+        bf = self._blob_files.get(blob_index)
+        if bf is not None:
+            return bf
+        if blob_index == self.own_blob_index():
+            bf = BlobFile(self, self.rafs.blobs[blob_index])
+        else:
+            ent = self.rafs.blobs[blob_index]
+            path = self._find_blob(ent.id)
+            if path is None:
+                if not required:
+                    return None
+                where = self.blob_dir or os.path.dirname(os.path.abspath(self.path))
+                raise UsageError(
+                    f"{self.path}: blob {blob_index} ({ent.id}) not found; give it with --blob FILE or --blob-dir DIR "
+                    f"(looked in {where})"
+                )
+            layer = Layer(path)
+            bf = BlobFile(layer, ent)
+        self._blob_files[blob_index] = bf
+        return bf
+
+    def _find_blob(self, blob_id: str) -> str | None:
+        for p in self.extra_blobs:
+            if os.path.basename(p).split(".")[0] == blob_id:
+                return p
+        dirs = [self.blob_dir] if self.blob_dir else [os.path.dirname(os.path.abspath(self.path))]
+        for d in dirs:
+            for cand in (blob_id, blob_id + ".blob"):
+                p = os.path.join(d, cand)
+                if os.path.isfile(p):
+                    return p
+        if len(self.extra_blobs) == 1 and len(self.rafs.blobs) == 1:
+            return self.extra_blobs[0]
+        return None
+
+    def read_chunk(self, chunk: Chunk, verify: bool = True) -> bytes:
+        return self.blob_file(chunk.blob_index).read_chunk(chunk, self.rafs, verify)
+
+    def read_file(self, node: Node, verify: bool = True) -> Iterator[bytes]:
+        """A regular file's bytes, chunk by chunk."""
+        chunks = node.chunks if node.chunks is not None else self.rafs.chunks(node)
+        for c in chunks:
+            yield self.read_chunk(c, verify)
+
+
+class ChunkCache:
+    """A bounded LRU of decompressed chunks, by total bytes."""
+
+    def __init__(self, limit: int = 64 << 20) -> None:
+        self.limit = limit
+        self.used = 0
+        self._data: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def get(self, key):
+        data = self._data.get(key)
+        if data is not None:
+            self._data.move_to_end(key)
+        return data
+
+    def put(self, key, data: bytes) -> None:
+        if len(data) > self.limit:
+            return
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.used -= len(old)
+        self._data[key] = data
+        self.used += len(data)
+        while self.used > self.limit:
+            _, dropped = self._data.popitem(last=False)
+            self.used -= len(dropped)
+
+
+class BlobFile:
+    """The data of one blob-table entry: a file whose chunk offsets are absolute."""
+
+    def __init__(self, layer: Layer, entry: rafs_v6.BlobTableEntry, cache: ChunkCache | None = None) -> None:
+        self.layer = layer
+        self.entry = entry
+        self.compressor = entry.compressor
+        self.cache = cache or ChunkCache()
+
+    def close(self) -> None:
+        self.layer.close()
+
+    def read_chunk(self, chunk: Chunk, rafs: RafsV6 | None = None, verify: bool = True) -> bytes:
+        key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_size)
+        data = self.cache.get(key)
+        if data is not None:
+            return data
+        what = f"chunk {chunk.ci_index} of blob {chunk.blob_index}"
+        raw = self.layer.pread(chunk.compressed_offset, chunk.compressed_size, what)
+        if chunk.compressed:
+            data = codecs.decompress(raw, self.compressor, chunk.uncompressed_size, what, chunk.compressed_offset)
+        else:
+            if chunk.compressed_size != chunk.uncompressed_size:
+                raise FormatError(what, "uncompressed chunk with differing sizes", offset=chunk.compressed_offset)
+            data = raw
+        if verify and chunk.digest:
+            digester = rafs.digester if rafs is not None else self.entry.digester
+            got = digester.digest(data)
+            if got != chunk.digest:
+                raise FormatError(
+                    what,
+                    f"{digester.value} digest {got.hex()} differs from the recorded {chunk.digest.hex()}",
+                    offset=chunk.compressed_offset,
+                ).located(self.layer.path)
+        self.cache.put(key, data)
+        return data
+
+
+def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
+    import zstandard
+
+    try:
+        size = zstandard.frame_content_size(raw)
+    except zstandard.ZstdError as exc:
+        raise FormatError(what, f"bad zstd frame: {exc}", offset=offset) from None
+    if size < 0 or size > MAX_BOOTSTRAP:
+        raise FormatError(what, "zstd frame without a usable content size", offset=offset, value=size)
+    return size
+
+
+def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
+    """Open a nydus blob, bootstrap or bootstrap layer; raises FormatError / UsageError."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory; give a layer blob or bootstrap file")
+    return Layer(path, blob_dir=blob_dir, blobs=blobs)

@@ -1,0 +1,457 @@
+"""The one in-memory filesystem model (Node, Chunk) and the lazy RAFS v6 reader over it.
+
+:class:`RafsV6` decodes a bootstrap held in any buffer (bytes or mmap): inodes
+are decoded when first touched, directories when listed, so opening a
+bootstrap of 100k inodes costs only its superblocks. Pack, merge, unpack,
+mount and the TUI all speak :class:`Node` and :class:`Chunk`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .errors import FormatError
+from .formats import blob_meta, rafs_v6
+from .formats._struct import round_up
+from .formats.rafs_v6 import BLOCK_SIZE, ChunkIndex, ChunkTableEntry
+
+# Node types, named as `ls -l` would.
+REG, DIR, SYMLINK, CHR, BLK, FIFO, SOCK = "file", "dir", "symlink", "char", "block", "fifo", "socket"
+_TYPE_OF_FMT = {
+    stat.S_IFREG: REG,
+    stat.S_IFDIR: DIR,
+    stat.S_IFLNK: SYMLINK,
+    stat.S_IFCHR: CHR,
+    stat.S_IFBLK: BLK,
+    stat.S_IFIFO: FIFO,
+    stat.S_IFSOCK: SOCK,
+}
+FMT_OF_TYPE = {v: k for k, v in _TYPE_OF_FMT.items()}
+FT_OF_TYPE = {
+    REG: rafs_v6.FT_REG,
+    DIR: rafs_v6.FT_DIR,
+    CHR: rafs_v6.FT_CHR,
+    BLK: rafs_v6.FT_BLK,
+    FIFO: rafs_v6.FT_FIFO,
+    SOCK: rafs_v6.FT_SOCK,
+    SYMLINK: rafs_v6.FT_SYMLINK,
+}
+#: The longest symlink target nydusd accepts.
+MAX_SYMLINK = 4096
+
+
+def node_type(mode: int) -> str:
+    return _TYPE_OF_FMT.get(stat.S_IFMT(mode), "unknown")
+
+
+@dataclass
+class Chunk:
+    """One chunk of a file: where its bytes live in which blob, and their digest."""
+
+    blob_index: int
+    ci_index: int
+    file_offset: int
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_offset: int
+    uncompressed_size: int
+    compressed: bool
+    digest: bytes
+    crc32: int | None = None
+
+    def to_json(self) -> dict:
+        out = {
+            "blob_index": self.blob_index,
+            "ci_index": self.ci_index,
+            "file_offset": self.file_offset,
+            "compressed_offset": self.compressed_offset,
+            "compressed_size": self.compressed_size,
+            "uncompressed_offset": self.uncompressed_offset,
+            "uncompressed_size": self.uncompressed_size,
+            "compressed": self.compressed,
+            "digest": self.digest.hex(),
+        }
+        if self.crc32 is not None:
+            out["crc32"] = self.crc32
+        return out
+
+
+@dataclass(eq=False)
+class Node:
+    """A file-system entry with its attributes; ``chunks`` for regular files when loaded."""
+
+    path: bytes
+    type: str
+    mode: int  # full st_mode
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    mtime_nsec: int = 0
+    size: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    target: bytes | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    nid: int = 0
+    ino: int = 0
+    hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1
+    chunks: list[Chunk] | None = None
+    children: dict[bytes, Node] | None = None  # only in trees built in memory (pack, merge)
+    data: object = None  # where the packer finds the bytes (never set by readers)
+
+    @property
+    def name(self) -> bytes:
+        return self.path.rsplit(b"/", 1)[-1] if self.path != b"/" else b"/"
+
+    @property
+    def perm(self) -> int:
+        return stat.S_IMODE(self.mode)
+
+    def to_json(self, with_chunks: bool = False) -> dict:
+        out: dict = {
+            "path": fsdecode(self.path),
+            "type": self.type,
+            "mode": f"{self.perm:04o}",
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime": self.mtime,
+            "size": self.size,
+            "nlink": self.nlink,
+            "nid": self.nid,
+        }
+        if self.type in (CHR, BLK):
+            out["rdev"] = {"major": os.major(self.rdev), "minor": os.minor(self.rdev)}
+        if self.target is not None:
+            out["target"] = fsdecode(self.target)
+        if self.xattrs:
+            out["xattrs"] = {fsdecode(k): _show_value(v) for k, v in sorted(self.xattrs.items())}
+        if self.hardlink is not None:
+            out["hardlink"] = self.hardlink
+        if with_chunks and self.chunks is not None:
+            out["chunks"] = [c.to_json() for c in self.chunks]
+        return out
+
+
+def fsdecode(raw: bytes) -> str:
+    """Names are bytes; show them as UTF-8 with surrogate escapes for anything else."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _show_value(value: bytes) -> str:
+    try:
+        text = value.decode("utf-8")
+        if text.isprintable():
+            return text
+    except UnicodeDecodeError:
+        pass
+    return "0x" + value.hex()
+
+
+class _LRU(OrderedDict):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        if len(self) > self.limit:
+            self.popitem(last=False)
+
+
+CiSource = Callable[[int], "blob_meta.ChunkInfoArray | None"]
+
+
+class RafsV6:
+    """Lazy reader of a RAFS v6 bootstrap held in ``buf``.
+
+    ``ci_source(blob_index)`` may supply a blob's chunk-info array, used for
+    chunks missing from the bootstrap's own chunk table.
+    """
+
+    def __init__(self, buf, ci_source: CiSource | None = None) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.meta = rafs_v6.parse_bootstrap(buf)
+        self.sb = self.meta.sb
+        self.ext = self.meta.ext
+        self.blobs = self.meta.blobs
+        self.chunk_size = self.ext.s_chunk_size
+        self.digester = self.ext.digester
+        self.compressor = self.ext.compressor
+        self._meta_off = self.meta.meta_offset
+        self._inodes: _LRU = _LRU(65536)
+        self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
+        self._ci_source = ci_source
+
+    # ------------------------------------------------------------------ inodes
+    @property
+    def root_nid(self) -> int:
+        return self.sb.s_root_nid
+
+    def inode_offset(self, nid: int) -> int:
+        return self._meta_off + 32 * nid
+
+    def inode(self, nid: int) -> rafs_v6.Inode:
+        ino = self._inodes.get(nid)
+        if ino is None:
+            if nid <= 0 or self.inode_offset(nid) + 32 > self.size:
+                raise FormatError("erofs inode", "nid points outside the bootstrap", value=nid)
+            ino = rafs_v6.parse_inode(self.buf, self.inode_offset(nid), nid)
+            self._inodes.put(nid, ino)
+        return ino
+
+    def node(self, nid: int, path: bytes) -> Node:
+        """Decode the inode ``nid`` into a Node named ``path`` (chunks not loaded)."""
+        ino = self.inode(nid)
+        off = self.inode_offset(nid)
+        ntype = node_type(ino.i_mode)
+        if ntype == "unknown":
+            raise FormatError("erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode)
+        xattrs = rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid) if ino.i_xattr_icount else {}
+        n = Node(
+            path=path,
+            type=ntype,
+            mode=ino.i_mode,
+            uid=ino.i_uid,
+            gid=ino.i_gid,
+            mtime=ino.i_mtime,
+            mtime_nsec=ino.i_mtime_nsec,
+            size=ino.i_size,
+            nlink=ino.i_nlink,
+            nid=nid,
+            ino=ino.i_ino,
+            xattrs=xattrs,
+        )
+        if ntype in (CHR, BLK):
+            n.rdev = ino.i_u
+            n.size = 0
+        elif ntype == SYMLINK:
+            n.target = self._inline_data(nid, ino, MAX_SYMLINK)
+        if ntype == REG and ino.i_nlink > 1:
+            # v2.3 hardlinks share one nid; 2022 images gave each name its own inode with one i_ino.
+            n.hardlink = ino.i_ino
+        return n
+
+    def _inline_data(self, nid: int, ino: rafs_v6.Inode, limit: int) -> bytes:
+        """The data of a FLAT_PLAIN or FLAT_INLINE inode (directory blocks or symlink target)."""
+        size = ino.i_size
+        off = self.inode_offset(nid)
+        if size > limit:
+            raise FormatError("erofs inode", f"nid {nid}: data larger than {limit} bytes", field="i_size", offset=off + 8, value=size)
+        layout = ino.datalayout
+        if layout == rafs_v6.LAYOUT_FLAT_PLAIN:
+            start = ino.i_u * BLOCK_SIZE
+            if start + size > self.size:
+                raise FormatError("erofs inode", f"nid {nid}: data block lies past the bootstrap", field="i_u", offset=off + 16, value=ino.i_u)
+            return bytes(self.buf[start : start + size])
+        if layout == rafs_v6.LAYOUT_FLAT_INLINE:
+            full = size // BLOCK_SIZE * BLOCK_SIZE
+            tail = size - full
+            parts = []
+            if full:
+                start = ino.i_u * BLOCK_SIZE
+                if start + full > self.size:
+                    raise FormatError("erofs inode", f"nid {nid}: data block lies past the bootstrap", field="i_u", offset=off + 16, value=ino.i_u)
+                parts.append(bytes(self.buf[start : start + full]))
+            tstart = off + ino.inode_size + ino.xattr_size
+            if tstart + tail > self.size or (tstart % BLOCK_SIZE) + tail > BLOCK_SIZE:
+                raise FormatError("erofs inode", f"nid {nid}: inline tail crosses a block or the end", field="i_size", offset=off + 8, value=size)
+            parts.append(bytes(self.buf[tstart : tstart + tail]))
+            return b"".join(parts)
+        raise FormatError("erofs inode", f"nid {nid}: this type needs a flat data layout", field="i_format", offset=off, value=ino.i_format)
+
+    # ------------------------------------------------------------------ directories
+    def readdir(self, nid: int) -> list[rafs_v6.Dirent]:
+        """Entries of directory ``nid`` in on-disk (sorted) order, without ``.`` and ``..``."""
+        ino = self.inode(nid)
+        if node_type(ino.i_mode) != DIR:
+            raise FormatError("erofs inode", f"nid {nid} is not a directory", value=ino.i_mode)
+        # A directory holds at most 2^24 bytes of dirents here: far beyond any real image, bounded for hostile ones.
+        data = self._inline_data(nid, ino, 1 << 24)
+        out = []
+        for bstart in range(0, len(data), BLOCK_SIZE):
+            block = data[bstart : bstart + BLOCK_SIZE]
+            for d in rafs_v6.parse_dir_block(block, self._dir_block_base(nid, ino, bstart), nid):
+                if d.name in (b".", b".."):
+                    continue
+                if b"/" in d.name:
+                    raise FormatError("erofs dirent", f"directory nid {nid}: name contains '/'", value=d.name)
+                out.append(d)
+        return out
+
+    def _dir_block_base(self, nid: int, ino: rafs_v6.Inode, bstart: int) -> int:
+        if ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE and bstart >= ino.i_size // BLOCK_SIZE * BLOCK_SIZE:
+            return self.inode_offset(nid) + ino.inode_size + ino.xattr_size
+        return ino.i_u * BLOCK_SIZE + bstart
+
+    def root(self) -> Node:
+        return self.node(self.root_nid, b"/")
+
+    def lookup(self, path: bytes | str) -> Node:
+        """The node at absolute ``path``; FileNotFoundError when absent."""
+        if isinstance(path, str):
+            path = os.fsencode(path)
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        nid = self.root_nid
+        cur = b""
+        for part in parts:
+            ino = self.inode(nid)
+            if node_type(ino.i_mode) != DIR:
+                raise NotADirectoryError(fsdecode(cur or b"/"))
+            for d in self.readdir(nid):
+                if d.name == part:
+                    nid = d.nid
+                    break
+            else:
+                raise FileNotFoundError(fsdecode(cur + b"/" + part))
+            cur += b"/" + part
+        return self.node(nid, cur or b"/")
+
+    def children(self, node: Node) -> Iterator[Node]:
+        base = node.path.rstrip(b"/")
+        for d in self.readdir(node.nid):
+            yield self.node(d.nid, base + b"/" + d.name)
+
+    def walk(self, start: Node | None = None, max_depth: int = 4096) -> Iterator[Node]:
+        """Pre-order walk in dirent order. Refuses directory cycles and absurd depth."""
+        top = start or self.root()
+        yield top
+        if top.type != DIR:
+            return
+        stack = [(iter(self.readdir(top.nid)), top.path.rstrip(b"/"), {top.nid})]
+        while stack:
+            it, base, ancestors = stack[-1]
+            d = next(it, None)
+            if d is None:
+                stack.pop()
+                continue
+            child = self.node(d.nid, base + b"/" + d.name)
+            yield child
+            if child.type == DIR:
+                if d.nid in ancestors:
+                    raise FormatError("erofs dirent", "directory cycle", value=fsdecode(child.path))
+                if len(stack) >= max_depth:
+                    raise FormatError("erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(child.path))
+                stack.append((iter(self.readdir(d.nid)), child.path, ancestors | {d.nid}))
+
+    # ------------------------------------------------------------------ chunks
+    def chunk_indexes(self, node: Node) -> list[ChunkIndex]:
+        ino = self.inode(node.nid)
+        off = self.inode_offset(node.nid)
+        if ino.datalayout != rafs_v6.LAYOUT_CHUNK_BASED:
+            if ino.i_size == 0:
+                return []
+            raise FormatError("erofs inode", f"regular file nid {node.nid} is not chunk-based", field="i_format", offset=off, value=ino.i_format)
+        count = -(-ino.i_size // self.chunk_size)
+        start = round_up(off + ino.inode_size + ino.xattr_size, 8)
+        if start + 8 * count > self.size:
+            raise FormatError(
+                "erofs chunk index",
+                f"nid {node.nid}: {count} chunk indexes run past the bootstrap",
+                offset=start,
+                value=ino.i_size,
+            )
+        return [ChunkIndex.decode(*t) for t in rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count])]
+
+    def chunk_table(self) -> dict[tuple[int, int], ChunkTableEntry]:
+        """The bootstrap's 80-byte chunk records keyed by (blob_index, ci index)."""
+        if self._chunk_table is None:
+            table: dict[tuple[int, int], ChunkTableEntry] = {}
+            off = self.ext.s_chunk_table_offset
+            layout = rafs_v6.CHUNK_TABLE_ENTRY
+            for i, vals in enumerate(layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size])):
+                rec = ChunkTableEntry(*vals)
+                table.setdefault((rec.blob_index, rec.index), rec)
+                del i
+            self._chunk_table = table
+        return self._chunk_table
+
+    def chunk_table_entries(self) -> Iterator[ChunkTableEntry]:
+        off = self.ext.s_chunk_table_offset
+        layout = rafs_v6.CHUNK_TABLE_ENTRY
+        for vals in layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size]):
+            yield ChunkTableEntry(*vals)
+
+    def chunks(self, node: Node) -> list[Chunk]:
+        """Resolve every chunk of regular file ``node`` (also stored in ``node.chunks``)."""
+        if node.type != REG:
+            return []
+        nblobs = len(self.blobs)
+        out = []
+        for k, idx in enumerate(self.chunk_indexes(node)):
+            if not 0 <= idx.blob_index < nblobs:
+                raise FormatError(
+                    "erofs chunk index",
+                    f"{fsdecode(node.path)} chunk {k}: blob index outside the {nblobs}-entry blob table",
+                    value=idx.blob_index,
+                )
+            rec = self.chunk_table().get((idx.blob_index, idx.ci_index))
+            if rec is not None:
+                chunk = Chunk(
+                    blob_index=idx.blob_index,
+                    ci_index=idx.ci_index,
+                    file_offset=k * self.chunk_size,
+                    compressed_offset=rec.compressed_offset,
+                    compressed_size=rec.compressed_size,
+                    uncompressed_offset=rec.uncompressed_offset,
+                    uncompressed_size=rec.uncompressed_size,
+                    compressed=rec.compressed,
+                    digest=rec.block_id,
+                    crc32=rec.crc32 if rec.flags & rafs_v6.CHUNK_HAS_CRC32 else None,
+                )
+            else:
+                chunk = self._chunk_from_blob_meta(node, k, idx)
+            want = min(self.chunk_size, node.size - k * self.chunk_size)
+            if chunk.uncompressed_size != want:
+                raise FormatError(
+                    "rafs chunk",
+                    f"{fsdecode(node.path)} chunk {k}: uncompressed size {chunk.uncompressed_size}, file needs {want}",
+                    value=chunk.uncompressed_size,
+                )
+            if chunk.uncompressed_offset != idx.blkaddr * BLOCK_SIZE:
+                raise FormatError(
+                    "erofs chunk index",
+                    f"{fsdecode(node.path)} chunk {k}: blkaddr disagrees with the chunk's uncompressed offset "
+                    f"{chunk.uncompressed_offset}",
+                    value=idx.blkaddr,
+                )
+            out.append(chunk)
+        node.chunks = out
+        return out
+
+    def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> Chunk:
+        infos = self._ci_source(idx.blob_index) if self._ci_source else None
+        if infos is None or idx.ci_index >= len(infos):
+            raise FormatError(
+                "rafs chunk table",
+                f"{fsdecode(node.path)} chunk {k}: no record for blob {idx.blob_index} chunk {idx.ci_index}",
+                value=idx.ci_index,
+            )
+        ci = infos[idx.ci_index]
+        return Chunk(
+            blob_index=idx.blob_index,
+            ci_index=idx.ci_index,
+            file_offset=k * self.chunk_size,
+            compressed_offset=ci.compressed_offset,
+            compressed_size=ci.compressed_size,
+            uncompressed_offset=ci.uncompressed_offset,
+            uncompressed_size=ci.uncompressed_size,
+            compressed=ci.compressed,
+            digest=b"",
+            crc32=ci.crc32,
+        )
+
+    def inode_count(self) -> int:
+        return self.sb.s_inos
+
+    def prefetch_paths(self) -> list[int]:
+        return list(self.meta.prefetch)
+
+
+def unpack_u32(buf, off: int) -> int:
+    return struct.unpack_from("<I", buf, off)[0]
