@@ -1,0 +1,316 @@
+"""Lay out and serialise a RAFS v6 bootstrap from a Node tree.
+
+Pure function of its inputs (no I/O): ``build_bootstrap(root, blobs, ...)``
+returns the bootstrap bytes. The layout follows EROFS rules (32-byte inode
+slots, inline tails inside one block, chunk indexes 8-byte aligned after the
+inode) and nydus's conventions (extended inodes, root nid 128, chunk table
+after the metadata, total size a multiple of 4096). It is not nydus's exact
+allocator, which readers do not depend on.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .codecs import Compressor
+from .digests import Digester
+from .formats import blob_meta, rafs_v6
+from .formats._struct import round_up
+from .formats.rafs_v6 import (
+    BLOCK_SIZE,
+    BlobTableEntry,
+    ChunkIndex,
+    ChunkTableEntry,
+    DeviceSlot,
+    Dirent,
+    ExtSuperBlock,
+    Inode,
+    SuperBlock,
+)
+from .model import BLK, CHR, DIR, FT_OF_TYPE, REG, SYMLINK, Chunk, Node
+
+INODE_SIZE = 64  # tar-rafs and merge always write extended inodes
+#: mapped_blkaddr alignment of v2.3 (512 KiB).
+MAPPED_ALIGN = 0x80000
+
+
+@dataclass
+class _Slot:
+    node: Node
+    path: bytes
+    nid: int = 0
+    offset: int = 0
+    ino: int = 0
+    names: int = 0
+    xattrs: bytes = b""
+    layout: int = rafs_v6.LAYOUT_FLAT_PLAIN
+    size: int = 0
+    tail: bytes = b""  # inline data (dir tail block or symlink target)
+    blocks: list[bytes] = field(default_factory=list)  # full blocks stored out of line
+    blkaddr: int = 0
+    dirents: list[tuple[bytes, _Slot]] = field(default_factory=list)
+    parent: _Slot | None = None
+    subdirs: int = 0
+
+
+def _order(root: Node) -> tuple[list[_Slot], int]:
+    """Unique nodes in nydus's order: a directory's non-directory children, then its sub-directories."""
+    slots: list[_Slot] = []
+    by_id: dict[int, _Slot] = {}
+    names = 0
+
+    def visit(node: Node, path: bytes, parent: _Slot | None) -> _Slot:
+        nonlocal names
+        names += 1
+        slot = by_id.get(id(node))
+        if slot is None:
+            slot = _Slot(node=node, path=path, parent=parent, ino=len(slots) + 1)
+            by_id[id(node)] = slot
+            slots.append(slot)
+        slot.names += 1
+        return slot
+
+    root_slot = visit(root, b"/", None)
+    root_slot.parent = root_slot
+    queue = [root_slot]
+    while queue:
+        dslot = queue.pop()
+        kids = sorted((dslot.node.children or {}).items())
+        base = dslot.path.rstrip(b"/")
+        child_slots: list[tuple[bytes, _Slot]] = []
+        for name, child in kids:
+            if child.type != DIR:
+                child_slots.append((name, visit(child, base + b"/" + name, dslot)))
+        subdirs = []
+        for name, child in kids:
+            if child.type == DIR:
+                s = visit(child, base + b"/" + name, dslot)
+                child_slots.append((name, s))
+                subdirs.append(s)
+        dslot.dirents = sorted(child_slots, key=lambda t: t[0])
+        dslot.subdirs = len(subdirs)
+        # Depth-first: the first sub-directory is laid out next.
+        queue.extend(reversed(subdirs))
+    return slots, names
+
+
+def _prepare(slot: _Slot) -> None:
+    node = slot.node
+    slot.xattrs = rafs_v6.build_xattrs(node.xattrs)
+    fixed = INODE_SIZE + len(slot.xattrs)
+    if node.type == DIR:
+        ents = [Dirent(b".", 0, rafs_v6.FT_DIR), Dirent(b"..", 0, rafs_v6.FT_DIR)]
+        ents += [Dirent(name, 0, FT_OF_TYPE[s.node.type]) for name, s in slot.dirents]
+        ents.sort(key=lambda d: d.name)
+        blocks, size = rafs_v6.build_dir_blocks(ents)
+        slot.size = size
+        _place_data(slot, blocks, size, fixed)
+    elif node.type == SYMLINK:
+        target = node.target or b""
+        slot.size = len(target)
+        blocks = [target[i : i + BLOCK_SIZE] for i in range(0, len(target), BLOCK_SIZE)]
+        _place_data(slot, blocks, len(target), fixed)
+    elif node.type == REG:
+        slot.layout = rafs_v6.LAYOUT_CHUNK_BASED
+        slot.size = node.size
+    else:
+        slot.layout = rafs_v6.LAYOUT_FLAT_PLAIN
+        slot.size = 0
+
+
+def _place_data(slot: _Slot, blocks: list[bytes], size: int, fixed: int) -> None:
+    tail_len = size % BLOCK_SIZE
+    if tail_len and fixed + tail_len <= BLOCK_SIZE:
+        slot.layout = rafs_v6.LAYOUT_FLAT_INLINE
+        slot.tail = blocks[-1][:tail_len]
+        slot.blocks = [b.ljust(BLOCK_SIZE, b"\0") for b in blocks[:-1]]
+    else:
+        slot.layout = rafs_v6.LAYOUT_FLAT_PLAIN
+        slot.blocks = [b.ljust(BLOCK_SIZE, b"\0") for b in blocks]
+
+
+def _footprint(slot: _Slot, chunk_size: int) -> tuple[int, int]:
+    """(bytes that must stay inside one block, total bytes of the inode record)."""
+    fixed = INODE_SIZE + len(slot.xattrs)
+    if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
+        n = -(-slot.size // chunk_size)
+        return fixed, round_up(fixed, 8) + 8 * n
+    inline = fixed + len(slot.tail)
+    return inline, inline
+
+
+def build_bootstrap(
+    root: Node,
+    blobs: list[BlobTableEntry],
+    *,
+    chunk_size: int,
+    compressor: Compressor,
+    digester: Digester,
+    explicit_uid_gid: bool = True,
+    prefetch: bool = True,
+    force_has_xattr: bool = False,
+) -> bytes:
+    """Serialise the tree under ``root``; regular files' ``chunks`` must be set."""
+    slots, names = _order(root)
+    for slot in slots:
+        _prepare(slot)
+
+    nblobs = len(blobs)
+    if nblobs:
+        blob_table_off = round_up(rafs_v6.DEVICE_TABLE_OFFSET + rafs_v6.DEVICE.size * nblobs, BLOCK_SIZE)
+        prefetch_off = blob_table_off + rafs_v6.BLOB_ENTRY.size * nblobs
+        prefetch_nids = [rafs_v6.ROOT_NID] if prefetch else []
+        meta_start = round_up(prefetch_off + 4 * len(prefetch_nids), BLOCK_SIZE)
+    else:
+        blob_table_off, prefetch_off, prefetch_nids, meta_start = BLOCK_SIZE, 0, [], 0
+
+    # Inodes from nid 128 (meta_start + 4096); an inode and its inline part never cross a block.
+    cursor = meta_start + BLOCK_SIZE
+    for slot in slots:
+        must, total = _footprint(slot, chunk_size)
+        if must > BLOCK_SIZE:
+            raise ValueError(f"{slot.path!r}: inode and xattrs do not fit one block")
+        if cursor % BLOCK_SIZE + must > BLOCK_SIZE:
+            cursor = round_up(cursor, BLOCK_SIZE)
+        slot.offset = cursor
+        slot.nid = (cursor - meta_start) // 32
+        cursor = round_up(cursor + total, 32)
+    assert slots[0].nid == rafs_v6.ROOT_NID
+
+    # Full data blocks (directories, long symlinks) after the inodes.
+    cursor = round_up(cursor, BLOCK_SIZE)
+    for slot in slots:
+        if slot.blocks:
+            slot.blkaddr = cursor // BLOCK_SIZE
+            cursor += BLOCK_SIZE * len(slot.blocks)
+
+    # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does.
+    records: dict[tuple[bytes, int], Chunk] = {}
+    for slot in slots:
+        for c in slot.node.chunks or ():
+            records.setdefault((c.digest, c.blob_index), c)
+    chunk_table_off = round_up(cursor, BLOCK_SIZE)
+    table = bytearray()
+    for key in sorted(records):
+        c = records[key]
+        flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0)
+        table += ChunkTableEntry(
+            block_id=c.digest,
+            blob_index=c.blob_index,
+            flags=flags,
+            compressed_size=c.compressed_size,
+            uncompressed_size=c.uncompressed_size,
+            compressed_offset=c.compressed_offset,
+            uncompressed_offset=c.uncompressed_offset,
+            file_offset=c.file_offset,
+            index=c.ci_index,
+            crc32=c.crc32 or 0,
+        ).build()
+    total_size = round_up(chunk_table_off + len(table), BLOCK_SIZE)
+    buf = bytearray(total_size)
+    buf[chunk_table_off : chunk_table_off + len(table)] = table
+
+    has_xattr = force_has_xattr or any(slot.xattrs for slot in slots)
+    flags = compressor.super_flag | digester.super_flag | rafs_v6.ENCRYPTION_NONE
+    if explicit_uid_gid:
+        flags |= rafs_v6.EXPLICIT_UID_GID
+    if has_xattr:
+        flags |= rafs_v6.HAS_XATTR
+    if all(b.features & blob_meta.INLINED_CHUNK_DIGEST for b in blobs):
+        flags |= rafs_v6.INLINED_CHUNK_DIGEST
+
+    # Devices: one per blob, mapped after the bootstrap at 512 KiB-aligned addresses.
+    prev_end = total_size
+    dev_blocks = 0
+    for i, b in enumerate(blobs):
+        blocks = b.uncompressed_size // BLOCK_SIZE
+        mapped = round_up(prev_end, MAPPED_ALIGN) // BLOCK_SIZE
+        prev_end = (mapped + blocks) * BLOCK_SIZE
+        dev_blocks += blocks
+        slot_off = rafs_v6.DEVICE_TABLE_OFFSET + i * rafs_v6.DEVICE.size
+        buf[slot_off : slot_off + rafs_v6.DEVICE.size] = DeviceSlot(b.blob_id, blocks, mapped).build()
+        off = blob_table_off + i * rafs_v6.BLOB_ENTRY.size
+        buf[off : off + rafs_v6.BLOB_ENTRY.size] = b.build()
+    for i, nid in enumerate(prefetch_nids):
+        struct.pack_into("<I", buf, prefetch_off + 4 * i, nid)
+
+    sb = SuperBlock(
+        s_inos=names,
+        s_blocks=dev_blocks,
+        s_meta_blkaddr=meta_start // BLOCK_SIZE,
+        s_extra_devices=nblobs,
+    )
+    buf[rafs_v6.SUPERBLOCK_OFFSET : rafs_v6.SUPERBLOCK_OFFSET + rafs_v6.SUPERBLOCK.size] = sb.build()
+    ext = ExtSuperBlock(
+        s_flags=flags,
+        s_blob_table_offset=blob_table_off,
+        s_blob_table_size=rafs_v6.BLOB_ENTRY.size * nblobs,
+        s_chunk_size=chunk_size,
+        s_chunk_table_offset=chunk_table_off,
+        s_chunk_table_size=len(table),
+        s_prefetch_table_offset=prefetch_off if prefetch_nids else 0,
+        s_prefetch_table_size=4 * len(prefetch_nids),
+    )
+    buf[rafs_v6.EXT_SUPERBLOCK_OFFSET : rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.size] = ext.build()
+
+    chunk_bits = chunk_size.bit_length() - 1
+    for slot in slots:
+        _write_inode(buf, slot, explicit_uid_gid, chunk_bits)
+    return bytes(buf)
+
+
+def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits: int) -> None:
+    node = slot.node
+    if node.type == DIR:
+        nlink = 2 + slot.subdirs
+    elif node.type == REG:
+        nlink = slot.names
+    else:
+        nlink = slot.names
+    if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
+        i_u = rafs_v6.CHUNK_FORMAT_INDEXES | (chunk_bits - 12)
+    elif node.type in (CHR, BLK):
+        i_u = node.rdev & 0xFFFFFFFF
+    else:
+        i_u = slot.blkaddr
+    ino = Inode(
+        i_format=1 | (slot.layout << 1),
+        i_xattr_icount=rafs_v6.xattr_icount(len(slot.xattrs)),
+        i_mode=node.mode & 0xFFFF,
+        i_nlink=nlink,
+        i_size=slot.size,
+        i_u=i_u,
+        i_ino=slot.ino,
+        i_uid=node.uid if explicit_uid_gid else 0,
+        i_gid=node.gid if explicit_uid_gid else 0,
+        i_mtime=node.mtime,
+        i_mtime_nsec=0,
+    )
+    raw = ino.build() + slot.xattrs
+    off = slot.offset
+    buf[off : off + len(raw)] = raw
+    pos = off + len(raw)
+    if node.type == DIR:
+        ents = [Dirent(b".", slot.nid, rafs_v6.FT_DIR), Dirent(b"..", slot.parent.nid, rafs_v6.FT_DIR)]
+        ents += [Dirent(name, s.nid, FT_OF_TYPE[s.node.type]) for name, s in slot.dirents]
+        ents.sort(key=lambda d: d.name)
+        blocks, _ = rafs_v6.build_dir_blocks(ents)
+        if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
+            slot.tail = blocks[-1]
+            blocks = blocks[:-1]
+        for i, blk in enumerate(blocks):
+            start = (slot.blkaddr + i) * BLOCK_SIZE
+            buf[start : start + len(blk)] = blk
+    elif node.type == SYMLINK and slot.blocks:
+        for i, blk in enumerate(slot.blocks):
+            start = (slot.blkaddr + i) * BLOCK_SIZE
+            buf[start : start + len(blk)] = blk
+    if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
+        buf[pos : pos + len(slot.tail)] = slot.tail
+    elif slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
+        pos = round_up(pos, 8)
+        for c in node.chunks or ():
+            idx = ChunkIndex(c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK_SIZE).build()
+            buf[pos : pos + 8] = idx
+            pos += 8

@@ -1,0 +1,170 @@
+"""diff: compare two file trees (a layer tar, a nydus layer, or a bootstrap with its blobs) entry by entry."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .errors import FormatError
+from .layer import KIND_BOOTSTRAP_LAYER, Layer
+from .model import BLK, CHR, REG, fsdecode
+from .tarstream import open_tar_input, read_tar, storable_xattr
+
+FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "target", "rdev", "xattrs", "sha256", "hardlinks")
+
+
+@dataclass
+class Entry:
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int
+    target: bytes | None = None
+    rdev: int = 0
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    sha256: str | None = None
+    hardlinks: tuple[bytes, ...] = ()  # every name of this inode, when it has more than one
+
+
+@dataclass
+class Difference:
+    path: bytes
+    field: str
+    expected: object
+    found: object
+
+    def to_json(self) -> dict:
+        return {"path": fsdecode(self.path), "field": self.field, "expected": _show(self.expected),
+                "found": _show(self.found)}
+
+    def __str__(self) -> str:
+        return f"{fsdecode(self.path)}: {self.field}: expected {_show(self.expected)}, found {_show(self.found)}"
+
+
+def _show(v: object) -> object:
+    if isinstance(v, bytes):
+        return fsdecode(v)
+    if isinstance(v, tuple):
+        return [_show(x) for x in v]
+    if isinstance(v, dict):
+        return {fsdecode(k): _show(x) for k, x in sorted(v.items())}
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    return v
+
+
+@dataclass
+class Tree:
+    entries: dict[bytes, Entry]
+    explicit_root: bool = True
+
+
+def describe_tar(path: str) -> Tree:
+    digests: dict[int, str] = {}
+
+    def on_file(node, fobj) -> None:
+        h = hashlib.sha256()
+        remaining = node.size
+        while remaining:
+            data = fobj.read(min(remaining, 1 << 20))
+            if not data:
+                raise FormatError("tar", f"{fsdecode(node.path)}: data ends early")
+            h.update(data)
+            remaining -= len(data)
+        digests[id(node)] = h.hexdigest()
+
+    with open_tar_input(path) as stream:
+        tt = read_tar(stream, on_file, path)
+    names: dict[int, list[bytes]] = {}
+    for p, node in tt.walk():
+        names.setdefault(id(node), []).append(p)
+    out: dict[bytes, Entry] = {}
+    for p, node in tt.walk():
+        links = tuple(sorted(names[id(node)])) if len(names[id(node)]) > 1 else ()
+        out[p] = _entry(node, digests.get(id(node)), links)
+    return Tree(out, tt.explicit_root)
+
+
+def describe_layer(layer: Layer) -> Tree:
+    r = layer.rafs
+    groups: dict[int, list[bytes]] = {}
+    nodes = list(r.walk())
+    for node in nodes:
+        if node.hardlink is not None:
+            groups.setdefault(node.hardlink, []).append(node.path)
+    out: dict[bytes, Entry] = {}
+    for node in nodes:
+        digest = None
+        if node.type == REG:
+            h = hashlib.sha256()
+            for data in layer.read_file(node):
+                h.update(data)
+            digest = h.hexdigest()
+        links = tuple(sorted(groups[node.hardlink])) if node.hardlink is not None and len(groups[node.hardlink]) > 1 else ()
+        out[node.path] = _entry(node, digest, links)
+    return Tree(out)
+
+
+def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
+    return Entry(
+        type=node.type,
+        mode=node.mode & 0o7777,
+        uid=node.uid,
+        gid=node.gid,
+        mtime=node.mtime,
+        size=node.size if node.type == REG else 0,
+        target=node.target,
+        rdev=node.rdev if node.type in (CHR, BLK) else 0,
+        xattrs={k: v for k, v in node.xattrs.items() if storable_xattr(k)},
+        sha256=digest,
+        hardlinks=links,
+    )
+
+
+def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
+    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar."""
+    try:
+        layer = Layer(path, blob_dir=blob_dir, blobs=blobs)
+    except FormatError:
+        return describe_tar(path)
+    with layer:
+        if layer.kind == KIND_BOOTSTRAP_LAYER:
+            # A tar is a bootstrap layer only if it holds image/image.boot; otherwise it is a layer tar.
+            try:
+                layer.bootstrap_bytes()
+            except FormatError:
+                return describe_tar(path)
+        if layer.has_bootstrap:
+            return describe_layer(layer)
+    return describe_tar(path)
+
+
+def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
+    """Differences from ``expected`` to ``found``, in path order."""
+    paths = sorted(set(expected.entries) | set(found.entries))
+    for p in paths:
+        a, b = expected.entries.get(p), found.entries.get(p)
+        if p == b"/" and not (expected.explicit_root and found.explicit_root):
+            continue  # a tar without a './' entry says nothing about the root's attributes
+        if a is None:
+            yield Difference(p, "presence", "absent", b.type)
+            continue
+        if b is None:
+            yield Difference(p, "presence", a.type, "absent")
+            continue
+        for name in FIELDS:
+            va, vb = getattr(a, name), getattr(b, name)
+            if name == "mode" and a.type == "symlink":
+                continue  # symlink permission bits are not meaningful on Linux
+            if va != vb:
+                yield Difference(p, name, va, vb)
+
+
+def diff_paths(a: str, b: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> list[Difference]:
+    return list(compare(describe(a, blob_dir, blobs), describe(b, blob_dir, blobs)))
+
+
+__all__ = ["Difference", "Entry", "Tree", "compare", "describe", "describe_layer", "describe_tar", "diff_paths"]

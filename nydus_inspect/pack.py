@@ -1,0 +1,336 @@
+"""pack: an OCI layer tar -> a nydus layer blob, as ``nydus-image create --type tar-rafs
+--blob-inline-meta --features blob-toc --fs-version 6`` writes it.
+
+Blob layout (each section followed by its 512-byte old-GNU tar header)::
+
+    [chunk data][image.blob hdr][ci array][blob.meta.header][blob.meta hdr]
+    [chunk digests][blob.digest hdr][zstd bootstrap][image.boot hdr][ToC][rafs.blob.toc hdr]
+
+The tar is streamed once. Chunks are digested and compressed in a thread pool
+(zstandard, lz4, blake3 and hashlib release the GIL) while the main thread
+keeps write order and deduplicates by (digest, size); at most a few chunks are
+in flight, so memory follows metadata, never layer size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from . import codecs
+from .builder import build_bootstrap
+from .codecs import Compressor
+from .digests import Digester, crc32c
+from .errors import UsageError
+from .formats import blob_meta, rafs_v6, tar_header, toc
+from .formats._struct import round_up
+from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
+from .fsutil import atomic_output
+from .model import Chunk, Node
+from .tarstream import TarTree, open_tar_input, read_tar
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 0x100000
+
+
+@dataclass
+class PackOptions:
+    compressor: Compressor = Compressor.ZSTD
+    digester: Digester = Digester.BLAKE3
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    workers: int = 0  # 0: one per CPU
+    bootstrap: str | None = None  # also write the bootstrap here (blob id = the layer digest)
+    progress: Callable[[int], None] | None = None  # called with input bytes consumed so far
+
+    def check(self) -> None:
+        cs = self.chunk_size
+        if cs & (cs - 1) or not rafs_v6.MIN_CHUNK_SIZE <= cs <= rafs_v6.MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk size {cs:#x} must be a power of 2 from 0x1000 to 0x1000000")
+        if self.compressor is Compressor.GZIP:
+            raise UsageError("gzip chunks are for zran (targz-ref) layers; pack with zstd, lz4_block or none")
+
+
+@dataclass
+class PackResult:
+    path: str
+    digest: str  # sha256 of the layer file (the OCI layer digest)
+    size: int
+    entries: int
+    files: int
+    chunks: int  # chunks referenced by files
+    unique_chunks: int  # chunks stored in the blob
+    data_bytes: int  # uncompressed file bytes
+    stored_bytes: int  # chunk data stored in image.blob
+    bootstrap_size: int
+    toc: list[toc.TocEntry] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "digest": f"sha256:{self.digest}",
+            "size": self.size,
+            "entries": self.entries,
+            "files": self.files,
+            "chunks": self.chunks,
+            "unique_chunks": self.unique_chunks,
+            "data_bytes": self.data_bytes,
+            "stored_bytes": self.stored_bytes,
+            "bootstrap_size": self.bootstrap_size,
+            "toc": [e.to_json() for e in self.toc],
+            "warnings": self.warnings,
+        }
+
+
+class _Output:
+    """Appends to the blob while hashing the whole file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.pos = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.sha.update(data)
+        self.pos += len(data)
+
+    def section(self, name: str, data: bytes) -> int:
+        """Write ``data`` and its trailing tar header; returns the data's offset."""
+        off = self.pos
+        self.write(data)
+        self.write(tar_header.build(name, len(data)))
+        return off
+
+
+def _process(data: bytes, comp: Compressor, digester: Digester) -> tuple[bytes, bytes, bool, int]:
+    digest = digester.digest(data)
+    stored, compressed = codecs.compress_if_smaller(data, comp)
+    return digest, stored, compressed, crc32c(data)
+
+
+class _Chunker:
+    """Orders, deduplicates and writes chunks produced by the worker pool."""
+
+    def __init__(self, out: _Output, opts: PackOptions, pool: ThreadPoolExecutor, workers: int) -> None:
+        self.out = out
+        self.opts = opts
+        self.pool = pool
+        self.max_pending = 2 * workers + 2
+        self.pending: deque[tuple[Node, int, int, Future]] = deque()
+        self.by_key: dict[tuple[bytes, int], Chunk] = {}
+        self.infos: list[blob_meta.ChunkInfo] = []
+        self.digests: list[bytes] = []
+        self.uncompressed = 0
+        self.data_sha = hashlib.sha256()
+        self.referenced = 0
+        self.data_bytes = 0
+
+    def add_file(self, node: Node, fobj: BinaryIO) -> None:
+        node.chunks = []
+        cs = self.opts.chunk_size
+        remaining = node.size
+        k = 0
+        while remaining > 0:
+            data = fobj.read(min(cs, remaining))
+            if not data:
+                raise UsageError(f"tar entry {os.fsdecode(node.path)}: data ends {remaining} bytes early")
+            if len(data) < min(cs, remaining):  # short read from a stream: fill the chunk
+                parts = [data]
+                got = len(data)
+                while got < min(cs, remaining):
+                    more = fobj.read(min(cs, remaining) - got)
+                    if not more:
+                        raise UsageError(f"tar entry {os.fsdecode(node.path)}: data ends early")
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+            fut = self.pool.submit(_process, data, self.opts.compressor, self.opts.digester)
+            self.pending.append((node, k, len(data), fut))
+            remaining -= len(data)
+            k += 1
+            while len(self.pending) > self.max_pending:
+                self._drain_one()
+        self.data_bytes += node.size
+
+    def _drain_one(self) -> None:
+        node, k, usize, fut = self.pending.popleft()
+        digest, stored, compressed, crc = fut.result()
+        key = (digest, usize)
+        chunk = self.by_key.get(key)
+        if chunk is None:
+            chunk = Chunk(
+                blob_index=0,
+                ci_index=len(self.infos),
+                file_offset=k * self.opts.chunk_size,
+                compressed_offset=self.out.pos,
+                compressed_size=len(stored),
+                uncompressed_offset=self.uncompressed,
+                uncompressed_size=usize,
+                compressed=compressed,
+                digest=digest,
+                crc32=crc,
+            )
+            self.out.write(stored)
+            self.data_sha.update(stored)
+            self.infos.append(
+                blob_meta.ChunkInfo(
+                    index=chunk.ci_index,
+                    compressed_offset=chunk.compressed_offset,
+                    compressed_size=chunk.compressed_size,
+                    uncompressed_offset=chunk.uncompressed_offset,
+                    uncompressed_size=usize,
+                    compressed=compressed,
+                )
+            )
+            self.digests.append(digest)
+            self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
+            self.by_key[key] = chunk
+        self.referenced += 1
+        node.chunks.append(
+            Chunk(**{**chunk.__dict__, "file_offset": k * self.opts.chunk_size})
+        )
+
+    def drain(self) -> None:
+        while self.pending:
+            self._drain_one()
+
+
+def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResult:
+    """Pack the tar at ``source`` ('-' for stdin; plain, gzip or zstd) into the nydus layer blob ``output``."""
+    opts = opts or PackOptions()
+    opts.check()
+    workers = opts.workers or os.cpu_count() or 1
+    with open_tar_input(source) as stream, atomic_output(output) as f:
+        out = _Output(f)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
+            chunker = _Chunker(out, opts, pool, workers)
+            counting = _Counting(stream, opts.progress)
+            tree = read_tar(counting, chunker.add_file, source)  # type: ignore[arg-type]
+            chunker.drain()
+        result = _finish(out, tree, chunker, opts, output)
+    if opts.bootstrap:
+        _write_separate_bootstrap(tree, chunker, opts, result)
+    return result
+
+
+class _Counting:
+    """A read-through wrapper that reports progress in input bytes."""
+
+    def __init__(self, raw: BinaryIO, progress: Callable[[int], None] | None) -> None:
+        self.raw = raw
+        self.count = 0
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        if self.progress is not None:
+            self.progress(self.count)
+        return data
+
+
+def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size: int, blob_id: bytes,
+                features: int) -> rafs_v6.BlobTableEntry:
+    return rafs_v6.BlobTableEntry(
+        blob_id=blob_id,
+        blob_index=0,
+        chunk_size=opts.chunk_size,
+        chunk_count=len(chunker.infos),
+        compression_algo=opts.compressor.algo,
+        digest_algo=opts.digester.algo,
+        features=features,
+        compressed_size=compressed_size,
+        uncompressed_size=chunker.uncompressed,
+        ci_compressor=ci["compressor"].algo,
+        ci_offset=ci["offset"],
+        ci_compressed_size=ci["stored_size"],
+        ci_uncompressed_size=ci["size"],
+    )
+
+
+def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str) -> PackResult:
+    entries: list[toc.TocEntry] = []
+    n = len(chunker.infos)
+    blobs: list[rafs_v6.BlobTableEntry] = []
+    ci: dict = {}
+    if n:
+        data_size = out.pos
+        hdr = tar_header.build(IMAGE_BLOB, data_size)
+        out.write(hdr)
+        chunker.data_sha.update(hdr)
+        entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, chunker.data_sha.digest(), 0, data_size,
+                                    chunker.uncompressed))
+        # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
+        array = blob_meta.build_array(chunker.infos)
+        stored, compressed = codecs.compress_if_smaller(array, opts.compressor)
+        ci_comp = opts.compressor if compressed else Compressor.NONE
+        ci = {"compressor": ci_comp, "offset": out.pos, "stored_size": len(stored), "size": len(array)}
+        header = blob_meta.BlobMetaHeader(
+            s_features=blob_meta.DEFAULT_LAYER_FEATURES,
+            s_ci_compressor=ci_comp.algo,
+            s_ci_entries=n,
+            s_ci_offset=ci["offset"],
+            s_ci_compressed_size=len(stored),
+            s_ci_uncompressed_size=len(array),
+        ).build()
+        out.write(stored)
+        out.write(header)
+        out.write(tar_header.build(BLOB_META, len(stored) + len(header)))
+        entries.append(toc.TocEntry(BLOB_META, ci_comp, hashlib.sha256(array).digest(), ci["offset"], len(stored),
+                                    len(array)))
+        entries.append(toc.TocEntry(BLOB_META_HEADER, Compressor.NONE, hashlib.sha256(header).digest(),
+                                    ci["offset"] + len(stored), len(header), len(header)))
+        digests = b"".join(chunker.digests)
+        off = out.section(BLOB_DIGEST, digests)
+        entries.append(toc.TocEntry(BLOB_DIGEST, Compressor.NONE, hashlib.sha256(digests).digest(), off,
+                                    len(digests), len(digests)))
+        blobs = [_blob_entry(chunker, opts, ci, out.pos, rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
+                             blob_meta.DEFAULT_LAYER_FEATURES)]
+    boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
+                           digester=opts.digester)
+    stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
+    off = out.section(IMAGE_BOOT, stored)
+    entries.append(toc.TocEntry(IMAGE_BOOT, Compressor.ZSTD if compressed else Compressor.NONE,
+                                hashlib.sha256(boot).digest(), off, len(stored), len(boot)))
+    toc_bytes, toc_hdr = toc.build_section(entries)
+    out.write(toc_bytes)
+    out.write(toc_hdr)
+    files = sum(1 for _, node in tree.walk() if node.type == "file")
+    return PackResult(
+        path=output,
+        digest=out.sha.hexdigest(),
+        size=out.pos,
+        entries=tree.entries,
+        files=files,
+        chunks=chunker.referenced,
+        unique_chunks=n,
+        data_bytes=chunker.data_bytes,
+        stored_bytes=sum(i.compressed_size for i in chunker.infos),
+        bootstrap_size=len(boot),
+        toc=entries,
+        warnings=list(tree.warnings),
+    )
+
+
+def _write_separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, result: PackResult) -> None:
+    """The layer's bootstrap as a file of its own, naming the blob by the layer digest (as after a merge)."""
+    blobs = []
+    if chunker.infos:
+        meta = next(e for e in result.toc if e.name == BLOB_META)
+        ci = {"compressor": meta.compressor, "offset": meta.compressed_offset, "stored_size": meta.compressed_size,
+              "size": meta.uncompressed_size}
+        boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
+        features = blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META
+        blobs = [_blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)]
+    boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
+                           digester=opts.digester)
+    with atomic_output(opts.bootstrap) as f:
+        f.write(boot)
