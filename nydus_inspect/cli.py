@@ -319,11 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _register_extra(sub) -> None:
-    """Commands from the operation modules (pack, unpack, diff, verify...), when present."""
-    from . import cli_ops
+#: Modules that add sub-commands; each has ``register(subparsers)`` and imports its heavy dependencies
+#: (pyfuse3, trio, textual) only when its command runs, so that `info` stays fast.
+COMMAND_MODULES = ("nydus_inspect.cli_ops", "nydus_inspect.mount.cli", "tui.cli")
 
-    cli_ops.register(sub)
+
+def _register_extra(sub) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that front end is not written yet
+            raise
+        module.register(sub)
 
 
 def _version() -> str:

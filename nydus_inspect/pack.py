@@ -123,13 +123,16 @@ class _Chunker:
         self.out = out
         self.opts = opts
         self.pool = pool
-        self.max_pending = 2 * workers + 2
+        # In flight: up to 16 chunk sizes of raw data (and never more than 4096 chunks), enough to keep
+        # the workers busy through runs of small files while memory stays bounded.
+        self.max_pending_bytes = max(16 * opts.chunk_size, 4 * workers * opts.chunk_size)
+        self.max_pending = 4096
+        self.pending_bytes = 0
         self.pending: deque[tuple[Node, int, int, Future]] = deque()
         self.by_key: dict[tuple[bytes, int], Chunk] = {}
         self.infos: list[blob_meta.ChunkInfo] = []
         self.digests: list[bytes] = []
         self.uncompressed = 0
-        self.data_sha = hashlib.sha256()
         self.referenced = 0
         self.data_bytes = 0
 
@@ -154,14 +157,16 @@ class _Chunker:
                 data = b"".join(parts)
             fut = self.pool.submit(_process, data, self.opts.compressor, self.opts.digester)
             self.pending.append((node, k, len(data), fut))
+            self.pending_bytes += len(data)
             remaining -= len(data)
             k += 1
-            while len(self.pending) > self.max_pending:
+            while len(self.pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes:
                 self._drain_one()
         self.data_bytes += node.size
 
     def _drain_one(self) -> None:
         node, k, usize, fut = self.pending.popleft()
+        self.pending_bytes -= usize
         digest, stored, compressed, crc = fut.result()
         key = (digest, usize)
         chunk = self.by_key.get(key)
@@ -179,7 +184,6 @@ class _Chunker:
                 crc32=crc,
             )
             self.out.write(stored)
-            self.data_sha.update(stored)
             self.infos.append(
                 blob_meta.ChunkInfo(
                     index=chunk.ci_index,
@@ -215,6 +219,8 @@ def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResul
             counting = _Counting(stream, opts.progress)
             tree = read_tar(counting, chunker.add_file, source)  # type: ignore[arg-type]
             chunker.drain()
+        for warning in tree.warnings:
+            log.warning("%s", warning)
         result = _finish(out, tree, chunker, opts, output)
     if opts.bootstrap:
         _write_separate_bootstrap(tree, chunker, opts, result)
@@ -263,10 +269,9 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
     ci: dict = {}
     if n:
         data_size = out.pos
-        hdr = tar_header.build(IMAGE_BLOB, data_size)
-        out.write(hdr)
-        chunker.data_sha.update(hdr)
-        entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, chunker.data_sha.digest(), 0, data_size,
+        out.write(tar_header.build(IMAGE_BLOB, data_size))
+        # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
+        entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.sha.copy().digest(), 0, data_size,
                                     chunker.uncompressed))
         # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
         array = blob_meta.build_array(chunker.infos)

@@ -1,0 +1,85 @@
+"""Shared helpers for the side-by-side benchmarks: run commands, take medians, print ratios.
+
+Machines here are shared and noisy: every figure is the median of several runs, and comparisons are
+ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench"))
+PY = sys.executable
+NYDUS = [PY, "-m", "nydus_inspect"]
+
+
+TIME = shutil.which("time") or "/usr/bin/time"
+
+
+def run_once(cmd: list[str] | str, *, stdin=None, stdout=subprocess.DEVNULL, shell: bool = False) -> tuple[float, int]:
+    """(wall seconds, peak RSS in KiB) of one run; raises if the command fails.
+
+    RSS comes from GNU time, whose child is forked from that small program: rusage taken here would
+    count the pre-exec copy of this (large) Python process instead.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        argv = ["sh", "-c", cmd] if shell else list(cmd)
+        full = [TIME, "-f", "%M", "-o", tf.name, *argv]
+        t0 = time.perf_counter()
+        proc = subprocess.run(full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
+            raise SystemExit(f"benchmark command failed ({proc.returncode}): {shown}\n{proc.stderr.decode()[-2000:]}")
+        lines = [ln for ln in tf.read().split() if ln.isdigit()]
+        return wall, int(lines[-1]) if lines else 0
+
+
+def measure(name: str, cmd, repeat: int = 5, setup=None, **kw) -> dict:
+    walls, rss = [], []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        w, r = run_once(cmd, **kw)
+        walls.append(w)
+        rss.append(r)
+    return {"name": name, "median": statistics.median(walls), "min": min(walls), "rss_kib": max(rss), "runs": walls}
+
+
+def table(rows: list[dict], baseline: str | None = None) -> None:
+    base = next((r["median"] for r in rows if r["name"] == baseline), None)
+    print(f"{'command':<34} {'median s':>9} {'min s':>8} {'peak RSS MiB':>13} {'ratio':>7}")
+    for r in rows:
+        ratio = f"{r['median'] / base:.2f}x" if base else ""
+        print(f"{r['name']:<34} {r['median']:>9.3f} {r['min']:>8.3f} {r['rss_kib'] / 1024:>13.1f} {ratio:>7}")
+
+
+def ratio(rows: list[dict], a: str, b: str) -> float:
+    ma = next(r["median"] for r in rows if r["name"] == a)
+    mb = next(r["median"] for r in rows if r["name"] == b)
+    return ma / mb
+
+
+def ensure_rootfs() -> tuple[Path, Path]:
+    tar = BENCH_DIR / "rootfs.tar"
+    rootfs = BENCH_DIR / "rootfs"
+    if not tar.exists() or not rootfs.exists():
+        subprocess.run(["bash", str(ROOT / "bench" / "make_rootfs.sh")], check=True)
+    return rootfs, tar
+
+
+def load_note() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return ""

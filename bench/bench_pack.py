@@ -1,0 +1,54 @@
+"""pack / unpack on a real Debian minbase rootfs, side by side with zstd and mksquashfs.
+
+Targets (issue 7): pack <= 1.0x mksquashfs and <= 2.0x `zstd -3 -T2` of the same tar;
+unpack <= 2.0x `zstd -d` of the same bytes. Run: `make bench` or `python bench/bench_pack.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import NYDUS, ensure_rootfs, load_note, measure, ratio, table  # noqa: E402
+
+
+def main() -> int:
+    repeat = int(os.environ.get("BENCH_REPEAT", "5"))
+    rootfs, tar = ensure_rootfs()
+    work = Path(tempfile.mkdtemp(prefix="nydus-bench-"))
+    try:
+        blob, zst, sq, back = work / "l.blob", work / "l.tar.zst", work / "l.sqfs", work / "back.tar"
+        rows = [
+            measure("nydus-inspect pack (zstd)", [*NYDUS, "pack", "-q", str(tar), "-o", str(blob)], repeat),
+            measure("zstd -3 -T2", ["zstd", "-3", "-T2", "-q", "-f", str(tar), "-o", str(zst)], repeat),
+            measure(
+                "mksquashfs zstd-3 -b 1M -processors 2",
+                ["mksquashfs", str(rootfs), str(sq), "-comp", "zstd", "-Xcompression-level", "3", "-b", "1M",
+                 "-processors", "2", "-noappend", "-quiet", "-no-progress"],
+                repeat,
+            ),
+        ]
+        print(f"pack: {tar} ({tar.stat().st_size} bytes); {load_note()}")
+        table(rows, baseline="mksquashfs zstd-3 -b 1M -processors 2")
+        sizes = {n: p.stat().st_size for n, p in (("nydus blob", blob), ("tar.zst", zst), ("squashfs", sq))}
+        print("output sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+        print(f"pack / mksquashfs = {ratio(rows, rows[0]['name'], rows[2]['name']):.2f}x (target <= 1.0x)")
+        print(f"pack / zstd -T2   = {ratio(rows, rows[0]['name'], rows[1]['name']):.2f}x (target <= 2.0x)")
+        print()
+        urows = [
+            measure("nydus-inspect unpack -o tar", [*NYDUS, "unpack", "-q", str(blob), "-o", str(back)], repeat),
+            measure("zstd -d", ["zstd", "-d", "-q", "-f", str(zst), "-o", str(work / "d.tar")], repeat),
+        ]
+        table(urows, baseline="zstd -d")
+        print(f"unpack / zstd -d  = {ratio(urows, urows[0]['name'], urows[1]['name']):.2f}x (target <= 2.0x)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
