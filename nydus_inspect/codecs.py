@@ -81,6 +81,13 @@ def _zstd_compressor() -> zstandard.ZstdCompressor:
     return comp
 
 
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    dec = getattr(_local, "zd", None)
+    if dec is None:
+        dec = _local.zd = zstandard.ZstdDecompressor()
+    return dec
+
+
 def compress(data: bytes, comp: Compressor) -> bytes:
     """Compress ``data`` as nydus does: a zstd frame or a raw LZ4 block (no size prefix)."""
     if comp is Compressor.NONE:
@@ -110,9 +117,13 @@ def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", off
         if comp is Compressor.NONE:
             out = bytes(data)
         elif comp is Compressor.ZSTD:
-            # A stream reader bounds the output whatever the frame header claims.
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
-                out = rd.read(size + 1) if size else rd.read(1)
+            if size and zstandard.frame_content_size(data) == size:
+                # The frame says exactly what we expect: decode in one call, output capped at that size.
+                out = _zstd_decompressor().decompress(data, max_output_size=size)
+            else:
+                # A stream reader bounds the output whatever the frame header claims.
+                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
+                    out = rd.read(size + 1) if size else rd.read(1)
         elif comp is Compressor.LZ4_BLOCK:
             out = lz4.block.decompress(bytes(data), uncompressed_size=size) if size else b""
         else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .errors import FormatError
 from .layer import KIND_BOOTSTRAP_LAYER, Layer
 from .model import BLK, CHR, REG, fsdecode
+from .readahead import iter_with_data
 from .tarstream import open_tar_input, read_tar, storable_xattr
 
 FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "target", "rdev", "xattrs", "sha256", "hardlinks")
@@ -96,12 +97,12 @@ def describe_layer(layer: Layer) -> Tree:
         if node.hardlink is not None:
             groups.setdefault(node.hardlink, []).append(node.path)
     out: dict[bytes, Entry] = {}
-    for node in nodes:
+    for node, futures in iter_with_data(layer, nodes):
         digest = None
-        if node.type == REG:
+        if futures is not None:
             h = hashlib.sha256()
-            for data in layer.read_file(node):
-                h.update(data)
+            for fut in futures:
+                h.update(fut.result())
             digest = h.hexdigest()
         links = tuple(sorted(groups[node.hardlink])) if node.hardlink is not None and len(groups[node.hardlink]) > 1 else ()
         out[node.path] = _entry(node, digest, links)

@@ -582,10 +582,16 @@ class BlobFile:
         self.layer.close()
 
     def read_chunk(self, chunk: Chunk, rafs: RafsV6 | None = None, verify: bool = True) -> bytes:
+        """A chunk's decompressed bytes, through the LRU."""
         key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_size)
         data = self.cache.get(key)
-        if data is not None:
-            return data
+        if data is None:
+            data = self.decode_chunk(chunk, rafs, verify)
+            self.cache.put(key, data)
+        return data
+
+    def decode_chunk(self, chunk: Chunk, rafs: RafsV6 | None = None, verify: bool = True) -> bytes:
+        """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads)."""
         what = f"chunk {chunk.ci_index} of blob {chunk.blob_index}"
         raw = self.layer.pread(chunk.compressed_offset, chunk.compressed_size, what)
         if chunk.compressed:
@@ -603,7 +609,6 @@ class BlobFile:
                     f"{digester.value} digest {got.hex()} differs from the recorded {chunk.digest.hex()}",
                     offset=chunk.compressed_offset,
                 ).located(self.layer.path)
-        self.cache.put(key, data)
         return data
 
 

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import FormatError, UsageError
-from .formats import rafs_v6
+from .formats import rafs_v6, tar_header
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
+from .readahead import iter_with_data
 
 
 @dataclass
@@ -28,30 +29,6 @@ class UnpackResult:
     files: int = 0
     bytes: int = 0
     skipped: int = 0
-
-
-class _ChunkStream:
-    """File-like reader over a regular file's chunks, for tarfile.addfile."""
-
-    def __init__(self, layer: Layer, node: Node) -> None:
-        self._it = layer.read_file(node)
-        self._buf = b""
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        out = []
-        while n < 0 or n > 0:
-            if self._pos >= len(self._buf):
-                nxt = next(self._it, None)
-                if nxt is None:
-                    break
-                self._buf, self._pos = nxt, 0
-            take = len(self._buf) - self._pos if n < 0 else min(n, len(self._buf) - self._pos)
-            out.append(self._buf[self._pos : self._pos + take])
-            self._pos += take
-            if n > 0:
-                n -= take
-        return b"".join(out)
 
 
 def _rel(path: bytes) -> str:
@@ -66,58 +43,82 @@ def walk_image(layer: Layer) -> Iterator[Node]:
 
 
 def to_tar(layer: Layer, output: str) -> UnpackResult:
-    """Write the layer's tree as a PAX tar to ``output`` ('-' for stdout)."""
+    """Write the layer's tree as a tar (ustar, PAX where needed) to ``output`` ('-' for stdout)."""
     if output == "-":
         return _write_tar(layer, sys.stdout.buffer)
     with atomic_output(output) as f:
         return _write_tar(layer, f)
 
 
+_TYPEFLAG = {REG: b"0", DIR: b"5", SYMLINK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}
+
+
+def _header(node: Node, name: str, typeflag: bytes, size: int, linkname: str) -> bytes:
+    """The entry's header: a fast plain-ustar path, else tarfile's PAX encoder."""
+    if not node.xattrs:
+        hdr = tar_header.build_ustar(
+            name.encode("utf-8", "surrogateescape"), mode=stat.S_IMODE(node.mode), uid=node.uid, gid=node.gid,
+            size=size, mtime=node.mtime, typeflag=typeflag, linkname=linkname.encode("utf-8", "surrogateescape"),
+            devmajor=os.major(node.rdev) if node.type in (CHR, BLK) else 0,
+            devminor=os.minor(node.rdev) if node.type in (CHR, BLK) else 0,
+        )
+        if hdr is not None:
+            return hdr
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(node.mode)
+    info.uid, info.gid = node.uid, node.gid
+    info.mtime = node.mtime
+    info.uname = info.gname = ""
+    info.type = typeflag
+    info.size = size
+    info.linkname = linkname
+    if node.type in (CHR, BLK):
+        info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
+    if node.xattrs:
+        info.pax_headers = {
+            "SCHILY.xattr." + k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+            for k, v in sorted(node.xattrs.items())
+        }
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
 def _write_tar(layer: Layer, f) -> UnpackResult:
     res = UnpackResult()
     first_name: dict[int, str] = {}
-    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                      errors="surrogateescape") as tf:
-        for node in walk_image(layer):
-            if node.type == SOCK:
-                res.skipped += 1  # tar cannot hold sockets (nydus-image unpack skips them too)
-                continue
-            info = tarfile.TarInfo(_rel(node.path))
-            info.mode = stat.S_IMODE(node.mode)
-            info.uid, info.gid = node.uid, node.gid
-            info.mtime = node.mtime
-            info.uname = info.gname = ""
-            if node.xattrs:
-                info.pax_headers = {
-                    "SCHILY.xattr." + k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-                    for k, v in sorted(node.xattrs.items())
-                }
-            data = None
-            key = node.hardlink if node.hardlink is not None else None
-            if key is not None and key in first_name:
-                info.type = tarfile.LNKTYPE
-                info.linkname = first_name[key]
-                info.size = 0
-            elif node.type == REG:
-                info.type = tarfile.REGTYPE
-                info.size = node.size
-                data = _ChunkStream(layer, node)
-                res.files += 1
-                res.bytes += node.size
-                if key is not None:
-                    first_name[key] = info.name
-            elif node.type == DIR:
-                info.type = tarfile.DIRTYPE
-            elif node.type == SYMLINK:
-                info.type = tarfile.SYMTYPE
-                info.linkname = fsdecode(node.target or b"")
-            elif node.type in (CHR, BLK):
-                info.type = tarfile.CHRTYPE if node.type == CHR else tarfile.BLKTYPE
-                info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
-            elif node.type == FIFO:
-                info.type = tarfile.FIFOTYPE
-            tf.addfile(info, data)
-            res.entries += 1
+    written = 0
+    for node, futures in iter_with_data(layer, walk_image(layer)):
+        if node.type == SOCK:
+            res.skipped += 1  # tar cannot hold sockets (nydus-image unpack skips them too)
+            continue
+        name = _rel(node.path)
+        key = node.hardlink
+        if key is not None and key in first_name:
+            hdr = _header(node, name, tarfile.LNKTYPE, 0, first_name[key])
+            futures = None
+        elif node.type == REG:
+            hdr = _header(node, name, tarfile.REGTYPE, node.size, "")
+            res.files += 1
+            res.bytes += node.size
+            if key is not None:
+                first_name[key] = name
+        elif node.type == SYMLINK:
+            hdr = _header(node, name, tarfile.SYMTYPE, 0, fsdecode(node.target or b""))
+        else:
+            hdr = _header(node, name, _TYPEFLAG[node.type], 0, "")
+        f.write(hdr)
+        written += len(hdr)
+        if futures is not None:
+            for fut in futures:
+                data = fut.result()
+                f.write(data)
+            pad = -node.size % tar_header.BLOCK
+            f.write(bytes(pad))
+            written += node.size + pad
+        res.entries += 1
+    # End of archive: two zero blocks, then padding to a whole 10 KiB record as tar(1) does.
+    end = 2 * tar_header.BLOCK
+    end += -(written + end) % tarfile.RECORDSIZE
+    f.write(bytes(end))
     return res
 
 
@@ -131,13 +132,13 @@ def to_dir(layer: Layer, target: str) -> UnpackResult:
     first_path: dict[int, bytes] = {}
     dirs: list[tuple[bytes, Node]] = []
     try:
-        for node in walk_image(layer):
+        for node, futures in iter_with_data(layer, walk_image(layer)):
             parent, name = node.path.rsplit(b"/", 1)
             if name in (b"", b".", b"..") or b"/" in name:
                 raise FormatError("dirent", "name not allowed in an extracted path", value=fsdecode(node.path))
             pfd = _open_dir(root_fd, parent, target)
             try:
-                _extract_one(layer, node, pfd, name, root_fd, first_path, res, as_root)
+                _extract_one(node, futures, pfd, name, root_fd, first_path, res, as_root)
                 if node.type == DIR:
                     dirs.append((node.path, node))
             finally:
@@ -176,7 +177,7 @@ def _open_dir(root_fd: int, parent: bytes, target: str) -> int:
     return fd
 
 
-def _extract_one(layer: Layer, node: Node, pfd: int, name: bytes, root_fd: int, first_path: dict[int, bytes],
+def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first_path: dict[int, bytes],
                  res: UnpackResult, as_root: bool) -> None:
     perm = stat.S_IMODE(node.mode)
     key = node.hardlink
@@ -199,8 +200,11 @@ def _extract_one(layer: Layer, node: Node, pfd: int, name: bytes, root_fd: int, 
     if node.type == REG:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
         try:
-            for data in layer.read_file(node):
-                os.write(fd, data)
+            for fut in futures or ():
+                data = fut.result()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
             _set_meta(fd, node, perm, as_root)
             os.utime(fd, ns=(node.mtime * 10**9, node.mtime * 10**9))
         finally:
