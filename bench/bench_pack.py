@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import NYDUS, ensure_rootfs, load_note, measure, ratio, table  # noqa: E402
+from _common import BENCH_DIR, NYDUS, ROOT, ensure_rootfs, load_note, measure, ratio, table  # noqa: E402
 
 
 def main() -> int:
@@ -45,6 +46,18 @@ def main() -> int:
         ]
         table(urows, baseline="zstd -d")
         print(f"unpack / zstd -d  = {ratio(urows, urows[0]['name'], urows[1]['name']):.2f}x (target <= 2.0x)")
+        print()
+        # Streaming: a ~2 GB layer must pack in bounded memory (target: peak RSS < 300 MB).
+        big = BENCH_DIR / "big.tar"
+        if not big.exists():
+            subprocess.run(["bash", str(ROOT / "bench" / "make_rootfs.sh"), "--big"], check=True)
+        mrows = [
+            measure("nydus-inspect pack 2 GB tar", [*NYDUS, "pack", "-q", str(big), "-o", str(work / "big.blob")], 1),
+            measure("nydus-inspect unpack 2 GB", [*NYDUS, "unpack", "-q", str(work / "big.blob"), "-o",
+                                                  str(work / "big.back.tar")], 1),
+        ]
+        table(mrows)
+        print(f"pack of {big.stat().st_size} bytes: peak RSS {mrows[0]['rss_kib'] / 1024:.1f} MiB (target < 300 MB)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
