@@ -118,8 +118,12 @@ def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", off
             out = bytes(data)
         elif comp is Compressor.ZSTD:
             if size and zstandard.frame_content_size(data) == size:
-                # The frame says exactly what we expect: decode in one call, output capped at that size.
-                out = _zstd_decompressor().decompress(data, max_output_size=size)
+                # The frame says exactly what we expect (zstd checks that claim while decoding): decode it in
+                # one call; anything after it still counts towards the bound.
+                dobj = _zstd_decompressor().decompressobj()
+                out = dobj.decompress(data)
+                if dobj.unused_data:
+                    raise FormatError(what, f"zstd data decodes to more than {size} bytes", offset=offset)
             else:
                 # A stream reader bounds the output whatever the frame header claims.
                 with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
