@@ -135,6 +135,21 @@ def cmd_cache_file(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .merge import merge
+
+    res = merge(args.layers, args.output, with_tar=args.with_tar, blob_dir=args.blob_dir)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res.to_json())
+        return 0
+    print(f"{res.output}: {res.layers} layers, bootstrap {res.bootstrap_size} bytes, {len(res.blobs)} blob(s)")
+    for i, b in enumerate(res.blobs):
+        print(f"  [{i}] {b}")
+    return 0
+
+
 def _layer_args(p) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
@@ -167,6 +182,15 @@ def register(sub) -> None:
     s.add_argument("--blob", metavar="FILE", action="append")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("merge", help="per-layer nydus blobs (lowest first) -> one merged RAFS v6 bootstrap")
+    s.add_argument("layers", nargs="+", metavar="LAYER")
+    s.add_argument("-o", "--output", required=True, metavar="MERGED.boot")
+    s.add_argument("--with-tar", action="store_true",
+                   help="write the bootstrap layer form: image/image.boot in a tar (gzip if OUT ends in .gz)")
+    s.add_argument("--blob-dir", metavar="DIR", help="where blobs of bootstrap-only inputs live")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
     _layer_args(s)

@@ -527,6 +527,9 @@ class Layer:
         for p in self.extra_blobs:
             if os.path.basename(p).split(".")[0] == blob_id:
                 return p
+        for p in self.extra_blobs:  # a layer blob's id is its sha256 (the OCI layer digest)
+            if _file_sha256(p) == blob_id:
+                return p
         dirs = [self.blob_dir] if self.blob_dir else [os.path.dirname(os.path.abspath(self.path))]
         for d in dirs:
             for cand in (blob_id, blob_id + ".blob"):
@@ -615,6 +618,24 @@ class BlobFile:
                     offset=chunk.compressed_offset,
                 ).located(self.layer.path)
         return data
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
