@@ -23,7 +23,9 @@ $(VENV)/.apt-stamp:
 
 $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tui,mount]'
+	@echo "installing nydus-inspect and its Python dependencies into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tui,mount]' > $(VENV)/pip.log 2>&1 \
+		|| { cat $(VENV)/pip.log; exit 1; }
 	@touch $@
 
 deps: $(VENV)/.pip-stamp
@@ -58,7 +60,8 @@ demo: deps
 bench: deps
 	@missing=$$(for p in $(BENCH_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
-	$(PY) -m pip install -q --disable-pip-version-check ratarmount || true
+	@$(PY) -m pip install -q --disable-pip-version-check ratarmount > $(VENV)/pip-bench.log 2>&1 \
+		|| echo "ratarmount did not install (see $(VENV)/pip-bench.log); its figures will be missing"
 	bash bench/make_rootfs.sh
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
