@@ -150,6 +150,17 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_corrupt(args) -> int:
+    from .corrupt import corrupt, parse_range
+
+    what = corrupt(
+        args.layer, args.output, flip_bit=args.flip_bit, truncate=args.truncate,
+        zero_range=parse_range(args.zero_range) if args.zero_range else None,
+    )
+    print(f"{args.output}: {what}")
+    return 0
+
+
 def _layer_args(p) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
@@ -191,6 +202,14 @@ def register(sub) -> None:
     s.add_argument("--blob-dir", metavar="DIR", help="where blobs of bootstrap-only inputs live")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
+    s.add_argument("layer", metavar="LAYER")
+    s.add_argument("-o", "--output", required=True, metavar="BAD")
+    s.add_argument("--flip-bit", type=lambda v: int(v, 0), metavar="N", help="flip bit N (byte N//8, bit N%%8)")
+    s.add_argument("--truncate", type=lambda v: int(v, 0), metavar="N", help="keep the first N bytes")
+    s.add_argument("--zero-range", metavar="A:B", help="zero bytes [A, B)")
+    s.set_defaults(func=cmd_corrupt)
 
     s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
     _layer_args(s)
