@@ -82,7 +82,7 @@ class Layer:
         self.toc: list[toc.TocEntry] | None = None
         self.toc_bytes = b""
         self.toc_header = b""
-        self.sections: list[Section] = []
+        self._sections: list[Section] | None = None
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
         self._blob_files: dict[int, BlobFile] = {}
@@ -170,8 +170,21 @@ class Layer:
         else:
             self.kind = KIND_BLOB_NO_TOC
             self.notes.append("no rafs.blob.toc: sections found by walking the tar headers")
-        self.sections = self._walk_sections()
+            self._sections = self._walk_sections()
         return True
+
+    @property
+    def sections(self) -> list[Section]:
+        """Sections found by the tar-header walk. With a ToC this is only walked on demand (verify,
+        the no-ToC fallback), so a damaged header elsewhere does not hide entries the ToC locates."""
+        if self._sections is None:
+            if self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+                return []
+            try:
+                self._sections = self._walk_sections()
+            except FormatError as exc:
+                raise exc.located(self.path) from None
+        return self._sections
 
     def _read_toc(self, hdr: tar_header.TarHeader) -> None:
         if not hdr.gnu:
