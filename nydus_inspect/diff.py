@@ -66,7 +66,7 @@ class Tree:
 def describe_tar(path: str) -> Tree:
     digests: dict[int, str] = {}
 
-    def on_file(node, fobj) -> None:
+    def on_file(node, fobj, _ref=None) -> None:
         h = hashlib.sha256()
         remaining = node.size
         while remaining:

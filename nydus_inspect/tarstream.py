@@ -25,8 +25,8 @@ from typing import BinaryIO
 import zstandard
 
 from .errors import FormatError, UsageError
-from .formats.rafs_v6 import split_xattr_name
-from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, REG, SYMLINK, Node
+from .formats.rafs_v6 import build_xattrs, split_xattr_name, xattr_icount
+from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, MAX_SYMLINK, REG, SYMLINK, Node
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: Longest path we accept from a tar (Linux PATH_MAX).
 MAX_PATH = 4096
+#: Longest name of one path component (Linux NAME_MAX; an EROFS dirent cannot hold more).
+MAX_NAME = 255
 
-FileCallback = Callable[[Node, BinaryIO], None]
+#: ``on_file(node, fobj, ref)``: consume a regular file's bytes from ``fobj``, or, when ``ref`` is
+#: ``(fd, offset)`` (a plain tar file), read them with os.pread at that offset (from any thread).
+FileCallback = Callable[[Node, BinaryIO, "tuple[int, int] | None"], None]
 
 
 @dataclass
@@ -86,6 +90,17 @@ def open_tar_input(path: str) -> Iterator[BinaryIO]:
     finally:
         if close:
             raw.close()
+
+
+def plain_fd(stream) -> int | None:
+    """The file descriptor of an uncompressed, seekable tar file (not a pipe, not a decompressor)."""
+    if type(stream) is not io.BufferedReader:
+        return None
+    try:
+        fd = stream.fileno()
+        return fd if stream.seekable() and stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _seekable(stream) -> bool:
@@ -139,6 +154,8 @@ def _norm_path(name: str, where: str) -> bytes:
             continue
         if part == b"..":
             raise FormatError("tar entry", f"path {name!r} climbs out of the layer with '..'", value=where)
+        if len(part) > MAX_NAME:
+            raise FormatError("tar entry", f"a path component is longer than {MAX_NAME} bytes", value=where)
         parts.append(part)
     path = b"/" + b"/".join(parts)
     if len(path) > MAX_PATH:
@@ -163,7 +180,10 @@ def _xattrs(member: tarfile.TarInfo, path: bytes, warnings: list[str]) -> dict[b
             out[name] = value.encode("utf-8", "surrogateescape")
         elif key.startswith("LIBARCHIVE.xattr."):
             name = urllib.parse.unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :])
-            out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
+            try:
+                out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
+            except ValueError:
+                raise FormatError("tar entry", f"{key}: the value is not base64", value=os.fsdecode(path)) from None
     for name in [n for n in out if not storable_xattr(n)]:
         # macOS tars carry namespace-less xattrs; neither RAFS nor a Linux runtime can hold them.
         warnings.append(
@@ -171,7 +191,26 @@ def _xattrs(member: tarfile.TarInfo, path: bytes, warnings: list[str]) -> dict[b
             "security. and POSIX ACL xattrs"
         )
         del out[name]
+    try:
+        area = build_xattrs(out)
+    except ValueError as exc:
+        raise FormatError("tar entry", f"{exc}: RAFS holds xattr names up to 255 bytes after the namespace "
+                          "and values up to 65535 bytes", value=os.fsdecode(path)) from None
+    if xattr_icount(len(area)) > 0xFFFF:
+        raise FormatError("tar entry", f"{len(area)} bytes of xattrs: more than one RAFS inode holds",
+                          value=os.fsdecode(path))
     return out
+
+
+def _check_numbers(member: tarfile.TarInfo, path: bytes, where: str, warnings: list[str]) -> None:
+    """Owners and times must fit RAFS's inode fields; a time before 1970 is stored as 0, with a warning."""
+    for what, value in (("uid", member.uid), ("gid", member.gid)):
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise FormatError("tar entry", f"{what} {value} does not fit RAFS's 32 bits", value=where)
+    if member.mtime >= 1 << 63:
+        raise FormatError("tar entry", f"mtime {member.mtime} is out of range", value=where)
+    if member.mtime < 0:
+        warnings.append(f"{os.fsdecode(path)}: mtime {int(member.mtime)} is before 1970; RAFS stores it as 0")
 
 
 _TYPE_OF_MEMBER = {
@@ -267,6 +306,7 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
     try:
         # tarfile's stream mode ("r|") copies data through Python in small steps; its seekable mode is
         # three times faster and only ever seeks forward while members are read in order.
+        fd = plain_fd(stream)
         fobj = stream if _seekable(stream) else ForwardSeekable(stream)
         with tarfile.open(fileobj=fobj, mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
             for member in tf:
@@ -282,6 +322,7 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
                 if ntype is None:
                     raise UsageError(f"{where}: unsupported tar entry type {member.type!r}")
                 mode = FMT_OF_TYPE[ntype] | (member.mode & 0o7777)
+                _check_numbers(member, path, where, builder.tree.warnings)
                 node = Node(
                     path=path,
                     type=ntype,
@@ -297,11 +338,16 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
                     node.size = len(node.target)
                     if not node.target:
                         raise FormatError("tar entry", "symlink with an empty target", value=where)
+                    if len(node.target) > MAX_SYMLINK:
+                        raise FormatError("tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=where)
                 elif ntype in (CHR, BLK):
+                    if member.devmajor >= 1 << 12 or member.devminor >= 1 << 20:
+                        raise FormatError("tar entry", f"device {member.devmajor},{member.devminor}: Linux (and RAFS) "
+                                          "device numbers have 12-bit majors and 20-bit minors", value=where)
                     node.rdev = os.makedev(member.devmajor, member.devminor)
                 if ntype == REG and on_file is not None:
                     fobj = tf.extractfile(member)
-                    on_file(node, fobj)  # type: ignore[arg-type]
+                    on_file(node, fobj, (fd, member.offset_data) if fd is not None else None)  # type: ignore[arg-type]
                 builder.add(node)
             if tf.pax_headers:
                 builder.tree.warnings.append(
