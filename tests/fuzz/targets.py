@@ -1,0 +1,146 @@
+"""Fuzz targets, one per parser: each takes bytes and must end in success or FormatError/UsageError.
+
+Used by the short-budget test (tests/test_fuzz_targets.py) and by the long atheris runs
+(tests/fuzz/run_atheris.py). Every target bounds its own work (nodes walked, chunks read), so a
+hang or a large allocation is a parser bug, not a target artefact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from nydus_inspect.errors import FormatError, UsageError
+from nydus_inspect.formats import blob_meta, rafs_v5, rafs_v6, tar_header, toc
+from nydus_inspect.model import REG, RafsV6
+
+EXPECTED = (FormatError, UsageError)
+MAX_NODES = 2000
+
+
+def fuzz_tar_header(data: bytes) -> None:
+    try:
+        tar_header.parse(data[:512])
+    except EXPECTED:
+        pass
+
+
+def fuzz_toc(data: bytes) -> None:
+    try:
+        for entry in toc.parse(data[: len(data) // 128 * 128]):
+            entry.build()
+    except EXPECTED:
+        pass
+
+
+def fuzz_blob_meta(data: bytes) -> None:
+    try:
+        hdr = blob_meta.BlobMetaHeader.parse(data[-blob_meta.HEADER_SIZE :] if len(data) >= 4096 else data)
+        body = data[: max(0, len(data) - blob_meta.HEADER_SIZE)]
+        arr = blob_meta.ChunkInfoArray(body, min(hdr.s_ci_entries, 10_000), bool(hdr.s_features & blob_meta.CHUNK_INFO_V2))
+        for ci in arr:
+            ci.to_json()
+    except EXPECTED:
+        pass
+
+
+def fuzz_rafs_v6(data: bytes) -> None:
+    try:
+        r = RafsV6(data)
+        for i, node in enumerate(r.walk()):
+            if i >= MAX_NODES:
+                break
+            node.to_json()
+            if node.type == REG:
+                r.chunks(node)
+        for i, _ in enumerate(r.chunk_table_entries()):
+            if i >= MAX_NODES:
+                break
+    except EXPECTED:
+        pass
+
+
+def fuzz_rafs_v5(data: bytes) -> None:
+    try:
+        r = rafs_v5.RafsV5(data)
+        r.blob_ids()
+        for i, _ in enumerate(r.walk()):
+            if i >= MAX_NODES:
+                break
+    except EXPECTED:
+        pass
+
+
+def fuzz_dir_block(data: bytes) -> None:
+    try:
+        rafs_v6.parse_dir_block(data[:4096], 0, 128)
+    except EXPECTED:
+        pass
+
+
+_TMP = None
+
+
+def fuzz_layer(data: bytes) -> None:
+    """The whole reading path on a file: sniff, ToC, entries, bootstrap, listing, chunk reads."""
+    global _TMP
+    from nydus_inspect import inspect
+    from nydus_inspect.layer import open_layer
+
+    if _TMP is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, _TMP = tempfile.mkstemp(prefix="nydus-fuzz-", dir=base)
+        os.close(fd)
+    with open(_TMP, "wb") as f:
+        f.write(data)
+    try:
+        with open_layer(_TMP) as layer:
+            inspect.info(layer)
+            if layer.toc is not None or layer.kind == "nydus-blob-no-toc":
+                inspect.toc_report(layer)
+                for name in layer.entry_names():
+                    layer.entry(name)
+            if layer.has_bootstrap:
+                for i, node in enumerate(inspect.list_nodes(layer, "/", recursive=True)):
+                    if i >= MAX_NODES:
+                        break
+                    if node.type == REG and not layer.is_v5:
+                        for _ in layer.read_file(node):
+                            pass
+    except EXPECTED:
+        pass
+
+
+TARGETS = {
+    "tar_header": fuzz_tar_header,
+    "toc": fuzz_toc,
+    "blob_meta": fuzz_blob_meta,
+    "rafs_v6": fuzz_rafs_v6,
+    "rafs_v5": fuzz_rafs_v5,
+    "dir_block": fuzz_dir_block,
+    "layer": fuzz_layer,
+}
+
+
+def seeds(vectors: str) -> dict[str, list[bytes]]:
+    """Seed inputs per target, cut from the real vectors."""
+    def read(rel: str) -> bytes:
+        with open(os.path.join(vectors, rel), "rb") as f:
+            return f.read()
+
+    toc_blob = read("nydus/toc/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca")
+    data_blob = read("nydus/blobs/be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef")
+    boot = read("nydus/bootstrap/rafs-v6-2.2.boot")
+    v5 = read("nydus/repeatable/sha256-nocompress-repeatable")
+    import zstandard
+
+    inline_boot = zstandard.ZstdDecompressor().decompress(toc_blob[7997 : 7997 + 501])
+    return {
+        "tar_header": [toc_blob[-512:], data_blob[-512:], toc_blob[2829 : 2829 + 512]],
+        "toc": [toc_blob[9010:9522], data_blob[13530 - 512 : 13530]],
+        "blob_meta": [toc_blob[3341:7485], data_blob[8314:12442]],
+        "rafs_v6": [boot, inline_boot],
+        "rafs_v5": [v5],
+        "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
+        "layer": [toc_blob, data_blob, boot, v5],
+    }
