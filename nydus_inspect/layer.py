@@ -313,15 +313,18 @@ class Layer:
             usize = _zstd_frame_size(raw, name, off)
         data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
         if verify and digest is not None:
-            got = hashlib.sha256(data)
-            if name == IMAGE_BLOB:
-                got.update(self.pread(off + size, 512, "image.blob tar header"))
-            if got.digest() != digest:
-                raise FormatError(
-                    "toc entry", f"sha256 of {name} is {got.hexdigest()}, the ToC says {digest.hex()}",
-                    field="uncompressed_digest", offset=off,
-                )
+            self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
         return data
+
+    def _check_entry_digest(self, name: str, h, off: int, size: int, digest: bytes) -> None:
+        """Compare a ToC entry's sha256; image.blob's covers its trailing tar header too (nydus quirk)."""
+        if name == IMAGE_BLOB:
+            h.update(self.pread(off + size, 512, "image.blob tar header"))
+        if h.digest() != digest:
+            raise FormatError(
+                "toc entry", f"sha256 of {name} is {h.hexdigest()}, the ToC says {digest.hex()}",
+                field="uncompressed_digest", offset=off,
+            )
 
     def iter_entry(self, name: str, block: int = 1 << 20) -> Iterator[bytes]:
         """Stream an entry; uncompressed entries (image.blob) are never loaded whole."""
@@ -335,13 +338,7 @@ class Layer:
             h.update(chunk)
             yield chunk
         if digest is not None:
-            if name == IMAGE_BLOB:
-                h.update(self.pread(off + size, 512, "image.blob tar header"))
-            if h.digest() != digest:
-                raise FormatError(
-                    "toc entry", f"sha256 of {name} is {h.hexdigest()}, the ToC says {digest.hex()}",
-                    field="uncompressed_digest", offset=off,
-                )
+            self._check_entry_digest(name, h, off, size, digest)
 
     @cached_property
     def toc_digest(self) -> bytes | None:
