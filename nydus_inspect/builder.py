@@ -20,12 +20,9 @@ from .formats._struct import round_up
 from .formats.rafs_v6 import (
     BLOCK_SIZE,
     BlobTableEntry,
-    ChunkIndex,
-    ChunkTableEntry,
     DeviceSlot,
     Dirent,
     ExtSuperBlock,
-    Inode,
     SuperBlock,
 )
 from .model import BLK, CHR, DIR, FT_OF_TYPE, REG, SYMLINK, Chunk, Node
@@ -33,6 +30,16 @@ from .model import BLK, CHR, DIR, FT_OF_TYPE, REG, SYMLINK, Chunk, Node
 INODE_SIZE = 64  # tar-rafs and merge always write extended inodes
 #: mapped_blkaddr alignment of v2.3 (512 KiB).
 MAPPED_ALIGN = 0x80000
+_INODE = rafs_v6.INODE_EXTENDED.struct
+_CHUNK_RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
+assert _INODE.size == INODE_SIZE and rafs_v6.INODE_EXTENDED.names == [
+    "i_format", "i_xattr_icount", "i_mode", "i_size", "i_u", "i_ino", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec",
+    "i_nlink",
+]
+assert rafs_v6.CHUNK_TABLE_ENTRY.names == [
+    "block_id", "blob_index", "flags", "compressed_size", "uncompressed_size", "compressed_offset",
+    "uncompressed_offset", "file_offset", "index", "crc32",
+]
 
 
 @dataclass
@@ -169,9 +176,9 @@ def build_bootstrap(
     cursor = meta_start + BLOCK_SIZE
     for slot in slots:
         must, total = _footprint(slot, chunk_size)
-        if must > BLOCK_SIZE:
-            raise ValueError(f"{slot.path!r}: inode and xattrs do not fit one block")
-        if cursor % BLOCK_SIZE + must > BLOCK_SIZE:
+        # Only an inline tail must share the inode's block; EROFS reads an inode and its xattrs across
+        # blocks, so a record larger than a block (many or big xattrs) starts on a fresh block and spans.
+        if cursor % BLOCK_SIZE + min(must, BLOCK_SIZE) > BLOCK_SIZE:
             cursor = round_up(cursor, BLOCK_SIZE)
         slot.offset = cursor
         slot.nid = (cursor - meta_start) // 32
@@ -195,18 +202,10 @@ def build_bootstrap(
     for key in sorted(records):
         c = records[key]
         flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0)
-        table += ChunkTableEntry(
-            block_id=c.digest,
-            blob_index=c.blob_index,
-            flags=flags,
-            compressed_size=c.compressed_size,
-            uncompressed_size=c.uncompressed_size,
-            compressed_offset=c.compressed_offset,
-            uncompressed_offset=c.uncompressed_offset,
-            file_offset=c.file_offset,
-            index=c.ci_index,
-            crc32=c.crc32 or 0,
-        ).build()
+        # ChunkTableEntry(...).build(), positionally: this runs once per chunk of the image.
+        table += _CHUNK_RECORD.pack(c.digest, c.blob_index, flags, c.compressed_size, c.uncompressed_size,
+                                    c.compressed_offset, c.uncompressed_offset, c.file_offset, c.ci_index,
+                                    c.crc32 or 0)
     total_size = round_up(chunk_table_off + len(table), BLOCK_SIZE)
     buf = bytearray(total_size)
     buf[chunk_table_off : chunk_table_off + len(table)] = table
@@ -274,23 +273,26 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
         i_u = node.rdev & 0xFFFFFFFF
     else:
         i_u = slot.blkaddr
-    ino = Inode(
-        i_format=1 | (slot.layout << 1),
-        i_xattr_icount=rafs_v6.xattr_icount(len(slot.xattrs)),
-        i_mode=node.mode & 0xFFFF,
-        i_nlink=nlink,
-        i_size=slot.size,
-        i_u=i_u,
-        i_ino=slot.ino,
-        i_uid=node.uid if explicit_uid_gid else 0,
-        i_gid=node.gid if explicit_uid_gid else 0,
-        i_mtime=node.mtime,
-        i_mtime_nsec=0,
-    )
-    raw = ino.build() + slot.xattrs
+    # Inode(...).build() + xattrs, packed in place: this runs once per inode of the image.
     off = slot.offset
-    buf[off : off + len(raw)] = raw
-    pos = off + len(raw)
+    _INODE.pack_into(
+        buf, off,
+        1 | (slot.layout << 1),  # i_format: extended
+        rafs_v6.xattr_icount(len(slot.xattrs)),
+        node.mode & 0xFFFF,
+        slot.size,
+        i_u,
+        slot.ino,
+        node.uid if explicit_uid_gid else 0,
+        node.gid if explicit_uid_gid else 0,
+        max(node.mtime, 0),  # RAFS has no time before 1970 (pack warns)
+        0,  # i_mtime_nsec
+        nlink,
+    )
+    pos = off + INODE_SIZE
+    if slot.xattrs:
+        buf[pos : pos + len(slot.xattrs)] = slot.xattrs
+        pos += len(slot.xattrs)
     if node.type == DIR:
         ents = [Dirent(b".", slot.nid, rafs_v6.FT_DIR), Dirent(b"..", slot.parent.nid, rafs_v6.FT_DIR)]
         ents += [Dirent(name, s.nid, FT_OF_TYPE[s.node.type]) for name, s in slot.dirents]
@@ -310,7 +312,10 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
         buf[pos : pos + len(slot.tail)] = slot.tail
     elif slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
         pos = round_up(pos, 8)
+        pack_into = rafs_v6.CHUNK_INDEX.pack_into
         for c in node.chunks or ():
-            idx = ChunkIndex(c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK_SIZE).build()
-            buf[pos : pos + 8] = idx
+            # ChunkIndex(blob_index, ci_index, blkaddr).build(), in place.
+            ci = c.ci_index
+            pack_into(buf, pos, ci & 0xFFFF, ((c.blob_index + 1) & 0xFF) | ((ci >> 16) << 8),
+                      c.uncompressed_offset // BLOCK_SIZE)
             pos += 8

@@ -186,6 +186,7 @@ class RafsV6:
         self._meta_off = self.meta.meta_offset
         self._inodes: _LRU = _LRU(65536)
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
+        self._records: dict[tuple[int, int], tuple] | None = None
         self._ci_source = ci_source
 
     # ------------------------------------------------------------------ inodes
@@ -219,8 +220,9 @@ class RafsV6:
             mode=ino.i_mode,
             uid=ino.i_uid,
             gid=ino.i_gid,
-            mtime=ino.i_mtime,
-            mtime_nsec=ino.i_mtime_nsec,
+            # A compact inode has no mtime: EROFS gives it the superblock's build time (0 in nydus images).
+            mtime=ino.i_mtime if ino.extended else self.sb.s_build_time,
+            mtime_nsec=ino.i_mtime_nsec if ino.extended else self.sb.s_build_time_nsec,
             size=ino.i_size,
             nlink=ino.i_nlink,
             nid=nid,
@@ -232,8 +234,9 @@ class RafsV6:
             n.size = 0
         elif ntype == SYMLINK:
             n.target = self._inline_data(nid, ino, MAX_SYMLINK)
-        if ntype == REG and ino.i_nlink > 1:
+        if ntype != DIR and ino.i_nlink > 1:
             # v2.3 hardlinks share one nid; 2022 images gave each name its own inode with one i_ino.
+            # Any non-directory can be hard-linked (tar links symlinks, fifos and devices too).
             n.hardlink = ino.i_ino
         return n
 
@@ -266,8 +269,8 @@ class RafsV6:
         raise FormatError("erofs inode", f"nid {nid}: this type needs a flat data layout", field="i_format", offset=off, value=ino.i_format)
 
     # ------------------------------------------------------------------ directories
-    def readdir(self, nid: int) -> list[rafs_v6.Dirent]:
-        """Entries of directory ``nid`` in on-disk (sorted) order, without ``.`` and ``..``."""
+    def readdir(self, nid: int, include_dots: bool = False) -> list[rafs_v6.Dirent]:
+        """Entries of directory ``nid`` in on-disk (sorted) order, without ``.`` and ``..`` unless asked."""
         ino = self.inode(nid)
         if node_type(ino.i_mode) != DIR:
             raise FormatError("erofs inode", f"nid {nid} is not a directory", value=ino.i_mode)
@@ -278,6 +281,8 @@ class RafsV6:
             block = data[bstart : bstart + BLOCK_SIZE]
             for d in rafs_v6.parse_dir_block(block, self._dir_block_base(nid, ino, bstart), nid):
                 if d.name in (b".", b".."):
+                    if include_dots:
+                        out.append(d)
                     continue
                 if b"/" in d.name:
                     raise FormatError("erofs dirent", f"directory nid {nid}: name contains '/'", value=d.name)
@@ -318,29 +323,43 @@ class RafsV6:
             yield self.node(d.nid, base + b"/" + d.name)
 
     def walk(self, start: Node | None = None, max_depth: int = 4096) -> Iterator[Node]:
-        """Pre-order walk in dirent order. Refuses directory cycles and absurd depth."""
+        """Pre-order walk in dirent order. Refuses directory cycles, directories linked twice and absurd depth.
+
+        Each directory is expanded once, so the walk is linear in the bootstrap size: a directory linked from two
+        dirents (never valid in EROFS) could otherwise make a DAG with exponentially many paths.
+        """
         top = start or self.root()
         yield top
         if top.type != DIR:
             return
-        stack = [(iter(self.readdir(top.nid)), top.path.rstrip(b"/"), {top.nid})]
+        expanded = {top.nid}
+        on_path = [top.nid]
+        stack = [(iter(self.readdir(top.nid)), top.path.rstrip(b"/"))]
         while stack:
-            it, base, ancestors = stack[-1]
+            it, base = stack[-1]
             d = next(it, None)
             if d is None:
                 stack.pop()
+                on_path.pop()
                 continue
             child = self.node(d.nid, base + b"/" + d.name)
             yield child
             if child.type == DIR:
-                if d.nid in ancestors:
-                    raise FormatError("erofs dirent", "directory cycle", value=fsdecode(child.path))
+                if d.nid in expanded:
+                    what = "directory cycle" if d.nid in on_path else f"directory nid {d.nid} is linked twice"
+                    raise FormatError("erofs dirent", what, value=fsdecode(child.path))
                 if len(stack) >= max_depth:
                     raise FormatError("erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(child.path))
-                stack.append((iter(self.readdir(d.nid)), child.path, ancestors | {d.nid}))
+                expanded.add(d.nid)
+                on_path.append(d.nid)
+                stack.append((iter(self.readdir(d.nid)), child.path))
 
     # ------------------------------------------------------------------ chunks
     def chunk_indexes(self, node: Node) -> list[ChunkIndex]:
+        return [ChunkIndex.decode(*t) for t in self._raw_chunk_indexes(node)]
+
+    def _raw_chunk_indexes(self, node: Node) -> list[tuple[int, int, int]]:
+        """The (advise, device_id, blkaddr) triples of a regular file, checked to lie in the bootstrap."""
         ino = self.inode(node.nid)
         off = self.inode_offset(node.nid)
         if ino.datalayout != rafs_v6.LAYOUT_CHUNK_BASED:
@@ -356,7 +375,7 @@ class RafsV6:
                 offset=start,
                 value=ino.i_size,
             )
-        return [ChunkIndex.decode(*t) for t in rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count])]
+        return list(rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count]))
 
     def chunk_table(self) -> dict[tuple[int, int], ChunkTableEntry]:
         """The bootstrap's 80-byte chunk records keyed by (blob_index, ci index)."""
@@ -371,6 +390,17 @@ class RafsV6:
             self._chunk_table = table
         return self._chunk_table
 
+    def _chunk_records(self) -> dict[tuple[int, int], tuple]:
+        """The chunk table as raw field tuples keyed by (blob_index, ci index): what chunks() reads, without
+        building a record object for every chunk of the image."""
+        if self._records is None:
+            records: dict[tuple[int, int], tuple] = {}
+            off = self.ext.s_chunk_table_offset
+            for vals in rafs_v6.CHUNK_TABLE_ENTRY.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size]):
+                records.setdefault((vals[1], vals[8]), vals)
+            self._records = records
+        return self._records
+
     def chunk_table_entries(self) -> Iterator[ChunkTableEntry]:
         off = self.ext.s_chunk_table_offset
         layout = rafs_v6.CHUNK_TABLE_ENTRY
@@ -382,43 +412,52 @@ class RafsV6:
         if node.type != REG:
             return []
         nblobs = len(self.blobs)
+        records = self._chunk_records()
+        chunk_size = self.chunk_size
+        has_crc, is_compressed = rafs_v6.CHUNK_HAS_CRC32, rafs_v6.CHUNK_COMPRESSED
         out = []
-        for k, idx in enumerate(self.chunk_indexes(node)):
-            if not 0 <= idx.blob_index < nblobs:
+        for k, (advise, device_id, blkaddr) in enumerate(self._raw_chunk_indexes(node)):
+            # ChunkIndex.decode, inline: this loop runs once per chunk of every file read.
+            blob_index = (device_id & 0xFF) - 1
+            ci_index = ((device_id >> 8) << 16) | advise
+            if not 0 <= blob_index < nblobs:
                 raise FormatError(
                     "erofs chunk index",
                     f"{fsdecode(node.path)} chunk {k}: blob index outside the {nblobs}-entry blob table",
-                    value=idx.blob_index,
+                    value=blob_index,
                 )
-            rec = self.chunk_table().get((idx.blob_index, idx.ci_index))
+            rec = records.get((blob_index, ci_index))
             if rec is not None:
+                # rec: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
+                # uncompressed_offset, file_offset, index, crc32
+                flags = rec[2]
                 chunk = Chunk(
-                    blob_index=idx.blob_index,
-                    ci_index=idx.ci_index,
-                    file_offset=k * self.chunk_size,
-                    compressed_offset=rec.compressed_offset,
-                    compressed_size=rec.compressed_size,
-                    uncompressed_offset=rec.uncompressed_offset,
-                    uncompressed_size=rec.uncompressed_size,
-                    compressed=rec.compressed,
-                    digest=rec.block_id,
-                    crc32=rec.crc32 if rec.flags & rafs_v6.CHUNK_HAS_CRC32 else None,
+                    blob_index,
+                    ci_index,
+                    k * chunk_size,
+                    rec[5],
+                    rec[3],
+                    rec[6],
+                    rec[4],
+                    bool(flags & is_compressed),
+                    rec[0],
+                    rec[9] if flags & has_crc else None,
                 )
             else:
-                chunk = self._chunk_from_blob_meta(node, k, idx)
-            want = min(self.chunk_size, node.size - k * self.chunk_size)
+                chunk = self._chunk_from_blob_meta(node, k, ChunkIndex(blob_index, ci_index, blkaddr))
+            want = min(chunk_size, node.size - k * chunk_size)
             if chunk.uncompressed_size != want:
                 raise FormatError(
                     "rafs chunk",
                     f"{fsdecode(node.path)} chunk {k}: uncompressed size {chunk.uncompressed_size}, file needs {want}",
                     value=chunk.uncompressed_size,
                 )
-            if chunk.uncompressed_offset != idx.blkaddr * BLOCK_SIZE:
+            if chunk.uncompressed_offset != blkaddr * BLOCK_SIZE:
                 raise FormatError(
                     "erofs chunk index",
                     f"{fsdecode(node.path)} chunk {k}: blkaddr disagrees with the chunk's uncompressed offset "
                     f"{chunk.uncompressed_offset}",
-                    value=idx.blkaddr,
+                    value=blkaddr,
                 )
             out.append(chunk)
         node.chunks = out

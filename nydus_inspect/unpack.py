@@ -86,6 +86,13 @@ def _write_tar(layer: Layer, f) -> UnpackResult:
     res = UnpackResult()
     first_name: dict[int, str] = {}
     written = 0
+    root = layer.rafs.root()
+    if stat.S_IMODE(root.mode) != 0o755 or root.uid or root.gid or root.mtime or root.xattrs:
+        # The layer tar had a "./" entry (the packer's implicit root is 0755 root:root at time 0): keep it.
+        hdr = _header(root, "./", _TYPEFLAG[DIR], 0, "")
+        f.write(hdr)
+        written += len(hdr)
+        res.entries += 1
     for node, futures in iter_with_data(layer, walk_image(layer)):
         if node.type == SOCK:
             res.skipped += 1  # tar cannot hold sockets (nydus-image unpack skips them too)
@@ -105,6 +112,8 @@ def _write_tar(layer: Layer, f) -> UnpackResult:
             hdr = _header(node, name, tarfile.SYMTYPE, 0, fsdecode(node.target or b""))
         else:
             hdr = _header(node, name, _TYPEFLAG[node.type], 0, "")
+        if key is not None:
+            first_name.setdefault(key, name)  # later names of a hard-linked symlink, fifo or device link here
         f.write(hdr)
         written += len(hdr)
         if futures is not None:
@@ -227,10 +236,13 @@ def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first
         os.chown(name, node.uid, node.gid, dir_fd=pfd, follow_symlinks=False)
     if node.type != SYMLINK:
         os.chmod(name, perm, dir_fd=pfd)
-        for k, v in node.xattrs.items():
-            with contextlib.suppress(OSError):
-                os.setxattr(f"/proc/self/fd/{pfd}/{fsdecode(name)}", k, v, follow_symlinks=False)
+    # Symlinks and devices hold trusted.* and security.* xattrs (Linux refuses user.* there).
+    for k, v in node.xattrs.items():
+        with contextlib.suppress(OSError):
+            os.setxattr(f"/proc/self/fd/{pfd}/{fsdecode(name)}", k, v, follow_symlinks=False)
     os.utime(name, ns=(node.mtime * 10**9, node.mtime * 10**9), dir_fd=pfd, follow_symlinks=False)
+    if key is not None:
+        first_path[key] = node.path
 
 
 def _set_meta(fd: int, node: Node, perm: int, as_root: bool) -> None:
@@ -242,7 +254,7 @@ def _set_meta(fd: int, node: Node, perm: int, as_root: bool) -> None:
             os.setxattr(fd, k, v)
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EPERM):
-                raise
+                raise UsageError(f"{fsdecode(node.path)}: cannot set xattr {fsdecode(k)}: {exc.strerror}") from None
 
 
 def cache_file(layer: Layer, output: str, blob_index: int | None = None) -> int:

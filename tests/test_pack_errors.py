@@ -1,0 +1,269 @@
+"""Bad input to pack: exit 2, one line on stderr (no traceback), nothing at the output path and no
+temporary file left beside it; an interrupted pack leaves nothing behind either."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+from fixtures_util import (
+    ROOT,
+    assert_one_line_error,
+    fixture_tars_fixture,  # noqa: F401 (provides the fixture_tars fixture)
+    make_fixtures,
+    run_cli,
+)
+
+from nydus_inspect.errors import NydusInspectError
+from nydus_inspect.pack import pack
+
+
+def _tar(path, add) -> str:
+    """Write a PAX tar at ``path``; ``add(t)`` fills it through make_fixtures.Tar."""
+    t = make_fixtures.Tar()
+    add(t)
+    path.write_bytes(t.bytes())
+    return str(path)
+
+
+def _assert_nothing_written(out_dir, out_name="out.blob"):
+    left = sorted(os.listdir(out_dir))
+    assert left == [], f"left behind in {out_dir}: {left}"
+    assert not os.path.exists(os.path.join(out_dir, out_name))
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    d = tmp_path / "out"
+    d.mkdir()
+    return d
+
+
+def _pack_fails(src, out_dir, *needles, extra=(), stdin=None):
+    proc = run_cli("pack", src, "-o", out_dir / "out.blob", *extra, stdin=stdin)
+    line = assert_one_line_error(proc, 2, *needles)
+    _assert_nothing_written(out_dir)
+    return line
+
+
+# ============================================================================ unreadable input
+def test_not_a_tar(tmp_path, out_dir):
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"this is not a tar archive\n" * 100)
+    _pack_fails(src, out_dir, "tar")
+
+
+def test_garbage_after_a_gzip_header(tmp_path, out_dir):
+    src = tmp_path / "bad.tar.gz"
+    src.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(2000))
+    _pack_fails(src, out_dir)
+
+
+@pytest.mark.parametrize("via", ["file", "stdin"])
+def test_truncated_in_file_data(tmp_path, out_dir, fixture_tars, via):
+    data = fixture_tars["every-type.tar"].read_bytes()
+    with tarfile.open(fixture_tars["every-type.tar"]) as tf:
+        member = tf.getmember("data/two-and-a-half-m.bin")
+    cut = member.offset_data + member.size // 2  # in the middle of a multi-chunk file
+    src = tmp_path / "cut.tar"
+    src.write_bytes(data[:cut])
+    if via == "file":
+        _pack_fails(src, out_dir)
+    else:
+        with open(src, "rb") as f:
+            _pack_fails("-", out_dir, stdin=f)
+
+
+def test_truncated_compressed_tar(tmp_path, out_dir, fixture_tars):
+    data = fixture_tars["every-type.tar.zst"].read_bytes()
+    src = tmp_path / "cut.tar.zst"
+    src.write_bytes(data[: len(data) // 2])
+    _pack_fails(src, out_dir)
+
+
+@pytest.mark.parametrize("name", make_fixtures.REFUSED)
+def test_sparse_members_are_refused(out_dir, fixture_tars, name):
+    line = _pack_fails(fixture_tars[name], out_dir, "sparse", "sparse.img")
+    assert len(line) < 300
+
+
+def test_hardlink_to_a_missing_target(tmp_path, out_dir):
+    src = _tar(tmp_path / "src.tar", lambda t: (t.file("a", b"a"), t.hardlink("b", "missing")))
+    _pack_fails(src, out_dir, "hard link", "missing")
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/../../evil", "./../evil"])
+def test_dotdot_in_a_path(tmp_path, out_dir, name):
+    src = _tar(tmp_path / "src.tar", lambda t: t.file(name, b"x"))
+    _pack_fails(src, out_dir, "..")
+
+
+def test_dotdot_in_a_hardlink_target(tmp_path, out_dir):
+    src = _tar(tmp_path / "src.tar", lambda t: (t.file("a", b"a"), t.hardlink("b", "../a")))
+    _pack_fails(src, out_dir, "..")
+
+
+@pytest.mark.parametrize(
+    ("add", "needle"),
+    [
+        (lambda t: t.file("n" * 256, b"x"), "255"),  # longer than an EROFS dirent name
+        (lambda t: t.symlink("s", "t" * 4097), "4096"),  # longer than nydusd reads
+        (lambda t: t.symlink("s", ""), "empty"),
+        (lambda t: t.device("d", tarfile.CHRTYPE, 4096, 0), "device"),  # does not fit Linux's dev_t encoding
+        (lambda t: t.file("f", b"x", uid=1 << 32), "uid"),
+        (lambda t: t.file("f", b"x", xattrs={b"user.big": b"v" * 65536}), "xattr"),
+        (lambda t: t.file(".", b"x"), "root"),
+        (lambda t: (t.dir("d"), t.hardlink("h", "d")), "directory"),
+        (lambda t: t.file("f", b"x", xattrs={b"user." + b"n" * 256: b"v"}), "255"),
+    ],
+    ids=[
+        "long-name",
+        "long-symlink",
+        "empty-symlink",
+        "big-device",
+        "big-uid",
+        "big-xattr",
+        "root-file",
+        "hardlink-to-dir",
+        "long-xattr-name",
+    ],
+)
+def test_what_rafs_cannot_hold_is_refused(tmp_path, out_dir, add, needle):
+    _pack_fails(_tar(tmp_path / "src.tar", add), out_dir, needle)
+
+
+def test_pre_1970_mtime_is_stored_as_zero_with_a_warning(tmp_path):
+    src = _tar(tmp_path / "src.tar", lambda t: t.file("old", b"x", mtime=-86400))
+    res = pack(src, str(tmp_path / "out.blob"))
+    assert any("before 1970" in w for w in res.warnings), res.warnings
+    proc = run_cli("diff", src, tmp_path / "out.blob", "--json")
+    assert proc.returncode == 1  # diff still shows what was lost
+
+
+# ============================================================================ bad arguments
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--chunk-size", "0x1001"),
+        ("--chunk-size", "0x800"),
+        ("--chunk-size", "0x2000000"),
+        ("--chunk-size", "lots"),
+        ("--chunk-size", "0"),
+        ("--compressor", "gzip"),
+        ("--compressor", "brotli"),
+        ("--digester", "md5"),
+    ],
+)
+def test_bad_options(out_dir, fixture_tars, args):
+    _pack_fails(fixture_tars["dedup.tar"], out_dir, extra=args)
+
+
+def test_missing_input(tmp_path, out_dir):
+    _pack_fails(tmp_path / "no-such.tar", out_dir, "no-such.tar")
+
+
+def test_missing_output_directory(tmp_path, fixture_tars):
+    proc = run_cli("pack", fixture_tars["dedup.tar"], "-o", tmp_path / "nowhere" / "out.blob")
+    assert_one_line_error(proc, 2, "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_api_errors_are_nydus_inspect_errors(tmp_path, fixture_tars):
+    for name in make_fixtures.REFUSED:
+        with pytest.raises(NydusInspectError):
+            pack(str(fixture_tars[name]), str(tmp_path / "out.blob"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_pack_keeps_an_existing_output(tmp_path, fixture_tars):
+    out = tmp_path / "out.blob"
+    out.write_bytes(b"previous layer")
+    proc = run_cli("pack", fixture_tars["sparse.tar"], "-o", out)
+    assert_one_line_error(proc, 2)
+    assert out.read_bytes() == b"previous layer"
+    assert os.listdir(tmp_path) == ["out.blob"]
+
+
+def test_cache_file_of_a_layer_without_data(tmp_path, out_dir):
+    src = _tar(tmp_path / "src.tar", lambda t: (t.dir("etc"), t.file("etc/empty", b"")))
+    assert run_cli("pack", src, "-o", tmp_path / "layer.blob").returncode == 0
+    proc = run_cli("cache-file", tmp_path / "layer.blob", "-o", out_dir / "out.blob")
+    assert_one_line_error(proc, 2, "blob table is empty")
+    _assert_nothing_written(out_dir)
+
+
+def test_to_dir_names_an_xattr_the_filesystem_refuses(tmp_path):
+    """ext4 holds about a block of xattrs per inode: a bigger one is either set or refused by name."""
+    big = b"v" * 60000
+    src = _tar(tmp_path / "src.tar", lambda t: t.file("f", b"x", xattrs={b"user.big": big}))
+    assert run_cli("pack", src, "-o", tmp_path / "layer.blob").returncode == 0
+    proc = run_cli("unpack", tmp_path / "layer.blob", "--to-dir", tmp_path / "root")
+    if proc.returncode == 0:
+        assert os.getxattr(tmp_path / "root" / "f", "user.big") == big
+    else:
+        assert_one_line_error(proc, 2, "/f", "user.big")
+
+
+# ============================================================================ interrupted packs
+def _big_tar() -> bytes:
+    """About 24 MiB of incompressible files, made quickly."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(24):
+            data = hashlib.shake_256(b"big %d" % i).digest(1 << 20)
+            info = tarfile.TarInfo(f"big/{i:02d}.bin")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_pack_leaves_nothing(tmp_path, out_dir, sig):
+    data = _big_tar()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nydus_inspect",
+            "pack",
+            "-",
+            "-o",
+            str(out_dir / "out.blob"),
+            "--chunk-size",
+            "0x10000",
+        ],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        proc.stdin.write(data[: len(data) // 2])
+        proc.stdin.flush()
+        # Wait until the pack has written part of the blob (its temporary file grows), then interrupt it
+        # while it waits for the rest of the tar.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            temps = [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
+            if temps and os.path.getsize(out_dir / temps[0]) > 1 << 20:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("pack never started writing")
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (130, 128 + sig), err  # the CLI unwinds SIGTERM like Ctrl-C
+    assert b"Traceback" not in err and err.count(b"\n") == 1, err
+    _assert_nothing_written(out_dir)
