@@ -1,4 +1,4 @@
-"""Sub-commands backed by the operation modules: pack, unpack, diff, cache-file."""
+"""Sub-commands backed by the operation modules: pack, unpack, diff, merge, convert, cache-file."""
 
 from __future__ import annotations
 
@@ -161,6 +161,38 @@ def cmd_corrupt(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .codecs import Compressor
+    from .convert import convert
+    from .digests import Digester
+    from .pack import PackOptions
+
+    _warnings_to_stderr(args)
+    try:
+        opts = PackOptions(
+            compressor=Compressor.parse(args.compressor),
+            digester=Digester.parse(args.digester),
+            chunk_size=int(args.chunk_size, 0),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with progress_bar(args, "convert", None) as update:
+        res = convert(args.source, args.output, platforms=args.platform, options=opts, progress=update)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res.to_json())
+        return 0
+    for im in res.images:
+        if im.converted:
+            print(f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {im.layers} layer(s) -> "
+                  f"{len(im.blobs)} nydus blob(s) + bootstrap {im.bootstrap}")
+        else:
+            print(f"{im.source} ({im.platform or 'no platform'}): already a nydus image, copied")
+    print(f"{res.output}: {'written' if res.changed else 'a copy (nothing to convert)'}")
+    return 0
+
+
 def _layer_args(p) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
@@ -210,6 +242,18 @@ def register(sub) -> None:
     s.add_argument("--truncate", type=lambda v: int(v, 0), metavar="N", help="keep the first N bytes")
     s.add_argument("--zero-range", metavar="A:B", help="zero bytes [A, B)")
     s.set_defaults(func=cmd_corrupt)
+
+    s = sub.add_parser("convert", help="OCI image layout -> nydus image (blob layers + bootstrap) in a new layout")
+    s.add_argument("source", metavar="OCI_LAYOUT_IN", help="an OCI image layout directory (as skopeo copy ... oci:DIR)")
+    s.add_argument("output", metavar="OCI_LAYOUT_OUT", help="the new layout (must not exist, or be empty)")
+    s.add_argument("--platform", action="append", metavar="OS/ARCH[/VARIANT]",
+                   help="which images to convert (repeatable, or 'all'); default: the only one, else linux/amd64")
+    s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
+    s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
+    s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
     _layer_args(s)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import FormatError
-from .layer import KIND_BOOTSTRAP_LAYER, Layer
+from .layer import KIND_BOOTSTRAP_LAYER, Layer, open_layer
 from .model import BLK, CHR, REG, fsdecode
 from .readahead import iter_with_data
 from .tarstream import open_tar_input, read_tar, storable_xattr
@@ -128,7 +129,10 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
 def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
     """A tree from a nydus layer / bootstrap, or else from a (compressed) tar."""
     try:
-        layer = Layer(path, blob_dir=blob_dir, blobs=blobs)
+        if os.path.isdir(path):  # the OCI image layout of a nydus image
+            layer = open_layer(path, blob_dir=blob_dir, blobs=blobs)
+        else:
+            layer = Layer(path, blob_dir=blob_dir, blobs=blobs)
     except FormatError:
         return describe_tar(path)
     with layer:

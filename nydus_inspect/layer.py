@@ -426,7 +426,9 @@ class Layer:
                 fobj: io.IOBase = gzip.GzipFile(fileobj=raw)
             else:
                 fobj = raw
-            with tarfile.open(fileobj=fobj, mode="r|") as tf:
+            # Not stream mode ("r|"): it skips a member's data by reading size/10240 blocks even past the end,
+            # so a forged size (GNU base-256 allows 2^95) would spin for ever. Seeking stops at the real end.
+            with tarfile.open(fileobj=fobj, mode="r:") as tf:
                 for count, member in enumerate(tf):
                     if count >= MAX_TAR_MEMBERS:
                         break
@@ -440,7 +442,8 @@ class Layer:
                         if len(data) != member.size:
                             raise FormatError("bootstrap layer", "image/image.boot is truncated", value=len(data))
                         return data
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, OverflowError) as exc:
+            # ValueError / OverflowError: tarfile seeking to a forged member size beyond any offset.
             raise FormatError("bootstrap layer", f"not a readable tar or tar.gz: {exc}") from None
         raise FormatError("bootstrap layer", "no image/image.boot in this tar")
 
@@ -661,9 +664,16 @@ def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
 
 
 def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
-    """Open a nydus blob, bootstrap or bootstrap layer; raises FormatError / UsageError."""
+    """Open a nydus blob, bootstrap, bootstrap layer, or the OCI image layout of a nydus image; raises
+    FormatError / UsageError."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory; give a layer blob or bootstrap file")
+        if os.path.isfile(os.path.join(path, "oci-layout")):
+            # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id).
+            from .oci import nydus_bootstrap_of_layout
+
+            boot, layout_blobs = nydus_bootstrap_of_layout(path)
+            return Layer(boot, blob_dir=blob_dir or layout_blobs, blobs=blobs)
+        raise UsageError(f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout")
     return Layer(path, blob_dir=blob_dir, blobs=blobs)

@@ -16,14 +16,15 @@ import gzip
 import io
 import tarfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .builder import build_bootstrap
-from .errors import UsageError
+from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v6
 from .fsutil import atomic_output
 from .layer import Layer, open_layer
-from .model import DIR, REG, Chunk, Node, RafsV6
+from .model import DIR, REG, Node, RafsV6, fsdecode
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE = b".wh..wh..opq"
@@ -37,110 +38,177 @@ class MergeResult:
     layers: int = 0
 
     def to_json(self) -> dict:
-        return {"bootstrap": self.output, "blobs": self.blobs, "fs_version": "6", "layers": self.layers,
-                "bootstrap_size": self.bootstrap_size}
+        return {
+            "bootstrap": self.output,
+            "blobs": self.blobs,
+            "fs_version": "6",
+            "layers": self.layers,
+            "bootstrap_size": self.bootstrap_size,
+        }
 
 
 @dataclass
-class _Source:
+class BlobSource:
+    """Where a blob of the merged table comes from: ``layer``'s blob-table entry ``index``."""
+
     blob_id: str
     entry: rafs_v6.BlobTableEntry
+    layer: Layer | None = None
+    index: int = 0
 
 
-def layer_tree(layer: Layer, sources: list[_Source], index: dict[str, int]) -> Node:
-    """A mutable copy of the layer's tree; chunk blob indexes point into ``sources``."""
-    r: RafsV6 = layer.rafs
-    own = layer.own_blob_index()
-    remap: dict[int, int] = {}
-    for ent in r.blobs:
-        bid = layer.digest if ent.blob_index == own else ent.id
-        if bid not in index:
-            index[bid] = len(sources)
-            sources.append(_Source(bid, ent))
-        remap[ent.blob_index] = index[bid]
-    dirs: dict[bytes, Node] = {}
-    links: dict[int, Node] = {}
-    root = None
-    for node in r.walk():
-        if node.path == b"/":
-            node.children = {}
-            root = dirs[b"/"] = node
-            continue
-        parent_path, name = node.path.rsplit(b"/", 1)
-        parent = dirs[parent_path or b"/"]
-        if node.hardlink is not None and node.hardlink in links:
-            parent.children[name] = links[node.hardlink]
-            continue
-        if node.type == DIR:
-            node.children = {}
-            dirs[node.path] = node
-        elif node.type == REG:
-            node.chunks = [replace(c, blob_index=remap[c.blob_index]) for c in r.chunks(node)]
-            if node.hardlink is not None:
-                links[node.hardlink] = node
-        parent.children[name] = node
-    assert root is not None
+_Source = BlobSource
+
+
+@dataclass
+class MergedBootstrap:
+    boot: bytes
+    blobs: list[rafs_v6.BlobTableEntry]
+    sources: list[BlobSource]  # one per entry of ``blobs``, same order
+
+
+def _layer_digest(layer: Layer) -> str:
+    return layer.digest
+
+
+class _Ent:
+    """One name of a layer's tree before decoding: which layer, which inode, and for directories the names
+    below. The overlay works on these; only what survives it is decoded into Nodes."""
+
+    __slots__ = ("src", "nid", "is_dir", "kids")
+
+    def __init__(self, src: int, nid: int, is_dir: bool, kids: dict[bytes, _Ent] | None) -> None:
+        self.src = src
+        self.nid = nid
+        self.is_dir = is_dir
+        self.kids = kids
+
+
+def _skeleton(r: RafsV6, src: int, max_depth: int = 4096) -> _Ent:
+    """A layer's name tree from its directory blocks alone (the dirent file types say which are directories)."""
+    root = _Ent(src, r.root_nid, True, {})
+    stack: list[tuple[_Ent, tuple[int, ...]]] = [(root, (r.root_nid,))]
+    while stack:
+        ent, ancestors = stack.pop()
+        kids = ent.kids
+        assert kids is not None
+        for d in r.readdir(ent.nid):
+            if d.file_type == rafs_v6.FT_DIR:
+                if d.nid in ancestors:
+                    raise FormatError("erofs dirent", "directory cycle", value=fsdecode(d.name))
+                if len(ancestors) >= max_depth:
+                    raise FormatError(
+                        "erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(d.name)
+                    )
+                child = _Ent(src, d.nid, True, {})
+                stack.append((child, (*ancestors, d.nid)))
+            else:
+                child = _Ent(src, d.nid, False, None)
+            kids[d.name] = child
     return root
 
 
-def _strip_whiteouts(node: Node) -> Node:
-    if node.type == DIR and node.children:
-        node.children = {
-            name: _strip_whiteouts(child) for name, child in node.children.items() if not name.startswith(WHITEOUT_PREFIX)
-        }
-    return node
+def overlay(lower: _Ent, upper: _Ent) -> None:
+    """Apply the upper layer's directory ``upper`` onto ``lower`` in place, with OCI whiteout rules.
 
-
-def overlay(lower: Node, upper: Node) -> None:
-    """Apply the upper directory ``upper`` onto ``lower`` in place (OCI whiteout rules)."""
-    kids = lower.children
-    assert kids is not None and upper.children is not None
-    # Pass 1: whiteouts act on what the lower layers put here.
-    if OPAQUE in upper.children:
-        kids.clear()
-    for name in upper.children:
-        if name.startswith(WHITEOUT_PREFIX) and name != OPAQUE:
-            kids.pop(name[len(WHITEOUT_PREFIX) :], None)
-    # Pass 2: everything else replaces or merges.
-    for name, un in upper.children.items():
-        if name.startswith(WHITEOUT_PREFIX):
-            continue
-        ln = kids.get(name)
-        if ln is not None and ln.type == DIR and un.type == DIR:
-            merged = replace(un, children=ln.children)
-            kids[name] = merged
-            overlay(merged, un)
-        else:
-            kids[name] = _strip_whiteouts(un)
-
-
-def merge_trees(trees: list[Node]) -> Node:
-    # OCI semantics: whiteouts never appear in an image, not even in its lowest layer (nydus keeps those).
-    root = _strip_whiteouts(trees[0])
-    for upper in trees[1:]:
-        overlay(root, upper)
-    return root
-
-
-def _first_use_order(root: Node, nsources: int) -> list[int]:
-    order: list[int] = []
-    seen: set[int] = set()
-    queue = deque([root])
-    visited: set[int] = set()
-    while queue:
-        node = queue.popleft()
-        for name in sorted(node.children or {}):
-            child = node.children[name]
-            if id(child) in visited:
+    ``lower`` takes the upper directory's metadata (for the root too), keeping its children merged."""
+    lower.src, lower.nid = upper.src, upper.nid
+    todo = [(lower, upper)]
+    while todo:
+        low, up = todo.pop()
+        kids, ukids = low.kids, up.kids
+        assert kids is not None and ukids is not None
+        # Pass 1: whiteouts act on what the lower layers put here.
+        if OPAQUE in ukids:
+            kids.clear()
+        for name in ukids:
+            if name[:4] == WHITEOUT_PREFIX and name != OPAQUE:
+                kids.pop(name[4:], None)
+        # Pass 2: everything else replaces the lower name; two directories merge (upper metadata, both contents).
+        for name, un in ukids.items():
+            if name[:4] == WHITEOUT_PREFIX:
                 continue
-            visited.add(id(child))
-            if child.type == DIR:
-                queue.append(child)
-            for c in child.chunks or ():
-                if c.blob_index not in seen:
-                    seen.add(c.blob_index)
-                    order.append(c.blob_index)
-    return order
+            ln = kids.get(name)
+            if ln is not None and ln.is_dir and un.is_dir:
+                merged = _Ent(un.src, un.nid, True, ln.kids)
+                kids[name] = merged
+                todo.append((merged, un))
+            else:
+                kids[name] = un
+
+
+class _Materialiser:
+    """Decode the merged name tree into Nodes breadth first, names sorted (nydus's first-use walk), giving each
+    blob its new table position when its first chunk is met and rewriting chunk blob indexes to match."""
+
+    def __init__(self, layers: list[Layer], remaps: list[dict[int, int]]) -> None:
+        self.rafs = [layer.rafs for layer in layers]
+        self.remaps = remaps
+        self.order: list[int] = []  # source indexes in first-use order
+        self.new_index: dict[int, int] = {}
+        # One Node per inode of a layer: keyed (layer, -nid) for every name decoded, and (layer, hardlink
+        # group) so that 2022 images, which gave each name of a hard link its own inode, stay linked too.
+        self.shared: dict[tuple[int, int], Node] = {}
+        self.src = 0  # the layer being decoded, for error messages
+
+    def run(self, root_ent: _Ent) -> Node:
+        root = self.rafs[root_ent.src].node(root_ent.nid, b"/")
+        if root.type != DIR:
+            raise FormatError("erofs inode", "the root is not a directory", value=root.type)
+        root.children = {}
+        queue = deque([(root_ent, root)])
+        while queue:
+            ent, node = queue.popleft()
+            base = node.path.rstrip(b"/")
+            children = node.children
+            kids = ent.kids
+            for name in sorted(kids):
+                if name[:4] == WHITEOUT_PREFIX:
+                    continue  # whiteouts never reach the image, not even those of the lowest layer
+                child_ent = kids[name]
+                self.src = child_ent.src
+                if child_ent.is_dir:
+                    child = self.rafs[child_ent.src].node(child_ent.nid, base + b"/" + name)
+                    if child.type != DIR:
+                        raise FormatError(
+                            "erofs dirent",
+                            "a directory dirent names an inode that is not one",
+                            value=fsdecode(child.path),
+                        )
+                    child.children = {}
+                    queue.append((child_ent, child))
+                else:
+                    child = self.shared.get((child_ent.src, -child_ent.nid)) or self._decode(
+                        child_ent, base + b"/" + name
+                    )
+                children[name] = child
+        return root
+
+    def _decode(self, ent: _Ent, path: bytes) -> Node:
+        r = self.rafs[ent.src]
+        node = r.node(ent.nid, path)
+        if node.type == DIR:
+            raise FormatError(
+                "erofs dirent", "a non-directory dirent names a directory inode", value=fsdecode(path)
+            )
+        if node.hardlink is not None:
+            first = self.shared.get((ent.src, node.hardlink))
+            if first is not None:
+                self.shared[(ent.src, -ent.nid)] = first
+                return first
+            self.shared[(ent.src, node.hardlink)] = node
+        self.shared[(ent.src, -ent.nid)] = node
+        if node.type == REG:
+            remap = self.remaps[ent.src]
+            new_index = self.new_index
+            for c in r.chunks(node):  # fresh Chunk objects: rewritten in place
+                src = remap[c.blob_index]
+                idx = new_index.get(src)
+                if idx is None:
+                    idx = new_index[src] = len(self.order)
+                    self.order.append(src)
+                c.blob_index = idx
+        return node
 
 
 def _check_compatible(layers: list[Layer]) -> None:
@@ -151,62 +219,113 @@ def _check_compatible(layers: list[Layer]) -> None:
             ("chunk size", base.chunk_size, r.chunk_size),
             ("compressor", base.compressor, r.compressor),
             ("digester", base.digester, r.digester),
-            ("explicit uid/gid", base.ext.s_flags & rafs_v6.EXPLICIT_UID_GID, r.ext.s_flags & rafs_v6.EXPLICIT_UID_GID),
+            (
+                "explicit uid/gid",
+                base.ext.s_flags & rafs_v6.EXPLICIT_UID_GID,
+                r.ext.s_flags & rafs_v6.EXPLICIT_UID_GID,
+            ),
         ):
             if a != b:
-                raise UsageError(f"{layer.path}: {what} {b} differs from {layers[0].path}'s {a}; layers must agree")
+                raise UsageError(
+                    f"{layer.path}: {what} {b} differs from {layers[0].path}'s {a}; layers must agree"
+                )
 
 
-def merge(paths: list[str], output: str, *, with_tar: bool = False, blob_dir: str | None = None,
-          prefetch: bool = True) -> MergeResult:
+def merge_bootstrap(
+    layers: list[Layer], *, prefetch: bool = True, own_blob_id: Callable[[Layer], str] = _layer_digest
+) -> MergedBootstrap:
+    """Merge opened ``layers`` (lowest first) into bootstrap bytes, in memory.
+
+    ``own_blob_id(layer)`` names a layer's own (inline) blob in the new table: the layer file's sha256 by
+    default, as the snapshotter names it; the mount passes something cheaper. ``sources`` says which layer
+    and blob-table entry each blob of the result comes from.
+
+    Only names are read to overlay the layers (directory blocks, whose dirents say which names are
+    directories); the inodes and chunks of what survives are decoded afterwards, once.
+    """
+    if not layers:
+        raise UsageError("merge needs at least one layer")
+    for layer in layers:
+        if not layer.has_bootstrap or layer.is_v5:
+            raise UsageError(f"{layer.path}: merge needs RAFS v6 layers with a bootstrap ({layer.kind})")
+    _check_compatible(layers)
+    sources: list[BlobSource] = []
+    index: dict[str, int] = {}
+    remaps: list[dict[int, int]] = []
+    for layer in layers:
+        own = layer.own_blob_index()
+        remap: dict[int, int] = {}
+        for ent in layer.rafs.blobs:
+            bid = own_blob_id(layer) if ent.blob_index == own else ent.id
+            if bid not in index:
+                index[bid] = len(sources)
+                sources.append(BlobSource(bid, ent, layer, ent.blob_index))
+            remap[ent.blob_index] = index[bid]
+        remaps.append(remap)
+    root_ent = None
+    for i, layer in enumerate(layers):
+        try:
+            tree = _skeleton(layer.rafs, i)
+        except FormatError as exc:
+            raise exc.located(layer.path) from None
+        if root_ent is None:
+            root_ent = tree
+        else:
+            overlay(root_ent, tree)
+    assert root_ent is not None
+    mat = _Materialiser(layers, remaps)
+    try:
+        root = mat.run(root_ent)
+    except FormatError as exc:
+        raise exc.located(layers[mat.src].path) from None
+    blobs = []
+    for i, s in enumerate(mat.order):
+        ent = sources[s].entry
+        blobs.append(
+            replace(
+                ent,
+                blob_id=sources[s].blob_id.encode(),
+                blob_index=i,
+                features=ent.features & ~blob_meta.INLINED_FS_META,
+            )
+        )
+    base = layers[0].rafs
+    boot = build_bootstrap(
+        root,
+        blobs,
+        chunk_size=base.chunk_size,
+        compressor=base.compressor,
+        digester=base.digester,
+        prefetch=prefetch,
+        force_has_xattr=True,
+        explicit_uid_gid=bool(base.ext.s_flags & rafs_v6.EXPLICIT_UID_GID),
+    )
+    return MergedBootstrap(boot, blobs, [sources[s] for s in mat.order])
+
+
+def merge(
+    paths: list[str],
+    output: str,
+    *,
+    with_tar: bool = False,
+    blob_dir: str | None = None,
+    prefetch: bool = True,
+) -> MergeResult:
     """Merge the layers at ``paths`` (lowest first) into the bootstrap ``output``."""
     if not paths:
         raise UsageError("merge needs at least one layer")
-    layers = [open_layer(p, blob_dir=blob_dir) for p in paths]
+    layers: list[Layer] = []
     try:
-        for layer in layers:
-            if not layer.has_bootstrap or layer.is_v5:
-                raise UsageError(f"{layer.path}: merge needs RAFS v6 layers with a bootstrap ({layer.kind})")
-        _check_compatible(layers)
-        sources: list[_Source] = []
-        index: dict[str, int] = {}
-        trees = [layer_tree(layer, sources, index) for layer in layers]
-        root = merge_trees(trees)
-        order = _first_use_order(root, len(sources))
-        new_index = {src: i for i, src in enumerate(order)}
-        blobs = []
-        for i, src in enumerate(order):
-            ent = sources[src].entry
-            blobs.append(replace(ent, blob_id=sources[src].blob_id.encode(), blob_index=i,
-                                 features=ent.features & ~blob_meta.INLINED_FS_META))
-        done: set[int] = set()
-        for node in _all_nodes(root):
-            if node.type == REG and id(node) not in done:
-                done.add(id(node))
-                node.chunks = [_remap(c, new_index) for c in node.chunks or ()]
-        base = layers[0].rafs
-        boot = build_bootstrap(root, blobs, chunk_size=base.chunk_size, compressor=base.compressor,
-                               digester=base.digester, prefetch=prefetch, force_has_xattr=True,
-                               explicit_uid_gid=bool(base.ext.s_flags & rafs_v6.EXPLICIT_UID_GID))
+        for p in paths:
+            layers.append(open_layer(p, blob_dir=blob_dir))
+        merged = merge_bootstrap(layers, prefetch=prefetch)
     finally:
         for layer in layers:
             layer.close()
+    boot, blobs = merged.boot, merged.blobs
     with atomic_output(output) as f:
         f.write(bootstrap_layer(boot, gz=output.endswith((".gz", ".tgz"))) if with_tar else boot)
     return MergeResult(output, [b.blob_id.decode() for b in blobs], len(boot), len(paths))
-
-
-def _remap(c: Chunk, new_index: dict[int, int]) -> Chunk:
-    return replace(c, blob_index=new_index[c.blob_index])
-
-
-def _all_nodes(root: Node):
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        yield node
-        if node.type == DIR:
-            stack.extend((node.children or {}).values())
 
 
 def bootstrap_layer(boot: bytes, gz: bool = False) -> bytes:
@@ -223,4 +342,12 @@ def bootstrap_layer(boot: bytes, gz: bool = False) -> bytes:
     return gzip.compress(data, mtime=0) if gz else data
 
 
-__all__ = ["MergeResult", "bootstrap_layer", "merge", "overlay"]
+__all__ = [
+    "BlobSource",
+    "MergeResult",
+    "MergedBootstrap",
+    "bootstrap_layer",
+    "merge",
+    "merge_bootstrap",
+    "overlay",
+]
