@@ -21,8 +21,18 @@ PROG = "nydus-inspect"
 
 
 # ---------------------------------------------------------------------------- output helpers
+def json_text(obj: object, indent: int | None = None) -> str:
+    """Valid UTF-8 JSON: names that are not UTF-8 (surrogate escapes) are written as \\udcXX escapes."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=indent, ensure_ascii=True)
+    return text
+
+
 def print_json(obj: object) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write(json_text(obj, indent=2))
     sys.stdout.write("\n")
 
 
@@ -33,7 +43,7 @@ def stream_json_array(items: Iterable[dict]) -> None:
     w("[")
     for item in items:
         w("\n  " if first else ",\n  ")
-        w(json.dumps(item, ensure_ascii=False))
+        w(json_text(item))
         first = False
     w("\n]\n" if not first else "]\n")
 
@@ -358,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
+    _tolerant_stdout()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -385,6 +396,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set NYDUS_INSPECT_DEBUG=1 for a traceback)")
         return 3
+
+
+def _tolerant_stdout() -> None:
+    """Names in an image are bytes: print the non-UTF-8 ones as they are instead of failing on a strict stdout."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):
+            pass
 
 
 def _error(message: str) -> None:

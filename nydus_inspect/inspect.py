@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from .codecs import Compressor
-from .errors import UsageError
+from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v5, rafs_v6
 from .formats.tar_header import IMAGE_BLOB
-from .layer import KIND_BOOTSTRAP_V5, Layer
-from .model import DIR, REG, Node, fsdecode
+from .layer import KIND_BLOB_NO_TOC, KIND_BOOTSTRAP_V5, Layer
+from .model import DIR, REG, Node, RafsV6, fsdecode
 
 
 def info(layer: Layer) -> dict:
@@ -18,7 +20,7 @@ def info(layer: Layer) -> dict:
         out["notes"] = list(layer.notes)
     if layer.toc is not None:
         out["toc"] = {"entries": len(layer.toc), "digest": layer.toc_digest.hex(), "size": len(layer.toc_bytes) + 512}
-    elif layer.sections:
+    elif layer.kind == KIND_BLOB_NO_TOC:
         out["sections"] = [{"name": s.name, "offset": s.offset, "size": s.size} for s in layer.sections]
     if layer.blob_meta_header is not None:
         out["blob_meta"] = layer.blob_meta_header.to_json()
@@ -183,18 +185,26 @@ def _list_v5(layer: Layer, path: str, recursive: bool) -> Iterator[Node]:
     from .model import node_type
 
     want = ("/" + path.strip("/")).encode() if path.strip("/") else b"/"
+    found = False
     for p, ino in layer.rafs_v5.walk():
         parent = p.rsplit(b"/", 1)[0] or b"/"
-        inside = p == want or p.startswith(want.rstrip(b"/") + b"/")
-        if not inside:
+        ntype, nlink = node_type(ino.i_mode), ino.i_nlink
+        if p == want:
+            # As for v6: a directory lists its children (and itself too with -R), anything else itself.
+            found = True
+            if not recursive and ntype == DIR:
+                continue
+        elif not p.startswith(want.rstrip(b"/") + b"/") or (not recursive and parent != want):
             continue
-        if not recursive and parent != want and not (p == want and node_type(ino.i_mode) != DIR):
-            continue
+        # Builders set FLAG_HARDLINK on some links only; every name of a file with nlink > 1 shares i_ino.
+        linked = ino.i_flags & rafs_v5.FLAG_HARDLINK or (ntype == REG and nlink > 1)
         yield Node(
-            path=p, type=node_type(ino.i_mode), mode=ino.i_mode, uid=ino.i_uid, gid=ino.i_gid, mtime=ino.i_mtime,
+            path=p, type=ntype, mode=ino.i_mode, uid=ino.i_uid, gid=ino.i_gid, mtime=ino.i_mtime,
             size=ino.i_size, nlink=ino.i_nlink, rdev=ino.i_rdev, target=ino.symlink or None, ino=ino.i_ino,
-            hardlink=ino.i_ino if ino.i_flags & rafs_v5.FLAG_HARDLINK else None,
+            hardlink=ino.i_ino if linked else None,
         )
+    if not found:
+        raise UsageError(f"{layer.path}: no such path in the image: {path}")
 
 
 def cat(layer: Layer, path: str) -> Iterator[bytes]:
@@ -212,4 +222,186 @@ def describe_compressor(value: int) -> str:
     return Compressor.from_algo(value).value
 
 
-__all__ = ["info", "toc_report", "chunks_report", "list_nodes", "cat", "blob_meta"]
+# ---------------------------------------------------------------------------- tree walks and indexes
+@dataclass
+class WalkError:
+    """A part of the tree that does not decode: the walk reports it and goes on with the rest."""
+
+    path: bytes
+    nid: int
+    error: FormatError
+
+
+def walk_tree(
+    rafs: RafsV6, *, on_error: Callable[[WalkError], None] | None = None, max_depth: int = 4096
+) -> Iterator[Node]:
+    """Pre-order walk in dirent order that survives bad inodes and directories.
+
+    Unlike :meth:`RafsV6.walk`, which stops at the first bad inode, each node or directory that does
+    not decode is reported to ``on_error`` (with its path) and skipped; the walk goes on with its
+    siblings. Directory cycles and absurd depth are reported the same way.
+    """
+
+    def fail(path: bytes, nid: int, exc: FormatError) -> None:
+        if on_error is not None:
+            on_error(WalkError(path, nid, exc))
+
+    try:
+        root = rafs.root()
+    except FormatError as exc:
+        fail(b"/", rafs.root_nid, exc)
+        return
+    yield root
+    if root.type != DIR:
+        return
+    try:
+        top = iter(rafs.readdir(root.nid))
+    except FormatError as exc:
+        fail(b"/", root.nid, exc)
+        return
+    stack = [(top, b"", frozenset({root.nid}))]
+    while stack:
+        it, base, ancestors = stack[-1]
+        d = next(it, None)
+        if d is None:
+            stack.pop()
+            continue
+        path = base + b"/" + d.name
+        try:
+            node = rafs.node(d.nid, path)
+        except FormatError as exc:
+            fail(path, d.nid, exc)
+            continue
+        yield node
+        if node.type != DIR:
+            continue
+        if d.nid in ancestors:
+            fail(path, d.nid, FormatError("erofs dirent", "directory cycle", value=fsdecode(path)))
+            continue
+        if len(stack) >= max_depth:
+            fail(path, d.nid, FormatError("erofs directory tree", f"deeper than {max_depth} levels"))
+            continue
+        try:
+            entries = rafs.readdir(d.nid)
+        except FormatError as exc:
+            fail(path, d.nid, exc)
+            continue
+        stack.append((iter(entries), path, ancestors | {d.nid}))
+
+
+@dataclass
+class FileIndex:
+    """What a full walk of a bootstrap learns, held compactly enough for millions of chunks.
+
+    - ``paths``: every path, in walk order (search them with :meth:`search`);
+    - chunk owners: which file(s) use chunk ``ci`` of blob ``b`` (:meth:`owners`);
+    - hardlink groups: every name of an inode with several links (:meth:`hardlinks`);
+    - ``errors``: the parts of the tree that did not decode.
+    """
+
+    paths: list[bytes] = field(default_factory=list)
+    errors: list[WalkError] = field(default_factory=list)
+    files: int = 0
+    chunk_refs: int = 0
+    _first: dict[int, array] = field(default_factory=dict)
+    _more: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    _links: dict[int, list[int]] = field(default_factory=dict)
+
+    def add_path(self, path: bytes) -> int:
+        self.paths.append(path)
+        return len(self.paths) - 1
+
+    def add_owner(self, blob_index: int, ci_index: int, path_id: int) -> bool:
+        """Record that ``path_id`` uses the chunk; True when the chunk had no owner before."""
+        self.chunk_refs += 1
+        first = self._first.get(blob_index)
+        if first is not None and 0 <= ci_index < len(first):
+            if first[ci_index] < 0:
+                first[ci_index] = path_id
+                return True
+            if first[ci_index] == path_id:
+                return False
+        lst = self._more.setdefault((blob_index, ci_index), [])
+        if path_id in lst:
+            return False
+        lst.append(path_id)
+        return len(lst) == 1 and (first is None or not 0 <= ci_index < len(first))
+
+    def owners(self, blob_index: int, ci_index: int) -> list[str]:
+        """Paths of the files using chunk ``ci_index`` of blob ``blob_index`` (empty when none does)."""
+        ids: list[int] = []
+        first = self._first.get(blob_index)
+        if first is not None and 0 <= ci_index < len(first) and first[ci_index] >= 0:
+            ids.append(first[ci_index])
+        ids += self._more.get((blob_index, ci_index), ())
+        return [fsdecode(self.paths[i]) for i in ids]
+
+    def add_hardlink(self, group: int, path_id: int) -> None:
+        self._links.setdefault(group, []).append(path_id)
+
+    def hardlinks(self, group: int | None) -> list[str]:
+        if group is None:
+            return []
+        return [fsdecode(self.paths[i]) for i in self._links.get(group, ())]
+
+    def search(self, text: str, start: int = 0) -> int | None:
+        """Index of the next path (from ``start``, wrapping) containing ``text``, case-insensitively."""
+        needle = text.lower().encode("utf-8", "surrogateescape")
+        n = len(self.paths)
+        for k in range(n):
+            i = (start + k) % n
+            if needle in self.paths[i].lower():
+                return i
+        return None
+
+
+def file_index(
+    layer: Layer,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> FileIndex:
+    """Walk the whole bootstrap once: every path, chunk owners, hardlink groups, bad parts.
+
+    Reads only inodes, directories and chunk indexes (no chunk data, no chunk table), so a
+    100k-inode bootstrap takes about a second. ``progress(done, total)`` is called every 1024
+    nodes (total: the superblock's inode count); ``cancel()`` returning True stops the walk early.
+    """
+    r = layer.rafs
+    idx = FileIndex()
+    for b in r.blobs:
+        idx._first[b.blob_index] = array("q", [-1]) * b.chunk_count
+    total = r.inode_count()
+    for n, node in enumerate(walk_tree(r, on_error=idx.errors.append)):
+        pid = idx.add_path(node.path)
+        if node.hardlink is not None:
+            idx.add_hardlink(node.hardlink, pid)
+        if node.type == REG:
+            idx.files += 1
+            try:
+                indexes = r.chunk_indexes(node)
+            except FormatError as exc:
+                idx.errors.append(WalkError(node.path, node.nid, exc))
+                continue
+            for ci in indexes:
+                idx.add_owner(ci.blob_index, ci.ci_index, pid)
+        if n & 1023 == 1023:
+            if progress is not None:
+                progress(n + 1, total)
+            if cancel is not None and cancel():
+                break
+    return idx
+
+
+__all__ = [
+    "FileIndex",
+    "WalkError",
+    "blob_meta",
+    "cat",
+    "chunks_report",
+    "file_index",
+    "info",
+    "list_nodes",
+    "toc_report",
+    "walk_tree",
+]

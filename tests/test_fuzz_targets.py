@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fuzz.targets import TARGETS
 
 RUNNER = Path(__file__).resolve().parent / "fuzz" / "run_atheris.py"

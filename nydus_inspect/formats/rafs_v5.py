@@ -151,6 +151,10 @@ class RafsV5:
         pos += round_up(node.i_name_size, 8)
         if node.i_flags & FLAG_SYMLINK:
             node.symlink = bytes(self.buf[pos : pos + node.i_symlink_size])
+            if len(node.symlink) != node.i_symlink_size:
+                raise INODE.error(
+                    "i_symlink_size", off, "symlink target runs past the bootstrap", node.i_symlink_size
+                )
         if len(node.name) != node.i_name_size:
             raise INODE.error("i_name_size", off, "name runs past the bootstrap", node.i_name_size)
         return node
