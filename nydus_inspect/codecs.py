@@ -129,7 +129,12 @@ def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", off
                 with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
                     out = rd.read(size + 1) if size else rd.read(1)
         elif comp is Compressor.LZ4_BLOCK:
-            out = lz4.block.decompress(bytes(data), uncompressed_size=size) if size else b""
+            if not size:  # an LZ4 block of nothing is one token byte; anything longer holds data
+                if len(data) > 1:
+                    raise FormatError(what, "lz4_block data for an empty entry", offset=offset, value=len(data))
+                out = b""
+            else:
+                out = lz4.block.decompress(bytes(data), uncompressed_size=size)
         else:
             raise FormatError(what, f"compressor {comp.value} is not supported for reading", offset=offset)
     except FormatError:
