@@ -1,0 +1,44 @@
+"""The ``tui`` sub-command: ``nydus-inspect tui LAYER... [--blob-dir DIR] [--blob FILE] [--source TAR]``.
+
+Registered by nydus_inspect.cli; textual is imported only when the command runs, so other commands stay
+fast. The layers are opened (and bad input reported, exit 2) before the terminal is taken over.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def cmd_tui(args) -> int:
+    from nydus_inspect import UsageError, open_layer
+
+    if args.source is not None and not os.path.isfile(args.source):
+        raise UsageError(f"{args.source}: no such source tar")
+    layers = []
+    try:
+        for path in args.layers:
+            layers.append(open_layer(path, blob_dir=args.blob_dir, blobs=args.blob))
+        try:
+            from .app import NydusApp
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"the TUI needs textual ({exc}); install nydus-inspect[tui]") from None
+        NydusApp(layers, source=args.source).run()
+    finally:
+        for layer in layers:
+            layer.close()
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("tui", help="browse and verify layers interactively (a Textual app)")
+    s.add_argument(
+        "layers", nargs="+", metavar="LAYER", help="nydus layer blob(s), bootstrap(s) or bootstrap layer(s)"
+    )
+    s.add_argument(
+        "--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)"
+    )
+    s.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+    s.add_argument(
+        "--source", metavar="LAYER.tar", help="source tar: the verify screen adds the round-trip check"
+    )
+    s.set_defaults(func=cmd_tui)
