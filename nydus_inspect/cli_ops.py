@@ -193,6 +193,94 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .layer import open_layer
+    from .verify import verify
+
+    sources = args.source or []
+    if sources and len(sources) != len(args.layers):
+        raise UsageError(f"--source given {len(sources)} time(s) for {len(args.layers)} layer(s): give one per layer")
+    rules = None
+    if args.rules:
+        from .rules import load_rules
+
+        rules = load_rules(args.rules)
+    results = []
+    worst = 0
+    for i, path in enumerate(args.layers):
+        try:
+            layer = open_layer(path, blob_dir=args.blob_dir, blobs=args.blob)
+        except Exception as exc:
+            from .errors import NydusInspectError
+
+            if not isinstance(exc, NydusInspectError):
+                raise
+            results.append({"path": path, "ok": False, "unreadable": str(exc)})
+            worst = max(worst, 2)
+            continue
+        with layer, progress_stages(args, path) as update:
+            report = verify(layer, source=sources[i] if sources else None, progress=update)
+            entry = report.to_json()
+            entry["summary"] = report.summary()
+            ok = report.ok
+            if rules is not None:
+                from .rules import apply_rules, image_stats
+
+                try:
+                    stats = image_stats(layer)
+                    outcome = apply_rules(rules, stats)
+                    entry["stats"] = stats.to_json()
+                    entry["rules"] = [r.to_json() for r in outcome]
+                    entry["_rule_lines"] = [str(r) for r in outcome]
+                    ok = ok and all(r.ok for r in outcome)
+                except UsageError as exc:
+                    entry["rules_error"] = str(exc)
+                    ok = False
+            entry["ok"] = ok
+            entry["_lines"] = [str(f) for f in report.findings]
+            results.append(entry)
+            worst = max(worst, 0 if ok else 1)
+    if args.json:
+        from .cli import print_json
+
+        print_json({"ok": worst == 0, "layers": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]})
+        return worst
+    for r in results:
+        if "unreadable" in r:
+            print(f"{r['path']}: UNREADABLE: {r['unreadable']}")
+            continue
+        print(f"{r['path']}: {r['summary']}")
+        for line in r["_lines"]:
+            print(f"  {line}")
+        for key, n in r["suppressed"].items():
+            print(f"  ... {n} more {key} finding(s)")
+        for note in r["notes"]:
+            print(f"  note: {note}")
+        for line in r.get("_rule_lines", []):
+            print(f"  {line}")
+        if "rules_error" in r:
+            print(f"  rules: {r['rules_error']}")
+    return worst
+
+
+@contextlib.contextmanager
+def progress_stages(args, path: str) -> Iterator:
+    """verify's progress(stage, done, total) as a rich bar on a TTY."""
+    if not _progress_wanted(args):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, console=_stderr_console()) as prog:
+        task = prog.add_task(os.path.basename(path), total=None)
+
+        def update(stage: str, done: int, total: int) -> None:
+            prog.update(task, description=f"{os.path.basename(path)}: {stage}", completed=done, total=total or None)
+
+        yield update
+
+
 def _layer_args(p) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
@@ -234,6 +322,17 @@ def register(sub) -> None:
     s.add_argument("--blob-dir", metavar="DIR", help="where blobs of bootstrap-only inputs live")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("verify", help="check layers end to end: ToC, blob.meta, every chunk, the bootstrap")
+    s.add_argument("layers", nargs="+", metavar="LAYER")
+    s.add_argument("--source", action="append", metavar="SOURCE.tar",
+                   help="also compare the tree with this tar (one per LAYER, in order)")
+    s.add_argument("--rules", metavar="RULES.yaml", help="thresholds (dive-style): see nydus_inspect/rules.py")
+    s.add_argument("--blob-dir", metavar="DIR")
+    s.add_argument("--blob", metavar="FILE", action="append")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
     s.add_argument("layer", metavar="LAYER")

@@ -459,7 +459,11 @@ def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
 def _check_section(run: _Run, blob: Layer, name: str, blob_index: int | None) -> None:
     """The ToC's location of an entry against the tar header after the entry's data."""
     sec_name = BLOB_META if name == BLOB_META_HEADER else name
-    sec = blob.section(sec_name)
+    try:
+        sec = blob.section(sec_name)
+    except FormatError as exc:  # the tar-header walk is lazy: a damaged header surfaces here
+        run.add(_exc_finding("toc.section", exc, file=blob.path, entry=name, blob_index=blob_index))
+        return
     if sec is None:
         run.add(
             Finding(

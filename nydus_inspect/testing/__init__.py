@@ -210,5 +210,8 @@ def assert_layer_valid(layer: str | os.PathLike, **kw) -> None:
     except NydusInspectError as exc:
         raise AssertionError(f"{layer}: unreadable: {exc}") from None
     if not report.ok:
-        failures = "\n".join(f"  {f}" for f in report.failures[:20])
-        raise AssertionError(f"{layer}: {len(report.failures)} check(s) failed:\n{failures}")
+        lines = [f"  {f}" for f in report.findings[:20]]
+        if len(report.findings) > 20:
+            lines.append(f"  ... {len(report.findings) - 20} more finding(s)")
+        lines += [f"  ... {n} more {check} finding(s)" for check, n in report.suppressed.items()]
+        raise AssertionError(f"{layer}: {report.failures} check(s) failed:\n" + "\n".join(lines))
