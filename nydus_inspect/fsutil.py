@@ -19,7 +19,7 @@ def atomic_output(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise UsageError(f"{path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f
             f.flush()
         os.chmod(tmp, mode)

@@ -2,7 +2,9 @@
 
 Chunks of the coming files are decompressed and checked in a thread pool
 (zstandard, lz4 and blake3 release the GIL) while the caller writes the
-current file. The window is bounded in bytes, so memory stays flat.
+current file. Small files travel in groups of about 1 MiB per task, so that
+thread hand-offs stay rare; the window is bounded in bytes, so memory stays
+flat.
 """
 
 from __future__ import annotations
@@ -13,40 +15,76 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .layer import Layer
-from .model import REG, Node
+from .model import REG, Chunk, Node
 
 DEFAULT_WINDOW = 64 << 20
+GROUP_BYTES = 1 << 20
+GROUP_FILES = 256
+
+
+class ChunkResult:
+    """One chunk's bytes from a group task; ``result()`` waits for the group (Future-like)."""
+
+    __slots__ = ("_future", "_index")
+
+    def __init__(self, future: Future, index: int) -> None:
+        self._future = future
+        self._index = index
+
+    def result(self) -> bytes:
+        return self._future.result()[self._index]
+
+
+def _decode_group(layer: Layer, chunks: list[Chunk], verify: bool) -> list[bytes]:
+    rafs = layer.rafs
+    return [layer.blob_file(c.blob_index).decode_chunk(c, rafs, verify) for c in chunks]
 
 
 def iter_with_data(
     layer: Layer, nodes: Iterable[Node], *, window: int = DEFAULT_WINDOW, workers: int = 0, verify: bool = True
-) -> Iterator[tuple[Node, list[Future] | None]]:
-    """Yield ``(node, futures)`` in order; for regular files each future gives one chunk's bytes."""
+) -> Iterator[tuple[Node, list[ChunkResult] | None]]:
+    """Yield ``(node, results)`` in order; for regular files each result gives one chunk's bytes."""
     rafs = layer.rafs
     workers = workers or os.cpu_count() or 1
-    pending: deque[tuple[Node, list[Future] | None, int]] = deque()
+    ready: deque[tuple[Node, list[ChunkResult] | None, int]] = deque()
+    group: list[Chunk] = []
+    group_nodes: list[tuple[Node, int, int]] = []  # node, first index in group, chunk count
+    group_bytes = 0
     in_flight = 0
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="readahead") as pool:
+
+        def flush() -> None:
+            nonlocal group, group_nodes, group_bytes
+            if not group_nodes:
+                return
+            fut = pool.submit(_decode_group, layer, group, verify)
+            for node, first, count in group_nodes:
+                if count < 0:
+                    ready.append((node, None, 0))
+                else:
+                    ready.append((node, [ChunkResult(fut, first + i) for i in range(count)], node.size))
+            group, group_nodes, group_bytes = [], [], 0
+
         try:
             for node in nodes:
-                futures = None
-                size = 0
                 if node.type == REG:
                     chunks = node.chunks if node.chunks is not None else rafs.chunks(node)
-                    futures = [
-                        pool.submit(layer.blob_file(c.blob_index).decode_chunk, c, rafs, verify) for c in chunks
-                    ]
-                    size = node.size
-                pending.append((node, futures, size))
-                in_flight += size
-                while pending and (in_flight > window or len(pending) > 4096):
-                    n, f, sz = pending.popleft()
-                    in_flight -= sz
-                    yield n, f
-            while pending:
-                n, f, _ = pending.popleft()
-                yield n, f
+                    group_nodes.append((node, len(group), len(chunks)))
+                    group.extend(chunks)
+                    group_bytes += node.size
+                    in_flight += node.size
+                else:
+                    group_nodes.append((node, 0, -1))
+                if group_bytes >= GROUP_BYTES or len(group_nodes) >= GROUP_FILES:
+                    flush()
+                while ready and (in_flight > window or len(ready) > 4 * GROUP_FILES):
+                    n, res, size = ready.popleft()
+                    in_flight -= size
+                    yield n, res
+            flush()
+            while ready:
+                n, res, _ = ready.popleft()
+                yield n, res
         finally:
-            for _, futs, _ in pending:
-                for fut in futs or ():
-                    fut.cancel()
+            ready.clear()
