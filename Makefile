@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VECTORS ?= $(abspath ../shared/vectors)
 # Debian packages: erofs-utils is our independent checker, fuse3 + libfuse3-dev + pkg-config build and run pyfuse3,
 # tmux drives the TUI in a real terminal, zstd/squashfs/squashfuse/b3sum/debootstrap are the benchmark peers.
-APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo
+APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr
 BENCH_APT_PKGS := squashfs-tools squashfuse hyperfine b3sum debootstrap time
 
 .PHONY: demo test lint deps bench clean fixtures

@@ -88,6 +88,61 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     return dec
 
 
+class _LibZstd:
+    """``ZSTD_decompress`` of the system libzstd through ctypes, which lets go of the GIL while it runs:
+    python-zstandard holds it, so threads decoding chunks (unpack, diff, mount) would otherwise run one at a
+    time and stall the thread that answers requests."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self.ctypes = ctypes
+        self.lib = None
+        name = ctypes.util.find_library("zstd")
+        if name:
+            try:
+                lib = ctypes.CDLL(name)
+                lib.ZSTD_decompress.restype = ctypes.c_size_t
+                size_t, buf = ctypes.c_size_t, ctypes.c_char_p
+                lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, size_t, buf, size_t]
+                lib.ZSTD_isError.restype = ctypes.c_uint
+                lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+                lib.ZSTD_findFrameCompressedSize.restype = ctypes.c_size_t
+                lib.ZSTD_findFrameCompressedSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+                self.lib = lib
+            except (OSError, AttributeError):
+                self.lib = None
+
+    def decompress(self, data, size: int) -> bytes | None:
+        """Exactly ``size`` bytes, or None when that is not what ``data`` holds (or there is no libzstd)."""
+        if self.lib is None:
+            return None
+        src = bytes(data)
+        if self.lib.ZSTD_findFrameCompressedSize(src, len(src)) != len(src):
+            return None  # not exactly one frame: anything after it is for the checked path to refuse
+        buf = self.ctypes.create_string_buffer(size)
+        n = self.lib.ZSTD_decompress(buf, size, src, len(src))
+        if self.lib.ZSTD_isError(n) or n != size:
+            return None
+        return buf.raw
+
+
+_libzstd: _LibZstd | None = None
+#: Decompressed sizes from which zstd runs without the GIL.
+UNLOCKED_MIN = 256 << 10
+_libzstd_lock = threading.Lock()
+
+
+def _zstd_unlocked(data, size: int) -> bytes | None:
+    global _libzstd
+    if _libzstd is None:
+        with _libzstd_lock:
+            if _libzstd is None:
+                _libzstd = _LibZstd()
+    return _libzstd.decompress(data, size)
+
+
 def compress(data: bytes, comp: Compressor) -> bytes:
     """Compress ``data`` as nydus does: a zstd frame or a raw LZ4 block (no size prefix)."""
     if comp is Compressor.NONE:
@@ -120,10 +175,13 @@ def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", off
             if size and zstandard.frame_content_size(data) == size:
                 # The frame says exactly what we expect (zstd checks that claim while decoding): decode it in
                 # one call; anything after it still counts towards the bound.
-                dobj = _zstd_decompressor().decompressobj()
-                out = dobj.decompress(data)
-                if dobj.unused_data:
-                    raise FormatError(what, f"zstd data decodes to more than {size} bytes", offset=offset)
+                # Large chunks go through libzstd without the GIL; for small ones its call costs more than it saves.
+                out = _zstd_unlocked(data, size) if size >= UNLOCKED_MIN else None
+                if out is None:  # small, no libzstd, or bad data (the checked path below says what is wrong)
+                    dobj = _zstd_decompressor().decompressobj()
+                    out = dobj.decompress(data)
+                    if dobj.unused_data:
+                        raise FormatError(what, f"zstd data decodes to more than {size} bytes", offset=offset)
             else:
                 # A stream reader bounds the output whatever the frame header claims.
                 with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:

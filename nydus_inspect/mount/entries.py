@@ -1,0 +1,228 @@
+"""The virtual part of a mount: its root, and ``entries/`` with one directory per blob file.
+
+``entries/<name>/`` holds one file per ToC entry of that file (``image.boot``, ``blob.meta``,
+``blob.meta.header``, ``blob.digest``, ``image.blob``, ``rafs.blob.toc``: the bytes ``nydus-inspect entry``
+prints), ``raw/`` with the same names holding the stored (compressed) bytes (``entry --raw``), and JSON
+sidecars: ``toc.json`` (``toc --json``), ``blob.meta.header.json``, ``chunks.json`` (``chunks --json``) and
+``superblock.json`` (the ``bootstrap`` part of ``info --json``). Every entry file carries ``user.nydus.*``
+xattrs: ``sha256`` of its content, ``compressor``, ``compressed_offset``, ``compressed_size``,
+``uncompressed_size`` and, when the ToC records one, ``toc_sha256``.
+
+No FUSE here: nodes, content makers and xattr values only. Makers are blocking and thread-safe; the file
+system runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+
+from ..codecs import Compressor
+from ..errors import FormatError
+from ..formats.tar_header import IMAGE_BLOB
+from ..layer import Layer, _zstd_frame_size
+from .sources import BlobView
+
+#: Virtual inode numbers start here; image inodes are RAFS nids, far below (a bootstrap is at most 1 GiB).
+VIRTUAL_BASE = 1 << 56
+ROOT_INODE = 1
+#: Entries at most this large (decompressed) are produced whole and checked against the ToC's sha256 when
+#: read; larger uncompressed ones (image.blob) are served by range straight from the file.
+WHOLE_LIMIT = 64 << 20
+#: An xattr value computed by the file system from the file's content.
+SHA256_OF_CONTENT = object()
+
+XATTR_PREFIX = b"user.nydus."
+PID_XATTR = b"user.nydus.mount.pid"
+LOG_XATTR = b"user.nydus.mount.log"
+
+
+class Generated:
+    """Content produced whole by ``make()`` (blocking); ``size`` may be unknown until it runs."""
+
+    ranged = False
+
+    def __init__(self, make: Callable[[], bytes], size: int | None = None, what: str = "") -> None:
+        self.make = make
+        self.size = size
+        self.what = what
+
+
+class Stored:
+    """A byte range of a file, read with pread (nothing held in memory)."""
+
+    ranged = True
+
+    def __init__(self, layer: Layer, offset: int, size: int, what: str = "") -> None:
+        self.layer = layer
+        self.offset = offset
+        self.size = size
+        self.what = what
+
+    def read(self, off: int, n: int) -> bytes:
+        n = max(0, min(n, self.size - off))
+        return self.layer.pread(self.offset + off, n, self.what) if n else b""
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for pos in range(0, self.size, 4 << 20):
+            h.update(self.read(pos, 4 << 20))
+        return h.hexdigest()
+
+
+class VNode:
+    """A virtual directory (``children``: name -> inode) or file (``content``)."""
+
+    __slots__ = ("ino", "name", "path", "parent", "children", "content", "xattrs", "mtime_ns")
+
+    def __init__(
+        self, ino: int, name: bytes, path: str, parent: int, *, content=None, mtime_ns: int = 0
+    ) -> None:
+        self.ino = ino
+        self.name = name
+        self.path = path  # for log lines, relative to the mount point
+        self.parent = parent
+        self.children: dict[bytes, int] | None = None if content is not None else {}
+        self.content = content
+        self.xattrs: dict[bytes, object] = {}
+        self.mtime_ns = mtime_ns
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IFDIR | 0o555 if self.is_dir else stat.S_IFREG | 0o444
+
+
+def json_bytes(obj: object) -> bytes:
+    """Pretty JSON as the CLI prints it (names that are not UTF-8 fall back to \\u escapes)."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def chunks_json(layer: Layer) -> bytes:
+    """``nydus-inspect chunks --json``, byte for byte."""
+    from ..inspect import chunks_report
+
+    it = chunks_report(layer)
+    head = next(it)
+    parts = [f'{{"source": {json.dumps(head["source"])}, "header": {json.dumps(head["header"])}, "chunks": [']
+    first = True
+    for item in it:
+        parts.append("\n  " if first else ",\n  ")
+        parts.append(json.dumps(item, ensure_ascii=False))
+        first = False
+    parts.append("\n]\n" if not first else "]\n")
+    parts.append("}\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _sidecars(layer: Layer) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    from ..inspect import bootstrap_info, bootstrap_v5_info, toc_report
+
+    if layer.toc is not None or layer.sections:
+        yield "toc.json", lambda: json_bytes(toc_report(layer))
+    if layer.has_entry("blob.meta.header"):
+        yield "blob.meta.header.json", lambda: json_bytes(layer.blob_meta_header.to_json())
+    if layer.has_entry("blob.meta") or (layer.has_bootstrap and not layer.is_v5):
+        yield "chunks.json", lambda: chunks_json(layer)
+    if layer.has_bootstrap:
+        if layer.is_v5:
+            yield "superblock.json", lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5))
+        else:
+            yield "superblock.json", lambda: json_bytes(bootstrap_info(layer))
+
+
+def _entry_maker(layer: Layer, name: str) -> Callable[[], bytes]:
+    def make() -> bytes:
+        return layer.entry(name, verify=True)
+
+    return make
+
+
+class Tree:
+    """The virtual nodes of one mount, by inode number."""
+
+    def __init__(self, views: list[BlobView], rootfs_ino: int, *, mtime_ns: int = 0) -> None:
+        self.nodes: dict[int, VNode] = {}
+        self._next = VIRTUAL_BASE
+        root = VNode(ROOT_INODE, b"", "", ROOT_INODE, mtime_ns=mtime_ns)
+        self.nodes[ROOT_INODE] = root
+        self.root = root
+        entries = self._add(root, b"entries", mtime_ns=mtime_ns)
+        root.children[b"rootfs"] = rootfs_ino
+        for view in views:
+            self._add_view(entries, view)
+
+    def _add(self, parent: VNode, name: bytes, *, content=None, mtime_ns: int = 0) -> VNode:
+        ino = self._next
+        self._next += 1
+        path = f"{parent.path}/{os.fsdecode(name)}" if parent.path else os.fsdecode(name)
+        node = VNode(ino, name, path, parent.ino, content=content, mtime_ns=mtime_ns)
+        self.nodes[ino] = node
+        assert parent.children is not None
+        parent.children[name] = ino
+        return node
+
+    def _add_view(self, entries: VNode, view: BlobView) -> None:
+        layer = view.layer
+        try:
+            mtime_ns = os.stat(layer.path).st_mtime_ns
+        except OSError:
+            mtime_ns = 0
+        top = self._add(entries, os.fsencode(view.name), mtime_ns=mtime_ns)
+        names = layer.entry_names() if (layer.toc is not None or layer.sections) else []
+        raw = self._add(top, b"raw", mtime_ns=mtime_ns) if names else None
+        for name in names:
+            off, size, comp, usize, digest = layer.entry_location(name)
+            if usize < 0:  # a zstd bootstrap without a ToC: its frame says how large it is
+                usize = _zstd_frame_size(layer.pread(off, min(size, 18), name), name, off)
+            what = f"{layer.path}: {name}"
+            if comp is Compressor.NONE and (name == IMAGE_BLOB or usize > WHOLE_LIMIT):
+                content = Stored(layer, off, size, what)
+            else:
+                content = Generated(_entry_maker(layer, name), usize, what)
+            node = self._add(top, name.encode(), content=content, mtime_ns=mtime_ns)
+            node.xattrs = self._location_xattrs(comp, off, size, usize)
+            # The ToC's sha256 of image.blob also covers its tar header, so it is not the content's.
+            if digest is not None and name != IMAGE_BLOB and isinstance(content, Generated):
+                node.xattrs[b"user.nydus.sha256"] = digest.hex().encode()
+            else:
+                node.xattrs[b"user.nydus.sha256"] = SHA256_OF_CONTENT
+            if digest is not None:
+                node.xattrs[b"user.nydus.toc_sha256"] = digest.hex().encode()
+            rnode = self._add(
+                raw, name.encode(), content=Stored(layer, off, size, what + " (stored)"), mtime_ns=mtime_ns
+            )
+            rnode.xattrs = self._location_xattrs(comp, off, size, None)
+            rnode.xattrs[b"user.nydus.sha256"] = SHA256_OF_CONTENT
+        for name, make in _sidecars(layer):
+            node = self._add(
+                top, name.encode(), content=Generated(make, None, f"{layer.path}: {name}"), mtime_ns=mtime_ns
+            )
+            node.xattrs = {b"user.nydus.sha256": SHA256_OF_CONTENT}
+
+    @staticmethod
+    def _location_xattrs(comp: Compressor, off: int, size: int, usize: int | None) -> dict[bytes, object]:
+        out: dict[bytes, object] = {
+            b"user.nydus.compressor": comp.value.encode(),
+            b"user.nydus.compressed_offset": str(off).encode(),
+            b"user.nydus.compressed_size": str(size).encode(),
+        }
+        if usize is not None:
+            out[b"user.nydus.uncompressed_size"] = str(usize).encode()
+        return out
+
+
+def check_generated(data: bytes, content: Generated) -> bytes:
+    if content.size is not None and len(data) != content.size:
+        raise FormatError(content.what or "entry", f"produced {len(data)} bytes, expected {content.size}")
+    return data

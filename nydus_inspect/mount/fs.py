@@ -1,0 +1,843 @@
+"""The FUSE file system of a mount: a ``pyfuse3.Operations`` over the model and the entries tree.
+
+Inode numbers are stable: the mount root is 1, ``rootfs/`` and everything under it use the RAFS nid of the
+inode (a bootstrap is at most 1 GiB, so nids stay far below 2^56; every name of a hard link gets the nid of
+the first name seen, so all names share one inode), and the virtual ``entries/`` tree numbers from 2^56.
+
+The image never changes, so the kernel may cache everything for long: entry and attribute timeouts of a year
+(negative lookups too), ``keep_cache`` on every open, and directory listings come with their attributes
+(readdirplus), so ``ls -l`` and ``find`` cost about one request per directory. When the image holds no
+xattrs at all, getxattr on its files answers ENOTSUP rather than ENODATA, which tells ``ls -l`` and friends
+to stop asking for SELinux labels and ACLs on this mount.
+
+File data is read by chunk. Chunks are read with pread, decompressed and checked against their digest in
+worker threads (zstd, lz4, blake3 and pread release the GIL), never on the trio loop; a chunk is decoded once
+however many readers want it, kept in a bounded LRU of decompressed chunks, and also handed to the kernel's
+page cache whole (FUSE notify_store, from a thread of its own), so the following reads of that chunk never
+reach us. Sequential readers get the next chunk decoded ahead; opening a small file gets the small files
+after it in its directory decoded ahead (the order tar, cp -r and friends read them in). A chunk that does
+not decode or match its digest is EIO and one log line naming the file, the chunk and its offsets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import hashlib
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from collections import OrderedDict, deque
+
+import pyfuse3
+import trio
+
+from ..errors import NydusInspectError
+from ..formats import rafs_v6
+from ..layer import ChunkCache
+from ..model import _LRU, Chunk, fsdecode
+from .entries import (
+    LOG_XATTR,
+    PID_XATTR,
+    ROOT_INODE,
+    SHA256_OF_CONTENT,
+    XATTR_PREFIX,
+    Generated,
+    Tree,
+    VNode,
+    check_generated,
+)
+from .sources import Sources
+
+log = logging.getLogger("nydus_inspect.mount")
+
+#: The image is immutable: let the kernel keep names and attributes for a year.
+TIMEOUT = 365 * 24 * 3600.0
+S_IFMT = 0o170000
+S_IFREG, S_IFDIR, S_IFCHR, S_IFBLK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK
+DEFAULT_CACHE_SIZE = 256 << 20
+#: Decoded entries/ files (bootstrap, JSON sidecars) kept in memory, by total bytes.
+CONTENT_CACHE_SIZE = 64 << 20
+#: Prefetch: how many small files after the one being opened, and at most how many bytes of them.
+PREFETCH_FILES = 96
+PREFETCH_BYTES = 16 << 20
+PREFETCH_UNIT = 8  # files per hand-off to a worker thread
+#: Directory listings kept decoded, in entries (about 150 bytes each).
+DIR_CACHE_ENTRIES = 200_000
+#: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
+READER_WINDOW = 1.0
+#: Chunks decoded ahead of a sequential reader.
+READAHEAD_CHUNKS = 4
+#: Decoded bytes waiting to be handed to the page cache, at most.
+STORE_QUEUE_BYTES = 32 << 20
+
+QUEUED, RUNNING, DONE, CANCELLED = range(4)
+
+# Field positions in the two inode layouts rafs_v6 declares, for NydusFS._stat.
+_EXT, _CMP = rafs_v6.INODE_EXTENDED, rafs_v6.INODE_COMPACT
+_EXT_UNPACK, _CMP_UNPACK, _EXT_SIZE = _EXT.struct.unpack_from, _CMP.struct.unpack_from, _EXT.size
+_E_MODE, _E_NLINK, _E_SIZE, _E_U, _E_INO, _E_UID, _E_GID, _E_MTIME, _E_NSEC = (
+    _EXT.names.index(n)
+    for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec")
+)
+_C_MODE, _C_NLINK, _C_SIZE, _C_U, _C_INO, _C_UID, _C_GID = (
+    _CMP.names.index(n) for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid")
+)
+_LAYOUTS = frozenset((rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE, rafs_v6.LAYOUT_CHUNK_BASED))
+
+
+class _Job:
+    """One chunk being decoded; every reader of it waits on the same job."""
+
+    __slots__ = ("key", "chunk", "nid", "event", "data", "error", "state")
+
+    def __init__(self, key: tuple, chunk: Chunk, nid: int) -> None:
+        self.key = key
+        self.chunk = chunk
+        self.nid = nid
+        self.event = trio.Event()
+        self.data = None
+        self.error: BaseException | None = None
+        self.state = QUEUED
+
+
+class _FileJob:
+    """A small file decoded ahead of its reader: its chunks land in the chunk cache and the page cache."""
+
+    __slots__ = ("nid", "event", "state")
+
+    def __init__(self, nid: int) -> None:
+        self.nid = nid
+        self.event = trio.Event()
+        self.state = QUEUED
+
+
+class _SizedLRU(OrderedDict):
+    """An LRU bounded by the total size of its values (directory listings: their entry counts)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.used = 0
+
+    def put(self, key, value, size: int) -> None:
+        old = self.pop(key, None)
+        if old is not None:
+            self.used -= len(old[0])
+        self[key] = value
+        self.used += size
+        while self.used > self.limit and len(self) > 1:
+            _, dropped = self.popitem(last=False)
+            self.used -= len(dropped[0])
+
+
+def _eio(what: str, exc: BaseException) -> pyfuse3.FUSEError:
+    log.error("%s: %s", what, exc)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def _key(c: Chunk) -> tuple:
+    return (c.blob_index, c.compressed_offset, c.compressed_size)
+
+
+class NydusFS(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        sources: Sources,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        readahead: bool = True,
+        workers: int = 0,
+        page_cache: bool = True,
+        log_where: str = "",
+    ) -> None:
+        super().__init__()
+        self.sources = sources
+        self.image = sources.image
+        self.rafs = self.image.rafs
+        self.chunk_size = self.rafs.chunk_size
+        self._buf = self.rafs.buf
+        self._meta_off = self.rafs.inode_offset(0)
+        self.root_nid = self.rafs.root_nid
+        try:
+            mtime_ns = os.stat(sources.layers[0].path).st_mtime_ns
+        except OSError:
+            mtime_ns = 0
+        self.tree = Tree(sources.views, self.root_nid, mtime_ns=mtime_ns)
+        self.vnodes = self.tree.nodes
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.log_where = log_where  # where this daemon logs, answered as user.nydus.mount.log on the root
+        # An image without any xattr: say "not supported" so that ls -l stops asking for labels and ACLs.
+        self.no_xattr_errno = pyfuse3.ENOATTR if self.rafs.ext.s_flags & rafs_v6.HAS_XATTR else errno.ENOTSUP
+        self.cache = ChunkCache(cache_size)
+        self.content_cache = ChunkCache(CONTENT_CACHE_SIZE)
+        self.readahead = readahead
+        # A sequential reader gets this many chunks decoded ahead (as the cache allows, leaving it room).
+        self.readahead_chunks = max(1, min(READAHEAD_CHUNKS, cache_size // max(1, 4 * self.chunk_size)))
+        self.page_cache = page_cache
+        self.workers = workers or max(2, os.cpu_count() or 1)
+        self.limiter = trio.CapacityLimiter(self.workers)
+        self._token = None
+        self._lock = threading.Lock()  # job states, between the loop and the workers
+        self._urgent: deque[list] = deque()  # units of work somebody waits for
+        self._background: deque[list] = deque()  # readahead and prefetch
+        self._running = 0
+        self._store_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._store_pending = 0  # bytes queued for the page cache
+        self._storing = True
+        self._storer: threading.Thread | None = None
+        self._inflight: dict[tuple, _Job] = {}
+        self._vjobs: dict[int, trio.Event] = {}
+        # i_ino -> nid of the first name seen, for hard-linked non-directories
+        self._links: dict[int, int] = {}
+        # Directory nid -> (entries [(name, dirent nid)], {name: dirent nid}), at most DIR_CACHE_ENTRIES in all.
+        self._dirs = _SizedLRU(DIR_CACHE_ENTRIES)
+        self._chunks = _LRU(16384)  # nid -> list[Chunk], files of a few chunks
+        self._big_chunks = _LRU(64)  # the same for files of many chunks
+        self._xattrs = _LRU(8192)  # nid -> {name: value}
+        self._last_end = _LRU(4096)  # nid -> end offset of the last read (sequential detection)
+        self._pos = _LRU(1 << 17)  # regular file nid -> (directory nid, index in its listing)
+        self._pf: dict[int, _FileJob] = {}  # prefetches queued or running
+        self._pf_done = _LRU(1 << 17)  # nids prefetched already
+        self._pf_front = _LRU(4096)  # directory nid -> last listing index considered for prefetch
+        self._reading_until = 0.0  # a tree reader (tar, cp -r) is at work until then: prefetch what it lists
+        self._paths: dict[int, str] = {}
+        self._reported: set[tuple] = set()
+
+    # ------------------------------------------------------------------ life cycle
+    def attach(self) -> None:
+        """Start serving: called on the trio loop before pyfuse3.main."""
+        self._token = trio.lowlevel.current_trio_token()
+        if self.page_cache:
+            self._storer = threading.Thread(target=self._store_loop, name="notify-store", daemon=True)
+            self._storer.start()
+
+    def stop_storing(self, timeout: float = 5.0) -> bool:
+        """Blocking (run it in a thread): stop feeding the page cache, and wait for a store in progress.
+
+        Call it while requests are still answered: a store waits for reads of the same pages, and once the
+        loop stops answering, a store stuck that way would also keep the device from closing."""
+        storer = self._storer
+        if storer is None:
+            return True
+        self._storing = False
+        self._store_q.put(None)
+        storer.join(timeout)
+        if storer.is_alive():
+            return False
+        self._storer = None
+        return True
+
+    def detach(self) -> bool:
+        """After the loop: True once nothing may touch the FUSE session any more (it can be destroyed)."""
+        return self.stop_storing(5.0)
+
+    # ------------------------------------------------------------------ attributes
+    def _stat(self, nid: int) -> tuple:
+        """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid``.
+
+        Listing a directory needs these of every entry: read them straight from the inode's declared layout
+        (a third of the cost of a full decode); anything unusual goes through the model, which says what is
+        wrong with it."""
+        buf = self._buf
+        off = self._meta_off + 32 * nid
+        if 0 < nid and off + _EXT_SIZE <= len(buf):
+            fmt = buf[off] | buf[off + 1] << 8
+            if fmt & 1:
+                v = _EXT_UNPACK(buf, off)
+                t = (
+                    v[_E_MODE],
+                    v[_E_NLINK],
+                    v[_E_SIZE],
+                    v[_E_U],
+                    v[_E_INO],
+                    v[_E_UID],
+                    v[_E_GID],
+                    v[_E_MTIME],
+                    v[_E_NSEC],
+                )
+            else:
+                v = _CMP_UNPACK(buf, off)
+                t = (v[_C_MODE], v[_C_NLINK], v[_C_SIZE], v[_C_U], v[_C_INO], v[_C_UID], v[_C_GID], 0, 0)
+            if not fmt & ~0xF and (fmt >> 1) & 7 in _LAYOUTS and t[1]:
+                return t
+        i = self.rafs.inode(nid)  # raises the FormatError that says what is wrong
+        return (i.i_mode, i.i_nlink, i.i_size, i.i_u, i.i_ino, i.i_uid, i.i_gid, i.i_mtime, i.i_mtime_nsec)
+
+    def _image_attr(self, nid: int, ino_nr: int = 0, st: tuple | None = None) -> pyfuse3.EntryAttributes:
+        mode, nlink, size, i_u, _, uid, gid, mtime, nsec = st or self._stat(nid)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino_nr or nid
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = mode
+        e.st_nlink = nlink
+        e.st_uid = uid
+        e.st_gid = gid
+        fmt = mode & S_IFMT
+        if fmt == S_IFCHR or fmt == S_IFBLK:
+            e.st_rdev = i_u
+            size = 0
+        e.st_size = size
+        e.st_blksize = 4096
+        e.st_blocks = (size + 511) >> 9
+        t = mtime * 1_000_000_000 + nsec
+        e.st_mtime_ns = t
+        e.st_ctime_ns = t
+        e.st_atime_ns = t
+        return e
+
+    def _canon(self, nid: int, ino: rafs_v6.Inode) -> int:
+        """The inode number of dirent nid ``nid``: every name of a hard link gets the first nid seen."""
+        if ino.i_nlink > 1 and ino.i_mode & S_IFMT != S_IFDIR:
+            return self._links.setdefault(ino.i_ino, nid)
+        return nid
+
+    async def _vattr(self, node: VNode) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = node.mode
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        if node.is_dir:
+            subdirs = sum(1 for c in node.children.values() if c not in self.vnodes or self.vnodes[c].is_dir)
+            e.st_nlink = 2 + subdirs
+            size = 4096
+        else:
+            e.st_nlink = 1
+            content = node.content
+            if content.size is None:
+                await self._generated(node)
+            size = content.size
+        e.st_size = size
+        e.st_blksize = 4096
+        e.st_blocks = (size + 511) >> 9
+        e.st_mtime_ns = e.st_ctime_ns = e.st_atime_ns = node.mtime_ns
+        return e
+
+    async def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        node = self.vnodes.get(ino)
+        if node is not None:
+            return await self._vattr(node)
+        return self._image_attr(ino)
+
+    # ------------------------------------------------------------------ names
+    def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
+        d = self._dirs.get(nid)
+        if d is None:
+            ents = [(x.name, x.nid) for x in self.rafs.readdir(nid, include_dots=True)]
+            d = (ents, dict(ents))
+            self._dirs.put(nid, d, len(ents))
+        return d
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        try:
+            node = self.vnodes.get(parent_inode)
+            if node is not None:
+                if not node.is_dir:
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
+                child = node.children.get(name)
+                if child is None:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                return await self._attr(child)
+            if name == b".":
+                return await self._attr(parent_inode)
+            ents, index = self._dir(parent_inode)
+            if name == b"..":
+                return await self._attr(
+                    ROOT_INODE if parent_inode == self.root_nid else index.get(b"..", ROOT_INODE)
+                )
+            nid = index.get(name)
+            if nid is None:
+                e = pyfuse3.EntryAttributes()  # a negative entry, cached as long as a positive one
+                e.st_ino = 0
+                e.entry_timeout = TIMEOUT
+                return e
+            ino = self.rafs.inode(nid)
+            canon = self._canon(nid, ino)
+            if ino.i_mode & S_IFMT == S_IFREG and self.readahead and canon not in self._pos:
+                for i, (n, _) in enumerate(ents):  # rare: tar and cp list the directory first
+                    if n == name:
+                        self._pos.put(canon, (parent_inode, i))
+                        break
+            return self._image_attr(nid, canon)
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
+
+    async def getattr(self, inode, ctx=None):
+        try:
+            return await self._attr(inode)
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(inode)}: getattr", exc) from None
+
+    async def readlink(self, inode, ctx=None):
+        if inode in self.vnodes:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        try:
+            target = self.rafs.node(inode, b"").target
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(inode)}: readlink", exc) from None
+        if target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return target
+
+    async def opendir(self, inode, ctx=None):
+        node = self.vnodes.get(inode)
+        if node is not None:
+            if not node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            return inode
+        try:
+            self._dir(inode)
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(inode)}: opendir", exc) from None
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        node = self.vnodes.get(fh)
+        try:
+            if node is not None:
+                ents = [(b".", node.ino), (b"..", node.parent), *node.children.items()]
+                for i in range(start_id, len(ents)):
+                    name, child = ents[i]
+                    if not pyfuse3.readdir_reply(token, name, await self._attr(child), i + 1):
+                        break
+                return
+            ents = self._dir(fh)[0]
+            if start_id == 0 and self.readahead and time.monotonic() < self._reading_until:
+                # A tree reader lists a directory it will read next: start on its files now. (After our
+                # reply the kernel knows their inodes, so what is decoded can go to the page cache.)
+                self._prefetch_dir(fh, -1)
+            reply = pyfuse3.readdir_reply
+            stat_ = self._stat
+            attr = self._image_attr
+            links = self._links
+            pos = self._pos if self.readahead else None
+            for i in range(start_id, len(ents)):
+                name, nid = ents[i]
+                if name == b".":
+                    a = attr(fh)
+                elif name == b"..":
+                    a = await self._attr(ROOT_INODE) if fh == self.root_nid else attr(nid)
+                else:
+                    st = stat_(nid)
+                    fmt = st[0] & S_IFMT
+                    canon = nid
+                    if st[1] > 1 and fmt != S_IFDIR:
+                        canon = links.setdefault(st[4], nid)
+                    a = attr(nid, canon, st)
+                    if pos is not None and fmt == S_IFREG:
+                        pos.put(canon, (fh, i))
+                if not reply(token, name, a, i + 1):
+                    break
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(fh)}: readdir", exc) from None
+
+    async def releasedir(self, fh):
+        pass
+
+    async def forget(self, inode_list):
+        pass  # nothing to free: inode numbers are stable and cost nothing while unused
+
+    # ------------------------------------------------------------------ files
+    async def open(self, inode, flags, ctx=None):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self.vnodes.get(inode)
+        if node is not None:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        try:
+            fmt = self._stat(inode)[0] & S_IFMT
+            if fmt != S_IFREG:
+                raise pyfuse3.FUSEError(errno.EISDIR if fmt == S_IFDIR else errno.EINVAL)
+            if self.readahead:
+                self._prefetch_after(inode)
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(inode)}: open", exc) from None
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def release(self, fh):
+        pass
+
+    def _file_chunks(self, nid: int) -> list[Chunk]:
+        chunks = self._chunks.get(nid)
+        if chunks is None:
+            chunks = self._big_chunks.get(nid)
+            if chunks is None:
+                chunks = self.rafs.chunks(self.rafs.node(nid, b""))
+                (self._chunks if len(chunks) <= 64 else self._big_chunks).put(nid, chunks)
+        return chunks
+
+    async def read(self, fh, off, size):
+        node = self.vnodes.get(fh)
+        if node is not None:
+            return await self._vread(node, off, size)
+        try:
+            fsize = self._stat(fh)[2]
+            if off >= fsize or size <= 0:
+                return b""
+            fj = self._pf.get(fh)
+            if fj is not None:  # being decoded ahead: wait for it, or take it over if no worker started it
+                with self._lock:
+                    if fj.state == QUEUED:
+                        fj.state = CANCELLED
+                        del self._pf[fh]
+                if fj.state == RUNNING:
+                    await fj.event.wait()
+            end = min(off + size, fsize)
+            chunks = self._file_chunks(fh)
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(fh)}: read", exc) from None
+        cs = self.chunk_size
+        k0, k1 = off // cs, (end - 1) // cs
+        # Sequential: from the start, or forward from the last read, across pages that notify_store filled.
+        last = self._last_end.get(fh)
+        sequential = off == 0 or (last is not None and last <= off <= last + (self.readahead_chunks + 1) * cs)
+        self._last_end.put(fh, end)
+        if k0 == k1:
+            data = await self._wait(fh, k0, chunks[k0], self._job(chunks[k0], fh, True))
+            base = k0 * cs
+            out = memoryview(data)[off - base : end - base]
+        else:
+            # Start every chunk at once (small chunk sizes put many in one read), then collect them in order.
+            jobs = [self._job(chunks[k], fh, True) for k in range(k0, k1 + 1)]
+            parts = []
+            for k, job in zip(range(k0, k1 + 1), jobs, strict=True):
+                data = await self._wait(fh, k, chunks[k], job)
+                base = k * cs
+                parts.append(memoryview(data)[max(off, base) - base : min(end, base + len(data)) - base])
+            out = b"".join(parts)
+        if self.readahead and sequential:
+            for c in chunks[k1 + 1 : k1 + 1 + self.readahead_chunks]:
+                self._job(c, fh, False)
+        return out
+
+    # ------------------------------------------------------------------ decoding (worker threads)
+    def _job(self, c: Chunk, nid: int, urgent: bool):
+        """The chunk's bytes if cached, else the job decoding it (queued here if there is none)."""
+        key = _key(c)
+        data = self.cache.get(key)
+        if data is not None:
+            return data
+        job = self._inflight.get(key)
+        if job is None:
+            job = _Job(key, c, nid)
+            self._inflight[key] = job
+            (self._urgent if urgent else self._background).append([job])
+            self._pump()
+        elif urgent and job.state == QUEUED:
+            self._urgent.append([job])  # whichever worker gets to it first decodes it
+            self._pump()
+        return job
+
+    async def _wait(self, nid: int, k: int, c: Chunk, job) -> bytes:
+        if not isinstance(job, _Job):
+            return job
+        await job.event.wait()
+        if job.error is not None:
+            self._report(nid, k, c, job.error)
+            raise pyfuse3.FUSEError(errno.EIO)
+        return job.data
+
+    def _pump(self) -> None:
+        while self._running < self.workers and (self._urgent or self._background):
+            unit = (self._urgent or self._background).popleft()
+            self._running += 1
+            trio.lowlevel.start_thread_soon(functools.partial(self._work, unit), self._deliver)
+
+    def _deliver(self, outcome) -> None:
+        """Worker thread, after a unit: free the slot (on the loop)."""
+        self._post(self._unit_done)
+
+    def _unit_done(self) -> None:
+        self._running -= 1
+        self._pump()
+
+    def _post(self, fn, *args) -> None:
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            pass
+
+    def _work(self, unit: list) -> None:
+        """Worker thread: decode every job of ``unit`` nobody else has started, report each on the loop."""
+        for item in unit:
+            with self._lock:
+                if item.state != QUEUED:
+                    continue
+                item.state = RUNNING
+            if isinstance(item, _Job):
+                data = err = None
+                try:
+                    data = self._decode(item.chunk)
+                except Exception as exc:  # reported by each reader; a bug here must not take the mount down
+                    err = exc
+                self._post(self._job_done, item, data, err)
+                if data is not None:
+                    self._store(item.nid, item.chunk.file_offset, data)
+            else:
+                chunks = datas = None
+                try:
+                    chunks = self.rafs.chunks(self.rafs.node(item.nid, b""))
+                    datas = [self._decode(c) for c in chunks]
+                except Exception:  # the reader will decode it again and report what is wrong
+                    chunks = datas = None
+                self._post(self._file_done, item, chunks, datas)
+                for c, data in zip(chunks or (), datas or ()):
+                    self._store(item.nid, c.file_offset, data)
+
+    def _decode(self, c: Chunk) -> bytes:
+        bf = self.image.blob_files[c.blob_index]
+        if not c.digest:
+            # A chunk known only from blob.meta: check it against the blob's blob.digest when it has one.
+            digests = bf.layer.chunk_digests
+            if digests is not None and c.ci_index < len(digests):
+                c = dataclasses.replace(c, digest=digests[c.ci_index])
+        return bf.decode_chunk(c, self.rafs, True)
+
+    def _job_done(self, job: _Job, data, err) -> None:
+        job.state = DONE
+        job.data, job.error = data, err
+        if self._inflight.get(job.key) is job:
+            del self._inflight[job.key]
+        if data is not None:
+            self.cache.put(job.key, data)
+        job.event.set()
+
+    def _file_done(self, fj: _FileJob, chunks, datas) -> None:
+        fj.state = DONE
+        if self._pf.get(fj.nid) is fj:
+            del self._pf[fj.nid]
+        if chunks is not None:
+            self._chunks.put(fj.nid, chunks)
+            for c, data in zip(chunks, datas, strict=True):
+                self.cache.put(_key(c), data)
+        fj.event.set()
+
+    def _store(self, nid: int, offset: int, data: bytes) -> None:
+        """Worker thread: queue a decoded chunk for the page cache, unless too much is queued already (then
+        the kernel simply asks for it with a read)."""
+        if self._storer is None or not self._storing:
+            return
+        with self._lock:
+            if self._store_pending + len(data) > STORE_QUEUE_BYTES:
+                return
+            self._store_pending += len(data)
+        self._store_q.put((nid, offset, data))
+
+    def _store_loop(self) -> None:
+        """Thread: hand decoded chunks to the kernel's page cache. A store may wait for a read of the same
+        pages to be answered, which is why it never runs on the loop or in a decoding worker."""
+        while True:
+            item = self._store_q.get()
+            if item is None or not self._storing:
+                return
+            try:
+                pyfuse3.notify_store(*item)
+            except OSError:
+                pass  # the kernel forgot the inode, or the mount is going away
+            with self._lock:
+                self._store_pending -= len(item[2])
+
+    def _prefetch_after(self, nid: int) -> None:
+        """A small file was opened: keep the small files after it in its directory decoded ahead (the order
+        tar, cp -r and find -exec open them in)."""
+        self._reading_until = time.monotonic() + READER_WINDOW
+        pos = self._pos.get(nid)
+        if pos is not None:
+            self._prefetch_dir(pos[0], pos[1])
+
+    def _prefetch_dir(self, dnid: int, i: int) -> None:
+        """Queue small files of directory ``dnid`` after listing index ``i``, keeping a window ahead of it."""
+        front = self._pf_front.get(dnid)
+        if front is not None and (front < 0 or front - i > PREFETCH_FILES // 2):
+            return  # done with this directory (-1), or far enough ahead
+        ents = self._dir(dnid)[0]
+        j = max(front if front is not None else i, i) + 1
+        stat_ = self._stat
+        cs = self.chunk_size
+        pf, done, small = self._pf, self._pf_done, self._chunks
+        unit: list[_FileJob] = []
+        count, budget = 0, PREFETCH_BYTES
+        while j < len(ents) and count < PREFETCH_FILES and budget > 0:
+            cnid = ents[j][1]
+            j += 1
+            st = stat_(cnid)
+            if st[0] & S_IFMT != S_IFREG or not 0 < st[2] <= cs:
+                continue
+            canon = self._links.setdefault(st[4], cnid) if st[1] > 1 else cnid
+            if canon in pf or canon in done or canon in small:
+                continue
+            fj = _FileJob(canon)
+            pf[canon] = fj
+            done.put(canon, True)
+            unit.append(fj)
+            count += 1
+            budget -= st[2]
+            if len(unit) == PREFETCH_UNIT:
+                self._background.append(unit)
+                unit = []
+        if unit:
+            self._background.append(unit)
+        self._pf_front.put(dnid, j - 1 if j < len(ents) else -1)
+        self._pump()
+
+    def _report(self, nid: int, k: int, c: Chunk, exc: BaseException) -> None:
+        key = (nid, k, type(exc).__name__)
+        if key in self._reported:
+            log.debug("EIO again: nid %d chunk %d", nid, k)
+            return
+        self._reported.add(key)
+        if not isinstance(exc, NydusInspectError | OSError):
+            log.error("internal error decoding a chunk", exc_info=exc)
+        log.error(
+            "%s: chunk %d at file offset %d (blob %d chunk %d, compressed offset %d, %d bytes): %s: EIO",
+            self._where(nid),
+            k,
+            c.file_offset,
+            c.blob_index,
+            c.ci_index,
+            c.compressed_offset,
+            c.compressed_size,
+            exc,
+        )
+
+    # ------------------------------------------------------------------ entries/ content
+    async def _generated(self, node: VNode) -> bytes:
+        content: Generated = node.content
+        key = ("v", node.ino)
+        data = self.content_cache.get(key)
+        if data is not None:
+            return data
+        event = self._vjobs.get(node.ino)
+        if event is not None:
+            await event.wait()
+            data = self.content_cache.get(key)
+            if data is not None:
+                return data
+        event = self._vjobs[node.ino] = trio.Event()
+        try:
+            data = await trio.to_thread.run_sync(self._make, content, limiter=self.limiter)
+        except Exception as exc:
+            raise _eio(node.path, exc) from None
+        finally:
+            del self._vjobs[node.ino]
+            event.set()
+        content.size = len(data)
+        self.content_cache.put(key, data)
+        return data
+
+    @staticmethod
+    def _make(content: Generated) -> bytes:
+        return check_generated(content.make(), content)
+
+    async def _vread(self, node: VNode, off: int, size: int):
+        content = node.content
+        if content.ranged:
+            if off >= content.size:
+                return b""
+            try:
+                return await trio.to_thread.run_sync(content.read, off, size, limiter=self.limiter)
+            except (NydusInspectError, OSError) as exc:
+                raise _eio(node.path, exc) from None
+        data = await self._generated(node)
+        return memoryview(data)[off : off + size]
+
+    # ------------------------------------------------------------------ xattrs
+    def _image_xattrs(self, nid: int) -> dict[bytes, bytes]:
+        xs = self._xattrs.get(nid)
+        if xs is None:
+            xs = self.rafs.node(nid, b"").xattrs if self.rafs.inode(nid).i_xattr_icount else {}
+            self._xattrs.put(nid, xs)
+        return xs
+
+    async def getxattr(self, inode, name, ctx=None):
+        node = self.vnodes.get(inode)
+        if node is None:
+            try:
+                if not self.rafs.inode(inode).i_xattr_icount:
+                    raise pyfuse3.FUSEError(self.no_xattr_errno)
+                value = self._image_xattrs(inode).get(name)
+            except NydusInspectError as exc:
+                raise _eio(f"{self._where(inode)}: getxattr", exc) from None
+            if value is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return value
+        if inode == ROOT_INODE and name in (PID_XATTR, LOG_XATTR):
+            return str(os.getpid()).encode() if name == PID_XATTR else os.fsencode(self.log_where)
+        value = node.xattrs.get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if name.startswith(XATTR_PREFIX) else self.no_xattr_errno)
+        if value is SHA256_OF_CONTENT:
+            value = await self._content_sha256(node)
+            node.xattrs[name] = value
+        return value
+
+    async def _content_sha256(self, node: VNode) -> bytes:
+        content = node.content
+        if content.ranged:
+            try:
+                digest = await trio.to_thread.run_sync(content.sha256, limiter=self.limiter)
+            except (NydusInspectError, OSError) as exc:
+                raise _eio(node.path, exc) from None
+        else:
+            digest = hashlib.sha256(await self._generated(node)).hexdigest()
+        return digest.encode()
+
+    async def listxattr(self, inode, ctx=None):
+        node = self.vnodes.get(inode)
+        if node is not None:
+            names = list(node.xattrs)
+            return names + [PID_XATTR, LOG_XATTR] if inode == ROOT_INODE else names
+        try:
+            return list(self._image_xattrs(inode))
+        except NydusInspectError as exc:
+            raise _eio(f"{self._where(inode)}: listxattr", exc) from None
+
+    # ------------------------------------------------------------------ the rest
+    async def statfs(self, ctx=None):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = -(-self.image.uncompressed_size // 4096) + -(-self.rafs.size // 4096)
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = self.rafs.inode_count() + len(self.vnodes)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    async def _read_only(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = write = create = _read_only
+    setxattr = removexattr = _read_only
+
+    # ------------------------------------------------------------------ log lines
+    def _where(self, inode: int) -> str:
+        """A path for log lines, relative to the mount point; found by walking the tree (errors only)."""
+        node = self.vnodes.get(inode)
+        if node is not None:
+            return node.path or "/"
+        path = self._paths.get(inode)
+        if path is None:
+            path = f"rootfs (nid {inode})"
+            try:
+                for n in self.rafs.walk():
+                    if n.nid == inode or (n.hardlink is not None and self._links.get(n.hardlink) == inode):
+                        path = "rootfs" + (fsdecode(n.path) if n.path != b"/" else "/")
+                        break
+            except NydusInspectError:
+                pass
+            self._paths[inode] = path
+        return path

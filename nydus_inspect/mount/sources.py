@@ -1,0 +1,133 @@
+"""What a mount serves: the opened layers, the file tree of ``rootfs/`` and the blob files of ``entries/``.
+
+A LAYER argument is whatever :func:`nydus_inspect.layer.open_layer` opens: a nydus layer blob (inline
+bootstrap), a bootstrap (raw RAFS v6, or a bootstrap layer tar) whose blobs are found with ``--blob-dir`` /
+``--blob``, the OCI image layout of a nydus image, or a data-only blob (then it only serves the chunks of the
+bootstraps given with it). One layer with a bootstrap is shown as it is; several are merged in memory with
+OCI whiteout semantics (:func:`nydus_inspect.merge.merge_bootstrap`), lowest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from ..errors import NydusInspectError, UsageError
+from ..layer import Layer, open_layer
+from ..model import RafsV6
+
+
+@dataclass
+class BlobView:
+    """One file shown as ``entries/<name>/``."""
+
+    name: str
+    layer: Layer
+
+
+@dataclass
+class Image:
+    """The tree of ``rootfs/``: a RAFS v6 bootstrap, and the blob file of each entry of its blob table."""
+
+    rafs: RafsV6
+    blob_files: list  # list[BlobFile], index = blob index
+    description: str
+
+    @property
+    def uncompressed_size(self) -> int:
+        return sum(b.uncompressed_size for b in self.rafs.blobs)
+
+
+@dataclass
+class Sources:
+    layers: list[Layer]
+    image: Image
+    views: list[BlobView] = field(default_factory=list)
+    _extra: list[Layer] = field(default_factory=list)
+
+    def close(self) -> None:
+        for layer in self.layers + self._extra:
+            layer.close()
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, n = name, 1
+    while out in taken or out in ("", ".", ".."):
+        n += 1
+        out = f"{name}~{n}"
+    taken.add(out)
+    return out
+
+
+def open_sources(paths: list[str], *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Sources:
+    """Open every LAYER, resolve every blob the tree needs (failing now, not on first read), merge if several."""
+    if not paths:
+        raise UsageError("mount needs at least one layer")
+    layers: list[Layer] = []
+    try:
+        for p in paths:
+            layers.append(open_layer(p, blob_dir=blob_dir, blobs=blobs))
+        with_boot = [layer for layer in layers if layer.has_bootstrap]
+        data_only = [layer for layer in layers if not layer.has_bootstrap]
+        if not with_boot:
+            raise UsageError(
+                f"{paths[0]}: no bootstrap among the layers given (data-only blobs); give the bootstrap too, "
+                "with these blobs in --blob-dir or as further arguments"
+            )
+        for layer in with_boot:
+            if layer.is_v5:
+                raise UsageError(f"{layer.path}: a RAFS v5 bootstrap; mount reads RAFS v6 only")
+            # Data-only blobs given as layers serve the chunks of the bootstraps given with them.
+            layer.extra_blobs.extend(d.path for d in data_only)
+        image = _image(with_boot)
+        return Sources(layers, image, _views(layers, image))
+    except BaseException:
+        for layer in layers:
+            layer.close()
+        raise
+
+
+def _image(layers: list[Layer]) -> Image:
+    if len(layers) == 1:
+        layer = layers[0]
+        rafs = layer.rafs
+        blob_files = [layer.blob_file(i) for i in range(len(rafs.blobs))]
+        return Image(rafs, blob_files, layer.path)
+    from ..merge import merge_bootstrap
+
+    # The mount never writes this table: name each layer's own blob by its path, not by hashing the file.
+    merged = merge_bootstrap(
+        layers,
+        prefetch=False,
+        own_blob_id=lambda layer: hashlib.sha256(os.path.abspath(layer.path).encode()).hexdigest(),
+    )
+    blob_files = [src.layer.blob_file(src.index) for src in merged.sources]
+
+    def ci_source(blob_index: int):
+        return blob_files[blob_index].layer.chunk_infos
+
+    try:
+        rafs = RafsV6(merged.boot, ci_source=ci_source)
+    except NydusInspectError as exc:  # our own bootstrap not decoding is a bug, but say where it came from
+        raise UsageError(f"merging {len(layers)} layers gave an unreadable bootstrap: {exc}") from None
+    return Image(
+        rafs, blob_files, f"{len(layers)} layers merged: " + " ".join(layer.path for layer in layers)
+    )
+
+
+def _views(layers: list[Layer], image: Image) -> list[BlobView]:
+    """Each layer given, then each other blob file the tree reads from, once."""
+    taken: set[str] = set()
+    seen: set[str] = set()
+    views = []
+    for layer in layers:
+        seen.add(os.path.realpath(layer.path))
+        views.append(BlobView(_unique(layer.name, taken), layer))
+    for bf in image.blob_files:
+        real = os.path.realpath(bf.layer.path)
+        if real in seen:
+            continue
+        seen.add(real)
+        views.append(BlobView(_unique(bf.layer.name, taken), bf.layer))
+    return views

@@ -1,0 +1,763 @@
+"""``nydus-inspect mount`` / ``umount``: real FUSE mounts of packed fixtures, merged layers and the real vectors.
+
+Every mount here is real (root and /dev/fuse). Without FUSE these tests skip with the reason, except under
+``.ci/run`` (NYDUS_REQUIRE_FUSE=1), where that is a failure. Each mount goes through the CLI as a user runs it
+(daemonized, returning once the mount answers) and is unmounted in teardown, which also checks that neither
+a mount nor a daemon is left behind.
+
+The trees are checked the way the issue asks: GNU tar archives ``MOUNTPOINT/rootfs`` and
+:func:`nydus_inspect.diff.describe_tar` / :func:`~nydus_inspect.diff.compare` hold it against the source
+(types, modes, owners, times, sizes, symlink targets, devices, xattrs, hard-link groups, file bytes).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BOOTSTRAP, DATA_BLOB, REQUIRE_FUSE, TOC_BLOB
+from fixtures_util import make_fixtures
+from merge_fixtures import layer_tars, reference_files, reference_tree
+
+from nydus_inspect.codecs import Compressor
+from nydus_inspect.diff import Tree, compare, describe, describe_tar
+from nydus_inspect.layer import open_layer
+from nydus_inspect.mount.daemon import find_mount, parse_size, process_gone
+from nydus_inspect.pack import PackOptions, pack
+
+ROOT = Path(__file__).resolve().parent.parent
+PID_XATTR = "user.nydus.mount.pid"
+ENTRY_NAMES = ("image.boot", "blob.meta", "blob.meta.header", "blob.digest", "image.blob", "rafs.blob.toc")
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------------------- FUSE availability
+def _fuse_problem() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
+    if os.geteuid() != 0 and not shutil.which("fusermount3"):
+        return "not root and no fusermount3"
+    for module in ("pyfuse3", "trio"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            return f"{module} is not installed ({exc})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def fuse() -> None:
+    problem = _fuse_problem()
+    if problem:
+        if REQUIRE_FUSE:
+            pytest.fail(f"FUSE is unavailable: {problem} (NYDUS_REQUIRE_FUSE=1)")
+        pytest.skip(f"FUSE is unavailable: {problem}")
+
+
+# ---------------------------------------------------------------------------- running the CLI
+def cli(*args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("NYDUS_INSPECT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "nydus_inspect", *map(str, args)],
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == code, (proc.returncode, err)
+    assert err.startswith("nydus-inspect: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def mounted(mp: Path) -> bool:
+    return find_mount(str(mp)) is not None
+
+
+class Mounts:
+    """Mounts made by one test; teardown unmounts them and checks nothing is left behind."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.active: list[tuple[Path, int]] = []
+        self.n = 0
+
+    def mount(self, *args, expect_ok: bool = True) -> Path:
+        self.n += 1
+        mp = self.tmp / f"mnt{self.n}"
+        mp.mkdir()
+        log = self.tmp / f"mnt{self.n}.log"
+        proc = cli("mount", *args, mp, *(() if "--log-file" in map(str, args) else ("--log-file", log)))
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        assert proc.stdout.decode().strip() == str(mp)
+        pid = int(os.getxattr(mp, PID_XATTR))
+        self.active.append((mp, pid))
+        if "--log-file" in map(str, args):
+            return mp
+        assert os.getxattr(mp, "user.nydus.mount.log") == os.fsencode(log)
+        return mp
+
+    def log(self, mp: Path) -> str:
+        return (mp.parent / f"{mp.name}.log").read_text()
+
+    def pid(self, mp: Path) -> int:
+        return next(p for m, p in self.active if m == mp)
+
+    def umount(self, mp: Path) -> None:
+        pid = self.pid(mp)
+        proc = cli("umount", mp, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        assert not mounted(mp)
+        assert process_gone(pid), f"daemon {pid} still running"
+        self.active = [(m, p) for m, p in self.active if m != mp]
+
+    def cleanup(self) -> list[str]:
+        problems = []
+        for mp, pid in self.active:
+            if mounted(mp):
+                proc = cli("umount", mp, timeout=60)
+                if proc.returncode != 0:
+                    problems.append(f"umount {mp}: {proc.stderr.decode(errors='replace').strip()}")
+            if mounted(mp):
+                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+                problems.append(f"{mp} was still mounted")
+            deadline = time.monotonic() + 10
+            while not process_gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+                problems.append(f"daemon {pid} of {mp} was still running")
+        self.active = []
+        return problems
+
+
+@pytest.fixture
+def mounts(fuse, tmp_path):
+    m = Mounts(tmp_path)
+    yield m
+    problems = m.cleanup()
+    with open("/proc/self/mountinfo") as f:
+        left = [line for line in f if str(tmp_path) in line]
+    assert not left, f"mounts left behind: {left}"
+    assert not problems, problems
+
+
+# ---------------------------------------------------------------------------- layers
+def _pack(tar: Path, out: Path, chunk_size: int = 0x100000, compressor: str = "zstd") -> Path:
+    pack(str(tar), str(out), PackOptions(chunk_size=chunk_size, compressor=Compressor.parse(compressor)))
+    return out
+
+
+FIXTURES = [name for name in make_fixtures.ROUND_TRIP]
+
+
+@pytest.fixture(scope="session")
+def fixture_tars(tmp_path_factory) -> dict[str, Path]:
+    return make_fixtures.write_all(tmp_path_factory.mktemp("mount-fixtures"))
+
+
+@pytest.fixture(scope="session")
+def fixture_layers(fixture_tars, tmp_path_factory) -> dict[str, Path]:
+    """Each round-trip fixture packed with small chunks (so files span many), and every-type also at 1 MiB."""
+    d = tmp_path_factory.mktemp("mount-layers")
+    out = {name: _pack(fixture_tars[name], d / f"{name}.blob", chunk_size=0x4000) for name in FIXTURES}
+    out["every-type.tar@1m"] = _pack(fixture_tars["every-type.tar"], d / "every-type-1m.blob")
+    out["every-type.tar@lz4"] = _pack(
+        fixture_tars["every-type.tar"], d / "every-type-lz4.blob", 0x10000, "lz4_block"
+    )
+    return out
+
+
+def gnu_tar(src: Path, out: Path) -> Path:
+    """Archive a tree as a user would, keeping every xattr (GNU tar, PAX format, numeric owners)."""
+    subprocess.run(
+        [
+            "tar",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "--format=posix",
+            "-C",
+            str(src),
+            "-cf",
+            str(out),
+            ".",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def assert_same(expected: Tree, found: Tree, what: str, rootfs: Path | None = None) -> None:
+    """No differences; GNU tar records hard links of regular files only, so for a hard-linked symlink, fifo or
+    device the mount (``rootfs``) must show every name of the group as one inode instead."""
+    diffs = []
+    for d in compare(expected, found):
+        if (
+            d.field == "hardlinks"
+            and rootfs is not None
+            and expected.entries[d.path].type != "file"
+            and not d.found
+        ):
+            inos = {os.lstat(rootfs / os.fsdecode(p).lstrip("/")).st_ino for p in d.expected}
+            if len(inos) == 1:
+                continue
+        diffs.append(str(d))
+    assert not diffs, f"{what}: {len(diffs)} difference(s):\n" + "\n".join(diffs[:40])
+
+
+# ---------------------------------------------------------------------------- the trees
+@pytest.mark.parametrize("name", [*FIXTURES, "every-type.tar@1m", "every-type.tar@lz4"])
+def test_rootfs_matches_source(name, mounts, fixture_tars, fixture_layers, tmp_path):
+    mp = mounts.mount(fixture_layers[name])
+    source = fixture_tars[name.split("@")[0]]
+    got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "out.tar")))
+    assert_same(describe_tar(str(source)), got, name, mp / "rootfs")
+
+
+def test_rootfs_real_blob(mounts, vectors, tmp_path):
+    layer = vectors / TOC_BLOB
+    mp = mounts.mount(layer)
+    assert_same(
+        describe(str(layer)), describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "o.tar"))), "2fa78cad"
+    )
+    with open_layer(str(layer)) as lay:
+        for node in lay.rafs.walk():
+            st = os.lstat(mp / "rootfs" / node.path.decode().lstrip("/"))
+            assert st.st_ino == node.nid  # stable inode numbers: the RAFS nid
+            if node.type == "file":
+                want = b"".join(lay.read_file(node))
+                assert (mp / "rootfs" / node.path.decode().lstrip("/")).read_bytes() == want
+
+
+def test_rootfs_bootstrap_with_blob_dir(mounts, vectors, tmp_path):
+    boot = vectors / BOOTSTRAP
+    mp = mounts.mount(boot, "--blob-dir", vectors / "nydus/blobs")
+    want = describe(str(boot), blob_dir=str(vectors / "nydus/blobs"))
+    assert_same(want, describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "o.tar"))), "rafs-v6-2.2.boot")
+    # entries/ shows the bootstrap (sidecars only: it has no ToC) and the data blob it reads from.
+    assert sorted(os.listdir(mp / "entries")) == sorted([boot.name, Path(DATA_BLOB).name])
+    assert sorted(os.listdir(mp / "entries" / boot.name)) == ["chunks.json", "superblock.json"]
+    # The data blob given as a layer argument instead of --blob-dir serves the same chunks.
+    mp2 = mounts.mount(boot, vectors / DATA_BLOB)
+    assert_same(
+        want, describe_tar(str(gnu_tar(mp2 / "rootfs", tmp_path / "o2.tar"))), "bootstrap + blob argument"
+    )
+
+
+@pytest.fixture(scope="module")
+def merged_layers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("merged")
+    tars = layer_tars()
+    blobs = []
+    for i, raw in enumerate(tars):
+        (d / f"l{i}.tar").write_bytes(raw)
+        blobs.append(_pack(d / f"l{i}.tar", d / f"l{i}.blob", chunk_size=0x10000))
+    return tars, blobs, d
+
+
+def test_rootfs_merged_layers(mounts, merged_layers, tmp_path):
+    """Several layers: one merged tree with OCI whiteouts, as a runtime would apply the tars."""
+    tars, blobs, _ = merged_layers
+    mp = mounts.mount(*blobs)
+    got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "o.tar")))
+    want = reference_tree(tars)
+    want.explicit_root = False  # the reference applier invents the root's attributes
+    assert_same(want, got, "3 layers mounted together", mp / "rootfs")
+    for path, data in reference_files(tars).items():
+        assert (mp / "rootfs" / path.lstrip("/")).read_bytes() == data, path
+
+
+def test_rootfs_merged_bootstrap(mounts, merged_layers, tmp_path):
+    """The merge command's bootstrap with its blobs in --blob-dir mounts to the same tree."""
+    tars, blobs, d = merged_layers
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    for b in blobs:  # merge names each layer's blob by the layer's sha256
+        (blob_dir / hashlib.sha256(b.read_bytes()).hexdigest()).symlink_to(b)
+    proc = cli("merge", *blobs, "-o", tmp_path / "merged.boot")
+    assert proc.returncode == 0, proc.stderr.decode()
+    mp = mounts.mount(tmp_path / "merged.boot", "--blob-dir", blob_dir)
+    got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "o.tar")))
+    want = reference_tree(tars)
+    want.explicit_root = False
+    assert_same(want, got, "merged bootstrap", mp / "rootfs")
+
+
+def _oci_layout(root: Path, tars: list[bytes]) -> Path:
+    """A minimal OCI image layout (plain tar layers) for ``convert`` to turn into a nydus image."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def put(data: bytes, media_type: str) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    layers = [put(t, "application/vnd.oci.image.layer.v1.tar") for t in tars]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]},
+    }
+    cfg = put(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": cfg,
+        "layers": layers,
+    }
+    desc = put(json.dumps(manifest).encode(), manifest["mediaType"])
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+    return root
+
+
+def test_rootfs_oci_layout(mounts, tmp_path):
+    """The OCI image layout of a converted nydus image mounts as the applied image."""
+    tars = layer_tars()
+    proc = cli("convert", _oci_layout(tmp_path / "oci", tars), tmp_path / "nydus")
+    assert proc.returncode == 0, proc.stderr.decode()
+    mp = mounts.mount(tmp_path / "nydus")
+    want = reference_tree(tars)
+    want.explicit_root = False
+    assert_same(
+        want, describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "o.tar"))), "OCI layout", mp / "rootfs"
+    )
+    assert len(os.listdir(mp / "entries")) == 1 + len(tars)  # the bootstrap layer, then each layer's blob
+
+
+def test_attributes_inodes_and_links(mounts, fixture_layers):
+    mp = mounts.mount(fixture_layers["every-type.tar"])
+    r = mp / "rootfs"
+    one, two, three = (os.lstat(r / p) for p in ("hard/one", "hard/two", "links/three"))
+    assert one.st_ino == two.st_ino == three.st_ino and one.st_nlink == 3
+    assert os.lstat(r / "hard/big").st_ino == os.lstat(r / "data/two-and-a-half-m.bin").st_ino
+    assert os.readlink(r / "links/relative") == "../data/small.txt"
+    assert os.readlink(r / "links/long-target").count("/") == 30
+    st = os.lstat(r / "dev/tty4095")
+    assert os.major(st.st_rdev) == 4095 and os.minor(st.st_rdev) == 1048575
+    assert os.lstat(r / "dev/fifo").st_mode & 0o170000 == 0o010000
+    assert os.lstat(r / "bin/all-bits").st_mode & 0o7777 == 0o7777
+    assert os.lstat(r / "shared/big-ids").st_uid == 3_000_000
+    assert os.lstat(r / "times/far-future").st_mtime == 10_400_000_000
+    assert os.getxattr(r / "attrs/file", "user.mime_type") == b"text/plain"
+    assert os.getxattr(r / "attrs/link", "trusted.link-note", follow_symlinks=False) == b"on a symlink"
+    with pytest.raises(OSError) as exc:
+        os.getxattr(r / "data/small.txt", "user.nope")
+    assert exc.value.errno == errno.ENODATA  # this image has xattrs: a missing one is ENODATA
+    # Inode numbers survive a remount.
+    inos = {p: os.lstat(r / p).st_ino for p in ("data", "data/small.txt", "hard/two", "links/to-dir")}
+    mp2 = mounts.mount(fixture_layers["every-type.tar"])
+    assert {p: os.lstat(mp2 / "rootfs" / p).st_ino for p in inos} == inos
+    assert os.lstat(mp).st_ino == 1
+    assert {e.name for e in os.scandir(mp)} == {"entries", "rootfs"}
+    assert sorted(os.listdir(r / "data"))[:3] == ["empty", "exact-1m.txt", "exact-4k.bin"]
+
+
+def test_image_without_xattrs_says_enotsup(mounts, tmp_path):
+    tar = tmp_path / "plain.tar"
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("f")
+        info.size = 3
+        tf.addfile(info, __import__("io").BytesIO(b"abc"))
+    mp = mounts.mount(_pack(tar, tmp_path / "plain.blob"))
+    with pytest.raises(OSError) as exc:
+        os.getxattr(mp / "rootfs/f", "security.selinux")
+    assert exc.value.errno == errno.ENOTSUP
+    assert os.listxattr(mp / "rootfs/f") == []
+    assert (mp / "rootfs/f").read_bytes() == b"abc"
+
+
+# ---------------------------------------------------------------------------- entries/
+def _entry_dirs(mp: Path) -> list[Path]:
+    return sorted((mp / "entries").iterdir())
+
+
+@pytest.mark.parametrize("which", ["fixture", "toc-blob", "data-blob"])
+def test_entries_match_entry_command(which, mounts, fixture_layers, request):
+    if which == "fixture":
+        layer = fixture_layers["every-type.tar"]
+        mp = mounts.mount(layer)
+    else:
+        vectors = request.getfixturevalue("vectors")
+        if which == "toc-blob":
+            layer = vectors / TOC_BLOB
+            mp = mounts.mount(layer)
+        else:
+            layer = vectors / DATA_BLOB
+            mp = mounts.mount(vectors / BOOTSTRAP, "--blob-dir", vectors / "nydus/blobs")
+    d = mp / "entries" / layer.name
+    toc = json.loads(cli("toc", layer, "--json").stdout)
+    names = [e["name"] for e in toc["entries"]]
+    if toc["toc_digest"]:
+        names.append("rafs.blob.toc")
+    assert names and set(names) <= set(ENTRY_NAMES)
+    for name in names:
+        want = cli("entry", layer, name).stdout
+        assert (d / name).read_bytes() == want, name
+        assert os.stat(d / name).st_size == len(want)
+        raw = cli("entry", layer, name, "--raw").stdout
+        assert (d / "raw" / name).read_bytes() == raw, name
+        for path, content in ((d / name, want), (d / "raw" / name, raw)):
+            assert os.getxattr(path, "user.nydus.sha256").decode() == hashlib.sha256(content).hexdigest()
+            xs = set(os.listxattr(path))
+            assert {
+                "user.nydus.compressor",
+                "user.nydus.compressed_offset",
+                "user.nydus.compressed_size",
+            } <= xs
+        ent = next((e for e in toc["entries"] if e["name"] == name), None)
+        if ent is not None:
+            assert os.getxattr(d / name, "user.nydus.compressor").decode() == ent["compressor"]
+            assert int(os.getxattr(d / name, "user.nydus.compressed_offset")) == ent["compressed_offset"]
+            assert int(os.getxattr(d / name, "user.nydus.compressed_size")) == ent["compressed_size"]
+            assert os.getxattr(d / name, "user.nydus.toc_sha256").decode() == ent["sha256"]
+    # The sidecars say what the inspect commands say.
+    assert json.loads((d / "toc.json").read_bytes()) == toc
+    assert json.loads((d / "chunks.json").read_bytes()) == json.loads(cli("chunks", layer, "--json").stdout)
+    info = json.loads(cli("info", layer, "--json").stdout)
+    assert json.loads((d / "blob.meta.header.json").read_bytes()) == info["blob_meta"]
+    if "bootstrap" in info:
+        assert json.loads((d / "superblock.json").read_bytes()) == info["bootstrap"]
+    else:
+        assert not (d / "superblock.json").exists()
+
+
+def test_entries_of_a_blob_without_toc(mounts, fixture_layers, fixture_tars, tmp_path):
+    """An old-style blob found by its tar headers only: entries/ lists its sections, rootfs/ still reads."""
+    with open_layer(str(fixture_layers["dedup.tar"])) as lay:
+        cut = len(lay.toc_bytes) + 512
+    layer = tmp_path / "no-toc.blob"
+    layer.write_bytes(fixture_layers["dedup.tar"].read_bytes()[:-cut])
+    mp = mounts.mount(layer)
+    d = mp / "entries" / layer.name
+    for name in ("image.blob", "blob.meta", "blob.meta.header", "blob.digest", "image.boot"):
+        assert (d / name).read_bytes() == cli("entry", layer, name).stdout, name
+        assert (d / "raw" / name).read_bytes() == cli("entry", layer, name, "--raw").stdout, name
+    assert not (d / "rafs.blob.toc").exists()
+    assert json.loads((d / "toc.json").read_bytes())["source"] == "tar-headers"
+    got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "o.tar")))
+    assert_same(describe_tar(str(fixture_tars["dedup.tar"])), got, "no-ToC blob")
+
+
+@pytest.mark.skipif(not shutil.which("getfattr"), reason="getfattr (Debian attr) is not installed")
+def test_entries_xattrs_with_getfattr(mounts, vectors):
+    mp = mounts.mount(vectors / TOC_BLOB)
+    path = mp / "entries" / Path(TOC_BLOB).name / "image.boot"
+    out = subprocess.run(
+        ["getfattr", "-d", "-m", "user.nydus", "--absolute-names", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert 'user.nydus.compressor="zstd"' in out
+    assert 'user.nydus.sha256="d85f1b77aab4' in out  # the vector's README fact
+    assert 'user.nydus.uncompressed_size="20480"' in out
+
+
+# ---------------------------------------------------------------------------- reading
+def test_concurrent_random_reads(mounts, fixture_tars, fixture_layers):
+    """8 readers, random ranges (crossing chunk boundaries, past EOF), all get the source's bytes."""
+    want = {}
+    with tarfile.open(fixture_tars["every-type.tar"]) as tf:
+        for m in tf.getmembers():
+            if m.isreg() and m.size:
+                want[m.name.removeprefix("./")] = tf.extractfile(m).read()
+    for layer_name in ("every-type.tar", "every-type.tar@1m"):
+        mp = mounts.mount(fixture_layers[layer_name], "--cache-size", "256K")  # a small cache: evictions too
+        names = sorted(want)
+        errors: list[str] = []
+
+        def reader(seed: int, mp=mp, names=names, errors=errors) -> None:
+            rng = random.Random(seed)
+            for _ in range(300):
+                name = rng.choice(names)
+                data = want[name]
+                off = rng.randrange(0, len(data) + 100)
+                size = rng.choice([1, 100, 4095, 4096, 0x4000 + 1, 131072, 1 << 20, 3 << 20])
+                fd = os.open(mp / "rootfs" / name, os.O_RDONLY)
+                try:
+                    got = os.pread(fd, size, off)
+                finally:
+                    os.close(fd)
+                if got != data[off : off + size]:
+                    errors.append(f"{name} [{off}:+{size}] differs")
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:10]
+        # And whole files, read through the page cache.
+        for name, data in want.items():
+            assert (mp / "rootfs" / name).read_bytes() == data, name
+
+
+def test_eof_and_zero_length_reads(mounts, fixture_layers):
+    mp = mounts.mount(fixture_layers["every-type.tar"])
+    r = mp / "rootfs"
+    fd = os.open(r / "data/two-and-a-half-m.bin", os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        assert os.pread(fd, 0, 0) == b""
+        assert os.pread(fd, 0, size) == b""
+        assert os.pread(fd, 10, size) == b""
+        assert os.pread(fd, 10, size + 12345) == b""
+        assert len(os.pread(fd, 100, size - 7)) == 7
+        assert os.read(fd, 0) == b""
+    finally:
+        os.close(fd)
+    assert (r / "data/empty").read_bytes() == b""
+    fd = os.open(r / "data/empty", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == b""
+    finally:
+        os.close(fd)
+    e = next(iter(_entry_dirs(mp)))
+    fd = os.open(e / "image.boot", os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        assert (
+            os.pread(fd, 0, 0) == b""
+            and os.pread(fd, 10, size) == b""
+            and len(os.pread(fd, 10, size - 3)) == 3
+        )
+    finally:
+        os.close(fd)
+
+
+def test_writes_fail_with_erofs(mounts, fixture_layers):
+    mp = mounts.mount(fixture_layers["every-type.tar"])
+    r = mp / "rootfs"
+    e = _entry_dirs(mp)[0]
+    attempts = [
+        lambda: os.open(r / "data/small.txt", os.O_WRONLY),
+        lambda: os.open(r / "data/small.txt", os.O_RDWR),
+        lambda: os.open(r / "new", os.O_CREAT | os.O_WRONLY, 0o644),
+        lambda: os.mkdir(r / "newdir"),
+        lambda: os.unlink(r / "data/small.txt"),
+        lambda: os.rmdir(r / "tmp"),
+        lambda: os.rename(r / "data/small.txt", r / "data/moved"),
+        lambda: os.symlink("x", r / "sym"),
+        lambda: os.link(r / "data/small.txt", r / "hl"),
+        lambda: os.chmod(r / "data/small.txt", 0o600),
+        lambda: os.chown(r / "data/small.txt", 1, 1),
+        lambda: os.utime(r / "data/small.txt", (0, 0)),
+        lambda: os.truncate(r / "data/small.txt", 0),
+        lambda: os.setxattr(r / "data/small.txt", "user.x", b"1"),
+        lambda: os.removexattr(r / "attrs/file", "user.mime_type"),
+        lambda: os.open(e / "image.boot", os.O_WRONLY),
+        lambda: os.mkdir(mp / "entries" / "x"),
+    ]
+    for i, attempt in enumerate(attempts):
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EROFS, (i, exc.value)
+
+
+def _corrupt_layer(tmp_path: Path) -> tuple[Path, str, int]:
+    """A layer whose file big.bin has a damaged second chunk: (layer, path, chunk offset in the file)."""
+    tar = tmp_path / "c.tar"
+    data = hashlib.shake_256(b"corrupt me").digest(3 * 0x10000)
+    with tarfile.open(tar, "w") as tf:
+        for name, body in (("ok.txt", b"fine\n"), ("big.bin", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tf.addfile(info, __import__("io").BytesIO(body))
+    layer = _pack(tar, tmp_path / "c.blob", chunk_size=0x10000)
+    with open_layer(str(layer)) as lay:
+        node = lay.rafs.lookup("/big.bin")
+        c = lay.rafs.chunks(node)[1]
+        where = c.compressed_offset + c.compressed_size // 2
+    raw = bytearray(layer.read_bytes())
+    raw[where] ^= 0xFF
+    layer.write_bytes(raw)
+    return layer, "rootfs/big.bin", 0x10000
+
+
+def test_bad_chunk_is_eio_and_one_log_line(mounts, tmp_path):
+    layer, path, offset = _corrupt_layer(tmp_path)
+    mp = mounts.mount(layer)
+    assert (mp / "rootfs/ok.txt").read_bytes() == b"fine\n"
+    fd = os.open(mp / path, os.O_RDONLY)
+    try:
+        assert len(os.pread(fd, 100, 0)) == 100  # chunk 0 is fine
+        with pytest.raises(OSError) as exc:
+            os.pread(fd, 100, offset + 10)
+        assert exc.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    log = mounts.log(mp)
+    lines = [ln for ln in log.splitlines() if "EIO" in ln]
+    assert lines, log
+    assert path in lines[0] and "chunk 1" in lines[0] and f"file offset {offset}" in lines[0], lines[0]
+    assert "compressed offset" in lines[0]
+
+
+# ---------------------------------------------------------------------------- life cycle
+def test_unmount_under_load(mounts, fixture_layers):
+    """8 processes reading in a loop; umount returns, and no mount, daemon or reader is left."""
+    mp = mounts.mount(fixture_layers["every-type.tar"], "--cache-size", "1M")
+    pid = mounts.pid(mp)
+    script = (
+        "import os, sys, random\n"
+        "root = sys.argv[1]\n"
+        "files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]\n"
+        "while True:\n"
+        "    p = random.choice(files)\n"
+        "    try:\n"
+        "        with open(p, 'rb') as f: f.read()\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(mp / "rootfs" / "data")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(8)
+    ]
+    try:
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in readers)
+        proc = cli("umount", mp, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert not mounted(mp)
+        assert process_gone(pid)
+    finally:
+        for p in readers:
+            p.kill()
+            p.wait(10)
+    mounts.active = [(m, p) for m, p in mounts.active if m != mp]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_unmounts_on_signal(sig, mounts, fixture_layers):
+    mp = mounts.mount(fixture_layers["dedup.tar"])
+    pid = mounts.pid(mp)
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 20
+    while (mounted(mp) or not process_gone(pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mounted(mp) and process_gone(pid)
+    assert "unmounted" in mounts.log(mp)
+    mounts.active = []
+
+
+def test_umount_after_the_daemon_died(mounts, fixture_layers):
+    mp = mounts.mount(fixture_layers["dedup.tar"])
+    pid = mounts.pid(mp)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not process_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(OSError) as exc:
+        os.listdir(mp)
+    assert exc.value.errno == errno.ENOTCONN
+    mounts.umount(mp)
+
+
+def test_foreground_ctrl_c(fuse, fixture_layers, tmp_path):
+    mp = tmp_path / "fg"
+    mp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nydus_inspect",
+            "mount",
+            "--foreground",
+            str(fixture_layers["dedup.tar"]),
+            str(mp),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout.readline().decode().strip() == str(mp)  # printed once the mount answers
+        assert mounted(mp)
+        assert (mp / "rootfs/copy-1").stat().st_size > 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, proc.stderr.read().decode()
+        assert not mounted(mp)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if mounted(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)])
+
+
+def test_mount_errors_are_one_line(fuse, fixture_layers, tmp_path, vectors):
+    mp = tmp_path / "m"
+    mp.mkdir()
+    err = one_line_error(cli("mount", tmp_path / "missing.blob", mp))
+    assert "missing.blob" in err
+    err = one_line_error(cli("mount", tmp_path, mp))
+    assert "is a directory" in err
+    err = one_line_error(cli("mount", fixture_layers["dedup.tar"], tmp_path / "no-such-dir"))
+    assert "mount point" in err
+    err = one_line_error(cli("mount", vectors / DATA_BLOB, mp))
+    assert "no bootstrap" in err
+    err = one_line_error(cli("mount", vectors / BOOTSTRAP, mp, "--blob-dir", tmp_path))
+    assert "not found" in err
+    err = one_line_error(cli("mount", mp))
+    assert "LAYER" in err
+    one_line_error(cli("umount", mp))
+    assert not mounted(mp) and not os.listdir(mp)
+
+
+def test_default_log(fuse, fixture_layers, tmp_path):
+    """Without --log-file the daemon logs to syslog or, with none, to a file it names on the mount root."""
+    mp = tmp_path / "m"
+    mp.mkdir()
+    proc = cli("mount", fixture_layers["dedup.tar"], mp)
+    assert proc.returncode == 0, proc.stderr.decode()
+    try:
+        where = os.getxattr(mp, "user.nydus.mount.log").decode()
+        pid = int(os.getxattr(mp, PID_XATTR))
+    finally:
+        assert cli("umount", mp).returncode == 0
+    assert process_gone(pid)
+    if where != "syslog":
+        log = Path(where)
+        assert log.name == str(mp).strip("/").replace("/", "-") + ".log"
+        text = log.read_text()
+        log.unlink()
+        assert f"on {mp}" in text and f"unmounted {mp}" in text
+
+
+def test_mount_on_a_mount_point_and_size_parsing(mounts, fixture_layers):
+    mp = mounts.mount(fixture_layers["dedup.tar"])
+    err = one_line_error(cli("mount", fixture_layers["dedup.tar"], mp))
+    assert "mounted there already" in err
+    assert parse_size("256M") == 256 * MIB and parse_size("1G") == 1 << 30 and parse_size("4096") == 4096
+    assert parse_size("64KiB") == 64 << 10
+    mounts.umount(mp)
