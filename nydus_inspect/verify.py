@@ -3,31 +3,74 @@
 ``verify(layer, source=None, progress=None) -> Report`` runs these checks (the
 ``check`` name of each :class:`Finding`):
 
-==================  ==========================================================================
-``toc.entry``       every ToC entry reads, decompresses and has the sha256 the ToC records
-``toc.section``     each ToC entry agrees with the tar header that follows its data
-``toc.digest``      the recomputed ToC digest (and size) equal what the bootstrap's blob table records
-``blob_meta``       blob.meta header against the ToC, the blob table and blob.digest
-``chunk.range``     a chunk record lies inside image.blob, its uncompressed offset 4K-aligned
-``chunk.read``      a chunk reads and decompresses to its recorded size
-``chunk.digest``    the digest of a chunk's bytes equals blob.digest
-``chunk.table``     ...equals the bootstrap chunk table, whose record agrees with blob.meta
-``bootstrap``       the bootstrap decodes (superblocks, blob table)
-``bootstrap.inode`` every inode decodes and every directory lists
-``bootstrap.chunks`` every file's chunks resolve to a blob and a chunk record
-``blob.missing``    a blob the bootstrap names cannot be found
-``roundtrip``       the layer's tree equals the source tar's (``source=``)
-==================  ==========================================================================
+=====================  =======================================================================
+``tar.header``         every section's trailing tar header parses and is byte for byte the old-GNU
+                       header nydus writes for its name and size; sections are known, unique, in order
+``toc.format``         ToC entries: no flag bits outside the compressor mask, NUL-padded known and
+                       unique names, image.blob offset 0 (or its size, the 2022 quirk), every section listed
+``toc.entry``          every ToC entry reads, decompresses and has the sha256 the ToC records
+``toc.section``        each ToC entry agrees with the tar header that follows its data
+``toc.digest``         the recomputed ToC digest and size equal what the bootstrap's blob table records
+                       (and a blob the table gives a ToC has one)
+``blob.layout``        the sections present agree with the blob.meta features (HAS_TOC, INLINED_CHUNK_DIGEST,
+                       INLINED_FS_META, ALIGNED, CHUNK_INFO_V2, zran fields) and with each other (no zstd
+                       image.boot or blob.digest without a ToC; chunk data needs blob.meta or a bootstrap)
+``blob_meta``          blob.meta header against the ToC, the blob table and blob.digest
+``blob.table``         blob table and device slots: ids equal, NUL-padded and unique, blocks =
+                       uncompressed_size/4096, mapped_blkaddr (0, or packed at 512 KiB / 2 MiB), digester and
+                       compressor = the superblock's, feature, cipher, ci-size and ToC-size rules; against the
+                       blob: features = blob.meta header's (but INLINED_FS_META, which needs an image.boot),
+                       uncompressed_size = ToC image.blob's = sum of 4K-rounded chunk sizes, compressed_size =
+                       where image.boot starts (inline), the blob's size, or its chunk data size (2022)
+``blob.missing``       a blob the bootstrap names cannot be found
+``blob.unreadable``    a blob the bootstrap names is found but does not open
+``blob.id``            a blob file named by a 64-hex id (the bootstrap's blob id, or the layer's own file
+                       name) hashes to it: sha256 of the file, or without its blob.digest array (nydus);
+                       checked last, for blobs no other check found damaged
+``chunk.layout``       blob.meta records in write order: compressed ranges tile image.blob without gaps or
+                       overlaps, uncompressed offsets increase without overlapping
+``chunk.range``        a chunk record lies inside image.blob, its uncompressed offset 4K-aligned
+``chunk.read``         a chunk reads and decompresses to its recorded size
+``chunk.digest``       the digest of a chunk's bytes equals blob.digest
+``chunk.crc``          the CRC32C of a chunk's bytes equals the crc32 of the chunk table (flag HAS_CRC32) and
+                       of v2 blob.meta, when its digests do not already condemn the chunk
+``chunk.table``        ...equals the bootstrap chunk table, whose record agrees with blob.meta; every
+                       record is unique, used by a file at its file_offset, with known flags (HAS_CRC32
+                       alike per blob, no crc32 without it) and sizes inside its blob; every chunk index has
+                       a record
+``bootstrap``          the bootstrap decodes (superblocks, blob table)
+``bootstrap.super``    superblock fields nydus fixes (checksum, compat/incompat, block size, root nid 128,
+                       xattr blkaddr, s_u, meta_blkaddr after the tables, s_blocks, s_inos = number of
+                       names), ext-superblock flag bits (unknown, INLINED_CHUNK_DIGEST, TARFS, encryption,
+                       HAS_XATTR when inodes have xattrs), prefetch table placement, size a 4K multiple
+``bootstrap.inode``    every inode decodes and lies in range, its layout fits its type (files chunk-based,
+                       devices and fifos empty), i_ino <= s_inos, chunk format (i_u), symlink targets
+                       non-empty without NUL
+``bootstrap.dir``      every directory: dirents sorted by raw bytes, '.' and '..' pointing to self and
+                       parent, file types equal to the inodes', i_size = size of its dirents, blocks packed
+                       and zero-filled as nydus writes them, names without NUL or '/', reached once
+``bootstrap.nlink``    dirs: 2 + subdirs; others: the number of names (v2.3: names sharing a nid; 2022:
+                       inodes sharing an i_ino)
+``bootstrap.chunks``   every file's chunks resolve to a blob and a chunk record
+``bootstrap.layout``   inodes, their data and chunk indexes, and the fixed tables never overlap
+``bootstrap.prefetch`` prefetch table entries are inodes of the tree
+``roundtrip``          the layer's tree equals the source tar's (``source=``)
+=====================  =======================================================================
 
 A chunk finding names the blob, the chunk index, its compressed offset in the
 blob file and the file(s) that use it. Operations layer: no printing; progress
 is a callback ``progress(stage, done, total)``.
+
+What no check can see (bytes readers ignore, and fields a flip turns into another valid value) is
+listed, with the reasons, in ``tests/test_fault_injection.py`` (``UNCOVERED``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import struct
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +78,21 @@ from dataclasses import dataclass, field, fields
 
 from . import codecs
 from .codecs import Compressor
-from .digests import Digester
+from .digests import Digester, crc32c
 from .errors import FormatError, NydusInspectError, UsageError
-from .formats import blob_meta, rafs_v6
-from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
+from .formats import blob_meta, rafs_v6, tar_header, toc
+from .formats._struct import round_up
+from .formats.tar_header import (
+    BLOB_DIGEST,
+    BLOB_META,
+    BLOB_META_HEADER,
+    IMAGE_BLOB,
+    IMAGE_BOOT,
+    RAFS_BLOB_TOC,
+)
 from .inspect import FileIndex, WalkError, walk_tree
-from .layer import KIND_BLOB_NO_TOC, KIND_BLOB_TOC, Layer
-from .model import REG, fsdecode
+from .layer import ENTRY_NAMES, KIND_BLOB_NO_TOC, KIND_BLOB_TOC, SECTION_NAMES, Layer
+from .model import DIR, FT_OF_TYPE, REG, SYMLINK, fsdecode, node_type
 
 #: Findings kept per check; the rest are only counted (a badly broken blob would otherwise list millions).
 DEFAULT_LIMIT = 1000
@@ -219,19 +270,33 @@ def verify(
     """
     run = _Run(layer, progress, cancel, limit, workers)
     try:
-        _check_bootstrap(run)
+        _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
         blobs = list(_blob_layers(run))
         for blob_index, blob_layer, entry in blobs:
-            _check_toc(run, blob_layer, blob_index, entry)
+            _guard(run, "tar.header", blob_layer.path, _check_layout, run, blob_layer, blob_index, entry)
+            _guard(run, "toc.entry", blob_layer.path, _check_toc, run, blob_layer, blob_index, entry)
         for blob_index, blob_layer, entry in blobs:
-            _check_blob_meta(run, blob_layer, blob_index, entry)
+            _guard(run, "blob_meta", blob_layer.path, _check_blob_meta, run, blob_layer, blob_index, entry)
+            _guard(run, "blob.table", blob_layer.path, _check_blob_entry, run, blob_layer, blob_index, entry)
+            _guard(run, "chunk.layout", blob_layer.path, _check_chunk_layout, run, blob_layer, blob_index)
         for blob_index, blob_layer, entry in blobs:
-            _check_chunks(run, blob_layer, blob_index, entry)
+            _guard(run, "chunk.read", blob_layer.path, _check_chunks, run, blob_layer, blob_index, entry)
+        _guard(run, "blob.id", layer.path, _check_blob_ids, run, blobs)
         if source is not None:
             _check_roundtrip(run, source)
     except Cancelled:
         run.report.cancelled = True
     return run.report
+
+
+def _guard(run: _Run, check: str, path: str, fn, *args) -> None:
+    """Run one stage; bad bytes it did not foresee become a finding instead of ending the run."""
+    try:
+        fn(*args)
+    except Cancelled:
+        raise
+    except NydusInspectError as exc:
+        run.add(_exc_finding(check, exc, file=path))
 
 
 def _exc_finding(check: str, exc: NydusInspectError, **kw) -> Finding:
@@ -280,18 +345,29 @@ def _check_bootstrap(run: _Run) -> None:
     run.index = index
     total = rafs.inode_count()
     nblobs = len(rafs.blobs)
+    tree = _Tree(run, rafs)
+    tree.check_super()
+    tree.check_blob_table()
+    try:
+        records = rafs._chunk_records()
+    except (NydusInspectError, struct.error) as exc:
+        run.add(
+            Finding("chunk.table", f"chunk table does not decode: {exc}", structure=_CT.name, file=layer.path)
+        )
+        records = {}
 
     def bad_walk(err: WalkError) -> None:
         index.errors.append(err)
         run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
 
-    seen_nids: set[int] = set()
+    seen_nids = tree.nids
     run.tick("bootstrap", 0, total)
     for n, node in enumerate(walk_tree(rafs, on_error=bad_walk)):
         pid = index.add_path(node.path)
         first_visit = node.nid not in seen_nids
         seen_nids.add(node.nid)
         run.count("paths")
+        tree.visit(node, first_visit)
         if first_visit:
             run.count("inodes")
         if node.hardlink is not None:
@@ -303,6 +379,7 @@ def _check_bootstrap(run: _Run) -> None:
             except NydusInspectError as exc:
                 run.add(_exc_finding("bootstrap.chunks", exc, path=fsdecode(node.path), file=layer.path))
                 chunks = []
+            tree.file_chunks(node, chunks, records, first_visit)
             for c in chunks:
                 new = index.add_owner(c.blob_index, c.ci_index, pid)
                 if first_visit and 0 <= c.blob_index < nblobs:
@@ -324,7 +401,899 @@ def _check_bootstrap(run: _Run) -> None:
             node.chunks = None  # keep memory flat on big images
         if n & 1023 == 1023:
             run.tick("bootstrap", n + 1, total)
+    tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
+
+
+_SB, _EXT, _DEV, _BLOB, _CT = (
+    rafs_v6.SUPERBLOCK,
+    rafs_v6.EXT_SUPERBLOCK,
+    rafs_v6.DEVICE,
+    rafs_v6.BLOB_ENTRY,
+    rafs_v6.CHUNK_TABLE_ENTRY,
+)
+_KNOWN_SUPER_FLAGS = sum(rafs_v6.SUPER_FLAG_NAMES)
+#: s_flags bits 26..31: reserved but compatible (readers ignore them).
+_COMPAT_SUPER_FLAGS = 0xFC00_0000
+_CHUNK_FLAGS = (
+    rafs_v6.CHUNK_COMPRESSED
+    | rafs_v6.CHUNK_HOLE
+    | rafs_v6.CHUNK_ENCRYPTED
+    | rafs_v6.CHUNK_BATCH
+    | rafs_v6.CHUNK_HAS_CRC32
+)
+#: Fixed tables of the overlap check (tags -1, -2, ...).
+_TABLES = ("superblocks", "device table", "blob table", "prefetch table", "chunk table")
+#: mapped_blkaddr alignments seen in real images: v2.3 (512 KiB) and 2023 development builds (2 MiB).
+_MAPPED_ALIGNS = (0x80000, 0x200000)
+_NOT_TILED = blob_meta.BATCH | blob_meta.ZRAN | blob_meta.SEPARATE
+
+
+class _Tree:
+    """Structure checks of a RAFS v6 bootstrap, fed node by node by the tree walk."""
+
+    def __init__(self, run: _Run, rafs) -> None:
+        self.run = run
+        self.rafs = rafs
+        self.path = run.layer.path
+        self.sb, self.ext = rafs.sb, rafs.ext
+        self.chunk_bits = rafs.chunk_size.bit_length() - 1
+        self.names = 0
+        self.dirs_reached: dict[int, int] = {}
+        self.parent: dict[int, int] = {rafs.root_nid: rafs.root_nid}
+        self.links: dict[int, list] = {}  # non-dir nid -> [names, nlink, i_ino, path, offset]
+        # Extents for the overlap check, flat: tag 2*nid = the inode record, 2*nid+1 = its data blocks,
+        # negative = a fixed table (_TABLES). Paths are looked up again only for a finding.
+        self._starts, self._ends, self._tags = array("q"), array("q"), array("q")
+        # File offset at which files use each chunk: the first per blob chunk, the rest (dedup) in a dict.
+        self._first_off: dict[int, array] = {}
+        self._more_off: dict[tuple[int, int], set[int]] = {}
+        self.has_xattrs: str | bool = False  # the first path with xattrs
+        self.nids: set[int] = set()  # every inode the walk reached
+
+    def bad(self, check: str, message: str, **kw) -> None:
+        kw.setdefault("file", self.path)
+        for key in ("expected", "found"):
+            if key in kw and kw[key] is not None and not isinstance(kw[key], str):
+                kw[key] = _show(kw[key])
+        self.run.add(Finding(check, message, **kw))
+
+    # ------------------------------------------------------------------ fixed part
+    def check_super(self) -> None:
+        sb, ext, rafs = self.sb, self.ext, self.rafs
+
+        def sb_bad(fld: str, message: str, expected, found) -> None:
+            self.bad(
+                "bootstrap.super",
+                message,
+                structure=_SB.name,
+                field=fld,
+                offset=rafs_v6.SUPERBLOCK_OFFSET + _SB.offsets[fld],
+                expected=expected,
+                found=found,
+            )
+
+        for fld in ("s_checksum", "s_extslots", "s_xattr_blkaddr", "s_u"):
+            if getattr(sb, fld):
+                sb_bad(fld, "must be 0 in RAFS v6", 0, getattr(sb, fld))
+        if sb.s_feature_compat != rafs_v6.FEATURE_COMPAT_RAFS_V6:
+            sb_bad(
+                "s_feature_compat",
+                "compat features other than RAFS_V6",
+                hex(rafs_v6.FEATURE_COMPAT_RAFS_V6),
+                hex(sb.s_feature_compat),
+            )
+        if sb.s_feature_incompat != rafs_v6.FEATURE_INCOMPAT:
+            sb_bad(
+                "s_feature_incompat",
+                "must be exactly CHUNKED_FILE | DEVICE_TABLE",
+                hex(rafs_v6.FEATURE_INCOMPAT),
+                hex(sb.s_feature_incompat),
+            )
+        want_bits = 9 if ext.s_flags & rafs_v6.TARFS_MODE else 12
+        if sb.s_blkszbits != want_bits:
+            sb_bad("s_blkszbits", "block size does not match the tarfs mode flag", want_bits, sb.s_blkszbits)
+        if sb.s_root_nid != rafs_v6.ROOT_NID:
+            sb_bad("s_root_nid", "nydus always places the root at nid 128", rafs_v6.ROOT_NID, sb.s_root_nid)
+        if rafs.size % rafs_v6.BLOCK_SIZE:
+            self.bad(
+                "bootstrap.super",
+                "bootstrap size is not a multiple of 4096",
+                structure="rafs v6 bootstrap",
+                offset=rafs.size,
+                expected="a multiple of 4096",
+                found=rafs.size,
+            )
+        blocks = sum(d.blocks for d in rafs.meta.devices)
+        if sb.s_blocks not in (blocks, 4096):  # 4096: a constant legacy builders wrote
+            sb_bad("s_blocks", "differs from the sum of the device slots' blocks", blocks, sb.s_blocks)
+        # The meta area starts at the first block after the blob and prefetch tables (at 0 without blobs).
+        if rafs.blobs:
+            tables_end = max(
+                ext.s_blob_table_offset + ext.s_blob_table_size,
+                ext.s_prefetch_table_offset + ext.s_prefetch_table_size,
+            )
+            want_meta = round_up(tables_end, rafs_v6.BLOCK_SIZE) // rafs_v6.BLOCK_SIZE
+        else:
+            want_meta = 0
+        if sb.s_meta_blkaddr != want_meta:
+            sb_bad(
+                "s_meta_blkaddr",
+                "the meta area starts at the first block after the blob and prefetch tables",
+                want_meta,
+                sb.s_meta_blkaddr,
+            )
+
+        def ext_bad(fld: str, message: str, expected, found) -> None:
+            self.bad(
+                "bootstrap.super",
+                message,
+                structure=_EXT.name,
+                field=fld,
+                offset=rafs_v6.EXT_SUPERBLOCK_OFFSET + _EXT.offsets[fld],
+                expected=expected,
+                found=found,
+            )
+
+        if bool(ext.s_prefetch_table_offset) != bool(ext.s_prefetch_table_size):
+            ext_bad(
+                "s_prefetch_table_size",
+                "prefetch table offset and size must both be 0 or both be set",
+                "both or neither",
+                f"{ext.s_prefetch_table_offset}+{ext.s_prefetch_table_size}",
+            )
+        elif (
+            ext.s_prefetch_table_size
+            and ext.s_prefetch_table_offset != ext.s_blob_table_offset + ext.s_blob_table_size
+        ):
+            ext_bad(
+                "s_prefetch_table_offset",
+                "the prefetch table follows the blob table",
+                ext.s_blob_table_offset + ext.s_blob_table_size,
+                ext.s_prefetch_table_offset,
+            )
+        flags = ext.s_flags
+        unknown = flags & ~(_KNOWN_SUPER_FLAGS | _COMPAT_SUPER_FLAGS)
+        if unknown:
+            ext_bad("s_flags", "unknown flag bits", "none", hex(unknown))
+        blobs = rafs.blobs
+        if blobs:
+            every = all(b.features & blob_meta.INLINED_CHUNK_DIGEST for b in blobs)
+            if bool(flags & rafs_v6.INLINED_CHUNK_DIGEST) != every:
+                ext_bad(
+                    "s_flags",
+                    "INLINED_CHUNK_DIGEST disagrees with the blobs' features",
+                    every,
+                    bool(flags & rafs_v6.INLINED_CHUNK_DIGEST),
+                )
+            tarfs = [bool(b.features & blob_meta.TARFS) for b in blobs]
+            if any(t != bool(flags & rafs_v6.TARFS_MODE) for t in tarfs):
+                ext_bad(
+                    "s_flags",
+                    "TARFS_MODE disagrees with the blobs' features",
+                    any(tarfs),
+                    bool(flags & rafs_v6.TARFS_MODE),
+                )
+        enc = [bool(b.features & blob_meta.ENCRYPTED) for b in blobs]
+        if flags & rafs_v6.ENCRYPTION_NONE and flags & rafs_v6.ENCRYPTION_ASE_128_XTS:
+            ext_bad("s_flags", "both ENCRYPTION_NONE and an encryption algorithm", "one", hex(flags))
+        if any(enc) and not flags & rafs_v6.ENCRYPTION_ASE_128_XTS:
+            ext_bad(
+                "s_flags",
+                "an encrypted blob in an image without an encryption flag",
+                "encryption flag",
+                hex(flags),
+            )
+        if flags & rafs_v6.ENCRYPTION_ASE_128_XTS and not all(enc):
+            ext_bad("s_flags", "encryption flag, but not every blob is encrypted", "all encrypted", enc)
+        self._extent(rafs_v6.SUPERBLOCK_OFFSET, rafs_v6.DEVICE_TABLE_OFFSET, -1)
+        if blobs:
+            self._extent(
+                rafs_v6.DEVICE_TABLE_OFFSET, rafs_v6.DEVICE_TABLE_OFFSET + _DEV.size * len(blobs), -2
+            )
+            self._extent(ext.s_blob_table_offset, ext.s_blob_table_offset + ext.s_blob_table_size, -3)
+        if ext.s_prefetch_table_offset and ext.s_prefetch_table_size:
+            self._extent(
+                ext.s_prefetch_table_offset, ext.s_prefetch_table_offset + ext.s_prefetch_table_size, -4
+            )
+        if ext.s_chunk_table_size:
+            self._extent(ext.s_chunk_table_offset, ext.s_chunk_table_offset + ext.s_chunk_table_size, -5)
+
+    def _extent(self, start: int, stop: int, tag: int) -> None:
+        self._starts.append(start)
+        self._ends.append(stop)
+        self._tags.append(tag)
+
+    def check_blob_table(self) -> None:
+        rafs, ext = self.rafs, self.ext
+        devices, blobs = rafs.meta.devices, rafs.blobs
+        ids: dict[bytes, int] = {}
+        for i, (dev, ent) in enumerate(zip(devices, blobs)):
+            doff = rafs_v6.DEVICE_TABLE_OFFSET + i * _DEV.size
+            boff = ext.s_blob_table_offset + i * _BLOB.size
+
+            def dbad(fld: str, message: str, expected, found, i=i, doff=doff) -> None:
+                self.bad(
+                    "blob.table",
+                    message,
+                    structure=_DEV.name,
+                    blob_index=i,
+                    field=fld,
+                    offset=doff + _DEV.offsets[fld],
+                    expected=expected,
+                    found=found,
+                )
+
+            def bbad(fld: str, message: str, expected, found, i=i, boff=boff) -> None:
+                self.bad(
+                    "blob.table",
+                    message,
+                    structure=_BLOB.name,
+                    blob_index=i,
+                    field=fld,
+                    offset=boff + _BLOB.offsets[fld],
+                    expected=expected,
+                    found=found,
+                )
+
+            if dev.blob_id != ent.blob_id:
+                dbad(
+                    "blob_id",
+                    "device slot blob id differs from the blob table's",
+                    ent.id,
+                    dev.blob_id.rstrip(b"\0").decode("ascii", "replace"),
+                )
+            for raw, bad in ((ent.blob_id, bbad), (dev.blob_id, dbad)):
+                nul = raw.find(b"\0")
+                if nul >= 0 and any(raw[nul:]):
+                    bad("blob_id", "blob id is not NUL-padded", "zero padding", raw[nul:].hex())
+            if ent.blob_id in ids:
+                bbad("blob_id", f"blob id also used by blob {ids[ent.blob_id]}", "unique", ent.id)
+            ids.setdefault(ent.blob_id, i)
+            if ent.uncompressed_size % rafs_v6.BLOCK_SIZE:
+                bbad(
+                    "uncompressed_size",
+                    "not a multiple of 4096 (chunks are 4K-aligned)",
+                    "4K multiple",
+                    ent.uncompressed_size,
+                )
+            want_blocks = ent.uncompressed_size // rafs_v6.BLOCK_SIZE
+            if dev.blocks != want_blocks or dev.blocks == 0:
+                dbad(
+                    "blocks",
+                    "device blocks differ from the blob's uncompressed_size / 4096",
+                    want_blocks,
+                    dev.blocks,
+                )
+            if ent.digest_algo != ext.digester.algo:
+                bbad(
+                    "digest_algo",
+                    "differs from the superblock's digester",
+                    ext.digester.algo,
+                    ent.digest_algo,
+                )
+            if ent.compression_algo != ext.compressor.algo:
+                bbad(
+                    "compression_algo",
+                    "differs from the superblock's compressor",
+                    ext.compressor.algo,
+                    ent.compression_algo,
+                )
+            feats = ent.features
+            if not feats & blob_meta.ALIGNED and not feats & blob_meta.TARFS:
+                bbad("features", "ALIGNED is required on RAFS v6 blobs", "aligned", hex(feats))
+            if feats & blob_meta.V5_NO_EXT_BLOB_TABLE:
+                bbad("features", "V5_NO_EXT_BLOB_TABLE is internal and never on disk", "clear", hex(feats))
+            v2 = bool(feats & blob_meta.CHUNK_INFO_V2)
+            if feats & (blob_meta.BATCH | blob_meta.ZRAN | blob_meta.ENCRYPTED) and not v2:
+                bbad("features", "BATCH, ZRAN and ENCRYPTED need CHUNK_INFO_V2", "chunk_info_v2", hex(feats))
+            rec = 24 if v2 else 16
+            extra = feats & (blob_meta.BATCH | blob_meta.ZRAN | blob_meta.ENCRYPTED)
+            if ent.ci_uncompressed_size != rec * ent.chunk_count and not (
+                extra and ent.ci_uncompressed_size >= rec * ent.chunk_count
+            ):
+                bbad(
+                    "ci_uncompressed_size",
+                    f"does not hold {ent.chunk_count} records of {rec} bytes",
+                    rec * ent.chunk_count,
+                    ent.ci_uncompressed_size,
+                )
+            if not feats & blob_meta.ENCRYPTED:
+                for fld in ("cipher_algo", "cipher_iv"):
+                    if getattr(ent, fld):
+                        bbad(fld, "set on a blob that is not encrypted", 0, getattr(ent, fld))
+                if not feats & blob_meta.SEPARATE:
+                    if ent.blob_meta_size:
+                        bbad(
+                            "blob_meta_size",
+                            "set on a blob that is neither separate nor encrypted",
+                            0,
+                            ent.blob_meta_size,
+                        )
+                    if any(ent.blob_meta_digest):
+                        bbad(
+                            "blob_meta_digest",
+                            "set on a blob that is neither separate nor encrypted",
+                            "zero",
+                            ent.blob_meta_digest.hex(),
+                        )
+            if ent.blob_toc_size and (ent.blob_toc_size % 128 or not 512 <= ent.blob_toc_size <= 65536):
+                bbad("blob_toc_size", "not a multiple of 128 in 512..65536", "128*k", ent.blob_toc_size)
+            if any(ent.blob_toc_digest) and not ent.blob_toc_size and not feats & blob_meta.SEPARATE:
+                bbad(
+                    "blob_toc_size",
+                    "a ToC digest without its size (only ref/zran merges record one alone)",
+                    "non-zero",
+                    0,
+                )
+            if ent.compressed_size >= 1 << 40 or ent.uncompressed_size >= 1 << 44:
+                bbad(
+                    "compressed_size",
+                    "beyond 2^40 (compressed) or 2^44 (uncompressed)",
+                    "smaller",
+                    ent.compressed_size,
+                )
+        # mapped_blkaddr: every slot follows one rule (0 = not mapped, or devices packed after the bootstrap).
+        if devices:
+            found = [d.mapped_blkaddr for d in devices]
+            rules = [[0] * len(devices)]
+            for align in _MAPPED_ALIGNS:
+                prev, out = rafs.size, []
+                for d in devices:
+                    mapped = round_up(prev, align) // rafs_v6.BLOCK_SIZE
+                    out.append(mapped)
+                    prev = (mapped + d.blocks) * rafs_v6.BLOCK_SIZE
+                rules.append(out)
+            if found not in rules:
+                best = max(rules, key=lambda r: sum(a == b for a, b in zip(r, found)))
+                for i, (want, got) in enumerate(zip(best, found)):
+                    if want != got:
+                        self.bad(
+                            "blob.table",
+                            "mapped_blkaddr follows no known rule (0, or packed after the "
+                            "bootstrap at 512 KiB or 2 MiB alignment)",
+                            structure=_DEV.name,
+                            blob_index=i,
+                            field="mapped_blkaddr",
+                            offset=rafs_v6.DEVICE_TABLE_OFFSET + i * _DEV.size + 68,
+                            expected=want,
+                            found=got,
+                        )
+
+    # ------------------------------------------------------------------ the tree
+    def visit(self, node, first: bool) -> None:
+        self.names += 1
+        rafs = self.rafs
+        try:
+            ino = rafs.inode(node.nid)
+        except NydusInspectError:
+            return
+        off = rafs.inode_offset(node.nid)
+        if node.type == DIR:
+            reached = self.dirs_reached.get(node.nid, 0) + 1
+            self.dirs_reached[node.nid] = reached
+            if reached == 2:
+                self.bad(
+                    "bootstrap.dir",
+                    "directory reached through several names",
+                    structure="erofs dirent",
+                    path=fsdecode(node.path),
+                    offset=off,
+                    found=node.nid,
+                )
+        elif ino.i_nlink > 1 or not first:
+            link = self.links.get(node.nid)
+            if link is None:
+                self.links[node.nid] = [1, ino.i_nlink, ino.i_ino, fsdecode(node.path), off]
+            else:
+                link[0] += 1
+        if not first:
+            return
+        try:
+            self._inode(node, ino, off)
+            if node.type == DIR:
+                self._dir(node, ino, off)
+        except NydusInspectError:
+            pass  # the walk reports what does not decode
+
+    def _inode(self, node, ino, off: int) -> None:
+        layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
+        path = fsdecode(node.path)
+
+        def ibad(fld: str, message: str, expected, found) -> None:
+            self.bad(
+                "bootstrap.inode",
+                message,
+                structure=layout.name,
+                path=path,
+                field=fld,
+                offset=off + layout.offsets[fld],
+                expected=expected,
+                found=found,
+            )
+
+        if ino.i_ino > self.sb.s_inos:
+            ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
+        if node.xattrs and not self.has_xattrs:
+            self.has_xattrs = path
+        head = ino.inode_size + ino.xattr_size
+        size = ino.i_size
+        if node.type == REG:
+            if ino.datalayout != rafs_v6.LAYOUT_CHUNK_BASED:
+                ibad("i_format", "regular files are chunk-based", rafs_v6.LAYOUT_CHUNK_BASED, ino.datalayout)
+                return
+            fmt = ino.i_u
+            bits = (fmt & rafs_v6.CHUNK_FORMAT_BLKBITS_MASK) + 12
+            if fmt & ~0x3F or not fmt & rafs_v6.CHUNK_FORMAT_INDEXES:
+                ibad(
+                    "i_u",
+                    "chunk format: unknown bits or no chunk indexes",
+                    hex(0x20 | (self.chunk_bits - 12)),
+                    hex(fmt),
+                )
+            elif bits != self.chunk_bits and not (
+                size > self.rafs.chunk_size and bits == (size - 1).bit_length()
+            ):
+                ibad(
+                    "i_u",
+                    "chunk size bits are neither the image's nor the file's next power of 2",
+                    self.chunk_bits,
+                    bits,
+                )
+            count = -(-size // self.rafs.chunk_size)
+            self._extent(off, round_up(off + head, 8) + 8 * count, 2 * node.nid)
+        elif node.type in (DIR, SYMLINK):
+            if node.type == SYMLINK and (not node.target or b"\0" in node.target):
+                ibad(
+                    "i_size",
+                    "a symlink target is non-empty and holds no NUL",
+                    "no NUL",
+                    repr(node.target[:64]),
+                )
+            full = size // rafs_v6.BLOCK_SIZE * rafs_v6.BLOCK_SIZE
+            if ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE:
+                self._extent(off, off + head + size - full, 2 * node.nid)
+            else:
+                self._extent(off, off + head, 2 * node.nid)
+                full = round_up(size, rafs_v6.BLOCK_SIZE)
+            if full:
+                start = ino.i_u * rafs_v6.BLOCK_SIZE
+                self._extent(start, start + full, 2 * node.nid + 1)
+        else:
+            if ino.datalayout != rafs_v6.LAYOUT_FLAT_PLAIN:
+                ibad("i_format", f"a {node.type} has no data: flat plain layout", 0, ino.datalayout)
+            if size:
+                ibad("i_size", f"a {node.type} has size 0", 0, size)
+            self._extent(off, off + head, 2 * node.nid)
+
+    def _dir(self, node, ino, off: int) -> None:
+        rafs, nid = self.rafs, node.nid
+        path = fsdecode(node.path)
+        data = rafs._inline_data(nid, ino, 1 << 24)
+        ents: list[tuple[bytes, int, int, int]] = []  # name, nid, file type, dirent offset
+        used = 0
+        prev_used = None
+        block = rafs_v6.BLOCK_SIZE
+        for bstart in range(0, len(data), block):
+            raw = data[bstart : bstart + block]
+            base = rafs._dir_block_base(nid, ino, bstart)
+            block_ents = rafs_v6.parse_dir_block(raw, base, nid)
+            used = 12 * len(block_ents) + sum(len(d.name) for d in block_ents)
+            if prev_used is not None and prev_used + 12 + len(block_ents[0].name) <= block:
+                self.bad(
+                    "bootstrap.dir",
+                    "a dirent block ends early: the next entry would have fit",
+                    structure="erofs dir block",
+                    path=path,
+                    offset=base,
+                    found=prev_used,
+                )
+            for i, d in enumerate(block_ents):
+                ents.append((d.name, d.nid, d.file_type, base + 12 * i))
+            if bstart + block < len(data):
+                prev_used = used
+                tail = raw[used:]
+                if any(tail):
+                    first = next(i for i, b in enumerate(tail) if b)
+                    self.bad(
+                        "bootstrap.dir",
+                        "non-zero bytes after the names of a dirent block",
+                        structure="erofs dir block",
+                        path=path,
+                        offset=base + used + first,
+                        expected="zero",
+                        found=tail[first],
+                    )
+        want_size = (len(data) - 1) // block * block + used if data else 0
+        if ino.i_size != want_size:
+            layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
+            self.bad(
+                "bootstrap.dir",
+                "directory i_size differs from the size of its dirents",
+                structure=layout.name,
+                path=path,
+                field="i_size",
+                offset=off + layout.offsets["i_size"],
+                expected=want_size,
+                found=ino.i_size,
+            )
+        if ino.datalayout == rafs_v6.LAYOUT_FLAT_PLAIN and ino.i_size % block:
+            end = ino.i_u * block + ino.i_size
+            pad = bytes(rafs.buf[end : round_up(end, block)])
+            if any(pad):
+                first = next(i for i, b in enumerate(pad) if b)
+                self.bad(
+                    "bootstrap.dir",
+                    "non-zero bytes after the last dirent block's data",
+                    structure="erofs dir block",
+                    path=path,
+                    offset=end + first,
+                    expected="zero",
+                    found=pad[first],
+                )
+        subdirs = 0
+        dots = {b".": [], b"..": []}
+        for i, (name, cnid, ftype, doff) in enumerate(ents):
+            cpath = fsdecode(node.path.rstrip(b"/") + b"/" + name)
+            if i and name <= ents[i - 1][0]:
+                self.bad(
+                    "bootstrap.dir",
+                    "dirents not sorted by raw bytes (or a duplicate name)",
+                    structure="erofs dirent",
+                    path=cpath,
+                    offset=doff,
+                    expected=f"> {ents[i - 1][0]!r}",
+                    found=repr(name),
+                )
+            if b"\0" in name or b"/" in name:
+                self.bad(
+                    "bootstrap.dir",
+                    "name holds a NUL or '/'",
+                    structure="erofs dirent",
+                    path=cpath,
+                    offset=doff,
+                    found=repr(name),
+                )
+            if name in dots:
+                dots[name].append((cnid, ftype, doff))
+                continue
+            try:
+                cino = rafs.inode(cnid)
+            except NydusInspectError:
+                continue  # the walk reports it
+            ctype = node_type(cino.i_mode)
+            want = FT_OF_TYPE.get(ctype)
+            if want is not None and ftype != want:
+                self.bad(
+                    "bootstrap.dir",
+                    f"dirent file type differs from the inode's ({ctype})",
+                    structure="erofs dirent",
+                    path=cpath,
+                    field="file_type",
+                    offset=doff + 10,
+                    expected=want,
+                    found=ftype,
+                )
+            if ctype == DIR:
+                subdirs += 1
+                self.parent.setdefault(cnid, nid)
+        for name, want_nid in ((b".", nid), (b"..", self.parent.get(nid))):
+            found = dots[name]
+            if len(found) != 1:
+                self.bad(
+                    "bootstrap.dir",
+                    f"needs exactly one {name.decode()!r} entry",
+                    structure="erofs dirent",
+                    path=path,
+                    expected=1,
+                    found=len(found),
+                )
+                continue
+            dnid, ftype, doff = found[0]
+            if want_nid is not None and dnid != want_nid:
+                self.bad(
+                    "bootstrap.dir",
+                    f"{name.decode()!r} does not point to the "
+                    f"{'directory itself' if name == b'.' else 'parent'}",
+                    structure="erofs dirent",
+                    path=path,
+                    field="nid",
+                    offset=doff,
+                    expected=want_nid,
+                    found=dnid,
+                )
+            if ftype != rafs_v6.FT_DIR:
+                self.bad(
+                    "bootstrap.dir",
+                    f"{name.decode()!r} is not typed a directory",
+                    structure="erofs dirent",
+                    path=path,
+                    field="file_type",
+                    offset=doff + 10,
+                    expected=rafs_v6.FT_DIR,
+                    found=ftype,
+                )
+        if ino.i_nlink != 2 + subdirs:
+            layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
+            self.bad(
+                "bootstrap.nlink",
+                "a directory's nlink is 2 + its sub-directories",
+                structure=layout.name,
+                path=path,
+                field="i_nlink",
+                offset=off + layout.offsets["i_nlink"],
+                expected=2 + subdirs,
+                found=ino.i_nlink,
+            )
+
+    def file_chunks(self, node, chunks, records, first: bool) -> None:
+        """Every chunk index has a chunk-table record; remember which file offsets use each chunk."""
+        if not first:
+            return
+        path = fsdecode(node.path)
+        cs = self.rafs.chunk_size
+        for k, c in enumerate(chunks):
+            key = (c.blob_index, c.ci_index)
+            if records and key not in records:
+                self.bad(
+                    "chunk.table",
+                    "no chunk table record for this chunk index",
+                    structure=_CT.name,
+                    blob_index=c.blob_index,
+                    chunk=c.ci_index,
+                    path=path,
+                )
+            self._used_at(c.blob_index, c.ci_index, k * cs)
+        if chunks and len(chunks) > 1:
+            try:
+                ino = self.rafs.inode(node.nid)
+            except NydusInspectError:
+                return
+            bits = (ino.i_u & rafs_v6.CHUNK_FORMAT_BLKBITS_MASK) + 12
+            if bits != self.chunk_bits:
+                contiguous = all(
+                    b.blob_index == chunks[0].blob_index
+                    and b.uncompressed_offset == a.uncompressed_offset + cs
+                    for a, b in zip(chunks, chunks[1:])
+                )
+                if not contiguous:
+                    off = self.rafs.inode_offset(node.nid)
+                    self.bad(
+                        "bootstrap.inode",
+                        "a file-sized chunk format needs contiguous chunks in one blob",
+                        structure="erofs extended inode" if ino.extended else "erofs compact inode",
+                        path=path,
+                        field="i_u",
+                        offset=off + 16,
+                        expected=self.chunk_bits,
+                        found=bits,
+                    )
+
+    def _used_at(self, blob_index: int, ci: int, file_offset: int) -> None:
+        first = self._first_off.get(blob_index)
+        if first is None and 0 <= blob_index < len(self.rafs.blobs):
+            first = self._first_off[blob_index] = array("q", [-1]) * self.rafs.blobs[blob_index].chunk_count
+        if first is not None and 0 <= ci < len(first) and first[ci] in (-1, file_offset):
+            first[ci] = file_offset
+        else:
+            self._more_off.setdefault((blob_index, ci), set()).add(file_offset)
+
+    def _offsets_of(self, blob_index: int, ci: int) -> set[int]:
+        """The file offsets at which files use chunk ``ci`` of blob ``blob_index`` (empty: no file does)."""
+        out = set(self._more_off.get((blob_index, ci), ()))
+        first = self._first_off.get(blob_index)
+        if first is not None and 0 <= ci < len(first) and first[ci] >= 0:
+            out.add(first[ci])
+        return out
+
+    # ------------------------------------------------------------------ after the walk
+    def finish(self, complete: bool) -> None:
+        sb = self.sb
+        if complete and sb.s_inos != self.names:
+            self.bad(
+                "bootstrap.super",
+                "s_inos differs from the number of names in the tree",
+                structure=_SB.name,
+                field="s_inos",
+                offset=rafs_v6.SUPERBLOCK_OFFSET + _SB.offsets["s_inos"],
+                expected=self.names,
+                found=sb.s_inos,
+            )
+        if self.has_xattrs and not self.ext.s_flags & rafs_v6.HAS_XATTR:
+            self.bad(
+                "bootstrap.super",
+                "inodes have xattrs but the HAS_XATTR flag is clear",
+                structure=_EXT.name,
+                field="s_flags",
+                offset=rafs_v6.EXT_SUPERBLOCK_OFFSET,
+                path=self.has_xattrs,
+                expected="has_xattr",
+                found=hex(self.ext.s_flags),
+            )
+        self._nlinks()
+        self._prefetch()
+        self._layout()
+        self._chunk_table(complete)
+
+    def _nlinks(self) -> None:
+        groups: dict[int, list] = {}
+        for link in self.links.values():
+            names, nlink, i_ino, path, off = link
+            if names > 1 or nlink == 1:
+                if names != nlink:
+                    self._nlink_bad(path, off, names, nlink)
+            else:
+                groups.setdefault(i_ino, []).append(link)
+        for members in groups.values():  # 2022 images: one inode per name, the names share i_ino
+            for _names, nlink, _, path, off in members:
+                if nlink != len(members):
+                    self._nlink_bad(path, off, len(members), nlink)
+
+    def _nlink_bad(self, path: str, off: int, want: int, found: int) -> None:
+        self.bad(
+            "bootstrap.nlink",
+            "nlink differs from the number of names of this inode",
+            structure="erofs inode",
+            path=path,
+            field="i_nlink",
+            offset=off,
+            expected=want,
+            found=found,
+        )
+
+    def _prefetch(self) -> None:
+        ext = self.ext
+        if not (ext.s_prefetch_table_offset and ext.s_prefetch_table_size):
+            return
+        count = ext.s_prefetch_table_size // 4
+        raw = struct.unpack_from(f"<{count}I", self.rafs.buf, ext.s_prefetch_table_offset)
+        for i, nid in enumerate(raw):
+            if nid not in self.nids:
+                self.bad(
+                    "bootstrap.prefetch",
+                    "prefetch entry is not an inode of the tree",
+                    structure="rafs v6 prefetch table",
+                    offset=ext.s_prefetch_table_offset + 4 * i,
+                    found=nid,
+                )
+
+    def _layout(self) -> None:
+        starts, ends, tags = self._starts, self._ends, self._tags
+        size = self.rafs.size
+        end, owner = 0, None
+        bad: list[tuple[str, int, int, int | None, int, str]] = []  # (what, start, stop, owner, tag, reason)
+        for i in sorted(range(len(starts)), key=starts.__getitem__):
+            start, stop, tag = starts[i], ends[i], tags[i]
+            if stop > size:
+                bad.append(("past", start, stop, None, tag, f"<= {size}"))
+            if start < end:
+                bad.append(("overlap", start, stop, owner, tag, f">= {end}"))
+            if stop > end:
+                end, owner = stop, tag
+            if len(bad) > self.run.limit:
+                break
+        if not bad:
+            return
+        names = self._tag_names({t for b in bad for t in (b[3], b[4]) if t is not None})
+        for kind, start, stop, own, tag, expected in bad:
+            paths = tuple(names[t][1] for t in (own, tag) if t is not None and names[t][1])
+            if kind == "past":
+                message, found = f"{names[tag][0]} runs past the end of the bootstrap", stop
+            else:
+                message, found = f"{names[tag][0]} overlaps {names[own][0]}", start
+            self.bad(
+                "bootstrap.layout",
+                message,
+                structure="rafs v6 bootstrap",
+                offset=start,
+                paths=paths,
+                path=paths[0] if paths else None,
+                expected=expected,
+                found=found,
+            )
+
+    def _tag_names(self, tags: set[int]) -> dict[int, tuple[str, str | None]]:
+        """tag -> (description, image path or None); walks the tree again to name the inodes involved."""
+        out: dict[int, tuple[str, str | None]] = {t: (_TABLES[-t - 1], None) for t in tags if t < 0}
+        want = {t // 2 for t in tags if t >= 0}
+        found: dict[int, str] = {}
+        for node in walk_tree(self.rafs):
+            if node.nid in want and node.nid not in found:
+                found[node.nid] = fsdecode(node.path)
+                if len(found) == len(want):
+                    break
+        for t in tags:
+            if t >= 0:
+                path = found.get(t // 2, f"nid {t // 2}")
+                out[t] = (path + (" (data blocks)" if t & 1 else ""), path if path.startswith("/") else None)
+        return out
+
+    def _chunk_table(self, complete: bool) -> None:
+        rafs, ext = self.rafs, self.ext
+        base = ext.s_chunk_table_offset
+        blobs = rafs.blobs
+        seen: dict[tuple[int, int], int] = {}
+        crc_flags: dict[int, list[int]] = {}
+        cs = rafs.chunk_size
+        rows = _CT.struct.iter_unpack(rafs.buf[base : base + ext.s_chunk_table_size])
+        for i, vals in enumerate(rows):
+            (_, bi, flags, csize, usize, coff, uoff, foff, idx, crc) = vals
+            off = base + i * _CT.size
+
+            def tbad(fld: str, message: str, expected, found, off=off, bi=bi, idx=idx) -> None:
+                self.bad(
+                    "chunk.table",
+                    message,
+                    structure=_CT.name,
+                    blob_index=bi,
+                    chunk=idx,
+                    field=fld,
+                    offset=off + _CT.offsets[fld],
+                    expected=expected,
+                    found=found,
+                )
+
+            key = (bi, idx)
+            if key in seen:
+                tbad("index", f"duplicate record (also record {seen[key]})", "unique", idx)
+            seen.setdefault(key, i)
+            if not 0 <= bi < len(blobs):
+                tbad("blob_index", f"outside the {len(blobs)}-entry blob table", f"< {len(blobs)}", bi)
+                continue
+            ent = blobs[bi]
+            if idx >= ent.chunk_count:
+                tbad("index", f"beyond the blob's {ent.chunk_count} chunks", f"< {ent.chunk_count}", idx)
+            if flags & ~_CHUNK_FLAGS or flags & rafs_v6.CHUNK_HOLE:
+                tbad("flags", "unknown flag bits (or the v5 hole flag)", "known", hex(flags))
+            if flags & rafs_v6.CHUNK_ENCRYPTED and not ent.features & blob_meta.ENCRYPTED:
+                tbad("flags", "encrypted chunk in a blob that is not encrypted", "clear", hex(flags))
+            if flags & rafs_v6.CHUNK_BATCH and not ent.features & blob_meta.BATCH:
+                tbad("flags", "batch chunk in a blob without batches", "clear", hex(flags))
+            crc_flags.setdefault(bi, []).append(i if flags & rafs_v6.CHUNK_HAS_CRC32 else ~i)
+            if crc and not flags & rafs_v6.CHUNK_HAS_CRC32:
+                tbad("crc32", "crc32 set but the HAS_CRC32 flag is not", 0, crc)
+            if not 0 < usize <= cs:
+                tbad("uncompressed_size", "outside 1..chunk size", f"1..{cs}", usize)
+            if (
+                uoff % rafs_v6.BLOCK_SIZE
+                or uoff + round_up(usize, rafs_v6.BLOCK_SIZE) > ent.uncompressed_size
+            ):
+                tbad(
+                    "uncompressed_offset",
+                    "not 4K-aligned or beyond the blob's uncompressed size",
+                    f"<= {ent.uncompressed_size}",
+                    uoff,
+                )
+            if not ent.features & _NOT_TILED:
+                if csize == 0 or (ent.compressed_size and coff + csize > ent.compressed_size):
+                    tbad(
+                        "compressed_offset",
+                        "compressed range empty or beyond the blob's compressed_size",
+                        f"<= {ent.compressed_size}",
+                        f"{coff}+{csize}",
+                    )
+                if not flags & rafs_v6.CHUNK_COMPRESSED and csize != usize:
+                    tbad("compressed_size", "uncompressed chunk with differing sizes", usize, csize)
+            if complete:
+                have = self._offsets_of(bi, idx)
+                if not have:
+                    tbad("index", "no file uses this chunk record", "used", idx)
+                elif foff not in have:
+                    tbad("file_offset", "no file uses this chunk at this offset", sorted(have), foff)
+        for bi, marks in crc_flags.items():
+            with_crc = [m for m in marks if m >= 0]
+            if with_crc and len(with_crc) != len(marks):
+                odd = [~m for m in marks if m < 0] if len(with_crc) * 2 >= len(marks) else with_crc
+                for i in odd:
+                    self.bad(
+                        "chunk.table",
+                        f"HAS_CRC32 differs from the other records of blob {bi}",
+                        structure=_CT.name,
+                        blob_index=bi,
+                        field="flags",
+                        offset=base + i * _CT.size + 36,
+                        found=f"{len(with_crc)} of {len(marks)} records with a crc",
+                    )
 
 
 # ---------------------------------------------------------------------------- which blob files
@@ -345,6 +1314,9 @@ def _blob_layers(run: _Run) -> Iterator[tuple[int | None, Layer, object]]:
     for ent in rafs.blobs:
         try:
             bf = layer.blob_file(ent.blob_index, required=False)
+        except FormatError as exc:
+            run.add(_exc_finding("blob.unreadable", exc, blob_index=ent.blob_index, file=layer.path))
+            continue
         except NydusInspectError as exc:
             run.add(_exc_finding("blob.missing", exc, blob_index=ent.blob_index, file=layer.path))
             continue
@@ -366,6 +1338,239 @@ def _blob_layers(run: _Run) -> Iterator[tuple[int | None, Layer, object]]:
     if not own_seen and layer.kind == KIND_BLOB_TOC and layer.has_entry(IMAGE_BLOB):
         # A blob whose data no blob-table entry claims (an inline bootstrap naming other blobs only).
         yield None, layer, None
+
+
+# ---------------------------------------------------------------------------- tar headers, ToC format, layout
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _entry_before(blob: Layer, offset: int | None) -> str | None:
+    """The ToC entry whose data ends right before the tar header at ``offset`` (for naming a bad header)."""
+    if offset is None or blob.toc is None:
+        return None
+    hdr = offset
+    for e in blob.toc:
+        start = 0 if e.name == IMAGE_BLOB else e.compressed_offset
+        end = start + e.compressed_size
+        if e.name == BLOB_META:
+            continue
+        if end <= hdr < end + 512:
+            return BLOB_META if e.name == BLOB_META_HEADER else e.name
+    toc_start = blob.size - 512 - len(blob.toc_bytes)
+    if toc_start + len(blob.toc_bytes) <= hdr:
+        return RAFS_BLOB_TOC
+    return None
+
+
+def _check_layout(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
+    """Tar headers, the ToC's own format, and which sections a blob holds against its features."""
+    if blob.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+        return
+    try:
+        sections = blob.sections
+    except FormatError as exc:
+        run.add(
+            _exc_finding(
+                "tar.header",
+                exc,
+                file=blob.path,
+                blob_index=blob_index,
+                entry=_entry_before(blob, exc.offset),
+            )
+        )
+        sections = None
+    names = [sec.name for sec in sections or ()]
+    for sec in sections or ():
+        raw = blob.pread(sec.header_offset, 512, f"{sec.name} tar header")
+        try:
+            want = tar_header.build(sec.name, sec.size)
+        except ValueError:
+            want = None
+        if sec.name not in SECTION_NAMES:
+            run.add(
+                Finding(
+                    "tar.header",
+                    "unknown section name",
+                    structure=f"{sec.name} tar header",
+                    file=blob.path,
+                    blob_index=blob_index,
+                    offset=sec.header_offset,
+                    expected=" / ".join(SECTION_NAMES),
+                    found=sec.name,
+                )
+            )
+        elif raw != want:
+            i = next(k for k in range(512) if raw[k] != want[k])
+            run.add(
+                Finding(
+                    "tar.header",
+                    "differs from the header nydus writes for this name and size",
+                    structure=f"{sec.name} tar header",
+                    file=blob.path,
+                    entry=sec.name,
+                    blob_index=blob_index,
+                    offset=sec.header_offset + i,
+                    expected=want[i : i + 8].hex(),
+                    found=raw[i : i + 8].hex(),
+                )
+            )
+    known = [n for n in names if n in SECTION_NAMES]
+    if len(set(known)) != len(known) or known != sorted(known, key=SECTION_NAMES.index):
+        run.add(
+            Finding(
+                "tar.header",
+                "sections duplicated or out of nydus's order",
+                structure="tar sections",
+                file=blob.path,
+                blob_index=blob_index,
+                expected=" < ".join(SECTION_NAMES),
+                found=", ".join(names),
+            )
+        )
+    if blob.toc is not None:
+        _check_toc_format(run, blob, blob_index, names)
+    _check_sections_vs_features(run, blob, blob_index, ent)
+
+
+def _check_toc_format(run: _Run, blob: Layer, blob_index: int | None, sections: list[str]) -> None:
+    raw = blob.toc_bytes
+    base = blob.size - 512 - len(raw)
+    seen: set[str] = set()
+    entry_names = [n for n in ENTRY_NAMES if n != RAFS_BLOB_TOC]
+
+    def bad(e, i: int, fld: str, message: str, expected, found) -> None:
+        run.add(
+            Finding(
+                "toc.format",
+                message,
+                structure="rafs.blob.toc",
+                file=blob.path,
+                entry=e.name,
+                blob_index=blob_index,
+                field=fld,
+                offset=base + i * toc.ENTRY_SIZE + toc.ENTRY.offsets[fld],
+                expected=str(expected),
+                found=str(found),
+            )
+        )
+
+    for i, e in enumerate(blob.toc):
+        if e.flags & ~toc.COMPRESSOR_MASK:
+            bad(
+                e,
+                i,
+                "flags",
+                "flag bits outside the compressor mask",
+                hex(e.flags & toc.COMPRESSOR_MASK),
+                hex(e.flags),
+            )
+        field_raw = raw[i * toc.ENTRY_SIZE + 8 : i * toc.ENTRY_SIZE + 24]
+        nul = field_raw.find(b"\0")
+        if nul >= 0 and any(field_raw[nul:]):
+            bad(e, i, "name", "name not NUL-padded", "zero padding", field_raw[nul:].hex())
+        if e.name not in entry_names:
+            bad(e, i, "name", "unknown entry name", " / ".join(entry_names), e.name)
+        if e.name in seen:
+            bad(e, i, "name", "entry listed twice", "unique", e.name)
+        seen.add(e.name)
+        if e.name == IMAGE_BLOB and e.compressed_offset not in (0, e.compressed_size):
+            bad(
+                e,
+                i,
+                "compressed_offset",
+                "image.blob starts at 0 (2022 builders wrote its end)",
+                f"0 or {e.compressed_size}",
+                e.compressed_offset,
+            )
+    for sec in sections:
+        wanted = [BLOB_META, BLOB_META_HEADER] if sec == BLOB_META else [sec]
+        for name in wanted:
+            if sec in SECTION_NAMES and sec != RAFS_BLOB_TOC and name not in seen:
+                run.add(
+                    Finding(
+                        "toc.format",
+                        f"section {sec} has no ToC entry {name}",
+                        structure="rafs.blob.toc",
+                        file=blob.path,
+                        entry=name,
+                        blob_index=blob_index,
+                        expected=name,
+                        found="absent",
+                    )
+                )
+
+
+def _check_sections_vs_features(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
+    def bad(message: str, expected, found, entry: str | None = None) -> None:
+        run.add(
+            Finding(
+                "blob.layout",
+                message,
+                structure="blob.meta.header" if entry is None else entry,
+                file=blob.path,
+                entry=entry,
+                blob_index=blob_index,
+                expected=str(expected),
+                found=str(found),
+            )
+        )
+
+    has = {n: blob.has_entry(n) for n in (IMAGE_BLOB, BLOB_META, BLOB_DIGEST, IMAGE_BOOT)}
+    if blob.toc is None:
+        if has[BLOB_DIGEST]:
+            bad(
+                "a blob.digest section without a ToC (nydus writes both or neither)",
+                "rafs.blob.toc",
+                "absent",
+                BLOB_DIGEST,
+            )
+        if has[IMAGE_BOOT] and blob.entry_location(IMAGE_BOOT)[2] is not Compressor.NONE:
+            bad(
+                "image.boot is compressed but there is no ToC to say so (nydus reads it raw)",
+                "raw",
+                "zstd",
+                IMAGE_BOOT,
+            )
+    if has[IMAGE_BLOB] and not has[BLOB_META] and not has[IMAGE_BOOT]:
+        bad(
+            "chunk data with neither blob.meta nor a bootstrap to describe it",
+            "blob.meta or image.boot",
+            "absent",
+            IMAGE_BLOB,
+        )
+    try:
+        hdr = blob.blob_meta_header
+    except NydusInspectError:
+        return  # the blob.meta pass reports it
+    if hdr is None:
+        return
+    feats = hdr.s_features
+    if feats & blob_meta.HAS_TOC and blob.toc is None:
+        bad("features say HAS_TOC but the blob has no ToC", "rafs.blob.toc", "absent")
+    if feats & blob_meta.INLINED_CHUNK_DIGEST and not has[BLOB_DIGEST]:
+        bad("features say INLINED_CHUNK_DIGEST but there is no blob.digest", "blob.digest", "absent")
+    if has[BLOB_DIGEST] and not feats & blob_meta.INLINED_CHUNK_DIGEST:
+        bad(
+            "a blob.digest section without the INLINED_CHUNK_DIGEST feature",
+            "inlined_chunk_digest",
+            hex(feats),
+        )
+    if feats & blob_meta.INLINED_FS_META and not has[IMAGE_BOOT]:
+        bad("features say INLINED_FS_META but there is no image.boot", "image.boot", "absent")
+    if not feats & blob_meta.ALIGNED and not feats & blob_meta.TARFS:
+        bad("ALIGNED is required on RAFS v6 blobs", "aligned", hex(feats))
+    if (
+        feats & (blob_meta.BATCH | blob_meta.ZRAN | blob_meta.ENCRYPTED)
+        and not feats & blob_meta.CHUNK_INFO_V2
+    ):
+        bad("BATCH, ZRAN and ENCRYPTED need CHUNK_INFO_V2", "chunk_info_v2", hex(feats))
+    zran = feats & (blob_meta.ZRAN | blob_meta.BATCH)
+    if not zran and (hdr.s_ci_zran_offset or hdr.s_ci_zran_size or hdr.s_ci_zran_count):
+        bad(
+            "zran/batch context fields set on a blob without zran or batches",
+            0,
+            f"{hdr.s_ci_zran_offset}/{hdr.s_ci_zran_size}/{hdr.s_ci_zran_count}",
+        )
 
 
 # ---------------------------------------------------------------------------- ToC
@@ -408,6 +1613,18 @@ def entry_check(blob: Layer, name: str) -> Finding | None:
 
 def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     if blob.toc is None:
+        if ent is not None and (ent.blob_toc_size or any(ent.blob_toc_digest)):
+            run.add(
+                Finding(
+                    "toc.digest",
+                    "the bootstrap's blob table records a ToC, but the blob has none",
+                    structure="rafs.blob.toc",
+                    file=blob.path,
+                    blob_index=blob_index,
+                    expected=f"{ent.blob_toc_size}-byte ToC {ent.blob_toc_digest.hex()}",
+                    found="no ToC",
+                )
+            )
         if blob.kind == KIND_BLOB_NO_TOC:
             run.report.notes.append(
                 f"{blob.name}: no ToC; entries found by the tar-header walk, no sha256 to check"
@@ -425,6 +1642,19 @@ def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     # The ToC digest, recomputed, against what the bootstrap recorded for this blob.
     got = blob.toc_digest.hex()
     size = len(blob.toc_bytes) + 512
+    if ent is not None and ent.blob_toc_size and ent.blob_toc_size != size and not any(ent.blob_toc_digest):
+        run.add(
+            Finding(
+                "toc.digest",
+                "ToC size differs from the bootstrap's blob table",
+                structure="rafs.blob.toc",
+                file=blob.path,
+                blob_index=blob_index,
+                field="blob_toc_size",
+                expected=str(ent.blob_toc_size),
+                found=str(size),
+            )
+        )
     if ent is not None and any(ent.blob_toc_digest):
         want = ent.blob_toc_digest.hex()
         if want != got:
@@ -625,6 +1855,149 @@ def _check_blob_meta(run: _Run, blob: Layer, blob_index: int | None, ent) -> Non
     run.tick("blob.meta", 1, 1)
 
 
+def _check_blob_entry(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
+    """The bootstrap's blob-table entry against the blob file it names."""
+    if ent is None or blob_index is None:
+        return
+    base = run.layer.rafs.ext.s_blob_table_offset + blob_index * _BLOB.size
+
+    def bad(fld: str, message: str, expected, found, entry: str | None = None) -> None:
+        run.add(
+            Finding(
+                "blob.table",
+                message,
+                structure=_BLOB.name,
+                file=run.layer.path,
+                entry=entry,
+                blob_index=blob_index,
+                field=fld,
+                offset=base + _BLOB.offsets[fld],
+                expected=_show(expected),
+                found=_show(found),
+            )
+        )
+
+    try:
+        hdr = blob.blob_meta_header
+    except NydusInspectError:
+        hdr = None
+    if hdr is not None and (hdr.s_features ^ ent.features) & ~blob_meta.INLINED_FS_META:
+        bad(
+            "features",
+            "differ from the blob.meta header's (beyond INLINED_FS_META)",
+            hex(hdr.s_features),
+            hex(ent.features),
+        )
+    try:
+        infos = blob.chunk_infos
+    except NydusInspectError:
+        infos = None
+    if infos is not None and len(infos) == ent.chunk_count:
+        try:
+            want = sum(round_up(ci.uncompressed_size, rafs_v6.BLOCK_SIZE) for ci in infos)
+        except NydusInspectError:
+            want = None
+        if want is not None and ent.uncompressed_size != want:
+            bad(
+                "uncompressed_size",
+                "differs from the sum of the 4K-rounded chunk sizes in blob.meta",
+                want,
+                ent.uncompressed_size,
+            )
+    te = blob.toc_entry(IMAGE_BLOB)
+    if te is not None and te.uncompressed_size != ent.uncompressed_size:
+        bad(
+            "uncompressed_size",
+            "differs from the ToC's image.blob uncompressed_size",
+            te.uncompressed_size,
+            ent.uncompressed_size,
+            entry=IMAGE_BLOB,
+        )
+    if ent.features & blob_meta.INLINED_FS_META and not blob.has_entry(IMAGE_BOOT):
+        bad(
+            "features",
+            "INLINED_FS_META, but the blob holds no bootstrap (image.boot)",
+            "clear",
+            hex(ent.features),
+        )
+    if ent.features & blob_meta.SEPARATE:
+        return
+    # compressed_size: the blob's size (non-inline), or where image.boot starts (inline, v2.3), or the end of
+    # the chunk data (2022 builders).
+    sizes = {blob.size}
+    for name, end in ((IMAGE_BOOT, False), (IMAGE_BLOB, True)):
+        try:
+            if blob.has_entry(name):
+                off, size = blob.entry_location(name)[:2]
+                sizes.add(off + size if end else off)
+        except NydusInspectError:
+            pass
+    if ent.compressed_size not in sizes:
+        bad(
+            "compressed_size",
+            "is neither the blob's size, where its image.boot starts, nor its chunk data size",
+            " or ".join(str(x) for x in sorted(sizes)),
+            ent.compressed_size,
+        )
+
+
+def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
+    """blob.meta records in write order: compressed data tiles image.blob, uncompressed offsets increase."""
+    try:
+        infos = blob.chunk_infos
+        hdr = blob.blob_meta_header
+    except NydusInspectError:
+        return  # reported by the blob.meta pass
+    if infos is None or hdr is None:
+        return
+    data_end = None
+    if blob.has_entry(IMAGE_BLOB):
+        data_end = blob.entry_location(IMAGE_BLOB)[1]
+    tiled = data_end is not None and not hdr.s_features & _NOT_TILED
+
+    def bad(rec, message: str, expected, found) -> None:
+        owners = run.owners(blob_index, rec.index)
+        run.add(
+            Finding(
+                "chunk.layout",
+                message,
+                structure="chunk",
+                file=blob.path,
+                blob_index=blob_index,
+                chunk=rec.index,
+                offset=rec.compressed_offset,
+                paths=owners,
+                path=owners[0] if owners else None,
+                expected=str(expected),
+                found=str(found),
+            )
+        )
+
+    expect = 0
+    prev = None
+    for i in range(len(infos)):
+        try:
+            rec = infos[i]
+        except NydusInspectError:
+            continue  # unknown v2 flags: the chunk pass reports it
+        if tiled and rec.compressed_offset != expect:
+            what = "a gap before it" if rec.compressed_offset > expect else "overlaps the chunk before it"
+            bad(rec, f"compressed data not contiguous in write order: {what}", expect, rec.compressed_offset)
+        expect = rec.compressed_offset + rec.compressed_size
+        if prev is not None:
+            floor = prev.uncompressed_offset + round_up(prev.uncompressed_size, rafs_v6.BLOCK_SIZE)
+            if rec.uncompressed_offset < floor:
+                bad(
+                    rec,
+                    f"uncompressed offset not after chunk {prev.index}'s data (offsets increase in write order)",
+                    f">= {floor}",
+                    rec.uncompressed_offset,
+                )
+        prev = rec
+    if tiled and prev is not None and expect != data_end:
+        bad(prev, "chunk data does not end where image.blob does", data_end, expect)
+
+
 # ---------------------------------------------------------------------------- chunks
 @dataclass(frozen=True)
 class ChunkRecord:
@@ -651,6 +2024,8 @@ def _table_records(layer: Layer, blob_index: int) -> list[ChunkRecord]:
                 rec.uncompressed_offset,
                 rec.uncompressed_size,
                 rec.compressed,
+                rec.flags,
+                rec.crc32 if rec.flags & rafs_v6.CHUNK_HAS_CRC32 else None,
             )
     return [rows[k] for k in sorted(rows)]
 
@@ -897,6 +2272,7 @@ class ChunkVerifier:
         else:
             data = bytes(raw)
         got = self.digester.digest(data)
+        before = len(out)
         if self.digests is not None and 32 * rec.index + 32 <= len(self.digests):
             want = self.digests[32 * rec.index : 32 * rec.index + 32]
             if got != want:
@@ -910,6 +2286,25 @@ class ChunkVerifier:
                     )
                 )
         row = self.table_row(rec.index)
+        # The CRC32C only adds news when the digests do not already condemn the data: then a mismatch means
+        # the recorded crc32 itself is wrong.
+        condemned = len(out) > before or (row is not None and row.block_id != got)
+        crcs = [(self.source, rec.crc32)] if rec.crc32 is not None else []
+        if row is not None and row.flags & rafs_v6.CHUNK_HAS_CRC32 and self.source != "bootstrap chunk table":
+            crcs.append(("bootstrap chunk table", row.crc32))
+        if crcs and not condemned:
+            crc = crc32c(data)
+            for where, want_crc in crcs:
+                if want_crc != crc:
+                    out.append(
+                        self.finding(
+                            "chunk.crc",
+                            rec,
+                            f"CRC32C differs from the {where}",
+                            expected=f"{want_crc:#010x}",
+                            found=f"{crc:#010x}",
+                        )
+                    )
         if row is not None:
             if row.block_id != got:
                 out.append(
@@ -995,6 +2390,68 @@ def _collect(run: _Run, result: tuple[int, list[Finding]]) -> int:
         owners = run.owners(f.blob_index, f.chunk) if f.chunk is not None else ()
         run.add(_with(f, paths=owners, path=owners[0]) if owners else f)
     return n
+
+
+# ---------------------------------------------------------------------------- content addresses
+def _check_blob_ids(run: _Run, blobs: list) -> None:
+    """A blob file named by a 64-hex id hashes to it (OCI layouts and blob dirs name blobs by digest)."""
+    layer = run.layer
+    todo: list[tuple[Layer, str, int | None]] = []
+    if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+        stem = layer.name.split(".")[0]
+        if _HEX64.fullmatch(stem):
+            todo.append((layer, stem, None))
+    for blob_index, blob, ent in blobs:
+        if blob is not layer and ent is not None and _HEX64.fullmatch(ent.id):
+            todo.append((blob, ent.id, blob_index))
+    # The content address is the last line of defence: a blob with findings already is known to be damaged,
+    # and re-reading it only to say so again would double the report.
+    damaged = {f.file for f in run.report.findings} | {layer.path for _ in run.report.suppressed.items()}
+    for blob, want, blob_index in todo:
+        if blob.path in damaged or (blob is layer and run.report.findings):
+            continue
+        if run.cancel is not None and run.cancel():
+            raise Cancelled("verification cancelled during blob.id")
+        full, partial = _content_digests(blob)
+        run.count("blob ids")
+        if want not in (full, partial):
+            run.add(
+                Finding(
+                    "blob.id",
+                    "the blob's sha256 (whole file, or without the blob.digest array) is not its id",
+                    structure="blob file",
+                    file=blob.path,
+                    blob_index=blob_index,
+                    expected=want,
+                    found=full,
+                )
+            )
+
+
+def _content_digests(blob: Layer) -> tuple[str, str | None]:
+    """(sha256 of the file, sha256 of the file without its blob.digest array or None)."""
+    skip = None
+    try:
+        if blob.has_entry(BLOB_DIGEST):
+            off, size = blob.entry_location(BLOB_DIGEST)[:2]
+            if 0 <= off <= off + size <= blob.size:
+                skip = (off, off + size)
+    except NydusInspectError:
+        skip = None
+    full = hashlib.sha256()
+    part = hashlib.sha256() if skip else None
+    step = 4 << 20
+    pos = 0
+    while pos < blob.size:
+        stop = min(blob.size, pos + step)
+        if skip and pos < skip[1] and skip[0] < stop:
+            stop = skip[0] if pos < skip[0] else skip[1]
+        data = blob.pread(pos, stop - pos, "blob")
+        full.update(data)
+        if part is not None and not (skip[0] <= pos < skip[1]):
+            part.update(data)
+        pos = stop
+    return full.hexdigest(), part.hexdigest() if part is not None else None
 
 
 # ---------------------------------------------------------------------------- round trip
