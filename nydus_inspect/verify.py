@@ -25,8 +25,7 @@
 ``blob.missing``       a blob the bootstrap names cannot be found
 ``blob.unreadable``    a blob the bootstrap names is found but does not open
 ``blob.id``            a blob file named by a 64-hex id (the bootstrap's blob id, or the layer's own file
-                       name) hashes to it: sha256 of the file, or without its blob.digest array (nydus);
-                       checked last, for blobs no other check found damaged
+                       name) hashes to it: sha256 of the file, or without its blob.digest array (nydus)
 ``chunk.layout``       blob.meta records in write order: compressed ranges tile image.blob without gaps or
                        overlaps, uncompressed offsets increase without overlapping
 ``chunk.range``        a chunk record lies inside image.blob, its uncompressed offset 4K-aligned
@@ -600,8 +599,9 @@ class _Tree:
             self._extent(ext.s_chunk_table_offset, ext.s_chunk_table_offset + ext.s_chunk_table_size, -5)
 
     def _extent(self, start: int, stop: int, tag: int) -> None:
-        self._starts.append(start)
-        self._ends.append(stop)
+        # Sizes are u64 on disk: clamp, an end past the bootstrap is reported as such anyway.
+        self._starts.append(min(start, 1 << 62))
+        self._ends.append(min(stop, 1 << 62))
         self._tags.append(tag)
 
     def check_blob_table(self) -> None:
@@ -2404,12 +2404,7 @@ def _check_blob_ids(run: _Run, blobs: list) -> None:
     for blob_index, blob, ent in blobs:
         if blob is not layer and ent is not None and _HEX64.fullmatch(ent.id):
             todo.append((blob, ent.id, blob_index))
-    # The content address is the last line of defence: a blob with findings already is known to be damaged,
-    # and re-reading it only to say so again would double the report.
-    damaged = {f.file for f in run.report.findings} | {layer.path for _ in run.report.suppressed.items()}
     for blob, want, blob_index in todo:
-        if blob.path in damaged or (blob is layer and run.report.findings):
-            continue
         if run.cancel is not None and run.cancel():
             raise Cancelled("verification cancelled during blob.id")
         full, partial = _content_digests(blob)

@@ -20,8 +20,9 @@ index and chunk-table field, and the unused bytes between them). A flip is:
 * ``uncovered``: ``verify`` is OK; the region must be in ``UNCOVERED`` and its condition must hold.
 
 Knobs: ``NYDUS_FAULT_FLIPS`` (default 1000), ``NYDUS_FAULT_TRUNCATIONS`` (default 100), ``NYDUS_FAULT_SEED``.
-Statistics and the uncovered-region table are printed at the end of the module with ``-s`` (without xdist:
-``-p no:xdist -s``; under xdist each worker writes them to ``NYDUS_FAULT_REPORT`` when that names a file).
+After the module, the statistics and the uncovered-region table (exact bits per target) are printed (shown with
+``-s``; xdist hides worker output) and written to ``NYDUS_FAULT_REPORT`` or ``<basetemp>/fault-injection-report.txt``,
+merged across xdist workers. Each failure names the seed, target, bit and region, so it can be replayed.
 """
 
 from __future__ import annotations
