@@ -51,21 +51,28 @@ def _warnings_to_stderr(args) -> None:
         logging.basicConfig(level=logging.WARNING, format="nydus-inspect: warning: %(message)s")
 
 
-def cmd_pack(args) -> int:
+def _pack_options(args, **extra):
+    """PackOptions from --compressor, --digester and --chunk-size (shared by pack and convert)."""
     from .codecs import Compressor
     from .digests import Digester
-    from .pack import PackOptions, pack
+    from .pack import PackOptions
 
-    _warnings_to_stderr(args)
     try:
-        opts = PackOptions(
+        return PackOptions(
             compressor=Compressor.parse(args.compressor),
             digester=Digester.parse(args.digester),
             chunk_size=int(args.chunk_size, 0),
-            bootstrap=args.bootstrap,
+            **extra,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def cmd_pack(args) -> int:
+    from .pack import pack
+
+    _warnings_to_stderr(args)
+    opts = _pack_options(args, bootstrap=args.bootstrap)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
     with progress_bar(args, "pack", total) as update:
         opts.progress = update
@@ -162,20 +169,10 @@ def cmd_corrupt(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .codecs import Compressor
     from .convert import convert
-    from .digests import Digester
-    from .pack import PackOptions
 
     _warnings_to_stderr(args)
-    try:
-        opts = PackOptions(
-            compressor=Compressor.parse(args.compressor),
-            digester=Digester.parse(args.digester),
-            chunk_size=int(args.chunk_size, 0),
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    opts = _pack_options(args)
     with progress_bar(args, "convert", None) as update:
         res = convert(args.source, args.output, platforms=args.platform, options=opts, progress=update)
     if args.json:
