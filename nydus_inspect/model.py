@@ -64,6 +64,22 @@ class Chunk:
     digest: bytes
     crc32: int | None = None
 
+    @classmethod
+    def from_info(cls, info, blob_index: int, file_offset: int, digest: bytes = b"") -> Chunk:
+        """The chunk a blob.meta record (``blob_meta.ChunkInfo``) describes, at ``file_offset`` of a file."""
+        return cls(
+            blob_index=blob_index,
+            ci_index=info.index,
+            file_offset=file_offset,
+            compressed_offset=info.compressed_offset,
+            compressed_size=info.compressed_size,
+            uncompressed_offset=info.uncompressed_offset,
+            uncompressed_size=info.uncompressed_size,
+            compressed=info.compressed,
+            digest=digest,
+            crc32=info.crc32,
+        )
+
     def to_json(self) -> dict:
         out = {
             "blob_index": self.blob_index,
@@ -471,19 +487,7 @@ class RafsV6:
                 f"{fsdecode(node.path)} chunk {k}: no record for blob {idx.blob_index} chunk {idx.ci_index}",
                 value=idx.ci_index,
             )
-        ci = infos[idx.ci_index]
-        return Chunk(
-            blob_index=idx.blob_index,
-            ci_index=idx.ci_index,
-            file_offset=k * self.chunk_size,
-            compressed_offset=ci.compressed_offset,
-            compressed_size=ci.compressed_size,
-            uncompressed_offset=ci.uncompressed_offset,
-            uncompressed_size=ci.uncompressed_size,
-            compressed=ci.compressed,
-            digest=b"",
-            crc32=ci.crc32,
-        )
+        return Chunk.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size)
 
     def inode_count(self) -> int:
         return self.sb.s_inos

@@ -762,19 +762,12 @@ class LayerView:
                 infos, digests = sources[ci.blob_index]
                 if ci.ci_index >= len(infos):
                     return r.chunks(node)  # let the reader say what is wrong
-                info = infos[ci.ci_index]
                 out.append(
-                    Chunk(
-                        blob_index=ci.blob_index,
-                        ci_index=ci.ci_index,
-                        file_offset=k * r.chunk_size,
-                        compressed_offset=info.compressed_offset,
-                        compressed_size=info.compressed_size,
-                        uncompressed_offset=info.uncompressed_offset,
-                        uncompressed_size=info.uncompressed_size,
-                        compressed=info.compressed,
-                        digest=digests[32 * ci.ci_index : 32 * ci.ci_index + 32],
-                        crc32=info.crc32,
+                    Chunk.from_info(
+                        infos[ci.ci_index],
+                        ci.blob_index,
+                        k * r.chunk_size,
+                        digests[32 * ci.ci_index : 32 * ci.ci_index + 32],
                     )
                 )
             node.chunks = out
