@@ -604,6 +604,23 @@ class _Tree:
         self._ends.append(min(stop, 1 << 62))
         self._tags.append(tag)
 
+    def _field_reporter(self, check: str, layout, base: int, blob_index: int):
+        """``bad(field, message, expected, found)`` for a field of ``layout`` placed at ``base``."""
+
+        def bad(fld: str, message: str, expected, found) -> None:
+            self.bad(
+                check,
+                message,
+                structure=layout.name,
+                blob_index=blob_index,
+                field=fld,
+                offset=base + layout.offsets[fld],
+                expected=expected,
+                found=found,
+            )
+
+        return bad
+
     def check_blob_table(self) -> None:
         rafs, ext = self.rafs, self.ext
         devices, blobs = rafs.meta.devices, rafs.blobs
@@ -612,29 +629,8 @@ class _Tree:
             doff = rafs_v6.DEVICE_TABLE_OFFSET + i * _DEV.size
             boff = ext.s_blob_table_offset + i * _BLOB.size
 
-            def dbad(fld: str, message: str, expected, found, i=i, doff=doff) -> None:
-                self.bad(
-                    "blob.table",
-                    message,
-                    structure=_DEV.name,
-                    blob_index=i,
-                    field=fld,
-                    offset=doff + _DEV.offsets[fld],
-                    expected=expected,
-                    found=found,
-                )
-
-            def bbad(fld: str, message: str, expected, found, i=i, boff=boff) -> None:
-                self.bad(
-                    "blob.table",
-                    message,
-                    structure=_BLOB.name,
-                    blob_index=i,
-                    field=fld,
-                    offset=boff + _BLOB.offsets[fld],
-                    expected=expected,
-                    found=found,
-                )
+            dbad = self._field_reporter("blob.table", _DEV, doff, i)
+            bbad = self._field_reporter("blob.table", _BLOB, boff, i)
 
             if dev.blob_id != ent.blob_id:
                 dbad(
