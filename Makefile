@@ -24,7 +24,7 @@ $(VENV)/.apt-stamp:
 $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing nydus-inspect and its Python dependencies into $(VENV)"
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tui,mount]' > $(VENV)/pip.log 2>&1 \
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tui,mount]' --config-settings editable_mode=compat > $(VENV)/pip.log 2>&1 \
 		|| { cat $(VENV)/pip.log; exit 1; }
 	@touch $@
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from .errors import FormatError, NydusInspectError, UsageError, VerifyError
-from .layer import Layer, open_layer
-from .model import Chunk, Node
 
 __all__ = [
     "Chunk",
@@ -16,3 +14,18 @@ __all__ = [
     "VerifyError",
     "open_layer",
 ]
+
+# The reader is imported on first use, so that a command that does not need it (pack, --help) does
+# not pay for it at start-up.
+_LAZY = {"Layer": "layer", "open_layer": "layer", "Chunk": "model", "Node": "model"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

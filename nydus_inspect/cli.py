@@ -284,7 +284,7 @@ def _layer_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Inspect, pack, unpack and verify Nydus (RAFS v6) layers.")
-    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -345,6 +345,16 @@ def _register_extra(sub) -> None:
                 continue  # that front end is not written yet
             raise
         module.register(sub)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looking the version up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(message=f"{PROG} {_version()}\n")
 
 
 def _version() -> str:

@@ -6,7 +6,6 @@ import enum
 import hashlib
 
 import blake3 as _blake3
-import crc32c as _crc32c
 
 
 class Digester(enum.Enum):
@@ -47,6 +46,41 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def _load_crc32c():
+    """The ``crc32c`` package's C function, without running the package's ``__init__``.
+
+    That ``__init__`` imports importlib.metadata and argparse for its version and command line, which
+    costs more start-up time than packing a small layer; the extension module alone is all we use.
+    """
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    try:
+        spec = importlib.util.find_spec("crc32c")
+        for folder in spec.submodule_search_locations or ():
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                path = os.path.join(folder, f"_crc32c{suffix}")
+                if not os.path.exists(path):
+                    continue
+                ext_spec = importlib.util.spec_from_file_location("crc32c._crc32c", path)
+                module = sys.modules.get("crc32c._crc32c") or importlib.util.module_from_spec(ext_spec)
+                ext_spec.loader.exec_module(module)
+                return module.crc32c
+    except (ImportError, AttributeError, OSError, TypeError):
+        pass
+    import crc32c as package  # the layout changed: take the slow, supported way
+
+    return package.crc32c
+
+
+_crc32c_fn = None
+
+
 def crc32c(data: bytes) -> int:
     """CRC32C (Castagnoli), as nydus v2.3.2+ stores per chunk."""
-    return _crc32c.crc32c(data)
+    global _crc32c_fn
+    if _crc32c_fn is None:
+        _crc32c_fn = _load_crc32c()
+    return _crc32c_fn(data)
