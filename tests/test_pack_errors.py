@@ -7,9 +7,11 @@ import hashlib
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import pytest
@@ -267,3 +269,28 @@ def test_interrupted_pack_leaves_nothing(tmp_path, out_dir, sig):
     assert proc.returncode in (130, 128 + sig), err  # the CLI unwinds SIGTERM like Ctrl-C
     assert b"Traceback" not in err and err.count(b"\n") == 1, err
     _assert_nothing_written(out_dir)
+
+
+
+def test_output_to_a_device_writes_through_it(tmp_path, fixture_tars):
+    """`-o FIFO` (or /dev/null) is written in place: the node must survive, not be renamed over."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    proc = run_cli("pack", "-q", fixture_tars["every-type.tar"], "-o", fifo)
+    reader.join(60)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    direct = tmp_path / "direct.blob"
+    assert run_cli("pack", "-q", fixture_tars["every-type.tar"], "-o", direct).returncode == 0
+    assert got == [direct.read_bytes()]
+    null = tmp_path / "null"  # a private copy of /dev/null, so a regression cannot break the machine's
+    try:
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        return  # not root: the FIFO case above has covered the rule
+    proc = run_cli("unpack", "-q", direct, "-o", null)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISCHR(os.stat(null).st_mode)
