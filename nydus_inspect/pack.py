@@ -14,6 +14,7 @@ in flight, so memory follows metadata, never layer size.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -96,17 +97,44 @@ class PackResult:
 
 
 class _Output:
-    """Appends to the blob while hashing the whole file."""
+    """Appends to the blob while hashing the whole file.
+
+    Writes are gathered into ~1 MiB pieces before they reach the file and the hash: each of those
+    calls releases the GIL, and taking it back makes the main thread queue behind the workers, so a
+    call per small chunk would cost more than the hashing itself.
+    """
+
+    FLUSH_BYTES = 1 << 20
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
         self.pos = 0
         self.sha = hashlib.sha256()
+        self._parts: list[bytes] = []
+        self._pending = 0
 
     def write(self, data: bytes) -> None:
-        self.f.write(data)
-        self.sha.update(data)
+        self._parts.append(data)
+        self._pending += len(data)
         self.pos += len(data)
+        if self._pending >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            self.f.write(data)
+            self.sha.update(data)
+            self._parts, self._pending = [], 0
+
+    def digest_so_far(self) -> bytes:
+        """sha256 of everything written until now."""
+        self.flush()
+        return self.sha.copy().digest()
+
+    def hexdigest(self) -> str:
+        self.flush()
+        return self.sha.hexdigest()
 
     def section(self, name: str, data: bytes) -> int:
         """Write ``data`` and its trailing tar header; returns the data's offset."""
@@ -241,9 +269,11 @@ class _Chunker:
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
             self.by_key[key] = chunk
         self.referenced += 1
-        node.chunks.append(
-            Chunk(**{**chunk.__dict__, "file_offset": k * self.opts.chunk_size})
-        )
+        offset = k * self.opts.chunk_size
+        if chunk.file_offset != offset:  # a duplicate at another place in a file: same data, own offset
+            chunk = copy.copy(chunk)
+            chunk.file_offset = offset
+        node.chunks.append(chunk)
 
     def drain(self) -> None:
         self._flush_batch()
@@ -269,8 +299,7 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
         out = _Output(f)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
             chunker = _Chunker(out, opts, pool, workers)
-            counting = _Counting(stream, opts.progress)
-            tree = read_tar(counting, chunker.add_file, source)  # type: ignore[arg-type]
+            tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
             chunker.drain()
         for warning in tree.warnings:
             log.warning("%s", warning)
@@ -278,22 +307,6 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
     if opts.bootstrap:
         _write_separate_bootstrap(tree, chunker, opts, result)
     return result
-
-
-class _Counting:
-    """A read-through wrapper that reports progress in input bytes."""
-
-    def __init__(self, raw: BinaryIO, progress: Callable[[int], None] | None) -> None:
-        self.raw = raw
-        self.count = 0
-        self.progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.count += len(data)
-        if self.progress is not None:
-            self.progress(self.count)
-        return data
 
 
 def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size: int, blob_id: bytes,
@@ -324,7 +337,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         data_size = out.pos
         out.write(tar_header.build(IMAGE_BLOB, data_size))
         # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
-        entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.sha.copy().digest(), 0, data_size,
+        entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size,
                                     chunker.uncompressed))
         # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
         array = blob_meta.build_array(chunker.infos)
@@ -364,7 +377,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
     files = sum(1 for _, node in tree.walk() if node.type == "file")
     return PackResult(
         path=output,
-        digest=out.sha.hexdigest(),
+        digest=out.hexdigest(),
         size=out.pos,
         entries=tree.entries,
         files=files,

@@ -12,10 +12,10 @@ import contextlib
 import gzip
 import io
 import logging
+import mmap
 import os
 import stat
 import sys
-import tarfile
 import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator
@@ -25,6 +25,7 @@ from typing import BinaryIO
 import zstandard
 
 from .errors import FormatError, UsageError
+from .formats import tar_member
 from .formats.rafs_v6 import build_xattrs, split_xattr_name, xattr_icount
 from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, MAX_SYMLINK, REG, SYMLINK, Node
 
@@ -146,8 +147,8 @@ class ForwardSeekable(io.RawIOBase):
         return self.pos
 
 
-def _norm_path(name: str, where: str) -> bytes:
-    raw = os.fsencode(name)
+def _norm_path(raw: bytes, where: str) -> bytes:
+    name = os.fsdecode(raw)
     parts = []
     for part in raw.split(b"/"):
         if part in (b"", b"."):
@@ -172,18 +173,19 @@ def storable_xattr(name: bytes) -> bool:
     return True
 
 
-def _xattrs(member: tarfile.TarInfo, path: bytes, warnings: list[str]) -> dict[bytes, bytes]:
+def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[bytes, bytes]:
+    """The xattrs a member's PAX records carry (GNU/star ``SCHILY.xattr.``, libarchive's base64 form)."""
     out: dict[bytes, bytes] = {}
-    for key, value in member.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            name = key[len("SCHILY.xattr.") :].encode("utf-8", "surrogateescape")
-            out[name] = value.encode("utf-8", "surrogateescape")
-        elif key.startswith("LIBARCHIVE.xattr."):
-            name = urllib.parse.unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :])
+    for key, value in pax.items():
+        if key.startswith(b"SCHILY.xattr."):
+            out[key[len(b"SCHILY.xattr.") :]] = value
+        elif key.startswith(b"LIBARCHIVE.xattr."):
+            name = urllib.parse.unquote_to_bytes(key[len(b"LIBARCHIVE.xattr.") :])
             try:
-                out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
+                out[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
             except ValueError:
-                raise FormatError("tar entry", f"{key}: the value is not base64", value=os.fsdecode(path)) from None
+                raise FormatError("tar entry", f"{key.decode('utf-8', 'replace')}: the value is not base64",
+                                  value=os.fsdecode(path)) from None
     for name in [n for n in out if not storable_xattr(n)]:
         # macOS tars carry namespace-less xattrs; neither RAFS nor a Linux runtime can hold them.
         warnings.append(
@@ -202,7 +204,7 @@ def _xattrs(member: tarfile.TarInfo, path: bytes, warnings: list[str]) -> dict[b
     return out
 
 
-def _check_numbers(member: tarfile.TarInfo, path: bytes, where: str, warnings: list[str]) -> None:
+def _check_numbers(member: TarMember, path: bytes, where: str, warnings: list[str]) -> None:
     """Owners and times must fit RAFS's inode fields; a time before 1970 is stored as 0, with a warning."""
     for what, value in (("uid", member.uid), ("gid", member.gid)):
         if not 0 <= value <= 0xFFFFFFFF:
@@ -214,14 +216,12 @@ def _check_numbers(member: tarfile.TarInfo, path: bytes, where: str, warnings: l
 
 
 _TYPE_OF_MEMBER = {
-    tarfile.REGTYPE: REG,
-    tarfile.AREGTYPE: REG,
-    tarfile.CONTTYPE: REG,
-    tarfile.DIRTYPE: DIR,
-    tarfile.SYMTYPE: SYMLINK,
-    tarfile.CHRTYPE: CHR,
-    tarfile.BLKTYPE: BLK,
-    tarfile.FIFOTYPE: FIFO,
+    **dict.fromkeys(tar_member.REGULAR, REG),
+    tar_member.DIRECTORY: DIR,
+    tar_member.SYMLINK: SYMLINK,
+    tar_member.CHAR: CHR,
+    tar_member.BLOCK_DEV: BLK,
+    tar_member.FIFO: FIFO,
 }
 
 
@@ -299,66 +299,280 @@ class TreeBuilder:
         return self.tree
 
 
-def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str = "tar") -> TarTree:
-    """Stream the tar and build its tree; ``on_file(node, fileobj)`` consumes each regular file's bytes."""
+class _Source:
+    """Sequential reads over a tar: a mapped plain file (slices of memory, no system call per
+    header) or any byte stream (exact reads, forward skips). Counts what it consumed."""
+
+    def __init__(self, stream: BinaryIO | None, mapped: mmap.mmap | None,
+                 progress: Callable[[int], None] | None) -> None:
+        self.stream = stream
+        self.mapped = mapped
+        self.size = len(mapped) if mapped is not None else -1
+        self.pos = 0
+        self.progress = progress
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes: fewer only at the end of the input."""
+        if self.mapped is not None:
+            data = self.mapped[self.pos : self.pos + n]
+        else:
+            data = self.stream.read(n)
+            if 0 < len(data) < n:
+                parts = [data]
+                got = len(data)
+                while got < n:
+                    more = self.stream.read(n - got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> int:
+        """Move ``n`` bytes forward; returns how many were there."""
+        if self.mapped is not None:
+            step = min(n, self.size - self.pos)
+            self.pos += step
+            return step
+        done = 0
+        while done < n:
+            data = self.stream.read(min(n - done, 1 << 20))
+            if not data:
+                break
+            done += len(data)
+        self.pos += done
+        return done
+
+    def file(self, size: int) -> BinaryIO:
+        """A reader of the next ``size`` bytes (a member's data)."""
+        if self.mapped is not None:
+            return _MappedFile(self.mapped, self.pos, size)  # type: ignore[return-value]
+        return _Limited(self, size)  # type: ignore[return-value]
+
+
+class _MappedFile:
+    """``read(n)`` over ``size`` bytes of a mapped tar from ``start``; copies only what is read."""
+
+    def __init__(self, mapped: mmap.mmap, start: int, size: int) -> None:
+        self.mapped = mapped
+        self.pos = start
+        self.end = start + size
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.end if n < 0 else min(self.end, self.pos + n)
+        data = self.mapped[self.pos : stop]
+        self.pos = stop
+        return data
+
+
+class _Limited:
+    """``read(n)`` over the next ``size`` bytes of a stream source."""
+
+    def __init__(self, source: _Source, size: int) -> None:
+        self.source = source
+        self.left = size
+        self.start = source.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.source.read(n)
+        self.left -= len(data)
+        return data
+
+
+def _map(fd: int | None) -> mmap.mmap | None:
+    """The whole plain tar file mapped read-only, or None (empty, or not mappable)."""
+    if fd is None:
+        return None
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+class TarMember:
+    """One entry of the tar, with its PAX and GNU long-name records applied."""
+
+    __slots__ = ("path", "linkname", "type", "mode", "uid", "gid", "mtime", "size", "devmajor", "devminor",
+                 "pax", "offset", "offset_data")
+
+    def __init__(self, header: tar_member.Header, pax: dict[bytes, bytes], longname: bytes | None,
+                 longlink: bytes | None, offset_data: int) -> None:
+        self.path = longname if longname is not None else header.name
+        self.linkname = longlink if longlink is not None else header.linkname
+        self.type = header.type
+        self.mode = header.mode
+        self.uid, self.gid, self.mtime, self.size = header.uid, header.gid, header.mtime, header.size
+        self.devmajor, self.devminor = header.devmajor, header.devminor
+        self.pax = pax
+        self.offset = header.offset
+        self.offset_data = offset_data
+        if pax:
+            self._apply_pax(pax)
+
+    def _apply_pax(self, pax: dict[bytes, bytes]) -> None:
+        where = self.offset
+        for key, attr, conv in ((b"path", "path", None), (b"linkpath", "linkname", None), (b"size", "size", int),
+                                (b"uid", "uid", int), (b"gid", "gid", int), (b"mtime", "mtime", _pax_time)):
+            value = pax.get(key)
+            if not value:
+                continue  # absent, or emptied (POSIX: an empty value cancels the record)
+            if conv is not None:
+                try:
+                    value = conv(value)
+                except ValueError:
+                    raise FormatError("tar PAX header", f"{key.decode()}={value!r} is not a number",
+                                      offset=where) from None
+                if key != b"mtime" and value < 0:
+                    raise FormatError("tar PAX header", f"{key.decode()}={value} is negative", offset=where)
+            setattr(self, attr, value)
+
+    @property
+    def sparse(self) -> bool:
+        return self.type == tar_member.GNU_SPARSE or any(k.startswith(b"GNU.sparse.") for k in self.pax)
+
+
+def _pax_time(value: bytes) -> int:
+    text = value.decode("ascii")
+    whole, _, frac = text.partition(".")
+    if frac and not frac.isdigit():
+        raise ValueError(text)
+    return int(whole) if whole not in ("", "-") else 0
+
+
+def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
+    """The tar's members in order, up to the end-of-archive block (or the end of the input at a
+    header boundary). Member data is left to the caller: each member's data begins at
+    ``source.pos`` when it is yielded, and the walk skips whatever the caller did not consume."""
+    global_pax: dict[bytes, bytes] = {}
+    pax: dict[bytes, bytes] | None = None
+    longname = longlink = None
+    first = True
+    while True:
+        offset = source.pos
+        block = source.read(tar_member.BLOCK)
+        if not block:
+            if pax is not None or longname is not None or longlink is not None:
+                raise FormatError("tar", f"{where}: the input ends after an extended header, before its entry",
+                                  offset=offset)
+            return
+        if block == tar_member.ZERO_BLOCK:
+            return
+        try:
+            header = tar_member.parse_header(block, offset)
+        except FormatError as exc:
+            if first:
+                raise FormatError("tar", f"{where}: not a tar: {exc}", offset=offset) from None
+            raise
+        first = False
+        kind = header.type
+        data_start = source.pos
+        if kind in (tar_member.PAX_LOCAL, tar_member.PAX_GLOBAL, tar_member.GNU_LONGNAME, tar_member.GNU_LONGLINK):
+            if header.size > tar_member.MAX_META_DATA:
+                raise FormatError("tar header", f"extended header of {header.size} bytes (at most "
+                                  f"{tar_member.MAX_META_DATA} read)", field="size", offset=offset + 124)
+            data = source.read(header.data_blocks)
+            if len(data) < header.size:
+                raise FormatError("tar", f"{where}: the input ends inside an extended header", offset=data_start)
+            data = data[: header.size]
+            if kind == tar_member.GNU_LONGNAME:
+                longname = tar_member._cstr(data)
+            elif kind == tar_member.GNU_LONGLINK:
+                longlink = tar_member._cstr(data)
+            else:
+                records = tar_member.parse_pax(data, data_start)
+                if kind == tar_member.PAX_GLOBAL:
+                    global_pax.update(records)
+                    yield_global = TarMember(header, records, None, None, data_start)
+                    yield_global.type = tar_member.PAX_GLOBAL
+                    yield yield_global
+                else:
+                    pax = records if pax is None else {**pax, **records}
+            continue
+        merged = {**global_pax, **pax} if global_pax and pax else (pax or global_pax)
+        member = TarMember(header, merged, longname, longlink, data_start)
+        pax = None
+        longname = longlink = None
+        # Only regular files own data blocks (as GNU tar and Python's tarfile read them).
+        owned = -(-member.size // tar_member.BLOCK) * tar_member.BLOCK if kind in tar_member.REGULAR else 0
+        if source.size >= 0 and data_start + member.size > source.size and kind in tar_member.REGULAR:
+            raise FormatError("tar", f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
+                              offset=data_start)
+        yield member
+        consumed = source.pos - data_start
+        if consumed < owned and source.skip(owned - consumed) < owned - consumed and member.size > consumed:
+            raise FormatError("tar", f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
+                              offset=data_start)
+        if source.progress is not None:
+            source.progress(source.pos)
+
+
+def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str = "tar",
+             progress: Callable[[int], None] | None = None) -> TarTree:
+    """Stream the tar and build its tree; ``on_file(node, fileobj, ref)`` consumes each regular file's bytes.
+
+    ``progress(n)`` is told how many input bytes have been consumed.
+    """
     builder = TreeBuilder()
     index = 0
+    fd = plain_fd(stream)
+    # A plain tar file is mapped: each header is then read from memory, instead of a system call per
+    # header that gives up the GIL to the pack workers and waits to get it back.
+    mapped = _map(fd)
+    src = _Source(None if mapped is not None else stream, mapped, progress)
     try:
-        # tarfile's stream mode ("r|") copies data through Python in small steps; its seekable mode is
-        # three times faster and only ever seeks forward while members are read in order.
-        fd = plain_fd(stream)
-        fobj = stream if _seekable(stream) else ForwardSeekable(stream)
-        with tarfile.open(fileobj=fobj, mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
-            for member in tf:
-                index += 1
-                where = f"{source} entry {index} ({member.name})"
-                path = _norm_path(member.name, where)
-                if member.issparse():
-                    raise UsageError(f"{where}: GNU sparse files are not supported; re-create the tar without --sparse")
-                if member.islnk():
-                    builder.link(path, _norm_path(member.linkname, where), where)
-                    continue
-                ntype = _TYPE_OF_MEMBER.get(member.type)
-                if ntype is None:
-                    raise UsageError(f"{where}: unsupported tar entry type {member.type!r}")
-                mode = FMT_OF_TYPE[ntype] | (member.mode & 0o7777)
-                _check_numbers(member, path, where, builder.tree.warnings)
-                node = Node(
-                    path=path,
-                    type=ntype,
-                    mode=mode,
-                    uid=member.uid,
-                    gid=member.gid,
-                    mtime=int(member.mtime),
-                    size=member.size if ntype == REG else 0,
-                    xattrs=_xattrs(member, path, builder.tree.warnings),
-                )
-                if ntype == SYMLINK:
-                    node.target = os.fsencode(member.linkname)
-                    node.size = len(node.target)
-                    if not node.target:
-                        raise FormatError("tar entry", "symlink with an empty target", value=where)
-                    if len(node.target) > MAX_SYMLINK:
-                        raise FormatError("tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=where)
-                elif ntype in (CHR, BLK):
-                    if member.devmajor >= 1 << 12 or member.devminor >= 1 << 20:
-                        raise FormatError("tar entry", f"device {member.devmajor},{member.devminor}: Linux (and RAFS) "
-                                          "device numbers have 12-bit majors and 20-bit minors", value=where)
-                    node.rdev = os.makedev(member.devmajor, member.devminor)
-                if ntype == REG and on_file is not None:
-                    fobj = tf.extractfile(member)
-                    on_file(node, fobj, (fd, member.offset_data) if fd is not None else None)  # type: ignore[arg-type]
-                builder.add(node)
-            if tf.pax_headers:
+        for member in iter_members(src, source):
+            if member.type == tar_member.PAX_GLOBAL:
                 builder.tree.warnings.append(
-                    f"{source}: PAX global header applied to the entries after it: {sorted(tf.pax_headers)}"
+                    f"{source}: PAX global header applied to the entries after it: "
+                    f"{sorted(k.decode('utf-8', 'replace') for k in member.pax)}"
                 )
-    except tarfile.ReadError as exc:
-        if index == 0 and "empty file" in str(exc):
-            pass  # an empty archive is a valid, empty layer
-        else:
-            raise FormatError("tar", f"{source}: not a readable tar after {index} entries: {exc}") from None
-    except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+                continue
+            index += 1
+            name = os.fsdecode(member.path)
+            where = f"{source} entry {index} ({name})"
+            path = _norm_path(member.path, where)
+            if member.sparse:
+                raise UsageError(f"{where}: GNU sparse files are not supported; re-create the tar without --sparse")
+            if member.type == tar_member.HARDLINK:
+                builder.link(path, _norm_path(member.linkname, where), where)
+                continue
+            ntype = _TYPE_OF_MEMBER.get(member.type)
+            if ntype is None:
+                raise UsageError(f"{where}: unsupported tar entry type {member.type!r}")
+            mode = FMT_OF_TYPE[ntype] | (member.mode & 0o7777)
+            _check_numbers(member, path, where, builder.tree.warnings)
+            node = Node(
+                path=path,
+                type=ntype,
+                mode=mode,
+                uid=member.uid,
+                gid=member.gid,
+                mtime=int(member.mtime),
+                size=member.size if ntype == REG else 0,
+                xattrs=_xattrs(member.pax, path, builder.tree.warnings) if member.pax else {},
+            )
+            if ntype == SYMLINK:
+                node.target = member.linkname
+                node.size = len(node.target)
+                if not node.target:
+                    raise FormatError("tar entry", "symlink with an empty target", value=where)
+                if len(node.target) > MAX_SYMLINK:
+                    raise FormatError("tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=where)
+            elif ntype in (CHR, BLK):
+                if not (0 <= member.devmajor < 1 << 12 and 0 <= member.devminor < 1 << 20):
+                    raise FormatError("tar entry", f"device {member.devmajor},{member.devminor}: Linux (and RAFS) "
+                                      "device numbers have 12-bit majors and 20-bit minors", value=where)
+                node.rdev = os.makedev(member.devmajor, member.devminor)
+            if ntype == REG and on_file is not None:
+                on_file(node, src.file(node.size), (fd, member.offset_data) if mapped is not None else None)
+            builder.add(node)
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
         raise FormatError("tar", f"{source}: not a readable tar after {index} entries: {exc}") from None
+    finally:
+        if mapped is not None:
+            mapped.close()
     builder.tree.entries = index
     return builder.finish()

@@ -111,8 +111,41 @@ def fuzz_layer(data: bytes) -> None:
         pass
 
 
+def fuzz_layer_tar(data: bytes) -> None:
+    """The OCI layer tar reader pack and diff use: headers, PAX records, GNU long names, the tree;
+    once from a byte stream and once from a (mapped) plain file."""
+    import io
+
+    from nydus_inspect.tarstream import read_tar
+
+    global _TAR_TMP
+    if _TAR_TMP is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, _TAR_TMP = tempfile.mkstemp(prefix="nydus-fuzz-tar-", dir=base)
+        os.close(fd)
+    with open(_TAR_TMP, "wb") as f:
+        f.write(data)
+
+    def consume(node, fobj, ref) -> None:
+        while fobj.read(1 << 16):
+            pass
+
+    for opener in (lambda: io.BufferedReader(io.BytesIO(data)), lambda: open(_TAR_TMP, "rb")):  # noqa: SIM115
+        stream = opener()
+        try:
+            read_tar(stream, consume, "fuzz")
+        except EXPECTED:
+            pass
+        finally:
+            stream.close()
+
+
+_TAR_TMP: str | None = None
+
+
 TARGETS = {
     "tar_header": fuzz_tar_header,
+    "layer_tar": fuzz_layer_tar,
     "toc": fuzz_toc,
     "blob_meta": fuzz_blob_meta,
     "rafs_v6": fuzz_rafs_v6,
@@ -137,6 +170,8 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
     inline_boot = zstandard.ZstdDecompressor().decompress(toc_blob[7997 : 7997 + 501])
     return {
         "tar_header": [toc_blob[-512:], data_blob[-512:], toc_blob[2829 : 2829 + 512]],
+        "layer_tar": [read("nydus/tar/" + name) for name in sorted(os.listdir(os.path.join(vectors, "nydus/tar")))
+                      if os.path.getsize(os.path.join(vectors, "nydus/tar", name)) < 1 << 20][:4],
         "toc": [toc_blob[9010:9522], data_blob[13530 - 512 : 13530]],
         "blob_meta": [toc_blob[3341:7485], data_blob[8314:12442]],
         "rafs_v6": [boot, inline_boot],
