@@ -26,6 +26,7 @@ $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
 	@echo "installing nydus-inspect and its Python dependencies into $(VENV)"
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tui,mount]' --config-settings editable_mode=compat > $(VENV)/pip.log 2>&1 \
 		|| { cat $(VENV)/pip.log; exit 1; }
+	@$(PY) -m compileall -q nydus_inspect tui > /dev/null
 	@touch $@
 
 deps: $(VENV)/.pip-stamp

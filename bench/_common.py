@@ -22,6 +22,18 @@ PY = sys.executable
 NYDUS = [PY, "-m", "nydus_inspect"]
 
 
+def _compile_bytecode() -> None:
+    """Byte-compile the package once, as installing it does: with PYTHONDONTWRITEBYTECODE set (or a
+    tree just edited) every timed run would otherwise compile our sources again at start-up."""
+    import compileall
+
+    for pkg in ("nydus_inspect", "tui"):
+        compileall.compile_dir(str(ROOT / pkg), quiet=1)
+
+
+_compile_bytecode()
+
+
 TIME = shutil.which("time") or "/usr/bin/time"
 
 

@@ -95,11 +95,10 @@ class _LibZstd:
 
     def __init__(self) -> None:
         import ctypes
-        import ctypes.util
 
         self.ctypes = ctypes
         self.lib = None
-        name = ctypes.util.find_library("zstd")
+        name = _find_libzstd(ctypes)
         if name:
             try:
                 lib = ctypes.CDLL(name)
@@ -126,6 +125,18 @@ class _LibZstd:
         if self.lib.ZSTD_isError(n) or n != size:
             return None
         return buf.raw
+
+
+def _find_libzstd(ctypes) -> str | None:
+    """The library's soname when the dynamic loader finds it directly; else ask ctypes.util, which runs
+    ldconfig in a subprocess (milliseconds that a short command would notice)."""
+    try:
+        ctypes.CDLL("libzstd.so.1")
+        return "libzstd.so.1"
+    except OSError:
+        import ctypes.util
+
+        return ctypes.util.find_library("zstd")
 
 
 _libzstd: _LibZstd | None = None

@@ -11,12 +11,12 @@ import errno
 import os
 import stat
 import sys
-import tarfile
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import FormatError, UsageError
-from .formats import rafs_v6, tar_header
+from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
@@ -47,6 +47,8 @@ def to_tar(layer: Layer, output: str) -> UnpackResult:
     if output == "-":
         return _write_tar(layer, sys.stdout.buffer)
     with atomic_output(output) as f:
+        if _positional(f):
+            return _write_tar_parallel(layer, f)
         return _write_tar(layer, f)
 
 
@@ -56,7 +58,7 @@ _TYPEFLAG = {REG: b"0", DIR: b"5", SYMLINK: b"2", CHR: b"3", BLK: b"4", FIFO: b"
 def _header(node: Node, name: str, typeflag: bytes, size: int, linkname: str) -> bytes:
     """The entry's header: a fast plain-ustar path, else tarfile's PAX encoder."""
     if not node.xattrs:
-        hdr = tar_header.build_ustar(
+        hdr = tar_member.build_ustar(
             name.encode("utf-8", "surrogateescape"), mode=stat.S_IMODE(node.mode), uid=node.uid, gid=node.gid,
             size=size, mtime=node.mtime, typeflag=typeflag, linkname=linkname.encode("utf-8", "surrogateescape"),
             devmajor=os.major(node.rdev) if node.type in (CHR, BLK) else 0,
@@ -64,6 +66,8 @@ def _header(node: Node, name: str, typeflag: bytes, size: int, linkname: str) ->
         )
         if hdr is not None:
             return hdr
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.mode = stat.S_IMODE(node.mode)
     info.uid, info.gid = node.uid, node.gid
@@ -82,53 +86,156 @@ def _header(node: Node, name: str, typeflag: bytes, size: int, linkname: str) ->
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _write_tar(layer: Layer, f) -> UnpackResult:
-    res = UnpackResult()
+#: tar(1) pads an archive to a whole record of 20 blocks.
+RECORD = 20 * tar_header.BLOCK
+
+
+def _entries(layer: Layer, res: UnpackResult) -> Iterator[tuple[Node, bytes, bool]]:
+    """``(node, header, with_data)`` for every entry of the tar, in order; counts into ``res``.
+
+    ``with_data``: the header is followed by the file's bytes (a regular file's first name).
+    """
     first_name: dict[int, str] = {}
-    written = 0
     root = layer.rafs.root()
     if stat.S_IMODE(root.mode) != 0o755 or root.uid or root.gid or root.mtime or root.xattrs:
         # The layer tar had a "./" entry (the packer's implicit root is 0755 root:root at time 0): keep it.
-        hdr = _header(root, "./", _TYPEFLAG[DIR], 0, "")
-        f.write(hdr)
-        written += len(hdr)
         res.entries += 1
-    for node, futures in iter_with_data(layer, walk_image(layer)):
+        yield root, _header(root, "./", _TYPEFLAG[DIR], 0, ""), False
+    for node in walk_image(layer):
         if node.type == SOCK:
             res.skipped += 1  # tar cannot hold sockets (nydus-image unpack skips them too)
             continue
         name = _rel(node.path)
         key = node.hardlink
+        data = False
         if key is not None and key in first_name:
-            hdr = _header(node, name, tarfile.LNKTYPE, 0, first_name[key])
-            futures = None
+            hdr = _header(node, name, b"1", 0, first_name[key])
         elif node.type == REG:
-            hdr = _header(node, name, tarfile.REGTYPE, node.size, "")
+            hdr = _header(node, name, b"0", node.size, "")
             res.files += 1
             res.bytes += node.size
+            data = True
             if key is not None:
                 first_name[key] = name
         elif node.type == SYMLINK:
-            hdr = _header(node, name, tarfile.SYMTYPE, 0, fsdecode(node.target or b""))
+            hdr = _header(node, name, b"2", 0, fsdecode(node.target or b""))
         else:
             hdr = _header(node, name, _TYPEFLAG[node.type], 0, "")
         if key is not None:
             first_name.setdefault(key, name)  # later names of a hard-linked symlink, fifo or device link here
+        res.entries += 1
+        yield node, hdr, data
+
+
+def _trailer(written: int) -> bytes:
+    """End of archive: two zero blocks, then padding to a whole record as tar(1) does."""
+    end = 2 * tar_header.BLOCK
+    return bytes(end + -(written + end) % RECORD)
+
+
+def _write_tar(layer: Layer, f) -> UnpackResult:
+    """Sequential writer, for pipes and other streams."""
+    res = UnpackResult()
+    written = 0
+    laid_out: deque[tuple[bytes, bool]] = deque()
+
+    def nodes() -> Iterator[Node]:
+        for node, hdr, data in _entries(layer, res):
+            laid_out.append((hdr, data))
+            yield node
+
+    for node, futures in iter_with_data(layer, nodes()):
+        hdr, data = laid_out.popleft()
         f.write(hdr)
         written += len(hdr)
-        if futures is not None:
+        if data:
             for fut in futures:
-                data = fut.result()
-                f.write(data)
+                f.write(fut.result())
             pad = -node.size % tar_header.BLOCK
             f.write(bytes(pad))
             written += node.size + pad
-        res.entries += 1
-    # End of archive: two zero blocks, then padding to a whole 10 KiB record as tar(1) does.
-    end = 2 * tar_header.BLOCK
-    end += -(written + end) % tarfile.RECORDSIZE
-    f.write(bytes(end))
+    f.write(_trailer(written))
     return res
+
+
+def _positional(f) -> bool:
+    """Whether ``f`` is a regular file we may write at explicit offsets (pwritev)."""
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.tell() == 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+#: A task of the parallel writer: about this many bytes of file data (or this many entries).
+GROUP_BYTES = 1 << 20
+GROUP_ENTRIES = 256
+
+
+def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
+    """Writer for a regular output file. Every entry's place in the tar follows from the metadata
+    alone, so the main thread lays the entries out while worker threads decode, check and write
+    contiguous runs of them with one pwritev each; the main thread never touches file data."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    res = UnpackResult()
+    fd = f.fileno()
+    rafs = layer.rafs
+    workers = os.cpu_count() or 1
+    max_in_flight = 4 * workers
+    pos = 0
+    group: list[tuple[bytes, list | None, int]] = []
+    group_start = group_bytes = 0
+    in_flight: list[Future] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unpack") as pool:
+        try:
+            for node, hdr, data in _entries(layer, res):
+                chunks = (node.chunks if node.chunks is not None else rafs.chunks(node)) if data else None
+                group.append((hdr, chunks, node.size if data else 0))
+                pos += len(hdr)
+                if data:
+                    pos += node.size + -node.size % tar_header.BLOCK
+                    group_bytes += node.size
+                if group_bytes >= GROUP_BYTES or len(group) >= GROUP_ENTRIES:
+                    in_flight.append(pool.submit(_write_group, layer, fd, group_start, group))
+                    group, group_start, group_bytes = [], pos, 0
+                    if len(in_flight) >= max_in_flight:
+                        in_flight.pop(0).result()
+            group.append((_trailer(pos), None, 0))
+            in_flight.append(pool.submit(_write_group, layer, fd, group_start, group))
+            for fut in in_flight:
+                fut.result()
+        finally:
+            for fut in in_flight:
+                fut.cancel()
+    return res
+
+
+_IOV_MAX = 1024
+
+
+def _write_group(layer: Layer, fd: int, offset: int, group: list[tuple[bytes, list | None, int]]) -> None:
+    """Decode, check and write one contiguous run of entries at ``offset`` (a worker task)."""
+    rafs = layer.rafs
+    parts: list[bytes] = []
+    for hdr, chunks, size in group:
+        parts.append(hdr)
+        if chunks is not None:
+            for c in chunks:
+                parts.append(layer.blob_file(c.blob_index).decode_chunk(c, rafs, True))
+            if size % tar_header.BLOCK:
+                parts.append(bytes(-size % tar_header.BLOCK))
+    while parts:
+        batch = parts[:_IOV_MAX]
+        want = sum(map(len, batch))
+        done = os.pwritev(fd, batch, offset)
+        offset += done
+        if done == want:
+            del parts[: len(batch)]
+            continue
+        # A short write: drop what went out and retry the rest.
+        while done >= len(parts[0]):
+            done -= len(parts.pop(0))
+        parts[0] = parts[0][done:]
 
 
 def to_dir(layer: Layer, target: str) -> UnpackResult:

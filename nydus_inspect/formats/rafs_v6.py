@@ -17,7 +17,7 @@ from ..codecs import Compressor
 from ..digests import Digester
 from ..errors import FormatError
 from . import blob_meta
-from ._struct import Layout, Record, cstr, flag_names
+from ._struct import Layout, Record, cstr, flag_names, need
 
 BLOCK_SIZE = 4096
 EROFS_MAGIC = 0xE0F5E1E2
@@ -444,22 +444,30 @@ class Inode:
         return layout.pack(self.__dict__)
 
 
+_COMPACT = INODE_COMPACT.struct
+_EXTENDED = INODE_EXTENDED.struct
+
+
 def parse_inode(buf, offset: int, nid: int) -> Inode:
     """Decode the inode at absolute ``offset`` (nid only for messages)."""
-    if offset + 2 > len(buf):
+    if offset < 0 or offset + 2 > len(buf):
         raise FormatError("erofs inode", f"nid {nid} lies past the end of the bootstrap", offset=offset)
-    (fmt,) = struct.unpack_from("<H", buf, offset)
+    fmt = buf[offset] | buf[offset + 1] << 8
+    # Positional unpacking straight into the record: this runs once per inode of every walk.
     if fmt & 1:
-        fields = INODE_EXTENDED.unpack(buf, offset)
-        ino = Inode(**fields)
         layout = INODE_EXTENDED
+        if offset + _EXTENDED.size > len(buf):
+            need(buf, offset, _EXTENDED.size, layout.name)
+        f, xc, mode, size, u, ino_, uid, gid, mtime, nsec, nlink = _EXTENDED.unpack_from(buf, offset)
+        ino = Inode(f, xc, mode, nlink, size, u, ino_, uid, gid, mtime, nsec)
     else:
-        fields = INODE_COMPACT.unpack(buf, offset)
-        ino = Inode(**fields)
         layout = INODE_COMPACT
+        if offset + _COMPACT.size > len(buf):
+            need(buf, offset, _COMPACT.size, layout.name)
+        ino = Inode(*_COMPACT.unpack_from(buf, offset))
     if fmt & ~0xF:
         raise layout.error("i_format", offset, f"unknown format bits in inode nid {nid}", fmt)
-    if ino.datalayout not in (LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE, LAYOUT_CHUNK_BASED):
+    if (fmt >> 1) & 0x7 not in (LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE, LAYOUT_CHUNK_BASED):
         raise layout.error("i_format", offset, f"unsupported data layout in inode nid {nid}", fmt)
     if ino.i_nlink == 0:
         raise layout.error("i_nlink", offset, f"inode nid {nid} has no links", 0)

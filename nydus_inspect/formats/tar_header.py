@@ -108,37 +108,3 @@ def parse(block: bytes, offset: int = 0) -> TarHeader:
         gnu=block[257:265] == GNU_MAGIC,
         offset=offset,
     )
-
-
-_USTAR_MAX_OCTAL = {8: 0o7777777, 12: 0o77777777777}
-
-
-def build_ustar(
-    name: bytes, *, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
-    linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
-) -> bytes | None:
-    """A plain POSIX ustar header, or None when the entry needs PAX (long or non-ASCII names, big numbers).
-
-    A fast path for unpack: most entries of a layer fit, and the PAX cases go through tarfile.
-    """
-    if len(name) > 100 or len(linkname) > 100 or not name.isascii() or not linkname.isascii():
-        return None
-    for value, width in ((mode, 8), (uid, 8), (gid, 8), (devmajor, 8), (devminor, 8), (size, 12), (mtime, 12)):
-        if not 0 <= value <= _USTAR_MAX_OCTAL[width]:
-            return None
-    hdr = bytearray(BLOCK)
-    hdr[0 : len(name)] = name
-    hdr[100:108] = _octal(mode, 8)
-    hdr[108:116] = _octal(uid, 8)
-    hdr[116:124] = _octal(gid, 8)
-    hdr[124:136] = _octal(size, 12)
-    hdr[136:148] = _octal(mtime, 12)
-    hdr[156:157] = typeflag
-    hdr[157 : 157 + len(linkname)] = linkname
-    hdr[257:265] = USTAR_MAGIC
-    if typeflag in (b"3", b"4"):
-        hdr[329:337] = _octal(devmajor, 8)
-        hdr[337:345] = _octal(devminor, 8)
-    hdr[148:156] = b" " * 8
-    hdr[148:155] = _octal(sum(hdr), 7)  # 6 digits, NUL, then the space left in place
-    return bytes(hdr)
