@@ -309,7 +309,17 @@ class _Source:
         self.mapped = mapped
         self.size = len(mapped) if mapped is not None else -1
         self.pos = 0
+        self.released = 0
         self.progress = progress
+        if mapped is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+
+    def _release(self) -> None:
+        # Keep one step behind the reader mapped: pack workers pread the data, never through the map.
+        upto = (self.pos - self.RELEASE_STEP) // mmap.PAGESIZE * mmap.PAGESIZE
+        if upto > self.released and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapped.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)
+            self.released = upto
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes: fewer only at the end of the input."""
@@ -330,11 +340,17 @@ class _Source:
         self.pos += len(data)
         return data
 
+    #: Mapped pages behind the reader are let go in steps of this many bytes, so that the resident size
+    #: of a pack follows its window, not the size of the tar (the page cache keeps them as before).
+    RELEASE_STEP = 64 << 20
+
     def skip(self, n: int) -> int:
         """Move ``n`` bytes forward; returns how many were there."""
         if self.mapped is not None:
             step = min(n, self.size - self.pos)
             self.pos += step
+            if self.pos - self.released >= 2 * self.RELEASE_STEP:
+                self._release()
             return step
         done = 0
         while done < n:
