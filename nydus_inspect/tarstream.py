@@ -389,7 +389,6 @@ class _Limited:
     def __init__(self, source: _Source, size: int) -> None:
         self.source = source
         self.left = size
-        self.start = source.pos
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
@@ -501,9 +500,9 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
                 records = tar_member.parse_pax(data, data_start)
                 if kind == tar_member.PAX_GLOBAL:
                     global_pax.update(records)
-                    yield_global = TarMember(header, records, None, None, data_start)
-                    yield_global.type = tar_member.PAX_GLOBAL
-                    yield yield_global
+                    marker = TarMember(header, {}, None, None, data_start)  # tells the caller to warn
+                    marker.pax = records
+                    yield marker
                 else:
                     pax = records if pax is None else {**pax, **records}
             continue
