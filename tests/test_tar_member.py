@@ -1,0 +1,195 @@
+"""The layer tar reader (formats/tar_member + tarstream.read_tar) against Python's tarfile as an
+independent writer and reader, in every tar format, and on hand-made edge cases."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+
+from nydus_inspect.errors import FormatError
+from nydus_inspect.formats import tar_member
+from nydus_inspect.model import BLK, CHR, DIR, FIFO, REG, SYMLINK
+from nydus_inspect.tarstream import read_tar
+
+FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
+
+
+def _tar(fmt: int, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape") as t:
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for k, v in kw.items():
+        setattr(info, k, v)
+    return info
+
+
+def _read(data: bytes, path=None):
+    """Read through both paths: a byte stream, and a mapped plain file when ``path`` is given."""
+    files: dict[bytes, bytes] = {}
+
+    def on_file(node, fobj, ref) -> None:
+        files[node.path] = fobj.read()
+
+    tree = read_tar(io.BufferedReader(io.BytesIO(data)), on_file, "t.tar")
+    if path is not None:
+        path.write_bytes(data)
+        mapped: dict[bytes, bytes] = {}
+        with open(path, "rb") as f:
+            other = read_tar(f, lambda n, fobj, ref: mapped.__setitem__(n.path, fobj.read()), "t.tar")
+        assert mapped == files
+        assert [(p, n.to_json()) for p, n in other.walk()] == [(p, n.to_json()) for p, n in tree.walk()]
+    return tree, files
+
+
+def _nodes(tree):
+    return {p: n for p, n in tree.walk()}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_type_in_every_format(fmt, tmp_path):
+    long_dir = "d" * 60 + "/" + "e" * 60  # needs the ustar prefix (or a GNU/PAX long name)
+    members = [
+        (_info("dir", tarfile.DIRTYPE, mode=0o750, uid=1000, gid=100, mtime=1_700_000_000), None),
+        (_info("dir/file", size=5, mode=0o4755, mtime=1_600_000_000), b"hello"),
+        (_info("dir/empty", size=0), b""),
+        (_info("dir/link", tarfile.SYMTYPE, linkname="../dir/file"), None),
+        (_info("dir/hard", tarfile.LNKTYPE, linkname="dir/file"), None),
+        (_info("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3), None),
+        (_info("dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0), None),
+        (_info("dev/pipe", tarfile.FIFOTYPE), None),
+        (_info(long_dir + "/f", size=3), b"abc"),
+    ]
+    tree, files = _read(_tar(FORMATS[fmt], members), tmp_path / "t.tar")
+    nodes = _nodes(tree)
+    assert nodes[b"/dir"].type == DIR and nodes[b"/dir"].mode & 0o7777 == 0o750
+    assert (nodes[b"/dir"].uid, nodes[b"/dir"].gid, nodes[b"/dir"].mtime) == (1000, 100, 1_700_000_000)
+    f = nodes[b"/dir/file"]
+    assert f.type == REG and f.mode & 0o7777 == 0o4755 and f.size == 5 and f.mtime == 1_600_000_000
+    assert files[b"/dir/file"] == b"hello" and files[b"/dir/empty"] == b""
+    assert nodes[b"/dir/link"].type == SYMLINK and nodes[b"/dir/link"].target == b"../dir/file"
+    assert nodes[b"/dir/hard"] is f and f.nlink == 2
+    assert nodes[b"/dev/null"].type == CHR and nodes[b"/dev/null"].rdev == os.makedev(1, 3)
+    assert nodes[b"/dev/sda"].type == BLK and nodes[b"/dev/sda"].rdev == os.makedev(8, 0)
+    assert nodes[b"/dev/pipe"].type == FIFO
+    assert files[("/" + long_dir + "/f").encode()] == b"abc"
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_long_names_non_utf8_and_big_numbers(fmt, tmp_path):
+    name = "x/" + "n" * 150 + "/\udcff\udcfe-raw"
+    target = "t" * 200
+    big_uid = 0o7777777 + 5  # beyond 7 octal digits: PAX record or GNU base-256
+    members = [
+        (_info(name, size=4, uid=big_uid, gid=big_uid), b"data"),
+        (_info("x/sym", tarfile.SYMTYPE, linkname=target), None),
+    ]
+    tree, files = _read(_tar(FORMATS[fmt], members), tmp_path / "t.tar")
+    raw = os.fsencode("/" + name)
+    assert files[raw] == b"data"
+    node = _nodes(tree)[raw]
+    assert (node.uid, node.gid) == (big_uid, big_uid)
+    assert _nodes(tree)[b"/x/sym"].target == target.encode()
+
+
+def test_pax_xattrs_mtime_and_size_records(tmp_path):
+    info = _info("f", size=3, mtime=5)
+    info.pax_headers = {"SCHILY.xattr.user.k": "v", "mtime": "1700000000.75", "SCHILY.xattr.security.capability": "\x01"}
+    tree, _ = _read(_tar(tarfile.PAX_FORMAT, [(info, b"abc")]), tmp_path / "t.tar")
+    node = _nodes(tree)[b"/f"]
+    assert node.mtime == 1_700_000_000
+    assert node.xattrs == {b"user.k": b"v", b"security.capability": b"\x01"}
+
+
+def test_global_header_applies_to_later_entries_with_a_warning():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"uid": "4242"}) as t:
+        t.addfile(_info("a", size=0))
+    tree, _ = _read(buf.getvalue())
+    assert _nodes(tree)[b"/a"].uid == 4242
+    assert any("PAX global header" in w for w in tree.warnings)
+
+
+def test_v7_directory_marked_by_trailing_slash():
+    raw = bytearray(_tar(tarfile.GNU_FORMAT, [(_info("old/", size=0), b"")]))
+    raw[156:157] = b"\0"  # old regular-file flag
+    raw[257:265] = bytes(8)  # no magic: a v7 header
+    raw[148:156] = b"%06o\0 " % (sum(raw[:148]) + 256 + sum(raw[156:512]))
+    tree, _ = _read(bytes(raw))
+    assert _nodes(tree)[b"/old"].type == DIR
+
+
+def test_signed_checksum_accepted():
+    raw = bytearray(_tar(tarfile.GNU_FORMAT, [(_info("\udce9", size=0), b"")]))  # a byte >= 0x80 in the name
+    signed = sum(b - 256 if b >= 128 else b for b in raw[:148] + raw[156:512]) + 256
+    raw[148:156] = b"%06o\0 " % signed
+    tree, _ = _read(bytes(raw))
+    assert b"/\xe9" in _nodes(tree)
+
+
+def test_base256_numbers():
+    assert tar_member.number(b"\x80" + (12345).to_bytes(11, "big"), "size", 0) == 12345
+    assert tar_member.number(b"\xff" * 11 + b"\xfe", "mtime", 0) == -2
+    assert tar_member.number(b"  644 \0\0", "mode", 0) == 0o644
+    assert tar_member.number(b"\0" * 8, "uid", 0) == 0
+    with pytest.raises(FormatError, match="octal"):
+        tar_member.number(b"0009\0", "mode", 0)
+
+
+@pytest.mark.parametrize("damage", ["checksum", "truncated-header", "truncated-data", "pax-record", "huge-pax"])
+def test_damage_is_an_error_not_a_silent_end(damage, tmp_path):
+    """Python's tarfile ends the archive quietly at a bad header after the first; we refuse."""
+    good = _tar(tarfile.PAX_FORMAT, [(_info("a", size=600), b"a" * 600), (_info("b", size=3), b"bcd")])
+    raw = bytearray(good)
+    second = 512 + 1024  # header of "b"
+    if damage == "checksum":
+        raw[second + 10] ^= 0x01
+        data = bytes(raw)
+    elif damage == "truncated-header":
+        data = bytes(raw[: second + 100])
+    elif damage == "truncated-data":
+        data = bytes(raw[: 512 + 300])
+    elif damage == "pax-record":
+        data = _tar(tarfile.PAX_FORMAT, [(_pax_info({"path": "p"}), b"")])
+        data = data.replace(b"path=p\n", b"path=p\x00", 1)
+        data = _fix_checksums(data)
+    else:
+        hdr = bytearray(_tar(tarfile.USTAR_FORMAT, [(_info("x", size=0), b"")])[:512])
+        hdr[156:157] = b"x"
+        hdr[124:136] = b"%011o\0" % (tar_member.MAX_META_DATA + 1)
+        data = _fix_checksums(bytes(hdr) + bytes(1024))
+    with pytest.raises(FormatError):
+        _read(data, tmp_path / "t.tar")
+
+
+def _pax_info(records: dict[str, str]) -> tarfile.TarInfo:
+    info = _info("f", size=0)
+    info.pax_headers = records
+    return info
+
+
+def _fix_checksums(data: bytes) -> bytes:
+    """Recompute the checksum of every header block in a tar whose data we edited."""
+    raw = bytearray(data)
+    pos = 0
+    while pos + 512 <= len(raw) and any(raw[pos : pos + 512]):
+        raw[pos + 148 : pos + 156] = b" " * 8
+        raw[pos + 148 : pos + 155] = b"%06o\0" % sum(raw[pos : pos + 512])
+        size = tar_member.number(bytes(raw[pos + 124 : pos + 136]), "size", pos)
+        pos += 512 + -(-size // 512) * 512
+    return bytes(raw)
+
+
+def test_empty_input_is_an_empty_layer_and_garbage_is_not_a_tar():
+    assert _nodes(_read(b"")[0]) .keys() == {b"/"}
+    with pytest.raises(FormatError, match="not a tar"):
+        _read(b"this is not a tar file".ljust(512, b"!"))
