@@ -400,3 +400,17 @@ def test_entry_output_is_not_left_half_written_when_the_digest_fails(v, tmp_path
     assert "sha256 of image.blob is" in err and "the ToC says f8ee2140e167" in err
     assert target.read_bytes() == b"previous"
     assert os.listdir(target.parent) == ["image.blob"]
+
+
+def test_parser_for_one_command_matches_the_full_parser():
+    """The start-up shortcut (only the command being run is built) parses exactly as the full parser."""
+    from nydus_inspect import cli
+
+    for argv in (["ls", "-lR", "x.blob", "/etc"], ["-q", "unpack", "x.blob", "-o", "-"], ["pack", "a.tar", "-o", "b"],
+                 ["verify", "a", "b", "--json"], ["mount", "a", "mp", "--foreground"]):
+        full = vars(cli.build_parser().parse_args(argv))
+        one = vars(cli.build_parser(argv).parse_args(argv))
+        assert one == full, argv
+    # An unknown command still gets the full list of choices in its error.
+    parser = cli.build_parser(["bogus"])
+    assert "unpack" in parser.format_help() and "verify" in parser.format_help()

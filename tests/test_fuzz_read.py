@@ -430,8 +430,12 @@ def exercise(vec: Vector, copy: Path) -> tuple[Outcome, list[str]]:
 
 
 @cache
-def _parser():
+def _full_parser():
     return _build_parser()
+
+
+def _parser(argv=None):
+    return _full_parser()
 
 
 _build_parser = cli.build_parser
