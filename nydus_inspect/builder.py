@@ -147,23 +147,29 @@ def _footprint(slot: _Slot, chunk_size: int) -> tuple[int, int]:
     return inline, inline
 
 
-def build_bootstrap(
-    root: Node,
-    blobs: list[BlobTableEntry],
-    *,
-    chunk_size: int,
-    compressor: Compressor,
-    digester: Digester,
-    explicit_uid_gid: bool = True,
-    prefetch: bool = True,
-    force_has_xattr: bool = False,
-) -> bytes:
-    """Serialise the tree under ``root``; regular files' ``chunks`` must be set."""
+@dataclass
+class Plan:
+    """Where everything but the chunk table goes: computed from the tree alone (file sizes, not their
+    chunks), so that pack can lay a bootstrap out while its workers are still compressing."""
+
+    slots: list[_Slot]
+    names: int
+    nblobs: int
+    chunk_size: int
+    prefetch: bool
+    blob_table_off: int
+    prefetch_off: int
+    prefetch_nids: list[int]
+    meta_start: int
+    data_end: int  # end of the inodes and data blocks: the chunk table starts at the next block
+
+
+def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool = True) -> Plan:
+    """Order, prepare and place every inode and data block of the tree under ``root``."""
     slots, names = _order(root)
     for slot in slots:
         _prepare(slot)
 
-    nblobs = len(blobs)
     if nblobs:
         blob_table_off = round_up(rafs_v6.DEVICE_TABLE_OFFSET + rafs_v6.DEVICE.size * nblobs, BLOCK_SIZE)
         prefetch_off = blob_table_off + rafs_v6.BLOB_ENTRY.size * nblobs
@@ -191,6 +197,33 @@ def build_bootstrap(
         if slot.blocks:
             slot.blkaddr = cursor // BLOCK_SIZE
             cursor += BLOCK_SIZE * len(slot.blocks)
+    return Plan(slots, names, nblobs, chunk_size, prefetch, blob_table_off, prefetch_off, prefetch_nids,
+                meta_start, cursor)
+
+
+def build_bootstrap(
+    root: Node,
+    blobs: list[BlobTableEntry],
+    *,
+    chunk_size: int,
+    compressor: Compressor,
+    digester: Digester,
+    explicit_uid_gid: bool = True,
+    prefetch: bool = True,
+    force_has_xattr: bool = False,
+    plan: Plan | None = None,
+) -> bytes:
+    """Serialise the tree under ``root``; regular files' ``chunks`` must be set.
+
+    ``plan``: this tree's :func:`plan_bootstrap`, made earlier with the same blob count, chunk size
+    and prefetch (used once: writing updates it).
+    """
+    nblobs = len(blobs)
+    if plan is None or (plan.nblobs, plan.chunk_size, plan.prefetch) != (nblobs, chunk_size, prefetch):
+        plan = plan_bootstrap(root, nblobs, chunk_size=chunk_size, prefetch=prefetch)
+    slots, names = plan.slots, plan.names
+    blob_table_off, prefetch_off, prefetch_nids = plan.blob_table_off, plan.prefetch_off, plan.prefetch_nids
+    meta_start, cursor = plan.meta_start, plan.data_end
 
     # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does.
     records: dict[tuple[bytes, int], Chunk] = {}

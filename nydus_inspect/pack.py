@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import codecs
-from .builder import build_bootstrap
+from .builder import Plan, build_bootstrap, plan_bootstrap
 from .codecs import Compressor
 from .digests import Digester, crc32c
 from .errors import UsageError
@@ -300,10 +300,13 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
+            chunker._flush_batch()
+            # Lay the bootstrap out while the workers finish the last chunks.
+            plan = plan_bootstrap(tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size)
             chunker.drain()
         for warning in tree.warnings:
             log.warning("%s", warning)
-        result = _finish(out, tree, chunker, opts, output)
+        result = _finish(out, tree, chunker, opts, output, plan)
     if opts.bootstrap:
         _write_separate_bootstrap(tree, chunker, opts, result)
     return result
@@ -328,7 +331,8 @@ def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size:
     )
 
 
-def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str) -> PackResult:
+def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str,
+            plan: Plan | None = None) -> PackResult:
     entries: list[toc.TocEntry] = []
     n = len(chunker.infos)
     blobs: list[rafs_v6.BlobTableEntry] = []
@@ -366,7 +370,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         blobs = [_blob_entry(chunker, opts, ci, out.pos, rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
                              blob_meta.DEFAULT_LAYER_FEATURES)]
     boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
-                           digester=opts.digester)
+                           digester=opts.digester, plan=plan)
     stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
     off = out.section(IMAGE_BOOT, stored)
     entries.append(toc.TocEntry(IMAGE_BOOT, Compressor.ZSTD if compressed else Compressor.NONE,
