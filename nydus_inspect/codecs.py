@@ -143,6 +143,77 @@ def _zstd_unlocked(data, size: int) -> bytes | None:
     return _libzstd.decompress(data, size)
 
 
+class _ZstdFrames:
+    """Decode a run of whole zstd frames laid end to end in one libzstd call, without the GIL.
+
+    The per-frame checks (each frame ends exactly where the next starts and declares the expected content size)
+    go through a ``PyDLL`` handle, which keeps the GIL: they take a microsecond, and giving the GIL away for each
+    would make a thread wait for it again behind a busy main thread.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self.ctypes = ctypes
+        self.ok = False
+        name = ctypes.util.find_library("zstd")
+        if not name:
+            return
+        try:
+            free, held = ctypes.CDLL(name), ctypes.PyDLL(name)
+            size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
+            self.decode = free.ZSTD_decompress
+            self.decode.restype, self.decode.argtypes = size_t, [ptr, size_t, ptr, size_t]
+            self.is_error = held.ZSTD_isError
+            self.is_error.restype, self.is_error.argtypes = ctypes.c_uint, [size_t]
+            self.frame_size = held.ZSTD_findFrameCompressedSize
+            self.frame_size.restype, self.frame_size.argtypes = size_t, [ptr, size_t]
+            self.content_size = held.ZSTD_getFrameContentSize
+            self.content_size.restype, self.content_size.argtypes = ctypes.c_ulonglong, [ptr, size_t]
+            self.ok = True
+        except (OSError, AttributeError):
+            pass
+
+
+_frames: _ZstdFrames | None = None
+
+
+def zstd_frames(src: bytes, frames: list[tuple[int, int, int]]) -> bytearray | None:
+    """The frames ``(offset in src, stored size, content size)`` decoded back to back into one buffer.
+
+    They must tile a range of ``src`` in order. None when any frame is not exactly what its tuple says (or
+    there is no libzstd): the caller then decodes them one by one with :func:`decompress`, which says what
+    is wrong. On success every frame decoded to exactly its declared (and expected) size, as libzstd checks
+    a declared content size (and a frame checksum) while decoding.
+    """
+    global _frames
+    if _frames is None:
+        with _libzstd_lock:
+            if _frames is None:
+                _frames = _ZstdFrames()
+    fr = _frames
+    if not fr.ok or not frames or not isinstance(src, bytes):
+        return None
+    base = fr.ctypes.cast(fr.ctypes.c_char_p(src), fr.ctypes.c_void_p).value
+    start = pos = frames[0][0]
+    total = 0
+    for off, stored, size in frames:
+        if off != pos or stored <= 0 or not 0 < size <= MAX_UNCOMPRESSED or off + stored > len(src):
+            return None
+        if fr.content_size(base + off, stored) != size or fr.frame_size(base + off, stored) != stored:
+            return None
+        pos += stored
+        total += size
+    out = bytearray(total)
+    dst = (fr.ctypes.c_char * total).from_buffer(out)
+    n = fr.decode(dst, total, base + start, pos - start)
+    del dst
+    if fr.is_error(n) or n != total:
+        return None
+    return out
+
+
 def compress(data: bytes, comp: Compressor) -> bytes:
     """Compress ``data`` as nydus does: a zstd frame or a raw LZ4 block (no size prefix)."""
     if comp is Compressor.NONE:

@@ -70,6 +70,7 @@ import hashlib
 import os
 import re
 import struct
+import sys
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,11 @@ DEFAULT_LIMIT = 1000
 #: Chunks read per batch in the chunk pass, and the largest span one batch reads at once.
 BATCH = 256
 MAX_SPAN = 32 << 20
+#: Output of one libzstd call decoding a run of zstd chunks that lie end to end.
+RUN_BYTES = 8 << 20
+#: While verifying, threads hand the GIL over after 1 ms instead of 5: workers coming back from libzstd would
+#: otherwise wait on the main thread's structural checks.
+SWITCH_INTERVAL = 0.001
 
 STAGES = ("bootstrap", "toc", "blob.meta", "chunks", "roundtrip")
 
@@ -228,6 +234,7 @@ class _Run:
         self.workers = workers or os.cpu_count() or 1
         self.index: FileIndex | None = None
         self._counts: dict[str, int] = {}
+        self.ahead = _Ahead(self)
 
     def add(self, finding: Finding) -> None:
         n = self._counts.get(finding.check, 0) + 1
@@ -268,7 +275,10 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(old_interval, SWITCH_INTERVAL))
     try:
+        run.ahead.start()
         _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
         blobs = list(_blob_layers(run))
         for blob_index, blob_layer, entry in blobs:
@@ -285,7 +295,80 @@ def verify(
             _check_roundtrip(run, source)
     except Cancelled:
         run.report.cancelled = True
+    finally:
+        run.ahead.close()
+        sys.setswitchinterval(old_interval)
     return run.report
+
+
+class _Ahead:
+    """The GIL-free work of a run (chunk decompression and digests, ToC entry sha256s), started in worker
+    threads before the bootstrap walk so that it overlaps the Python-bound structural checks.
+
+    Only a head start: each stage takes its results in its turn, in the same order, so the report is the
+    one a sequential run makes. Whatever cannot be set up early is left to its stage, which then does it
+    (and reports its problems) itself.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.pool: ThreadPoolExecutor | None = None
+        self.chunks: dict[tuple[int | None, str], tuple[ChunkVerifier, list]] = {}
+        self.entries: dict[tuple[str, str], object] = {}
+
+    def start(self) -> None:
+        try:
+            targets = self._targets()
+        except Exception:  # noqa: BLE001 - the stages meet (and report) the same problem in their turn
+            return
+        if not targets:
+            return
+        self.pool = ThreadPoolExecutor(max_workers=self.run.workers, thread_name_prefix="verify")
+        for _, blob in targets:
+            try:
+                if blob.toc is not None:
+                    for e in blob.toc:
+                        self.entries[(blob.path, e.name)] = self.pool.submit(entry_check, blob, e.name)
+            except Exception:  # noqa: BLE001
+                pass
+        for blob_index, blob in targets:
+            try:
+                blob.chunk_infos  # noqa: B018
+                cv = ChunkVerifier(self.run.layer, blob_index) if blob_index is not None else ChunkVerifier(blob)
+                cv.table  # noqa: B018
+            except Exception:  # noqa: BLE001
+                continue
+            total = len(cv)
+            futures = [
+                self.pool.submit(cv.check_batch, s, min(total, s + BATCH)) for s in range(0, total, BATCH)
+            ]
+            self.chunks[(blob_index, blob.path)] = (cv, futures)
+
+    def _targets(self) -> list[tuple[int | None, Layer]]:
+        """(blob index, blob layer) pairs as :func:`_blob_layers` will find them (a subset of them)."""
+        layer = self.run.layer
+        if layer.has_bootstrap and not layer.is_v5:
+            out = []
+            for ent in layer.rafs.blobs:
+                bf = layer.blob_file(ent.blob_index, required=False)
+                if bf is not None:
+                    out.append((ent.blob_index, bf.layer))
+            return out
+        if not layer.has_bootstrap and layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+            return [(None, layer)]
+        return []
+
+    def entry_check(self, blob: Layer, name: str) -> Finding | None:
+        fut = self.entries.pop((blob.path, name), None)
+        return fut.result() if fut is not None else entry_check(blob, name)
+
+    def take_chunks(self, blob_index: int | None, blob: Layer) -> tuple[ChunkVerifier, list] | None:
+        return self.chunks.pop((blob_index, blob.path), None)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 def _guard(run: _Run, check: str, path: str, fn, *args) -> None:
@@ -1629,7 +1712,7 @@ def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     names = [e.name for e in blob.toc]
     for i, name in enumerate(names):
         run.tick("toc", i, len(names))
-        finding = entry_check(blob, name)
+        finding = run.ahead.entry_check(blob, name)
         run.count("toc entries")
         if finding is not None:
             run.add(finding if blob_index is None else _with(finding, blob_index=blob_index))
@@ -2200,9 +2283,63 @@ class ChunkVerifier:
                 out.append(f)
             else:
                 good.append(rec)
-        for rec, raw in self.read(good, out):
-            self.check_data(rec, raw, out)
+        got = self._span(good)
+        if got is None:
+            for rec, raw in self.read(good, out):
+                self.check_data(rec, raw, out)
+            return stop - start, out
+        span, lo = got
+        view = memoryview(span)
+        decoded = self._decode_runs(good, span, lo)
+        for rec in good:
+            data = decoded.get(rec.index)
+            if data is not None:
+                self.check_decoded(rec, data, out)
+            else:
+                pos = rec.compressed_offset - lo
+                self.check_data(rec, view[pos : pos + rec.compressed_size], out)
         return stop - start, out
+
+    def _decode_runs(self, recs, span: bytes, lo: int) -> dict:
+        """index -> bytes of the chunks decoded together: stored ones as they are, and runs of zstd chunks that
+        lie end to end in one libzstd call each (up to RUN_BYTES of output). A run that does not decode
+        exactly is left out: :meth:`check_data` then decodes its chunks one by one and says what is wrong."""
+        view = memoryview(span)
+        out: dict = {}
+        zstd = self.compressor is Compressor.ZSTD
+        run: list = []
+        run_bytes = 0
+
+        def flush() -> None:
+            if not run:
+                return
+            frames = [(r.compressed_offset - lo, r.compressed_size, r.uncompressed_size) for r in run]
+            data = codecs.zstd_frames(span, frames)
+            if data is not None:
+                dview = memoryview(data)
+                pos = 0
+                for r in run:
+                    out[r.index] = dview[pos : pos + r.uncompressed_size]
+                    pos += r.uncompressed_size
+            run.clear()
+
+        for rec in recs:
+            if not rec.compressed:
+                pos = rec.compressed_offset - lo
+                out[rec.index] = view[pos : pos + rec.compressed_size]
+                continue
+            if not zstd:
+                continue
+            if run and (
+                rec.compressed_offset != run[-1].compressed_offset + run[-1].compressed_size
+                or run_bytes + rec.uncompressed_size > RUN_BYTES
+            ):
+                flush()
+                run_bytes = 0
+            run.append(rec)
+            run_bytes += rec.uncompressed_size
+        flush()
+        return out
 
     def check_range(self, rec) -> Finding | None:
         if rec.compressed_size <= 0 or rec.compressed_offset + rec.compressed_size > self.data_end:
@@ -2231,22 +2368,28 @@ class ChunkVerifier:
             )
         return None
 
-    def read(self, recs, out: list[Finding]):
-        """(record, stored bytes) pairs, reading a contiguous span at once when the chunks lie close."""
+    def _span(self, recs) -> tuple[bytes, int] | None:
+        """(bytes, offset) of one read covering ``recs`` when they lie close together, else None."""
         if not recs:
-            return []
+            return None
         lo = min(r.compressed_offset for r in recs)
         hi = max(r.compressed_offset + r.compressed_size for r in recs)
         stored = sum(r.compressed_size for r in recs)
         if hi - lo <= MAX_SPAN and hi - lo <= 2 * stored + (1 << 20):
             try:
-                span = self.blob.pread(lo, hi - lo, "chunk data")
-                return [
-                    (r, span[r.compressed_offset - lo : r.compressed_offset - lo + r.compressed_size])
-                    for r in recs
-                ]
+                return self.blob.pread(lo, hi - lo, "chunk data"), lo
             except NydusInspectError:
-                pass  # fall back to one read per chunk, to name the bad one
+                pass  # the caller reads chunk by chunk, to name the bad one
+        return None
+
+    def read(self, recs, out: list[Finding]):
+        """(record, stored bytes) pairs, reading a contiguous span at once when the chunks lie close."""
+        got = self._span(recs)
+        if got is not None:
+            span, lo = got
+            return [
+                (r, span[r.compressed_offset - lo : r.compressed_offset - lo + r.compressed_size]) for r in recs
+            ]
         pairs = []
         for r in recs:
             try:
@@ -2267,6 +2410,10 @@ class ChunkVerifier:
                 return None
         else:
             data = bytes(raw)
+        return self.check_decoded(rec, data, out)
+
+    def check_decoded(self, rec, data, out: list[Finding]):
+        """The checks of a chunk's decoded bytes: its digest, CRC32C and bootstrap chunk-table record."""
         got = self.digester.digest(data)
         before = len(out)
         if self.digests is not None and 32 * rec.index + 32 <= len(self.digests):
@@ -2348,8 +2495,12 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
         blob.chunk_infos  # noqa: B018
     except NydusInspectError:
         return  # the blob.meta pass has reported it
+    ahead = run.ahead.take_chunks(blob_index, blob)
     try:
-        cv = ChunkVerifier(run.layer, blob_index) if blob_index is not None else ChunkVerifier(blob)
+        if ahead is not None:
+            cv = ahead[0]
+        else:
+            cv = ChunkVerifier(run.layer, blob_index) if blob_index is not None else ChunkVerifier(blob)
     except UsageError as exc:
         run.report.notes.append(str(exc))
         return
@@ -2357,13 +2508,21 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
         run.add(_exc_finding("chunk.read", exc, blob_index=blob_index, file=blob.path))
         return
     run.report.notes.extend(cv.notes)
+    total = len(cv)
+    stage = "chunks"
+    if ahead is not None:
+        run.tick(stage, 0, total)
+        done = 0
+        for fut in ahead[1]:
+            done += _collect(run, fut.result())
+            run.tick(stage, done, total)
+        run.tick(stage, total, total)
+        return
     try:
         cv.table  # noqa: B018 - build the bootstrap chunk table once, before the workers need it
     except NydusInspectError as exc:
         run.add(_exc_finding("chunk.table", exc, file=run.layer.path))
         cv._table = {}
-    total = len(cv)
-    stage = "chunks"
     run.tick(stage, 0, total)
     with ThreadPoolExecutor(max_workers=run.workers, thread_name_prefix="verify") as pool:
         pending = []
