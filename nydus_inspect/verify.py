@@ -443,15 +443,16 @@ def _check_bootstrap(run: _Run) -> None:
         run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
 
     seen_nids = tree.nids
+    paths = inodes = 0
     run.tick("bootstrap", 0, total)
-    for n, node in enumerate(walk_tree(rafs, on_error=bad_walk)):
+    for n, node in enumerate(walk_tree(_WalkView(rafs, tree.dirents), on_error=bad_walk)):
         pid = index.add_path(node.path)
         first_visit = node.nid not in seen_nids
         seen_nids.add(node.nid)
-        run.count("paths")
+        paths += 1
         tree.visit(node, first_visit)
         if first_visit:
-            run.count("inodes")
+            inodes += 1
         if node.hardlink is not None:
             index.add_hardlink(node.hardlink, pid)
         if node.type == REG:
@@ -482,9 +483,35 @@ def _check_bootstrap(run: _Run) -> None:
                         )
             node.chunks = None  # keep memory flat on big images
         if n & 1023 == 1023:
+            run.count("paths", paths)
+            run.count("inodes", inodes)
+            paths = inodes = 0
             run.tick("bootstrap", n + 1, total)
+    run.count("paths", paths)
+    run.count("inodes", inodes)
+    tree.dirents.clear()
     tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
+
+
+class _WalkView:
+    """What :func:`walk_tree` reads of a bootstrap, handing it the directories that :meth:`_Tree._dir` has
+    just decoded instead of decoding them a second time."""
+
+    def __init__(self, rafs, dirents: dict) -> None:
+        self.rafs = rafs
+        self.root_nid = rafs.root_nid
+        self.dirents = dirents
+
+    def root(self):
+        return self.rafs.root()
+
+    def node(self, nid: int, path: bytes):
+        return self.rafs.node(nid, path)
+
+    def readdir(self, nid: int):
+        ents = self.dirents.pop(nid, None)
+        return ents if ents is not None else self.rafs.readdir(nid)
 
 
 _SB, _EXT, _DEV, _BLOB, _CT = (
@@ -532,6 +559,8 @@ class _Tree:
         self._more_off: dict[tuple[int, int], set[int]] = {}
         self.has_xattrs: str | bool = False  # the first path with xattrs
         self.nids: set[int] = set()  # every inode the walk reached
+        # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it (_WalkView).
+        self.dirents: dict[int, list] = {}
 
     def bad(self, check: str, message: str, **kw) -> None:
         kw.setdefault("file", self.path)
@@ -877,14 +906,13 @@ class _Tree:
 
     def _inode(self, node, ino, off: int) -> None:
         layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
-        path = fsdecode(node.path)
 
         def ibad(fld: str, message: str, expected, found) -> None:
             self.bad(
                 "bootstrap.inode",
                 message,
                 structure=layout.name,
-                path=path,
+                path=fsdecode(node.path),
                 field=fld,
                 offset=off + layout.offsets[fld],
                 expected=expected,
@@ -894,7 +922,7 @@ class _Tree:
         if ino.i_ino > self.sb.s_inos:
             ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
         if node.xattrs and not self.has_xattrs:
-            self.has_xattrs = path
+            self.has_xattrs = fsdecode(node.path)
         head = ino.inode_size + ino.xattr_size
         size = ino.i_size
         if node.type == REG:
@@ -950,6 +978,7 @@ class _Tree:
         path = fsdecode(node.path)
         data = rafs._inline_data(nid, ino, 1 << 24)
         ents: list[tuple[bytes, int, int, int]] = []  # name, nid, file type, dirent offset
+        listed: list = []  # the Dirents, for the walk
         used = 0
         prev_used = None
         block = rafs_v6.BLOCK_SIZE
@@ -969,6 +998,7 @@ class _Tree:
                 )
             for i, d in enumerate(block_ents):
                 ents.append((d.name, d.nid, d.file_type, base + 12 * i))
+            listed += block_ents
             if bstart + block < len(data):
                 prev_used = used
                 tail = raw[used:]
@@ -983,6 +1013,10 @@ class _Tree:
                         expected="zero",
                         found=tail[first],
                     )
+        # What RafsV6.readdir would return (it refuses a name with '/': then the walk asks it and reports that).
+        listed = [d for d in listed if d.name != b"." and d.name != b".."]
+        if not any(b"/" in d.name for d in listed):
+            self.dirents[nid] = listed
         want_size = (len(data) - 1) // block * block + used if data else 0
         if ino.i_size != want_size:
             layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
@@ -1012,14 +1046,15 @@ class _Tree:
                 )
         subdirs = 0
         dots = {b".": [], b"..": []}
+        prefix = node.path.rstrip(b"/") + b"/"
+        inode, parent = rafs.inode, self.parent
         for i, (name, cnid, ftype, doff) in enumerate(ents):
-            cpath = fsdecode(node.path.rstrip(b"/") + b"/" + name)
             if i and name <= ents[i - 1][0]:
                 self.bad(
                     "bootstrap.dir",
                     "dirents not sorted by raw bytes (or a duplicate name)",
                     structure="erofs dirent",
-                    path=cpath,
+                    path=fsdecode(prefix + name),
                     offset=doff,
                     expected=f"> {ents[i - 1][0]!r}",
                     found=repr(name),
@@ -1029,7 +1064,7 @@ class _Tree:
                     "bootstrap.dir",
                     "name holds a NUL or '/'",
                     structure="erofs dirent",
-                    path=cpath,
+                    path=fsdecode(prefix + name),
                     offset=doff,
                     found=repr(name),
                 )
@@ -1037,7 +1072,7 @@ class _Tree:
                 dots[name].append((cnid, ftype, doff))
                 continue
             try:
-                cino = rafs.inode(cnid)
+                cino = inode(cnid)
             except NydusInspectError:
                 continue  # the walk reports it
             ctype = node_type(cino.i_mode)
@@ -1047,7 +1082,7 @@ class _Tree:
                     "bootstrap.dir",
                     f"dirent file type differs from the inode's ({ctype})",
                     structure="erofs dirent",
-                    path=cpath,
+                    path=fsdecode(prefix + name),
                     field="file_type",
                     offset=doff + 10,
                     expected=want,
@@ -1055,7 +1090,7 @@ class _Tree:
                 )
             if ctype == DIR:
                 subdirs += 1
-                self.parent.setdefault(cnid, nid)
+                parent.setdefault(cnid, nid)
         for name, want_nid in ((b".", nid), (b"..", self.parent.get(nid))):
             found = dots[name]
             if len(found) != 1:
@@ -1109,20 +1144,25 @@ class _Tree:
         """Every chunk index has a chunk-table record; remember which file offsets use each chunk."""
         if not first:
             return
-        path = fsdecode(node.path)
         cs = self.rafs.chunk_size
+        first_off = self._first_off
         for k, c in enumerate(chunks):
-            key = (c.blob_index, c.ci_index)
-            if records and key not in records:
+            bi, ci = c.blob_index, c.ci_index
+            if records and (bi, ci) not in records:
                 self.bad(
                     "chunk.table",
                     "no chunk table record for this chunk index",
                     structure=_CT.name,
-                    blob_index=c.blob_index,
-                    chunk=c.ci_index,
-                    path=path,
+                    blob_index=bi,
+                    chunk=ci,
+                    path=fsdecode(node.path),
                 )
-            self._used_at(c.blob_index, c.ci_index, k * cs)
+            # _used_at, inline for the common case: the first file offset seen for the chunk.
+            offs = first_off.get(bi)
+            if offs is not None and 0 <= ci < len(offs) and offs[ci] == -1:
+                offs[ci] = k * cs
+            else:
+                self._used_at(bi, ci, k * cs)
         if chunks and len(chunks) > 1:
             try:
                 ino = self.rafs.inode(node.nid)
@@ -1141,7 +1181,7 @@ class _Tree:
                         "bootstrap.inode",
                         "a file-sized chunk format needs contiguous chunks in one blob",
                         structure="erofs extended inode" if ino.extended else "erofs compact inode",
-                        path=path,
+                        path=fsdecode(node.path),
                         field="i_u",
                         offset=off + 16,
                         expected=self.chunk_bits,
