@@ -235,6 +235,7 @@ class _Run:
         self.index: FileIndex | None = None
         self._counts: dict[str, int] = {}
         self.ahead = _Ahead(self)
+        self.columns: tuple | None = None  # (chunk-info array, _columns of it)
 
     def add(self, finding: Finding) -> None:
         n = self._counts.get(finding.check, 0) + 1
@@ -2012,10 +2013,9 @@ def _check_blob_entry(run: _Run, blob: Layer, blob_index: int | None, ent) -> No
     except NydusInspectError:
         infos = None
     if infos is not None and len(infos) == ent.chunk_count:
-        try:
-            want = sum(round_up(ci.uncompressed_size, rafs_v6.BLOCK_SIZE) for ci in infos)
-        except NydusInspectError:
-            want = None
+        _, _, _, usizes, ok = _columns(run, infos)
+        # The sum of the 4K-rounded sizes; none when a record does not decode (the chunk pass reports it).
+        want = sum((u + 4095) // 4096 * 4096 for u in usizes) if all(ok) else None
         if want is not None and ent.uncompressed_size != want:
             bad(
                 "uncompressed_size",
@@ -2074,8 +2074,8 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
         data_end = blob.entry_location(IMAGE_BLOB)[1]
     tiled = data_end is not None and not hdr.s_features & _NOT_TILED
 
-    def bad(rec, message: str, expected, found) -> None:
-        owners = run.owners(blob_index, rec.index)
+    def bad(index: int, message: str, expected, found) -> None:
+        owners = run.owners(blob_index, index)
         run.add(
             Finding(
                 "chunk.layout",
@@ -2083,8 +2083,8 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
                 structure="chunk",
                 file=blob.path,
                 blob_index=blob_index,
-                chunk=rec.index,
-                offset=rec.compressed_offset,
+                chunk=index,
+                offset=coffs[index],
                 paths=owners,
                 path=owners[0] if owners else None,
                 expected=str(expected),
@@ -2092,29 +2092,66 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
             )
         )
 
+    coffs, csizes, uoffs, usizes, ok = _columns(run, infos)
     expect = 0
-    prev = None
-    for i in range(len(infos)):
-        try:
-            rec = infos[i]
-        except NydusInspectError:
+    prev = -1
+    floor = 0
+    for i in range(len(coffs)):
+        if not ok[i]:
             continue  # unknown v2 flags: the chunk pass reports it
-        if tiled and rec.compressed_offset != expect:
-            what = "a gap before it" if rec.compressed_offset > expect else "overlaps the chunk before it"
-            bad(rec, f"compressed data not contiguous in write order: {what}", expect, rec.compressed_offset)
-        expect = rec.compressed_offset + rec.compressed_size
-        if prev is not None:
-            floor = prev.uncompressed_offset + round_up(prev.uncompressed_size, rafs_v6.BLOCK_SIZE)
-            if rec.uncompressed_offset < floor:
-                bad(
-                    rec,
-                    f"uncompressed offset not after chunk {prev.index}'s data (offsets increase in write order)",
-                    f">= {floor}",
-                    rec.uncompressed_offset,
-                )
-        prev = rec
-    if tiled and prev is not None and expect != data_end:
+        coff = coffs[i]
+        if tiled and coff != expect:
+            what = "a gap before it" if coff > expect else "overlaps the chunk before it"
+            bad(i, f"compressed data not contiguous in write order: {what}", expect, coff)
+        expect = coff + csizes[i]
+        if prev >= 0 and uoffs[i] < floor:
+            bad(
+                i,
+                f"uncompressed offset not after chunk {prev}'s data (offsets increase in write order)",
+                f">= {floor}",
+                uoffs[i],
+            )
+        prev = i
+        floor = uoffs[i] + (usizes[i] + 4095) // 4096 * 4096
+    if tiled and prev >= 0 and expect != data_end:
         bad(prev, "chunk data does not end where image.blob does", data_end, expect)
+
+
+def _columns(run: _Run, infos) -> tuple[list[int], list[int], list[int], list[int], list[bool]]:
+    """compressed offsets, compressed sizes, uncompressed offsets, uncompressed sizes of a blob.meta chunk-info
+    array, and whether each record decodes (v2: no unknown flag bits), all at once: the arithmetic of
+    ``blob_meta.decode_v1`` / ``decode_v2`` without building a record object per chunk. Kept for the
+    run (blob.table and chunk.layout both need them)."""
+    got = run.columns
+    if got is not None and got[0] is infos:
+        return got[1]
+    raw = memoryview(infos.data)[: infos.count * infos.record_size]
+    if infos.v2:
+        rows = list(struct.iter_unpack("<QQQ", raw))
+        us = [r[0] for r in rows]
+        cs = [r[1] for r in rows]
+        cols = (
+            [c & 0xFF_FFFF_FFFF for c in cs],
+            [c >> 40 for c in cs],
+            [(u & 0xFFFFFFFF) << 12 for u in us],
+            [((u >> 32) & 0xFFFFFF) + 1 for u in us],
+            [not (u >> 56) & ~blob_meta.CI_KNOWN for u in us],
+        )
+    else:
+        flat = array("Q")
+        flat.frombytes(raw)
+        if sys.byteorder != "little":
+            flat.byteswap()
+        us, cs = flat[0::2], flat[1::2]
+        cols = (
+            [c & 0xFF_FFFF_FFFF for c in cs],
+            [((((c >> 40) & 0xF) << 20) | ((c >> 44) & 0xFFFFF)) + 1 for c in cs],
+            [u & 0xFFF_FFFF_F000 for u in us],
+            [((((u >> 8) & 0xF) << 20) | ((u >> 44) & 0xFFFFF)) + 1 for u in us],
+            [True] * infos.count,
+        )
+    run.columns = (infos, cols)  # one array at a time: the checks of a blob run one after the other
+    return cols
 
 
 # ---------------------------------------------------------------------------- chunks
@@ -2242,18 +2279,23 @@ class ChunkVerifier:
         """The recorded digest of chunk ``index``: blob.digest, else the bootstrap chunk table's."""
         if self.digests is not None and 32 * index + 32 <= len(self.digests):
             return self.digests[32 * index : 32 * index + 32]
-        row = self.table_row(index)
-        return row.block_id if row is not None else None
+        row = self._row(index)
+        return row[0] if row is not None else None
 
     @property
     def table(self) -> dict:
-        """The bootstrap chunk table keyed by (blob index, chunk index); built on first use."""
+        """The bootstrap chunk table keyed by (blob index, chunk index), each record as the tuple of its
+        fields (``rafs_v6.ChunkTableEntry`` order); built on first use, and shared with the bootstrap checks."""
         if self._table is None:
-            self._table = self.rafs.chunk_table() if self.rafs is not None else {}
+            self._table = self.rafs._chunk_records() if self.rafs is not None else {}
         return self._table
 
     def table_row(self, index: int):
         """The bootstrap chunk-table record of chunk ``index`` of this blob, or None."""
+        row = self._row(index)
+        return rafs_v6.ChunkTableEntry(*row) if row is not None else None
+
+    def _row(self, index: int) -> tuple | None:
         if self.rafs is None or self.blob_index is None:
             return None
         if self._table is None and self.digests is not None:
@@ -2283,8 +2325,8 @@ class ChunkVerifier:
             off = base + k * layout.size
             if bytes(buf[off : off + 32]) != want:
                 break
-            row = rafs_v6.ChunkTableEntry(*layout.struct.unpack_from(buf, off))
-            if row.blob_index == self.blob_index and row.index == index:
+            row = layout.struct.unpack_from(buf, off)
+            if row[1] == self.blob_index and row[8] == index:
                 return row
         return None
 
@@ -2468,13 +2510,15 @@ class ChunkVerifier:
                         found=got.hex(),
                     )
                 )
-        row = self.table_row(rec.index)
+        # row: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
+        # uncompressed_offset, file_offset, index, crc32
+        row = self._row(rec.index)
         # The CRC32C only adds news when the digests do not already condemn the data: then a mismatch means
         # the recorded crc32 itself is wrong.
-        condemned = len(out) > before or (row is not None and row.block_id != got)
+        condemned = len(out) > before or (row is not None and row[0] != got)
         crcs = [(self.source, rec.crc32)] if rec.crc32 is not None else []
-        if row is not None and row.flags & rafs_v6.CHUNK_HAS_CRC32 and self.source != "bootstrap chunk table":
-            crcs.append(("bootstrap chunk table", row.crc32))
+        if row is not None and row[2] & rafs_v6.CHUNK_HAS_CRC32 and self.source != "bootstrap chunk table":
+            crcs.append(("bootstrap chunk table", row[9]))
         if crcs and not condemned:
             crc = crc32c(data)
             for where, want_crc in crcs:
@@ -2489,13 +2533,13 @@ class ChunkVerifier:
                         )
                     )
         if row is not None:
-            if row.block_id != got:
+            if row[0] != got:
                 out.append(
                     self.finding(
                         "chunk.table",
                         rec,
                         f"{self.digester.value} digest differs from the bootstrap chunk table",
-                        expected=row.block_id.hex(),
+                        expected=row[0].hex(),
                         found=got.hex(),
                     )
                 )
@@ -2506,13 +2550,7 @@ class ChunkVerifier:
                 rec.uncompressed_size,
                 rec.compressed,
             )
-            theirs = (
-                row.compressed_offset,
-                row.compressed_size,
-                row.uncompressed_offset,
-                row.uncompressed_size,
-                row.compressed,
-            )
+            theirs = (row[5], row[3], row[6], row[4], bool(row[2] & rafs_v6.CHUNK_COMPRESSED))
             if mine != theirs:
                 out.append(
                     self.finding(
