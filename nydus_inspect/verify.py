@@ -324,7 +324,9 @@ class _Ahead:
             return
         if not targets:
             return
-        self.pool = ThreadPoolExecutor(max_workers=self.run.workers, thread_name_prefix="verify")
+        # One thread fewer than the CPUs: the main thread has the bootstrap walk to do meanwhile, and takes
+        # its share of the chunk batches still waiting when it gets to them (take_chunks).
+        self.pool = ThreadPoolExecutor(max_workers=max(1, self.run.workers - 1), thread_name_prefix="verify")
         for _, blob in targets:
             try:
                 if blob.toc is not None:
@@ -340,10 +342,9 @@ class _Ahead:
             except Exception:  # noqa: BLE001
                 continue
             total = len(cv)
-            futures = [
-                self.pool.submit(cv.check_batch, s, min(total, s + BATCH)) for s in range(0, total, BATCH)
-            ]
-            self.chunks[(blob_index, blob.path)] = (cv, futures)
+            batches = [(s, min(total, s + BATCH)) for s in range(0, total, BATCH)]
+            futures = [self.pool.submit(cv.check_batch, *b) for b in batches]
+            self.chunks[(blob_index, blob.path)] = (cv, list(zip(batches, futures)))
 
     def _targets(self) -> list[tuple[int | None, Layer]]:
         """(blob index, blob layer) pairs as :func:`_blob_layers` will find them (a subset of them)."""
@@ -2590,9 +2591,20 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     stage = "chunks"
     if ahead is not None:
         run.tick(stage, 0, total)
+        batches = ahead[1]
+        # The workers take batches from the front; this thread takes those none has started from the back,
+        # until they meet. Findings are then collected in batch order, as a sequential run adds them.
+        mine: dict[int, tuple[int, list[Finding]]] = {}
+        for k in range(len(batches) - 1, -1, -1):
+            (start, stop), fut = batches[k]
+            if not fut.cancel():
+                break
+            mine[k] = cv.check_batch(start, stop)
+            if run.cancel is not None and run.cancel():  # progress is told below, in batch order
+                raise Cancelled(f"verification cancelled during {stage}")
         done = 0
-        for fut in ahead[1]:
-            done += _collect(run, fut.result())
+        for k, (_, fut) in enumerate(batches):
+            done += _collect(run, mine[k] if k in mine else fut.result())
             run.tick(stage, done, total)
         run.tick(stage, total, total)
         return
