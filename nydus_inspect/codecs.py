@@ -179,8 +179,9 @@ class _ZstdFrames:
 _frames: _ZstdFrames | None = None
 
 
-def zstd_frames(src: bytes, frames: list[tuple[int, int, int]]) -> bytearray | None:
-    """The frames ``(offset in src, stored size, content size)`` decoded back to back into one buffer.
+def zstd_frames(src: bytes, frames: list[tuple[int, int, int]], out=None):
+    """The frames ``(offset in src, stored size, content size)`` decoded back to back into one buffer: ``out``
+    (a writable buffer of exactly the sum of the content sizes, returned) or a new bytearray.
 
     They must tile a range of ``src`` in order. None when any frame is not exactly what its tuple says (or
     there is no libzstd): the caller then decodes them one by one with :func:`decompress`, which says what
@@ -205,7 +206,10 @@ def zstd_frames(src: bytes, frames: list[tuple[int, int, int]]) -> bytearray | N
             return None
         pos += stored
         total += size
-    out = bytearray(total)
+    if out is None:
+        out = bytearray(total)
+    elif len(out) != total:
+        raise ValueError(f"output buffer of {len(out)} bytes for {total} bytes of frames")
     dst = (fr.ctypes.c_char * total).from_buffer(out)
     n = fr.decode(dst, total, base + start, pos - start)
     del dst

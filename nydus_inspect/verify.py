@@ -71,6 +71,7 @@ import os
 import re
 import struct
 import sys
+import threading
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -2373,56 +2374,40 @@ class ChunkVerifier:
             return stop - start, out
         span, lo = got
         view = memoryview(span)
-        decoded = self._decode_runs(good, span, lo)
-        for rec in good:
-            data = decoded.get(rec.index)
-            if data is not None:
-                self.check_decoded(rec, data, out)
-            else:
-                pos = rec.compressed_offset - lo
-                self.check_data(rec, view[pos : pos + rec.compressed_size], out)
-        return stop - start, out
-
-    def _decode_runs(self, recs, span: bytes, lo: int) -> dict:
-        """index -> bytes of the chunks decoded together: stored ones as they are, and runs of zstd chunks that
-        lie end to end in one libzstd call each (up to RUN_BYTES of output). A run that does not decode
-        exactly is left out: :meth:`check_data` then decodes its chunks one by one and says what is wrong."""
-        view = memoryview(span)
-        out: dict = {}
         zstd = self.compressor is Compressor.ZSTD
-        run: list = []
-        run_bytes = 0
-
-        def flush() -> None:
-            if not run:
-                return
-            frames = [(r.compressed_offset - lo, r.compressed_size, r.uncompressed_size) for r in run]
-            data = codecs.zstd_frames(span, frames)
-            if data is not None:
-                dview = memoryview(data)
-                pos = 0
-                for r in run:
-                    out[r.index] = dview[pos : pos + r.uncompressed_size]
-                    pos += r.uncompressed_size
-            run.clear()
-
-        for rec in recs:
+        i, n = 0, len(good)
+        while i < n:
+            rec = good[i]
+            pos = rec.compressed_offset - lo
             if not rec.compressed:
-                pos = rec.compressed_offset - lo
-                out[rec.index] = view[pos : pos + rec.compressed_size]
+                self.check_decoded(rec, view[pos : pos + rec.compressed_size], out)
+                i += 1
                 continue
-            if not zstd:
-                continue
-            if run and (
-                rec.compressed_offset != run[-1].compressed_offset + run[-1].compressed_size
-                or run_bytes + rec.uncompressed_size > RUN_BYTES
-            ):
-                flush()
-                run_bytes = 0
-            run.append(rec)
-            run_bytes += rec.uncompressed_size
-        flush()
-        return out
+            # A run of zstd chunks that lie end to end, decoded in one libzstd call (up to RUN_BYTES of output).
+            j, end, size = i + 1, rec.compressed_offset + rec.compressed_size, rec.uncompressed_size
+            while zstd and j < n:
+                nxt = good[j]
+                if not nxt.compressed or nxt.compressed_offset != end or size + nxt.uncompressed_size > RUN_BYTES:
+                    break
+                end += nxt.compressed_size
+                size += nxt.uncompressed_size
+                j += 1
+            run = good[i:j]
+            data = None
+            if zstd:
+                frames = [(r.compressed_offset - lo, r.compressed_size, r.uncompressed_size) for r in run]
+                data = codecs.zstd_frames(span, frames, _out_buffer(size))
+            if data is None:  # not zstd, or a frame is not what its record says: one by one, to say what
+                for r in run:
+                    p = r.compressed_offset - lo
+                    self.check_data(r, view[p : p + r.compressed_size], out)
+            else:
+                p = 0
+                for r in run:
+                    self.check_decoded(r, data[p : p + r.uncompressed_size], out)
+                    p += r.uncompressed_size
+            i = j
+        return stop - start, out
 
     def check_range(self, rec) -> Finding | None:
         if rec.compressed_size <= 0 or rec.compressed_offset + rec.compressed_size > self.data_end:
@@ -2563,6 +2548,18 @@ class ChunkVerifier:
                     )
                 )
         return data
+
+
+_local = threading.local()
+
+
+def _out_buffer(size: int) -> memoryview:
+    """A buffer of ``size`` bytes for this thread's next run of decoded chunks, reused from run to run: fresh
+    buffers of megabytes cost page faults and zeroing."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = bytearray(max(size, RUN_BYTES))
+    return memoryview(buf)[:size]
 
 
 def _fmt_rec(t: tuple) -> str:
