@@ -317,6 +317,7 @@ class _Ahead:
         self.pool: ThreadPoolExecutor | None = None
         self.chunks: dict[tuple[int | None, str], tuple[ChunkVerifier, list]] = {}
         self.entries: dict[tuple[str, str], object] = {}
+        self.contents: dict[str, object] = {}  # blob path -> future of _content_digests (blob.id)
 
     def start(self) -> None:
         try:
@@ -328,11 +329,24 @@ class _Ahead:
         # One thread fewer than the CPUs: the main thread has the bootstrap walk to do meanwhile, and takes
         # its share of the chunk batches still waiting when it gets to them (take_chunks).
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.run.workers - 1), thread_name_prefix="verify")
+        try:
+            ids = self._id_blobs(targets)
+        except Exception:  # noqa: BLE001
+            ids = set()
         for _, blob in targets:
             try:
+                shared = None
+                if blob.path in ids:
+                    # One read of the file for its blob id, and for the image.blob entry when that is a prefix.
+                    shared = _blob_id_pass(blob)
+                    self.contents[blob.path] = self.pool.submit(_content_digests, blob, shared)
                 if blob.toc is not None:
                     for e in blob.toc:
-                        self.entries[(blob.path, e.name)] = self.pool.submit(entry_check, blob, e.name)
+                        key = (blob.path, e.name)
+                        if shared is not None and e.name == IMAGE_BLOB:
+                            self.entries[key] = self.contents[blob.path]
+                        else:
+                            self.entries[key] = self.pool.submit(entry_check, blob, e.name)
             except Exception:  # noqa: BLE001
                 pass
         for blob_index, blob in targets:
@@ -361,9 +375,38 @@ class _Ahead:
             return [(None, layer)]
         return []
 
+    def _id_blobs(self, targets) -> set[str]:
+        """Paths of the blobs whose blob id :func:`_check_blob_ids` will check (as it chooses them)."""
+        layer = self.run.layer
+        out = set()
+        if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) and _HEX64.fullmatch(layer.name.split(".")[0]):
+            out.add(layer.path)
+        rafs = layer.rafs if layer.has_bootstrap and not layer.is_v5 else None
+        for blob_index, blob in targets:
+            if rafs is not None and blob_index is not None and blob is not layer:
+                if _HEX64.fullmatch(rafs.blobs[blob_index].id):
+                    out.add(blob.path)
+        return out
+
     def entry_check(self, blob: Layer, name: str) -> Finding | None:
         fut = self.entries.pop((blob.path, name), None)
+        if fut is not None and fut is self.contents.get(blob.path):
+            try:
+                got = fut.result()[2]
+                recorded = blob.entry_location(name)[4]
+            except Exception:  # noqa: BLE001 - checked the ordinary way, which reports it
+                return entry_check(blob, name)
+            return _entry_finding(blob, name, recorded.hex() if recorded is not None else "", got)
         return fut.result() if fut is not None else entry_check(blob, name)
+
+    def content_digests(self, blob: Layer) -> tuple[str, str | None]:
+        fut = self.contents.pop(blob.path, None)
+        if fut is not None:
+            try:
+                return fut.result()[:2]
+            except Exception:  # noqa: BLE001 - read again the ordinary way, which raises it in its turn
+                pass
+        return _content_digests(blob)[:2]
 
     def take_chunks(self, blob_index: int | None, blob: Layer) -> tuple[ChunkVerifier, list] | None:
         return self.chunks.pop((blob_index, blob.path), None)
@@ -1717,6 +1760,10 @@ def entry_check(blob: Layer, name: str) -> Finding | None:
         recorded, got = _entry_sha256(blob, name)
     except NydusInspectError as exc:
         return _exc_finding("toc.entry", exc, entry=name, file=blob.path)
+    return _entry_finding(blob, name, recorded, got)
+
+
+def _entry_finding(blob: Layer, name: str, recorded: str, got: str) -> Finding | None:
     if recorded and recorded != got:
         off = blob.entry_location(name)[0]
         return Finding(
@@ -2649,7 +2696,7 @@ def _check_blob_ids(run: _Run, blobs: list) -> None:
     for blob, want, blob_index in todo:
         if run.cancel is not None and run.cancel():
             raise Cancelled("verification cancelled during blob.id")
-        full, partial = _content_digests(blob)
+        full, partial = run.ahead.content_digests(blob)
         run.count("blob ids")
         if want not in (full, partial):
             run.add(
@@ -2665,8 +2712,9 @@ def _check_blob_ids(run: _Run, blobs: list) -> None:
             )
 
 
-def _content_digests(blob: Layer) -> tuple[str, str | None]:
-    """(sha256 of the file, sha256 of the file without its blob.digest array or None)."""
+def _content_digests(blob: Layer, prefix: int | None = None) -> tuple[str, str | None, str | None]:
+    """(sha256 of the file, sha256 of the file without its blob.digest array or None, sha256 of its first
+    ``prefix`` bytes or None), in one read of the file."""
     skip = None
     try:
         if blob.has_entry(BLOB_DIGEST):
@@ -2677,18 +2725,37 @@ def _content_digests(blob: Layer) -> tuple[str, str | None]:
         skip = None
     full = hashlib.sha256()
     part = hashlib.sha256() if skip else None
+    head = None
     step = 4 << 20
     pos = 0
     while pos < blob.size:
         stop = min(blob.size, pos + step)
         if skip and pos < skip[1] and skip[0] < stop:
             stop = skip[0] if pos < skip[0] else skip[1]
+        if prefix is not None and pos < prefix < stop:
+            stop = prefix
         data = blob.pread(pos, stop - pos, "blob")
         full.update(data)
         if part is not None and not (skip[0] <= pos < skip[1]):
             part.update(data)
         pos = stop
-    return full.hexdigest(), part.hexdigest() if part is not None else None
+        if pos == prefix:
+            head = full.hexdigest()
+    return full.hexdigest(), part.hexdigest() if part is not None else None, head
+
+
+def _blob_id_pass(blob: Layer) -> int | None:
+    """Where the sha256 of the image.blob ToC entry (its data, then its tar header) ends when it is a prefix of
+    the file, so that the blob-id pass can give it too; else None."""
+    if blob.toc is None:
+        return None
+    try:
+        off, size, comp, _, _ = blob.entry_location(IMAGE_BLOB)
+    except NydusInspectError:
+        return None
+    if off != 0 or comp is not Compressor.NONE or size + 512 > blob.size:
+        return None
+    return size + 512
 
 
 # ---------------------------------------------------------------------------- round trip

@@ -112,3 +112,47 @@ def test_report_same_with_and_without_head_start(tmp_path):
         r.index for r in recs[::2]
     }
 
+
+
+def test_blob_id_and_image_blob_sha256_share_one_read(tmp_path):
+    """A blob named by its sha256: one read gives its id and the image.blob entry's sha256, and the report is
+    the sequential one, damaged or not."""
+    import hashlib
+
+    from test_verify_core import make_tar
+
+    from nydus_inspect import open_layer
+    from nydus_inspect import verify as v
+    from nydus_inspect.codecs import Compressor
+    from nydus_inspect.pack import PackOptions, pack
+
+    src = make_tar(tmp_path / "src.tar")
+    packed = tmp_path / "packed.blob"
+    pack(str(src), str(packed), PackOptions(compressor=Compressor.NONE, chunk_size=0x1000))
+    data = packed.read_bytes()
+    good = tmp_path / hashlib.sha256(data).hexdigest()
+    good.write_bytes(data)
+    flipped = bytearray(data)
+    flipped[100] ^= 1  # inside image.blob (chunk data)
+    bad = tmp_path / hashlib.sha256(data[:-1] + b"x").hexdigest()  # a name that is not its sha256
+    bad.write_bytes(bytes(flipped))
+
+    def report(path, head_start: bool):
+        start = v._Ahead.start
+        if not head_start:
+            v._Ahead.start = lambda self: None
+        try:
+            with open_layer(str(path)) as layer:
+                if head_start:
+                    assert v._blob_id_pass(layer) is not None
+                return verify(layer, workers=2).to_json()
+        finally:
+            v._Ahead.start = start
+
+    ok = report(good, True)
+    assert ok["ok"] and ok["checked"]["blob ids"] == 1, ok
+    assert ok == report(good, False)
+    damaged = report(bad, True)
+    checks = {f["check"] for f in damaged["findings"]}
+    assert {"toc.entry", "blob.id"} <= checks, checks
+    assert damaged == report(bad, False)
