@@ -105,6 +105,8 @@ RUN_BYTES = 8 << 20
 #: While verifying, threads hand the GIL over after 1 ms instead of 5: workers coming back from libzstd would
 #: otherwise wait on the main thread's structural checks.
 SWITCH_INTERVAL = 0.001
+#: Findings that chunk batches checked ahead of their turn may hold before the report collects them.
+AHEAD_FINDINGS = 20000
 
 STAGES = ("bootstrap", "toc", "blob.meta", "chunks", "roundtrip")
 
@@ -315,7 +317,7 @@ class _Ahead:
     def __init__(self, run: _Run) -> None:
         self.run = run
         self.pool: ThreadPoolExecutor | None = None
-        self.chunks: dict[tuple[int | None, str], tuple[ChunkVerifier, list]] = {}
+        self.chunks: dict[tuple[int | None, str], tuple[ChunkVerifier, _Batches]] = {}
         self.entries: dict[tuple[str, str], object] = {}
         self.contents: dict[str, object] = {}  # blob path -> future of _content_digests (blob.id)
 
@@ -356,10 +358,7 @@ class _Ahead:
                 cv.table  # noqa: B018
             except Exception:  # noqa: BLE001
                 continue
-            total = len(cv)
-            batches = [(s, min(total, s + BATCH)) for s in range(0, total, BATCH)]
-            futures = [self.pool.submit(cv.check_batch, *b) for b in batches]
-            self.chunks[(blob_index, blob.path)] = (cv, list(zip(batches, futures)))
+            self.chunks[(blob_index, blob.path)] = (cv, _Batches(self.pool, cv, 2 * self.pool._max_workers))
 
     def _targets(self) -> list[tuple[int | None, Layer]]:
         """(blob index, blob layer) pairs as :func:`_blob_layers` will find them (a subset of them)."""
@@ -408,10 +407,12 @@ class _Ahead:
                 pass
         return _content_digests(blob)[:2]
 
-    def take_chunks(self, blob_index: int | None, blob: Layer) -> tuple[ChunkVerifier, list] | None:
+    def take_chunks(self, blob_index: int | None, blob: Layer) -> tuple[ChunkVerifier, _Batches] | None:
         return self.chunks.pop((blob_index, blob.path), None)
 
     def close(self) -> None:
+        for _, batches in self.chunks.values():
+            batches.stop()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
@@ -2634,23 +2635,7 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     total = len(cv)
     stage = "chunks"
     if ahead is not None:
-        run.tick(stage, 0, total)
-        batches = ahead[1]
-        # The workers take batches from the front; this thread takes those none has started from the back,
-        # until they meet. Findings are then collected in batch order, as a sequential run adds them.
-        mine: dict[int, tuple[int, list[Finding]]] = {}
-        for k in range(len(batches) - 1, -1, -1):
-            (start, stop), fut = batches[k]
-            if not fut.cancel():
-                break
-            mine[k] = cv.check_batch(start, stop)
-            if run.cancel is not None and run.cancel():  # progress is told below, in batch order
-                raise Cancelled(f"verification cancelled during {stage}")
-        done = 0
-        for k, (_, fut) in enumerate(batches):
-            done += _collect(run, mine[k] if k in mine else fut.result())
-            run.tick(stage, done, total)
-        run.tick(stage, total, total)
+        ahead[1].collect(run, stage)
         return
     try:
         cv.table  # noqa: B018 - build the bootstrap chunk table once, before the workers need it
@@ -2670,6 +2655,115 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
             done += _collect(run, fut.result())
             run.tick(stage, done, total)
     run.tick(stage, total, total)
+
+
+class _Batches:
+    """The chunk batches of one blob: the pool checks them ahead of their turn, from the front, while the main
+    thread is busy elsewhere; :meth:`collect` then adds their findings in batch order (the report of a
+    sequential run), taking the batches no worker has started from the back itself meanwhile.
+
+    Finished batches hold their findings until collected: past AHEAD_FINDINGS of them no more batches start
+    early, so a badly broken blob does not hold millions of findings at once.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, cv: ChunkVerifier, queue: int) -> None:
+        total = len(cv)
+        self.pool, self.cv, self.queue = pool, cv, queue
+        self.spans = [(s, min(total, s + BATCH)) for s in range(0, total, BATCH)]
+        self.futures: list = [None] * len(self.spans)
+        self.lock = threading.RLock()  # a done callback may run in the thread that adds it
+        self.next = 0  # the next batch a worker may start
+        self.end = len(self.spans)  # batches from here on were taken by the main thread
+        self.running = 0  # submitted and not finished
+        self.held = 0  # findings of finished batches not collected yet
+        self.stopped = False
+        self.feed()
+
+    def feed(self) -> None:
+        with self.lock:
+            while (
+                not self.stopped
+                and self.next < self.end
+                and self.running < self.queue
+                and self.held < AHEAD_FINDINGS
+            ):
+                k = self.next
+                try:
+                    fut = self.pool.submit(self.cv.check_batch, *self.spans[k])
+                except RuntimeError:  # the pool is shutting down
+                    self.stopped = True
+                    return
+                self.futures[k] = fut
+                self.next += 1
+                self.running += 1
+                fut.add_done_callback(self._done)
+
+    def _done(self, fut) -> None:
+        with self.lock:
+            self.running -= 1
+            if not fut.cancelled() and fut.exception() is None:
+                self.held += len(fut.result()[1])
+            self.feed()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+
+    def _take(self, k: int) -> bool:
+        """Claim batch ``k`` for the main thread when no worker has started it."""
+        with self.lock:
+            fut = self.futures[k]
+            if fut is None:
+                if k == self.next:
+                    self.next += 1
+                return True
+        return fut.cancel()
+
+    def _steal(self, k: int) -> int | None:
+        """The last batch after ``k`` that no worker will take, claimed for the main thread; None if none."""
+        with self.lock:
+            j = self.end - 1
+            if j <= k or j < self.next or self.held >= AHEAD_FINDINGS:
+                return None
+            self.end = j
+            return j
+
+    def collect(self, run: _Run, stage: str) -> None:
+        total = len(self.cv)
+        run.tick(stage, 0, total)
+        mine: dict[int, tuple[int, list[Finding]] | Exception] = {}
+        done = 0
+        k = 0
+        while k < len(self.spans):
+            fut = self.futures[k]
+            if k in mine:
+                result = mine.pop(k)
+                if isinstance(result, Exception):
+                    raise result  # in its turn, as a sequential run meets it
+                with self.lock:
+                    self.held -= len(result[1])
+            elif self._take(k):
+                result = self.cv.check_batch(*self.spans[k])
+            elif not fut.done() and (j := self._steal(k)) is not None:
+                try:
+                    mine[j] = got = self.cv.check_batch(*self.spans[j])
+                except Exception as exc:  # noqa: BLE001 - raised when its turn comes
+                    mine[j] = exc
+                else:
+                    with self.lock:
+                        self.held += len(got[1])
+                if run.cancel is not None and run.cancel():  # progress is told in batch order
+                    raise Cancelled(f"verification cancelled during {stage}")
+                continue
+            else:
+                result = fut.result()
+                with self.lock:
+                    self.held -= len(result[1])
+                    self.feed()
+            done += _collect(run, result)
+            run.tick(stage, done, total)
+            k += 1
+        run.tick(stage, total, total)
 
 
 def _collect(run: _Run, result: tuple[int, list[Finding]]) -> int:

@@ -73,8 +73,14 @@ def test_zstd_frames_is_decompress_of_each_frame():
     assert codecs.zstd_frames(src[: off + stored - 1], frames[:6]) is None
 
 
-def test_report_same_with_and_without_head_start(tmp_path):
-    """The chunk checks started ahead of the bootstrap walk report exactly what a sequential run reports."""
+@pytest.mark.parametrize("batch, ahead", [(256, 20000), (2, 3), (1, 0)])
+def test_report_same_with_and_without_head_start(tmp_path, monkeypatch, batch, ahead):
+    """The chunk checks started ahead of the bootstrap walk report exactly what a sequential run reports, also
+    when the findings waiting for collection reach their bound (``ahead``) and batches are small."""
+    from nydus_inspect import verify as v
+
+    monkeypatch.setattr(v, "BATCH", batch)
+    monkeypatch.setattr(v, "AHEAD_FINDINGS", ahead)
     from test_verify_core import make_tar
 
     from nydus_inspect import open_layer
@@ -93,26 +99,25 @@ def test_report_same_with_and_without_head_start(tmp_path):
     bad = tmp_path / "bad.blob"
     bad.write_bytes(bytes(data))
 
-    def report(head_start: bool):
-        from nydus_inspect import verify as v
-
+    def report(head_start: bool, limit: int):
         start = v._Ahead.start
         if not head_start:
             v._Ahead.start = lambda self: None
         try:
             with open_layer(str(bad)) as layer:
-                return verify(layer, workers=2).to_json()
+                return verify(layer, workers=2, limit=limit).to_json()
         finally:
             v._Ahead.start = start
 
-    fast, slow = report(True), report(False)
+    fast, slow = report(True, 1000), report(False, 1000)
     assert not fast["ok"]
     assert fast == slow
     assert {f["chunk"] for f in fast["findings"] if f["check"] in ("chunk.read", "chunk.digest")} == {
         r.index for r in recs[::2]
     }
-
-
+    fast, slow = report(True, 1), report(False, 1)
+    assert fast["suppressed"]
+    assert fast == slow
 
 def test_blob_id_and_image_blob_sha256_share_one_read(tmp_path):
     """A blob named by its sha256: one read gives its id and the image.blob entry's sha256, and the report is
