@@ -2431,11 +2431,18 @@ class ChunkVerifier:
                 self.check_decoded(rec, view[pos : pos + rec.compressed_size], out)
                 i += 1
                 continue
-            # A run of zstd chunks that lie end to end, decoded in one libzstd call (up to RUN_BYTES of output).
+            # A run of zstd chunks that lie end to end, decoded in one call (up to RUN_BYTES of output), small
+            # and large ones apart (codecs.decompress decodes them with different zstd builds).
             j, end, size = i + 1, rec.compressed_offset + rec.compressed_size, rec.uncompressed_size
+            big = size >= codecs.UNLOCKED_MIN
             while zstd and j < n:
                 nxt = good[j]
-                if not nxt.compressed or nxt.compressed_offset != end or size + nxt.uncompressed_size > RUN_BYTES:
+                if (
+                    not nxt.compressed
+                    or nxt.compressed_offset != end
+                    or size + nxt.uncompressed_size > RUN_BYTES
+                    or (nxt.uncompressed_size >= codecs.UNLOCKED_MIN) != big
+                ):
                     break
                 end += nxt.compressed_size
                 size += nxt.uncompressed_size
@@ -2444,16 +2451,14 @@ class ChunkVerifier:
             data = None
             if zstd:
                 frames = [(r.compressed_offset - lo, r.compressed_size, r.uncompressed_size) for r in run]
-                data = codecs.zstd_frames(span, frames, _out_buffer(size))
+                data = codecs.zstd_frames(span, frames, _out_buffer(size) if big else None)
             if data is None:  # not zstd, or a frame is not what its record says: one by one, to say what
                 for r in run:
                     p = r.compressed_offset - lo
                     self.check_data(r, view[p : p + r.compressed_size], out)
             else:
-                p = 0
-                for r in run:
-                    self.check_decoded(r, data[p : p + r.uncompressed_size], out)
-                    p += r.uncompressed_size
+                for r, part in zip(run, data):
+                    self.check_decoded(r, part, out)
             i = j
         return stop - start, out
 

@@ -49,9 +49,11 @@ def test_columns_equal_record_decoding(v2):
         assert [x for x, ok in zip(g, want[4]) if ok] == [x for x in w if x is not None]
 
 
-def test_zstd_frames_is_decompress_of_each_frame():
+@pytest.mark.parametrize("big", [False, True])
+def test_zstd_frames_is_decompress_of_each_frame(big):
     zc = zstandard.ZstdCompressor(level=3)
-    parts = [bytes([i]) * (1000 + 37 * i) + bytes(range(i)) for i in range(1, 40)]
+    pad = codecs.UNLOCKED_MIN if big else 0
+    parts = [bytes([i]) * (1000 + 37 * i + pad) + bytes(range(i)) for i in range(1, 40)]
     frames, src = [], b""
     for p in parts:
         z = zc.compress(p)
@@ -60,7 +62,8 @@ def test_zstd_frames_is_decompress_of_each_frame():
     out = codecs.zstd_frames(src, frames)
     if out is None:
         pytest.skip("no libzstd")
-    assert bytes(out) == b"".join(parts)
+    assert [bytes(p) for p in out] == parts
+    assert [bytes(p) for p in out] == [codecs.decompress(src[o : o + s], codecs.Compressor.ZSTD, n) for o, s, n in frames]
     # Any frame that is not exactly what its tuple says refuses the run: sizes, boundaries, damaged data.
     off, stored, size = frames[5]
     assert codecs.zstd_frames(src, frames[:5] + [(off, stored, size + 1)] + frames[6:]) is None
@@ -69,7 +72,7 @@ def test_zstd_frames_is_decompress_of_each_frame():
     bad = bytearray(src)
     bad[off + stored // 2] ^= 0x40
     got = codecs.zstd_frames(bytes(bad), frames)
-    assert got is None or bytes(got) != b"".join(parts)
+    assert got is None or [bytes(p) for p in got] != parts
     assert codecs.zstd_frames(src[: off + stored - 1], frames[:6]) is None
 
 
@@ -161,3 +164,47 @@ def test_blob_id_and_image_blob_sha256_share_one_read(tmp_path):
     checks = {f["check"] for f in damaged["findings"]}
     assert {"toc.entry", "blob.id"} <= checks, checks
     assert damaged == report(bad, False)
+
+
+def test_zstd_frames_never_mixes_small_and_large_frames():
+    """Small and large chunks are decoded by different zstd builds in codecs.decompress: a run is one or the other."""
+    zc = zstandard.ZstdCompressor(level=3)
+    parts = [bytes(codecs.UNLOCKED_MIN), b"small" * 20]
+    zs = [zc.compress(p) for p in parts]
+    frames = [(0, len(zs[0]), len(parts[0])), (len(zs[0]), len(zs[1]), len(parts[1]))]
+    src = b"".join(zs)
+    if codecs.zstd_frames(src, frames[:1]) is None:
+        pytest.skip("no libzstd")
+    assert codecs.zstd_frames(src, frames) is None
+    assert [bytes(p) for p in codecs.zstd_frames(src, frames[1:])] == parts[1:]
+
+
+def test_flip_refused_by_small_chunk_decoder_is_found(tmp_path):
+    """A flipped bit that the system libzstd decodes to the original bytes but the zstd that decodes small chunks
+    one by one refuses (seed 13 of the fault injection, bit 3153): the run refuses it too, and verify names the
+    chunk."""
+    from test_fault_injection import SPEC
+
+    from nydus_inspect import open_layer
+    from nydus_inspect.errors import FormatError
+    from nydus_inspect.testing import build_layer
+
+    blob = build_layer(SPEC, tmp_path / "pack-zstd.blob", compressor="zstd", chunk_size=0x1000,
+                       bootstrap=str(tmp_path / "pack-zstd.boot"))
+    data = bytearray(blob.read_bytes())
+    bit = 3153
+    data[bit // 8] ^= 1 << (bit % 8)
+    bad = tmp_path / "bad.blob"
+    bad.write_bytes(bytes(data))
+    with open_layer(str(bad)) as layer:
+        infos = layer.chunk_infos
+        rec = next(infos[i] for i in range(len(infos))
+                   if infos[i].compressed_offset <= bit // 8 < infos[i].compressed_offset + infos[i].compressed_size)
+        raw = bytes(data[rec.compressed_offset : rec.compressed_offset + rec.compressed_size])
+        try:
+            codecs.decompress(raw, codecs.Compressor.ZSTD, rec.uncompressed_size)
+            pytest.skip("this zstd build decodes the flipped chunk")
+        except FormatError:
+            pass
+        report = verify(layer, workers=2)
+    assert any(f.chunk == rec.index and f.check == "chunk.read" for f in report.findings), report.findings
