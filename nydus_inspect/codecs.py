@@ -229,7 +229,7 @@ def zstd_frames(src: bytes, frames: list[tuple[int, int, int]], out=None) -> lis
         sizes = array("Q", [size for _, _, size in frames])
         try:
             got = _zstd_decompressor().multi_decompress_to_buffer(
-                zstandard.BufferWithSegments(src, segments.tobytes()), decompressed_sizes=sizes.tobytes(), threads=0
+                zstandard.BufferWithSegments(src, segments.tobytes()), decompressed_sizes=sizes.tobytes(), threads=1
             )
         except zstandard.ZstdError:
             return None
