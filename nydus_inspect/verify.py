@@ -60,6 +60,11 @@ A chunk finding names the blob, the chunk index, its compressed offset in the
 blob file and the file(s) that use it. Operations layer: no printing; progress
 is a callback ``progress(stage, done, total)``.
 
+The work that runs without the GIL (chunk decompression and digests, ToC entry and blob-id sha256s)
+starts in worker threads before the bootstrap walk, whose structural checks are Python-bound, and
+the main thread joins the chunk work when it gets there (:class:`_Ahead`, :class:`_Batches`). Each
+stage still takes its results in its turn: the report is the one a sequential run makes.
+
 What no check can see (bytes readers ignore, and fields a flip turns into another valid value) is
 listed, with the reasons, in ``tests/test_fault_injection.py`` (``UNCOVERED``).
 """
