@@ -327,12 +327,16 @@ class _Ahead:
         self.contents: dict[str, object] = {}  # blob path -> future of _content_digests (blob.id)
 
     def start(self) -> None:
+        self.run.layer.will_need()  # every byte of it is read: the disk can start while the bootstrap decodes
         try:
             targets = self._targets()
         except Exception:  # noqa: BLE001 - the stages meet (and report) the same problem in their turn
             return
         if not targets:
             return
+        for _, blob in targets:
+            if blob is not self.run.layer:
+                blob.will_need()
         # One thread fewer than the CPUs: the main thread has the bootstrap walk to do meanwhile, and takes
         # its share of the chunk batches still waiting when it gets to them (take_chunks).
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.run.workers - 1), thread_name_prefix="verify")
