@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import io
 import threading
+from array import array
 
 import lz4.block
 import zstandard
@@ -152,6 +153,119 @@ def _zstd_unlocked(data, size: int) -> bytes | None:
             if _libzstd is None:
                 _libzstd = _LibZstd()
     return _libzstd.decompress(data, size)
+
+
+class _ZstdFrames:
+    """Decode a run of whole zstd frames laid end to end in one libzstd call, without the GIL.
+
+    The per-frame check (each frame ends exactly where the next starts) goes through a ``PyDLL`` handle, which
+    keeps the GIL: it takes a microsecond, and giving the GIL away for each would make a thread wait for it
+    again behind a busy main thread.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self.ctypes = ctypes
+        self.ok = False
+        name = ctypes.util.find_library("zstd")
+        if not name:
+            return
+        try:
+            free, held = ctypes.CDLL(name), ctypes.PyDLL(name)
+            size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
+            self.decode = free.ZSTD_decompress
+            self.decode.restype, self.decode.argtypes = size_t, [ptr, size_t, ptr, size_t]
+            self.is_error = held.ZSTD_isError
+            self.is_error.restype, self.is_error.argtypes = ctypes.c_uint, [size_t]
+            self.frame_size = held.ZSTD_findFrameCompressedSize
+            self.frame_size.restype, self.frame_size.argtypes = size_t, [ptr, size_t]
+            self.ok = True
+        except (OSError, AttributeError):
+            pass
+
+
+_frames: _ZstdFrames | None = None
+
+
+#: Largest window a streaming decompressor accepts by default (ZSTD_WINDOWLOG_LIMIT_DEFAULT): the limit
+#: :func:`decompress` meets for chunks below UNLOCKED_MIN.
+_STREAM_WINDOW_MAX = 1 << 27
+
+
+def zstd_frames(src: bytes, frames: list[tuple[int, int, int]], out=None) -> list | None:
+    """The frames ``(offset in src, stored size, content size)`` decoded: one buffer per frame, or None when any
+    frame is not exactly what its tuple says (or there is no libzstd); the caller then decodes them one by one
+    with :func:`decompress`, which says what is wrong.
+
+    The frames must tile a range of ``src`` in order, and be all below UNLOCKED_MIN or all from it on: each
+    group is decoded by the zstd that :func:`decompress` uses for it (the bundled one of python-zstandard, in
+    one call for the run; the system libzstd, into ``out``, a writable buffer of the sum of the content
+    sizes), without the GIL, and on success is exactly what :func:`decompress` gives frame by frame.
+    """
+    global _frames
+    if _frames is None:
+        with _libzstd_lock:
+            if _frames is None:
+                _frames = _ZstdFrames()
+    fr = _frames
+    if not fr.ok or not frames or not isinstance(src, bytes):
+        return None
+    big = frames[0][2] >= UNLOCKED_MIN
+    view = memoryview(src)
+    base = fr.ctypes.cast(fr.ctypes.c_char_p(src), fr.ctypes.c_void_p).value
+    start = pos = frames[0][0]
+    total = 0
+    try:
+        for off, stored, size in frames:
+            if off != pos or stored <= 0 or not 0 < size <= MAX_UNCOMPRESSED or off + stored > len(src):
+                return None
+            if (size >= UNLOCKED_MIN) != big or fr.frame_size(base + off, stored) != stored:
+                return None
+            frame = view[off : off + stored]
+            if zstandard.frame_content_size(frame) != size:
+                return None
+            if not big and zstandard.get_frame_parameters(frame).window_size > _STREAM_WINDOW_MAX:
+                return None
+            pos += stored
+            total += size
+    except zstandard.ZstdError:
+        return None
+    if not big:
+        # python-zstandard's batch call: one C loop over the frames, each checked to decode to its size.
+        segments = array("Q")
+        for off, stored, _ in frames:
+            segments.extend((off, stored))
+        sizes = array("Q", [size for _, _, size in frames])
+        try:
+            got = _zstd_decompressor().multi_decompress_to_buffer(
+                zstandard.BufferWithSegments(src, segments.tobytes()), decompressed_sizes=sizes.tobytes(), threads=1
+            )
+        except zstandard.ZstdError:
+            return None
+        if len(got) != len(frames):
+            return None
+        parts = [memoryview(got[i]) for i in range(len(frames))]
+        if any(len(p) != size for p, (_, _, size) in zip(parts, frames)):
+            return None
+        return parts
+    if out is None:
+        out = bytearray(total)
+    elif len(out) != total:
+        raise ValueError(f"output buffer of {len(out)} bytes for {total} bytes of frames")
+    dst = (fr.ctypes.c_char * total).from_buffer(out)
+    n = fr.decode(dst, total, base + start, pos - start)
+    del dst
+    if fr.is_error(n) or n != total:
+        return None
+    view = memoryview(out)
+    parts = []
+    at = 0
+    for _, _, size in frames:
+        parts.append(view[at : at + size])
+        at += size
+    return parts
 
 
 def compress(data: bytes, comp: Compressor) -> bytes:

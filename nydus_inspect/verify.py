@@ -60,6 +60,11 @@ A chunk finding names the blob, the chunk index, its compressed offset in the
 blob file and the file(s) that use it. Operations layer: no printing; progress
 is a callback ``progress(stage, done, total)``.
 
+The work that runs without the GIL (chunk decompression and digests, ToC entry and blob-id sha256s)
+starts in worker threads before the bootstrap walk, whose structural checks are Python-bound, and
+the main thread joins the chunk work when it gets there (:class:`_Ahead`, :class:`_Batches`). Each
+stage still takes its results in its turn: the report is the one a sequential run makes.
+
 What no check can see (bytes readers ignore, and fields a flip turns into another valid value) is
 listed, with the reasons, in ``tests/test_fault_injection.py`` (``UNCOVERED``).
 """
@@ -70,6 +75,8 @@ import hashlib
 import os
 import re
 import struct
+import sys
+import threading
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +105,13 @@ DEFAULT_LIMIT = 1000
 #: Chunks read per batch in the chunk pass, and the largest span one batch reads at once.
 BATCH = 256
 MAX_SPAN = 32 << 20
+#: Output of one libzstd call decoding a run of zstd chunks that lie end to end.
+RUN_BYTES = 8 << 20
+#: While verifying, threads hand the GIL over after 1 ms instead of 5: workers coming back from libzstd would
+#: otherwise wait on the main thread's structural checks.
+SWITCH_INTERVAL = 0.001
+#: Findings that chunk batches checked ahead of their turn may hold before the report collects them.
+AHEAD_FINDINGS = 20000
 
 STAGES = ("bootstrap", "toc", "blob.meta", "chunks", "roundtrip")
 
@@ -228,6 +242,8 @@ class _Run:
         self.workers = workers or os.cpu_count() or 1
         self.index: FileIndex | None = None
         self._counts: dict[str, int] = {}
+        self.ahead = _Ahead(self)
+        self.columns: tuple | None = None  # (chunk-info array, _columns of it)
 
     def add(self, finding: Finding) -> None:
         n = self._counts.get(finding.check, 0) + 1
@@ -268,7 +284,10 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(old_interval, SWITCH_INTERVAL))
     try:
+        run.ahead.start()
         _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
         blobs = list(_blob_layers(run))
         for blob_index, blob_layer, entry in blobs:
@@ -285,7 +304,127 @@ def verify(
             _check_roundtrip(run, source)
     except Cancelled:
         run.report.cancelled = True
+    finally:
+        run.ahead.close()
+        sys.setswitchinterval(old_interval)
     return run.report
+
+
+class _Ahead:
+    """The GIL-free work of a run (chunk decompression and digests, ToC entry sha256s), started in worker
+    threads before the bootstrap walk so that it overlaps the Python-bound structural checks.
+
+    Only a head start: each stage takes its results in its turn, in the same order, so the report is the
+    one a sequential run makes. Whatever cannot be set up early is left to its stage, which then does it
+    (and reports its problems) itself.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.pool: ThreadPoolExecutor | None = None
+        self.chunks: dict[tuple[int | None, str], tuple[ChunkVerifier, _Batches]] = {}
+        self.entries: dict[tuple[str, str], object] = {}
+        self.contents: dict[str, object] = {}  # blob path -> future of _content_digests (blob.id)
+
+    def start(self) -> None:
+        self.run.layer.will_need()  # every byte of it is read: the disk can start while the bootstrap decodes
+        try:
+            targets = self._targets()
+        except Exception:  # noqa: BLE001 - the stages meet (and report) the same problem in their turn
+            return
+        if not targets:
+            return
+        for _, blob in targets:
+            if blob is not self.run.layer:
+                blob.will_need()
+        # One thread fewer than the CPUs: the main thread has the bootstrap walk to do meanwhile, and takes
+        # its share of the chunk batches still waiting when it gets to them (take_chunks).
+        self.pool = ThreadPoolExecutor(max_workers=max(1, self.run.workers - 1), thread_name_prefix="verify")
+        try:
+            ids = self._id_blobs(targets)
+        except Exception:  # noqa: BLE001
+            ids = set()
+        for _, blob in targets:
+            try:
+                shared = None
+                if blob.path in ids:
+                    # One read of the file for its blob id, and for the image.blob entry when that is a prefix.
+                    shared = _blob_id_pass(blob)
+                    self.contents[blob.path] = self.pool.submit(_content_digests, blob, shared)
+                if blob.toc is not None:
+                    for e in blob.toc:
+                        key = (blob.path, e.name)
+                        if shared is not None and e.name == IMAGE_BLOB:
+                            self.entries[key] = self.contents[blob.path]
+                        else:
+                            self.entries[key] = self.pool.submit(entry_check, blob, e.name)
+            except Exception:  # noqa: BLE001
+                pass
+        for blob_index, blob in targets:
+            try:
+                blob.chunk_infos  # noqa: B018
+                cv = ChunkVerifier(self.run.layer, blob_index) if blob_index is not None else ChunkVerifier(blob)
+                cv.table  # noqa: B018
+            except Exception:  # noqa: BLE001
+                continue
+            self.chunks[(blob_index, blob.path)] = (cv, _Batches(self.pool, cv, 2 * self.pool._max_workers))
+
+    def _targets(self) -> list[tuple[int | None, Layer]]:
+        """(blob index, blob layer) pairs as :func:`_blob_layers` will find them (a subset of them)."""
+        layer = self.run.layer
+        if layer.has_bootstrap and not layer.is_v5:
+            out = []
+            for ent in layer.rafs.blobs:
+                bf = layer.blob_file(ent.blob_index, required=False)
+                if bf is not None:
+                    out.append((ent.blob_index, bf.layer))
+            return out
+        if not layer.has_bootstrap and layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+            return [(None, layer)]
+        return []
+
+    def _id_blobs(self, targets) -> set[str]:
+        """Paths of the blobs whose blob id :func:`_check_blob_ids` will check (as it chooses them)."""
+        layer = self.run.layer
+        out = set()
+        if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) and _HEX64.fullmatch(layer.name.split(".")[0]):
+            out.add(layer.path)
+        rafs = layer.rafs if layer.has_bootstrap and not layer.is_v5 else None
+        for blob_index, blob in targets:
+            if rafs is not None and blob_index is not None and blob is not layer:
+                if _HEX64.fullmatch(rafs.blobs[blob_index].id):
+                    out.add(blob.path)
+        return out
+
+    def entry_check(self, blob: Layer, name: str) -> Finding | None:
+        fut = self.entries.pop((blob.path, name), None)
+        if fut is not None and fut is self.contents.get(blob.path):
+            try:
+                got = fut.result()[2]
+                recorded = blob.entry_location(name)[4]
+            except Exception:  # noqa: BLE001 - checked the ordinary way, which reports it
+                return entry_check(blob, name)
+            return _entry_finding(blob, name, recorded.hex() if recorded is not None else "", got)
+        return fut.result() if fut is not None else entry_check(blob, name)
+
+    def content_digests(self, blob: Layer) -> tuple[str, str | None]:
+        fut = self.contents.pop(blob.path, None)
+        if fut is not None:
+            try:
+                return fut.result()[:2]
+            except Exception:  # noqa: BLE001 - read again the ordinary way, which raises it in its turn
+                pass
+        return _content_digests(blob)[:2]
+
+    def take_chunks(self, blob_index: int | None, blob: Layer) -> tuple[ChunkVerifier, _Batches] | None:
+        return self.chunks.pop((blob_index, blob.path), None)
+
+    def close(self) -> None:
+        for _, batches in self.chunks.values():
+            batches.stop()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 def _guard(run: _Run, check: str, path: str, fn, *args) -> None:
@@ -360,15 +499,16 @@ def _check_bootstrap(run: _Run) -> None:
         run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
 
     seen_nids = tree.nids
+    paths = inodes = 0
     run.tick("bootstrap", 0, total)
-    for n, node in enumerate(walk_tree(rafs, on_error=bad_walk)):
+    for n, node in enumerate(walk_tree(_WalkView(rafs, tree.dirents), on_error=bad_walk)):
         pid = index.add_path(node.path)
         first_visit = node.nid not in seen_nids
         seen_nids.add(node.nid)
-        run.count("paths")
+        paths += 1
         tree.visit(node, first_visit)
         if first_visit:
-            run.count("inodes")
+            inodes += 1
         if node.hardlink is not None:
             index.add_hardlink(node.hardlink, pid)
         if node.type == REG:
@@ -399,9 +539,35 @@ def _check_bootstrap(run: _Run) -> None:
                         )
             node.chunks = None  # keep memory flat on big images
         if n & 1023 == 1023:
+            run.count("paths", paths)
+            run.count("inodes", inodes)
+            paths = inodes = 0
             run.tick("bootstrap", n + 1, total)
+    run.count("paths", paths)
+    run.count("inodes", inodes)
+    tree.dirents.clear()
     tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
+
+
+class _WalkView:
+    """What :func:`walk_tree` reads of a bootstrap, handing it the directories that :meth:`_Tree._dir` has
+    just decoded instead of decoding them a second time."""
+
+    def __init__(self, rafs, dirents: dict) -> None:
+        self.rafs = rafs
+        self.root_nid = rafs.root_nid
+        self.dirents = dirents
+
+    def root(self):
+        return self.rafs.root()
+
+    def node(self, nid: int, path: bytes):
+        return self.rafs.node(nid, path)
+
+    def readdir(self, nid: int):
+        ents = self.dirents.pop(nid, None)
+        return ents if ents is not None else self.rafs.readdir(nid)
 
 
 _SB, _EXT, _DEV, _BLOB, _CT = (
@@ -449,6 +615,8 @@ class _Tree:
         self._more_off: dict[tuple[int, int], set[int]] = {}
         self.has_xattrs: str | bool = False  # the first path with xattrs
         self.nids: set[int] = set()  # every inode the walk reached
+        # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it (_WalkView).
+        self.dirents: dict[int, list] = {}
 
     def bad(self, check: str, message: str, **kw) -> None:
         kw.setdefault("file", self.path)
@@ -794,14 +962,13 @@ class _Tree:
 
     def _inode(self, node, ino, off: int) -> None:
         layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
-        path = fsdecode(node.path)
 
         def ibad(fld: str, message: str, expected, found) -> None:
             self.bad(
                 "bootstrap.inode",
                 message,
                 structure=layout.name,
-                path=path,
+                path=fsdecode(node.path),
                 field=fld,
                 offset=off + layout.offsets[fld],
                 expected=expected,
@@ -811,7 +978,7 @@ class _Tree:
         if ino.i_ino > self.sb.s_inos:
             ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
         if node.xattrs and not self.has_xattrs:
-            self.has_xattrs = path
+            self.has_xattrs = fsdecode(node.path)
         head = ino.inode_size + ino.xattr_size
         size = ino.i_size
         if node.type == REG:
@@ -867,6 +1034,7 @@ class _Tree:
         path = fsdecode(node.path)
         data = rafs._inline_data(nid, ino, 1 << 24)
         ents: list[tuple[bytes, int, int, int]] = []  # name, nid, file type, dirent offset
+        listed: list = []  # the Dirents, for the walk
         used = 0
         prev_used = None
         block = rafs_v6.BLOCK_SIZE
@@ -886,6 +1054,7 @@ class _Tree:
                 )
             for i, d in enumerate(block_ents):
                 ents.append((d.name, d.nid, d.file_type, base + 12 * i))
+            listed += block_ents
             if bstart + block < len(data):
                 prev_used = used
                 tail = raw[used:]
@@ -900,6 +1069,10 @@ class _Tree:
                         expected="zero",
                         found=tail[first],
                     )
+        # What RafsV6.readdir would return (it refuses a name with '/': then the walk asks it and reports that).
+        listed = [d for d in listed if d.name != b"." and d.name != b".."]
+        if not any(b"/" in d.name for d in listed):
+            self.dirents[nid] = listed
         want_size = (len(data) - 1) // block * block + used if data else 0
         if ino.i_size != want_size:
             layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
@@ -929,14 +1102,15 @@ class _Tree:
                 )
         subdirs = 0
         dots = {b".": [], b"..": []}
+        prefix = node.path.rstrip(b"/") + b"/"
+        inode, parent = rafs.inode, self.parent
         for i, (name, cnid, ftype, doff) in enumerate(ents):
-            cpath = fsdecode(node.path.rstrip(b"/") + b"/" + name)
             if i and name <= ents[i - 1][0]:
                 self.bad(
                     "bootstrap.dir",
                     "dirents not sorted by raw bytes (or a duplicate name)",
                     structure="erofs dirent",
-                    path=cpath,
+                    path=fsdecode(prefix + name),
                     offset=doff,
                     expected=f"> {ents[i - 1][0]!r}",
                     found=repr(name),
@@ -946,7 +1120,7 @@ class _Tree:
                     "bootstrap.dir",
                     "name holds a NUL or '/'",
                     structure="erofs dirent",
-                    path=cpath,
+                    path=fsdecode(prefix + name),
                     offset=doff,
                     found=repr(name),
                 )
@@ -954,7 +1128,7 @@ class _Tree:
                 dots[name].append((cnid, ftype, doff))
                 continue
             try:
-                cino = rafs.inode(cnid)
+                cino = inode(cnid)
             except NydusInspectError:
                 continue  # the walk reports it
             ctype = node_type(cino.i_mode)
@@ -964,7 +1138,7 @@ class _Tree:
                     "bootstrap.dir",
                     f"dirent file type differs from the inode's ({ctype})",
                     structure="erofs dirent",
-                    path=cpath,
+                    path=fsdecode(prefix + name),
                     field="file_type",
                     offset=doff + 10,
                     expected=want,
@@ -972,7 +1146,7 @@ class _Tree:
                 )
             if ctype == DIR:
                 subdirs += 1
-                self.parent.setdefault(cnid, nid)
+                parent.setdefault(cnid, nid)
         for name, want_nid in ((b".", nid), (b"..", self.parent.get(nid))):
             found = dots[name]
             if len(found) != 1:
@@ -1026,20 +1200,25 @@ class _Tree:
         """Every chunk index has a chunk-table record; remember which file offsets use each chunk."""
         if not first:
             return
-        path = fsdecode(node.path)
         cs = self.rafs.chunk_size
+        first_off = self._first_off
         for k, c in enumerate(chunks):
-            key = (c.blob_index, c.ci_index)
-            if records and key not in records:
+            bi, ci = c.blob_index, c.ci_index
+            if records and (bi, ci) not in records:
                 self.bad(
                     "chunk.table",
                     "no chunk table record for this chunk index",
                     structure=_CT.name,
-                    blob_index=c.blob_index,
-                    chunk=c.ci_index,
-                    path=path,
+                    blob_index=bi,
+                    chunk=ci,
+                    path=fsdecode(node.path),
                 )
-            self._used_at(c.blob_index, c.ci_index, k * cs)
+            # _used_at, inline for the common case: the first file offset seen for the chunk.
+            offs = first_off.get(bi)
+            if offs is not None and 0 <= ci < len(offs) and offs[ci] == -1:
+                offs[ci] = k * cs
+            else:
+                self._used_at(bi, ci, k * cs)
         if chunks and len(chunks) > 1:
             try:
                 ino = self.rafs.inode(node.nid)
@@ -1058,7 +1237,7 @@ class _Tree:
                         "bootstrap.inode",
                         "a file-sized chunk format needs contiguous chunks in one blob",
                         structure="erofs extended inode" if ino.extended else "erofs compact inode",
-                        path=path,
+                        path=fsdecode(node.path),
                         field="i_u",
                         offset=off + 16,
                         expected=self.chunk_bits,
@@ -1591,6 +1770,10 @@ def entry_check(blob: Layer, name: str) -> Finding | None:
         recorded, got = _entry_sha256(blob, name)
     except NydusInspectError as exc:
         return _exc_finding("toc.entry", exc, entry=name, file=blob.path)
+    return _entry_finding(blob, name, recorded, got)
+
+
+def _entry_finding(blob: Layer, name: str, recorded: str, got: str) -> Finding | None:
     if recorded and recorded != got:
         off = blob.entry_location(name)[0]
         return Finding(
@@ -1629,7 +1812,7 @@ def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     names = [e.name for e in blob.toc]
     for i, name in enumerate(names):
         run.tick("toc", i, len(names))
-        finding = entry_check(blob, name)
+        finding = run.ahead.entry_check(blob, name)
         run.count("toc entries")
         if finding is not None:
             run.add(finding if blob_index is None else _with(finding, blob_index=blob_index))
@@ -1889,10 +2072,9 @@ def _check_blob_entry(run: _Run, blob: Layer, blob_index: int | None, ent) -> No
     except NydusInspectError:
         infos = None
     if infos is not None and len(infos) == ent.chunk_count:
-        try:
-            want = sum(round_up(ci.uncompressed_size, rafs_v6.BLOCK_SIZE) for ci in infos)
-        except NydusInspectError:
-            want = None
+        _, _, _, usizes, ok = _columns(run, infos)
+        # The sum of the 4K-rounded sizes; none when a record does not decode (the chunk pass reports it).
+        want = sum((u + 4095) // 4096 * 4096 for u in usizes) if all(ok) else None
         if want is not None and ent.uncompressed_size != want:
             bad(
                 "uncompressed_size",
@@ -1951,8 +2133,8 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
         data_end = blob.entry_location(IMAGE_BLOB)[1]
     tiled = data_end is not None and not hdr.s_features & _NOT_TILED
 
-    def bad(rec, message: str, expected, found) -> None:
-        owners = run.owners(blob_index, rec.index)
+    def bad(index: int, message: str, expected, found) -> None:
+        owners = run.owners(blob_index, index)
         run.add(
             Finding(
                 "chunk.layout",
@@ -1960,8 +2142,8 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
                 structure="chunk",
                 file=blob.path,
                 blob_index=blob_index,
-                chunk=rec.index,
-                offset=rec.compressed_offset,
+                chunk=index,
+                offset=coffs[index],
                 paths=owners,
                 path=owners[0] if owners else None,
                 expected=str(expected),
@@ -1969,29 +2151,66 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
             )
         )
 
+    coffs, csizes, uoffs, usizes, ok = _columns(run, infos)
     expect = 0
-    prev = None
-    for i in range(len(infos)):
-        try:
-            rec = infos[i]
-        except NydusInspectError:
+    prev = -1
+    floor = 0
+    for i in range(len(coffs)):
+        if not ok[i]:
             continue  # unknown v2 flags: the chunk pass reports it
-        if tiled and rec.compressed_offset != expect:
-            what = "a gap before it" if rec.compressed_offset > expect else "overlaps the chunk before it"
-            bad(rec, f"compressed data not contiguous in write order: {what}", expect, rec.compressed_offset)
-        expect = rec.compressed_offset + rec.compressed_size
-        if prev is not None:
-            floor = prev.uncompressed_offset + round_up(prev.uncompressed_size, rafs_v6.BLOCK_SIZE)
-            if rec.uncompressed_offset < floor:
-                bad(
-                    rec,
-                    f"uncompressed offset not after chunk {prev.index}'s data (offsets increase in write order)",
-                    f">= {floor}",
-                    rec.uncompressed_offset,
-                )
-        prev = rec
-    if tiled and prev is not None and expect != data_end:
+        coff = coffs[i]
+        if tiled and coff != expect:
+            what = "a gap before it" if coff > expect else "overlaps the chunk before it"
+            bad(i, f"compressed data not contiguous in write order: {what}", expect, coff)
+        expect = coff + csizes[i]
+        if prev >= 0 and uoffs[i] < floor:
+            bad(
+                i,
+                f"uncompressed offset not after chunk {prev}'s data (offsets increase in write order)",
+                f">= {floor}",
+                uoffs[i],
+            )
+        prev = i
+        floor = uoffs[i] + (usizes[i] + 4095) // 4096 * 4096
+    if tiled and prev >= 0 and expect != data_end:
         bad(prev, "chunk data does not end where image.blob does", data_end, expect)
+
+
+def _columns(run: _Run, infos) -> tuple[list[int], list[int], list[int], list[int], list[bool]]:
+    """compressed offsets, compressed sizes, uncompressed offsets, uncompressed sizes of a blob.meta chunk-info
+    array, and whether each record decodes (v2: no unknown flag bits), all at once: the arithmetic of
+    ``blob_meta.decode_v1`` / ``decode_v2`` without building a record object per chunk. Kept for the
+    run (blob.table and chunk.layout both need them)."""
+    got = run.columns
+    if got is not None and got[0] is infos:
+        return got[1]
+    raw = memoryview(infos.data)[: infos.count * infos.record_size]
+    if infos.v2:
+        rows = list(struct.iter_unpack("<QQQ", raw))
+        us = [r[0] for r in rows]
+        cs = [r[1] for r in rows]
+        cols = (
+            [c & 0xFF_FFFF_FFFF for c in cs],
+            [c >> 40 for c in cs],
+            [(u & 0xFFFFFFFF) << 12 for u in us],
+            [((u >> 32) & 0xFFFFFF) + 1 for u in us],
+            [not (u >> 56) & ~blob_meta.CI_KNOWN for u in us],
+        )
+    else:
+        flat = array("Q")
+        flat.frombytes(raw)
+        if sys.byteorder != "little":
+            flat.byteswap()
+        us, cs = flat[0::2], flat[1::2]
+        cols = (
+            [c & 0xFF_FFFF_FFFF for c in cs],
+            [((((c >> 40) & 0xF) << 20) | ((c >> 44) & 0xFFFFF)) + 1 for c in cs],
+            [u & 0xFFF_FFFF_F000 for u in us],
+            [((((u >> 8) & 0xF) << 20) | ((u >> 44) & 0xFFFFF)) + 1 for u in us],
+            [True] * infos.count,
+        )
+    run.columns = (infos, cols)  # one array at a time: the checks of a blob run one after the other
+    return cols
 
 
 # ---------------------------------------------------------------------------- chunks
@@ -2119,18 +2338,23 @@ class ChunkVerifier:
         """The recorded digest of chunk ``index``: blob.digest, else the bootstrap chunk table's."""
         if self.digests is not None and 32 * index + 32 <= len(self.digests):
             return self.digests[32 * index : 32 * index + 32]
-        row = self.table_row(index)
-        return row.block_id if row is not None else None
+        row = self._row(index)
+        return row[0] if row is not None else None
 
     @property
     def table(self) -> dict:
-        """The bootstrap chunk table keyed by (blob index, chunk index); built on first use."""
+        """The bootstrap chunk table keyed by (blob index, chunk index), each record as the tuple of its
+        fields (``rafs_v6.ChunkTableEntry`` order); built on first use, and shared with the bootstrap checks."""
         if self._table is None:
-            self._table = self.rafs.chunk_table() if self.rafs is not None else {}
+            self._table = self.rafs._chunk_records() if self.rafs is not None else {}
         return self._table
 
     def table_row(self, index: int):
         """The bootstrap chunk-table record of chunk ``index`` of this blob, or None."""
+        row = self._row(index)
+        return rafs_v6.ChunkTableEntry(*row) if row is not None else None
+
+    def _row(self, index: int) -> tuple | None:
         if self.rafs is None or self.blob_index is None:
             return None
         if self._table is None and self.digests is not None:
@@ -2160,8 +2384,8 @@ class ChunkVerifier:
             off = base + k * layout.size
             if bytes(buf[off : off + 32]) != want:
                 break
-            row = rafs_v6.ChunkTableEntry(*layout.struct.unpack_from(buf, off))
-            if row.blob_index == self.blob_index and row.index == index:
+            row = layout.struct.unpack_from(buf, off)
+            if row[1] == self.blob_index and row[8] == index:
                 return row
         return None
 
@@ -2200,9 +2424,81 @@ class ChunkVerifier:
                 out.append(f)
             else:
                 good.append(rec)
-        for rec, raw in self.read(good, out):
-            self.check_data(rec, raw, out)
+        got = self._span(good)
+        if got is None:
+            for rec, raw in self.read(good, out):
+                self.check_data(rec, raw, out)
+            return stop - start, out
+        span, lo = got
+        view = memoryview(span)
+        zstd = self.compressor is Compressor.ZSTD
+        i, n = 0, len(good)
+        while i < n:
+            rec = good[i]
+            pos = rec.compressed_offset - lo
+            if not rec.compressed:
+                self.check_decoded(rec, view[pos : pos + rec.compressed_size], out)
+                i += 1
+                continue
+            # A run of zstd chunks that lie end to end, decoded in one call (up to RUN_BYTES of output), small
+            # and large ones apart (codecs.decompress decodes them with different zstd builds).
+            j, end, size = i + 1, rec.compressed_offset + rec.compressed_size, rec.uncompressed_size
+            big = size >= codecs.UNLOCKED_MIN
+            while zstd and j < n:
+                nxt = good[j]
+                if (
+                    not nxt.compressed
+                    or nxt.compressed_offset != end
+                    or size + nxt.uncompressed_size > RUN_BYTES
+                    or (nxt.uncompressed_size >= codecs.UNLOCKED_MIN) != big
+                ):
+                    break
+                end += nxt.compressed_size
+                size += nxt.uncompressed_size
+                j += 1
+            run = good[i:j]
+            data = None
+            if zstd:
+                frames = [(r.compressed_offset - lo, r.compressed_size, r.uncompressed_size) for r in run]
+                data = codecs.zstd_frames(span, frames, _out_buffer(size) if big else None)
+            if data is None:  # not zstd, or a frame is not what its record says: one by one, to say what
+                for r in run:
+                    p = r.compressed_offset - lo
+                    self.check_data(r, view[p : p + r.compressed_size], out)
+            else:
+                for r, part in zip(run, data):
+                    self.check_decoded(r, part, out)
+            i = j
         return stop - start, out
+
+    def _clean(self, rec, data, got: bytes) -> bool:
+        """True when every check of :meth:`check_decoded` passes (its common case, decided with fewer steps);
+        False sends the chunk through those checks, which say what differs."""
+        table = self._table
+        if table is None or self.blob_index is None:
+            return False
+        idx = rec.index
+        digests = self.digests
+        if digests is not None and 32 * idx + 32 <= len(digests) and digests[32 * idx : 32 * idx + 32] != got:
+            return False
+        row = table.get((self.blob_index, idx))
+        crc = rec.crc32
+        if row is not None:
+            flags = row[2]
+            if (
+                row[0] != got
+                or row[5] != rec.compressed_offset
+                or row[3] != rec.compressed_size
+                or row[6] != rec.uncompressed_offset
+                or row[4] != rec.uncompressed_size
+                or bool(flags & rafs_v6.CHUNK_COMPRESSED) != rec.compressed
+            ):
+                return False
+            if flags & rafs_v6.CHUNK_HAS_CRC32 and self.source != "bootstrap chunk table":
+                if crc is not None and crc != row[9]:
+                    return False
+                crc = row[9]
+        return crc is None or crc32c(data) == crc
 
     def check_range(self, rec) -> Finding | None:
         if rec.compressed_size <= 0 or rec.compressed_offset + rec.compressed_size > self.data_end:
@@ -2231,22 +2527,28 @@ class ChunkVerifier:
             )
         return None
 
-    def read(self, recs, out: list[Finding]):
-        """(record, stored bytes) pairs, reading a contiguous span at once when the chunks lie close."""
+    def _span(self, recs) -> tuple[bytes, int] | None:
+        """(bytes, offset) of one read covering ``recs`` when they lie close together, else None."""
         if not recs:
-            return []
+            return None
         lo = min(r.compressed_offset for r in recs)
         hi = max(r.compressed_offset + r.compressed_size for r in recs)
         stored = sum(r.compressed_size for r in recs)
         if hi - lo <= MAX_SPAN and hi - lo <= 2 * stored + (1 << 20):
             try:
-                span = self.blob.pread(lo, hi - lo, "chunk data")
-                return [
-                    (r, span[r.compressed_offset - lo : r.compressed_offset - lo + r.compressed_size])
-                    for r in recs
-                ]
+                return self.blob.pread(lo, hi - lo, "chunk data"), lo
             except NydusInspectError:
-                pass  # fall back to one read per chunk, to name the bad one
+                pass  # the caller reads chunk by chunk, to name the bad one
+        return None
+
+    def read(self, recs, out: list[Finding]):
+        """(record, stored bytes) pairs, reading a contiguous span at once when the chunks lie close."""
+        got = self._span(recs)
+        if got is not None:
+            span, lo = got
+            return [
+                (r, span[r.compressed_offset - lo : r.compressed_offset - lo + r.compressed_size]) for r in recs
+            ]
         pairs = []
         for r in recs:
             try:
@@ -2267,7 +2569,13 @@ class ChunkVerifier:
                 return None
         else:
             data = bytes(raw)
+        return self.check_decoded(rec, data, out)
+
+    def check_decoded(self, rec, data, out: list[Finding]):
+        """The checks of a chunk's decoded bytes: its digest, CRC32C and bootstrap chunk-table record."""
         got = self.digester.digest(data)
+        if self._clean(rec, data, got):
+            return data
         before = len(out)
         if self.digests is not None and 32 * rec.index + 32 <= len(self.digests):
             want = self.digests[32 * rec.index : 32 * rec.index + 32]
@@ -2281,13 +2589,15 @@ class ChunkVerifier:
                         found=got.hex(),
                     )
                 )
-        row = self.table_row(rec.index)
+        # row: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
+        # uncompressed_offset, file_offset, index, crc32
+        row = self._row(rec.index)
         # The CRC32C only adds news when the digests do not already condemn the data: then a mismatch means
         # the recorded crc32 itself is wrong.
-        condemned = len(out) > before or (row is not None and row.block_id != got)
+        condemned = len(out) > before or (row is not None and row[0] != got)
         crcs = [(self.source, rec.crc32)] if rec.crc32 is not None else []
-        if row is not None and row.flags & rafs_v6.CHUNK_HAS_CRC32 and self.source != "bootstrap chunk table":
-            crcs.append(("bootstrap chunk table", row.crc32))
+        if row is not None and row[2] & rafs_v6.CHUNK_HAS_CRC32 and self.source != "bootstrap chunk table":
+            crcs.append(("bootstrap chunk table", row[9]))
         if crcs and not condemned:
             crc = crc32c(data)
             for where, want_crc in crcs:
@@ -2302,13 +2612,13 @@ class ChunkVerifier:
                         )
                     )
         if row is not None:
-            if row.block_id != got:
+            if row[0] != got:
                 out.append(
                     self.finding(
                         "chunk.table",
                         rec,
                         f"{self.digester.value} digest differs from the bootstrap chunk table",
-                        expected=row.block_id.hex(),
+                        expected=row[0].hex(),
                         found=got.hex(),
                     )
                 )
@@ -2319,13 +2629,7 @@ class ChunkVerifier:
                 rec.uncompressed_size,
                 rec.compressed,
             )
-            theirs = (
-                row.compressed_offset,
-                row.compressed_size,
-                row.uncompressed_offset,
-                row.uncompressed_size,
-                row.compressed,
-            )
+            theirs = (row[5], row[3], row[6], row[4], bool(row[2] & rafs_v6.CHUNK_COMPRESSED))
             if mine != theirs:
                 out.append(
                     self.finding(
@@ -2339,6 +2643,18 @@ class ChunkVerifier:
         return data
 
 
+_local = threading.local()
+
+
+def _out_buffer(size: int) -> memoryview:
+    """A buffer of ``size`` bytes for this thread's next run of decoded chunks, reused from run to run: fresh
+    buffers of megabytes cost page faults and zeroing."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = bytearray(max(size, RUN_BYTES))
+    return memoryview(buf)[:size]
+
+
 def _fmt_rec(t: tuple) -> str:
     return f"c {t[0]}+{t[1]} u {t[2]}+{t[3]} {'compressed' if t[4] else 'raw'}"
 
@@ -2348,8 +2664,12 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
         blob.chunk_infos  # noqa: B018
     except NydusInspectError:
         return  # the blob.meta pass has reported it
+    ahead = run.ahead.take_chunks(blob_index, blob)
     try:
-        cv = ChunkVerifier(run.layer, blob_index) if blob_index is not None else ChunkVerifier(blob)
+        if ahead is not None:
+            cv = ahead[0]
+        else:
+            cv = ChunkVerifier(run.layer, blob_index) if blob_index is not None else ChunkVerifier(blob)
     except UsageError as exc:
         run.report.notes.append(str(exc))
         return
@@ -2357,13 +2677,16 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
         run.add(_exc_finding("chunk.read", exc, blob_index=blob_index, file=blob.path))
         return
     run.report.notes.extend(cv.notes)
+    total = len(cv)
+    stage = "chunks"
+    if ahead is not None:
+        ahead[1].collect(run, stage)
+        return
     try:
         cv.table  # noqa: B018 - build the bootstrap chunk table once, before the workers need it
     except NydusInspectError as exc:
         run.add(_exc_finding("chunk.table", exc, file=run.layer.path))
         cv._table = {}
-    total = len(cv)
-    stage = "chunks"
     run.tick(stage, 0, total)
     with ThreadPoolExecutor(max_workers=run.workers, thread_name_prefix="verify") as pool:
         pending = []
@@ -2377,6 +2700,115 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
             done += _collect(run, fut.result())
             run.tick(stage, done, total)
     run.tick(stage, total, total)
+
+
+class _Batches:
+    """The chunk batches of one blob: the pool checks them ahead of their turn, from the front, while the main
+    thread is busy elsewhere; :meth:`collect` then adds their findings in batch order (the report of a
+    sequential run), taking the batches no worker has started from the back itself meanwhile.
+
+    Finished batches hold their findings until collected: past AHEAD_FINDINGS of them no more batches start
+    early, so a badly broken blob does not hold millions of findings at once.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, cv: ChunkVerifier, queue: int) -> None:
+        total = len(cv)
+        self.pool, self.cv, self.queue = pool, cv, queue
+        self.spans = [(s, min(total, s + BATCH)) for s in range(0, total, BATCH)]
+        self.futures: list = [None] * len(self.spans)
+        self.lock = threading.RLock()  # a done callback may run in the thread that adds it
+        self.next = 0  # the next batch a worker may start
+        self.end = len(self.spans)  # batches from here on were taken by the main thread
+        self.running = 0  # submitted and not finished
+        self.held = 0  # findings of finished batches not collected yet
+        self.stopped = False
+        self.feed()
+
+    def feed(self) -> None:
+        with self.lock:
+            while (
+                not self.stopped
+                and self.next < self.end
+                and self.running < self.queue
+                and self.held < AHEAD_FINDINGS
+            ):
+                k = self.next
+                try:
+                    fut = self.pool.submit(self.cv.check_batch, *self.spans[k])
+                except RuntimeError:  # the pool is shutting down
+                    self.stopped = True
+                    return
+                self.futures[k] = fut
+                self.next += 1
+                self.running += 1
+                fut.add_done_callback(self._done)
+
+    def _done(self, fut) -> None:
+        with self.lock:
+            self.running -= 1
+            if not fut.cancelled() and fut.exception() is None:
+                self.held += len(fut.result()[1])
+            self.feed()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+
+    def _take(self, k: int) -> bool:
+        """Claim batch ``k`` for the main thread when no worker has started it."""
+        with self.lock:
+            fut = self.futures[k]
+            if fut is None:
+                if k == self.next:
+                    self.next += 1
+                return True
+        return fut.cancel()
+
+    def _steal(self, k: int) -> int | None:
+        """The last batch after ``k`` that no worker will take, claimed for the main thread; None if none."""
+        with self.lock:
+            j = self.end - 1
+            if j <= k or j < self.next or self.held >= AHEAD_FINDINGS:
+                return None
+            self.end = j
+            return j
+
+    def collect(self, run: _Run, stage: str) -> None:
+        total = len(self.cv)
+        run.tick(stage, 0, total)
+        mine: dict[int, tuple[int, list[Finding]] | Exception] = {}
+        done = 0
+        k = 0
+        while k < len(self.spans):
+            fut = self.futures[k]
+            if k in mine:
+                result = mine.pop(k)
+                if isinstance(result, Exception):
+                    raise result  # in its turn, as a sequential run meets it
+                with self.lock:
+                    self.held -= len(result[1])
+            elif self._take(k):
+                result = self.cv.check_batch(*self.spans[k])
+            elif not fut.done() and (j := self._steal(k)) is not None:
+                try:
+                    mine[j] = got = self.cv.check_batch(*self.spans[j])
+                except Exception as exc:  # noqa: BLE001 - raised when its turn comes
+                    mine[j] = exc
+                else:
+                    with self.lock:
+                        self.held += len(got[1])
+                if run.cancel is not None and run.cancel():  # progress is told in batch order
+                    raise Cancelled(f"verification cancelled during {stage}")
+                continue
+            else:
+                result = fut.result()
+                with self.lock:
+                    self.held -= len(result[1])
+                    self.feed()
+            done += _collect(run, result)
+            run.tick(stage, done, total)
+            k += 1
+        run.tick(stage, total, total)
 
 
 def _collect(run: _Run, result: tuple[int, list[Finding]]) -> int:
@@ -2403,7 +2835,7 @@ def _check_blob_ids(run: _Run, blobs: list) -> None:
     for blob, want, blob_index in todo:
         if run.cancel is not None and run.cancel():
             raise Cancelled("verification cancelled during blob.id")
-        full, partial = _content_digests(blob)
+        full, partial = run.ahead.content_digests(blob)
         run.count("blob ids")
         if want not in (full, partial):
             run.add(
@@ -2419,8 +2851,9 @@ def _check_blob_ids(run: _Run, blobs: list) -> None:
             )
 
 
-def _content_digests(blob: Layer) -> tuple[str, str | None]:
-    """(sha256 of the file, sha256 of the file without its blob.digest array or None)."""
+def _content_digests(blob: Layer, prefix: int | None = None) -> tuple[str, str | None, str | None]:
+    """(sha256 of the file, sha256 of the file without its blob.digest array or None, sha256 of its first
+    ``prefix`` bytes or None), in one read of the file."""
     skip = None
     try:
         if blob.has_entry(BLOB_DIGEST):
@@ -2431,18 +2864,37 @@ def _content_digests(blob: Layer) -> tuple[str, str | None]:
         skip = None
     full = hashlib.sha256()
     part = hashlib.sha256() if skip else None
+    head = None
     step = 4 << 20
     pos = 0
     while pos < blob.size:
         stop = min(blob.size, pos + step)
         if skip and pos < skip[1] and skip[0] < stop:
             stop = skip[0] if pos < skip[0] else skip[1]
+        if prefix is not None and pos < prefix < stop:
+            stop = prefix
         data = blob.pread(pos, stop - pos, "blob")
         full.update(data)
         if part is not None and not (skip[0] <= pos < skip[1]):
             part.update(data)
         pos = stop
-    return full.hexdigest(), part.hexdigest() if part is not None else None
+        if pos == prefix:
+            head = full.hexdigest()
+    return full.hexdigest(), part.hexdigest() if part is not None else None, head
+
+
+def _blob_id_pass(blob: Layer) -> int | None:
+    """Where the sha256 of the image.blob ToC entry (its data, then its tar header) ends when it is a prefix of
+    the file, so that the blob-id pass can give it too; else None."""
+    if blob.toc is None:
+        return None
+    try:
+        off, size, comp, _, _ = blob.entry_location(IMAGE_BLOB)
+    except NydusInspectError:
+        return None
+    if off != 0 or comp is not Compressor.NONE or size + 512 > blob.size:
+        return None
+    return size + 512
 
 
 # ---------------------------------------------------------------------------- round trip
