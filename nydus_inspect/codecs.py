@@ -165,11 +165,10 @@ class _ZstdFrames:
 
     def __init__(self) -> None:
         import ctypes
-        import ctypes.util
 
         self.ctypes = ctypes
         self.ok = False
-        name = ctypes.util.find_library("zstd")
+        name = _find_libzstd(ctypes)
         if not name:
             return
         try:
