@@ -37,7 +37,11 @@ class ChunkResult:
 
 def _decode_group(layer: Layer, chunks: list[Chunk], verify: bool) -> list[bytes]:
     rafs = layer.rafs
-    return [layer.blob_file(c.blob_index).decode_chunk(c, rafs, verify) for c in chunks]
+    by_blob: dict[int, list[Chunk]] = {}
+    for c in chunks:
+        by_blob.setdefault(c.blob_index, []).append(c)
+    decoded = {blob: iter(layer.blob_file(blob).decode_chunks(cs, rafs, verify)) for blob, cs in by_blob.items()}
+    return [next(decoded[c.blob_index]) for c in chunks]
 
 
 def iter_with_data(

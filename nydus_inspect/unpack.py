@@ -31,10 +31,6 @@ class UnpackResult:
     skipped: int = 0
 
 
-def _rel(path: bytes) -> str:
-    return fsdecode(path.lstrip(b"/"))
-
-
 def walk_image(layer: Layer) -> Iterator[Node]:
     """Every node but the root, pre-order in dirent order."""
     it = layer.rafs.walk()
@@ -55,19 +51,20 @@ def to_tar(layer: Layer, output: str) -> UnpackResult:
 _TYPEFLAG = {REG: b"0", DIR: b"5", SYMLINK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}
 
 
-def _header(node: Node, name: str, typeflag: bytes, size: int, linkname: str) -> bytes:
+def _header(node: Node, name: bytes, typeflag: bytes, size: int, linkname: bytes) -> bytes:
     """The entry's header: a fast plain-ustar path, else tarfile's PAX encoder."""
     if not node.xattrs:
+        device = node.type in (CHR, BLK)
         hdr = tar_member.build_ustar(
-            name.encode("utf-8", "surrogateescape"), mode=stat.S_IMODE(node.mode), uid=node.uid, gid=node.gid,
-            size=size, mtime=node.mtime, typeflag=typeflag, linkname=linkname.encode("utf-8", "surrogateescape"),
-            devmajor=os.major(node.rdev) if node.type in (CHR, BLK) else 0,
-            devminor=os.minor(node.rdev) if node.type in (CHR, BLK) else 0,
+            name, mode=node.mode & 0o7777, uid=node.uid, gid=node.gid, size=size, mtime=node.mtime,
+            typeflag=typeflag, linkname=linkname, devmajor=os.major(node.rdev) if device else 0,
+            devminor=os.minor(node.rdev) if device else 0,
         )
         if hdr is not None:
             return hdr
     import tarfile
 
+    name, linkname = fsdecode(name), fsdecode(linkname)
     info = tarfile.TarInfo(name)
     info.mode = stat.S_IMODE(node.mode)
     info.uid, info.gid = node.uid, node.gid
@@ -95,32 +92,33 @@ def _entries(layer: Layer, res: UnpackResult) -> Iterator[tuple[Node, bytes, boo
 
     ``with_data``: the header is followed by the file's bytes (a regular file's first name).
     """
-    first_name: dict[int, str] = {}
+    first_name: dict[int, bytes] = {}
     root = layer.rafs.root()
     if stat.S_IMODE(root.mode) != 0o755 or root.uid or root.gid or root.mtime or root.xattrs:
         # The layer tar had a "./" entry (the packer's implicit root is 0755 root:root at time 0): keep it.
         res.entries += 1
-        yield root, _header(root, "./", _TYPEFLAG[DIR], 0, ""), False
+        yield root, _header(root, b"./", _TYPEFLAG[DIR], 0, b""), False
     for node in walk_image(layer):
-        if node.type == SOCK:
+        ntype = node.type
+        if ntype == SOCK:
             res.skipped += 1  # tar cannot hold sockets (nydus-image unpack skips them too)
             continue
-        name = _rel(node.path)
+        name = node.path[1:]
         key = node.hardlink
         data = False
         if key is not None and key in first_name:
             hdr = _header(node, name, b"1", 0, first_name[key])
-        elif node.type == REG:
-            hdr = _header(node, name, b"0", node.size, "")
+        elif ntype == REG:
+            hdr = _header(node, name, b"0", node.size, b"")
             res.files += 1
             res.bytes += node.size
             data = True
             if key is not None:
                 first_name[key] = name
-        elif node.type == SYMLINK:
-            hdr = _header(node, name, b"2", 0, fsdecode(node.target or b""))
+        elif ntype == SYMLINK:
+            hdr = _header(node, name, b"2", 0, node.target or b"")
         else:
-            hdr = _header(node, name, _TYPEFLAG[node.type], 0, "")
+            hdr = _header(node, name, _TYPEFLAG[ntype], 0, b"")
         if key is not None:
             first_name.setdefault(key, name)  # later names of a hard-linked symlink, fifo or device link here
         res.entries += 1
@@ -211,19 +209,27 @@ def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
 
 
 _IOV_MAX = 1024
+_ZEROS = bytes(tar_header.BLOCK)
 
 
 def _write_group(layer: Layer, fd: int, offset: int, group: list[tuple[bytes, list | None, int]]) -> None:
     """Decode, check and write one contiguous run of entries at ``offset`` (a worker task)."""
     rafs = layer.rafs
-    parts: list[bytes] = []
+    by_blob: dict[int, list] = {}
+    for _, chunks, _ in group:
+        for c in chunks or ():
+            by_blob.setdefault(c.blob_index, []).append(c)
+    data: dict[int, list] = {
+        blob: iter(layer.blob_file(blob).decode_chunks(chunks, rafs, True)) for blob, chunks in by_blob.items()
+    }
+    parts: list = []
     for hdr, chunks, size in group:
         parts.append(hdr)
         if chunks is not None:
             for c in chunks:
-                parts.append(layer.blob_file(c.blob_index).decode_chunk(c, rafs, True))
+                parts.append(next(data[c.blob_index]))
             if size % tar_header.BLOCK:
-                parts.append(bytes(-size % tar_header.BLOCK))
+                parts.append(_ZEROS[: -size % tar_header.BLOCK])
     while parts:
         batch = parts[:_IOV_MAX]
         want = sum(map(len, batch))
@@ -235,7 +241,7 @@ def _write_group(layer: Layer, fd: int, offset: int, group: list[tuple[bytes, li
         # A short write: drop what went out and retry the rest.
         while done >= len(parts[0]):
             done -= len(parts.pop(0))
-        parts[0] = parts[0][done:]
+        parts[0] = memoryview(parts[0])[done:]
 
 
 def to_dir(layer: Layer, target: str) -> UnpackResult:
