@@ -243,10 +243,6 @@ class NydusFS(pyfuse3.Operations):
     def attach(self) -> None:
         """Start serving: called on the trio loop before pyfuse3.main."""
         self._token = trio.lowlevel.current_trio_token()
-        for i in range(self.workers):
-            t = threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
         if self.page_cache:
             self._storer = threading.Thread(target=self._store_loop, name="notify-store", daemon=True)
             self._storer.start()
@@ -634,6 +630,11 @@ class NydusFS(pyfuse3.Operations):
         return job.data
 
     def _queue(self, where: deque, unit: list) -> None:
+        if not self._threads and self._token is not None:  # started with the first work (after attach)
+            for i in range(self.workers):
+                t = threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
         with self._wake:
             where.append(unit)
             self._wake.notify()
