@@ -115,12 +115,13 @@ class _Job:
 class _FileJob:
     """A small file decoded ahead of its reader: its chunks land in the chunk cache and the page cache."""
 
-    __slots__ = ("nid", "event", "state")
+    __slots__ = ("nid", "event", "state", "dir")
 
-    def __init__(self, nid: int) -> None:
+    def __init__(self, nid: int, dnid: int = 0) -> None:
         self.nid = nid
         self.event = trio.Event()
         self.state = QUEUED
+        self.dir = dnid  # its directory: the kernel knows the file (a store can work) once that was listed
 
 
 class _Walker:
@@ -234,6 +235,7 @@ class NydusFS(pyfuse3.Operations):
         self._pf_done = _LRU(1 << 17)  # nids prefetched already
         self._reading_until = 0.0  # a tree reader (tar, cp -r) may be at work until then
         self._walker: _Walker | None = None
+        self._listed_dirs: set[int] = set()  # directories listed (read by workers: only ever added to)
         # Bytes a tree reader gets decoded ahead: a quarter of the cache at most, so that they stay in it.
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
@@ -475,6 +477,7 @@ class NydusFS(pyfuse3.Operations):
                 return
             ents = self._dir(fh)[0]
             if start_id == 0 and self.readahead:
+                self._listed_dirs.add(fh)
                 self._listed(fh)
             reply = pyfuse3.readdir_reply
             stat_ = self._stat
@@ -694,8 +697,9 @@ class NydusFS(pyfuse3.Operations):
                 except Exception:  # the reader will decode it again and report what is wrong
                     chunks = datas = None
                 self._post(self._file_done, item, chunks, datas)
-                for c, data in zip(chunks or (), datas or ()):
-                    self._store(item.nid, c.file_offset, data)
+                if item.dir in self._listed_dirs:  # else _restore_dir stores it when it is listed
+                    for c, data in zip(chunks or (), datas or ()):
+                        self._store(item.nid, c.file_offset, data)
 
     def _decode(self, c: Chunk) -> bytes:
         bf = self.image.blob_files[c.blob_index]
@@ -851,7 +855,7 @@ class NydusFS(pyfuse3.Operations):
                     continue
                 done.put(canon, True)
                 if size <= cs:
-                    fj = _FileJob(canon)
+                    fj = _FileJob(canon, d)
                     pf[canon] = fj
                     unit.append(fj)
                     if len(unit) == PREFETCH_UNIT:
