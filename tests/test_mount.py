@@ -619,6 +619,125 @@ def test_bad_chunk_is_eio_and_one_log_line(mounts, tmp_path):
     assert "compressed offset" in lines[0]
 
 
+def _tree_with_bad_chunks(tmp_path: Path) -> tuple[Path, dict[str, bytes], set[str]]:
+    """A layer read by tar in this order: small files, a big file with a damaged second chunk, a small file
+    with a damaged (only) chunk, more small files and a subdirectory. (layer, {path: bytes}, damaged paths)"""
+    tar = tmp_path / "t.tar"
+    files = {f"a{i:02}.txt": f"small file {i}\n".encode() * (i + 1) for i in range(12)}
+    files["b-big.bin"] = hashlib.shake_256(b"big").digest(4 * 0x10000)
+    files["c-bad.txt"] = b"this small file gets a damaged chunk\n" * 40
+    files.update({f"d{i:02}.txt": f"after {i}\n".encode() * (i + 3) for i in range(12)})
+    files.update({f"e/f{i:02}.txt": f"deeper {i}\n".encode() * (i + 2) for i in range(6)})
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("e")
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        tf.addfile(info)
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tf.addfile(info, __import__("io").BytesIO(body))
+    layer = _pack(tar, tmp_path / "t.blob", chunk_size=0x10000)
+    raw = bytearray(layer.read_bytes())
+    with open_layer(str(layer)) as lay:
+        for path, k in (("/b-big.bin", 1), ("/c-bad.txt", 0)):
+            c = lay.rafs.chunks(lay.rafs.lookup(path))[k]
+            raw[c.compressed_offset + c.compressed_size // 2] ^= 0xFF
+    layer.write_bytes(raw)
+    return layer, files, {"b-big.bin", "c-bad.txt"}
+
+
+def test_bad_chunks_met_by_prefetch_are_eio_for_the_reader(mounts, tmp_path):
+    """tar reads the tree (a tree reader: the files after the one it opens are decoded ahead): the damaged
+    chunks it meets ahead of the reader stay EIO for the reader, with one log line each; the daemon serves on."""
+    layer, files, bad = _tree_with_bad_chunks(tmp_path)
+    mp = mounts.mount(layer)
+    proc = subprocess.run(["tar", "-cf", "-", "."], cwd=mp / "rootfs", capture_output=True)
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 2, err
+    assert "b-big.bin" in err and "c-bad.txt" in err and "Input/output error" in err, err
+    for name, body in files.items():
+        if name in bad:
+            with pytest.raises(OSError) as exc:
+                (mp / "rootfs" / name).read_bytes()
+            assert exc.value.errno == errno.EIO
+        else:
+            assert (mp / "rootfs" / name).read_bytes() == body, name
+    assert os.pread(os.open(mp / "rootfs/b-big.bin", os.O_RDONLY), 10, 0) == files["b-big.bin"][:10]
+    lines = [ln for ln in mounts.log(mp).splitlines() if "EIO" in ln]
+    assert len(lines) == 2, lines
+    assert any("rootfs/b-big.bin: chunk 1 " in ln for ln in lines), lines
+    assert any("rootfs/c-bad.txt: chunk 0 " in ln for ln in lines), lines
+    assert "Traceback" not in mounts.log(mp)
+
+
+def test_tree_reader_through_a_small_cache(mounts, fixture_tars, fixture_layers, tmp_path):
+    """Decoding ahead of tar stays within the cache (a quarter of it) and what tar gets is still the source."""
+    mp = mounts.mount(fixture_layers["every-type.tar"], "--cache-size", "128K")
+    got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "out.tar")))
+    assert_same(describe_tar(str(fixture_tars["every-type.tar"])), got, "every-type", mp / "rootfs")
+
+
+def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
+    """No FUSE: the walk-ahead of a tree reader queues at most a quarter of the cache (plus one file) beyond
+    what the reader opened, in walk order, and moves on as the reader opens files."""
+    from nydus_inspect.mount.fs import NydusFS, _FileJob, _Job
+    from nydus_inspect.mount.sources import open_sources
+
+    sources = open_sources([str(fixture_layers["every-type.tar@1m"])])
+    try:
+        cache = 4 << 20
+        fs = NydusFS(sources, cache_size=cache)
+        assert fs.prefetch_ahead <= cache // 4
+
+        def queued() -> list:
+            out = []
+            for unit in list(fs._urgent) + list(fs._background):
+                for item in unit:
+                    if isinstance(item, _FileJob):
+                        out.append((item.nid, fs._stat(item.nid)[2]))
+                    else:
+                        assert isinstance(item, _Job)
+                        out.append((item.nid, item.chunk.uncompressed_size))
+            return out
+
+        files = [n for n in sources.image.rafs.walk() if n.type == "file" and n.size]
+        biggest = max(n.size for n in files)  # the walk stops once past the window: by one file at most
+        fs._start_walk(fs.root_nid, 0)
+        w = fs._walker
+        order = list(w.issued)
+        assert order, "nothing to prefetch"
+        assert w.issued_bytes - w.consumed <= fs.prefetch_ahead + biggest
+        assert sum(size for _, size in queued()) <= fs.prefetch_ahead + biggest
+        # The reader opens the files of the walk one by one: the window moves, and stays bounded.
+        seen = 0
+        while seen < len(order):
+            fs._opened(order[seen])
+            assert w.consumed == w.issued[order[seen]]
+            assert w.issued_bytes - w.consumed <= fs.prefetch_ahead + biggest
+            order = list(w.issued)
+            seen += 1
+        assert len(order) == len({fs._links.get(n.hardlink, n.nid) for n in files})
+    finally:
+        sources.close()
+
+
+def test_close_and_release_without_flush(mounts, fixture_layers):
+    """The file system has no flush (the kernel stops sending it after the first ENOSYS): closing files,
+    duplicated descriptors included, still works and reads stay right."""
+    mp = mounts.mount(fixture_layers["every-type.tar"])
+    path = mp / "rootfs/data/small.txt"
+    want = path.read_bytes()
+    for _ in range(50):
+        fd = os.open(path, os.O_RDONLY)
+        fd2 = os.dup(fd)
+        os.close(fd)
+        assert os.pread(fd2, len(want) + 10, 0) == want
+        os.close(fd2)
+    with open(path, "rb") as f:
+        assert f.read() == want
+
+
 # ---------------------------------------------------------------------------- life cycle
 def test_unmount_under_load(mounts, fixture_layers):
     """8 processes reading in a loop; umount returns, and no mount, daemon or reader is left."""

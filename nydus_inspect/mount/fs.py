@@ -11,24 +11,27 @@ xattrs at all, getxattr on its files answers ENOTSUP rather than ENODATA, which 
 to stop asking for SELinux labels and ACLs on this mount.
 
 File data is read by chunk. Chunks are read with pread, decompressed and checked against their digest in
-worker threads (zstd, lz4, blake3 and pread release the GIL), never on the trio loop; a chunk is decoded once
-however many readers want it, kept in a bounded LRU of decompressed chunks, and also handed to the kernel's
-page cache whole (FUSE notify_store, from a thread of its own), so the following reads of that chunk never
-reach us. Sequential readers get the next chunk decoded ahead; opening a small file gets the small files
-after it in its directory decoded ahead (the order tar, cp -r and friends read them in). A chunk that does
-not decode or match its digest is EIO and one log line naming the file, the chunk and its offsets.
+decoding threads of our own (zstd, lz4, blake3 and pread release the GIL), never on the trio loop: they take
+work from two queues (urgent: a reader waits; background: decoding ahead) and hand results back to the loop
+in batches. A chunk is decoded once however many readers want it, kept in a bounded LRU of decompressed
+chunks, and also handed to the kernel's page cache whole (FUSE notify_store, from a thread of its own), so
+the following reads of that chunk never reach us. Sequential readers get the next chunks decoded ahead. A
+tree reader (two files opened within a second: tar, cp -r, rsync) gets the files after the one it opened
+decoded ahead in the order of a pre-order walk, which is the order it reads them in and, for layers packed
+from a tree, the order of the blob; at most a quarter of the cache ahead of it. A chunk that does not decode
+or match its digest is EIO and one log line naming the file, the chunk and its offsets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import hashlib
 import logging
 import os
 import queue
 import stat
+import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -62,10 +65,9 @@ S_IFREG, S_IFDIR, S_IFCHR, S_IFBLK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFCHR, s
 DEFAULT_CACHE_SIZE = 256 << 20
 #: Decoded entries/ files (bootstrap, JSON sidecars) kept in memory, by total bytes.
 CONTENT_CACHE_SIZE = 64 << 20
-#: Prefetch: how many small files after the one being opened, and at most how many bytes of them.
-PREFETCH_FILES = 96
-PREFETCH_BYTES = 16 << 20
-PREFETCH_UNIT = 8  # files per hand-off to a worker thread
+#: Prefetch for tree readers: bytes decoded ahead of the reader, at most (and a quarter of the cache at most).
+PREFETCH_AHEAD = 32 << 20
+PREFETCH_UNIT = 8  # small files per hand-off to a worker thread
 #: Directory listings kept decoded, in entries (about 150 bytes each).
 DIR_CACHE_ENTRIES = 200_000
 #: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
@@ -87,6 +89,11 @@ _E_MODE, _E_NLINK, _E_SIZE, _E_U, _E_INO, _E_UID, _E_GID, _E_MTIME, _E_NSEC = (
 _C_MODE, _C_NLINK, _C_SIZE, _C_U, _C_INO, _C_UID, _C_GID = (
     _CMP.names.index(n) for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid")
 )
+_BLOCK = rafs_v6.BLOCK_SIZE
+_DIRENT = rafs_v6.DIRENT_SIZE
+_DIRENT_ITER = rafs_v6.DIRENT.iter_unpack
+_U16 = struct.Struct("<H").unpack_from
+_FT_MAX = rafs_v6.FT_SYMLINK
 _LAYOUTS = frozenset((rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE, rafs_v6.LAYOUT_CHUNK_BASED))
 
 
@@ -108,12 +115,26 @@ class _Job:
 class _FileJob:
     """A small file decoded ahead of its reader: its chunks land in the chunk cache and the page cache."""
 
-    __slots__ = ("nid", "event", "state")
+    __slots__ = ("nid", "event", "state", "dir")
 
-    def __init__(self, nid: int) -> None:
+    def __init__(self, nid: int, dnid: int = 0) -> None:
         self.nid = nid
         self.event = trio.Event()
         self.state = QUEUED
+        self.dir = dnid  # its directory: the kernel knows the file (a store can work) once that was listed
+
+
+class _Walker:
+    """A tree reader's walk: files queued for decoding, and how far ahead of the reader they go."""
+
+    __slots__ = ("files", "issued", "issued_bytes", "consumed", "dirs")
+
+    def __init__(self) -> None:
+        self.files = iter(())
+        self.issued: dict[int, int] = {}  # nid -> bytes issued up to and including it
+        self.issued_bytes = 0
+        self.consumed = 0  # bytes issued up to the last file of the walk the reader opened
+        self.dirs: set[int] = set()  # directories the walk entered
 
 
 class _SizedLRU(OrderedDict):
@@ -186,10 +207,15 @@ class NydusFS(pyfuse3.Operations):
         self.workers = workers or max(2, os.cpu_count() or 1)
         self.limiter = trio.CapacityLimiter(self.workers)
         self._token = None
-        self._lock = threading.Lock()  # job states, between the loop and the workers
+        self._lock = threading.Lock()  # job states and the queues, between the loop and the workers
+        self._wake = threading.Condition(self._lock)  # work was queued (or the workers must stop)
         self._urgent: deque[list] = deque()  # units of work somebody waits for
         self._background: deque[list] = deque()  # readahead and prefetch
-        self._running = 0
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        # Results of the workers, run on the loop in batches: one wake-up of the loop for many results.
+        self._results: list = []
+        self._results_lock = threading.Lock()
         self._store_q: queue.SimpleQueue = queue.SimpleQueue()
         self._store_pending = 0  # bytes queued for the page cache
         self._storing = True
@@ -207,8 +233,11 @@ class NydusFS(pyfuse3.Operations):
         self._pos = _LRU(1 << 17)  # regular file nid -> (directory nid, index in its listing)
         self._pf: dict[int, _FileJob] = {}  # prefetches queued or running
         self._pf_done = _LRU(1 << 17)  # nids prefetched already
-        self._pf_front = _LRU(4096)  # directory nid -> last listing index considered for prefetch
-        self._reading_until = 0.0  # a tree reader (tar, cp -r) is at work until then: prefetch what it lists
+        self._reading_until = 0.0  # a tree reader (tar, cp -r) may be at work until then
+        self._walker: _Walker | None = None
+        self._listed_dirs: set[int] = set()  # directories listed (read by workers: only ever added to)
+        # Bytes a tree reader gets decoded ahead: a quarter of the cache at most, so that they stay in it.
+        self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
         self._reported: set[tuple] = set()
 
@@ -238,6 +267,9 @@ class NydusFS(pyfuse3.Operations):
 
     def detach(self) -> bool:
         """After the loop: True once nothing may touch the FUSE session any more (it can be destroyed)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
         return self.stop_storing(5.0)
 
     # ------------------------------------------------------------------ attributes
@@ -335,10 +367,40 @@ class NydusFS(pyfuse3.Operations):
     def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
         d = self._dirs.get(nid)
         if d is None:
-            ents = [(x.name, x.nid) for x in self.rafs.readdir(nid, include_dots=True)]
+            ents = self._read_dir(nid)
             d = (ents, dict(ents))
             self._dirs.put(nid, d, len(ents))
         return d
+
+    def _read_dir(self, nid: int) -> list[tuple[bytes, int]]:
+        """[(name, nid)] of directory ``nid``, dots included, in on-disk order.
+
+        Listing directories is most of what find and ls -R cost us: decode the blocks straight from the
+        layout; a block with anything unusual in it goes through the model, which says what is wrong."""
+        rafs = self.rafs
+        ino = rafs.inode(nid)
+        if ino.i_mode & S_IFMT == S_IFDIR and ino.i_size <= 1 << 24:
+            data = rafs._inline_data(nid, ino, 1 << 24)
+            out: list[tuple[bytes, int]] = []
+            for b in range(0, len(data), _BLOCK):
+                block = data[b : b + _BLOCK]
+                n = len(block)
+                first = _U16(block, 8)[0] if n >= _DIRENT else 0
+                if not first or first % _DIRENT or first >= n:
+                    break
+                ents = list(_DIRENT_ITER(block[:first]))
+                offs = [e[1] for e in ents]
+                end = block.find(b"\0", offs[-1])
+                offs.append(n if end < 0 else end)
+                if offs[0] != first or any(offs[i] > offs[i + 1] for i in range(len(ents))):
+                    break
+                names = [block[offs[i] : offs[i + 1]] for i in range(len(ents))]
+                if not all(names) or any(e[2] > _FT_MAX for e in ents) or any(b"/" in x for x in names):
+                    break
+                out += zip(names, [e[0] for e in ents])
+            else:
+                return out
+        return [(x.name, x.nid) for x in rafs.readdir(nid, include_dots=True)]
 
     async def lookup(self, parent_inode, name, ctx=None):
         try:
@@ -414,10 +476,9 @@ class NydusFS(pyfuse3.Operations):
                         break
                 return
             ents = self._dir(fh)[0]
-            if start_id == 0 and self.readahead and time.monotonic() < self._reading_until:
-                # A tree reader lists a directory it will read next: start on its files now. (After our
-                # reply the kernel knows their inodes, so what is decoded can go to the page cache.)
-                self._prefetch_dir(fh, -1)
+            if start_id == 0 and self.readahead:
+                self._listed_dirs.add(fh)
+                self._listed(fh)
             reply = pyfuse3.readdir_reply
             stat_ = self._stat
             attr = self._image_attr
@@ -463,7 +524,7 @@ class NydusFS(pyfuse3.Operations):
             if fmt != S_IFREG:
                 raise pyfuse3.FUSEError(errno.EISDIR if fmt == S_IFDIR else errno.EINVAL)
             if self.readahead:
-                self._prefetch_after(inode)
+                self._opened(inode)
         except NydusInspectError as exc:
             raise _eio(f"{self._where(inode)}: open", exc) from None
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
@@ -520,9 +581,31 @@ class NydusFS(pyfuse3.Operations):
                 parts.append(memoryview(data)[max(off, base) - base : min(end, base + len(data)) - base])
             out = b"".join(parts)
         if self.readahead and sequential:
-            for c in chunks[k1 + 1 : k1 + 1 + self.readahead_chunks]:
+            ahead = chunks[k1 + 1 : k1 + 1 + self.readahead_chunks]
+            for c in ahead:
                 self._job(c, fh, False)
+            if ahead:
+                self._will_need(ahead)
         return out
+
+    def _will_need(self, chunks: list[Chunk]) -> None:
+        """Ask the kernel to start reading the stored bytes of ``chunks`` (of one blob, in blob order) now, so
+        that the decoding threads find them in the page cache rather than wait for the disk."""
+        first, last = chunks[0], chunks[-1]
+        if first.blob_index != last.blob_index or last.compressed_offset < first.compressed_offset:
+            return
+        fd = getattr(self.image.blob_files[first.blob_index].layer, "_fd", None)
+        if fd is None:
+            return
+        try:
+            os.posix_fadvise(
+                fd,
+                first.compressed_offset,
+                last.compressed_offset + last.compressed_size - first.compressed_offset,
+                os.POSIX_FADV_WILLNEED,
+            )
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ decoding (worker threads)
     def _job(self, c: Chunk, nid: int, urgent: bool):
@@ -535,11 +618,9 @@ class NydusFS(pyfuse3.Operations):
         if job is None:
             job = _Job(key, c, nid)
             self._inflight[key] = job
-            (self._urgent if urgent else self._background).append([job])
-            self._pump()
+            self._queue(self._urgent if urgent else self._background, [job])
         elif urgent and job.state == QUEUED:
-            self._urgent.append([job])  # whichever worker gets to it first decodes it
-            self._pump()
+            self._queue(self._urgent, [job])  # whichever worker gets to it first decodes it
         return job
 
     async def _wait(self, nid: int, k: int, c: Chunk, job) -> bytes:
@@ -551,25 +632,46 @@ class NydusFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         return job.data
 
-    def _pump(self) -> None:
-        while self._running < self.workers and (self._urgent or self._background):
-            unit = (self._urgent or self._background).popleft()
-            self._running += 1
-            trio.lowlevel.start_thread_soon(functools.partial(self._work, unit), self._deliver)
+    def _queue(self, where: deque, unit: list) -> None:
+        if not self._threads and self._token is not None:  # started with the first work (after attach)
+            for i in range(self.workers):
+                t = threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        with self._wake:
+            where.append(unit)
+            self._wake.notify()
 
-    def _deliver(self, outcome) -> None:
-        """Worker thread, after a unit: free the slot (on the loop)."""
-        self._post(self._unit_done)
-
-    def _unit_done(self) -> None:
-        self._running -= 1
-        self._pump()
+    def _worker(self) -> None:
+        """Decoding thread: take units of work, urgent ones first, until the mount stops."""
+        wake = self._wake
+        urgent, background = self._urgent, self._background
+        while True:
+            with wake:
+                while not (urgent or background or self._stopping):
+                    wake.wait()
+                if self._stopping:
+                    return
+                unit = (urgent or background).popleft()
+            self._work(unit)
 
     def _post(self, fn, *args) -> None:
-        try:
-            self._token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            pass
+        """Worker thread: run ``fn(*args)`` on the loop. Results queue up while the loop has not run them, and
+        one wake-up of the loop runs them all."""
+        with self._results_lock:
+            first = not self._results
+            self._results.append((fn, args))
+        if first:
+            try:
+                self._token.run_sync_soon(self._run_results)
+            except trio.RunFinishedError:
+                pass
+
+    def _run_results(self) -> None:
+        with self._results_lock:
+            results, self._results = self._results, []
+        for fn, args in results:
+            fn(*args)
 
     def _work(self, unit: list) -> None:
         """Worker thread: decode every job of ``unit`` nobody else has started, report each on the loop."""
@@ -584,9 +686,9 @@ class NydusFS(pyfuse3.Operations):
                     data = self._decode(item.chunk)
                 except Exception as exc:  # reported by each reader; a bug here must not take the mount down
                     err = exc
+                # Not handed to the page cache: chunks of big files are read with read requests the kernel
+                # sends ahead of the reader anyway (a store of pages such a request holds would wait for it).
                 self._post(self._job_done, item, data, err)
-                if data is not None:
-                    self._store(item.nid, item.chunk.file_offset, data)
             else:
                 chunks = datas = None
                 try:
@@ -595,8 +697,9 @@ class NydusFS(pyfuse3.Operations):
                 except Exception:  # the reader will decode it again and report what is wrong
                     chunks = datas = None
                 self._post(self._file_done, item, chunks, datas)
-                for c, data in zip(chunks or (), datas or ()):
-                    self._store(item.nid, c.file_offset, data)
+                if item.dir in self._listed_dirs:  # else _restore_dir stores it when it is listed
+                    for c, data in zip(chunks or (), datas or ()):
+                        self._store(item.nid, c.file_offset, data)
 
     def _decode(self, c: Chunk) -> bytes:
         bf = self.image.blob_files[c.blob_index]
@@ -651,48 +754,135 @@ class NydusFS(pyfuse3.Operations):
             with self._lock:
                 self._store_pending -= len(item[2])
 
-    def _prefetch_after(self, nid: int) -> None:
-        """A small file was opened: keep the small files after it in its directory decoded ahead (the order
-        tar, cp -r and find -exec open them in)."""
-        self._reading_until = time.monotonic() + READER_WINDOW
+    def _opened(self, nid: int) -> None:
+        """A regular file was opened. The second open within READER_WINDOW of another says a tree reader (tar,
+        cp -r, rsync) is at work: from then on the files after the one it opened, in walk order, are decoded
+        ahead of it, at most PREFETCH_AHEAD bytes ahead of the last one it opened."""
+        now = time.monotonic()
+        reader = now < self._reading_until
+        self._reading_until = now + READER_WINDOW
+        w = self._walker
+        if w is not None:
+            end = w.issued.get(nid)
+            if end is not None:  # the reader follows the walk: move the window on
+                if end > w.consumed:
+                    w.consumed = end
+                    self._walk_ahead()
+                return
+        if not reader:
+            return
         pos = self._pos.get(nid)
         if pos is not None:
-            self._prefetch_dir(pos[0], pos[1])
+            self._start_walk(pos[0], pos[1] + 1)
 
-    def _prefetch_dir(self, dnid: int, i: int) -> None:
-        """Queue small files of directory ``dnid`` after listing index ``i``, keeping a window ahead of it."""
-        front = self._pf_front.get(dnid)
-        if front is not None and (front < 0 or front - i > PREFETCH_FILES // 2):
-            return  # done with this directory (-1), or far enough ahead
-        ents = self._dir(dnid)[0]
-        j = max(front if front is not None else i, i) + 1
+    def _listed(self, dnid: int) -> None:
+        """Directory ``dnid`` is being listed (readdir from its start)."""
+        if time.monotonic() >= self._reading_until:
+            return
+        w = self._walker
+        if w is None or dnid not in w.dirs:
+            self._start_walk(dnid, 0)  # the reader went somewhere the walk did not: follow it from there
+        elif self._storer is not None:
+            # After this request is answered (the kernel then knows the files listed).
+            self._token.run_sync_soon(self._restore_dir, dnid)
+
+    def _start_walk(self, dnid: int, i: int) -> None:
+        w = self._walker = _Walker()
+        w.files = self._walk(dnid, i, w.dirs)
+        self._walk_ahead()
+
+    def _walk(self, dnid: int, i: int, dirs: set[int]):
+        """Regular files of the image from entry ``i`` of directory ``dnid`` on, in the order of a pre-order walk
+        (tar's order): the rest of that directory with its subdirectories, then the rest of each parent. Yields
+        (canonical nid, size, directory nid, index); directories entered are added to the walker's ``dirs``."""
+        stack = []
+        d, j = dnid, i
+        seen = set()
+        while d not in seen:  # the rest of each parent, up to the root of rootfs/
+            seen.add(d)
+            stack.append((d, j))
+            if d == self.root_nid:
+                break
+            ents, index = self._dir(d)
+            parent = index.get(b"..")
+            if parent is None or parent in self.vnodes:
+                break
+            pents = self._dir(parent)[0]
+            j = next((k + 1 for k, (_, n) in enumerate(pents) if n == d), len(pents))
+            d = parent
+        stack.reverse()
         stat_ = self._stat
+        links = self._links
+        while stack:
+            d, j = stack.pop()
+            dirs.add(d)
+            ents = self._dir(d)[0]
+            while j < len(ents):
+                name, cnid = ents[j]
+                j += 1
+                if name == b"." or name == b"..":
+                    continue
+                st = stat_(cnid)
+                fmt = st[0] & S_IFMT
+                if fmt == S_IFDIR:
+                    if cnid not in seen:  # each directory once, whatever the image claims
+                        seen.add(cnid)
+                        stack.append((d, j))
+                        stack.append((cnid, 0))
+                        break
+                elif fmt == S_IFREG and st[2] > 0:
+                    canon = links.setdefault(st[4], cnid) if st[1] > 1 else cnid
+                    yield canon, st[2], d, j - 1
+
+    def _walk_ahead(self) -> None:
+        """Queue the files of the walk until PREFETCH_AHEAD bytes are queued or decoded ahead of the reader."""
+        w = self._walker
         cs = self.chunk_size
-        pf, done, small = self._pf, self._pf_done, self._chunks
+        pf, done, pos = self._pf, self._pf_done, self._pos
         unit: list[_FileJob] = []
-        count, budget = 0, PREFETCH_BYTES
-        while j < len(ents) and count < PREFETCH_FILES and budget > 0:
-            cnid = ents[j][1]
-            j += 1
-            st = stat_(cnid)
-            if st[0] & S_IFMT != S_IFREG or not 0 < st[2] <= cs:
+        try:
+            while w.issued_bytes - w.consumed < self.prefetch_ahead:
+                item = next(w.files, None)
+                if item is None:
+                    break
+                canon, size, d, j = item
+                if canon in w.issued:
+                    continue
+                w.issued_bytes += size
+                w.issued[canon] = w.issued_bytes
+                pos.put(canon, (d, j))
+                if canon in pf or canon in done:
+                    continue
+                done.put(canon, True)
+                if size <= cs:
+                    fj = _FileJob(canon, d)
+                    pf[canon] = fj
+                    unit.append(fj)
+                    if len(unit) == PREFETCH_UNIT:
+                        self._queue(self._background, unit)
+                        unit = []
+                else:
+                    for c in self._file_chunks(canon):
+                        self._job(c, canon, False)
+        except NydusInspectError as exc:  # a damaged directory or inode: stop walking; readers will say what
+            log.debug("prefetch stopped: %s", exc)
+            w.issued_bytes = -(1 << 62)
+        finally:
+            if unit:
+                self._queue(self._background, unit)
+
+    def _restore_dir(self, dnid: int) -> None:
+        """The walk got to directory ``dnid`` before the kernel knew its files, so what was decoded of them
+        could not go to the page cache then: send it now that its listing makes them known."""
+        get = self.cache.get
+        for _, nid in self._dir(dnid)[0]:
+            chunks = self._chunks.get(nid)
+            if chunks is None:
                 continue
-            canon = self._links.setdefault(st[4], cnid) if st[1] > 1 else cnid
-            if canon in pf or canon in done or canon in small:
-                continue
-            fj = _FileJob(canon)
-            pf[canon] = fj
-            done.put(canon, True)
-            unit.append(fj)
-            count += 1
-            budget -= st[2]
-            if len(unit) == PREFETCH_UNIT:
-                self._background.append(unit)
-                unit = []
-        if unit:
-            self._background.append(unit)
-        self._pf_front.put(dnid, j - 1 if j < len(ents) else -1)
-        self._pump()
+            for c in chunks:
+                data = get(_key(c))
+                if data is not None:
+                    self._store(nid, c.file_offset, data)
 
     def _report(self, nid: int, k: int, c: Chunk, exc: BaseException) -> None:
         key = (nid, k, type(exc).__name__)
