@@ -18,7 +18,6 @@ import copy
 import hashlib
 import logging
 import os
-import sys
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +34,7 @@ from .formats._struct import round_up
 from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
 from .fsutil import atomic_output
 from .model import Chunk, Node
+from .readahead import quick_gil_handoff
 from .tarstream import TarTree, open_tar_input, read_tar
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 0x100000
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 64
-#: While packing, let threads hand over the GIL after 1 ms instead of 5: the main thread parses tar
-#: headers in Python while workers return from compression, and the default makes them wait on it.
-SWITCH_INTERVAL = 0.001
 
 
 @dataclass
@@ -286,12 +283,8 @@ def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResul
     opts = opts or PackOptions()
     opts.check()
     workers = opts.workers or os.cpu_count() or 1
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(old_interval, SWITCH_INTERVAL))
-    try:
+    with quick_gil_handoff():
         return _pack(source, output, opts, workers)
-    finally:
-        sys.setswitchinterval(old_interval)
 
 
 def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResult:

@@ -9,13 +9,31 @@ flat.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .layer import Layer
 from .model import REG, Chunk, Node
+
+#: While Python threads share work with C code that drops the GIL, let them hand the GIL over after this
+#: long instead of the default 5 ms: a worker back from compressing or decoding otherwise waits behind a
+#: main thread busy in Python (pack's tar parsing, unpack's layout, verify's bootstrap walk).
+SWITCH_INTERVAL = 0.001
+
+
+@contextlib.contextmanager
+def quick_gil_handoff(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
 
 DEFAULT_WINDOW = 64 << 20
 GROUP_BYTES = 1 << 20

@@ -99,6 +99,7 @@ from .formats.tar_header import (
 from .inspect import FileIndex, WalkError, walk_tree
 from .layer import ENTRY_NAMES, KIND_BLOB_NO_TOC, KIND_BLOB_TOC, SECTION_NAMES, Layer
 from .model import DIR, FT_OF_TYPE, REG, SYMLINK, fsdecode, node_type
+from .readahead import quick_gil_handoff
 
 #: Findings kept per check; the rest are only counted (a badly broken blob would otherwise list millions).
 DEFAULT_LIMIT = 1000
@@ -107,9 +108,6 @@ BATCH = 256
 MAX_SPAN = 32 << 20
 #: Output of one libzstd call decoding a run of zstd chunks that lie end to end.
 RUN_BYTES = 8 << 20
-#: While verifying, threads hand the GIL over after 1 ms instead of 5: workers coming back from libzstd would
-#: otherwise wait on the main thread's structural checks.
-SWITCH_INTERVAL = 0.001
 #: Findings that chunk batches checked ahead of their turn may hold before the report collects them.
 AHEAD_FINDINGS = 20000
 
@@ -284,29 +282,27 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(old_interval, SWITCH_INTERVAL))
-    try:
-        run.ahead.start()
-        _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
-        blobs = list(_blob_layers(run))
-        for blob_index, blob_layer, entry in blobs:
-            _guard(run, "tar.header", blob_layer.path, _check_layout, run, blob_layer, blob_index, entry)
-            _guard(run, "toc.entry", blob_layer.path, _check_toc, run, blob_layer, blob_index, entry)
-        for blob_index, blob_layer, entry in blobs:
-            _guard(run, "blob_meta", blob_layer.path, _check_blob_meta, run, blob_layer, blob_index, entry)
-            _guard(run, "blob.table", blob_layer.path, _check_blob_entry, run, blob_layer, blob_index, entry)
-            _guard(run, "chunk.layout", blob_layer.path, _check_chunk_layout, run, blob_layer, blob_index)
-        for blob_index, blob_layer, entry in blobs:
-            _guard(run, "chunk.read", blob_layer.path, _check_chunks, run, blob_layer, blob_index, entry)
-        _guard(run, "blob.id", layer.path, _check_blob_ids, run, blobs)
-        if source is not None:
-            _check_roundtrip(run, source)
-    except Cancelled:
-        run.report.cancelled = True
-    finally:
-        run.ahead.close()
-        sys.setswitchinterval(old_interval)
+    with quick_gil_handoff():
+        try:
+            run.ahead.start()
+            _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
+            blobs = list(_blob_layers(run))
+            for blob_index, blob_layer, entry in blobs:
+                _guard(run, "tar.header", blob_layer.path, _check_layout, run, blob_layer, blob_index, entry)
+                _guard(run, "toc.entry", blob_layer.path, _check_toc, run, blob_layer, blob_index, entry)
+            for blob_index, blob_layer, entry in blobs:
+                _guard(run, "blob_meta", blob_layer.path, _check_blob_meta, run, blob_layer, blob_index, entry)
+                _guard(run, "blob.table", blob_layer.path, _check_blob_entry, run, blob_layer, blob_index, entry)
+                _guard(run, "chunk.layout", blob_layer.path, _check_chunk_layout, run, blob_layer, blob_index)
+            for blob_index, blob_layer, entry in blobs:
+                _guard(run, "chunk.read", blob_layer.path, _check_chunks, run, blob_layer, blob_index, entry)
+            _guard(run, "blob.id", layer.path, _check_blob_ids, run, blobs)
+            if source is not None:
+                _check_roundtrip(run, source)
+        except Cancelled:
+            run.report.cancelled = True
+        finally:
+            run.ahead.close()
     return run.report
 
 
