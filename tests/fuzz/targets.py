@@ -78,23 +78,30 @@ def fuzz_dir_block(data: bytes) -> None:
         pass
 
 
-_TMP = None
+_SCRATCH: dict[str, str] = {}
+
+
+def _scratch_file(kind: str, data: bytes) -> str:
+    """``data`` written to this target's one scratch file (in /dev/shm when there is one)."""
+    path = _SCRATCH.get(kind)
+    if path is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix=f"nydus-fuzz-{kind}-", dir=base)
+        os.close(fd)
+        _SCRATCH[kind] = path
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def fuzz_layer(data: bytes) -> None:
     """The whole reading path on a file: sniff, ToC, entries, bootstrap, listing, chunk reads."""
-    global _TMP
     from nydus_inspect import inspect
     from nydus_inspect.layer import open_layer
 
-    if _TMP is None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, _TMP = tempfile.mkstemp(prefix="nydus-fuzz-", dir=base)
-        os.close(fd)
-    with open(_TMP, "wb") as f:
-        f.write(data)
+    path = _scratch_file("layer", data)
     try:
-        with open_layer(_TMP) as layer:
+        with open_layer(path) as layer:
             inspect.info(layer)
             if layer.toc is not None or layer.kind == "nydus-blob-no-toc":
                 inspect.toc_report(layer)
@@ -118,19 +125,13 @@ def fuzz_layer_tar(data: bytes) -> None:
 
     from nydus_inspect.tarstream import read_tar
 
-    global _TAR_TMP
-    if _TAR_TMP is None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, _TAR_TMP = tempfile.mkstemp(prefix="nydus-fuzz-tar-", dir=base)
-        os.close(fd)
-    with open(_TAR_TMP, "wb") as f:
-        f.write(data)
+    path = _scratch_file("tar", data)
 
     def consume(node, fobj, ref) -> None:
         while fobj.read(1 << 16):
             pass
 
-    for opener in (lambda: io.BufferedReader(io.BytesIO(data)), lambda: open(_TAR_TMP, "rb")):  # noqa: SIM115
+    for opener in (lambda: io.BufferedReader(io.BytesIO(data)), lambda: open(path, "rb")):  # noqa: SIM115
         stream = opener()
         try:
             read_tar(stream, consume, "fuzz")
@@ -138,9 +139,6 @@ def fuzz_layer_tar(data: bytes) -> None:
             pass
         finally:
             stream.close()
-
-
-_TAR_TMP: str | None = None
 
 
 TARGETS = {
