@@ -26,6 +26,7 @@ import zstandard
 
 from .errors import FormatError, UsageError
 from .formats import tar_member
+from .formats._struct import cstr
 from .formats.rafs_v6 import build_xattrs, split_xattr_name, xattr_icount
 from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, MAX_SYMLINK, REG, SYMLINK, Node
 
@@ -102,49 +103,6 @@ def plain_fd(stream) -> int | None:
         return fd if stream.seekable() and stat.S_ISREG(os.fstat(fd).st_mode) else None
     except (OSError, ValueError):
         return None
-
-
-def _seekable(stream) -> bool:
-    try:
-        return stream.seekable() and stream.tell() >= 0
-    except (OSError, AttributeError, ValueError):
-        return False
-
-
-class ForwardSeekable(io.RawIOBase):
-    """Give a pipe or decompressor the forward-only seek() and tell() that tarfile's "r:" mode uses."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.pos += len(data)
-        return data
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = offset if whence == io.SEEK_SET else self.pos + offset if whence == io.SEEK_CUR else -1
-        if target < self.pos:
-            raise io.UnsupportedOperation("this tar stream can only move forward")
-        while self.pos < target:
-            if not self.read(min(target - self.pos, 1 << 20)):
-                break
-        return self.pos
 
 
 def _norm_path(raw: bytes, where: str) -> bytes:
@@ -299,6 +257,10 @@ class TreeBuilder:
         return self.tree
 
 
+#: Progress is reported at least this often (bytes of input), and after each entry.
+PROGRESS_STEP = 1 << 20
+
+
 class _Source:
     """Sequential reads over a tar: a mapped plain file (slices of memory, no system call per
     header) or any byte stream (exact reads, forward skips). Counts what it consumed."""
@@ -311,6 +273,7 @@ class _Source:
         self.pos = 0
         self.released = 0
         self.progress = progress
+        self.reported = 0
         if mapped is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
             mapped.madvise(mmap.MADV_SEQUENTIAL)
 
@@ -338,6 +301,9 @@ class _Source:
                     got += len(more)
                 data = b"".join(parts)
         self.pos += len(data)
+        if self.progress is not None and self.pos - self.reported >= PROGRESS_STEP:
+            self.reported = self.pos
+            self.progress(self.pos)
         return data
 
     #: Mapped pages behind the reader are let go in steps of this many bytes, so that the resident size
@@ -354,11 +320,10 @@ class _Source:
             return step
         done = 0
         while done < n:
-            data = self.stream.read(min(n - done, 1 << 20))
+            data = self.read(min(n - done, 1 << 20))
             if not data:
                 break
             done += len(data)
-        self.pos += done
         return done
 
     def file(self, size: int) -> BinaryIO:
@@ -468,12 +433,10 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
     while True:
         offset = source.pos
         block = source.read(tar_member.BLOCK)
-        if not block:
+        if not block or block == tar_member.ZERO_BLOCK:
             if pax is not None or longname is not None or longlink is not None:
-                raise FormatError("tar", f"{where}: the input ends after an extended header, before its entry",
+                raise FormatError("tar", f"{where}: the archive ends after an extended header, before its entry",
                                   offset=offset)
-            return
-        if block == tar_member.ZERO_BLOCK:
             return
         try:
             header = tar_member.parse_header(block, offset)
@@ -493,9 +456,9 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
                 raise FormatError("tar", f"{where}: the input ends inside an extended header", offset=data_start)
             data = data[: header.size]
             if kind == tar_member.GNU_LONGNAME:
-                longname = tar_member._cstr(data)
+                longname = cstr(data)
             elif kind == tar_member.GNU_LONGLINK:
-                longlink = tar_member._cstr(data)
+                longlink = cstr(data)
             else:
                 records = tar_member.parse_pax(data, data_start)
                 if kind == tar_member.PAX_GLOBAL:
@@ -517,10 +480,11 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
                               offset=data_start)
         yield member
         consumed = source.pos - data_start
-        if consumed < owned and source.skip(owned - consumed) < owned - consumed and member.size > consumed:
+        if consumed < owned and consumed + source.skip(owned - consumed) < member.size:
             raise FormatError("tar", f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
                               offset=data_start)
         if source.progress is not None:
+            source.reported = source.pos
             source.progress(source.pos)
 
 
@@ -533,6 +497,8 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
     builder = TreeBuilder()
     index = 0
     fd = plain_fd(stream)
+    if fd is not None and stream.tell() != 0:
+        fd = None  # a file already read from: take it as a stream from where it stands
     # A plain tar file is mapped: each header is then read from memory, instead of a system call per
     # header that gives up the GIL to the pack workers and waits to get it back.
     mapped = _map(fd)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import struct
 
 from ..errors import FormatError
+from ._struct import cstr
+from .tar_header import BLOCK, USTAR_MAGIC
 
-BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 POSIX_MAGIC = b"ustar\x00"  # followed by version "00"; only this form has the 155-byte name prefix
 #: Longest PAX extended header or GNU long name we read: far beyond any path (4 KiB) or the xattrs an
@@ -39,7 +40,6 @@ GNU_SPARSE = b"S"
 
 _FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
-USTAR_MAGIC = b"ustar\x0000"
 _MAX7 = 0o7777777
 _MAX11 = 0o77777777777
 _SIGNED = struct.Struct("512b")
@@ -68,11 +68,6 @@ class Header:
     def data_blocks(self) -> int:
         """Bytes the member's data occupies after its header, padding included."""
         return -(-self.size // BLOCK) * BLOCK
-
-
-def _cstr(raw: bytes) -> bytes:
-    end = raw.find(b"\0")
-    return raw if end < 0 else raw[:end]
 
 
 def number(raw: bytes, field: str, offset: int) -> int:
@@ -104,23 +99,26 @@ def parse_header(block: bytes, offset: int) -> Header:
         if stored != signed:
             raise FormatError("tar header", f"bad checksum (stored {stored}, computed {unsigned})",
                               field="chksum", offset=offset + 148)
-    name = _cstr(name)
+    name = cstr(name)
     if magic == POSIX_MAGIC:
-        prefix = _cstr(prefix)
+        prefix = cstr(prefix)
         if prefix and typeflag not in (GNU_LONGNAME, GNU_LONGLINK, GNU_SPARSE):
             name = prefix + b"/" + name
     if typeflag == b"\0" and name.endswith(b"/"):
         typeflag = DIRECTORY  # old (v7) tars mark a directory by its trailing slash
     device = typeflag in (CHAR, BLOCK_DEV)  # the device fields mean nothing for other types
+    data_size = number(size, "size", offset + 124)
+    if data_size < 0:
+        raise FormatError("tar header", "negative size", field="size", offset=offset + 124, value=data_size)
     return Header(
         name,
         number(mode, "mode", offset + 100),
         number(uid, "uid", offset + 108),
         number(gid, "gid", offset + 116),
-        number(size, "size", offset + 124),
+        data_size,
         number(mtime, "mtime", offset + 136),
         typeflag,
-        _cstr(linkname),
+        cstr(linkname),
         number(devmajor, "devmajor", offset + 329) if device else 0,
         number(devminor, "devminor", offset + 337) if device else 0,
         offset,
