@@ -19,7 +19,7 @@ from .errors import FormatError, UsageError
 from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
-from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
+from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Chunk, Node, fsdecode
 from .readahead import iter_with_data, quick_gil_handoff
 
 
@@ -132,26 +132,35 @@ def _trailer(written: int) -> bytes:
     return bytes(end + -(written + end) % RECORD)
 
 
+class _HeaderOnly:
+    """Stands for an entry without data (a later name of a hard-linked file, a directory ...) in the
+    read-ahead, which decodes only regular files."""
+
+    type = None
+    size = 0
+
+
 def _write_tar(layer: Layer, f) -> UnpackResult:
     """Sequential writer, for pipes and other streams."""
     res = UnpackResult()
     written = 0
-    laid_out: deque[tuple[bytes, bool]] = deque()
+    laid_out: deque[tuple[Node, bytes, bool]] = deque()
+    header_only = _HeaderOnly()
 
-    def nodes() -> Iterator[Node]:
+    def nodes() -> Iterator:
         for node, hdr, data in _entries(layer, res):
-            laid_out.append((hdr, data))
-            yield node
+            laid_out.append((node, hdr, data))
+            yield node if data else header_only
 
-    for node, futures in iter_with_data(layer, nodes()):
-        hdr, data = laid_out.popleft()
+    for _, futures in iter_with_data(layer, nodes()):
+        node, hdr, data = laid_out.popleft()
         f.write(hdr)
         written += len(hdr)
         if data:
             for fut in futures:
                 f.write(fut.result())
             pad = -node.size % tar_header.BLOCK
-            f.write(bytes(pad))
+            f.write(_ZEROS[:pad])
             written += node.size + pad
     f.write(_trailer(written))
     return res
@@ -165,15 +174,17 @@ def _positional(f) -> bool:
         return False
 
 
-#: A task of the parallel writer: about this many bytes of file data (or this many entries).
+#: A task of the parallel writer: a contiguous run of the tar holding about this many bytes of file
+#: data (a big file is split between tasks at chunk boundaries), or this many pieces.
 GROUP_BYTES = 1 << 20
-GROUP_ENTRIES = 256
+GROUP_PIECES = 512
 
 
 def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
     """Writer for a regular output file. Every entry's place in the tar follows from the metadata
-    alone, so the main thread lays the entries out while worker threads decode, check and write
-    contiguous runs of them with one pwritev each; the main thread never touches file data."""
+    alone, so the main thread lays the tar out as pieces (headers, chunks, padding) while worker
+    threads decode, check and write contiguous runs of them with one pwritev each; the main thread
+    never touches file data. Tasks in flight are bounded, each to about GROUP_BYTES plus a chunk."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     res = UnpackResult()
@@ -182,27 +193,40 @@ def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
     workers = os.cpu_count() or 1
     max_in_flight = 4 * workers
     pos = 0
-    group: list[tuple[bytes, list | None, int]] = []
-    group_start = group_bytes = 0
-    in_flight: list[Future] = []
+    pieces: list = []
+    start = data_bytes = 0
+    in_flight: deque[Future] = deque()
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unpack") as pool:
+
+        def submit() -> None:
+            nonlocal pieces, start, data_bytes
+            in_flight.append(pool.submit(_write_run, layer, fd, start, pieces))
+            pieces, start, data_bytes = [], pos, 0
+            if len(in_flight) >= max_in_flight:
+                in_flight.popleft().result()
+
         try:
             for node, hdr, data in _entries(layer, res):
-                chunks = (node.chunks if node.chunks is not None else rafs.chunks(node)) if data else None
-                group.append((hdr, chunks, node.size if data else 0))
+                pieces.append(hdr)
                 pos += len(hdr)
                 if data:
-                    pos += node.size + -node.size % tar_header.BLOCK
-                    group_bytes += node.size
-                if group_bytes >= GROUP_BYTES or len(group) >= GROUP_ENTRIES:
-                    in_flight.append(pool.submit(_write_group, layer, fd, group_start, group))
-                    group, group_start, group_bytes = [], pos, 0
-                    if len(in_flight) >= max_in_flight:
-                        in_flight.pop(0).result()
-            group.append((_trailer(pos), None, 0))
-            in_flight.append(pool.submit(_write_group, layer, fd, group_start, group))
-            for fut in in_flight:
-                fut.result()
+                    for c in node.chunks if node.chunks is not None else rafs.chunks(node):
+                        pieces.append(c)
+                        pos += c.uncompressed_size
+                        data_bytes += c.uncompressed_size
+                        if data_bytes >= GROUP_BYTES:
+                            submit()
+                    pad = -node.size % tar_header.BLOCK
+                    if pad:
+                        pieces.append(_ZEROS[:pad])
+                        pos += pad
+                if len(pieces) >= GROUP_PIECES:
+                    submit()
+            pieces.append(_trailer(pos))
+            submit()
+            while in_flight:
+                in_flight.popleft().result()
         finally:
             for fut in in_flight:
                 fut.cancel()
@@ -213,24 +237,16 @@ _IOV_MAX = 1024
 _ZEROS = bytes(tar_header.BLOCK)
 
 
-def _write_group(layer: Layer, fd: int, offset: int, group: list[tuple[bytes, list | None, int]]) -> None:
-    """Decode, check and write one contiguous run of entries at ``offset`` (a worker task)."""
+def _write_run(layer: Layer, fd: int, offset: int, pieces: list) -> None:
+    """Decode, check and write one contiguous run of the tar at ``offset`` (a worker task): ``pieces``
+    are bytes (headers, padding) and chunks (replaced by their checked, decoded bytes)."""
     rafs = layer.rafs
-    by_blob: dict[int, list] = {}
-    for _, chunks, _ in group:
-        for c in chunks or ():
-            by_blob.setdefault(c.blob_index, []).append(c)
-    data: dict[int, list] = {
-        blob: iter(layer.blob_file(blob).decode_chunks(chunks, rafs, True)) for blob, chunks in by_blob.items()
-    }
-    parts: list = []
-    for hdr, chunks, size in group:
-        parts.append(hdr)
-        if chunks is not None:
-            for c in chunks:
-                parts.append(next(data[c.blob_index]))
-            if size % tar_header.BLOCK:
-                parts.append(_ZEROS[: -size % tar_header.BLOCK])
+    by_blob: dict[int, list[Chunk]] = {}
+    for p in pieces:
+        if isinstance(p, Chunk):
+            by_blob.setdefault(p.blob_index, []).append(p)
+    decoded = {blob: iter(layer.blob_file(blob).decode_chunks(cs, rafs, True)) for blob, cs in by_blob.items()}
+    parts = [next(decoded[p.blob_index]) if isinstance(p, Chunk) else p for p in pieces]
     while parts:
         batch = parts[:_IOV_MAX]
         want = sum(map(len, batch))
