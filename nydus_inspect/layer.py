@@ -655,20 +655,24 @@ class BlobFile:
         small = [i for i, c in enumerate(chunks) if c.compressed and c.uncompressed_size < codecs.UNLOCKED_MIN]
         if self.compressor is not Compressor.ZSTD or len(small) < self.BATCH_MIN:
             return [self.decode_chunk(c, rafs, verify) for c in chunks]
-        raws, frames, pos = [], [], 0
-        for i in small:
-            c = chunks[i]
-            raws.append(self.layer.pread(c.compressed_offset, c.compressed_size, f"chunk {c.ci_index}"))
-            frames.append((pos, c.compressed_size, c.uncompressed_size))
-            pos += c.compressed_size
-        decoded = codecs.zstd_frames(b"".join(raws), frames)
-        if decoded is None:
-            return [self.decode_chunk(c, rafs, verify) for c in chunks]
         out: list = [None] * len(chunks)
-        for i, data in zip(small, decoded):
-            if verify:
-                self._check(chunks[i], data, rafs)
-            out[i] = data
+        try:
+            raws, frames, pos = [], [], 0
+            for i in small:
+                c = chunks[i]
+                raws.append(self.layer.pread(c.compressed_offset, c.compressed_size))
+                frames.append((pos, c.compressed_size, c.uncompressed_size))
+                pos += c.compressed_size
+            decoded = codecs.zstd_frames(b"".join(raws), frames)
+            if decoded is None:
+                raise FormatError("chunk", "not decoded as recorded")
+            for i, data in zip(small, decoded):
+                if verify:
+                    self._check(chunks[i], data, rafs)
+                out[i] = data
+        except FormatError:
+            # Whatever is wrong is reported as the one-by-one path reports it, first chunk first.
+            return [self.decode_chunk(c, rafs, verify) for c in chunks]
         for i, c in enumerate(chunks):
             if out[i] is None:
                 out[i] = self.decode_chunk(c, rafs, verify)
