@@ -365,7 +365,8 @@ def _add_commands(sub) -> None:
     s.add_argument("-o", "--output", metavar="FILE")
     s.set_defaults(func=cmd_cat)
 
-    _register_extra(sub)
+    if not (isinstance(sub, _OnlyCommand) and sub.found):  # a built-in command needs no other module
+        _register_extra(sub)
 
 
 #: Modules that add sub-commands; each has ``register(subparsers)`` and imports its heavy dependencies
