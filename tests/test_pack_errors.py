@@ -277,7 +277,7 @@ def test_output_to_a_device_writes_through_it(tmp_path, fixture_tars):
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     proc = run_cli("pack", "-q", fixture_tars["every-type.tar"], "-o", fifo)
     reader.join(60)

@@ -145,7 +145,8 @@ def test_base256_numbers():
         tar_member.number(b"0009\0", "mode", 0)
 
 
-@pytest.mark.parametrize("damage", ["checksum", "truncated-header", "truncated-data", "pax-record", "huge-pax"])
+@pytest.mark.parametrize("damage", ["checksum", "truncated-header", "truncated-data", "pax-record", "huge-pax",
+                                    "negative-size", "extended-header-then-end"])
 def test_damage_is_an_error_not_a_silent_end(damage, tmp_path):
     """Python's tarfile ends the archive quietly at a bad header after the first; we refuse."""
     good = _tar(tarfile.PAX_FORMAT, [(_info("a", size=600), b"a" * 600), (_info("b", size=3), b"bcd")])
@@ -162,6 +163,13 @@ def test_damage_is_an_error_not_a_silent_end(damage, tmp_path):
         data = _tar(tarfile.PAX_FORMAT, [(_pax_info({"path": "p"}), b"")])
         data = data.replace(b"path=p\n", b"path=p\x00", 1)
         data = _fix_checksums(data)
+    elif damage == "negative-size":
+        hdr = bytearray(_tar(tarfile.USTAR_FORMAT, [(_info("x", size=0), b"")])[:512])
+        hdr[124:136] = b"\xff" * 11 + b"\xfe"  # base-256 -2
+        data = _fix_checksums(bytes(hdr) + bytes(1024))
+    elif damage == "extended-header-then-end":
+        long = _tar(tarfile.GNU_FORMAT, [(_info("n" * 200, size=0), b"")])
+        data = long[:1024] + bytes(1024)  # the 'L' header and its name, then the end-of-archive blocks
     else:
         hdr = bytearray(_tar(tarfile.USTAR_FORMAT, [(_info("x", size=0), b"")])[:512])
         hdr[156:157] = b"x"
@@ -184,7 +192,7 @@ def _fix_checksums(data: bytes) -> bytes:
     while pos + 512 <= len(raw) and any(raw[pos : pos + 512]):
         raw[pos + 148 : pos + 156] = b" " * 8
         raw[pos + 148 : pos + 155] = b"%06o\0" % sum(raw[pos : pos + 512])
-        size = tar_member.number(bytes(raw[pos + 124 : pos + 136]), "size", pos)
+        size = max(0, tar_member.number(bytes(raw[pos + 124 : pos + 136]), "size", pos))
         pos += 512 + -(-size // 512) * 512
     return bytes(raw)
 
@@ -193,3 +201,16 @@ def test_empty_input_is_an_empty_layer_and_garbage_is_not_a_tar():
     assert _nodes(_read(b"")[0]) .keys() == {b"/"}
     with pytest.raises(FormatError, match="not a tar"):
         _read(b"this is not a tar file".ljust(512, b"!"))
+
+
+def test_last_file_without_padding_is_read_the_same_on_both_paths(tmp_path):
+    """A tar cut right after the last file's data (its padding missing) holds all its bytes: both
+    readers accept it, whether or not the caller reads the data."""
+    data = _tar(tarfile.PAX_FORMAT, [(_info("a", size=700), b"a" * 700)])
+    cut = data[: 512 + 700]
+    tree, files = _read(cut, tmp_path / "t.tar")
+    assert files == {b"/a": b"a" * 700}
+    path = tmp_path / "t.tar"
+    with open(path, "rb") as f:
+        assert _nodes(read_tar(f, None, "t.tar"))[b"/a"].size == 700
+    assert _nodes(read_tar(io.BufferedReader(io.BytesIO(cut)), None, "t.tar"))[b"/a"].size == 700
