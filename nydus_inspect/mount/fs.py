@@ -72,6 +72,8 @@ PREFETCH_UNIT = 8  # small files per hand-off to a worker thread
 DIR_CACHE_ENTRIES = 200_000
 #: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
 READER_WINDOW = 1.0
+#: Largest st_blksize a regular file gets (its chunk size up to this).
+MAX_BLKSIZE = 1 << 20
 #: Chunks decoded ahead of a sequential reader.
 READAHEAD_CHUNKS = 4
 #: On the first read of a file from its start, the kernel is asked to read this much of its stored bytes ahead
@@ -199,6 +201,8 @@ class NydusFS(pyfuse3.Operations):
         self.image = sources.image
         self.rafs = self.image.rafs
         self.chunk_size = self.rafs.chunk_size
+        #: st_blksize of regular files: a chunk (the largest read request FUSE sends is 1 MiB).
+        self._file_blksize = max(4096, min(self.chunk_size, MAX_BLKSIZE))
         self._buf = self.rafs.buf
         self._meta_off = self.rafs.inode_offset(0)
         self.root_nid = self.rafs.root_nid
@@ -340,7 +344,9 @@ class NydusFS(pyfuse3.Operations):
             e.st_rdev = i_u
             size = 0
         e.st_size = size
-        e.st_blksize = 4096
+        # A file's data comes by chunk: readers that size their reads by st_blksize (cat, cp) then ask for whole
+        # chunks, which the kernel turns into read requests that start on chunk boundaries.
+        e.st_blksize = self._file_blksize if fmt == S_IFREG else 4096
         e.st_blocks = (size + 511) >> 9
         t = mtime * 1_000_000_000 + nsec
         e.st_mtime_ns = t
