@@ -72,6 +72,8 @@ PREFETCH_UNIT = 8  # small files per hand-off to a worker thread
 DIR_CACHE_ENTRIES = 200_000
 #: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
 READER_WINDOW = 1.0
+#: Files of more chunks than this, read from start to end, do not keep the chunks read past in the cache.
+STREAM_CHUNKS = 16
 #: Largest st_blksize a regular file gets (its chunk size up to this).
 MAX_BLKSIZE = 1 << 20
 #: Chunks decoded ahead of a sequential reader.
@@ -609,6 +611,14 @@ class NydusFS(pyfuse3.Operations):
                 base = k * cs
                 parts.append(memoryview(data)[max(off, base) - base : min(end, base + len(data)) - base])
             out = b"".join(parts)
+        if sequential and self.readahead and len(chunks) > STREAM_CHUNKS:
+            # A file streamed from start to end: a chunk the reader has gone past is in the page cache now.
+            # Let its memory go at once, for the chunks decoded next to reuse (fresh memory costs the kernel
+            # zeroing and mapping every page, as much CPU as decoding it), rather than keep it in the cache.
+            discard = self.cache.discard
+            for k in range(k0, k1 + 1):
+                if (k + 1) * cs <= end or end >= fsize:
+                    discard(_key(chunks[k]))
         return out
 
     def _read_ahead(self, nid: int, chunks: list[Chunk], k1: int, start: bool) -> None:
