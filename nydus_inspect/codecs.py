@@ -110,6 +110,12 @@ class _LibZstd:
                 lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
                 lib.ZSTD_findFrameCompressedSize.restype = ctypes.c_size_t
                 lib.ZSTD_findFrameCompressedSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+                # A bytes object of ``size`` bytes left unset, which the decoder fills: no zero fill and no copy
+                # out of a ctypes buffer (a fresh bytes object nobody else holds yet; the C API makes one so).
+                new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+                new_bytes.restype = ctypes.py_object
+                new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+                self.new_bytes = new_bytes
                 self.lib = lib
             except (OSError, AttributeError):
                 self.lib = None
@@ -121,11 +127,11 @@ class _LibZstd:
         src = bytes(data)
         if self.lib.ZSTD_findFrameCompressedSize(src, len(src)) != len(src):
             return None  # not exactly one frame: anything after it is for the checked path to refuse
-        buf = self.ctypes.create_string_buffer(size)
-        n = self.lib.ZSTD_decompress(buf, size, src, len(src))
+        out = self.new_bytes(None, size)
+        n = self.lib.ZSTD_decompress(out, size, src, len(src))
         if self.lib.ZSTD_isError(n) or n != size:
             return None
-        return buf.raw
+        return out
 
 
 def _find_libzstd(ctypes) -> str | None:

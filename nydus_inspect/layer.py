@@ -585,6 +585,11 @@ class ChunkCache:
             self._data.move_to_end(key)
         return data
 
+    def discard(self, key) -> None:
+        data = self._data.pop(key, None)
+        if data is not None:
+            self.used -= len(data)
+
     def put(self, key, data: bytes) -> None:
         if len(data) > self.limit:
             return

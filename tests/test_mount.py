@@ -13,6 +13,7 @@ The trees are checked the way the issue asks: GNU tar archives ``MOUNTPOINT/root
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -720,6 +721,25 @@ def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
         assert len(order) == len({fs._links.get(n.hardlink, n.nid) for n in files})
     finally:
         sources.close()
+
+
+def test_streamed_file_by_chunks_and_again(mounts, fixture_tars, fixture_layers):
+    """A file of many chunks: st_blksize is the chunk size, reading it start to end in st_blksize pieces gives the
+    source, and so does reading it again once the kernel dropped its pages (the daemon let the chunks it served
+    go, so they are decoded anew)."""
+    with tarfile.open(fixture_tars["every-type.tar"]) as tf:
+        want = tf.extractfile("data/two-and-a-half-m.bin").read()
+    mp = mounts.mount(fixture_layers["every-type.tar"])  # 16 KiB chunks: 160 of them
+    path = mp / "rootfs/data/two-and-a-half-m.bin"
+    assert path.stat().st_blksize == 0x4000
+    for _ in range(2):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = b"".join(iter(functools.partial(os.read, fd, 0x4000), b""))
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        assert got == want
 
 
 def test_close_and_release_without_flush(mounts, fixture_layers):

@@ -72,8 +72,15 @@ PREFETCH_UNIT = 8  # small files per hand-off to a worker thread
 DIR_CACHE_ENTRIES = 200_000
 #: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
 READER_WINDOW = 1.0
+#: Files of more chunks than this, read from start to end, do not keep the chunks read past in the cache.
+STREAM_CHUNKS = 16
+#: Largest st_blksize a regular file gets (its chunk size up to this).
+MAX_BLKSIZE = 1 << 20
 #: Chunks decoded ahead of a sequential reader.
 READAHEAD_CHUNKS = 4
+#: On the first read of a file from its start, the kernel is asked to read this much of its stored bytes ahead
+#: at once (one large disk read rather than a few chunks at a time), at most.
+WILL_NEED_BYTES = 64 << 20
 #: Decoded bytes waiting to be handed to the page cache, at most.
 STORE_QUEUE_BYTES = 32 << 20
 
@@ -122,6 +129,17 @@ class _FileJob:
         self.event = trio.Event()
         self.state = QUEUED
         self.dir = dnid  # its directory: the kernel knows the file (a store can work) once that was listed
+
+
+class _Hint:
+    """Ask the kernel to read the stored bytes of ``chunks`` now (POSIX_FADV_WILLNEED), from a worker: for a
+    large range that takes the caller milliseconds."""
+
+    __slots__ = ("chunks", "state")
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+        self.state = QUEUED
 
 
 class _Walker:
@@ -185,6 +203,8 @@ class NydusFS(pyfuse3.Operations):
         self.image = sources.image
         self.rafs = self.image.rafs
         self.chunk_size = self.rafs.chunk_size
+        #: st_blksize of regular files: a chunk (the largest read request FUSE sends is 1 MiB).
+        self._file_blksize = max(4096, min(self.chunk_size, MAX_BLKSIZE))
         self._buf = self.rafs.buf
         self._meta_off = self.rafs.inode_offset(0)
         self.root_nid = self.rafs.root_nid
@@ -240,11 +260,18 @@ class NydusFS(pyfuse3.Operations):
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
         self._reported: set[tuple] = set()
+        self._hinted = _LRU(4096)  # nid -> index of the last chunk whose stored bytes the kernel was asked for
+        # The chunk table, keyed: built now rather than on the first read of a file (milliseconds on a big image).
+        try:
+            self.rafs._chunk_records()
+        except (NydusInspectError, ValueError, struct.error):
+            pass  # the reads that need it say what is wrong
 
     # ------------------------------------------------------------------ life cycle
     def attach(self) -> None:
         """Start serving: called on the trio loop before pyfuse3.main."""
         self._token = trio.lowlevel.current_trio_token()
+        self._start_workers()
         if self.page_cache:
             self._storer = threading.Thread(target=self._store_loop, name="notify-store", daemon=True)
             self._storer.start()
@@ -319,7 +346,9 @@ class NydusFS(pyfuse3.Operations):
             e.st_rdev = i_u
             size = 0
         e.st_size = size
-        e.st_blksize = 4096
+        # A file's data comes by chunk: readers that size their reads by st_blksize (cat, cp) then ask for whole
+        # chunks, which the kernel turns into read requests that start on chunk boundaries.
+        e.st_blksize = self._file_blksize if fmt == S_IFREG else 4096
         e.st_blocks = (size + 511) >> 9
         t = mtime * 1_000_000_000 + nsec
         e.st_mtime_ns = t
@@ -567,26 +596,61 @@ class NydusFS(pyfuse3.Operations):
         last = self._last_end.get(fh)
         sequential = off == 0 or (last is not None and last <= off <= last + (self.readahead_chunks + 1) * cs)
         self._last_end.put(fh, end)
+        # Every chunk of the read is queued first, then those ahead of a sequential reader, then the reader waits.
+        jobs = [self._job(chunks[k], fh, True) for k in range(k0, k1 + 1)]
+        if self.readahead and sequential:
+            self._read_ahead(fh, chunks, k1, off == 0)
         if k0 == k1:
-            data = await self._wait(fh, k0, chunks[k0], self._job(chunks[k0], fh, True))
+            data = await self._wait(fh, k0, chunks[k0], jobs[0])
             base = k0 * cs
             out = memoryview(data)[off - base : end - base]
         else:
-            # Start every chunk at once (small chunk sizes put many in one read), then collect them in order.
-            jobs = [self._job(chunks[k], fh, True) for k in range(k0, k1 + 1)]
             parts = []
             for k, job in zip(range(k0, k1 + 1), jobs, strict=True):
                 data = await self._wait(fh, k, chunks[k], job)
                 base = k * cs
                 parts.append(memoryview(data)[max(off, base) - base : min(end, base + len(data)) - base])
             out = b"".join(parts)
-        if self.readahead and sequential:
-            ahead = chunks[k1 + 1 : k1 + 1 + self.readahead_chunks]
-            for c in ahead:
-                self._job(c, fh, False)
-            if ahead:
-                self._will_need(ahead)
+        if sequential and self.readahead and len(chunks) > STREAM_CHUNKS:
+            # A file streamed from start to end: a chunk the reader has gone past is in the page cache now.
+            # Let its memory go at once, for the chunks decoded next to reuse (fresh memory costs the kernel
+            # zeroing and mapping every page, as much CPU as decoding it), rather than keep it in the cache.
+            discard = self.cache.discard
+            for k in range(k0, k1 + 1):
+                if (k + 1) * cs <= end or end >= fsize:
+                    discard(_key(chunks[k]))
         return out
+
+    def _read_ahead(self, nid: int, chunks: list[Chunk], k1: int, start: bool) -> None:
+        """A sequential reader got to chunk ``k1``: decode the next chunks, and have their stored bytes read.
+
+        A reader starting at the beginning of a file gets the stored bytes of the file read ahead in one go (up
+        to WILL_NEED_BYTES, as long as the chunks lie in blob order), asked by a worker: the disk then streams
+        them while the chunks decode, rather than a few chunks at a time on the reader's heels."""
+        ahead = chunks[k1 + 1 : k1 + 1 + self.readahead_chunks]
+        if not ahead:
+            return
+        hinted = self._hinted.get(nid, -1)
+        if start and len(chunks) > k1 + 1 + len(ahead):
+            first = prev = chunks[k1 + 1]
+            last = k1 + 1
+            for k in range(k1 + 2, len(chunks)):
+                c = chunks[k]
+                if (
+                    c.blob_index != first.blob_index
+                    or c.compressed_offset < prev.compressed_offset
+                    or c.compressed_offset + c.compressed_size - first.compressed_offset > WILL_NEED_BYTES
+                ):
+                    break
+                prev, last = c, k
+            if last > k1 + len(ahead):
+                self._hinted.put(nid, last)
+                self._queue(self._background, [_Hint(chunks[k1 + 1 : last + 1])])
+                hinted = last
+        for c in ahead:
+            self._job(c, nid, False)
+        if k1 + len(ahead) > hinted:
+            self._will_need(ahead)
 
     def _will_need(self, chunks: list[Chunk]) -> None:
         """Ask the kernel to start reading the stored bytes of ``chunks`` (of one blob, in blob order) now, so
@@ -632,12 +696,15 @@ class NydusFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         return job.data
 
-    def _queue(self, where: deque, unit: list) -> None:
-        if not self._threads and self._token is not None:  # started with the first work (after attach)
+    def _start_workers(self) -> None:
+        if not self._threads and self._token is not None:  # after attach: they report to the loop
             for i in range(self.workers):
                 t = threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True)
                 t.start()
                 self._threads.append(t)
+
+    def _queue(self, where: deque, unit: list) -> None:
+        self._start_workers()
         with self._wake:
             where.append(unit)
             self._wake.notify()
@@ -680,7 +747,9 @@ class NydusFS(pyfuse3.Operations):
                 if item.state != QUEUED:
                     continue
                 item.state = RUNNING
-            if isinstance(item, _Job):
+            if isinstance(item, _Hint):
+                self._will_need(item.chunks)
+            elif isinstance(item, _Job):
                 data = err = None
                 try:
                     data = self._decode(item.chunk)
