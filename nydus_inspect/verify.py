@@ -1817,19 +1817,6 @@ def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     # The ToC digest, recomputed, against what the bootstrap recorded for this blob.
     got = blob.toc_digest.hex()
     size = len(blob.toc_bytes) + 512
-    if ent is not None and ent.blob_toc_size and ent.blob_toc_size != size and not any(ent.blob_toc_digest):
-        run.add(
-            Finding(
-                "toc.digest",
-                "ToC size differs from the bootstrap's blob table",
-                structure="rafs.blob.toc",
-                file=blob.path,
-                blob_index=blob_index,
-                field="blob_toc_size",
-                expected=str(ent.blob_toc_size),
-                found=str(size),
-            )
-        )
     if ent is not None and any(ent.blob_toc_digest):
         want = ent.blob_toc_digest.hex()
         if want != got:
@@ -1845,19 +1832,19 @@ def _check_toc(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
                     found=got,
                 )
             )
-        if ent.blob_toc_size and ent.blob_toc_size != size:
-            run.add(
-                Finding(
-                    "toc.digest",
-                    "ToC size differs from the bootstrap's blob table",
-                    structure="rafs.blob.toc",
-                    file=blob.path,
-                    blob_index=blob_index,
-                    field="blob_toc_size",
-                    expected=str(ent.blob_toc_size),
-                    found=str(size),
-                )
+    if ent is not None and ent.blob_toc_size and ent.blob_toc_size != size:
+        run.add(
+            Finding(
+                "toc.digest",
+                "ToC size differs from the bootstrap's blob table",
+                structure="rafs.blob.toc",
+                file=blob.path,
+                blob_index=blob_index,
+                field="blob_toc_size",
+                expected=str(ent.blob_toc_size),
+                found=str(size),
             )
+        )
     run.count("toc digests")
 
 
