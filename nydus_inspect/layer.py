@@ -124,11 +124,12 @@ class Layer:
             raise FormatError(what, f"short read: {len(data)} of {size} bytes (file changed?)", offset=offset)
         return data
 
-    def will_need(self) -> None:
-        """Let the kernel start reading the whole file now (``POSIX_FADV_WILLNEED``), for a caller about to
-        read all of it (verify): the reads then overlap the work done before them."""
+    def will_need(self, offset: int = 0, size: int = 0) -> None:
+        """Let the kernel start reading ``size`` bytes from ``offset`` now (``POSIX_FADV_WILLNEED``; by
+        default the whole file), for a caller about to read them (verify, the mount's read-ahead): the
+        reads then overlap the work done before them."""
         try:
-            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_WILLNEED)
         except (AttributeError, OSError):
             pass
 

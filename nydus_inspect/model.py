@@ -417,6 +417,10 @@ class RafsV6:
             self._records = records
         return self._records
 
+    def index_chunk_table(self) -> None:
+        """Key the chunk table now rather than on the first chunks() call (a server does it at start)."""
+        self._chunk_records()
+
     def chunk_table_entries(self) -> Iterator[ChunkTableEntry]:
         off = self.ext.s_chunk_table_offset
         layout = rafs_v6.CHUNK_TABLE_ENTRY

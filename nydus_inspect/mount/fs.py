@@ -263,7 +263,7 @@ class NydusFS(pyfuse3.Operations):
         self._hinted = _LRU(4096)  # nid -> index of the last chunk whose stored bytes the kernel was asked for
         # The chunk table, keyed: built now rather than on the first read of a file (milliseconds on a big image).
         try:
-            self.rafs._chunk_records()
+            self.rafs.index_chunk_table()
         except (NydusInspectError, ValueError, struct.error):
             pass  # the reads that need it say what is wrong
 
@@ -658,18 +658,9 @@ class NydusFS(pyfuse3.Operations):
         first, last = chunks[0], chunks[-1]
         if first.blob_index != last.blob_index or last.compressed_offset < first.compressed_offset:
             return
-        fd = getattr(self.image.blob_files[first.blob_index].layer, "_fd", None)
-        if fd is None:
-            return
-        try:
-            os.posix_fadvise(
-                fd,
-                first.compressed_offset,
-                last.compressed_offset + last.compressed_size - first.compressed_offset,
-                os.POSIX_FADV_WILLNEED,
-            )
-        except OSError:
-            pass
+        self.image.blob_files[first.blob_index].layer.will_need(
+            first.compressed_offset, last.compressed_offset + last.compressed_size - first.compressed_offset
+        )
 
     # ------------------------------------------------------------------ decoding (worker threads)
     def _job(self, c: Chunk, nid: int, urgent: bool):
