@@ -625,16 +625,7 @@ class _Tree:
     def check_super(self) -> None:
         sb, ext, rafs = self.sb, self.ext, self.rafs
 
-        def sb_bad(fld: str, message: str, expected, found) -> None:
-            self.bad(
-                "bootstrap.super",
-                message,
-                structure=_SB.name,
-                field=fld,
-                offset=rafs_v6.SUPERBLOCK_OFFSET + _SB.offsets[fld],
-                expected=expected,
-                found=found,
-            )
+        sb_bad = self._field_reporter("bootstrap.super", _SB, rafs_v6.SUPERBLOCK_OFFSET)
 
         for fld in ("s_checksum", "s_extslots", "s_xattr_blkaddr", "s_u"):
             if getattr(sb, fld):
@@ -687,16 +678,7 @@ class _Tree:
                 sb.s_meta_blkaddr,
             )
 
-        def ext_bad(fld: str, message: str, expected, found) -> None:
-            self.bad(
-                "bootstrap.super",
-                message,
-                structure=_EXT.name,
-                field=fld,
-                offset=rafs_v6.EXT_SUPERBLOCK_OFFSET + _EXT.offsets[fld],
-                expected=expected,
-                found=found,
-            )
+        ext_bad = self._field_reporter("bootstrap.super", _EXT, rafs_v6.EXT_SUPERBLOCK_OFFSET)
 
         if bool(ext.s_prefetch_table_offset) != bool(ext.s_prefetch_table_size):
             ext_bad(
@@ -768,7 +750,7 @@ class _Tree:
         self._ends.append(min(stop, 1 << 62))
         self._tags.append(tag)
 
-    def _field_reporter(self, check: str, layout, base: int, blob_index: int):
+    def _field_reporter(self, check: str, layout, base: int, blob_index: int | None = None):
         """``bad(field, message, expected, found)`` for a field of ``layout`` placed at ``base``."""
 
         def bad(fld: str, message: str, expected, found) -> None:
