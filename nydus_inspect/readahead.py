@@ -53,7 +53,9 @@ class ChunkResult:
         return self._future.result()[self._index]
 
 
-def _decode_group(layer: Layer, chunks: list[Chunk], verify: bool) -> list[bytes]:
+def decode_group(layer: Layer, chunks: list[Chunk], verify: bool = True) -> list:
+    """Each chunk's checked, decoded bytes, in order; the chunks of each blob are decoded together
+    (``BlobFile.decode_chunks``). Safe to call from worker threads."""
     rafs = layer.rafs
     by_blob: dict[int, list[Chunk]] = {}
     for c in chunks:
@@ -80,7 +82,7 @@ def iter_with_data(
             nonlocal group, group_nodes, group_bytes
             if not group_nodes:
                 return
-            fut = pool.submit(_decode_group, layer, group, verify)
+            fut = pool.submit(decode_group, layer, group, verify)
             for node, first, count in group_nodes:
                 if count < 0:
                     ready.append((node, None, 0))

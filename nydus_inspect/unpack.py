@@ -20,7 +20,7 @@ from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Chunk, Node, fsdecode
-from .readahead import iter_with_data, quick_gil_handoff
+from .readahead import decode_group, iter_with_data, quick_gil_handoff
 
 
 @dataclass
@@ -240,13 +240,8 @@ _ZEROS = bytes(tar_header.BLOCK)
 def _write_run(layer: Layer, fd: int, offset: int, pieces: list) -> None:
     """Decode, check and write one contiguous run of the tar at ``offset`` (a worker task): ``pieces``
     are bytes (headers, padding) and chunks (replaced by their checked, decoded bytes)."""
-    rafs = layer.rafs
-    by_blob: dict[int, list[Chunk]] = {}
-    for p in pieces:
-        if isinstance(p, Chunk):
-            by_blob.setdefault(p.blob_index, []).append(p)
-    decoded = {blob: iter(layer.blob_file(blob).decode_chunks(cs, rafs, True)) for blob, cs in by_blob.items()}
-    parts = [next(decoded[p.blob_index]) if isinstance(p, Chunk) else p for p in pieces]
+    decoded = iter(decode_group(layer, [p for p in pieces if isinstance(p, Chunk)]))
+    parts = [next(decoded) if isinstance(p, Chunk) else p for p in pieces]
     while parts:
         batch = parts[:_IOV_MAX]
         want = sum(map(len, batch))
