@@ -196,19 +196,10 @@ class _Chunker:
             self.data_bytes += node.size
             return
         while remaining > 0:
+            # The tar reader's file objects return all that is asked for, short only at the end of the input.
             data = fobj.read(min(cs, remaining))
-            if not data:
-                raise UsageError(f"tar entry {os.fsdecode(node.path)}: data ends {remaining} bytes early")
-            if len(data) < min(cs, remaining):  # short read from a stream: fill the chunk
-                parts = [data]
-                got = len(data)
-                while got < min(cs, remaining):
-                    more = fobj.read(min(cs, remaining) - got)
-                    if not more:
-                        raise UsageError(f"tar entry {os.fsdecode(node.path)}: data ends early")
-                    parts.append(more)
-                    got += len(more)
-                data = b"".join(parts)
+            if len(data) < min(cs, remaining):
+                raise UsageError(f"tar entry {os.fsdecode(node.path)}: data ends {remaining - len(data)} bytes early")
             self._submit(node, k, len(data), data)
             remaining -= len(data)
             k += 1

@@ -26,7 +26,7 @@ import zstandard
 
 from .errors import FormatError, UsageError
 from .formats import tar_member
-from .formats._struct import cstr
+from .formats._struct import cstr, round_up
 from .formats.rafs_v6 import build_xattrs, split_xattr_name, xattr_icount
 from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, MAX_SYMLINK, REG, SYMLINK, Node
 
@@ -474,7 +474,7 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
         pax = None
         longname = longlink = None
         # Only regular files own data blocks (as GNU tar and Python's tarfile read them).
-        owned = -(-member.size // tar_member.BLOCK) * tar_member.BLOCK if kind in tar_member.REGULAR else 0
+        owned = round_up(member.size, tar_member.BLOCK) if kind in tar_member.REGULAR else 0
         if source.size >= 0 and data_start + member.size > source.size and kind in tar_member.REGULAR:
             raise FormatError("tar", f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
                               offset=data_start)
