@@ -90,46 +90,48 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
 
 
 class _LibZstd:
-    """``ZSTD_decompress`` of the system libzstd through ctypes, which lets go of the GIL while it runs:
-    python-zstandard holds it, so threads decoding chunks (unpack, diff, mount) would otherwise run one at a
-    time and stall the thread that answers requests."""
+    """The system libzstd through ctypes. ``decode`` (``ZSTD_decompress``) lets go of the GIL while it runs:
+    python-zstandard holds it, so threads decoding chunks (unpack, diff, mount, verify) would otherwise run
+    one at a time and stall the thread that answers requests. The quick calls (``is_error``,
+    ``frame_size``) go through a ``PyDLL`` handle, which keeps the GIL: they take a microsecond, and giving
+    the GIL away for each would make a thread wait for it again behind a busy main thread."""
 
     def __init__(self) -> None:
         import ctypes
 
         self.ctypes = ctypes
-        self.lib = None
+        self.ok = False
         name = _find_libzstd(ctypes)
-        if name:
-            try:
-                lib = ctypes.CDLL(name)
-                lib.ZSTD_decompress.restype = ctypes.c_size_t
-                size_t, buf = ctypes.c_size_t, ctypes.c_char_p
-                lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, size_t, buf, size_t]
-                lib.ZSTD_isError.restype = ctypes.c_uint
-                lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
-                lib.ZSTD_findFrameCompressedSize.restype = ctypes.c_size_t
-                lib.ZSTD_findFrameCompressedSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-                # A bytes object of ``size`` bytes left unset, which the decoder fills: no zero fill and no copy
-                # out of a ctypes buffer (a fresh bytes object nobody else holds yet; the C API makes one so).
-                new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-                new_bytes.restype = ctypes.py_object
-                new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-                self.new_bytes = new_bytes
-                self.lib = lib
-            except (OSError, AttributeError):
-                self.lib = None
+        if not name:
+            return
+        try:
+            free, held = ctypes.CDLL(name), ctypes.PyDLL(name)
+            size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
+            self.decode = free.ZSTD_decompress
+            self.decode.restype, self.decode.argtypes = size_t, [ptr, size_t, ptr, size_t]
+            self.is_error = held.ZSTD_isError
+            self.is_error.restype, self.is_error.argtypes = ctypes.c_uint, [size_t]
+            self.frame_size = held.ZSTD_findFrameCompressedSize
+            self.frame_size.restype, self.frame_size.argtypes = size_t, [ptr, size_t]
+            # A bytes object of ``size`` bytes left unset, which the decoder fills: no zero fill and no copy
+            # out of a ctypes buffer (a fresh bytes object nobody else holds yet; the C API makes one so).
+            self.new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+            self.new_bytes.restype = ctypes.py_object
+            self.new_bytes.argtypes = [ptr, ctypes.c_ssize_t]
+            self.ok = True
+        except (OSError, AttributeError):
+            pass
 
     def decompress(self, data, size: int) -> bytes | None:
         """Exactly ``size`` bytes, or None when that is not what ``data`` holds (or there is no libzstd)."""
-        if self.lib is None:
+        if not self.ok:
             return None
         src = bytes(data)
-        if self.lib.ZSTD_findFrameCompressedSize(src, len(src)) != len(src):
+        if self.frame_size(src, len(src)) != len(src):
             return None  # not exactly one frame: anything after it is for the checked path to refuse
         out = self.new_bytes(None, size)
-        n = self.lib.ZSTD_decompress(out, size, src, len(src))
-        if self.lib.ZSTD_isError(n) or n != size:
+        n = self.decode(out, size, src, len(src))
+        if self.is_error(n) or n != size:
             return None
         return out
 
@@ -152,46 +154,17 @@ UNLOCKED_MIN = 256 << 10
 _libzstd_lock = threading.Lock()
 
 
-def _zstd_unlocked(data, size: int) -> bytes | None:
+def _lib() -> _LibZstd:
     global _libzstd
     if _libzstd is None:
         with _libzstd_lock:
             if _libzstd is None:
                 _libzstd = _LibZstd()
-    return _libzstd.decompress(data, size)
+    return _libzstd
 
 
-class _ZstdFrames:
-    """Decode a run of whole zstd frames laid end to end in one libzstd call, without the GIL.
-
-    The per-frame check (each frame ends exactly where the next starts) goes through a ``PyDLL`` handle, which
-    keeps the GIL: it takes a microsecond, and giving the GIL away for each would make a thread wait for it
-    again behind a busy main thread.
-    """
-
-    def __init__(self) -> None:
-        import ctypes
-
-        self.ctypes = ctypes
-        self.ok = False
-        name = _find_libzstd(ctypes)
-        if not name:
-            return
-        try:
-            free, held = ctypes.CDLL(name), ctypes.PyDLL(name)
-            size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
-            self.decode = free.ZSTD_decompress
-            self.decode.restype, self.decode.argtypes = size_t, [ptr, size_t, ptr, size_t]
-            self.is_error = held.ZSTD_isError
-            self.is_error.restype, self.is_error.argtypes = ctypes.c_uint, [size_t]
-            self.frame_size = held.ZSTD_findFrameCompressedSize
-            self.frame_size.restype, self.frame_size.argtypes = size_t, [ptr, size_t]
-            self.ok = True
-        except (OSError, AttributeError):
-            pass
-
-
-_frames: _ZstdFrames | None = None
+def _zstd_unlocked(data, size: int) -> bytes | None:
+    return _lib().decompress(data, size)
 
 
 #: Largest window a streaming decompressor accepts by default (ZSTD_WINDOWLOG_LIMIT_DEFAULT): the limit
@@ -209,12 +182,7 @@ def zstd_frames(src: bytes, frames: list[tuple[int, int, int]], out=None) -> lis
     one call for the run; the system libzstd, into ``out``, a writable buffer of the sum of the content
     sizes), without the GIL, and on success is exactly what :func:`decompress` gives frame by frame.
     """
-    global _frames
-    if _frames is None:
-        with _libzstd_lock:
-            if _frames is None:
-                _frames = _ZstdFrames()
-    fr = _frames
+    fr = _lib()
     if not fr.ok or not frames or not isinstance(src, bytes):
         return None
     big = frames[0][2] >= UNLOCKED_MIN
