@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-VECTORS ?= $(abspath ../shared/vectors)
+# The real nydus vectors live in shared/vectors beside the checkout; a clone made elsewhere (git clone
+# /path/to/checkout /tmp/x) finds them beside the checkout it was cloned from. VECTORS=DIR overrides.
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+VECTORS ?= $(or $(firstword $(wildcard $(abspath ../shared/vectors) $(if $(filter /%,$(ORIGIN)),$(abspath $(ORIGIN)/../shared/vectors)))),$(abspath ../shared/vectors))
 # Debian packages: erofs-utils is our independent checker, fuse3 + libfuse3-dev + pkg-config build and run pyfuse3,
 # tmux drives the TUI in a real terminal, zstd/squashfs/squashfuse/b3sum/debootstrap are the benchmark peers.
 APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr
@@ -35,6 +38,7 @@ fixtures: deps
 	$(PY) fixtures/make_fixtures.py
 
 test: deps
+	@[ -d "$(VECTORS)/nydus" ] || echo "make test: no nydus vectors at $(VECTORS): the tests that need them will skip (VECTORS=DIR to point at them)" >&2
 	$(PY) -m ruff check nydus_inspect tui tests fixtures bench
 	NYDUS_VECTORS=$(VECTORS) $(PY) -m pytest -n 2 -q -p no:cacheprovider
 
@@ -43,6 +47,7 @@ lint: deps
 	$(PY) -m ruff format --check nydus_inspect tui tests fixtures bench
 
 demo: deps
+	@[ -d "$(VECTORS)/nydus" ] || { echo "make demo: the nydus vectors are not at $(VECTORS); run it from a checkout beside shared/, or pass VECTORS=/path/to/shared/vectors" >&2; exit 2; }
 	@V=$(VECTORS)/nydus; N=$(VENV)/bin/nydus-inspect; set -e; \
 	echo "\$$ nydus-inspect info $$V/toc/2fa78cad…"; $$N info $$V/toc/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca; echo; \
 	echo "\$$ nydus-inspect toc $$V/blobs/be7d77ee…"; $$N toc $$V/blobs/be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef; echo; \
