@@ -252,6 +252,13 @@ def compress(data: bytes, comp: Compressor) -> bytes:
     raise ValueError(f"compressor {comp.value} cannot be used for writing")
 
 
+def zstd_compress_many(datas: list) -> list:
+    """``compress(d, ZSTD)`` of each (bytes-like), in one call that leaves the GIL once; the frames are
+    the ones ``compress`` makes."""
+    got = _zstd_compressor().multi_compress_to_buffer(datas, threads=0)
+    return [got[i].tobytes() for i in range(len(got))]
+
+
 def compress_if_smaller(data: bytes, comp: Compressor) -> tuple[bytes, bool]:
     """Return ``(stored_bytes, compressed)``: the compressed form only when strictly smaller."""
     if comp is Compressor.NONE or not data:

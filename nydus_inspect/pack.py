@@ -142,18 +142,51 @@ class _Output:
 
 
 def _process_batch(items: list, comp: Compressor, digester: Digester) -> list[tuple[bytes, bytes, bool, int]]:
-    return [_process(item, comp, digester) for item in items]
+    """Digest, compress and CRC a batch of chunks (a worker task). Each item is the chunk's bytes, or
+    ``(fd, offset, size)`` to read it from the tar file.
+
+    Every call here that leaves the GIL has to win it back from the main thread, which is parsing tar
+    headers meanwhile; so a batch of many small chunks is read with one ``pread`` over their span of the
+    tar and compressed with one zstd call, not a call each."""
+    datas = _read_batch(items)
+    if comp is Compressor.ZSTD and len(datas) > 1:
+        packed = codecs.zstd_compress_many(datas)
+    else:
+        packed = [codecs.compress(d, comp) if comp is not Compressor.NONE and len(d) else None for d in datas]
+    out = []
+    for data, p in zip(datas, packed):
+        if p is not None and len(p) < len(data):
+            stored, compressed = p, True
+        else:
+            stored, compressed = bytes(data), False
+        out.append((digester.digest(data), stored, compressed, crc32c(data)))
+    return out
 
 
-def _process(data: bytes | tuple[int, int, int], comp: Compressor, digester: Digester) -> tuple[bytes, bytes, bool, int]:
-    if isinstance(data, tuple):  # (fd, offset, size): read it here, off the main thread
-        fd, offset, size = data
-        data = os.pread(fd, size, offset)
-        if len(data) != size:
-            raise UsageError(f"the tar file ends inside file data at offset {offset}")
-    digest = digester.digest(data)
-    stored, compressed = codecs.compress_if_smaller(data, comp)
-    return digest, stored, compressed, crc32c(data)
+def _read_batch(items: list) -> list:
+    """The bytes of each item: those given, or read from the tar (one read when the items share a file)."""
+    refs = [item for item in items if isinstance(item, tuple)]
+    if not refs:
+        return items
+    fd, start = refs[0][0], refs[0][1]
+    end = max(off + size for _, off, size in refs)
+    if len(refs) > 1 and all(r[0] == fd for r in refs) and start == min(off for _, off, _ in refs):
+        span = os.pread(fd, end - start, start)
+        if len(span) != end - start:
+            raise UsageError(f"the tar file ends inside file data at offset {start + len(span)}")
+        view = memoryview(span)
+        return [view[item[1] - start : item[1] - start + item[2]] if isinstance(item, tuple) else item
+                for item in items]
+    out = []
+    for item in items:
+        if isinstance(item, tuple):
+            fd, offset, size = item
+            data = os.pread(fd, size, offset)
+            if len(data) != size:
+                raise UsageError(f"the tar file ends inside file data at offset {offset + len(data)}")
+            item = data
+        out.append(item)
+    return out
 
 
 class _Chunker:
