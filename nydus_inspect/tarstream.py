@@ -105,20 +105,27 @@ def plain_fd(stream) -> int | None:
         return None
 
 
-def _norm_path(raw: bytes, where: str) -> bytes:
-    name = os.fsdecode(raw)
+def _norm_path(raw: bytes, where: object) -> bytes:
+    """The member's path, absolute and normalised ("./a//b/" -> "/a/b"); FormatError if unsafe or too long."""
+    rel = raw[2:] if raw.startswith(b"./") else raw
+    rel = rel.rstrip(b"/")
+    # Most names are already plain: no empty, "." or ".." parts, and short enough all through.
+    if (len(rel) < MAX_PATH and b"//" not in rel and b"/." not in rel and not rel.startswith((b".", b"/"))
+            and (len(rel) <= MAX_NAME or all(len(part) <= MAX_NAME for part in rel.split(b"/")))):
+        return b"/" + rel
     parts = []
     for part in raw.split(b"/"):
         if part in (b"", b"."):
             continue
         if part == b"..":
-            raise FormatError("tar entry", f"path {name!r} climbs out of the layer with '..'", value=where)
+            raise FormatError("tar entry", f"path {os.fsdecode(raw)!r} climbs out of the layer with '..'",
+                              value=where)
         if len(part) > MAX_NAME:
             raise FormatError("tar entry", f"a path component is longer than {MAX_NAME} bytes", value=where)
         parts.append(part)
     path = b"/" + b"/".join(parts)
     if len(path) > MAX_PATH:
-        raise FormatError("tar entry", f"path longer than {MAX_PATH} bytes", value=name[:80])
+        raise FormatError("tar entry", f"path longer than {MAX_PATH} bytes", value=os.fsdecode(raw)[:80])
     return path
 
 
@@ -162,7 +169,7 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
     return out
 
 
-def _check_numbers(member: TarMember, path: bytes, where: str, warnings: list[str]) -> None:
+def _check_numbers(member: TarMember, path: bytes, where: object, warnings: list[str]) -> None:
     """Owners and times must fit RAFS's inode fields; a time before 1970 is stored as 0, with a warning."""
     for what, value in (("uid", member.uid), ("gid", member.gid)):
         if not 0 <= value <= 0xFFFFFFFF:
@@ -190,19 +197,28 @@ class TreeBuilder:
         self.root = Node(path=b"/", type=DIR, mode=stat.S_IFDIR | 0o755, nlink=2, children={})
         self.tree = TarTree(self.root)
         self._hardlink_groups = 0
+        # Directories by path, so that each entry finds its parent with one lookup. A directory put out of
+        # the tree by a later entry of the same name would stay here: any such replacement empties it.
+        self._dirs: dict[bytes, Node] = {b"": self.root}
 
     def _parent(self, path: bytes) -> Node:
+        parent_path = path[: path.rfind(b"/")]
+        node = self._dirs.get(parent_path)
+        if node is not None:
+            return node
         node = self.root
-        parent_path = path.rsplit(b"/", 1)[0]
         cur = b""
         for part in [p for p in parent_path.split(b"/") if p]:
             cur += b"/" + part
             child = node.children.get(part)
             if child is None or child.type != DIR:
                 # Implicit parent, or a non-directory replaced by the directory tar needs here.
+                if child is not None:
+                    self._dirs.clear()
                 child = Node(path=cur, type=DIR, mode=stat.S_IFDIR | 0o755, nlink=2, children={})
                 node.children[part] = child
             node = child
+        self._dirs[parent_path] = node
         return node
 
     def add(self, node: Node) -> None:
@@ -214,18 +230,20 @@ class TreeBuilder:
             self.tree.explicit_root = True
             return
         parent = self._parent(node.path)
-        name = node.path.rsplit(b"/", 1)[1]
+        name = node.path[node.path.rfind(b"/") + 1 :]
         old = parent.children.get(name)
         if old is not None:
-            if old.type == DIR and node.type == DIR:
-                node.children = old.children
+            if old.type == DIR:
+                self._dirs.clear()
+                if node.type == DIR:
+                    node.children = old.children
             elif old.hardlink is not None:
                 old.nlink -= 1
         if node.type == DIR and node.children is None:
             node.children = {}
         parent.children[name] = node
 
-    def link(self, path: bytes, target_path: bytes, where: str) -> None:
+    def link(self, path: bytes, target_path: bytes, where: object) -> None:
         target = self.lookup(target_path)
         if target is None:
             raise FormatError("tar entry", f"hard link {os.fsdecode(path)!r} points at "
@@ -237,7 +255,11 @@ class TreeBuilder:
             target.hardlink = self._hardlink_groups
         target.nlink += 1
         parent = self._parent(path)
-        parent.children[path.rsplit(b"/", 1)[1]] = target
+        name = path[path.rfind(b"/") + 1 :]
+        old = parent.children.get(name)
+        if old is not None and old.type == DIR:
+            self._dirs.clear()
+        parent.children[name] = target
 
     def lookup(self, path: bytes) -> Node | None:
         node = self.root
@@ -488,6 +510,18 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
             source.progress(source.pos)
 
 
+class _Where:
+    """Names an entry in messages ("SOURCE entry N (PATH)"); the text is made only if a message needs it."""
+
+    __slots__ = ("source", "index", "path")
+
+    def __init__(self, source: str, index: int, path: bytes) -> None:
+        self.source, self.index, self.path = source, index, path
+
+    def __str__(self) -> str:
+        return f"{self.source} entry {self.index} ({os.fsdecode(self.path)})"
+
+
 def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str = "tar",
              progress: Callable[[int], None] | None = None) -> TarTree:
     """Stream the tar and build its tree; ``on_file(node, fileobj, ref)`` consumes each regular file's bytes.
@@ -512,8 +546,7 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
                 )
                 continue
             index += 1
-            name = os.fsdecode(member.path)
-            where = f"{source} entry {index} ({name})"
+            where = _Where(source, index, member.path)
             path = _norm_path(member.path, where)
             if member.sparse:
                 raise UsageError(f"{where}: GNU sparse files are not supported; re-create the tar without --sparse")

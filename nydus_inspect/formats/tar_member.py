@@ -92,13 +92,31 @@ def parse_header(block: bytes, offset: int) -> Header:
         raise FormatError("tar header", f"truncated: {len(block)} of {BLOCK} bytes", offset=offset)
     (name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, _version, _uname, _gname,
      devmajor, devminor, prefix) = _FIELDS.unpack_from(block)
-    stored = number(chksum, "chksum", offset + 148)
+    try:
+        # The usual case, zero-padded octal ending in NUL or space, in one pass. Anything else (base-256,
+        # text after a NUL, an empty field) is read by number(), in the order that names the first bad field.
+        stored = int(chksum.rstrip(b" \0"), 8)
+        values: tuple | None = (int(mode.rstrip(b" \0"), 8), int(uid.rstrip(b" \0"), 8),
+                                int(gid.rstrip(b" \0"), 8), int(size.rstrip(b" \0"), 8),
+                                int(mtime.rstrip(b" \0"), 8))
+    except ValueError:
+        stored = number(chksum, "chksum", offset + 148)
+        values = None
     unsigned = sum(block) - sum(block[148:156]) + 256
     if stored != unsigned:
         signed = sum(_SIGNED.unpack(block)) - sum(_SIGNED.unpack(block)[148:156]) + 256
         if stored != signed:
             raise FormatError("tar header", f"bad checksum (stored {stored}, computed {unsigned})",
                               field="chksum", offset=offset + 148)
+    if values is None:
+        data_size = number(size, "size", offset + 124)
+        if data_size >= 0:
+            values = (number(mode, "mode", offset + 100), number(uid, "uid", offset + 108),
+                      number(gid, "gid", offset + 116), data_size, number(mtime, "mtime", offset + 136))
+    else:
+        data_size = values[3]
+    if data_size < 0:
+        raise FormatError("tar header", "negative size", field="size", offset=offset + 124, value=data_size)
     name = cstr(name)
     if magic == POSIX_MAGIC:
         prefix = cstr(prefix)
@@ -107,16 +125,13 @@ def parse_header(block: bytes, offset: int) -> Header:
     if typeflag == b"\0" and name.endswith(b"/"):
         typeflag = DIRECTORY  # old (v7) tars mark a directory by its trailing slash
     device = typeflag in (CHAR, BLOCK_DEV)  # the device fields mean nothing for other types
-    data_size = number(size, "size", offset + 124)
-    if data_size < 0:
-        raise FormatError("tar header", "negative size", field="size", offset=offset + 124, value=data_size)
     return Header(
         name,
-        number(mode, "mode", offset + 100),
-        number(uid, "uid", offset + 108),
-        number(gid, "gid", offset + 116),
+        values[0],
+        values[1],
+        values[2],
         data_size,
-        number(mtime, "mtime", offset + 136),
+        values[4],
         typeflag,
         cstr(linkname),
         number(devmajor, "devmajor", offset + 329) if device else 0,
