@@ -17,7 +17,6 @@ import logging
 import mmap
 import os
 import struct
-import tarfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -429,6 +428,8 @@ class Layer:
         return data
 
     def _bootstrap_from_tar(self) -> bytes:
+        import tarfile  # only bootstrap layers (image/image.boot in a tar) need it
+
         raw = io.BytesIO(self._map)
         try:
             if self._map[:2] == b"\x1f\x8b":
@@ -663,13 +664,19 @@ class BlobFile:
             return [self.decode_chunk(c, rafs, verify) for c in chunks]
         out: list = [None] * len(chunks)
         try:
-            raws, frames, pos = [], [], 0
+            # Chunks that follow each other in the blob (the usual case) are read with one pread.
+            spans: list[list[int]] = []
+            frames, pos = [], 0
             for i in small:
                 c = chunks[i]
-                raws.append(self.layer.pread(c.compressed_offset, c.compressed_size))
+                if spans and spans[-1][1] == c.compressed_offset:
+                    spans[-1][1] += c.compressed_size
+                else:
+                    spans.append([c.compressed_offset, c.compressed_offset + c.compressed_size])
                 frames.append((pos, c.compressed_size, c.uncompressed_size))
                 pos += c.compressed_size
-            decoded = codecs.zstd_frames(b"".join(raws), frames)
+            raws = [self.layer.pread(start, end - start) for start, end in spans]
+            decoded = codecs.zstd_frames(raws[0] if len(raws) == 1 else b"".join(raws), frames)
             if decoded is None:
                 raise FormatError("chunk", "not decoded as recorded")
             for i, data in zip(small, decoded):
