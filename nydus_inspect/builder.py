@@ -44,6 +44,8 @@ assert rafs_v6.CHUNK_TABLE_ENTRY.names == [
 
 @dataclass
 class _Slot:
+    """A node's place in the bootstrap being laid out."""
+
     node: Node
     path: bytes
     nid: int = 0

@@ -8,7 +8,6 @@ see one for a bug report).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import stat
 import sys
@@ -23,6 +22,8 @@ PROG = "nydus-inspect"
 # ---------------------------------------------------------------------------- output helpers
 def json_text(obj: object, indent: int | None = None) -> str:
     """Valid UTF-8 JSON: names that are not UTF-8 (surrogate escapes) are written as \\udcXX escapes."""
+    import json  # imported here: commands that print no JSON start faster
+
     text = json.dumps(obj, indent=indent, ensure_ascii=False)
     try:
         text.encode("utf-8")
@@ -214,6 +215,8 @@ def cmd_chunks(args) -> int:
         it = chunks_report(layer)
         head = next(it)
         if args.json:
+            import json
+
             w = sys.stdout.write
             w(f'{{"source": {json.dumps(head["source"])}, "header": {json.dumps(head["header"])}, "chunks": ')
             stream_json_array(it)
@@ -319,8 +322,36 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized to the terminal the way it sizes itself, without the import of shutil it
+    makes for that: argparse builds one per argument added, so the import lands on every command's start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            try:
+                width = int(os.environ.get("COLUMNS", "0"))
+            except ValueError:
+                width = 0
+            if width <= 0:
+                try:
+                    width = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    width = 0
+            width = (width or 80) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help (and that of its sub-commands) uses :class:`_Formatter`."""
+
+    def __init__(self, *args, **kw) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+
+
 def _parser_base():
-    p = argparse.ArgumentParser(prog=PROG, description="Inspect, pack, unpack and verify Nydus (RAFS v6) layers.")
+    p = _Parser(prog=PROG, description="Inspect, pack, unpack and verify Nydus (RAFS v6) layers.")
     p.add_argument("--version", action=_VersionAction)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p, p.add_subparsers(dest="command", metavar="COMMAND")

@@ -69,6 +69,8 @@ BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstra
 
 @dataclass
 class ImageResult:
+    """One image of a conversion: its manifest digest before and after, and what became of it."""
+
     source: str  # the manifest's digest in the input
     target: str  # and in the output (the same when copied through)
     platform: str | None
@@ -91,6 +93,8 @@ class ImageResult:
 
 @dataclass
 class ConvertResult:
+    """What ``convert`` wrote: the output layout and each image in it."""
+
     output: str
     images: list[ImageResult] = field(default_factory=list)
     changed: bool = True  # False: the layout was copied through (already nydus)

@@ -32,6 +32,8 @@ OPAQUE = b".wh..wh..opq"
 
 @dataclass
 class MergeResult:
+    """What ``merge`` wrote: the bootstrap and the blobs it names, in blob-table order."""
+
     output: str
     blobs: list[str] = field(default_factory=list)
     bootstrap_size: int = 0
@@ -62,6 +64,8 @@ _Source = BlobSource
 
 @dataclass
 class MergedBootstrap:
+    """A merged bootstrap in memory and its blob table."""
+
     boot: bytes
     blobs: list[rafs_v6.BlobTableEntry]
     sources: list[BlobSource]  # one per entry of ``blobs``, same order

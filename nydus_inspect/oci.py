@@ -98,6 +98,8 @@ def sha256_file(path: str) -> tuple[str, int]:
 # ---------------------------------------------------------------------------- platforms
 @dataclass(frozen=True)
 class Platform:
+    """An OCI platform (os, architecture, variant)."""
+
     os: str
     architecture: str
     variant: str | None = None

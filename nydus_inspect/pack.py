@@ -46,6 +46,8 @@ BATCH_ITEMS = 64
 
 @dataclass
 class PackOptions:
+    """How ``pack`` builds the layer; the defaults are nydus v2.3's."""
+
     compressor: Compressor = Compressor.ZSTD
     digester: Digester = Digester.BLAKE3
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -63,6 +65,8 @@ class PackOptions:
 
 @dataclass
 class PackResult:
+    """What ``pack`` wrote, with the figures its summary line prints."""
+
     path: str
     digest: str  # sha256 of the layer file (the OCI layer digest)
     size: int

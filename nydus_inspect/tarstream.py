@@ -7,7 +7,6 @@ by pack (to build a layer) and diff (to describe the source side).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gzip
 import io
@@ -16,7 +15,6 @@ import mmap
 import os
 import stat
 import sys
-import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -145,6 +143,9 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
         if key.startswith(b"SCHILY.xattr."):
             out[key[len(b"SCHILY.xattr.") :]] = value
         elif key.startswith(b"LIBARCHIVE.xattr."):
+            import base64  # libarchive's xattr records are rare: not worth their import at start-up
+            import urllib.parse
+
             name = urllib.parse.unquote_to_bytes(key[len(b"LIBARCHIVE.xattr.") :])
             try:
                 out[name] = base64.b64decode(value + b"=" * (-len(value) % 4))

@@ -25,6 +25,8 @@ from .readahead import decode_group, iter_with_data, quick_gil_handoff
 
 @dataclass
 class UnpackResult:
+    """Counts of what an unpack wrote and skipped."""
+
     entries: int = 0
     files: int = 0
     bytes: int = 0

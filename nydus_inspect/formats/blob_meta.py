@@ -86,6 +86,8 @@ def features_names(value: int) -> list[str]:
 
 @dataclass
 class BlobMetaHeader(Record):
+    """The 4096-byte header that follows a blob's chunk-info array."""
+
     LAYOUT = HEADER
     s_magic: int = MAGIC
     s_features: int = 0

@@ -69,6 +69,8 @@ FLAG_SYMLINK, FLAG_HARDLINK, FLAG_XATTR, FLAG_HOLE = 1, 2, 4, 8
 
 @dataclass
 class SuperBlockV5(Record):
+    """The 8 KiB RAFS v5 superblock."""
+
     LAYOUT = SUPERBLOCK
     s_magic: int = MAGIC
     s_fs_version: int = VERSION
@@ -88,6 +90,8 @@ class SuperBlockV5(Record):
 
 @dataclass
 class InodeV5(Record):
+    """A 128-byte RAFS v5 inode (without its name, symlink target and xattrs)."""
+
     LAYOUT = INODE
     i_digest: bytes
     i_parent: int

@@ -103,6 +103,8 @@ SUPERBLOCK = Layout(
 
 @dataclass
 class SuperBlock(Record):
+    """The 128-byte EROFS superblock at offset 1024."""
+
     LAYOUT = SUPERBLOCK
     s_magic: int = EROFS_MAGIC
     s_checksum: int = 0
@@ -158,6 +160,8 @@ EXT_SUPERBLOCK = Layout(
 
 @dataclass
 class ExtSuperBlock(Record):
+    """RAFS v6's 256-byte extended superblock, after the EROFS one."""
+
     LAYOUT = EXT_SUPERBLOCK
     s_flags: int = 0
     s_blob_table_offset: int = 0
@@ -236,6 +240,8 @@ DEVICE = Layout(
 
 @dataclass
 class DeviceSlot(Record):
+    """One 128-byte EROFS device slot: a blob's id, its size in blocks and its mapped block address."""
+
     LAYOUT = DEVICE
     blob_id: bytes = b""
     blocks: int = 0
@@ -274,6 +280,8 @@ PLACEHOLDER_BLOB_ID = "x" * 64
 
 @dataclass
 class BlobTableEntry(Record):
+    """One entry of the RAFS v6 blob table: a blob's id, sizes, compressors and chunk-info place."""
+
     LAYOUT = BLOB_ENTRY
     blob_id: bytes = b""
     blob_index: int = 0
@@ -550,6 +558,8 @@ CHUNK_INDEX = struct.Struct("<HHI")  # advise, device_id, blkaddr
 
 @dataclass(frozen=True)
 class ChunkIndex:
+    """A file's 8-byte chunk index, decoded: which blob, which chunk-info entry, which block."""
+
     blob_index: int
     ci_index: int
     blkaddr: int
@@ -623,6 +633,8 @@ FT_UNKNOWN, FT_REG, FT_DIR, FT_CHR, FT_BLK, FT_FIFO, FT_SOCK, FT_SYMLINK = range
 
 @dataclass(frozen=True)
 class Dirent:
+    """One EROFS directory entry: name, inode nid and file type."""
+
     name: bytes
     nid: int
     file_type: int

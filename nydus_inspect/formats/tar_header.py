@@ -28,6 +28,8 @@ RAFS_BLOB_TOC = "rafs.blob.toc"
 
 @dataclass(frozen=True)
 class TarHeader:
+    """One of the tar headers that follow each section of a blob, decoded."""
+
     name: str
     size: int
     typeflag: bytes

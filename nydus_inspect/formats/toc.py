@@ -37,6 +37,8 @@ MAX_TOC_SIZE = 1 << 20
 
 @dataclass(frozen=True)
 class TocEntry:
+    """One 128-byte entry of a blob's ToC (rafs.blob.toc)."""
+
     name: str
     compressor: Compressor
     uncompressed_digest: bytes
