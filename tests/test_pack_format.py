@@ -8,6 +8,7 @@ a wrong field in a codec cannot be confirmed by the same codec reading it back. 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import tarfile
 from dataclasses import dataclass
@@ -484,3 +485,24 @@ def test_separate_bootstrap_blob_table(tmp_path, fixture_tars):
     boot_section = next(s for s in walk_sections(data) if s[0] == "image.boot")
     assert entry[7] == boot_section[1]
     assert struct.unpack_from("<64s", boot, 1408)[0] == res.digest.encode()
+
+
+def test_worker_batch_reads(tmp_path):
+    """A worker batch of chunks in a plain tar file is read in one pread over its span; items out of order,
+    given as bytes, or past the end of the file are read (or refused) one by one."""
+    from nydus_inspect.errors import UsageError
+    from nydus_inspect.pack import _read_batch
+
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * 4)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        span = [bytes(b) for b in _read_batch([(fd, 10, 5), (fd, 512, 3), (fd, 20, 0)])]
+        assert span == [bytes(range(10, 15)), bytes([0, 1, 2]), b""]
+        mixed = [bytes(b) for b in _read_batch([(fd, 600, 2), b"given", (fd, 100, 1)])]
+        assert mixed == [bytes([600 % 256, 601 % 256]), b"given", bytes([100])]
+        for items in ([(fd, 1000, 100)], [(fd, 0, 4), (fd, 1020, 10)]):
+            with pytest.raises(UsageError, match="ends inside file data"):
+                _read_batch(items)
+    finally:
+        os.close(fd)

@@ -214,3 +214,75 @@ def test_last_file_without_padding_is_read_the_same_on_both_paths(tmp_path):
     with open(path, "rb") as f:
         assert _nodes(read_tar(f, None, "t.tar"))[b"/a"].size == 700
     assert _nodes(read_tar(io.BufferedReader(io.BytesIO(cut)), None, "t.tar"))[b"/a"].size == 700
+
+
+def _header_fields(**fields: bytes) -> bytes:
+    """A ustar header for an empty file "f" with raw numeric fields replaced, checksum fixed."""
+    hdr = bytearray(_tar(tarfile.USTAR_FORMAT, [(_info("f", size=0, mode=0o644, uid=1, gid=2, mtime=3), b"")])[:512])
+    where = {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12), "mtime": (136, 12)}
+    for name, raw in fields.items():
+        start, length = where[name]
+        hdr[start : start + length] = raw.ljust(length, b"\0")
+    return _fix_checksums(bytes(hdr))
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"mode": b"644 \0"},  # space-terminated, not zero-padded
+    {"uid": b"\x80" + (70000).to_bytes(7, "big")},  # base-256
+    {"gid": b"12\0junk"},  # text after the NUL is ignored
+    {"mtime": b"\0" * 12},  # empty field: 0
+    {"mode": b"   644  "},  # spaces both sides
+])
+def test_numeric_fields_fast_path_agrees_with_number(fields):
+    """The one-pass octal read gives what number() gives, field by field, for every spelling tar writers use."""
+    block = _header_fields(**fields)
+    got = tar_member.parse_header(block, 0)
+    want = {name: tar_member.number(block[start : start + length], name, start)
+            for name, (start, length) in {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8),
+                                          "size": (124, 12), "mtime": (136, 12)}.items()}
+    assert (got.mode, got.uid, got.gid, got.size, got.mtime) == tuple(want.values())
+
+
+def test_bad_checksum_is_named_before_a_bad_field():
+    """A header with a bad checksum and a non-octal field is reported as a bad checksum (not a tar header at
+    all), as before the fast path; with a good checksum the field itself is named."""
+    block = bytearray(_header_fields(mode=b"0009\0"))
+    assert "mode" in str(pytest.raises(FormatError, tar_member.parse_header, bytes(block), 0).value)
+    block[0] ^= 1  # the name changes, the checksum no longer matches
+    assert "bad checksum" in str(pytest.raises(FormatError, tar_member.parse_header, bytes(block), 0).value)
+
+
+def test_unusual_paths_are_normalised_like_plain_ones(tmp_path):
+    """Names outside the fast path ("./a//b/", ".hidden", "a/./b") end up where plain ones would."""
+    members = [(_info("./a//b/", kind=tarfile.DIRTYPE), None), (_info(".hidden", size=1), b"h"),
+               (_info("a/./b/c", size=1), b"c"), (_info("/abs", size=1), b"x"), (_info("a/b/", kind=tarfile.DIRTYPE), None)]
+    tree, files = _read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "t.tar")
+    assert set(_nodes(tree)) == {b"/", b"/a", b"/a/b", b"/a/b/c", b"/.hidden", b"/abs"}
+    assert files == {b"/.hidden": b"h", b"/a/b/c": b"c", b"/abs": b"x"}
+    with pytest.raises(FormatError, match=r"climbs out"):
+        _read(_tar(tarfile.GNU_FORMAT, [(_info("a/../../x", size=0), b"")]))
+
+
+@pytest.mark.parametrize("replacement", ["file", "hardlink", "symlink"])
+def test_a_directory_replaced_then_needed_again(replacement, tmp_path):
+    """Tar's last entry wins: once "d" is no longer a directory, "d/new" needs a new, empty "d" (the
+    parent lookup must not hand out the directory that was put out of the tree)."""
+    if replacement == "file":
+        repl = (_info("d", size=1), b"f")
+    elif replacement == "hardlink":
+        repl = (_info("d", kind=tarfile.LNKTYPE, linkname="target"), None)
+    else:
+        repl = (_info("d", kind=tarfile.SYMTYPE, linkname="elsewhere"), None)
+    members = [(_info("target", size=1), b"t"), (_info("d", kind=tarfile.DIRTYPE), None),
+               (_info("d/old", size=1), b"o"), repl, (_info("d/new", size=1), b"n")]
+    tree, _ = _read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "t.tar")
+    nodes = _nodes(tree)
+    assert nodes[b"/d"].type == DIR
+    assert sorted(nodes[b"/d"].children) == [b"new"]
+    assert b"/d/old" not in nodes
+    # And a directory replaced by a directory keeps what was in it.
+    members = [(_info("d", kind=tarfile.DIRTYPE), None), (_info("d/old", size=1), b"o"),
+               (_info("d", kind=tarfile.DIRTYPE, mode=0o700), None), (_info("d/new", size=1), b"n")]
+    nodes = _nodes(_read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "u.tar")[0])
+    assert sorted(nodes[b"/d"].children) == [b"new", b"old"] and nodes[b"/d"].mode & 0o777 == 0o700

@@ -144,3 +144,24 @@ def test_positional_writer_in_many_runs_with_short_writes(tmp_path, fixture_tars
         unpack.to_tar(layer, str(out))
     assert len(calls) > 50
     assert out.read_bytes() == streamed
+
+
+def test_decode_chunks_out_of_blob_order(tmp_path):
+    """Chunks asked for out of blob order, or twice (as dedup makes files share chunks), are read in several
+    runs of the blob, and each still decodes to what decode_chunk gives it."""
+    blob = tmp_path / "l.blob"
+    pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
+    with open_layer(str(blob)) as layer:
+        chunks = _chunks(layer)
+        bf = layer.blob_file(0)
+        order = chunks[::-1] + chunks[::3] + chunks[5:40]
+        preads: list = []
+        real = layer.pread
+        layer.pread = lambda off, size, *a: preads.append(size) or real(off, size, *a)
+        many = [bytes(d) for d in bf.decode_chunks(order, layer.rafs)]
+        in_order = len(preads)
+        preads.clear()
+        bf.decode_chunks(chunks, layer.rafs)
+        layer.pread = real
+        assert many == [bytes(bf.decode_chunk(c, layer.rafs)) for c in order]
+    assert len(preads) < in_order  # chunks in blob order: runs of them share one read
