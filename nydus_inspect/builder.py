@@ -164,10 +164,16 @@ class Plan:
     prefetch_nids: list[int]
     meta_start: int
     data_end: int  # end of the inodes and data blocks: the chunk table starts at the next block
+    #: With ``render``: the bootstrap up to ``data_end`` with every inode, xattr, directory and symlink
+    #: written, all but the chunk indexes of regular files (the only part that needs their chunks).
+    rendered: bytearray | None = None
+    explicit_uid_gid: bool = True
 
 
-def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool = True) -> Plan:
-    """Order, prepare and place every inode and data block of the tree under ``root``."""
+def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool = True, render: bool = False,
+                   explicit_uid_gid: bool = True) -> Plan:
+    """Order, prepare and place every inode and data block of the tree under ``root``; with ``render``,
+    also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks."""
     slots, names = _order(root)
     for slot in slots:
         _prepare(slot)
@@ -199,8 +205,14 @@ def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool =
         if slot.blocks:
             slot.blkaddr = cursor // BLOCK_SIZE
             cursor += BLOCK_SIZE * len(slot.blocks)
-    return Plan(slots, names, nblobs, chunk_size, prefetch, blob_table_off, prefetch_off, prefetch_nids,
-                meta_start, cursor)
+    plan = Plan(slots, names, nblobs, chunk_size, prefetch, blob_table_off, prefetch_off, prefetch_nids,
+                meta_start, cursor, explicit_uid_gid=explicit_uid_gid)
+    if render:
+        plan.rendered = bytearray(cursor)
+        chunk_bits = chunk_size.bit_length() - 1
+        for slot in slots:
+            _write_inode(plan.rendered, slot, explicit_uid_gid, chunk_bits)
+    return plan
 
 
 def build_bootstrap(
@@ -223,6 +235,8 @@ def build_bootstrap(
     nblobs = len(blobs)
     if plan is None or (plan.nblobs, plan.chunk_size, plan.prefetch) != (nblobs, chunk_size, prefetch):
         plan = plan_bootstrap(root, nblobs, chunk_size=chunk_size, prefetch=prefetch)
+    rendered = plan.rendered if plan.explicit_uid_gid == explicit_uid_gid else None
+    plan.rendered = None  # used once: the bootstrap is built in it
     slots, names = plan.slots, plan.names
     blob_table_off, prefetch_off, prefetch_nids = plan.blob_table_off, plan.prefetch_off, plan.prefetch_nids
     meta_start, cursor = plan.meta_start, plan.data_end
@@ -242,7 +256,11 @@ def build_bootstrap(
                                     c.compressed_offset, c.uncompressed_offset, c.file_offset, c.ci_index,
                                     c.crc32 or 0)
     total_size = round_up(chunk_table_off + len(table), BLOCK_SIZE)
-    buf = bytearray(total_size)
+    if rendered is not None:
+        buf = rendered
+        buf.extend(bytes(total_size - len(buf)))
+    else:
+        buf = bytearray(total_size)
     buf[chunk_table_off : chunk_table_off + len(table)] = table
 
     has_xattr = force_has_xattr or any(slot.xattrs for slot in slots)
@@ -290,7 +308,10 @@ def build_bootstrap(
 
     chunk_bits = chunk_size.bit_length() - 1
     for slot in slots:
-        _write_inode(buf, slot, explicit_uid_gid, chunk_bits)
+        if rendered is None:
+            _write_inode(buf, slot, explicit_uid_gid, chunk_bits)
+        if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
+            _write_chunk_indexes(buf, slot)
     return bytes(buf)
 
 
@@ -345,10 +366,13 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
             buf[start : start + len(blk)] = blk
     if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
         buf[pos : pos + len(slot.tail)] = slot.tail
-    elif slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
-        pos = round_up(pos, 8)
-        pack_into = rafs_v6.CHUNK_INDEX.pack_into
-        for c in node.chunks or ():
+
+
+def _write_chunk_indexes(buf: bytearray, slot: _Slot) -> None:
+    """A chunk-based inode's chunk indexes, after the inode and its xattrs (8-byte aligned)."""
+    pos = round_up(slot.offset + INODE_SIZE + len(slot.xattrs), 8)
+    pack_into = rafs_v6.CHUNK_INDEX.pack_into
+    for c in slot.node.chunks or ():
             # ChunkIndex(blob_index, ci_index, blkaddr).build(), in place.
             ci = c.ci_index
             pack_into(buf, pos, ci & 0xFFFF, ((c.blob_index + 1) & 0xFF) | ((ci >> 16) << 8),

@@ -322,8 +322,8 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
             chunker._flush_batch()
-            # Lay the bootstrap out while the workers finish the last chunks.
-            plan = plan_bootstrap(tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size)
+            # Lay the bootstrap out and write all of it but the chunks while the workers finish the last ones.
+            plan = plan_bootstrap(tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, render=True)
             chunker.drain()
         for warning in tree.warnings:
             log.warning("%s", warning)
