@@ -20,7 +20,7 @@ from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Chunk, Node, fsdecode
-from .readahead import decode_group, iter_with_data, quick_gil_handoff
+from .readahead import bulk_work, decode_group, iter_with_data
 
 
 @dataclass
@@ -42,7 +42,7 @@ def walk_image(layer: Layer) -> Iterator[Node]:
 
 def to_tar(layer: Layer, output: str) -> UnpackResult:
     """Write the layer's tree as a tar (ustar, PAX where needed) to ``output`` ('-' for stdout)."""
-    with quick_gil_handoff():
+    with bulk_work():
         if output == "-":
             return _write_tar(layer, sys.stdout.buffer)
         with atomic_output(output) as f:

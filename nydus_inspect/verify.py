@@ -99,7 +99,7 @@ from .formats.tar_header import (
 from .inspect import FileIndex, WalkError, walk_tree
 from .layer import ENTRY_NAMES, KIND_BLOB_NO_TOC, KIND_BLOB_TOC, SECTION_NAMES, Layer
 from .model import DIR, FT_OF_TYPE, REG, SYMLINK, fsdecode, node_type
-from .readahead import quick_gil_handoff
+from .readahead import bulk_work
 
 #: Findings kept per check; the rest are only counted (a badly broken blob would otherwise list millions).
 DEFAULT_LIMIT = 1000
@@ -282,7 +282,7 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
-    with quick_gil_handoff():
+    with bulk_work():
         try:
             run.ahead.start()
             _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
