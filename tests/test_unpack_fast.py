@@ -165,3 +165,25 @@ def test_decode_chunks_out_of_blob_order(tmp_path):
         layer.pread = real
         assert many == [bytes(bf.decode_chunk(c, layer.rafs)) for c in order]
     assert len(preads) < in_order  # chunks in blob order: runs of them share one read
+
+
+def test_bulk_work_restores_the_interpreter(tmp_path):
+    """bulk_work turns the cyclic GC off and shortens the GIL hand-off for the job only, also when it fails."""
+    import gc
+    import sys
+
+    from nydus_inspect.readahead import SWITCH_INTERVAL, bulk_work
+
+    interval = sys.getswitchinterval()
+    assert gc.isenabled() and interval > SWITCH_INTERVAL
+    with pytest.raises(ZeroDivisionError), bulk_work():
+        assert not gc.isenabled() and sys.getswitchinterval() == SWITCH_INTERVAL
+        1 / 0  # noqa: B018
+    assert gc.isenabled() and sys.getswitchinterval() == interval
+    gc.disable()
+    try:
+        with bulk_work():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
