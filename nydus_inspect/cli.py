@@ -425,7 +425,8 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        parser.exit(message=f"{PROG} {_version()}\n")
+        sys.stdout.write(f"{PROG} {_version()}\n")  # on stdout, as argparse's own version action writes it
+        parser.exit()
 
 
 def _version() -> str:

@@ -414,3 +414,41 @@ def test_parser_for_one_command_matches_the_full_parser():
     # An unknown command still gets the full list of choices in its error.
     parser = cli.build_parser(["bogus"])
     assert "unpack" in parser.format_help() and "verify" in parser.format_help()
+
+
+def test_version_on_stdout():
+    from importlib.metadata import version
+
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert proc.stdout == f"nydus-inspect {version('nydus-inspect')}\n".encode()
+
+
+def test_quick_exit_keeps_all_output_and_the_exit_code(tmp_path):
+    """The entry point leaves without Python's teardown: everything written to stdout, to a pipe or a
+    file, still arrives, and the exit code is the command's."""
+    import io
+    import tarfile
+
+    body = os.urandom(3 << 20)  # many times any buffer on the way
+    with tarfile.open(tmp_path / "l.tar", "w") as t:
+        info = tarfile.TarInfo("big")
+        info.size = len(body)
+        t.addfile(info, io.BytesIO(body))
+    layer = tmp_path / "l.blob"
+    ok("pack", "-q", tmp_path / "l.tar", "-o", layer)
+    # Python's own buffers, as users have them (this environment may set PYTHONUNBUFFERED).
+    env = {k: val for k, val in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def cli(*args, **kw):
+        return subprocess.run([sys.executable, "-m", "nydus_inspect", *map(str, args)], env=env, **kw)
+
+    assert cli("cat", layer, "/big", capture_output=True).stdout == body
+    # print()ed into a pipe: still in Python's buffer when the command returns.
+    assert cli("ls", layer, capture_output=True).stdout == b"/big\n"
+    out = tmp_path / "big"
+    with open(out, "wb") as f:
+        assert cli("cat", layer, "/big", stdout=f).returncode == 0
+    assert out.read_bytes() == body
+    assert cli("cat", layer, "/missing", capture_output=True).returncode == 2
