@@ -212,7 +212,9 @@ class _Chunker:
         self.batch_meta: list[tuple[Node, int, int]] = []
         self.batch_bytes = 0
         self.by_key: dict[tuple[bytes, int], Chunk] = {}
-        self.infos: list[blob_meta.ChunkInfo] = []
+        self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
+        self.count = 0  # chunks stored
+        self.stored_bytes = 0
         self.digests: list[bytes] = []
         self.uncompressed = 0
         self.referenced = 0
@@ -269,7 +271,7 @@ class _Chunker:
         if chunk is None:
             chunk = Chunk(
                 blob_index=0,
-                ci_index=len(self.infos),
+                ci_index=self.count,
                 file_offset=k * self.opts.chunk_size,
                 compressed_offset=self.out.pos,
                 compressed_size=len(stored),
@@ -280,16 +282,10 @@ class _Chunker:
                 crc32=crc,
             )
             self.out.write(stored)
-            self.infos.append(
-                blob_meta.ChunkInfo(
-                    index=chunk.ci_index,
-                    compressed_offset=chunk.compressed_offset,
-                    compressed_size=chunk.compressed_size,
-                    uncompressed_offset=chunk.uncompressed_offset,
-                    uncompressed_size=usize,
-                    compressed=compressed,
-                )
-            )
+            self.ci_array += blob_meta.pack_v1(chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset,
+                                               usize)
+            self.count += 1
+            self.stored_bytes += chunk.compressed_size
             self.digests.append(digest)
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
             self.by_key[key] = chunk
@@ -339,7 +335,7 @@ def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size:
         blob_id=blob_id,
         blob_index=0,
         chunk_size=opts.chunk_size,
-        chunk_count=len(chunker.infos),
+        chunk_count=chunker.count,
         compression_algo=opts.compressor.algo,
         digest_algo=opts.digester.algo,
         features=features,
@@ -355,7 +351,7 @@ def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size:
 def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str,
             plan: Plan | None = None) -> PackResult:
     entries: list[toc.TocEntry] = []
-    n = len(chunker.infos)
+    n = chunker.count
     blobs: list[rafs_v6.BlobTableEntry] = []
     ci: dict = {}
     if n:
@@ -365,7 +361,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size,
                                     chunker.uncompressed))
         # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
-        array = blob_meta.build_array(chunker.infos)
+        array = bytes(chunker.ci_array)
         stored, compressed = codecs.compress_if_smaller(array, opts.compressor)
         ci_comp = opts.compressor if compressed else Compressor.NONE
         ci = {"compressor": ci_comp, "offset": out.pos, "stored_size": len(stored), "size": len(array)}
@@ -409,7 +405,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         chunks=chunker.referenced,
         unique_chunks=n,
         data_bytes=chunker.data_bytes,
-        stored_bytes=sum(i.compressed_size for i in chunker.infos),
+        stored_bytes=chunker.stored_bytes,
         bootstrap_size=len(boot),
         toc=entries,
         warnings=list(tree.warnings),
@@ -419,7 +415,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
 def _write_separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, result: PackResult) -> None:
     """The layer's bootstrap as a file of its own, naming the blob by the layer digest (as after a merge)."""
     blobs = []
-    if chunker.infos:
+    if chunker.count:
         meta = next(e for e in result.toc if e.name == BLOB_META)
         ci = {"compressor": meta.compressor, "offset": meta.compressed_offset, "stored_size": meta.compressed_size,
               "size": meta.uncompressed_size}

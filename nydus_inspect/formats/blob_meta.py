@@ -218,15 +218,20 @@ def decode_v1(index: int, uncomp: int, comp: int) -> ChunkInfo:
 
 
 def encode_v1(ci: ChunkInfo) -> bytes:
-    if ci.uncompressed_offset & 0xFFF:
+    return pack_v1(ci.compressed_offset, ci.compressed_size, ci.uncompressed_offset, ci.uncompressed_size)
+
+
+def pack_v1(compressed_offset: int, compressed_size: int, uncompressed_offset: int, uncompressed_size: int) -> bytes:
+    """A v1 chunk-info record from its four numbers (v1 tells a compressed chunk by its sizes alone)."""
+    if uncompressed_offset & 0xFFF:
         raise ValueError("v1 chunk info needs a 4K-aligned uncompressed offset")
-    us, cs = ci.uncompressed_size - 1, ci.compressed_size - 1
+    us, cs = uncompressed_size - 1, compressed_size - 1
     if not (0 <= us < 1 << 24 and 0 <= cs < 1 << 24):
         raise ValueError("chunk size out of range for v1 chunk info")
-    if ci.compressed_offset >= 1 << 40 or ci.uncompressed_offset >= 1 << 44:
+    if compressed_offset >= 1 << 40 or uncompressed_offset >= 1 << 44:
         raise ValueError("chunk offset out of range for v1 chunk info")
-    uncomp = ((us >> 20) << 8) | ci.uncompressed_offset | ((us & 0xFFFFF) << 44)
-    comp = ci.compressed_offset | ((cs >> 20) << 40) | ((cs & 0xFFFFF) << 44)
+    uncomp = ((us >> 20) << 8) | uncompressed_offset | ((us & 0xFFFFF) << 44)
+    comp = compressed_offset | ((cs >> 20) << 40) | ((cs & 0xFFFFF) << 44)
     return _U64X2.pack(uncomp, comp)
 
 
