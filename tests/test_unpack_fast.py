@@ -115,8 +115,8 @@ def test_batch_path_runs(tmp_path, monkeypatch):
 
 
 def test_positional_writer_in_many_runs_with_short_writes(tmp_path, fixture_tars, monkeypatch):
-    """Tiny runs (a big file split between them) and a pwritev that writes a few bytes less than asked
-    each time still give the stream writer's bytes."""
+    """Tiny runs (a big file split between them), laid out in small slices, and a pwritev that writes a
+    few bytes less than asked each time still give the stream writer's bytes."""
     from nydus_inspect import unpack
 
     blob = tmp_path / "l.blob"
@@ -138,6 +138,7 @@ def test_positional_writer_in_many_runs_with_short_writes(tmp_path, fixture_tars
 
     monkeypatch.setattr(unpack, "GROUP_BYTES", 100_000)
     monkeypatch.setattr(unpack, "GROUP_PIECES", 7)
+    monkeypatch.setattr(unpack, "SLICE_ENTRIES", 13)  # many slices, ending anywhere in a run
     monkeypatch.setattr(unpack.os, "pwritev", short)
     out = tmp_path / "o.tar"
     with open_layer(str(blob)) as layer:
