@@ -193,7 +193,7 @@ def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
     The two take turns: the main thread lays out a slice of up to SLICE_ENTRIES entries, then waits while
     the workers write it. Laying out is Python work that holds the GIL, and the workers need it back after
     every chunk they hash or decode; run side by side, each hand-over costs a worker up to a switch
-    interval, and a Debian rootfs unpacked about 15% slower than in turns. A worker decodes one run
+    interval, and writing a Debian rootfs's tar took about 15% longer than in turns. A worker decodes one run
     (about GROUP_BYTES plus a chunk) at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
