@@ -8,6 +8,8 @@ import os
 import tarfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nydus_inspect.errors import FormatError
 from nydus_inspect.formats import tar_member
@@ -286,3 +288,19 @@ def test_a_directory_replaced_then_needed_again(replacement, tmp_path):
                (_info("d", kind=tarfile.DIRTYPE, mode=0o700), None), (_info("d/new", size=1), b"n")]
     nodes = _nodes(_read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "u.tar")[0])
     assert sorted(nodes[b"/d"].children) == [b"new", b"old"] and nodes[b"/d"].mode & 0o777 == 0o700
+
+
+@given(st.binary(min_size=8, max_size=8).map(bytes) | st.text("01234567 \0+-_x\t\x80", min_size=1, max_size=8).map(
+    lambda t: t.encode("latin-1").ljust(8, b"\0")[:8]))
+@settings(max_examples=3000, deadline=None)
+def test_numeric_fields_read_as_number_reads_them(raw):
+    """parse_header reads any 8-byte field as number() reads it: the same value, or the same error."""
+    block = _header_fields(uid=raw)
+    try:
+        want = tar_member.number(raw, "uid", 108)
+    except FormatError as exc:
+        with pytest.raises(FormatError) as got:
+            tar_member.parse_header(block, 0)
+        assert str(got.value) == str(exc)
+        return
+    assert tar_member.parse_header(block, 0).uid == want
