@@ -304,3 +304,24 @@ def test_numeric_fields_read_as_number_reads_them(raw):
         assert str(got.value) == str(exc)
         return
     assert tar_member.parse_header(block, 0).uid == want
+
+
+@pytest.mark.parametrize("typeflag, linkname, dev", [(b"0", b"", (0, 0)), (b"2", b"../target", (0, 0)),
+                                                     (b"3", b"", (4, 64)), (b"4", b"", (8, 1)), (b"5", b"", (0, 0))])
+def test_build_ustar_reads_back_in_tarfile_and_here(typeflag, linkname, dev):
+    """Our plain ustar header, read by Python's tarfile (an independent reader) and by parse_header."""
+    name = b"usr/share/doc/x" + bytes(range(0x20, 0x7F))[:60]
+    hdr = tar_member.build_ustar(name, mode=0o4755, uid=1000, gid=0o7777777, size=0o77777777777 if typeflag == b"0"
+                                 else 0, mtime=1700000000, typeflag=typeflag, linkname=linkname, devmajor=dev[0],
+                                 devminor=dev[1])
+    assert len(hdr) == 512 and hdr[257:265] == b"ustar\x0000" and hdr[265:329] == bytes(64) and hdr[345:] == bytes(167)
+    info = tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")  # checks the checksum too
+    assert (info.name.encode(), info.mode, info.uid, info.gid, info.mtime, info.type, info.linkname.encode()) == (
+        name, 0o4755, 1000, 0o7777777, 1700000000, typeflag, linkname)
+    assert (info.devmajor, info.devminor) == dev
+    ours = tar_member.parse_header(hdr, 0)
+    assert (ours.name, ours.mode, ours.size, ours.devmajor, ours.devminor) == (name, 0o4755, info.size, *dev)
+    if typeflag not in (b"3", b"4"):
+        assert hdr[329:345] == bytes(16)  # the device fields stay empty, as tar(1) writes them
+    assert tar_member.build_ustar(b"x" * 101, mode=0, uid=0, gid=0, size=0, mtime=0, typeflag=b"0") is None
+    assert tar_member.build_ustar(b"x", mode=0, uid=0, gid=0, size=1 << 33, mtime=0, typeflag=b"0") is None

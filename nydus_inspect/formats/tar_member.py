@@ -39,10 +39,17 @@ GNU_LONGLINK = b"K"
 GNU_SPARSE = b"S"
 
 _FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
-_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
 _MAX7 = 0o7777777
 _MAX11 = 0o77777777777
 _SIGNED = struct.Struct("512b")
+# build_ustar's pieces: mode, uid, gid (8 bytes each), size and mtime (12 each); the device numbers; the empty
+# uname and gname; the empty prefix and the padding to 512 bytes.
+_NUMBERS = b"%07o\0%07o\0%07o\0%011o\0%011o\0"
+_DEVICE = b"%07o\0%07o\0"
+_NO_DEVICE = bytes(16)
+_NO_OWNERS = bytes(64)
+_NO_PREFIX = bytes(167)
+_FIXED_SUM = 8 * ord(" ") + sum(USTAR_MAGIC)
 
 
 class Header:
@@ -181,11 +188,9 @@ def build_ustar(
     if not (0 <= mode <= _MAX7 and 0 <= uid <= _MAX7 and 0 <= gid <= _MAX7 and 0 <= size <= _MAX11
             and 0 <= mtime <= _MAX11 and 0 <= devmajor <= _MAX7 and 0 <= devminor <= _MAX7):
         return None
-    device = typeflag in (CHAR, BLOCK_DEV)
-    hdr = _USTAR.pack(
-        name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size, b"%011o\0" % mtime,
-        b"        ", typeflag, linkname, USTAR_MAGIC, b"", b"",
-        b"%07o\0" % devmajor if device else b"", b"%07o\0" % devminor if device else b"", b"",
-    )
-    # The checksum: six octal digits, NUL, and the last of the eight spaces it was summed with.
-    return b"%s%06o\0 %s" % (hdr[:148], sum(hdr), hdr[156:])
+    numbers = _NUMBERS % (mode, uid, gid, size, mtime)
+    device = _DEVICE % (devmajor, devminor) if typeflag in (CHAR, BLOCK_DEV) else _NO_DEVICE
+    # The checksum sums the header with its own field as eight spaces; only these parts are not zero.
+    checksum = sum(name) + sum(numbers) + typeflag[0] + sum(linkname) + sum(device) + _FIXED_SUM
+    return b"".join((name.ljust(100, b"\0"), numbers, b"%06o\0 " % checksum, typeflag, linkname.ljust(100, b"\0"),
+                     USTAR_MAGIC, _NO_OWNERS, device, _NO_PREFIX))
