@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 0x100000
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 64
+#: A worker reads a batch's chunks with one pread when that reads at most this much besides twice the data.
+SPAN_SLACK = 1 << 20
 
 
 @dataclass
@@ -168,13 +170,17 @@ def _process_batch(items: list, comp: Compressor, digester: Digester) -> list[tu
 
 
 def _read_batch(items: list) -> list:
-    """The bytes of each item: those given, or read from the tar (one read when the items share a file)."""
+    """The bytes of each item: those given, or read from the tar (one read over their span when they lie close)."""
     refs = [item for item in items if isinstance(item, tuple)]
     if not refs:
         return items
     fd, start = refs[0][0], refs[0][1]
     end = max(off + size for _, off, size in refs)
-    if len(refs) > 1 and all(r[0] == fd for r in refs) and start == min(off for _, off, _ in refs):
+    wanted = sum(size for _, _, size in refs)
+    # One read when the chunks lie close (headers and padding between them); not over a big gap (a long
+    # PAX record, say), which would be read for nothing.
+    if (len(refs) > 1 and all(r[0] == fd for r in refs) and start == min(off for _, off, _ in refs)
+            and end - start <= 2 * wanted + SPAN_SLACK):
         span = os.pread(fd, end - start, start)
         if len(span) != end - start:
             raise UsageError(f"the tar file ends inside file data at offset {start + len(span)}")

@@ -487,9 +487,10 @@ def test_separate_bootstrap_blob_table(tmp_path, fixture_tars):
     assert struct.unpack_from("<64s", boot, 1408)[0] == res.digest.encode()
 
 
-def test_worker_batch_reads(tmp_path):
+def test_worker_batch_reads(tmp_path, monkeypatch):
     """A worker batch of chunks in a plain tar file is read in one pread over its span; items out of order,
     given as bytes, or past the end of the file are read (or refused) one by one."""
+    from nydus_inspect import pack
     from nydus_inspect.errors import UsageError
     from nydus_inspect.pack import _read_batch
 
@@ -501,6 +502,13 @@ def test_worker_batch_reads(tmp_path):
         assert span == [bytes(range(10, 15)), bytes([0, 1, 2]), b""]
         mixed = [bytes(b) for b in _read_batch([(fd, 600, 2), b"given", (fd, 100, 1)])]
         assert mixed == [bytes([600 % 256, 601 % 256]), b"given", bytes([100])]
+        # Far apart (a long PAX record between two small files, say): read one by one, not the gap.
+        reads = []
+        real = os.pread
+        monkeypatch.setattr(os, "pread", lambda f, n, off: reads.append(n) or real(f, n, off))
+        monkeypatch.setattr(pack, "SPAN_SLACK", 100)
+        assert [bytes(b) for b in _read_batch([(fd, 0, 2), (fd, 900, 2)])] == [bytes([0, 1]), bytes([900 % 256, 901 % 256])]
+        assert reads == [2, 2]
         for items in ([(fd, 1000, 100)], [(fd, 0, 4), (fd, 1020, 10)]):
             with pytest.raises(UsageError, match="ends inside file data"):
                 _read_batch(items)
