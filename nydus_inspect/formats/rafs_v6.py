@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..codecs import Compressor
 from ..digests import Digester
@@ -631,9 +632,8 @@ DIRENT_SIZE = 12
 FT_UNKNOWN, FT_REG, FT_DIR, FT_CHR, FT_BLK, FT_FIFO, FT_SOCK, FT_SYMLINK = range(8)
 
 
-@dataclass(frozen=True)
-class Dirent:
-    """One EROFS directory entry: name, inode nid and file type."""
+class Dirent(NamedTuple):
+    """One EROFS directory entry: name, inode nid and file type (a tuple: a walk makes one per entry)."""
 
     name: bytes
     nid: int
