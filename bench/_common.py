@@ -68,6 +68,27 @@ def measure(name: str, cmd, repeat: int = 5, setup=None, **kw) -> dict:
     return {"name": name, "median": statistics.median(walls), "min": min(walls), "rss_kib": max(rss), "runs": walls}
 
 
+def measure_together(commands: list[tuple[str, list[str] | str]], repeat: int = 5,
+                     outputs: dict[str, Path] | None = None) -> list[dict]:
+    """``measure`` of each command, run in turns (A B C A B C ...): the load of a shared machine drifts
+    over a run, and taking turns spreads the drift over all of them instead of tilting the ratios.
+
+    ``outputs[name]`` is removed before each run of that command, untimed: replacing an old output costs freeing it, which one
+    tool pays first (``zstd -f`` unlinks it) and another last (ours rename over it, so that a failed run
+    loses nothing); the figures are then of the work alone."""
+    walls: dict[str, list[float]] = {name: [] for name, _ in commands}
+    rss: dict[str, list[int]] = {name: [] for name, _ in commands}
+    for _ in range(repeat):
+        for name, cmd in commands:
+            if outputs and name in outputs:
+                Path(outputs[name]).unlink(missing_ok=True)
+            w, r = run_once(cmd)
+            walls[name].append(w)
+            rss[name].append(r)
+    return [{"name": name, "median": statistics.median(walls[name]), "min": min(walls[name]),
+             "rss_kib": max(rss[name]), "runs": walls[name]} for name, _ in commands]
+
+
 def table(rows: list[dict], baseline: str | None = None) -> None:
     base = next((r["median"] for r in rows if r["name"] == baseline), None)
     print(f"{'command':<34} {'median s':>9} {'min s':>8} {'peak RSS MiB':>13} {'ratio':>7}")

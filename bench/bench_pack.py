@@ -14,7 +14,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, NYDUS, ROOT, ensure_rootfs, load_note, measure, ratio, table  # noqa: E402
+from _common import (  # noqa: E402
+    BENCH_DIR,
+    NYDUS,
+    ROOT,
+    ensure_rootfs,
+    load_note,
+    measure,
+    measure_together,
+    ratio,
+    table,
+)
 
 
 def main() -> int:
@@ -23,16 +33,23 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="nydus-bench-"))
     try:
         blob, zst, sq, back = work / "l.blob", work / "l.tar.zst", work / "l.sqfs", work / "back.tar"
-        rows = [
-            measure("nydus-inspect pack (zstd)", [*NYDUS, "pack", "-q", str(tar), "-o", str(blob)], repeat),
-            measure("zstd -3 -T2", ["zstd", "-3", "-T2", "-q", "-f", str(tar), "-o", str(zst)], repeat),
-            measure(
-                "mksquashfs zstd-3 -b 1M -processors 2",
-                ["mksquashfs", str(rootfs), str(sq), "-comp", "zstd", "-Xcompression-level", "3", "-b", "1M",
-                 "-processors", "2", "-noappend", "-quiet", "-no-progress"],
-                repeat,
-            ),
-        ]
+        rows = measure_together(
+            [
+                ("nydus-inspect pack (zstd)", [*NYDUS, "pack", "-q", str(tar), "-o", str(blob)]),
+                ("zstd -3 -T2", ["zstd", "-3", "-T2", "-q", "-f", str(tar), "-o", str(zst)]),
+                (
+                    "mksquashfs zstd-3 -b 1M -processors 2",
+                    ["mksquashfs", str(rootfs), str(sq), "-comp", "zstd", "-Xcompression-level", "3", "-b", "1M",
+                     "-processors", "2", "-noappend", "-quiet", "-no-progress"],
+                ),
+            ],
+            repeat,
+            outputs={
+                "nydus-inspect pack (zstd)": blob,
+                "zstd -3 -T2": zst,
+                "mksquashfs zstd-3 -b 1M -processors 2": sq,
+            },
+        )
         print(f"pack: {tar} ({tar.stat().st_size} bytes); {load_note()}")
         table(rows, baseline="mksquashfs zstd-3 -b 1M -processors 2")
         sizes = {n: p.stat().st_size for n, p in (("nydus blob", blob), ("tar.zst", zst), ("squashfs", sq))}
@@ -40,10 +57,14 @@ def main() -> int:
         print(f"pack / mksquashfs = {ratio(rows, rows[0]['name'], rows[2]['name']):.2f}x (target <= 1.0x)")
         print(f"pack / zstd -T2   = {ratio(rows, rows[0]['name'], rows[1]['name']):.2f}x (target <= 2.0x)")
         print()
-        urows = [
-            measure("nydus-inspect unpack -o tar", [*NYDUS, "unpack", "-q", str(blob), "-o", str(back)], repeat),
-            measure("zstd -d", ["zstd", "-d", "-q", "-f", str(zst), "-o", str(work / "d.tar")], repeat),
-        ]
+        urows = measure_together(
+            [
+                ("nydus-inspect unpack -o tar", [*NYDUS, "unpack", "-q", str(blob), "-o", str(back)]),
+                ("zstd -d", ["zstd", "-d", "-q", "-f", str(zst), "-o", str(work / "d.tar")]),
+            ],
+            repeat,
+            outputs={"nydus-inspect unpack -o tar": back, "zstd -d": work / "d.tar"},
+        )
         table(urows, baseline="zstd -d")
         print(f"unpack / zstd -d  = {ratio(urows, urows[0]['name'], urows[1]['name']):.2f}x (target <= 2.0x)")
         print()
