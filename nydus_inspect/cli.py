@@ -487,8 +487,9 @@ def run() -> None:
     Once a command is done, Python's own exit would free every object the command made, one by one (tens of
     milliseconds after a pack or unpack of a real layer: as long as some peers take for the whole job). The
     process leaves without that, once the work a normal exit does first is done: no other thread still runs,
-    atexit handlers (logging's flush among them) have run, and stdout and stderr are flushed. Outputs are
-    closed by the commands themselves before they return."""
+    atexit handlers (logging's flush among them) have run, and stdout and stderr are flushed (stdout that
+    cannot be written, a full disk say, is an error and exit status 2). Outputs are closed by the commands
+    themselves before they return."""
     code = main()
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
@@ -496,11 +497,19 @@ def run() -> None:
     import atexit
 
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-            pass
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader went away: quiet, as for a closed pipe during the command
+    except OSError as exc:  # what is left in the buffer cannot be written: say so, and fail
+        _error(f"standard output: {exc.strerror or exc}")
+        code = code or 2
+    except ValueError:  # closed by the command
+        pass
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
 
 

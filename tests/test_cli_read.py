@@ -452,3 +452,7 @@ def test_quick_exit_keeps_all_output_and_the_exit_code(tmp_path):
         assert cli("cat", layer, "/big", stdout=f).returncode == 0
     assert out.read_bytes() == body
     assert cli("cat", layer, "/missing", capture_output=True).returncode == 2
+    # Output that cannot be written at the end (a full disk) is an error, not a quiet loss.
+    with open("/dev/full", "wb") as full:
+        proc = cli("ls", layer, stdout=full, stderr=subprocess.PIPE)
+    assert proc.returncode == 2 and proc.stderr.decode().startswith("nydus-inspect: error: standard output: ")
