@@ -42,12 +42,16 @@ def atomic_output(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise
 
 
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
 def _create_temp(directory: str, base: str) -> tuple[int, str]:
     """A new file ``DIR/.BASE.<random>.tmp``, created exclusively with mode 0600 (what ``tempfile.mkstemp``
     does; importing tempfile costs a command more start-up time than this)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
+        tag = "".join(_TEMP_CHARS[b % len(_TEMP_CHARS)] for b in os.urandom(8))  # as long as mkstemp's
+        tmp = os.path.join(directory, f".{base}.{tag}.tmp")
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:
