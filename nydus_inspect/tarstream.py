@@ -117,9 +117,9 @@ def _norm_path(raw: bytes, where: object) -> bytes:
             continue
         if part == b"..":
             raise FormatError("tar entry", f"path {os.fsdecode(raw)!r} climbs out of the layer with '..'",
-                              value=where)
+                              value=str(where))
         if len(part) > MAX_NAME:
-            raise FormatError("tar entry", f"a path component is longer than {MAX_NAME} bytes", value=where)
+            raise FormatError("tar entry", f"a path component is longer than {MAX_NAME} bytes", value=str(where))
         parts.append(part)
     path = b"/" + b"/".join(parts)
     if len(path) > MAX_PATH:
@@ -174,9 +174,9 @@ def _check_numbers(member: TarMember, path: bytes, where: object, warnings: list
     """Owners and times must fit RAFS's inode fields; a time before 1970 is stored as 0, with a warning."""
     for what, value in (("uid", member.uid), ("gid", member.gid)):
         if not 0 <= value <= 0xFFFFFFFF:
-            raise FormatError("tar entry", f"{what} {value} does not fit RAFS's 32 bits", value=where)
+            raise FormatError("tar entry", f"{what} {value} does not fit RAFS's 32 bits", value=str(where))
     if member.mtime >= 1 << 63:
-        raise FormatError("tar entry", f"mtime {member.mtime} is out of range", value=where)
+        raise FormatError("tar entry", f"mtime {member.mtime} is out of range", value=str(where))
     if member.mtime < 0:
         warnings.append(f"{os.fsdecode(path)}: mtime {int(member.mtime)} is before 1970; RAFS stores it as 0")
 
@@ -248,9 +248,9 @@ class TreeBuilder:
         target = self.lookup(target_path)
         if target is None:
             raise FormatError("tar entry", f"hard link {os.fsdecode(path)!r} points at "
-                              f"{os.fsdecode(target_path)!r}, which no earlier entry created", value=where)
+                              f"{os.fsdecode(target_path)!r}, which no earlier entry created", value=str(where))
         if target.type == DIR:
-            raise FormatError("tar entry", f"hard link {os.fsdecode(path)!r} points at a directory", value=where)
+            raise FormatError("tar entry", f"hard link {os.fsdecode(path)!r} points at a directory", value=str(where))
         if target.hardlink is None:
             self._hardlink_groups += 1
             target.hardlink = self._hardlink_groups
@@ -573,13 +573,13 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
                 node.target = member.linkname
                 node.size = len(node.target)
                 if not node.target:
-                    raise FormatError("tar entry", "symlink with an empty target", value=where)
+                    raise FormatError("tar entry", "symlink with an empty target", value=str(where))
                 if len(node.target) > MAX_SYMLINK:
-                    raise FormatError("tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=where)
+                    raise FormatError("tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=str(where))
             elif ntype in (CHR, BLK):
                 if not (0 <= member.devmajor < 1 << 12 and 0 <= member.devminor < 1 << 20):
                     raise FormatError("tar entry", f"device {member.devmajor},{member.devminor}: Linux (and RAFS) "
-                                      "device numbers have 12-bit majors and 20-bit minors", value=where)
+                                      "device numbers have 12-bit majors and 20-bit minors", value=str(where))
                 node.rdev = os.makedev(member.devmajor, member.devminor)
             if ntype == REG and on_file is not None:
                 on_file(node, src.file(node.size), (fd, member.offset_data) if mapped is not None else None)
