@@ -180,8 +180,10 @@ def _positional(f) -> bool:
 #: data (a big file is split between tasks at chunk boundaries), or this many pieces.
 GROUP_BYTES = 1 << 20
 GROUP_PIECES = 512
-#: Entries laid out before the workers write them (the tar's description, not its data, is held).
+#: A slice ends after this many entries, or once its headers (PAX ones can be large: xattrs repeat on
+#: every name of a hard-linked file) take this many bytes: what is held is the tar's description, not its data.
 SLICE_ENTRIES = 16384
+SLICE_HEADER_BYTES = 16 << 20
 
 
 def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
@@ -190,66 +192,68 @@ def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
     decode, check and write contiguous runs of them with one pwritev each; the main thread never touches
     file data.
 
-    The two take turns: the main thread lays out a slice of up to SLICE_ENTRIES entries, then waits while
-    the workers write it. Laying out is Python work that holds the GIL, and the workers need it back after
-    every chunk they hash or decode; run side by side, each hand-over costs a worker up to a switch
-    interval, and writing a Debian rootfs's tar took about 15% longer than in turns. A worker decodes one run
-    (about GROUP_BYTES plus a chunk) at a time."""
+    The two take turns: the main thread lays out a slice (SLICE_ENTRIES entries, or SLICE_HEADER_BYTES of
+    headers), then waits while the workers write it. Laying out is Python work that holds the GIL, and the
+    workers need it back after every chunk they hash or decode; run side by side, each hand-over costs a
+    worker up to a switch interval, and writing a Debian rootfs's tar took about 15% longer than in turns.
+    A worker decodes one run (about GROUP_BYTES plus a chunk) at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     res = UnpackResult()
     fd = f.fileno()
-    rafs = layer.rafs
-    workers = os.cpu_count() or 1
-    pos = 0
-    pieces: list = []
-    start = data_bytes = 0
-    runs: list[tuple[int, list]] = []
-    entries = 0
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unpack") as pool:
-
-        def cut() -> None:
-            nonlocal pieces, start, data_bytes
-            if not pieces:
-                return
-            runs.append((start, pieces))
-            pieces, start, data_bytes = [], pos, 0
-
-        def write_slice() -> None:
-            futures = [pool.submit(_write_run, layer, fd, offset, run) for offset, run in runs]
-            runs.clear()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="unpack") as pool:
+        for runs in _layout_slices(layer, res):
+            futures = [pool.submit(_write_run, layer, fd, offset, pieces) for offset, pieces in runs]
             try:
                 for fut in futures:
                     fut.result()
             finally:
                 for fut in futures:
                     fut.cancel()
-
-        for node, hdr, data in _entries(layer, res):
-            pieces.append(hdr)
-            pos += len(hdr)
-            if data:
-                for c in node.chunks if node.chunks is not None else rafs.chunks(node):
-                    pieces.append(c)
-                    pos += c.uncompressed_size
-                    data_bytes += c.uncompressed_size
-                    if data_bytes >= GROUP_BYTES:
-                        cut()
-                pad = -node.size % tar_header.BLOCK
-                if pad:
-                    pieces.append(_ZEROS[:pad])
-                    pos += pad
-            if len(pieces) >= GROUP_PIECES:
-                cut()
-            entries += 1
-            if entries % SLICE_ENTRIES == 0:
-                cut()
-                write_slice()
-        pieces.append(_trailer(pos))
-        cut()
-        write_slice()
     return res
+
+
+def _layout_slices(layer: Layer, res: UnpackResult) -> Iterator[list[tuple[int, list]]]:
+    """The whole tar as runs ``(offset, pieces)`` (headers, chunks, padding, the trailer), a slice of runs
+    at a time; counts into ``res``."""
+    rafs = layer.rafs
+    pos = start = data_bytes = 0
+    pieces: list = []
+    runs: list[tuple[int, list]] = []
+    entries = header_bytes = 0
+
+    def cut() -> None:
+        nonlocal pieces, start, data_bytes
+        if pieces:
+            runs.append((start, pieces))
+        pieces, start, data_bytes = [], pos, 0
+
+    for node, hdr, data in _entries(layer, res):
+        pieces.append(hdr)
+        pos += len(hdr)
+        header_bytes += len(hdr)
+        if data:
+            for c in node.chunks if node.chunks is not None else rafs.chunks(node):
+                pieces.append(c)
+                pos += c.uncompressed_size
+                data_bytes += c.uncompressed_size
+                if data_bytes >= GROUP_BYTES:
+                    cut()
+            pad = -node.size % tar_header.BLOCK
+            if pad:
+                pieces.append(_ZEROS[:pad])
+                pos += pad
+        if len(pieces) >= GROUP_PIECES:
+            cut()
+        entries += 1
+        if entries >= SLICE_ENTRIES or header_bytes >= SLICE_HEADER_BYTES:
+            cut()
+            yield runs
+            runs = []
+            entries = header_bytes = 0
+    pieces.append(_trailer(pos))
+    cut()
+    yield runs
 
 
 _IOV_MAX = 1024
