@@ -169,9 +169,12 @@ def test_decode_chunks_out_of_blob_order(tmp_path):
 
 
 def test_bulk_work_restores_the_interpreter(tmp_path):
-    """bulk_work turns the cyclic GC off and shortens the GIL hand-off for the job only, also when it fails."""
+    """bulk_work turns the cyclic GC off and shortens the GIL hand-off for the job only, also when it fails;
+    overlapping jobs share the settings and the last to end restores them; a job on another thread (the
+    TUI's) leaves the GC on."""
     import gc
     import sys
+    import threading
 
     from nydus_inspect.readahead import SWITCH_INTERVAL, bulk_work
 
@@ -188,6 +191,25 @@ def test_bulk_work_restores_the_interpreter(tmp_path):
         assert not gc.isenabled()  # it was off before: it stays off
     finally:
         gc.enable()
+
+    # Two jobs that overlap: the first to end leaves the settings to the other.
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def other_job():
+        with bulk_work():
+            seen.append(gc.isenabled())  # a worker thread's job: the GC stays on
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_job)
+    t.start()
+    assert inside.wait(10)
+    with bulk_work():
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    assert sys.getswitchinterval() == SWITCH_INTERVAL  # the other job still runs
+    release.set()
+    t.join(10)
+    assert seen == [True] and gc.isenabled() and sys.getswitchinterval() == interval
 
 
 def test_slices_are_bounded_by_header_bytes(tmp_path, monkeypatch):
