@@ -252,21 +252,24 @@ def compress(data: bytes, comp: Compressor) -> bytes:
     raise ValueError(f"compressor {comp.value} cannot be used for writing")
 
 
-def zstd_compress_many(datas: list) -> list:
-    """``compress(d, ZSTD)`` of each (bytes-like), in one call that leaves the GIL once; the frames are
-    the ones ``compress`` makes."""
-    got = _zstd_compressor().multi_compress_to_buffer(datas, threads=0)
-    return [got[i].tobytes() for i in range(len(got))]
-
-
 def compress_if_smaller(data: bytes, comp: Compressor) -> tuple[bytes, bool]:
     """Return ``(stored_bytes, compressed)``: the compressed form only when strictly smaller."""
     if comp is Compressor.NONE or not data:
         return bytes(data), False
-    packed = compress(data, comp)
-    if len(packed) < len(data):
-        return packed, True
-    return bytes(data), False
+    return _smaller(data, compress(data, comp))
+
+
+def compress_many_if_smaller(datas: list, comp: Compressor) -> list[tuple[bytes, bool]]:
+    """:func:`compress_if_smaller` of each (bytes-like); zstd ones in one call that leaves the GIL once
+    (python-zstandard's batch call makes the frames ``compress`` makes)."""
+    if comp is not Compressor.ZSTD or len(datas) < 2:
+        return [compress_if_smaller(d, comp) for d in datas]
+    got = _zstd_compressor().multi_compress_to_buffer(datas, threads=0)
+    return [_smaller(d, got[i].tobytes()) for i, d in enumerate(datas)]
+
+
+def _smaller(data, packed: bytes) -> tuple[bytes, bool]:
+    return (packed, True) if len(packed) < len(data) else (bytes(data), False)
 
 
 def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", offset: int | None = None) -> bytes:

@@ -155,18 +155,8 @@ def _process_batch(items: list, comp: Compressor, digester: Digester) -> list[tu
     headers meanwhile; so a batch of many small chunks is read with one ``pread`` over their span of the
     tar and compressed with one zstd call, not a call each."""
     datas = _read_batch(items)
-    if comp is Compressor.ZSTD and len(datas) > 1:
-        packed = codecs.zstd_compress_many(datas)
-    else:
-        packed = [codecs.compress(d, comp) if comp is not Compressor.NONE and len(d) else None for d in datas]
-    out = []
-    for data, p in zip(datas, packed):
-        if p is not None and len(p) < len(data):
-            stored, compressed = p, True
-        else:
-            stored, compressed = bytes(data), False
-        out.append((digester.digest(data), stored, compressed, crc32c(data)))
-    return out
+    stored = codecs.compress_many_if_smaller(datas, comp)
+    return [(digester.digest(d), s, compressed, crc32c(d)) for d, (s, compressed) in zip(datas, stored)]
 
 
 def _read_batch(items: list) -> list:
@@ -181,22 +171,17 @@ def _read_batch(items: list) -> list:
     # PAX record, say), which would be read for nothing.
     if (len(refs) > 1 and all(r[0] == fd for r in refs) and start == min(off for _, off, _ in refs)
             and end - start <= 2 * wanted + SPAN_SLACK):
-        span = os.pread(fd, end - start, start)
-        if len(span) != end - start:
-            raise UsageError(f"the tar file ends inside file data at offset {start + len(span)}")
-        view = memoryview(span)
+        view = memoryview(_pread_exact(fd, end - start, start))
         return [view[item[1] - start : item[1] - start + item[2]] if isinstance(item, tuple) else item
                 for item in items]
-    out = []
-    for item in items:
-        if isinstance(item, tuple):
-            fd, offset, size = item
-            data = os.pread(fd, size, offset)
-            if len(data) != size:
-                raise UsageError(f"the tar file ends inside file data at offset {offset + len(data)}")
-            item = data
-        out.append(item)
-    return out
+    return [_pread_exact(item[0], item[2], item[1]) if isinstance(item, tuple) else item for item in items]
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise UsageError(f"the tar file ends inside file data at offset {offset + len(data)}")
+    return data
 
 
 class _Chunker:

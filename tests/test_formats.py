@@ -140,6 +140,15 @@ class TestCodecs:
         assert codecs.compress_if_smaller(b"", comp) == (b"", False)
         assert codecs.compress_if_smaller(text, Compressor.NONE) == (text, False)
 
+    @pytest.mark.parametrize("comp", [Compressor.ZSTD, Compressor.LZ4_BLOCK, Compressor.NONE])
+    def test_compress_many_if_smaller_is_compress_if_smaller_of_each(self, comp):
+        noise = b"".join(hashlib.sha512(b"%d" % i).digest() for i in range(8))
+        datas = [b"a" * 4096, noise, b"", b"xy" * 70000, memoryview(b"0123456789" * 300)[5:2000], noise[:1]]
+        want = [codecs.compress_if_smaller(bytes(d), comp) for d in datas]
+        assert codecs.compress_many_if_smaller(datas, comp) == want
+        assert codecs.compress_many_if_smaller(datas[:1], comp) == want[:1]
+        assert all(type(stored) is bytes for stored, _ in codecs.compress_many_if_smaller(datas, comp))
+
     @pytest.mark.parametrize(
         ("comp", "claim"),
         [(Compressor.ZSTD, 0)]  # lz4_block: a zero-size claim decodes nothing (no chunk or entry is empty)
