@@ -22,11 +22,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from . import codecs
 from .codecs import Compressor
 from .errors import FormatError, UsageError
-from .formats import blob_meta, rafs_v5, rafs_v6, tar_header, toc
+from .formats import blob_meta, rafs_v6, tar_header, toc
 from .formats.tar_header import (
     BLOB_DIGEST,
     BLOB_META,
@@ -36,6 +37,9 @@ from .formats.tar_header import (
     RAFS_BLOB_TOC,
 )
 from .model import Chunk, Node, RafsV6
+
+if TYPE_CHECKING:
+    from .formats.rafs_v5 import RafsV5
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +151,12 @@ class Layer:
             raise FormatError("layer", "the file is empty", offset=0)
         if self.size >= 512 and self._try_blob():
             return
-        if self.size >= 8 and struct.unpack_from("<II", m, 0) == (rafs_v5.MAGIC, rafs_v5.VERSION):
-            self.kind = KIND_BOOTSTRAP_V5
-            return
-        if self.size >= 1028 and struct.unpack_from("<I", m, 1024)[0] == rafs_v6.EROFS_MAGIC:
+        # The EROFS magic lies inside a v5 superblock's reserved bytes, so the two never both match.
+        if _is_v6(m):
             self.kind = KIND_BOOTSTRAP
+            return
+        if _is_v5(m):
+            self.kind = KIND_BOOTSTRAP_V5
             return
         if self.size >= 2 and m[:2] == b"\x1f\x8b" or self.size >= 265 and m[257:262] == b"ustar":
             self.kind = KIND_BOOTSTRAP_LAYER
@@ -460,10 +465,10 @@ class Layer:
     @cached_property
     def rafs(self) -> RafsV6:
         data = self.bootstrap_bytes()
-        if len(data) >= 8 and struct.unpack_from("<II", data, 0) == (rafs_v5.MAGIC, rafs_v5.VERSION):
+        if not _is_v6(data) and _is_v5(data):
             raise FormatError(
                 "rafs v5 superblock", "this is a RAFS v5 bootstrap; this command needs RAFS v6", offset=0,
-                value=rafs_v5.MAGIC,
+                value=_rafs_v5().MAGIC,
             ).located(self.path)
         try:
             return RafsV6(data, ci_source=self._ci_source)
@@ -471,16 +476,15 @@ class Layer:
             raise exc.located(self.path) from None
 
     @cached_property
-    def rafs_v5(self) -> rafs_v5.RafsV5:
+    def rafs_v5(self) -> RafsV5:
         try:
-            return rafs_v5.RafsV5(self.bootstrap_bytes())
+            return _rafs_v5().RafsV5(self.bootstrap_bytes())
         except FormatError as exc:
             raise exc.located(self.path) from None
 
     @property
     def is_v5(self) -> bool:
-        data = self.bootstrap_bytes()
-        return len(data) >= 8 and struct.unpack_from("<II", data, 0) == (rafs_v5.MAGIC, rafs_v5.VERSION)
+        return _is_v5(self.bootstrap_bytes())
 
     def _ci_source(self, blob_index: int):
         bf = self.blob_file(blob_index, required=False)
@@ -736,3 +740,19 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
             return Layer(boot, blob_dir=blob_dir or layout_blobs, blobs=blobs)
         raise UsageError(f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout")
     return Layer(path, blob_dir=blob_dir, blobs=blobs)
+
+
+def _rafs_v5():
+    """The RAFS v5 module, imported when a v5 bootstrap turns up (v6 layers never need it)."""
+    from .formats import rafs_v5
+
+    return rafs_v5
+
+
+def _is_v6(data) -> bool:
+    return len(data) >= 1028 and struct.unpack_from("<I", data, 1024)[0] == rafs_v6.EROFS_MAGIC
+
+
+def _is_v5(data) -> bool:
+    v5 = _rafs_v5()
+    return len(data) >= 8 and struct.unpack_from("<II", data, 0) == (v5.MAGIC, v5.VERSION)
