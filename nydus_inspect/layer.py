@@ -10,7 +10,6 @@ of every blob the bootstrap lists.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import logging
@@ -438,6 +437,8 @@ class Layer:
         raw = io.BytesIO(self._map)
         try:
             if self._map[:2] == b"\x1f\x8b":
+                import gzip
+
                 fobj: io.IOBase = gzip.GzipFile(fileobj=raw)
             else:
                 fobj = raw

@@ -8,7 +8,6 @@ by pack (to build a layer) and diff (to describe the source side).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import logging
 import mmap
@@ -82,6 +81,8 @@ def open_tar_input(path: str) -> Iterator[BinaryIO]:
     try:
         head = buffered.peek(4)[:4]
         if head.startswith(GZIP_MAGIC):
+            import gzip  # a pack of a .tar.gz needs it, the other commands do not
+
             yield gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[misc]
         elif head == ZSTD_MAGIC:
             yield zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[misc]
@@ -584,7 +585,7 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
             if ntype == REG and on_file is not None:
                 on_file(node, src.file(node.size), (fd, member.offset_data) if mapped is not None else None)
             builder.add(node)
-    except (EOFError, OSError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # gzip's BadGzipFile is an OSError
         raise FormatError("tar", f"{source}: not a readable tar after {index} entries: {exc}") from None
     finally:
         if mapped is not None:
