@@ -750,7 +750,7 @@ class _Tree:
         self._ends.append(min(stop, 1 << 62))
         self._tags.append(tag)
 
-    def _field_reporter(self, check: str, layout, base: int, blob_index: int | None = None):
+    def _field_reporter(self, check: str, layout, base: int, blob_index: int | None = None, path: str | None = None):
         """``bad(field, message, expected, found)`` for a field of ``layout`` placed at ``base``."""
 
         def bad(fld: str, message: str, expected, found) -> None:
@@ -759,6 +759,7 @@ class _Tree:
                 message,
                 structure=layout.name,
                 blob_index=blob_index,
+                path=path,
                 field=fld,
                 offset=base + layout.offsets[fld],
                 expected=expected,
@@ -939,20 +940,7 @@ class _Tree:
             pass  # the walk reports what does not decode
 
     def _inode(self, node, ino, off: int) -> None:
-        layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
-
-        def ibad(fld: str, message: str, expected, found) -> None:
-            self.bad(
-                "bootstrap.inode",
-                message,
-                structure=layout.name,
-                path=fsdecode(node.path),
-                field=fld,
-                offset=off + layout.offsets[fld],
-                expected=expected,
-                found=found,
-            )
-
+        ibad = self._field_reporter("bootstrap.inode", ino.layout, off, path=fsdecode(node.path))
         if ino.i_ino > self.sb.s_inos:
             ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
         if node.xattrs and not self.has_xattrs:
@@ -1053,16 +1041,8 @@ class _Tree:
             self.dirents[nid] = listed
         want_size = (len(data) - 1) // block * block + used if data else 0
         if ino.i_size != want_size:
-            layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
-            self.bad(
-                "bootstrap.dir",
-                "directory i_size differs from the size of its dirents",
-                structure=layout.name,
-                path=path,
-                field="i_size",
-                offset=off + layout.offsets["i_size"],
-                expected=want_size,
-                found=ino.i_size,
+            self._field_reporter("bootstrap.dir", ino.layout, off, path=path)(
+                "i_size", "directory i_size differs from the size of its dirents", want_size, ino.i_size
             )
         if ino.datalayout == rafs_v6.LAYOUT_FLAT_PLAIN and ino.i_size % block:
             end = ino.i_u * block + ino.i_size
@@ -1162,16 +1142,8 @@ class _Tree:
                     found=ftype,
                 )
         if ino.i_nlink != 2 + subdirs:
-            layout = rafs_v6.INODE_EXTENDED if ino.extended else rafs_v6.INODE_COMPACT
-            self.bad(
-                "bootstrap.nlink",
-                "a directory's nlink is 2 + its sub-directories",
-                structure=layout.name,
-                path=path,
-                field="i_nlink",
-                offset=off + layout.offsets["i_nlink"],
-                expected=2 + subdirs,
-                found=ino.i_nlink,
+            self._field_reporter("bootstrap.nlink", ino.layout, off, path=path)(
+                "i_nlink", "a directory's nlink is 2 + its sub-directories", 2 + subdirs, ino.i_nlink
             )
 
     def file_chunks(self, node, chunks, records, first: bool) -> None:
@@ -2921,3 +2893,4 @@ __all__ = [
     "entry_check",
     "verify",
 ]
+

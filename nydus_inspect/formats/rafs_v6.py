@@ -448,9 +448,13 @@ class Inode:
     def xattr_size(self) -> int:
         return 0 if self.i_xattr_icount == 0 else 12 + (self.i_xattr_icount - 1) * 4
 
+    @property
+    def layout(self) -> Layout:
+        """The on-disk layout of this inode: compact or extended."""
+        return INODE_EXTENDED if self.extended else INODE_COMPACT
+
     def build(self) -> bytes:
-        layout = INODE_EXTENDED if self.extended else INODE_COMPACT
-        return layout.pack(self.__dict__)
+        return self.layout.pack(self.__dict__)
 
 
 _COMPACT = INODE_COMPACT.struct
