@@ -65,6 +65,10 @@ def measure(name: str, cmd, repeat: int = 5, setup=None, **kw) -> dict:
         w, r = run_once(cmd, **kw)
         walls.append(w)
         rss.append(r)
+    return _row(name, walls, rss)
+
+
+def _row(name: str, walls: list[float], rss: list[int]) -> dict:
     return {"name": name, "median": statistics.median(walls), "min": min(walls), "rss_kib": max(rss), "runs": walls}
 
 
@@ -85,8 +89,7 @@ def measure_together(commands: list[tuple[str, list[str] | str]], repeat: int = 
             w, r = run_once(cmd)
             walls[name].append(w)
             rss[name].append(r)
-    return [{"name": name, "median": statistics.median(walls[name]), "min": min(walls[name]),
-             "rss_kib": max(rss[name]), "runs": walls[name]} for name, _ in commands]
+    return [_row(name, walls[name], rss[name]) for name, _ in commands]
 
 
 def table(rows: list[dict], baseline: str | None = None) -> None:
