@@ -218,12 +218,15 @@ def test_last_file_without_padding_is_read_the_same_on_both_paths(tmp_path):
     assert _nodes(read_tar(io.BufferedReader(io.BytesIO(cut)), None, "t.tar"))[b"/a"].size == 700
 
 
+#: (offset, length) of the numeric fields of a tar header.
+_NUMERIC = {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12), "mtime": (136, 12)}
+
+
 def _header_fields(**fields: bytes) -> bytes:
     """A ustar header for an empty file "f" with raw numeric fields replaced, checksum fixed."""
     hdr = bytearray(_tar(tarfile.USTAR_FORMAT, [(_info("f", size=0, mode=0o644, uid=1, gid=2, mtime=3), b"")])[:512])
-    where = {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12), "mtime": (136, 12)}
     for name, raw in fields.items():
-        start, length = where[name]
+        start, length = _NUMERIC[name]
         hdr[start : start + length] = raw.ljust(length, b"\0")
     return _fix_checksums(bytes(hdr))
 
@@ -241,8 +244,7 @@ def test_numeric_fields_fast_path_agrees_with_number(fields):
     block = _header_fields(**fields)
     got = tar_member.parse_header(block, 0)
     want = {name: tar_member.number(block[start : start + length], name, start)
-            for name, (start, length) in {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8),
-                                          "size": (124, 12), "mtime": (136, 12)}.items()}
+            for name, (start, length) in _NUMERIC.items()}
     assert (got.mode, got.uid, got.gid, got.size, got.mtime) == tuple(want.values())
 
 
