@@ -14,7 +14,7 @@ VECTORS ?= $(or $(firstword $(wildcard $(abspath ../shared/vectors) $(if $(filte
 APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr
 BENCH_APT_PKGS := squashfs-tools squashfuse hyperfine b3sum debootstrap time
 
-.PHONY: demo test lint deps bench clean fixtures
+.PHONY: demo test lint deps bench clean fixtures oracle
 
 $(VENV)/.apt-stamp:
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -33,6 +33,11 @@ $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
 	@touch $@
 
 deps: $(VENV)/.pip-stamp
+
+# The real nydus tools (nydus-image, nydusd, nydusify) and the snapshotter's converter, built once per machine
+# into a cache outside the checkout, as test oracles; the last line printed is their directory.
+oracle:
+	@bash oracle/build.sh
 
 fixtures: deps
 	$(PY) fixtures/make_fixtures.py
