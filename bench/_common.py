@@ -37,15 +37,17 @@ _compile_bytecode()
 TIME = shutil.which("time") or "/usr/bin/time"
 
 
-def run_once(cmd: list[str] | str, *, stdin=None, stdout=subprocess.DEVNULL, shell: bool = False) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one run; raises if the command fails.
+def run_once(
+    cmd: list[str] | str, *, stdin=None, stdout=subprocess.DEVNULL, shell: bool = False
+) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in KiB, CPU seconds: user + system) of one run; raises if the command fails.
 
     RSS comes from GNU time, whose child is forked from that small program: rusage taken here would
     count the pre-exec copy of this (large) Python process instead.
     """
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         argv = ["sh", "-c", cmd] if shell else list(cmd)
-        full = [TIME, "-f", "%M", "-o", tf.name, *argv]
+        full = [TIME, "-f", "%M %U %S", "-o", tf.name, *argv]
         t0 = time.perf_counter()
         proc = subprocess.run(full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -53,23 +55,33 @@ def run_once(cmd: list[str] | str, *, stdin=None, stdout=subprocess.DEVNULL, she
         if proc.returncode != 0:
             shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
             raise SystemExit(f"benchmark command failed ({proc.returncode}): {shown}\n{proc.stderr.decode()[-2000:]}")
-        lines = [ln for ln in tf.read().split() if ln.isdigit()]
-        return wall, int(lines[-1]) if lines else 0
+        # GNU time's last line is ours; lines before it are the command's own complaints (a signal).
+        last = tf.read().strip().splitlines()[-1:] or ["0 0 0"]
+        rss, user, system = last[0].split()
+        return wall, int(rss), float(user) + float(system)
 
 
 def measure(name: str, cmd, repeat: int = 5, setup=None, **kw) -> dict:
-    walls, rss = [], []
+    walls, rss, cpu = [], [], []
     for _ in range(repeat):
         if setup:
             setup()
-        w, r = run_once(cmd, **kw)
+        w, r, c = run_once(cmd, **kw)
         walls.append(w)
         rss.append(r)
-    return _row(name, walls, rss)
+        cpu.append(c)
+    return _row(name, walls, rss, cpu)
 
 
-def _row(name: str, walls: list[float], rss: list[int]) -> dict:
-    return {"name": name, "median": statistics.median(walls), "min": min(walls), "rss_kib": max(rss), "runs": walls}
+def _row(name: str, walls: list[float], rss: list[int], cpu: list[float]) -> dict:
+    return {
+        "name": name,
+        "median": statistics.median(walls),
+        "min": min(walls),
+        "cpu": statistics.median(cpu),
+        "rss_kib": max(rss),
+        "runs": walls,
+    }
 
 
 def measure_together(commands: list[tuple[str, list[str] | str]], repeat: int = 5,
@@ -82,22 +94,30 @@ def measure_together(commands: list[tuple[str, list[str] | str]], repeat: int = 
     loses nothing); the figures are then of the work alone."""
     walls: dict[str, list[float]] = {name: [] for name, _ in commands}
     rss: dict[str, list[int]] = {name: [] for name, _ in commands}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in commands}
     for _ in range(repeat):
         for name, cmd in commands:
             if outputs and name in outputs:
-                Path(outputs[name]).unlink(missing_ok=True)
-            w, r = run_once(cmd)
+                out = Path(outputs[name])
+                if out.is_dir():
+                    shutil.rmtree(out)
+                out.unlink(missing_ok=True)
+            w, r, c = run_once(cmd)
             walls[name].append(w)
             rss[name].append(r)
-    return [_row(name, walls[name], rss[name]) for name, _ in commands]
+            cpu[name].append(c)
+    return [_row(name, walls[name], rss[name], cpu[name]) for name, _ in commands]
 
 
 def table(rows: list[dict], baseline: str | None = None) -> None:
     base = next((r["median"] for r in rows if r["name"] == baseline), None)
-    print(f"{'command':<34} {'median s':>9} {'min s':>8} {'peak RSS MiB':>13} {'ratio':>7}")
+    print(f"{'command':<34} {'median s':>9} {'min s':>8} {'CPU s':>7} {'peak RSS MiB':>13} {'ratio':>7}")
     for r in rows:
         ratio = f"{r['median'] / base:.2f}x" if base else ""
-        print(f"{r['name']:<34} {r['median']:>9.3f} {r['min']:>8.3f} {r['rss_kib'] / 1024:>13.1f} {ratio:>7}")
+        print(
+            f"{r['name']:<34} {r['median']:>9.3f} {r['min']:>8.3f} {r['cpu']:>7.2f} {r['rss_kib'] / 1024:>13.1f}"
+            f" {ratio:>7}"
+        )
 
 
 def ratio(rows: list[dict], a: str, b: str) -> float:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from oracle import oracle  # noqa: F401  (the session fixture of the real nydus tools)
+
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("NYDUS_VECTORS", ROOT.parent / "shared" / "vectors")).resolve()
 REQUIRE_VECTORS = os.environ.get("NYDUS_REQUIRE_VECTORS") == "1"
@@ -39,3 +41,24 @@ def fsck_erofs() -> str:
     if path is None:
         _missing("fsck.erofs (Debian erofs-utils) is not installed", REQUIRE_VECTORS)
     return path
+
+
+def kernel_fuse_problem() -> str | None:
+    """Why this process cannot make a FUSE mount, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
+    if os.geteuid() != 0 and not shutil.which("fusermount3"):
+        return "not root and no fusermount3"
+    return None
+
+
+@pytest.fixture(scope="session")
+def fuse_ok() -> None:
+    """The kernel side of FUSE (for the real nydusd); skip (fail in CI) when it is missing."""
+    problem = kernel_fuse_problem()
+    if problem:
+        _missing(f"FUSE is unavailable: {problem}", REQUIRE_FUSE)

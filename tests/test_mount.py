@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BOOTSTRAP, DATA_BLOB, REQUIRE_FUSE, TOC_BLOB
+from conftest import BOOTSTRAP, DATA_BLOB, REQUIRE_FUSE, TOC_BLOB, kernel_fuse_problem
 from fixtures_util import make_fixtures
 from merge_fixtures import layer_tars, reference_files, reference_tree
 
@@ -46,14 +46,9 @@ MIB = 1 << 20
 
 # ---------------------------------------------------------------------------- FUSE availability
 def _fuse_problem() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse does not exist"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as exc:
-        return f"/dev/fuse cannot be opened: {exc.strerror}"
-    if os.geteuid() != 0 and not shutil.which("fusermount3"):
-        return "not root and no fusermount3"
+    problem = kernel_fuse_problem()
+    if problem:
+        return problem
     for module in ("pyfuse3", "trio"):
         try:
             __import__(module)

@@ -1,0 +1,110 @@
+"""nydus-inspect against the real nydus tools (built by `make oracle`), in turns in one run, on the Debian
+minbase tar and on the ~2 GB tar:
+
+  pack     `nydus-inspect pack` vs `nydus-image create --type tar-rafs --blob-inline-meta --features
+           blob-toc --fs-version 6` with the same compressor, digester and chunk size
+  unpack   `nydus-inspect unpack -o TAR` vs `nydus-image unpack` of the same layer
+  verify   `nydus-inspect verify` (bootstrap and every chunk) vs `nydus-image check` (bootstrap)
+
+Each row: median wall seconds, median CPU seconds (user + system), peak RSS. Target: every ratio
+<= 1.0x the real tool. The mount against nydusd is in bench_mount.py.
+
+Run: `make bench`, or `python bench/bench_oracle.py` (BENCH_REPEAT sets repetitions, default 5;
+BENCH_BIG=0 skips the 2 GB tar).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCH_DIR, NYDUS, ROOT, ensure_rootfs, load_note, measure_together, ratio, table  # noqa: E402
+
+
+def oracle_dir() -> Path:
+    """`make oracle`'s directory (built now if it is not yet: the first time takes tens of minutes)."""
+    proc = subprocess.run(["bash", str(ROOT / "oracle" / "build.sh")], stdout=subprocess.PIPE, check=True)
+    return Path(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def compare(label: str, tar: Path, oracle: Path, work: Path, repeat: int) -> list[str]:
+    image = str(oracle / "nydus-image")
+    ours, theirs = work / "ours.blob", work / "theirs.blob"
+    rows = measure_together(
+        [
+            ("nydus-inspect pack", [*NYDUS, "pack", "-q", str(tar), "-o", str(ours)]),
+            (
+                "nydus-image create",
+                [image, "create", "--log-level", "warn", "--type", "tar-rafs", "--fs-version", "6",
+                 "--blob-inline-meta", "--features", "blob-toc", "--whiteout-spec", "none",
+                 "--compressor", "zstd", "--digester", "blake3", "--chunk-size", "0x100000",
+                 "--blob", str(theirs), str(tar)],
+            ),
+        ],
+        repeat,
+        outputs={"nydus-inspect pack": ours, "nydus-image create": theirs},
+    )
+    print(f"== pack: {label} ({tar.stat().st_size} bytes)")
+    table(rows, baseline="nydus-image create")
+    verdicts = [("pack / nydus-image create", ratio(rows, "nydus-inspect pack", "nydus-image create"))]
+
+    # Both unpack and check read the same layer (ours), given the way each tool takes it: ours the
+    # blob, nydus-image its bootstrap (taken out beforehand, untimed) and the blob.
+    boot = work / "ours.boot"
+    subprocess.run([*NYDUS, "entry", str(ours), "image.boot", "-o", str(boot)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    back_ours, back_theirs = work / "ours.tar", work / "theirs.tar"
+    urows = measure_together(
+        [
+            ("nydus-inspect unpack", [*NYDUS, "unpack", "-q", str(ours), "-o", str(back_ours)]),
+            ("nydus-image unpack", [image, "unpack", "--log-level", "warn", "--bootstrap", str(boot), "--blob",
+                                    str(ours), "--output", str(back_theirs)]),
+        ],
+        repeat,
+        outputs={"nydus-inspect unpack": back_ours, "nydus-image unpack": back_theirs},
+    )
+    print(f"== unpack: {label}")
+    table(urows, baseline="nydus-image unpack")
+    verdicts.append(("unpack / nydus-image unpack", ratio(urows, "nydus-inspect unpack", "nydus-image unpack")))
+
+    vrows = measure_together(
+        [
+            ("nydus-inspect verify", [*NYDUS, "verify", "-q", str(ours)]),
+            ("nydus-image check", [image, "check", "--log-level", "warn", "--bootstrap", str(boot)]),
+        ],
+        repeat,
+    )
+    print(f"== verify: {label} (ours reads and checks every chunk; check reads the bootstrap)")
+    table(vrows, baseline="nydus-image check")
+    verdicts.append(("verify / nydus-image check", ratio(vrows, "nydus-inspect verify", "nydus-image check")))
+    print()
+    return [f"{label}: {what} = {r:.2f}x (target <= 1.0x)" for what, r in verdicts]
+
+
+def main() -> int:
+    repeat = int(os.environ.get("BENCH_REPEAT", "5"))
+    oracle = oracle_dir()
+    _, tar = ensure_rootfs()
+    print(f"real tools: {oracle}; {load_note()}")
+    work = Path(tempfile.mkdtemp(prefix="nydus-bench-oracle-"))
+    lines = []
+    try:
+        lines += compare("Debian minbase tar", tar, oracle, work, repeat)
+        if os.environ.get("BENCH_BIG", "1") != "0":
+            big = BENCH_DIR / "big.tar"
+            if not big.exists():
+                subprocess.run(["bash", str(ROOT / "bench" / "make_rootfs.sh"), "--big"], check=True)
+            lines += compare("2 GB tar", big, oracle, work, max(1, repeat // 3))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The real nydus tools as test oracles: where `make oracle` put them, how to run them, and a real
+`nydusd` FUSE mount that is always taken down.
+
+The programs are found through ``NYDUS_ORACLE`` (the directory `make oracle` prints last), else in the
+cache `oracle/build.sh` writes to, keyed by the nydus source tarball's sha256. Without them the tests
+that need them skip with one line saying how to get them; with ``NYDUS_REQUIRE_ORACLE=1`` (as in CI)
+they fail instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("NYDUS_SHARED", ROOT.parent / "shared"))
+TARBALL = SHARED / "oracle" / "nydus-2.4.4-src.tar.gz"
+REQUIRE_ORACLE = os.environ.get("NYDUS_REQUIRE_ORACLE") == "1"
+PROGRAMS = ("nydus-image", "nydusd", "nydusify", "nydus-converter")
+# A real tool that takes longer than this on the test inputs is hung, not slow.
+TIMEOUT = 300
+
+
+def _default_dir() -> Path | None:
+    if not TARBALL.is_file():
+        return None
+    digest = hashlib.sha256(TARBALL.read_bytes()).hexdigest()
+    cache = os.environ.get("NYDUS_ORACLE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nydus-inspect", "oracle"
+    )
+    return Path(cache) / f"nydus-{digest[:16]}" / "bin"
+
+
+def find_oracle() -> Path | None:
+    """The directory holding every oracle program, or None."""
+    given = os.environ.get("NYDUS_ORACLE")
+    where = Path(given) if given else _default_dir()
+    if where is None or not all(os.access(where / p, os.X_OK) for p in PROGRAMS):
+        return None
+    return where
+
+
+class OracleError(AssertionError):
+    """A real tool failed: its command line and the end of what it printed."""
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """The built programs, each run in a temporary directory with a timeout."""
+
+    bin: Path
+
+    @property
+    def nydus_image(self) -> str:
+        return str(self.bin / "nydus-image")
+
+    @property
+    def nydusd(self) -> str:
+        return str(self.bin / "nydusd")
+
+    @property
+    def nydusify(self) -> str:
+        return str(self.bin / "nydusify")
+
+    @property
+    def converter(self) -> str:
+        return str(self.bin / "nydus-converter")
+
+    def run(self, program: str, *args, cwd=None, ok: bool = True, timeout: int = TIMEOUT):
+        argv = [str(self.bin / program), *map(str, args)]
+        proc = subprocess.run(argv, capture_output=True, cwd=cwd, timeout=timeout)
+        if ok and proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-12:]
+            raise OracleError(f"{' '.join(argv)} exited {proc.returncode}:\n" + "\n".join(tail))
+        return proc
+
+    def create(self, source, out_dir: Path, *opts, name: str = "layer") -> tuple[Path, Path]:
+        """``nydus-image create`` -> (bootstrap, blob). ``opts`` are extra options (``--type`` included)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        boot, blob = out_dir / f"{name}.boot", out_dir / f"{name}.blob"
+        self.run("nydus-image", "create", "--bootstrap", boot, "--blob", blob, *opts, source)
+        return boot, blob
+
+    def check(self, bootstrap: Path, *opts) -> subprocess.CompletedProcess:
+        return self.run("nydus-image", "check", "--bootstrap", bootstrap, *opts)
+
+    @contextlib.contextmanager
+    def mount(self, bootstrap: Path, blob_dir: Path, work: Path):
+        """A real ``nydusd`` FUSE mount of ``bootstrap`` over the blobs in ``blob_dir`` (localfs backend,
+        named by blob id). Yields the mount point; unmounts (and kills a hung daemon) also on failure.
+
+        nydusd refuses ``digest_validate`` for RAFS v6 ("doesn't support integrity validation yet"), so
+        the daemon does not check chunk digests: the comparison of every byte with the source does."""
+        work.mkdir(parents=True, exist_ok=True)
+        mnt, cache = work / "mnt", work / "cache"
+        mnt.mkdir(exist_ok=True)
+        cache.mkdir(exist_ok=True)
+        config = {
+            "device": {
+                "backend": {"type": "localfs", "config": {"dir": str(blob_dir)}},
+                "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}},
+            },
+            "mode": "direct",
+            "digest_validate": False,
+            "iostats_files": False,
+            "enable_xattr": True,
+        }
+        (work / "nydusd.json").write_text(json.dumps(config))
+        log = work / "nydusd.log"
+        argv = [
+            self.nydusd,
+            "--config",
+            str(work / "nydusd.json"),
+            "--bootstrap",
+            str(bootstrap),
+            "--mountpoint",
+            str(mnt),
+            "--log-level",
+            "warn",
+            # nydusd raises its open-file limit to a million unless told not to; a sandbox may refuse that.
+            "--rlimit-nofile",
+            "0",
+            "--log-file",
+            str(log),
+        ]
+        with open(work / "nydusd.out", "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    said = b""
+                    for f in (log, work / "nydusd.out"):
+                        if f.exists():
+                            said += f.read_bytes()[-2000:]
+                    raise OracleError(
+                        f"nydusd did not mount {bootstrap} (exit {proc.poll()}):\n{said.decode(errors='replace')}"
+                    )
+                time.sleep(0.05)
+            yield mnt
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", str(mnt)], capture_output=True)
+                if os.path.ismount(mnt):
+                    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_of(self, work: Path) -> str:
+        log = work / "nydusd.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def oracle() -> Oracle:
+    """The real nydus tools; skip (fail in CI) when `make oracle` has not built them."""
+    where = find_oracle()
+    if where is None:
+        reason = "the real nydus tools are not built: run `make oracle` (or set NYDUS_ORACLE=DIR)"
+        if REQUIRE_ORACLE:
+            pytest.fail(f"{reason} (required in CI)")
+        pytest.skip(reason)
+    return Oracle(where)
