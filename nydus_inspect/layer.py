@@ -54,6 +54,7 @@ KIND_BLOB_NO_TOC = "nydus-blob-no-toc"  # layer blob found by tar-header walk on
 KIND_BOOTSTRAP = "bootstrap"  # raw RAFS v6 bootstrap
 KIND_BOOTSTRAP_V5 = "bootstrap-v5"
 KIND_BOOTSTRAP_LAYER = "bootstrap-layer"  # tar(.gz) holding image/image.boot
+KIND_DATA_BLOB = "data-blob"  # chunk data named by a bootstrap's blob table (nydus-image without inline meta)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,11 @@ class Section:
 class Layer:
     """One opened layer. Cheap to create; everything is decoded on first use."""
 
-    def __init__(self, path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None, data_blob: bool = False
+    ) -> None:
+        """``data_blob``: the file is a bootstrap's data blob, which may be chunk data with nothing around
+        it (``nydus-image create`` without ``--blob-inline-meta`` writes that): accept it as such."""
         self.path = path
         self.name = os.path.basename(path)
         try:
@@ -91,6 +96,9 @@ class Layer:
         try:
             self._sniff()
         except FormatError as exc:
+            if data_blob and self.size:
+                self.kind = KIND_DATA_BLOB
+                return
             self.close()
             raise exc.located(path) from None
 
@@ -546,7 +554,7 @@ class Layer:
                     f"{self.path}: blob {blob_index} ({ent.id}) not found; give it with --blob FILE or --blob-dir DIR "
                     f"(looked in {where})"
                 )
-            layer = Layer(path)
+            layer = Layer(path, data_blob=True)
             bf = BlobFile(layer, ent)
         self._blob_files[blob_index] = bf
         return bf

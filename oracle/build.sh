@@ -18,7 +18,10 @@ tarball="$shared/oracle/nydus-2.4.4-src.tar.gz"
 
 fail() { # step, log
 	local cause
-	cause=$(grep -E "error(\[|:)|Error|cannot|failed|not found" "$2" 2>/dev/null | tail -n 1 | cut -c1-200)
+	# The first error line says what broke (cargo's last lines only say that it stopped); a missing
+	# program is named by the line that asks for it.
+	cause=$(grep -m1 -E "Could not find|command not found|^error(\[|:)" "$2" 2>/dev/null | sed 's/^ *//' | cut -c1-240)
+	[ -n "$cause" ] || cause=$(grep -E "[Ee]rror|cannot|failed|not found" "$2" 2>/dev/null | tail -n 1 | cut -c1-240)
 	echo "make oracle: step '$1' failed: ${cause:-see the log} (log: $2)" >&2
 	exit 1
 }
@@ -37,7 +40,20 @@ bin="$dir/bin"
 logs="$dir/logs"
 mkdir -p "$bin" "$logs"
 
-for tool in cargo go cc perl make; do
+# Debian packages the build needs besides the toolchains: protoc for the gRPC crates, perl and make for the
+# vendored openssl.
+apt_needed=""
+for pkg in protobuf-compiler perl make gcc pkg-config; do
+	dpkg -s "$pkg" >/dev/null 2>&1 || apt_needed="$apt_needed $pkg"
+done
+if [ -n "$apt_needed" ]; then
+	echo "make oracle: installing Debian packages:$apt_needed" >&2
+	sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+	{ $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $apt_needed; } \
+		>"$logs/apt.log" 2>&1 || fail apt "$logs/apt.log"
+fi
+
+for tool in cargo go cc perl make protoc; do
 	command -v "$tool" >/dev/null || { echo "make oracle: step 'toolchain' failed: $tool is not installed" >&2; exit 1; }
 done
 

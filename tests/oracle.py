@@ -76,17 +76,24 @@ class Oracle:
 
     def run(self, program: str, *args, cwd=None, ok: bool = True, timeout: int = TIMEOUT):
         argv = [str(self.bin / program), *map(str, args)]
-        proc = subprocess.run(argv, capture_output=True, cwd=cwd, timeout=timeout)
+        # A Rust backtrace would push the error itself out of the message.
+        env = {**os.environ, "RUST_BACKTRACE": "0"}
+        proc = subprocess.run(argv, capture_output=True, cwd=cwd, timeout=timeout, env=env)
         if ok and proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-12:]
             raise OracleError(f"{' '.join(argv)} exited {proc.returncode}:\n" + "\n".join(tail))
         return proc
 
-    def create(self, source, out_dir: Path, *opts, name: str = "layer") -> tuple[Path, Path]:
-        """``nydus-image create`` -> (bootstrap, blob). ``opts`` are extra options (``--type`` included)."""
+    def create(self, source, out_dir: Path, *opts, name: str = "layer") -> tuple[Path | None, Path]:
+        """``nydus-image create`` -> (bootstrap, blob); ``opts`` are extra options (``--type`` included).
+        With ``--blob-inline-meta`` the bootstrap is inside the blob, and None is returned for it."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        boot, blob = out_dir / f"{name}.boot", out_dir / f"{name}.blob"
-        self.run("nydus-image", "create", "--bootstrap", boot, "--blob", blob, *opts, source)
+        blob = out_dir / f"{name}.blob"
+        if "--blob-inline-meta" in opts:
+            self.run("nydus-image", "create", "--log-level", "warn", "--blob", blob, *opts, source)
+            return None, blob
+        boot = out_dir / f"{name}.boot"
+        self.run("nydus-image", "create", "--log-level", "warn", "--bootstrap", boot, "--blob", blob, *opts, source)
         return boot, blob
 
     def check(self, bootstrap: Path, *opts) -> subprocess.CompletedProcess:

@@ -11,11 +11,11 @@ import json
 import os
 import stat
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 from fixtures_util import (
-    VECTOR_TARS,
     Want,
     assert_dir_matches,
     assert_one_line_error,
@@ -28,16 +28,16 @@ from fixtures_util import (
 
 from oracle import Oracle
 
-PLAIN = ["fixture:every-type.tar", "fixture:xattrs.tar", "fixture:longnames.tar", "fixture:dedup.tar"] + [
-    f"vector:{n}" for n in VECTOR_TARS
-]
+# The inputs nydus-image accepts (test_oracle_fields names the ones it refuses).
+PLAIN = ["fixture:dedup.tar", "fixture:longnames.tar", "fixture:whiteouts.tar", "vector:all-entry-type.tar"]
 TAR_RAFS = ("--type", "tar-rafs", "--fs-version", "6", "--whiteout-spec", "none")
 INLINE = (*TAR_RAFS, "--blob-inline-meta", "--features", "blob-toc")
 
 
-def want_from_dir(root: Path) -> dict[bytes, Want]:
+def want_from_dir(root: Path, zero_mtime_shown_as: tuple[int, int] = (0, 0)) -> dict[bytes, Want]:
     """path -> Want for everything below ``root`` as the kernel shows it (lstat, xattrs, inode
-    identity for hard links): the tree a real nydusd mount serves."""
+    identity for hard links): the tree a real nydusd mount serves. An mtime in ``zero_mtime_shown_as``
+    is taken as 0: nydusd serves its own start time for an inode whose mtime is 0."""
     base = os.fsencode(str(root))
     out: dict[bytes, Want] = {}
     by_inode: dict[int, Want] = {}
@@ -69,6 +69,8 @@ def want_from_dir(root: Path) -> dict[bytes, Want]:
                 mtime=st.st_mtime_ns // 10**9,
                 names=[rel],
             )
+            if zero_mtime_shown_as[0] <= want.mtime <= zero_mtime_shown_as[1]:
+                want.mtime = 0
             want.xattrs = {
                 os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
                 for n in os.listxattr(full, follow_symlinks=False)
@@ -90,8 +92,9 @@ def want_from_dir(root: Path) -> dict[bytes, Want]:
 
 
 def served_by_nydusd(oracle: Oracle, boot: Path, blobs: Path, work: Path) -> dict[bytes, Want]:
+    started = int(time.time())
     with oracle.mount(boot, blobs, work / "nydusd") as mnt:
-        return want_from_dir(mnt)
+        return want_from_dir(mnt, (started, int(time.time()) + 1))
 
 
 def read_in_ours(request, layer: Path, want: dict[bytes, Want], work: Path, *reader_args) -> None:
@@ -105,7 +108,7 @@ def read_in_ours(request, layer: Path, want: dict[bytes, Want], work: Path, *rea
     assert_tree_matches(want, back)
     ls = run_cli("ls", layer, *reader_args, "-R", "--json")
     assert ls.returncode == 0, ls.stderr
-    listed = {json.loads(line)["path"] for line in ls.stdout.decode().splitlines() if line.strip()}
+    listed = {node["path"] for node in json.loads(ls.stdout)}
     assert {os.fsdecode(p) for p in want} <= listed | {"/"}
     request.getfixturevalue("fuse_ok")
     mnt = work / "ours"
@@ -143,15 +146,13 @@ def test_their_inline_layer(request, oracle, fuse_ok, source, options, tmp_path)
     boot = tmp_path / digest
     oracle.run("nydus-converter", "entry", blob, "image.boot", boot)
     want = served_by_nydusd(oracle, boot, blobs, tmp_path)
-    # The daemon's tree is the source tar's: the oracle itself is sane on this input.
-    assert_tree_matches(want, src)
     read_in_ours(request, blob, want, tmp_path)
 
 
 @pytest.mark.parametrize(
     "options", [("--compressor", "zstd"), ("--compressor", "lz4_block", "--digester", "sha256")]
 )
-@pytest.mark.parametrize("source", ["fixture:every-type.tar", "fixture:dedup.tar"])
+@pytest.mark.parametrize("source", ["vector:all-entry-type.tar", "fixture:dedup.tar"])
 def test_their_separate_bootstrap(request, oracle, fuse_ok, source, options, tmp_path):
     """tar-rafs with the bootstrap apart and a blob named by its id (with and without a ToC)."""
     src = source_tar(request, source)
@@ -161,7 +162,6 @@ def test_their_separate_bootstrap(request, oracle, fuse_ok, source, options, tmp
     blob_id = _blob_id(boot)
     os.rename(blob, blobs / blob_id)
     want = served_by_nydusd(oracle, boot, blobs, tmp_path)
-    assert_tree_matches(want, src)
     read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
 
 
@@ -174,7 +174,7 @@ def _blob_id(boot: Path) -> str:
 
 def test_their_dir_rafs(request, oracle, fuse_ok, tmp_path):
     """dir-rafs from a directory (the fixture tar extracted by tarfile, as root)."""
-    src = source_tar(request, "fixture:every-type.tar")
+    src = source_tar(request, "vector:all-entry-type.tar")
     tree = tmp_path / "tree"
     with tarfile.open(src) as tf:
         tf.extractall(tree, filter="fully_trusted")
@@ -188,13 +188,13 @@ def test_their_dir_rafs(request, oracle, fuse_ok, tmp_path):
 
 def test_their_rafs_v5(request, oracle, fuse_ok, tmp_path):
     """RAFS v5: `ls -R` gives nydusd's tree; reading file data is a one-line error naming v5."""
-    src = source_tar(request, "fixture:every-type.tar")
+    src = source_tar(request, "fixture:dedup.tar")
     blobs = tmp_path / "blobs"
     blobs.mkdir()
     boot, blob = oracle.create(src, tmp_path / "out", "--type", "tar-rafs", "--fs-version", "5")
     ls = run_cli("ls", boot, "-R", "--json")
     assert ls.returncode == 0, ls.stderr
-    listed = {json.loads(line)["path"]: json.loads(line) for line in ls.stdout.decode().splitlines() if line}
+    listed = {node["path"]: node for node in json.loads(ls.stdout)}
     expected = expected_tree(src)
     assert {os.fsdecode(p) for p in expected} <= set(listed)
     for p, w in expected.items():
@@ -203,3 +203,28 @@ def test_their_rafs_v5(request, oracle, fuse_ok, tmp_path):
         assert (got["uid"], got["gid"], got["mtime"]) == (w.uid, w.gid, w.mtime), p
     file = next(os.fsdecode(p) for p, w in expected.items() if w.type == "file" and w.size)
     assert_one_line_error(run_cli("cat", boot, file, "--blob", blob), 2, "v5")
+
+
+def test_where_nydus_image_reads_a_tar_otherwise(request, oracle, fuse_ok, tmp_path):
+    """The two places where nydus-image's tree of a valid tar differs from the tar (and from ours, which
+    follows GNU tar): a hard-link entry's own header attributes replace its target's, and a name
+    split over the ustar prefix and name fields is lost. Both are listed in the README; this test says
+    when a new nydus changes either."""
+    src = source_tar(request, "fixture:longnames.tar")
+    _, blob = oracle.create(src, tmp_path / "out", *INLINE)
+    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    os.link(blob, blobs / digest)
+    boot = tmp_path / digest
+    oracle.run("nydus-converter", "entry", blob, "image.boot", boot)
+    theirs = served_by_nydusd(oracle, boot, blobs, tmp_path)
+    source = expected_tree(src)
+    prefixed = b"/ustar/" + b"p" * 90 + b"/" + b"q" * 90
+    assert prefixed in source and prefixed not in theirs
+    target = b"/" + b"N" * 251 + b".txt"
+    with tarfile.open(src) as tf:
+        link_mtime = next(m.mtime for m in tf if m.islnk() and m.linkname == os.fsdecode(target[1:]))
+    assert source[target].mtime != link_mtime and theirs[target].mtime == link_mtime
+    others = {p for p in source if p not in (prefixed, os.path.dirname(prefixed))} - {target}
+    assert {p: theirs[p].sha256 for p in others if p in theirs} == {p: source[p].sha256 for p in others}
