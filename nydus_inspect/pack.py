@@ -55,6 +55,9 @@ class PackOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     workers: int = 0  # 0: one per CPU
     bootstrap: str | None = None  # also write the bootstrap here (blob id = the layer digest)
+    # A prefetch table naming the image root, as `nydus-image create --prefetch-policy fs` writes for the
+    # pattern "/". Off by default: the snapshotter gives nydus-image no pattern, and it then writes none.
+    prefetch: bool = False
     progress: Callable[[int], None] | None = None  # called with input bytes consumed so far
 
     def check(self) -> None:
@@ -310,7 +313,10 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
             chunker._flush_batch()
             # Lay the bootstrap out and write all of it but the chunks while the workers finish the last ones.
-            plan = plan_bootstrap(tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, render=True)
+            plan = plan_bootstrap(
+                tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, prefetch=opts.prefetch,
+                render=True,
+            )
             chunker.drain()
         for warning in tree.warnings:
             log.warning("%s", warning)
@@ -378,7 +384,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         blobs = [_blob_entry(chunker, opts, ci, out.pos, rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
                              blob_meta.DEFAULT_LAYER_FEATURES)]
     boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
-                           digester=opts.digester, plan=plan)
+                           digester=opts.digester, prefetch=opts.prefetch, plan=plan)
     stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
     off = out.section(IMAGE_BOOT, stored)
     entries.append(toc.TocEntry(IMAGE_BOOT, Compressor.ZSTD if compressed else Compressor.NONE,
@@ -414,6 +420,6 @@ def _write_separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOption
         features = blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META
         blobs = [_blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)]
     boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
-                           digester=opts.digester)
+                           digester=opts.digester, prefetch=opts.prefetch)
     with atomic_output(opts.bootstrap) as f:
         f.write(boot)

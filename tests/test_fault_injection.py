@@ -862,6 +862,8 @@ def targets(tmp_path_factory) -> dict[str, Target]:
             compressor=comp,
             chunk_size=0x1000,
             bootstrap=str(d / f"{name}.boot") if name == "pack-zstd" else None,
+            # The bootstrap target carries a prefetch table, so that its flips are named too.
+            prefetch=name == "pack-zstd",
         )
         regions = blob_regions(layer, 0, Compressor.parse(comp))
         out[name] = Target(
