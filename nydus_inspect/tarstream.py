@@ -447,13 +447,18 @@ def _pax_time(value: bytes) -> int:
 
 
 def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
-    """The tar's members in order, up to the end-of-archive block (or the end of the input at a
-    header boundary). Member data is left to the caller: each member's data begins at
-    ``source.pos`` when it is yielded, and the walk skips whatever the caller did not consume."""
+    """The tar's members in order, up to the end of the input at a header boundary. Member data is left
+    to the caller: each member's data begins at ``source.pos`` when it is yielded, and the walk skips
+    whatever the caller did not consume.
+
+    Zero blocks are read past, as ``tar --ignore-zeros`` and nydus-image do: a layer made by concatenating
+    tars holds the members of all of them. After the end-of-archive blocks, anything that is not a tar
+    header (padding, trailing bytes) ends the archive, as it did before zero blocks were read past."""
     global_pax: dict[bytes, bytes] = {}
     pax: dict[bytes, bytes] | None = None
     longname = longlink = None
     first = True
+    ended = False  # an end-of-archive block was seen: what follows is a further tar or nothing
     while True:
         offset = source.pos
         block = source.read(tar_member.BLOCK)
@@ -461,14 +466,19 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
             if pax is not None or longname is not None or longlink is not None:
                 raise FormatError("tar", f"{where}: the archive ends after an extended header, before its entry",
                                   offset=offset)
-            return
+            if not block:
+                return
+            ended = True
+            continue
         try:
             header = tar_member.parse_header(block, offset)
         except FormatError as exc:
+            if ended:
+                return
             if first:
                 raise FormatError("tar", f"{where}: not a tar: {exc}", offset=offset) from None
             raise
-        first = False
+        first = ended = False
         kind = header.type
         data_start = source.pos
         if kind in (tar_member.PAX_LOCAL, tar_member.PAX_GLOBAL, tar_member.GNU_LONGNAME, tar_member.GNU_LONGLINK):
