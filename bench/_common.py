@@ -49,12 +49,19 @@ def run_once(
         argv = ["sh", "-c", cmd] if shell else list(cmd)
         full = [TIME, "-f", "%M %U %S", "-o", tf.name, *argv]
         t0 = time.perf_counter()
-        proc = subprocess.run(full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(
+            full,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
-            raise SystemExit(f"benchmark command failed ({proc.returncode}): {shown}\n{proc.stderr.decode()[-2000:]}")
+            raise SystemExit(
+                f"benchmark command failed ({proc.returncode}): {shown}\n{proc.stderr.decode()[-2000:]}"
+            )
         # GNU time's last line is ours; lines before it are the command's own complaints (a signal).
         last = tf.read().strip().splitlines()[-1:] or ["0 0 0"]
         rss, user, system = last[0].split()
@@ -84,8 +91,9 @@ def _row(name: str, walls: list[float], rss: list[int], cpu: list[float]) -> dic
     }
 
 
-def measure_together(commands: list[tuple[str, list[str] | str]], repeat: int = 5,
-                     outputs: dict[str, Path] | None = None) -> list[dict]:
+def measure_together(
+    commands: list[tuple[str, list[str] | str]], repeat: int = 5, outputs: dict[str, Path] | None = None
+) -> list[dict]:
     """``measure`` of each command, run in turns (A B C A B C ...): the load of a shared machine drifts
     over a run, and taking turns spreads the drift over all of them instead of tilting the ratios.
 

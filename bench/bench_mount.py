@@ -1,6 +1,6 @@
-"""FUSE mount of the Debian minbase rootfs layer, side by side with squashfuse_ll and ratarmount (issue 4).
+"""FUSE mount of the Debian minbase rootfs layer, side by side with the real nydusd, squashfuse_ll and ratarmount.
 
-One run measures, for each of nydus-inspect mount, squashfuse_ll (on `mksquashfs -comp zstd
+One run measures, for each of nydus-inspect mount, nydusd (`make oracle`; on the same layer blob), squashfuse_ll (on `mksquashfs -comp zstd
 -Xcompression-level 3 -b 1M` of the same tree) and ratarmount (on the same tar, its index built beforehand):
 
   mount ready   from starting the mount command until the mount point answers (warm page cache)
@@ -19,6 +19,8 @@ Run: `make bench` or `python bench/bench_mount.py` (root). BENCH_REPEAT sets rep
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -203,6 +205,102 @@ class Nydus(Tool):
         subprocess.run([*NYDUS, "umount", str(mp)], check=True, env=ENV)
 
 
+class Nydusd(Tool):
+    """The real nydusd (`make oracle`) on the same layer blob: its bootstrap taken out beforehand and named
+    by the blob's sha256 (an inline layer's blob id is the bootstrap's file stem), the blob beside it under
+    that name, localfs backend and blob cache as the snapshotter configures them."""
+
+    name = "nydusd"
+
+    def __init__(self, inputs: dict[str, Path], oracle: Path) -> None:
+        super().__init__(inputs)
+        self.nydusd = oracle / "nydusd"
+        self.dir = WORK / "nydusd"
+        blobs = self.dir / "blobs"
+        digest = hashlib.sha256()
+        with open(inputs["blob"], "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        self.boot = self.dir / digest.hexdigest()
+        if not self.boot.exists():
+            blobs.mkdir(parents=True, exist_ok=True)
+            (blobs / digest.hexdigest()).unlink(missing_ok=True)
+            os.link(inputs["blob"], blobs / digest.hexdigest())
+            subprocess.run(
+                [*NYDUS, "entry", str(inputs["blob"]), "image.boot", "-o", str(self.boot)],
+                check=True,
+                env=ENV,
+            )
+        self.config = self.dir / "nydusd.json"
+        self.procs: dict[Path, subprocess.Popen] = {}
+
+    def mount(self, mp: Path) -> float:
+        cache = self.dir / f"cache-{mp.name}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        config = {
+            "device": {
+                "backend": {"type": "localfs", "config": {"dir": str(self.dir / "blobs")}},
+                "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}},
+            },
+            "mode": "direct",
+            "digest_validate": False,
+            "enable_xattr": True,
+        }
+        self.config.write_text(json.dumps(config))
+        t0 = time.perf_counter()
+        self.procs[mp] = subprocess.Popen(
+            [
+                str(self.nydusd),
+                "--config",
+                str(self.config),
+                "--bootstrap",
+                str(self.boot),
+                "--mountpoint",
+                str(mp),
+                "--log-level",
+                "error",
+                "--rlimit-nofile",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        parent_dev = os.stat(mp.parent).st_dev
+        while True:
+            try:
+                if os.stat(mp).st_dev != parent_dev and os.listdir(mp):
+                    break
+            except OSError:
+                pass
+            if self.procs[mp].poll() is not None or time.perf_counter() - t0 > 120:
+                raise SystemExit("nydusd: the mount never answered")
+            time.sleep(0.001)
+        return time.perf_counter() - t0
+
+    def umount(self, mp: Path) -> None:
+        super().umount(mp)
+        proc = self.procs.pop(mp, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.dir / f"cache-{mp.name}", ignore_errors=True)
+
+    def daemon_pid(self, mp: Path) -> int | None:
+        proc = self.procs.get(mp)
+        return proc.pid if proc else None
+
+
+def oracle_dir() -> Path | None:
+    """`make oracle`'s directory, or None when the real tools cannot be built here."""
+    proc = subprocess.run(["bash", str(ROOT / "oracle" / "build.sh")], stdout=subprocess.PIPE)
+    lines = proc.stdout.decode().strip().splitlines()
+    return Path(lines[-1]) if proc.returncode == 0 and lines else None
+
+
 class Squashfuse(Tool):
     name = "squashfuse_ll"
 
@@ -274,6 +372,11 @@ def main() -> int:
     inputs = prepare(rootfs, tar)
     tools: list[Tool] = [Nydus(inputs), Squashfuse(inputs)]
     missing = []
+    oracle = oracle_dir()
+    if oracle is None:
+        missing.append("nydusd not built (make oracle)")
+    else:
+        tools.insert(1, Nydusd(inputs, oracle))
     for exe, why in (
         ("squashfuse_ll", "apt-get install squashfuse"),
         ("ratarmount", "pip install ratarmount"),
@@ -323,7 +426,7 @@ def main() -> int:
     header = (
         f"{'figure':<28}"
         + "".join(f"{n:>22}" for n in names)
-        + f"{'vs squashfuse_ll':>18}{'vs ratarmount':>15}"
+        + f"{'vs nydusd':>11}{'vs squashfuse_ll':>18}{'vs ratarmount':>15}"
     )
     print(header)
     verdicts = []
@@ -331,10 +434,14 @@ def main() -> int:
         med = {n: statistics.median(results[(wname, n)]) for n in names if (wname, n) in results}
         row = f"{wname:<28}" + "".join(f"{med.get(n, float('nan')):>21.3f}s" for n in names)
         ours = med[Nydus.name]
+        nd = med.get(Nydusd.name)
         sq = med.get(Squashfuse.name)
         ra = med.get(Ratarmount.name)
+        row += f"{(ours / nd if nd else float('nan')):>10.2f}x"
         row += f"{(ours / sq if sq else float('nan')):>17.2f}x{(ours / ra if ra else float('nan')):>14.2f}x"
         print(row)
+        if nd:
+            verdicts.append((f"{wname}: <= 1.0x nydusd ({ours / nd:.2f}x)", ours <= nd))
         if ra:
             verdicts.append((f"{wname}: faster than ratarmount", ours < ra))
         if sq and wname in ("tar -cf - . | wc -c", "ls -lR"):

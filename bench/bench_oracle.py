@@ -16,6 +16,7 @@ BENCH_BIG=0 skips the 2 GB tar).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,19 @@ def oracle_dir() -> Path:
     return Path(proc.stdout.decode().strip().splitlines()[-1])
 
 
+def fails(cmd: list[str]) -> str:
+    """Why one run of ``cmd`` fails ('' if it succeeds): the first line that says so."""
+    proc = subprocess.run(cmd, capture_output=True, env={**os.environ, "RUST_BACKTRACE": "0"})
+    if proc.returncode == 0:
+        return ""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr.decode(errors="replace"))
+    said = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return next(
+        (ln for ln in said if "panicked" in ln or "rror" in ln),
+        said[0] if said else f"exit {proc.returncode}",
+    )
+
+
 def compare(label: str, tar: Path, oracle: Path, work: Path, repeat: int) -> list[str]:
     image = str(oracle / "nydus-image")
     ours, theirs = work / "ours.blob", work / "theirs.blob"
@@ -40,10 +54,30 @@ def compare(label: str, tar: Path, oracle: Path, work: Path, repeat: int) -> lis
             ("nydus-inspect pack", [*NYDUS, "pack", "-q", str(tar), "-o", str(ours)]),
             (
                 "nydus-image create",
-                [image, "create", "--log-level", "warn", "--type", "tar-rafs", "--fs-version", "6",
-                 "--blob-inline-meta", "--features", "blob-toc", "--whiteout-spec", "none",
-                 "--compressor", "zstd", "--digester", "blake3", "--chunk-size", "0x100000",
-                 "--blob", str(theirs), str(tar)],
+                [
+                    image,
+                    "create",
+                    "--log-level",
+                    "warn",
+                    "--type",
+                    "tar-rafs",
+                    "--fs-version",
+                    "6",
+                    "--blob-inline-meta",
+                    "--features",
+                    "blob-toc",
+                    "--whiteout-spec",
+                    "none",
+                    "--compressor",
+                    "zstd",
+                    "--digester",
+                    "blake3",
+                    "--chunk-size",
+                    "0x100000",
+                    "--blob",
+                    str(theirs),
+                    str(tar),
+                ],
             ),
         ],
         repeat,
@@ -56,21 +90,48 @@ def compare(label: str, tar: Path, oracle: Path, work: Path, repeat: int) -> lis
     # Both unpack and check read the same layer (ours), given the way each tool takes it: ours the
     # blob, nydus-image its bootstrap (taken out beforehand, untimed) and the blob.
     boot = work / "ours.boot"
-    subprocess.run([*NYDUS, "entry", str(ours), "image.boot", "-o", str(boot)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    back_ours, back_theirs = work / "ours.tar", work / "theirs.tar"
-    urows = measure_together(
-        [
-            ("nydus-inspect unpack", [*NYDUS, "unpack", "-q", str(ours), "-o", str(back_ours)]),
-            ("nydus-image unpack", [image, "unpack", "--log-level", "warn", "--bootstrap", str(boot), "--blob",
-                                    str(ours), "--output", str(back_theirs)]),
-        ],
-        repeat,
-        outputs={"nydus-inspect unpack": back_ours, "nydus-image unpack": back_theirs},
+    subprocess.run(
+        [*NYDUS, "entry", str(ours), "image.boot", "-o", str(boot)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    back_ours, back_theirs = work / "ours.tar", work / "theirs.tar"
+    their_unpack = [
+        image,
+        "unpack",
+        "--log-level",
+        "warn",
+        "--bootstrap",
+        str(boot),
+        "--blob",
+        str(ours),
+        "--output",
+        str(back_theirs),
+    ]
+    failure = fails(their_unpack)
     print(f"== unpack: {label}")
-    table(urows, baseline="nydus-image unpack")
-    verdicts.append(("unpack / nydus-image unpack", ratio(urows, "nydus-inspect unpack", "nydus-image unpack")))
+    if failure:
+        # nydus-image unpack aborts on a FIFO ("not implemented" in InodeWrapper::is_fifo): no figure to set ours against.
+        print(f"nydus-image unpack fails on this layer: {failure}")
+        urows = measure_together(
+            [("nydus-inspect unpack", [*NYDUS, "unpack", "-q", str(ours), "-o", str(back_ours)])],
+            repeat,
+            outputs={"nydus-inspect unpack": back_ours},
+        )
+        table(urows)
+    else:
+        urows = measure_together(
+            [
+                ("nydus-inspect unpack", [*NYDUS, "unpack", "-q", str(ours), "-o", str(back_ours)]),
+                ("nydus-image unpack", their_unpack),
+            ],
+            repeat,
+            outputs={"nydus-inspect unpack": back_ours, "nydus-image unpack": back_theirs},
+        )
+        table(urows, baseline="nydus-image unpack")
+        verdicts.append(
+            ("unpack / nydus-image unpack", ratio(urows, "nydus-inspect unpack", "nydus-image unpack"))
+        )
 
     vrows = measure_together(
         [
@@ -79,6 +140,8 @@ def compare(label: str, tar: Path, oracle: Path, work: Path, repeat: int) -> lis
         ],
         repeat,
     )
+    # Not the same work: verify decompresses and checks every chunk and the whole bootstrap; nydus-image
+    # check walks the bootstrap only (it has no data check). The ratio says what the data check costs.
     print(f"== verify: {label} (ours reads and checks every chunk; check reads the bootstrap)")
     table(vrows, baseline="nydus-image check")
     verdicts.append(("verify / nydus-image check", ratio(vrows, "nydus-inspect verify", "nydus-image check")))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,11 @@ from fixtures_util import (
     source_tar,
 )
 from merge_fixtures import layer_tars
-from test_convert import simple_layout, walk_images
+from test_convert import read_json, simple_layout
+
+from oracle import NYDUS_IMAGE_SOURCES
 
 SOURCES = [f"fixture:{n}" for n in make_fixtures.ROUND_TRIP] + [f"vector:{n}" for n in VECTOR_TARS]
-ENTRIES = ("image.boot", "blob.meta", "blob.meta.header", "blob.digest", "rafs.blob.toc")
 
 
 def _ok(proc):
@@ -34,35 +37,92 @@ def _ok(proc):
 
 
 @pytest.mark.parametrize("compressor", ["zstd", "lz4_block", "none"])
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", NYDUS_IMAGE_SOURCES)
 def test_their_pack_reads_in_ours(request, oracle, source, compressor, tmp_path):
     src = source_tar(request, source)
     blob = tmp_path / "layer.blob"
-    oracle.run("nydus-converter", "pack", "--builder", oracle.nydus_image, "--compressor", compressor, src, blob)
+    oracle.run(
+        "nydus-converter", "pack", "--builder", oracle.nydus_image, "--compressor", compressor, src, blob
+    )
     _ok(run_cli("verify", blob))
     assert_tree_matches(expected_tree(src), blob)
 
 
-@pytest.mark.parametrize("source", SOURCES)
+#: Layers `nydus-image unpack` (which the converter's Unpack runs) cannot turn back into their tar, whatever
+#: wrote them: it aborts on a FIFO ("not implemented" in InodeWrapper::is_fifo), and its tar stops early at
+#: a 0/0 character device (an overlayfs whiteout) and at a POSIX ACL xattr; the converter then returns the
+#: short tar without an error.
+UNPACK_FAILS = (
+    "fixture:every-type.tar",
+    "fixture:every-type.tar.gz",
+    "fixture:every-type.tar.zst",
+    "fixture:whiteouts.tar",
+    "fixture:xattrs.tar",
+)
+
+
+def _their_unpack(oracle, blob: Path, back: Path, ok: bool = True):
+    return oracle.run("nydus-converter", "unpack", "--builder", oracle.nydus_image, blob, back, ok=ok)
+
+
+@pytest.mark.parametrize("source", [s for s in SOURCES if s not in UNPACK_FAILS])
 def test_our_pack_unpacks_in_theirs(request, oracle, source, tmp_path):
     src = source_tar(request, source)
     blob = tmp_path / "layer.blob"
     pack_layer(src, blob, "zstd", "blake3", 0x100000)
     back = tmp_path / "back.tar"
-    oracle.run("nydus-converter", "unpack", "--builder", oracle.nydus_image, blob, back)
+    _their_unpack(oracle, blob, back)
     assert_tree_matches(expected_tree(src), back)
-    for name in ENTRIES:
+    # The ToC's entries, and the ToC itself (found by its tar header).
+    names = [e["name"] for e in json.loads(_ok(run_cli("toc", blob, "--json")))["entries"]] + [
+        "rafs.blob.toc"
+    ]
+    assert "image.boot" in names
+    for name in names:
         theirs = tmp_path / f"theirs.{name}"
         oracle.run("nydus-converter", "entry", blob, name, theirs)
         ours = _ok(run_cli("entry", blob, name, "-o", "-"))
         assert theirs.read_bytes() == ours, name
 
 
-def _tree(boot: Path, blobs: Path) -> list[dict]:
+@pytest.mark.parametrize("source", UNPACK_FAILS)
+def test_where_nydus_image_unpack_fails(request, oracle, source, tmp_path):
+    """Ours unpacks these layers whole; nydus-image's unpack fails or stops short (see UNPACK_FAILS)."""
+    src = source_tar(request, source)
+    blob = tmp_path / "layer.blob"
+    pack_layer(src, blob, "zstd", "blake3", 0x100000)
+    ours = tmp_path / "ours.tar"
+    _ok(run_cli("unpack", blob, "-o", ours))
+    assert_tree_matches(expected_tree(src), ours)
+    theirs = tmp_path / "theirs.tar"
+    proc = _their_unpack(oracle, blob, theirs, ok=False)
+    if proc.returncode == 0:
+        with tarfile.open(theirs) as a, tarfile.open(ours) as b:
+            assert len(a.getmembers()) < len(b.getmembers())
+
+
+def _tree(boot: Path, blobs: Path) -> dict[str, dict]:
+    """path -> attributes of a merged bootstrap, with hard links as groups of paths instead of inode
+    numbers (numbering is each tool's own), and without directory sizes and the whiteouts nydus-image
+    keeps from the lowest layer (the README says why ours drops them; a directory's size follows its
+    entries)."""
     listing = json.loads(_ok(run_cli("ls", boot, "-R", "--json", "--blob-dir", blobs)))
+    groups: dict[int, list[str]] = {}
     for node in listing:
+        if "hardlink" in node:
+            groups.setdefault(node["hardlink"], []).append(node["path"])
+    out = {}
+    for node in listing:
+        path = node.pop("path")
+        if os.path.basename(path).startswith(".wh."):
+            continue
         node.pop("nid", None)
-    return listing
+        if node["type"] == "dir":
+            node.pop("size", None)
+        if "hardlink" in node:
+            node["hardlink"] = sorted(groups[node["hardlink"]])
+        out[path] = node
+    return out
 
 
 @pytest.mark.parametrize("layers", [2, 3])
@@ -86,23 +146,38 @@ def test_their_merge_equals_ours(oracle, layers, tmp_path):
 
     assert blob_ids(ours) == blob_ids(theirs) == their_blobs
     assert _tree(ours, blobs) == _tree(theirs, blobs)
+    whiteouts = [
+        p
+        for p in json.loads(_ok(run_cli("ls", theirs, "-R", "--json", "--blob-dir", blobs)))
+        if os.path.basename(p["path"]).startswith(".wh.")
+    ]
+    assert all(p["path"] == "/etc/.wh.ghost" for p in whiteouts)  # the lowest layer's, nothing else
 
 
-#: Manifest and config fields in which our conversion may differ from the converter's, and why.
-CONVERT_DIFFERENCES = {
-    # The bootstrap layer holds a tar written by each tool; its bytes differ (header mtimes, the
-    # bootstrap's inode layout), so its digest and size, the config's diff_id for it, and the config's
-    # and manifest's own digests follow.
-}
+def _without_digests(doc):
+    """A manifest or config with every digest and size replaced by its kind: each tool's blobs hold its own
+    bootstrap (its own inode order), so the blob, bootstrap-layer, config and diff_id digests differ while
+    everything else must not."""
+    if isinstance(doc, dict):
+        return {k: ("<size>" if k == "size" else _without_digests(v)) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_without_digests(v) for v in doc]
+    if isinstance(doc, str) and doc.startswith("sha256:"):
+        return "<digest>"
+    return doc
 
 
 def _manifest_and_config(layout: Path) -> tuple[dict, dict]:
-    [(desc, manifest, config)] = walk_images(layout)
-    return manifest, config
+    """The one image of a layout (the converter's output keeps the source blobs beside the new ones, so
+    this does not ask, as walk_images does, that every blob be referenced)."""
+    [desc] = json.loads((layout / "index.json").read_text())["manifests"]
+    manifest = read_json(layout, desc)
+    return manifest, read_json(layout, manifest["config"])
 
 
-def test_their_conversion_equals_ours(oracle, tmp_path):
-    tars = layer_tars()[:2]
+def test_their_conversion_equals_ours(request, oracle, tmp_path):
+    # Two layers nydus-image packs (it refuses merge_fixtures' hard link to a symlink).
+    tars = [source_tar(request, s).read_bytes() for s in ("vector:all-entry-type.tar", "fixture:dedup.tar")]
     src = simple_layout(tmp_path / "in", tars, ["gzip", "plain"])
     ours = tmp_path / "ours"
     _ok(run_cli("convert", src, ours))
@@ -111,15 +186,7 @@ def test_their_conversion_equals_ours(oracle, tmp_path):
     oracle.run("nydus-converter", "convert", "--builder", oracle.nydus_image, "--oci", src, theirs)
     our_m, our_c = _manifest_and_config(ours)
     their_m, their_c = _manifest_and_config(theirs)
-    # The blob layers are the same nydus blobs when both tools pack the same way; the tree is compared
-    # in test_their_merge_equals_ours, here the documents.
-    assert [d["mediaType"] for d in our_m["layers"]] == [d["mediaType"] for d in their_m["layers"]]
-    assert [d.get("annotations") for d in our_m["layers"][:-1]] == [
-        d.get("annotations") for d in their_m["layers"][:-1]
-    ]
-    assert our_m["layers"][-1]["annotations"] == their_m["layers"][-1]["annotations"]
-    assert {k: v for k, v in our_c.items() if k not in ("rootfs", "history")} == {
-        k: v for k, v in their_c.items() if k not in ("rootfs", "history")
-    }
-    assert len(our_c["rootfs"]["diff_ids"]) == len(their_c["rootfs"]["diff_ids"])
-    assert our_c["history"] == their_c["history"]
+    assert _without_digests(our_m) == _without_digests(their_m)
+    assert _without_digests(our_c) == _without_digests(their_c)
+    # The layers' trees are the same: each tool's image reads in ours to the applied layers.
+    assert _ok(run_cli("ls", ours, "-R")) == _ok(run_cli("ls", theirs, "-R"))
