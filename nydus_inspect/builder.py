@@ -170,7 +170,7 @@ class Plan:
     explicit_uid_gid: bool = True
 
 
-def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool = True, render: bool = False,
+def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool = False, render: bool = False,
                    explicit_uid_gid: bool = True) -> Plan:
     """Order, prepare and place every inode and data block of the tree under ``root``; with ``render``,
     also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks."""
@@ -223,7 +223,7 @@ def build_bootstrap(
     compressor: Compressor,
     digester: Digester,
     explicit_uid_gid: bool = True,
-    prefetch: bool = True,
+    prefetch: bool = False,
     force_has_xattr: bool = False,
     plan: Plan | None = None,
 ) -> bytes:

@@ -141,10 +141,15 @@ def test_their_merge_equals_ours(oracle, layers, tmp_path):
     said = oracle.run("nydus-converter", "merge", "--builder", oracle.nydus_image, theirs, *paths).stdout
     their_blobs = said.decode().split()
 
-    def blob_ids(boot):
-        return [b["blob_id"] for b in json.loads(_ok(run_cli("info", boot, "--json")))["bootstrap"]["blobs"]]
+    def info(boot):
+        return json.loads(_ok(run_cli("info", boot, "--json")))["bootstrap"]
 
-    assert blob_ids(ours) == blob_ids(theirs) == their_blobs
+    assert (
+        [b["blob_id"] for b in info(ours)["blobs"]]
+        == [b["blob_id"] for b in info(theirs)["blobs"]]
+        == their_blobs
+    )
+    assert info(ours)["prefetch"] == info(theirs)["prefetch"]
     assert _tree(ours, blobs) == _tree(theirs, blobs)
     whiteouts = [
         p

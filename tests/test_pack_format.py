@@ -377,7 +377,8 @@ def test_bootstrap_superblocks_and_blob_table(packed, name, xattrs, compressor, 
     assert (bt_size, chunk_size) == (256, p.chunk_size)
     assert bt_off % BLOCK == 0 and bt_off >= BLOCK and ct_off % BLOCK == 0
     assert meta_blkaddr * BLOCK >= bt_off + bt_size + pf_size
-    assert (pf_off, pf_size) == (bt_off + 256, 4) and struct.unpack_from("<I", boot, pf_off)[0] == 128
+    # No prefetch table: nydus-image writes none when the snapshotter gives it no prefetch pattern.
+    assert (pf_off, pf_size) == (0, 0)
     (
         blob_id,
         index,
