@@ -342,7 +342,10 @@ def bootstrap_layer(boot: bytes, gz: bool = False) -> bytes:
         f = tarfile.TarInfo("image/image.boot")
         f.mode, f.size = 0o444, len(boot)
         tf.addfile(f, io.BytesIO(boot))
-    data = buf.getvalue()
+        end = tf.offset
+    # The two end-of-archive blocks and no record padding, as Go's archive/tar writes it: nydusify check
+    # hashes only what a tar reader consumes, and compares that with the config's diff_id.
+    data = buf.getvalue()[: end + 2 * tarfile.BLOCKSIZE]
     return gzip.compress(data, mtime=0) if gz else data
 
 
