@@ -489,7 +489,9 @@ class Layer:
 
     def _ci_source(self, blob_index: int):
         bf = self.blob_file(blob_index, required=False)
-        return bf.layer.chunk_infos if bf is not None else None
+        if bf is None or bf.layer.chunk_infos is None:
+            return None
+        return bf.layer.chunk_infos, bf.layer.chunk_digests
 
     # ------------------------------------------------------------------ blob files
     def own_blob_index(self) -> int | None:

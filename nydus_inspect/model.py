@@ -179,13 +179,15 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-CiSource = Callable[[int], "blob_meta.ChunkInfoArray | None"]
+#: ``ci_source(blob_index)``: a blob's blob.meta chunk-info array and its blob.digest digests (None when it has
+#: no blob.digest), or None when the blob has no blob.meta.
+CiSource = Callable[[int], "tuple[blob_meta.ChunkInfoArray, list[bytes] | None] | None"]
 
 
 class RafsV6:
     """Lazy reader of a RAFS v6 bootstrap held in ``buf``.
 
-    ``ci_source(blob_index)`` may supply a blob's chunk-info array, used for
+    ``ci_source(blob_index)`` may supply a blob's chunk-info array and digests, used for
     chunks missing from the bootstrap's own chunk table.
     """
 
@@ -484,14 +486,17 @@ class RafsV6:
         return out
 
     def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> Chunk:
-        infos = self._ci_source(idx.blob_index) if self._ci_source else None
+        got = self._ci_source(idx.blob_index) if self._ci_source else None
+        infos, digests = got if got is not None else (None, None)
         if infos is None or idx.ci_index >= len(infos):
             raise FormatError(
                 "rafs chunk table",
                 f"{fsdecode(node.path)} chunk {k}: no record for blob {idx.blob_index} chunk {idx.ci_index}",
                 value=idx.ci_index,
             )
-        return Chunk.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size)
+        # Without the bootstrap's record, blob.digest holds the digest the chunk must be checked against.
+        digest = digests[idx.ci_index] if digests is not None and idx.ci_index < len(digests) else b""
+        return Chunk.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size, digest)
 
     def inode_count(self) -> int:
         return self.sb.s_inos

@@ -105,7 +105,8 @@ def _image(layers: list[Layer]) -> Image:
     blob_files = [src.layer.blob_file(src.index) for src in merged.sources]
 
     def ci_source(blob_index: int):
-        return blob_files[blob_index].layer.chunk_infos
+        blob = blob_files[blob_index].layer
+        return (blob.chunk_infos, blob.chunk_digests) if blob.chunk_infos is not None else None
 
     try:
         rafs = RafsV6(merged.boot, ci_source=ci_source)
