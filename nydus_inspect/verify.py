@@ -18,7 +18,7 @@
 ``blob_meta``          blob.meta header against the ToC, the blob table and blob.digest
 ``blob.table``         blob table and device slots: ids equal, NUL-padded and unique, blocks =
                        uncompressed_size/4096, mapped_blkaddr (0, or packed at 512 KiB / 2 MiB), digester and
-                       compressor = the superblock's, feature, cipher, ci-size and ToC-size rules; against the
+                       compressor = the superblock's (one blob; merged tables keep each layer's), feature, cipher, ci-size and ToC-size rules; against the
                        blob: features = blob.meta header's (but INLINED_FS_META, which needs an image.boot),
                        uncompressed_size = ToC image.blob's = sum of 4K-rounded chunk sizes, compressed_size =
                        where image.boot starts (inline), the blob's size, or its chunk data size (2022)
@@ -771,6 +771,7 @@ class _Tree:
     def check_blob_table(self) -> None:
         rafs, ext = self.rafs, self.ext
         devices, blobs = rafs.meta.devices, rafs.blobs
+        single = len(blobs) == 1
         ids: dict[bytes, int] = {}
         for i, (dev, ent) in enumerate(zip(devices, blobs)):
             doff = rafs_v6.DEVICE_TABLE_OFFSET + i * _DEV.size
@@ -808,14 +809,16 @@ class _Tree:
                     want_blocks,
                     dev.blocks,
                 )
-            if ent.digest_algo != ext.digester.algo:
+            # Each blob of a merged bootstrap keeps its own layer's algorithms and the superblock holds the
+            # last layer's (nydus-image merge), so only the blob of a single-blob table must agree with it.
+            if single and ent.digest_algo != ext.digester.algo:
                 bbad(
                     "digest_algo",
                     "differs from the superblock's digester",
                     ext.digester.algo,
                     ent.digest_algo,
                 )
-            if ent.compression_algo != ext.compressor.algo:
+            if single and ent.compression_algo != ext.compressor.algo:
                 bbad(
                     "compression_algo",
                     "differs from the superblock's compressor",
@@ -2252,7 +2255,8 @@ class ChunkVerifier:
             self.blob.entry(BLOB_DIGEST, verify=False) if self.blob.has_entry(BLOB_DIGEST) else None
         )
         if self.rafs is not None and blob_index is not None:
-            self.digester = self.rafs.digester
+            # The blob's own algorithms: in a merged bootstrap the superblock holds only the last layer's.
+            self.digester = ent.digester
             self.compressor = ent.compressor
         else:
             self.compressor, self.digester = _guess_codec(self.blob, self.records, self.digests)
