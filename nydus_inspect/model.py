@@ -1,20 +1,20 @@
-"""The one in-memory filesystem model (Node, Chunk) and the lazy RAFS v6 reader over it.
+"""The one in-memory filesystem model (Node, and its chunks as ChunkRef) and the lazy RAFS v6 reader over it.
 
 :class:`RafsV6` decodes a bootstrap held in any buffer (bytes or mmap): inodes
 are decoded when first touched, directories when listed, so opening a
 bootstrap of 100k inodes costs only its superblocks. Pack, merge, unpack,
-mount and the TUI all speak :class:`Node` and :class:`Chunk`.
+mount and the TUI all speak :class:`Node` and :class:`~nydus_inspect.chunks.ref.ChunkRef`.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .chunks.ref import ChunkRef
 from .errors import FormatError
 from .formats import blob_meta, rafs_v6
 from .formats._struct import round_up
@@ -49,54 +49,6 @@ def node_type(mode: int) -> str:
     return _TYPE_OF_FMT.get(stat.S_IFMT(mode), "unknown")
 
 
-@dataclass
-class Chunk:
-    """One chunk of a file: where its bytes live in which blob, and their digest."""
-
-    blob_index: int
-    ci_index: int
-    file_offset: int
-    compressed_offset: int
-    compressed_size: int
-    uncompressed_offset: int
-    uncompressed_size: int
-    compressed: bool
-    digest: bytes
-    crc32: int | None = None
-
-    @classmethod
-    def from_info(cls, info, blob_index: int, file_offset: int, digest: bytes = b"") -> Chunk:
-        """The chunk a blob.meta record (``blob_meta.ChunkInfo``) describes, at ``file_offset`` of a file."""
-        return cls(
-            blob_index=blob_index,
-            ci_index=info.index,
-            file_offset=file_offset,
-            compressed_offset=info.compressed_offset,
-            compressed_size=info.compressed_size,
-            uncompressed_offset=info.uncompressed_offset,
-            uncompressed_size=info.uncompressed_size,
-            compressed=info.compressed,
-            digest=digest,
-            crc32=info.crc32,
-        )
-
-    def to_json(self) -> dict:
-        out = {
-            "blob_index": self.blob_index,
-            "ci_index": self.ci_index,
-            "file_offset": self.file_offset,
-            "compressed_offset": self.compressed_offset,
-            "compressed_size": self.compressed_size,
-            "uncompressed_offset": self.uncompressed_offset,
-            "uncompressed_size": self.uncompressed_size,
-            "compressed": self.compressed,
-            "digest": self.digest.hex(),
-        }
-        if self.crc32 is not None:
-            out["crc32"] = self.crc32
-        return out
-
-
 @dataclass(eq=False)
 class Node:
     """A file-system entry with its attributes; ``chunks`` for regular files when loaded."""
@@ -116,7 +68,7 @@ class Node:
     nid: int = 0
     ino: int = 0
     hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1
-    chunks: list[Chunk] | None = None
+    chunks: list[ChunkRef] | None = None
     children: dict[bytes, Node] | None = None  # only in trees built in memory (pack, merge)
     data: object = None  # where the packer finds the bytes (never set by readers)
 
@@ -429,7 +381,7 @@ class RafsV6:
         for vals in layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size]):
             yield ChunkTableEntry(*vals)
 
-    def chunks(self, node: Node) -> list[Chunk]:
+    def chunks(self, node: Node) -> list[ChunkRef]:
         """Resolve every chunk of regular file ``node`` (also stored in ``node.chunks``)."""
         if node.type != REG:
             return []
@@ -453,7 +405,7 @@ class RafsV6:
                 # rec: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
                 # uncompressed_offset, file_offset, index, crc32
                 flags = rec[2]
-                chunk = Chunk(
+                chunk = ChunkRef(
                     blob_index,
                     ci_index,
                     k * chunk_size,
@@ -485,7 +437,7 @@ class RafsV6:
         node.chunks = out
         return out
 
-    def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> Chunk:
+    def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> ChunkRef:
         got = self._ci_source(idx.blob_index) if self._ci_source else None
         infos, digests = got if got is not None else (None, None)
         if infos is None or idx.ci_index >= len(infos):
@@ -496,7 +448,7 @@ class RafsV6:
             )
         # Without the bootstrap's record, blob.digest holds the digest the chunk must be checked against.
         digest = digests[idx.ci_index] if digests is not None and idx.ci_index < len(digests) else b""
-        return Chunk.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size, digest)
+        return ChunkRef.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size, digest)
 
     def inode_count(self) -> int:
         return self.sb.s_inos
@@ -504,6 +456,3 @@ class RafsV6:
     def prefetch_paths(self) -> list[int]:
         return list(self.meta.prefetch)
 
-
-def unpack_u32(buf, off: int) -> int:
-    return struct.unpack_from("<I", buf, off)[0]

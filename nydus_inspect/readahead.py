@@ -18,8 +18,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .chunks.ref import ChunkRef
 from .layer import Layer
-from .model import REG, Chunk, Node
+from .model import REG, Node
 
 #: While Python threads share work with C code that drops the GIL, let them hand the GIL over after this
 #: long instead of the default 5 ms: a worker back from compressing or decoding otherwise waits behind a
@@ -83,15 +84,10 @@ class ChunkResult:
         return self._future.result()[self._index]
 
 
-def decode_group(layer: Layer, chunks: list[Chunk], verify: bool = True) -> list:
-    """Each chunk's checked, decoded bytes, in order; the chunks of each blob are decoded together
-    (``BlobFile.decode_chunks``). Safe to call from worker threads."""
-    rafs = layer.rafs
-    by_blob: dict[int, list[Chunk]] = {}
-    for c in chunks:
-        by_blob.setdefault(c.blob_index, []).append(c)
-    decoded = {blob: iter(layer.blob_file(blob).decode_chunks(cs, rafs, verify)) for blob, cs in by_blob.items()}
-    return [next(decoded[c.blob_index]) for c in chunks]
+def decode_group(layer: Layer, chunks: list[ChunkRef], verify: bool = True) -> list:
+    """Each chunk's checked, decoded bytes, in order (``ChunkReader.decode_group``). Safe to call from worker
+    threads."""
+    return layer.chunk_reader.decode_group(chunks, verify)
 
 
 def iter_with_data(
@@ -101,7 +97,7 @@ def iter_with_data(
     rafs = layer.rafs
     workers = workers or os.cpu_count() or 1
     ready: deque[tuple[Node, list[ChunkResult] | None, int]] = deque()
-    group: list[Chunk] = []
+    group: list[ChunkRef] = []
     group_nodes: list[tuple[Node, int, int]] = []  # node, first index in group, chunk count
     group_bytes = 0
     in_flight = 0

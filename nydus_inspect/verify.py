@@ -82,9 +82,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
-from . import codecs
+from .chunks.decode import RUN_BYTES, Failed, iter_decoded
+from .chunks.resolve import Blob
 from .codecs import Compressor
-from .digests import Digester, crc32c
+from .digests import crc32c
 from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
 from .formats._struct import round_up
@@ -103,11 +104,8 @@ from .readahead import bulk_work
 
 #: Findings kept per check; the rest are only counted (a badly broken blob would otherwise list millions).
 DEFAULT_LIMIT = 1000
-#: Chunks read per batch in the chunk pass, and the largest span one batch reads at once.
+#: Chunks read per batch in the chunk pass.
 BATCH = 256
-MAX_SPAN = 32 << 20
-#: Output of one libzstd call decoding a run of zstd chunks that lie end to end.
-RUN_BYTES = 8 << 20
 #: Findings that chunk batches checked ahead of their turn may hold before the report collects them.
 AHEAD_FINDINGS = 20000
 
@@ -2185,28 +2183,6 @@ def _table_records(layer: Layer, blob_index: int) -> list[ChunkRecord]:
     return [rows[k] for k in sorted(rows)]
 
 
-def _guess_codec(blob: Layer, records, digests: bytes | None) -> tuple[Compressor, Digester]:
-    """A blob without a bootstrap does not say its chunk compressor or digester: ask its first chunk."""
-    comp, dig = Compressor.ZSTD, Digester.BLAKE3
-    for rec in records:
-        if rec.compressed:
-            raw = blob.pread(rec.compressed_offset, min(rec.compressed_size, 4), "chunk")
-            comp = Compressor.ZSTD if raw[:4] == b"\x28\xb5\x2f\xfd" else Compressor.LZ4_BLOCK
-            break
-    if digests and len(records):
-        rec = records[0]
-        try:
-            raw = blob.pread(rec.compressed_offset, rec.compressed_size, "chunk")
-            data = codecs.decompress(raw, comp, rec.uncompressed_size) if rec.compressed else raw
-            for d in (Digester.BLAKE3, Digester.SHA256):
-                if d.digest(data) == digests[:32]:
-                    dig = d
-                    break
-        except NydusInspectError:
-            pass
-    return comp, dig
-
-
 class ChunkVerifier:
     """The chunks of one blob, and the checks of each: read, decompress, digest, agreement with the bootstrap.
 
@@ -2231,10 +2207,11 @@ class ChunkVerifier:
                     and self.rafs.blobs
                 ):
                     blob_index = 0  # a bootstrap: its first blob
+        resolved = None
         if self.rafs is not None and blob_index is not None:
             ent = self.rafs.blobs[blob_index]
-            bf = layer.blob_file(blob_index)
-            self.blob = bf.layer
+            resolved = layer.blob_file(blob_index)
+            self.blob = resolved.layer
         else:
             self.blob = layer
         self.blob_index = blob_index
@@ -2254,16 +2231,14 @@ class ChunkVerifier:
         self.digests: bytes | None = (
             self.blob.entry(BLOB_DIGEST, verify=False) if self.blob.has_entry(BLOB_DIGEST) else None
         )
-        if self.rafs is not None and blob_index is not None:
-            # The blob's own algorithms: in a merged bootstrap the superblock holds only the last layer's.
-            self.digester = ent.digester
-            self.compressor = ent.compressor
-        else:
-            self.compressor, self.digester = _guess_codec(self.blob, self.records, self.digests)
+        # Compressor and digester as every reader resolves them (chunks.resolve): the blob's own.
+        if resolved is None:
+            resolved = Blob.without_bootstrap(self.blob, self.records, self.digests)
             self.notes.append(
                 f"{self.blob.name}: no bootstrap names this blob's compressor and digester; its chunks say "
-                f"{self.compressor.value} and {self.digester.value}"
+                f"{resolved.compressor.value} and {resolved.digester.value}"
             )
+        self.compressor, self.digester = resolved.compressor, resolved.digester
         try:
             self.data_end = (
                 self.blob.entry_location(IMAGE_BLOB)[1] if self.blob.has_entry(IMAGE_BLOB) else self.blob.size
@@ -2289,11 +2264,6 @@ class ChunkVerifier:
         if self._table is None:
             self._table = self.rafs._chunk_records() if self.rafs is not None else {}
         return self._table
-
-    def table_row(self, index: int):
-        """The bootstrap chunk-table record of chunk ``index`` of this blob, or None."""
-        row = self._row(index)
-        return rafs_v6.ChunkTableEntry(*row) if row is not None else None
 
     def _row(self, index: int) -> tuple | None:
         if self.rafs is None or self.blob_index is None:
@@ -2345,15 +2315,14 @@ class ChunkVerifier:
     def check(self, index: int) -> tuple[bytes | None, list[Finding]]:
         """(decompressed bytes or None, findings) of chunk ``index``."""
         rec = self.records[index]
-        out: list[Finding] = []
         f = self.check_range(rec)
         if f is not None:
             return None, [f]
-        pairs = self.read([rec], out)
+        out: list[Finding] = []
         data = None
-        for r, raw in pairs:
-            data = self.check_data(r, raw, out)
-        return data, out
+        for _, got in iter_decoded(self.blob.source, self.compressor, [rec]):
+            data = self._checked(rec, got, out)
+        return (bytes(data) if data is not None else None), out
 
     def check_batch(self, start: int, stop: int) -> tuple[int, list[Finding]]:
         out: list[Finding] = []
@@ -2365,52 +2334,20 @@ class ChunkVerifier:
                 out.append(f)
             else:
                 good.append(rec)
-        got = self._span(good)
-        if got is None:
-            for rec, raw in self.read(good, out):
-                self.check_data(rec, raw, out)
-            return stop - start, out
-        span, lo = got
-        view = memoryview(span)
-        zstd = self.compressor is Compressor.ZSTD
-        i, n = 0, len(good)
-        while i < n:
-            rec = good[i]
-            pos = rec.compressed_offset - lo
-            if not rec.compressed:
-                self.check_decoded(rec, view[pos : pos + rec.compressed_size], out)
-                i += 1
-                continue
-            # A run of zstd chunks that lie end to end, decoded in one call (up to RUN_BYTES of output), small
-            # and large ones apart (codecs.decompress decodes them with different zstd builds).
-            j, end, size = i + 1, rec.compressed_offset + rec.compressed_size, rec.uncompressed_size
-            big = size >= codecs.UNLOCKED_MIN
-            while zstd and j < n:
-                nxt = good[j]
-                if (
-                    not nxt.compressed
-                    or nxt.compressed_offset != end
-                    or size + nxt.uncompressed_size > RUN_BYTES
-                    or (nxt.uncompressed_size >= codecs.UNLOCKED_MIN) != big
-                ):
-                    break
-                end += nxt.compressed_size
-                size += nxt.uncompressed_size
-                j += 1
-            run = good[i:j]
-            data = None
-            if zstd:
-                frames = [(r.compressed_offset - lo, r.compressed_size, r.uncompressed_size) for r in run]
-                data = codecs.zstd_frames(span, frames, _out_buffer(size) if big else None)
-            if data is None:  # not zstd, or a frame is not what its record says: one by one, to say what
-                for r in run:
-                    p = r.compressed_offset - lo
-                    self.check_data(r, view[p : p + r.compressed_size], out)
-            else:
-                for r, part in zip(run, data):
-                    self.check_decoded(r, part, out)
-            i = j
+        # The chunk service's batched decoder; each run's bytes are checked before the next run reuses the buffer.
+        for i, got in iter_decoded(self.blob.source, self.compressor, good, out_buffer=_out_buffer):
+            self._checked(good[i], got, out)
         return stop - start, out
+
+    def _checked(self, rec, got, out: list[Finding]):
+        """The checks of one decoded chunk (``got`` from ``iter_decoded``): its bytes, or None when it failed."""
+        if isinstance(got, Failed):
+            if got.stage == "read":
+                out.append(self.finding("chunk.read", rec, str(got.error)))
+            else:
+                out.append(self.finding("chunk.read", rec, f"does not decompress: {got.error.detail}"))
+            return None
+        return self.check_decoded(rec, got, out)
 
     def _clean(self, rec, data, got: bytes) -> bool:
         """True when every check of :meth:`check_decoded` passes (its common case, decided with fewer steps);
@@ -2467,50 +2404,6 @@ class ChunkVerifier:
                 found=str(rec.compressed_size),
             )
         return None
-
-    def _span(self, recs) -> tuple[bytes, int] | None:
-        """(bytes, offset) of one read covering ``recs`` when they lie close together, else None."""
-        if not recs:
-            return None
-        lo = min(r.compressed_offset for r in recs)
-        hi = max(r.compressed_offset + r.compressed_size for r in recs)
-        stored = sum(r.compressed_size for r in recs)
-        if hi - lo <= MAX_SPAN and hi - lo <= 2 * stored + (1 << 20):
-            try:
-                return self.blob.pread(lo, hi - lo, "chunk data"), lo
-            except NydusInspectError:
-                pass  # the caller reads chunk by chunk, to name the bad one
-        return None
-
-    def read(self, recs, out: list[Finding]):
-        """(record, stored bytes) pairs, reading a contiguous span at once when the chunks lie close."""
-        got = self._span(recs)
-        if got is not None:
-            span, lo = got
-            return [
-                (r, span[r.compressed_offset - lo : r.compressed_offset - lo + r.compressed_size]) for r in recs
-            ]
-        pairs = []
-        for r in recs:
-            try:
-                pairs.append((r, self.blob.pread(r.compressed_offset, r.compressed_size, "chunk data")))
-            except NydusInspectError as exc:
-                out.append(self.finding("chunk.read", r, str(exc)))
-        return pairs
-
-    def check_data(self, rec, raw: bytes, out: list[Finding]) -> bytes | None:
-        if rec.compressed:
-            try:
-                data = codecs.decompress(
-                    raw, self.compressor, rec.uncompressed_size, "chunk", rec.compressed_offset
-                )
-            except NydusInspectError as exc:
-                detail = exc.detail if isinstance(exc, FormatError) else str(exc)
-                out.append(self.finding("chunk.read", rec, f"does not decompress: {detail}"))
-                return None
-        else:
-            data = bytes(raw)
-        return self.check_decoded(rec, data, out)
 
     def check_decoded(self, rec, data, out: list[Finding]):
         """The checks of a chunk's decoded bytes: its digest, CRC32C and bootstrap chunk-table record."""

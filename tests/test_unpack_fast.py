@@ -46,19 +46,18 @@ def _chunks(layer):
 
 
 @pytest.mark.parametrize("compressor", ["zstd", "lz4_block", "none"])
-def test_decode_chunks_equals_decode_chunk(tmp_path, compressor):
+def test_decode_many_equals_decode(tmp_path, compressor):
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, compressor=compressor, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
         chunks = _chunks(layer)
-        bf = layer.blob_file(0)
         assert len(chunks) > 300
-        one = [bytes(bf.decode_chunk(c, layer.rafs)) for c in chunks]
-        many = [bytes(d) for d in bf.decode_chunks(chunks, layer.rafs)]
+        one = [bytes(layer.chunk_reader.decode(c)) for c in chunks]
+        many = [bytes(d) for d in layer.chunk_reader.decode_many(chunks)]
         assert many == one
 
 
-def test_decode_chunks_names_a_damaged_small_chunk(tmp_path):
+def test_decode_many_names_a_damaged_small_chunk(tmp_path):
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
@@ -69,12 +68,11 @@ def test_decode_chunks_names_a_damaged_small_chunk(tmp_path):
     bad = tmp_path / "bad.blob"
     bad.write_bytes(bytes(raw))
     with open_layer(str(bad)) as layer:
-        bf = layer.blob_file(0)
         with pytest.raises(FormatError) as alone:
             for c in _chunks(layer):
-                bf.decode_chunk(c, layer.rafs)
+                layer.chunk_reader.decode(c)
         with pytest.raises(FormatError) as batched:
-            bf.decode_chunks(_chunks(layer), layer.rafs)
+            layer.chunk_reader.decode_many(_chunks(layer))
     assert f"chunk {victim.ci_index} " in str(batched.value)
     assert str(batched.value) == str(alone.value)
     # unpack stops with that one-line error (exit 2) and leaves no output behind.
@@ -98,17 +96,17 @@ def test_positional_writer_equals_stream_writer(tmp_path, fixture_tars, name):
 
 
 def test_batch_path_runs(tmp_path, monkeypatch):
-    """decode_chunks really decodes the small zstd chunks in batches: one-by-one decoding is left to
+    """decode_many really decodes the small zstd chunks in batches: one-by-one decoding is left to
     the chunks too big for a batch."""
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
         chunks = _chunks(layer)
-        bf = layer.blob_file(0)
+        reader = layer.chunk_reader
         alone: list = []
-        real = bf.decode_chunk
-        monkeypatch.setattr(bf, "decode_chunk", lambda c, *a, **k: alone.append(c) or real(c, *a, **k))
-        bf.decode_chunks(chunks, layer.rafs)
+        real = reader.decode
+        monkeypatch.setattr(reader, "decode", lambda c, *a, **k: alone.append(c) or real(c, *a, **k))
+        reader.decode_many(chunks)
     small = [c for c in chunks if c.compressed and c.uncompressed_size < codecs.UNLOCKED_MIN]
     assert len(small) > 100
     assert not set(map(id, alone)) & set(map(id, small))
@@ -147,25 +145,26 @@ def test_positional_writer_in_many_runs_with_short_writes(tmp_path, fixture_tars
     assert out.read_bytes() == streamed
 
 
-def test_decode_chunks_out_of_blob_order(tmp_path):
-    """Chunks asked for out of blob order, or twice (as dedup makes files share chunks), are read in several
-    runs of the blob, and each still decodes to what decode_chunk gives it."""
+def test_decode_many_out_of_blob_order(tmp_path):
+    """Chunks asked for out of blob order, or twice (as dedup makes files share chunks), each still decode to
+    what decode gives them."""
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
         chunks = _chunks(layer)
-        bf = layer.blob_file(0)
+        source = layer.blob_file(0).source
         order = chunks[::-1] + chunks[::3] + chunks[5:40]
         preads: list = []
-        real = layer.pread
-        layer.pread = lambda off, size, *a: preads.append(size) or real(off, size, *a)
-        many = [bytes(d) for d in bf.decode_chunks(order, layer.rafs)]
+        real = source.pread
+        source.pread = lambda off, size, *a: preads.append(size) or real(off, size, *a)
+        many = [bytes(d) for d in layer.chunk_reader.decode_many(order)]
         in_order = len(preads)
         preads.clear()
-        bf.decode_chunks(chunks, layer.rafs)
-        layer.pread = real
-        assert many == [bytes(bf.decode_chunk(c, layer.rafs)) for c in order]
-    assert len(preads) < in_order  # chunks in blob order: runs of them share one read
+        layer.chunk_reader.decode_many(chunks)
+        source.pread = real
+        assert many == [bytes(layer.chunk_reader.decode(c)) for c in order]
+    # Chunks that lie close together in the blob share one read, in whatever order they are asked for.
+    assert len(preads) == 1 and in_order == 1
 
 
 def test_bulk_work_restores_the_interpreter(tmp_path):

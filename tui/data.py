@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from nydus_inspect import Chunk, Layer, Node, NydusInspectError
+from nydus_inspect import ChunkRef, Layer, Node, NydusInspectError
 from nydus_inspect.inspect import FileIndex, file_index, toc_report
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
 from nydus_inspect.verify import ChunkVerifier, entry_check
@@ -737,7 +737,7 @@ class LayerView:
                 out.append(("hardlinks", f"group {node.hardlink} ({node.nlink} names; indexing the tree…)"))
         return out
 
-    def node_chunks(self, node: Node) -> list[Chunk]:
+    def node_chunks(self, node: Node) -> list[ChunkRef]:
         """The file's chunks with their blob offsets and digests (also stored in ``node.chunks``).
 
         Resolved through each blob's blob.meta and blob.digest, decoded record by record, when every
@@ -763,7 +763,7 @@ class LayerView:
                 if ci.ci_index >= len(infos):
                     return r.chunks(node)  # let the reader say what is wrong
                 out.append(
-                    Chunk.from_info(
+                    ChunkRef.from_info(
                         infos[ci.ci_index],
                         ci.blob_index,
                         k * r.chunk_size,

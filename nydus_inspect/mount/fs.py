@@ -24,7 +24,6 @@ or match its digest is EIO and one log line naming the file, the chunk and its o
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import logging
@@ -39,10 +38,11 @@ from collections import OrderedDict, deque
 import pyfuse3
 import trio
 
+from ..chunks.decode import ChunkCache, ChunkReader
+from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..formats import rafs_v6
-from ..layer import ChunkCache
-from ..model import _LRU, Chunk, fsdecode
+from ..model import _LRU, fsdecode
 from .entries import (
     LOG_XATTR,
     PID_XATTR,
@@ -109,7 +109,7 @@ class _Job:
 
     __slots__ = ("key", "chunk", "nid", "event", "data", "error", "state")
 
-    def __init__(self, key: tuple, chunk: Chunk, nid: int) -> None:
+    def __init__(self, key: tuple, chunk: ChunkRef, nid: int) -> None:
         self.key = key
         self.chunk = chunk
         self.nid = nid
@@ -137,7 +137,7 @@ class _Hint:
 
     __slots__ = ("chunks", "state")
 
-    def __init__(self, chunks: list[Chunk]) -> None:
+    def __init__(self, chunks: list[ChunkRef]) -> None:
         self.chunks = chunks
         self.state = QUEUED
 
@@ -179,8 +179,8 @@ def _eio(what: str, exc: BaseException) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
-def _key(c: Chunk) -> tuple:
-    return (c.blob_index, c.compressed_offset, c.compressed_size)
+def _key(c: ChunkRef) -> tuple:
+    return c.cache_key
 
 
 class NydusFS(pyfuse3.Operations):
@@ -218,7 +218,9 @@ class NydusFS(pyfuse3.Operations):
         self.log_where = log_where  # where this daemon logs, answered as user.nydus.mount.log on the root
         # An image without any xattr: say "not supported" so that ls -l stops asking for labels and ACLs.
         self.no_xattr_errno = pyfuse3.ENOATTR if self.rafs.ext.s_flags & rafs_v6.HAS_XATTR else errno.ENOTSUP
-        self.cache = ChunkCache(cache_size)
+        # The chunk service decodes and checks chunk data; its cache is the mount's cache of decoded chunks.
+        self.reader = ChunkReader(self.image.blob, ChunkCache(cache_size))
+        self.cache = self.reader.cache
         self.content_cache = ChunkCache(CONTENT_CACHE_SIZE)
         self.readahead = readahead
         # A sequential reader gets this many chunks decoded ahead (as the cache allows, leaving it room).
@@ -246,7 +248,7 @@ class NydusFS(pyfuse3.Operations):
         self._links: dict[int, int] = {}
         # Directory nid -> (entries [(name, dirent nid)], {name: dirent nid}), at most DIR_CACHE_ENTRIES in all.
         self._dirs = _SizedLRU(DIR_CACHE_ENTRIES)
-        self._chunks = _LRU(16384)  # nid -> list[Chunk], files of a few chunks
+        self._chunks = _LRU(16384)  # nid -> list[ChunkRef], files of a few chunks
         self._big_chunks = _LRU(64)  # the same for files of many chunks
         self._xattrs = _LRU(8192)  # nid -> {name: value}
         self._last_end = _LRU(4096)  # nid -> end offset of the last read (sequential detection)
@@ -561,7 +563,7 @@ class NydusFS(pyfuse3.Operations):
     async def release(self, fh):
         pass
 
-    def _file_chunks(self, nid: int) -> list[Chunk]:
+    def _file_chunks(self, nid: int) -> list[ChunkRef]:
         chunks = self._chunks.get(nid)
         if chunks is None:
             chunks = self._big_chunks.get(nid)
@@ -621,7 +623,7 @@ class NydusFS(pyfuse3.Operations):
                     discard(_key(chunks[k]))
         return out
 
-    def _read_ahead(self, nid: int, chunks: list[Chunk], k1: int, start: bool) -> None:
+    def _read_ahead(self, nid: int, chunks: list[ChunkRef], k1: int, start: bool) -> None:
         """A sequential reader got to chunk ``k1``: decode the next chunks, and have their stored bytes read.
 
         A reader starting at the beginning of a file gets the stored bytes of the file read ahead in one go (up
@@ -652,18 +654,18 @@ class NydusFS(pyfuse3.Operations):
         if k1 + len(ahead) > hinted:
             self._will_need(ahead)
 
-    def _will_need(self, chunks: list[Chunk]) -> None:
+    def _will_need(self, chunks: list[ChunkRef]) -> None:
         """Ask the kernel to start reading the stored bytes of ``chunks`` (of one blob, in blob order) now, so
         that the decoding threads find them in the page cache rather than wait for the disk."""
         first, last = chunks[0], chunks[-1]
         if first.blob_index != last.blob_index or last.compressed_offset < first.compressed_offset:
             return
-        self.image.blob_files[first.blob_index].layer.will_need(
+        self.image.blob(first.blob_index).source.will_need(
             first.compressed_offset, last.compressed_offset + last.compressed_size - first.compressed_offset
         )
 
     # ------------------------------------------------------------------ decoding (worker threads)
-    def _job(self, c: Chunk, nid: int, urgent: bool):
+    def _job(self, c: ChunkRef, nid: int, urgent: bool):
         """The chunk's bytes if cached, else the job decoding it (queued here if there is none)."""
         key = _key(c)
         data = self.cache.get(key)
@@ -678,7 +680,7 @@ class NydusFS(pyfuse3.Operations):
             self._queue(self._urgent, [job])  # whichever worker gets to it first decodes it
         return job
 
-    async def _wait(self, nid: int, k: int, c: Chunk, job) -> bytes:
+    async def _wait(self, nid: int, k: int, c: ChunkRef, job) -> bytes:
         if not isinstance(job, _Job):
             return job
         await job.event.wait()
@@ -761,14 +763,8 @@ class NydusFS(pyfuse3.Operations):
                     for c, data in zip(chunks or (), datas or ()):
                         self._store(item.nid, c.file_offset, data)
 
-    def _decode(self, c: Chunk) -> bytes:
-        bf = self.image.blob_files[c.blob_index]
-        if not c.digest:
-            # A chunk known only from blob.meta: check it against the blob's blob.digest when it has one.
-            digests = bf.layer.chunk_digests
-            if digests is not None and c.ci_index < len(digests):
-                c = dataclasses.replace(c, digest=digests[c.ci_index])
-        return bf.decode_chunk(c, self.rafs, True)
+    def _decode(self, c: ChunkRef) -> bytes:
+        return self.reader.decode(c)
 
     def _job_done(self, job: _Job, data, err) -> None:
         job.state = DONE
@@ -944,7 +940,7 @@ class NydusFS(pyfuse3.Operations):
                 if data is not None:
                     self._store(nid, c.file_offset, data)
 
-    def _report(self, nid: int, k: int, c: Chunk, exc: BaseException) -> None:
+    def _report(self, nid: int, k: int, c: ChunkRef, exc: BaseException) -> None:
         key = (nid, k, type(exc).__name__)
         if key in self._reported:
             log.debug("EIO again: nid %d chunk %d", nid, k)
