@@ -59,8 +59,6 @@ class BlobSource:
     index: int = 0
 
 
-_Source = BlobSource
-
 
 @dataclass
 class MergedBootstrap:

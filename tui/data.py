@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from nydus_inspect import ChunkRef, Layer, Node, NydusInspectError
-from nydus_inspect.inspect import FileIndex, file_index, toc_report
+from nydus_inspect.inspect import FileIndex, toc_report
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
 from nydus_inspect.verify import ChunkVerifier, entry_check
 
@@ -798,22 +798,6 @@ class LayerView:
             if len(out) >= limit:
                 break
         return bytes(out[:limit])
-
-    def build_index(
-        self, progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None
-    ) -> FileIndex | None:
-        """The full walk (paths, chunk owners, hardlinks): about 5 s per 100k inodes; run in a worker."""
-        if self.index is not None:
-            return self.index
-        if not self.is_v6:
-            return None
-        try:
-            idx = file_index(self.layer, progress=progress, cancel=cancel)
-        except NydusInspectError as exc:
-            self.index_error = str(exc)
-            return None
-        self.index = idx
-        return idx
 
     def close(self) -> None:
         self.layer.close()
