@@ -314,6 +314,8 @@ class Layer:
         if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
             usize = _zstd_frame_size(raw, name, off)
         data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
+        if not isinstance(data, bytes):  # large zstd entries decode into a bytearray; entries are kept as bytes
+            data = bytes(data)
         if verify and digest is not None:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
         return data

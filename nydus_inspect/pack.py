@@ -35,7 +35,6 @@ from .formats._struct import round_up
 from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
 from .fsutil import atomic_output
 from .model import Node
-from .readahead import bulk_work
 from .tarstream import TarTree, open_tar_input, read_tar
 
 log = logging.getLogger(__name__)
@@ -299,8 +298,7 @@ def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResul
     opts = opts or PackOptions()
     opts.check()
     workers = opts.workers or os.cpu_count() or 1
-    with bulk_work():
-        return _pack(source, output, opts, workers)
+    return _pack(source, output, opts, workers)
 
 
 def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResult:

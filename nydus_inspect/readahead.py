@@ -9,11 +9,7 @@ flat.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-import sys
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,50 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .chunks.ref import ChunkRef
 from .layer import Layer
 from .model import REG, Node
-
-#: While Python threads share work with C code that drops the GIL, let them hand the GIL over after this
-#: long instead of the default 5 ms: a worker back from compressing or decoding otherwise waits behind a
-#: main thread busy in Python (pack's tar parsing, unpack's layout, verify's bootstrap walk).
-SWITCH_INTERVAL = 0.001
-
-
-_bulk_lock = threading.Lock()
-_bulk_jobs = 0
-_bulk_saved: tuple[float, bool] = (0.0, True)
-
-
-@contextlib.contextmanager
-def bulk_work(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
-    """Run a pack, unpack or verify: the GIL changes hands after ``interval``, and, for a job run by the main
-    thread (a command), the cyclic garbage collector is off until the end.
-
-    These jobs make one object or more per tar entry and per chunk, and keep most of them to the end (the
-    tree, the chunk list), so each collection walks a heap that keeps growing, while holding the GIL that
-    the workers need: a pack of a Debian rootfs spent about 30 ms there, and stalled its workers for longer.
-    What they make is freed by reference counting (no cycles per entry or per chunk), so memory stays as
-    bounded as before; anything cyclic is collected after the job. A job started by another thread (the
-    TUI's) leaves the collector alone: the application around it keeps making garbage of its own.
-
-    Both settings belong to the process: jobs that overlap share them, and the last one to end puts back
-    what the first one found."""
-    global _bulk_jobs, _bulk_saved
-    with _bulk_lock:
-        if _bulk_jobs == 0:
-            _bulk_saved = (sys.getswitchinterval(), gc.isenabled())
-            sys.setswitchinterval(min(_bulk_saved[0], interval))
-            if threading.current_thread() is threading.main_thread():
-                gc.disable()
-        _bulk_jobs += 1
-    try:
-        yield
-    finally:
-        with _bulk_lock:
-            _bulk_jobs -= 1
-            if _bulk_jobs == 0:
-                sys.setswitchinterval(_bulk_saved[0])
-                if _bulk_saved[1]:
-                    gc.enable()
-
 
 DEFAULT_WINDOW = 64 << 20
 GROUP_BYTES = 1 << 20

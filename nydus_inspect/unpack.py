@@ -21,7 +21,7 @@ from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
-from .readahead import bulk_work, decode_group, iter_with_data
+from .readahead import decode_group, iter_with_data
 
 
 @dataclass
@@ -43,13 +43,12 @@ def walk_image(layer: Layer) -> Iterator[Node]:
 
 def to_tar(layer: Layer, output: str) -> UnpackResult:
     """Write the layer's tree as a tar (ustar, PAX where needed) to ``output`` ('-' for stdout)."""
-    with bulk_work():
-        if output == "-":
-            return _write_tar(layer, sys.stdout.buffer)
-        with atomic_output(output) as f:
-            if _positional(f):
-                return _write_tar_parallel(layer, f)
-            return _write_tar(layer, f)
+    if output == "-":
+        return _write_tar(layer, sys.stdout.buffer)
+    with atomic_output(output) as f:
+        if _positional(f):
+            return _write_tar_parallel(layer, f)
+        return _write_tar(layer, f)
 
 
 _TYPEFLAG = {REG: b"0", DIR: b"5", SYMLINK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}

@@ -100,7 +100,6 @@ from .formats.tar_header import (
 from .inspect import FileIndex, WalkError, walk_tree
 from .layer import ENTRY_NAMES, KIND_BLOB_NO_TOC, KIND_BLOB_TOC, SECTION_NAMES, Layer
 from .model import DIR, FT_OF_TYPE, REG, SYMLINK, fsdecode, node_type
-from .readahead import bulk_work
 
 #: Findings kept per check; the rest are only counted (a badly broken blob would otherwise list millions).
 DEFAULT_LIMIT = 1000
@@ -280,27 +279,26 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
-    with bulk_work():
-        try:
-            run.ahead.start()
-            _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
-            blobs = list(_blob_layers(run))
-            for blob_index, blob_layer, entry in blobs:
-                _guard(run, "tar.header", blob_layer.path, _check_layout, run, blob_layer, blob_index, entry)
-                _guard(run, "toc.entry", blob_layer.path, _check_toc, run, blob_layer, blob_index, entry)
-            for blob_index, blob_layer, entry in blobs:
-                _guard(run, "blob_meta", blob_layer.path, _check_blob_meta, run, blob_layer, blob_index, entry)
-                _guard(run, "blob.table", blob_layer.path, _check_blob_entry, run, blob_layer, blob_index, entry)
-                _guard(run, "chunk.layout", blob_layer.path, _check_chunk_layout, run, blob_layer, blob_index)
-            for blob_index, blob_layer, entry in blobs:
-                _guard(run, "chunk.read", blob_layer.path, _check_chunks, run, blob_layer, blob_index, entry)
-            _guard(run, "blob.id", layer.path, _check_blob_ids, run, blobs)
-            if source is not None:
-                _check_roundtrip(run, source)
-        except Cancelled:
-            run.report.cancelled = True
-        finally:
-            run.ahead.close()
+    try:
+        run.ahead.start()
+        _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
+        blobs = list(_blob_layers(run))
+        for blob_index, blob_layer, entry in blobs:
+            _guard(run, "tar.header", blob_layer.path, _check_layout, run, blob_layer, blob_index, entry)
+            _guard(run, "toc.entry", blob_layer.path, _check_toc, run, blob_layer, blob_index, entry)
+        for blob_index, blob_layer, entry in blobs:
+            _guard(run, "blob_meta", blob_layer.path, _check_blob_meta, run, blob_layer, blob_index, entry)
+            _guard(run, "blob.table", blob_layer.path, _check_blob_entry, run, blob_layer, blob_index, entry)
+            _guard(run, "chunk.layout", blob_layer.path, _check_chunk_layout, run, blob_layer, blob_index)
+        for blob_index, blob_layer, entry in blobs:
+            _guard(run, "chunk.read", blob_layer.path, _check_chunks, run, blob_layer, blob_index, entry)
+        _guard(run, "blob.id", layer.path, _check_blob_ids, run, blobs)
+        if source is not None:
+            _check_roundtrip(run, source)
+    except Cancelled:
+        run.report.cancelled = True
+    finally:
+        run.ahead.close()
     return run.report
 
 

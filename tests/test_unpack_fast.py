@@ -16,7 +16,7 @@ from fixtures_util import (
 )
 
 from nydus_inspect import codecs
-from nydus_inspect.errors import FormatError
+from nydus_inspect.errors import FormatError, UsageError
 from nydus_inspect.layer import open_layer
 from nydus_inspect.model import REG
 from nydus_inspect.unpack import walk_image
@@ -167,48 +167,63 @@ def test_decode_many_out_of_blob_order(tmp_path):
     assert len(preads) == 1 and in_order == 1
 
 
-def test_bulk_work_restores_the_interpreter(tmp_path):
-    """bulk_work turns the cyclic GC off and shortens the GIL hand-off for the job only, also when it fails;
-    overlapping jobs share the settings and the last to end restores them; a job on another thread (the
-    TUI's) leaves the GC on."""
+def test_library_calls_leave_the_interpreter_alone(tmp_path, fixture_tars):
+    """pack(), verify() and unpack called from Python keep the cyclic GC and the switch interval as they
+    found them, while they run too (seen from their progress callbacks and chunk decoding)."""
     import gc
     import sys
-    import threading
 
-    from nydus_inspect.readahead import SWITCH_INTERVAL, bulk_work
+    from nydus_inspect import unpack
+    from nydus_inspect.chunks.decode import ChunkReader
+    from nydus_inspect.pack import PackOptions, pack
+    from nydus_inspect.verify import verify
 
-    interval = sys.getswitchinterval()
-    assert gc.isenabled() and interval > SWITCH_INTERVAL
-    with pytest.raises(ZeroDivisionError), bulk_work():
-        assert not gc.isenabled() and sys.getswitchinterval() == SWITCH_INTERVAL
-        1 / 0  # noqa: B018
-    assert gc.isenabled() and sys.getswitchinterval() == interval
-    gc.disable()
-    try:
-        with bulk_work():
-            pass
-        assert not gc.isenabled()  # it was off before: it stays off
-    finally:
-        gc.enable()
+    before = (gc.isenabled(), sys.getswitchinterval())
+    seen = []
+    blob = tmp_path / "l.blob"
+    pack(
+        str(fixture_tars["every-type.tar"]),
+        str(blob),
+        PackOptions(progress=lambda *a: seen.append((gc.isenabled(), sys.getswitchinterval()))),
+    )
+    with open_layer(str(blob)) as layer:
+        verify(layer, progress=lambda *a: seen.append((gc.isenabled(), sys.getswitchinterval())))
+        real = ChunkReader.decode_group
 
-    # Two jobs that overlap: the first to end leaves the settings to the other.
-    inside, release, seen = threading.Event(), threading.Event(), []
+        def watched(self, *a, **k):
+            seen.append((gc.isenabled(), sys.getswitchinterval()))
+            return real(self, *a, **k)
 
-    def other_job():
-        with bulk_work():
-            seen.append(gc.isenabled())  # a worker thread's job: the GC stays on
-            inside.set()
-            release.wait(10)
+        ChunkReader.decode_group = watched
+        try:
+            unpack.to_tar(layer, str(tmp_path / "out.tar"))
+        finally:
+            ChunkReader.decode_group = real
+    assert len(seen) > 3
+    assert set(seen) == {before}
+    assert (gc.isenabled(), sys.getswitchinterval()) == before
 
-    t = threading.Thread(target=other_job)
-    t.start()
-    assert inside.wait(10)
-    with bulk_work():
-        assert sys.getswitchinterval() == SWITCH_INTERVAL
-    assert sys.getswitchinterval() == SWITCH_INTERVAL  # the other job still runs
-    release.set()
-    t.join(10)
-    assert seen == [True] and gc.isenabled() and sys.getswitchinterval() == interval
+
+def test_the_cli_tunes_the_process_for_bulk_commands_only(tmp_path, monkeypatch):
+    """The command line, not the library, turns the GC off and shortens the switch interval, for the bulk
+    commands, and puts both back when the command ends (also when it fails)."""
+    import gc
+    import sys
+
+    from nydus_inspect import cli
+    from nydus_inspect import pack as pack_module
+
+    before = (gc.isenabled(), sys.getswitchinterval())
+    seen = []
+
+    def fake_pack(*a, **k):
+        seen.append((gc.isenabled(), sys.getswitchinterval()))
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(pack_module, "pack", fake_pack)
+    assert cli.main(["pack", str(tmp_path / "x.tar"), "-o", str(tmp_path / "x.blob"), "-q"]) == 2
+    assert seen == [(False, cli.SWITCH_INTERVAL)]
+    assert (gc.isenabled(), sys.getswitchinterval()) == before
 
 
 def test_slices_are_bounded_by_header_bytes(tmp_path, monkeypatch):
