@@ -92,7 +92,7 @@ def _open(args):
 
 
 def cmd_info(args) -> int:
-    from .inspect import info
+    from .query import info
 
     with _open(args) as layer:
         data = info(layer)
@@ -161,7 +161,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_toc(args) -> int:
-    from .inspect import toc_report
+    from .query import toc_report
 
     with _open(args) as layer:
         rep = toc_report(layer)
@@ -211,7 +211,7 @@ def _write_stream(chunks: Iterable[bytes], output: str | None) -> None:
 
 
 def cmd_chunks(args) -> int:
-    from .inspect import chunks_report
+    from .query import chunks_report
 
     with _open(args) as layer:
         it = chunks_report(layer)
@@ -240,8 +240,8 @@ def cmd_chunks(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from .inspect import list_nodes
     from .model import fsdecode
+    from .query import list_nodes
 
     with _open(args) as layer:
         nodes = list_nodes(layer, args.path, args.recursive, with_chunks=args.chunks)
@@ -273,7 +273,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_cat(args) -> int:
-    from .inspect import cat
+    from .query import cat
 
     with _open(args) as layer:
         _write_stream(cat(layer, args.path), args.output)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from nydus_inspect import ChunkRef, Layer, Node, NydusInspectError
-from nydus_inspect.inspect import FileIndex, toc_report
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
+from nydus_inspect.query import FileIndex, toc_report
 from nydus_inspect.verify import ChunkVerifier, entry_check
 
 #: How much of a file or entry the previews show.

@@ -1,4 +1,7 @@
-"""Inspection operations: turn an opened layer into plain dicts for the front ends to print."""
+"""Queries over an opened layer (info, toc, chunks, ls, cat) as plain data for the front ends, and the
+tolerant tree walk and file index verify and the TUI build on.
+
+Named so as not to shadow the standard library's ``inspect``."""
 
 from __future__ import annotations
 
