@@ -86,24 +86,6 @@ STORE_QUEUE_BYTES = 32 << 20
 
 QUEUED, RUNNING, DONE, CANCELLED = range(4)
 
-# Field positions in the two inode layouts rafs_v6 declares, for NydusFS._stat.
-_EXT, _CMP = rafs_v6.INODE_EXTENDED, rafs_v6.INODE_COMPACT
-_EXT_UNPACK, _CMP_UNPACK, _EXT_SIZE = _EXT.struct.unpack_from, _CMP.struct.unpack_from, _EXT.size
-_E_MODE, _E_NLINK, _E_SIZE, _E_U, _E_INO, _E_UID, _E_GID, _E_MTIME, _E_NSEC = (
-    _EXT.names.index(n)
-    for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec")
-)
-_C_MODE, _C_NLINK, _C_SIZE, _C_U, _C_INO, _C_UID, _C_GID = (
-    _CMP.names.index(n) for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid")
-)
-_BLOCK = rafs_v6.BLOCK_SIZE
-_DIRENT = rafs_v6.DIRENT_SIZE
-_DIRENT_ITER = rafs_v6.DIRENT.iter_unpack
-_U16 = struct.Struct("<H").unpack_from
-_FT_MAX = rafs_v6.FT_SYMLINK
-_LAYOUTS = frozenset((rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE, rafs_v6.LAYOUT_CHUNK_BASED))
-
-
 class _Job:
     """One chunk being decoded; every reader of it waits on the same job."""
 
@@ -303,35 +285,8 @@ class NydusFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ attributes
     def _stat(self, nid: int) -> tuple:
-        """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid``.
-
-        Listing a directory needs these of every entry: read them straight from the inode's declared layout
-        (a third of the cost of a full decode); anything unusual goes through the model, which says what is
-        wrong with it."""
-        buf = self._buf
-        off = self._meta_off + 32 * nid
-        if 0 < nid and off + _EXT_SIZE <= len(buf):
-            fmt = buf[off] | buf[off + 1] << 8
-            if fmt & 1:
-                v = _EXT_UNPACK(buf, off)
-                t = (
-                    v[_E_MODE],
-                    v[_E_NLINK],
-                    v[_E_SIZE],
-                    v[_E_U],
-                    v[_E_INO],
-                    v[_E_UID],
-                    v[_E_GID],
-                    v[_E_MTIME],
-                    v[_E_NSEC],
-                )
-            else:
-                v = _CMP_UNPACK(buf, off)
-                t = (v[_C_MODE], v[_C_NLINK], v[_C_SIZE], v[_C_U], v[_C_INO], v[_C_UID], v[_C_GID], 0, 0)
-            if not fmt & ~0xF and (fmt >> 1) & 7 in _LAYOUTS and t[1]:
-                return t
-        i = self.rafs.inode(nid)  # raises the FormatError that says what is wrong
-        return (i.i_mode, i.i_nlink, i.i_size, i.i_u, i.i_ino, i.i_uid, i.i_gid, i.i_mtime, i.i_mtime_nsec)
+        """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid`` (the model's fast path)."""
+        return self.rafs.attrs(nid)
 
     def _image_attr(self, nid: int, ino_nr: int = 0, st: tuple | None = None) -> pyfuse3.EntryAttributes:
         mode, nlink, size, i_u, _, uid, gid, mtime, nsec = st or self._stat(nid)
@@ -398,40 +353,10 @@ class NydusFS(pyfuse3.Operations):
     def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
         d = self._dirs.get(nid)
         if d is None:
-            ents = self._read_dir(nid)
+            ents = self.rafs.dir_entries(nid)
             d = (ents, dict(ents))
             self._dirs.put(nid, d, len(ents))
         return d
-
-    def _read_dir(self, nid: int) -> list[tuple[bytes, int]]:
-        """[(name, nid)] of directory ``nid``, dots included, in on-disk order.
-
-        Listing directories is most of what find and ls -R cost us: decode the blocks straight from the
-        layout; a block with anything unusual in it goes through the model, which says what is wrong."""
-        rafs = self.rafs
-        ino = rafs.inode(nid)
-        if ino.i_mode & S_IFMT == S_IFDIR and ino.i_size <= 1 << 24:
-            data = rafs._inline_data(nid, ino, 1 << 24)
-            out: list[tuple[bytes, int]] = []
-            for b in range(0, len(data), _BLOCK):
-                block = data[b : b + _BLOCK]
-                n = len(block)
-                first = _U16(block, 8)[0] if n >= _DIRENT else 0
-                if not first or first % _DIRENT or first >= n:
-                    break
-                ents = list(_DIRENT_ITER(block[:first]))
-                offs = [e[1] for e in ents]
-                end = block.find(b"\0", offs[-1])
-                offs.append(n if end < 0 else end)
-                if offs[0] != first or any(offs[i] > offs[i + 1] for i in range(len(ents))):
-                    break
-                names = [block[offs[i] : offs[i + 1]] for i in range(len(ents))]
-                if not all(names) or any(e[2] > _FT_MAX for e in ents) or any(b"/" in x for x in names):
-                    break
-                out += zip(names, [e[0] for e in ents])
-            else:
-                return out
-        return [(x.name, x.nid) for x in rafs.readdir(nid, include_dots=True)]
 
     async def lookup(self, parent_inode, name, ctx=None):
         try:
