@@ -6,6 +6,7 @@ from .errors import FormatError, NydusInspectError, UsageError, VerifyError
 
 __all__ = [
     "Chunk",
+    "ChunkRef",
     "FormatError",
     "Layer",
     "Node",
@@ -17,15 +18,22 @@ __all__ = [
 
 # The reader is imported on first use, so that a command that does not need it (pack, --help) does
 # not pay for it at start-up.
-_LAZY = {"Layer": "layer", "open_layer": "layer", "Chunk": "model", "Node": "model"}
+_LAZY = {
+    "Layer": ("layer", "Layer"),
+    "open_layer": ("layer", "open_layer"),
+    "ChunkRef": ("chunks.ref", "ChunkRef"),
+    "Chunk": ("chunks.ref", "ChunkRef"),  # the name before the chunk service: the same type
+    "Node": ("model", "Node"),
+}
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    module, attr = where
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
     globals()[name] = value
     return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester
 from .formats import blob_meta, rafs_v6
@@ -25,7 +26,7 @@ from .formats.rafs_v6 import (
     ExtSuperBlock,
     SuperBlock,
 )
-from .model import BLK, CHR, DIR, FT_OF_TYPE, REG, SYMLINK, Chunk, Node
+from .model import BLK, CHR, DIR, FT_OF_TYPE, REG, SYMLINK, Node
 
 INODE_SIZE = 64  # tar-rafs and merge always write extended inodes
 #: mapped_blkaddr alignment of v2.3 (512 KiB).
@@ -242,7 +243,7 @@ def build_bootstrap(
     meta_start, cursor = plan.meta_start, plan.data_end
 
     # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does.
-    records: dict[tuple[bytes, int], Chunk] = {}
+    records: dict[tuple[bytes, int], ChunkRef] = {}
     for slot in slots:
         for c in slot.node.chunks or ():
             records.setdefault((c.digest, c.blob_index), c)

@@ -8,11 +8,13 @@ see one for a bug report).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import stat
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from .errors import NydusInspectError
 
@@ -90,7 +92,7 @@ def _open(args):
 
 
 def cmd_info(args) -> int:
-    from .inspect import info
+    from .query import info
 
     with _open(args) as layer:
         data = info(layer)
@@ -159,7 +161,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_toc(args) -> int:
-    from .inspect import toc_report
+    from .query import toc_report
 
     with _open(args) as layer:
         rep = toc_report(layer)
@@ -209,7 +211,7 @@ def _write_stream(chunks: Iterable[bytes], output: str | None) -> None:
 
 
 def cmd_chunks(args) -> int:
-    from .inspect import chunks_report
+    from .query import chunks_report
 
     with _open(args) as layer:
         it = chunks_report(layer)
@@ -238,8 +240,8 @@ def cmd_chunks(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from .inspect import list_nodes
     from .model import fsdecode
+    from .query import list_nodes
 
     with _open(args) as layer:
         nodes = list_nodes(layer, args.path, args.recursive, with_chunks=args.chunks)
@@ -271,7 +273,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_cat(args) -> int:
-    from .inspect import cat
+    from .query import cat
 
     with _open(args) as layer:
         _write_stream(cat(layer, args.path), args.output)
@@ -455,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.func(args) or 0
+        with _bulk_process(getattr(args, "bulk", False)):
+            return args.func(args) or 0
     except NydusInspectError as exc:
         _error(str(exc))
         return exc.exit_code
@@ -478,6 +481,36 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set NYDUS_INSPECT_DEBUG=1 for a traceback)")
         return 3
+
+
+#: While Python threads share work with C code that drops the GIL, let them hand the GIL over after this
+#: long instead of the default 5 ms: a worker back from compressing or decoding otherwise waits behind a
+#: main thread busy in Python (pack's tar parsing, unpack's layout, verify's bootstrap walk).
+SWITCH_INTERVAL = 0.001
+
+
+@contextlib.contextmanager
+def _bulk_process(bulk: bool) -> Iterator[None]:
+    """For a bulk command (pack, unpack, verify, convert: ``bulk`` set by its parser), the process is tuned
+    for the job: the GIL changes hands after SWITCH_INTERVAL, and the cyclic garbage collector is off.
+
+    These jobs make one object or more per tar entry and per chunk, and keep most of them to the end (the
+    tree, the chunk list), so each collection walks a heap that keeps growing, while holding the GIL that
+    the workers need. What they make is freed by reference counting (no cycles per entry or per chunk), so
+    memory stays bounded. This is the program's choice, made here: the library called from Python leaves the
+    interpreter as it found it."""
+    if not bulk:
+        yield
+        return
+    interval, collecting = sys.getswitchinterval(), gc.isenabled()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+    gc.disable()
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        if collecting:
+            gc.enable()
 
 
 def run() -> None:

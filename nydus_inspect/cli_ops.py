@@ -294,14 +294,14 @@ def register(sub) -> None:
     s.add_argument("--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest")
     s.add_argument("--json", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_pack)
+    s.set_defaults(func=cmd_pack, bulk=True)
 
     s = sub.add_parser("unpack", help="nydus layer -> OCI layer tar, or a directory")
     _layer_args(s)
     s.add_argument("-o", "--output", metavar="OUT.tar", help="tar to write (- for stdout)")
     s.add_argument("--to-dir", metavar="DIR", help="extract into DIR (never writes outside it)")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_unpack)
+    s.set_defaults(func=cmd_unpack, bulk=True)
 
     s = sub.add_parser("diff", help="compare two trees (layer tar, nydus layer or bootstrap) entry by entry")
     s.add_argument("a", metavar="SOURCE")
@@ -329,7 +329,7 @@ def register(sub) -> None:
     s.add_argument("--blob", metavar="FILE", action="append")
     s.add_argument("--json", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_verify)
+    s.set_defaults(func=cmd_verify, bulk=True)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
     s.add_argument("layer", metavar="LAYER")
@@ -349,7 +349,7 @@ def register(sub) -> None:
     s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
     s.add_argument("--json", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_convert)
+    s.set_defaults(func=cmd_convert, bulk=True)
 
     s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
     _layer_args(s)

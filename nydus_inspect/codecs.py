@@ -113,24 +113,23 @@ class _LibZstd:
             self.is_error.restype, self.is_error.argtypes = ctypes.c_uint, [size_t]
             self.frame_size = held.ZSTD_findFrameCompressedSize
             self.frame_size.restype, self.frame_size.argtypes = size_t, [ptr, size_t]
-            # A bytes object of ``size`` bytes left unset, which the decoder fills: no zero fill and no copy
-            # out of a ctypes buffer (a fresh bytes object nobody else holds yet; the C API makes one so).
-            self.new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-            self.new_bytes.restype = ctypes.py_object
-            self.new_bytes.argtypes = [ptr, ctypes.c_ssize_t]
             self.ok = True
         except (OSError, AttributeError):
             pass
 
-    def decompress(self, data, size: int) -> bytes | None:
-        """Exactly ``size`` bytes, or None when that is not what ``data`` holds (or there is no libzstd)."""
+    def decompress(self, data, size: int) -> bytearray | None:
+        """Exactly ``size`` bytes, or None when that is not what ``data`` holds (or there is no libzstd).
+
+        Decoded into a bytearray (a buffer that may be written), never into an immutable bytes object."""
         if not self.ok:
             return None
         src = bytes(data)
         if self.frame_size(src, len(src)) != len(src):
             return None  # not exactly one frame: anything after it is for the checked path to refuse
-        out = self.new_bytes(None, size)
-        n = self.decode(out, size, src, len(src))
+        out = bytearray(size)
+        dst = (self.ctypes.c_char * size).from_buffer(out)
+        n = self.decode(dst, size, src, len(src))
+        del dst  # the bytearray may be resized again once no ctypes view holds it
         if self.is_error(n) or n != size:
             return None
         return out
@@ -163,7 +162,7 @@ def _lib() -> _LibZstd:
     return _libzstd
 
 
-def _zstd_unlocked(data, size: int) -> bytes | None:
+def _zstd_unlocked(data, size: int) -> bytearray | None:
     return _lib().decompress(data, size)
 
 
@@ -273,7 +272,8 @@ def _smaller(data, packed: bytes) -> tuple[bytes, bool]:
 
 
 def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", offset: int | None = None) -> bytes:
-    """Decompress ``data`` into exactly ``size`` bytes or raise FormatError naming ``what``."""
+    """Decompress ``data`` into exactly ``size`` bytes or raise FormatError naming ``what``. Large zstd data
+    comes back as a bytearray (decoded without the GIL into a buffer of ours), the rest as bytes."""
     if size < 0 or size > MAX_UNCOMPRESSED:
         raise FormatError(what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size)
     try:

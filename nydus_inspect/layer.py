@@ -17,13 +17,16 @@ import mmap
 import os
 import struct
 import zlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from . import codecs
+from .chunks.decode import ChunkReader
+from .chunks.ref import ChunkRef
+from .chunks.resolve import Blob
+from .chunks.source import LocalFile
 from .codecs import Compressor
 from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -35,7 +38,7 @@ from .formats.tar_header import (
     IMAGE_BOOT,
     RAFS_BLOB_TOC,
 )
-from .model import Chunk, Node, RafsV6
+from .model import Node, RafsV6
 
 if TYPE_CHECKING:
     from .formats.rafs_v5 import RafsV5
@@ -77,11 +80,10 @@ class Layer:
         it (``nydus-image create`` without ``--blob-inline-meta`` writes that): accept it as such."""
         self.path = path
         self.name = os.path.basename(path)
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot open: {exc.strerror}") from None
-        self.size = os.fstat(self._fd).st_size
+        #: Where this file's bytes come from: every read of chunk data goes through it (chunks.source).
+        self.source = LocalFile(path)
+        self._fd = self.source.fd
+        self.size = self.source.size
         self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) if self.size else b""
         self.blob_dir = blob_dir
         self.extra_blobs = list(blobs or [])
@@ -92,7 +94,7 @@ class Layer:
         self._sections: list[Section] | None = None
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
-        self._blob_files: dict[int, BlobFile] = {}
+        self._blob_files: dict[int, Blob] = {}
         try:
             self._sniff()
         except FormatError as exc:
@@ -113,9 +115,8 @@ class Layer:
                 self._map.close()
             except BufferError:
                 pass
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.source.close()
+        self._fd = -1
 
     def __enter__(self) -> Layer:
         return self
@@ -125,23 +126,12 @@ class Layer:
 
     # ------------------------------------------------------------------ raw access
     def pread(self, offset: int, size: int, what: str = "data") -> bytes:
-        """Bytes of the file by pread(2): thread-safe, and unlike the mmap the pages read do not stay
-        charged to this process, so streaming a large blob keeps RSS flat."""
-        if offset < 0 or size < 0 or offset + size > self.size:
-            raise FormatError(what, f"range of {size} bytes lies outside the {self.size}-byte file", offset=offset)
-        data = os.pread(self._fd, size, offset)
-        if len(data) != size:
-            raise FormatError(what, f"short read: {len(data)} of {size} bytes (file changed?)", offset=offset)
-        return data
+        """Bytes of the file (:meth:`LocalFile.pread`)."""
+        return self.source.pread(offset, size, what)
 
     def will_need(self, offset: int = 0, size: int = 0) -> None:
-        """Let the kernel start reading ``size`` bytes from ``offset`` now (``POSIX_FADV_WILLNEED``; by
-        default the whole file), for a caller about to read them (verify, the mount's read-ahead): the
-        reads then overlap the work done before them."""
-        try:
-            os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_WILLNEED)
-        except (AttributeError, OSError):
-            pass
+        """Let the kernel start reading ``size`` bytes from ``offset`` now (by default the whole file)."""
+        self.source.will_need(offset, size)
 
     @cached_property
     def digest(self) -> str:
@@ -332,6 +322,8 @@ class Layer:
         if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
             usize = _zstd_frame_size(raw, name, off)
         data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
+        if not isinstance(data, bytes):  # large zstd entries decode into a bytearray; entries are kept as bytes
+            data = bytes(data)
         if verify and digest is not None:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
         return data
@@ -496,8 +488,8 @@ class Layer:
         return _is_v5(self.bootstrap_bytes())
 
     def _ci_source(self, blob_index: int):
-        bf = self.blob_file(blob_index, required=False)
-        return bf.layer.chunk_infos if bf is not None else None
+        blob = self.blob_file(blob_index, required=False)
+        return blob.records() if blob is not None else None
 
     # ------------------------------------------------------------------ blob files
     def own_blob_index(self) -> int | None:
@@ -537,12 +529,13 @@ class Layer:
             return self.name.split(".")[0]
         return ent.id
 
-    def blob_file(self, blob_index: int, required: bool = True) -> BlobFile | None:
+    def blob_file(self, blob_index: int, required: bool = True) -> Blob | None:
+        """The blob-table entry ``blob_index`` resolved (chunks.resolve): its file, compressor and digester."""
         bf = self._blob_files.get(blob_index)
         if bf is not None:
             return bf
         if blob_index == self.own_blob_index():
-            bf = BlobFile(self, self.rafs.blobs[blob_index])
+            bf = Blob(blob_index, self, self.rafs.blobs[blob_index])
         else:
             ent = self.rafs.blobs[blob_index]
             path = self._find_blob(ent.id)
@@ -555,7 +548,7 @@ class Layer:
                     f"(looked in {where})"
                 )
             layer = Layer(path, data_blob=True)
-            bf = BlobFile(layer, ent)
+            bf = Blob(blob_index, layer, ent)
         self._blob_files[blob_index] = bf
         return bf
 
@@ -576,133 +569,18 @@ class Layer:
             return self.extra_blobs[0]
         return None
 
-    def read_chunk(self, chunk: Chunk, verify: bool = True) -> bytes:
-        return self.blob_file(chunk.blob_index).read_chunk(chunk, self.rafs, verify)
+    @cached_property
+    def chunk_reader(self) -> ChunkReader:
+        """The chunk service over this layer's blob table: decode, check and cache chunk data."""
+        return ChunkReader(self.blob_file)
 
-    def read_file(self, node: Node, verify: bool = True) -> Iterator[bytes]:
-        """A regular file's bytes, chunk by chunk."""
+    def read_chunk(self, chunk: ChunkRef) -> bytes:
+        return self.chunk_reader.read(chunk)
+
+    def read_file(self, node: Node) -> Iterator[bytes]:
+        """A regular file's checked bytes, chunk by chunk."""
         chunks = node.chunks if node.chunks is not None else self.rafs.chunks(node)
-        for c in chunks:
-            yield self.read_chunk(c, verify)
-
-
-class ChunkCache:
-    """A bounded LRU of decompressed chunks, by total bytes."""
-
-    def __init__(self, limit: int = 64 << 20) -> None:
-        self.limit = limit
-        self.used = 0
-        self._data: OrderedDict[tuple, bytes] = OrderedDict()
-
-    def get(self, key):
-        data = self._data.get(key)
-        if data is not None:
-            self._data.move_to_end(key)
-        return data
-
-    def discard(self, key) -> None:
-        data = self._data.pop(key, None)
-        if data is not None:
-            self.used -= len(data)
-
-    def put(self, key, data: bytes) -> None:
-        if len(data) > self.limit:
-            return
-        old = self._data.pop(key, None)
-        if old is not None:
-            self.used -= len(old)
-        self._data[key] = data
-        self.used += len(data)
-        while self.used > self.limit:
-            _, dropped = self._data.popitem(last=False)
-            self.used -= len(dropped)
-
-
-class BlobFile:
-    """The data of one blob-table entry: a file whose chunk offsets are absolute."""
-
-    def __init__(self, layer: Layer, entry: rafs_v6.BlobTableEntry, cache: ChunkCache | None = None) -> None:
-        self.layer = layer
-        self.entry = entry
-        self.compressor = entry.compressor
-        self.cache = cache or ChunkCache()
-
-    def close(self) -> None:
-        self.layer.close()
-
-    def read_chunk(self, chunk: Chunk, rafs: RafsV6 | None = None, verify: bool = True) -> bytes:
-        """A chunk's decompressed bytes, through the LRU."""
-        key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_size)
-        data = self.cache.get(key)
-        if data is None:
-            data = self.decode_chunk(chunk, rafs, verify)
-            self.cache.put(key, data)
-        return data
-
-    def decode_chunk(self, chunk: Chunk, rafs: RafsV6 | None = None, verify: bool = True) -> bytes:
-        """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads)."""
-        what = f"chunk {chunk.ci_index} of blob {chunk.blob_index}"
-        raw = self.layer.pread(chunk.compressed_offset, chunk.compressed_size, what)
-        if chunk.compressed:
-            data = codecs.decompress(raw, self.compressor, chunk.uncompressed_size, what, chunk.compressed_offset)
-        else:
-            if chunk.compressed_size != chunk.uncompressed_size:
-                raise FormatError(what, "uncompressed chunk with differing sizes", offset=chunk.compressed_offset)
-            data = raw
-        if verify:
-            self._check(chunk, data, rafs)
-        return data
-
-    def _check(self, chunk: Chunk, data, rafs: RafsV6 | None) -> None:
-        if not chunk.digest:
-            return
-        digester = rafs.digester if rafs is not None else self.entry.digester
-        got = digester.digest(data)
-        if got != chunk.digest:
-            raise FormatError(
-                f"chunk {chunk.ci_index} of blob {chunk.blob_index}",
-                f"{digester.value} digest {got.hex()} differs from the recorded {chunk.digest.hex()}",
-                offset=chunk.compressed_offset,
-            ).located(self.layer.path)
-
-    #: Fewest small zstd chunks worth one batch call.
-    BATCH_MIN = 4
-
-    def decode_chunks(self, chunks: list[Chunk], rafs: RafsV6 | None = None, verify: bool = True) -> list:
-        """:meth:`decode_chunk` of each (bytes-like results), with the small zstd chunks decoded together in
-        one call that runs without the GIL (``codecs.zstd_frames``). Anything that call does not take
-        exactly as recorded is decoded alone, which names what is wrong."""
-        small = [i for i, c in enumerate(chunks) if c.compressed and c.uncompressed_size < codecs.UNLOCKED_MIN]
-        if self.compressor is not Compressor.ZSTD or len(small) < self.BATCH_MIN:
-            return [self.decode_chunk(c, rafs, verify) for c in chunks]
-        out: list = [None] * len(chunks)
-        try:
-            # Chunks that follow each other in the blob (the usual case) are read with one pread.
-            spans: list[list[int]] = []
-            frames, pos = [], 0
-            for i in small:
-                c = chunks[i]
-                if spans and spans[-1][1] == c.compressed_offset:
-                    spans[-1][1] += c.compressed_size
-                else:
-                    spans.append([c.compressed_offset, c.compressed_offset + c.compressed_size])
-                frames.append((pos, c.compressed_size, c.uncompressed_size))
-                pos += c.compressed_size
-            raws = [self.layer.pread(start, end - start) for start, end in spans]
-            decoded = codecs.zstd_frames(raws[0] if len(raws) == 1 else b"".join(raws), frames)
-            if decoded is None:
-                raise FormatError("chunk", "not decoded as recorded")
-            for i, data in zip(small, decoded):
-                if verify:
-                    self._check(chunks[i], data, rafs)
-                out[i] = data
-        except FormatError:
-            # Whatever is wrong is reported as the one-by-one path reports it, first chunk first.
-            return [self.decode_chunk(c, rafs, verify) for c in chunks]
-        for i, c in enumerate(chunks):
-            if out[i] is None:
-                out[i] = self.decode_chunk(c, rafs, verify)
-        return out
+        return self.chunk_reader.read_file(chunks)
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

@@ -59,8 +59,6 @@ class BlobSource:
     index: int = 0
 
 
-_Source = BlobSource
-
 
 @dataclass
 class MergedBootstrap:
@@ -216,13 +214,13 @@ class _Materialiser:
 
 
 def _check_compatible(layers: list[Layer]) -> None:
+    """What nydus-image merge requires the layers to share. Compressor and digester may differ: each blob
+    keeps its own in the blob table."""
     base = layers[0].rafs
     for layer in layers[1:]:
         r = layer.rafs
         for what, a, b in (
             ("chunk size", base.chunk_size, r.chunk_size),
-            ("compressor", base.compressor, r.compressor),
-            ("digester", base.digester, r.digester),
             (
                 "explicit uid/gid",
                 base.ext.s_flags & rafs_v6.EXPLICIT_UID_GID,
@@ -293,13 +291,15 @@ def merge_bootstrap(
                 features=ent.features & ~blob_meta.INLINED_FS_META,
             )
         )
-    base = layers[0].rafs
+    base, top = layers[0].rafs, layers[-1].rafs
+    # Each blob keeps its own compressor and digester in the blob table; the superblock gets the last
+    # layer's, as nydus-image merge writes it.
     boot = build_bootstrap(
         root,
         blobs,
         chunk_size=base.chunk_size,
-        compressor=base.compressor,
-        digester=base.digester,
+        compressor=top.compressor,
+        digester=top.digester,
         prefetch=prefetch,
         force_has_xattr=True,
         explicit_uid_gid=bool(base.ext.s_flags & rafs_v6.EXPLICIT_UID_GID),

@@ -1,9 +1,9 @@
-"""The one in-memory filesystem model (Node, Chunk) and the lazy RAFS v6 reader over it.
+"""The one in-memory filesystem model (Node, and its chunks as ChunkRef) and the lazy RAFS v6 reader over it.
 
 :class:`RafsV6` decodes a bootstrap held in any buffer (bytes or mmap): inodes
 are decoded when first touched, directories when listed, so opening a
 bootstrap of 100k inodes costs only its superblocks. Pack, merge, unpack,
-mount and the TUI all speak :class:`Node` and :class:`Chunk`.
+mount and the TUI all speak :class:`Node` and :class:`~nydus_inspect.chunks.ref.ChunkRef`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .chunks.ref import ChunkRef
 from .errors import FormatError
 from .formats import blob_meta, rafs_v6
 from .formats._struct import round_up
@@ -44,57 +45,25 @@ FT_OF_TYPE = {
 #: The longest symlink target nydusd accepts.
 MAX_SYMLINK = 4096
 
+# Field positions in the two inode layouts rafs_v6 declares, for RafsV6.attrs, and the dirent layout, for
+# RafsV6.dir_entries: the fast paths the mount lists and stats with.
+_EXT, _CMP = rafs_v6.INODE_EXTENDED, rafs_v6.INODE_COMPACT
+_EXT_UNPACK, _CMP_UNPACK, _EXT_SIZE = _EXT.struct.unpack_from, _CMP.struct.unpack_from, _EXT.size
+_E_MODE, _E_NLINK, _E_SIZE, _E_U, _E_INO, _E_UID, _E_GID, _E_MTIME, _E_NSEC = (
+    _EXT.names.index(n)
+    for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec")
+)
+_C_MODE, _C_NLINK, _C_SIZE, _C_U, _C_INO, _C_UID, _C_GID = (
+    _CMP.names.index(n) for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid")
+)
+_DIRENT = rafs_v6.DIRENT_SIZE
+_DIRENT_ITER = rafs_v6.DIRENT.iter_unpack
+_U16 = struct.Struct("<H").unpack_from
+_LAYOUTS = frozenset((rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE, rafs_v6.LAYOUT_CHUNK_BASED))
+
 
 def node_type(mode: int) -> str:
     return _TYPE_OF_FMT.get(stat.S_IFMT(mode), "unknown")
-
-
-@dataclass
-class Chunk:
-    """One chunk of a file: where its bytes live in which blob, and their digest."""
-
-    blob_index: int
-    ci_index: int
-    file_offset: int
-    compressed_offset: int
-    compressed_size: int
-    uncompressed_offset: int
-    uncompressed_size: int
-    compressed: bool
-    digest: bytes
-    crc32: int | None = None
-
-    @classmethod
-    def from_info(cls, info, blob_index: int, file_offset: int, digest: bytes = b"") -> Chunk:
-        """The chunk a blob.meta record (``blob_meta.ChunkInfo``) describes, at ``file_offset`` of a file."""
-        return cls(
-            blob_index=blob_index,
-            ci_index=info.index,
-            file_offset=file_offset,
-            compressed_offset=info.compressed_offset,
-            compressed_size=info.compressed_size,
-            uncompressed_offset=info.uncompressed_offset,
-            uncompressed_size=info.uncompressed_size,
-            compressed=info.compressed,
-            digest=digest,
-            crc32=info.crc32,
-        )
-
-    def to_json(self) -> dict:
-        out = {
-            "blob_index": self.blob_index,
-            "ci_index": self.ci_index,
-            "file_offset": self.file_offset,
-            "compressed_offset": self.compressed_offset,
-            "compressed_size": self.compressed_size,
-            "uncompressed_offset": self.uncompressed_offset,
-            "uncompressed_size": self.uncompressed_size,
-            "compressed": self.compressed,
-            "digest": self.digest.hex(),
-        }
-        if self.crc32 is not None:
-            out["crc32"] = self.crc32
-        return out
 
 
 @dataclass(eq=False)
@@ -116,7 +85,7 @@ class Node:
     nid: int = 0
     ino: int = 0
     hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1
-    chunks: list[Chunk] | None = None
+    chunks: list[ChunkRef] | None = None
     children: dict[bytes, Node] | None = None  # only in trees built in memory (pack, merge)
     data: object = None  # where the packer finds the bytes (never set by readers)
 
@@ -179,13 +148,15 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-CiSource = Callable[[int], "blob_meta.ChunkInfoArray | None"]
+#: ``ci_source(blob_index)``: a blob's blob.meta chunk-info array and its blob.digest digests (None when it has
+#: no blob.digest), or None when the blob has no blob.meta.
+CiSource = Callable[[int], "tuple[blob_meta.ChunkInfoArray, list[bytes] | None] | None"]
 
 
 class RafsV6:
     """Lazy reader of a RAFS v6 bootstrap held in ``buf``.
 
-    ``ci_source(blob_index)`` may supply a blob's chunk-info array, used for
+    ``ci_source(blob_index)`` may supply a blob's chunk-info array and digests, used for
     chunks missing from the bootstrap's own chunk table.
     """
 
@@ -228,8 +199,14 @@ class RafsV6:
         off = self.inode_offset(nid)
         ntype = node_type(ino.i_mode)
         if ntype == "unknown":
-            raise FormatError("erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode)
-        xattrs = rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid) if ino.i_xattr_icount else {}
+            raise FormatError(
+                "erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode
+            )
+        xattrs = (
+            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid)
+            if ino.i_xattr_icount
+            else {}
+        )
         n = Node(
             path=path,
             type=ntype,
@@ -261,12 +238,24 @@ class RafsV6:
         size = ino.i_size
         off = self.inode_offset(nid)
         if size > limit:
-            raise FormatError("erofs inode", f"nid {nid}: data larger than {limit} bytes", field="i_size", offset=off + 8, value=size)
+            raise FormatError(
+                "erofs inode",
+                f"nid {nid}: data larger than {limit} bytes",
+                field="i_size",
+                offset=off + 8,
+                value=size,
+            )
         layout = ino.datalayout
         if layout == rafs_v6.LAYOUT_FLAT_PLAIN:
             start = ino.i_u * BLOCK_SIZE
             if start + size > self.size:
-                raise FormatError("erofs inode", f"nid {nid}: data block lies past the bootstrap", field="i_u", offset=off + 16, value=ino.i_u)
+                raise FormatError(
+                    "erofs inode",
+                    f"nid {nid}: data block lies past the bootstrap",
+                    field="i_u",
+                    offset=off + 16,
+                    value=ino.i_u,
+                )
             return bytes(self.buf[start : start + size])
         if layout == rafs_v6.LAYOUT_FLAT_INLINE:
             full = size // BLOCK_SIZE * BLOCK_SIZE
@@ -275,16 +264,113 @@ class RafsV6:
             if full:
                 start = ino.i_u * BLOCK_SIZE
                 if start + full > self.size:
-                    raise FormatError("erofs inode", f"nid {nid}: data block lies past the bootstrap", field="i_u", offset=off + 16, value=ino.i_u)
+                    raise FormatError(
+                        "erofs inode",
+                        f"nid {nid}: data block lies past the bootstrap",
+                        field="i_u",
+                        offset=off + 16,
+                        value=ino.i_u,
+                    )
                 parts.append(bytes(self.buf[start : start + full]))
             tstart = off + ino.inode_size + ino.xattr_size
             if tstart + tail > self.size or (tstart % BLOCK_SIZE) + tail > BLOCK_SIZE:
-                raise FormatError("erofs inode", f"nid {nid}: inline tail crosses a block or the end", field="i_size", offset=off + 8, value=size)
+                raise FormatError(
+                    "erofs inode",
+                    f"nid {nid}: inline tail crosses a block or the end",
+                    field="i_size",
+                    offset=off + 8,
+                    value=size,
+                )
             parts.append(bytes(self.buf[tstart : tstart + tail]))
             return b"".join(parts)
-        raise FormatError("erofs inode", f"nid {nid}: this type needs a flat data layout", field="i_format", offset=off, value=ino.i_format)
+        raise FormatError(
+            "erofs inode",
+            f"nid {nid}: this type needs a flat data layout",
+            field="i_format",
+            offset=off,
+            value=ino.i_format,
+        )
+
+    def attrs(self, nid: int) -> tuple[int, int, int, int, int, int, int, int, int]:
+        """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid``.
+
+        Listing a directory through the mount needs these of every entry: they are read straight from the
+        inode's declared layout (a third of the cost of :meth:`inode`); anything unusual goes through
+        :meth:`inode`, which says what is wrong. A compact inode has the superblock's build time, as in
+        :meth:`node`."""
+        buf = self.buf
+        off = self._meta_off + 32 * nid
+        if 0 < nid and off + _EXT_SIZE <= self.size:
+            fmt = buf[off] | buf[off + 1] << 8
+            if fmt & 1:
+                v = _EXT_UNPACK(buf, off)
+                t = (
+                    v[_E_MODE],
+                    v[_E_NLINK],
+                    v[_E_SIZE],
+                    v[_E_U],
+                    v[_E_INO],
+                    v[_E_UID],
+                    v[_E_GID],
+                    v[_E_MTIME],
+                    v[_E_NSEC],
+                )
+            else:
+                v = _CMP_UNPACK(buf, off)
+                t = (
+                    v[_C_MODE],
+                    v[_C_NLINK],
+                    v[_C_SIZE],
+                    v[_C_U],
+                    v[_C_INO],
+                    v[_C_UID],
+                    v[_C_GID],
+                    self.sb.s_build_time,
+                    self.sb.s_build_time_nsec,
+                )
+            if not fmt & ~0xF and (fmt >> 1) & 7 in _LAYOUTS and t[1]:
+                return t
+        i = self.inode(nid)  # raises the FormatError that says what is wrong
+        mtime, nsec = (
+            (i.i_mtime, i.i_mtime_nsec) if i.extended else (self.sb.s_build_time, self.sb.s_build_time_nsec)
+        )
+        return (i.i_mode, i.i_nlink, i.i_size, i.i_u, i.i_ino, i.i_uid, i.i_gid, mtime, nsec)
 
     # ------------------------------------------------------------------ directories
+    def dir_entries(self, nid: int) -> list[tuple[bytes, int]]:
+        """[(name, nid)] of directory ``nid``, dots included, in on-disk order.
+
+        Listing directories is most of what find and ls -R cost the mount: the blocks are decoded straight
+        from the dirent layout; a block with anything unusual in it goes through :meth:`readdir`, which says
+        what is wrong."""
+        ino = self.inode(nid)
+        if node_type(ino.i_mode) == DIR and ino.i_size <= 1 << 24:
+            data = self._inline_data(nid, ino, 1 << 24)
+            out: list[tuple[bytes, int]] = []
+            for b in range(0, len(data), BLOCK_SIZE):
+                block = data[b : b + BLOCK_SIZE]
+                n = len(block)
+                first = _U16(block, 8)[0] if n >= _DIRENT else 0
+                if not first or first % _DIRENT or first >= n:
+                    break
+                ents = list(_DIRENT_ITER(block[:first]))
+                offs = [e[1] for e in ents]
+                end = block.find(b"\0", offs[-1])
+                offs.append(n if end < 0 else end)
+                if offs[0] != first or any(offs[i] > offs[i + 1] for i in range(len(ents))):
+                    break
+                names = [block[offs[i] : offs[i + 1]] for i in range(len(ents))]
+                if (
+                    not all(names)
+                    or any(e[2] > rafs_v6.FT_SYMLINK for e in ents)
+                    or any(b"/" in x for x in names)
+                ):
+                    break
+                out += zip(names, [e[0] for e in ents])
+            else:
+                return out
+        return [(x.name, x.nid) for x in self.readdir(nid, include_dots=True)]
+
     def readdir(self, nid: int, include_dots: bool = False) -> list[rafs_v6.Dirent]:
         """Entries of directory ``nid`` in on-disk (sorted) order, without ``.`` and ``..`` unless asked."""
         ino = self.inode(nid)
@@ -365,7 +451,9 @@ class RafsV6:
                     what = "directory cycle" if d.nid in on_path else f"directory nid {d.nid} is linked twice"
                     raise FormatError("erofs dirent", what, value=fsdecode(child.path))
                 if len(stack) >= max_depth:
-                    raise FormatError("erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(child.path))
+                    raise FormatError(
+                        "erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(child.path)
+                    )
                 expanded.add(d.nid)
                 on_path.append(d.nid)
                 stack.append((iter(self.readdir(d.nid)), child.path))
@@ -381,7 +469,13 @@ class RafsV6:
         if ino.datalayout != rafs_v6.LAYOUT_CHUNK_BASED:
             if ino.i_size == 0:
                 return []
-            raise FormatError("erofs inode", f"regular file nid {node.nid} is not chunk-based", field="i_format", offset=off, value=ino.i_format)
+            raise FormatError(
+                "erofs inode",
+                f"regular file nid {node.nid} is not chunk-based",
+                field="i_format",
+                offset=off,
+                value=ino.i_format,
+            )
         count = -(-ino.i_size // self.chunk_size)
         start = round_up(off + ino.inode_size + ino.xattr_size, 8)
         if start + 8 * count > self.size:
@@ -399,7 +493,9 @@ class RafsV6:
             table: dict[tuple[int, int], ChunkTableEntry] = {}
             off = self.ext.s_chunk_table_offset
             layout = rafs_v6.CHUNK_TABLE_ENTRY
-            for i, vals in enumerate(layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size])):
+            for i, vals in enumerate(
+                layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size])
+            ):
                 rec = ChunkTableEntry(*vals)
                 table.setdefault((rec.blob_index, rec.index), rec)
                 del i
@@ -412,7 +508,9 @@ class RafsV6:
         if self._records is None:
             records: dict[tuple[int, int], tuple] = {}
             off = self.ext.s_chunk_table_offset
-            for vals in rafs_v6.CHUNK_TABLE_ENTRY.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size]):
+            for vals in rafs_v6.CHUNK_TABLE_ENTRY.struct.iter_unpack(
+                self.buf[off : off + self.ext.s_chunk_table_size]
+            ):
                 records.setdefault((vals[1], vals[8]), vals)
             self._records = records
         return self._records
@@ -427,7 +525,7 @@ class RafsV6:
         for vals in layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size]):
             yield ChunkTableEntry(*vals)
 
-    def chunks(self, node: Node) -> list[Chunk]:
+    def chunks(self, node: Node) -> list[ChunkRef]:
         """Resolve every chunk of regular file ``node`` (also stored in ``node.chunks``)."""
         if node.type != REG:
             return []
@@ -451,7 +549,7 @@ class RafsV6:
                 # rec: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
                 # uncompressed_offset, file_offset, index, crc32
                 flags = rec[2]
-                chunk = Chunk(
+                chunk = ChunkRef(
                     blob_index,
                     ci_index,
                     k * chunk_size,
@@ -483,22 +581,48 @@ class RafsV6:
         node.chunks = out
         return out
 
-    def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> Chunk:
-        infos = self._ci_source(idx.blob_index) if self._ci_source else None
+    def chunks_from_blob_meta(self, node: Node) -> list[ChunkRef] | None:
+        """The chunks of regular file ``node`` from its blobs' blob.meta and blob.digest alone, without the
+        bootstrap chunk table (whose first use keys every chunk of the image: seconds for a million); None when
+        a blob of the file lacks either, or a record is missing (then :meth:`chunks` says what is wrong).
+        Also stored in ``node.chunks``."""
+        if node.type != REG or self._ci_source is None:
+            return None
+        indexes = self.chunk_indexes(node)
+        sources = {}
+        for blob_index in {ci.blob_index for ci in indexes}:
+            got = self._ci_source(blob_index) if 0 <= blob_index < len(self.blobs) else None
+            if got is None or got[1] is None:
+                return None
+            sources[blob_index] = got
+        out = []
+        for k, ci in enumerate(indexes):
+            infos, digests = sources[ci.blob_index]
+            if ci.ci_index >= len(infos) or ci.ci_index >= len(digests):
+                return None
+            out.append(
+                ChunkRef.from_info(
+                    infos[ci.ci_index], ci.blob_index, k * self.chunk_size, digests[ci.ci_index]
+                )
+            )
+        node.chunks = out
+        return out
+
+    def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> ChunkRef:
+        got = self._ci_source(idx.blob_index) if self._ci_source else None
+        infos, digests = got if got is not None else (None, None)
         if infos is None or idx.ci_index >= len(infos):
             raise FormatError(
                 "rafs chunk table",
                 f"{fsdecode(node.path)} chunk {k}: no record for blob {idx.blob_index} chunk {idx.ci_index}",
                 value=idx.ci_index,
             )
-        return Chunk.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size)
+        # Without the bootstrap's record, blob.digest holds the digest the chunk must be checked against.
+        digest = digests[idx.ci_index] if digests is not None and idx.ci_index < len(digests) else b""
+        return ChunkRef.from_info(infos[idx.ci_index], idx.blob_index, k * self.chunk_size, digest)
 
     def inode_count(self) -> int:
         return self.sb.s_inos
 
     def prefetch_paths(self) -> list[int]:
         return list(self.meta.prefetch)
-
-
-def unpack_u32(buf, off: int) -> int:
-    return struct.unpack_from("<I", buf, off)[0]

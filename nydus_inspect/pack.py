@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from . import codecs
 from .builder import Plan, build_bootstrap, plan_bootstrap
+from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester, crc32c
 from .errors import UsageError
@@ -33,8 +34,7 @@ from .formats import blob_meta, rafs_v6, tar_header, toc
 from .formats._struct import round_up
 from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
 from .fsutil import atomic_output
-from .model import Chunk, Node
-from .readahead import bulk_work
+from .model import Node
 from .tarstream import TarTree, open_tar_input, read_tar
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class _Chunker:
         self.batch: list = []
         self.batch_meta: list[tuple[Node, int, int]] = []
         self.batch_bytes = 0
-        self.by_key: dict[tuple[bytes, int], Chunk] = {}
+        self.by_key: dict[tuple[bytes, int], ChunkRef] = {}
         self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
         self.count = 0  # chunks stored
         self.stored_bytes = 0
@@ -263,7 +263,7 @@ class _Chunker:
         key = (digest, usize)
         chunk = self.by_key.get(key)
         if chunk is None:
-            chunk = Chunk(
+            chunk = ChunkRef(
                 blob_index=0,
                 ci_index=self.count,
                 file_offset=k * self.opts.chunk_size,
@@ -301,8 +301,7 @@ def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResul
     opts = opts or PackOptions()
     opts.check()
     workers = opts.workers or os.cpu_count() or 1
-    with bulk_work():
-        return _pack(source, output, opts, workers)
+    return _pack(source, output, opts, workers)
 
 
 def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResult:

@@ -9,61 +9,14 @@ flat.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-import sys
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .chunks.ref import ChunkRef
 from .layer import Layer
-from .model import REG, Chunk, Node
-
-#: While Python threads share work with C code that drops the GIL, let them hand the GIL over after this
-#: long instead of the default 5 ms: a worker back from compressing or decoding otherwise waits behind a
-#: main thread busy in Python (pack's tar parsing, unpack's layout, verify's bootstrap walk).
-SWITCH_INTERVAL = 0.001
-
-
-_bulk_lock = threading.Lock()
-_bulk_jobs = 0
-_bulk_saved: tuple[float, bool] = (0.0, True)
-
-
-@contextlib.contextmanager
-def bulk_work(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
-    """Run a pack, unpack or verify: the GIL changes hands after ``interval``, and, for a job run by the main
-    thread (a command), the cyclic garbage collector is off until the end.
-
-    These jobs make one object or more per tar entry and per chunk, and keep most of them to the end (the
-    tree, the chunk list), so each collection walks a heap that keeps growing, while holding the GIL that
-    the workers need: a pack of a Debian rootfs spent about 30 ms there, and stalled its workers for longer.
-    What they make is freed by reference counting (no cycles per entry or per chunk), so memory stays as
-    bounded as before; anything cyclic is collected after the job. A job started by another thread (the
-    TUI's) leaves the collector alone: the application around it keeps making garbage of its own.
-
-    Both settings belong to the process: jobs that overlap share them, and the last one to end puts back
-    what the first one found."""
-    global _bulk_jobs, _bulk_saved
-    with _bulk_lock:
-        if _bulk_jobs == 0:
-            _bulk_saved = (sys.getswitchinterval(), gc.isenabled())
-            sys.setswitchinterval(min(_bulk_saved[0], interval))
-            if threading.current_thread() is threading.main_thread():
-                gc.disable()
-        _bulk_jobs += 1
-    try:
-        yield
-    finally:
-        with _bulk_lock:
-            _bulk_jobs -= 1
-            if _bulk_jobs == 0:
-                sys.setswitchinterval(_bulk_saved[0])
-                if _bulk_saved[1]:
-                    gc.enable()
-
+from .model import REG, Node
 
 DEFAULT_WINDOW = 64 << 20
 GROUP_BYTES = 1 << 20
@@ -83,15 +36,10 @@ class ChunkResult:
         return self._future.result()[self._index]
 
 
-def decode_group(layer: Layer, chunks: list[Chunk], verify: bool = True) -> list:
-    """Each chunk's checked, decoded bytes, in order; the chunks of each blob are decoded together
-    (``BlobFile.decode_chunks``). Safe to call from worker threads."""
-    rafs = layer.rafs
-    by_blob: dict[int, list[Chunk]] = {}
-    for c in chunks:
-        by_blob.setdefault(c.blob_index, []).append(c)
-    decoded = {blob: iter(layer.blob_file(blob).decode_chunks(cs, rafs, verify)) for blob, cs in by_blob.items()}
-    return [next(decoded[c.blob_index]) for c in chunks]
+def decode_group(layer: Layer, chunks: list[ChunkRef], verify: bool = True) -> list:
+    """Each chunk's checked, decoded bytes, in order (``ChunkReader.decode_group``). Safe to call from worker
+    threads."""
+    return layer.chunk_reader.decode_group(chunks, verify)
 
 
 def iter_with_data(
@@ -101,7 +49,7 @@ def iter_with_data(
     rafs = layer.rafs
     workers = workers or os.cpu_count() or 1
     ready: deque[tuple[Node, list[ChunkResult] | None, int]] = deque()
-    group: list[Chunk] = []
+    group: list[ChunkRef] = []
     group_nodes: list[tuple[Node, int, int]] = []  # node, first index in group, chunk count
     group_bytes = 0
     in_flight = 0

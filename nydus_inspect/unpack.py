@@ -15,12 +15,13 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .chunks.ref import ChunkRef
 from .errors import FormatError, UsageError
 from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
-from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Chunk, Node, fsdecode
-from .readahead import bulk_work, decode_group, iter_with_data
+from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
+from .readahead import decode_group, iter_with_data
 
 
 @dataclass
@@ -42,13 +43,12 @@ def walk_image(layer: Layer) -> Iterator[Node]:
 
 def to_tar(layer: Layer, output: str) -> UnpackResult:
     """Write the layer's tree as a tar (ustar, PAX where needed) to ``output`` ('-' for stdout)."""
-    with bulk_work():
-        if output == "-":
-            return _write_tar(layer, sys.stdout.buffer)
-        with atomic_output(output) as f:
-            if _positional(f):
-                return _write_tar_parallel(layer, f)
-            return _write_tar(layer, f)
+    if output == "-":
+        return _write_tar(layer, sys.stdout.buffer)
+    with atomic_output(output) as f:
+        if _positional(f):
+            return _write_tar_parallel(layer, f)
+        return _write_tar(layer, f)
 
 
 _TYPEFLAG = {REG: b"0", DIR: b"5", SYMLINK: b"2", CHR: b"3", BLK: b"4", FIFO: b"6"}
@@ -269,8 +269,8 @@ _ZEROS = bytes(tar_header.BLOCK)
 def _write_run(layer: Layer, fd: int, offset: int, pieces: list) -> None:
     """Decode, check and write one contiguous run of the tar at ``offset`` (a worker task): ``pieces``
     are bytes (headers, padding) and chunks (replaced by their checked, decoded bytes)."""
-    decoded = iter(decode_group(layer, [p for p in pieces if isinstance(p, Chunk)]))
-    parts = [next(decoded) if isinstance(p, Chunk) else p for p in pieces]
+    decoded = iter(decode_group(layer, [p for p in pieces if isinstance(p, ChunkRef)]))
+    parts = [next(decoded) if isinstance(p, ChunkRef) else p for p in pieces]
     while parts:
         batch = parts[:_IOV_MAX]
         want = sum(map(len, batch))
@@ -424,7 +424,7 @@ def cache_file(layer: Layer, output: str, blob_index: int | None = None) -> int:
         raise UsageError(f"{layer.path}: no blob {blob_index} (the table has {len(r.blobs)})")
     entry = r.blobs[blob_index]
     size = entry.uncompressed_size
-    bf = layer.blob_file(blob_index)
+    reader = layer.chunk_reader
     seen = set()
     with atomic_output(output) as f:
         for node in r.walk():
@@ -438,6 +438,6 @@ def cache_file(layer: Layer, output: str, blob_index: int | None = None) -> int:
                     raise FormatError("rafs chunk", f"chunk {c.ci_index} lies past the blob's uncompressed size",
                                       value=c.uncompressed_offset)
                 f.seek(c.uncompressed_offset)
-                f.write(bf.read_chunk(c, r))
+                f.write(reader.decode(c))
         f.truncate(max(size, rafs_v6.BLOCK_SIZE))
     return size

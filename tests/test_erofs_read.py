@@ -22,7 +22,7 @@ import pytest
 from conftest import BOOTSTRAP, DATA_BLOB, TOC_BLOB
 
 import nydus_inspect
-from nydus_inspect import inspect
+from nydus_inspect import query
 from nydus_inspect.formats import blob_meta
 from nydus_inspect.formats.rafs_v6 import Dirent
 from nydus_inspect.model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, fsdecode
@@ -77,7 +77,7 @@ def _zero_devices(layer, where: Path) -> list[str]:
 def _cache_devices(layer, where: Path) -> list[str]:
     """One device per blob holding every chunk's decompressed bytes at its uncompressed offset (our chunk reader)."""
     images = [bytearray(max(ent.uncompressed_size, 4096)) for ent in layer.rafs.blobs]
-    for node in inspect.list_nodes(layer, "/", recursive=True, with_chunks=True):
+    for node in query.list_nodes(layer, "/", recursive=True, with_chunks=True):
         for chunk in node.chunks or ():
             data = layer.read_chunk(chunk)
             assert len(data) == chunk.uncompressed_size
@@ -96,7 +96,7 @@ def _extract(fsck: str, boot: str, devs: list[str], out: Path) -> None:
 
 def _our_listing(layer) -> dict[str, dict]:
     out = {}
-    for n in inspect.list_nodes(layer, "/", recursive=True):
+    for n in query.list_nodes(layer, "/", recursive=True):
         out[fsdecode(n.path)] = {
             "type": n.type,
             "mode": n.perm,
@@ -167,9 +167,9 @@ def test_cache_file_device_reproduces_file_bytes(v6, fsck_erofs, tmp_path):
     with nydus_inspect.open_layer(boot, **kw) as layer:
         devs = _cache_devices(layer, tmp_path)
         files = {}
-        for node in inspect.list_nodes(layer, "/", recursive=True, with_chunks=True):
+        for node in query.list_nodes(layer, "/", recursive=True, with_chunks=True):
             if node.type == REG:
-                files[fsdecode(node.path)] = (b"".join(inspect.cat(layer, fsdecode(node.path))), node.chunks)
+                files[fsdecode(node.path)] = (b"".join(query.cat(layer, fsdecode(node.path))), node.chunks)
         chunk_size = layer.rafs.chunk_size
     out = tmp_path / "extract"
     _extract(fsck_erofs, boot, devs, out)
@@ -216,7 +216,7 @@ def _check_against_dump(dump: str, boot: str, devs: list[str], layer) -> int:
 
     r = layer.rafs
     count = 0
-    for node in inspect.list_nodes(layer, "/", recursive=True):
+    for node in query.list_nodes(layer, "/", recursive=True):
         ino = r.inode(node.nid)
         got = _dump(dump, devs, boot, fsdecode(node.path))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(node.mtime)) + f".{node.mtime_nsec:09d}"
@@ -521,7 +521,7 @@ def test_synthetic_listing_is_what_was_built(synthetic):
     with nydus_inspect.open_layer(boot) as layer:
         ours = _our_listing(layer)
         nodes = {
-            fsdecode(n.path): n for n in inspect.list_nodes(layer, "/", recursive=True, with_chunks=True)
+            fsdecode(n.path): n for n in query.list_nodes(layer, "/", recursive=True, with_chunks=True)
         }
     assert ours == _expected(specs)
     by_path = {s.path: s for s in specs}
@@ -601,9 +601,9 @@ def test_directory_dag_is_refused_in_linear_time(tmp_path):
     dag.write_bytes(bytes(boot))
     start = time.perf_counter()
     with nydus_inspect.open_layer(str(dag)) as layer:
-        assert [fsdecode(n.path) for n in inspect.list_nodes(layer, "/x/y")] == ["/x/y/x", "/x/y/y"]
+        assert [fsdecode(n.path) for n in query.list_nodes(layer, "/x/y")] == ["/x/y/x", "/x/y/y"]
         with pytest.raises(nydus_inspect.FormatError, match="linked twice"):
-            list(inspect.list_nodes(layer, "/", recursive=True))
+            list(query.list_nodes(layer, "/", recursive=True))
     assert time.perf_counter() - start < 1.0
 
 
@@ -618,7 +618,7 @@ def test_deep_directory_chain(tmp_path, depth, refused):
     with nydus_inspect.open_layer(str(boot)) as layer:
         if refused:
             with pytest.raises(nydus_inspect.FormatError, match="deeper than 4096 levels"):
-                list(inspect.list_nodes(layer, "/", recursive=True))
+                list(query.list_nodes(layer, "/", recursive=True))
         else:
-            assert len(list(inspect.list_nodes(layer, "/", recursive=True))) == depth + 1
+            assert len(list(query.list_nodes(layer, "/", recursive=True))) == depth + 1
     assert time.perf_counter() - start < 5.0

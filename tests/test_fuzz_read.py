@@ -38,7 +38,7 @@ import pytest
 from conftest import BOOTSTRAP, DATA_BLOB, TOC_BLOB, V5_BOOTSTRAP, VECTORS
 
 import nydus_inspect
-from nydus_inspect import FormatError, UsageError, cli, inspect
+from nydus_inspect import FormatError, UsageError, cli, query
 from nydus_inspect.formats import blob_meta, rafs_v5, rafs_v6, tar_header, toc
 from nydus_inspect.formats._struct import Layout, round_up
 from nydus_inspect.model import DIR, REG, RafsV6, fsdecode
@@ -384,8 +384,8 @@ def _open_kwargs(vec: Vector, copy: Path) -> dict:
 
 def exercise_layer(layer, out: Outcome, prefix: str = "") -> list[str]:
     """Run every reading operation on an opened layer; returns the paths of its regular files."""
-    out.step(prefix + "info", lambda: inspect.info(layer))
-    out.step(prefix + "toc", lambda: inspect.toc_report(layer))
+    out.step(prefix + "info", lambda: query.info(layer))
+    out.step(prefix + "toc", lambda: query.toc_report(layer))
     out.step(prefix + "digest", lambda: (layer.toc_digest, layer.digest))
     names = out.step(prefix + "names", layer.entry_names) or []
     for name in names:
@@ -393,11 +393,11 @@ def exercise_layer(layer, out: Outcome, prefix: str = "") -> list[str]:
         out.step(prefix + "entry-unverified", lambda name=name: layer.entry(name, verify=False))
         out.step(prefix + "entry-stream", lambda name=name: b"".join(layer.iter_entry(name)))
         out.step(prefix + "entry-raw", lambda name=name: layer.entry_raw(name))
-    out.step(prefix + "chunks", lambda: list(inspect.chunks_report(layer)))
+    out.step(prefix + "chunks", lambda: list(query.chunks_report(layer)))
     out.step(prefix + "blob-ids", lambda: [layer.blob_id(i) for i in range(len(layer.rafs.blobs))])
-    out.step(prefix + "ls", lambda: list(inspect.list_nodes(layer, "/")))
+    out.step(prefix + "ls", lambda: list(query.list_nodes(layer, "/")))
     nodes = out.step(
-        prefix + "ls-R", lambda: list(inspect.list_nodes(layer, "/", recursive=True, with_chunks=True))
+        prefix + "ls-R", lambda: list(query.list_nodes(layer, "/", recursive=True, with_chunks=True))
     )
     files = []
     for node in nodes or ():
@@ -405,7 +405,7 @@ def exercise_layer(layer, out: Outcome, prefix: str = "") -> list[str]:
         if node.type == REG:
             path = fsdecode(node.path)
             files.append(path)
-            out.step(prefix + "cat", lambda path=path: b"".join(inspect.cat(layer, path)))
+            out.step(prefix + "cat", lambda path=path: b"".join(query.cat(layer, path)))
     return files
 
 
@@ -424,7 +424,7 @@ def exercise(vec: Vector, copy: Path) -> tuple[Outcome, list[str]]:
         if boot is not None:
             with boot:
                 for path in ("/lib.rs", "/sync_io.rs"):
-                    out.step("cat-through-boot", lambda path=path: b"".join(inspect.cat(boot, path)))
+                    out.step("cat-through-boot", lambda path=path: b"".join(query.cat(boot, path)))
                 out.step("chunk-infos", lambda: list(boot.blob_file(0).layer.chunk_infos or ()))
     return out, files
 
@@ -630,14 +630,14 @@ def test_harness_reports_other_exceptions_and_hangs(vectors, tmp_path, monkeypat
     def broken(layer):
         raise KeyError("bug")
 
-    monkeypatch.setattr(inspect, "info", broken)
+    monkeypatch.setattr(query, "info", broken)
     _, problem = check_copy(vec, tmp_path / vec.file_name, raw, with_cli=False)
     assert problem and "KeyError" in problem
 
     def slow(layer):
         time.sleep(TIME_LIMIT + 0.5)
 
-    monkeypatch.setattr(inspect, "info", slow)
+    monkeypatch.setattr(query, "info", slow)
     _, problem = check_copy(vec, tmp_path / vec.file_name, raw, with_cli=False)
     assert problem and "took" in problem
 

@@ -195,3 +195,44 @@ def test_their_conversion_equals_ours(request, oracle, tmp_path):
     assert _without_digests(our_c) == _without_digests(their_c)
     # The layers' trees are the same: each tool's image reads in ours to the applied layers.
     assert _ok(run_cli("ls", ours, "-R")) == _ok(run_cli("ls", theirs, "-R"))
+
+
+def test_merged_blobs_keep_their_algorithms(request, oracle, tmp_path):
+    """A bootstrap the converter's Merge (nydus-image merge) makes of layers packed with different
+    compressors and digesters: every reader of ours checks each chunk with its own blob's algorithms."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    layers = []
+    for i, (source, opts) in enumerate(
+        [
+            ("fixture:dedup.tar", ("--compressor", "zstd", "--digester", "blake3")),
+            ("vector:all-entry-type.tar", ("--compressor", "lz4_block", "--digester", "sha256")),
+        ]
+    ):
+        _, blob = oracle.create(
+            source_tar(request, source),
+            tmp_path / f"l{i}",
+            "--type",
+            "tar-rafs",
+            "--fs-version",
+            "6",
+            "--blob-inline-meta",
+            "--features",
+            "blob-toc",
+            "--whiteout-spec",
+            "none",
+            *opts,
+        )
+        shutil.copy(blob, blobs / hashlib.sha256(blob.read_bytes()).hexdigest())
+        layers.append(blob)
+    merged = tmp_path / "merged.boot"
+    oracle.run("nydus-converter", "merge", "--builder", oracle.nydus_image, merged, *layers)
+    table = json.loads(_ok(run_cli("info", merged, "--json")))["bootstrap"]["blobs"]
+    assert [(b["compressor"], b["digester"]) for b in table] == [("zstd", "blake3"), ("lz4_block", "sha256")]
+    _ok(run_cli("verify", merged, "--blob-dir", blobs))
+    listing = json.loads(_ok(run_cli("ls", merged, "-R", "--json", "--blob-dir", blobs)))
+    files = [n["path"] for n in listing if n["type"] == "file" and n["size"]]
+    assert files
+    for path in files:
+        _ok(run_cli("cat", merged, path, "--blob-dir", blobs))
+    _ok(run_cli("unpack", merged, "--blob-dir", blobs, "-o", tmp_path / "back.tar"))

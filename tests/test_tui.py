@@ -32,7 +32,7 @@ from tui_helpers import (  # noqa: E402
 )
 
 from nydus_inspect import open_layer  # noqa: E402
-from nydus_inspect.inspect import file_index  # noqa: E402
+from nydus_inspect.query import file_index  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def test_tmux_bit_flip_found_and_shown(tmux, tmp_path):
     tar = make_tar(tmp_path / "small.tar", many=3)
     layer = pack_layer(tar, tmp_path / "small.blob", "none")
     from nydus_inspect import open_layer
-    from nydus_inspect.inspect import file_index
+    from nydus_inspect.query import file_index
 
     with open_layer(str(layer)) as ly:
         idx = file_index(ly)

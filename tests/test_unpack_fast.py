@@ -16,7 +16,7 @@ from fixtures_util import (
 )
 
 from nydus_inspect import codecs
-from nydus_inspect.errors import FormatError
+from nydus_inspect.errors import FormatError, UsageError
 from nydus_inspect.layer import open_layer
 from nydus_inspect.model import REG
 from nydus_inspect.unpack import walk_image
@@ -46,19 +46,18 @@ def _chunks(layer):
 
 
 @pytest.mark.parametrize("compressor", ["zstd", "lz4_block", "none"])
-def test_decode_chunks_equals_decode_chunk(tmp_path, compressor):
+def test_decode_many_equals_decode(tmp_path, compressor):
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, compressor=compressor, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
         chunks = _chunks(layer)
-        bf = layer.blob_file(0)
         assert len(chunks) > 300
-        one = [bytes(bf.decode_chunk(c, layer.rafs)) for c in chunks]
-        many = [bytes(d) for d in bf.decode_chunks(chunks, layer.rafs)]
+        one = [bytes(layer.chunk_reader.decode(c)) for c in chunks]
+        many = [bytes(d) for d in layer.chunk_reader.decode_many(chunks)]
         assert many == one
 
 
-def test_decode_chunks_names_a_damaged_small_chunk(tmp_path):
+def test_decode_many_names_a_damaged_small_chunk(tmp_path):
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
@@ -69,12 +68,11 @@ def test_decode_chunks_names_a_damaged_small_chunk(tmp_path):
     bad = tmp_path / "bad.blob"
     bad.write_bytes(bytes(raw))
     with open_layer(str(bad)) as layer:
-        bf = layer.blob_file(0)
         with pytest.raises(FormatError) as alone:
             for c in _chunks(layer):
-                bf.decode_chunk(c, layer.rafs)
+                layer.chunk_reader.decode(c)
         with pytest.raises(FormatError) as batched:
-            bf.decode_chunks(_chunks(layer), layer.rafs)
+            layer.chunk_reader.decode_many(_chunks(layer))
     assert f"chunk {victim.ci_index} " in str(batched.value)
     assert str(batched.value) == str(alone.value)
     # unpack stops with that one-line error (exit 2) and leaves no output behind.
@@ -98,17 +96,17 @@ def test_positional_writer_equals_stream_writer(tmp_path, fixture_tars, name):
 
 
 def test_batch_path_runs(tmp_path, monkeypatch):
-    """decode_chunks really decodes the small zstd chunks in batches: one-by-one decoding is left to
+    """decode_many really decodes the small zstd chunks in batches: one-by-one decoding is left to
     the chunks too big for a batch."""
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
         chunks = _chunks(layer)
-        bf = layer.blob_file(0)
+        reader = layer.chunk_reader
         alone: list = []
-        real = bf.decode_chunk
-        monkeypatch.setattr(bf, "decode_chunk", lambda c, *a, **k: alone.append(c) or real(c, *a, **k))
-        bf.decode_chunks(chunks, layer.rafs)
+        real = reader.decode
+        monkeypatch.setattr(reader, "decode", lambda c, *a, **k: alone.append(c) or real(c, *a, **k))
+        reader.decode_many(chunks)
     small = [c for c in chunks if c.compressed and c.uncompressed_size < codecs.UNLOCKED_MIN]
     assert len(small) > 100
     assert not set(map(id, alone)) & set(map(id, small))
@@ -147,69 +145,85 @@ def test_positional_writer_in_many_runs_with_short_writes(tmp_path, fixture_tars
     assert out.read_bytes() == streamed
 
 
-def test_decode_chunks_out_of_blob_order(tmp_path):
-    """Chunks asked for out of blob order, or twice (as dedup makes files share chunks), are read in several
-    runs of the blob, and each still decodes to what decode_chunk gives it."""
+def test_decode_many_out_of_blob_order(tmp_path):
+    """Chunks asked for out of blob order, or twice (as dedup makes files share chunks), each still decode to
+    what decode gives them."""
     blob = tmp_path / "l.blob"
     pack_layer(_many_small_files(tmp_path / "s.tar"), blob, chunk_size=0x100000)
     with open_layer(str(blob)) as layer:
         chunks = _chunks(layer)
-        bf = layer.blob_file(0)
+        source = layer.blob_file(0).source
         order = chunks[::-1] + chunks[::3] + chunks[5:40]
         preads: list = []
-        real = layer.pread
-        layer.pread = lambda off, size, *a: preads.append(size) or real(off, size, *a)
-        many = [bytes(d) for d in bf.decode_chunks(order, layer.rafs)]
+        real = source.pread
+        source.pread = lambda off, size, *a: preads.append(size) or real(off, size, *a)
+        many = [bytes(d) for d in layer.chunk_reader.decode_many(order)]
         in_order = len(preads)
         preads.clear()
-        bf.decode_chunks(chunks, layer.rafs)
-        layer.pread = real
-        assert many == [bytes(bf.decode_chunk(c, layer.rafs)) for c in order]
-    assert len(preads) < in_order  # chunks in blob order: runs of them share one read
+        layer.chunk_reader.decode_many(chunks)
+        source.pread = real
+        assert many == [bytes(layer.chunk_reader.decode(c)) for c in order]
+    # Chunks that lie close together in the blob share one read, in whatever order they are asked for.
+    assert len(preads) == 1 and in_order == 1
 
 
-def test_bulk_work_restores_the_interpreter(tmp_path):
-    """bulk_work turns the cyclic GC off and shortens the GIL hand-off for the job only, also when it fails;
-    overlapping jobs share the settings and the last to end restores them; a job on another thread (the
-    TUI's) leaves the GC on."""
+def test_library_calls_leave_the_interpreter_alone(tmp_path, fixture_tars):
+    """pack(), verify() and unpack called from Python keep the cyclic GC and the switch interval as they
+    found them, while they run too (seen from their progress callbacks and chunk decoding)."""
     import gc
     import sys
-    import threading
 
-    from nydus_inspect.readahead import SWITCH_INTERVAL, bulk_work
+    from nydus_inspect import unpack
+    from nydus_inspect.chunks.decode import ChunkReader
+    from nydus_inspect.pack import PackOptions, pack
+    from nydus_inspect.verify import verify
 
-    interval = sys.getswitchinterval()
-    assert gc.isenabled() and interval > SWITCH_INTERVAL
-    with pytest.raises(ZeroDivisionError), bulk_work():
-        assert not gc.isenabled() and sys.getswitchinterval() == SWITCH_INTERVAL
-        1 / 0  # noqa: B018
-    assert gc.isenabled() and sys.getswitchinterval() == interval
-    gc.disable()
-    try:
-        with bulk_work():
-            pass
-        assert not gc.isenabled()  # it was off before: it stays off
-    finally:
-        gc.enable()
+    before = (gc.isenabled(), sys.getswitchinterval())
+    seen = []
+    blob = tmp_path / "l.blob"
+    pack(
+        str(fixture_tars["every-type.tar"]),
+        str(blob),
+        PackOptions(progress=lambda *a: seen.append((gc.isenabled(), sys.getswitchinterval()))),
+    )
+    with open_layer(str(blob)) as layer:
+        verify(layer, progress=lambda *a: seen.append((gc.isenabled(), sys.getswitchinterval())))
+        real = ChunkReader.decode_group
 
-    # Two jobs that overlap: the first to end leaves the settings to the other.
-    inside, release, seen = threading.Event(), threading.Event(), []
+        def watched(self, *a, **k):
+            seen.append((gc.isenabled(), sys.getswitchinterval()))
+            return real(self, *a, **k)
 
-    def other_job():
-        with bulk_work():
-            seen.append(gc.isenabled())  # a worker thread's job: the GC stays on
-            inside.set()
-            release.wait(10)
+        ChunkReader.decode_group = watched
+        try:
+            unpack.to_tar(layer, str(tmp_path / "out.tar"))
+        finally:
+            ChunkReader.decode_group = real
+    assert len(seen) > 3
+    assert set(seen) == {before}
+    assert (gc.isenabled(), sys.getswitchinterval()) == before
 
-    t = threading.Thread(target=other_job)
-    t.start()
-    assert inside.wait(10)
-    with bulk_work():
-        assert sys.getswitchinterval() == SWITCH_INTERVAL
-    assert sys.getswitchinterval() == SWITCH_INTERVAL  # the other job still runs
-    release.set()
-    t.join(10)
-    assert seen == [True] and gc.isenabled() and sys.getswitchinterval() == interval
+
+def test_the_cli_tunes_the_process_for_bulk_commands_only(tmp_path, monkeypatch):
+    """The command line, not the library, turns the GC off and shortens the switch interval, for the bulk
+    commands, and puts both back when the command ends (also when it fails)."""
+    import gc
+    import sys
+
+    from nydus_inspect import cli
+    from nydus_inspect import pack as pack_module
+
+    before = (gc.isenabled(), sys.getswitchinterval())
+    seen = []
+
+    def fake_pack(*a, **k):
+        seen.append((gc.isenabled(), sys.getswitchinterval()))
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(pack_module, "pack", fake_pack)
+    assert cli.main(["pack", str(tmp_path / "x.tar"), "-o", str(tmp_path / "x.blob"), "-q"]) == 2
+    assert seen == [(False, cli.SWITCH_INTERVAL)]
+    assert (gc.isenabled(), sys.getswitchinterval()) == before
 
 
 def test_slices_are_bounded_by_header_bytes(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 from conftest import BOOTSTRAP, DATA_BLOB, TOC_BLOB, V5_BOOTSTRAP
 
 import nydus_inspect
-from nydus_inspect import FormatError, UsageError, inspect
+from nydus_inspect import FormatError, UsageError, query
 from nydus_inspect.codecs import Compressor
 from nydus_inspect.formats import blob_meta, rafs_v6, tar_header, toc
 from nydus_inspect.layer import KIND_BLOB_TOC, KIND_BOOTSTRAP, KIND_BOOTSTRAP_LAYER, KIND_BOOTSTRAP_V5
@@ -98,7 +98,7 @@ class TestTocBlob:
         # Quirk: its ToC digest covers the chunk data followed by the image.blob tar header.
         assert hashlib.sha256(raw[: 2829 + 512]).digest() == digest
         assert any("old-blob quirk" in n for n in toc_blob.notes)
-        report = inspect.toc_report(toc_blob)
+        report = query.toc_report(toc_blob)
         assert report["entries"][0]["compressed_offset"] == 0
         assert report["entries"][0]["compressed_offset_field"] == 2829
 
@@ -122,7 +122,7 @@ class TestTocBlob:
         assert toc_blob.toc_digest.hex().startswith("4fdfbb36ef74a3c6")
         assert toc_blob.toc_digest == hashlib.sha256(raw[-1024:]).digest()  # 4 entries + their tar header
         assert toc_blob.entry("rafs.blob.toc") == raw[-1024:-512]
-        info = inspect.info(toc_blob)
+        info = query.info(toc_blob)
         assert info["toc"] == {"entries": 4, "digest": toc_blob.toc_digest.hex(), "size": 1024}
 
     def test_sixteen_byte_name_without_nul(self, vectors, toc_blob):
@@ -173,7 +173,7 @@ class TestTocBlob:
         assert r.ext.s_chunk_table_size == 3 * 80
         assert r.compressor is Compressor.ZSTD and r.digester.value == "blake3"
         assert len(r.blobs) == 1 and r.blobs[0].chunk_count == 3 and r.blobs[0].uncompressed_size == 12288
-        nodes = list(inspect.list_nodes(toc_blob, "/", recursive=True, with_chunks=True))
+        nodes = list(query.list_nodes(toc_blob, "/", recursive=True, with_chunks=True))
         assert [(fsdecode(n.path), n.type, n.size) for n in nodes] == [
             ("/", DIR, 86),  # dsize 86 = 27 (. ..) + 20 + 18 + 21
             ("/error.rs", REG, 2816),
@@ -263,7 +263,7 @@ class TestDataBlob:
             data_blob.rafs  # noqa: B018
 
     def test_chunks_report(self, data_blob):
-        rows = list(inspect.chunks_report(data_blob))
+        rows = list(query.chunks_report(data_blob))
         assert rows[0]["source"] == "blob.meta" and rows[0]["header"]["ci_entries"] == 2
         assert [r["digest"] for r in rows[1:]] == [d.hex() for d in data_blob.chunk_digests]
 
@@ -289,12 +289,12 @@ class TestSeparateBootstrap:
             and slot.blocks == 36864 // 4096
             and slot.mapped_blkaddr == 512
         )
-        info = inspect.info(bootstrap)
+        info = query.info(bootstrap)
         assert info["bootstrap"]["blobs"][0]["blob_toc_size"] == 1024
         assert info["bootstrap"]["superblock"]["root_nid"] == 128
 
     def test_two_files_two_chunks(self, bootstrap):
-        nodes = list(inspect.list_nodes(bootstrap, "/", recursive=True, with_chunks=True))
+        nodes = list(query.list_nodes(bootstrap, "/", recursive=True, with_chunks=True))
         assert [(fsdecode(n.path), n.type, n.size) for n in nodes] == [
             ("/", DIR, 67),
             ("/lib.rs", REG, 16931),
@@ -306,10 +306,10 @@ class TestSeparateBootstrap:
 
     def test_toc_needs_a_blob(self, bootstrap):
         with pytest.raises(UsageError):
-            inspect.toc_report(bootstrap)
+            query.toc_report(bootstrap)
 
     def test_chunks_report_from_the_bootstrap(self, bootstrap, data_blob):
-        rows = list(inspect.chunks_report(bootstrap))
+        rows = list(query.chunks_report(bootstrap))
         assert rows[0]["source"] == "bootstrap chunk table" and rows[0]["header"]["entries"] == 2
         # The table is not in chunk-index order (v2.3 sorts it by digest); the report keeps the table order.
         by_index = sorted(rows[1:], key=lambda r: r["index"])
@@ -321,10 +321,10 @@ class TestSeparateBootstrap:
 def _check_cat(layer) -> int:
     count = 0
     r = layer.rafs
-    for node in inspect.list_nodes(layer, "/", recursive=True, with_chunks=True):
+    for node in query.list_nodes(layer, "/", recursive=True, with_chunks=True):
         if node.type != REG:
             continue
-        data = b"".join(inspect.cat(layer, fsdecode(node.path)))
+        data = b"".join(query.cat(layer, fsdecode(node.path)))
         assert len(data) == node.size
         assert len(node.chunks) == -(-node.size // r.chunk_size)
         for k, chunk in enumerate(node.chunks):
@@ -337,13 +337,13 @@ def _check_cat(layer) -> int:
 
 def test_cat_every_file_of_the_inline_blob(toc_blob):
     assert _check_cat(toc_blob) == 3
-    text = b"".join(inspect.cat(toc_blob, "/lib.rs"))
+    text = b"".join(query.cat(toc_blob, "/lib.rs"))
     assert text.isascii() and len(text) == 678
 
 
 def test_cat_every_file_of_the_separate_bootstrap(bootstrap):
     assert _check_cat(bootstrap) == 2
-    assert b"".join(inspect.cat(bootstrap, "lib.rs"))[:2].isascii()
+    assert b"".join(query.cat(bootstrap, "lib.rs"))[:2].isascii()
 
 
 def test_cat_with_the_blob_given_as_a_file(vectors):
@@ -354,16 +354,16 @@ def test_cat_with_the_blob_given_as_a_file(vectors):
 def test_cat_without_the_blob_names_it(vectors):
     with nydus_inspect.open_layer(str(vectors / BOOTSTRAP)) as layer:
         with pytest.raises(UsageError, match=DATA_BLOB_ID + r".*--blob-dir"):
-            b"".join(inspect.cat(layer, "/lib.rs"))
+            b"".join(query.cat(layer, "/lib.rs"))
 
 
 def test_cat_of_missing_paths_and_directories(bootstrap):
     with pytest.raises(UsageError, match="no such path"):
-        inspect.cat(bootstrap, "/nope")
+        query.cat(bootstrap, "/nope")
     with pytest.raises(UsageError, match="not a regular file"):
-        inspect.cat(bootstrap, "/")
+        query.cat(bootstrap, "/")
     with pytest.raises(UsageError, match="no such path"):
-        inspect.cat(bootstrap, "/lib.rs/x")
+        query.cat(bootstrap, "/lib.rs/x")
 
 
 def test_open_layer_usage_errors(vectors, tmp_path):
@@ -418,7 +418,7 @@ class TestV5Bootstrap:
     def test_detected(self, vectors):
         with nydus_inspect.open_layer(str(vectors / V5_BOOTSTRAP)) as layer:
             assert layer.kind == KIND_BOOTSTRAP_V5 and layer.is_v5
-            info = inspect.info(layer)
+            info = query.info(layer)
             assert info["bootstrap"]["version"] == 5
             assert info["bootstrap"]["superblock"]["flags"] == "0x9"  # none + sha256
             assert info["bootstrap"]["superblock"]["flags_names"] == ["compression_none", "hash_sha256"]
@@ -427,7 +427,7 @@ class TestV5Bootstrap:
     def test_listing_equals_the_result_tree(self, vectors):
         root, report = _result_tree(vectors)
         with nydus_inspect.open_layer(str(vectors / V5_BOOTSTRAP)) as layer:
-            nodes = list(inspect.list_nodes(layer, "/", recursive=True))
+            nodes = list(query.list_nodes(layer, "/", recursive=True))
         assert _tree_from_nodes(nodes) == _norm_result(root)
         assert report == {"type": "report", "directories": 26, "files": 27}
         # `tree` counts the 3 symlinks that resolve to directories (foo, root, root-1) as directories.
@@ -436,17 +436,17 @@ class TestV5Bootstrap:
 
     def test_subtree_and_symlinks(self, vectors):
         with nydus_inspect.open_layer(str(vectors / V5_BOOTSTRAP)) as layer:
-            links = list(inspect.list_nodes(layer, "/symlink-test"))
+            links = list(query.list_nodes(layer, "/symlink-test"))
             assert all(n.type == SYMLINK for n in links)
             assert {fsdecode(n.name): fsdecode(n.target) for n in links}["root-1"] == "/" * 17
-            top = [fsdecode(n.path) for n in inspect.list_nodes(layer, "/")]
+            top = [fsdecode(n.path) for n in query.list_nodes(layer, "/")]
             assert top == ["/hardlink-test", "/normal-file-test", "/symlink-test"]
-            (one,) = inspect.list_nodes(layer, "/hardlink-test/foo")
+            (one,) = query.list_nodes(layer, "/hardlink-test/foo")
             assert one.type == REG and one.size == 944
 
     def test_hardlinks_form_one_group(self, vectors):
         with nydus_inspect.open_layer(str(vectors / V5_BOOTSTRAP)) as layer:
-            nodes = {fsdecode(n.path): n for n in inspect.list_nodes(layer, "/", recursive=True)}
+            nodes = {fsdecode(n.path): n for n in query.list_nodes(layer, "/", recursive=True)}
         group = [
             nodes[p] for p in ("/hardlink-test/foo", "/hardlink-test/test.sh", "/normal-file-test/test.sh")
         ]
@@ -456,7 +456,7 @@ class TestV5Bootstrap:
     def test_missing_path_is_a_usage_error(self, vectors):
         with nydus_inspect.open_layer(str(vectors / V5_BOOTSTRAP)) as layer:
             with pytest.raises(UsageError, match="no such path"):
-                list(inspect.list_nodes(layer, "/nope"))
+                list(query.list_nodes(layer, "/nope"))
 
     def test_truncated_symlink_target_is_a_format_error(self, vectors, tmp_path):
         raw = (vectors / V5_BOOTSTRAP).read_bytes()
@@ -465,12 +465,12 @@ class TestV5Bootstrap:
         short.write_bytes(raw[:cut])
         with nydus_inspect.open_layer(str(short)) as layer:
             with pytest.raises(FormatError, match="i_symlink_size"):
-                list(inspect.list_nodes(layer, "/", recursive=True))
+                list(query.list_nodes(layer, "/", recursive=True))
 
     def test_v6_only_operations_say_so(self, vectors):
         with nydus_inspect.open_layer(str(vectors / V5_BOOTSTRAP)) as layer:
             with pytest.raises(FormatError, match="RAFS v5"):
-                inspect.cat(layer, "/hardlink-test/foo")
+                query.cat(layer, "/hardlink-test/foo")
 
 
 # ============================================================================ negative vectors
@@ -483,10 +483,10 @@ def test_negative_snapshotter_vectors(vectors, rel, text):
     with nydus_inspect.open_layer(path) as layer:
         assert layer.kind == KIND_BOOTSTRAP_LAYER
         for op in (
-            lambda: inspect.info(layer),
-            lambda: list(inspect.list_nodes(layer, "/", recursive=True)),
+            lambda: query.info(layer),
+            lambda: list(query.list_nodes(layer, "/", recursive=True)),
             lambda: layer.rafs,
-            lambda: list(inspect.chunks_report(layer)),
+            lambda: list(query.chunks_report(layer)),
         ):
             with pytest.raises(FormatError) as exc:
                 op()

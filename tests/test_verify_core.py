@@ -13,8 +13,8 @@ import pytest
 
 from nydus_inspect import open_layer
 from nydus_inspect.codecs import Compressor
-from nydus_inspect.inspect import file_index
 from nydus_inspect.pack import PackOptions, pack
+from nydus_inspect.query import file_index
 from nydus_inspect.verify import STAGES, ChunkVerifier, Finding, Report, verify
 
 TOC_BLOB = "nydus/toc/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"

@@ -10,7 +10,8 @@ import zstandard
 
 from nydus_inspect import codecs
 from nydus_inspect.formats import blob_meta
-from nydus_inspect.verify import _columns, verify
+from nydus_inspect.verify import verify
+from nydus_inspect.verify.blob_meta import _columns
 
 
 class _Run:
@@ -80,10 +81,11 @@ def test_zstd_frames_is_decompress_of_each_frame(big):
 def test_report_same_with_and_without_head_start(tmp_path, monkeypatch, batch, ahead):
     """The chunk checks started ahead of the bootstrap walk report exactly what a sequential run reports, also
     when the findings waiting for collection reach their bound (``ahead``) and batches are small."""
-    from nydus_inspect import verify as v
+    from nydus_inspect.verify import ahead as v
+    from nydus_inspect.verify import chunks
 
-    monkeypatch.setattr(v, "BATCH", batch)
-    monkeypatch.setattr(v, "AHEAD_FINDINGS", ahead)
+    monkeypatch.setattr(chunks, "BATCH", batch)
+    monkeypatch.setattr(chunks, "AHEAD_FINDINGS", ahead)
     from test_verify_core import make_tar
 
     from nydus_inspect import open_layer
@@ -130,7 +132,6 @@ def test_blob_id_and_image_blob_sha256_share_one_read(tmp_path):
     from test_verify_core import make_tar
 
     from nydus_inspect import open_layer
-    from nydus_inspect import verify as v
     from nydus_inspect.codecs import Compressor
     from nydus_inspect.pack import PackOptions, pack
 
@@ -144,6 +145,8 @@ def test_blob_id_and_image_blob_sha256_share_one_read(tmp_path):
     flipped[100] ^= 1  # inside image.blob (chunk data)
     bad = tmp_path / hashlib.sha256(data[:-1] + b"x").hexdigest()  # a name that is not its sha256
     bad.write_bytes(bytes(flipped))
+
+    from nydus_inspect.verify import ahead as v
 
     def report(path, head_start: bool):
         start = v._Ahead.start

@@ -16,9 +16,10 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from nydus_inspect import Chunk, Layer, Node, NydusInspectError
-from nydus_inspect.inspect import FileIndex, file_index, toc_report
+from nydus_inspect import ChunkRef, Layer, Node, NydusInspectError
+from nydus_inspect.formats import rafs_v6
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
+from nydus_inspect.query import FileIndex, toc_report
 from nydus_inspect.verify import ChunkVerifier, entry_check
 
 #: How much of a file or entry the previews show.
@@ -411,7 +412,6 @@ class LayerView:
         self.lock = threading.Lock()
         self._dirs: dict[int, list] = {}
         self._sources: list[ChunkSource] | None = None
-        self._metas: dict[int, tuple | None] = {}
         self.toc_checks: dict[str, EntryCheck] = {}
 
     # -- overview ------------------------------------------------------------------------------
@@ -591,8 +591,9 @@ class LayerView:
                 )
             if name == "image.boot":
                 r = ly.rafs
-                pairs = [("-- erofs superblock", "@1024")] + record_fields(r.sb)
-                pairs += [("-- rafs v6 ext superblock", "@1152")] + record_fields(r.ext)
+                sb_at, ext_at = rafs_v6.SUPERBLOCK_OFFSET, rafs_v6.EXT_SUPERBLOCK_OFFSET
+                pairs = [("-- erofs superblock", f"@{sb_at}")] + record_fields(r.sb)
+                pairs += [("-- rafs v6 ext superblock", f"@{ext_at}")] + record_fields(r.ext)
                 pairs.append(("compressor", r.ext.compressor.value))
                 pairs.append(("digester", r.ext.digester.value))
                 for b in r.blobs:
@@ -601,7 +602,7 @@ class LayerView:
                 return Preview(
                     f"{name}: superblocks ({comp.value}, {bytes_text(usize)} uncompressed)",
                     pairs,
-                    hexdump(bytes(ly.bootstrap_bytes()[1024:1152]), 1024),
+                    hexdump(bytes(ly.bootstrap_bytes()[sb_at : sb_at + rafs_v6.SUPERBLOCK.size]), sb_at),
                 )
             if name == "blob.meta":
                 infos = ly.chunk_infos
@@ -737,57 +738,20 @@ class LayerView:
                 out.append(("hardlinks", f"group {node.hardlink} ({node.nlink} names; indexing the tree…)"))
         return out
 
-    def node_chunks(self, node: Node) -> list[Chunk]:
-        """The file's chunks with their blob offsets and digests (also stored in ``node.chunks``).
-
-        Resolved through each blob's blob.meta and blob.digest, decoded record by record, when every
-        blob of the file has both; otherwise through :meth:`RafsV6.chunks`, whose first call builds
-        the whole bootstrap chunk table (seconds for a million chunks, holding the GIL).
-        """
+    def node_chunks(self, node: Node) -> list[ChunkRef]:
+        """The file's chunks with their blob offsets and digests (also stored in ``node.chunks``): from its
+        blobs' blob.meta and blob.digest when they have both, else through the bootstrap chunk table, whose
+        first use keys every chunk of the image (seconds for a million chunks, holding the GIL)."""
         if node.type != REG:
             return []
         if node.chunks is not None:
             return node.chunks
         with self.lock:
-            r = self.layer.rafs
-            indexes = r.chunk_indexes(node)
-            sources = {}
-            for blob_index in {ci.blob_index for ci in indexes}:
-                src = self._blob_meta(blob_index)
-                if src is None:
-                    return r.chunks(node)
-                sources[blob_index] = src
-            out = []
-            for k, ci in enumerate(indexes):
-                infos, digests = sources[ci.blob_index]
-                if ci.ci_index >= len(infos):
-                    return r.chunks(node)  # let the reader say what is wrong
-                out.append(
-                    Chunk.from_info(
-                        infos[ci.ci_index],
-                        ci.blob_index,
-                        k * r.chunk_size,
-                        digests[32 * ci.ci_index : 32 * ci.ci_index + 32],
-                    )
-                )
-            node.chunks = out
-            return out
-
-    def _blob_meta(self, blob_index: int):
-        """(chunk infos, blob.digest bytes) of a blob that has both, else None (cached)."""
-        if blob_index not in self._metas:
-            found = None
             try:
-                bf = self.layer.blob_file(blob_index, required=False)
-                if bf is not None and bf.layer.has_entry("blob.digest"):
-                    infos = bf.layer.chunk_infos
-                    digests = bf.layer.entry("blob.digest")
-                    if infos is not None and len(digests) == 32 * len(infos):
-                        found = (infos, digests)
+                got = self.layer.rafs.chunks_from_blob_meta(node)
             except NydusInspectError:
-                found = None
-            self._metas[blob_index] = found
-        return self._metas[blob_index]
+                got = None  # the chunk table's way says what is wrong
+            return got if got is not None else self.layer.rafs.chunks(node)
 
     def read_head(self, node: Node, limit: int = PREVIEW_BYTES) -> bytes:
         """The first ``limit`` bytes of a regular file, read chunk by chunk through the chunk reader."""
@@ -798,22 +762,6 @@ class LayerView:
             if len(out) >= limit:
                 break
         return bytes(out[:limit])
-
-    def build_index(
-        self, progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None
-    ) -> FileIndex | None:
-        """The full walk (paths, chunk owners, hardlinks): about 5 s per 100k inodes; run in a worker."""
-        if self.index is not None:
-            return self.index
-        if not self.is_v6:
-            return None
-        try:
-            idx = file_index(self.layer, progress=progress, cancel=cancel)
-        except NydusInspectError as exc:
-            self.index_error = str(exc)
-            return None
-        self.index = idx
-        return idx
 
     def close(self) -> None:
         self.layer.close()

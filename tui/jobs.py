@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from nydus_inspect import NydusInspectError, open_layer
-from nydus_inspect.inspect import FileIndex, file_index
+from nydus_inspect.query import FileIndex, file_index
 from nydus_inspect.verify import Finding, Report, verify
 
 

@@ -110,7 +110,7 @@ def json_bytes(obj: object) -> bytes:
 
 def chunks_json(layer: Layer) -> bytes:
     """``nydus-inspect chunks --json``, byte for byte."""
-    from ..inspect import chunks_report
+    from ..query import chunks_report
 
     it = chunks_report(layer)
     head = next(it)
@@ -126,7 +126,7 @@ def chunks_json(layer: Layer) -> bytes:
 
 
 def _sidecars(layer: Layer) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    from ..inspect import bootstrap_info, bootstrap_v5_info, toc_report
+    from ..query import bootstrap_info, bootstrap_v5_info, toc_report
 
     if layer.toc is not None or layer.sections:
         yield "toc.json", lambda: json_bytes(toc_report(layer))

@@ -24,7 +24,6 @@ or match its digest is EIO and one log line naming the file, the chunk and its o
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import logging
@@ -39,10 +38,11 @@ from collections import OrderedDict, deque
 import pyfuse3
 import trio
 
+from ..chunks.decode import ChunkCache, ChunkReader
+from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..formats import rafs_v6
-from ..layer import ChunkCache
-from ..model import _LRU, Chunk, fsdecode
+from ..model import _LRU, fsdecode
 from .entries import (
     LOG_XATTR,
     PID_XATTR,
@@ -86,30 +86,12 @@ STORE_QUEUE_BYTES = 32 << 20
 
 QUEUED, RUNNING, DONE, CANCELLED = range(4)
 
-# Field positions in the two inode layouts rafs_v6 declares, for NydusFS._stat.
-_EXT, _CMP = rafs_v6.INODE_EXTENDED, rafs_v6.INODE_COMPACT
-_EXT_UNPACK, _CMP_UNPACK, _EXT_SIZE = _EXT.struct.unpack_from, _CMP.struct.unpack_from, _EXT.size
-_E_MODE, _E_NLINK, _E_SIZE, _E_U, _E_INO, _E_UID, _E_GID, _E_MTIME, _E_NSEC = (
-    _EXT.names.index(n)
-    for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec")
-)
-_C_MODE, _C_NLINK, _C_SIZE, _C_U, _C_INO, _C_UID, _C_GID = (
-    _CMP.names.index(n) for n in ("i_mode", "i_nlink", "i_size", "i_u", "i_ino", "i_uid", "i_gid")
-)
-_BLOCK = rafs_v6.BLOCK_SIZE
-_DIRENT = rafs_v6.DIRENT_SIZE
-_DIRENT_ITER = rafs_v6.DIRENT.iter_unpack
-_U16 = struct.Struct("<H").unpack_from
-_FT_MAX = rafs_v6.FT_SYMLINK
-_LAYOUTS = frozenset((rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE, rafs_v6.LAYOUT_CHUNK_BASED))
-
-
 class _Job:
     """One chunk being decoded; every reader of it waits on the same job."""
 
     __slots__ = ("key", "chunk", "nid", "event", "data", "error", "state")
 
-    def __init__(self, key: tuple, chunk: Chunk, nid: int) -> None:
+    def __init__(self, key: tuple, chunk: ChunkRef, nid: int) -> None:
         self.key = key
         self.chunk = chunk
         self.nid = nid
@@ -137,7 +119,7 @@ class _Hint:
 
     __slots__ = ("chunks", "state")
 
-    def __init__(self, chunks: list[Chunk]) -> None:
+    def __init__(self, chunks: list[ChunkRef]) -> None:
         self.chunks = chunks
         self.state = QUEUED
 
@@ -179,8 +161,8 @@ def _eio(what: str, exc: BaseException) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
-def _key(c: Chunk) -> tuple:
-    return (c.blob_index, c.compressed_offset, c.compressed_size)
+def _key(c: ChunkRef) -> tuple:
+    return c.cache_key
 
 
 class NydusFS(pyfuse3.Operations):
@@ -218,7 +200,9 @@ class NydusFS(pyfuse3.Operations):
         self.log_where = log_where  # where this daemon logs, answered as user.nydus.mount.log on the root
         # An image without any xattr: say "not supported" so that ls -l stops asking for labels and ACLs.
         self.no_xattr_errno = pyfuse3.ENOATTR if self.rafs.ext.s_flags & rafs_v6.HAS_XATTR else errno.ENOTSUP
-        self.cache = ChunkCache(cache_size)
+        # The chunk service decodes and checks chunk data; its cache is the mount's cache of decoded chunks.
+        self.reader = ChunkReader(self.image.blob, ChunkCache(cache_size))
+        self.cache = self.reader.cache
         self.content_cache = ChunkCache(CONTENT_CACHE_SIZE)
         self.readahead = readahead
         # A sequential reader gets this many chunks decoded ahead (as the cache allows, leaving it room).
@@ -246,7 +230,7 @@ class NydusFS(pyfuse3.Operations):
         self._links: dict[int, int] = {}
         # Directory nid -> (entries [(name, dirent nid)], {name: dirent nid}), at most DIR_CACHE_ENTRIES in all.
         self._dirs = _SizedLRU(DIR_CACHE_ENTRIES)
-        self._chunks = _LRU(16384)  # nid -> list[Chunk], files of a few chunks
+        self._chunks = _LRU(16384)  # nid -> list[ChunkRef], files of a few chunks
         self._big_chunks = _LRU(64)  # the same for files of many chunks
         self._xattrs = _LRU(8192)  # nid -> {name: value}
         self._last_end = _LRU(4096)  # nid -> end offset of the last read (sequential detection)
@@ -301,35 +285,8 @@ class NydusFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ attributes
     def _stat(self, nid: int) -> tuple:
-        """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid``.
-
-        Listing a directory needs these of every entry: read them straight from the inode's declared layout
-        (a third of the cost of a full decode); anything unusual goes through the model, which says what is
-        wrong with it."""
-        buf = self._buf
-        off = self._meta_off + 32 * nid
-        if 0 < nid and off + _EXT_SIZE <= len(buf):
-            fmt = buf[off] | buf[off + 1] << 8
-            if fmt & 1:
-                v = _EXT_UNPACK(buf, off)
-                t = (
-                    v[_E_MODE],
-                    v[_E_NLINK],
-                    v[_E_SIZE],
-                    v[_E_U],
-                    v[_E_INO],
-                    v[_E_UID],
-                    v[_E_GID],
-                    v[_E_MTIME],
-                    v[_E_NSEC],
-                )
-            else:
-                v = _CMP_UNPACK(buf, off)
-                t = (v[_C_MODE], v[_C_NLINK], v[_C_SIZE], v[_C_U], v[_C_INO], v[_C_UID], v[_C_GID], 0, 0)
-            if not fmt & ~0xF and (fmt >> 1) & 7 in _LAYOUTS and t[1]:
-                return t
-        i = self.rafs.inode(nid)  # raises the FormatError that says what is wrong
-        return (i.i_mode, i.i_nlink, i.i_size, i.i_u, i.i_ino, i.i_uid, i.i_gid, i.i_mtime, i.i_mtime_nsec)
+        """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid`` (the model's fast path)."""
+        return self.rafs.attrs(nid)
 
     def _image_attr(self, nid: int, ino_nr: int = 0, st: tuple | None = None) -> pyfuse3.EntryAttributes:
         mode, nlink, size, i_u, _, uid, gid, mtime, nsec = st or self._stat(nid)
@@ -396,40 +353,10 @@ class NydusFS(pyfuse3.Operations):
     def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
         d = self._dirs.get(nid)
         if d is None:
-            ents = self._read_dir(nid)
+            ents = self.rafs.dir_entries(nid)
             d = (ents, dict(ents))
             self._dirs.put(nid, d, len(ents))
         return d
-
-    def _read_dir(self, nid: int) -> list[tuple[bytes, int]]:
-        """[(name, nid)] of directory ``nid``, dots included, in on-disk order.
-
-        Listing directories is most of what find and ls -R cost us: decode the blocks straight from the
-        layout; a block with anything unusual in it goes through the model, which says what is wrong."""
-        rafs = self.rafs
-        ino = rafs.inode(nid)
-        if ino.i_mode & S_IFMT == S_IFDIR and ino.i_size <= 1 << 24:
-            data = rafs._inline_data(nid, ino, 1 << 24)
-            out: list[tuple[bytes, int]] = []
-            for b in range(0, len(data), _BLOCK):
-                block = data[b : b + _BLOCK]
-                n = len(block)
-                first = _U16(block, 8)[0] if n >= _DIRENT else 0
-                if not first or first % _DIRENT or first >= n:
-                    break
-                ents = list(_DIRENT_ITER(block[:first]))
-                offs = [e[1] for e in ents]
-                end = block.find(b"\0", offs[-1])
-                offs.append(n if end < 0 else end)
-                if offs[0] != first or any(offs[i] > offs[i + 1] for i in range(len(ents))):
-                    break
-                names = [block[offs[i] : offs[i + 1]] for i in range(len(ents))]
-                if not all(names) or any(e[2] > _FT_MAX for e in ents) or any(b"/" in x for x in names):
-                    break
-                out += zip(names, [e[0] for e in ents])
-            else:
-                return out
-        return [(x.name, x.nid) for x in rafs.readdir(nid, include_dots=True)]
 
     async def lookup(self, parent_inode, name, ctx=None):
         try:
@@ -561,7 +488,7 @@ class NydusFS(pyfuse3.Operations):
     async def release(self, fh):
         pass
 
-    def _file_chunks(self, nid: int) -> list[Chunk]:
+    def _file_chunks(self, nid: int) -> list[ChunkRef]:
         chunks = self._chunks.get(nid)
         if chunks is None:
             chunks = self._big_chunks.get(nid)
@@ -621,7 +548,7 @@ class NydusFS(pyfuse3.Operations):
                     discard(_key(chunks[k]))
         return out
 
-    def _read_ahead(self, nid: int, chunks: list[Chunk], k1: int, start: bool) -> None:
+    def _read_ahead(self, nid: int, chunks: list[ChunkRef], k1: int, start: bool) -> None:
         """A sequential reader got to chunk ``k1``: decode the next chunks, and have their stored bytes read.
 
         A reader starting at the beginning of a file gets the stored bytes of the file read ahead in one go (up
@@ -652,18 +579,18 @@ class NydusFS(pyfuse3.Operations):
         if k1 + len(ahead) > hinted:
             self._will_need(ahead)
 
-    def _will_need(self, chunks: list[Chunk]) -> None:
+    def _will_need(self, chunks: list[ChunkRef]) -> None:
         """Ask the kernel to start reading the stored bytes of ``chunks`` (of one blob, in blob order) now, so
         that the decoding threads find them in the page cache rather than wait for the disk."""
         first, last = chunks[0], chunks[-1]
         if first.blob_index != last.blob_index or last.compressed_offset < first.compressed_offset:
             return
-        self.image.blob_files[first.blob_index].layer.will_need(
+        self.image.blob(first.blob_index).source.will_need(
             first.compressed_offset, last.compressed_offset + last.compressed_size - first.compressed_offset
         )
 
     # ------------------------------------------------------------------ decoding (worker threads)
-    def _job(self, c: Chunk, nid: int, urgent: bool):
+    def _job(self, c: ChunkRef, nid: int, urgent: bool):
         """The chunk's bytes if cached, else the job decoding it (queued here if there is none)."""
         key = _key(c)
         data = self.cache.get(key)
@@ -678,7 +605,7 @@ class NydusFS(pyfuse3.Operations):
             self._queue(self._urgent, [job])  # whichever worker gets to it first decodes it
         return job
 
-    async def _wait(self, nid: int, k: int, c: Chunk, job) -> bytes:
+    async def _wait(self, nid: int, k: int, c: ChunkRef, job) -> bytes:
         if not isinstance(job, _Job):
             return job
         await job.event.wait()
@@ -761,14 +688,8 @@ class NydusFS(pyfuse3.Operations):
                     for c, data in zip(chunks or (), datas or ()):
                         self._store(item.nid, c.file_offset, data)
 
-    def _decode(self, c: Chunk) -> bytes:
-        bf = self.image.blob_files[c.blob_index]
-        if not c.digest:
-            # A chunk known only from blob.meta: check it against the blob's blob.digest when it has one.
-            digests = bf.layer.chunk_digests
-            if digests is not None and c.ci_index < len(digests):
-                c = dataclasses.replace(c, digest=digests[c.ci_index])
-        return bf.decode_chunk(c, self.rafs, True)
+    def _decode(self, c: ChunkRef) -> bytes:
+        return self.reader.decode(c)
 
     def _job_done(self, job: _Job, data, err) -> None:
         job.state = DONE
@@ -944,7 +865,7 @@ class NydusFS(pyfuse3.Operations):
                 if data is not None:
                     self._store(nid, c.file_offset, data)
 
-    def _report(self, nid: int, k: int, c: Chunk, exc: BaseException) -> None:
+    def _report(self, nid: int, k: int, c: ChunkRef, exc: BaseException) -> None:
         key = (nid, k, type(exc).__name__)
         if key in self._reported:
             log.debug("EIO again: nid %d chunk %d", nid, k)

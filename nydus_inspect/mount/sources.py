@@ -13,6 +13,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from ..chunks.resolve import Blob
 from ..errors import NydusInspectError, UsageError
 from ..layer import Layer, open_layer
 from ..model import RafsV6
@@ -31,8 +32,11 @@ class Image:
     """The tree of ``rootfs/``: a RAFS v6 bootstrap, and the blob file of each entry of its blob table."""
 
     rafs: RafsV6
-    blob_files: list  # list[BlobFile], index = blob index
+    blob_files: list[Blob]  # index = blob index
     description: str
+
+    def blob(self, blob_index: int) -> Blob:
+        return self.blob_files[blob_index]
 
     @property
     def uncompressed_size(self) -> int:
@@ -104,11 +108,8 @@ def _image(layers: list[Layer]) -> Image:
     )
     blob_files = [src.layer.blob_file(src.index) for src in merged.sources]
 
-    def ci_source(blob_index: int):
-        return blob_files[blob_index].layer.chunk_infos
-
     try:
-        rafs = RafsV6(merged.boot, ci_source=ci_source)
+        rafs = RafsV6(merged.boot, ci_source=lambda blob_index: blob_files[blob_index].records())
     except NydusInspectError as exc:  # our own bootstrap not decoding is a bug, but say where it came from
         raise UsageError(f"merging {len(layers)} layers gave an unreadable bootstrap: {exc}") from None
     return Image(

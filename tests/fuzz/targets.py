@@ -96,19 +96,19 @@ def _scratch_file(kind: str, data: bytes) -> str:
 
 def fuzz_layer(data: bytes) -> None:
     """The whole reading path on a file: sniff, ToC, entries, bootstrap, listing, chunk reads."""
-    from nydus_inspect import inspect
+    from nydus_inspect import query
     from nydus_inspect.layer import open_layer
 
     path = _scratch_file("layer", data)
     try:
         with open_layer(path) as layer:
-            inspect.info(layer)
+            query.info(layer)
             if layer.toc is not None or layer.kind == "nydus-blob-no-toc":
-                inspect.toc_report(layer)
+                query.toc_report(layer)
                 for name in layer.entry_names():
                     layer.entry(name)
             if layer.has_bootstrap:
-                for i, node in enumerate(inspect.list_nodes(layer, "/", recursive=True)):
+                for i, node in enumerate(query.list_nodes(layer, "/", recursive=True)):
                     if i >= MAX_NODES:
                         break
                     if node.type == REG and not layer.is_v5:

@@ -1,4 +1,7 @@
-"""Inspection operations: turn an opened layer into plain dicts for the front ends to print."""
+"""Queries over an opened layer (info, toc, chunks, ls, cat) as plain data for the front ends, and the
+tolerant tree walk and file index verify and the TUI build on.
+
+Named so as not to shadow the standard library's ``inspect``."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .codecs import Compressor
 from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v5, rafs_v6
 from .formats.tar_header import IMAGE_BLOB
@@ -216,10 +218,6 @@ def cat(layer: Layer, path: str) -> Iterator[bytes]:
     if node.type != REG:
         raise UsageError(f"{layer.path}: {fsdecode(node.path)} is a {node.type}, not a regular file")
     return layer.read_file(node)
-
-
-def describe_compressor(value: int) -> str:
-    return Compressor.from_algo(value).value
 
 
 # ---------------------------------------------------------------------------- tree walks and indexes

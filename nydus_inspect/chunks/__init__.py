@@ -1,0 +1,13 @@
+"""The chunk service: the only code that turns a chunk reference into checked bytes.
+
+- :mod:`.ref`: :class:`ChunkRef`, the one chunk reference type (named fields) every part of the program uses.
+- :mod:`.source`: :class:`BlobSource`, where a blob's bytes come from (``pread`` and ``size``);
+  :class:`LocalFile` is today's. A new source (an HTTP range reader) implements that protocol.
+- :mod:`.resolve`: :class:`Blob`, one blob resolved: its source, compressor, digester and recorded digests,
+  per blob (a merged bootstrap's blobs each keep their own algorithms).
+- :mod:`.decode`: :class:`ChunkReader`, the one decode-and-check path, single and batched, with the one
+  decoded-chunk cache (:class:`ChunkCache`). A new codec plugs into ``codecs.decompress``.
+- :mod:`.readahead`: chunks of the coming files decoded in worker threads ahead of a sequential reader.
+
+Nothing is imported here, so that ``import nydus_inspect.model`` stays cheap.
+"""

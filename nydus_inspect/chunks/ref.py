@@ -1,0 +1,65 @@
+"""The one chunk reference type: where a chunk of a file lives, and what it must decode and hash to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class ChunkRef:
+    """One chunk of a file: which blob, which chunk-info record, its stored and decoded extents, and the
+    digest (and CRC32C, when recorded) its decoded bytes must have. An empty ``digest`` means the bootstrap
+    recorded none; the blob's blob.digest then decides (:meth:`Blob.recorded_digest`)."""
+
+    blob_index: int
+    ci_index: int
+    file_offset: int
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_offset: int
+    uncompressed_size: int
+    compressed: bool
+    digest: bytes
+    crc32: int | None = None
+
+    @classmethod
+    def from_info(cls, info, blob_index: int, file_offset: int, digest: bytes = b"") -> ChunkRef:
+        """The chunk a blob.meta record (``blob_meta.ChunkInfo``) describes, at ``file_offset`` of a file."""
+        return cls(
+            blob_index=blob_index,
+            ci_index=info.index,
+            file_offset=file_offset,
+            compressed_offset=info.compressed_offset,
+            compressed_size=info.compressed_size,
+            uncompressed_offset=info.uncompressed_offset,
+            uncompressed_size=info.uncompressed_size,
+            compressed=info.compressed,
+            digest=digest,
+            crc32=info.crc32,
+        )
+
+    @property
+    def name(self) -> str:
+        """How every reader names this chunk in an error: the same words verify's findings use."""
+        return f"chunk {self.ci_index} of blob {self.blob_index}"
+
+    @property
+    def cache_key(self) -> tuple[int, int, int, int]:
+        """Chunks with one key decode to the same bytes (deduplicated chunks of several files share it)."""
+        return (self.blob_index, self.compressed_offset, self.compressed_size, self.uncompressed_size)
+
+    def to_json(self) -> dict:
+        out = {
+            "blob_index": self.blob_index,
+            "ci_index": self.ci_index,
+            "file_offset": self.file_offset,
+            "compressed_offset": self.compressed_offset,
+            "compressed_size": self.compressed_size,
+            "uncompressed_offset": self.uncompressed_offset,
+            "uncompressed_size": self.uncompressed_size,
+            "compressed": self.compressed,
+            "digest": self.digest.hex(),
+        }
+        if self.crc32 is not None:
+            out["crc32"] = self.crc32
+        return out

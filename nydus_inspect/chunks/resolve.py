@@ -1,0 +1,96 @@
+"""One blob resolved for its chunks: which bytes, which codec, which digester, which recorded digests.
+
+The rule, in one place:
+
+- location: a chunk's record comes from the bootstrap chunk table, else from the blob's blob.meta
+  (``RafsV6.chunks`` asks :meth:`Blob.records` for those);
+- compressor and digester: the blob's own blob-table entry (a merged bootstrap keeps each layer's; the
+  superblock holds only the last layer's); a blob opened without any bootstrap says neither, and its first
+  chunks are asked (:meth:`Blob.without_bootstrap`);
+- digest: the bootstrap's record, else the blob's blob.digest (checked against the ToC's sha256);
+- CRC32C: the record's, when it has one; checked when no digest is recorded.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ..codecs import Compressor, decompress
+from ..digests import Digester
+from ..errors import NydusInspectError
+from .ref import ChunkRef
+
+if TYPE_CHECKING:
+    from ..formats.rafs_v6 import BlobTableEntry
+    from ..layer import Layer
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class Blob:
+    """One blob of a blob table: ``layer`` is the file holding its bytes, read through ``source``."""
+
+    def __init__(
+        self,
+        index: int | None,
+        layer: Layer,
+        entry: BlobTableEntry | None = None,
+        *,
+        compressor: Compressor | None = None,
+        digester: Digester | None = None,
+    ) -> None:
+        self.index = index
+        self.layer = layer
+        self.source = layer.source
+        self.path = layer.path
+        self.entry = entry
+        self.compressor = compressor or entry.compressor
+        self.digester = digester or entry.digester
+
+    @classmethod
+    def without_bootstrap(cls, layer: Layer, records, digests: bytes | None) -> Blob:
+        """A blob no bootstrap describes: its compressor from its first compressed chunk's magic, its
+        digester the one whose digest of its first chunk is blob.digest's first."""
+        comp, dig = Compressor.ZSTD, Digester.BLAKE3
+        for rec in records:
+            if rec.compressed:
+                raw = layer.source.pread(rec.compressed_offset, min(rec.compressed_size, 4), "chunk")
+                comp = Compressor.ZSTD if raw[:4] == _ZSTD_MAGIC else Compressor.LZ4_BLOCK
+                break
+        if digests and len(records):
+            rec = records[0]
+            try:
+                raw = layer.source.pread(rec.compressed_offset, rec.compressed_size, "chunk")
+                data = decompress(raw, comp, rec.uncompressed_size) if rec.compressed else raw
+                for d in (Digester.BLAKE3, Digester.SHA256):
+                    if d.digest(data) == digests[:32]:
+                        dig = d
+                        break
+            except NydusInspectError:
+                pass
+        return cls(None, layer, None, compressor=comp, digester=dig)
+
+    def close(self) -> None:
+        self.layer.close()
+
+    # ------------------------------------------------------------------ records and digests
+    @cached_property
+    def digests(self) -> list[bytes] | None:
+        """blob.digest, one 32-byte digest per chunk-info record, checked against the ToC (None: absent)."""
+        return self.layer.chunk_digests
+
+    def records(self):
+        """(blob.meta chunk-info array, blob.digest digests or None), or None without blob.meta: what
+        ``RafsV6`` resolves a chunk from when the bootstrap chunk table has no record of it."""
+        infos = self.layer.chunk_infos
+        return None if infos is None else (infos, self.digests)
+
+    def recorded_digest(self, ref: ChunkRef) -> bytes:
+        """The digest ``ref``'s bytes must have: the bootstrap's record, else blob.digest; b"" if neither."""
+        if ref.digest:
+            return ref.digest
+        digests = self.digests
+        if digests is not None and 0 <= ref.ci_index < len(digests):
+            return digests[ref.ci_index]
+        return b""

@@ -1,0 +1,243 @@
+"""Checks ``blob_meta`` and ``chunk.layout``: the blob.meta header against the ToC, the blob table and
+blob.digest; its chunk-info records in write order.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from typing import TYPE_CHECKING
+
+from ..codecs import Compressor
+from ..errors import NydusInspectError
+from ..formats import blob_meta
+from ..formats.tar_header import (
+    BLOB_DIGEST,
+    BLOB_META,
+    BLOB_META_HEADER,
+    IMAGE_BLOB,
+)
+from ..layer import Layer
+from .bootstrap import _NOT_TILED
+from .findings import Finding, _exc_finding
+
+if TYPE_CHECKING:
+    from .run import _Run
+
+
+# ---------------------------------------------------------------------------- blob.meta
+def _check_blob_meta(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
+    run.tick("blob.meta", 0, 1)
+    try:
+        hdr = blob.blob_meta_header
+    except NydusInspectError as exc:
+        run.add(_exc_finding("blob_meta", exc, entry=BLOB_META_HEADER, blob_index=blob_index, file=blob.path))
+        return
+    if hdr is None:
+        if blob.has_entry(IMAGE_BLOB):
+            run.report.notes.append(
+                f"{blob.name}: no blob.meta; chunks are checked from the bootstrap chunk table"
+            )
+        return
+    run.count("blob.meta headers")
+
+    def bad(
+        message: str,
+        field_name: str,
+        expected: object,
+        found: object,
+        structure: str = "blob.meta.header",
+        entry: str = BLOB_META_HEADER,
+    ) -> None:
+        run.add(
+            Finding(
+                "blob_meta",
+                message,
+                structure=structure,
+                file=blob.path,
+                entry=entry,
+                blob_index=blob_index,
+                field=field_name,
+                expected=str(expected),
+                found=str(found),
+            )
+        )
+
+    try:
+        off, size, comp, usize, _ = blob.entry_location(BLOB_META)
+    except NydusInspectError as exc:
+        run.add(_exc_finding("blob_meta", exc, entry=BLOB_META, blob_index=blob_index, file=blob.path))
+        return
+    if hdr.s_ci_offset != off:
+        bad("chunk-info offset differs from the blob.meta entry", "s_ci_offset", off, hdr.s_ci_offset)
+    if hdr.s_ci_compressed_size != size:
+        bad(
+            "chunk-info stored size differs from the blob.meta entry",
+            "s_ci_compressed_size",
+            size,
+            hdr.s_ci_compressed_size,
+        )
+    if usize >= 0 and hdr.s_ci_uncompressed_size != usize:
+        bad(
+            "chunk-info size differs from the blob.meta entry",
+            "s_ci_uncompressed_size",
+            usize,
+            hdr.s_ci_uncompressed_size,
+        )
+    try:
+        hdr_comp = Compressor.from_algo(hdr.s_ci_compressor)
+    except ValueError:
+        hdr_comp = None
+    if blob.toc is not None and hdr_comp is not None and hdr_comp is not comp:
+        bad("chunk-info compressor differs from the ToC's", "s_ci_compressor", comp.value, hdr_comp.value)
+    hoff = blob.entry_location(BLOB_META_HEADER)[0]
+    if blob.toc is not None and hoff != off + size:
+        bad(
+            "header does not follow the chunk-info array",
+            "s_ci_offset",
+            off + size,
+            hoff,
+            structure="rafs.blob.toc",
+        )
+    if ent is not None:
+        for name, mine, theirs in (
+            ("ci_offset", hdr.s_ci_offset, ent.ci_offset),
+            ("ci_compressed_size", hdr.s_ci_compressed_size, ent.ci_compressed_size),
+            ("ci_uncompressed_size", hdr.s_ci_uncompressed_size, ent.ci_uncompressed_size),
+            ("ci_compressor", hdr.s_ci_compressor, ent.ci_compressor),
+            ("chunk_count", hdr.s_ci_entries, ent.chunk_count),
+        ):
+            if mine != theirs:
+                run.add(
+                    Finding(
+                        "blob_meta",
+                        f"blob table {name} differs from the blob.meta header",
+                        structure="rafs v6 blob table",
+                        file=run.layer.path,
+                        blob_index=blob_index,
+                        field=name,
+                        expected=str(mine),
+                        found=str(theirs),
+                    )
+                )
+    try:
+        infos = blob.chunk_infos
+        if infos is not None and len(infos) != hdr.s_ci_entries:
+            bad(
+                "chunk-info array length differs from the header",
+                "s_ci_entries",
+                hdr.s_ci_entries,
+                len(infos),
+            )
+    except NydusInspectError as exc:
+        run.add(_exc_finding("blob_meta", exc, entry=BLOB_META, blob_index=blob_index, file=blob.path))
+    if blob.has_entry(BLOB_DIGEST):
+        try:
+            digests = blob.chunk_digests
+            if digests is not None and len(digests) != hdr.s_ci_entries:
+                bad(
+                    "blob.digest count differs from the chunk count",
+                    "s_ci_entries",
+                    hdr.s_ci_entries,
+                    len(digests),
+                    structure="blob.digest",
+                    entry=BLOB_DIGEST,
+                )
+        except NydusInspectError as exc:
+            run.add(_exc_finding("blob_meta", exc, entry=BLOB_DIGEST, blob_index=blob_index, file=blob.path))
+    run.tick("blob.meta", 1, 1)
+
+
+def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
+    """blob.meta records in write order: compressed data tiles image.blob, uncompressed offsets increase."""
+    try:
+        infos = blob.chunk_infos
+        hdr = blob.blob_meta_header
+    except NydusInspectError:
+        return  # reported by the blob.meta pass
+    if infos is None or hdr is None:
+        return
+    data_end = None
+    if blob.has_entry(IMAGE_BLOB):
+        data_end = blob.entry_location(IMAGE_BLOB)[1]
+    tiled = data_end is not None and not hdr.s_features & _NOT_TILED
+
+    def bad(index: int, message: str, expected, found) -> None:
+        owners = run.owners(blob_index, index)
+        run.add(
+            Finding(
+                "chunk.layout",
+                message,
+                structure="chunk",
+                file=blob.path,
+                blob_index=blob_index,
+                chunk=index,
+                offset=coffs[index],
+                paths=owners,
+                path=owners[0] if owners else None,
+                expected=str(expected),
+                found=str(found),
+            )
+        )
+
+    coffs, csizes, uoffs, usizes, ok = _columns(run, infos)
+    expect = 0
+    prev = -1
+    floor = 0
+    for i in range(len(coffs)):
+        if not ok[i]:
+            continue  # unknown v2 flags: the chunk pass reports it
+        coff = coffs[i]
+        if tiled and coff != expect:
+            what = "a gap before it" if coff > expect else "overlaps the chunk before it"
+            bad(i, f"compressed data not contiguous in write order: {what}", expect, coff)
+        expect = coff + csizes[i]
+        if prev >= 0 and uoffs[i] < floor:
+            bad(
+                i,
+                f"uncompressed offset not after chunk {prev}'s data (offsets increase in write order)",
+                f">= {floor}",
+                uoffs[i],
+            )
+        prev = i
+        floor = uoffs[i] + (usizes[i] + 4095) // 4096 * 4096
+    if tiled and prev >= 0 and expect != data_end:
+        bad(prev, "chunk data does not end where image.blob does", data_end, expect)
+
+
+def _columns(run: _Run, infos) -> tuple[list[int], list[int], list[int], list[int], list[bool]]:
+    """compressed offsets, compressed sizes, uncompressed offsets, uncompressed sizes of a blob.meta chunk-info
+    array, and whether each record decodes (v2: no unknown flag bits), all at once: the arithmetic of
+    ``blob_meta.decode_v1`` / ``decode_v2`` without building a record object per chunk. Kept for the
+    run (blob.table and chunk.layout both need them)."""
+    got = run.columns
+    if got is not None and got[0] is infos:
+        return got[1]
+    raw = memoryview(infos.data)[: infos.count * infos.record_size]
+    if infos.v2:
+        rows = list(struct.iter_unpack("<QQQ", raw))
+        us = [r[0] for r in rows]
+        cs = [r[1] for r in rows]
+        cols = (
+            [c & 0xFF_FFFF_FFFF for c in cs],
+            [c >> 40 for c in cs],
+            [(u & 0xFFFFFFFF) << 12 for u in us],
+            [((u >> 32) & 0xFFFFFF) + 1 for u in us],
+            [not (u >> 56) & ~blob_meta.CI_KNOWN for u in us],
+        )
+    else:
+        flat = array("Q")
+        flat.frombytes(raw)
+        if sys.byteorder != "little":
+            flat.byteswap()
+        us, cs = flat[0::2], flat[1::2]
+        cols = (
+            [c & 0xFF_FFFF_FFFF for c in cs],
+            [((((c >> 40) & 0xF) << 20) | ((c >> 44) & 0xFFFFF)) + 1 for c in cs],
+            [u & 0xFFF_FFFF_F000 for u in us],
+            [((((u >> 8) & 0xF) << 20) | ((u >> 44) & 0xFFFFF)) + 1 for u in us],
+            [True] * infos.count,
+        )
+    run.columns = (infos, cols)  # one array at a time: the checks of a blob run one after the other
+    return cols
