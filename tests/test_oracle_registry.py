@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -58,16 +59,30 @@ def push(layout: Path, ref: str) -> None:
     )
 
 
+def _unmount_below(work: Path) -> None:
+    """nydusify leaves its nydusd mounts behind when a check fails: take them down."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(str(work) + "/")]
+    for point in points:
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 def nydusify_check(oracle, source: str, target: str, work: Path) -> subprocess.CompletedProcess:
-    # nydusify starts nydusd without --rlimit-nofile, and nydusd's default (a million) may be refused here.
-    work.mkdir(parents=True, exist_ok=True)
-    wrapper = work / "nydusd"
-    wrapper.write_text(f'#!/bin/sh\nexec {oracle.nydusd} "$@" --rlimit-nofile 0\n')
-    wrapper.chmod(0o755)
-    return oracle.run(
-        "nydusify", "check", "--source", source, "--target", target, "--source-insecure", "--target-insecure",
-        "--nydus-image", oracle.nydus_image, "--nydusd", wrapper, "--work-dir", work / "check", ok=False,
-    )  # fmt: skip
+    # nydusify puts nydusd's API socket deep below its work directory, and a socket path has at most 107
+    # bytes: its work directory is a short one of its own, not one below pytest's tmp_path.
+    short = Path(tempfile.mkdtemp(prefix="nyc-", dir="/tmp"))
+    try:
+        # nydusify starts nydusd without --rlimit-nofile, and nydusd's default (a million) may be refused here.
+        wrapper = short / "nydusd"
+        wrapper.write_text(f'#!/bin/sh\nexec {oracle.nydusd} "$@" --rlimit-nofile 0\n')
+        wrapper.chmod(0o755)
+        return oracle.run(
+            "nydusify", "check", "--source", source, "--target", target, "--source-insecure", "--target-insecure",
+            "--nydus-image", oracle.nydus_image, "--nydusd", wrapper, "--work-dir", short / "w", ok=False,
+        )  # fmt: skip
+    finally:
+        _unmount_below(short)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def _tar(entries: list[tarfile.TarInfo], data: dict[str, bytes]) -> bytes:
