@@ -242,7 +242,9 @@ def cmd_ls(args) -> int:
     from .model import fsdecode
 
     with _open(args) as layer:
-        nodes = list_nodes(layer, args.path, args.recursive, with_chunks=args.chunks)
+        nodes = list_nodes(
+            layer, args.path, args.recursive, with_chunks=args.chunks, follow=not args.no_dereference
+        )
         if args.json:
             stream_json_array(n.to_json(with_chunks=args.chunks) for n in nodes)
             return 0
@@ -274,7 +276,7 @@ def cmd_cat(args) -> int:
     from .inspect import cat
 
     with _open(args) as layer:
-        _write_stream(cat(layer, args.path), args.output)
+        _write_stream(cat(layer, args.path, follow=not args.no_dereference), args.output)
     return 0
 
 
@@ -283,6 +285,15 @@ def _layer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, RAFS bootstrap, or bootstrap layer (tar/tar.gz)")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)")
     p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+
+
+def _no_dereference(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-P",
+        "--no-dereference",
+        action="store_true",
+        help="if PATH ends in a symlink, name the link itself (symlinks before it are still followed)",
+    )
 
 
 class _OnlyCommand:
@@ -383,7 +394,8 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("ls", help="list the file tree of the bootstrap")
     _layer_args(s)
-    s.add_argument("path", nargs="?", default="/", metavar="PATH")
+    s.add_argument("path", nargs="?", default="/", metavar="PATH", help="a path in the image (default /)")
+    _no_dereference(s)
     s.add_argument("-R", "--recursive", action="store_true")
     s.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime, link target")
     s.add_argument("--chunks", action="store_true", help="with -l or --json: each file's chunks")
@@ -392,8 +404,9 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("cat", help="a file's bytes, read chunk by chunk and checked against chunk digests")
     _layer_args(s)
-    s.add_argument("path", metavar="PATH")
-    s.add_argument("-o", "--output", metavar="FILE")
+    s.add_argument("path", metavar="PATH", help="a regular file in the image (symlinks on the way followed)")
+    _no_dereference(s)
+    s.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     s.set_defaults(func=cmd_cat)
 
     if not (isinstance(sub, _OnlyCommand) and sub.found):  # a built-in command needs no other module

@@ -159,16 +159,17 @@ def chunks_report(layer: Layer) -> Iterator[dict]:
     raise UsageError(f"{layer.path}: no blob.meta and no bootstrap: nothing describes chunks here")
 
 
-def list_nodes(layer: Layer, path: str = "/", recursive: bool = False, with_chunks: bool = False) -> Iterator[Node]:
-    """Nodes under ``path``: the node itself when not a directory, else its children (all, with -R)."""
+def list_nodes(
+    layer: Layer, path: str = "/", recursive: bool = False, with_chunks: bool = False, follow: bool = True
+) -> Iterator[Node]:
+    """Nodes under ``path``: the node itself when not a directory, else its children (all, with -R).
+
+    Symlinks in ``path`` are followed (the last one too, unless ``follow`` is False)."""
     if layer.is_v5:
         yield from _list_v5(layer, path, recursive)
         return
     r = layer.rafs
-    try:
-        top = r.lookup(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise UsageError(f"{layer.path}: no such path in the image: {path}") from None
+    top = lookup_path(layer, path, follow=follow)
     if recursive:
         it = r.walk(top)
     elif top.type == DIR:
@@ -207,12 +208,18 @@ def _list_v5(layer: Layer, path: str, recursive: bool) -> Iterator[Node]:
         raise UsageError(f"{layer.path}: no such path in the image: {path}")
 
 
-def cat(layer: Layer, path: str) -> Iterator[bytes]:
-    r = layer.rafs
+def lookup_path(layer: Layer, path: str | bytes, *, follow: bool = True) -> Node:
+    """The node a user's ``path`` names in the layer's tree, symlinks followed as the kernel would."""
+    from .paths import PathError, resolve_in
+
     try:
-        node = r.lookup(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise UsageError(f"{layer.path}: no such path in the image: {path}") from None
+        return resolve_in(layer.rafs, path, follow=follow)
+    except PathError as exc:
+        raise UsageError(f"{layer.path}: {exc}") from None
+
+
+def cat(layer: Layer, path: str, *, follow: bool = True) -> Iterator[bytes]:
+    node = lookup_path(layer, path, follow=follow)
     if node.type != REG:
         raise UsageError(f"{layer.path}: {fsdecode(node.path)} is a {node.type}, not a regular file")
     return layer.read_file(node)
@@ -402,6 +409,7 @@ __all__ = [
     "file_index",
     "info",
     "list_nodes",
+    "lookup_path",
     "toc_report",
     "walk_tree",
 ]

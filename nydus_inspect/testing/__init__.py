@@ -32,6 +32,8 @@ __all__ = [
     "assert_same_tree",
     "build_layer",
     "build_tar",
+    "lookup",
+    "read_file",
 ]
 
 MTIME = 1_700_000_000  # a fixed time keeps built layers reproducible
@@ -137,7 +139,8 @@ def build_tar(spec: Spec | str | os.PathLike, out: str | os.PathLike) -> Path:
             xattrs = getattr(item, "xattrs", None) or {}
             if xattrs:
                 info.pax_headers = {
-                    f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in sorted(xattrs.items())
+                    f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                    for k, v in sorted(xattrs.items())
                 }
             tf.addfile(info, data)
         for arc, item in links:
@@ -176,8 +179,9 @@ def _fmt_diffs(diffs, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def assert_same_tree(a: str | os.PathLike, b: str | os.PathLike, *, blob_dir: str | None = None,
-                     blobs: list[str] | None = None) -> None:
+def assert_same_tree(
+    a: str | os.PathLike, b: str | os.PathLike, *, blob_dir: str | None = None, blobs: list[str] | None = None
+) -> None:
     """Assert two trees (tar, nydus layer, or bootstrap + blobs) are equal entry by entry and byte by byte."""
     diffs = list(compare(describe(str(a), blob_dir, blobs), describe(str(b), blob_dir, blobs)))
     if diffs:
@@ -215,3 +219,33 @@ def assert_layer_valid(layer: str | os.PathLike, **kw) -> None:
             lines.append(f"  ... {len(report.findings) - 20} more finding(s)")
         lines += [f"  ... {n} more {check} finding(s)" for check, n in report.suppressed.items()]
         raise AssertionError(f"{layer}: {report.failures} check(s) failed:\n" + "\n".join(lines))
+
+
+def lookup(layer, path: str | bytes, *, follow: bool = True, **open_options):
+    """The node ``path`` names in ``layer`` (an opened layer, or a layer file), symlinks on the way
+    followed as the kernel follows them (the last one too, unless ``follow`` is False)."""
+    from ..paths import resolve_in
+
+    if isinstance(layer, str | os.PathLike):
+        from ..layer import open_layer
+
+        with open_layer(str(layer), **open_options) as opened:
+            return resolve_in(opened.rafs, path, follow=follow)
+    return resolve_in(layer.rafs, path, follow=follow)
+
+
+def read_file(layer, path: str | bytes, **open_options) -> bytes:
+    """The bytes of the regular file ``path`` names in ``layer`` (symlinks followed), every chunk checked."""
+    from ..layer import open_layer
+    from ..paths import resolve_in
+
+    def read(opened) -> bytes:
+        node = resolve_in(opened.rafs, path)
+        if node.type != "file":
+            raise NydusInspectError(f"{path}: a {node.type}, not a regular file")
+        return b"".join(opened.read_file(node))
+
+    if isinstance(layer, str | os.PathLike):
+        with open_layer(str(layer), **open_options) as opened:
+            return read(opened)
+    return read(layer)
