@@ -37,7 +37,16 @@ RULES = {
     "highestChunkCount": ("chunks", "max"),
     "highestBlobCount": ("blobs", "max"),
 }
-_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+}
 
 
 @dataclass
@@ -124,9 +133,15 @@ def image_stats(layer: Layer) -> ImageStats:
         st.stored_bytes += stored
         unref = max(0, stored - used_per_blob[ent.blob_index])
         st.unreferenced_bytes += unref
-        st.per_blob.append({"index": ent.blob_index, "blob_id": layer.blob_id(ent.blob_index),
-                            "stored_bytes": stored, "referenced_bytes": used_per_blob[ent.blob_index],
-                            "unreferenced_bytes": unref})
+        st.per_blob.append(
+            {
+                "index": ent.blob_index,
+                "blob_id": layer.blob_id(ent.blob_index),
+                "stored_bytes": stored,
+                "referenced_bytes": used_per_blob[ent.blob_index],
+                "unreferenced_bytes": unref,
+            }
+        )
     return st
 
 
@@ -145,14 +160,19 @@ def load_rules(path: str) -> dict[str, float | None]:
             doc = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise many kinds
         raise UsageError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    return parse_rules(doc, path)
+
+
+def parse_rules(doc, where: str) -> dict[str, float | None]:
+    """Rules from a parsed document: ``{"rules": {name: limit}}`` or the inner mapping itself."""
     if not isinstance(doc, dict) or not isinstance(doc.get("rules", {}), dict):
-        raise UsageError(f"{path}: expected a mapping with a 'rules' mapping")
+        raise UsageError(f"{where}: expected a mapping with a 'rules' mapping")
     rules = doc.get("rules", doc)
     out: dict[str, float | None] = {}
     for name, value in rules.items():
         if name not in RULES:
-            raise UsageError(f"{path}: unknown rule {name!r} (known: {', '.join(RULES)})")
-        out[name] = _parse_value(name, value, path)
+            raise UsageError(f"{where}: unknown rule {name!r} (known: {', '.join(RULES)})")
+        out[name] = _parse_value(name, value, where)
     return out
 
 
