@@ -71,6 +71,37 @@ def print_kv(pairs: list[tuple[str, object]], indent: str = "") -> None:
         print(f"{indent}{k.ljust(width)}  {v}")
 
 
+#: Nouns whose plural is not the noun with an s.
+_PLURALS = {"entry": "entries", "difference": "differences"}
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``, ``0 entries``."""
+    return f"{n} {noun if n == 1 else _PLURALS.get(noun, noun + 's')}"
+
+
+def text_value(value: object) -> str:
+    """A value for a human line: lists joined with commas, bytes as text (or 0x hex), never a Python repr."""
+    if isinstance(value, list | tuple):
+        return ", ".join(text_value(v) for v in value) or "-"
+    if isinstance(value, bytes):
+        return xattr_value(value)
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def xattr_value(value: bytes) -> str:
+    """An xattr value as getfattr prints it: printable text in double quotes, anything else as 0x hex."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable() and '"' not in text:
+        return f'"{text}"'
+    return "0x" + value.hex()
+
+
 def mode_string(node) -> str:
     return stat.filemode(node.mode)
 
@@ -102,11 +133,11 @@ def cmd_info(args) -> int:
         print(f"note: {note}")
     if "toc" in data:
         t = data["toc"]
-        print(f"toc: {t['entries']} entries, {t['size']} bytes, digest {t['digest']}")
+        print(f"toc: {plural(t['entries'], 'entry')}, {t['size']} bytes, digest {t['digest']}")
     if "blob_meta" in data:
         h = data["blob_meta"]
         print(
-            f"blob.meta: {h['ci_entries']} chunks, ci {h['ci_compressor']} at {h['ci_offset']} "
+            f"blob.meta: {plural(h['ci_entries'], 'chunk')}, ci {h['ci_compressor']} at {h['ci_offset']} "
             f"({h['ci_compressed_size']} -> {h['ci_uncompressed_size']} bytes), features {h['features']} "
             f"({', '.join(h['features_names'])})"
         )
@@ -125,7 +156,8 @@ def cmd_info(args) -> int:
                     ("compressor", ext["compressor"]),
                     ("digester", ext["digester"]),
                     ("chunk size", f"{ext['chunk_size']:#x}"),
-                    ("chunk table", f"{ext['chunk_table_entries']} entries at {ext['chunk_table_offset']}"),
+                    ("chunk table", f"{plural(ext['chunk_table_entries'], 'entry')} at "
+                                    f"{ext['chunk_table_offset']}"),
                     ("prefetch", " ".join(map(str, boot["prefetch"])) or "-"),
                 ],
                 indent="  ",
@@ -137,9 +169,9 @@ def cmd_info(args) -> int:
                 indent="  ",
             )
         blobs = boot["blobs"]
-        print(f"blob table: {len(blobs)} blob(s)")
+        print(f"blob table: {plural(len(blobs), 'blob')}")
         for b in blobs:
-            bid = b.get("blob_id_resolved", b["blob_id"])
+            bid = b.get("blob_id_text") or b.get("blob_id_resolved", b["blob_id"])
             if boot["version"] == 5:
                 print(f"  [{b['index']}] {bid}")
                 continue
@@ -224,7 +256,7 @@ def cmd_chunks(args) -> int:
             return 0
         print(f"source: {head['source']}")
         for k, v in head["header"].items():
-            print(f"  {k}: {v}")
+            print(f"  {k}: {text_value(v)}")
         print_table(
             ["INDEX", "C.OFFSET", "C.SIZE", "U.OFFSET", "U.SIZE", "COMP", "DIGEST"],
             (
@@ -261,7 +293,7 @@ def cmd_ls(args) -> int:
                 line += f"  [hardlink group {n.hardlink}]"
             print(line)
             for k, v in sorted(n.xattrs.items()):
-                print(f"    xattr {fsdecode(k)}={v!r}")
+                print(f"    xattr {fsdecode(k)}={xattr_value(v)}")
             if args.chunks and n.chunks:
                 for c in n.chunks:
                     print(

@@ -56,12 +56,13 @@ def _pack_options(args, **extra):
     from .codecs import Compressor
     from .digests import Digester
     from .pack import PackOptions
+    from .units import parse_size
 
     try:
         return PackOptions(
             compressor=Compressor.parse(args.compressor),
             digester=Digester.parse(args.digester),
-            chunk_size=int(args.chunk_size, 0),
+            chunk_size=parse_size(args.chunk_size, "--chunk-size"),
             **extra,
         )
     except ValueError as exc:
@@ -82,11 +83,13 @@ def cmd_pack(args) -> int:
 
         print_json(res.to_json())
         return 0
+    from .cli import plural
+
     print(f"sha256:{res.digest}  {res.path}")
     print(
-        f"{res.entries} entries, {res.files} files, {res.data_bytes} bytes in {res.chunks} chunks "
-        f"({res.unique_chunks} stored, {res.stored_bytes} bytes), bootstrap {res.bootstrap_size} bytes, "
-        f"blob {res.size} bytes"
+        f"{plural(res.entries, 'entry')}, {plural(res.files, 'file')}, {res.data_bytes} bytes in "
+        f"{plural(res.chunks, 'chunk')} ({res.unique_chunks} stored, {res.stored_bytes} bytes), "
+        f"bootstrap {res.bootstrap_size} bytes, blob {res.size} bytes"
     )
     return 0
 
@@ -102,13 +105,20 @@ def cmd_unpack(args) -> int:
 
     if not args.output and not args.to_dir:
         raise UsageError("unpack needs -o OUT.tar (or - for stdout) or --to-dir DIR")
+    if args.output == "-" and not args.to_dir and sys.stdout.isatty():
+        # As tar does: a binary archive on a terminal is garbage on the screen and never what was meant.
+        raise UsageError(
+            "refusing to write a tar to a terminal: redirect stdout (> OUT.tar, | tar t) or give -o FILE"
+        )
     with _open(args) as layer:
         if args.to_dir:
             res = to_dir(layer, args.to_dir)
         else:
             res = to_tar(layer, args.output)
     if args.output != "-" and not args.quiet:
-        msg = f"{res.entries} entries, {res.files} files, {res.bytes} bytes"
+        from .cli import plural
+
+        msg = f"{plural(res.entries, 'entry')}, {plural(res.files, 'file')}, {res.bytes} bytes"
         if res.skipped:
             msg += f", {res.skipped} skipped (sockets, or devices without privilege)"
         print(msg, file=sys.stderr)
@@ -126,7 +136,9 @@ def cmd_diff(args) -> int:
     elif diffs:
         for d in diffs:
             print(d)
-        print(f"{len(diffs)} difference(s)")
+        from .cli import plural
+
+        print(plural(len(diffs), "difference"))
     else:
         print("no differences")
     return 1 if diffs else 0
@@ -151,7 +163,12 @@ def cmd_merge(args) -> int:
 
         print_json(res.to_json())
         return 0
-    print(f"{res.output}: {res.layers} layers, bootstrap {res.bootstrap_size} bytes, {len(res.blobs)} blob(s)")
+    from .cli import plural
+
+    print(
+        f"{res.output}: {plural(res.layers, 'layer')}, bootstrap {res.bootstrap_size} bytes, "
+        f"{plural(len(res.blobs), 'blob')}"
+    )
     for i, b in enumerate(res.blobs):
         print(f"  [{i}] {b}")
     return 0
@@ -180,10 +197,12 @@ def cmd_convert(args) -> int:
 
         print_json(res.to_json())
         return 0
+    from .cli import plural
+
     for im in res.images:
         if im.converted:
-            print(f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {im.layers} layer(s) -> "
-                  f"{len(im.blobs)} nydus blob(s) + bootstrap {im.bootstrap}")
+            print(f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
+                  f"{plural(len(im.blobs), 'nydus blob')} + bootstrap {im.bootstrap}")
         else:
             print(f"{im.source} ({im.platform or 'no platform'}): already a nydus image, copied")
     print(f"{res.output}: {'written' if res.changed else 'a copy (nothing to convert)'}")
@@ -250,7 +269,7 @@ def cmd_verify(args) -> int:
         for line in r["_lines"]:
             print(f"  {line}")
         for key, n in r["suppressed"].items():
-            print(f"  ... {n} more {key} finding(s)")
+            print(f"  ... {n} more {key} {'finding' if n == 1 else 'findings'}")
         for note in r["notes"]:
             print(f"  note: {note}")
         for line in r.get("_rule_lines", []):
@@ -290,7 +309,7 @@ def register(sub) -> None:
     s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
-    s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
+    s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
     s.add_argument("--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest")
     s.add_argument("--json", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
@@ -346,7 +365,7 @@ def register(sub) -> None:
                    help="which images to convert (repeatable, or 'all'); default: the only one, else linux/amd64")
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
-    s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
+    s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
     s.add_argument("--json", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert)

@@ -37,9 +37,15 @@ def bootstrap_info(layer: Layer) -> dict:
     blobs = []
     for ent in r.blobs:
         j = ent.to_json()
-        real = layer.blob_id(ent.blob_index)
-        if real != ent.id:
-            j["blob_id_resolved"] = real
+        if ent.id == rafs_v6.PLACEHOLDER_BLOB_ID:
+            j["placeholder"] = True
+            j["blob_id_text"] = blob_id_text(layer, ent.blob_index)
+            if ent.blob_index == layer.own_blob_index():
+                j["blob_id_resolved"] = layer.digest  # a layer blob's id is its sha256
+        else:
+            real = layer.blob_id(ent.blob_index)
+            if real != ent.id:
+                j["blob_id_resolved"] = real
         blobs.append(j)
     return {
         "version": 6,
@@ -77,6 +83,20 @@ def bootstrap_info(layer: Layer) -> dict:
         "blobs": blobs,
         "prefetch": r.meta.prefetch,
     }
+
+
+def blob_id_text(layer: Layer, blob_index: int) -> str:
+    """A blob's id for a person: the stored id, or what nydus's placeholder id stands for.
+
+    nydus writes a placeholder (64 x "x") as the id of a layer blob's own data, since the id (the
+    file's sha256) is not known while the file is written: say so, with the digest it stands for,
+    rather than a name taken from the file name."""
+    ent = layer.rafs.blobs[blob_index]
+    if ent.id != rafs_v6.PLACEHOLDER_BLOB_ID:
+        return layer.blob_id(blob_index)
+    if blob_index == layer.own_blob_index():
+        return f"placeholder (this file: sha256 {layer.digest})"
+    return "placeholder (no id stored)"
 
 
 def bootstrap_v5_info(r: rafs_v5.RafsV5) -> dict:
@@ -402,6 +422,7 @@ def file_index(
 
 __all__ = [
     "FileIndex",
+    "blob_id_text",
     "WalkError",
     "blob_meta",
     "cat",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from nydus_inspect import Chunk, Layer, Node, NydusInspectError
-from nydus_inspect.inspect import FileIndex, file_index, toc_report
+from nydus_inspect.inspect import FileIndex, blob_id_text, file_index, toc_report
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
 from nydus_inspect.verify import ChunkVerifier, entry_check
 
@@ -513,7 +513,7 @@ class LayerView:
             rows.append(
                 [
                     str(ent.blob_index),
-                    ly.blob_id(ent.blob_index),
+                    blob_id_text(ly, ent.blob_index),
                     f"{ent.chunk_count:,}",
                     ent.compressor.value,
                     ent.digester.value,

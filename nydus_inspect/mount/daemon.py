@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import NydusInspectError, UsageError
+from ..units import parse_size  # noqa: F401  (re-exported: mount options and tests use it from here)
 
 log = logging.getLogger("nydus_inspect.mount")
 
@@ -50,22 +51,6 @@ class MountOptions:
     readahead: bool = True
     workers: int = 0
     debug: bool = False
-
-
-def parse_size(text: str) -> int:
-    """``256M``, ``1G``, ``65536``, ``512K`` (binary units) -> bytes."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    if t and t[-1] in "KMGT":
-        mult = 1 << (10 * ("KMGT".index(t[-1]) + 1))
-        t = t[:-1]
-    try:
-        value = float(t)
-    except ValueError:
-        raise UsageError(f"cannot read the size {text!r} (write e.g. 256M, 1G or 65536)") from None
-    if value < 0:
-        raise UsageError(f"size {text!r} is negative")
-    return int(value * mult)
 
 
 # ---------------------------------------------------------------------------- mount table
