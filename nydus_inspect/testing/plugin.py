@@ -150,4 +150,4 @@ def nydus_mount(tmp_path_factory):
 
     for mp in reversed(made):
         if find_mount(os.path.realpath(mp)) is not None:
-            unmount(str(mp))
+            unmount(str(mp), lazy=True)  # a failed test may have left a file open
