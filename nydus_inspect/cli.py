@@ -447,7 +447,7 @@ def _add_commands(sub) -> None:
 
 #: Modules that add sub-commands; each has ``register(subparsers)`` and imports its heavy dependencies
 #: (pyfuse3, trio, textual) only when its command runs, so that `info` stays fast.
-COMMAND_MODULES = ("nydus_inspect.cli_ops", "nydus_inspect.mount.cli", "tui.cli")
+COMMAND_MODULES = ("nydus_inspect.cli_ops", "nydus_inspect.cli_analyze", "nydus_inspect.mount.cli", "tui.cli")
 
 
 def _register_extra(sub) -> None:

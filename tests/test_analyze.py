@@ -1,0 +1,347 @@
+"""``analyze`` on a 3-layer image built here: every figure is checked against a count made in this file from
+the source tars alone (OCI rules applied to tar members, chunks cut and hashed here), and against the
+wasted bytes worked out by hand. The image is analyzed in its three forms (an OCI layout made by
+``convert``, the layer blobs, a merged bootstrap) with the same result.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+
+import blake3
+import pytest
+from conftest import ROOT
+
+CHUNK = 0x10000
+T0 = 1_700_000_000
+
+
+def _noise(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+BIG = _noise(1, 500_000)  # stored by layer 0, copied by layers 1 and 2: duplicate chunks
+
+# (name, kind, data-or-target); kind: f file, d dir, h hard link, s symlink.
+LAYERS = [
+    [
+        ("etc", "d", None),
+        ("etc/motd", "f", b"hello\n"),
+        ("etc/passwd", "f", b"p" * 100),
+        ("usr", "d", None),
+        ("usr/bin", "d", None),
+        ("usr/bin/tool", "f", _noise(2, 300_000)),
+        ("usr/bin/tool2", "h", "usr/bin/tool"),
+        ("usr/lib", "d", None),
+        ("usr/lib/libx.so", "f", _noise(3, 200_000)),
+        ("usr/lib/libx.so.1", "s", "libx.so"),
+        ("var", "d", None),
+        ("var/cache", "d", None),
+        ("var/cache/a", "f", b"a" * 50_000),
+        ("var/cache/b", "f", _noise(4, 20_000)),
+        ("data", "d", None),
+        ("data/big", "f", BIG),
+        ("opt", "d", None),
+        ("opt/file", "f", b"o" * 1000),
+    ],
+    [
+        ("etc", "d", None),
+        ("etc/motd", "f", b"bye!!!\n"),  # modified
+        ("etc/.wh.passwd", "f", b""),  # removed
+        ("usr", "d", None),
+        ("usr/bin", "d", None),
+        ("usr/bin/.wh.tool", "f", b""),  # one name of two: the data stays
+        ("var", "d", None),
+        ("var/cache", "d", None),
+        ("var/cache/.wh..wh..opq", "f", b""),  # hides a and b
+        ("var/cache/c", "f", b"c" * 3000),
+        ("opt", "d", None),
+        ("opt/file", "d", None),  # a file replaced by a directory
+        ("opt/file/inner", "f", b"i" * 500),
+        ("new", "d", None),
+        ("new/dup", "f", BIG),
+        ("etc/.wh.nothing", "f", b""),  # removes what no lower layer has
+    ],
+    [
+        (".wh.data", "f", b""),  # removes /data and data/big
+        ("etc", "d", None),
+        ("etc/motd", "f", b"again!!\n"),  # layer 1's motd is wasted now
+        ("usr", "d", None),
+        ("usr/lib", "d", None),
+        ("usr/lib/libx.so", "f", _noise(5, 10_000)),
+        ("new", "d", None),
+        ("new/dup2", "f", BIG),
+    ],
+]
+
+# Worked out by hand from the layers above.
+WASTED_BY_HAND = [6 + 100 + 50_000 + 20_000 + 1000 + 500_000 + 200_000, 7, 0]
+
+
+def make_tar(entries) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, data in entries:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = T0
+            if kind == "d":
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(ti)
+            elif kind == "f":
+                ti.size, ti.mode = len(data), 0o644
+                tf.addfile(ti, io.BytesIO(data))
+            elif kind == "h":
+                ti.type, ti.linkname = tarfile.LNKTYPE, data
+                tf.addfile(ti)
+            else:
+                ti.type, ti.linkname = tarfile.SYMTYPE, data
+                tf.addfile(ti)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- the independent count
+def expected_figures(tars: list[bytes]) -> dict:
+    """Apply the tars with OCI rules over a flat {path: entry} map and count, from the tar members alone."""
+    state: dict[str, dict] = {}  # path -> {"layer", "dir", "inode", "size"}
+    names: dict = {}  # inode -> live names
+    sizes: dict = {}
+    layers = []
+
+    def subtree(path: str) -> list[str]:
+        return [p for p in state if p == path or p.startswith(path + "/")]
+
+    def remove(paths: list[str], out: dict | None, wasted: list[int]) -> None:
+        for p in paths:
+            e = state.pop(p)
+            if out is not None:
+                out["count"] += 1
+            if e["inode"] is not None:
+                names[e["inode"]] -= 1
+                if names[e["inode"]] == 0:
+                    wasted[e["inode"][0]] += sizes[e["inode"]]
+                    if out is not None:
+                        out["bytes"] += sizes[e["inode"]]
+
+    wasted = [0] * len(tars)
+    for i, data in enumerate(tars):
+        members = tarfile.open(fileobj=io.BytesIO(data)).getmembers()
+        fig = {k: {"count": 0, "bytes": 0} for k in ("added", "modified", "removed")}
+        fig["stored"] = sum(
+            m.size for m in members if m.isreg() and not os.path.basename(m.name).startswith(".wh.")
+        )
+        for m in members:
+            d, base = os.path.split("/" + m.name)
+            if base == ".wh..wh..opq":
+                remove([p for p in list(state) if p.startswith(d.rstrip("/") + "/")], fig["removed"], wasted)
+            elif base.startswith(".wh."):
+                target = os.path.join(d, base[4:])
+                if target in state:
+                    remove(subtree(target), fig["removed"], wasted)
+        counted = set()
+        for m in members:
+            path = "/" + m.name
+            if os.path.basename(path).startswith(".wh."):
+                continue
+            inode = (i, m.linkname if m.islnk() else m.name) if m.isreg() or m.islnk() else None
+            old = state.get(path)
+            if old is not None and old["dir"] and m.isdir():
+                old["layer"] = i
+                continue
+            new_bytes = 0
+            if inode is not None and inode not in counted:
+                counted.add(inode)
+                sizes.setdefault(inode, m.size)
+                new_bytes = sizes[inode]
+            if old is None:
+                kind = "added"
+            else:
+                kind = "modified"
+                remove(subtree(path), None, wasted)
+            fig[kind]["count"] += 1
+            fig[kind]["bytes"] += new_bytes
+            if inode is not None:
+                names[inode] = names.get(inode, 0) + 1
+            state[path] = {"layer": i, "dir": m.isdir(), "inode": inode}
+        layers.append(fig)
+    origins = {p: e["layer"] for p, e in state.items()}
+    final_bytes = sum(
+        sizes[e["inode"]] for e in {id(v): v for v in state.values()}.values() if e["inode"]
+    ) - sum(sizes[i] * (n - 1) for i, n in names.items() if n > 1)
+    return {"layers": layers, "wasted": wasted, "origins": origins, "final_bytes": final_bytes}
+
+
+def expected_duplicates(tars: list[bytes]) -> list[set[str]]:
+    """Per layer, the blake3 digests of its chunks that a lower layer stores already (chunks cut here)."""
+    seen: set[str] = set()
+    out = []
+    for data in tars:
+        tf = tarfile.open(fileobj=io.BytesIO(data))
+        mine = set()
+        for m in tf.getmembers():
+            if m.isreg() and m.size:
+                body = tf.extractfile(m).read()
+                mine |= {blake3.blake3(body[o : o + CHUNK]).hexdigest() for o in range(0, len(body), CHUNK)}
+        out.append(mine & seen)
+        seen |= mine
+    return out
+
+
+# ---------------------------------------------------------------------------- the image in three forms
+def cli(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NYDUS_INSPECT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "nydus_inspect", *map(str, args)], capture_output=True, env=env
+    )
+
+
+def ok(*args) -> bytes:
+    p = cli(*args)
+    assert p.returncode == 0, p.stderr.decode()
+    return p.stdout
+
+
+def write_layout(root, tars: list[bytes]) -> None:
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def put(data: bytes, media_type: str) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    layers = [put(gzip.compress(t, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip") for t in tars]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]},
+    }
+    cfg = put(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": cfg,
+        "layers": layers,
+    }
+    desc = put(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    d = tmp_path_factory.mktemp("analyze")
+    tars = [make_tar(entries) for entries in LAYERS]
+    write_layout(d / "oci", tars)
+    ok("convert", d / "oci", d / "nydus", "--chunk-size", "64K")
+    blobs = []  # the same layers packed one by one, lowest first
+    for i, t in enumerate(tars):
+        (d / f"l{i}.tar").write_bytes(t)
+        ok("pack", d / f"l{i}.tar", "-o", d / f"l{i}.blob", "--chunk-size", "64K")
+        blobs.append(str(d / f"l{i}.blob"))
+    ok("merge", *blobs, "-o", d / "merged.boot")
+    return {"tars": tars, "layout": d / "nydus", "blobs": blobs, "merged": d / "merged.boot", "dir": d}
+
+
+@pytest.fixture(scope="module")
+def report(image):
+    return json.loads(ok("analyze", image["layout"], "--json"))
+
+
+def test_per_layer_figures_match_the_tars(image, report):
+    want = expected_figures(image["tars"])
+    assert want["wasted"] == WASTED_BY_HAND  # the independent count agrees with the hand count
+    got = report["layers"]
+    assert len(got) == 3
+    for i, (g, w) in enumerate(zip(got, want["layers"], strict=True)):
+        for key in ("added", "modified", "removed"):
+            assert g[key] == w[key], (i, key, g[key], w[key])
+        assert g["stored_bytes"] == w["stored"], i
+        assert g["wasted_bytes"] == want["wasted"][i], i
+    # A few by hand, so the independent count is anchored too.
+    assert got[1]["removed"] == {"count": 4, "bytes": 100 + 50_000 + 20_000}  # passwd, tool (name only), a, b
+    assert got[2]["removed"] == {"count": 2, "bytes": 500_000}  # /data and /data/big
+    assert got[1]["modified"] == {"count": 2, "bytes": 7}  # etc/motd, opt/file (now a directory)
+
+
+def test_image_figures_and_origins(image, report):
+    want = expected_figures(image["tars"])
+    img = report["image"]
+    stored = sum(f["stored"] for f in want["layers"])
+    assert img["stored_bytes"] == stored and img["wasted_bytes"] == sum(WASTED_BY_HAND)
+    assert img["efficiency"] == pytest.approx(1 - sum(WASTED_BY_HAND) / stored, abs=1e-6)
+    user = want["layers"][1]["stored"] + want["layers"][2]["stored"]
+    assert img["user_wasted_fraction"] == pytest.approx(sum(WASTED_BY_HAND) / user, abs=1e-6)
+    assert {o["path"]: o["layer"] for o in report["origins"]} == want["origins"]
+    assert img["final_bytes"] == want["final_bytes"]
+    assert img["final_entries"] == len(want["origins"])
+    # Whiteouts explained, the one that removes nothing included.
+    whiteouts = {(w["path"], w["kind"], w["target"]) for w in report["whiteouts"]}
+    assert ("/var/cache/.wh..wh..opq", "opaque", "/var/cache") in whiteouts
+    assert ("/etc/.wh.nothing", "whiteout", "/etc/nothing") in whiteouts
+    assert {(w["path"], w["layer"], w["by"], w["how"]) for w in report["wasted_files"]} >= {
+        ("/data/big", 0, 2, "removed"),
+        ("/usr/lib/libx.so", 0, 2, "overwritten"),
+        ("/etc/motd", 1, 2, "overwritten"),
+    }
+
+
+def test_duplicate_chunks_and_compression(image, report):
+    dups = expected_duplicates(image["tars"])
+    assert [len(d) for d in dups] == [0, 8, 8]  # 500,000 bytes: 7 full chunks of 64 KiB and one partial
+    for i, lf in enumerate(report["layers"]):
+        chunks = json.loads(ok("chunks", "--json", lf["path"]))[
+            "chunks"
+        ]  # the blob's own records (blob.meta)
+        assert lf["duplicate_chunks"] == len(dups[i])
+        assert lf["duplicate_chunk_bytes"] == sum(
+            c["compressed_size"] for c in chunks if c["digest"] in dups[i]
+        )
+        assert lf["chunks"] == len(chunks)
+        assert lf["chunk_bytes"] == sum(c["uncompressed_size"] for c in chunks)
+        assert lf["chunk_compressed_bytes"] == sum(c["compressed_size"] for c in chunks)
+    assert report["image"]["duplicate_chunks"] == 16
+    # The 50,000 a's of /var/cache/a compress; random bytes do not.
+    assert report["layers"][0]["compression_ratio"] > 1.0
+
+
+def test_the_three_forms_agree(image, report):
+    from_blobs = json.loads(ok("analyze", *image["blobs"], "--json"))
+    from_merged = json.loads(
+        ok("analyze", image["merged"], "--blob-dir", image["layout"] / "blobs" / "sha256", "--json")
+    )
+    for other in (from_blobs, from_merged):
+        for a, b in zip(other["layers"], report["layers"], strict=True):
+            assert {k: v for k, v in a.items() if k not in ("path", "prefetch_entries")} == {
+                k: v for k, v in b.items() if k not in ("path", "prefetch_entries")
+            }
+        assert other["origins"] == report["origins"]
+        assert other["image"]["wasted_bytes"] == report["image"]["wasted_bytes"]
+
+
+def test_text_report(image):
+    out = ok("analyze", image["layout"]).decode()
+    assert "3 layers; the final image has" in out
+    assert (
+        "/var/cache/.wh..wh..opq: opaque: hides what lower layers put in /var/cache (2 names, 70000 bytes)"
+        in out
+    )
+    assert "/etc/.wh.nothing: removes /etc/nothing, which no lower layer has" in out
+    assert "488 KiB  /data/big  (layer 0, removed by layer 2)" in out
+    stored = sum(f["stored"] for f in expected_figures(image["tars"])["layers"])
+    assert f"efficiency: {1 - sum(WASTED_BY_HAND) / stored:.4f} (1 - wasted " in out
+    assert "duplicate chunks: 16 chunks" in out
+
+
+def test_bad_input_is_one_line(tmp_path):
+    p = cli("analyze", tmp_path)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and err.count("\n") == 1 and "not an OCI image layout" in err
