@@ -240,11 +240,17 @@ def cmd_verify(args) -> int:
             entry["summary"] = report.summary()
             ok = report.ok
             if rules is not None:
-                from .rules import apply_rules, image_stats
+                from .rules import apply_rules, image_stats, needs_analysis
 
                 try:
                     stats = image_stats(layer)
-                    outcome = apply_rules(rules, stats)
+                    analysis = None
+                    if needs_analysis(rules):
+                        from .analyze import analyze
+
+                        analysis = analyze([path], blob_dir=args.blob_dir, blobs=args.blob)
+                        entry["analysis"] = analysis.figures()
+                    outcome = apply_rules(rules, stats, analysis)
                     entry["stats"] = stats.to_json()
                     entry["rules"] = [r.to_json() for r in outcome]
                     entry["_rule_lines"] = [str(r) for r in outcome]
@@ -343,7 +349,14 @@ def register(sub) -> None:
     s.add_argument("layers", nargs="+", metavar="LAYER")
     s.add_argument("--source", action="append", metavar="SOURCE.tar",
                    help="also compare the tree with this tar (one per LAYER, in order)")
-    s.add_argument("--rules", metavar="RULES.yaml", help="thresholds (dive-style): see nydus_inspect/rules.py")
+    s.add_argument(
+        "--rules",
+        metavar="RULES.yaml",
+        help="thresholds in a YAML or JSON file, dive's rule names where they mean the same: lowestEfficiency, "
+        "highestWastedBytes, highestUserWastedPercent, highestDuplicateChunkBytes, lowestPrefetchCoverage, "
+        "highestUnusedChunkBytes, lowestCompressionRatio, highestChunkCount, highestBlobCount (the README "
+        "defines each; 'disabled' turns one off)",
+    )
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
     s.add_argument("--json", action="store_true")

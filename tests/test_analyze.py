@@ -345,3 +345,31 @@ def test_bad_input_is_one_line(tmp_path):
     p = cli("analyze", tmp_path)
     err = p.stderr.decode()
     assert p.returncode == 2 and err.count("\n") == 1 and "not an OCI image layout" in err
+
+
+def test_verify_rules_over_the_analysis(image, report, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  highestWastedBytes: 700KB\n"  # 771,113 wasted: fails
+        "  lowestEfficiency: 0.6\n"
+        "  highestUserWastedPercent: 0.5\n"  # fails
+        "  highestDuplicateChunkBytes: 2MB\n"
+        "  lowestPrefetchCoverage: 0.9\n"
+        "  highestUnusedChunkBytes: disabled\n"
+    )
+    p = cli("verify", image["layout"], "--rules", rules, "--json")
+    assert p.returncode == 1, p.stderr.decode()
+    (layer,) = json.loads(p.stdout)["layers"]
+    assert layer["failures"] == 0  # the image is sound; only the thresholds fail
+    got = {r["rule"]: (r["value"], r["ok"]) for r in layer["rules"]}
+    img = report["image"]
+    assert got == {
+        "highestWastedBytes": (sum(WASTED_BY_HAND), False),
+        "lowestEfficiency": (pytest.approx(img["efficiency"], abs=1e-6), True),
+        "highestUserWastedPercent": (pytest.approx(img["user_wasted_fraction"], abs=1e-6), False),
+        "highestDuplicateChunkBytes": (img["duplicate_chunk_bytes"], True),
+        "lowestPrefetchCoverage": (1.0, True),
+    }
+    text = cli("verify", image["layout"], "--rules", rules).stdout.decode()
+    assert "FAIL: highestWastedBytes: 771113 (limit 700000)" in text and "PASS: lowestEfficiency" in text

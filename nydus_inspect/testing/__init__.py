@@ -350,13 +350,15 @@ def assert_rules(layer: str | os.PathLike, rules: dict | str | os.PathLike, **op
     """Assert that ``layer`` meets the thresholds of ``verify --rules``: ``rules`` is a rules file
     (YAML or JSON) or a mapping such as ``{"lowestEfficiency": 0.95, "highestWastedBytes": "20MB"}``.
     The message lists every rule with its value and limit, the failing ones first."""
+    from ..analyze import analyze
     from ..layer import open_layer
-    from ..rules import apply_rules, image_stats, load_rules, parse_rules
+    from ..rules import apply_rules, image_stats, load_rules, needs_analysis, parse_rules
 
     __tracebackhide__ = True
     parsed = parse_rules(rules, "rules") if isinstance(rules, dict) else load_rules(str(rules))
+    analysis = analyze([str(layer)], **open_options) if needs_analysis(parsed) else None
     with open_layer(str(layer), **open_options) as opened:
-        outcome = apply_rules(parsed, image_stats(opened))
+        outcome = apply_rules(parsed, image_stats(opened), analysis)
     failed = [r for r in outcome if not r.ok]
     if failed:
         lines = [f"  {r}" for r in failed + [r for r in outcome if r.ok]]
