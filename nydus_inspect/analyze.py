@@ -488,12 +488,15 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
     blob_id = layer.digest if own is not None else (r.blobs[0].id if r.blobs else "-")
     lf = LayerFigures(0, src.path, blob_id)
     stored = _own_chunks(layer)
-    sizes: dict[int, tuple[int, int]] = {}
+    # Chunk indexes are dense (0 .. count-1): lists index faster than a dict of a million keys.
+    top = max((ci for _d, ci, _u, _c in stored), default=-1) + 1
+    usizes, csizes = [0] * top, [0] * top
     for _digest, ci, usize, csize in stored:
-        sizes[ci] = (usize, csize)
-        lf.chunks += 1
-        lf.chunk_bytes += usize
-        lf.chunk_compressed += csize
+        usizes[ci] = usize
+        csizes[ci] = csize
+    lf.chunks = len(stored)
+    lf.chunk_bytes = sum(usizes)
+    lf.chunk_compressed = sum(csizes)
     nodes = []
     counted: set = set()
     wanted = set(r.prefetch_paths()) if own_prefetch else set()
@@ -516,10 +519,10 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
                 counted.add(key)
                 lf.stored_bytes += node.size
             for ci in r.chunk_indexes(node):
-                uc = sizes.get(ci.ci_index) if ci.blob_index == own or own is None else None
-                if uc is not None:
-                    usize += uc[0]
-                    csize += uc[1]
+                k = ci.ci_index
+                if (ci.blob_index == own or own is None) and k < top:
+                    usize += usizes[k]
+                    csize += csizes[k]
         if node.path != b"/":
             lf.entries += 1
         nodes.append((node.path, node.type, node.size, key, usize, csize))
@@ -594,13 +597,13 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
         lf = rd.figures
         lf.index = i
         a.layers.append(lf)
-        for digest, _ci, _usize, csize in rd.stored:  # chunks a lower layer's blob stores already
-            if digest and (rd.digester, bytes(digest)) in seen_digests:
-                lf.duplicate_chunks += 1
-                lf.duplicate_bytes += csize
-        for digest, _ci, _u, _c in rd.stored:
-            if digest:
-                seen_digests.add((rd.digester, bytes(digest)))
+        if seen_digests:  # chunks a lower layer's blob stores already
+            for digest, _ci, _usize, csize in rd.stored:
+                if digest and (rd.digester, bytes(digest)) in seen_digests:
+                    lf.duplicate_chunks += 1
+                    lf.duplicate_bytes += csize
+        if i + 1 < len(reads):  # the top layer's chunks are no lower layer's
+            seen_digests.update((rd.digester, bytes(d)) for d, _ci, _u, _c in rd.stored if d)
         merger.apply(i, rd.nodes)
         per_layer_prefetch.append(rd.covered)
     # The final image: origins, per-directory compression, prefetch coverage.
