@@ -404,12 +404,12 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("info", help="what a layer is: superblocks, blob table, ToC summary")
     _layer_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the same facts as one JSON document")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("toc", help="the blob's table of contents (or its tar sections)")
     _layer_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the entries and the ToC digest as JSON")
     s.set_defaults(func=cmd_toc)
 
     s = sub.add_parser("entry", help="extract one blob entry, decompressed and checked")
@@ -421,7 +421,7 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("chunks", help="blob.meta header and chunk records (or the bootstrap chunk table)")
     _layer_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the header and every chunk record as JSON (streamed)")
     s.set_defaults(func=cmd_chunks)
 
     s = sub.add_parser("ls", help="list the file tree of the bootstrap")

@@ -311,13 +311,13 @@ def _layer_args(p) -> None:
 
 def register(sub) -> None:
     s = sub.add_parser("pack", help="OCI layer tar (plain, gzip, zstd, or - for stdin) -> nydus layer blob")
-    s.add_argument("source", metavar="LAYER.tar")
+    s.add_argument("source", metavar="LAYER.tar", help="an OCI layer tar, plain, gzip or zstd; - reads stdin")
     s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
     s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
     s.add_argument("--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_pack)
 
@@ -329,24 +329,26 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_unpack)
 
     s = sub.add_parser("diff", help="compare two trees (layer tar, nydus layer or bootstrap) entry by entry")
-    s.add_argument("a", metavar="SOURCE")
-    s.add_argument("b", metavar="LAYER")
+    s.add_argument("a", metavar="SOURCE", help="the expected tree: a layer tar, a nydus layer or a bootstrap")
+    s.add_argument("b", metavar="LAYER", help="the tree to check against it (same kinds)")
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="every difference as JSON (path, field, expected, found)")
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("merge", help="per-layer nydus blobs (lowest first) -> one merged RAFS v6 bootstrap")
-    s.add_argument("layers", nargs="+", metavar="LAYER")
+    s.add_argument("layers", nargs="+", metavar="LAYER", help="nydus layer blobs (or bootstraps), lowest first")
     s.add_argument("-o", "--output", required=True, metavar="MERGED.boot")
     s.add_argument("--with-tar", action="store_true",
                    help="write the bootstrap layer form: image/image.boot in a tar (gzip if OUT ends in .gz)")
     s.add_argument("--blob-dir", metavar="DIR", help="where blobs of bootstrap-only inputs live")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the output, its blob table and sizes as JSON")
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("verify", help="check layers end to end: ToC, blob.meta, every chunk, the bootstrap")
-    s.add_argument("layers", nargs="+", metavar="LAYER")
+    s.add_argument(
+        "layers", nargs="+", metavar="LAYER", help="layer blobs, bootstraps or OCI layouts, each checked on its own"
+    )
     s.add_argument("--source", action="append", metavar="SOURCE.tar",
                    help="also compare the tree with this tar (one per LAYER, in order)")
     s.add_argument(
@@ -359,12 +361,12 @@ def register(sub) -> None:
     )
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="each layer's checks, findings and rule results as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
-    s.add_argument("layer", metavar="LAYER")
+    s.add_argument("layer", metavar="LAYER", help="the file to copy and damage (any file)")
     s.add_argument("-o", "--output", required=True, metavar="BAD")
     s.add_argument("--flip-bit", type=lambda v: int(v, 0), metavar="N", help="flip bit N (byte N//8, bit N%%8)")
     s.add_argument("--truncate", type=lambda v: int(v, 0), metavar="N", help="keep the first N bytes")
@@ -379,7 +381,7 @@ def register(sub) -> None:
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
     s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert)
 

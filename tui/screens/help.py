@@ -36,7 +36,8 @@ Keyboard first; the mouse works too (click rows, tabs of the footer, scroll).
 
 **Filter** (`f` on Chunks): {FILTER_HELP}
 
-**Search** (`/`): ToC entry names; chunk index, digest prefix or file path; file paths; findings.
+**Search** (`/`): ToC entry names; chunk index, digest prefix or file path; file paths (on Files, a path
+that starts with `/` goes to the file it names, symlinks followed as the kernel follows them); findings.
 """
 
 
