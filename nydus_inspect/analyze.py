@@ -518,9 +518,8 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
             if key not in counted:
                 counted.add(key)
                 lf.stored_bytes += node.size
-            for ci in r.chunk_indexes(node):
-                k = ci.ci_index
-                if (ci.blob_index == own or own is None) and k < top:
+            for b, k in r.chunk_refs(node):
+                if (b == own or own is None) and k < top:
                     usize += usizes[k]
                     csize += csizes[k]
         if node.path != b"/":

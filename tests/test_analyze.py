@@ -373,3 +373,44 @@ def test_verify_rules_over_the_analysis(image, report, tmp_path):
     }
     text = cli("verify", image["layout"], "--rules", rules).stdout.decode()
     assert "FAIL: highestWastedBytes: 771113 (limit 700000)" in text and "PASS: lowestEfficiency" in text
+
+
+def test_tui_analysis_screen(image, report):
+    pytest.importorskip("textual")
+    from textual.widgets import DataTable
+    from tui_helpers import drive, press
+
+    async def script(app, pilot):
+        await press(app, pilot, "6")
+        assert app.current_mode == "analysis"
+        layers = app.screen.query_one("#analysis-layers", DataTable)
+        rows = [[str(c) for c in layers.get_row_at(i)] for i in range(layers.row_count)]
+        assert [r[0] for r in rows] == ["0", "1", "2"]
+        for row, lf in zip(rows, report["layers"], strict=True):
+            assert row[1].startswith(f"{lf['added']['count']:,} (")
+            assert row[3].startswith(f"{lf['removed']['count']:,} (")
+            assert row[6] == f"{lf['final_entries']:,}"
+        image_pane = app.screen.query_one("#analysis-image")
+        assert image_pane.value("efficiency").startswith(f"{report['image']['efficiency']:.4f}")
+        wasted = app.screen.query_one("#analysis-wasted", DataTable)
+        assert (
+            str(wasted.get_row_at(0)[1]) == "/data/big"
+            and str(wasted.get_row_at(0)[3]) == "removed by layer 2"
+        )
+        await press(app, pilot, "slash")
+        await pilot.press(*"opq", "enter")
+        await press(app, pilot)
+        assert str(wasted.get_row_at(wasted.cursor_row)[1]) == "/var/cache/.wh..wh..opq"
+
+    drive([image["blobs"][0], image["blobs"][1], image["blobs"][2]], script)
+
+
+def test_chunk_refs_say_what_chunk_indexes_say(image):
+    from nydus_inspect.layer import open_layer
+
+    with open_layer(str(image["merged"]), blobs=image["blobs"]) as layer:
+        r = layer.rafs
+        files = [n for n in r.walk() if n.type == "file" and n.size]
+        assert {b for n in files for b, _ in r.chunk_refs(n)} == {0, 1, 2}  # chunks of every blob
+        for node in files:
+            assert r.chunk_refs(node) == [(ci.blob_index, ci.ci_index) for ci in r.chunk_indexes(node)]

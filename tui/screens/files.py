@@ -37,7 +37,7 @@ MAX_CHUNK_ROWS = 500
 
 class FilesScreen(NydusScreen):
     NAME = "Files"
-    SEARCH_HINT = "a path (/usr/bin/awk: symlinks followed) or a substring of paths (case-insensitive)"
+    SEARCH_HINT = "search paths: a substring (case-insensitive), or a path from / (symlinks followed)"
     BINDINGS = [Binding("c", "show_chunk", "Chunk in table")]
 
     def __init__(self) -> None:
