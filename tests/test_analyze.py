@@ -138,6 +138,16 @@ def expected_figures(tars: list[bytes]) -> dict:
             m.size for m in members if m.isreg() and not os.path.basename(m.name).startswith(".wh.")
         )
         for m in members:
+            m.name = os.path.normpath("/" + m.name)[1:]  # ./etc/motd and etc/motd are one path
+            if m.islnk():
+                m.linkname = os.path.normpath("/" + m.linkname)[1:]
+        members = [m for m in members if m.name]  # the root: its attributes, never counted
+        # A layer tar may leave out parent directories; the layer has them all the same (as an extractor
+        # makes them), and like any directory they merge over the lower one.
+        named = {m.name for m in members}
+        implicit = sorted({a for m in members for a in _ancestors(m.name)} - named)
+        members = [_dir_member(a) for a in implicit] + members
+        for m in members:
             d, base = os.path.split("/" + m.name)
             if base == ".wh..wh..opq":
                 remove([p for p in list(state) if p.startswith(d.rstrip("/") + "/")], fig["removed"], wasted)
@@ -178,7 +188,18 @@ def expected_figures(tars: list[bytes]) -> dict:
     return {"layers": layers, "wasted": wasted, "origins": origins, "final_bytes": final_bytes}
 
 
-def expected_duplicates(tars: list[bytes]) -> list[set[str]]:
+def _ancestors(name: str) -> list[str]:
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _dir_member(name: str) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.DIRTYPE
+    return ti
+
+
+def expected_duplicates(tars: list[bytes], chunk: int = CHUNK) -> list[set[str]]:
     """Per layer, the blake3 digests of its chunks that a lower layer stores already (chunks cut here)."""
     seen: set[str] = set()
     out = []
@@ -188,7 +209,7 @@ def expected_duplicates(tars: list[bytes]) -> list[set[str]]:
         for m in tf.getmembers():
             if m.isreg() and m.size:
                 body = tf.extractfile(m).read()
-                mine |= {blake3.blake3(body[o : o + CHUNK]).hexdigest() for o in range(0, len(body), CHUNK)}
+                mine |= {blake3.blake3(body[o : o + chunk]).hexdigest() for o in range(0, len(body), chunk)}
         out.append(mine & seen)
         seen |= mine
     return out
@@ -414,3 +435,57 @@ def test_chunk_refs_say_what_chunk_indexes_say(image):
         assert {b for n in files for b, _ in r.chunk_refs(n)} == {0, 1, 2}  # chunks of every blob
         for node in files:
             assert r.chunk_refs(node) == [(ci.blob_index, ci.ci_index) for ci in r.chunk_indexes(node)]
+
+
+DEBIAN = os.path.join(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench"), "rootfs.tar")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.isfile(DEBIAN), reason=f"no Debian rootfs at {DEBIAN} (bench/make_rootfs.sh makes it)"
+)
+def test_debian_with_an_upper_layer(tmp_path):
+    """The Debian minbase rootfs of the benchmarks, and an upper layer as an upgrade makes one: a big file
+    overwritten, one name of a hard-linked file and /usr/share/doc whited out, a directory made opaque, a
+    copy of a binary (duplicate chunks). Every figure against the count made here from the two tars."""
+    base = open(DEBIAN, "rb").read()
+    with tarfile.open(DEBIAN) as tf:
+        members = tf.getmembers()
+        files = sorted((m for m in members if m.isreg()), key=lambda m: -m.size)
+        biggest, second = files[0], files[1]
+        linked = next(m for m in members if m.islnk())
+        second_body = tf.extractfile(second).read()
+    assert os.path.dirname(linked.name) and linked.name != biggest.name
+    entries = [
+        (os.path.normpath(biggest.name), "f", b"replaced by an upgrade\n"),
+        (
+            os.path.join(
+                os.path.dirname(os.path.normpath(linked.name)), ".wh." + os.path.basename(linked.name)
+            ),
+            "f",
+            b"",
+        ),
+        ("usr/share/.wh.doc", "f", b""),
+        ("var/cache/debconf/.wh..wh..opq", "f", b""),
+        ("var/cache/debconf/config.dat", "f", b"fresh\n"),
+        ("opt/copy", "f", second_body),
+    ]
+    parents = sorted({os.path.dirname(n) for n, _, _ in entries if os.path.dirname(n)})
+    upper = make_tar([(d, "d", None) for d in parents] + entries)
+    (tmp_path / "upper.tar").write_bytes(upper)
+    ok("pack", DEBIAN, "-o", tmp_path / "base.blob")
+    ok("pack", tmp_path / "upper.tar", "-o", tmp_path / "upper.blob")
+    got = json.loads(ok("analyze", tmp_path / "base.blob", tmp_path / "upper.blob", "--json"))
+    want = expected_figures([base, upper])
+    for g, w in zip(got["layers"], want["layers"], strict=True):
+        assert (g["added"], g["modified"], g["removed"], g["stored_bytes"]) == (
+            w["added"],
+            w["modified"],
+            w["removed"],
+            w["stored"],
+        )
+    assert [g["wasted_bytes"] for g in got["layers"]] == want["wasted"]
+    assert want["wasted"][0] >= biggest.size and want["layers"][1]["removed"]["count"] > 500
+    assert {o["path"]: o["layer"] for o in got["origins"]} == want["origins"]
+    dups = expected_duplicates([base, upper], chunk=0x100000)
+    assert got["layers"][1]["duplicate_chunks"] == len(dups[1]) > 0
