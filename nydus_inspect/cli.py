@@ -125,6 +125,12 @@ def cmd_info(args) -> int:
 
     with _open(args) as layer:
         data = info(layer)
+        boot = data.get("bootstrap")
+        if boot and not args.json and boot.get("version") == 6:
+            from .inspect import blob_id_text
+
+            for b in boot["blobs"]:
+                b["blob_id_text"] = blob_id_text(layer, b["index"])
     if args.json:
         print_json(data)
         return 0

@@ -38,14 +38,12 @@ def bootstrap_info(layer: Layer) -> dict:
     for ent in r.blobs:
         j = ent.to_json()
         if ent.id == rafs_v6.PLACEHOLDER_BLOB_ID:
+            # What the placeholder stands for is this file's sha256 (the top-level "sha256"); the text
+            # output says so (blob_id_text).
             j["placeholder"] = True
-            j["blob_id_text"] = blob_id_text(layer, ent.blob_index)
-            if ent.blob_index == layer.own_blob_index():
-                j["blob_id_resolved"] = layer.digest  # a layer blob's id is its sha256
-        else:
-            real = layer.blob_id(ent.blob_index)
-            if real != ent.id:
-                j["blob_id_resolved"] = real
+        real = layer.blob_id(ent.blob_index)
+        if real != ent.id:
+            j["blob_id_resolved"] = real
         blobs.append(j)
     return {
         "version": 6,
