@@ -17,6 +17,8 @@ final write of escape sequences to a terminal is skipped), at 120x36:
 - the chunks screen: time to its first frame with rows, then frame latency of page-down while the
   full tree walk runs in its child process and after, and of jumps to the end and to an offset;
 - the files screen: first frame, and expanding a directory of 1000 entries;
+- the analysis screen: its first frame, and the time until the figures of ``analyze`` (run in a child
+  process) are shown;
 - the full walk (chunk owners, hardlinks, path search) and, with --verify, the full verification,
   both in child processes.
 """
@@ -245,6 +247,18 @@ async def run(path: Path, verify: bool) -> None:
             await frames.next()
             keys.append(time.perf_counter() - t)
         report("tree cursor-down frame latency", stats(keys))
+
+        # Analysis screen: its first frame (the analysis then runs in a child process), then its figures.
+        t = time.perf_counter()
+        app.action_show("analysis")
+        await frames.next()
+        while app.screen.query_one("#analysis-image").value("analysis") is None and not app.screen.results:
+            await frames.next()
+        report("analysis screen: first frame", f"{1000 * (time.perf_counter() - t):.0f} ms")
+        while not app.screen.results:
+            await asyncio.sleep(0.05)
+        await frames.next()
+        report("analysis screen: the figures shown", f"{time.perf_counter() - t:.1f} s")
 
         if verify:
             t = time.perf_counter()

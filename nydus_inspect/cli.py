@@ -73,6 +73,37 @@ def print_kv(pairs: list[tuple[str, object]], indent: str = "") -> None:
         print(f"{indent}{k.ljust(width)}  {v}")
 
 
+#: Nouns whose plural is not the noun with an s.
+_PLURALS = {"entry": "entries", "difference": "differences"}
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``, ``0 entries``."""
+    return f"{n} {noun if n == 1 else _PLURALS.get(noun, noun + 's')}"
+
+
+def text_value(value: object) -> str:
+    """A value for a human line: lists joined with commas, bytes as text (or 0x hex), never a Python repr."""
+    if isinstance(value, list | tuple):
+        return ", ".join(text_value(v) for v in value) or "-"
+    if isinstance(value, bytes):
+        return xattr_value(value)
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def xattr_value(value: bytes) -> str:
+    """An xattr value as getfattr prints it: printable text in double quotes, anything else as 0x hex."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable() and '"' not in text:
+        return f'"{text}"'
+    return "0x" + value.hex()
+
+
 def mode_string(node) -> str:
     return stat.filemode(node.mode)
 
@@ -96,6 +127,12 @@ def cmd_info(args) -> int:
 
     with _open(args) as layer:
         data = info(layer)
+        boot = data.get("bootstrap")
+        if boot and not args.json and boot.get("version") == 6:
+            from .query import blob_id_text
+
+            for b in boot["blobs"]:
+                b["blob_id_text"] = blob_id_text(layer, b["index"])
     if args.json:
         print_json(data)
         return 0
@@ -104,11 +141,11 @@ def cmd_info(args) -> int:
         print(f"note: {note}")
     if "toc" in data:
         t = data["toc"]
-        print(f"toc: {t['entries']} entries, {t['size']} bytes, digest {t['digest']}")
+        print(f"toc: {plural(t['entries'], 'entry')}, {t['size']} bytes, digest {t['digest']}")
     if "blob_meta" in data:
         h = data["blob_meta"]
         print(
-            f"blob.meta: {h['ci_entries']} chunks, ci {h['ci_compressor']} at {h['ci_offset']} "
+            f"blob.meta: {plural(h['ci_entries'], 'chunk')}, ci {h['ci_compressor']} at {h['ci_offset']} "
             f"({h['ci_compressed_size']} -> {h['ci_uncompressed_size']} bytes), features {h['features']} "
             f"({', '.join(h['features_names'])})"
         )
@@ -127,7 +164,8 @@ def cmd_info(args) -> int:
                     ("compressor", ext["compressor"]),
                     ("digester", ext["digester"]),
                     ("chunk size", f"{ext['chunk_size']:#x}"),
-                    ("chunk table", f"{ext['chunk_table_entries']} entries at {ext['chunk_table_offset']}"),
+                    ("chunk table", f"{plural(ext['chunk_table_entries'], 'entry')} at "
+                                    f"{ext['chunk_table_offset']}"),
                     ("prefetch", " ".join(map(str, boot["prefetch"])) or "-"),
                 ],
                 indent="  ",
@@ -139,9 +177,9 @@ def cmd_info(args) -> int:
                 indent="  ",
             )
         blobs = boot["blobs"]
-        print(f"blob table: {len(blobs)} blob(s)")
+        print(f"blob table: {plural(len(blobs), 'blob')}")
         for b in blobs:
-            bid = b.get("blob_id_resolved", b["blob_id"])
+            bid = b.get("blob_id_text") or b.get("blob_id_resolved", b["blob_id"])
             if boot["version"] == 5:
                 print(f"  [{b['index']}] {bid}")
                 continue
@@ -226,7 +264,7 @@ def cmd_chunks(args) -> int:
             return 0
         print(f"source: {head['source']}")
         for k, v in head["header"].items():
-            print(f"  {k}: {v}")
+            print(f"  {k}: {text_value(v)}")
         print_table(
             ["INDEX", "C.OFFSET", "C.SIZE", "U.OFFSET", "U.SIZE", "COMP", "DIGEST"],
             (
@@ -244,7 +282,9 @@ def cmd_ls(args) -> int:
     from .query import list_nodes
 
     with _open(args) as layer:
-        nodes = list_nodes(layer, args.path, args.recursive, with_chunks=args.chunks)
+        nodes = list_nodes(
+            layer, args.path, args.recursive, with_chunks=args.chunks, follow=not args.no_dereference
+        )
         if args.json:
             stream_json_array(n.to_json(with_chunks=args.chunks) for n in nodes)
             return 0
@@ -261,7 +301,7 @@ def cmd_ls(args) -> int:
                 line += f"  [hardlink group {n.hardlink}]"
             print(line)
             for k, v in sorted(n.xattrs.items()):
-                print(f"    xattr {fsdecode(k)}={v!r}")
+                print(f"    xattr {fsdecode(k)}={xattr_value(v)}")
             if args.chunks and n.chunks:
                 for c in n.chunks:
                     print(
@@ -276,7 +316,7 @@ def cmd_cat(args) -> int:
     from .query import cat
 
     with _open(args) as layer:
-        _write_stream(cat(layer, args.path), args.output)
+        _write_stream(cat(layer, args.path, follow=not args.no_dereference), args.output)
     return 0
 
 
@@ -285,6 +325,15 @@ def _layer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, RAFS bootstrap, or bootstrap layer (tar/tar.gz)")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)")
     p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+
+
+def _no_dereference(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-P",
+        "--no-dereference",
+        action="store_true",
+        help="if PATH ends in a symlink, name the link itself (symlinks before it are still followed)",
+    )
 
 
 class _OnlyCommand:
@@ -363,12 +412,12 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("info", help="what a layer is: superblocks, blob table, ToC summary")
     _layer_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the same facts as one JSON document")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("toc", help="the blob's table of contents (or its tar sections)")
     _layer_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the entries and the ToC digest as JSON")
     s.set_defaults(func=cmd_toc)
 
     s = sub.add_parser("entry", help="extract one blob entry, decompressed and checked")
@@ -380,12 +429,13 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("chunks", help="blob.meta header and chunk records (or the bootstrap chunk table)")
     _layer_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the header and every chunk record as JSON (streamed)")
     s.set_defaults(func=cmd_chunks)
 
     s = sub.add_parser("ls", help="list the file tree of the bootstrap")
     _layer_args(s)
-    s.add_argument("path", nargs="?", default="/", metavar="PATH")
+    s.add_argument("path", nargs="?", default="/", metavar="PATH", help="a path in the image (default /)")
+    _no_dereference(s)
     s.add_argument("-R", "--recursive", action="store_true")
     s.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime, link target")
     s.add_argument("--chunks", action="store_true", help="with -l or --json: each file's chunks")
@@ -394,8 +444,9 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("cat", help="a file's bytes, read chunk by chunk and checked against chunk digests")
     _layer_args(s)
-    s.add_argument("path", metavar="PATH")
-    s.add_argument("-o", "--output", metavar="FILE")
+    s.add_argument("path", metavar="PATH", help="a regular file in the image (symlinks on the way followed)")
+    _no_dereference(s)
+    s.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     s.set_defaults(func=cmd_cat)
 
     if not (isinstance(sub, _OnlyCommand) and sub.found):  # a built-in command needs no other module
@@ -404,7 +455,7 @@ def _add_commands(sub) -> None:
 
 #: Modules that add sub-commands; each has ``register(subparsers)`` and imports its heavy dependencies
 #: (pyfuse3, trio, textual) only when its command runs, so that `info` stays fast.
-COMMAND_MODULES = ("nydus_inspect.cli_ops", "nydus_inspect.mount.cli", "tui.cli")
+COMMAND_MODULES = ("nydus_inspect.cli_ops", "nydus_inspect.cli_analyze", "nydus_inspect.mount.cli", "tui.cli")
 
 
 def _register_extra(sub) -> None:

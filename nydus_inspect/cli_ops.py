@@ -56,12 +56,13 @@ def _pack_options(args, **extra):
     from .codecs import Compressor
     from .digests import Digester
     from .pack import PackOptions
+    from .units import parse_size
 
     try:
         return PackOptions(
             compressor=Compressor.parse(args.compressor),
             digester=Digester.parse(args.digester),
-            chunk_size=int(args.chunk_size, 0),
+            chunk_size=parse_size(args.chunk_size, "--chunk-size"),
             **extra,
         )
     except ValueError as exc:
@@ -82,11 +83,13 @@ def cmd_pack(args) -> int:
 
         print_json(res.to_json())
         return 0
+    from .cli import plural
+
     print(f"sha256:{res.digest}  {res.path}")
     print(
-        f"{res.entries} entries, {res.files} files, {res.data_bytes} bytes in {res.chunks} chunks "
-        f"({res.unique_chunks} stored, {res.stored_bytes} bytes), bootstrap {res.bootstrap_size} bytes, "
-        f"blob {res.size} bytes"
+        f"{plural(res.entries, 'entry')}, {plural(res.files, 'file')}, {res.data_bytes} bytes in "
+        f"{plural(res.chunks, 'chunk')} ({res.unique_chunks} stored, {res.stored_bytes} bytes), "
+        f"bootstrap {res.bootstrap_size} bytes, blob {res.size} bytes"
     )
     return 0
 
@@ -102,13 +105,20 @@ def cmd_unpack(args) -> int:
 
     if not args.output and not args.to_dir:
         raise UsageError("unpack needs -o OUT.tar (or - for stdout) or --to-dir DIR")
+    if args.output == "-" and not args.to_dir and sys.stdout.isatty():
+        # As tar does: a binary archive on a terminal is garbage on the screen and never what was meant.
+        raise UsageError(
+            "refusing to write a tar to a terminal: redirect stdout (> OUT.tar, | tar t) or give -o FILE"
+        )
     with _open(args) as layer:
         if args.to_dir:
             res = to_dir(layer, args.to_dir)
         else:
             res = to_tar(layer, args.output)
     if args.output != "-" and not args.quiet:
-        msg = f"{res.entries} entries, {res.files} files, {res.bytes} bytes"
+        from .cli import plural
+
+        msg = f"{plural(res.entries, 'entry')}, {plural(res.files, 'file')}, {res.bytes} bytes"
         if res.skipped:
             msg += f", {res.skipped} skipped (sockets, or devices without privilege)"
         print(msg, file=sys.stderr)
@@ -126,7 +136,9 @@ def cmd_diff(args) -> int:
     elif diffs:
         for d in diffs:
             print(d)
-        print(f"{len(diffs)} difference(s)")
+        from .cli import plural
+
+        print(plural(len(diffs), "difference"))
     else:
         print("no differences")
     return 1 if diffs else 0
@@ -151,7 +163,12 @@ def cmd_merge(args) -> int:
 
         print_json(res.to_json())
         return 0
-    print(f"{res.output}: {res.layers} layers, bootstrap {res.bootstrap_size} bytes, {len(res.blobs)} blob(s)")
+    from .cli import plural
+
+    print(
+        f"{res.output}: {plural(res.layers, 'layer')}, bootstrap {res.bootstrap_size} bytes, "
+        f"{plural(len(res.blobs), 'blob')}"
+    )
     for i, b in enumerate(res.blobs):
         print(f"  [{i}] {b}")
     return 0
@@ -180,10 +197,12 @@ def cmd_convert(args) -> int:
 
         print_json(res.to_json())
         return 0
+    from .cli import plural
+
     for im in res.images:
         if im.converted:
-            print(f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {im.layers} layer(s) -> "
-                  f"{len(im.blobs)} nydus blob(s) + bootstrap {im.bootstrap}")
+            print(f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
+                  f"{plural(len(im.blobs), 'nydus blob')} + bootstrap {im.bootstrap}")
         else:
             print(f"{im.source} ({im.platform or 'no platform'}): already a nydus image, copied")
     print(f"{res.output}: {'written' if res.changed else 'a copy (nothing to convert)'}")
@@ -221,11 +240,17 @@ def cmd_verify(args) -> int:
             entry["summary"] = report.summary()
             ok = report.ok
             if rules is not None:
-                from .rules import apply_rules, image_stats
+                from .rules import apply_rules, image_stats, needs_analysis
 
                 try:
                     stats = image_stats(layer)
-                    outcome = apply_rules(rules, stats)
+                    analysis = None
+                    if needs_analysis(rules):
+                        from .analyze import analyze
+
+                        analysis = analyze([path], blob_dir=args.blob_dir, blobs=args.blob)
+                        entry["analysis"] = analysis.figures()
+                    outcome = apply_rules(rules, stats, analysis)
                     entry["stats"] = stats.to_json()
                     entry["rules"] = [r.to_json() for r in outcome]
                     entry["_rule_lines"] = [str(r) for r in outcome]
@@ -250,7 +275,7 @@ def cmd_verify(args) -> int:
         for line in r["_lines"]:
             print(f"  {line}")
         for key, n in r["suppressed"].items():
-            print(f"  ... {n} more {key} finding(s)")
+            print(f"  ... {n} more {key} {'finding' if n == 1 else 'findings'}")
         for note in r["notes"]:
             print(f"  note: {note}")
         for line in r.get("_rule_lines", []):
@@ -286,13 +311,13 @@ def _layer_args(p) -> None:
 
 def register(sub) -> None:
     s = sub.add_parser("pack", help="OCI layer tar (plain, gzip, zstd, or - for stdin) -> nydus layer blob")
-    s.add_argument("source", metavar="LAYER.tar")
+    s.add_argument("source", metavar="LAYER.tar", help="an OCI layer tar, plain, gzip or zstd; - reads stdin")
     s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
-    s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
+    s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
     s.add_argument("--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_pack, bulk=True)
 
@@ -304,35 +329,44 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_unpack, bulk=True)
 
     s = sub.add_parser("diff", help="compare two trees (layer tar, nydus layer or bootstrap) entry by entry")
-    s.add_argument("a", metavar="SOURCE")
-    s.add_argument("b", metavar="LAYER")
+    s.add_argument("a", metavar="SOURCE", help="the expected tree: a layer tar, a nydus layer or a bootstrap")
+    s.add_argument("b", metavar="LAYER", help="the tree to check against it (same kinds)")
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="every difference as JSON (path, field, expected, found)")
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("merge", help="per-layer nydus blobs (lowest first) -> one merged RAFS v6 bootstrap")
-    s.add_argument("layers", nargs="+", metavar="LAYER")
+    s.add_argument("layers", nargs="+", metavar="LAYER", help="nydus layer blobs (or bootstraps), lowest first")
     s.add_argument("-o", "--output", required=True, metavar="MERGED.boot")
     s.add_argument("--with-tar", action="store_true",
                    help="write the bootstrap layer form: image/image.boot in a tar (gzip if OUT ends in .gz)")
     s.add_argument("--blob-dir", metavar="DIR", help="where blobs of bootstrap-only inputs live")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the output, its blob table and sizes as JSON")
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("verify", help="check layers end to end: ToC, blob.meta, every chunk, the bootstrap")
-    s.add_argument("layers", nargs="+", metavar="LAYER")
+    s.add_argument(
+        "layers", nargs="+", metavar="LAYER", help="layer blobs, bootstraps or OCI layouts, each checked on its own"
+    )
     s.add_argument("--source", action="append", metavar="SOURCE.tar",
                    help="also compare the tree with this tar (one per LAYER, in order)")
-    s.add_argument("--rules", metavar="RULES.yaml", help="thresholds (dive-style): see nydus_inspect/rules.py")
+    s.add_argument(
+        "--rules",
+        metavar="RULES.yaml",
+        help="thresholds in a YAML or JSON file, dive's rule names where they mean the same: lowestEfficiency, "
+        "highestWastedBytes, highestUserWastedPercent, highestDuplicateChunkBytes, lowestPrefetchCoverage, "
+        "highestUnusedChunkBytes, lowestCompressionRatio, highestChunkCount, highestBlobCount (the README "
+        "defines each; 'disabled' turns one off)",
+    )
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="each layer's checks, findings and rule results as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_verify, bulk=True)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
-    s.add_argument("layer", metavar="LAYER")
+    s.add_argument("layer", metavar="LAYER", help="the file to copy and damage (any file)")
     s.add_argument("-o", "--output", required=True, metavar="BAD")
     s.add_argument("--flip-bit", type=lambda v: int(v, 0), metavar="N", help="flip bit N (byte N//8, bit N%%8)")
     s.add_argument("--truncate", type=lambda v: int(v, 0), metavar="N", help="keep the first N bytes")
@@ -346,8 +380,8 @@ def register(sub) -> None:
                    help="which images to convert (repeatable, or 'all'); default: the only one, else linux/amd64")
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
-    s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
+    s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert, bulk=True)
 

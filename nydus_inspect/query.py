@@ -39,6 +39,10 @@ def bootstrap_info(layer: Layer) -> dict:
     blobs = []
     for ent in r.blobs:
         j = ent.to_json()
+        if ent.id == rafs_v6.PLACEHOLDER_BLOB_ID:
+            # What the placeholder stands for is this file's sha256 (the top-level "sha256"); the text
+            # output says so (blob_id_text).
+            j["placeholder"] = True
         real = layer.blob_id(ent.blob_index)
         if real != ent.id:
             j["blob_id_resolved"] = real
@@ -79,6 +83,20 @@ def bootstrap_info(layer: Layer) -> dict:
         "blobs": blobs,
         "prefetch": r.meta.prefetch,
     }
+
+
+def blob_id_text(layer: Layer, blob_index: int) -> str:
+    """A blob's id for a person: the stored id, or what nydus's placeholder id stands for.
+
+    nydus writes a placeholder (64 x "x") as the id of a layer blob's own data, since the id (the
+    file's sha256) is not known while the file is written: say so, with the digest it stands for,
+    rather than a name taken from the file name."""
+    ent = layer.rafs.blobs[blob_index]
+    if ent.id != rafs_v6.PLACEHOLDER_BLOB_ID:
+        return layer.blob_id(blob_index)
+    if blob_index == layer.own_blob_index():
+        return f"placeholder (this file: sha256 {layer.digest})"
+    return "placeholder (no id stored)"
 
 
 def bootstrap_v5_info(r: rafs_v5.RafsV5) -> dict:
@@ -161,16 +179,17 @@ def chunks_report(layer: Layer) -> Iterator[dict]:
     raise UsageError(f"{layer.path}: no blob.meta and no bootstrap: nothing describes chunks here")
 
 
-def list_nodes(layer: Layer, path: str = "/", recursive: bool = False, with_chunks: bool = False) -> Iterator[Node]:
-    """Nodes under ``path``: the node itself when not a directory, else its children (all, with -R)."""
+def list_nodes(
+    layer: Layer, path: str = "/", recursive: bool = False, with_chunks: bool = False, follow: bool = True
+) -> Iterator[Node]:
+    """Nodes under ``path``: the node itself when not a directory, else its children (all, with -R).
+
+    Symlinks in ``path`` are followed (the last one too, unless ``follow`` is False)."""
     if layer.is_v5:
         yield from _list_v5(layer, path, recursive)
         return
     r = layer.rafs
-    try:
-        top = r.lookup(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise UsageError(f"{layer.path}: no such path in the image: {path}") from None
+    top = lookup_path(layer, path, follow=follow)
     if recursive:
         it = r.walk(top)
     elif top.type == DIR:
@@ -209,12 +228,18 @@ def _list_v5(layer: Layer, path: str, recursive: bool) -> Iterator[Node]:
         raise UsageError(f"{layer.path}: no such path in the image: {path}")
 
 
-def cat(layer: Layer, path: str) -> Iterator[bytes]:
-    r = layer.rafs
+def lookup_path(layer: Layer, path: str | bytes, *, follow: bool = True) -> Node:
+    """The node a user's ``path`` names in the layer's tree, symlinks followed as the kernel would."""
+    from .paths import PathError, resolve_in
+
     try:
-        node = r.lookup(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise UsageError(f"{layer.path}: no such path in the image: {path}") from None
+        return resolve_in(layer.rafs, path, follow=follow)
+    except PathError as exc:
+        raise UsageError(f"{layer.path}: {exc}") from None
+
+
+def cat(layer: Layer, path: str, *, follow: bool = True) -> Iterator[bytes]:
+    node = lookup_path(layer, path, follow=follow)
     if node.type != REG:
         raise UsageError(f"{layer.path}: {fsdecode(node.path)} is a {node.type}, not a regular file")
     return layer.read_file(node)
@@ -393,6 +418,7 @@ def file_index(
 
 __all__ = [
     "FileIndex",
+    "blob_id_text",
     "WalkError",
     "blob_meta",
     "cat",
@@ -400,6 +426,7 @@ __all__ = [
     "file_index",
     "info",
     "list_nodes",
+    "lookup_path",
     "toc_report",
     "walk_tree",
 ]

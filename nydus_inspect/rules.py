@@ -1,21 +1,26 @@
 """Image rules for CI (``verify --rules RULES.yaml``), in the spirit of dive's ``.dive-ci``.
 
-Statistics come from the bootstrap alone: which chunks the tree references, and what each blob
-stores. *Wasted* bytes are stored chunks a reader never needs: a chunk whose digest is stored again
-in another blob (or twice in one), and chunks no file references any more (typically files that an
-upper layer deleted or replaced). Sizes are uncompressed chunk bytes, 4K-aligned as stored.
+dive's three rules keep dive's names and meaning, measured by the layer analysis
+(:mod:`nydus_inspect.analyze`, which the README defines figure by figure): *wasted* bytes are the
+file versions a layer stores that no path of the final image reaches (overwritten or removed by an
+upper layer). The other rules measure what dive cannot see, from the chunks: those come from the
+bootstrap alone (which chunks the tree references, what each blob stores; uncompressed chunk bytes,
+4K-aligned as stored).
 
 Rules file (YAML or JSON)::
 
     rules:
-      lowestEfficiency: 0.95          # 1 - wasted / stored
-      highestWastedBytes: 20MB        # duplicate + unreferenced chunk bytes
-      highestUserWastedPercent: 0.10  # wasted / stored
-      lowestCompressionRatio: 1.5     # referenced uncompressed bytes / their compressed bytes
+      lowestEfficiency: 0.95              # dive: 1 - wasted / bytes all layers store
+      highestWastedBytes: 20MB            # dive: bytes of overwritten or removed file versions
+      highestUserWastedPercent: 0.10      # dive: wasted / bytes the layers above the lowest store
+      highestDuplicateChunkBytes: 50MB    # compressed chunks a lower layer's blob stores already
+      lowestPrefetchCoverage: 0.5         # share of the image's file bytes the prefetch table names
+      highestUnusedChunkBytes: 20MB       # stored chunks no file of the image references, or duplicated
+      lowestCompressionRatio: 1.5         # referenced uncompressed bytes / their compressed bytes
       highestChunkCount: 1000000
       highestBlobCount: 64
 
-A value of ``disabled`` turns a rule off.
+A value of ``disabled`` turns a rule off. The analysis runs only when a rule needs it.
 """
 
 from __future__ import annotations
@@ -29,15 +34,28 @@ from .formats._struct import round_up
 from .layer import Layer
 from .model import REG
 
+#: rule -> (what measures it: the layer "analysis" or the bootstrap's chunk "stats", its figure, a min or max limit)
 RULES = {
-    "lowestEfficiency": ("efficiency", "min"),
-    "highestWastedBytes": ("wasted_bytes", "max"),
-    "highestUserWastedPercent": ("wasted_fraction", "max"),
-    "lowestCompressionRatio": ("compression_ratio", "min"),
-    "highestChunkCount": ("chunks", "max"),
-    "highestBlobCount": ("blobs", "max"),
+    "lowestEfficiency": ("analysis", "efficiency", "min"),
+    "highestWastedBytes": ("analysis", "wasted_bytes", "max"),
+    "highestUserWastedPercent": ("analysis", "user_wasted_fraction", "max"),
+    "highestDuplicateChunkBytes": ("analysis", "duplicate_chunk_bytes", "max"),
+    "lowestPrefetchCoverage": ("analysis", "prefetch_coverage", "min"),
+    "highestUnusedChunkBytes": ("stats", "wasted_bytes", "max"),
+    "lowestCompressionRatio": ("stats", "compression_ratio", "min"),
+    "highestChunkCount": ("stats", "chunks", "max"),
+    "highestBlobCount": ("stats", "blobs", "max"),
 }
-_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+}
 
 
 @dataclass
@@ -124,9 +142,15 @@ def image_stats(layer: Layer) -> ImageStats:
         st.stored_bytes += stored
         unref = max(0, stored - used_per_blob[ent.blob_index])
         st.unreferenced_bytes += unref
-        st.per_blob.append({"index": ent.blob_index, "blob_id": layer.blob_id(ent.blob_index),
-                            "stored_bytes": stored, "referenced_bytes": used_per_blob[ent.blob_index],
-                            "unreferenced_bytes": unref})
+        st.per_blob.append(
+            {
+                "index": ent.blob_index,
+                "blob_id": layer.blob_id(ent.blob_index),
+                "stored_bytes": stored,
+                "referenced_bytes": used_per_blob[ent.blob_index],
+                "unreferenced_bytes": unref,
+            }
+        )
     return st
 
 
@@ -145,14 +169,19 @@ def load_rules(path: str) -> dict[str, float | None]:
             doc = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise many kinds
         raise UsageError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    return parse_rules(doc, path)
+
+
+def parse_rules(doc, where: str) -> dict[str, float | None]:
+    """Rules from a parsed document: ``{"rules": {name: limit}}`` or the inner mapping itself."""
     if not isinstance(doc, dict) or not isinstance(doc.get("rules", {}), dict):
-        raise UsageError(f"{path}: expected a mapping with a 'rules' mapping")
+        raise UsageError(f"{where}: expected a mapping with a 'rules' mapping")
     rules = doc.get("rules", doc)
     out: dict[str, float | None] = {}
     for name, value in rules.items():
         if name not in RULES:
-            raise UsageError(f"{path}: unknown rule {name!r} (known: {', '.join(RULES)})")
-        out[name] = _parse_value(name, value, path)
+            raise UsageError(f"{where}: unknown rule {name!r} (known: {', '.join(RULES)})")
+        out[name] = _parse_value(name, value, where)
     return out
 
 
@@ -169,13 +198,25 @@ def _parse_value(name: str, value, path: str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
-def apply_rules(rules: dict[str, float | None], stats: ImageStats) -> list[RuleResult]:
+def needs_analysis(rules: dict[str, float | None]) -> bool:
+    """Whether a rule that is not disabled needs the layer analysis."""
+    return any(limit is not None and RULES[name][0] == "analysis" for name, limit in rules.items())
+
+
+def apply_rules(rules: dict[str, float | None], stats: ImageStats | None, analysis=None) -> list[RuleResult]:
+    """Each enabled rule against its figure: ``stats`` from :func:`image_stats`, ``analysis`` from
+    :func:`nydus_inspect.analyze.analyze` (needed only when :func:`needs_analysis` says so)."""
     results = []
     for name, limit in rules.items():
         if limit is None:
             continue
-        attr, kind = RULES[name]
-        value = float(getattr(stats, attr))
+        source, attr, kind = RULES[name]
+        measured = analysis if source == "analysis" else stats
+        if measured is None:
+            raise UsageError(
+                f"rule {name} needs the {'layer analysis' if source == 'analysis' else 'chunk stats'}"
+            )
+        value = float(getattr(measured, attr))
         ok = value >= limit if kind == "min" else value <= limit
         results.append(RuleResult(name, limit, value, ok))
     return results

@@ -111,6 +111,7 @@ def _entries(layer: Layer, res: UnpackResult) -> Iterator[tuple[Node, bytes, boo
         data = False
         if key is not None and key in first_name:
             hdr = _header(node, name, b"1", 0, first_name[key])
+            res.files += ntype == REG  # every name of a file counts, as in pack (find -type f)
         elif ntype == REG:
             hdr = _header(node, name, b"0", node.size, b"")
             res.files += 1
@@ -346,6 +347,7 @@ def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first
     key = node.hardlink
     if key is not None and key in first_path:
         os.link(first_path[key].lstrip(b"/"), name, src_dir_fd=root_fd, dst_dir_fd=pfd, follow_symlinks=False)
+        res.files += node.type == REG  # every name of a file counts, as in pack (find -type f)
         return
     if node.type == DIR:
         try:

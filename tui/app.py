@@ -1,4 +1,4 @@
-"""NydusApp: the Textual app of ``nydus-inspect tui`` — five screens over one or more opened layers."""
+"""NydusApp: the Textual app of ``nydus-inspect tui`` — six screens over one or more opened layers."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ class NydusApp(App[None]):
         Binding("3", "show('chunks')", "Chunks"),
         Binding("4", "show('files')", "Files"),
         Binding("5", "show('verify')", "Verify"),
+        # Not in the footer, which is full at 80 columns: the help and the command palette name it.
+        Binding("6", "show('analysis')", "Analysis", show=False),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("right_square_bracket", "layer(1)", "Next layer", show=False),

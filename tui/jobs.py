@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from nydus_inspect import NydusInspectError, open_layer
+from nydus_inspect.analyze import Analysis, analyze
 from nydus_inspect.query import FileIndex, file_index
 from nydus_inspect.verify import Finding, Report, verify
 
@@ -117,6 +118,10 @@ def run_job(
 def index_job(path: str, blob_dir: str | None, blobs: list[str] | None, progress) -> FileIndex:
     with open_layer(path, blob_dir=blob_dir, blobs=blobs) as layer:
         return file_index(layer, progress=progress)
+
+
+def analyze_job(paths: list[str], blob_dir: str | None, blobs: list[str] | None, progress) -> Analysis:
+    return analyze(paths, blob_dir=blob_dir, blobs=blobs, progress=progress)
 
 
 def verify_job(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from ..errors import UsageError
 
 
 def cmd_mount(args) -> int:
-    from .daemon import MountOptions, parse_size, run_daemon, run_foreground
+    from .daemon import MountOptions, check_mountpoint, parse_size, run_daemon, run_foreground
 
     # Options may come after the layers (argparse stops at the first positional of a sub-command): the
     # rest of the line is parsed again here, options and positionals intermixed.
@@ -33,14 +35,31 @@ def cmd_mount(args) -> int:
         workers=args.workers,
         debug=args.debug,
     )
+    check_mountpoint(opts.mountpoint)  # a mount point that cannot be used is an error before any warning
+    warn_if_not_empty(opts.mountpoint)
     return run_foreground(opts) if opts.foreground else run_daemon(opts)
 
 
 def cmd_umount(args) -> int:
     from .daemon import unmount
 
-    unmount(args.mountpoint, timeout=args.timeout)
+    unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
     return 0
+
+
+def warn_if_not_empty(mountpoint: str) -> None:
+    """Mounting over files hides them until the unmount: say so (mount(8) says nothing, and users lose
+    track of what they put there)."""
+    try:
+        with os.scandir(mountpoint) as it:
+            first = next(it, None)
+    except OSError:
+        return  # not a directory, or unreadable: the mount itself says what is wrong
+    if first is not None:
+        sys.stderr.write(
+            f"nydus-inspect: warning: {mountpoint} is not empty ({first.name} and maybe more): what it holds "
+            "is hidden while the mount is there\n"
+        )
 
 
 def _options(s) -> None:
@@ -101,7 +120,13 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_mount)
 
     s = sub.add_parser("umount", help="unmount a nydus-inspect mount and wait for its daemon to exit")
-    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the mount is")
+    s.add_argument(
+        "-l",
+        "--lazy",
+        action="store_true",
+        help="detach a busy mount now and stop its daemon (open files then fail with ENOTCONN)",
+    )
     s.add_argument(
         "--timeout",
         type=float,

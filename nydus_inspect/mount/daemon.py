@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import NydusInspectError, UsageError
+from ..units import parse_size  # noqa: F401  (re-exported: mount options and tests use it from here)
 
 log = logging.getLogger("nydus_inspect.mount")
 
@@ -50,22 +51,6 @@ class MountOptions:
     readahead: bool = True
     workers: int = 0
     debug: bool = False
-
-
-def parse_size(text: str) -> int:
-    """``256M``, ``1G``, ``65536``, ``512K`` (binary units) -> bytes."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    if t and t[-1] in "KMGT":
-        mult = 1 << (10 * ("KMGT".index(t[-1]) + 1))
-        t = t[:-1]
-    try:
-        value = float(t)
-    except ValueError:
-        raise UsageError(f"cannot read the size {text!r} (write e.g. 256M, 1G or 65536)") from None
-    if value < 0:
-        raise UsageError(f"size {text!r} is negative")
-    return int(value * mult)
 
 
 # ---------------------------------------------------------------------------- mount table
@@ -496,11 +481,54 @@ def _fusermount(mp: str, lazy: bool = False) -> tuple[bool, str]:
     return proc.returncode == 0, proc.stderr.strip()
 
 
-def unmount(mountpoint: str, timeout: float = EXIT_TIMEOUT) -> None:
+def busy_users(mountpoint: str, limit: int = 3) -> list[str]:
+    """What keeps ``mountpoint`` busy, one line per process: its open files, working directory, root or
+    mapped files under the mount. Read from /proc by readlink alone, which never asks the mount itself."""
+    mp = mountpoint.rstrip("/") or "/"
+    inside = (mp, mp + "/")
+
+    def under(target: str) -> bool:
+        return target == inside[0] or target.startswith(inside[1])
+
+    out = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        holds = []
+        for link, what in (("cwd", "working directory"), ("root", "root directory")):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{name}/{link}")
+                if under(target):
+                    holds.append(f"{what} {target}")
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{name}/fd/{fd}")
+                    if under(target):
+                        holds.append(f"{target} open")
+        with contextlib.suppress(OSError), open(f"/proc/{name}/maps", "rb") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6:
+                    target = os.fsdecode(parts[5].rstrip(b"\n"))
+                    if under(target) and f"{target} mapped" not in holds:
+                        holds.append(f"{target} mapped")
+        if holds:
+            comm = "?"
+            with contextlib.suppress(OSError), open(f"/proc/{name}/comm") as f:
+                comm = f.read().strip()
+            more = f" and {len(holds) - limit} more" if len(holds) > limit else ""
+            out.append(f"pid {name} ({comm}): {', '.join(holds[:limit])}{more}")
+    return out
+
+
+def unmount(mountpoint: str, timeout: float = EXIT_TIMEOUT, lazy: bool = False) -> None:
     """Unmount a nydus-inspect mount and wait for its daemon to exit.
 
-    A busy mount (open files, a working directory inside) is detached at once and its daemon told to stop,
-    so open files then fail with ENOTCONN; nothing is left behind either way.
+    A busy mount (open files, a working directory inside) is refused with what keeps it busy, since
+    detaching it would break those processes' files (ENOTCONN). With ``lazy`` it is detached at once
+    and its daemon told to stop, as ``umount -l`` does; nothing is left behind either way.
     """
     mp = os.path.realpath(mountpoint)
     entry = find_mount(mp)
@@ -513,6 +541,15 @@ def unmount(mountpoint: str, timeout: float = EXIT_TIMEOUT) -> None:
     if not ok:
         if find_mount(mp) is None:
             pass  # it went away meanwhile (the daemon stopped on a signal)
+        elif not lazy:
+            users = busy_users(mp)
+            if not users:
+                raise UsageError(f"{mountpoint}: cannot unmount: {err or 'the kernel refused'}")
+            more = f"; and {len(users) - 3} more process(es)" if len(users) > 3 else ""
+            raise UsageError(
+                f"{mountpoint}: busy, not unmounted: {'; '.join(users[:3])}{more} "
+                "(close those files or leave that directory, or detach it anyway with umount --lazy)"
+            )
         elif pid is not None:
             log.info("%s is busy (%s): detaching it and stopping its daemon", mp, err)
             with contextlib.suppress(ProcessLookupError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .analysis import AnalysisScreen
 from .chunks import ChunksScreen
 from .files import FilesScreen
 from .help import HelpScreen
@@ -15,10 +16,12 @@ SCREENS = {
     "chunks": (ChunksScreen, "Chunks", "blob.meta chunk table: jump to offset, filter, owning files"),
     "files": (FilesScreen, "Files", "bootstrap tree, node details, chunks and content preview"),
     "verify": (VerifyScreen, "Verify", "full verification with progress, failures and where they are"),
+    "analysis": (AnalysisScreen, "Analysis", "per layer: added, modified, removed, wasted; duplicate chunks"),
 }
 
 __all__ = [
     "SCREENS",
+    "AnalysisScreen",
     "ChunksScreen",
     "FilesScreen",
     "HelpScreen",

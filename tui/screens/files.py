@@ -13,6 +13,7 @@ from textual.widgets.tree import TreeNode
 
 from nydus_inspect import Node, NydusInspectError
 from nydus_inspect.model import DIR, REG, SYMLINK, fsdecode
+from nydus_inspect.paths import resolve_in
 
 from ..data import DIR_PAGE, PREVIEW_BYTES, DirPage, FileRef, LayerView, content_preview
 from ..widgets import KeyValue
@@ -36,7 +37,7 @@ MAX_CHUNK_ROWS = 500
 
 class FilesScreen(NydusScreen):
     NAME = "Files"
-    SEARCH_HINT = "search paths (substring, case-insensitive)"
+    SEARCH_HINT = "search paths: a substring (case-insensitive), or a path from / (symlinks followed)"
     BINDINGS = [Binding("c", "show_chunk", "Chunk in table")]
 
     def __init__(self) -> None:
@@ -255,6 +256,8 @@ class FilesScreen(NydusScreen):
     # -- search and reveal
     def search(self, text: str, again: bool) -> None:
         view = self.view
+        if text.startswith("/") and view.is_v6 and self.go_to_path(text):
+            return
         if view.index is None:
             if not view.is_v6:
                 self.notify("no file tree to search", severity="warning")
@@ -274,6 +277,17 @@ class FilesScreen(NydusScreen):
             self.notify(f"no path matches {text!r}", severity="warning")
             return
         self.reveal(view.index.paths[pos])
+
+    def go_to_path(self, text: str) -> bool:
+        """An absolute path goes to the node it names, symlinks followed as the kernel would (so
+        ``/bin/bash`` finds ``/usr/bin/bash`` on a usr-merged image); False when it names nothing."""
+        view = self.view
+        try:
+            with view.lock:
+                node = resolve_in(view.layer.rafs, text)
+        except NydusInspectError:
+            return False
+        return self.reveal(node.path)
 
     def reveal(self, path: bytes | str) -> bool:
         """Expand the tree down to ``path`` and put the cursor on it."""

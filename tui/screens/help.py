@@ -17,7 +17,7 @@ Keyboard first; the mouse works too (click rows, tabs of the footer, scroll).
 
 | keys | everywhere |
 |---|---|
-| `1` `2` `3` `4` `5` | Overview, ToC, Chunks, Files, Verify |
+| `1` `2` `3` `4` `5` `6` | Overview, ToC, Chunks, Files, Verify, Analysis |
 | `/` | search this screen; `n` finds the next match |
 | `[` `]` | previous / next opened layer |
 | `ctrl+p` | command palette (screens, layers, verify, theme) |
@@ -31,12 +31,14 @@ Keyboard first; the mouse works too (click rows, tabs of the footer, scroll).
 | Chunks | `g` jump, `f` filter, `x` clear the filter, `v` verify the chunk, `b` next blob, `PgUp` `PgDn` `Home` `End` |
 | Files | `Enter` expands, `c` shows the highlighted chunk in the chunk table |
 | Verify | `r` run, `c` cancel, `Enter` shows where a finding is |
+| Analysis | what each layer adds, modifies, removes and wastes (`analyze`); `r` analyzes again |
 
 **Jump** (`g` on Chunks): {JUMP_HELP}
 
 **Filter** (`f` on Chunks): {FILTER_HELP}
 
-**Search** (`/`): ToC entry names; chunk index, digest prefix or file path; file paths; findings.
+**Search** (`/`): ToC entry names; chunk index, digest prefix or file path; file paths (on Files, a path
+that starts with `/` goes to the file it names, symlinks followed as the kernel follows them); findings.
 """
 
 

@@ -1,0 +1,657 @@
+"""Layer analysis of a nydus image, in the spirit of dive: what each layer adds, changes and removes, where
+each path of the final image comes from, the bytes the layers store that the image never reaches, and the
+chunk-level figures dive cannot see (chunks stored again by an upper layer, compression, prefetch).
+
+The image is given as an OCI layout of a converted image, as the layer blobs themselves (lowest first), or as
+a merged bootstrap whose blob table names layer blobs; each layer is read through its own bootstrap. The
+layers are applied with OCI rules, as ``merge`` applies them: a whiteout ``.wh.NAME`` and an opaque marker
+``.wh..wh..opq`` act on the lower layers only, and a directory over a directory merges.
+
+Definitions (the README repeats them):
+
+- *added*: a path of the layer that no lower layer has; *modified*: one that replaces a lower path (a
+  directory over a directory is a merge, not a change, and is not counted); *removed*: lower paths that the
+  layer's whiteouts and opaque markers take away. Counts are of names; bytes are those of regular files,
+  a hard-linked file's once (removed bytes: files whose last name goes).
+- *stored bytes*: the sizes of the regular files each layer holds (a hard-linked file once per layer).
+- *wasted bytes*: stored bytes that no path of the final image reaches: file versions that an upper layer
+  overwrote or removed. Unlike dive, the version the image keeps is not counted as waste.
+- *efficiency*: ``1 - wasted / stored`` (1.0 for an image that stores nothing).
+- *user wasted fraction*: wasted bytes over the stored bytes of the layers above the lowest (dive's
+  ``highestUserWastedPercent``), 0 for a single layer.
+- *duplicate chunks*: chunks a layer's blob stores whose digest a lower layer's blob stores already; their
+  compressed bytes are what a chunk dictionary shared by the layers would save.
+- *compression ratio*: uncompressed over compressed bytes of the chunks a blob stores (per layer), and of
+  the chunks of the final image's files under each top-level directory.
+- *prefetch coverage*: the share of the final image's file bytes that the prefetch table names (a listed
+  directory covers everything below it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import NydusInspectError, UsageError
+from .model import DIR, REG, fsdecode
+
+WHITEOUT = b".wh."
+OPAQUE = b".wh..wh..opq"
+
+
+@dataclass
+class Tally:
+    """How many names, and the bytes of the regular files among them."""
+
+    count: int = 0
+    bytes: int = 0
+
+    def add(self, size: int) -> None:
+        self.count += 1
+        self.bytes += size
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "bytes": self.bytes}
+
+
+@dataclass
+class Whiteout:
+    layer: int
+    path: str  # the whiteout's own path (/etc/.wh.motd, /var/.wh..wh..opq)
+    kind: str  # "whiteout" (removes one name) or "opaque" (hides what lower layers put in the directory)
+    target: str  # what it acts on (/etc/motd, /var)
+    removed: Tally = field(default_factory=Tally)
+
+    def to_json(self) -> dict:
+        return {
+            "layer": self.layer,
+            "path": self.path,
+            "kind": self.kind,
+            "target": self.target,
+            "removed": self.removed.to_json(),
+        }
+
+    def __str__(self) -> str:
+        n = self.removed.count
+        what = f"{n} {'name' if n == 1 else 'names'}, {self.removed.bytes} bytes"
+        if self.kind == "opaque":
+            return f"{self.path}: opaque: hides what lower layers put in {self.target} ({what})"
+        if not self.removed.count:
+            return f"{self.path}: removes {self.target}, which no lower layer has"
+        return f"{self.path}: removes {self.target} ({what})"
+
+
+@dataclass
+class WastedFile:
+    path: str
+    layer: int  # the layer that stores the version no one reaches
+    size: int
+    by: int  # the layer that overwrote or removed it
+    how: str  # "overwritten" or "removed"
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "layer": self.layer, "bytes": self.size, "by": self.by, "how": self.how}
+
+
+@dataclass
+class LayerFigures:
+    index: int
+    path: str
+    blob_id: str
+    entries: int = 0  # names in the layer, whiteouts included
+    files: int = 0  # regular-file names
+    stored_bytes: int = 0
+    added: Tally = field(default_factory=Tally)
+    modified: Tally = field(default_factory=Tally)
+    removed: Tally = field(default_factory=Tally)
+    whiteouts: int = 0
+    wasted_bytes: int = 0  # of this layer's stored bytes, those the final image does not reach
+    final_entries: int = 0  # paths of the final image that come from this layer
+    final_bytes: int = 0
+    chunks: int = 0  # chunks the layer's blob stores
+    chunk_bytes: int = 0  # their uncompressed bytes
+    chunk_compressed: int = 0
+    duplicate_chunks: int = 0  # of those, chunks a lower layer's blob stores already
+    duplicate_bytes: int = 0  # their compressed bytes
+    prefetch_entries: int = 0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.chunk_bytes / self.chunk_compressed if self.chunk_compressed else 1.0
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "path": self.path,
+            "blob_id": self.blob_id,
+            "entries": self.entries,
+            "files": self.files,
+            "stored_bytes": self.stored_bytes,
+            "added": self.added.to_json(),
+            "modified": self.modified.to_json(),
+            "removed": self.removed.to_json(),
+            "whiteouts": self.whiteouts,
+            "wasted_bytes": self.wasted_bytes,
+            "final_entries": self.final_entries,
+            "final_bytes": self.final_bytes,
+            "chunks": self.chunks,
+            "chunk_bytes": self.chunk_bytes,
+            "chunk_compressed_bytes": self.chunk_compressed,
+            "compression_ratio": round(self.compression_ratio, 4),
+            "duplicate_chunks": self.duplicate_chunks,
+            "duplicate_chunk_bytes": self.duplicate_bytes,
+            "prefetch_entries": self.prefetch_entries,
+        }
+
+
+@dataclass
+class Analysis:
+    source: str
+    layers: list[LayerFigures] = field(default_factory=list)
+    whiteouts: list[Whiteout] = field(default_factory=list)
+    wasted: list[WastedFile] = field(default_factory=list)
+    origins: list[tuple[str, int]] = field(default_factory=list)  # every final path, with its layer
+    directories: list[dict] = field(default_factory=list)  # per top-level directory of the final image
+    final_entries: int = 0
+    final_files: int = 0
+    final_bytes: int = 0
+    prefetch_bytes: int = 0
+    prefetch_source: str = ""
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(lf.stored_bytes for lf in self.layers)
+
+    @property
+    def wasted_bytes(self) -> int:
+        return sum(lf.wasted_bytes for lf in self.layers)
+
+    @property
+    def efficiency(self) -> float:
+        return 1.0 - self.wasted_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    @property
+    def user_wasted_fraction(self) -> float:
+        user = sum(lf.stored_bytes for lf in self.layers[1:])
+        return self.wasted_bytes / user if user else 0.0
+
+    @property
+    def duplicate_chunk_bytes(self) -> int:
+        return sum(lf.duplicate_bytes for lf in self.layers)
+
+    @property
+    def duplicate_chunks(self) -> int:
+        return sum(lf.duplicate_chunks for lf in self.layers)
+
+    @property
+    def compression_ratio(self) -> float:
+        comp = sum(lf.chunk_compressed for lf in self.layers)
+        return sum(lf.chunk_bytes for lf in self.layers) / comp if comp else 1.0
+
+    @property
+    def prefetch_coverage(self) -> float:
+        return self.prefetch_bytes / self.final_bytes if self.final_bytes else 1.0
+
+    def figures(self) -> dict:
+        """The image-wide figures (what ``verify --rules`` thresholds apply to)."""
+        return {
+            "layers": len(self.layers),
+            "final_entries": self.final_entries,
+            "final_files": self.final_files,
+            "final_bytes": self.final_bytes,
+            "stored_bytes": self.stored_bytes,
+            "wasted_bytes": self.wasted_bytes,
+            "efficiency": round(self.efficiency, 6),
+            "user_wasted_fraction": round(self.user_wasted_fraction, 6),
+            "duplicate_chunks": self.duplicate_chunks,
+            "duplicate_chunk_bytes": self.duplicate_chunk_bytes,
+            "compression_ratio": round(self.compression_ratio, 4),
+            "prefetch_bytes": self.prefetch_bytes,
+            "prefetch_coverage": round(self.prefetch_coverage, 6),
+            "prefetch_source": self.prefetch_source,
+        }
+
+    def to_json(self, with_origins: bool = True) -> dict:
+        out = {
+            "source": self.source,
+            "image": self.figures(),
+            "layers": [lf.to_json() for lf in self.layers],
+            "whiteouts": [w.to_json() for w in self.whiteouts],
+            "wasted_files": [w.to_json() for w in self.wasted],
+            "directories": self.directories,
+        }
+        if with_origins:
+            out["origins"] = [{"path": p, "layer": i} for p, i in self.origins]
+        return out
+
+
+# ---------------------------------------------------------------------------- the merged tree
+class _Ent:
+    """One name of the merged tree: the layer it comes from, its regular-file bytes and inode, its children."""
+
+    __slots__ = ("layer", "size", "inode", "kids", "usize", "csize")
+
+    def __init__(
+        self, layer: int, size: int, inode, kids: dict | None, usize: int = 0, csize: int = 0
+    ) -> None:
+        self.layer = layer
+        self.size = size  # regular files only, else 0
+        self.inode = inode  # (layer, key) of a regular file, shared by its hard links; None for others
+        self.kids = kids  # a dict for directories
+        self.usize = usize  # the file's chunk bytes, uncompressed and compressed
+        self.csize = csize
+
+
+class _Merger:
+    """Applies layers one at a time and keeps the books: what each layer adds, replaces and removes, and which
+    stored file versions lose their last name (wasted)."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.a = analysis
+        self.root = _Ent(-1, 0, None, {})
+        self.names: dict[tuple, int] = {}  # inode -> names of it in the merged tree
+        self.sizes: dict[tuple, int] = {}
+
+    def _drop(self, ent: _Ent, path: bytes, by: int, how: str, tally: Tally) -> None:
+        """``ent`` (and everything below it) leaves the merged tree because of layer ``by``."""
+        stack = [(path, ent)]
+        while stack:
+            p, e = stack.pop()
+            tally.count += 1
+            if e.kids is not None:
+                stack.extend((p + b"/" + k, c) for k, c in e.kids.items())
+            if e.inode is None:
+                continue
+            left = self.names[e.inode] - 1
+            self.names[e.inode] = left
+            if left == 0:  # the data goes only with the last name of the file
+                size = self.sizes[e.inode]
+                tally.bytes += size
+                self.a.layers[e.layer].wasted_bytes += size
+                if size:
+                    self.a.wasted.append(WastedFile(fsdecode(p), e.layer, size, by, how))
+
+    def _find(self, path: bytes) -> _Ent | None:
+        ent = self.root
+        for part in path.strip(b"/").split(b"/") if path != b"/" else ():
+            if ent.kids is None:
+                return None
+            ent = ent.kids.get(part)
+            if ent is None:
+                return None
+        return ent
+
+    def apply(self, index: int, nodes: list) -> None:
+        """Apply layer ``index``: ``nodes`` are its (path, type, size, inode key, usize, csize) in pre-order."""
+        lf = self.a.layers[index]
+        # Whiteouts first: they act on what the lower layers hold, whatever their order in the layer.
+        for path, _type, _size, _key, _u, _c in nodes:
+            parent, _, name = path.rpartition(b"/")
+            if not name.startswith(WHITEOUT):
+                continue
+            lf.whiteouts += 1
+            dir_path = parent or b"/"
+            low_dir = self._find(dir_path)
+            if name == OPAQUE:
+                wo = Whiteout(index, fsdecode(path), "opaque", fsdecode(dir_path))
+                if low_dir is not None and low_dir.kids is not None and low_dir.layer < index:
+                    for k, c in list(low_dir.kids.items()):
+                        self._drop(c, dir_path.rstrip(b"/") + b"/" + k, index, "removed", wo.removed)
+                    low_dir.kids.clear()
+            else:
+                target = name[len(WHITEOUT) :]
+                tpath = dir_path.rstrip(b"/") + b"/" + target
+                wo = Whiteout(index, fsdecode(path), "whiteout", fsdecode(tpath))
+                if low_dir is not None and low_dir.kids is not None and target in low_dir.kids:
+                    self._drop(low_dir.kids.pop(target), tpath, index, "removed", wo.removed)
+            lf.removed.count += wo.removed.count
+            lf.removed.bytes += wo.removed.bytes
+            self.a.whiteouts.append(wo)
+        # Then the entries, parents before children. A hard-linked file's bytes count once per layer.
+        counted: set = set()
+        for path, ntype, size, key, usize, csize in nodes:
+            parent, _, name = path.rpartition(b"/")
+            if name.startswith(WHITEOUT):
+                continue
+            is_dir = ntype == DIR
+            inode = (index, key) if ntype == REG else None
+            if path == b"/":
+                self.root.layer = index  # the root takes the top layer's attributes
+                continue
+            pdir = self._find(parent or b"/")
+            if pdir is None or pdir.kids is None:  # a walk gives parents first: cannot happen
+                raise NydusInspectError(f"layer {index}: {fsdecode(path)} comes before its directory")
+            low = pdir.kids.get(name)
+            fsize = size if ntype == REG else 0
+            if low is not None and low.kids is not None and is_dir:
+                low.layer = index  # directories merge: upper metadata, both contents
+                continue
+            new_bytes = fsize if inode is not None and inode not in counted else 0
+            if inode is not None:
+                counted.add(inode)
+            if low is None:
+                lf.added.add(new_bytes)
+            else:
+                lf.modified.add(new_bytes)
+                self._drop(low, path, index, "overwritten", Tally())
+            if inode is not None:
+                if inode not in self.sizes:
+                    self.sizes[inode] = size
+                self.names[inode] = self.names.get(inode, 0) + 1
+            pdir.kids[name] = _Ent(index, fsize, inode, {} if is_dir else None, usize, csize)
+
+
+# ---------------------------------------------------------------------------- reading the layers
+@dataclass
+class _LayerSource:
+    path: str
+    layer: object  # an opened Layer whose own bootstrap describes this layer's tree
+
+
+def _open_sources(
+    paths: list[str], blob_dir: str | None, blobs: list[str] | None
+) -> tuple[list, object | None]:
+    """(the layers, lowest first; the image's bootstrap layer for its prefetch table, or None)."""
+    from .layer import open_layer
+
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        from .oci import OciLayout, is_nydus_blob, is_nydus_bootstrap, select_images
+
+        root = paths[0]
+        layout = OciLayout(root)
+        images = select_images(list(layout.images()), None, root)
+        if len(images) > 1:
+            raise UsageError(f"{root}: holds several images; analyze reads one")
+        image = images[0]
+        descs = image.manifest["layers"]
+        layer_descs = [d for d in descs if is_nydus_blob(d)]
+        boot_desc = next((d for d in reversed(descs) if is_nydus_bootstrap(d)), None)
+        if not layer_descs or boot_desc is None:
+            raise UsageError(
+                f"{root}: image {image.digest} is not a nydus image; convert it first with `nydus-inspect convert`"
+            )
+        sources = []
+        for i, d in enumerate(layer_descs):
+            p = layout.check_blob(d, f"layer {i} of manifest {image.digest}")
+            sources.append(_LayerSource(p, open_layer(p)))
+        boot = open_layer(
+            layout.check_blob(boot_desc, f"bootstrap layer of {image.digest}"), blob_dir=os.path.dirname(p)
+        )
+        return sources, boot
+    if len(paths) > 1:
+        return [_LayerSource(p, open_layer(p)) for p in paths], None
+    top = open_layer(paths[0], blob_dir=blob_dir, blobs=blobs)
+    if top.own_blob_index() is not None or not top.rafs.blobs:
+        return [_LayerSource(paths[0], top)], None  # one layer blob (or a layer without data)
+    # A merged or separate bootstrap: its blob table lists the layers, lowest first.
+    sources = []
+    for ent in top.rafs.blobs:
+        bf = top.blob_file(ent.blob_index)
+        if not bf.layer.has_bootstrap:
+            if len(top.rafs.blobs) == 1:
+                return [
+                    _LayerSource(paths[0], top)
+                ], None  # a bootstrap of one data blob: the layer is its tree
+            raise UsageError(
+                f"{paths[0]}: blob {ent.blob_index} ({bf.layer.path}) has no bootstrap of its own: analyze needs "
+                "the layer blobs (or the image's OCI layout)"
+            )
+        sources.append(_LayerSource(bf.layer.path, bf.layer))
+    return sources, top
+
+
+def _own_chunks(layer) -> list[tuple[bytes, int, int, int]]:
+    """(digest, ci index, uncompressed, compressed size) of each chunk the layer's own blob stores."""
+    r = layer.rafs
+    own = layer.own_blob_index()
+    if own is None:
+        own = 0 if len(r.blobs) == 1 else None
+    if own is None:
+        return []
+    out = [
+        (e.block_id, e.index, e.uncompressed_size, e.compressed_size)
+        for e in r.chunk_table_entries()
+        if e.blob_index == own
+    ]
+    if out or r.blobs[own].chunk_count == 0:
+        return out
+    infos, digests = layer.chunk_infos, layer.chunk_digests  # no chunk table: the blob's own records
+    if infos is None:
+        return []
+    return [
+        (
+            digests[ci.index] if digests and ci.index < len(digests) else b"",
+            ci.index,
+            ci.uncompressed_size,
+            ci.compressed_size,
+        )
+        for ci in infos
+    ]
+
+
+def _prefetch_covered(rafs) -> set[bytes]:
+    """Paths of the regular files the prefetch table names (a directory names everything below it)."""
+    wanted = set(rafs.prefetch_paths())
+    covered: set[bytes] = set()
+    if not wanted:
+        return covered
+    under: list[bytes] = []  # directories the table names, on the walk's current path
+    for node in rafs.walk():
+        while under and not node.path.startswith(under[-1]):
+            under.pop()
+        if node.type == DIR and node.nid in wanted:
+            under.append(node.path.rstrip(b"/") + b"/")
+        elif node.type == REG and (under or node.nid in wanted):
+            covered.add(node.path)
+    return covered
+
+
+def analyze(
+    paths: list[str],
+    *,
+    blob_dir: str | None = None,
+    blobs: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Analysis:
+    """Analyze the image made of ``paths`` (see the module docstring for what they can be)."""
+    if not paths:
+        raise UsageError("analyze needs an image: an OCI layout, layer blobs, or a merged bootstrap")
+    sources, image_boot = _open_sources(list(paths), blob_dir, blobs)
+    a = Analysis(source=paths[0] if len(paths) == 1 else ", ".join(paths))
+    try:
+        _analyze(a, sources, image_boot, progress)
+    finally:
+        for s in sources:
+            s.layer.close()
+        if image_boot is not None:
+            image_boot.close()
+    return a
+
+
+@dataclass
+class _Read:
+    """What one pass over a layer learns: its figures so far, its tree and the chunks its blob stores."""
+
+    figures: LayerFigures
+    nodes: list  # (path, type, size, inode key, chunk bytes, compressed chunk bytes), pre-order
+    stored: list  # (digest, ci index, uncompressed, compressed)
+    digester: str
+    covered: set  # regular files its own prefetch table names
+    digest: str  # the layer file's sha256: its blob id in a merged bootstrap
+
+
+def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
+    layer = src.layer
+    r = layer.rafs
+    own = layer.own_blob_index()
+    blob_id = layer.digest if own is not None else (r.blobs[0].id if r.blobs else "-")
+    lf = LayerFigures(0, src.path, blob_id)
+    stored = _own_chunks(layer)
+    # Chunk indexes are dense (0 .. count-1): lists index faster than a dict of a million keys.
+    top = max((ci for _d, ci, _u, _c in stored), default=-1) + 1
+    usizes, csizes = [0] * top, [0] * top
+    for _digest, ci, usize, csize in stored:
+        usizes[ci] = usize
+        csizes[ci] = csize
+    lf.chunks = len(stored)
+    lf.chunk_bytes = sum(usizes)
+    lf.chunk_compressed = sum(csizes)
+    nodes = []
+    counted: set = set()
+    wanted = set(r.prefetch_paths()) if own_prefetch else set()
+    covered: set[bytes] = set()
+    under: list[bytes] = []  # directories the prefetch table names, on the walk's current path
+    for node in r.walk():
+        if wanted:
+            while under and not node.path.startswith(under[-1]):
+                under.pop()
+            if node.type == DIR and node.nid in wanted:
+                under.append(node.path.rstrip(b"/") + b"/")
+            elif node.type == REG and (under or node.nid in wanted):
+                covered.add(node.path)
+        key = None
+        usize = csize = 0
+        if node.type == REG:
+            key = node.hardlink if node.hardlink is not None else ("nid", node.nid, node.path)
+            lf.files += 1
+            if key not in counted:
+                counted.add(key)
+                lf.stored_bytes += node.size
+            for b, k in r.chunk_refs(node):
+                if (b == own or own is None) and k < top:
+                    usize += usizes[k]
+                    csize += csizes[k]
+        if node.path != b"/":
+            lf.entries += 1
+        nodes.append((node.path, node.type, node.size, key, usize, csize))
+    lf.prefetch_entries = len(r.prefetch_paths())
+    return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
+
+
+def _build_order(reads: list[_Read], image_boot) -> list[int]:
+    """The layers' order, lowest first, as the image's merged bootstrap shows it.
+
+    A converted image lists its blobs in the order the merged bootstrap first uses them, not in build order.
+    The bootstrap tells the order apart where it matters: a file whose chunks come from layer X while layer Y
+    has the same path puts Y below X; a path that layer Y has, that is gone from the image, and that only
+    layer X whites out puts Y below X. Layers with nothing to tell keep the order they were given in."""
+    n = len(reads)
+    if n < 2 or image_boot is None:
+        return list(range(n))
+    r = image_boot.rafs
+    by_digest = {rd.digest: i for i, rd in enumerate(reads)}
+    blob_layer = {ent.blob_index: by_digest.get(image_boot.blob_id(ent.blob_index)) for ent in r.blobs}
+    final: dict[bytes, int | None] = {}
+    for node in r.walk():
+        origin = None
+        if node.type == REG and node.size:
+            idx = r.chunk_indexes(node)
+            origin = blob_layer.get(idx[0].blob_index) if idx else None
+        final[node.path] = origin
+    holders: dict[bytes, list[int]] = {}
+    whiteouts: dict[bytes, list[int]] = {}
+    for i, rd in enumerate(reads):
+        for path, ntype, *_ in rd.nodes:
+            parent, _, name = path.rpartition(b"/")
+            if name.startswith(WHITEOUT):
+                if name != OPAQUE:
+                    whiteouts.setdefault((parent or b"") + b"/" + name[len(WHITEOUT) :], []).append(i)
+            elif ntype != DIR:
+                holders.setdefault(path, []).append(i)
+    below: set[tuple[int, int]] = set()  # (lower, upper)
+    for path, layers in holders.items():
+        origin = final.get(path)
+        if origin is not None and len(layers) > 1:
+            below.update((y, origin) for y in layers if y != origin)
+        elif path not in final and len(whiteouts.get(path, ())) == 1:
+            x = whiteouts[path][0]
+            below.update((y, x) for y in layers if y != x)
+    # A stable topological sort: among the layers whose lower ones are placed, the earliest given first.
+    order: list[int] = []
+    placed: set[int] = set()
+    while len(order) < n:
+        ready = [i for i in range(n) if i not in placed and all(lo in placed for lo, up in below if up == i)]
+        if not ready:  # contradicting evidence (a cycle): keep the given order for the rest
+            ready = [i for i in range(n) if i not in placed]
+            order.extend(ready)
+            break
+        order.append(ready[0])
+        placed.add(ready[0])
+    return order
+
+
+def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> None:
+    reads = []
+    for i, src in enumerate(sources):
+        reads.append(_read_layer(src, own_prefetch=image_boot is None))
+        if progress is not None:
+            progress(i + 1, len(sources))
+    order = _build_order(reads, image_boot)
+    reads = [reads[i] for i in order]
+    merger = _Merger(a)
+    seen_digests: set[tuple[str, bytes]] = set()
+    per_layer_prefetch: list[set[bytes]] = []
+    for i, rd in enumerate(reads):
+        lf = rd.figures
+        lf.index = i
+        a.layers.append(lf)
+        if seen_digests:  # chunks a lower layer's blob stores already
+            for digest, _ci, _usize, csize in rd.stored:
+                if digest and (rd.digester, bytes(digest)) in seen_digests:
+                    lf.duplicate_chunks += 1
+                    lf.duplicate_bytes += csize
+        if i + 1 < len(reads):  # the top layer's chunks are no lower layer's
+            seen_digests.update((rd.digester, bytes(d)) for d, _ci, _u, _c in rd.stored if d)
+        merger.apply(i, rd.nodes)
+        per_layer_prefetch.append(rd.covered)
+    # The final image: origins, per-directory compression, prefetch coverage.
+    covered = _prefetch_covered(image_boot.rafs) if image_boot is not None else None
+    a.prefetch_source = "image bootstrap" if image_boot is not None else "each layer's own prefetch table"
+    dirs: dict[bytes, list[int]] = {}
+    stack = [(b"", merger.root)]
+    inodes_seen: set = set()
+    while stack:
+        base, ent = stack.pop()
+        for name in sorted(ent.kids, reverse=True):
+            child = ent.kids[name]
+            path = base + b"/" + name
+            a.origins.append((fsdecode(path), child.layer))
+            a.final_entries += 1
+            a.layers[child.layer].final_entries += 1
+            if child.inode is not None:
+                a.final_files += 1
+                first = child.inode not in inodes_seen
+                inodes_seen.add(child.inode)
+                if first:
+                    a.final_bytes += child.size
+                    a.layers[child.layer].final_bytes += child.size
+                    top = path.split(b"/", 2)[1] if path.count(b"/") > 1 else b""
+                    d = dirs.setdefault(top, [0, 0, 0])
+                    d[0] += child.size
+                    d[1] += child.usize
+                    d[2] += child.csize
+                    is_covered = (
+                        (path in covered)
+                        if covered is not None
+                        else (path in per_layer_prefetch[child.layer])
+                    )
+                    if is_covered:
+                        a.prefetch_bytes += child.size
+            if child.kids is not None:
+                stack.append((path, child))
+    a.origins.sort()
+    a.wasted.sort(key=lambda w: (-w.size, w.path))
+    for top, (fbytes, usize, csize) in sorted(dirs.items()):
+        a.directories.append(
+            {
+                "path": "/" + fsdecode(top) if top else "/ (files at the top)",
+                "file_bytes": fbytes,
+                "chunk_bytes": usize,
+                "chunk_compressed_bytes": csize,
+                "compression_ratio": round(usize / csize, 4) if csize else 1.0,
+            }
+        )
+
+
+__all__ = ["Analysis", "LayerFigures", "Tally", "WastedFile", "Whiteout", "analyze"]
