@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from nydus_inspect import ChunkRef, Layer, Node, NydusInspectError
 from nydus_inspect.formats import rafs_v6
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
-from nydus_inspect.query import FileIndex, blob_id_text, file_index, toc_report
+from nydus_inspect.query import FileIndex, blob_id_text, toc_report
 from nydus_inspect.verify import ChunkVerifier, entry_check
 
 #: How much of a file or entry the previews show.
