@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from . import decompress
 from .errors import FormatError, UsageError
 from .formats import tar_member
 from .formats._struct import cstr, round_up
@@ -81,11 +82,9 @@ def open_tar_input(path: str) -> Iterator[BinaryIO]:
     try:
         head = buffered.peek(4)[:4]
         if head.startswith(GZIP_MAGIC):
-            import gzip  # a pack of a .tar.gz needs it, the other commands do not
-
-            yield gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[misc]
+            yield decompress.open_gzip(buffered, path)
         elif head == ZSTD_MAGIC:
-            yield zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[misc]
+            yield decompress.open_zstd(buffered, path)
         else:
             yield buffered
     finally:
@@ -585,6 +584,9 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
             if ntype == REG and on_file is not None:
                 on_file(node, src.file(node.size), (fd, member.offset_data) if mapped is not None else None)
             builder.add(node)
+        if isinstance(stream, decompress.CheckedInput):
+            # The tar ends before its compressed input does: what follows holds the checksums.
+            stream.read_to_end()
     except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # gzip's BadGzipFile is an OSError
         raise FormatError("tar", f"{source}: not a readable tar after {index} entries: {exc}") from None
     finally:
