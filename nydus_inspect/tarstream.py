@@ -152,6 +152,10 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
             except ValueError:
                 raise FormatError("tar entry", f"{key.decode('utf-8', 'replace')}: the value is not base64",
                                   value=os.fsdecode(path)) from None
+    for name in out:
+        if b"\0" in name:
+            raise FormatError("tar entry", f"xattr name {name.decode('utf-8', 'replace')[:80]!r} holds a NUL byte",
+                              value=os.fsdecode(path))
     for name in [n for n in out if not storable_xattr(n)]:
         # macOS tars carry namespace-less xattrs; neither RAFS nor a Linux runtime can hold them.
         warnings.append(
@@ -422,6 +426,10 @@ class TarMember:
             value = pax.get(key)
             if not value:
                 continue  # absent, or emptied (POSIX: an empty value cancels the record)
+            if conv is None and b"\0" in value:
+                # A ustar name ends at its first NUL; a PAX record has a length, so one inside is part of
+                # the name, which no filesystem can hold (and a C reader would cut it there).
+                raise FormatError("tar PAX header", f"{key.decode()} {value[:80]!r} holds a NUL byte", offset=where)
             if conv is not None:
                 try:
                     value = conv(value)
