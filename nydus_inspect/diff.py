@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .errors import FormatError
+from .errors import FormatError, UsageError
 from .layer import KIND_BOOTSTRAP_LAYER, Layer, open_layer
 from .model import BLK, CHR, REG, fsdecode
 from .readahead import iter_with_data
@@ -128,6 +129,14 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
 
 def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
     """A tree from a nydus layer / bootstrap, or else from a (compressed) tar."""
+    try:
+        st = os.stat(path)
+        empty = st.st_size == 0 and stat.S_ISREG(st.st_mode)  # a pipe (<(zcat x.tar.gz)) has no size
+    except OSError:
+        empty = False  # missing: the opener below says so
+    if empty:
+        # An empty file reads as a tar of no entries, so it would compare as a tree that lost every file.
+        raise UsageError(f"{path}: empty file: neither a nydus layer nor a tar")
     try:
         if os.path.isdir(path):  # the OCI image layout of a nydus image
             layer = open_layer(path, blob_dir=blob_dir, blobs=blobs)
