@@ -130,14 +130,6 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
 def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
     """A tree from a nydus layer / bootstrap, or else from a (compressed) tar."""
     try:
-        st = os.stat(path)
-        empty = st.st_size == 0 and stat.S_ISREG(st.st_mode)  # a pipe (<(zcat x.tar.gz)) has no size
-    except OSError:
-        empty = False  # missing: the opener below says so
-    if empty:
-        # An empty file reads as a tar of no entries, so it would compare as a tree that lost every file.
-        raise UsageError(f"{path}: empty file: neither a nydus layer nor a tar")
-    try:
         if os.path.isdir(path):  # the OCI image layout of a nydus image
             layer = open_layer(path, blob_dir=blob_dir, blobs=blobs)
         else:
@@ -178,6 +170,18 @@ def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
 
 
 def diff_paths(a: str, b: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> list[Difference]:
+    """Differences from the tree at ``a`` (the source) to the layer at ``b``.
+
+    An empty file is a tar of no entries as a source (as pack takes it), but not a layer: read as one,
+    it would compare as a tree that lost every file (exit 1) instead of an input that is no layer (exit 2).
+    """
+    try:
+        st = os.stat(b)
+        empty = st.st_size == 0 and stat.S_ISREG(st.st_mode)  # a pipe (<(zcat x.tar.gz)) has no size
+    except OSError:
+        empty = False  # missing: the opener says so
+    if empty:
+        raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
     return list(compare(describe(a, blob_dir, blobs), describe(b, blob_dir, blobs)))
 
 
