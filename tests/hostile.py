@@ -209,6 +209,20 @@ def nul_names() -> Iterator[Case]:
         yield Case("nul-names", name, "tar", _const(body + END), pack="refuse")
 
 
+def deep_tree(depth: int, files_per_level: int = 1, name: bytes = b"d") -> bytes:
+    """A tar of ``depth`` nested directories with ``files_per_level`` small files in each."""
+    out = []
+    path = b""
+    for level in range(depth):
+        path += name + b"/"
+        out.append(
+            member(path, typeflag=b"5", mode=0o755, records={b"path": path}, mtime=1_600_000_000 + level)
+        )
+        for i in range(files_per_level):
+            out.append(member(b"f%d" % i, b"%d %d" % (level, i), records={b"path": path + b"f%d" % i}))
+    return b"".join(out) + END
+
+
 def deep_names(depth: int = 15) -> Iterator[Case]:
     """Paths of 255-byte components: at the limits RAFS and Linux allow, and past them."""
     part = b"d" * 255
@@ -275,6 +289,52 @@ def dedup_bomb(size: int = 1 << 30) -> Iterator[Case]:
     yield Case("dedup-bomb", f"{size >> 20}MiB", "tar", write, pack="accept", suffix=".tar.zst")
 
 
+# ---------------------------------------------------------------------------- layer families
+def bootstrap(entries: dict[bytes, dict]) -> bytes:
+    """A RAFS v6 bootstrap (no blob) of the tree ``{path: attributes}``, laid out by our builder, which
+    writes whatever it is given: names, targets and xattr names the tar reader would refuse, any mtime.
+    Each value holds ``type`` ("dir", "file", "symlink") and any other Node field."""
+    from nydus_inspect.builder import build_bootstrap
+    from nydus_inspect.codecs import Compressor
+    from nydus_inspect.digests import Digester
+    from nydus_inspect.model import DIR, FMT_OF_TYPE, Node
+
+    root = Node(path=b"/", type=DIR, mode=FMT_OF_TYPE[DIR] | 0o755, nlink=2, children={})
+    for path, attrs in entries.items():
+        attrs = dict(attrs)
+        kind = attrs.pop("type")
+        node = Node(path=path, type=kind, mode=FMT_OF_TYPE[kind] | attrs.pop("perm", 0o644), **attrs)
+        if kind == DIR:
+            node.children = {}
+        elif kind == "file":
+            node.chunks = []
+        elif kind == "symlink":
+            node.size = len(node.target or b"")
+        parent = root
+        parts = path.strip(b"/").split(b"/")
+        for part in parts[:-1]:
+            parent = parent.children[part]
+        parent.children[parts[-1]] = node
+    return build_bootstrap(
+        root, [], chunk_size=0x100000, compressor=Compressor.ZSTD, digester=Digester.BLAKE3
+    )
+
+
+def crafted_fields() -> Iterator[Case]:
+    """Bootstraps whose names, targets, xattr names or times no filesystem holds."""
+    cases = {
+        # Not the last name of its directory block, where a reader ends a name at its first NUL.
+        "nul-name": {b"/a\0b": {"type": "file"}, b"/z": {"type": "file"}},
+        "nul-dir-name": {b"/d\0": {"type": "dir"}, b"/z": {"type": "file"}},
+        "nul-symlink-target": {b"/s": {"type": "symlink", "target": b"t\0u"}},
+        "nul-xattr-name": {b"/f": {"type": "file", "xattrs": {b"user.a\0b": b"v"}}},
+        "huge-mtime": {b"/f": {"type": "file", "mtime": (1 << 63) + 5}},
+        "huge-dir-mtime": {b"/d": {"type": "dir", "mtime": (1 << 64) - 1}},
+    }
+    for name, entries in cases.items():
+        yield Case("crafted-fields", name, "layer", _const(bootstrap(entries)), suffix=".boot")
+
+
 TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "corrupt-compressed": corrupted_compressed,
     "nul-names": nul_names,
@@ -283,7 +343,9 @@ TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "dedup-bomb": dedup_bomb,
 }
 #: Crafted layers (bootstraps with hostile fields) join here, as generators of Case(kind="layer").
-LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {}
+LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
+    "crafted-fields": crafted_fields,
+}
 
 
 def cases(families: dict[str, Callable[[], Iterator[Case]]] | None = None) -> list[Case]:
