@@ -61,6 +61,40 @@ def depth_series(work: Path, repeat: int) -> None:
         print(f"{depth:>6} {entries:>8} {median:>9.2f} {median / entries * 1e6:>9.1f} {rss / 1024:>13.0f}")
 
 
+def memory(work: Path) -> None:
+    """Peak RSS (GNU time) of each command on each input; none may pass 256 MiB."""
+    bomb_tar, bomb = work / "bomb.tar.zst", work / "bomb.blob"
+    next(hostile.dedup_bomb(4 << 30)).write(bomb_tar)
+    deep, links_tar, links = work / "deep.boot", work / "links.tar", work / "links.blob"
+    next(hostile.deep_layers()).write(deep)
+    next(hostile.many_hardlinks()).write(links_tar)
+    out = work / "out"
+    runs = [
+        ("4 GiB dedup file", "pack", ["pack", "-q", bomb_tar, "-o", bomb]),
+        ("4 GiB dedup file", "unpack -o -", ["unpack", "-q", bomb, "-o", "-"]),
+        ("4 GiB dedup file", "unpack -o FILE", ["unpack", "-q", bomb, "-o", work / "bomb.tar"]),
+        ("4 GiB dedup file", "unpack --to-dir", ["unpack", "-q", bomb, "--to-dir", out]),
+        ("4 GiB dedup file", "diff", ["diff", bomb_tar, bomb]),
+        ("4 GiB dedup file", "verify --source", ["verify", "-q", bomb, "--source", bomb_tar]),
+        ("4,000 x 255-byte dirs", "merge", ["merge", deep, "-o", work / "merged.boot"]),
+        ("20k hard links", "pack", ["pack", "-q", links_tar, "-o", links]),
+        ("20k hard links", "diff", ["diff", links_tar, links]),
+        ("20k hard links", "unpack -o -", ["unpack", "-q", links, "-o", "-"]),
+        ("20k hard links", "unpack --to-dir", ["unpack", "-q", links, "--to-dir", out]),
+    ]
+    print(f"peak RSS by command ({load_note()})")
+    print(f"{'input':<24} {'command':<18} {'seconds':>8} {'peak RSS MiB':>13}")
+    worst = 0
+    for what, name, args in runs:
+        _rmtree(out)
+        wall, kib = run_once([*NYDUS, *map(str, args)])
+        (work / "bomb.tar").unlink(missing_ok=True)
+        worst = max(worst, kib)
+        print(f"{what:<24} {name:<18} {wall:>8.2f} {kib / 1024:>13.0f}")
+    _rmtree(out)
+    print(f"largest: {worst / 1024:.0f} MiB (target: under 256 MiB)")
+
+
 def main() -> int:
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
     which = sys.argv[1:] or ["depth", "memory"]
@@ -73,10 +107,6 @@ def main() -> int:
     finally:
         _rmtree(work)
     return 0
-
-
-def memory(work: Path) -> None:  # filled in below
-    pass
 
 
 if __name__ == "__main__":

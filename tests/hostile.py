@@ -335,6 +335,32 @@ def crafted_fields() -> Iterator[Case]:
         yield Case("crafted-fields", name, "layer", _const(bootstrap(entries)), suffix=".boot")
 
 
+def deep_bootstrap(depth: int = 4000, name_len: int = 255) -> bytes:
+    """A bootstrap of ``depth`` nested directories of ``name_len``-byte names, a file at the bottom: about
+    35 KB, yet a reader that keeps each directory's full path holds depth squared times the name length."""
+    from nydus_inspect.builder import build_bootstrap
+    from nydus_inspect.codecs import Compressor
+    from nydus_inspect.digests import Digester
+    from nydus_inspect.model import DIR, FMT_OF_TYPE, REG, Node
+
+    root = Node(path=b"/", type=DIR, mode=FMT_OF_TYPE[DIR] | 0o755, nlink=2, children={})
+    node = root
+    for level in range(depth):
+        name = (b"%d-" % level).ljust(name_len, b"n")
+        # Nodes carry their name only: the builder needs no paths, and full ones would be what we avoid.
+        child = Node(path=name, type=DIR, mode=FMT_OF_TYPE[DIR] | 0o755, nlink=2, children={})
+        node.children[name] = child
+        node = child
+    node.children[b"bottom"] = Node(path=b"bottom", type=REG, mode=FMT_OF_TYPE[REG] | 0o644, chunks=[])
+    return build_bootstrap(
+        root, [], chunk_size=0x100000, compressor=Compressor.ZSTD, digester=Digester.BLAKE3
+    )
+
+
+def deep_layers() -> Iterator[Case]:
+    yield Case("deep-layers", "4000x255", "layer", _const(deep_bootstrap()), suffix=".boot")
+
+
 TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "corrupt-compressed": corrupted_compressed,
     "nul-names": nul_names,
@@ -345,6 +371,7 @@ TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
 #: Crafted layers (bootstraps with hostile fields) join here, as generators of Case(kind="layer").
 LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "crafted-fields": crafted_fields,
+    "deep-layers": deep_layers,
 }
 
 
@@ -352,3 +379,38 @@ def cases(families: dict[str, Callable[[], Iterator[Case]]] | None = None) -> li
     """Every case of the given families (all of them by default), in a fixed order."""
     chosen = families if families is not None else {**TAR_FAMILIES, **LAYER_FAMILIES}
     return [case for make in chosen.values() for case in make()]
+
+
+# ---------------------------------------------------------------------------- running commands on cases
+#: Address space a command may use on any case: holding a 1 GiB file's bytes is out of reach.
+MEMORY_LIMIT = 512 << 20
+
+
+def run_limited(*args, timeout: float = 120, memory: int = MEMORY_LIMIT, stdout=None, cwd=None):
+    """``nydus-inspect ARGS`` under RLIMIT_AS=``memory`` and a timeout; stdout is discarded unless a file is
+    given (a command streaming gigabytes must not be captured here), stderr is captured.
+    Returns the CompletedProcess; a timeout raises subprocess.TimeoutExpired."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("NYDUS_INSPECT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "nydus_inspect", *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
