@@ -319,7 +319,8 @@ class _DirStack:
     def __init__(self, root_fd: int, target: str) -> None:
         self.root_fd = root_fd
         self.target = target
-        # [name, node, fd or None, (st_dev, st_ino)] for each directory below the root, outermost first
+        # [name, mtime, fd or None, (st_dev, st_ino)] for each directory below the root, outermost first (not
+        # the node: its path is as long as its depth, and a stack of them would hold depth squared)
         self.stack: list[list] = []
         self.open = 0
 
@@ -341,7 +342,7 @@ class _DirStack:
 
     def enter(self, name: bytes, node: Node, fd: int) -> None:
         st = os.fstat(fd)
-        self.stack.append([name, node, fd, (st.st_dev, st.st_ino)])
+        self.stack.append([name, node.mtime, fd, (st.st_dev, st.st_ino)])
         self.open += 1
         if self.open > MAX_OPEN_DIRS:
             far = self.stack[len(self.stack) - MAX_OPEN_DIRS - 1]
@@ -350,9 +351,9 @@ class _DirStack:
             self.open -= 1
 
     def _leave(self) -> None:
-        name, node, fd, _ = self.stack.pop()
+        name, mtime, fd, _ = self.stack.pop()
         try:
-            ns = node.mtime * 10**9
+            ns = mtime * 10**9
             os.utime(fd, ns=(ns, ns))
             if self.stack and self.stack[-1][2] is None:
                 up = self.stack[-1]
@@ -360,7 +361,7 @@ class _DirStack:
                 st = os.fstat(ufd)
                 if (st.st_dev, st.st_ino) != up[3]:
                     os.close(ufd)
-                    raise UsageError(f"{self.target}: {fsdecode(up[1].path)!r} was moved while being extracted")
+                    raise UsageError(f"{self.target}: directory {fsdecode(up[0])!r} was moved while being extracted")
                 up[2] = ufd
                 self.open += 1
         finally:
