@@ -348,3 +348,21 @@ def test_output_to_a_device_writes_through_it(tmp_path, fixture_tars):
     proc = run_cli("unpack", "-q", direct, "-o", null)
     assert proc.returncode == 0, proc.stderr
     assert stat.S_ISCHR(os.stat(null).st_mode)
+
+
+def test_a_locked_temporary_file_is_not_stale(tmp_path):
+    """A writer in another pid namespace has a pid that looks dead here: its lock keeps its file."""
+    import fcntl
+
+    from nydus_inspect.fsutil import remove_stale
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # exited: no process has this pid now (barring reuse within the test)
+    locked = tmp_path / f".out.blob{TEMP_MARK}{dead}-aaaaaaaa"
+    free = tmp_path / f".out.blob{TEMP_MARK}{dead}-bbbbbbbb"
+    locked.write_bytes(b"x")
+    free.write_bytes(b"y")
+    with open(locked, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert remove_stale(str(tmp_path), "out.blob") == [free.name]
+    assert sorted(os.listdir(tmp_path)) == [locked.name]
