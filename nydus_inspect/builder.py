@@ -48,7 +48,6 @@ class _Slot:
     """A node's place in the bootstrap being laid out."""
 
     node: Node
-    path: bytes
     nid: int = 0
     offset: int = 0
     ino: int = 0
@@ -70,32 +69,32 @@ def _order(root: Node) -> tuple[list[_Slot], int]:
     by_id: dict[int, _Slot] = {}
     names = 0
 
-    def visit(node: Node, path: bytes, parent: _Slot | None) -> _Slot:
+    # No slot keeps its path: the layout needs none, and the paths of a deep tree sum to depth squared.
+    def visit(node: Node, parent: _Slot | None) -> _Slot:
         nonlocal names
         names += 1
         slot = by_id.get(id(node))
         if slot is None:
-            slot = _Slot(node=node, path=path, parent=parent, ino=len(slots) + 1)
+            slot = _Slot(node=node, parent=parent, ino=len(slots) + 1)
             by_id[id(node)] = slot
             slots.append(slot)
         slot.names += 1
         return slot
 
-    root_slot = visit(root, b"/", None)
+    root_slot = visit(root, None)
     root_slot.parent = root_slot
     queue = [root_slot]
     while queue:
         dslot = queue.pop()
         kids = sorted((dslot.node.children or {}).items())
-        base = dslot.path.rstrip(b"/")
         child_slots: list[tuple[bytes, _Slot]] = []
         for name, child in kids:
             if child.type != DIR:
-                child_slots.append((name, visit(child, base + b"/" + name, dslot)))
+                child_slots.append((name, visit(child, dslot)))
         subdirs = []
         for name, child in kids:
             if child.type == DIR:
-                s = visit(child, base + b"/" + name, dslot)
+                s = visit(child, dslot)
                 child_slots.append((name, s))
                 subdirs.append(s)
         dslot.dirents = sorted(child_slots, key=lambda t: t[0])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .errors import FormatError
+from .errors import FormatError, UsageError
+from .filedata import iter_file_data
 from .layer import KIND_BOOTSTRAP_LAYER, Layer, open_layer
 from .model import BLK, CHR, REG, fsdecode
-from .readahead import iter_with_data
 from .tarstream import open_tar_input, read_tar, storable_xattr
 
 FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "target", "rdev", "xattrs", "sha256", "hardlinks")
@@ -83,10 +84,11 @@ def describe_tar(path: str) -> Tree:
     names: dict[int, list[bytes]] = {}
     for p, node in tt.walk():
         names.setdefault(id(node), []).append(p)
+    # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
+    links = {key: tuple(sorted(group)) for key, group in names.items() if len(group) > 1}
     out: dict[bytes, Entry] = {}
     for p, node in tt.walk():
-        links = tuple(sorted(names[id(node)])) if len(names[id(node)]) > 1 else ()
-        out[p] = _entry(node, digests.get(id(node)), links)
+        out[p] = _entry(node, digests.get(id(node)), links.get(id(node), ()))
     return Tree(out, tt.explicit_root)
 
 
@@ -97,16 +99,16 @@ def describe_layer(layer: Layer) -> Tree:
     for node in nodes:
         if node.hardlink is not None:
             groups.setdefault(node.hardlink, []).append(node.path)
+    links = {key: tuple(sorted(group)) for key, group in groups.items() if len(group) > 1}
     out: dict[bytes, Entry] = {}
-    for node, futures in iter_with_data(layer, nodes):
+    for node, data in iter_file_data(layer, nodes):
         digest = None
-        if futures is not None:
+        if data is not None:
             h = hashlib.sha256()
-            for fut in futures:
-                h.update(fut.result())
+            for chunk in data:
+                h.update(chunk)
             digest = h.hexdigest()
-        links = tuple(sorted(groups[node.hardlink])) if node.hardlink is not None and len(groups[node.hardlink]) > 1 else ()
-        out[node.path] = _entry(node, digest, links)
+        out[node.path] = _entry(node, digest, links.get(node.hardlink, ()) if node.hardlink is not None else ())
     return Tree(out)
 
 
@@ -150,6 +152,7 @@ def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = N
 def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
     """Differences from ``expected`` to ``found``, in path order."""
     paths = sorted(set(expected.entries) | set(found.entries))
+    same_groups: dict[tuple[int, int], bool] = {}
     for p in paths:
         a, b = expected.entries.get(p), found.entries.get(p)
         if p == b"/" and not (expected.explicit_root and found.explicit_root):
@@ -164,11 +167,31 @@ def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
             va, vb = getattr(a, name), getattr(b, name)
             if name == "mode" and a.type == "symlink":
                 continue  # symlink permission bits are not meaningful on Linux
-            if va != vb:
+            if name == "hardlinks" and va and vb:
+                # Every name of a group shares one tuple on each side: compare each pair of groups once.
+                key = (id(va), id(vb))
+                same = same_groups.get(key)
+                if same is None:
+                    same = same_groups[key] = va == vb
+                if not same:
+                    yield Difference(p, name, va, vb)
+            elif va != vb:
                 yield Difference(p, name, va, vb)
 
 
 def diff_paths(a: str, b: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> list[Difference]:
+    """Differences from the tree at ``a`` (the source) to the layer at ``b``.
+
+    An empty file is a tar of no entries as a source (as pack takes it), but not a layer: read as one,
+    it would compare as a tree that lost every file (exit 1) instead of an input that is no layer (exit 2).
+    """
+    try:
+        st = os.stat(b)
+        empty = st.st_size == 0 and stat.S_ISREG(st.st_mode)  # a pipe (<(zcat x.tar.gz)) has no size
+    except OSError:
+        empty = False  # missing: the opener says so
+    if empty:
+        raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
     return list(compare(describe(a, blob_dir, blobs), describe(b, blob_dir, blobs)))
 
 

@@ -87,23 +87,29 @@ class _Ent:
 
 
 def _skeleton(r: RafsV6, src: int, max_depth: int = 4096) -> _Ent:
-    """A layer's name tree from its directory blocks alone (the dirent file types say which are directories)."""
+    """A layer's name tree from its directory blocks alone (the dirent file types say which are directories).
+
+    A directory inode named twice (a cycle, or a DAG whose paths would multiply) is refused. What is kept per
+    directory is its depth, not its ancestors: 4,000 nested directories cost 4,000 entries, not 8 million."""
     root = _Ent(src, r.root_nid, True, {})
-    stack: list[tuple[_Ent, tuple[int, ...]]] = [(root, (r.root_nid,))]
+    seen = {r.root_nid}
+    stack: list[tuple[_Ent, int]] = [(root, 0)]
     while stack:
-        ent, ancestors = stack.pop()
+        ent, depth = stack.pop()
         kids = ent.kids
         assert kids is not None
         for d in r.readdir(ent.nid):
             if d.file_type == rafs_v6.FT_DIR:
-                if d.nid in ancestors:
-                    raise FormatError("erofs dirent", "directory cycle", value=fsdecode(d.name))
-                if len(ancestors) >= max_depth:
+                if d.nid in seen:
+                    raise FormatError("erofs dirent", f"directory nid {d.nid} is named twice (a directory cycle?)",
+                                      value=fsdecode(d.name))
+                if depth + 1 >= max_depth:
                     raise FormatError(
                         "erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(d.name)
                     )
+                seen.add(d.nid)
                 child = _Ent(src, d.nid, True, {})
-                stack.append((child, (*ancestors, d.nid)))
+                stack.append((child, depth + 1))
             else:
                 child = _Ent(src, d.nid, False, None)
             kids[d.name] = child
@@ -152,16 +158,18 @@ class _Materialiser:
         # group) so that 2022 images, which gave each name of a hard link its own inode, stay linked too.
         self.shared: dict[tuple[int, int], Node] = {}
         self.src = 0  # the layer being decoded, for error messages
+        self.trail: tuple | None = None  # (name, parent's trail) of the entry being decoded, for messages
 
     def run(self, root_ent: _Ent) -> Node:
         root = self.rafs[root_ent.src].node(root_ent.nid, b"/")
         if root.type != DIR:
             raise FormatError("erofs inode", "the root is not a directory", value=root.type)
         root.children = {}
-        queue = deque([(root_ent, root)])
+        # Nodes are named by their last component only (the builder needs no paths, and full paths of a deep
+        # tree sum to depth squared); ``trail`` links each directory to its parent's, for messages.
+        queue: deque[tuple[_Ent, Node, tuple | None]] = deque([(root_ent, root, None)])
         while queue:
-            ent, node = queue.popleft()
-            base = node.path.rstrip(b"/")
+            ent, node, trail = queue.popleft()
             children = node.children
             kids = ent.kids
             for name in sorted(kids):
@@ -169,29 +177,28 @@ class _Materialiser:
                     continue  # whiteouts never reach the image, not even those of the lowest layer
                 child_ent = kids[name]
                 self.src = child_ent.src
+                self.trail = (name, trail)
                 if child_ent.is_dir:
-                    child = self.rafs[child_ent.src].node(child_ent.nid, base + b"/" + name)
+                    child = self.rafs[child_ent.src].node(child_ent.nid, name)
                     if child.type != DIR:
                         raise FormatError(
                             "erofs dirent",
                             "a directory dirent names an inode that is not one",
-                            value=fsdecode(child.path),
+                            value=_path(self.trail),
                         )
                     child.children = {}
-                    queue.append((child_ent, child))
+                    queue.append((child_ent, child, self.trail))
                 else:
-                    child = self.shared.get((child_ent.src, -child_ent.nid)) or self._decode(
-                        child_ent, base + b"/" + name
-                    )
+                    child = self.shared.get((child_ent.src, -child_ent.nid)) or self._decode(child_ent, name)
                 children[name] = child
         return root
 
-    def _decode(self, ent: _Ent, path: bytes) -> Node:
+    def _decode(self, ent: _Ent, name: bytes) -> Node:
         r = self.rafs[ent.src]
-        node = r.node(ent.nid, path)
+        node = r.node(ent.nid, name)
         if node.type == DIR:
             raise FormatError(
-                "erofs dirent", "a non-directory dirent names a directory inode", value=fsdecode(path)
+                "erofs dirent", "a non-directory dirent names a directory inode", value=_path(self.trail)
             )
         if node.hardlink is not None:
             first = self.shared.get((ent.src, node.hardlink))
@@ -211,6 +218,18 @@ class _Materialiser:
                     self.order.append(src)
                 c.blob_index = idx
         return node
+
+
+def _path(trail: tuple | None, limit: int = 200) -> str:
+    """The path a trail of names leads to, for a message (its last ``limit`` bytes)."""
+    parts: list[bytes] = []
+    size = 0
+    while trail is not None and size <= limit:
+        parts.append(trail[0])
+        size += len(trail[0]) + 1
+        trail = trail[1]
+    path = b"/" + b"/".join(reversed(parts))
+    return fsdecode(path if trail is None else b"..." + path[-limit:])
 
 
 def _check_compatible(layers: list[Layer]) -> None:

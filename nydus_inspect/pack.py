@@ -33,7 +33,7 @@ from .errors import UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
 from .formats._struct import round_up
 from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
-from .fsutil import atomic_output
+from .fsutil import atomic_outputs
 from .model import Node
 from .tarstream import TarTree, open_tar_input, read_tar
 
@@ -305,8 +305,14 @@ def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResul
 
 
 def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResult:
-    with open_tar_input(source) as stream, atomic_output(output) as f:
-        out = _Output(f)
+    # With --bootstrap the two outputs appear as a pair: both are written whole before either is renamed,
+    # and the bootstrap is renamed first. It names its blob by the blob's sha256, so a run stopped between
+    # the two renames leaves the new bootstrap beside the old blob, a pair whose blob id does not match
+    # (found by digest lookup and by verify); the other order would leave a new blob beside an old
+    # bootstrap that reads it with stale chunk offsets.
+    paths = [opts.bootstrap, output] if opts.bootstrap else [output]
+    with open_tar_input(source) as stream, atomic_outputs(paths) as files:
+        out = _Output(files[-1])
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
@@ -320,8 +326,8 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
         for warning in tree.warnings:
             log.warning("%s", warning)
         result = _finish(out, tree, chunker, opts, output, plan)
-    if opts.bootstrap:
-        _write_separate_bootstrap(tree, chunker, opts, result)
+        if opts.bootstrap:
+            files[0].write(_separate_bootstrap(tree, chunker, opts, result))
     return result
 
 
@@ -408,7 +414,7 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
     )
 
 
-def _write_separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, result: PackResult) -> None:
+def _separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, result: PackResult) -> bytes:
     """The layer's bootstrap as a file of its own, naming the blob by the layer digest (as after a merge)."""
     blobs = []
     if chunker.count:
@@ -418,7 +424,5 @@ def _write_separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOption
         boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
         features = blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META
         blobs = [_blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)]
-    boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
+    return build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
                            digester=opts.digester, prefetch=opts.prefetch)
-    with atomic_output(opts.bootstrap) as f:
-        f.write(boot)

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from . import decompress
 from .errors import FormatError, UsageError
 from .formats import tar_member
 from .formats._struct import cstr, round_up
@@ -81,11 +82,9 @@ def open_tar_input(path: str) -> Iterator[BinaryIO]:
     try:
         head = buffered.peek(4)[:4]
         if head.startswith(GZIP_MAGIC):
-            import gzip  # a pack of a .tar.gz needs it, the other commands do not
-
-            yield gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[misc]
+            yield decompress.open_gzip(buffered, path)
         elif head == ZSTD_MAGIC:
-            yield zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[misc]
+            yield decompress.open_zstd(buffered, path)
         else:
             yield buffered
     finally:
@@ -153,6 +152,10 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
             except ValueError:
                 raise FormatError("tar entry", f"{key.decode('utf-8', 'replace')}: the value is not base64",
                                   value=os.fsdecode(path)) from None
+    for name in out:
+        if b"\0" in name:
+            raise FormatError("tar entry", f"xattr name {name.decode('utf-8', 'replace')[:80]!r} holds a NUL byte",
+                              value=os.fsdecode(path))
     for name in [n for n in out if not storable_xattr(n)]:
         # macOS tars carry namespace-less xattrs; neither RAFS nor a Linux runtime can hold them.
         warnings.append(
@@ -423,6 +426,10 @@ class TarMember:
             value = pax.get(key)
             if not value:
                 continue  # absent, or emptied (POSIX: an empty value cancels the record)
+            if conv is None and b"\0" in value:
+                # A ustar name ends at its first NUL; a PAX record has a length, so one inside is part of
+                # the name, which no filesystem can hold (and a C reader would cut it there).
+                raise FormatError("tar PAX header", f"{key.decode()} {value[:80]!r} holds a NUL byte", offset=where)
             if conv is not None:
                 try:
                     value = conv(value)
@@ -595,6 +602,9 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
             if ntype == REG and on_file is not None:
                 on_file(node, src.file(node.size), (fd, member.offset_data) if mapped is not None else None)
             builder.add(node)
+        if isinstance(stream, decompress.CheckedInput):
+            # The tar ends before its compressed input does: what follows holds the checksums.
+            stream.read_to_end()
     except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # gzip's BadGzipFile is an OSError
         raise FormatError("tar", f"{source}: not a readable tar after {index} entries: {exc}") from None
     finally:

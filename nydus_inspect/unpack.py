@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 from .chunks.ref import ChunkRef
 from .errors import FormatError, UsageError
+from .filedata import iter_file_data
 from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
-from .readahead import decode_group, iter_with_data
+from .readahead import decode_group
 
 
 @dataclass
@@ -102,6 +103,7 @@ def _entries(layer: Layer, res: UnpackResult) -> Iterator[tuple[Node, bytes, boo
         res.entries += 1
         yield root, _header(root, b"./", _TYPEFLAG[DIR], 0, b""), False
     for node in walk_image(layer):
+        check_extractable(node)  # a tar cannot hold them either
         ntype = node.type
         if ntype == SOCK:
             res.skipped += 1  # tar cannot hold sockets (nydus-image unpack skips them too)
@@ -135,6 +137,31 @@ def _trailer(written: int) -> bytes:
     return bytes(end + -(written + end) % RECORD)
 
 
+def _write_tar(layer: Layer, f) -> UnpackResult:
+    """Sequential writer, for pipes and other streams; a file's data goes out a chunk at a time."""
+    res = UnpackResult()
+    written = 0
+    laid_out: deque[tuple[bytes, bool]] = deque()
+
+    def nodes() -> Iterator:
+        for node, hdr, data in _entries(layer, res):
+            laid_out.append((hdr, data))
+            yield node if data else _HEADER_ONLY
+
+    for node, chunks in iter_file_data(layer, nodes()):
+        hdr, data = laid_out.popleft()
+        f.write(hdr)
+        written += len(hdr)
+        if data:
+            for chunk in chunks or ():
+                f.write(chunk)
+            pad = -node.size % tar_header.BLOCK
+            f.write(_ZEROS[:pad])
+            written += node.size + pad
+    f.write(_trailer(written))
+    return res
+
+
 class _HeaderOnly:
     """Stands for an entry without data (a later name of a hard-linked file, a directory ...) in the
     read-ahead, which decodes only regular files."""
@@ -143,30 +170,7 @@ class _HeaderOnly:
     size = 0
 
 
-def _write_tar(layer: Layer, f) -> UnpackResult:
-    """Sequential writer, for pipes and other streams."""
-    res = UnpackResult()
-    written = 0
-    laid_out: deque[tuple[Node, bytes, bool]] = deque()
-    header_only = _HeaderOnly()
-
-    def nodes() -> Iterator:
-        for node, hdr, data in _entries(layer, res):
-            laid_out.append((node, hdr, data))
-            yield node if data else header_only
-
-    for _, futures in iter_with_data(layer, nodes()):
-        node, hdr, data = laid_out.popleft()
-        f.write(hdr)
-        written += len(hdr)
-        if data:
-            for fut in futures:
-                f.write(fut.result())
-            pad = -node.size % tar_header.BLOCK
-            f.write(_ZEROS[:pad])
-            written += node.size + pad
-    f.write(_trailer(written))
-    return res
+_HEADER_ONLY = _HeaderOnly()
 
 
 def _positional(f) -> bool:
@@ -286,69 +290,135 @@ def _write_run(layer: Layer, fd: int, offset: int, pieces: list) -> None:
         parts[0] = memoryview(parts[0])[done:]
 
 
+def check_extractable(node: Node) -> None:
+    """Refuse what no filesystem (and no tar reader) can hold: a NUL byte in a name, a symlink target or an
+    xattr name, a time past the range of a time_t."""
+    what = None
+    if b"\0" in node.path:
+        what = "its name holds a NUL byte"
+    elif node.target is not None and b"\0" in node.target:
+        what = "its symlink target holds a NUL byte"
+    elif any(b"\0" in k for k in node.xattrs):
+        what = "an xattr name holds a NUL byte"
+    elif not 0 <= node.mtime < 1 << 63:
+        what = f"mtime {node.mtime} is out of the range of a time_t"
+    if what is not None:
+        raise FormatError("erofs inode", f"cannot be extracted: {what}", value=repr(node.path[:200])[2:-1])
+
+
+#: At most this many directory descriptors are held open along the current path; deeper ones are reopened
+#: through ".." when the walk comes back up to them (a descriptor per level would run out at depth 1000).
+MAX_OPEN_DIRS = 128
+
+
+class _DirStack:
+    """The directories from the target down to the one being filled, as open descriptors: each entry is
+    created relative to its parent's descriptor, whatever its depth (no path is resolved component by
+    component per entry, and no symlink is ever followed). A directory's times are set when the walk leaves
+    it, after its last child is in."""
+
+    def __init__(self, root_fd: int, target: str) -> None:
+        self.root_fd = root_fd
+        self.target = target
+        # [name, mtime, fd or None, (st_dev, st_ino)] for each directory below the root, outermost first (not
+        # the node: its path is as long as its depth, and a stack of them would hold depth squared)
+        self.stack: list[list] = []
+        self.open = 0
+
+    def parent_fd(self, node: Node) -> int:
+        """Leave the directories the walk has finished with and return the descriptor of ``node``'s parent
+        (the walk is pre-order, so that parent is on the stack at ``node``'s depth - 1)."""
+        level = node.path.count(b"/") - 1
+        if level > len(self.stack):
+            raise FormatError("erofs dirent", "an entry comes before its directory", value=fsdecode(node.path))
+        while len(self.stack) > level:
+            self._leave()
+        if not self.stack:
+            return self.root_fd
+        top = self.stack[-1]
+        parent = node.path[: node.path.rfind(b"/")]
+        if not parent.endswith(b"/" + top[0]):
+            raise FormatError("erofs dirent", "an entry comes outside its directory", value=fsdecode(node.path))
+        return top[2]
+
+    def enter(self, name: bytes, node: Node, fd: int) -> None:
+        st = os.fstat(fd)
+        self.stack.append([name, node.mtime, fd, (st.st_dev, st.st_ino)])
+        self.open += 1
+        if self.open > MAX_OPEN_DIRS:
+            far = self.stack[len(self.stack) - MAX_OPEN_DIRS - 1]
+            os.close(far[2])
+            far[2] = None
+            self.open -= 1
+
+    def _leave(self) -> None:
+        name, mtime, fd, _ = self.stack.pop()
+        try:
+            ns = mtime * 10**9
+            os.utime(fd, ns=(ns, ns))
+            if self.stack and self.stack[-1][2] is None:
+                up = self.stack[-1]
+                ufd = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                st = os.fstat(ufd)
+                if (st.st_dev, st.st_ino) != up[3]:
+                    os.close(ufd)
+                    raise UsageError(f"{self.target}: directory {fsdecode(up[0])!r} was moved while being extracted")
+                up[2] = ufd
+                self.open += 1
+        finally:
+            os.close(fd)
+            self.open -= 1
+
+    def finish(self) -> None:
+        while self.stack:
+            self._leave()
+
+    def close(self) -> None:
+        """Let every descriptor go (after an error: no times are set)."""
+        for entry in self.stack:
+            if entry[2] is not None:
+                os.close(entry[2])
+        self.stack.clear()
+        self.open = 0
+
+
 def to_dir(layer: Layer, target: str) -> UnpackResult:
-    """Extract into ``target`` (created if absent). Nothing is written outside it: every path is
-    opened component by component with O_NOFOLLOW, so no symlink (ours or one already there) is followed."""
+    """Extract into ``target`` (created if absent). Nothing is written outside it: every entry is created
+    relative to a descriptor of its parent directory, itself opened with O_NOFOLLOW from the one above, so
+    no symlink (ours or one already there) is followed."""
     os.makedirs(target, exist_ok=True)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     res = UnpackResult()
     as_root = os.geteuid() == 0
     first_path: dict[int, bytes] = {}
-    dirs: list[tuple[bytes, Node]] = []
+    dirs = _DirStack(root_fd, target)
     try:
-        for node, futures in iter_with_data(layer, walk_image(layer)):
-            parent, name = node.path.rsplit(b"/", 1)
-            if name in (b"", b".", b"..") or b"/" in name:
+        for node, data in iter_file_data(layer, walk_image(layer)):
+            check_extractable(node)
+            name = node.path[node.path.rfind(b"/") + 1 :]
+            if name in (b"", b".", b".."):
                 raise FormatError("dirent", "name not allowed in an extracted path", value=fsdecode(node.path))
-            pfd = _open_dir(root_fd, parent, target)
-            try:
-                _extract_one(node, futures, pfd, name, root_fd, first_path, res, as_root)
-                if node.type == DIR:
-                    dirs.append((node.path, node))
-            finally:
-                if pfd != root_fd:
-                    os.close(pfd)
+            pfd = dirs.parent_fd(node)
+            fd = _extract_one(node, data, pfd, name, root_fd, first_path, res, as_root)
+            if fd is not None:
+                dirs.enter(name, node, fd)
             res.entries += 1
-        # Directory times last, deepest first, so adding children does not change them.
-        for path, node in reversed(dirs):
-            parent, name = path.rsplit(b"/", 1)
-            pfd = _open_dir(root_fd, parent, target)
-            try:
-                os.utime(name, ns=(node.mtime * 10**9, node.mtime * 10**9), dir_fd=pfd, follow_symlinks=False)
-            finally:
-                if pfd != root_fd:
-                    os.close(pfd)
+        dirs.finish()  # directory times last, deepest first, so adding children does not change them
     finally:
+        dirs.close()
         os.close(root_fd)
     return res
 
 
-def _open_dir(root_fd: int, parent: bytes, target: str) -> int:
-    fd = root_fd
-    for part in [p for p in parent.split(b"/") if p]:
-        try:
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-        except OSError as exc:
-            if fd != root_fd:
-                os.close(fd)
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UsageError(f"{target}: refusing to extract through {fsdecode(parent)!r}: "
-                                 "a component is a symlink or not a directory") from None
-            raise
-        if fd != root_fd:
-            os.close(fd)
-        fd = nfd
-    return fd
-
-
-def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first_path: dict[int, bytes],
-                 res: UnpackResult, as_root: bool) -> None:
+def _extract_one(node: Node, data, pfd: int, name: bytes, root_fd: int, first_path: dict[int, bytes],
+                 res: UnpackResult, as_root: bool) -> int | None:
+    """Create one entry in the directory ``pfd``; for a directory, return its open descriptor."""
     perm = stat.S_IMODE(node.mode)
     key = node.hardlink
     if key is not None and key in first_path:
         os.link(first_path[key].lstrip(b"/"), name, src_dir_fd=root_fd, dst_dir_fd=pfd, follow_symlinks=False)
         res.files += node.type == REG  # every name of a file counts, as in pack (find -type f)
-        return
+        return None
     if node.type == DIR:
         try:
             os.mkdir(name, 0o700, dir_fd=pfd)
@@ -356,18 +426,24 @@ def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise UsageError(f"{fsdecode(node.path)}: exists and is not a directory") from None
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UsageError(f"refusing to extract through {fsdecode(node.path)!r}: it is a symlink or not "
+                                 "a directory") from None
+            raise
         try:
             _set_meta(fd, node, perm, as_root)
-        finally:
+        except BaseException:
             os.close(fd)
-        return
+            raise
+        return fd
     if node.type == REG:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
         try:
-            for fut in futures or ():
-                data = fut.result()
-                view = memoryview(data)
+            for chunk in data or ():
+                view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
             _set_meta(fd, node, perm, as_root)
@@ -378,7 +454,7 @@ def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first
         res.bytes += node.size
         if key is not None:
             first_path[key] = node.path
-        return
+        return None
     if node.type == SYMLINK:
         os.symlink(node.target or b"", name, dir_fd=pfd)
     elif node.type in (CHR, BLK, FIFO, SOCK):
@@ -387,7 +463,7 @@ def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first
             os.mknod(name, fmt | 0o600, node.rdev, dir_fd=pfd)
         except PermissionError:
             res.skipped += 1
-            return
+            return None
     if as_root:
         os.chown(name, node.uid, node.gid, dir_fd=pfd, follow_symlinks=False)
     if node.type != SYMLINK:
@@ -399,6 +475,7 @@ def _extract_one(node: Node, futures, pfd: int, name: bytes, root_fd: int, first
     os.utime(name, ns=(node.mtime * 10**9, node.mtime * 10**9), dir_fd=pfd, follow_symlinks=False)
     if key is not None:
         first_path[key] = node.path
+    return None
 
 
 def _set_meta(fd: int, node: Node, perm: int, as_root: bool) -> None:

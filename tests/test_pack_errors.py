@@ -24,7 +24,8 @@ from fixtures_util import (
 )
 
 from nydus_inspect.errors import NydusInspectError
-from nydus_inspect.pack import pack
+from nydus_inspect.fsutil import TEMP_MARK
+from nydus_inspect.pack import PackOptions, pack
 
 
 def _tar(path, add) -> str:
@@ -226,40 +227,35 @@ def _big_tar() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_pack_leaves_nothing(tmp_path, out_dir, sig):
-    data = _big_tar()
+def _start_pack_and_wait(out_dir, data, *extra) -> subprocess.Popen:
+    """A pack reading ``data`` from a pipe, given half of it and waited for until its temporary blob grows
+    past 1 MiB (it then waits for the rest of the tar)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "nydus_inspect", "pack", "-", "-o", str(out_dir / "out.blob")]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nydus_inspect",
-            "pack",
-            "-",
-            "-o",
-            str(out_dir / "out.blob"),
-            "--chunk-size",
-            "0x10000",
-        ],
+        [*cmd, "--chunk-size", "0x10000", *map(str, extra)],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         env=env,
     )
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        temps = [f for f in os.listdir(out_dir) if f.startswith(".out.blob" + TEMP_MARK)]
+        if temps and os.path.getsize(out_dir / temps[0]) > 1 << 20:
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    pytest.fail("pack never started writing")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_pack_leaves_nothing(tmp_path, out_dir, sig):
+    proc = _start_pack_and_wait(out_dir, _big_tar())
     try:
-        proc.stdin.write(data[: len(data) // 2])
-        proc.stdin.flush()
-        # Wait until the pack has written part of the blob (its temporary file grows), then interrupt it
-        # while it waits for the rest of the tar.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            temps = [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
-            if temps and os.path.getsize(out_dir / temps[0]) > 1 << 20:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("pack never started writing")
         proc.send_signal(sig)
         err = proc.communicate(timeout=30)[1]
     finally:
@@ -270,6 +266,64 @@ def test_interrupted_pack_leaves_nothing(tmp_path, out_dir, sig):
     assert b"Traceback" not in err and err.count(b"\n") == 1, err
     _assert_nothing_written(out_dir)
 
+
+def test_the_next_run_removes_what_a_killed_pack_left(tmp_path, out_dir, fixture_tars):
+    """SIGKILL leaves the temporary files; the next pack to the same outputs removes them (their writer is
+    gone), and leaves alone a temporary file whose writer lives and another program's file."""
+    proc = _start_pack_and_wait(out_dir, _big_tar(), "--bootstrap", out_dir / "out.boot")
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = sorted(os.listdir(out_dir))
+    assert len(left) == 2 and all(TEMP_MARK in name for name in left), left
+    live = out_dir / f".out.blob{TEMP_MARK}{os.getpid()}-abcdefgh"  # this test's pid: alive
+    live.write_bytes(b"x")
+    other = out_dir / ".out.blob.tmp"
+    other.write_bytes(b"y")
+    src = fixture_tars["every-type.tar"]
+    assert run_cli("pack", "-q", src, "-o", out_dir / "out.blob", "--bootstrap", out_dir / "out.boot").returncode == 0
+    assert sorted(os.listdir(out_dir)) == sorted([live.name, other.name, "out.blob", "out.boot"])
+
+
+def test_blob_and_bootstrap_are_renamed_as_a_pair(tmp_path, out_dir, fixture_tars, monkeypatch):
+    """Both temporary files are complete before the first rename; the bootstrap is renamed first."""
+    import nydus_inspect.fsutil as fsutil
+
+    src = fixture_tars["every-type.tar"]
+    pack(str(src), str(tmp_path / "want.blob"), PackOptions(bootstrap=str(tmp_path / "want.boot")))
+    renames = []
+    real_replace = os.replace
+
+    def replace(a, b):
+        if not renames:  # at the first rename, every output must already be whole
+            temps = {name.split(TEMP_MARK)[0]: os.path.getsize(out_dir / name) for name in os.listdir(out_dir)}
+            assert temps == {".out.boot": os.path.getsize(tmp_path / "want.boot"),
+                             ".out.blob": os.path.getsize(tmp_path / "want.blob")}, temps
+        renames.append(os.path.basename(b))
+        real_replace(a, b)
+
+    monkeypatch.setattr(fsutil.os, "replace", replace)
+    pack(str(src), str(out_dir / "out.blob"), PackOptions(bootstrap=str(out_dir / "out.boot")))
+    assert renames == ["out.boot", "out.blob"]
+    assert (out_dir / "out.blob").read_bytes() == (tmp_path / "want.blob").read_bytes()
+    assert (out_dir / "out.boot").read_bytes() == (tmp_path / "want.boot").read_bytes()
+
+
+def test_a_failed_bootstrap_keeps_both_old_outputs(tmp_path, out_dir, fixture_tars, monkeypatch):
+    import nydus_inspect.pack as pack_module
+
+    (out_dir / "out.blob").write_bytes(b"old blob")
+    (out_dir / "out.boot").write_bytes(b"old boot")
+
+    def fail(*args):
+        raise NydusInspectError("the bootstrap cannot be built")
+
+    monkeypatch.setattr(pack_module, "_separate_bootstrap", fail)
+    with pytest.raises(NydusInspectError):
+        pack(str(fixture_tars["every-type.tar"]), str(out_dir / "out.blob"),
+             PackOptions(bootstrap=str(out_dir / "out.boot")))
+    assert sorted(os.listdir(out_dir)) == ["out.blob", "out.boot"]
+    assert (out_dir / "out.blob").read_bytes() == b"old blob"
+    assert (out_dir / "out.boot").read_bytes() == b"old boot"
 
 
 def test_output_to_a_device_writes_through_it(tmp_path, fixture_tars):
@@ -294,3 +348,21 @@ def test_output_to_a_device_writes_through_it(tmp_path, fixture_tars):
     proc = run_cli("unpack", "-q", direct, "-o", null)
     assert proc.returncode == 0, proc.stderr
     assert stat.S_ISCHR(os.stat(null).st_mode)
+
+
+def test_a_locked_temporary_file_is_not_stale(tmp_path):
+    """A writer in another pid namespace has a pid that looks dead here: its lock keeps its file."""
+    import fcntl
+
+    from nydus_inspect.fsutil import remove_stale
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # exited: no process has this pid now (barring reuse within the test)
+    locked = tmp_path / f".out.blob{TEMP_MARK}{dead}-aaaaaaaa"
+    free = tmp_path / f".out.blob{TEMP_MARK}{dead}-bbbbbbbb"
+    locked.write_bytes(b"x")
+    free.write_bytes(b"y")
+    with open(locked, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert remove_stale(str(tmp_path), "out.blob") == [free.name]
+    assert sorted(os.listdir(tmp_path)) == [locked.name]
