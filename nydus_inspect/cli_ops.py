@@ -173,8 +173,12 @@ def cmd_convert(args) -> int:
 
     _warnings_to_stderr(args)
     opts = _pack_options(args)
-    with progress_bar(args, "convert", None) as update:
-        res = convert(args.source, args.output, platforms=args.platform, options=opts, progress=update)
+    from .imageref import destination, materialise
+
+    source = materialise(args.source)
+    with progress_bar(args, "convert", None) as update, destination(args.output, mount_from=args.source) as out:
+        res = convert(source, out, platforms=args.platform, options=opts, progress=update)
+        res.output = args.output
     if args.json:
         from .cli import print_json
 
@@ -188,6 +192,27 @@ def cmd_convert(args) -> int:
             print(f"{im.source} ({im.platform or 'no platform'}): already a nydus image, copied")
     print(f"{res.output}: {'written' if res.changed else 'a copy (nothing to convert)'}")
     return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check
+    from .imageref import OPTIONS, materialise
+
+    result = check(materialise(args.image), materialise(args.source), OPTIONS.platforms)
+    if args.json:
+        from .cli import print_json
+
+        print_json(result.to_json())
+        return 0 if result.ok else 1
+    for d in result.differences:
+        print(d)
+    for line in result.problems:
+        print(f"verify: {line}")
+    if result.ok:
+        print(f"{args.image}: the same file system as {args.source}")
+    else:
+        print(f"{args.image}: {len(result.differences)} difference(s), {len(result.problems)} verify finding(s)")
+    return 0 if result.ok else 1
 
 
 def cmd_verify(args) -> int:
@@ -282,9 +307,14 @@ def _layer_args(p) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
     p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+    from .imageref import add_arguments
+
+    add_arguments(p)
 
 
 def register(sub) -> None:
+    from .imageref import add_arguments
+
     s = sub.add_parser("pack", help="OCI layer tar (plain, gzip, zstd, or - for stdin) -> nydus layer blob")
     s.add_argument("source", metavar="LAYER.tar")
     s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
@@ -308,6 +338,7 @@ def register(sub) -> None:
     s.add_argument("b", metavar="LAYER")
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
+    add_arguments(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_diff)
 
@@ -328,6 +359,7 @@ def register(sub) -> None:
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
     s.add_argument("--json", action="store_true")
+    add_arguments(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_verify)
 
@@ -348,8 +380,16 @@ def register(sub) -> None:
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
     s.add_argument("--chunk-size", default="0x100000", help="power of 2, 0x1000..0x1000000 (default 0x100000)")
     s.add_argument("--json", action="store_true")
+    add_arguments(s, platform=False)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("check", help="is a nydus image the same file system as its source image? (no mount, no root)")
+    s.add_argument("image", metavar="NYDUS_IMAGE", help="the nydus image: a layout directory or a reference")
+    s.add_argument("--source", required=True, metavar="OCI_IMAGE", help="the image it was converted from")
+    s.add_argument("--json", action="store_true")
+    add_arguments(s)
+    s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
     _layer_args(s)
