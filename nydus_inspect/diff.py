@@ -39,11 +39,17 @@ class Difference:
     found: object
 
     def to_json(self) -> dict:
-        return {"path": fsdecode(self.path), "field": self.field, "expected": _show(self.expected),
-                "found": _show(self.found)}
+        return {"path": fsdecode(self.path), "field": self.field, "expected": self._show(self.expected),
+                "found": self._show(self.found)}
 
     def __str__(self) -> str:
-        return f"{fsdecode(self.path)}: {self.field}: expected {_show(self.expected)}, found {_show(self.found)}"
+        return f"{fsdecode(self.path)}: {self.field}: expected {self._show(self.expected)}, found {self._show(self.found)}"
+
+    def _show(self, v: object) -> object:
+        # Permission bits are read in octal by everyone (ls, chmod, tar tv); a decimal 493 means nothing.
+        if self.field == "mode" and isinstance(v, int):
+            return f"{v:04o}"
+        return _show(v)
 
 
 def _show(v: object) -> object:
