@@ -133,7 +133,11 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
 
 
 def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
-    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar."""
+    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar; either may be an image
+    reference (docker://, oci:, oci-archive:, docker-archive:) of a nydus image."""
+    from .imageref import materialise
+
+    path = materialise(path)
     try:
         if os.path.isdir(path):  # the OCI image layout of a nydus image
             layer = open_layer(path, blob_dir=blob_dir, blobs=blobs)

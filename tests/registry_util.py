@@ -99,7 +99,7 @@ def pull(ref: str, layout: Path, creds: str | None = None) -> None:
 class Proxy:
     """An HTTP proxy in front of ``upstream`` on a port of its own. ``faults`` is a list the test fills with
     what the next requests meet (each used once, in order): "drop" (connection closed with no answer),
-    "drop-body" (headers, then half the body, then closed), "500", "delay" (2 s before answering). With
+    "drop-body" (headers, then half the body, then closed), "500", "delay" (2 s before answering), "corrupt" (the first byte of the body flipped). With
     ``ignore_range`` every Range header is dropped. With ``token`` the proxy asks for a bearer token from
     the token server at ``realm`` (and refuses any other), as registries behind an auth service do.
     ``seen`` keeps (method, path, authorization) of every request, for the tests to read."""
@@ -108,6 +108,7 @@ class Proxy:
         self.upstream = upstream
         self.faults: list[str] = []
         self.ignore_range = False
+        self.fault_path = "/v2/"  # faults hit only requests whose path holds this
         self.token = token
         self.realm = realm
         self.seen: list[tuple[str, str, str | None]] = []
@@ -124,7 +125,7 @@ class Proxy:
                 proxy.seen.append((self.command, self.path, self.headers.get("Authorization")))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                fault = proxy.faults.pop(0) if proxy.faults else None
+                fault = proxy.faults.pop(0) if proxy.faults and proxy.fault_path in self.path else None
                 if fault == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -164,6 +165,8 @@ class Proxy:
                     for k, v in resp.getheaders()
                     if k.lower() not in ("content-length", "transfer-encoding", "connection")
                 }
+                if fault == "corrupt" and data:
+                    data = bytes([data[0] ^ 1]) + data[1:]
                 if fault == "drop-body" and len(data) > 1:
                     self.send_response(resp.status)
                     for k, v in out.items():
