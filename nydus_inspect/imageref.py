@@ -15,15 +15,12 @@ images or, for commands that read only metadata, just the nydus bootstrap layer.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
 import re
-import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .oci import (
@@ -43,8 +40,12 @@ from .oci import (
     is_nydus_bootstrap,
     select_images,
 )
-from .registry import Credentials, Registry, Stats, docker_config_credentials
 
+if TYPE_CHECKING:
+    from .registry import Credentials, Registry, Stats
+
+# The registry client (httpx) and the archive readers are imported when a reference needs them: commands on
+# plain files pay nothing for them.
 PREFIXES = ("docker://", "oci:", "oci-archive:", "docker-archive:")
 REF_NAME = "org.opencontainers.image.ref.name"
 _REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
@@ -104,6 +105,12 @@ def parse(text: str) -> Ref:
     raise UsageError(f"{text}: not an image reference (expected one of {', '.join(PREFIXES)})")
 
 
+def _registry():
+    from . import registry
+
+    return registry
+
+
 # ---------------------------------------------------------------------------- options
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -118,7 +125,7 @@ class ImageOptions:
     insecure: bool = False
     all_platforms: bool = False
     data: bool = True  # fetch data layers too (False: manifests, configs and the nydus bootstrap only)
-    stats: Stats = field(default_factory=Stats)
+    stats: Stats | None = None  # made with the first registry session
 
 
 #: The options references are resolved with; the command line sets them from its flags.
@@ -153,13 +160,13 @@ def configure(args) -> None:
     OPTIONS.all_platforms = bool(values) and "all" in values
     OPTIONS.platforms = [Platform.parse(v) for v in values] if values and not OPTIONS.all_platforms else None
     creds = getattr(args, "creds", None)
-    OPTIONS.creds = Credentials.parse(creds) if creds else None
+    OPTIONS.creds = _registry().Credentials.parse(creds) if creds else None
     OPTIONS.insecure = bool(getattr(args, "insecure", False))
     OPTIONS.data = bool(getattr(args, "image_data", True))
 
 
 def stats_line() -> str:
-    s = OPTIONS.stats
+    s = OPTIONS.stats or _registry().Stats()
     return f"registry: fetched {s.fetched} bytes, pushed {s.pushed} bytes in {s.requests} requests ({s.retries} retries)"
 
 
@@ -190,6 +197,7 @@ class _Store:
         return digest
 
     def put_file(self, src: str) -> tuple[str, int]:
+
         h = hashlib.sha256()
         with open(src, "rb") as f:
             while block := f.read(1 << 22):
@@ -197,6 +205,8 @@ class _Store:
         digest = "sha256:" + h.hexdigest()
         dst = self.path(digest)
         if not os.path.isfile(dst):
+            import shutil
+
             tmp = f"{dst}.{os.getpid()}.part"
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
@@ -270,6 +280,11 @@ def _view(root: str, name: str | None, store: _Store, text: str) -> str:
 def _extract(path: str, store: _Store, text: str) -> str:
     """The tar ``path`` unpacked once into the cache (keyed by its path, size and mtime); only plain files
     and directories, never outside the target."""
+    import gzip
+    import shutil
+    import tarfile
+    import tempfile
+
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -361,8 +376,11 @@ def _from_docker_archive(path: str, store: _Store, text: str) -> str:
 
 
 def registry_for(ref: Ref, opts: ImageOptions) -> Registry:
-    creds = opts.creds or docker_config_credentials(ref.host)
-    return Registry(ref.host, creds=creds, insecure=opts.insecure, stats=opts.stats)
+    reg = _registry()
+    if opts.stats is None:
+        opts.stats = reg.Stats()
+    creds = opts.creds or reg.docker_config_credentials(ref.host)
+    return reg.Registry(ref.host, creds=creds, insecure=opts.insecure, stats=opts.stats)
 
 
 def _from_registry(ref: Ref, store: _Store, opts: ImageOptions) -> str:
@@ -431,6 +449,9 @@ def _fetch_tree(reg: Registry, ref: Ref, store: _Store, doc: dict, media_type: s
 def destination(text: str, options: ImageOptions | None = None, mount_from: str | None = None):
     """A new local layout directory to write an image into, delivered to ``text`` afterwards (pushed to a
     registry, or packed into an oci-archive) when the body succeeds."""
+    import shutil
+    import tempfile
+
     opts = options or OPTIONS
     if not is_reference(text):
         yield text
@@ -457,6 +478,8 @@ def destination(text: str, options: ImageOptions | None = None, mount_from: str 
 
 
 def _tar_layout(root: str, path: str, name: str | None) -> None:
+    import tarfile
+
     if name:
         index_path = os.path.join(root, INDEX_FILE)
         with open(index_path, "rb") as f:
