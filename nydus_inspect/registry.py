@@ -177,7 +177,9 @@ class Registry:
             if same_host and scope in self._auth:
                 hdrs["Authorization"] = self._auth[scope]
             self.stats.requests += 1
-            req = self._client.build_request(method, url, headers=hdrs, content=content)
+            # A body given as a function is made anew for each send (auth challenge, redirect, retry).
+            body = content() if callable(content) else content
+            req = self._client.build_request(method, url, headers=hdrs, content=body)
             resp = self._client.send(req, stream=True)
             if resp.status_code == 401 and same_host and scope not in self._auth:
                 resp.read()
@@ -336,17 +338,23 @@ class Registry:
             raise RegistryError(f"{self.host}/{repo}: the upload answer has no Location")
         url = urllib.parse.urljoin(self.base + "/", location)
         sep = "&" if "?" in url else "?"
-        with open(path, "rb") as f:
-            data = f.read()
+        size = os.path.getsize(path)
+
+        def body():
+            # Streamed from the file, so a large blob is never held in memory.
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    yield block
+
         self.request(
             "PUT",
             f"{url}{sep}digest={urllib.parse.quote(digest)}",
             scope=scope,
-            content=data,
-            headers={"Content-Type": "application/octet-stream"},
+            content=body,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             ok=(201,),
         )
-        self.stats.pushed += len(data)
+        self.stats.pushed += size
         return True
 
     def put_manifest(self, repo: str, reference: str, raw: bytes, media_type: str) -> None:
@@ -362,7 +370,7 @@ class Registry:
 
 
 def _replayable(content) -> bool:
-    return content is None or isinstance(content, bytes)
+    return content is None or isinstance(content, bytes) or callable(content)
 
 
 def _netloc(url: str) -> str:

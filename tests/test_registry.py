@@ -321,3 +321,31 @@ def test_docker_archive_source(src, tmp_path):
     assert rc == 0, said + err
     rc, said, err = cli(tmp_path, "check", out, "--source", f"oci:{src}")
     assert rc == 0, said + err
+
+
+def pushed(err: str) -> int:
+    line = next(line for line in err.splitlines() if line.startswith("registry: fetched"))
+    return int(line.split()[5])
+
+
+def test_push_checks_existence_and_mounts_across_repositories(registry, src, tmp_path):
+    push(src, f"{registry}/app:1")
+    first = cli(
+        tmp_path, "convert", f"docker://{registry}/app:1", f"docker://{registry}/app:1-nydus", "--stats"
+    )
+    assert first[0] == 0, first[2]
+    again = cli(
+        tmp_path, "convert", f"docker://{registry}/app:1", f"docker://{registry}/app:1-nydus", "--stats"
+    )
+    assert again[0] == 0, again[2]
+    # The blobs are there already: only the manifest goes up the second time.
+    assert pushed(again[2]) < 4096 < pushed(first[2])
+    # An image already nydus is copied through; into another repository of the same registry its blobs are
+    # mounted, not uploaded.
+    rc, _, err = cli(
+        tmp_path, "convert", f"docker://{registry}/app:1-nydus", f"docker://{registry}/other:1", "--stats"
+    )
+    assert rc == 0, err
+    assert pushed(err) < 4096, err
+    rc, said, err = cli(tmp_path, "check", f"docker://{registry}/other:1", "--source", f"oci:{src}")
+    assert rc == 0, said + err
