@@ -325,6 +325,9 @@ def _layer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, RAFS bootstrap, or bootstrap layer (tar/tar.gz)")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)")
     p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+    from .imageref import add_arguments
+
+    add_arguments(p)
 
 
 def _no_dereference(p: argparse.ArgumentParser) -> None:
@@ -412,6 +415,7 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("info", help="what a layer is: superblocks, blob table, ToC summary")
     _layer_args(s)
+    s.set_defaults(image_data=False)  # a reference: the bootstrap is enough, data blobs are not read
     s.add_argument("--json", action="store_true", help="the same facts as one JSON document")
     s.set_defaults(func=cmd_info)
 
@@ -441,6 +445,7 @@ def _add_commands(sub) -> None:
     s.add_argument("--chunks", action="store_true", help="with -l or --json: each file's chunks")
     s.add_argument("--json", action="store_true", help="a JSON array, streamed")
     s.set_defaults(func=cmd_ls)
+    s.set_defaults(image_data=False)  # a reference: the bootstrap is enough, data blobs are not read
 
     s = sub.add_parser("cat", help="a file's bytes, read chunk by chunk and checked against chunk digests")
     _layer_args(s)
@@ -508,8 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        with _bulk_process(getattr(args, "bulk", False)):
-            return args.func(args) or 0
+        from . import imageref
+
+        imageref.configure(args)
+        try:
+            with _bulk_process(getattr(args, "bulk", False)):
+                return args.func(args) or 0
+        finally:
+            if getattr(args, "stats", False) and imageref.OPTIONS.stats.requests:
+                sys.stderr.write(imageref.stats_line() + "\n")
     except NydusInspectError as exc:
         _error(str(exc))
         return exc.exit_code

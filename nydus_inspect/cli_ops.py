@@ -190,8 +190,12 @@ def cmd_convert(args) -> int:
 
     _warnings_to_stderr(args)
     opts = _pack_options(args)
-    with progress_bar(args, "convert", None) as update:
-        res = convert(args.source, args.output, platforms=args.platform, options=opts, progress=update)
+    from .imageref import destination, materialise
+
+    source = materialise(args.source)
+    with progress_bar(args, "convert", None) as update, destination(args.output, mount_from=args.source) as out:
+        res = convert(source, out, platforms=args.platform, options=opts, progress=update)
+        res.output = args.output
     if args.json:
         from .cli import print_json
 
@@ -207,6 +211,27 @@ def cmd_convert(args) -> int:
             print(f"{im.source} ({im.platform or 'no platform'}): already a nydus image, copied")
     print(f"{res.output}: {'written' if res.changed else 'a copy (nothing to convert)'}")
     return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check
+    from .imageref import OPTIONS, materialise
+
+    result = check(materialise(args.image), materialise(args.source), OPTIONS.platforms)
+    if args.json:
+        from .cli import print_json
+
+        print_json(result.to_json())
+        return 0 if result.ok else 1
+    for d in result.differences:
+        print(d)
+    for line in result.problems:
+        print(f"verify: {line}")
+    if result.ok:
+        print(f"{args.image}: the same file system as {args.source}")
+    else:
+        print(f"{args.image}: {len(result.differences)} difference(s), {len(result.problems)} verify finding(s)")
+    return 0 if result.ok else 1
 
 
 def cmd_verify(args) -> int:
@@ -307,9 +332,14 @@ def _layer_args(p) -> None:
     p.add_argument("layer", metavar="LAYER", help="nydus layer blob, or a bootstrap with its blobs")
     p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live")
     p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
+    from .imageref import add_arguments
+
+    add_arguments(p)
 
 
 def register(sub) -> None:
+    from .imageref import add_arguments
+
     s = sub.add_parser("pack", help="OCI layer tar (plain, gzip, zstd, or - for stdin) -> nydus layer blob")
     s.add_argument("source", metavar="LAYER.tar", help="an OCI layer tar, plain, gzip or zstd; - reads stdin")
     s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
@@ -333,6 +363,7 @@ def register(sub) -> None:
     s.add_argument("b", metavar="LAYER", help="the tree to check against it (same kinds)")
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
+    add_arguments(s)
     s.add_argument("--json", action="store_true", help="every difference as JSON (path, field, expected, found)")
     s.set_defaults(func=cmd_diff)
 
@@ -361,6 +392,7 @@ def register(sub) -> None:
     )
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
+    add_arguments(s)
     s.add_argument("--json", action="store_true", help="each layer's checks, findings and rule results as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_verify, bulk=True)
@@ -382,8 +414,16 @@ def register(sub) -> None:
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
     s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
     s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
+    add_arguments(s, platform=False)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert, bulk=True)
+
+    s = sub.add_parser("check", help="is a nydus image the same file system as its source image? (no mount, no root)")
+    s.add_argument("image", metavar="NYDUS_IMAGE", help="the nydus image: a layout directory or a reference")
+    s.add_argument("--source", required=True, metavar="OCI_IMAGE", help="the image it was converted from")
+    s.add_argument("--json", action="store_true", help="every difference and each layer's verify findings as JSON")
+    add_arguments(s)
+    s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
     _layer_args(s)

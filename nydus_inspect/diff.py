@@ -40,11 +40,17 @@ class Difference:
     found: object
 
     def to_json(self) -> dict:
-        return {"path": fsdecode(self.path), "field": self.field, "expected": _show(self.expected),
-                "found": _show(self.found)}
+        return {"path": fsdecode(self.path), "field": self.field, "expected": self._show(self.expected),
+                "found": self._show(self.found)}
 
     def __str__(self) -> str:
-        return f"{fsdecode(self.path)}: {self.field}: expected {_show(self.expected)}, found {_show(self.found)}"
+        return f"{fsdecode(self.path)}: {self.field}: expected {self._show(self.expected)}, found {self._show(self.found)}"
+
+    def _show(self, v: object) -> object:
+        # Permission bits are read in octal by everyone (ls, chmod, tar tv); a decimal 493 means nothing.
+        if self.field == "mode" and isinstance(v, int):
+            return f"{v:04o}"
+        return _show(v)
 
 
 def _show(v: object) -> object:
@@ -129,7 +135,11 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
 
 
 def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
-    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar."""
+    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar; either may be an image
+    reference (docker://, oci:, oci-archive:, docker-archive:) of a nydus image."""
+    from .imageref import materialise
+
+    path = materialise(path)
     try:
         if os.path.isdir(path):  # the OCI image layout of a nydus image
             layer = open_layer(path, blob_dir=blob_dir, blobs=blobs)

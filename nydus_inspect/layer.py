@@ -614,8 +614,11 @@ def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
 
 
 def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
-    """Open a nydus blob, bootstrap, bootstrap layer, or the OCI image layout of a nydus image; raises
-    FormatError / UsageError."""
+    """Open a nydus blob, bootstrap, bootstrap layer, the OCI image layout of a nydus image, or an image
+    reference (docker://, oci:, oci-archive:, docker-archive:); raises FormatError / UsageError."""
+    from . import imageref
+
+    path = imageref.materialise(path)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -623,7 +626,7 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
             # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id).
             from .oci import nydus_bootstrap_of_layout
 
-            boot, layout_blobs = nydus_bootstrap_of_layout(path)
+            boot, layout_blobs = nydus_bootstrap_of_layout(path, imageref.OPTIONS.platforms)
             return Layer(boot, blob_dir=blob_dir or layout_blobs, blobs=blobs)
         raise UsageError(f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout")
     return Layer(path, blob_dir=blob_dir, blobs=blobs)

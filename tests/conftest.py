@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from registry_util import registry  # noqa: F401  (a registry of our own on the loopback address)
 
 from oracle import oracle  # noqa: F401  (the session fixture of the real nydus tools)
 

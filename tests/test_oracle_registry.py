@@ -6,57 +6,14 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-import pytest
 from fixtures_util import fixture_tars_fixture, run_cli, source_tar  # noqa: F401
+from registry_util import push
 from test_convert import simple_layout
-
-
-@pytest.fixture
-def registry(tmp_path):
-    """host:port of a registry of our own on the loopback address, stopped after the test."""
-    exe = shutil.which("docker-registry")
-    if exe is None or shutil.which("skopeo") is None:
-        pytest.fail("docker-registry and skopeo are needed (make deps installs them)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the registry did not start")
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def push(layout: Path, ref: str) -> None:
-    subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}", f"docker://{ref}"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
 
 
 def _unmount_below(work: Path) -> None:

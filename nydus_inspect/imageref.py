@@ -1,0 +1,533 @@
+"""Image references: where an image lives, and how to bring what a command needs of it into a local OCI layout.
+
+The forms, as skopeo spells them: ``docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`` (a registry, through
+:mod:`.registry`), ``oci:DIR[:REF]`` (an OCI layout, REF picking a ``org.opencontainers.image.ref.name``),
+``oci-archive:PATH[:REF]`` (an OCI layout in a tar) and ``docker-archive:PATH`` (``docker save``). A plain
+path is left as it is, so every existing LAYER argument means what it meant.
+
+Every form is materialised as an OCI layout under the cache directory, so the commands keep reading one thing
+(:class:`.oci.OciLayout`, which checks each blob against its digest). Blobs live once in ``blobs/sha256``
+of the cache; a layout there is ``index.json`` + ``oci-layout`` + a ``blobs`` link to that store. Registry
+blobs are fetched only when asked for: manifests and configs always, then either every layer of the chosen
+images or, for commands that read only metadata, just the nydus bootstrap layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+from .oci import (
+    ANNOTATION_NYDUS_BOOTSTRAP,
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    INDEX_FILE,
+    LAYOUT_FILE,
+    LAYOUT_VERSION,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OciLayout,
+    Platform,
+    dumps,
+    is_index,
+    is_manifest,
+    is_nydus_bootstrap,
+    select_images,
+)
+
+if TYPE_CHECKING:
+    from .registry import Credentials, Registry, Stats
+
+# The registry client (httpx) and the archive readers are imported when a reference needs them: commands on
+# plain files pay nothing for them.
+PREFIXES = ("docker://", "oci:", "oci-archive:", "docker-archive:")
+REF_NAME = "org.opencontainers.image.ref.name"
+_REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass
+class Ref:
+    kind: str  # "docker", "oci", "oci-archive", "docker-archive"
+    path: str = ""  # oci / archives
+    name: str | None = None  # oci / oci-archive: the ref.name to pick
+    host: str = ""
+    repo: str = ""
+    reference: str = ""  # tag or digest
+
+    def __str__(self) -> str:
+        if self.kind == "docker":
+            sep = "@" if self.reference.startswith("sha256:") else ":"
+            return f"docker://{self.host}/{self.repo}{sep}{self.reference}"
+        return f"{self.kind}:{self.path}" + (f":{self.name}" if self.name else "")
+
+
+def is_reference(text: str) -> bool:
+    return isinstance(text, str) and text.startswith(PREFIXES)
+
+
+def parse(text: str) -> Ref:
+    """A reference, with what is wrong named when it cannot be one."""
+    if text.startswith("docker://"):
+        rest = text[len("docker://") :]
+        host, slash, path = rest.partition("/")
+        if not slash or not host or not path:
+            raise UsageError(f"{text}: expected docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")
+        if "@" in path:
+            repo, _, reference = path.partition("@")
+            if not _DIGEST.fullmatch(reference):
+                raise UsageError(f"{text}: digest {reference!r} is not sha256:<64 hex>")
+        else:
+            repo, colon, reference = path.rpartition(":")
+            if not colon or "/" in reference:
+                repo, reference = path, "latest"
+            elif not _TAG.fullmatch(reference):
+                raise UsageError(f"{text}: tag {reference!r} is not a valid tag")
+        if not _REPO.fullmatch(repo):
+            raise UsageError(f"{text}: repository {repo!r} is not a valid name (lower case, digits, . _ - /)")
+        return Ref("docker", host=host, repo=repo, reference=reference)
+    for kind in ("oci-archive", "docker-archive", "oci"):
+        if text.startswith(kind + ":"):
+            rest = text[len(kind) + 1 :]
+            if not rest:
+                raise UsageError(f"{text}: no path after {kind}:")
+            name = None
+            if kind != "docker-archive" and not os.path.exists(rest) and ":" in rest:
+                rest, name = rest.rsplit(":", 1)
+            return Ref(kind, path=rest, name=name or None)
+    raise UsageError(f"{text}: not an image reference (expected one of {', '.join(PREFIXES)})")
+
+
+def _registry():
+    from . import registry
+
+    return registry
+
+
+# ---------------------------------------------------------------------------- options
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "nydus-inspect", "images")
+
+
+@dataclass
+class ImageOptions:
+    cache_dir: str = field(default_factory=default_cache_dir)
+    platforms: list[Platform] | None = None
+    creds: Credentials | None = None
+    insecure: bool = False
+    all_platforms: bool = False
+    data: bool = True  # fetch data layers too (False: manifests, configs and the nydus bootstrap only)
+    stats: Stats | None = None  # made with the first registry session
+
+
+#: The options references are resolved with; the command line sets them from its flags.
+OPTIONS = ImageOptions()
+
+
+def add_arguments(p, platform: bool = True) -> None:
+    """The flags every command taking an image reference has."""
+    g = p.add_argument_group("image references (docker://, oci:, oci-archive:, docker-archive:)")
+    if platform:
+        g.add_argument(
+            "--platform", action="append", metavar="OS/ARCH[/VARIANT]", help="image of a multi-arch index"
+        )
+    g.add_argument(
+        "--creds", metavar="USER:PASS", help="registry credentials (default: ~/.docker/config.json)"
+    )
+    g.add_argument("--insecure", action="store_true", help="plain HTTP to a registry that is not localhost")
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where fetched images are kept (default: $XDG_CACHE_HOME/nydus-inspect/images)",
+    )
+    g.add_argument(
+        "--stats", action="store_true", help="say on stderr how many bytes were fetched and pushed"
+    )
+
+
+def configure(args) -> None:
+    """Set :data:`OPTIONS` from parsed command-line flags (those :func:`add_arguments` adds)."""
+    OPTIONS.cache_dir = getattr(args, "cache_dir", None) or default_cache_dir()
+    values = getattr(args, "platform", None)
+    OPTIONS.all_platforms = bool(values) and "all" in values
+    OPTIONS.platforms = [Platform.parse(v) for v in values] if values and not OPTIONS.all_platforms else None
+    creds = getattr(args, "creds", None)
+    OPTIONS.creds = _registry().Credentials.parse(creds) if creds else None
+    OPTIONS.insecure = bool(getattr(args, "insecure", False))
+    OPTIONS.data = bool(getattr(args, "image_data", True))
+
+
+def stats_line() -> str:
+    s = OPTIONS.stats or _registry().Stats()
+    return f"registry: fetched {s.fetched} bytes, pushed {s.pushed} bytes in {s.requests} requests ({s.retries} retries)"
+
+
+# ---------------------------------------------------------------------------- the cache
+class _Store:
+    def __init__(self, cache_dir: str) -> None:
+        self.root = cache_dir
+        self.blobs = os.path.join(cache_dir, "blobs", "sha256")
+        try:
+            os.makedirs(self.blobs, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{cache_dir}: cannot create the image cache: {exc.strerror}") from None
+
+    def path(self, digest: str) -> str:
+        if not _DIGEST.fullmatch(digest or ""):
+            raise UsageError(f"unsupported digest {digest!r} (only sha256:<64 hex> is supported)")
+        return os.path.join(self.blobs, digest.split(":", 1)[1])
+
+    def has(self, desc: dict) -> bool:
+        p = self.path(desc["digest"])
+        return os.path.isfile(p) and os.path.getsize(p) == desc.get("size")
+
+    def put_bytes(self, raw: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        p = self.path(digest)
+        if not os.path.isfile(p):
+            _write_atomic(p, raw)
+        return digest
+
+    def put_file(self, src: str) -> tuple[str, int]:
+
+        h = hashlib.sha256()
+        with open(src, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+        digest = "sha256:" + h.hexdigest()
+        dst = self.path(digest)
+        if not os.path.isfile(dst):
+            import shutil
+
+            tmp = f"{dst}.{os.getpid()}.part"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        return digest, os.path.getsize(dst)
+
+    def layout(self, key: str, index: dict) -> str:
+        """A layout directory named ``key`` whose index.json is ``index`` and whose blobs are the store's."""
+        root = os.path.join(self.root, "layouts", key)
+        os.makedirs(root, exist_ok=True)
+        link = os.path.join(root, "blobs")
+        if not os.path.islink(link):
+            os.symlink(os.path.relpath(os.path.join(self.root, "blobs"), root), link)
+        _write_atomic(os.path.join(root, LAYOUT_FILE), dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+        _write_atomic(os.path.join(root, INDEX_FILE), dumps(index))
+        return root
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- materialising
+def materialise(text: str, options: ImageOptions | None = None) -> str:
+    """An OCI layout directory holding what the commands need of the image ``text`` (a reference; a plain
+    path is returned as it is)."""
+    if not is_reference(text):
+        return text
+    opts = options or OPTIONS
+    ref = parse(text)
+    store = _Store(opts.cache_dir)
+    if ref.kind == "docker":
+        return _from_registry(ref, store, opts)
+    if ref.kind == "oci":
+        return _view(ref.path, ref.name, store, text)
+    if ref.kind == "oci-archive":
+        return _view(_extract(ref.path, store, text), ref.name, store, text)
+    return _from_docker_archive(ref.path, store, text)
+
+
+def _view(root: str, name: str | None, store: _Store, text: str) -> str:
+    """The layout at ``root``, narrowed to the images named ``name`` when one is given."""
+    layout = OciLayout(root)
+    if name is None:
+        return root
+    picked = [d for d in layout.index["manifests"] if (d.get("annotations") or {}).get(REF_NAME) == name]
+    if not picked:
+        names = sorted(
+            {(d.get("annotations") or {}).get(REF_NAME, "") for d in layout.index["manifests"]} - {""}
+        )
+        raise UsageError(
+            f"{text}: no image named {name!r} in {root} (names there: {', '.join(names) or 'none'})"
+        )
+    key = os.path.join("oci", _key(os.path.realpath(root), name))
+    dst = os.path.join(store.root, "layouts", key)
+    os.makedirs(dst, exist_ok=True)
+    link = os.path.join(dst, "blobs")
+    if not os.path.islink(link):
+        os.symlink(os.path.realpath(os.path.join(root, "blobs")), link)
+    _write_atomic(os.path.join(dst, LAYOUT_FILE), dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+    _write_atomic(os.path.join(dst, INDEX_FILE), dumps({**layout.index, "manifests": picked}))
+    return dst
+
+
+def _extract(path: str, store: _Store, text: str) -> str:
+    """The tar ``path`` unpacked once into the cache (keyed by its path, size and mtime); only plain files
+    and directories, never outside the target."""
+    import gzip
+    import shutil
+    import tarfile
+    import tempfile
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"{text}: {path}: {exc.strerror}") from None
+    dst = os.path.join(
+        store.root, "archives", _key(os.path.realpath(path), str(st.st_size), str(st.st_mtime_ns))
+    )
+    if os.path.isdir(dst):
+        return dst
+    tmp = tempfile.mkdtemp(
+        prefix=".extract.",
+        dir=os.path.dirname(dst) if os.path.isdir(os.path.dirname(dst)) else _mk(os.path.dirname(dst)),
+    )
+    try:
+        try:
+            with tarfile.open(path, "r:*") as tf:
+                for member in tf:
+                    name = os.path.normpath(member.name.lstrip("/"))
+                    if name.startswith("..") or name == ".":
+                        continue
+                    if member.isdir():
+                        os.makedirs(os.path.join(tmp, name), exist_ok=True)
+                    elif member.isfile():
+                        out = os.path.join(tmp, name)
+                        os.makedirs(os.path.dirname(out), exist_ok=True)
+                        with tf.extractfile(member) as src, open(out, "wb") as f:
+                            shutil.copyfileobj(src, f, 1 << 20)
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
+            raise UsageError(f"{text}: {path} is not a readable tar archive ({exc})") from None
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(dst):
+            return dst  # another process got there first
+        raise
+    return dst
+
+
+def _mk(d: str) -> str:
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _from_docker_archive(path: str, store: _Store, text: str) -> str:
+    """A ``docker save`` tarball as an OCI layout: its config and layer files become blobs named by digest."""
+    raw = _extract(path, store, text)
+    try:
+        with open(os.path.join(raw, "manifest.json"), "rb") as f:
+            entries = json.load(f)
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise ValueError("not a list of images")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{text}: no usable manifest.json in the archive ({exc})") from None
+    descs = []
+    for i, entry in enumerate(entries):
+        try:
+            config_path = os.path.join(raw, os.path.normpath(entry["Config"]))
+            layer_paths = [os.path.join(raw, os.path.normpath(p)) for p in entry["Layers"]]
+        except (KeyError, TypeError):
+            raise UsageError(f"{text}: manifest.json[{i}] lacks Config or Layers") from None
+        for p in (config_path, *layer_paths):
+            if not os.path.realpath(p).startswith(os.path.realpath(raw) + os.sep) or not os.path.isfile(p):
+                raise UsageError(
+                    f"{text}: manifest.json[{i}] names {os.path.relpath(p, raw)}, not in the archive"
+                )
+        cdigest, csize = store.put_file(config_path)
+        layers = []
+        for p in layer_paths:
+            with open(p, "rb") as f:
+                gz = f.read(2) == b"\x1f\x8b"
+            digest, size = store.put_file(p)
+            mt = OCI_LAYER_GZIP if gz else "application/vnd.docker.image.rootfs.diff.tar"
+            layers.append({"mediaType": mt, "digest": digest, "size": size})
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "digest": cdigest, "size": csize},
+            "layers": layers,
+        }
+        mraw = dumps(manifest)
+        desc = {"mediaType": DOCKER_MANIFEST, "digest": store.put_bytes(mraw), "size": len(mraw)}
+        tags = entry.get("RepoTags") or []
+        if tags:
+            desc["annotations"] = {REF_NAME: str(tags[0])}
+        descs.append(desc)
+    return store.layout(
+        os.path.join("docker-archive", os.path.basename(raw)), {"schemaVersion": 2, "manifests": descs}
+    )
+
+
+def registry_for(ref: Ref, opts: ImageOptions) -> Registry:
+    reg = _registry()
+    if opts.stats is None:
+        opts.stats = reg.Stats()
+    creds = opts.creds or reg.docker_config_credentials(ref.host)
+    return reg.Registry(ref.host, creds=creds, insecure=opts.insecure, stats=opts.stats)
+
+
+def _from_registry(ref: Ref, store: _Store, opts: ImageOptions) -> str:
+    with registry_for(ref, opts) as reg:
+        raw, media_type, digest = reg.manifest(ref.repo, ref.reference)
+        if not (is_index(media_type) or is_manifest(media_type)):
+            raise UsageError(f"{ref}: unsupported manifest media type {media_type!r}")
+        store.put_bytes(raw)
+        top = {"mediaType": media_type, "digest": digest, "size": len(raw)}
+        if not ref.reference.startswith("sha256:"):
+            top["annotations"] = {REF_NAME: ref.reference}
+        _fetch_tree(reg, ref, store, json.loads(raw), media_type)
+        root = store.layout(
+            os.path.join("registry", _key(ref.host, ref.repo, digest)),
+            {"schemaVersion": 2, "manifests": [top]},
+        )
+        layout = OciLayout(root)
+        images = list(layout.images())
+        if opts.all_platforms:
+            chosen = images
+        elif opts.platforms or len(images) == 1:
+            chosen = select_images(images, opts.platforms, str(ref))
+        else:
+            chosen = _default_choice(images, ref)
+        for image in chosen:
+            layers = image.manifest["layers"]
+            if not opts.data and layers and is_nydus_bootstrap(layers[-1]):
+                layers = [d for d in layers if ANNOTATION_NYDUS_BOOTSTRAP in (d.get("annotations") or {})]
+            for desc in layers:
+                if not store.has(desc):
+                    reg.blob_to(ref.repo, desc, store.path(desc["digest"]))
+        return root
+
+
+def _default_choice(images, ref):
+    try:
+        return select_images(images, None, str(ref))
+    except UsageError:
+        return []  # nothing to pre-fetch; the command says what to pick when it reads the layout
+
+
+def _fetch_tree(reg: Registry, ref: Ref, store: _Store, doc: dict, media_type: str, depth: int = 0) -> None:
+    """Every manifest below an index, and every config: small documents, each checked against its digest."""
+    if depth > 4:
+        raise UsageError(f"{ref}: image indexes nested too deep")
+    if is_index(media_type):
+        for desc in doc.get("manifests") or []:
+            if not isinstance(desc, dict) or not (
+                is_index(desc.get("mediaType")) or is_manifest(desc.get("mediaType"))
+            ):
+                continue
+            if not store.has(desc):
+                raw, mt, _ = reg.manifest(ref.repo, desc["digest"])
+                store.put_bytes(raw)
+            with open(store.path(desc["digest"]), "rb") as f:
+                sub = json.loads(f.read())
+            _fetch_tree(reg, ref, store, sub, desc["mediaType"], depth + 1)
+        return
+    config = doc.get("config")
+    if isinstance(config, dict) and not store.has(config):
+        reg.blob_to(ref.repo, config, store.path(config["digest"]))
+
+
+# ---------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def destination(text: str, options: ImageOptions | None = None, mount_from: str | None = None):
+    """A new local layout directory to write an image into, delivered to ``text`` afterwards (pushed to a
+    registry, or packed into an oci-archive) when the body succeeds."""
+    import shutil
+    import tempfile
+
+    opts = options or OPTIONS
+    if not is_reference(text):
+        yield text
+        return
+    ref = parse(text)
+    if ref.kind == "oci":
+        if ref.name:
+            raise UsageError(f"{text}: naming the output image (oci:DIR:REF) is not supported; give oci:DIR")
+        yield ref.path
+        return
+    if ref.kind == "docker-archive":
+        raise UsageError(f"{text}: docker-archive is read only here; write oci-archive:PATH or docker://")
+    work = tempfile.mkdtemp(prefix=".out.", dir=_mk(os.path.join(opts.cache_dir, "tmp")))
+    out = os.path.join(work, "layout")
+    try:
+        yield out
+        if ref.kind == "docker":
+            src = parse(mount_from) if mount_from and mount_from.startswith("docker://") else None
+            push_layout(out, ref, opts, src.repo if src is not None and src.host == ref.host else None)
+        else:
+            _tar_layout(out, ref.path, ref.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _tar_layout(root: str, path: str, name: str | None) -> None:
+    import tarfile
+
+    if name:
+        index_path = os.path.join(root, INDEX_FILE)
+        with open(index_path, "rb") as f:
+            index = json.load(f)
+        for d in index["manifests"]:
+            d["annotations"] = {**(d.get("annotations") or {}), REF_NAME: name}
+        _write_atomic(index_path, dumps(index))
+    tmp = f"{path}.{os.getpid()}.part"
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+        for base, dirs, files in os.walk(root):
+            dirs.sort()
+            for fn in sorted(files):
+                full = os.path.join(base, fn)
+                tf.add(full, arcname=os.path.relpath(full, root), recursive=False)
+    os.replace(tmp, path)
+
+
+def push_layout(root: str, ref: Ref, opts: ImageOptions, mount_from: str | None = None) -> None:
+    """Push the image of the layout ``root`` to ``ref``: blobs first (each checked for existence, mounted
+    from ``mount_from`` when it is in the same registry), then manifests, then the index under the tag."""
+    layout = OciLayout(root)
+    entries = layout.index["manifests"]
+    if len(entries) == 1:
+        top = entries[0]
+    else:
+        top = {
+            "mediaType": OCI_INDEX,
+            "raw": dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+        }
+    with registry_for(ref, opts) as reg:
+        for desc in entries:
+            _push_tree(reg, layout, ref, desc, mount_from)
+        if "raw" in top:
+            raw, mt = top["raw"], OCI_INDEX
+        else:
+            with open(layout.check_blob(top, "top manifest"), "rb") as f:
+                raw = f.read()
+            mt = top["mediaType"]
+        reg.put_manifest(ref.repo, ref.reference, raw, mt)
+
+
+def _push_tree(reg: Registry, layout: OciLayout, ref: Ref, desc: dict, mount_from: str | None) -> None:
+    doc, raw = layout.read_json(desc, f"manifest {desc['digest']}")
+    if is_index(desc.get("mediaType")):
+        for sub in doc.get("manifests") or []:
+            _push_tree(reg, layout, ref, sub, mount_from)
+    else:
+        for blob in [doc["config"], *doc.get("layers", [])]:
+            path = layout.check_blob(blob, f"blob {blob['digest']}")
+            reg.push_blob(ref.repo, blob["digest"], path, mount_from)
+    reg.put_manifest(ref.repo, desc["digest"], raw, desc["mediaType"])
