@@ -39,8 +39,22 @@ def main() -> int:
                 ("zstd -3 -T2", ["zstd", "-3", "-T2", "-q", "-f", str(tar), "-o", str(zst)]),
                 (
                     "mksquashfs zstd-3 -b 1M -processors 2",
-                    ["mksquashfs", str(rootfs), str(sq), "-comp", "zstd", "-Xcompression-level", "3", "-b", "1M",
-                     "-processors", "2", "-noappend", "-quiet", "-no-progress"],
+                    [
+                        "mksquashfs",
+                        str(rootfs),
+                        str(sq),
+                        "-comp",
+                        "zstd",
+                        "-Xcompression-level",
+                        "3",
+                        "-b",
+                        "1M",
+                        "-processors",
+                        "2",
+                        "-noappend",
+                        "-quiet",
+                        "-no-progress",
+                    ],
                 ),
             ],
             repeat,
@@ -73,12 +87,21 @@ def main() -> int:
         if not big.exists():
             subprocess.run(["bash", str(ROOT / "bench" / "make_rootfs.sh"), "--big"], check=True)
         mrows = [
-            measure("nydus-inspect pack 2 GB tar", [*NYDUS, "pack", "-q", str(big), "-o", str(work / "big.blob")], 1),
-            measure("nydus-inspect unpack 2 GB", [*NYDUS, "unpack", "-q", str(work / "big.blob"), "-o",
-                                                  str(work / "big.back.tar")], 1),
+            measure(
+                "nydus-inspect pack 2 GB tar",
+                [*NYDUS, "pack", "-q", str(big), "-o", str(work / "big.blob")],
+                1,
+            ),
+            measure(
+                "nydus-inspect unpack 2 GB",
+                [*NYDUS, "unpack", "-q", str(work / "big.blob"), "-o", str(work / "big.back.tar")],
+                1,
+            ),
         ]
         table(mrows)
-        print(f"pack of {big.stat().st_size} bytes: peak RSS {mrows[0]['rss_kib'] / 1024:.1f} MiB (target < 300 MB)")
+        print(
+            f"pack of {big.stat().st_size} bytes: peak RSS {mrows[0]['rss_kib'] / 1024:.1f} MiB (target < 300 MB)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

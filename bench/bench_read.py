@@ -61,10 +61,16 @@ def main() -> int:
     if not tar.exists():
         make_tar(tar)
     if not blob.exists() or not boot.exists():
-        subprocess.run([*NYDUS, "pack", "-q", str(tar), "-o", str(blob), "--bootstrap", str(boot)], check=True,
-                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    print(f"layer: {blob} ({blob.stat().st_size} bytes), bootstrap {boot.stat().st_size} bytes, "
-          f"{DIRS * FILES_PER_DIR + DIRS + 1} inodes; {load_note()}")
+        subprocess.run(
+            [*NYDUS, "pack", "-q", str(tar), "-o", str(blob), "--bootstrap", str(boot)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    print(
+        f"layer: {blob} ({blob.stat().st_size} bytes), bootstrap {boot.stat().st_size} bytes, "
+        f"{DIRS * FILES_PER_DIR + DIRS + 1} inodes; {load_note()}"
+    )
     rows = [
         measure("python -c pass (floor)", [PY, "-c", "pass"], repeat),
         measure("nydus-inspect info BLOB", [*NYDUS, "info", str(blob)], repeat),
@@ -78,15 +84,22 @@ def main() -> int:
         dev = BENCH_DIR / "inodes-100k.zero"
         with open(dev, "wb") as f:
             f.truncate(1 << 30)
-        rows.append(measure("dump.erofs --ls --path=/ (C peer)", [dump, f"--device={dev}", "--ls", "--path=/",
-                                                                     str(boot)], repeat))
+        rows.append(
+            measure(
+                "dump.erofs --ls --path=/ (C peer)",
+                [dump, f"--device={dev}", "--ls", "--path=/", str(boot)],
+                repeat,
+            )
+        )
     table(rows)
     t_first, total, n = first_output_latency([*NYDUS, "ls", "-R", "--json", str(boot)])
     print(f"ls -R --json streams: first byte after {t_first:.3f} s, all {n} bytes after {total:.3f} s")
     for r in rows[1:5]:
         ok = r["median"] < 0.3 and r["rss_kib"] < 100 * 1024
-        print(f"{r['name']}: {r['median']:.3f} s, {r['rss_kib'] / 1024:.1f} MiB -> {'meets' if ok else 'MISSES'} "
-              "the 0.3 s / 100 MB target")
+        print(
+            f"{r['name']}: {r['median']:.3f} s, {r['rss_kib'] / 1024:.1f} MiB -> {'meets' if ok else 'MISSES'} "
+            "the 0.3 s / 100 MB target"
+        )
     return 0
 
 

@@ -25,8 +25,9 @@ def main() -> int:
     try:
         blob, zst = work / "rootfs.blob", work / "rootfs.tar.zst"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        subprocess.run([*NYDUS, "pack", "-q", str(tar), "-o", str(blob)], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*NYDUS, "pack", "-q", str(tar), "-o", str(blob)], check=True, env=env, stdout=subprocess.DEVNULL
+        )
         subprocess.run(["zstd", "-3", "-T2", "-q", "-f", str(tar), "-o", str(zst)], check=True)
         b3 = shutil.which("b3sum")
         rows = [
@@ -36,12 +37,16 @@ def main() -> int:
         ]
         if b3:
             rows.append(measure("b3sum tar", [b3, str(tar)], repeat))
-        print(f"verify: {blob} ({blob.stat().st_size} bytes, from {tar.stat().st_size} bytes of tar); {load_note()}")
+        print(
+            f"verify: {blob} ({blob.stat().st_size} bytes, from {tar.stat().st_size} bytes of tar); {load_note()}"
+        )
         table(rows)
         peers = sum(r["median"] for r in rows[1:])
         ratio = rows[0]["median"] / peers
-        print(f"verify / (zstd -d + sha256sum{' + b3sum' if b3 else ''}) = {rows[0]['median']:.3f} / {peers:.3f} "
-              f"= {ratio:.2f}x (target <= 1.5x)")
+        print(
+            f"verify / (zstd -d + sha256sum{' + b3sum' if b3 else ''}) = {rows[0]['median']:.3f} / {peers:.3f} "
+            f"= {ratio:.2f}x (target <= 1.5x)"
+        )
         if not b3:
             print("b3sum is not installed (Debian package b3sum): the peer sum leaves it out")
     finally:

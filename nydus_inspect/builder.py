@@ -34,12 +34,29 @@ MAPPED_ALIGN = 0x80000
 _INODE = rafs_v6.INODE_EXTENDED.struct
 _CHUNK_RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
 assert _INODE.size == INODE_SIZE and rafs_v6.INODE_EXTENDED.names == [
-    "i_format", "i_xattr_icount", "i_mode", "i_size", "i_u", "i_ino", "i_uid", "i_gid", "i_mtime", "i_mtime_nsec",
+    "i_format",
+    "i_xattr_icount",
+    "i_mode",
+    "i_size",
+    "i_u",
+    "i_ino",
+    "i_uid",
+    "i_gid",
+    "i_mtime",
+    "i_mtime_nsec",
     "i_nlink",
 ]
 assert rafs_v6.CHUNK_TABLE_ENTRY.names == [
-    "block_id", "blob_index", "flags", "compressed_size", "uncompressed_size", "compressed_offset",
-    "uncompressed_offset", "file_offset", "index", "crc32",
+    "block_id",
+    "blob_index",
+    "flags",
+    "compressed_size",
+    "uncompressed_size",
+    "compressed_offset",
+    "uncompressed_offset",
+    "file_offset",
+    "index",
+    "crc32",
 ]
 
 
@@ -170,8 +187,15 @@ class Plan:
     explicit_uid_gid: bool = True
 
 
-def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool = False, render: bool = False,
-                   explicit_uid_gid: bool = True) -> Plan:
+def plan_bootstrap(
+    root: Node,
+    nblobs: int,
+    *,
+    chunk_size: int,
+    prefetch: bool = False,
+    render: bool = False,
+    explicit_uid_gid: bool = True,
+) -> Plan:
     """Order, prepare and place every inode and data block of the tree under ``root``; with ``render``,
     also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks."""
     slots, names = _order(root)
@@ -205,8 +229,19 @@ def plan_bootstrap(root: Node, nblobs: int, *, chunk_size: int, prefetch: bool =
         if slot.blocks:
             slot.blkaddr = cursor // BLOCK_SIZE
             cursor += BLOCK_SIZE * len(slot.blocks)
-    plan = Plan(slots, names, nblobs, chunk_size, prefetch, blob_table_off, prefetch_off, prefetch_nids,
-                meta_start, cursor, explicit_uid_gid=explicit_uid_gid)
+    plan = Plan(
+        slots,
+        names,
+        nblobs,
+        chunk_size,
+        prefetch,
+        blob_table_off,
+        prefetch_off,
+        prefetch_nids,
+        meta_start,
+        cursor,
+        explicit_uid_gid=explicit_uid_gid,
+    )
     if render:
         plan.rendered = bytearray(cursor)
         chunk_bits = chunk_size.bit_length() - 1
@@ -250,11 +285,22 @@ def build_bootstrap(
     table = bytearray()
     for key in sorted(records):
         c = records[key]
-        flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0)
+        flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (
+            rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0
+        )
         # ChunkTableEntry(...).build(), positionally: this runs once per chunk of the image.
-        table += _CHUNK_RECORD.pack(c.digest, c.blob_index, flags, c.compressed_size, c.uncompressed_size,
-                                    c.compressed_offset, c.uncompressed_offset, c.file_offset, c.ci_index,
-                                    c.crc32 or 0)
+        table += _CHUNK_RECORD.pack(
+            c.digest,
+            c.blob_index,
+            flags,
+            c.compressed_size,
+            c.uncompressed_size,
+            c.compressed_offset,
+            c.uncompressed_offset,
+            c.file_offset,
+            c.ci_index,
+            c.crc32 or 0,
+        )
     total_size = round_up(chunk_table_off + len(table), BLOCK_SIZE)
     if rendered is not None:
         buf = rendered
@@ -304,7 +350,9 @@ def build_bootstrap(
         s_prefetch_table_offset=prefetch_off if prefetch_nids else 0,
         s_prefetch_table_size=4 * len(prefetch_nids),
     )
-    buf[rafs_v6.EXT_SUPERBLOCK_OFFSET : rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.size] = ext.build()
+    buf[rafs_v6.EXT_SUPERBLOCK_OFFSET : rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.size] = (
+        ext.build()
+    )
 
     chunk_bits = chunk_size.bit_length() - 1
     for slot in slots:
@@ -336,7 +384,8 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
     # Inode(...).build() + xattrs, packed in place: this runs once per inode of the image.
     off = slot.offset
     _INODE.pack_into(
-        buf, off,
+        buf,
+        off,
         1 | (slot.layout << 1),  # i_format: extended
         rafs_v6.xattr_icount(len(slot.xattrs)),
         node.mode & 0xFFFF,
@@ -377,8 +426,13 @@ def _write_chunk_indexes(buf: bytearray, slot: _Slot) -> None:
     pos = round_up(slot.offset + INODE_SIZE + len(slot.xattrs), 8)
     pack_into = rafs_v6.CHUNK_INDEX.pack_into
     for c in slot.node.chunks or ():
-            # ChunkIndex(blob_index, ci_index, blkaddr).build(), in place.
-            ci = c.ci_index
-            pack_into(buf, pos, ci & 0xFFFF, ((c.blob_index + 1) & 0xFF) | ((ci >> 16) << 8),
-                      c.uncompressed_offset // BLOCK_SIZE)
-            pos += 8
+        # ChunkIndex(blob_index, ci_index, blkaddr).build(), in place.
+        ci = c.ci_index
+        pack_into(
+            buf,
+            pos,
+            ci & 0xFFFF,
+            ((c.blob_index + 1) & 0xFF) | ((ci >> 16) << 8),
+            c.uncompressed_offset // BLOCK_SIZE,
+        )
+        pos += 8

@@ -60,7 +60,9 @@ def print_table(headers: list[str], rows: Iterable[list[object]], right: set[int
     right = right or set()
 
     def fmt(row: list[str]) -> str:
-        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)
+        ).rstrip()
 
     print(fmt(headers))
     for row in rows:
@@ -136,7 +138,9 @@ def cmd_info(args) -> int:
     if args.json:
         print_json(data)
         return 0
-    print_kv([("path", data["path"]), ("kind", data["kind"]), ("size", data["size"]), ("sha256", data["sha256"])])
+    print_kv(
+        [("path", data["path"]), ("kind", data["kind"]), ("size", data["size"]), ("sha256", data["sha256"])]
+    )
     for note in data.get("notes", []):
         print(f"note: {note}")
     if "toc" in data:
@@ -164,16 +168,21 @@ def cmd_info(args) -> int:
                     ("compressor", ext["compressor"]),
                     ("digester", ext["digester"]),
                     ("chunk size", f"{ext['chunk_size']:#x}"),
-                    ("chunk table", f"{plural(ext['chunk_table_entries'], 'entry')} at "
-                                    f"{ext['chunk_table_offset']}"),
+                    (
+                        "chunk table",
+                        f"{plural(ext['chunk_table_entries'], 'entry')} at {ext['chunk_table_offset']}",
+                    ),
                     ("prefetch", " ".join(map(str, boot["prefetch"])) or "-"),
                 ],
                 indent="  ",
             )
         else:
             print_kv(
-                [("inodes", sb["inodes"]), ("flags", f"{sb['flags']} ({', '.join(sb['flags_names'])})"),
-                 ("chunk size", f"{sb['chunk_size']:#x}")],
+                [
+                    ("inodes", sb["inodes"]),
+                    ("flags", f"{sb['flags']} ({', '.join(sb['flags_names'])})"),
+                    ("chunk size", f"{sb['chunk_size']:#x}"),
+                ],
                 indent="  ",
             )
         blobs = boot["blobs"]
@@ -186,11 +195,17 @@ def cmd_info(args) -> int:
             print(f"  [{b['index']}] {bid}")
             print_kv(
                 [
-                    ("chunks", f"{b['chunk_count']} x {b['chunk_size']:#x}, {b['compressor']}, {b['digester']}"),
+                    (
+                        "chunks",
+                        f"{b['chunk_count']} x {b['chunk_size']:#x}, {b['compressor']}, {b['digester']}",
+                    ),
                     ("sizes", f"compressed {b['compressed_size']}, uncompressed {b['uncompressed_size']}"),
                     ("features", f"{b['features']} ({', '.join(b['features_names'])})"),
-                    ("blob.meta", f"{b['ci_compressor']} at {b['ci_offset']}, {b['ci_compressed_size']} -> "
-                                  f"{b['ci_uncompressed_size']} bytes"),
+                    (
+                        "blob.meta",
+                        f"{b['ci_compressor']} at {b['ci_offset']}, {b['ci_compressed_size']} -> "
+                        f"{b['ci_uncompressed_size']} bytes",
+                    ),
                     ("toc", f"{b['blob_toc_size']} bytes, digest {b['blob_toc_digest']}"),
                 ],
                 indent="      ",
@@ -211,8 +226,14 @@ def cmd_toc(args) -> int:
     print_table(
         ["NAME", "COMPRESSOR", "OFFSET", "STORED", "SIZE", "SHA256"],
         (
-            [e["name"], e["compressor"], e["compressed_offset"], e["compressed_size"], e["uncompressed_size"],
-             e["sha256"] or "-"]
+            [
+                e["name"],
+                e["compressor"],
+                e["compressed_offset"],
+                e["compressed_size"],
+                e["uncompressed_size"],
+                e["sha256"] or "-",
+            ]
             for e in rep["entries"]
         ),
         right={2, 3, 4},
@@ -268,8 +289,15 @@ def cmd_chunks(args) -> int:
         print_table(
             ["INDEX", "C.OFFSET", "C.SIZE", "U.OFFSET", "U.SIZE", "COMP", "DIGEST"],
             (
-                [c["index"], c["compressed_offset"], c["compressed_size"], c["uncompressed_offset"],
-                 c["uncompressed_size"], "yes" if c["compressed"] else "no", c.get("digest") or "-"]
+                [
+                    c["index"],
+                    c["compressed_offset"],
+                    c["compressed_size"],
+                    c["uncompressed_offset"],
+                    c["uncompressed_size"],
+                    "yes" if c["compressed"] else "no",
+                    c.get("digest") or "-",
+                ]
                 for c in it
             ),
             right={0, 1, 2, 3, 4},
@@ -322,8 +350,12 @@ def cmd_cat(args) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def _layer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("layer", metavar="LAYER", help="nydus layer blob, RAFS bootstrap, or bootstrap layer (tar/tar.gz)")
-    p.add_argument("--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)")
+    p.add_argument(
+        "layer", metavar="LAYER", help="nydus layer blob, RAFS bootstrap, or bootstrap layer (tar/tar.gz)"
+    )
+    p.add_argument(
+        "--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)"
+    )
     p.add_argument("--blob", metavar="FILE", action="append", help="a blob file (repeatable)")
     from .imageref import add_arguments
 
@@ -380,8 +412,9 @@ class _Formatter(argparse.HelpFormatter):
     """argparse's formatter, sized to the terminal the way it sizes itself, without the import of shutil it
     makes for that: argparse builds one per argument added, so the import lands on every command's start."""
 
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
         if width is None:
             try:
                 width = int(os.environ.get("COLUMNS", "0"))
@@ -426,7 +459,11 @@ def _add_commands(sub) -> None:
 
     s = sub.add_parser("entry", help="extract one blob entry, decompressed and checked")
     _layer_args(s)
-    s.add_argument("name", metavar="NAME", help="image.boot, blob.meta, blob.meta.header, blob.digest, image.blob, rafs.blob.toc")
+    s.add_argument(
+        "name",
+        metavar="NAME",
+        help="image.boot, blob.meta, blob.meta.header, blob.digest, image.blob, rafs.blob.toc",
+    )
     s.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     s.add_argument("--raw", action="store_true", help="the stored (compressed) bytes, unchecked")
     s.set_defaults(func=cmd_entry)

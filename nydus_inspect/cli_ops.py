@@ -24,8 +24,13 @@ def progress_bar(args, description: str, total: int | None) -> Iterator:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), transient=True, console=_stderr_console(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=_stderr_console(),
     ) as prog:
         task = prog.add_task(description, total=total)
         last = [0]
@@ -178,7 +183,10 @@ def cmd_corrupt(args) -> int:
     from .corrupt import corrupt, parse_range
 
     what = corrupt(
-        args.layer, args.output, flip_bit=args.flip_bit, truncate=args.truncate,
+        args.layer,
+        args.output,
+        flip_bit=args.flip_bit,
+        truncate=args.truncate,
         zero_range=parse_range(args.zero_range) if args.zero_range else None,
     )
     print(f"{args.output}: {what}")
@@ -193,7 +201,10 @@ def cmd_convert(args) -> int:
     from .imageref import destination, materialise
 
     source = materialise(args.source)
-    with progress_bar(args, "convert", None) as update, destination(args.output, mount_from=args.source) as out:
+    with (
+        progress_bar(args, "convert", None) as update,
+        destination(args.output, mount_from=args.source) as out,
+    ):
         res = convert(source, out, platforms=args.platform, options=opts, progress=update)
         res.output = args.output
     if args.json:
@@ -205,8 +216,10 @@ def cmd_convert(args) -> int:
 
     for im in res.images:
         if im.converted:
-            print(f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
-                  f"{plural(len(im.blobs), 'nydus blob')} + bootstrap {im.bootstrap}")
+            print(
+                f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
+                f"{plural(len(im.blobs), 'nydus blob')} + bootstrap {im.bootstrap}"
+            )
         else:
             print(f"{im.source} ({im.platform or 'no platform'}): already a nydus image, copied")
     print(f"{res.output}: {'written' if res.changed else 'a copy (nothing to convert)'}")
@@ -230,7 +243,9 @@ def cmd_check(args) -> int:
     if result.ok:
         print(f"{args.image}: the same file system as {args.source}")
     else:
-        print(f"{args.image}: {len(result.differences)} difference(s), {len(result.problems)} verify finding(s)")
+        print(
+            f"{args.image}: {len(result.differences)} difference(s), {len(result.problems)} verify finding(s)"
+        )
     return 0 if result.ok else 1
 
 
@@ -240,7 +255,9 @@ def cmd_verify(args) -> int:
 
     sources = args.source or []
     if sources and len(sources) != len(args.layers):
-        raise UsageError(f"--source given {len(sources)} time(s) for {len(args.layers)} layer(s): give one per layer")
+        raise UsageError(
+            f"--source given {len(sources)} time(s) for {len(args.layers)} layer(s): give one per layer"
+        )
     rules = None
     if args.rules:
         from .rules import load_rules
@@ -290,7 +307,12 @@ def cmd_verify(args) -> int:
     if args.json:
         from .cli import print_json
 
-        print_json({"ok": worst == 0, "layers": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]})
+        print_json(
+            {
+                "ok": worst == 0,
+                "layers": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+            }
+        )
         return worst
     for r in results:
         if "unreadable" in r:
@@ -318,12 +340,20 @@ def progress_stages(args, path: str) -> Iterator:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True, console=_stderr_console()) as prog:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        console=_stderr_console(),
+    ) as prog:
         task = prog.add_task(os.path.basename(path), total=None)
 
         def update(stage: str, done: int, total: int) -> None:
-            prog.update(task, description=f"{os.path.basename(path)}: {stage}", completed=done, total=total or None)
+            prog.update(
+                task, description=f"{os.path.basename(path)}: {stage}", completed=done, total=total or None
+            )
 
         yield update
 
@@ -345,8 +375,14 @@ def register(sub) -> None:
     s.add_argument("-o", "--output", required=True, metavar="OUT.blob")
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
-    s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
-    s.add_argument("--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest")
+    s.add_argument(
+        "--chunk-size",
+        default="0x100000",
+        help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)",
+    )
+    s.add_argument(
+        "--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest"
+    )
     s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_pack, bulk=True)
@@ -364,24 +400,38 @@ def register(sub) -> None:
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
     add_arguments(s)
-    s.add_argument("--json", action="store_true", help="every difference as JSON (path, field, expected, found)")
+    s.add_argument(
+        "--json", action="store_true", help="every difference as JSON (path, field, expected, found)"
+    )
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("merge", help="per-layer nydus blobs (lowest first) -> one merged RAFS v6 bootstrap")
-    s.add_argument("layers", nargs="+", metavar="LAYER", help="nydus layer blobs (or bootstraps), lowest first")
+    s.add_argument(
+        "layers", nargs="+", metavar="LAYER", help="nydus layer blobs (or bootstraps), lowest first"
+    )
     s.add_argument("-o", "--output", required=True, metavar="MERGED.boot")
-    s.add_argument("--with-tar", action="store_true",
-                   help="write the bootstrap layer form: image/image.boot in a tar (gzip if OUT ends in .gz)")
+    s.add_argument(
+        "--with-tar",
+        action="store_true",
+        help="write the bootstrap layer form: image/image.boot in a tar (gzip if OUT ends in .gz)",
+    )
     s.add_argument("--blob-dir", metavar="DIR", help="where blobs of bootstrap-only inputs live")
     s.add_argument("--json", action="store_true", help="the output, its blob table and sizes as JSON")
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("verify", help="check layers end to end: ToC, blob.meta, every chunk, the bootstrap")
     s.add_argument(
-        "layers", nargs="+", metavar="LAYER", help="layer blobs, bootstraps or OCI layouts, each checked on its own"
+        "layers",
+        nargs="+",
+        metavar="LAYER",
+        help="layer blobs, bootstraps or OCI layouts, each checked on its own",
     )
-    s.add_argument("--source", action="append", metavar="SOURCE.tar",
-                   help="also compare the tree with this tar (one per LAYER, in order)")
+    s.add_argument(
+        "--source",
+        action="append",
+        metavar="SOURCE.tar",
+        help="also compare the tree with this tar (one per LAYER, in order)",
+    )
     s.add_argument(
         "--rules",
         metavar="RULES.yaml",
@@ -393,41 +443,65 @@ def register(sub) -> None:
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")
     add_arguments(s)
-    s.add_argument("--json", action="store_true", help="each layer's checks, findings and rule results as JSON")
+    s.add_argument(
+        "--json", action="store_true", help="each layer's checks, findings and rule results as JSON"
+    )
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_verify, bulk=True)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
     s.add_argument("layer", metavar="LAYER", help="the file to copy and damage (any file)")
     s.add_argument("-o", "--output", required=True, metavar="BAD")
-    s.add_argument("--flip-bit", type=lambda v: int(v, 0), metavar="N", help="flip bit N (byte N//8, bit N%%8)")
+    s.add_argument(
+        "--flip-bit", type=lambda v: int(v, 0), metavar="N", help="flip bit N (byte N//8, bit N%%8)"
+    )
     s.add_argument("--truncate", type=lambda v: int(v, 0), metavar="N", help="keep the first N bytes")
     s.add_argument("--zero-range", metavar="A:B", help="zero bytes [A, B)")
     s.set_defaults(func=cmd_corrupt)
 
-    s = sub.add_parser("convert", help="OCI image layout -> nydus image (blob layers + bootstrap) in a new layout")
-    s.add_argument("source", metavar="OCI_LAYOUT_IN", help="an OCI image layout directory (as skopeo copy ... oci:DIR)")
+    s = sub.add_parser(
+        "convert", help="OCI image layout -> nydus image (blob layers + bootstrap) in a new layout"
+    )
+    s.add_argument(
+        "source", metavar="OCI_LAYOUT_IN", help="an OCI image layout directory (as skopeo copy ... oci:DIR)"
+    )
     s.add_argument("output", metavar="OCI_LAYOUT_OUT", help="the new layout (must not exist, or be empty)")
-    s.add_argument("--platform", action="append", metavar="OS/ARCH[/VARIANT]",
-                   help="which images to convert (repeatable, or 'all'); default: the only one, else linux/amd64")
+    s.add_argument(
+        "--platform",
+        action="append",
+        metavar="OS/ARCH[/VARIANT]",
+        help="which images to convert (repeatable, or 'all'); default: the only one, else linux/amd64",
+    )
     s.add_argument("--compressor", default="zstd", help="zstd (default), lz4_block or none")
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
-    s.add_argument("--chunk-size", default="0x100000", help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)")
+    s.add_argument(
+        "--chunk-size",
+        default="0x100000",
+        help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)",
+    )
     s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
     add_arguments(s, platform=False)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert, bulk=True)
 
-    s = sub.add_parser("check", help="is a nydus image the same file system as its source image? (no mount, no root)")
+    s = sub.add_parser(
+        "check", help="is a nydus image the same file system as its source image? (no mount, no root)"
+    )
     s.add_argument("image", metavar="NYDUS_IMAGE", help="the nydus image: a layout directory or a reference")
     s.add_argument("--source", required=True, metavar="OCI_IMAGE", help="the image it was converted from")
-    s.add_argument("--json", action="store_true", help="every difference and each layer's verify findings as JSON")
+    s.add_argument(
+        "--json", action="store_true", help="every difference and each layer's verify findings as JSON"
+    )
     add_arguments(s)
     s.set_defaults(func=cmd_check)
 
-    s = sub.add_parser("cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools")
+    s = sub.add_parser(
+        "cache-file", help="the blob's uncompressed view (nydusd's cache file), for erofs tools"
+    )
     _layer_args(s)
     s.add_argument("-o", "--output", required=True, metavar="FILE")
-    s.add_argument("--blob-index", type=int, default=None, help="which blob of the table (default: the layer's own)")
+    s.add_argument(
+        "--blob-index", type=int, default=None, help="which blob of the table (default: the layer's own)"
+    )
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_cache_file)

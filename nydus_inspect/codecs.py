@@ -212,7 +212,9 @@ def zstd_frames(src: bytes, frames: list[tuple[int, int, int]], out=None) -> lis
         sizes = array("Q", [size for _, _, size in frames])
         try:
             got = _zstd_decompressor().multi_decompress_to_buffer(
-                zstandard.BufferWithSegments(src, segments.tobytes()), decompressed_sizes=sizes.tobytes(), threads=1
+                zstandard.BufferWithSegments(src, segments.tobytes()),
+                decompressed_sizes=sizes.tobytes(),
+                threads=1,
             )
         except zstandard.ZstdError:
             return None
@@ -271,11 +273,15 @@ def _smaller(data, packed: bytes) -> tuple[bytes, bool]:
     return (packed, True) if len(packed) < len(data) else (bytes(data), False)
 
 
-def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", offset: int | None = None) -> bytes:
+def decompress(
+    data: bytes, comp: Compressor, size: int, what: str = "data", offset: int | None = None
+) -> bytes:
     """Decompress ``data`` into exactly ``size`` bytes or raise FormatError naming ``what``. Large zstd data
     comes back as a bytearray (decoded without the GIL into a buffer of ours), the rest as bytes."""
     if size < 0 or size > MAX_UNCOMPRESSED:
-        raise FormatError(what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size)
+        raise FormatError(
+            what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size
+        )
     try:
         if comp is Compressor.NONE:
             out = bytes(data)
@@ -292,12 +298,16 @@ def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", off
                         raise FormatError(what, f"zstd data decodes to more than {size} bytes", offset=offset)
             else:
                 # A stream reader bounds the output whatever the frame header claims.
-                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
+                with zstandard.ZstdDecompressor().stream_reader(
+                    io.BytesIO(data), read_across_frames=True
+                ) as rd:
                     out = rd.read(size + 1) if size else rd.read(1)
         elif comp is Compressor.LZ4_BLOCK:
             if not size:  # an LZ4 block of nothing is one token byte; anything longer holds data
                 if len(data) > 1:
-                    raise FormatError(what, "lz4_block data for an empty entry", offset=offset, value=len(data))
+                    raise FormatError(
+                        what, "lz4_block data for an empty entry", offset=offset, value=len(data)
+                    )
                 out = b""
             else:
                 out = lz4.block.decompress(bytes(data), uncompressed_size=size)
@@ -311,6 +321,9 @@ def decompress(data: bytes, comp: Compressor, size: int, what: str = "data", off
         raise FormatError(what, f"{comp.value} data decodes to more than {size} bytes", offset=offset)
     if len(out) != size:
         raise FormatError(
-            what, f"{comp.value} data decodes to {len(out)} bytes, expected {size}", offset=offset, value=len(out)
+            what,
+            f"{comp.value} data decodes to {len(out)} bytes, expected {size}",
+            offset=offset,
+            value=len(out),
         )
     return out

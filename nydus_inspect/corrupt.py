@@ -8,8 +8,14 @@ from .errors import UsageError
 from .fsutil import atomic_output
 
 
-def corrupt(src: str, dst: str, *, flip_bit: int | None = None, truncate: int | None = None,
-            zero_range: tuple[int, int] | None = None) -> str:
+def corrupt(
+    src: str,
+    dst: str,
+    *,
+    flip_bit: int | None = None,
+    truncate: int | None = None,
+    zero_range: tuple[int, int] | None = None,
+) -> str:
     """Copy ``src`` to ``dst`` with exactly one kind of damage; returns a description of it.
 
     ``flip_bit`` is a bit index from the start of the file (byte = N // 8, bit = N % 8);

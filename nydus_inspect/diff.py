@@ -40,8 +40,12 @@ class Difference:
     found: object
 
     def to_json(self) -> dict:
-        return {"path": fsdecode(self.path), "field": self.field, "expected": self._show(self.expected),
-                "found": self._show(self.found)}
+        return {
+            "path": fsdecode(self.path),
+            "field": self.field,
+            "expected": self._show(self.expected),
+            "found": self._show(self.found),
+        }
 
     def __str__(self) -> str:
         return f"{fsdecode(self.path)}: {self.field}: expected {self._show(self.expected)}, found {self._show(self.found)}"
@@ -114,7 +118,9 @@ def describe_layer(layer: Layer) -> Tree:
             for chunk in data:
                 h.update(chunk)
             digest = h.hexdigest()
-        out[node.path] = _entry(node, digest, links.get(node.hardlink, ()) if node.hardlink is not None else ())
+        out[node.path] = _entry(
+            node, digest, links.get(node.hardlink, ()) if node.hardlink is not None else ()
+        )
     return Tree(out)
 
 
@@ -189,7 +195,9 @@ def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
                 yield Difference(p, name, va, vb)
 
 
-def diff_paths(a: str, b: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> list[Difference]:
+def diff_paths(
+    a: str, b: str, blob_dir: str | None = None, blobs: list[str] | None = None
+) -> list[Difference]:
     """Differences from the tree at ``a`` (the source) to the layer at ``b``.
 
     An empty file is a tar of no entries as a source (as pack takes it), but not a layer: read as one,
@@ -205,4 +213,13 @@ def diff_paths(a: str, b: str, blob_dir: str | None = None, blobs: list[str] | N
     return list(compare(describe(a, blob_dir, blobs), describe(b, blob_dir, blobs)))
 
 
-__all__ = ["Difference", "Entry", "Tree", "compare", "describe", "describe_layer", "describe_tar", "diff_paths"]
+__all__ = [
+    "Difference",
+    "Entry",
+    "Tree",
+    "compare",
+    "describe",
+    "describe_layer",
+    "describe_tar",
+    "diff_paths",
+]

@@ -74,7 +74,12 @@ class Layer:
     """One opened layer. Cheap to create; everything is decoded on first use."""
 
     def __init__(
-        self, path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None, data_blob: bool = False
+        self,
+        path: str,
+        *,
+        blob_dir: str | None = None,
+        blobs: list[str] | None = None,
+        data_blob: bool = False,
     ) -> None:
         """``data_blob``: the file is a bootstrap's data blob, which may be chunk data with nothing around
         it (``nydus-image create`` without ``--blob-inline-meta`` writes that): accept it as such."""
@@ -201,8 +206,11 @@ class Layer:
             raise FormatError("rafs.blob.toc tar header", "not an old-GNU header", offset=hdr.offset + 257)
         if hdr.size > toc.MAX_TOC_SIZE or hdr.size > hdr.offset:
             raise FormatError(
-                "rafs.blob.toc tar header", "size larger than 1 MiB or than the data before it", field="size",
-                offset=hdr.offset + 124, value=hdr.size,
+                "rafs.blob.toc tar header",
+                "size larger than 1 MiB or than the data before it",
+                field="size",
+                offset=hdr.offset + 124,
+                value=hdr.size,
             )
         start = hdr.offset - hdr.size
         self.toc_bytes = self.pread(start, hdr.size, "rafs.blob.toc")
@@ -214,16 +222,26 @@ class Layer:
             off = self._entry_offset(ent)
             if off + ent.compressed_size > limit:
                 raise toc.ENTRY.error(
-                    "compressed_size", where, f"entry {ent.name} runs past the data before the ToC ({limit} bytes)",
+                    "compressed_size",
+                    where,
+                    f"entry {ent.name} runs past the data before the ToC ({limit} bytes)",
                     ent.compressed_size,
                 )
-            if ent.compressor is Compressor.NONE and ent.name != IMAGE_BLOB and ent.compressed_size != ent.uncompressed_size:
+            if (
+                ent.compressor is Compressor.NONE
+                and ent.name != IMAGE_BLOB
+                and ent.compressed_size != ent.uncompressed_size
+            ):
                 raise toc.ENTRY.error(
-                    "uncompressed_size", where, f"uncompressed entry {ent.name} has a different stored size",
+                    "uncompressed_size",
+                    where,
+                    f"uncompressed entry {ent.name} has a different stored size",
                     ent.uncompressed_size,
                 )
             if ent.uncompressed_size > codecs.MAX_UNCOMPRESSED and ent.name != IMAGE_BLOB:
-                raise toc.ENTRY.error("uncompressed_size", where, "entry larger than 1 GiB", ent.uncompressed_size)
+                raise toc.ENTRY.error(
+                    "uncompressed_size", where, "entry larger than 1 GiB", ent.uncompressed_size
+                )
         self.toc = entries
         blob = self.toc_entry(IMAGE_BLOB)
         if blob is not None and blob.compressed_offset != 0:
@@ -244,15 +262,20 @@ class Layer:
             hdr = tar_header.parse(self._map[cur : cur + 512], cur)
             if hdr.size > cur:
                 raise FormatError(
-                    f"{hdr.name} tar header", "size larger than the data before it", field="size",
-                    offset=cur + 124, value=hdr.size,
+                    f"{hdr.name} tar header",
+                    "size larger than the data before it",
+                    field="size",
+                    offset=cur + 124,
+                    value=hdr.size,
                 )
             out.append(Section(hdr.name, cur - hdr.size, hdr.size, cur))
             cur = cur - hdr.size - 512
             if cur < 0:
                 # Data must start exactly at offset 0.
                 if cur != -512:
-                    raise FormatError("tar header walk", "sections do not start at offset 0", offset=cur + 512)
+                    raise FormatError(
+                        "tar header walk", "sections do not start at offset 0", offset=cur + 512
+                    )
                 break
         out.reverse()
         return out
@@ -288,12 +311,24 @@ class Layer:
             return start, len(self.toc_bytes), Compressor.NONE, len(self.toc_bytes), None
         ent = self.toc_entry(name)
         if ent is not None:
-            return self._entry_offset(ent), ent.compressed_size, ent.compressor, ent.uncompressed_size, ent.uncompressed_digest
+            return (
+                self._entry_offset(ent),
+                ent.compressed_size,
+                ent.compressor,
+                ent.uncompressed_size,
+                ent.uncompressed_digest,
+            )
         # Tar-walk fallback (no ToC, or a name the ToC does not list).
         if name == BLOB_META_HEADER:
             sec = self.section(BLOB_META)
             if sec and sec.size >= blob_meta.HEADER_SIZE:
-                return sec.offset + sec.size - blob_meta.HEADER_SIZE, blob_meta.HEADER_SIZE, Compressor.NONE, blob_meta.HEADER_SIZE, None
+                return (
+                    sec.offset + sec.size - blob_meta.HEADER_SIZE,
+                    blob_meta.HEADER_SIZE,
+                    Compressor.NONE,
+                    blob_meta.HEADER_SIZE,
+                    None,
+                )
         elif name == BLOB_META:
             sec = self.section(BLOB_META)
             if sec and sec.size >= blob_meta.HEADER_SIZE:
@@ -305,11 +340,17 @@ class Layer:
             if sec is not None:
                 if name == IMAGE_BOOT and self.toc is None:
                     # Without a ToC nydus stores the bootstrap raw, unless it is a zstd frame.
-                    comp = Compressor.ZSTD if self._map[sec.offset : sec.offset + 4] == b"\x28\xb5\x2f\xfd" else Compressor.NONE
+                    comp = (
+                        Compressor.ZSTD
+                        if self._map[sec.offset : sec.offset + 4] == b"\x28\xb5\x2f\xfd"
+                        else Compressor.NONE
+                    )
                     usize = sec.size if comp is Compressor.NONE else -1
                     return sec.offset, sec.size, comp, usize, None
                 return sec.offset, sec.size, Compressor.NONE, sec.size, None
-        raise UsageError(f"{self.path}: no entry named {name!r} (this layer has: {', '.join(self.entry_names()) or 'none'})")
+        raise UsageError(
+            f"{self.path}: no entry named {name!r} (this layer has: {', '.join(self.entry_names()) or 'none'})"
+        )
 
     def entry_raw(self, name: str) -> bytes:
         off, size, _, _, _ = self.entry_location(name)
@@ -322,7 +363,9 @@ class Layer:
         if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
             usize = _zstd_frame_size(raw, name, off)
         data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
-        if not isinstance(data, bytes):  # large zstd entries decode into a bytearray; entries are kept as bytes
+        if not isinstance(
+            data, bytes
+        ):  # large zstd entries decode into a bytearray; entries are kept as bytes
             data = bytes(data)
         if verify and digest is not None:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
@@ -334,8 +377,10 @@ class Layer:
             h.update(self.pread(off + size, 512, "image.blob tar header"))
         if h.digest() != digest:
             raise FormatError(
-                "toc entry", f"sha256 of {name} is {h.hexdigest()}, the ToC says {digest.hex()}",
-                field="uncompressed_digest", offset=off,
+                "toc entry",
+                f"sha256 of {name} is {h.hexdigest()}, the ToC says {digest.hex()}",
+                field="uncompressed_digest",
+                offset=off,
             )
 
     def iter_entry(self, name: str, block: int = 1 << 20) -> Iterator[bytes]:
@@ -384,13 +429,21 @@ class Layer:
         off, size, comp, usize, _ = self.entry_location(BLOB_META)
         if off != hdr.s_ci_offset or size != hdr.s_ci_compressed_size:
             raise FormatError(
-                "blob.meta.header", f"ci location {hdr.s_ci_offset}+{hdr.s_ci_compressed_size} differs from the "
-                f"blob.meta entry at {off}+{size}", field="s_ci_offset", offset=off + size, value=hdr.s_ci_offset,
+                "blob.meta.header",
+                f"ci location {hdr.s_ci_offset}+{hdr.s_ci_compressed_size} differs from the "
+                f"blob.meta entry at {off}+{size}",
+                field="s_ci_offset",
+                offset=off + size,
+                value=hdr.s_ci_offset,
             ).located(self.path)
         data = self.entry(BLOB_META)
         if len(data) != hdr.s_ci_uncompressed_size:
-            raise FormatError("blob.meta", "decoded size differs from the header", offset=off, value=len(data)).located(self.path)
-        return blob_meta.ChunkInfoArray(data, hdr.s_ci_entries, bool(hdr.s_features & blob_meta.CHUNK_INFO_V2), off)
+            raise FormatError(
+                "blob.meta", "decoded size differs from the header", offset=off, value=len(data)
+            ).located(self.path)
+        return blob_meta.ChunkInfoArray(
+            data, hdr.s_ci_entries, bool(hdr.s_features & blob_meta.CHUNK_INFO_V2), off
+        )
 
     @cached_property
     def chunk_digests(self) -> list[bytes] | None:
@@ -398,18 +451,24 @@ class Layer:
             return None
         data = self.entry(BLOB_DIGEST)
         if len(data) % 32:
-            raise FormatError("blob.digest", "size is not a multiple of 32", value=len(data)).located(self.path)
+            raise FormatError("blob.digest", "size is not a multiple of 32", value=len(data)).located(
+                self.path
+            )
         hdr = self.blob_meta_header
         if hdr is not None and len(data) != 32 * hdr.s_ci_entries:
             raise FormatError(
-                "blob.digest", f"holds {len(data) // 32} digests for {hdr.s_ci_entries} chunks", value=len(data)
+                "blob.digest",
+                f"holds {len(data) // 32} digests for {hdr.s_ci_entries} chunks",
+                value=len(data),
             ).located(self.path)
         return [data[i : i + 32] for i in range(0, len(data), 32)]
 
     # ------------------------------------------------------------------ bootstrap
     @property
     def has_bootstrap(self) -> bool:
-        return self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_LAYER, KIND_BOOTSTRAP_V5) or self.has_entry(IMAGE_BOOT)
+        return self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_LAYER, KIND_BOOTSTRAP_V5) or self.has_entry(
+            IMAGE_BOOT
+        )
 
     def bootstrap_bytes(self):
         if self._bootstrap_raw is not None:
@@ -452,11 +511,15 @@ class Layer:
                         if not member.isreg():
                             raise FormatError("bootstrap layer", "image/image.boot is not a regular file")
                         if member.size > MAX_BOOTSTRAP:
-                            raise FormatError("bootstrap layer", "image/image.boot larger than 1 GiB", value=member.size)
+                            raise FormatError(
+                                "bootstrap layer", "image/image.boot larger than 1 GiB", value=member.size
+                            )
                         f = tf.extractfile(member)
                         data = f.read() if f else b""
                         if len(data) != member.size:
-                            raise FormatError("bootstrap layer", "image/image.boot is truncated", value=len(data))
+                            raise FormatError(
+                                "bootstrap layer", "image/image.boot is truncated", value=len(data)
+                            )
                         return data
         except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, OverflowError) as exc:
             # ValueError / OverflowError: tarfile seeking to a forged member size beyond any offset.
@@ -468,7 +531,9 @@ class Layer:
         data = self.bootstrap_bytes()
         if not _is_v6(data) and _is_v5(data):
             raise FormatError(
-                "rafs v5 superblock", "this is a RAFS v5 bootstrap; this command needs RAFS v6", offset=0,
+                "rafs v5 superblock",
+                "this is a RAFS v5 bootstrap; this command needs RAFS v6",
+                offset=0,
                 value=_rafs_v5().MAGIC,
             ).located(self.path)
         try:
@@ -505,13 +570,20 @@ class Layer:
         blobs = self.rafs.blobs
         own = None
         for ent in blobs:
-            if ent.id in (rafs_v6.PLACEHOLDER_BLOB_ID, self.name.split(".")[0]) or ent.features & blob_meta.INLINED_FS_META:
+            if (
+                ent.id in (rafs_v6.PLACEHOLDER_BLOB_ID, self.name.split(".")[0])
+                or ent.features & blob_meta.INLINED_FS_META
+            ):
                 own = ent.blob_index
                 break
         else:
             hdr = self.blob_meta_header
             for ent in blobs:
-                if hdr is not None and ent.ci_offset == hdr.s_ci_offset and ent.chunk_count == hdr.s_ci_entries:
+                if (
+                    hdr is not None
+                    and ent.ci_offset == hdr.s_ci_offset
+                    and ent.chunk_count == hdr.s_ci_entries
+                ):
                     own = ent.blob_index
                     break
             else:
@@ -628,7 +700,9 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
 
             boot, layout_blobs = nydus_bootstrap_of_layout(path, imageref.OPTIONS.platforms)
             return Layer(boot, blob_dir=blob_dir or layout_blobs, blobs=blobs)
-        raise UsageError(f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout")
+        raise UsageError(
+            f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
+        )
     return Layer(path, blob_dir=blob_dir, blobs=blobs)
 
 

@@ -59,7 +59,6 @@ class BlobSource:
     index: int = 0
 
 
-
 @dataclass
 class MergedBootstrap:
     """A merged bootstrap in memory and its blob table."""
@@ -101,8 +100,11 @@ def _skeleton(r: RafsV6, src: int, max_depth: int = 4096) -> _Ent:
         for d in r.readdir(ent.nid):
             if d.file_type == rafs_v6.FT_DIR:
                 if d.nid in seen:
-                    raise FormatError("erofs dirent", f"directory nid {d.nid} is named twice (a directory cycle?)",
-                                      value=fsdecode(d.name))
+                    raise FormatError(
+                        "erofs dirent",
+                        f"directory nid {d.nid} is named twice (a directory cycle?)",
+                        value=fsdecode(d.name),
+                    )
                 if depth + 1 >= max_depth:
                     raise FormatError(
                         "erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(d.name)

@@ -172,11 +172,17 @@ def _read_batch(items: list) -> list:
     wanted = sum(size for _, _, size in refs)
     # One read when the chunks lie close (headers and padding between them); not over a big gap (a long
     # PAX record, say), which would be read for nothing.
-    if (len(refs) > 1 and all(r[0] == fd for r in refs) and start == min(off for _, off, _ in refs)
-            and end - start <= 2 * wanted + SPAN_SLACK):
+    if (
+        len(refs) > 1
+        and all(r[0] == fd for r in refs)
+        and start == min(off for _, off, _ in refs)
+        and end - start <= 2 * wanted + SPAN_SLACK
+    ):
         view = memoryview(_pread_exact(fd, end - start, start))
-        return [view[item[1] - start : item[1] - start + item[2]] if isinstance(item, tuple) else item
-                for item in items]
+        return [
+            view[item[1] - start : item[1] - start + item[2]] if isinstance(item, tuple) else item
+            for item in items
+        ]
     return [_pread_exact(item[0], item[2], item[1]) if isinstance(item, tuple) else item for item in items]
 
 
@@ -232,7 +238,9 @@ class _Chunker:
             # The tar reader's file objects return all that is asked for, short only at the end of the input.
             data = fobj.read(min(cs, remaining))
             if len(data) < min(cs, remaining):
-                raise UsageError(f"tar entry {os.fsdecode(node.path)}: data ends {remaining - len(data)} bytes early")
+                raise UsageError(
+                    f"tar entry {os.fsdecode(node.path)}: data ends {remaining - len(data)} bytes early"
+                )
             self._submit(node, k, len(data), data)
             remaining -= len(data)
             k += 1
@@ -276,8 +284,9 @@ class _Chunker:
                 crc32=crc,
             )
             self.out.write(stored)
-            self.ci_array += blob_meta.pack_v1(chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset,
-                                               usize)
+            self.ci_array += blob_meta.pack_v1(
+                chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset, usize
+            )
             self.count += 1
             self.stored_bytes += chunk.compressed_size
             self.digests.append(digest)
@@ -319,7 +328,10 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             chunker._flush_batch()
             # Lay the bootstrap out and write all of it but the chunks while the workers finish the last ones.
             plan = plan_bootstrap(
-                tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, prefetch=opts.prefetch,
+                tree.root,
+                1 if chunker.data_bytes else 0,
+                chunk_size=opts.chunk_size,
+                prefetch=opts.prefetch,
                 render=True,
             )
             chunker.drain()
@@ -331,8 +343,9 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
     return result
 
 
-def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size: int, blob_id: bytes,
-                features: int) -> rafs_v6.BlobTableEntry:
+def _blob_entry(
+    chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size: int, blob_id: bytes, features: int
+) -> rafs_v6.BlobTableEntry:
     return rafs_v6.BlobTableEntry(
         blob_id=blob_id,
         blob_index=0,
@@ -350,8 +363,9 @@ def _blob_entry(chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size:
     )
 
 
-def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str,
-            plan: Plan | None = None) -> PackResult:
+def _finish(
+    out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str, plan: Plan | None = None
+) -> PackResult:
     entries: list[toc.TocEntry] = []
     n = chunker.count
     blobs: list[rafs_v6.BlobTableEntry] = []
@@ -360,8 +374,9 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         data_size = out.pos
         out.write(tar_header.build(IMAGE_BLOB, data_size))
         # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
-        entries.append(toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size,
-                                    chunker.uncompressed))
+        entries.append(
+            toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
+        )
         # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
         array = bytes(chunker.ci_array)
         stored, compressed = codecs.compress_if_smaller(array, opts.compressor)
@@ -378,22 +393,64 @@ def _finish(out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, o
         out.write(stored)
         out.write(header)
         out.write(tar_header.build(BLOB_META, len(stored) + len(header)))
-        entries.append(toc.TocEntry(BLOB_META, ci_comp, hashlib.sha256(array).digest(), ci["offset"], len(stored),
-                                    len(array)))
-        entries.append(toc.TocEntry(BLOB_META_HEADER, Compressor.NONE, hashlib.sha256(header).digest(),
-                                    ci["offset"] + len(stored), len(header), len(header)))
+        entries.append(
+            toc.TocEntry(
+                BLOB_META, ci_comp, hashlib.sha256(array).digest(), ci["offset"], len(stored), len(array)
+            )
+        )
+        entries.append(
+            toc.TocEntry(
+                BLOB_META_HEADER,
+                Compressor.NONE,
+                hashlib.sha256(header).digest(),
+                ci["offset"] + len(stored),
+                len(header),
+                len(header),
+            )
+        )
         digests = b"".join(chunker.digests)
         off = out.section(BLOB_DIGEST, digests)
-        entries.append(toc.TocEntry(BLOB_DIGEST, Compressor.NONE, hashlib.sha256(digests).digest(), off,
-                                    len(digests), len(digests)))
-        blobs = [_blob_entry(chunker, opts, ci, out.pos, rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
-                             blob_meta.DEFAULT_LAYER_FEATURES)]
-    boot = build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
-                           digester=opts.digester, prefetch=opts.prefetch, plan=plan)
+        entries.append(
+            toc.TocEntry(
+                BLOB_DIGEST,
+                Compressor.NONE,
+                hashlib.sha256(digests).digest(),
+                off,
+                len(digests),
+                len(digests),
+            )
+        )
+        blobs = [
+            _blob_entry(
+                chunker,
+                opts,
+                ci,
+                out.pos,
+                rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
+                blob_meta.DEFAULT_LAYER_FEATURES,
+            )
+        ]
+    boot = build_bootstrap(
+        tree.root,
+        blobs,
+        chunk_size=opts.chunk_size,
+        compressor=opts.compressor,
+        digester=opts.digester,
+        prefetch=opts.prefetch,
+        plan=plan,
+    )
     stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
     off = out.section(IMAGE_BOOT, stored)
-    entries.append(toc.TocEntry(IMAGE_BOOT, Compressor.ZSTD if compressed else Compressor.NONE,
-                                hashlib.sha256(boot).digest(), off, len(stored), len(boot)))
+    entries.append(
+        toc.TocEntry(
+            IMAGE_BOOT,
+            Compressor.ZSTD if compressed else Compressor.NONE,
+            hashlib.sha256(boot).digest(),
+            off,
+            len(stored),
+            len(boot),
+        )
+    )
     toc_bytes, toc_hdr = toc.build_section(entries)
     out.write(toc_bytes)
     out.write(toc_hdr)
@@ -419,10 +476,22 @@ def _separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, res
     blobs = []
     if chunker.count:
         meta = next(e for e in result.toc if e.name == BLOB_META)
-        ci = {"compressor": meta.compressor, "offset": meta.compressed_offset, "stored_size": meta.compressed_size,
-              "size": meta.uncompressed_size}
+        ci = {
+            "compressor": meta.compressor,
+            "offset": meta.compressed_offset,
+            "stored_size": meta.compressed_size,
+            "size": meta.uncompressed_size,
+        }
         boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
         features = blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META
-        blobs = [_blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)]
-    return build_bootstrap(tree.root, blobs, chunk_size=opts.chunk_size, compressor=opts.compressor,
-                           digester=opts.digester, prefetch=opts.prefetch)
+        blobs = [
+            _blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)
+        ]
+    return build_bootstrap(
+        tree.root,
+        blobs,
+        chunk_size=opts.chunk_size,
+        compressor=opts.compressor,
+        digester=opts.digester,
+        prefetch=opts.prefetch,
+    )

@@ -21,7 +21,11 @@ def info(layer: Layer) -> dict:
     if layer.notes:
         out["notes"] = list(layer.notes)
     if layer.toc is not None:
-        out["toc"] = {"entries": len(layer.toc), "digest": layer.toc_digest.hex(), "size": len(layer.toc_bytes) + 512}
+        out["toc"] = {
+            "entries": len(layer.toc),
+            "digest": layer.toc_digest.hex(),
+            "size": len(layer.toc_bytes) + 512,
+        }
     elif layer.kind == KIND_BLOB_NO_TOC:
         out["sections"] = [{"name": s.name, "offset": s.offset, "size": s.size} for s in layer.sections]
     if layer.blob_meta_header is not None:
@@ -77,7 +81,11 @@ def bootstrap_info(layer: Layer) -> dict:
             "prefetch_table_size": ext.s_prefetch_table_size,
         },
         "devices": [
-            {"blob_id": d.blob_id.rstrip(b"\0").decode("ascii", "replace"), "blocks": d.blocks, "mapped_blkaddr": d.mapped_blkaddr}
+            {
+                "blob_id": d.blob_id.rstrip(b"\0").decode("ascii", "replace"),
+                "blocks": d.blocks,
+                "mapped_blkaddr": d.mapped_blkaddr,
+            }
             for d in r.meta.devices
         ],
         "blobs": blobs,
@@ -138,11 +146,22 @@ def toc_report(layer: Layer) -> dict:
         for name in layer.entry_names():
             off, size, comp, usize, _ = layer.entry_location(name)
             entries.append(
-                {"name": name, "compressor": comp.value, "compressed_offset": off, "compressed_size": size,
-                 "uncompressed_size": usize if usize >= 0 else None, "sha256": None}
+                {
+                    "name": name,
+                    "compressor": comp.value,
+                    "compressed_offset": off,
+                    "compressed_size": size,
+                    "uncompressed_size": usize if usize >= 0 else None,
+                    "sha256": None,
+                }
             )
-        return {"path": layer.path, "source": "tar-headers", "entries": entries, "toc_digest": None,
-                "notes": list(layer.notes)}
+        return {
+            "path": layer.path,
+            "source": "tar-headers",
+            "entries": entries,
+            "toc_digest": None,
+            "notes": list(layer.notes),
+        }
     raise UsageError(f"{layer.path}: a {layer.kind} has no ToC or tar sections; toc needs a nydus layer blob")
 
 
@@ -170,7 +189,8 @@ def chunks_report(layer: Layer) -> Iterator[dict]:
                 "uncompressed_offset": rec.uncompressed_offset,
                 "uncompressed_size": rec.uncompressed_size,
                 "compressed": rec.compressed,
-                "flags": rafs_v6.CHUNK_FLAG_NAMES and [n for b, n in rafs_v6.CHUNK_FLAG_NAMES.items() if rec.flags & b],
+                "flags": rafs_v6.CHUNK_FLAG_NAMES
+                and [n for b, n in rafs_v6.CHUNK_FLAG_NAMES.items() if rec.flags & b],
                 "file_offset": rec.file_offset,
                 "crc32": rec.crc32 if rec.flags & rafs_v6.CHUNK_HAS_CRC32 else None,
                 "digest": rec.block_id.hex(),
@@ -220,8 +240,17 @@ def _list_v5(layer: Layer, path: str, recursive: bool) -> Iterator[Node]:
         # Builders set FLAG_HARDLINK on some links only; every name of a file with nlink > 1 shares i_ino.
         linked = ino.i_flags & rafs_v5.FLAG_HARDLINK or (ntype == REG and nlink > 1)
         yield Node(
-            path=p, type=ntype, mode=ino.i_mode, uid=ino.i_uid, gid=ino.i_gid, mtime=ino.i_mtime,
-            size=ino.i_size, nlink=ino.i_nlink, rdev=ino.i_rdev, target=ino.symlink or None, ino=ino.i_ino,
+            path=p,
+            type=ntype,
+            mode=ino.i_mode,
+            uid=ino.i_uid,
+            gid=ino.i_gid,
+            mtime=ino.i_mtime,
+            size=ino.i_size,
+            nlink=ino.i_nlink,
+            rdev=ino.i_rdev,
+            target=ino.symlink or None,
+            ino=ino.i_ino,
             hardlink=ino.i_ino if linked else None,
         )
     if not found:

@@ -43,7 +43,12 @@ def decode_group(layer: Layer, chunks: list[ChunkRef], verify: bool = True) -> l
 
 
 def iter_with_data(
-    layer: Layer, nodes: Iterable[Node], *, window: int = DEFAULT_WINDOW, workers: int = 0, verify: bool = True
+    layer: Layer,
+    nodes: Iterable[Node],
+    *,
+    window: int = DEFAULT_WINDOW,
+    workers: int = 0,
+    verify: bool = True,
 ) -> Iterator[tuple[Node, list[ChunkResult] | None]]:
     """Yield ``(node, results)`` in order; for regular files each result gives one chunk's bytes."""
     rafs = layer.rafs

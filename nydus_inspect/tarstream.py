@@ -108,18 +108,26 @@ def _norm_path(raw: bytes, where: object) -> bytes:
     rel = raw[2:] if raw.startswith(b"./") else raw
     rel = rel.rstrip(b"/")
     # Most names are already plain: no empty, "." or ".." parts, and short enough all through.
-    if (len(rel) < MAX_PATH and b"//" not in rel and b"/." not in rel and not rel.startswith((b".", b"/"))
-            and (len(rel) <= MAX_NAME or all(len(part) <= MAX_NAME for part in rel.split(b"/")))):
+    if (
+        len(rel) < MAX_PATH
+        and b"//" not in rel
+        and b"/." not in rel
+        and not rel.startswith((b".", b"/"))
+        and (len(rel) <= MAX_NAME or all(len(part) <= MAX_NAME for part in rel.split(b"/")))
+    ):
         return b"/" + rel
     parts = []
     for part in raw.split(b"/"):
         if part in (b"", b"."):
             continue
         if part == b"..":
-            raise FormatError("tar entry", f"path {os.fsdecode(raw)!r} climbs out of the layer with '..'",
-                              value=str(where))
+            raise FormatError(
+                "tar entry", f"path {os.fsdecode(raw)!r} climbs out of the layer with '..'", value=str(where)
+            )
         if len(part) > MAX_NAME:
-            raise FormatError("tar entry", f"a path component is longer than {MAX_NAME} bytes", value=str(where))
+            raise FormatError(
+                "tar entry", f"a path component is longer than {MAX_NAME} bytes", value=str(where)
+            )
         parts.append(part)
     path = b"/" + b"/".join(parts)
     if len(path) > MAX_PATH:
@@ -150,12 +158,18 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
             try:
                 out[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
             except ValueError:
-                raise FormatError("tar entry", f"{key.decode('utf-8', 'replace')}: the value is not base64",
-                                  value=os.fsdecode(path)) from None
+                raise FormatError(
+                    "tar entry",
+                    f"{key.decode('utf-8', 'replace')}: the value is not base64",
+                    value=os.fsdecode(path),
+                ) from None
     for name in out:
         if b"\0" in name:
-            raise FormatError("tar entry", f"xattr name {name.decode('utf-8', 'replace')[:80]!r} holds a NUL byte",
-                              value=os.fsdecode(path))
+            raise FormatError(
+                "tar entry",
+                f"xattr name {name.decode('utf-8', 'replace')[:80]!r} holds a NUL byte",
+                value=os.fsdecode(path),
+            )
     for name in [n for n in out if not storable_xattr(n)]:
         # macOS tars carry namespace-less xattrs; neither RAFS nor a Linux runtime can hold them.
         warnings.append(
@@ -166,11 +180,17 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
     try:
         area = build_xattrs(out)
     except ValueError as exc:
-        raise FormatError("tar entry", f"{exc}: RAFS holds xattr names up to 255 bytes after the namespace "
-                          "and values up to 65535 bytes", value=os.fsdecode(path)) from None
+        raise FormatError(
+            "tar entry",
+            f"{exc}: RAFS holds xattr names up to 255 bytes after the namespace and values up to 65535 bytes",
+            value=os.fsdecode(path),
+        ) from None
     if xattr_icount(len(area)) > 0xFFFF:
-        raise FormatError("tar entry", f"{len(area)} bytes of xattrs: more than one RAFS inode holds",
-                          value=os.fsdecode(path))
+        raise FormatError(
+            "tar entry",
+            f"{len(area)} bytes of xattrs: more than one RAFS inode holds",
+            value=os.fsdecode(path),
+        )
     return out
 
 
@@ -251,10 +271,16 @@ class TreeBuilder:
     def link(self, path: bytes, target_path: bytes, where: object) -> None:
         target = self.lookup(target_path)
         if target is None:
-            raise FormatError("tar entry", f"hard link {os.fsdecode(path)!r} points at "
-                              f"{os.fsdecode(target_path)!r}, which no earlier entry created", value=str(where))
+            raise FormatError(
+                "tar entry",
+                f"hard link {os.fsdecode(path)!r} points at "
+                f"{os.fsdecode(target_path)!r}, which no earlier entry created",
+                value=str(where),
+            )
         if target.type == DIR:
-            raise FormatError("tar entry", f"hard link {os.fsdecode(path)!r} points at a directory", value=str(where))
+            raise FormatError(
+                "tar entry", f"hard link {os.fsdecode(path)!r} points at a directory", value=str(where)
+            )
         if target.hardlink is None:
             self._hardlink_groups += 1
             target.hardlink = self._hardlink_groups
@@ -292,8 +318,9 @@ class _Source:
     """Sequential reads over a tar: a mapped plain file (slices of memory, no system call per
     header) or any byte stream (exact reads, forward skips). Counts what it consumed."""
 
-    def __init__(self, stream: BinaryIO | None, mapped: mmap.mmap | None,
-                 progress: Callable[[int], None] | None) -> None:
+    def __init__(
+        self, stream: BinaryIO | None, mapped: mmap.mmap | None, progress: Callable[[int], None] | None
+    ) -> None:
         self.stream = stream
         self.mapped = mapped
         self.size = len(mapped) if mapped is not None else -1
@@ -402,11 +429,30 @@ def _map(fd: int | None) -> mmap.mmap | None:
 class TarMember:
     """One entry of the tar, with its PAX and GNU long-name records applied."""
 
-    __slots__ = ("path", "linkname", "type", "mode", "uid", "gid", "mtime", "size", "devmajor", "devminor",
-                 "pax", "offset", "offset_data")
+    __slots__ = (
+        "path",
+        "linkname",
+        "type",
+        "mode",
+        "uid",
+        "gid",
+        "mtime",
+        "size",
+        "devmajor",
+        "devminor",
+        "pax",
+        "offset",
+        "offset_data",
+    )
 
-    def __init__(self, header: tar_member.Header, pax: dict[bytes, bytes], longname: bytes | None,
-                 longlink: bytes | None, offset_data: int) -> None:
+    def __init__(
+        self,
+        header: tar_member.Header,
+        pax: dict[bytes, bytes],
+        longname: bytes | None,
+        longlink: bytes | None,
+        offset_data: int,
+    ) -> None:
         self.path = longname if longname is not None else header.name
         self.linkname = longlink if longlink is not None else header.linkname
         self.type = header.type
@@ -421,21 +467,30 @@ class TarMember:
 
     def _apply_pax(self, pax: dict[bytes, bytes]) -> None:
         where = self.offset
-        for key, attr, conv in ((b"path", "path", None), (b"linkpath", "linkname", None), (b"size", "size", int),
-                                (b"uid", "uid", int), (b"gid", "gid", int), (b"mtime", "mtime", _pax_time)):
+        for key, attr, conv in (
+            (b"path", "path", None),
+            (b"linkpath", "linkname", None),
+            (b"size", "size", int),
+            (b"uid", "uid", int),
+            (b"gid", "gid", int),
+            (b"mtime", "mtime", _pax_time),
+        ):
             value = pax.get(key)
             if not value:
                 continue  # absent, or emptied (POSIX: an empty value cancels the record)
             if conv is None and b"\0" in value:
                 # A ustar name ends at its first NUL; a PAX record has a length, so one inside is part of
                 # the name, which no filesystem can hold (and a C reader would cut it there).
-                raise FormatError("tar PAX header", f"{key.decode()} {value[:80]!r} holds a NUL byte", offset=where)
+                raise FormatError(
+                    "tar PAX header", f"{key.decode()} {value[:80]!r} holds a NUL byte", offset=where
+                )
             if conv is not None:
                 try:
                     value = conv(value)
                 except ValueError:
-                    raise FormatError("tar PAX header", f"{key.decode()}={value!r} is not a number",
-                                      offset=where) from None
+                    raise FormatError(
+                        "tar PAX header", f"{key.decode()}={value!r} is not a number", offset=where
+                    ) from None
                 if key != b"mtime" and value < 0:
                     raise FormatError("tar PAX header", f"{key.decode()}={value} is negative", offset=where)
             setattr(self, attr, value)
@@ -471,8 +526,11 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
         block = source.read(tar_member.BLOCK)
         if not block or block == tar_member.ZERO_BLOCK:
             if pax is not None or longname is not None or longlink is not None:
-                raise FormatError("tar", f"{where}: the archive ends after an extended header, before its entry",
-                                  offset=offset)
+                raise FormatError(
+                    "tar",
+                    f"{where}: the archive ends after an extended header, before its entry",
+                    offset=offset,
+                )
             if not block:
                 return
             ended = True
@@ -488,13 +546,24 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
         first = ended = False
         kind = header.type
         data_start = source.pos
-        if kind in (tar_member.PAX_LOCAL, tar_member.PAX_GLOBAL, tar_member.GNU_LONGNAME, tar_member.GNU_LONGLINK):
+        if kind in (
+            tar_member.PAX_LOCAL,
+            tar_member.PAX_GLOBAL,
+            tar_member.GNU_LONGNAME,
+            tar_member.GNU_LONGLINK,
+        ):
             if header.size > tar_member.MAX_META_DATA:
-                raise FormatError("tar header", f"extended header of {header.size} bytes (at most "
-                                  f"{tar_member.MAX_META_DATA} read)", field="size", offset=offset + 124)
+                raise FormatError(
+                    "tar header",
+                    f"extended header of {header.size} bytes (at most {tar_member.MAX_META_DATA} read)",
+                    field="size",
+                    offset=offset + 124,
+                )
             data = source.read(header.data_blocks)
             if len(data) < header.size:
-                raise FormatError("tar", f"{where}: the input ends inside an extended header", offset=data_start)
+                raise FormatError(
+                    "tar", f"{where}: the input ends inside an extended header", offset=data_start
+                )
             data = data[: header.size]
             if kind == tar_member.GNU_LONGNAME:
                 longname = cstr(data)
@@ -517,13 +586,19 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
         # Only regular files own data blocks (as GNU tar and Python's tarfile read them).
         owned = round_up(member.size, tar_member.BLOCK) if kind in tar_member.REGULAR else 0
         if source.size >= 0 and data_start + member.size > source.size and kind in tar_member.REGULAR:
-            raise FormatError("tar", f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
-                              offset=data_start)
+            raise FormatError(
+                "tar",
+                f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
+                offset=data_start,
+            )
         yield member
         consumed = source.pos - data_start
         if consumed < owned and consumed + source.skip(owned - consumed) < member.size:
-            raise FormatError("tar", f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
-                              offset=data_start)
+            raise FormatError(
+                "tar",
+                f"{where}: the input ends inside the data of {os.fsdecode(member.path)!r}",
+                offset=data_start,
+            )
         if source.progress is not None:
             source.reported = source.pos
             source.progress(source.pos)
@@ -541,8 +616,12 @@ class _Where:
         return f"{self.source} entry {self.index} ({os.fsdecode(self.path)})"
 
 
-def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str = "tar",
-             progress: Callable[[int], None] | None = None) -> TarTree:
+def read_tar(
+    stream: BinaryIO,
+    on_file: FileCallback | None = None,
+    source: str = "tar",
+    progress: Callable[[int], None] | None = None,
+) -> TarTree:
     """Stream the tar and build its tree; ``on_file(node, fileobj, ref)`` consumes each regular file's bytes.
 
     ``progress(n)`` is told how many input bytes have been consumed.
@@ -568,7 +647,9 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
             where = _Where(source, index, member.path)
             path = _norm_path(member.path, where)
             if member.sparse:
-                raise UsageError(f"{where}: GNU sparse files are not supported; re-create the tar without --sparse")
+                raise UsageError(
+                    f"{where}: GNU sparse files are not supported; re-create the tar without --sparse"
+                )
             if member.type == tar_member.HARDLINK:
                 builder.link(path, _norm_path(member.linkname, where), where)
                 continue
@@ -593,11 +674,17 @@ def read_tar(stream: BinaryIO, on_file: FileCallback | None = None, source: str 
                 if not node.target:
                     raise FormatError("tar entry", "symlink with an empty target", value=str(where))
                 if len(node.target) > MAX_SYMLINK:
-                    raise FormatError("tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=str(where))
+                    raise FormatError(
+                        "tar entry", f"symlink target longer than {MAX_SYMLINK} bytes", value=str(where)
+                    )
             elif ntype in (CHR, BLK):
                 if not (0 <= member.devmajor < 1 << 12 and 0 <= member.devminor < 1 << 20):
-                    raise FormatError("tar entry", f"device {member.devmajor},{member.devminor}: Linux (and RAFS) "
-                                      "device numbers have 12-bit majors and 20-bit minors", value=str(where))
+                    raise FormatError(
+                        "tar entry",
+                        f"device {member.devmajor},{member.devminor}: Linux (and RAFS) "
+                        "device numbers have 12-bit majors and 20-bit minors",
+                        value=str(where),
+                    )
                 node.rdev = os.makedev(member.devmajor, member.devminor)
             if ntype == REG and on_file is not None:
                 on_file(node, src.file(node.size), (fd, member.offset_data) if mapped is not None else None)

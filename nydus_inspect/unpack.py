@@ -60,8 +60,15 @@ def _header(node: Node, name: bytes, typeflag: bytes, size: int, linkname: bytes
     if not node.xattrs:
         device = node.type in (CHR, BLK)
         hdr = tar_member.build_ustar(
-            name, mode=node.mode & 0o7777, uid=node.uid, gid=node.gid, size=size, mtime=node.mtime,
-            typeflag=typeflag, linkname=linkname, devmajor=os.major(node.rdev) if device else 0,
+            name,
+            mode=node.mode & 0o7777,
+            uid=node.uid,
+            gid=node.gid,
+            size=size,
+            mtime=node.mtime,
+            typeflag=typeflag,
+            linkname=linkname,
+            devmajor=os.major(node.rdev) if device else 0,
             devminor=os.minor(node.rdev) if device else 0,
         )
         if hdr is not None:
@@ -330,7 +337,9 @@ class _DirStack:
         (the walk is pre-order, so that parent is on the stack at ``node``'s depth - 1)."""
         level = node.path.count(b"/") - 1
         if level > len(self.stack):
-            raise FormatError("erofs dirent", "an entry comes before its directory", value=fsdecode(node.path))
+            raise FormatError(
+                "erofs dirent", "an entry comes before its directory", value=fsdecode(node.path)
+            )
         while len(self.stack) > level:
             self._leave()
         if not self.stack:
@@ -338,7 +347,9 @@ class _DirStack:
         top = self.stack[-1]
         parent = node.path[: node.path.rfind(b"/")]
         if not parent.endswith(b"/" + top[0]):
-            raise FormatError("erofs dirent", "an entry comes outside its directory", value=fsdecode(node.path))
+            raise FormatError(
+                "erofs dirent", "an entry comes outside its directory", value=fsdecode(node.path)
+            )
         return top[2]
 
     def enter(self, name: bytes, node: Node, fd: int) -> None:
@@ -362,7 +373,9 @@ class _DirStack:
                 st = os.fstat(ufd)
                 if (st.st_dev, st.st_ino) != up[3]:
                     os.close(ufd)
-                    raise UsageError(f"{self.target}: directory {fsdecode(up[0])!r} was moved while being extracted")
+                    raise UsageError(
+                        f"{self.target}: directory {fsdecode(up[0])!r} was moved while being extracted"
+                    )
                 up[2] = ufd
                 self.open += 1
         finally:
@@ -397,7 +410,9 @@ def to_dir(layer: Layer, target: str) -> UnpackResult:
             check_extractable(node)
             name = node.path[node.path.rfind(b"/") + 1 :]
             if name in (b"", b".", b".."):
-                raise FormatError("dirent", "name not allowed in an extracted path", value=fsdecode(node.path))
+                raise FormatError(
+                    "dirent", "name not allowed in an extracted path", value=fsdecode(node.path)
+                )
             pfd = dirs.parent_fd(node)
             fd = _extract_one(node, data, pfd, name, root_fd, first_path, res, as_root)
             if fd is not None:
@@ -410,8 +425,16 @@ def to_dir(layer: Layer, target: str) -> UnpackResult:
     return res
 
 
-def _extract_one(node: Node, data, pfd: int, name: bytes, root_fd: int, first_path: dict[int, bytes],
-                 res: UnpackResult, as_root: bool) -> int | None:
+def _extract_one(
+    node: Node,
+    data,
+    pfd: int,
+    name: bytes,
+    root_fd: int,
+    first_path: dict[int, bytes],
+    res: UnpackResult,
+    as_root: bool,
+) -> int | None:
     """Create one entry in the directory ``pfd``; for a directory, return its open descriptor."""
     perm = stat.S_IMODE(node.mode)
     key = node.hardlink
@@ -430,8 +453,9 @@ def _extract_one(node: Node, data, pfd: int, name: bytes, root_fd: int, first_pa
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UsageError(f"refusing to extract through {fsdecode(node.path)!r}: it is a symlink or not "
-                                 "a directory") from None
+                raise UsageError(
+                    f"refusing to extract through {fsdecode(node.path)!r}: it is a symlink or not a directory"
+                ) from None
             raise
         try:
             _set_meta(fd, node, perm, as_root)
@@ -487,7 +511,9 @@ def _set_meta(fd: int, node: Node, perm: int, as_root: bool) -> None:
             os.setxattr(fd, k, v)
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EPERM):
-                raise UsageError(f"{fsdecode(node.path)}: cannot set xattr {fsdecode(k)}: {exc.strerror}") from None
+                raise UsageError(
+                    f"{fsdecode(node.path)}: cannot set xattr {fsdecode(k)}: {exc.strerror}"
+                ) from None
 
 
 def cache_file(layer: Layer, output: str, blob_index: int | None = None) -> int:
@@ -514,8 +540,11 @@ def cache_file(layer: Layer, output: str, blob_index: int | None = None) -> int:
                     continue
                 seen.add(c.ci_index)
                 if c.uncompressed_offset + c.uncompressed_size > size:
-                    raise FormatError("rafs chunk", f"chunk {c.ci_index} lies past the blob's uncompressed size",
-                                      value=c.uncompressed_offset)
+                    raise FormatError(
+                        "rafs chunk",
+                        f"chunk {c.ci_index} lies past the blob's uncompressed size",
+                        value=c.uncompressed_offset,
+                    )
                 f.seek(c.uncompressed_offset)
                 f.write(reader.decode(c))
         f.truncate(max(size, rafs_v6.BLOCK_SIZE))

@@ -406,8 +406,13 @@ def test_parser_for_one_command_matches_the_full_parser():
     """The start-up shortcut (only the command being run is built) parses exactly as the full parser."""
     from nydus_inspect import cli
 
-    for argv in (["ls", "-lR", "x.blob", "/etc"], ["-q", "unpack", "x.blob", "-o", "-"], ["pack", "a.tar", "-o", "b"],
-                 ["verify", "a", "b", "--json"], ["mount", "a", "mp", "--foreground"]):
+    for argv in (
+        ["ls", "-lR", "x.blob", "/etc"],
+        ["-q", "unpack", "x.blob", "-o", "-"],
+        ["pack", "a.tar", "-o", "b"],
+        ["verify", "a", "b", "--json"],
+        ["mount", "a", "mp", "--foreground"],
+    ):
         full = vars(cli.build_parser().parse_args(argv))
         one = vars(cli.build_parser(argv).parse_args(argv))
         assert one == full, argv

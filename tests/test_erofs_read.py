@@ -520,9 +520,7 @@ def test_synthetic_listing_is_what_was_built(synthetic):
     specs = _specs()
     with nydus_inspect.open_layer(boot) as layer:
         ours = _our_listing(layer)
-        nodes = {
-            fsdecode(n.path): n for n in query.list_nodes(layer, "/", recursive=True, with_chunks=True)
-        }
+        nodes = {fsdecode(n.path): n for n in query.list_nodes(layer, "/", recursive=True, with_chunks=True)}
     assert ours == _expected(specs)
     by_path = {s.path: s for s in specs}
     for path, node in nodes.items():

@@ -24,7 +24,10 @@ def test_fuzz_target_short_run(target, vectors, tmp_path):
     runs = RUNS.get(target, 10_000)
     proc = subprocess.run(
         [sys.executable, str(RUNNER), target, str(runs)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
         env={**os.environ, "NYDUS_VECTORS": str(vectors)},
     )
     tail = (proc.stdout + proc.stderr)[-3000:]

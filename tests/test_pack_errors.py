@@ -280,7 +280,10 @@ def test_the_next_run_removes_what_a_killed_pack_left(tmp_path, out_dir, fixture
     other = out_dir / ".out.blob.tmp"
     other.write_bytes(b"y")
     src = fixture_tars["every-type.tar"]
-    assert run_cli("pack", "-q", src, "-o", out_dir / "out.blob", "--bootstrap", out_dir / "out.boot").returncode == 0
+    assert (
+        run_cli("pack", "-q", src, "-o", out_dir / "out.blob", "--bootstrap", out_dir / "out.boot").returncode
+        == 0
+    )
     assert sorted(os.listdir(out_dir)) == sorted([live.name, other.name, "out.blob", "out.boot"])
 
 
@@ -295,9 +298,13 @@ def test_blob_and_bootstrap_are_renamed_as_a_pair(tmp_path, out_dir, fixture_tar
 
     def replace(a, b):
         if not renames:  # at the first rename, every output must already be whole
-            temps = {name.split(TEMP_MARK)[0]: os.path.getsize(out_dir / name) for name in os.listdir(out_dir)}
-            assert temps == {".out.boot": os.path.getsize(tmp_path / "want.boot"),
-                             ".out.blob": os.path.getsize(tmp_path / "want.blob")}, temps
+            temps = {
+                name.split(TEMP_MARK)[0]: os.path.getsize(out_dir / name) for name in os.listdir(out_dir)
+            }
+            assert temps == {
+                ".out.boot": os.path.getsize(tmp_path / "want.boot"),
+                ".out.blob": os.path.getsize(tmp_path / "want.blob"),
+            }, temps
         renames.append(os.path.basename(b))
         real_replace(a, b)
 
@@ -319,8 +326,11 @@ def test_a_failed_bootstrap_keeps_both_old_outputs(tmp_path, out_dir, fixture_ta
 
     monkeypatch.setattr(pack_module, "_separate_bootstrap", fail)
     with pytest.raises(NydusInspectError):
-        pack(str(fixture_tars["every-type.tar"]), str(out_dir / "out.blob"),
-             PackOptions(bootstrap=str(out_dir / "out.boot")))
+        pack(
+            str(fixture_tars["every-type.tar"]),
+            str(out_dir / "out.blob"),
+            PackOptions(bootstrap=str(out_dir / "out.boot")),
+        )
     assert sorted(os.listdir(out_dir)) == ["out.blob", "out.boot"]
     assert (out_dir / "out.blob").read_bytes() == b"old blob"
     assert (out_dir / "out.boot").read_bytes() == b"old boot"
@@ -356,7 +366,9 @@ def test_a_locked_temporary_file_is_not_stale(tmp_path):
 
     from nydus_inspect.fsutil import remove_stale
 
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead = int(proc.stdout)  # exited: no process has this pid now (barring reuse within the test)
     locked = tmp_path / f".out.blob{TEMP_MARK}{dead}-aaaaaaaa"
     free = tmp_path / f".out.blob{TEMP_MARK}{dead}-bbbbbbbb"

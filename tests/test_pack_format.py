@@ -508,7 +508,10 @@ def test_worker_batch_reads(tmp_path, monkeypatch):
         real = os.pread
         monkeypatch.setattr(os, "pread", lambda f, n, off: reads.append(n) or real(f, n, off))
         monkeypatch.setattr(pack, "SPAN_SLACK", 100)
-        assert [bytes(b) for b in _read_batch([(fd, 0, 2), (fd, 900, 2)])] == [bytes([0, 1]), bytes([900 % 256, 901 % 256])]
+        assert [bytes(b) for b in _read_batch([(fd, 0, 2), (fd, 900, 2)])] == [
+            bytes([0, 1]),
+            bytes([900 % 256, 901 % 256]),
+        ]
         assert reads == [2, 2]
         for items in ([(fd, 1000, 100)], [(fd, 0, 4), (fd, 1020, 10)]):
             with pytest.raises(UsageError, match="ends inside file data"):
@@ -536,8 +539,12 @@ def test_bootstrap_written_ahead_equals_written_at_once(fixture_tars, tmp_path, 
     root, blobs, kw = seen[0]
     assert kw.pop("plan") is not None
     fresh = real(root, blobs, **kw)
-    assert fresh == real(root, blobs, plan=builder.plan_bootstrap(
-        root, len(blobs), chunk_size=kw["chunk_size"], render=True), **kw)
+    assert fresh == real(
+        root,
+        blobs,
+        plan=builder.plan_bootstrap(root, len(blobs), chunk_size=kw["chunk_size"], render=True),
+        **kw,
+    )
     ahead = builder.plan_bootstrap(root, len(blobs), chunk_size=kw["chunk_size"], render=True)
     assert ahead.rendered is not None
     other = real(root, blobs, plan=ahead, **{**kw, "explicit_uid_gid": False})

@@ -50,7 +50,10 @@ def test_the_walkthrough_runs(vectors, tmp_path):
     if with_fuse:
         script += block_after("<!-- mount walkthrough:")
     # Whatever fails, leave no mount behind.
-    script = "trap '{ mountpoint -q \"$D/mnt\" && fusermount3 -u -z \"$D/mnt\"; } 2>/dev/null || true' EXIT\n" + script
+    script = (
+        'trap \'{ mountpoint -q "$D/mnt" && fusermount3 -u -z "$D/mnt"; } 2>/dev/null || true\' EXIT\n'
+        + script
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path))
     proc = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env, timeout=600

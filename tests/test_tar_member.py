@@ -105,7 +105,11 @@ def test_long_names_non_utf8_and_big_numbers(fmt, tmp_path):
 
 def test_pax_xattrs_mtime_and_size_records(tmp_path):
     info = _info("f", size=3, mtime=5)
-    info.pax_headers = {"SCHILY.xattr.user.k": "v", "mtime": "1700000000.75", "SCHILY.xattr.security.capability": "\x01"}
+    info.pax_headers = {
+        "SCHILY.xattr.user.k": "v",
+        "mtime": "1700000000.75",
+        "SCHILY.xattr.security.capability": "\x01",
+    }
     tree, _ = _read(_tar(tarfile.PAX_FORMAT, [(info, b"abc")]), tmp_path / "t.tar")
     node = _nodes(tree)[b"/f"]
     assert node.mtime == 1_700_000_000
@@ -147,8 +151,18 @@ def test_base256_numbers():
         tar_member.number(b"0009\0", "mode", 0)
 
 
-@pytest.mark.parametrize("damage", ["checksum", "truncated-header", "truncated-data", "pax-record", "huge-pax",
-                                    "negative-size", "extended-header-then-end"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "checksum",
+        "truncated-header",
+        "truncated-data",
+        "pax-record",
+        "huge-pax",
+        "negative-size",
+        "extended-header-then-end",
+    ],
+)
 def test_damage_is_an_error_not_a_silent_end(damage, tmp_path):
     """Python's tarfile ends the archive quietly at a bad header after the first; we refuse."""
     good = _tar(tarfile.PAX_FORMAT, [(_info("a", size=600), b"a" * 600), (_info("b", size=3), b"bcd")])
@@ -200,7 +214,7 @@ def _fix_checksums(data: bytes) -> bytes:
 
 
 def test_empty_input_is_an_empty_layer_and_garbage_is_not_a_tar():
-    assert _nodes(_read(b"")[0]) .keys() == {b"/"}
+    assert _nodes(_read(b"")[0]).keys() == {b"/"}
     with pytest.raises(FormatError, match="not a tar"):
         _read(b"this is not a tar file".ljust(512, b"!"))
 
@@ -224,27 +238,34 @@ _NUMERIC = {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12
 
 def _header_fields(**fields: bytes) -> bytes:
     """A ustar header for an empty file "f" with raw numeric fields replaced, checksum fixed."""
-    hdr = bytearray(_tar(tarfile.USTAR_FORMAT, [(_info("f", size=0, mode=0o644, uid=1, gid=2, mtime=3), b"")])[:512])
+    hdr = bytearray(
+        _tar(tarfile.USTAR_FORMAT, [(_info("f", size=0, mode=0o644, uid=1, gid=2, mtime=3), b"")])[:512]
+    )
     for name, raw in fields.items():
         start, length = _NUMERIC[name]
         hdr[start : start + length] = raw.ljust(length, b"\0")
     return _fix_checksums(bytes(hdr))
 
 
-@pytest.mark.parametrize("fields", [
-    {},
-    {"mode": b"644 \0"},  # space-terminated, not zero-padded
-    {"uid": b"\x80" + (70000).to_bytes(7, "big")},  # base-256
-    {"gid": b"12\0junk"},  # text after the NUL is ignored
-    {"mtime": b"\0" * 12},  # empty field: 0
-    {"mode": b"   644  "},  # spaces both sides
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"mode": b"644 \0"},  # space-terminated, not zero-padded
+        {"uid": b"\x80" + (70000).to_bytes(7, "big")},  # base-256
+        {"gid": b"12\0junk"},  # text after the NUL is ignored
+        {"mtime": b"\0" * 12},  # empty field: 0
+        {"mode": b"   644  "},  # spaces both sides
+    ],
+)
 def test_numeric_fields_fast_path_agrees_with_number(fields):
     """The one-pass octal read gives what number() gives, field by field, for every spelling tar writers use."""
     block = _header_fields(**fields)
     got = tar_member.parse_header(block, 0)
-    want = {name: tar_member.number(block[start : start + length], name, start)
-            for name, (start, length) in _NUMERIC.items()}
+    want = {
+        name: tar_member.number(block[start : start + length], name, start)
+        for name, (start, length) in _NUMERIC.items()
+    }
     assert (got.mode, got.uid, got.gid, got.size, got.mtime) == tuple(want.values())
 
 
@@ -259,8 +280,13 @@ def test_bad_checksum_is_named_before_a_bad_field():
 
 def test_unusual_paths_are_normalised_like_plain_ones(tmp_path):
     """Names outside the fast path ("./a//b/", ".hidden", "a/./b") end up where plain ones would."""
-    members = [(_info("./a//b/", kind=tarfile.DIRTYPE), None), (_info(".hidden", size=1), b"h"),
-               (_info("a/./b/c", size=1), b"c"), (_info("/abs", size=1), b"x"), (_info("a/b/", kind=tarfile.DIRTYPE), None)]
+    members = [
+        (_info("./a//b/", kind=tarfile.DIRTYPE), None),
+        (_info(".hidden", size=1), b"h"),
+        (_info("a/./b/c", size=1), b"c"),
+        (_info("/abs", size=1), b"x"),
+        (_info("a/b/", kind=tarfile.DIRTYPE), None),
+    ]
     tree, files = _read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "t.tar")
     assert set(_nodes(tree)) == {b"/", b"/a", b"/a/b", b"/a/b/c", b"/.hidden", b"/abs"}
     assert files == {b"/.hidden": b"h", b"/a/b/c": b"c", b"/abs": b"x"}
@@ -278,22 +304,35 @@ def test_a_directory_replaced_then_needed_again(replacement, tmp_path):
         repl = (_info("d", kind=tarfile.LNKTYPE, linkname="target"), None)
     else:
         repl = (_info("d", kind=tarfile.SYMTYPE, linkname="elsewhere"), None)
-    members = [(_info("target", size=1), b"t"), (_info("d", kind=tarfile.DIRTYPE), None),
-               (_info("d/old", size=1), b"o"), repl, (_info("d/new", size=1), b"n")]
+    members = [
+        (_info("target", size=1), b"t"),
+        (_info("d", kind=tarfile.DIRTYPE), None),
+        (_info("d/old", size=1), b"o"),
+        repl,
+        (_info("d/new", size=1), b"n"),
+    ]
     tree, _ = _read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "t.tar")
     nodes = _nodes(tree)
     assert nodes[b"/d"].type == DIR
     assert sorted(nodes[b"/d"].children) == [b"new"]
     assert b"/d/old" not in nodes
     # And a directory replaced by a directory keeps what was in it.
-    members = [(_info("d", kind=tarfile.DIRTYPE), None), (_info("d/old", size=1), b"o"),
-               (_info("d", kind=tarfile.DIRTYPE, mode=0o700), None), (_info("d/new", size=1), b"n")]
+    members = [
+        (_info("d", kind=tarfile.DIRTYPE), None),
+        (_info("d/old", size=1), b"o"),
+        (_info("d", kind=tarfile.DIRTYPE, mode=0o700), None),
+        (_info("d/new", size=1), b"n"),
+    ]
     nodes = _nodes(_read(_tar(tarfile.GNU_FORMAT, members), tmp_path / "u.tar")[0])
     assert sorted(nodes[b"/d"].children) == [b"new", b"old"] and nodes[b"/d"].mode & 0o777 == 0o700
 
 
-@given(st.binary(min_size=8, max_size=8).map(bytes) | st.text("01234567 \0+-_x\t\x80", min_size=1, max_size=8).map(
-    lambda t: t.encode("latin-1").ljust(8, b"\0")[:8]))
+@given(
+    st.binary(min_size=8, max_size=8).map(bytes)
+    | st.text("01234567 \0+-_x\t\x80", min_size=1, max_size=8).map(
+        lambda t: t.encode("latin-1").ljust(8, b"\0")[:8]
+    )
+)
 @settings(max_examples=3000, deadline=None)
 def test_numeric_fields_read_as_number_reads_them(raw):
     """parse_header reads any 8-byte field as number() reads it: the same value, or the same error."""
@@ -308,18 +347,47 @@ def test_numeric_fields_read_as_number_reads_them(raw):
     assert tar_member.parse_header(block, 0).uid == want
 
 
-@pytest.mark.parametrize("typeflag, linkname, dev", [(b"0", b"", (0, 0)), (b"2", b"../target", (0, 0)),
-                                                     (b"3", b"", (4, 64)), (b"4", b"", (8, 1)), (b"5", b"", (0, 0))])
+@pytest.mark.parametrize(
+    "typeflag, linkname, dev",
+    [
+        (b"0", b"", (0, 0)),
+        (b"2", b"../target", (0, 0)),
+        (b"3", b"", (4, 64)),
+        (b"4", b"", (8, 1)),
+        (b"5", b"", (0, 0)),
+    ],
+)
 def test_build_ustar_reads_back_in_tarfile_and_here(typeflag, linkname, dev):
     """Our plain ustar header, read by Python's tarfile (an independent reader) and by parse_header."""
     name = b"usr/share/doc/x" + bytes(range(0x20, 0x7F))[:60]
-    hdr = tar_member.build_ustar(name, mode=0o4755, uid=1000, gid=0o7777777, size=0o77777777777 if typeflag == b"0"
-                                 else 0, mtime=1700000000, typeflag=typeflag, linkname=linkname, devmajor=dev[0],
-                                 devminor=dev[1])
-    assert len(hdr) == 512 and hdr[257:265] == b"ustar\x0000" and hdr[265:329] == bytes(64) and hdr[345:] == bytes(167)
+    hdr = tar_member.build_ustar(
+        name,
+        mode=0o4755,
+        uid=1000,
+        gid=0o7777777,
+        size=0o77777777777 if typeflag == b"0" else 0,
+        mtime=1700000000,
+        typeflag=typeflag,
+        linkname=linkname,
+        devmajor=dev[0],
+        devminor=dev[1],
+    )
+    assert (
+        len(hdr) == 512
+        and hdr[257:265] == b"ustar\x0000"
+        and hdr[265:329] == bytes(64)
+        and hdr[345:] == bytes(167)
+    )
     info = tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")  # checks the checksum too
-    assert (info.name.encode(), info.mode, info.uid, info.gid, info.mtime, info.type, info.linkname.encode()) == (
-        name, 0o4755, 1000, 0o7777777, 1700000000, typeflag, linkname)
+    assert (
+        info.name.encode(),
+        info.mode,
+        info.uid,
+        info.gid,
+        info.mtime,
+        info.type,
+        info.linkname.encode(),
+    ) == (name, 0o4755, 1000, 0o7777777, 1700000000, typeflag, linkname)
     assert (info.devmajor, info.devminor) == dev
     ours = tar_member.parse_header(hdr, 0)
     assert (ours.name, ours.mode, ours.size, ours.devmajor, ours.devminor) == (name, 0o4755, info.size, *dev)

@@ -16,7 +16,9 @@ SPEC = {"a": Dir(), "a/one": File(b"1" * 50_000), "a/two": File(b"two"), "b": Fi
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "nydus_inspect", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "nydus_inspect", *map(str, args)], capture_output=True, text=True
+    )
 
 
 @pytest.fixture
@@ -74,11 +76,15 @@ def test_source_count_must_match(layer, tmp_path):
 def test_rules_waste_in_a_merged_image(tmp_path):
     data = random.Random(7).randbytes(200_000)  # distinct chunks: nothing deduplicates
     base = build_layer({"data": File(data), "keep": File(b"k")}, tmp_path / "base.blob", chunk_size=0x10000)
-    upper = build_layer({".wh.data": File(b""), "new": File(b"n")}, tmp_path / "upper.blob", chunk_size=0x10000)
+    upper = build_layer(
+        {".wh.data": File(b""), "new": File(b"n")}, tmp_path / "upper.blob", chunk_size=0x10000
+    )
     merged = tmp_path / "merged.boot"
     merge([str(base), str(upper)], str(merged))
     rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  highestWastedBytes: 100KB\n  lowestEfficiency: 0.5\n  highestBlobCount: disabled\n")
+    rules.write_text(
+        "rules:\n  highestWastedBytes: 100KB\n  lowestEfficiency: 0.5\n  highestBlobCount: disabled\n"
+    )
     p = run("verify", merged, "--blob", base, "--blob", upper, "--rules", rules, "--json")
     assert p.returncode == 1, p.stdout + p.stderr
     rep = json.loads(p.stdout)["layers"][0]

@@ -29,7 +29,13 @@ def _cols_by_record(arr):
             continue
         for c, v in zip(
             cols,
-            (rec.compressed_offset, rec.compressed_size, rec.uncompressed_offset, rec.uncompressed_size, True),
+            (
+                rec.compressed_offset,
+                rec.compressed_size,
+                rec.uncompressed_offset,
+                rec.uncompressed_size,
+                True,
+            ),
         ):
             c.append(v)
     return cols
@@ -64,7 +70,9 @@ def test_zstd_frames_is_decompress_of_each_frame(big):
     if out is None:
         pytest.skip("no libzstd")
     assert [bytes(p) for p in out] == parts
-    assert [bytes(p) for p in out] == [codecs.decompress(src[o : o + s], codecs.Compressor.ZSTD, n) for o, s, n in frames]
+    assert [bytes(p) for p in out] == [
+        codecs.decompress(src[o : o + s], codecs.Compressor.ZSTD, n) for o, s, n in frames
+    ]
     # Any frame that is not exactly what its tuple says refuses the run: sizes, boundaries, damaged data.
     off, stored, size = frames[5]
     assert codecs.zstd_frames(src, frames[:5] + [(off, stored, size + 1)] + frames[6:]) is None
@@ -123,6 +131,7 @@ def test_report_same_with_and_without_head_start(tmp_path, monkeypatch, batch, a
     fast, slow = report(True, 1), report(False, 1)
     assert fast["suppressed"]
     assert fast == slow
+
 
 def test_blob_id_and_image_blob_sha256_share_one_read(tmp_path):
     """A blob named by its sha256: one read gives its id and the image.blob entry's sha256, and the report is
@@ -192,8 +201,13 @@ def test_flip_refused_by_small_chunk_decoder_is_found(tmp_path):
     from nydus_inspect.errors import FormatError
     from nydus_inspect.testing import build_layer
 
-    blob = build_layer(SPEC, tmp_path / "pack-zstd.blob", compressor="zstd", chunk_size=0x1000,
-                       bootstrap=str(tmp_path / "pack-zstd.boot"))
+    blob = build_layer(
+        SPEC,
+        tmp_path / "pack-zstd.blob",
+        compressor="zstd",
+        chunk_size=0x1000,
+        bootstrap=str(tmp_path / "pack-zstd.boot"),
+    )
     data = bytearray(blob.read_bytes())
     bit = 3153
     data[bit // 8] ^= 1 << (bit % 8)
@@ -201,8 +215,11 @@ def test_flip_refused_by_small_chunk_decoder_is_found(tmp_path):
     bad.write_bytes(bytes(data))
     with open_layer(str(bad)) as layer:
         infos = layer.chunk_infos
-        rec = next(infos[i] for i in range(len(infos))
-                   if infos[i].compressed_offset <= bit // 8 < infos[i].compressed_offset + infos[i].compressed_size)
+        rec = next(
+            infos[i]
+            for i in range(len(infos))
+            if infos[i].compressed_offset <= bit // 8 < infos[i].compressed_offset + infos[i].compressed_size
+        )
         raw = bytes(data[rec.compressed_offset : rec.compressed_offset + rec.compressed_size])
         try:
             codecs.decompress(raw, codecs.Compressor.ZSTD, rec.uncompressed_size)

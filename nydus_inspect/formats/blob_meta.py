@@ -56,7 +56,9 @@ FEATURE_NAMES = {
 KNOWN_LOW_FEATURES = 0x0FFF
 
 #: Features of a default v2.3 ``tar-rafs --blob-inline-meta --features blob-toc`` layer.
-DEFAULT_LAYER_FEATURES = CAP_TAR_TOC | HAS_TOC | HAS_TAR_HEADER | INLINED_CHUNK_DIGEST | INLINED_FS_META | ALIGNED
+DEFAULT_LAYER_FEATURES = (
+    CAP_TAR_TOC | HAS_TOC | HAS_TAR_HEADER | INLINED_CHUNK_DIGEST | INLINED_FS_META | ALIGNED
+)
 
 HEADER = Layout(
     "blob.meta.header",
@@ -221,7 +223,9 @@ def encode_v1(ci: ChunkInfo) -> bytes:
     return pack_v1(ci.compressed_offset, ci.compressed_size, ci.uncompressed_offset, ci.uncompressed_size)
 
 
-def pack_v1(compressed_offset: int, compressed_size: int, uncompressed_offset: int, uncompressed_size: int) -> bytes:
+def pack_v1(
+    compressed_offset: int, compressed_size: int, uncompressed_offset: int, uncompressed_size: int
+) -> bytes:
     """A v1 chunk-info record from its four numbers (v1 tells a compressed chunk by its sizes alone)."""
     if uncompressed_offset & 0xFFF:
         raise ValueError("v1 chunk info needs a 4K-aligned uncompressed offset")
@@ -283,7 +287,11 @@ class ChunkInfoArray:
             ci = decode_v2(index, *_U64X3.unpack_from(self.data, off))
             if ci.flags & ~CI_KNOWN:
                 raise FormatError(
-                    "chunk info v2", "unknown flag bits", field="flags", offset=self.base + off + 7, value=ci.flags
+                    "chunk info v2",
+                    "unknown flag bits",
+                    field="flags",
+                    offset=self.base + off + 7,
+                    value=ci.flags,
                 )
             return ci
         return decode_v1(index, *_U64X2.unpack_from(self.data, off))

@@ -130,13 +130,21 @@ class SuperBlock(Record):
     def parse(cls, buf, offset: int = SUPERBLOCK_OFFSET) -> SuperBlock:
         sb = cls(**SUPERBLOCK.unpack(buf, offset))
         if sb.s_magic != EROFS_MAGIC:
-            raise SUPERBLOCK.error("s_magic", offset, f"not a RAFS v6 bootstrap, expected {EROFS_MAGIC:#x}", sb.s_magic)
+            raise SUPERBLOCK.error(
+                "s_magic", offset, f"not a RAFS v6 bootstrap, expected {EROFS_MAGIC:#x}", sb.s_magic
+            )
         if sb.s_blkszbits not in (9, 12):
-            raise SUPERBLOCK.error("s_blkszbits", offset, "block size must be 4096 (12) or 512 (9)", sb.s_blkszbits)
+            raise SUPERBLOCK.error(
+                "s_blkszbits", offset, "block size must be 4096 (12) or 512 (9)", sb.s_blkszbits
+            )
         if not sb.s_feature_compat & FEATURE_COMPAT_RAFS_V6:
-            raise SUPERBLOCK.error("s_feature_compat", offset, "RAFS v6 compat bit missing", sb.s_feature_compat)
+            raise SUPERBLOCK.error(
+                "s_feature_compat", offset, "RAFS v6 compat bit missing", sb.s_feature_compat
+            )
         if sb.s_feature_incompat & ~FEATURE_INCOMPAT:
-            raise SUPERBLOCK.error("s_feature_incompat", offset, "unsupported EROFS features", sb.s_feature_incompat)
+            raise SUPERBLOCK.error(
+                "s_feature_incompat", offset, "unsupported EROFS features", sb.s_feature_incompat
+            )
         if sb.s_extra_devices and sb.s_devt_slotoff != DEVT_SLOTOFF:
             raise SUPERBLOCK.error("s_devt_slotoff", offset, f"must be {DEVT_SLOTOFF}", sb.s_devt_slotoff)
         return sb
@@ -192,10 +200,14 @@ class ExtSuperBlock(Record):
                     "s_blob_table_offset", offset, "must be 4K-aligned and >= 4096", ext.s_blob_table_offset
                 )
             if ext.s_blob_table_size % BLOB_ENTRY.size:
-                raise EXT_SUPERBLOCK.error("s_blob_table_size", offset, "not a multiple of 256", ext.s_blob_table_size)
+                raise EXT_SUPERBLOCK.error(
+                    "s_blob_table_size", offset, "not a multiple of 256", ext.s_blob_table_size
+                )
             if ext.s_blob_table_offset + ext.s_blob_table_size > size:
                 raise EXT_SUPERBLOCK.error(
-                    "s_blob_table_offset", offset, f"blob table ends past the bootstrap ({size} bytes)",
+                    "s_blob_table_offset",
+                    offset,
+                    f"blob table ends past the bootstrap ({size} bytes)",
                     ext.s_blob_table_offset,
                 )
         if ext.s_chunk_table_size:
@@ -209,7 +221,9 @@ class ExtSuperBlock(Record):
                 )
             if ext.s_chunk_table_offset + ext.s_chunk_table_size > size:
                 raise EXT_SUPERBLOCK.error(
-                    "s_chunk_table_offset", offset, f"chunk table ends past the bootstrap ({size} bytes)",
+                    "s_chunk_table_offset",
+                    offset,
+                    f"chunk table ends past the bootstrap ({size} bytes)",
                     ext.s_chunk_table_offset,
                 )
         if ext.s_prefetch_table_size and ext.s_prefetch_table_offset:
@@ -219,7 +233,9 @@ class ExtSuperBlock(Record):
                 )
             if ext.s_prefetch_table_offset + ext.s_prefetch_table_size > size:
                 raise EXT_SUPERBLOCK.error(
-                    "s_prefetch_table_offset", offset, "prefetch table ends past the bootstrap",
+                    "s_prefetch_table_offset",
+                    offset,
+                    "prefetch table ends past the bootstrap",
                     ext.s_prefetch_table_offset,
                 )
         return ext
@@ -308,9 +324,13 @@ class BlobTableEntry(Record):
     def parse(cls, buf, offset: int = 0, position: int = 0, chunk_size: int | None = None) -> BlobTableEntry:
         ent = cls(**BLOB_ENTRY.unpack(buf, offset))
         if ent.blob_index != position:
-            raise BLOB_ENTRY.error("blob_index", offset, f"must equal its position {position}", ent.blob_index)
+            raise BLOB_ENTRY.error(
+                "blob_index", offset, f"must equal its position {position}", ent.blob_index
+            )
         if chunk_size is not None and ent.chunk_size != chunk_size:
-            raise BLOB_ENTRY.error("chunk_size", offset, f"differs from the superblock's {chunk_size:#x}", ent.chunk_size)
+            raise BLOB_ENTRY.error(
+                "chunk_size", offset, f"differs from the superblock's {chunk_size:#x}", ent.chunk_size
+            )
         if ent.compression_algo not in (0, 1, 2, 3):
             raise BLOB_ENTRY.error("compression_algo", offset, "unknown compressor", ent.compression_algo)
         if ent.ci_compressor not in (0, 1, 2, 3):
@@ -407,7 +427,13 @@ INODE_EXTENDED = Layout(
 LAYOUT_FLAT_PLAIN = 0
 LAYOUT_FLAT_INLINE = 2
 LAYOUT_CHUNK_BASED = 4
-_LAYOUT_NAMES = {0: "flat_plain", 1: "compressed_full", 2: "flat_inline", 3: "compressed_compact", 4: "chunk_based"}
+_LAYOUT_NAMES = {
+    0: "flat_plain",
+    1: "compressed_full",
+    2: "flat_inline",
+    3: "compressed_compact",
+    4: "chunk_based",
+}
 CHUNK_FORMAT_INDEXES = 0x20
 CHUNK_FORMAT_BLKBITS_MASK = 0x1F
 
@@ -505,7 +531,9 @@ def parse_xattrs(buf, offset: int, icount: int, nid: int) -> dict[bytes, bytes]:
         return {}
     size = 12 + (icount - 1) * 4
     if offset + size > len(buf):
-        raise FormatError("erofs xattr area", f"inode nid {nid}: runs past the bootstrap", offset=offset, value=size)
+        raise FormatError(
+            "erofs xattr area", f"inode nid {nid}: runs past the bootstrap", offset=offset, value=size
+        )
     shared = buf[offset + 4]
     pos = offset + XATTR_IBODY_HEADER + 4 * shared
     end = offset + size
@@ -515,11 +543,16 @@ def parse_xattrs(buf, offset: int, icount: int, nid: int) -> dict[bytes, bytes]:
         total = 4 + name_len + value_size
         if pos + total > end:
             raise FormatError(
-                "erofs xattr entry", f"inode nid {nid}: entry runs past the xattr area", offset=pos, value=total
+                "erofs xattr entry",
+                f"inode nid {nid}: entry runs past the xattr area",
+                offset=pos,
+                value=total,
             )
         prefix = XATTR_PREFIXES.get(index)
         if prefix is None:
-            raise FormatError("erofs xattr entry", f"inode nid {nid}: unknown name index", offset=pos + 1, value=index)
+            raise FormatError(
+                "erofs xattr entry", f"inode nid {nid}: unknown name index", offset=pos + 1, value=index
+            )
         name = prefix + bytes(buf[pos + 4 : pos + 4 + name_len])
         out[name] = bytes(buf[pos + 4 + name_len : pos + total])
         pos += (total + 3) & ~3
@@ -575,7 +608,9 @@ class ChunkIndex:
 
     def build(self) -> bytes:
         return CHUNK_INDEX.pack(
-            self.ci_index & 0xFFFF, ((self.blob_index + 1) & 0xFF) | ((self.ci_index >> 16) << 8), self.blkaddr
+            self.ci_index & 0xFFFF,
+            ((self.blob_index + 1) & 0xFF) | ((self.ci_index >> 16) << 8),
+            self.blkaddr,
         )
 
 
@@ -647,7 +682,9 @@ class Dirent(NamedTuple):
 def parse_dir_block(block: bytes, base: int, nid: int) -> list[Dirent]:
     """Decode one directory block (dirents then names). ``base``: absolute offset, for errors."""
     if len(block) < DIRENT_SIZE:
-        raise FormatError("erofs dir block", f"directory nid {nid}: block shorter than one dirent", offset=base)
+        raise FormatError(
+            "erofs dir block", f"directory nid {nid}: block shorter than one dirent", offset=base
+        )
     first_nameoff = struct.unpack_from("<H", block, 8)[0]
     if first_nameoff % DIRENT_SIZE or first_nameoff == 0 or first_nameoff >= min(len(block), BLOCK_SIZE):
         raise FormatError(
@@ -755,17 +792,26 @@ def parse_bootstrap(buf) -> Bootstrap:
     sb = SuperBlock.parse(buf)
     ext = ExtSuperBlock.parse(buf)
     if sb.s_meta_blkaddr * BLOCK_SIZE > size:
-        raise SUPERBLOCK.error("s_meta_blkaddr", SUPERBLOCK_OFFSET, "meta area starts past the bootstrap", sb.s_meta_blkaddr)
+        raise SUPERBLOCK.error(
+            "s_meta_blkaddr", SUPERBLOCK_OFFSET, "meta area starts past the bootstrap", sb.s_meta_blkaddr
+        )
     nblobs = ext.s_blob_table_size // BLOB_ENTRY.size
     if nblobs > MAX_BLOBS:
-        raise EXT_SUPERBLOCK.error("s_blob_table_size", EXT_SUPERBLOCK_OFFSET, f"more than {MAX_BLOBS} blobs", nblobs)
+        raise EXT_SUPERBLOCK.error(
+            "s_blob_table_size", EXT_SUPERBLOCK_OFFSET, f"more than {MAX_BLOBS} blobs", nblobs
+        )
     if sb.s_extra_devices != nblobs:
         raise SUPERBLOCK.error(
-            "s_extra_devices", SUPERBLOCK_OFFSET, f"differs from the {nblobs} blob table entries", sb.s_extra_devices
+            "s_extra_devices",
+            SUPERBLOCK_OFFSET,
+            f"differs from the {nblobs} blob table entries",
+            sb.s_extra_devices,
         )
     inode_limit = (size - sb.s_meta_blkaddr * BLOCK_SIZE) // 32
     if sb.s_root_nid >= inode_limit:
-        raise SUPERBLOCK.error("s_root_nid", SUPERBLOCK_OFFSET, "root inode lies past the bootstrap", sb.s_root_nid)
+        raise SUPERBLOCK.error(
+            "s_root_nid", SUPERBLOCK_OFFSET, "root inode lies past the bootstrap", sb.s_root_nid
+        )
     devices = [DeviceSlot.parse(buf, DEVICE_TABLE_OFFSET + i * DEVICE.size) for i in range(nblobs)]
     blobs = [
         BlobTableEntry.parse(buf, ext.s_blob_table_offset + i * BLOB_ENTRY.size, i, ext.s_chunk_size)

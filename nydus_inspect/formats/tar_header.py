@@ -75,7 +75,9 @@ def _parse_number(field: bytes, name: str, offset: int) -> int:
     try:
         return int(text, 8)
     except ValueError:
-        raise FormatError("tar header", "not an octal number", field=name, offset=offset, value=bytes(field)) from None
+        raise FormatError(
+            "tar header", "not an octal number", field=name, offset=offset, value=bytes(field)
+        ) from None
 
 
 def checksum_ok(block: bytes) -> bool:
@@ -96,7 +98,9 @@ def parse(block: bytes, offset: int = 0) -> TarHeader:
     if not any(block):
         raise FormatError("tar header", "all-zero block where a header was expected", offset=offset)
     if not checksum_ok(block):
-        raise FormatError("tar header", "bad checksum", field="chksum", offset=offset + 148, value=block[148:156])
+        raise FormatError(
+            "tar header", "bad checksum", field="chksum", offset=offset + 148, value=block[148:156]
+        )
     name_raw = cstr(block[0:100])
     try:
         name = name_raw.decode()

@@ -55,10 +55,34 @@ _FIXED_SUM = 8 * ord(" ") + sum(USTAR_MAGIC)
 class Header:
     """One decoded header block; ``offset`` is where it starts in the tar."""
 
-    __slots__ = ("name", "mode", "uid", "gid", "size", "mtime", "type", "linkname", "devmajor", "devminor", "offset")
+    __slots__ = (
+        "name",
+        "mode",
+        "uid",
+        "gid",
+        "size",
+        "mtime",
+        "type",
+        "linkname",
+        "devmajor",
+        "devminor",
+        "offset",
+    )
 
-    def __init__(self, name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, type: bytes,
-                 linkname: bytes, devmajor: int, devminor: int, offset: int) -> None:
+    def __init__(
+        self,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime: int,
+        type: bytes,
+        linkname: bytes,
+        devmajor: int,
+        devminor: int,
+        offset: int,
+    ) -> None:
         self.name = name
         self.mode = mode
         self.uid = uid
@@ -90,22 +114,44 @@ def number(raw: bytes, field: str, offset: int) -> int:
     except ValueError:
         if not text.strip(b" "):
             return 0
-        raise FormatError("tar header", "not an octal number", field=field, offset=offset, value=raw) from None
+        raise FormatError(
+            "tar header", "not an octal number", field=field, offset=offset, value=raw
+        ) from None
 
 
 def parse_header(block: bytes, offset: int) -> Header:
     """Decode one non-zero 512-byte header block found at ``offset``; raise FormatError if it is not one."""
     if len(block) != BLOCK:
         raise FormatError("tar header", f"truncated: {len(block)} of {BLOCK} bytes", offset=offset)
-    (name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, _version, _uname, _gname,
-     devmajor, devminor, prefix) = _FIELDS.unpack_from(block)
+    (
+        name,
+        mode,
+        uid,
+        gid,
+        size,
+        mtime,
+        chksum,
+        typeflag,
+        linkname,
+        magic,
+        _version,
+        _uname,
+        _gname,
+        devmajor,
+        devminor,
+        prefix,
+    ) = _FIELDS.unpack_from(block)
     try:
         # The usual case, zero-padded octal ending in NUL or space, in one pass. Anything else (base-256,
         # text after a NUL, an empty field) is read by number(), in the order that names the first bad field.
         stored = int(chksum.rstrip(b" \0"), 8)
-        values: tuple | None = (int(mode.rstrip(b" \0"), 8), int(uid.rstrip(b" \0"), 8),
-                                int(gid.rstrip(b" \0"), 8), int(size.rstrip(b" \0"), 8),
-                                int(mtime.rstrip(b" \0"), 8))
+        values: tuple | None = (
+            int(mode.rstrip(b" \0"), 8),
+            int(uid.rstrip(b" \0"), 8),
+            int(gid.rstrip(b" \0"), 8),
+            int(size.rstrip(b" \0"), 8),
+            int(mtime.rstrip(b" \0"), 8),
+        )
     except ValueError:
         stored = number(chksum, "chksum", offset + 148)
         values = None
@@ -113,13 +159,22 @@ def parse_header(block: bytes, offset: int) -> Header:
     if stored != unsigned:
         signed = sum(_SIGNED.unpack(block)) - sum(_SIGNED.unpack(block)[148:156]) + 256
         if stored != signed:
-            raise FormatError("tar header", f"bad checksum (stored {stored}, computed {unsigned})",
-                              field="chksum", offset=offset + 148)
+            raise FormatError(
+                "tar header",
+                f"bad checksum (stored {stored}, computed {unsigned})",
+                field="chksum",
+                offset=offset + 148,
+            )
     if values is None:
         data_size = number(size, "size", offset + 124)
         if data_size >= 0:
-            values = (number(mode, "mode", offset + 100), number(uid, "uid", offset + 108),
-                      number(gid, "gid", offset + 116), data_size, number(mtime, "mtime", offset + 136))
+            values = (
+                number(mode, "mode", offset + 100),
+                number(uid, "uid", offset + 108),
+                number(gid, "gid", offset + 116),
+                data_size,
+                number(mtime, "mtime", offset + 136),
+            )
     else:
         data_size = values[3]
     if data_size < 0:
@@ -161,13 +216,26 @@ def parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
         space = data.find(b" ", pos, pos + 21)
         length_text = data[pos:space] if space > pos else b""
         if not length_text.isdigit():
-            raise FormatError("tar PAX header", "a record does not start with its decimal length",
-                              offset=offset + pos, value=data[pos : pos + 20])
+            raise FormatError(
+                "tar PAX header",
+                "a record does not start with its decimal length",
+                offset=offset + pos,
+                value=data[pos : pos + 20],
+            )
         length = int(length_text)
         record = data[space + 1 : pos + length]
-        if length <= space - pos + 1 or pos + length > end or not record.endswith(b"\n") or b"=" not in record:
-            raise FormatError("tar PAX header", f"malformed record of length {length}", offset=offset + pos,
-                              value=data[pos : pos + min(length, 60)])
+        if (
+            length <= space - pos + 1
+            or pos + length > end
+            or not record.endswith(b"\n")
+            or b"=" not in record
+        ):
+            raise FormatError(
+                "tar PAX header",
+                f"malformed record of length {length}",
+                offset=offset + pos,
+                value=data[pos : pos + min(length, 60)],
+            )
         key, _, value = record[:-1].partition(b"=")
         out[key] = value
         pos += length
@@ -175,8 +243,17 @@ def parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
 
 
 def build_ustar(
-    name: bytes, *, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
-    linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
+    name: bytes,
+    *,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
 ) -> bytes | None:
     """A plain POSIX ustar header, or None when the entry needs PAX (long or non-ASCII names, big numbers).
 
@@ -185,12 +262,30 @@ def build_ustar(
     """
     if len(name) > 100 or len(linkname) > 100 or not name.isascii() or not linkname.isascii():
         return None
-    if not (0 <= mode <= _MAX7 and 0 <= uid <= _MAX7 and 0 <= gid <= _MAX7 and 0 <= size <= _MAX11
-            and 0 <= mtime <= _MAX11 and 0 <= devmajor <= _MAX7 and 0 <= devminor <= _MAX7):
+    if not (
+        0 <= mode <= _MAX7
+        and 0 <= uid <= _MAX7
+        and 0 <= gid <= _MAX7
+        and 0 <= size <= _MAX11
+        and 0 <= mtime <= _MAX11
+        and 0 <= devmajor <= _MAX7
+        and 0 <= devminor <= _MAX7
+    ):
         return None
     numbers = _NUMBERS % (mode, uid, gid, size, mtime)
     device = _DEVICE % (devmajor, devminor) if typeflag in (CHAR, BLOCK_DEV) else _NO_DEVICE
     # The checksum sums the header with its own field as eight spaces; only these parts are not zero.
     checksum = sum(name) + sum(numbers) + typeflag[0] + sum(linkname) + sum(device) + _FIXED_SUM
-    return b"".join((name.ljust(100, b"\0"), numbers, b"%06o\0 " % checksum, typeflag, linkname.ljust(100, b"\0"),
-                     USTAR_MAGIC, _NO_OWNERS, device, _NO_PREFIX))
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            numbers,
+            b"%06o\0 " % checksum,
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            USTAR_MAGIC,
+            _NO_OWNERS,
+            device,
+            _NO_PREFIX,
+        )
+    )

@@ -86,6 +86,7 @@ STORE_QUEUE_BYTES = 32 << 20
 
 QUEUED, RUNNING, DONE, CANCELLED = range(4)
 
+
 class _Job:
     """One chunk being decoded; every reader of it waits on the same job."""
 
@@ -244,7 +245,9 @@ class NydusFS(pyfuse3.Operations):
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
         self._reported: set[tuple] = set()
-        self._hinted = _LRU(4096)  # nid -> index of the last chunk whose stored bytes the kernel was asked for
+        self._hinted = _LRU(
+            4096
+        )  # nid -> index of the last chunk whose stored bytes the kernel was asked for
         # The chunk table, keyed: built now rather than on the first read of a file (milliseconds on a big image).
         try:
             self.rafs.index_chunk_table()

@@ -38,8 +38,15 @@ def main() -> None:
         (corpus / f"seed{i}").write_bytes(seed)
     target = TARGETS[name]
     atheris.Setup(
-        [sys.argv[0], f"-runs={runs}", "-timeout=1", "-rss_limit_mb=256", "-max_len=65536",
-         "-print_final_stats=1", str(corpus)],
+        [
+            sys.argv[0],
+            f"-runs={runs}",
+            "-timeout=1",
+            "-rss_limit_mb=256",
+            "-max_len=65536",
+            "-print_final_stats=1",
+            str(corpus),
+        ],
         target,
     )
     atheris.Fuzz()

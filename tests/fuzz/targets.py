@@ -37,7 +37,9 @@ def fuzz_blob_meta(data: bytes) -> None:
     try:
         hdr = blob_meta.BlobMetaHeader.parse(data[-blob_meta.HEADER_SIZE :] if len(data) >= 4096 else data)
         body = data[: max(0, len(data) - blob_meta.HEADER_SIZE)]
-        arr = blob_meta.ChunkInfoArray(body, min(hdr.s_ci_entries, 10_000), bool(hdr.s_features & blob_meta.CHUNK_INFO_V2))
+        arr = blob_meta.ChunkInfoArray(
+            body, min(hdr.s_ci_entries, 10_000), bool(hdr.s_features & blob_meta.CHUNK_INFO_V2)
+        )
         for ci in arr:
             ci.to_json()
     except EXPECTED:
@@ -155,6 +157,7 @@ TARGETS = {
 
 def seeds(vectors: str) -> dict[str, list[bytes]]:
     """Seed inputs per target, cut from the real vectors."""
+
     def read(rel: str) -> bytes:
         with open(os.path.join(vectors, rel), "rb") as f:
             return f.read()
@@ -168,8 +171,11 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
     inline_boot = zstandard.ZstdDecompressor().decompress(toc_blob[7997 : 7997 + 501])
     return {
         "tar_header": [toc_blob[-512:], data_blob[-512:], toc_blob[2829 : 2829 + 512]],
-        "layer_tar": [read("nydus/tar/" + name) for name in sorted(os.listdir(os.path.join(vectors, "nydus/tar")))
-                      if os.path.getsize(os.path.join(vectors, "nydus/tar", name)) < 1 << 20][:4],
+        "layer_tar": [
+            read("nydus/tar/" + name)
+            for name in sorted(os.listdir(os.path.join(vectors, "nydus/tar")))
+            if os.path.getsize(os.path.join(vectors, "nydus/tar", name)) < 1 << 20
+        ][:4],
         "toc": [toc_blob[9010:9522], data_blob[13530 - 512 : 13530]],
         "blob_meta": [toc_blob[3341:7485], data_blob[8314:12442]],
         "rafs_v6": [boot, inline_boot],
