@@ -27,6 +27,9 @@ REQUIRE_ORACLE = os.environ.get("NYDUS_REQUIRE_ORACLE") == "1"
 PROGRAMS = ("nydus-image", "nydusd", "nydusify", "nydus-converter")
 # A real tool that takes longer than this on the test inputs is hung, not slow.
 TIMEOUT = 300
+#: `nydus-image create` as the snapshotter runs it for a layer tar (its Pack), less the prefetch policy.
+TAR_RAFS = ("--type", "tar-rafs", "--fs-version", "6", "--whiteout-spec", "none")
+INLINE = (*TAR_RAFS, "--blob-inline-meta", "--features", "blob-toc")
 #: The fixture and vector tars nydus-image reads as the tar says. It refuses the others (test_oracle_fields
 #: names each with its reason), and misreads longnames.tar (test_oracle_reader shows where).
 NYDUS_IMAGE_SOURCES = ["fixture:dedup.tar", "fixture:whiteouts.tar", "vector:all-entry-type.tar"]

@@ -26,7 +26,7 @@ from fixtures_util import (
 from merge_fixtures import layer_tars
 from test_convert import read_json, simple_layout
 
-from oracle import NYDUS_IMAGE_SOURCES
+from oracle import INLINE, NYDUS_IMAGE_SOURCES
 
 SOURCES = [f"fixture:{n}" for n in make_fixtures.ROUND_TRIP] + [f"vector:{n}" for n in VECTOR_TARS]
 
@@ -212,15 +212,7 @@ def test_merged_blobs_keep_their_algorithms(request, oracle, tmp_path):
         _, blob = oracle.create(
             source_tar(request, source),
             tmp_path / f"l{i}",
-            "--type",
-            "tar-rafs",
-            "--fs-version",
-            "6",
-            "--blob-inline-meta",
-            "--features",
-            "blob-toc",
-            "--whiteout-spec",
-            "none",
+            *INLINE,
             *opts,
         )
         shutil.copy(blob, blobs / hashlib.sha256(blob.read_bytes()).hexdigest())

@@ -17,19 +17,11 @@ import pytest
 from fixtures_util import fixture_tars_fixture, run_cli, source_tar  # noqa: F401
 
 from nydus_inspect.layer import open_layer
-from oracle import NYDUS_IMAGE_SOURCES
+from oracle import INLINE, NYDUS_IMAGE_SOURCES
 
 SOURCES = NYDUS_IMAGE_SOURCES
 CREATE = (
-    "--type",
-    "tar-rafs",
-    "--fs-version",
-    "6",
-    "--blob-inline-meta",
-    "--features",
-    "blob-toc",
-    "--whiteout-spec",
-    "none",
+    *INLINE,
     "--compressor",
     "zstd",
     "--digester",

@@ -26,12 +26,10 @@ from fixtures_util import (
     source_tar,
 )
 
-from oracle import Oracle
+from oracle import INLINE, TAR_RAFS, Oracle
 
 # The inputs nydus-image accepts (test_oracle_fields names the ones it refuses).
 PLAIN = ["fixture:dedup.tar", "fixture:longnames.tar", "fixture:whiteouts.tar", "vector:all-entry-type.tar"]
-TAR_RAFS = ("--type", "tar-rafs", "--fs-version", "6", "--whiteout-spec", "none")
-INLINE = (*TAR_RAFS, "--blob-inline-meta", "--features", "blob-toc")
 
 
 def want_from_dir(root: Path, zero_mtime_shown_as: tuple[int, int] = (0, 0)) -> dict[bytes, Want]:
