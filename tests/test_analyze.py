@@ -6,8 +6,6 @@ wasted bytes worked out by hand. The image is analyzed in its three forms (an OC
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import json
 import os
@@ -19,6 +17,7 @@ import tarfile
 import blake3
 import pytest
 from conftest import ROOT
+from test_convert import simple_layout
 
 CHUNK = 0x10000
 T0 = 1_700_000_000
@@ -230,38 +229,11 @@ def ok(*args) -> bytes:
     return p.stdout
 
 
-def write_layout(root, tars: list[bytes]) -> None:
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-
-    def put(data: bytes, media_type: str) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-    layers = [put(gzip.compress(t, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip") for t in tars]
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]},
-    }
-    cfg = put(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": cfg,
-        "layers": layers,
-    }
-    desc = put(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     d = tmp_path_factory.mktemp("analyze")
     tars = [make_tar(entries) for entries in LAYERS]
-    write_layout(d / "oci", tars)
+    simple_layout(d / "oci", tars, ["gzip"] * len(tars))
     ok("convert", d / "oci", d / "nydus", "--chunk-size", "64K")
     blobs = []  # the same layers packed one by one, lowest first
     for i, t in enumerate(tars):
