@@ -99,7 +99,10 @@ def measure_together(
 
     ``outputs[name]`` is removed before each run of that command, untimed: replacing an old output costs freeing it, which one
     tool pays first (``zstd -f`` unlinks it) and another last (ours rename over it, so that a failed run
-    loses nothing); the figures are then of the work alone."""
+    loses nothing); the figures are then of the work alone.
+
+    Each run starts after ``sync``, untimed: otherwise the gigabytes an earlier run left dirty in the page
+    cache are written back during the next one, and whichever command follows a big write pays for it."""
     walls: dict[str, list[float]] = {name: [] for name, _ in commands}
     rss: dict[str, list[int]] = {name: [] for name, _ in commands}
     cpu: dict[str, list[float]] = {name: [] for name, _ in commands}
@@ -110,6 +113,7 @@ def measure_together(
                 if out.is_dir():
                     shutil.rmtree(out)
                 out.unlink(missing_ok=True)
+            os.sync()
             w, r, c = run_once(cmd)
             walls[name].append(w)
             rss[name].append(r)

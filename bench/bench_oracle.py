@@ -162,7 +162,7 @@ def main() -> int:
             big = BENCH_DIR / "big.tar"
             if not big.exists():
                 subprocess.run(["bash", str(ROOT / "bench" / "make_rootfs.sh"), "--big"], check=True)
-            lines += compare("2 GB tar", big, oracle, work, max(1, repeat // 3))
+            lines += compare("2 GB tar", big, oracle, work, max(3, repeat // 2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(lines))
