@@ -46,39 +46,42 @@ def fails(cmd: list[str]) -> str:
     )
 
 
+def create_cmd(oracle: Path, tar: Path, blob: Path, chunk_size: str = "0x100000") -> list[str]:
+    """`nydus-image create` with the options our `pack` writes by default (zstd, blake3, inline blob.meta
+    and ToC, RAFS v6), at ``chunk_size``."""
+    return [
+        str(oracle / "nydus-image"),
+        "create",
+        "--log-level",
+        "warn",
+        "--type",
+        "tar-rafs",
+        "--fs-version",
+        "6",
+        "--blob-inline-meta",
+        "--features",
+        "blob-toc",
+        "--whiteout-spec",
+        "none",
+        "--compressor",
+        "zstd",
+        "--digester",
+        "blake3",
+        "--chunk-size",
+        chunk_size,
+        "--blob",
+        str(blob),
+        str(tar),
+    ]
+
+
 def compare(label: str, tar: Path, oracle: Path, work: Path, repeat: int) -> list[str]:
     image = str(oracle / "nydus-image")
     ours, theirs = work / "ours.blob", work / "theirs.blob"
     rows = measure_together(
         [
             ("nydus-inspect pack", [*NYDUS, "pack", "-q", str(tar), "-o", str(ours)]),
-            (
-                "nydus-image create",
-                [
-                    image,
-                    "create",
-                    "--log-level",
-                    "warn",
-                    "--type",
-                    "tar-rafs",
-                    "--fs-version",
-                    "6",
-                    "--blob-inline-meta",
-                    "--features",
-                    "blob-toc",
-                    "--whiteout-spec",
-                    "none",
-                    "--compressor",
-                    "zstd",
-                    "--digester",
-                    "blake3",
-                    "--chunk-size",
-                    "0x100000",
-                    "--blob",
-                    str(theirs),
-                    str(tar),
-                ],
-            ),
+            ("nydus-image create", create_cmd(oracle, tar, theirs)),
         ],
         repeat,
         outputs={"nydus-inspect pack": ours, "nydus-image create": theirs},
