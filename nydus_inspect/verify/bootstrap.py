@@ -16,8 +16,8 @@ from ..formats._struct import round_up
 from ..formats.tar_header import (
     IMAGE_BOOT,
 )
-from ..model import DIR, FT_OF_TYPE, REG, SYMLINK, fsdecode, node_type
-from ..query import FileIndex, WalkError, walk_tree
+from ..model import DIR, FT_OF_TYPE, REG, SYMLINK, WALK_LINKED_TWICE, WalkError, fsdecode, node_type
+from ..query import FileIndex
 from .findings import Finding, _exc_finding, _show
 
 if TYPE_CHECKING:
@@ -62,13 +62,20 @@ def _check_bootstrap(run: _Run) -> None:
 
     def bad_walk(err: WalkError) -> None:
         index.errors.append(err)
-        run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
+        if err.kind != WALK_LINKED_TWICE:  # _Tree.visit reports a directory reached through several names
+            run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
 
     seen_nids = tree.nids
     paths = inodes = 0
     run.tick("bootstrap", 0, total)
-    for n, node in enumerate(walk_tree(_WalkView(rafs, tree.dirents), on_error=bad_walk)):
-        pid = index.add_path(node.path)
+
+    def readdir(nid: int) -> list:
+        # The directories _Tree._dir has just decoded, rather than decoding them a second time.
+        ents = tree.dirents.pop(nid, None)
+        return ents if ents is not None else rafs.readdir(nid)
+
+    for n, node in enumerate(rafs.walk(on_error=bad_walk, readdir=readdir)):
+        pid = index.add_path(node.path, node.type == DIR)
         first_visit = node.nid not in seen_nids
         seen_nids.add(node.nid)
         paths += 1
@@ -116,26 +123,6 @@ def _check_bootstrap(run: _Run) -> None:
     run.tick("bootstrap", total, total)
 
 
-class _WalkView:
-    """What :func:`walk_tree` reads of a bootstrap, handing it the directories that :meth:`_Tree._dir` has
-    just decoded instead of decoding them a second time."""
-
-    def __init__(self, rafs, dirents: dict) -> None:
-        self.rafs = rafs
-        self.root_nid = rafs.root_nid
-        self.dirents = dirents
-
-    def root(self):
-        return self.rafs.root()
-
-    def node(self, nid: int, path: bytes):
-        return self.rafs.node(nid, path)
-
-    def readdir(self, nid: int):
-        ents = self.dirents.pop(nid, None)
-        return ents if ents is not None else self.rafs.readdir(nid)
-
-
 _SB, _EXT, _DEV, _BLOB, _CT = (
     rafs_v6.SUPERBLOCK,
     rafs_v6.EXT_SUPERBLOCK,
@@ -181,7 +168,7 @@ class _Tree:
         self._more_off: dict[tuple[int, int], set[int]] = {}
         self.has_xattrs: str | bool = False  # the first path with xattrs
         self.nids: set[int] = set()  # every inode the walk reached
-        # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it (_WalkView).
+        # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it.
         self.dirents: dict[int, list] = {}
 
     def bad(self, check: str, message: str, **kw) -> None:
@@ -897,7 +884,7 @@ class _Tree:
         out: dict[int, tuple[str, str | None]] = {t: (_TABLES[-t - 1], None) for t in tags if t < 0}
         want = {t // 2 for t in tags if t >= 0}
         found: dict[int, str] = {}
-        for node in walk_tree(self.rafs):
+        for node in self.rafs.walk(on_error=lambda err: None):
             if node.nid in want and node.nid not in found:
                 found[node.nid] = fsdecode(node.path)
                 if len(found) == len(want):
