@@ -84,7 +84,7 @@ class Node:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     nid: int = 0
     ino: int = 0
-    hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1
+    hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1 (its nid in v6)
     chunks: list[ChunkRef] | None = None
     children: dict[bytes, Node] | None = None  # only in trees built in memory (pack, merge)
     data: object = None  # where the packer finds the bytes (never set by readers)
@@ -243,9 +243,11 @@ class RafsV6:
         elif ntype == SYMLINK:
             n.target = self._inline_data(nid, ino, MAX_SYMLINK)
         if ntype != DIR and ino.i_nlink > 1:
-            # v2.3 hardlinks share one nid; 2022 images gave each name its own inode with one i_ino.
+            # In RAFS v6 the names of one file are dirents naming one nid, and a nid is what nydusd and
+            # nydus-image unpack take for the inode. i_ino is only a build index: two inodes sharing one are
+            # two files (as in 2022 images, which gave each name its own inode), never one, whatever they hold.
             # Any non-directory can be hard-linked (tar links symlinks, fifos and devices too).
-            n.hardlink = ino.i_ino
+            n.hardlink = nid
         return n
 
     def _inline_data(self, nid: int, ino: rafs_v6.Inode, limit: int) -> bytes:

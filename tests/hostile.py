@@ -335,6 +335,39 @@ def crafted_fields() -> Iterator[Case]:
         yield Case("crafted-fields", name, "layer", _const(bootstrap(entries)), suffix=".boot")
 
 
+def share_ino(boot: bytes, paths: list[bytes]) -> bytes:
+    """``boot`` with the inodes at ``paths`` (different files) made to look like the names of one hard-linked
+    file: the first one's i_ino on each, and an nlink of their number (what 2022 images wrote for real links)."""
+    from nydus_inspect.formats import rafs_v6
+    from nydus_inspect.model import RafsV6
+
+    out = bytearray(boot)
+    r = RafsV6(boot)
+    nids = [r.lookup(p).nid for p in paths]
+    i_ino = r.inode(nids[0]).i_ino
+    for nid in nids:
+        ino = r.inode(nid)
+        assert ino.extended, "our builder writes extended inodes"
+        off = r.inode_offset(nid)
+        offsets = rafs_v6.INODE_EXTENDED.offsets
+        out[off + offsets["i_ino"] : off + offsets["i_ino"] + 4] = i_ino.to_bytes(4, "little")
+        out[off + offsets["i_nlink"] : off + offsets["i_nlink"] + 4] = len(nids).to_bytes(4, "little")
+    return bytes(out)
+
+
+def crafted_links() -> Iterator[Case]:
+    """Two different inodes sharing an i_ino with nlink 2: a symlink out of the target and a regular file after
+    it (a reader grouping names by i_ino extracts the file as that symlink), and two regular files."""
+    sym = bootstrap(
+        {b"/a": {"type": "symlink", "target": b"../../../../../../tmp/outside"}, b"/b": {"type": "file"}}
+    )
+    yield Case(
+        "crafted-links", "symlink-and-file", "layer", _const(share_ino(sym, [b"/a", b"/b"])), suffix=".boot"
+    )
+    two = bootstrap({b"/a": {"type": "file", "perm": 0o600}, b"/b": {"type": "file", "perm": 0o755}})
+    yield Case("crafted-links", "two-files", "layer", _const(share_ino(two, [b"/a", b"/b"])), suffix=".boot")
+
+
 def deep_bootstrap(depth: int = 4000, name_len: int = 255) -> bytes:
     """A bootstrap of ``depth`` nested directories of ``name_len``-byte names, a file at the bottom: about
     35 KB, yet a reader that keeps each directory's full path holds depth squared times the name length."""
@@ -371,6 +404,7 @@ TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
 #: Crafted layers (bootstraps with hostile fields) join here, as generators of Case(kind="layer").
 LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "crafted-fields": crafted_fields,
+    "crafted-links": crafted_links,
     "deep-layers": deep_layers,
 }
 

@@ -804,17 +804,62 @@ class _Tree:
 
     def _nlinks(self) -> None:
         groups: dict[int, list] = {}
-        for link in self.links.values():
+        for nid, link in self.links.items():
             names, nlink, i_ino, path, off = link
             if names > 1 or nlink == 1:
                 if names != nlink:
                     self._nlink_bad(path, off, names, nlink)
             else:
-                groups.setdefault(i_ino, []).append(link)
+                groups.setdefault(i_ino, []).append((nid, *link))
         for members in groups.values():  # 2022 images: one inode per name, the names share i_ino
-            for _names, nlink, _, path, off in members:
+            for _nid, _names, nlink, _, path, off in members:
                 if nlink != len(members):
                     self._nlink_bad(path, off, len(members), nlink)
+            if len(members) > 1:
+                self._same_file(members)
+
+    def _same_file(self, members: list) -> None:
+        """Inodes that share an i_ino stand for the names of one file only if they hold the same file: readers
+        take each nid for a file of its own (as nydusd does), so inodes that differ are a crafted or broken
+        group, whose names a reader grouping by i_ino would mix up (another file's bytes, a symlink)."""
+        rafs = self.rafs
+        first = None
+        for nid, _names, _nlink, i_ino, path, off in members:
+            try:
+                ino = rafs.inode(nid)
+                node = rafs.node(nid, b"")
+                data = (
+                    [(c.blob_index, c.ci_index) for c in rafs.chunk_indexes(node)]
+                    if node.type == REG
+                    else node.target
+                )
+            except NydusInspectError:
+                return  # the walk reported it
+            seen = {
+                "i_mode": ino.i_mode,
+                "i_uid": ino.i_uid,
+                "i_gid": ino.i_gid,
+                "i_size": ino.i_size,
+                "data": data,
+                "xattrs": node.xattrs,
+            }
+            if first is None:
+                first = (seen, path)
+                continue
+            differ = [k for k in seen if seen[k] != first[0][k]]
+            if differ:
+                self.bad(
+                    "bootstrap.nlink",
+                    f"inodes sharing i_ino {i_ino} as the names of one hard-linked file differ in "
+                    f"{', '.join(differ)}: they are two files",
+                    structure=ino.layout.name,
+                    path=path,
+                    paths=(first[1], path),
+                    field="i_ino",
+                    offset=off + ino.layout.offsets["i_ino"],
+                    expected=f"the {first[1]} inode",
+                    found=i_ino,
+                )
 
     def _nlink_bad(self, path: str, off: int, want: int, found: int) -> None:
         self.bad(
