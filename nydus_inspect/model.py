@@ -186,6 +186,7 @@ class RafsV6:
         self.digester = self.ext.digester
         self.compressor = self.ext.compressor
         self._meta_off = self.meta.meta_offset
+        self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
         self._records: dict[tuple[int, int], tuple] | None = None
@@ -218,7 +219,7 @@ class RafsV6:
                 "erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode
             )
         xattrs = (
-            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid)
+            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid, self._xattr_base)
             if ino.i_xattr_icount
             else {}
         )

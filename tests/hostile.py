@@ -368,6 +368,61 @@ def crafted_links() -> Iterator[Case]:
     yield Case("crafted-links", "two-files", "layer", _const(share_ino(two, [b"/a", b"/b"])), suffix=".boot")
 
 
+#: Placeholders that build_xattrs lays out first (sorted before any user. name) as 4-byte entries: an empty
+#: name suffix and an empty value; shared_xattrs overwrites each with a shared xattr id.
+SHARED_PLACEHOLDERS = {b"system.posix_acl_access": b"", b"system.posix_acl_default": b""}
+
+
+def shared_xattrs(boot: bytes, path: bytes, shared: dict[bytes, bytes]) -> bytes:
+    """``boot`` with the xattrs ``shared`` (at most two, in the user. namespace) moved to a shared xattr area:
+    the inode at ``path`` must have been built with SHARED_PLACEHOLDERS among its xattrs, whose 4-byte entries
+    become the ids of ``shared``; the area is a block appended to the bootstrap, named by s_xattr_blkaddr."""
+    import struct
+
+    from nydus_inspect.formats import rafs_v6
+    from nydus_inspect.model import RafsV6
+
+    assert len(shared) <= len(SHARED_PLACEHOLDERS)
+    r = RafsV6(boot)
+    nid = r.lookup(path).nid
+    ino = r.inode(nid)
+    head = r.inode_offset(nid) + ino.inode_size
+    out = bytearray(boot) + bytes(-len(boot) % 4096)
+    area_block = len(out) // 4096
+    area = bytearray()
+    ids = []
+    for name, value in shared.items():
+        index, suffix = rafs_v6.split_xattr_name(name)
+        ids.append(len(area) // 4)
+        entry = struct.pack("<BBH", len(suffix), index, len(value)) + suffix + value
+        area += entry + bytes(-len(entry) % 4)
+    out += area + bytes(-len(area) % 4096)
+    # Each placeholder entry is 4 bytes right after the 12-byte header: they become the ids, in order.
+    for i, xid in enumerate(ids):
+        at = head + 12 + 4 * i
+        assert out[at + 1] in (2, 3) and out[at] == 0, "the placeholders come first"
+        out[at : at + 4] = struct.pack("<I", xid)
+    out[head + 4] = len(ids)
+    sb = rafs_v6.SUPERBLOCK_OFFSET + rafs_v6.SUPERBLOCK.offsets["s_xattr_blkaddr"]
+    out[sb : sb + 4] = struct.pack("<I", area_block)
+    return bytes(out)
+
+
+def crafted_xattrs() -> Iterator[Case]:
+    """Shared xattrs: a readable shared area (which nydus never writes), and a shared count set on a bootstrap
+    without one (its ids are the bytes of the inline entries)."""
+    boot = bootstrap({b"/f": {"type": "file", "xattrs": {**SHARED_PLACEHOLDERS, b"user.inline": b"i"}}})
+    good = shared_xattrs(boot, b"/f", {b"user.shared": b"sv", b"user.second": b"two"})
+    yield Case("crafted-xattrs", "shared-area", "layer", _const(good), suffix=".boot")
+    bad = bytearray(bootstrap({b"/f": {"type": "file", "xattrs": {b"user.a": b"1", b"user.b": b"2"}}}))
+    from nydus_inspect.model import RafsV6
+
+    r = RafsV6(bytes(bad))
+    nid = r.lookup(b"/f").nid
+    bad[r.inode_offset(nid) + r.inode(nid).inode_size + 4] = 1
+    yield Case("crafted-xattrs", "shared-count-without-area", "layer", _const(bytes(bad)), suffix=".boot")
+
+
 def deep_bootstrap(depth: int = 4000, name_len: int = 255) -> bytes:
     """A bootstrap of ``depth`` nested directories of ``name_len``-byte names, a file at the bottom: about
     35 KB, yet a reader that keeps each directory's full path holds depth squared times the name length."""
@@ -405,6 +460,7 @@ TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
 LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "crafted-fields": crafted_fields,
     "crafted-links": crafted_links,
+    "crafted-xattrs": crafted_xattrs,
     "deep-layers": deep_layers,
 }
 

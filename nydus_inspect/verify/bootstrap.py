@@ -507,6 +507,19 @@ class _Tree:
             ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
         if node.xattrs and not self.has_xattrs:
             self.has_xattrs = fsdecode(node.path)
+        if ino.i_xattr_icount and self.rafs.buf[off + ino.inode_size + 4]:
+            # Readers disagree on such an inode: the kernel (and we) read the ids from the shared xattr area,
+            # nydusd ignores the count and decodes the ids as inline entries.
+            self.bad(
+                "bootstrap.inode",
+                "shared xattrs: nydus never writes them and nydusd does not read them",
+                structure="erofs xattr ibody header",
+                path=fsdecode(node.path),
+                field="h_shared_count",
+                offset=off + ino.inode_size + 4,
+                expected=0,
+                found=self.rafs.buf[off + ino.inode_size + 4],
+            )
         head = ino.inode_size + ino.xattr_size
         size = ino.i_size
         if node.type == REG:
