@@ -123,6 +123,10 @@ def _check_bootstrap(run: _Run) -> None:
     run.tick("bootstrap", total, total)
 
 
+#: Linux's limits on what a file system can create: a name's bytes, and a symlink target's with its NUL.
+NAME_MAX = 255
+PATH_MAX = 4096
+
 _SB, _EXT, _DEV, _BLOB, _CT = (
     rafs_v6.SUPERBLOCK,
     rafs_v6.EXT_SUPERBLOCK,
@@ -554,6 +558,13 @@ class _Tree:
                     "no NUL",
                     repr(node.target[:64]),
                 )
+            elif node.type == SYMLINK and len(node.target) >= PATH_MAX:
+                ibad(
+                    "i_size",
+                    f"symlink target of PATH_MAX ({PATH_MAX}) bytes or more: no file system can create it",
+                    f"< {PATH_MAX}",
+                    size,
+                )
             full = size // rafs_v6.BLOCK_SIZE * rafs_v6.BLOCK_SIZE
             if ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE:
                 self._extent(off, off + head + size - full, 2 * node.nid)
@@ -656,6 +667,16 @@ class _Tree:
                     path=fsdecode(prefix + name),
                     offset=doff,
                     found=repr(name),
+                )
+            if len(name) > NAME_MAX:
+                self.bad(
+                    "bootstrap.dir",
+                    f"name longer than {NAME_MAX} bytes: no file system can create it",
+                    structure="erofs dirent",
+                    path=fsdecode(prefix + name),
+                    offset=doff,
+                    expected=f"<= {NAME_MAX} bytes",
+                    found=f"{len(name)} bytes",
                 )
             if name in dots:
                 dots[name].append((cnid, ftype, doff))
