@@ -316,7 +316,10 @@ def cmd_verify(args) -> int:
         return worst
     for r in results:
         if "unreadable" in r:
-            print(f"{r['path']}: UNREADABLE: {r['unreadable']}")
+            # Not a verdict on the layer but an input that does not open: an error line, on stderr.
+            msg, path = r["unreadable"], r["path"]
+            msg = msg[len(path) + 2 :] if msg.startswith(path + ": ") else msg
+            sys.stderr.write(f"nydus-inspect: error: {path}: unreadable: {msg}\n")
             continue
         print(f"{r['path']}: {r['summary']}")
         for line in r["_lines"]:

@@ -7,6 +7,16 @@ Every error a user can cause (bad input, bad arguments, a failed check) is a
 
 from __future__ import annotations
 
+#: What a message shows of a value (a name, a path, a target) that may be any length.
+SHOWN = 200
+
+
+def cut(text: str, limit: int = SHOWN) -> str:
+    """``text``, or its first ``limit`` characters with an ellipsis and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 class NydusInspectError(Exception):
     """Base class of every error nydus-inspect raises on purpose."""
@@ -52,6 +62,8 @@ class FormatError(NydusInspectError):
                 shown = f"{shown:#x}"
             elif isinstance(shown, bytes | bytearray):
                 shown = repr(bytes(shown[:32]))
+            else:
+                shown = cut(str(shown))  # a path of a deep tree can be megabytes long
             text += f" (found {shown})"
         return f"{self.where}: {text}" if self.where else text
 

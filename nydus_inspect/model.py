@@ -84,7 +84,7 @@ class Node:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     nid: int = 0
     ino: int = 0
-    hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1
+    hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1 (its nid in v6)
     chunks: list[ChunkRef] | None = None
     children: dict[bytes, Node] | None = None  # only in trees built in memory (pack, merge)
     data: object = None  # where the packer finds the bytes (never set by readers)
@@ -153,6 +153,21 @@ class _LRU(OrderedDict):
 CiSource = Callable[[int], "tuple[blob_meta.ChunkInfoArray, list[bytes] | None] | None"]
 
 
+#: What went wrong in a walk (:attr:`WalkError.kind`): a node or directory that does not decode, a directory
+#: that contains itself, a directory named by two dirents, a tree deeper than the walk's limit.
+WALK_DECODE, WALK_CYCLE, WALK_LINKED_TWICE, WALK_DEPTH = "decode", "cycle", "linked-twice", "depth"
+
+
+@dataclass
+class WalkError:
+    """A part of the tree the walk could not enter or decode: reported, then skipped, under the report policy."""
+
+    path: bytes
+    nid: int
+    error: FormatError
+    kind: str = WALK_DECODE
+
+
 class RafsV6:
     """Lazy reader of a RAFS v6 bootstrap held in ``buf``.
 
@@ -171,6 +186,7 @@ class RafsV6:
         self.digester = self.ext.digester
         self.compressor = self.ext.compressor
         self._meta_off = self.meta.meta_offset
+        self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
         self._records: dict[tuple[int, int], tuple] | None = None
@@ -203,7 +219,7 @@ class RafsV6:
                 "erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode
             )
         xattrs = (
-            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid)
+            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid, self._xattr_base)
             if ino.i_xattr_icount
             else {}
         )
@@ -228,9 +244,11 @@ class RafsV6:
         elif ntype == SYMLINK:
             n.target = self._inline_data(nid, ino, MAX_SYMLINK)
         if ntype != DIR and ino.i_nlink > 1:
-            # v2.3 hardlinks share one nid; 2022 images gave each name its own inode with one i_ino.
+            # In RAFS v6 the names of one file are dirents naming one nid, and a nid is what nydusd and
+            # nydus-image unpack take for the inode. i_ino is only a build index: two inodes sharing one are
+            # two files (as in 2022 images, which gave each name its own inode), never one, whatever they hold.
             # Any non-directory can be hard-linked (tar links symlinks, fifos and devices too).
-            n.hardlink = ino.i_ino
+            n.hardlink = nid
         return n
 
     def _inline_data(self, nid: int, ino: rafs_v6.Inode, limit: int) -> bytes:
@@ -424,39 +442,112 @@ class RafsV6:
         for d in self.readdir(node.nid):
             yield self.node(d.nid, base + b"/" + d.name)
 
-    def walk(self, start: Node | None = None, max_depth: int = 4096) -> Iterator[Node]:
-        """Pre-order walk in dirent order. Refuses directory cycles, directories linked twice and absurd depth.
+    def walk(
+        self,
+        start: Node | None = None,
+        max_depth: int = 4096,
+        *,
+        on_error: Callable[[WalkError], None] | None = None,
+        readdir: Callable[[int], list[rafs_v6.Dirent]] | None = None,
+    ) -> Iterator[Node]:
+        """Pre-order walk in dirent order: the one walk of a bootstrap's tree, for every reader and verify.
 
-        Each directory is expanded once, so the walk is linear in the bootstrap size: a directory linked from two
-        dirents (never valid in EROFS) could otherwise make a DAG with exponentially many paths.
+        The error policy is ``on_error``: without it the first problem raises its FormatError (a node or a
+        directory that does not decode, a directory cycle, a directory linked twice, depth beyond
+        ``max_depth``); with it each problem is reported as a :class:`WalkError` naming its path, the part
+        that failed is skipped and the walk goes on with its siblings. ``readdir(nid)`` may stand in for
+        :meth:`readdir` (verify hands over the directories it has just decoded).
+
+        Each directory is expanded once, so the walk is linear in the bootstrap size: a directory linked from
+        two dirents (never valid in EROFS) could otherwise make a DAG with exponentially many paths. What the
+        walk keeps is linear in depth too: the stack holds each directory's iterator and the length of its
+        path in the current prefix, not its path (a stack of paths holds depth squared bytes: 4,000 nested
+        255-byte names are gigabytes). Each yielded node carries its full path; a caller that keeps nodes
+        keeps their paths.
         """
-        top = start or self.root()
+        list_dir = readdir or self.readdir
+
+        def fail(path: bytes, nid: int, exc: FormatError, kind: str) -> None:
+            if on_error is None:
+                raise exc
+            on_error(WalkError(path, nid, exc, kind))
+
+        if start is not None:
+            top = start
+        else:
+            try:
+                top = self.root()
+            except FormatError as exc:
+                fail(b"/", self.root_nid, exc, WALK_DECODE)
+                return
         yield top
         if top.type != DIR:
             return
+        try:
+            entries = list_dir(top.nid)
+        except FormatError as exc:
+            fail(top.path, top.nid, exc, WALK_DECODE)
+            return
         expanded = {top.nid}
         on_path = [top.nid]
-        stack = [(iter(self.readdir(top.nid)), top.path.rstrip(b"/"))]
+        prefix = top.path.rstrip(b"/") + b"/"
+        # (dirents left, length of the parent's prefix): the directory's own path is the prefix itself.
+        stack: list[tuple[Iterator[rafs_v6.Dirent], int]] = [(iter(entries), 0)]
         while stack:
-            it, base = stack[-1]
+            it, up = stack[-1]
             d = next(it, None)
             if d is None:
                 stack.pop()
                 on_path.pop()
+                if up:
+                    prefix = prefix[:up]
                 continue
-            child = self.node(d.nid, base + b"/" + d.name)
+            path = prefix + d.name
+            try:
+                child = self.node(d.nid, path)
+            except FormatError as exc:
+                fail(path, d.nid, exc, WALK_DECODE)
+                continue
             yield child
-            if child.type == DIR:
-                if d.nid in expanded:
-                    what = "directory cycle" if d.nid in on_path else f"directory nid {d.nid} is linked twice"
-                    raise FormatError("erofs dirent", what, value=fsdecode(child.path))
-                if len(stack) >= max_depth:
-                    raise FormatError(
-                        "erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(child.path)
+            if child.type != DIR:
+                continue
+            if d.nid in expanded:
+                if d.nid in on_path:
+                    fail(
+                        path,
+                        d.nid,
+                        FormatError("erofs dirent", "directory cycle", value=fsdecode(path)),
+                        WALK_CYCLE,
                     )
-                expanded.add(d.nid)
-                on_path.append(d.nid)
-                stack.append((iter(self.readdir(d.nid)), child.path))
+                else:
+                    fail(
+                        path,
+                        d.nid,
+                        FormatError(
+                            "erofs dirent", f"directory nid {d.nid} is linked twice", value=fsdecode(path)
+                        ),
+                        WALK_LINKED_TWICE,
+                    )
+                continue
+            if len(stack) >= max_depth:
+                fail(
+                    path,
+                    d.nid,
+                    FormatError(
+                        "erofs directory tree", f"deeper than {max_depth} levels", value=fsdecode(path)
+                    ),
+                    WALK_DEPTH,
+                )
+                continue
+            try:
+                entries = list_dir(d.nid)
+            except FormatError as exc:
+                fail(path, d.nid, exc, WALK_DECODE)
+                continue
+            expanded.add(d.nid)
+            on_path.append(d.nid)
+            stack.append((iter(entries), len(prefix)))
+            prefix = path + b"/"
 
     # ------------------------------------------------------------------ chunks
     def chunk_indexes(self, node: Node) -> list[ChunkIndex]:

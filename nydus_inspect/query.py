@@ -1,5 +1,5 @@
-"""Queries over an opened layer (info, toc, chunks, ls, cat) as plain data for the front ends, and the
-tolerant tree walk and file index verify and the TUI build on.
+"""Queries over an opened layer (info, toc, chunks, ls, cat) as plain data for the front ends, and the file
+index verify and the TUI build on (over :meth:`RafsV6.walk <nydus_inspect.model.RafsV6.walk>`, reporting).
 
 Named so as not to shadow the standard library's ``inspect``."""
 
@@ -13,7 +13,7 @@ from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v5, rafs_v6
 from .formats.tar_header import IMAGE_BLOB
 from .layer import KIND_BLOB_NO_TOC, KIND_BOOTSTRAP_V5, Layer
-from .model import DIR, REG, Node, RafsV6, fsdecode
+from .model import DIR, REG, Node, WalkError, fsdecode
 
 
 def info(layer: Layer) -> dict:
@@ -274,71 +274,80 @@ def cat(layer: Layer, path: str, *, follow: bool = True) -> Iterator[bytes]:
     return layer.read_file(node)
 
 
-# ---------------------------------------------------------------------------- tree walks and indexes
-@dataclass
-class WalkError:
-    """A part of the tree that does not decode: the walk reports it and goes on with the rest."""
+# ---------------------------------------------------------------------------- file index
+class PathTable:
+    """Every path of a walk, in walk order, as (parent, last name) pairs: linear in the tree's size, where a
+    list of full paths holds depth squared bytes (4,000 nested 255-byte names are 2 GB of paths).
 
-    path: bytes
-    nid: int
-    error: FormatError
+    A sequence of full paths (``len``, ``[i]``, ``index``, iteration), each rebuilt when asked for."""
 
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+        self.parents = array("q")
+        # The directories on the current walk path as (id, length of the path): the walk is pre-order, so a
+        # new path's parent is the one whose length is where its last '/' is.
+        self._open: list[tuple[int, int]] = []
+        self._last: tuple[int, bytes] = (-1, b"")  # the last parent rebuilt: siblings ask for it in a row
 
-def walk_tree(
-    rafs: RafsV6, *, on_error: Callable[[WalkError], None] | None = None, max_depth: int = 4096
-) -> Iterator[Node]:
-    """Pre-order walk in dirent order that survives bad inodes and directories.
+    def append(self, path: bytes, is_dir: bool = False) -> int:
+        i = len(self.names)
+        cut = path.rfind(b"/")
+        if path == b"/" or cut < 0:
+            parent, name, length = -1, path, 0
+        else:
+            opened = self._open
+            while opened and opened[-1][1] > cut:
+                opened.pop()
+            if opened and opened[-1][1] == cut:
+                parent, name = opened[-1][0], path[cut + 1 :]
+            else:  # a path the walk did not reach through its parent: keep it whole
+                parent, name = -1, path
+            length = len(path)
+        self.names.append(name)
+        self.parents.append(parent)
+        if is_dir:
+            self._open.append((i, 0 if path == b"/" else length))
+        return i
 
-    Unlike :meth:`RafsV6.walk`, which stops at the first bad inode, each node or directory that does
-    not decode is reported to ``on_error`` (with its path) and skipped; the walk goes on with its
-    siblings. Directory cycles and absurd depth are reported the same way.
-    """
+    def __len__(self) -> int:
+        return len(self.names)
 
-    def fail(path: bytes, nid: int, exc: FormatError) -> None:
-        if on_error is not None:
-            on_error(WalkError(path, nid, exc))
+    def __getitem__(self, i: int) -> bytes:
+        if i < 0:
+            i += len(self.names)
+        parent = self.parents[i]
+        if parent < 0:
+            return self.names[i]
+        if self._last[0] != parent:
+            self._last = (parent, self._rebuild(parent))
+        base = self._last[1]
+        return (b"" if base == b"/" else base) + b"/" + self.names[i]
 
-    try:
-        root = rafs.root()
-    except FormatError as exc:
-        fail(b"/", rafs.root_nid, exc)
-        return
-    yield root
-    if root.type != DIR:
-        return
-    try:
-        top = iter(rafs.readdir(root.nid))
-    except FormatError as exc:
-        fail(b"/", root.nid, exc)
-        return
-    stack = [(top, b"", frozenset({root.nid}))]
-    while stack:
-        it, base, ancestors = stack[-1]
-        d = next(it, None)
-        if d is None:
-            stack.pop()
-            continue
-        path = base + b"/" + d.name
-        try:
-            node = rafs.node(d.nid, path)
-        except FormatError as exc:
-            fail(path, d.nid, exc)
-            continue
-        yield node
-        if node.type != DIR:
-            continue
-        if d.nid in ancestors:
-            fail(path, d.nid, FormatError("erofs dirent", "directory cycle", value=fsdecode(path)))
-            continue
-        if len(stack) >= max_depth:
-            fail(path, d.nid, FormatError("erofs directory tree", f"deeper than {max_depth} levels"))
-            continue
-        try:
-            entries = rafs.readdir(d.nid)
-        except FormatError as exc:
-            fail(path, d.nid, exc)
-            continue
-        stack.append((iter(entries), path, ancestors | {d.nid}))
+    def _rebuild(self, i: int) -> bytes:
+        parts = []
+        while i >= 0:
+            parts.append(self.names[i])
+            i = self.parents[i]
+        if parts[-1] == b"/":
+            parts[-1] = b""
+        return b"/".join(reversed(parts)) or b"/"
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (self[i] for i in range(len(self.names)))
+
+    def index(self, path: bytes) -> int:
+        name = path[path.rfind(b"/") + 1 :] or path
+        for i, have in enumerate(self.names):
+            if (have == name or have == path) and self[i] == path:
+                return i
+        raise ValueError(f"{path!r} is not in the index")
+
+    def __getstate__(self) -> dict:
+        return {"names": self.names, "parents": self.parents}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.names, self.parents = state["names"], state["parents"]
 
 
 @dataclass
@@ -351,7 +360,7 @@ class FileIndex:
     - ``errors``: the parts of the tree that did not decode.
     """
 
-    paths: list[bytes] = field(default_factory=list)
+    paths: PathTable = field(default_factory=PathTable)
     errors: list[WalkError] = field(default_factory=list)
     files: int = 0
     chunk_refs: int = 0
@@ -359,9 +368,9 @@ class FileIndex:
     _more: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     _links: dict[int, list[int]] = field(default_factory=dict)
 
-    def add_path(self, path: bytes) -> int:
-        self.paths.append(path)
-        return len(self.paths) - 1
+    def add_path(self, path: bytes, is_dir: bool = False) -> int:
+        """Number the next path of the walk (``is_dir``: later paths may lie below it)."""
+        return self.paths.append(path, is_dir)
 
     def add_owner(self, blob_index: int, ci_index: int, path_id: int) -> bool:
         """Record that ``path_id`` uses the chunk; True when the chunk had no owner before."""
@@ -424,8 +433,8 @@ def file_index(
     for b in r.blobs:
         idx._first[b.blob_index] = array("q", [-1]) * b.chunk_count
     total = r.inode_count()
-    for n, node in enumerate(walk_tree(r, on_error=idx.errors.append)):
-        pid = idx.add_path(node.path)
+    for n, node in enumerate(r.walk(on_error=idx.errors.append)):
+        pid = idx.add_path(node.path, node.type == DIR)
         if node.hardlink is not None:
             idx.add_hardlink(node.hardlink, pid)
         if node.type == REG:
@@ -447,6 +456,7 @@ def file_index(
 
 __all__ = [
     "FileIndex",
+    "PathTable",
     "blob_id_text",
     "WalkError",
     "blob_meta",
@@ -457,5 +467,4 @@ __all__ = [
     "list_nodes",
     "lookup_path",
     "toc_report",
-    "walk_tree",
 ]

@@ -36,6 +36,13 @@ class ChunkResult:
         return self._future.result()[self._index]
 
 
+def _held(node) -> int:
+    """Bytes a queued entry holds besides its file data: its path (a deep tree's paths are long), or what an
+    object standing for an entry says it holds (``held``)."""
+    held = getattr(node, "held", None)
+    return held if held is not None else len(getattr(node, "path", b""))
+
+
 def decode_group(layer: Layer, chunks: list[ChunkRef], verify: bool = True) -> list:
     """Each chunk's checked, decoded bytes, in order (``ChunkReader.decode_group``). Safe to call from worker
     threads."""
@@ -68,21 +75,27 @@ def iter_with_data(
             fut = pool.submit(decode_group, layer, group, verify)
             for node, first, count in group_nodes:
                 if count < 0:
-                    ready.append((node, None, 0))
+                    ready.append((node, None, _held(node)))
                 else:
-                    ready.append((node, [ChunkResult(fut, first + i) for i in range(count)], node.size))
+                    results = [ChunkResult(fut, first + i) for i in range(count)]
+                    ready.append((node, results, node.size + _held(node)))
             group, group_nodes, group_bytes = [], [], 0
 
         try:
             for node in nodes:
+                # A node weighs its path too: a deep tree's paths are long, and the window bounds them as well
+                # (a group is flushed once its nodes hold GROUP_BYTES, whether in data or in paths).
+                held = _held(node)
                 if node.type == REG:
                     chunks = node.chunks if node.chunks is not None else rafs.chunks(node)
                     group_nodes.append((node, len(group), len(chunks)))
                     group.extend(chunks)
-                    group_bytes += node.size
-                    in_flight += node.size
+                    group_bytes += node.size + held
+                    in_flight += node.size + held
                 else:
                     group_nodes.append((node, 0, -1))
+                    group_bytes += held
+                    in_flight += held
                 if group_bytes >= GROUP_BYTES or len(group_nodes) >= GROUP_FILES:
                     flush()
                 while ready and (in_flight > window or len(ready) > 4 * GROUP_FILES):

@@ -153,7 +153,7 @@ def _write_tar(layer: Layer, f) -> UnpackResult:
     def nodes() -> Iterator:
         for node, hdr, data in _entries(layer, res):
             laid_out.append((hdr, data))
-            yield node if data else _HEADER_ONLY
+            yield node if data else _HeaderOnly(len(hdr))
 
     for node, chunks in iter_file_data(layer, nodes()):
         hdr, data = laid_out.popleft()
@@ -171,13 +171,15 @@ def _write_tar(layer: Layer, f) -> UnpackResult:
 
 class _HeaderOnly:
     """Stands for an entry without data (a later name of a hard-linked file, a directory ...) in the
-    read-ahead, which decodes only regular files."""
+    read-ahead, which decodes only regular files; ``held``: the bytes of its header, waiting in ``laid_out``
+    (the read-ahead's window bounds them: a deep tree's headers are long)."""
 
+    __slots__ = ("held",)
     type = None
     size = 0
 
-
-_HEADER_ONLY = _HeaderOnly()
+    def __init__(self, held: int) -> None:
+        self.held = held
 
 
 def _positional(f) -> bool:

@@ -335,6 +335,94 @@ def crafted_fields() -> Iterator[Case]:
         yield Case("crafted-fields", name, "layer", _const(bootstrap(entries)), suffix=".boot")
 
 
+def share_ino(boot: bytes, paths: list[bytes]) -> bytes:
+    """``boot`` with the inodes at ``paths`` (different files) made to look like the names of one hard-linked
+    file: the first one's i_ino on each, and an nlink of their number (what 2022 images wrote for real links)."""
+    from nydus_inspect.formats import rafs_v6
+    from nydus_inspect.model import RafsV6
+
+    out = bytearray(boot)
+    r = RafsV6(boot)
+    nids = [r.lookup(p).nid for p in paths]
+    i_ino = r.inode(nids[0]).i_ino
+    for nid in nids:
+        ino = r.inode(nid)
+        assert ino.extended, "our builder writes extended inodes"
+        off = r.inode_offset(nid)
+        offsets = rafs_v6.INODE_EXTENDED.offsets
+        out[off + offsets["i_ino"] : off + offsets["i_ino"] + 4] = i_ino.to_bytes(4, "little")
+        out[off + offsets["i_nlink"] : off + offsets["i_nlink"] + 4] = len(nids).to_bytes(4, "little")
+    return bytes(out)
+
+
+def crafted_links() -> Iterator[Case]:
+    """Two different inodes sharing an i_ino with nlink 2: a symlink out of the target and a regular file after
+    it (a reader grouping names by i_ino extracts the file as that symlink), and two regular files."""
+    sym = bootstrap(
+        {b"/a": {"type": "symlink", "target": b"../../../../../../tmp/outside"}, b"/b": {"type": "file"}}
+    )
+    yield Case(
+        "crafted-links", "symlink-and-file", "layer", _const(share_ino(sym, [b"/a", b"/b"])), suffix=".boot"
+    )
+    two = bootstrap({b"/a": {"type": "file", "perm": 0o600}, b"/b": {"type": "file", "perm": 0o755}})
+    yield Case("crafted-links", "two-files", "layer", _const(share_ino(two, [b"/a", b"/b"])), suffix=".boot")
+
+
+#: Placeholders that build_xattrs lays out first (sorted before any user. name) as 4-byte entries: an empty
+#: name suffix and an empty value; shared_xattrs overwrites each with a shared xattr id.
+SHARED_PLACEHOLDERS = {b"system.posix_acl_access": b"", b"system.posix_acl_default": b""}
+
+
+def shared_xattrs(boot: bytes, path: bytes, shared: dict[bytes, bytes]) -> bytes:
+    """``boot`` with the xattrs ``shared`` (at most two, in the user. namespace) moved to a shared xattr area:
+    the inode at ``path`` must have been built with SHARED_PLACEHOLDERS among its xattrs, whose 4-byte entries
+    become the ids of ``shared``; the area is a block appended to the bootstrap, named by s_xattr_blkaddr."""
+    import struct
+
+    from nydus_inspect.formats import rafs_v6
+    from nydus_inspect.model import RafsV6
+
+    assert len(shared) <= len(SHARED_PLACEHOLDERS)
+    r = RafsV6(boot)
+    nid = r.lookup(path).nid
+    ino = r.inode(nid)
+    head = r.inode_offset(nid) + ino.inode_size
+    out = bytearray(boot) + bytes(-len(boot) % 4096)
+    area_block = len(out) // 4096
+    area = bytearray()
+    ids = []
+    for name, value in shared.items():
+        index, suffix = rafs_v6.split_xattr_name(name)
+        ids.append(len(area) // 4)
+        entry = struct.pack("<BBH", len(suffix), index, len(value)) + suffix + value
+        area += entry + bytes(-len(entry) % 4)
+    out += area + bytes(-len(area) % 4096)
+    # Each placeholder entry is 4 bytes right after the 12-byte header: they become the ids, in order.
+    for i, xid in enumerate(ids):
+        at = head + 12 + 4 * i
+        assert out[at + 1] in (2, 3) and out[at] == 0, "the placeholders come first"
+        out[at : at + 4] = struct.pack("<I", xid)
+    out[head + 4] = len(ids)
+    sb = rafs_v6.SUPERBLOCK_OFFSET + rafs_v6.SUPERBLOCK.offsets["s_xattr_blkaddr"]
+    out[sb : sb + 4] = struct.pack("<I", area_block)
+    return bytes(out)
+
+
+def crafted_xattrs() -> Iterator[Case]:
+    """Shared xattrs: a readable shared area (which nydus never writes), and a shared count set on a bootstrap
+    without one (its ids are the bytes of the inline entries)."""
+    boot = bootstrap({b"/f": {"type": "file", "xattrs": {**SHARED_PLACEHOLDERS, b"user.inline": b"i"}}})
+    good = shared_xattrs(boot, b"/f", {b"user.shared": b"sv", b"user.second": b"two"})
+    yield Case("crafted-xattrs", "shared-area", "layer", _const(good), suffix=".boot")
+    bad = bytearray(bootstrap({b"/f": {"type": "file", "xattrs": {b"user.a": b"1", b"user.b": b"2"}}}))
+    from nydus_inspect.model import RafsV6
+
+    r = RafsV6(bytes(bad))
+    nid = r.lookup(b"/f").nid
+    bad[r.inode_offset(nid) + r.inode(nid).inode_size + 4] = 1
+    yield Case("crafted-xattrs", "shared-count-without-area", "layer", _const(bytes(bad)), suffix=".boot")
+
+
 def deep_bootstrap(depth: int = 4000, name_len: int = 255) -> bytes:
     """A bootstrap of ``depth`` nested directories of ``name_len``-byte names, a file at the bottom: about
     35 KB, yet a reader that keeps each directory's full path holds depth squared times the name length."""
@@ -371,6 +459,8 @@ TAR_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
 #: Crafted layers (bootstraps with hostile fields) join here, as generators of Case(kind="layer").
 LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "crafted-fields": crafted_fields,
+    "crafted-links": crafted_links,
+    "crafted-xattrs": crafted_xattrs,
     "deep-layers": deep_layers,
 }
 

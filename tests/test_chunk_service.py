@@ -3,7 +3,8 @@
 One chunk of a packed fixture layer is flipped; then ``cat``, ``unpack`` (tar and directory), ``cache-file``,
 ``diff``, ``verify``, a read through a real FUSE mount and the TUI's chunk check and file preview each read
 it. The same runs on a bootstrap whose chunk table was cut off, where chunk records come from blob.meta and
-digests from blob.digest only.
+digests from blob.digest only, and on one whose chunk-table record was rewritten to the damaged bytes'
+digest, where only blob.digest (covered by the ToC's sha256) still knows the right one.
 """
 
 from __future__ import annotations
@@ -32,15 +33,29 @@ def _chunk_of(boot: Path, blob: Path, path: str, k: int = 0):
         return r.chunks(r.lookup(path))[k]
 
 
-def _damage(tmp: Path, tar: Path, path: str, *, cut_chunk_table: bool) -> dict:
+def _damage(tmp: Path, tar: Path, path: str, *, cut_chunk_table: bool, rewrite_record: bool = False) -> dict:
     """Pack ``tar`` with a separate bootstrap, flip a byte of ``path``'s first chunk in the blob, and when
-    asked zero the chunk table's place in the bootstrap (readers then know chunks from blob.meta only)."""
+    asked zero the chunk table's place in the bootstrap (readers then know chunks from blob.meta only), or
+    rewrite the chunk's record there to the digest of its damaged bytes (a raw chunk: they decode)."""
     blob, boot = tmp / "layer.blob", tmp / "layer.boot"
     pack_layer(tar, blob, chunk_size=0x1000, bootstrap=str(boot))
     chunk = _chunk_of(boot, blob, path)
     data = bytearray(blob.read_bytes())
     data[chunk.compressed_offset + chunk.compressed_size // 2] ^= 0x55
     blob.write_bytes(data)
+    if rewrite_record:
+        assert not chunk.compressed
+        stored = bytes(data[chunk.compressed_offset : chunk.compressed_offset + chunk.compressed_size])
+        raw = bytearray(boot.read_bytes())
+        with open_layer(str(boot), blobs=[str(blob)]) as layer:
+            r = layer.rafs
+            digester = r.blobs[chunk.blob_index].digester
+            base = r.ext.s_chunk_table_offset
+            rows = list(r.chunk_table_entries())
+        [i] = [i for i, e in enumerate(rows) if (e.blob_index, e.index) == (chunk.blob_index, chunk.ci_index)]
+        at = base + i * rafs_v6.CHUNK_TABLE_ENTRY.size
+        raw[at : at + 32] = digester.digest(stored)
+        boot.write_bytes(raw)
     if cut_chunk_table:
         raw = bytearray(boot.read_bytes())
         base = rafs_v6.EXT_SUPERBLOCK_OFFSET
@@ -59,11 +74,15 @@ def _damage(tmp: Path, tar: Path, path: str, *, cut_chunk_table: bool) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=["chunk-table", "blob-meta-only"])
+@pytest.fixture(scope="module", params=["chunk-table", "blob-meta-only", "blob-digest-only"])
 def damaged(request, fixture_tars, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp(request.param)
     return _damage(
-        tmp, fixture_tars["every-type.tar"], RAW_FILE, cut_chunk_table=request.param == "blob-meta-only"
+        tmp,
+        fixture_tars["every-type.tar"],
+        RAW_FILE,
+        cut_chunk_table=request.param == "blob-meta-only",
+        rewrite_record=request.param == "blob-digest-only",
     )
 
 

@@ -2,7 +2,8 @@
 
 ``ChunkReader.decode`` reads a chunk's stored bytes from its blob's :class:`~.source.BlobSource`,
 decompresses them with the blob's compressor to exactly the recorded size, and checks them against the
-recorded digest (the blob's digester) or, without one, the recorded CRC32C. Anything wrong is a
+recorded digests (the bootstrap's and blob.digest's, with the blob's digester) or, without one, the recorded
+CRC32C. Anything wrong is a
 FormatError naming the chunk as verify names it (``chunk N of blob B``), its offset and the blob file.
 ``decode_many`` gives the same results for a list of chunks, decoding runs of zstd chunks in one call;
 ``read`` goes through the cache. cat, unpack, cache-file, diff, the mount and the TUI all read this way.
@@ -213,15 +214,16 @@ class ChunkReader:
     @staticmethod
     def check(blob: Blob, ref: ChunkRef, data) -> None:
         """Refuse ``data`` unless it has ``ref``'s recorded digest (or, without one, its recorded CRC32C)."""
-        want = blob.recorded_digest(ref)
-        if want:
+        wants = blob.recorded_digests(ref)
+        if wants:
             got = blob.digester.digest(data)
-            if got != want:
-                raise FormatError(
-                    ref.name,
-                    f"{blob.digester.value} digest {got.hex()} differs from the recorded {want.hex()}",
-                    offset=ref.compressed_offset,
-                ).located(blob.path)
+            for where, want in wants:
+                if got != want:
+                    raise FormatError(
+                        ref.name,
+                        f"{blob.digester.value} digest {got.hex()} differs from {where} {want.hex()}",
+                        offset=ref.compressed_offset,
+                    ).located(blob.path)
         elif ref.crc32 is not None:
             got_crc = crc32c(data)
             if got_crc != ref.crc32:

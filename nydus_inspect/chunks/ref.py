@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class ChunkRef:
     """One chunk of a file: which blob, which chunk-info record, its stored and decoded extents, and the
     digest (and CRC32C, when recorded) its decoded bytes must have. An empty ``digest`` means the bootstrap
-    recorded none; the blob's blob.digest then decides (:meth:`Blob.recorded_digest`)."""
+    recorded none; the blob's blob.digest, which is checked as well, then decides
+    (:meth:`Blob.recorded_digests`)."""
 
     blob_index: int
     ci_index: int

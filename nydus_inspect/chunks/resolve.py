@@ -7,7 +7,8 @@ The rule, in one place:
 - compressor and digester: the blob's own blob-table entry (a merged bootstrap keeps each layer's; the
   superblock holds only the last layer's); a blob opened without any bootstrap says neither, and its first
   chunks are asked (:meth:`Blob.without_bootstrap`);
-- digest: the bootstrap's record, else the blob's blob.digest (checked against the ToC's sha256);
+- digest: the bootstrap's record and the blob's blob.digest (checked against the ToC's sha256), both, as
+  verify compares them;
 - CRC32C: the record's, when it has one; checked when no digest is recorded.
 """
 
@@ -86,11 +87,14 @@ class Blob:
         infos = self.layer.chunk_infos
         return None if infos is None else (infos, self.digests)
 
-    def recorded_digest(self, ref: ChunkRef) -> bytes:
-        """The digest ``ref``'s bytes must have: the bootstrap's record, else blob.digest; b"" if neither."""
-        if ref.digest:
-            return ref.digest
+    def recorded_digests(self, ref: ChunkRef) -> list[tuple[str, bytes]]:
+        """Every digest ``ref``'s bytes must have, with where it is recorded: ``ref``'s own (the bootstrap
+        chunk table's, or blob.digest's when blob.meta gave the record) and the blob's blob.digest. verify
+        compares a chunk with both, so a reader does too: bytes whose bootstrap record was rewritten to match
+        them are still refused when blob.digest, which the ToC's sha256 covers, says otherwise. Empty when
+        neither exists (the CRC32C then decides)."""
+        out = [("the recorded", ref.digest)] if ref.digest else []
         digests = self.digests
-        if digests is not None and 0 <= ref.ci_index < len(digests):
-            return digests[ref.ci_index]
-        return b""
+        if digests is not None and 0 <= ref.ci_index < len(digests) and digests[ref.ci_index] != ref.digest:
+            out.append(("blob.digest's", digests[ref.ci_index]))
+        return out

@@ -525,38 +525,72 @@ XATTR_PREFIXES = {
 XATTR_IBODY_HEADER = 12
 
 
-def parse_xattrs(buf, offset: int, icount: int, nid: int) -> dict[bytes, bytes]:
-    """Decode inline xattrs starting right after the inode at ``offset``."""
+XATTR_ENTRY = struct.Struct("<BBH")  # e_name_len, e_name_index, e_value_size
+_U32 = struct.Struct("<I")
+
+
+def parse_xattrs(buf, offset: int, icount: int, nid: int, shared_base: int = 0) -> dict[bytes, bytes]:
+    """Decode an inode's xattrs: the area right after the inode at ``offset`` holds a 12-byte header whose
+    h_shared_count ids name entries of the shared xattr area (entry ``id`` at ``shared_base + 4 * id``, where
+    ``shared_base`` is the superblock's s_xattr_blkaddr in bytes), then the inline entries. Shared ones come
+    first, as the kernel lists them."""
     if icount == 0:
         return {}
     size = 12 + (icount - 1) * 4
-    if offset + size > len(buf):
+    end = offset + size
+    if end > len(buf):
         raise FormatError(
             "erofs xattr area", f"inode nid {nid}: runs past the bootstrap", offset=offset, value=size
         )
     shared = buf[offset + 4]
     pos = offset + XATTR_IBODY_HEADER + 4 * shared
-    end = offset + size
+    if pos > end:
+        raise FormatError(
+            "erofs xattr ibody header",
+            f"inode nid {nid}: {shared} shared xattr ids do not fit in its {size}-byte xattr area",
+            field="h_shared_count",
+            offset=offset + 4,
+            value=shared,
+        )
     out: dict[bytes, bytes] = {}
+    for i in range(shared):
+        xid = _U32.unpack_from(buf, offset + XATTR_IBODY_HEADER + 4 * i)[0]
+        where = shared_base + 4 * xid
+        name, value, _ = _xattr_entry(buf, where, len(buf), nid, f"shared xattr id {xid}")
+        out[name] = value
     while pos + 4 <= end:
-        name_len, index, value_size = struct.unpack_from("<BBH", buf, pos)
-        total = 4 + name_len + value_size
-        if pos + total > end:
-            raise FormatError(
-                "erofs xattr entry",
-                f"inode nid {nid}: entry runs past the xattr area",
-                offset=pos,
-                value=total,
-            )
-        prefix = XATTR_PREFIXES.get(index)
-        if prefix is None:
-            raise FormatError(
-                "erofs xattr entry", f"inode nid {nid}: unknown name index", offset=pos + 1, value=index
-            )
-        name = prefix + bytes(buf[pos + 4 : pos + 4 + name_len])
-        out[name] = bytes(buf[pos + 4 + name_len : pos + total])
+        name, value, total = _xattr_entry(buf, pos, end, nid, "xattr")
+        out[name] = value
         pos += (total + 3) & ~3
     return out
+
+
+def _xattr_entry(buf, pos: int, end: int, nid: int, what: str) -> tuple[bytes, bytes, int]:
+    """(name, value, entry size) of the xattr entry at ``pos``, which must end by ``end``."""
+    if pos + 4 > end:
+        raise FormatError(
+            "erofs xattr entry", f"inode nid {nid}: {what} lies past the bootstrap", offset=pos, value=pos
+        )
+    name_len, index, value_size = XATTR_ENTRY.unpack_from(buf, pos)
+    total = 4 + name_len + value_size
+    if pos + total > end:
+        raise FormatError(
+            "erofs xattr entry",
+            f"inode nid {nid}: {what} runs past "
+            + ("the xattr area" if what == "xattr" else "the bootstrap"),
+            offset=pos,
+            value=total,
+        )
+    prefix = XATTR_PREFIXES.get(index)
+    if prefix is None:
+        raise FormatError(
+            "erofs xattr entry", f"inode nid {nid}: {what}: unknown name index", offset=pos + 1, value=index
+        )
+    return (
+        prefix + bytes(buf[pos + 4 : pos + 4 + name_len]),
+        bytes(buf[pos + 4 + name_len : pos + total]),
+        total,
+    )
 
 
 def build_xattrs(xattrs: dict[bytes, bytes]) -> bytes:

@@ -44,12 +44,13 @@
                        HAS_XATTR when inodes have xattrs), prefetch table placement, size a 4K multiple
 ``bootstrap.inode``    every inode decodes and lies in range, its layout fits its type (files chunk-based,
                        devices and fifos empty), i_ino <= s_inos, chunk format (i_u), symlink targets
-                       non-empty without NUL
+                       non-empty without NUL, xattrs decode (shared ones too) and none is shared (nydusd
+                       reads no shared xattr area)
 ``bootstrap.dir``      every directory: dirents sorted by raw bytes, '.' and '..' pointing to self and
                        parent, file types equal to the inodes', i_size = size of its dirents, blocks packed
                        and zero-filled as nydus writes them, names without NUL or '/', reached once
 ``bootstrap.nlink``    dirs: 2 + subdirs; others: the number of names (v2.3: names sharing a nid; 2022:
-                       inodes sharing an i_ino)
+                       inodes sharing an i_ino, which must then hold the same file)
 ``bootstrap.chunks``   every file's chunks resolve to a blob and a chunk record
 ``bootstrap.layout``   inodes, their data and chunk indexes, and the fixed tables never overlap
 ``bootstrap.prefetch`` prefetch table entries are inodes of the tree

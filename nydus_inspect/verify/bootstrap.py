@@ -16,8 +16,8 @@ from ..formats._struct import round_up
 from ..formats.tar_header import (
     IMAGE_BOOT,
 )
-from ..model import DIR, FT_OF_TYPE, REG, SYMLINK, fsdecode, node_type
-from ..query import FileIndex, WalkError, walk_tree
+from ..model import DIR, FT_OF_TYPE, REG, SYMLINK, WALK_LINKED_TWICE, WalkError, fsdecode, node_type
+from ..query import FileIndex
 from .findings import Finding, _exc_finding, _show
 
 if TYPE_CHECKING:
@@ -62,13 +62,20 @@ def _check_bootstrap(run: _Run) -> None:
 
     def bad_walk(err: WalkError) -> None:
         index.errors.append(err)
-        run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
+        if err.kind != WALK_LINKED_TWICE:  # _Tree.visit reports a directory reached through several names
+            run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
 
     seen_nids = tree.nids
     paths = inodes = 0
     run.tick("bootstrap", 0, total)
-    for n, node in enumerate(walk_tree(_WalkView(rafs, tree.dirents), on_error=bad_walk)):
-        pid = index.add_path(node.path)
+
+    def readdir(nid: int) -> list:
+        # The directories _Tree._dir has just decoded, rather than decoding them a second time.
+        ents = tree.dirents.pop(nid, None)
+        return ents if ents is not None else rafs.readdir(nid)
+
+    for n, node in enumerate(rafs.walk(on_error=bad_walk, readdir=readdir)):
+        pid = index.add_path(node.path, node.type == DIR)
         first_visit = node.nid not in seen_nids
         seen_nids.add(node.nid)
         paths += 1
@@ -116,25 +123,9 @@ def _check_bootstrap(run: _Run) -> None:
     run.tick("bootstrap", total, total)
 
 
-class _WalkView:
-    """What :func:`walk_tree` reads of a bootstrap, handing it the directories that :meth:`_Tree._dir` has
-    just decoded instead of decoding them a second time."""
-
-    def __init__(self, rafs, dirents: dict) -> None:
-        self.rafs = rafs
-        self.root_nid = rafs.root_nid
-        self.dirents = dirents
-
-    def root(self):
-        return self.rafs.root()
-
-    def node(self, nid: int, path: bytes):
-        return self.rafs.node(nid, path)
-
-    def readdir(self, nid: int):
-        ents = self.dirents.pop(nid, None)
-        return ents if ents is not None else self.rafs.readdir(nid)
-
+#: Linux's limits on what a file system can create: a name's bytes, and a symlink target's with its NUL.
+NAME_MAX = 255
+PATH_MAX = 4096
 
 _SB, _EXT, _DEV, _BLOB, _CT = (
     rafs_v6.SUPERBLOCK,
@@ -181,7 +172,7 @@ class _Tree:
         self._more_off: dict[tuple[int, int], set[int]] = {}
         self.has_xattrs: str | bool = False  # the first path with xattrs
         self.nids: set[int] = set()  # every inode the walk reached
-        # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it (_WalkView).
+        # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it.
         self.dirents: dict[int, list] = {}
 
     def bad(self, check: str, message: str, **kw) -> None:
@@ -520,6 +511,19 @@ class _Tree:
             ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
         if node.xattrs and not self.has_xattrs:
             self.has_xattrs = fsdecode(node.path)
+        if ino.i_xattr_icount and self.rafs.buf[off + ino.inode_size + 4]:
+            # Readers disagree on such an inode: the kernel (and we) read the ids from the shared xattr area,
+            # nydusd ignores the count and decodes the ids as inline entries.
+            self.bad(
+                "bootstrap.inode",
+                "shared xattrs: nydus never writes them and nydusd does not read them",
+                structure="erofs xattr ibody header",
+                path=fsdecode(node.path),
+                field="h_shared_count",
+                offset=off + ino.inode_size + 4,
+                expected=0,
+                found=self.rafs.buf[off + ino.inode_size + 4],
+            )
         head = ino.inode_size + ino.xattr_size
         size = ino.i_size
         if node.type == REG:
@@ -553,6 +557,13 @@ class _Tree:
                     "a symlink target is non-empty and holds no NUL",
                     "no NUL",
                     repr(node.target[:64]),
+                )
+            elif node.type == SYMLINK and len(node.target) >= PATH_MAX:
+                ibad(
+                    "i_size",
+                    f"symlink target of PATH_MAX ({PATH_MAX}) bytes or more: no file system can create it",
+                    f"< {PATH_MAX}",
+                    size,
                 )
             full = size // rafs_v6.BLOCK_SIZE * rafs_v6.BLOCK_SIZE
             if ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE:
@@ -656,6 +667,16 @@ class _Tree:
                     path=fsdecode(prefix + name),
                     offset=doff,
                     found=repr(name),
+                )
+            if len(name) > NAME_MAX:
+                self.bad(
+                    "bootstrap.dir",
+                    f"name longer than {NAME_MAX} bytes: no file system can create it",
+                    structure="erofs dirent",
+                    path=fsdecode(prefix + name),
+                    offset=doff,
+                    expected=f"<= {NAME_MAX} bytes",
+                    found=f"{len(name)} bytes",
                 )
             if name in dots:
                 dots[name].append((cnid, ftype, doff))
@@ -817,17 +838,62 @@ class _Tree:
 
     def _nlinks(self) -> None:
         groups: dict[int, list] = {}
-        for link in self.links.values():
+        for nid, link in self.links.items():
             names, nlink, i_ino, path, off = link
             if names > 1 or nlink == 1:
                 if names != nlink:
                     self._nlink_bad(path, off, names, nlink)
             else:
-                groups.setdefault(i_ino, []).append(link)
+                groups.setdefault(i_ino, []).append((nid, *link))
         for members in groups.values():  # 2022 images: one inode per name, the names share i_ino
-            for _names, nlink, _, path, off in members:
+            for _nid, _names, nlink, _, path, off in members:
                 if nlink != len(members):
                     self._nlink_bad(path, off, len(members), nlink)
+            if len(members) > 1:
+                self._same_file(members)
+
+    def _same_file(self, members: list) -> None:
+        """Inodes that share an i_ino stand for the names of one file only if they hold the same file: readers
+        take each nid for a file of its own (as nydusd does), so inodes that differ are a crafted or broken
+        group, whose names a reader grouping by i_ino would mix up (another file's bytes, a symlink)."""
+        rafs = self.rafs
+        first = None
+        for nid, _names, _nlink, i_ino, path, off in members:
+            try:
+                ino = rafs.inode(nid)
+                node = rafs.node(nid, b"")
+                data = (
+                    [(c.blob_index, c.ci_index) for c in rafs.chunk_indexes(node)]
+                    if node.type == REG
+                    else node.target
+                )
+            except NydusInspectError:
+                return  # the walk reported it
+            seen = {
+                "i_mode": ino.i_mode,
+                "i_uid": ino.i_uid,
+                "i_gid": ino.i_gid,
+                "i_size": ino.i_size,
+                "data": data,
+                "xattrs": node.xattrs,
+            }
+            if first is None:
+                first = (seen, path)
+                continue
+            differ = [k for k in seen if seen[k] != first[0][k]]
+            if differ:
+                self.bad(
+                    "bootstrap.nlink",
+                    f"inodes sharing i_ino {i_ino} as the names of one hard-linked file differ in "
+                    f"{', '.join(differ)}: they are two files",
+                    structure=ino.layout.name,
+                    path=path,
+                    paths=(first[1], path),
+                    field="i_ino",
+                    offset=off + ino.layout.offsets["i_ino"],
+                    expected=f"the {first[1]} inode",
+                    found=i_ino,
+                )
 
     def _nlink_bad(self, path: str, off: int, want: int, found: int) -> None:
         self.bad(
@@ -897,7 +963,7 @@ class _Tree:
         out: dict[int, tuple[str, str | None]] = {t: (_TABLES[-t - 1], None) for t in tags if t < 0}
         want = {t // 2 for t in tags if t >= 0}
         found: dict[int, str] = {}
-        for node in walk_tree(self.rafs):
+        for node in self.rafs.walk(on_error=lambda err: None):
             if node.nid in want and node.nid not in found:
                 found[node.nid] = fsdecode(node.path)
                 if len(found) == len(want):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from ..errors import FormatError, NydusInspectError
+from ..errors import SHOWN, FormatError, NydusInspectError, cut
 
 if TYPE_CHECKING:
     from .run import _Run
@@ -60,13 +60,14 @@ class Finding:
             parts.append(f"field {self.field}")
         if self.offset is not None:
             parts.append(f"offset {self.offset}")
+        # Paths, messages and values are cut where they are shown: a name can be KBs, a deep path MBs.
         if self.paths:
-            shown = ", ".join(self.paths[:3]) + (
+            shown = ", ".join(cut(p) for p in self.paths[:3]) + (
                 f" (+{len(self.paths) - 3} more)" if len(self.paths) > 3 else ""
             )
             parts.append(f"file {shown}")
         elif self.path is not None:
-            parts.append(f"file {self.path}")
+            parts.append(f"file {cut(self.path)}")
         return ", ".join(parts) or "layer"
 
     def to_json(self) -> dict:
@@ -81,9 +82,9 @@ class Finding:
         return out
 
     def __str__(self) -> str:
-        text = f"{self.check}: {self.where}: {self.message}"
+        text = f"{self.check}: {self.where}: {cut(self.message, 4 * SHOWN)}"
         if self.expected is not None or self.found is not None:
-            text += f" (expected {self.expected}, found {self.found})"
+            text += f" (expected {_short(self.expected)}, found {_short(self.found)})"
         return text
 
 
@@ -151,11 +152,12 @@ def _exc_finding(check: str, exc: NydusInspectError, **kw) -> Finding:
 
 
 def _show(value: object) -> str:
+    """A finding's expected or found value as text, cut to what a person reads (a raw name can be KBs)."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return str(value)
+        if len(value) <= SHOWN // 2:
+            return bytes(value).hex()
+        return f"{bytes(value[: SHOWN // 2]).hex()}... ({len(value)} bytes)"
+    return cut(str(value))
 
 
 def _with(f: Finding, **kw) -> Finding:
@@ -163,5 +165,4 @@ def _with(f: Finding, **kw) -> Finding:
 
 
 def _short(value: object) -> str:
-    text = str(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return "None" if value is None else cut(str(value))

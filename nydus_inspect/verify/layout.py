@@ -211,7 +211,14 @@ def _check_sections_vs_features(run: _Run, blob: Layer, blob_index: int | None, 
                 "zstd",
                 IMAGE_BOOT,
             )
-    if has[IMAGE_BLOB] and not has[BLOB_META] and not has[IMAGE_BOOT]:
+    if not any(has.values()):
+        bad(
+            "the blob holds no section: no chunk data, no blob.meta, no bootstrap",
+            "blob.meta or image.boot",
+            "absent",
+            RAFS_BLOB_TOC if blob.toc is not None else None,
+        )
+    elif has[IMAGE_BLOB] and not has[BLOB_META] and not has[IMAGE_BOOT]:
         bad(
             "chunk data with neither blob.meta nor a bootstrap to describe it",
             "blob.meta or image.boot",

@@ -1,0 +1,111 @@
+"""pack, unpack and verify of the Debian minbase layer by two revisions of nydus-inspect, in turns.
+
+Usage: ``python bench/bench_revs.py BASE [HEAD] [--repeat N] [--ops pack,unpack,verify]``
+
+BASE (and HEAD, when given; else this checkout as it is) is checked out with ``git worktree add --detach``
+in a temporary directory, removed at the end. Each operation runs BASE, HEAD, BASE, HEAD ... on the same
+input (unpack and verify on the layer HEAD packs), so that the drift of a shared machine's load spreads over
+both; the table gives each one's median, and HEAD / BASE. The outputs of pack and unpack are compared too:
+a change meant to keep them must give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PY, ROOT, ensure_rootfs, load_note, measure_together, run_once, table  # noqa: E402
+
+
+def _checkout(rev: str, where: Path) -> Path:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(where), rev], check=True
+    )
+    import compileall
+
+    for pkg in ("nydus_inspect", "tui"):
+        if (where / pkg).is_dir():
+            compileall.compile_dir(str(where / pkg), quiet=1)
+    return where
+
+
+def _cli(tree: Path) -> list[str]:
+    # run_once puts this checkout on PYTHONPATH; env puts the revision's first for the command itself.
+    return ["env", f"PYTHONPATH={tree}", PY, "-m", "nydus_inspect"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("base", help="the revision to compare against (a commit, a branch, a tag)")
+    ap.add_argument("head", nargs="?", help="the revision to measure (default: this checkout as it is)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each command (default 5)")
+    ap.add_argument("--ops", default="pack,unpack,verify", help="which operations (default all three)")
+    args = ap.parse_args()
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    _, tar = ensure_rootfs()
+    work = Path(tempfile.mkdtemp(prefix="nydus-bench-revs-"))
+    trees: dict[str, Path] = {}
+    try:
+        trees["base"] = _checkout(args.base, work / "base")
+        trees["head"] = _checkout(args.head, work / "head") if args.head else ROOT
+        names = {
+            "base": f"base {args.base}",
+            "head": f"head {args.head}" if args.head else "head (this checkout)",
+        }
+        blob = work / "input.blob"
+        run_once([*_cli(trees["head"]), "pack", "-q", str(tar), "-o", str(blob)])
+        print(f"{tar} ({tar.stat().st_size} bytes) -> {blob.stat().st_size} bytes of layer; {load_note()}")
+        for op in ops:
+            commands, outputs = [], {}
+            for side in ("base", "head"):
+                out = work / f"{op}-{side}.out"
+                cli = _cli(trees[side])
+                if op == "pack":
+                    cmd = [*cli, "pack", "-q", str(tar), "-o", str(out)]
+                elif op == "unpack":
+                    cmd = [*cli, "unpack", "-q", str(blob), "-o", str(out)]
+                elif op == "verify":
+                    cmd = [*cli, "verify", "-q", str(blob)]
+                else:
+                    raise SystemExit(f"unknown operation {op!r}: pack, unpack or verify")
+                name = f"{op}: {names[side]}"
+                commands.append((name, cmd))
+                if op != "verify":
+                    outputs[name] = out
+            rows = measure_together(commands, args.repeat, outputs)
+            print()
+            table(rows, baseline=commands[0][0])
+            base_m, head_m = rows[0]["median"], rows[1]["median"]
+            print(f"{op}: head / base = {head_m:.3f} / {base_m:.3f} = {head_m / base_m:.3f}x (wall, median)")
+            base_c, head_c = rows[0]["cpu"], rows[1]["cpu"]
+            print(f"{op}: head / base = {head_c:.3f} / {base_c:.3f} = {head_c / base_c:.3f}x (CPU, median)")
+            if outputs:
+                a, b = (_sha256(work / f"{op}-{side}.out") for side in ("base", "head"))
+                print(f"{op}: outputs {'identical' if a == b else 'DIFFER'} (sha256 {a[:16]} / {b[:16]})")
+    finally:
+        for tree in trees.values():
+            if tree != ROOT:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+                )
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
