@@ -517,4 +517,8 @@ def test_cli_reports_bad_input_before_starting(tmp_path):
         cwd=ROOT,
         timeout=60,
     )
-    assert out.returncode == 2 and "no such source tar" in out.stderr
+    assert (
+        out.returncode == 2
+        and "--source " in out.stderr
+        and "cannot open: No such file or directory" in out.stderr
+    )
