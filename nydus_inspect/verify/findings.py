@@ -82,9 +82,8 @@ class Finding:
 
     def __str__(self) -> str:
         text = f"{self.check}: {self.where}: {self.message}"
-        if self.expected is not None or self.found is not None:
-            text += f" (expected {self.expected}, found {self.found})"
-        return text
+        said = [f"{k} {v}" for k, v in (("expected", self.expected), ("found", self.found)) if v is not None]
+        return f"{text} ({', '.join(said)})" if said else text
 
 
 @dataclass
