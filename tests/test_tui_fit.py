@@ -259,3 +259,15 @@ def test_a_capability_value_that_does_not_decode_stays_hex():
     assert vfs_cap.describe(PING_CAPS[:16]) is None  # revision 2 cut short
     with pytest.raises(vfs_cap.FormatError, match="unknown revision"):
         vfs_cap.parse(struct.pack("<IIIII", 0x07000000, 1, 0, 0, 0))
+
+
+def test_analysis_counts_one_file_as_one_file(layers):
+    async def script(app, pilot):
+        await press(app, pilot, "6")
+        for _ in range(50):
+            if app.screen.query_one("#analysis-image").value("final image"):
+                break
+            await settle(app, pilot, 0.1)
+        assert app.screen.query_one("#analysis-image").value("final image").startswith("3 entries, 1 file, ")
+
+    drive([layers["mib"]], script, size=(80, 24))
