@@ -15,6 +15,7 @@ import io
 import logging
 import mmap
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -671,8 +672,8 @@ def find_blob(blob_id: str, compressed_size: int, *, files: list[str], directory
         p = os.path.join(directory, cand)
         if os.path.isfile(p):
             return p
-    for p in [*files, *_dir_files(directory)]:
-        if _size_fits(p, compressed_size) and _file_sha256(p) == blob_id:
+    for p, size in [*_sized(files), *_dir_files(directory)]:
+        if _size_fits(p, size, compressed_size) and _file_sha256(p) == blob_id:
             return p
     return None
 
@@ -685,33 +686,44 @@ def _shown(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _dir_files(directory: str) -> Iterator[str]:
+def _sized(paths: list[str]) -> Iterator[tuple[str, int]]:
+    """(path, size) of the regular files among ``paths`` (a FIFO would block the hash that follows)."""
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield p, st.st_size
+
+
+def _dir_files(directory: str) -> Iterator[tuple[str, int]]:
+    """(path, size) of the regular files in ``directory``, from the listing's own stat calls."""
     try:
         with os.scandir(directory) as it:
             for entry in it:
                 try:
                     if entry.is_file():
-                        yield entry.path
+                        yield entry.path, entry.stat().st_size
                 except OSError:
                     continue
     except OSError:
         return
 
 
-def _size_fits(path: str, compressed_size: int) -> bool:
-    """Could ``path`` be a blob whose blob-table compressed size is ``compressed_size``?
+def _size_fits(path: str, size: int, compressed_size: int) -> bool:
+    """Could the ``size``-byte file ``path`` be a blob whose blob-table compressed size is ``compressed_size``?
 
     A data blob's compressed size is its file size. A layer blob with its bootstrap inline records where its
     ``image.boot`` data starts (a tar header ends there), or, built before 2023, where its chunk data ends
-    (the ``image.blob`` tar header starts there): two 512-byte reads decide.
+    (the ``image.blob`` tar header starts there): at most two 512-byte reads decide.
     """
+    if size == compressed_size:
+        return True
+    if compressed_size <= 0 or size < compressed_size + 512:
+        return False
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == compressed_size:
-                return True
-            if compressed_size <= 0 or size < compressed_size + 512:
-                return False
             for at in (compressed_size - 512, compressed_size):
                 if at < 0:
                     continue

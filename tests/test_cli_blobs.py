@@ -125,13 +125,13 @@ def test_only_files_of_the_right_size_are_hashed(image, tmp_path, monkeypatch):
     assert set(hashed) <= {"base.blob", "upper.blob"}
 
 
-def test_a_data_blob_whose_size_is_the_recorded_size_is_found(vectors, tmp_path):
-    """nydus-image's separate bootstrap records the data blob's whole size; the file is found by name."""
+def test_a_data_blob_whose_size_is_the_recorded_size_fits(vectors):
+    """nydus-image's separate bootstrap records its data blob's whole file size."""
     boot = vectors / "nydus/bootstrap/rafs-v6-2.2.boot"
     ent = open_layer(str(boot)).rafs.blobs[0]
     data = vectors / "nydus/blobs" / ent.id
-    assert layer_mod._size_fits(str(data), ent.compressed_size)
-    assert not layer_mod._size_fits(str(boot), ent.compressed_size)
+    assert layer_mod._size_fits(str(data), data.stat().st_size, ent.compressed_size)
+    assert not layer_mod._size_fits(str(boot), boot.stat().st_size, ent.compressed_size)
 
 
 @pytest.fixture
@@ -179,3 +179,14 @@ def test_a_blob_id_is_never_a_path_out_of_the_blob_dir(image, tmp_path, short_di
     p = run("verify", boot, "--blob-dir", blobs)
     assert p.returncode == 1, p.stderr.decode()
     assert b"blob.unreadable" in p.stdout and b"not a plain file name" in p.stdout
+
+
+def test_a_fifo_in_the_blob_dir_is_not_opened(image, tmp_path):
+    """Only regular files are candidates: opening a FIFO to hash it would wait for a writer for ever."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for f in ("base.blob", "upper.blob"):
+        shutil.copy(image / f, blobs / f)
+    os.mkfifo(blobs / "a-fifo")
+    out = ok("verify", image / "merged.boot", "--blob-dir", blobs, "--blob", blobs / "a-fifo").decode()
+    assert ": OK:" in out
