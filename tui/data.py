@@ -76,9 +76,10 @@ class HexDump:
         shown = self.data[: self.limit]
         for off in range(0, len(shown), per):
             row = shown[off : off + per]
-            hexes = " ".join(f"{b:02x}" for b in row)
             if per == 16:
                 hexes = " ".join(f"{b:02x}" for b in row[:8]) + "  " + " ".join(f"{b:02x}" for b in row[8:])
+            else:
+                hexes = " ".join(f"{b:02x}" for b in row)
             text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
             lines.append(f"{self.base + off:08x}  {hexes:<{3 * per - 1 + (per == 16)}}  |{text}|")
         if len(self.data) > self.limit:
