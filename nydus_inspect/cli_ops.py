@@ -258,6 +258,10 @@ def cmd_verify(args) -> int:
         raise UsageError(
             f"--source given {len(sources)} time(s) for {len(args.layers)} layer(s): give one per layer"
         )
+    from .tarstream import check_tar_input
+
+    for source in sources:
+        check_tar_input(source, "--source")
     rules = None
     if args.rules:
         from .rules import load_rules

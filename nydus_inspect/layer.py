@@ -15,6 +15,7 @@ import io
 import logging
 import mmap
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -610,7 +611,7 @@ class Layer:
             bf = Blob(blob_index, self, self.rafs.blobs[blob_index])
         else:
             ent = self.rafs.blobs[blob_index]
-            path = self._find_blob(ent.id)
+            path = self._find_blob(ent)
             if path is None:
                 if not required:
                     return None
@@ -624,22 +625,25 @@ class Layer:
         self._blob_files[blob_index] = bf
         return bf
 
-    def _find_blob(self, blob_id: str) -> str | None:
-        for p in self.extra_blobs:
-            if os.path.basename(p).split(".")[0] == blob_id:
-                return p
-        for p in self.extra_blobs:  # a layer blob's id is its sha256 (the OCI layer digest)
-            if _file_sha256(p) == blob_id:
-                return p
-        dirs = [self.blob_dir] if self.blob_dir else [os.path.dirname(os.path.abspath(self.path))]
-        for d in dirs:
-            for cand in (blob_id, blob_id + ".blob"):
-                p = os.path.join(d, cand)
-                if os.path.isfile(p):
-                    return p
-        if len(self.extra_blobs) == 1 and len(self.rafs.blobs) == 1:
+    def _find_blob(self, ent: rafs_v6.BlobTableEntry) -> str | None:
+        blob_id = ent.id
+        if not _plain_name(blob_id):
+            # The id comes from the bootstrap; used as a path it could name any file on the machine.
+            raise rafs_v6.BLOB_ENTRY.error(
+                "blob_id",
+                self.rafs.meta.ext.s_blob_table_offset + ent.blob_index * rafs_v6.BLOB_ENTRY.size,
+                f"blob {ent.blob_index}'s id is not a plain file name, so it names no file in a blob directory",
+                _shown(blob_id),
+            ).located(self.path)
+        found = find_blob(
+            blob_id,
+            ent.compressed_size,
+            files=self.extra_blobs,
+            directory=self.blob_dir or os.path.dirname(os.path.abspath(self.path)),
+        )
+        if found is None and len(self.extra_blobs) == 1 and len(self.rafs.blobs) == 1:
             return self.extra_blobs[0]
-        return None
+        return found
 
     @cached_property
     def chunk_reader(self) -> ChunkReader:
@@ -653,6 +657,85 @@ class Layer:
         """A regular file's checked bytes, chunk by chunk."""
         chunks = node.chunks if node.chunks is not None else self.rafs.chunks(node)
         return self.chunk_reader.read_file(chunks)
+
+
+def find_blob(blob_id: str, compressed_size: int, *, files: list[str], directory: str) -> str | None:
+    """The file holding blob ``blob_id``: among ``files`` (``--blob``) and in ``directory`` (``--blob-dir``),
+    by name (``ID`` or ``ID.blob``), else by content (the sha256 of the file, as ``merge`` and OCI layouts
+    name a layer blob). Only files whose size fits ``compressed_size`` (the blob table's) are hashed, so a
+    large directory costs a listing, not a read of every file. ``blob_id`` must be a plain name.
+    """
+    for p in files:
+        if os.path.basename(p).split(".")[0] == blob_id:
+            return p
+    for cand in (blob_id, blob_id + ".blob"):
+        p = os.path.join(directory, cand)
+        if os.path.isfile(p):
+            return p
+    for p, size in [*_sized(files), *_dir_files(directory)]:
+        if _size_fits(p, size, compressed_size) and _file_sha256(p) == blob_id:
+            return p
+    return None
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _sized(paths: list[str]) -> Iterator[tuple[str, int]]:
+    """(path, size) of the regular files among ``paths`` (a FIFO would block the hash that follows)."""
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield p, st.st_size
+
+
+def _dir_files(directory: str) -> Iterator[tuple[str, int]]:
+    """(path, size) of the regular files in ``directory``, from the listing's own stat calls."""
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    if entry.is_file():
+                        yield entry.path, entry.stat().st_size
+                except OSError:
+                    continue
+    except OSError:
+        return
+
+
+def _size_fits(path: str, size: int, compressed_size: int) -> bool:
+    """Could the ``size``-byte file ``path`` be a blob whose blob-table compressed size is ``compressed_size``?
+
+    A data blob's compressed size is its file size. A layer blob with its bootstrap inline records where its
+    ``image.boot`` data starts (a tar header ends there), or, built before 2023, where its chunk data ends
+    (the ``image.blob`` tar header starts there): at most two 512-byte reads decide.
+    """
+    if size == compressed_size:
+        return True
+    if compressed_size <= 0 or size < compressed_size + 512:
+        return False
+    try:
+        with open(path, "rb") as f:
+            for at in (compressed_size - 512, compressed_size):
+                if at < 0:
+                    continue
+                try:
+                    hdr = tar_header.parse(os.pread(f.fileno(), 512, at), at)
+                except FormatError:
+                    continue
+                if hdr.name in SECTION_NAMES:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

@@ -216,7 +216,10 @@ class RafsV6:
         ntype = node_type(ino.i_mode)
         if ntype == "unknown":
             raise FormatError(
-                "erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode
+                "erofs inode",
+                f"nid {nid}: unknown file type in i_mode",
+                offset=off + 4,
+                value=f"0{ino.i_mode:o}",  # a mode reads in octal, as ls and chmod write it
             )
         xattrs = (
             rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid, self._xattr_base)
@@ -393,7 +396,7 @@ class RafsV6:
         """Entries of directory ``nid`` in on-disk (sorted) order, without ``.`` and ``..`` unless asked."""
         ino = self.inode(nid)
         if node_type(ino.i_mode) != DIR:
-            raise FormatError("erofs inode", f"nid {nid} is not a directory", value=ino.i_mode)
+            raise FormatError("erofs inode", f"nid {nid} is not a directory", value=f"0{ino.i_mode:o}")
         # A directory holds at most 2^24 bytes of dirents here: far beyond any real image, bounded for hostile ones.
         data = self._inline_data(nid, ino, 1 << 24)
         out = []

@@ -92,6 +92,21 @@ def open_tar_input(path: str) -> Iterator[BinaryIO]:
             raw.close()
 
 
+def check_tar_input(path: str, what: str) -> None:
+    """Refuse, before any work starts, a tar input that cannot be read (missing, a directory, no permission):
+    bad usage, not a finding. ``-`` and FIFOs are left alone, as they can be read only once."""
+    if path == "-":
+        return
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{what} {path}: is a directory, not a tar")
+        if stat.S_ISREG(st.st_mode):
+            os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot open: {exc.strerror}") from None
+
+
 def plain_fd(stream) -> int | None:
     """The file descriptor of an uncompressed, seekable tar file (not a pipe, not a decompressor)."""
     if type(stream) is not io.BufferedReader:

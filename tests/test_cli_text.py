@@ -144,3 +144,55 @@ def test_one_thing_is_singular(tmp_path):
     )
     p = run("unpack", tmp_path / "one.blob", "-o", tmp_path / "back.tar")
     assert ", 1 file, 8 bytes" in p.stderr.decode()
+
+
+def test_modes_read_in_octal_wherever_they_are_printed(tmp_path):
+    """diff, verify --source, the testing helpers' messages, and errors about an inode's i_mode: a mode is
+    written as ls and chmod write it. 0o4755 is 2541 in decimal and 0o755 is 493: neither may show up."""
+    from nydus_inspect.testing import assert_same_tree, explain_difference, layer_tree
+
+    source = build_tar({"bin/tool": File(b"x" * 100, mode=0o4755)}, tmp_path / "src.tar")
+    changed = build_tar({"bin/tool": File(b"x" * 100, mode=0o755)}, tmp_path / "changed.tar")
+    assert run("pack", changed, "-o", tmp_path / "l.blob").returncode == 0
+    layer = tmp_path / "l.blob"
+
+    said = {}
+    p = run("diff", source, layer)
+    assert p.returncode == 1
+    said["diff"] = p.stdout.decode()
+    p = run("verify", layer, "--source", source)
+    assert p.returncode == 1
+    said["verify --source"] = p.stdout.decode()
+    with pytest.raises(AssertionError) as raised:
+        assert_same_tree(source, layer)
+    said["assert_same_tree"] = str(raised.value)
+    said["assert layer_tree(a) == layer_tree(b)"] = "\n".join(
+        explain_difference(layer_tree(source), layer_tree(layer))
+    )
+    for where, text in said.items():
+        assert "expected 4755, found 0755" in text, (where, text)
+        assert "2541" not in text and "493" not in text, (where, text)
+    # JSON writes modes as ls --json does.
+    (d,) = json.loads(run("diff", source, layer, "--json").stdout)["differences"]
+    (entry,) = json.loads(ok("ls", layer, "/bin/tool", "--json"))
+    assert (d["expected"], d["found"], entry["mode"]) == ("4755", "0755", "0755")
+
+
+def test_a_bad_i_mode_is_shown_in_octal(tmp_path):
+    from nydus_inspect.layer import open_layer
+
+    tar = build_tar({"bin/tool": File(b"x" * 100, mode=0o755)}, tmp_path / "src.tar")
+    assert run("pack", tar, "-o", tmp_path / "l.blob").returncode == 0
+    assert run("entry", tmp_path / "l.blob", "image.boot", "-o", tmp_path / "l.boot").returncode == 0
+    data = bytearray((tmp_path / "l.boot").read_bytes())
+    with open_layer(str(tmp_path / "l.boot")) as ly:
+        at = ly.rafs.inode_offset(ly.rafs.lookup(b"/bin/tool").nid) + 4  # i_mode
+    assert int.from_bytes(data[at : at + 2], "little") == 0o100755
+    data[at : at + 2] = (0o170755).to_bytes(2, "little")  # S_IFMT 0o170000 is no file type
+    bad = tmp_path / "bad.boot"
+    bad.write_bytes(bytes(data))
+    p = run("cat", bad, "/bin/tool", "--blob", tmp_path / "l.blob")
+    assert p.returncode == 2 and p.stderr.decode().endswith("unknown file type in i_mode (found 0170755)\n")
+    p = run("verify", bad, "--blob", tmp_path / "l.blob")
+    line = next(x for x in p.stdout.decode().splitlines() if "unknown file type" in x)
+    assert line.endswith("unknown file type in i_mode (found 0170755)"), line

@@ -373,9 +373,11 @@ def test_verify_screen_finds_bit_flip_names_chunk_and_file_and_jumps(small, tmp_
         found = rows(app.screen.query_one("#findings", DataTable))
         by_check = {r[0]: r for r in found}
         assert set(by_check) == {"toc.entry", "chunk.digest", "chunk.table"}
-        assert by_check["chunk.digest"][1].startswith(f"chunk {target} of blob 0")
-        assert "file /srv/a.txt" in by_check["chunk.digest"][1]
-        assert by_check["toc.entry"][1].startswith("entry image.blob")
+        # Columns: check, message, where (the message first, so that a long place does not hide it).
+        assert by_check["chunk.digest"][1] == "blake3 digest differs from blob.digest"
+        assert by_check["chunk.digest"][2].startswith(f"chunk {target} of blob 0")
+        assert "file /srv/a.txt" in by_check["chunk.digest"][2]
+        assert by_check["toc.entry"][2].startswith("entry image.blob")
         # Enter on the chunk finding shows that chunk in the chunk table.
         table = app.screen.query_one("#findings", DataTable)
         table.move_cursor(row=[r[0] for r in found].index("chunk.digest"))
@@ -399,7 +401,7 @@ def test_verify_screen_round_trip_in_a_child_process(small, tmp_path):
         await press(app, pilot, "5", "r")
         assert text_of(app, "#verify-status").startswith("FAILED")
         found = rows(app.screen.query_one("#findings", DataTable))
-        assert {(r[0], r[1]) for r in found} == {
+        assert {(r[0], r[2]) for r in found} == {
             ("roundtrip", "field size, file /srv/a.txt"),
             ("roundtrip", "field sha256, file /srv/a.txt"),
         }
@@ -517,4 +519,8 @@ def test_cli_reports_bad_input_before_starting(tmp_path):
         cwd=ROOT,
         timeout=60,
     )
-    assert out.returncode == 2 and "no such source tar" in out.stderr
+    assert (
+        out.returncode == 2
+        and "--source " in out.stderr
+        and "cannot open: No such file or directory" in out.stderr
+    )

@@ -150,8 +150,10 @@ def test_tmux_bit_flip_found_and_shown(tmux, tmp_path):
     tmux.keys("5", "r")
     tmux.wait_for("FAILED")
     # The summary line can show before the findings table has its final column widths: wait for the row.
-    s = tmux.wait_for(f"chunk {target} of blob 0, offset", timeout=10)
-    assert "file /srv/a.txt" in s
+    s = tmux.wait_for("blake3 digest differs from blob.digest", timeout=10)
     assert "roundtrip" in s  # the source tar's bytes differ from what the layer now holds
+    tmux.keys("Down")  # the chunk finding (the second row): the detail pane says where it is
+    s = tmux.wait_for(f"chunk       {target}", timeout=10)
+    assert "path        /srv/a.txt" in s
     tmux.keys("q")
     tmux.wait_for("EXITED 0")

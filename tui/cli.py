@@ -6,14 +6,14 @@ fast. The layers are opened (and bad input reported, exit 2) before the terminal
 
 from __future__ import annotations
 
-import os
-
 
 def cmd_tui(args) -> int:
     from nydus_inspect import UsageError, open_layer
 
-    if args.source is not None and not os.path.isfile(args.source):
-        raise UsageError(f"{args.source}: no such source tar")
+    if args.source is not None:
+        from nydus_inspect.tarstream import check_tar_input
+
+        check_tar_input(args.source, "--source")
     layers = []
     try:
         for path in args.layers:

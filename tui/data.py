@@ -58,20 +58,43 @@ def time_text(sec: int, nsec: int = 0) -> str:
     return f"{text}.{nsec:09d} UTC" if nsec else f"{text} UTC"
 
 
-def hexdump(data: bytes, base: int = 0, limit: int = PREVIEW_BYTES) -> str:
-    """Classic 16-bytes-a-line hex dump with offsets counted from ``base``."""
-    lines = []
-    shown = data[:limit]
-    for off in range(0, len(shown), 16):
-        row = shown[off : off + 16]
-        hexes = " ".join(f"{b:02x}" for b in row[:8]) + "  " + " ".join(f"{b:02x}" for b in row[8:])
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
-        lines.append(f"{base + off:08x}  {hexes:<48}  |{text}|")
-    if len(data) > limit:
-        lines.append(f"... {len(data) - limit:,} more bytes")
-    if not data:
-        lines.append("(empty)")
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class HexDump:
+    """A hex dump laid out for the width it is shown in: 16 bytes a line (the classic layout), or 8 or 4
+    where that does not fit, so that a line never wraps. ``str()`` is the 16-byte layout."""
+
+    data: bytes
+    base: int = 0
+    limit: int = PREVIEW_BYTES
+
+    #: Characters of a line holding n bytes: offset, hex (16 have a gap in the middle), the text column.
+    WIDTHS = ((16, 78), (8, 45), (4, 29))
+
+    def text(self, width: int = 78) -> str:
+        per = next((n for n, need in self.WIDTHS if need <= width), 4)
+        lines = []
+        shown = self.data[: self.limit]
+        for off in range(0, len(shown), per):
+            row = shown[off : off + per]
+            if per == 16:
+                hexes = " ".join(f"{b:02x}" for b in row[:8]) + "  " + " ".join(f"{b:02x}" for b in row[8:])
+            else:
+                hexes = " ".join(f"{b:02x}" for b in row)
+            text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+            lines.append(f"{self.base + off:08x}  {hexes:<{3 * per - 1 + (per == 16)}}  |{text}|")
+        if len(self.data) > self.limit:
+            lines.append(f"... {len(self.data) - self.limit:,} more bytes")
+        if not self.data:
+            lines.append("(empty)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def hexdump(data: bytes, base: int = 0, limit: int = PREVIEW_BYTES) -> HexDump:
+    """A hex dump of ``data`` with offsets counted from ``base`` (see :class:`HexDump`)."""
+    return HexDump(bytes(data), base, limit)
 
 
 def looks_like_text(data: bytes) -> bool:
@@ -88,7 +111,7 @@ def looks_like_text(data: bytes) -> bool:
     return True
 
 
-def content_preview(data: bytes, base: int = 0, limit: int = PREVIEW_BYTES) -> tuple[str, str]:
+def content_preview(data: bytes, base: int = 0, limit: int = PREVIEW_BYTES) -> tuple[str, str | HexDump]:
     """("text" or "hex", the preview) of ``data``."""
     if looks_like_text(data):
         text = data[:limit].decode("utf-8", "replace")
@@ -154,7 +177,7 @@ class TocRow:
 class Preview:
     title: str
     fields: Pairs = field(default_factory=list)
-    body: str = ""  # hex dump or text
+    body: str | HexDump = ""  # hex dump or text
     body_kind: str = "hex"
     note: str = ""
 
@@ -207,6 +230,26 @@ class ChunkSource:
         if self.blob_index is None:
             return []
         return idx.owners(self.blob_index, self.records[i].index)
+
+    def column_bounds(self) -> tuple[int, int, int, int, int]:
+        """Upper bounds of the table's numbers (index, compressed offset and size, uncompressed offset and
+        size), from the blob's facts and its first and last records: no scan of a million records."""
+        n = len(self.records)
+        if not n:
+            return (0, 0, 0, 0, 0)
+        ends = [self.records[0], self.records[n - 1]]
+        ent = self.verifier.entry
+        chunk = ent.chunk_size if ent is not None else 0
+        return (
+            max(r.index for r in ends),
+            max(self.verifier.data_end, *(r.compressed_offset for r in ends)),
+            max(chunk, *(r.compressed_size for r in ends)),
+            max(
+                ent.uncompressed_size if ent is not None else 0,
+                *(r.uncompressed_offset + r.uncompressed_size for r in ends),
+            ),
+            max(chunk, *(r.uncompressed_size for r in ends)),
+        )
 
     def cells(self, i: int) -> list[str]:
         rec = self.records[i]
@@ -727,7 +770,7 @@ class LayerView:
             out.append(("target", fsdecode(node.target)))
         if node.xattrs:
             for k, v in sorted(node.xattrs.items()):
-                out.append(("xattr", f"{fsdecode(k)} = {_show(v)}"))
+                out.append(("xattr", f"{fsdecode(k)} = {_xattr_text(k, v)}"))
         else:
             out.append(("xattrs", "none"))
         if node.hardlink is not None:
@@ -765,6 +808,16 @@ class LayerView:
 
     def close(self) -> None:
         self.layer.close()
+
+
+def _xattr_text(name: bytes, value: bytes) -> str:
+    if name == b"security.capability":
+        from nydus_inspect.formats.vfs_cap import describe
+
+        caps = describe(value)  # as getcap prints them; a value that does not decode stays hex
+        if caps is not None:
+            return caps
+    return _show(value)
 
 
 def _show(value: bytes) -> str:

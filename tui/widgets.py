@@ -17,7 +17,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input, Static
 
-from .data import ChunkSource, Pairs
+from .data import ChunkSource, HexDump, Pairs
 
 
 class KeyValue(Static):
@@ -60,15 +60,17 @@ class ChunkTable(ScrollView, can_focus=True):
     filter); scrolling a million rows costs what one screenful costs.
     """
 
+    #: (title, right-aligned, widest, narrowest): the numbers are as wide as the source's largest value
+    #: needs; the digest gives way down to its narrowest, then FILES takes what is left of the width.
     COLUMNS = (
-        ("INDEX", 8, True),
-        ("C.OFFSET", 13, True),
-        ("C.SIZE", 8, True),
-        ("U.OFFSET", 14, True),
-        ("U.SIZE", 8, True),
-        ("COMP", 4, False),
-        ("DIGEST", 17, False),
-        ("FILES", 36, False),
+        ("INDEX", True, 0, 0),
+        ("C.OFFSET", True, 0, 0),
+        ("C.SIZE", True, 0, 0),
+        ("U.OFFSET", True, 0, 0),
+        ("U.SIZE", True, 0, 0),
+        ("COMP", False, 4, 4),
+        ("DIGEST", False, 17, 9),
+        ("FILES", False, 0, 16),
     )
     COMPONENT_CLASSES = {"chunk-table--header", "chunk-table--cursor", "chunk-table--odd"}
     BINDINGS = [
@@ -95,7 +97,10 @@ class ChunkTable(ScrollView, can_focus=True):
         super().__init__(**kw)
         self.source: ChunkSource | None = None
         self.rows: Sequence[int] = range(0)
-        self._width = sum(w for _, w, _ in self.COLUMNS) + len(self.COLUMNS) - 1
+        self._fitted_to: tuple | None = None
+        self.widths: list[int] = []
+        self._width = 0
+        self.fit_columns(80)
         self.rendered_rows = 0  # rows decoded by render_line since the last set_rows (for the bench)
         self._styles: dict | None = None
 
@@ -103,7 +108,8 @@ class ChunkTable(ScrollView, can_focus=True):
     def set_rows(self, source: ChunkSource | None, rows: Sequence[int] | None = None) -> None:
         self.source = source
         self.rows = rows if rows is not None else range(len(source) if source is not None else 0)
-        self.virtual_size = Size(self._width, len(self.rows) + 1)
+        self._fitted_to = None
+        self.fit_columns(self._fit_width())
         self.rendered_rows = 0
         self.scroll_to(0, 0, animate=False)
         self.cursor = 0
@@ -119,10 +125,43 @@ class ChunkTable(ScrollView, can_focus=True):
         assert self.source is not None
         return self.source.cells(self.rows[position])
 
-    @classmethod
-    def format_cells(cls, cells: Sequence[str]) -> str:
+    def fit_columns(self, width: int) -> None:
+        """Size the columns for ``width`` cells: every number whole, the FILES column as wide as it can be."""
+        bounds = self.source.column_bounds() if self.source is not None else (0, 0, 0, 0, 0)
+        key = (width, bounds)
+        if key == self._fitted_to:
+            return
+        self._fitted_to = key
+        widths = [
+            max(len(title), len(str(bounds[0]) if k == 0 else f"{bounds[k]:,}"))
+            for k, (title, _, _, _) in enumerate(self.COLUMNS[:5])
+        ]
+        (_, _, comp, _), (_, _, digest, digest_min), (_, _, _, files_min) = self.COLUMNS[5:]
+        spare = width - sum(widths) - comp - (len(self.COLUMNS) - 1)
+        digest = max(digest_min, min(digest, spare - files_min))
+        files = max(files_min, spare - digest)
+        self.widths = [*widths, comp, digest, files]
+        self._width = sum(self.widths) + len(self.widths) - 1
+        self.virtual_size = Size(self._width, len(self.rows) + 1)
+        self.refresh()
+
+    def _fit_width(self) -> int:
+        """The width the columns may take: the table's, less the vertical scroll bar when the rows need
+        one (fitted to the width left inside a scroll bar, the table would need a horizontal one too)."""
+        width = self.size.width or 80
+        if len(self.rows) + 1 > self.size.height:
+            width -= self.styles.scrollbar_size_vertical
+        return width
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.fit_columns(self._fit_width())
+        # The screen around the table may settle after the cursor moved (a status line that wraps): the
+        # row under the cursor stays in view.
+        self._keep_cursor_visible()
+
+    def format_cells(self, cells: Sequence[str]) -> str:
         out = []
-        for (_, width, right), cell in zip(cls.COLUMNS, cells):
+        for (_, right, _, _), width, cell in zip(self.COLUMNS, self.widths, cells):
             if len(cell) > width:
                 cell = cell[: width - 1] + "…"
             out.append(cell.rjust(width) if right else cell.ljust(width))
@@ -158,7 +197,7 @@ class ChunkTable(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         styles = self._line_styles()
         if y == 0:
-            text = self.format_cells([c for c, _, _ in self.COLUMNS])
+            text = self.format_cells([c for c, _, _, _ in self.COLUMNS])
             style = styles["header"]
         else:
             pos = scroll_y + y - 1
@@ -187,13 +226,18 @@ class ChunkTable(ScrollView, can_focus=True):
         if n and not 0 <= new < n:
             self.cursor = max(0, min(new, n - 1))
             return
-        top = int(self.scroll_y)
-        if new < top:
-            self.scroll_to(y=new, animate=False)
-        elif new >= top + self.visible_lines:
-            self.scroll_to(y=new - self.visible_lines + 1, animate=False)
+        self._keep_cursor_visible()
         self.refresh()
         self.post_message(self.Highlighted(self, new, self.row))
+
+    def _keep_cursor_visible(self) -> None:
+        top, new = int(self.scroll_y), self.cursor
+        # force: right after set_rows the scroll bars are not laid out yet, and a plain scroll_to would be
+        # ignored as not allowed (a finding's chunk selected as the screen opens stayed off screen).
+        if new < top:
+            self.scroll_to(y=new, animate=False, force=True)
+        elif new >= top + self.visible_lines:
+            self.scroll_to(y=new - self.visible_lines + 1, animate=False, force=True)
 
     def go_to(self, position: int) -> None:
         self.cursor = max(0, min(position, len(self.rows) - 1))
@@ -215,6 +259,30 @@ class ChunkTable(ScrollView, can_focus=True):
         pos = int(self.scroll_y) + offset.y - 1
         if pos < len(self.rows):
             self.go_to(pos)
+
+
+class ContentView(Static):
+    """Text and hex dumps; a hex dump is laid out for the width the view has (and again when that
+    changes), so that its lines never wrap in a narrow pane."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.parts: tuple = ()
+
+    def show(self, *parts: str | Text | HexDump) -> None:
+        self.parts = parts
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        width = self.content_region.width or self.app.size.width
+        text = Text()
+        for part in self.parts:
+            text.append(part.text(width) if isinstance(part, HexDump) else part)
+        self.update(text)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.parts:
+            self._lay_out()
 
 
 class PromptBar(Input):

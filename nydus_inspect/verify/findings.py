@@ -83,9 +83,8 @@ class Finding:
 
     def __str__(self) -> str:
         text = f"{self.check}: {self.where}: {cut(self.message, 4 * SHOWN)}"
-        if self.expected is not None or self.found is not None:
-            text += f" (expected {_short(self.expected)}, found {_short(self.found)})"
-        return text
+        said = [f"{k} {_short(v)}" for k, v in (("expected", self.expected), ("found", self.found)) if v is not None]
+        return f"{text} ({', '.join(said)})" if said else text
 
 
 @dataclass

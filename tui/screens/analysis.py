@@ -37,6 +37,10 @@ LAYER_COLUMNS = (
 WASTED_COLUMNS = ("bytes", "path", "stored by", "what happened")
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def _tally(t) -> str:
     return f"{t.count:,} ({size_text(t.bytes)})"
 
@@ -133,7 +137,7 @@ class AnalysisScreen(NydusScreen):
                 ("layers", str(f["layers"])),
                 (
                     "final image",
-                    f"{f['final_entries']:,} entries, {f['final_files']:,} files, "
+                    f"{_count(f['final_entries'], 'entry', 'entries')}, {_count(f['final_files'], 'file', 'files')}, "
                     f"{bytes_text(f['final_bytes'])}",
                 ),
                 ("efficiency", f"{f['efficiency']:.4f} (1 - wasted / stored)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -14,6 +15,10 @@ from ..widgets import PromptBar
 if TYPE_CHECKING:
     from ..app import NydusApp
     from ..data import LayerView
+
+
+#: Below this width the footer drops its padding, so that more of the keys fit.
+COMPACT_BELOW = 120
 
 
 class NydusScreen(Screen):
@@ -27,6 +32,10 @@ class NydusScreen(Screen):
     NAME = ""
     SEARCH_HINT = "search"
     BINDINGS = [
+        # The app binds these too; bound here first, the footer lists them before the screen's own keys,
+        # so that an 80-column terminal still shows how to get help and how to quit.
+        Binding("question_mark,f1", "app.help", "Help", key_display="?"),
+        Binding("q", "app.quit", "Quit"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("n", "search_next", "Next match", show=False),
     ]
@@ -48,13 +57,16 @@ class NydusScreen(Screen):
         yield Header()
         yield from self.compose_body()
         yield PromptBar(id="prompt")
-        yield Footer()
+        yield Footer(compact=self.app.size.width < COMPACT_BELOW)
 
     def compose_body(self) -> ComposeResult:
         yield from ()
 
     def on_mount(self) -> None:
         self.refresh_view()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.query_one(Footer).compact = event.size.width < COMPACT_BELOW
 
     def on_screen_resume(self) -> None:
         if self._shown is not self.view:

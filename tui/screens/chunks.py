@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 from nydus_inspect import NydusInspectError
 
 from ..data import FILTER_HELP, JUMP_HELP, ChunkSource, LayerView, content_preview, parse_jump
-from ..widgets import ChunkTable, KeyValue
+from ..widgets import ChunkTable, ContentView, KeyValue
 from .base import NydusScreen
 
 #: Seconds the cursor must rest before the detail pane follows it.
@@ -53,7 +53,7 @@ class ChunksScreen(NydusScreen):
                     yield KeyValue(id="chunk-detail")
                 with VerticalScroll(id="chunk-check-pane", classes="pane"):
                     yield Static(id="chunk-check")
-                    yield Static(id="chunk-data", classes="hex")
+                    yield ContentView(id="chunk-data", classes="hex")
 
     @property
     def table(self) -> ChunkTable:
@@ -143,14 +143,14 @@ class ChunksScreen(NydusScreen):
         detail = self.query_one("#chunk-detail", KeyValue)
         if src is None or row is None:
             detail.show([])
-            self.query_one("#chunk-data", Static).update("")
+            self.query_one("#chunk-data", ContentView).show()
             self.query_one("#chunk-check", Static).update("")
             return
         detail.show(src.detail(row), "Chunk")
         if self.checked != (src, row):  # keep a check result while its row stays under the cursor
             self.checked = None
             self.query_one("#chunk-check", Static).update("v: read, decompress and check this chunk")
-            self.query_one("#chunk-data", Static).update("")
+            self.query_one("#chunk-data", ContentView).show()
 
     def index_ready(self) -> None:
         self.table.refresh()
@@ -322,4 +322,4 @@ class ChunksScreen(NydusScreen):
         self.query_one("#chunk-check", Static).update(text)
         if data is not None:
             kind, body = content_preview(data, 0, 1024)
-            self.query_one("#chunk-data", Static).update(Text(f"decompressed bytes ({kind}):\n{body}"))
+            self.query_one("#chunk-data", ContentView).show(f"decompressed bytes ({kind}):\n", body)

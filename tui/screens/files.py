@@ -16,7 +16,7 @@ from nydus_inspect.model import DIR, REG, SYMLINK, fsdecode
 from nydus_inspect.paths import resolve_in
 
 from ..data import DIR_PAGE, PREVIEW_BYTES, DirPage, FileRef, LayerView, content_preview
-from ..widgets import KeyValue
+from ..widgets import ContentView, KeyValue
 from .base import NydusScreen
 
 CHUNK_COLUMNS = (
@@ -57,7 +57,7 @@ class FilesScreen(NydusScreen):
                     yield Static(id="file-chunks-title", classes="section-title")
                     yield DataTable(id="file-chunks", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="file-preview-pane", classes="pane"):
-                    yield Static(id="file-preview", classes="hex")
+                    yield ContentView(id="file-preview", classes="hex")
 
     def on_mount(self) -> None:
         self.query_one("#file-chunks", DataTable).add_columns(*CHUNK_COLUMNS)
@@ -163,26 +163,24 @@ class FilesScreen(NydusScreen):
         table = self.query_one("#file-chunks", DataTable)
         table.clear()
         title = self.query_one("#file-chunks-title", Static)
-        preview = self.query_one("#file-preview", Static)
+        preview = self.query_one("#file-preview", ContentView)
         self.chunks_shown = []
         table.display = node.type == REG
         if node.type == REG:
             title.update("chunks: resolving…")
-            preview.update(Text("reading…", style="italic"))
+            preview.show(Text("reading…", style="italic"))
             self._chunks(view, ref, node)
             self._preview(view, ref, node)
         elif node.type == DIR:
             title.update("")
             n = view.dir_size(ref)
-            preview.update(
-                "directory" if n is None else f"directory with {n:,} entr{'y' if n == 1 else 'ies'}"
-            )
+            preview.show("directory" if n is None else f"directory with {n:,} entr{'y' if n == 1 else 'ies'}")
         elif node.type == SYMLINK:
             title.update("")
-            preview.update(f"symlink -> {fsdecode(node.target or b'')}")
+            preview.show(f"symlink -> {fsdecode(node.target or b'')}")
         else:
             title.update("")
-            preview.update(f"{node.type}: no content")
+            preview.show(f"{node.type}: no content")
 
     @work(thread=True, exclusive=True, group="files-chunks")
     def _chunks(self, view: LayerView, ref: FileRef, node: Node) -> None:
@@ -226,15 +224,14 @@ class FilesScreen(NydusScreen):
             head = (
                 f"first {len(data):,} of {node.size:,} bytes ({kind})" if node.size > len(data) else f"{kind}"
             )
-            text = Text(head + "\n", style="bold")
-            text.append(body)
+            parts: tuple = (Text(head + "\n", style="bold"), body)
         except NydusInspectError as exc:
-            text = Text(f"content does not read: {exc}", style="bold red")
-        self.app.call_from_thread(self._show_preview, ref, text)
+            parts = (Text(f"content does not read: {exc}", style="bold red"),)
+        self.app.call_from_thread(self._show_preview, ref, parts)
 
-    def _show_preview(self, ref: FileRef, text: Text) -> None:
+    def _show_preview(self, ref: FileRef, parts: tuple) -> None:
         if ref is self.current:
-            self.query_one("#file-preview", Static).update(text)
+            self.query_one("#file-preview", ContentView).show(*parts)
 
     def action_show_chunk(self) -> None:
         table = self.query_one("#file-chunks", DataTable)

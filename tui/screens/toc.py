@@ -10,7 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from ..data import EntryCheck, LayerView, Preview, TocRow
-from ..widgets import KeyValue
+from ..widgets import ContentView, KeyValue
 from .base import NydusScreen
 
 COLUMNS = ("entry", "compressor", "offset", "stored", "size", "sha256", "check")
@@ -35,7 +35,7 @@ class TocScreen(NydusScreen):
             yield Static(id="toc-check", classes="about")
             with VerticalScroll(id="toc-preview", classes="pane"):
                 yield KeyValue(id="toc-fields")
-                yield Static(id="toc-hex", classes="hex")
+                yield ContentView(id="toc-hex", classes="hex")
 
     def on_mount(self) -> None:
         table = self.query_one("#toc", DataTable)
@@ -59,7 +59,7 @@ class TocScreen(NydusScreen):
             self._preview(view, self.rows[0].name)
         else:
             self.query_one("#toc-fields", KeyValue).show([])
-            self.query_one("#toc-hex", Static).update("")
+            self.query_one("#toc-hex", ContentView).show()
 
     @staticmethod
     def _check_cell(check: EntryCheck | None) -> Text:
@@ -88,10 +88,8 @@ class TocScreen(NydusScreen):
         if view is not self.view or name != self.current:
             return
         self.query_one("#toc-fields", KeyValue).show(preview.fields, preview.title)
-        body = preview.body
-        if preview.note:
-            body = f"({preview.note})\n{body}"
-        self.query_one("#toc-hex", Static).update(Text(body))
+        note = f"({preview.note})\n" if preview.note else ""
+        self.query_one("#toc-hex", ContentView).show(note, preview.body)
 
     # -- verification of entries
     def action_verify_entry(self) -> None:

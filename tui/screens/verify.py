@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -19,6 +19,9 @@ from ..data import LayerView
 from ..jobs import JobCancelled, JobFailed, run_job, verify_job
 from ..widgets import KeyValue
 from .base import NydusScreen
+
+#: Below this width the finding detail goes under the table instead of beside it.
+NARROW_BELOW = 120
 
 
 class VerifyScreen(NydusScreen):
@@ -45,15 +48,21 @@ class VerifyScreen(NydusScreen):
         with Vertical(id="verify-body"):
             yield Static(id="verify-status", classes="about")
             yield ProgressBar(id="verify-progress", show_eta=False)
-            with Horizontal():
+            with Horizontal(id="verify-split"):
                 yield DataTable(id="findings", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="finding-side", classes="pane"):
                     yield KeyValue(id="finding-detail")
 
     def on_mount(self) -> None:
-        self.query_one("#findings", DataTable).add_columns("check", "where", "message")
+        # The message before where it is: a long "where" would push the message off the screen.
+        self.query_one("#findings", DataTable).add_columns("check", "message", "where")
         self.set_interval(0.1, self._poll)
         super().on_mount()
+
+    def on_resize(self, event: events.Resize) -> None:
+        super().on_resize(event)
+        # Narrow: the detail pane goes below the findings, which keep the whole width for their messages.
+        self.set_class(event.size.width < NARROW_BELOW, "-narrow")
 
     def load(self, view: LayerView) -> None:
         report = self.reports.get(id(view))
@@ -63,8 +72,8 @@ class VerifyScreen(NydusScreen):
         self.findings = []
         self.query_one("#findings", DataTable).clear()
         self.query_one("#finding-detail", KeyValue).show([])
-        bar = self.query_one(ProgressBar)
-        bar.update(total=None, progress=0)
+        # No bar until a run starts: an empty bar would be indeterminate, animating as if work were going on.
+        self.query_one(ProgressBar).display = False
         src = (
             f"; round trip against {view.source}"
             if view.source
@@ -83,6 +92,9 @@ class VerifyScreen(NydusScreen):
         self.running = True
         self.stage, self.done, self.total = "starting", 0, 0
         self.started = time.monotonic()
+        bar = self.query_one(ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
         self.findings = []
         self.query_one("#findings", DataTable).clear()
         self.query_one("#finding-detail", KeyValue).show([])
@@ -141,6 +153,7 @@ class VerifyScreen(NydusScreen):
     def show_report(self, report: Report) -> None:
         bar = self.query_one(ProgressBar)
         bar.update(total=1, progress=1)
+        bar.display = True
         status = Text(report.summary(), style="bold green" if report.ok else "bold red")
         for note in report.notes:
             status.append(f"\nnote: {note}", style="dim")
@@ -154,7 +167,7 @@ class VerifyScreen(NydusScreen):
         table.clear()
         self.findings = list(report.findings)
         for f in self.findings:
-            table.add_row(Text(f.check, style="red"), f.where, f.message)
+            table.add_row(Text(f.check, style="red"), f.message, f.where)
         if self.findings:
             table.focus()
             self.show_finding(0)
