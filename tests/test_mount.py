@@ -388,6 +388,137 @@ def test_image_without_xattrs_says_enotsup(mounts, tmp_path):
     assert (mp / "rootfs/f").read_bytes() == b"abc"
 
 
+# ---------------------------------------------------------------------------- values no kernel takes
+MAX_OFF = (1 << 63) - 1
+#: What each kernel-limits case (tests/hostile.py) does to its inode ``bad``: "eio" (stat is EIO, listed all the
+#: same), "mtime" (shown as the largest time), "unlisted" (a name no kernel looks up), "readlink" (EIO on
+#: readlink), "read" (stat answers, reading is EIO), "fine" (served as it is), "statfs" (a superblock count).
+KERNEL_LIMITS = {
+    "size-2^63": "eio",
+    "size-2^64-1": "eio",
+    "dir-size-2^64-1": "eio",
+    "symlink-size-2^63": "eio",
+    "unknown-type": "eio",
+    "type-bits-all-set": "eio",
+    "mtime-2^63": "mtime",
+    "mtime-max-nsec": "mtime",
+    "dir-mtime-2^64-1": "mtime",
+    "size-without-chunks": "read",
+    "name-300-bytes": "unlisted",
+    "name-1100-bytes": "unlisted",
+    "symlink-target-5000-bytes": "readlink",
+    "ids-and-nlink-max": "fine",
+    "build-time-2^64-1": "fine",
+    "inos-2^64-1": "statfs",
+}
+
+
+def _errno_of(fn, *args) -> int:
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def test_kernel_limits_cases_are_all_expected():
+    import hostile
+
+    assert {c.name for c in hostile.kernel_limits()} == set(KERNEL_LIMITS)
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_LIMITS))
+def test_values_no_kernel_takes(name, mounts, tmp_path):
+    """A value the kernel cannot take (a size or time past 2^63, no file type) is EIO or clamped for that inode,
+    said once in the log; ls -l, stat, df and reads of everything else go on, and the daemon stays."""
+    import hostile
+
+    case = next(c for c in hostile.kernel_limits() if c.name == name)
+    boot = tmp_path / f"{name}.boot"
+    case.write(boot)
+    mp = mounts.mount(boot)
+    r = mp / "rootfs"
+    want = KERNEL_LIMITS[name]
+    ls = subprocess.run(["ls", "-lR", str(r)], capture_output=True, text=True, timeout=60)
+    assert "connection" not in ls.stderr and "not connected" not in ls.stderr, ls.stderr
+    listed = sorted(os.listdir(r))
+    for _ in range(3):  # asked again and again, said once
+        if want == "eio":
+            assert "bad" in listed
+            assert _errno_of(os.lstat, r / "bad") == errno.EIO
+            assert ls.returncode == 1 and "bad': Input/output error" in ls.stderr, ls.stderr
+        elif want == "mtime":
+            assert os.lstat(r / "bad").st_mtime_ns == MAX_OFF * 1_000_000_000 + 999_999_999
+            assert ls.returncode == 0, ls.stderr
+        elif want == "read":
+            assert os.lstat(r / "bad").st_size == MAX_OFF
+            assert _errno_of(lambda: (r / "bad").read_bytes()) == errno.EIO
+        elif want == "unlisted":
+            assert listed == ["dir", "ok"] and ls.returncode == 0, ls.stderr
+        elif want == "readlink":
+            assert _errno_of(os.readlink, r / "bad") == errno.EIO
+        elif want == "fine":
+            st = os.lstat(r / "bad")
+            assert ls.returncode == 0, ls.stderr
+            if name == "ids-and-nlink-max":
+                # uid 2^32-1 is (uid_t)-1, which the kernel shows as the overflow uid.
+                assert st.st_nlink == 2**32 - 1 and st.st_uid in (2**32 - 1, 65534)
+        elif want == "statfs":
+            sv = os.statvfs(mp)
+            assert 0 < sv.f_files <= boot.stat().st_size + 64
+            df = subprocess.run(["df", "-i", str(mp)], capture_output=True, text=True, timeout=60)
+            assert df.returncode == 0, df.stderr
+    # The rest of the mount works, and the daemon is the one that was started.
+    assert {"dir", "ok"} <= set(listed)
+    assert (r / "ok").read_bytes() == b"" and (r / "dir/inner").read_bytes() == b""
+    assert os.statvfs(mp).f_blocks >= 0
+    subprocess.run(["df", str(mp)], check=True, capture_output=True, timeout=60)
+    assert int(os.getxattr(mp, PID_XATTR)) == mounts.pid(mp)
+    errors = [ln for ln in mounts.log(mp).splitlines() if "ERROR" in ln]
+    if want in ("fine", "statfs"):
+        assert errors == []
+    else:
+        assert len(errors) == 1, errors
+        assert "internal error" not in errors[0] and (
+            "bad" in errors[0] or "nid" in errors[0] or "name" in errors[0]
+        )
+
+
+def test_an_unforeseen_error_in_a_handler_is_eio(fixture_layers, caplog):
+    """No FUSE: whatever a handler raises becomes EIO for that request and one log line (pyfuse3 would end the
+    mount on it), and the next request is answered."""
+    import pyfuse3
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    sources = open_sources([str(fixture_layers["every-type.tar"])])
+    try:
+        fs = NydusFS(sources)
+        root = fs.root_nid
+        real = fs.rafs.attrs
+
+        def broken(nid):
+            raise ValueError("a bug")
+
+        async def ask():
+            fs.rafs.attrs = broken
+            for _ in range(2):
+                with pytest.raises(pyfuse3.FUSEError) as exc:
+                    await fs.getattr(root)
+                assert exc.value.errno == errno.EIO
+            fs.rafs.attrs = real
+            return await fs.getattr(root)
+
+        with caplog.at_level("ERROR", logger="nydus_inspect.mount"):
+            assert trio.run(ask).st_ino == root
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(lines) == 1 and "getattr: internal error: ValueError: a bug" in lines[0], lines
+    finally:
+        sources.close()
+
+
 # ---------------------------------------------------------------------------- entries/
 def _entry_dirs(mp: Path) -> list[Path]:
     return sorted((mp / "entries").iterdir())

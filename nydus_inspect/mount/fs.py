@@ -20,11 +20,17 @@ tree reader (two files opened within a second: tar, cp -r, rsync) gets the files
 decoded ahead in the order of a pre-order walk, which is the order it reads them in and, for layers packed
 from a tree, the order of the blob; at most a quarter of the cache ahead of it. A chunk that does not decode
 or match its digest is EIO and one log line naming the file, the chunk and its offsets.
+
+A hostile image never ends the daemon: an inode whose attributes the kernel cannot take (a size past a signed
+64-bit offset, no file type) is EIO for that inode and listed all the same; a time past a time_t is shown as
+the largest one; names and link targets FUSE cannot carry are left out or EIO; and whatever else a handler
+raises is EIO for that request. Each of these is one log line.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -83,6 +89,19 @@ READAHEAD_CHUNKS = 4
 WILL_NEED_BYTES = 64 << 20
 #: Decoded bytes waiting to be handed to the page cache, at most.
 STORE_QUEUE_BYTES = 32 << 20
+
+#: What the kernel takes: a size is a signed 64-bit offset (FUSE answers EIO for a larger one), a time a signed
+#: 64-bit count of seconds; bootstraps hold unsigned 64-bit fields.
+MAX_OFF = (1 << 63) - 1
+MAX_TIME_NS = MAX_OFF * 1_000_000_000 + 999_999_999
+#: File types the kernel accepts in an attribute reply (any other is EIO there).
+KERNEL_TYPES = frozenset(
+    (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+)
+#: Longest name the kernel looks up (NAME_MAX).
+NAME_MAX = 255
+#: Failing inodes named by their path in log lines (each costs a walk of the tree); later ones by nid.
+WHERE_WALKS = 32
 
 QUEUED, RUNNING, DONE, CANCELLED = range(4)
 
@@ -157,9 +176,22 @@ class _SizedLRU(OrderedDict):
             self.used -= len(dropped[0])
 
 
-def _eio(what: str, exc: BaseException) -> pyfuse3.FUSEError:
-    log.error("%s: %s", what, exc)
-    return pyfuse3.FUSEError(errno.EIO)
+def _guard(handler):
+    """``handler``, ending in a reply whatever goes wrong in it. pyfuse3 ends its loop, and with it the mount,
+    on any exception that is not a FUSEError: one a hostile image drives past every check is EIO for that
+    request and one log line here instead."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def guarded(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise self._internal(name, args, exc) from None
+
+    return guarded
 
 
 def _key(c: ChunkRef) -> tuple:
@@ -245,6 +277,8 @@ class NydusFS(pyfuse3.Operations):
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
         self._reported: set[tuple] = set()
+        self._logged: set = set()  # error lines written (each once: the kernel asks again after an EIO)
+        self._walks_left = WHERE_WALKS
         self._hinted = _LRU(
             4096
         )  # nid -> index of the last chunk whose stored bytes the kernel was asked for
@@ -292,7 +326,13 @@ class NydusFS(pyfuse3.Operations):
         return self.rafs.attrs(nid)
 
     def _image_attr(self, nid: int, ino_nr: int = 0, st: tuple | None = None) -> pyfuse3.EntryAttributes:
+        """The attributes of image inode ``nid``; FUSEError(EIO) for one the kernel cannot take (a size past a
+        signed 64-bit offset, no file type it knows: the kernel itself would refuse the reply). A time past
+        what a time_t holds is shown as the largest one (and said once in the log): the file stays usable."""
         mode, nlink, size, i_u, _, uid, gid, mtime, nsec = st or self._stat(nid)
+        fmt = mode & S_IFMT
+        if size > MAX_OFF or fmt not in KERNEL_TYPES:
+            raise self._unservable(nid, mode, size)
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino_nr or nid
         e.entry_timeout = TIMEOUT
@@ -301,7 +341,6 @@ class NydusFS(pyfuse3.Operations):
         e.st_nlink = nlink
         e.st_uid = uid
         e.st_gid = gid
-        fmt = mode & S_IFMT
         if fmt == S_IFCHR or fmt == S_IFBLK:
             e.st_rdev = i_u
             size = 0
@@ -311,9 +350,34 @@ class NydusFS(pyfuse3.Operations):
         e.st_blksize = self._file_blksize if fmt == S_IFREG else 4096
         e.st_blocks = (size + 511) >> 9
         t = mtime * 1_000_000_000 + nsec
+        if t > MAX_TIME_NS:
+            self._log_once(
+                ("clamped", nid),
+                f"{self._where(nid)}: i_mtime {mtime} (nsec {nsec}) is past the largest time the kernel takes: "
+                f"shown as {MAX_OFF}",
+            )
+            t = MAX_TIME_NS
         e.st_mtime_ns = t
         e.st_ctime_ns = t
         e.st_atime_ns = t
+        return e
+
+    def _unservable(self, nid: int, mode: int, size: int) -> pyfuse3.FUSEError:
+        if mode & S_IFMT not in KERNEL_TYPES:
+            why = f"i_mode {mode:#o} has no file type the kernel knows"
+        else:
+            why = f"i_size {size} is past the largest size the kernel takes ({MAX_OFF})"
+        self._log_once(("refused", nid), f"{self._where(nid)}: {why}: EIO")
+        return pyfuse3.FUSEError(errno.EIO)
+
+    @staticmethod
+    def _placeholder(ino_nr: int, mode: int) -> pyfuse3.EntryAttributes:
+        """A directory entry for an inode whose attributes cannot be given: its type only, cached for no time,
+        so that any use of it asks again (lookup, then EIO) while the rest of the directory lists."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino_nr
+        e.st_mode = mode & S_IFMT if mode & S_IFMT in KERNEL_TYPES else 0
+        e.entry_timeout = e.attr_timeout = 0
         return e
 
     def _canon(self, nid: int, ino: rafs_v6.Inode) -> int:
@@ -357,10 +421,21 @@ class NydusFS(pyfuse3.Operations):
         d = self._dirs.get(nid)
         if d is None:
             ents = self.rafs.dir_entries(nid)
+            bad = [name for name, _ in ents if len(name) > NAME_MAX or b"\0" in name]
+            if bad:
+                # FUSE hands a name over as a C string and the kernel looks up none longer than NAME_MAX:
+                # such an entry would be listed under another name, or listed and never found.
+                self._log_once(
+                    ("names", nid),
+                    f"{self._where(nid)}: {len(bad)} name(s) no kernel can look up (NUL, or over {NAME_MAX} "
+                    f"bytes), not listed: {fsdecode(bad[0][:64])!r}",
+                )
+                ents = [(name, n) for name, n in ents if len(name) <= NAME_MAX and b"\0" not in name]
             d = (ents, dict(ents))
             self._dirs.put(nid, d, len(ents))
         return d
 
+    @_guard
     async def lookup(self, parent_inode, name, ctx=None):
         try:
             node = self.vnodes.get(parent_inode)
@@ -393,25 +468,36 @@ class NydusFS(pyfuse3.Operations):
                         break
             return self._image_attr(nid, canon)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
+            raise self._eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
 
+    @_guard
     async def getattr(self, inode, ctx=None):
         try:
             return await self._attr(inode)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: getattr", exc) from None
+            raise self._eio(f"{self._where(inode)}: getattr", exc) from None
 
+    @_guard
     async def readlink(self, inode, ctx=None):
         if inode in self.vnodes:
             raise pyfuse3.FUSEError(errno.EINVAL)
         try:
             target = self.rafs.node(inode, b"").target
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: readlink", exc) from None
+            raise self._eio(f"{self._where(inode)}: readlink", exc) from None
         if target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if not target or b"\0" in target:
+            # FUSE hands the target over as a C string: it would arrive cut short, a different link.
+            self._log_once(
+                ("readlink", inode),
+                f"{self._where(inode)}: readlink: a target no kernel takes "
+                f"(empty, or a NUL in it): {fsdecode(target[:64])!r}: EIO",
+            )
+            raise pyfuse3.FUSEError(errno.EIO)
         return target
 
+    @_guard
     async def opendir(self, inode, ctx=None):
         node = self.vnodes.get(inode)
         if node is not None:
@@ -421,9 +507,10 @@ class NydusFS(pyfuse3.Operations):
         try:
             self._dir(inode)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: opendir", exc) from None
+            raise self._eio(f"{self._where(inode)}: opendir", exc) from None
         return inode
 
+    @_guard
     async def readdir(self, fh, start_id, token):
         node = self.vnodes.get(fh)
         try:
@@ -455,13 +542,16 @@ class NydusFS(pyfuse3.Operations):
                     canon = nid
                     if st[1] > 1 and fmt != S_IFDIR:
                         canon = links.setdefault(st[4], nid)
-                    a = attr(nid, canon, st)
+                    try:
+                        a = attr(nid, canon, st)
+                    except pyfuse3.FUSEError:  # this inode only: listed, and EIO when used
+                        a = self._placeholder(canon, st[0])
                     if pos is not None and fmt == S_IFREG:
                         pos.put(canon, (fh, i))
                 if not reply(token, name, a, i + 1):
                     break
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(fh)}: readdir", exc) from None
+            raise self._eio(f"{self._where(fh)}: readdir", exc) from None
 
     async def releasedir(self, fh):
         pass
@@ -470,6 +560,7 @@ class NydusFS(pyfuse3.Operations):
         pass  # nothing to free: inode numbers are stable and cost nothing while unused
 
     # ------------------------------------------------------------------ files
+    @_guard
     async def open(self, inode, flags, ctx=None):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -485,7 +576,7 @@ class NydusFS(pyfuse3.Operations):
             if self.readahead:
                 self._opened(inode)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: open", exc) from None
+            raise self._eio(f"{self._where(inode)}: open", exc) from None
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def release(self, fh):
@@ -500,6 +591,7 @@ class NydusFS(pyfuse3.Operations):
                 (self._chunks if len(chunks) <= 64 else self._big_chunks).put(nid, chunks)
         return chunks
 
+    @_guard
     async def read(self, fh, off, size):
         node = self.vnodes.get(fh)
         if node is not None:
@@ -519,7 +611,7 @@ class NydusFS(pyfuse3.Operations):
             end = min(off + size, fsize)
             chunks = self._file_chunks(fh)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(fh)}: read", exc) from None
+            raise self._eio(f"{self._where(fh)}: read", exc) from None
         cs = self.chunk_size
         k0, k1 = off // cs, (end - 1) // cs
         # Sequential: from the start, or forward from the last read, across pages that notify_store filled.
@@ -905,7 +997,7 @@ class NydusFS(pyfuse3.Operations):
         try:
             data = await trio.to_thread.run_sync(self._make, content, limiter=self.limiter)
         except Exception as exc:
-            raise _eio(node.path, exc) from None
+            raise self._eio(node.path, exc) from None
         finally:
             del self._vjobs[node.ino]
             event.set()
@@ -925,7 +1017,7 @@ class NydusFS(pyfuse3.Operations):
             try:
                 return await trio.to_thread.run_sync(content.read, off, size, limiter=self.limiter)
             except (NydusInspectError, OSError) as exc:
-                raise _eio(node.path, exc) from None
+                raise self._eio(node.path, exc) from None
         data = await self._generated(node)
         return memoryview(data)[off : off + size]
 
@@ -937,6 +1029,7 @@ class NydusFS(pyfuse3.Operations):
             self._xattrs.put(nid, xs)
         return xs
 
+    @_guard
     async def getxattr(self, inode, name, ctx=None):
         node = self.vnodes.get(inode)
         if node is None:
@@ -945,7 +1038,7 @@ class NydusFS(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(self.no_xattr_errno)
                 value = self._image_xattrs(inode).get(name)
             except NydusInspectError as exc:
-                raise _eio(f"{self._where(inode)}: getxattr", exc) from None
+                raise self._eio(f"{self._where(inode)}: getxattr", exc) from None
             if value is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return value
@@ -965,28 +1058,38 @@ class NydusFS(pyfuse3.Operations):
             try:
                 digest = await trio.to_thread.run_sync(content.sha256, limiter=self.limiter)
             except (NydusInspectError, OSError) as exc:
-                raise _eio(node.path, exc) from None
+                raise self._eio(node.path, exc) from None
         else:
             digest = hashlib.sha256(await self._generated(node)).hexdigest()
         return digest.encode()
 
+    @_guard
     async def listxattr(self, inode, ctx=None):
         node = self.vnodes.get(inode)
         if node is not None:
             names = list(node.xattrs)
             return names + [PID_XATTR, LOG_XATTR] if inode == ROOT_INODE else names
         try:
-            return list(self._image_xattrs(inode))
+            names = list(self._image_xattrs(inode))
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: listxattr", exc) from None
+            raise self._eio(f"{self._where(inode)}: listxattr", exc) from None
+        if any(b"\0" in n for n in names):
+            # The reply is the names, each ended by a NUL: one with a NUL in it would read as two others.
+            self._log_once(("listxattr", inode), f"{self._where(inode)}: xattr names with a NUL, not listed")
+            names = [n for n in names if b"\0" not in n]
+        return names
 
     # ------------------------------------------------------------------ the rest
+    @_guard
     async def statfs(self, ctx=None):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = -(-self.image.uncompressed_size // 4096) + -(-self.rafs.size // 4096)
+        # Both as the image claims, within what the kernel and df take: blocks whose bytes fit a signed 64-bit
+        # size, and no more names than the bootstrap has bytes (each name takes some of them).
+        blocks = -(-self.image.uncompressed_size // 4096) + -(-self.rafs.size // 4096)
+        s.f_blocks = min(blocks, MAX_OFF // 4096)
         s.f_bfree = s.f_bavail = 0
-        s.f_files = self.rafs.inode_count() + len(self.vnodes)
+        s.f_files = min(self.rafs.inode_count(), self.rafs.size) + len(self.vnodes)
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
@@ -998,6 +1101,31 @@ class NydusFS(pyfuse3.Operations):
     setxattr = removexattr = _read_only
 
     # ------------------------------------------------------------------ log lines
+    def _log_once(self, key, line: str) -> None:
+        """Log ``line`` at error level the first time ``key`` comes (at debug level after that)."""
+        if key in self._logged:
+            log.debug("again: %s", line)
+            return
+        if len(self._logged) >= 1 << 16:
+            self._logged.clear()
+        self._logged.add(key)
+        log.error("%s", line)
+
+    def _eio(self, what: str, exc: BaseException) -> pyfuse3.FUSEError:
+        """EIO for a request, and one log line saying why."""
+        line = f"{what}: {exc}"
+        self._log_once(line, line)
+        return pyfuse3.FUSEError(errno.EIO)
+
+    def _internal(self, handler: str, args: tuple, exc: BaseException) -> pyfuse3.FUSEError:
+        """A request ended in an error no check foresaw: EIO, one log line (and the traceback at debug level)."""
+        inode = args[0] if args and type(args[0]) is int else None
+        where = self._where(inode) if inode is not None else "mount"
+        key = ("internal", handler, inode, type(exc).__name__)
+        self._log_once(key, f"{where}: {handler}: internal error: {type(exc).__name__}: {exc}: EIO")
+        log.debug("%s: %s", where, handler, exc_info=exc)
+        return pyfuse3.FUSEError(errno.EIO)
+
     def _where(self, inode: int) -> str:
         """A path for log lines, relative to the mount point; found by walking the tree (errors only)."""
         node = self.vnodes.get(inode)
@@ -1006,12 +1134,15 @@ class NydusFS(pyfuse3.Operations):
         path = self._paths.get(inode)
         if path is None:
             path = f"rootfs (nid {inode})"
+            if self._walks_left <= 0:
+                return path
+            self._walks_left -= 1
             try:
                 for n in self.rafs.walk():
                     if n.nid == inode or (n.hardlink is not None and self._links.get(n.hardlink) == inode):
                         path = "rootfs" + (fsdecode(n.path) if n.path != b"/" else "/")
                         break
-            except NydusInspectError:
+            except Exception:  # noqa: BLE001 - a log line names what it can; the error it is about matters
                 pass
             self._paths[inode] = path
         return path
