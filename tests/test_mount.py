@@ -832,23 +832,66 @@ def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
                         out.append((item.nid, item.chunk.uncompressed_size))
             return out
 
-        files = [n for n in sources.image.rafs.walk() if n.type == "file" and n.size]
+        files = [n for n in sources.image.rafs.walk() if n.type == "file"]
         biggest = max(n.size for n in files)  # the walk stops once past the window: by one file at most
         fs._start_walk(fs.root_nid, 0)
         w = fs._walker
-        order = list(w.issued)
-        assert order, "nothing to prefetch"
+        assert any(size for _, size in queued()), "nothing to prefetch"
         assert w.issued_bytes - w.consumed <= fs.prefetch_ahead + biggest
         assert sum(size for _, size in queued()) <= fs.prefetch_ahead + biggest
         # The reader opens the files of the walk one by one: the window moves, and stays bounded.
-        seen = 0
-        while seen < len(order):
-            fs._opened(order[seen])
-            assert w.consumed == w.issued[order[seen]]
+        opened = []
+        while w.ahead:
+            nid = next(iter(w.ahead))  # the next file in walk order the reader has not opened
+            end = w.ahead[nid][1]
+            fs._opened(nid)
+            opened.append(nid)
+            assert w.consumed == end and nid not in w.ahead
             assert w.issued_bytes - w.consumed <= fs.prefetch_ahead + biggest
-            order = list(w.issued)
-            seen += 1
-        assert len(order) == len({fs._links.get(n.hardlink, n.nid) for n in files})
+        assert len(opened) == len(set(opened)) == len({fs._links.get(n.hardlink, n.nid) for n in files})
+    finally:
+        sources.close()
+
+
+def test_tree_reader_costs_linear_work(tmp_path):
+    """No FUSE: a tree reader opening every file of a tree of empty files (looked up first, as cat does) costs
+    a bounded number of inode reads per file, not a walk of the rest of the tree per file."""
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    tar = tmp_path / "empty.tar"
+    n = 3000
+    with tarfile.open(tar, "w") as tf:
+        for i in range(n):
+            tf.addfile(tarfile.TarInfo(f"d{i // 1000}/f{i:05d}"))
+    blob = _pack(tar, tmp_path / "empty.blob")
+    sources = open_sources([str(blob)])
+    try:
+        fs = NydusFS(sources)
+        real, calls = fs._stat, [0]
+
+        def counted(nid):
+            calls[0] += 1
+            return real(nid)
+
+        fs._stat = counted
+
+        async def read_all() -> int:
+            opened = 0
+            for d in ("d0", "d1", "d2"):
+                dattr = await fs.lookup(fs.root_nid, d.encode())
+                for i in range(n // 3):
+                    name = f"f{int(d[1:]) * 1000 + i:05d}".encode()
+                    attr = await fs.lookup(dattr.st_ino, name)
+                    await fs.open(attr.st_ino, os.O_RDONLY)
+                    opened += 1
+            return opened
+
+        assert trio.run(read_all) == n
+        assert fs._walker is not None, "the tree reader was not recognised"
+        assert calls[0] <= 4 * n, f"{calls[0]} inode reads for {n} files"
     finally:
         sources.close()
 

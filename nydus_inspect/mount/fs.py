@@ -33,6 +33,7 @@ import errno
 import functools
 import hashlib
 import logging
+import operator
 import os
 import queue
 import stat
@@ -76,6 +77,11 @@ PREFETCH_AHEAD = 32 << 20
 PREFETCH_UNIT = 8  # small files per hand-off to a worker thread
 #: Directory listings kept decoded, in entries (about 150 bytes each).
 DIR_CACHE_ENTRIES = 200_000
+#: A tree reader's walk goes at most this many directory entries further on each file the reader opens, and
+#: holds at most WALK_FILES_AHEAD files it passed that the reader has not opened: the work an open costs is
+#: bounded, and the whole walk costs what one walk of the tree does, however many files there are.
+WALK_STEPS = 256
+WALK_FILES_AHEAD = 4096
 #: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
 READER_WINDOW = 1.0
 #: Files of more chunks than this, read from start to end, do not keep the chunks read past in the cache.
@@ -145,13 +151,18 @@ class _Hint:
 
 
 class _Walker:
-    """A tree reader's walk: files queued for decoding, and how far ahead of the reader they go."""
+    """A tree reader's walk: a cursor over the tree in walk order, the files it passed that the reader has not
+    opened yet (queued for decoding when not empty), and how far ahead of the reader they go."""
 
-    __slots__ = ("files", "issued", "issued_bytes", "consumed", "dirs")
+    __slots__ = ("files", "ahead", "order", "seq", "issued_bytes", "consumed", "dirs")
 
     def __init__(self) -> None:
         self.files = iter(())
-        self.issued: dict[int, int] = {}  # nid -> bytes issued up to and including it
+        # Files the walk passed and the reader has not opened yet: nid -> (sequence number, bytes issued up to
+        # and including it), and their nids in walk order (the reader opening one drops those before it).
+        self.ahead: dict[int, tuple[int, int]] = {}
+        self.order: deque[int] = deque()
+        self.seq = 0
         self.issued_bytes = 0
         self.consumed = 0  # bytes issued up to the last file of the walk the reader opened
         self.dirs: set[int] = set()  # directories the walk entered
@@ -196,6 +207,10 @@ def _guard(handler):
 
 def _key(c: ChunkRef) -> tuple:
     return c.cache_key
+
+
+_name = operator.itemgetter(0)
+_END = object()  # the end of a walk
 
 
 class NydusFS(pyfuse3.Operations):
@@ -268,6 +283,7 @@ class NydusFS(pyfuse3.Operations):
         self._xattrs = _LRU(8192)  # nid -> {name: value}
         self._last_end = _LRU(4096)  # nid -> end offset of the last read (sequential detection)
         self._pos = _LRU(1 << 17)  # regular file nid -> (directory nid, index in its listing)
+        self._dpos = _LRU(1 << 16)  # directory nid -> index in its parent's listing
         self._pf: dict[int, _FileJob] = {}  # prefetches queued or running
         self._pf_done = _LRU(1 << 17)  # nids prefetched already
         self._reading_until = 0.0  # a tree reader (tar, cp -r) may be at work until then
@@ -418,6 +434,7 @@ class NydusFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ names
     def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
+        """([(name, nid)] of directory ``nid`` in on-disk order, {name: index in that list})."""
         d = self._dirs.get(nid)
         if d is None:
             ents = self.rafs.dir_entries(nid)
@@ -431,7 +448,7 @@ class NydusFS(pyfuse3.Operations):
                     f"bytes), not listed: {fsdecode(bad[0][:64])!r}",
                 )
                 ents = [(name, n) for name, n in ents if len(name) <= NAME_MAX and b"\0" not in name]
-            d = (ents, dict(ents))
+            d = (ents, dict(zip(map(_name, ents), range(len(ents)))))
             self._dirs.put(nid, d, len(ents))
         return d
 
@@ -450,22 +467,21 @@ class NydusFS(pyfuse3.Operations):
                 return await self._attr(parent_inode)
             ents, index = self._dir(parent_inode)
             if name == b"..":
+                i = index.get(b"..")
                 return await self._attr(
-                    ROOT_INODE if parent_inode == self.root_nid else index.get(b"..", ROOT_INODE)
+                    ROOT_INODE if parent_inode == self.root_nid or i is None else ents[i][1]
                 )
-            nid = index.get(name)
-            if nid is None:
+            i = index.get(name)
+            if i is None:
                 e = pyfuse3.EntryAttributes()  # a negative entry, cached as long as a positive one
                 e.st_ino = 0
                 e.entry_timeout = TIMEOUT
                 return e
+            nid = ents[i][1]
             ino = self.rafs.inode(nid)
             canon = self._canon(nid, ino)
             if ino.i_mode & S_IFMT == S_IFREG and self.readahead and canon not in self._pos:
-                for i, (n, _) in enumerate(ents):  # rare: tar and cp list the directory first
-                    if n == name:
-                        self._pos.put(canon, (parent_inode, i))
-                        break
+                self._pos.put(canon, (parent_inode, i))  # rare: tar and cp list the directory first
             return self._image_attr(nid, canon)
         except NydusInspectError as exc:
             raise self._eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
@@ -530,6 +546,7 @@ class NydusFS(pyfuse3.Operations):
             attr = self._image_attr
             links = self._links
             pos = self._pos if self.readahead else None
+            dpos = self._dpos
             for i in range(start_id, len(ents)):
                 name, nid = ents[i]
                 if name == b".":
@@ -546,8 +563,11 @@ class NydusFS(pyfuse3.Operations):
                         a = attr(nid, canon, st)
                     except pyfuse3.FUSEError:  # this inode only: listed, and EIO when used
                         a = self._placeholder(canon, st[0])
-                    if pos is not None and fmt == S_IFREG:
-                        pos.put(canon, (fh, i))
+                    if pos is not None:
+                        if fmt == S_IFREG:
+                            pos.put(canon, (fh, i))
+                        elif fmt == S_IFDIR:
+                            dpos.put(nid, i)
                 if not reply(token, name, a, i + 1):
                     break
         except NydusInspectError as exc:
@@ -839,11 +859,15 @@ class NydusFS(pyfuse3.Operations):
         self._reading_until = now + READER_WINDOW
         w = self._walker
         if w is not None:
-            end = w.issued.get(nid)
-            if end is not None:  # the reader follows the walk: move the window on
+            at = w.ahead.get(nid)
+            if at is not None:  # the reader follows the walk: forget what it passed, move the window on
+                seq, end = at
+                ahead, order = w.ahead, w.order
+                while order and ahead[order[0]][0] <= seq:
+                    del ahead[order.popleft()]
                 if end > w.consumed:
                     w.consumed = end
-                    self._walk_ahead()
+                self._walk_ahead()
                 return
         if not reader:
             return
@@ -867,10 +891,21 @@ class NydusFS(pyfuse3.Operations):
         w.files = self._walk(dnid, i, w.dirs)
         self._walk_ahead()
 
+    def _index_in_parent(self, dnid: int, parent: int) -> int:
+        """Where directory ``dnid`` is in the listing of ``parent`` (known from a listing or an earlier walk;
+        else looked for, once)."""
+        pents = self._dir(parent)[0]
+        k = self._dpos.get(dnid)
+        if k is None or k >= len(pents) or pents[k][1] != dnid:
+            k = next((k for k, (_, n) in enumerate(pents) if n == dnid), len(pents) - 1)
+            self._dpos.put(dnid, k)
+        return k
+
     def _walk(self, dnid: int, i: int, dirs: set[int]):
-        """Regular files of the image from entry ``i`` of directory ``dnid`` on, in the order of a pre-order walk
-        (tar's order): the rest of that directory with its subdirectories, then the rest of each parent. Yields
-        (canonical nid, size, directory nid, index); directories entered are added to the walker's ``dirs``."""
+        """The image from entry ``i`` of directory ``dnid`` on, in the order of a pre-order walk (tar's order):
+        the rest of that directory with its subdirectories, then the rest of each parent. Yields, for each
+        entry passed, (canonical nid, size, directory nid, index) of a regular file, else None (so that the
+        caller can bound the work of each step); directories entered are added to ``dirs``."""
         stack = []
         d, j = dnid, i
         seen = set()
@@ -880,15 +915,17 @@ class NydusFS(pyfuse3.Operations):
             if d == self.root_nid:
                 break
             ents, index = self._dir(d)
-            parent = index.get(b"..")
+            k = index.get(b"..")
+            parent = ents[k][1] if k is not None else None
             if parent is None or parent in self.vnodes:
                 break
-            pents = self._dir(parent)[0]
-            j = next((k + 1 for k, (_, n) in enumerate(pents) if n == d), len(pents))
+            j = self._index_in_parent(d, parent) + 1
             d = parent
         stack.reverse()
         stat_ = self._stat
         links = self._links
+        linked: set[int] = set()
+        dpos = self._dpos
         while stack:
             d, j = stack.pop()
             dirs.add(d)
@@ -900,34 +937,54 @@ class NydusFS(pyfuse3.Operations):
                     continue
                 st = stat_(cnid)
                 fmt = st[0] & S_IFMT
-                if fmt == S_IFDIR:
-                    if cnid not in seen:  # each directory once, whatever the image claims
-                        seen.add(cnid)
-                        stack.append((d, j))
-                        stack.append((cnid, 0))
-                        break
-                elif fmt == S_IFREG and st[2] > 0:
-                    canon = links.setdefault(st[4], cnid) if st[1] > 1 else cnid
-                    yield canon, st[2], d, j - 1
+                if fmt == S_IFREG:
+                    if st[1] > 1:  # a hard link: its inode once per walk
+                        canon = links.setdefault(st[4], cnid)
+                        if canon in linked:
+                            yield None
+                            continue
+                        linked.add(canon)
+                        yield canon, st[2], d, j - 1
+                    else:
+                        yield cnid, st[2], d, j - 1
+                    continue
+                if fmt == S_IFDIR and cnid not in seen:  # each directory once, whatever the image claims
+                    seen.add(cnid)
+                    dpos.put(cnid, j - 1)
+                    stack.append((d, j))
+                    stack.append((cnid, 0))
+                    yield None
+                    break
+                yield None
 
     def _walk_ahead(self) -> None:
-        """Queue the files of the walk until PREFETCH_AHEAD bytes are queued or decoded ahead of the reader."""
+        """Move the walk on, at most WALK_STEPS entries: queue the files it passes for decoding until
+        PREFETCH_AHEAD bytes (or WALK_FILES_AHEAD files) are queued or decoded ahead of the reader."""
         w = self._walker
         cs = self.chunk_size
         pf, done, pos = self._pf, self._pf_done, self._pos
+        ahead, order = w.ahead, w.order
         unit: list[_FileJob] = []
+        steps = WALK_STEPS
         try:
-            while w.issued_bytes - w.consumed < self.prefetch_ahead:
-                item = next(w.files, None)
+            while w.issued_bytes - w.consumed < self.prefetch_ahead and len(ahead) < WALK_FILES_AHEAD:
+                if steps == 0:
+                    break
+                steps -= 1
+                item = next(w.files, _END)
                 if item is None:
+                    continue
+                if item is _END:
                     break
                 canon, size, d, j = item
-                if canon in w.issued:
+                if canon in ahead:
                     continue
                 w.issued_bytes += size
-                w.issued[canon] = w.issued_bytes
+                w.seq += 1
+                ahead[canon] = (w.seq, w.issued_bytes)
+                order.append(canon)
                 pos.put(canon, (d, j))
-                if canon in pf or canon in done:
+                if size == 0 or canon in pf or canon in done:
                     continue
                 done.put(canon, True)
                 if size <= cs:
@@ -942,7 +999,7 @@ class NydusFS(pyfuse3.Operations):
                         self._job(c, canon, False)
         except NydusInspectError as exc:  # a damaged directory or inode: stop walking; readers will say what
             log.debug("prefetch stopped: %s", exc)
-            w.issued_bytes = -(1 << 62)
+            w.files = iter(())
         finally:
             if unit:
                 self._queue(self._background, unit)
