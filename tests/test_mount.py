@@ -574,6 +574,26 @@ def test_entries_match_entry_command(which, mounts, fixture_layers, request):
         assert not (d / "superblock.json").exists()
 
 
+def test_entries_named_as_no_file_is(mounts, fixture_layers, tmp_path):
+    """A ToC may name an entry with no bytes, a slash or a NUL: entries/ shows it %-escaped (a listing with such
+    a name is EIO in the kernel), with its bytes."""
+    src = fixture_layers["every-type.tar"]
+    data = bytearray(src.read_bytes())
+    for old, new in ((b"blob.digest", b""), (b"blob.meta", b"a/b\0c")):
+        i = data.rfind(old.ljust(16, b"\0"))
+        data[i : i + 16] = new.ljust(16, b"\0")
+    layer = tmp_path / "renamed.blob"
+    layer.write_bytes(data)
+    mp = mounts.mount(layer)
+    (d,) = _entry_dirs(mp)
+    names = set(os.listdir(d))
+    assert {"%", "a%2Fb", "raw", "image.boot", "toc.json"} <= names, names
+    with open_layer(str(src)) as orig:
+        assert (d / "%").read_bytes() == orig.entry("blob.digest")
+        assert (d / "a%2Fb").read_bytes() == orig.entry("blob.meta")
+    assert {"%", "a%2Fb"} <= set(os.listdir(d / "raw"))
+
+
 def test_entries_of_a_blob_without_toc(mounts, fixture_layers, fixture_tars, tmp_path):
     """An old-style blob found by its tar headers only: entries/ lists its sections, rootfs/ still reads."""
     with open_layer(str(fixture_layers["dedup.tar"])) as lay:
