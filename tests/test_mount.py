@@ -228,10 +228,20 @@ def assert_same(expected: Tree, found: Tree, what: str, rootfs: Path | None = No
 # ---------------------------------------------------------------------------- the trees
 @pytest.mark.parametrize("name", [*FIXTURES, "every-type.tar@1m", "every-type.tar@lz4"])
 def test_rootfs_matches_source(name, mounts, fixture_tars, fixture_layers, tmp_path):
-    mp = mounts.mount(fixture_layers[name])
+    # A layer's whiteouts are hidden unless asked for (test_single_layer_whiteouts_as_merge_applies_them):
+    # applied, the tree is the source tar's without them; shown raw, it is the source tar's.
     source = fixture_tars[name.split("@")[0]]
+    want = describe_tar(str(source))
+    whiteouts = [p for p in want.entries if p.rsplit(b"/", 1)[-1].startswith(b".wh.")]
+    if whiteouts:
+        raw = mounts.mount(fixture_layers[name], "--raw-whiteouts")
+        got = describe_tar(str(gnu_tar(raw / "rootfs", tmp_path / "raw.tar")))
+        assert_same(want, got, name + " (--raw-whiteouts)", raw / "rootfs")
+        for p in whiteouts:
+            del want.entries[p]
+    mp = mounts.mount(fixture_layers[name])
     got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "out.tar")))
-    assert_same(describe_tar(str(source)), got, name, mp / "rootfs")
+    assert_same(want, got, name, mp / "rootfs")
 
 
 def test_rootfs_real_blob(mounts, vectors, tmp_path):
@@ -301,6 +311,50 @@ def test_rootfs_merged_bootstrap(mounts, merged_layers, tmp_path):
     want = reference_tree(tars)
     want.explicit_root = False
     assert_same(want, got, "merged bootstrap", mp / "rootfs")
+
+
+def _names(top: Path) -> list[str]:
+    out = []
+    for d, dirs, files in os.walk(top):
+        out += [os.path.relpath(os.path.join(d, n), top) for n in dirs + files]
+    return sorted(out)
+
+
+def test_single_layer_whiteouts_as_merge_applies_them(mounts, tmp_path):
+    """One layer holding whiteouts shows the tree merge makes of it alone: whiteouts act on lower layers only,
+    so they are hidden, and what they name in the same layer stays; --raw-whiteouts shows them as stored."""
+    tar = tmp_path / "upper.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, kind in (
+            ("keep", tarfile.REGTYPE),
+            (".wh.keep", tarfile.REGTYPE),  # names a file of this very layer: it stays
+            (".wh.gone", tarfile.REGTYPE),
+            ("dir", tarfile.DIRTYPE),
+            ("dir/.wh..wh..opq", tarfile.REGTYPE),
+            ("dir/inner", tarfile.REGTYPE),
+            ("dir/sub", tarfile.DIRTYPE),
+            ("dir/sub/.wh.x", tarfile.REGTYPE),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            tf.addfile(info)
+    layer = _pack(tar, tmp_path / "upper.blob")
+    applied = ["dir", "dir/inner", "dir/sub", "keep"]
+    mp = mounts.mount(layer)
+    assert _names(mp / "rootfs") == applied
+    assert not os.path.lexists(mp / "rootfs/.wh.gone")
+    raw = mounts.mount(layer, "--raw-whiteouts")
+    assert _names(raw / "rootfs") == sorted(
+        applied + [".wh.keep", ".wh.gone", "dir/.wh..wh..opq", "dir/sub/.wh.x"]
+    )
+    # The same as the merge of that layer alone.
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    (blob_dir / hashlib.sha256(layer.read_bytes()).hexdigest()).symlink_to(layer)
+    proc = cli("merge", layer, "-o", tmp_path / "merged.boot")
+    assert proc.returncode == 0, proc.stderr.decode()
+    merged = mounts.mount(tmp_path / "merged.boot", "--blob-dir", blob_dir)
+    assert _names(merged / "rootfs") == applied
 
 
 def _oci_layout(root: Path, tars: list[bytes]) -> Path:
@@ -824,7 +878,7 @@ def test_bad_chunks_met_by_prefetch_are_eio_for_the_reader(mounts, tmp_path):
 
 def test_tree_reader_through_a_small_cache(mounts, fixture_tars, fixture_layers, tmp_path):
     """Decoding ahead of tar stays within the cache (a quarter of it) and what tar gets is still the source."""
-    mp = mounts.mount(fixture_layers["every-type.tar"], "--cache-size", "128K")
+    mp = mounts.mount(fixture_layers["every-type.tar"], "--cache-size", "128K", "--raw-whiteouts")
     got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "out.tar")))
     assert_same(describe_tar(str(fixture_tars["every-type.tar"])), got, "every-type", mp / "rootfs")
 
@@ -852,7 +906,8 @@ def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
                         out.append((item.nid, item.chunk.uncompressed_size))
             return out
 
-        files = [n for n in sources.image.rafs.walk() if n.type == "file"]
+        # Every file the mount shows (whiteouts are not).
+        files = [n for n in sources.image.rafs.walk() if n.type == "file" and not n.name.startswith(b".wh.")]
         biggest = max(n.size for n in files)  # the walk stops once past the window: by one file at most
         fs._start_walk(fs.root_nid, 0)
         w = fs._walker

@@ -49,6 +49,7 @@ from ..chunks.decode import ChunkCache, ChunkReader
 from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..formats import rafs_v6
+from ..merge import WHITEOUT_PREFIX
 from ..model import _LRU, fsdecode
 from .entries import (
     LOG_XATTR,
@@ -227,6 +228,7 @@ class NydusFS(pyfuse3.Operations):
         workers: int = 0,
         page_cache: bool = True,
         log_where: str = "",
+        raw_whiteouts: bool = False,
     ) -> None:
         super().__init__()
         self.sources = sources
@@ -245,6 +247,9 @@ class NydusFS(pyfuse3.Operations):
         self.tree = Tree(sources.views, self.root_nid, mtime_ns=mtime_ns)
         self.vnodes = self.tree.nodes
         self.uid, self.gid = os.getuid(), os.getgid()
+        # One layer is shown as merge shows it on its own: whiteouts (.wh.NAME, .wh..wh..opq) act on lower
+        # layers only and never reach the image. Several layers are merged already, without them.
+        self.hide_whiteouts = not raw_whiteouts
         self.log_where = log_where  # where this daemon logs, answered as user.nydus.mount.log on the root
         # An image without any xattr: say "not supported" so that ls -l stops asking for labels and ACLs.
         self.no_xattr_errno = pyfuse3.ENOATTR if self.rafs.ext.s_flags & rafs_v6.HAS_XATTR else errno.ENOTSUP
@@ -438,7 +443,11 @@ class NydusFS(pyfuse3.Operations):
         d = self._dirs.get(nid)
         if d is None:
             ents = self.rafs.dir_entries(nid)
-            bad = [name for name, _ in ents if len(name) > NAME_MAX or b"\0" in name]
+            hide = self.hide_whiteouts
+            drop = [
+                n for n, _ in ents if len(n) > NAME_MAX or b"\0" in n or (hide and n[:4] == WHITEOUT_PREFIX)
+            ]
+            bad = [n for n in drop if len(n) > NAME_MAX or b"\0" in n]
             if bad:
                 # FUSE hands a name over as a C string and the kernel looks up none longer than NAME_MAX:
                 # such an entry would be listed under another name, or listed and never found.
@@ -447,7 +456,9 @@ class NydusFS(pyfuse3.Operations):
                     f"{self._where(nid)}: {len(bad)} name(s) no kernel can look up (NUL, or over {NAME_MAX} "
                     f"bytes), not listed: {fsdecode(bad[0][:64])!r}",
                 )
-                ents = [(name, n) for name, n in ents if len(name) <= NAME_MAX and b"\0" not in name]
+            if drop:
+                gone = set(drop)
+                ents = [e for e in ents if e[0] not in gone]
             d = (ents, dict(zip(map(_name, ents), range(len(ents)))))
             self._dirs.put(nid, d, len(ents))
         return d
