@@ -399,6 +399,12 @@ def kernel_limits() -> Iterator[Case]:
     }
     for name, entries in names.items():
         yield Case("kernel-limits", name, "layer", _const(bootstrap({**ok, **entries})), suffix=".boot")
+    # One name twice in a directory (the second a different inode): "twicf" renamed in its dirent block.
+    twice = bootstrap({**ok, b"/twice": {"type": "file"}, b"/twicf": {"type": "symlink", "target": b"ok"}})
+    assert twice.count(b"twicf") == 1
+    yield Case(
+        "kernel-limits", "name-twice", "layer", _const(twice.replace(b"twicf", b"twice")), suffix=".boot"
+    )
 
 
 def deep_bootstrap(depth: int = 4000, name_len: int = 255) -> bytes:

@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -464,6 +465,7 @@ KERNEL_LIMITS = {
     "ids-and-nlink-max": "fine",
     "build-time-2^64-1": "fine",
     "inos-2^64-1": "statfs",
+    "name-twice": "twice",
 }
 
 
@@ -517,6 +519,9 @@ def test_values_no_kernel_takes(name, mounts, tmp_path):
             if name == "ids-and-nlink-max":
                 # uid 2^32-1 is (uid_t)-1, which the kernel shows as the overflow uid.
                 assert st.st_nlink == 2**32 - 1 and st.st_uid in (2**32 - 1, 65534)
+        elif want == "twice":  # listed once, as the first (a path lookup's) inode
+            assert listed == ["dir", "ok", "twice"] and ls.returncode == 0, ls.stderr
+            assert stat.S_ISREG(os.lstat(r / "twice").st_mode)
         elif want == "statfs":
             sv = os.statvfs(mp)
             assert 0 < sv.f_files <= boot.stat().st_size + 64

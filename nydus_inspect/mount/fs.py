@@ -459,7 +459,14 @@ class NydusFS(pyfuse3.Operations):
             if drop:
                 gone = set(drop)
                 ents = [e for e in ents if e[0] not in gone]
-            d = (ents, dict(zip(map(_name, ents), range(len(ents)))))
+            n = len(ents)
+            # Each name once, the first (as a path lookup finds it): built backwards, the first one stays.
+            index = dict(zip(map(_name, reversed(ents)), range(n - 1, -1, -1)))
+            if len(index) != n:  # a name twice: the kernel would get two inodes for one name
+                self._log_once(("twice", nid), f"{self._where(nid)}: a name listed twice, shown once")
+                ents = [e for i, e in enumerate(ents) if index[e[0]] == i]
+                index = dict(zip(map(_name, ents), range(len(ents))))
+            d = (ents, index)
             self._dirs.put(nid, d, len(ents))
         return d
 
