@@ -1,8 +1,9 @@
 """The FUSE file system of a mount: a ``pyfuse3.Operations`` over the model and the entries tree.
 
 Inode numbers are stable: the mount root is 1, ``rootfs/`` and everything under it use the RAFS nid of the
-inode (a bootstrap is at most 1 GiB, so nids stay far below 2^56; every name of a hard link gets the nid of
-the first name seen, so all names share one inode), and the virtual ``entries/`` tree numbers from 2^56.
+inode (a bootstrap is at most 1 GiB, so nids stay far below 2^56), and the virtual ``entries/`` tree numbers
+from 2^56. The names of a hard link are dirents of one nid (nydus writes one inode per link), so they share
+one inode, as nydusd shows them; two inodes that merely claim one i_ino stay two files.
 
 The image never changes, so the kernel may cache everything for long: entry and attribute timeouts of a year
 (negative lookups too), ``keep_cache`` on every open, and directory listings come with their attributes
@@ -279,8 +280,6 @@ class NydusFS(pyfuse3.Operations):
         self._storer: threading.Thread | None = None
         self._inflight: dict[tuple, _Job] = {}
         self._vjobs: dict[int, trio.Event] = {}
-        # i_ino -> nid of the first name seen, for hard-linked non-directories
-        self._links: dict[int, int] = {}
         # Directory nid -> (entries [(name, dirent nid)], {name: dirent nid}), at most DIR_CACHE_ENTRIES in all.
         self._dirs = _SizedLRU(DIR_CACHE_ENTRIES)
         self._chunks = _LRU(16384)  # nid -> list[ChunkRef], files of a few chunks
@@ -401,12 +400,6 @@ class NydusFS(pyfuse3.Operations):
         e.entry_timeout = e.attr_timeout = 0
         return e
 
-    def _canon(self, nid: int, ino: rafs_v6.Inode) -> int:
-        """The inode number of dirent nid ``nid``: every name of a hard link gets the first nid seen."""
-        if ino.i_nlink > 1 and ino.i_mode & S_IFMT != S_IFDIR:
-            return self._links.setdefault(ino.i_ino, nid)
-        return nid
-
     async def _vattr(self, node: VNode) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
@@ -496,11 +489,10 @@ class NydusFS(pyfuse3.Operations):
                 e.entry_timeout = TIMEOUT
                 return e
             nid = ents[i][1]
-            ino = self.rafs.inode(nid)
-            canon = self._canon(nid, ino)
-            if ino.i_mode & S_IFMT == S_IFREG and self.readahead and canon not in self._pos:
-                self._pos.put(canon, (parent_inode, i))  # rare: tar and cp list the directory first
-            return self._image_attr(nid, canon)
+            st = self._stat(nid)
+            if st[0] & S_IFMT == S_IFREG and self.readahead and nid not in self._pos:
+                self._pos.put(nid, (parent_inode, i))  # rare: tar and cp list the directory first
+            return self._image_attr(nid, nid, st)
         except NydusInspectError as exc:
             raise self._eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
 
@@ -562,7 +554,6 @@ class NydusFS(pyfuse3.Operations):
             reply = pyfuse3.readdir_reply
             stat_ = self._stat
             attr = self._image_attr
-            links = self._links
             pos = self._pos if self.readahead else None
             dpos = self._dpos
             for i in range(start_id, len(ents)):
@@ -574,16 +565,13 @@ class NydusFS(pyfuse3.Operations):
                 else:
                     st = stat_(nid)
                     fmt = st[0] & S_IFMT
-                    canon = nid
-                    if st[1] > 1 and fmt != S_IFDIR:
-                        canon = links.setdefault(st[4], nid)
                     try:
-                        a = attr(nid, canon, st)
+                        a = attr(nid, nid, st)
                     except pyfuse3.FUSEError:  # this inode only: listed, and EIO when used
-                        a = self._placeholder(canon, st[0])
+                        a = self._placeholder(nid, st[0])
                     if pos is not None:
                         if fmt == S_IFREG:
-                            pos.put(canon, (fh, i))
+                            pos.put(nid, (fh, i))
                         elif fmt == S_IFDIR:
                             dpos.put(nid, i)
                 if not reply(token, name, a, i + 1):
@@ -922,7 +910,7 @@ class NydusFS(pyfuse3.Operations):
     def _walk(self, dnid: int, i: int, dirs: set[int]):
         """The image from entry ``i`` of directory ``dnid`` on, in the order of a pre-order walk (tar's order):
         the rest of that directory with its subdirectories, then the rest of each parent. Yields, for each
-        entry passed, (canonical nid, size, directory nid, index) of a regular file, else None (so that the
+        entry passed, (nid, size, directory nid, index) of a regular file, else None (so that the
         caller can bound the work of each step); directories entered are added to ``dirs``."""
         stack = []
         d, j = dnid, i
@@ -941,7 +929,6 @@ class NydusFS(pyfuse3.Operations):
             d = parent
         stack.reverse()
         stat_ = self._stat
-        links = self._links
         linked: set[int] = set()
         dpos = self._dpos
         while stack:
@@ -957,14 +944,11 @@ class NydusFS(pyfuse3.Operations):
                 fmt = st[0] & S_IFMT
                 if fmt == S_IFREG:
                     if st[1] > 1:  # a hard link: its inode once per walk
-                        canon = links.setdefault(st[4], cnid)
-                        if canon in linked:
+                        if cnid in linked:
                             yield None
                             continue
-                        linked.add(canon)
-                        yield canon, st[2], d, j - 1
-                    else:
-                        yield cnid, st[2], d, j - 1
+                        linked.add(cnid)
+                    yield cnid, st[2], d, j - 1
                     continue
                 if fmt == S_IFDIR and cnid not in seen:  # each directory once, whatever the image claims
                     seen.add(cnid)
@@ -1214,7 +1198,7 @@ class NydusFS(pyfuse3.Operations):
             self._walks_left -= 1
             try:
                 for n in self.rafs.walk():
-                    if n.nid == inode or (n.hardlink is not None and self._links.get(n.hardlink) == inode):
+                    if n.nid == inode:
                         path = "rootfs" + (fsdecode(n.path) if n.path != b"/" else "/")
                         break
             except Exception:  # noqa: BLE001 - a log line names what it can; the error it is about matters
