@@ -185,6 +185,20 @@ def _mount_fs(path: str):
     return sources, fs
 
 
+def _same_as_reader(fs, nid: int, data: bytes) -> None:
+    """A file read whole through the mount holds the bytes the checked reader (``cat``) gives, and the reader
+    does not refuse it."""
+    from nydus_inspect.errors import NydusInspectError
+
+    layer = fs.sources.layers[0]
+    try:
+        want = b"".join(layer.read_file(layer.rafs.node(nid, b"")))
+    except NydusInspectError as exc:
+        raise _Finding(f"read {nid}: {len(data)} bytes served, the reader refuses the file: {exc}") from None
+    if want != data:
+        raise _Finding(f"read {nid}: {len(data)} bytes served differ from the reader's {len(want)}")
+
+
 async def _drive_mount(fs) -> None:
     """Every request handler on every inode reachable from the mount root: lookup, getattr, opendir and
     readdir (in small batches), open and read (whole, and at odd offsets), readlink, listxattr, getxattr,
@@ -227,19 +241,23 @@ async def _drive_mount(fs) -> None:
             fh = await answer(fs.open(ino, os.O_RDONLY), f"open {ino}")
             if fh is None:
                 continue
-            off = 0
+            off, got = 0, []
             while budget > 0:
                 data = await answer(fs.read(fh.fh, off, 128 << 10), f"read {ino}")
                 if data is None:
+                    got = None
                     break
                 if len(data) > 128 << 10:
                     raise _Finding(f"read {ino}: {len(data)} bytes for 128 KiB asked")
                 if not data:
                     if off != attr.st_size:
                         raise _Finding(f"read {ino}: the end at {off}, size {attr.st_size}")
+                    if ino not in fs.vnodes:
+                        _same_as_reader(fs, ino, b"".join(got))
                     break
                 budget -= len(data)
                 off += len(data)
+                got.append(bytes(data))
             await answer(fs.read(fh.fh, max(0, attr.st_size - 7), 4099), f"read {ino} tail")
             await fs.release(fh.fh)
         elif kind == 0o040000:
