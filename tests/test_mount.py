@@ -953,6 +953,40 @@ def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
         sources.close()
 
 
+def test_read_ahead_advice_past_2_63_leaves_the_workers_alive(fixture_layers, fixture_tars):
+    """No FUSE: asking the kernel to read ahead stored bytes at an offset past 2^63 (a hostile chunk record)
+    fails quietly; the decoding workers live on, and the next read is answered."""
+    import dataclasses
+
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS, _Hint
+    from nydus_inspect.mount.sources import open_sources
+
+    sources = open_sources([str(fixture_layers["every-type.tar"])])
+    try:
+        fs = NydusFS(sources, workers=1, page_cache=False)
+        node = sources.image.rafs.lookup("/data/small.txt")
+        chunk = sources.image.rafs.chunks(node)[0]
+        far = dataclasses.replace(chunk, compressed_offset=(1 << 63) + 5)
+
+        async def run() -> bytes:
+            fs.attach()
+            try:
+                fs._will_need([far, far])  # on the loop
+                fs._queue(fs._background, [_Hint([far, far])])  # in the one worker
+                with trio.fail_after(30):
+                    return bytes(await fs.read(node.nid, 0, 1 << 20))
+            finally:
+                fs.detach()
+
+        with tarfile.open(fixture_tars["every-type.tar"]) as tf:
+            want = tf.extractfile("data/small.txt").read()
+        assert trio.run(run) == want
+    finally:
+        sources.close()
+
+
 def test_tree_reader_costs_linear_work(tmp_path):
     """No FUSE: a tree reader opening every file of a tree of empty files (looked up first, as cat does) costs
     a bounded number of inode reads per file, not a walk of the rest of the tree per file."""

@@ -706,9 +706,15 @@ class NydusFS(pyfuse3.Operations):
         first, last = chunks[0], chunks[-1]
         if first.blob_index != last.blob_index or last.compressed_offset < first.compressed_offset:
             return
-        self.image.blob(first.blob_index).source.will_need(
-            first.compressed_offset, last.compressed_offset + last.compressed_size - first.compressed_offset
-        )
+        try:
+            self.image.blob(first.blob_index).source.will_need(
+                first.compressed_offset,
+                last.compressed_offset + last.compressed_size - first.compressed_offset,
+            )
+        except (
+            Exception
+        ) as exc:  # only advice (an offset past 2^63 overflows): a decoding worker must not die
+            log.debug("read-ahead advice for blob %d failed: %s", first.blob_index, exc)
 
     # ------------------------------------------------------------------ decoding (worker threads)
     def _job(self, c: ChunkRef, nid: int, urgent: bool):
