@@ -449,6 +449,21 @@ def test_inodes_claiming_one_i_ino_stay_two(mounts, tmp_path):
     assert sorted(os.listdir(r)) == ["file", "link"]
 
 
+def test_a_file_the_reader_refuses_does_not_open(mounts, tmp_path):
+    """An empty file whose xattr area runs past the bootstrap: cat refuses it, and the mount does not serve it
+    either (EIO on open), while the rest of the mount reads."""
+    import hostile
+
+    boot = hostile.bootstrap({b"/bad": {"type": "file", "mtime": 1}, b"/ok": {"type": "file"}})
+    path = tmp_path / "xattrs-past-the-end.boot"
+    path.write_bytes(hostile.patched(boot, b"/bad", i_xattr_icount=0xFFFF))
+    one_line_error(cli("cat", path, "/bad"))
+    mp = mounts.mount(path)
+    assert os.lstat(mp / "rootfs/bad").st_size == 0
+    assert _errno_of(lambda: (mp / "rootfs/bad").read_bytes()) == errno.EIO
+    assert (mp / "rootfs/ok").read_bytes() == b""
+
+
 def test_image_without_xattrs_says_enotsup(mounts, tmp_path):
     tar = tmp_path / "plain.tar"
     with tarfile.open(tar, "w") as tf:

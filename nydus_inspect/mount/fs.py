@@ -599,6 +599,10 @@ class NydusFS(pyfuse3.Operations):
             fmt = self._stat(inode)[0] & S_IFMT
             if fmt != S_IFREG:
                 raise pyfuse3.FUSEError(errno.EISDIR if fmt == S_IFDIR else errno.EINVAL)
+            if self.rafs.inode(inode).i_xattr_icount:
+                # The reader (cat, unpack) decodes the whole inode and refuses a file whose xattrs do not
+                # decode: so does the mount, also when there are no bytes to read.
+                self._image_xattrs(inode)
             if self.readahead:
                 self._opened(inode)
         except NydusInspectError as exc:
