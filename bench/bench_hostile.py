@@ -4,13 +4,18 @@
    of them directories as the tree deepens): the time per entry must not grow with depth.
 2. Peak RSS of each command on the 4 GiB file made of one chunk repeated (a layer of about 1 MB), on the
    bootstrap of 4,000 nested 255-byte directory names and on the file with 20,000 hard links.
+3. `cat` of every file through the mount (root and /dev/fuse) of 10,000, 100,000 and 200,000 empty files (in
+   directories of 1,000), with the mount's read-ahead on and off: the time per file must not grow with the
+   count (the growth exponent of time in count is 1.0 when linear). BENCH_MOUNT_FILES=10000,100000 picks the
+   sizes.
 
 The inputs come from the test suite's hostile generator (tests/hostile.py).
-Run: `make bench` or `python bench/bench_hostile.py [depth|memory]`.
+Run: `make bench` or `python bench/bench_hostile.py [depth|memory|mount]`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -95,15 +100,75 @@ def memory(work: Path) -> None:
     print(f"largest: {worst / 1024:.0f} MiB (target: under 256 MiB)")
 
 
+def _empty_files_tar(path: Path, n: int) -> None:
+    """A tar of ``n`` empty files, 1,000 to a directory."""
+    with open(path, "wb") as f:
+        for i in range(n):
+            if i % 1000 == 0:
+                f.write(hostile.member(b"d%04d/" % (i // 1000), typeflag=b"5", mode=0o755))
+            f.write(hostile.member(b"d%04d/f%06d" % (i // 1000, i)))
+        f.write(hostile.END)
+
+
+def _cat_all(blob: Path, mp: Path, readahead: bool) -> float:
+    """Seconds to cat every file of ``blob`` through a fresh mount (find lists them first, untimed)."""
+    import time
+
+    args = [] if readahead else ["--no-readahead"]
+    _nydus("mount", *args, blob, mp, "--log-file", mp.parent / "mount.log")
+    try:
+        names = subprocess.run(
+            ["find", ".", "-type", "f", "-print0"], cwd=mp / "rootfs", capture_output=True, check=True
+        ).stdout
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["xargs", "-0", "cat"], input=names, cwd=mp / "rootfs", stdout=subprocess.DEVNULL, check=True
+        )
+        return time.perf_counter() - t0
+    finally:
+        _nydus("umount", mp)
+
+
+def mount_series(work: Path, repeat: int) -> None:
+    sizes = [int(x) for x in os.environ.get("BENCH_MOUNT_FILES", "10000,100000,200000").split(",") if x]
+    print(f"cat of every file through the mount, by file count ({load_note()})")
+    print(f"{'files':>8} {'read-ahead s':>13} {'us/file':>8} {'off s':>7} {'us/file':>8} {'on/off':>7}")
+    mp = work / "mnt"
+    mp.mkdir()
+    rows = []
+    for n in sizes:
+        tar, blob = work / f"empty{n}.tar", work / f"empty{n}.blob"
+        _empty_files_tar(tar, n)
+        _nydus("pack", "-q", tar, "-o", blob)
+        tar.unlink()
+        on, off = [], []
+        for _ in range(repeat):  # alternating, so that machine noise hits both alike
+            on.append(_cat_all(blob, mp, True))
+            off.append(_cat_all(blob, mp, False))
+        blob.unlink()
+        t_on, t_off = sorted(on)[len(on) // 2], sorted(off)[len(off) // 2]
+        rows.append((n, t_on))
+        print(
+            f"{n:>8} {t_on:>13.2f} {t_on / n * 1e6:>8.1f} {t_off:>7.2f} {t_off / n * 1e6:>8.1f} "
+            f"{t_on / t_off:>6.2f}x"
+        )
+    for (n1, t1), (n2, t2) in zip(rows, rows[1:]):
+        print(
+            f"growth exponent {n1} -> {n2} files: {math.log(t2 / t1) / math.log(n2 / n1):.2f} (1.0 is linear)"
+        )
+
+
 def main() -> int:
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
-    which = sys.argv[1:] or ["depth", "memory"]
+    which = sys.argv[1:] or ["depth", "memory", "mount"]
     work = Path(tempfile.mkdtemp(prefix="nydus-bench-hostile-", dir=os.environ.get("NYDUS_BENCH_TMP")))
     try:
         if "depth" in which:
             depth_series(work, repeat)
         if "memory" in which:
             memory(work)
+        if "mount" in which:
+            mount_series(work, repeat)
     finally:
         _rmtree(work)
     return 0

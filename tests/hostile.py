@@ -423,6 +423,78 @@ def crafted_xattrs() -> Iterator[Case]:
     yield Case("crafted-xattrs", "shared-count-without-area", "layer", _const(bytes(bad)), suffix=".boot")
 
 
+def patched(boot: bytes, path: bytes | None = None, **fields: int) -> bytes:
+    """``boot`` with fields of the inode at ``path`` (or of the superblock, without a path) set to values the
+    builder would not write: each written in place with its on-disk width, nothing else moved."""
+    import struct
+
+    from nydus_inspect.formats import rafs_v6
+    from nydus_inspect.model import RafsV6
+
+    out = bytearray(boot)
+    if path is None:
+        layout, base = rafs_v6.SUPERBLOCK, rafs_v6.SUPERBLOCK_OFFSET
+    else:
+        r = RafsV6(boot)
+        nid = r.lookup(path).nid
+        layout, base = r.inode(nid).layout, r.inode_offset(nid)
+    for name, value in fields.items():
+        fmt = "<" + dict(layout.fields)[name]
+        struct.pack_into(fmt, out, base + layout.offsets[name], value)
+    return bytes(out)
+
+
+def kernel_limits() -> Iterator[Case]:
+    """Bootstraps holding values no kernel takes (a size or a time past a signed 64-bit number, an unknown file
+    type, names and targets FUSE cannot carry), each beside a healthy file and directory that must stay
+    readable: a mount refuses or clamps the one inode, never ends."""
+    ok = {b"/ok": {"type": "file"}, b"/dir": {"type": "dir"}, b"/dir/inner": {"type": "file"}}
+    ext = {"type": "file", "mtime": 1}  # an mtime makes the builder write an extended inode
+    cases: dict[str, tuple[dict, bytes | None, dict]] = {
+        "size-2^63": ({b"/bad": ext}, b"/bad", {"i_size": (1 << 63) + 1}),
+        "size-2^64-1": ({b"/bad": ext}, b"/bad", {"i_size": (1 << 64) - 1}),
+        "size-without-chunks": ({b"/bad": ext}, b"/bad", {"i_size": (1 << 63) - 1}),
+        "dir-size-2^64-1": ({b"/bad": {"type": "dir", "mtime": 1}}, b"/bad", {"i_size": (1 << 64) - 1}),
+        "symlink-size-2^63": (
+            {b"/bad": {"type": "symlink", "target": b"ok", "mtime": 1}},
+            b"/bad",
+            {"i_size": 1 << 63},
+        ),
+        "mtime-2^63": ({b"/bad": ext}, b"/bad", {"i_mtime": 1 << 63}),
+        "mtime-max-nsec": (
+            {b"/bad": ext},
+            b"/bad",
+            {"i_mtime": (1 << 63) - 1, "i_mtime_nsec": (1 << 32) - 1},
+        ),
+        "dir-mtime-2^64-1": ({b"/bad": {"type": "dir", "mtime": 1}}, b"/bad", {"i_mtime": (1 << 64) - 1}),
+        "unknown-type": ({b"/bad": ext}, b"/bad", {"i_mode": 0o644}),
+        "type-bits-all-set": ({b"/bad": ext}, b"/bad", {"i_mode": 0o177777}),
+        "ids-and-nlink-max": (
+            {b"/bad": ext},
+            b"/bad",
+            {"i_uid": 2**32 - 1, "i_gid": 2**32 - 1, "i_nlink": 2**32 - 1},
+        ),
+        "inos-2^64-1": ({}, None, {"s_inos": (1 << 64) - 1}),
+        "build-time-2^64-1": ({b"/bad": {"type": "file"}}, None, {"s_build_time": (1 << 64) - 1}),
+    }
+    for name, (entries, path, fields) in cases.items():
+        boot = bootstrap({**ok, **entries})
+        yield Case("kernel-limits", name, "layer", _const(patched(boot, path, **fields)), suffix=".boot")
+    names = {
+        "name-300-bytes": {b"/" + b"n" * 300: {"type": "file"}},
+        "name-1100-bytes": {b"/" + b"n" * 1100: {"type": "file"}},
+        "symlink-target-5000-bytes": {b"/bad": {"type": "symlink", "target": b"t/" * 2500}},
+    }
+    for name, entries in names.items():
+        yield Case("kernel-limits", name, "layer", _const(bootstrap({**ok, **entries})), suffix=".boot")
+    # One name twice in a directory (the second a different inode): "twicf" renamed in its dirent block.
+    twice = bootstrap({**ok, b"/twice": {"type": "file"}, b"/twicf": {"type": "symlink", "target": b"ok"}})
+    assert twice.count(b"twicf") == 1
+    yield Case(
+        "kernel-limits", "name-twice", "layer", _const(twice.replace(b"twicf", b"twice")), suffix=".boot"
+    )
+
+
 def deep_bootstrap(depth: int = 4000, name_len: int = 255) -> bytes:
     """A bootstrap of ``depth`` nested directories of ``name_len``-byte names, a file at the bottom: about
     35 KB, yet a reader that keeps each directory's full path holds depth squared times the name length."""
@@ -462,6 +534,7 @@ LAYER_FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "crafted-links": crafted_links,
     "crafted-xattrs": crafted_xattrs,
     "deep-layers": deep_layers,
+    "kernel-limits": kernel_limits,
 }
 
 

@@ -4,15 +4,27 @@ or 2, a one-line error when it fails, never exit 3 (an internal error), never a 
 A tar case is packed first; when pack takes it, every command that reads a layer runs on the result. The
 corrupted compressed inputs are many: pack and diff run on a fixed sample of them here (every flip of the
 sample is packed in-process by test_compressed_input.py). Crafted layers run the commands that read them.
-The FUSE mount joins this list with the crafted-layer families of the mount's own items.
+Every layer (crafted, or packed from a case) is also mounted (FUSE), and ``ls -lR``, a read of every file and
+``df`` run inside under timeouts: the mount never dies (ENOTCONN) or hangs, and a file read whole gives its
+size in bytes, the bytes the checked reader (``unpack``, else ``cat``) gives; the daemon logs no internal
+error, and the mount is gone afterwards, also when a check failed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import os
+import signal
 import subprocess
+import sys
+import tarfile
+import time
 
 import hostile
 import pytest
+from conftest import REQUIRE_FUSE
 
 TIMEOUT = 120
 
@@ -40,6 +52,192 @@ CRAFTED_COMMANDS = ("ls", "verify", "unpack-tar", "unpack-stdout", "unpack-dir",
 #: Commands that still fail on a family, with why: each is an open item, with a strict xfail test of its own
 #: that turns red when it is fixed, so that it moves back into the run (none today).
 DEFERRED: dict[str, dict[str, str]] = {}
+
+
+#: Families whose layers are not mounted: corrupted inputs pack to no layer or the intact one, and the dedup bomb
+#: is one file of a repeated chunk, read through the mount like any big file (its memory is bench_hostile's).
+NOT_MOUNTED = {"corrupt-compressed", "dedup-bomb"}
+MOUNT_TIMEOUT = 60
+#: Reads every regular file under a directory (walking by chdir, so that depth costs neither descriptors nor
+#: long paths) and prints {path: [st_size, bytes read, sha256 or null, errno or 0]} and the other errors met,
+#: as JSON.
+READER = r"""
+import hashlib, json, os, stat, sys
+os.chdir(sys.argv[1])
+files, errors, path, stack = {}, [], [], [None]
+def names():
+    try:
+        return iter(sorted(os.listdir(".")))
+    except OSError as exc:
+        errors.append(["/".join(path), exc.errno])
+        return iter(())
+stack[0] = names()
+while stack:
+    name = next(stack[-1], None)
+    if name is None:
+        stack.pop()
+        if path:
+            os.chdir("..")
+            path.pop()
+        continue
+    rel = "/".join(path + [name])
+    try:
+        st = os.lstat(name)
+    except OSError as exc:
+        errors.append([rel, exc.errno])
+        continue
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.chdir(name)
+        except OSError as exc:
+            errors.append([rel, exc.errno])
+            continue
+        path.append(name)
+        stack.append(names())
+    elif stat.S_ISREG(st.st_mode):
+        h, n, err = hashlib.sha256(), 0, 0
+        try:
+            with open(name, "rb", buffering=0) as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+                    n += len(block)
+        except OSError as exc:
+            err = exc.errno
+        files[rel] = [st.st_size, n, None if err else h.hexdigest(), err]
+json.dump({"files": files, "errors": errors}, sys.stdout)
+"""
+DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def _fuse_missing() -> str | None:
+    from nydus_inspect.testing.plugin import fuse_problem
+
+    problem = fuse_problem()
+    if problem and REQUIRE_FUSE:
+        pytest.fail(f"FUSE is unavailable: {problem} (NYDUS_REQUIRE_FUSE=1)")
+    return problem
+
+
+def _reference(layer, tmp_path, paths: list[str], problems: list[str]) -> dict[str, str | None]:
+    """sha256 of each of ``paths`` as the checked reader gives it (None where it refuses the file): every file
+    from one ``unpack -o``, else (the layer is refused whole) each file from ``cat``."""
+    out = tmp_path / "reference.tar"
+    with open(out, "wb") as f:
+        proc = _run("unpack (reference)", ["unpack", "-q", layer, "-o", "-"], problems, stdout=f)
+    digests: dict[str, str | None] = {}
+    if proc is not None and proc.returncode == 0:
+        with tarfile.open(out) as tf:
+            for m in tf:
+                name = m.name.removeprefix("./").strip("/")
+                if m.isreg():
+                    h = hashlib.sha256()
+                    with tf.extractfile(m) as data:
+                        while block := data.read(1 << 20):
+                            h.update(block)
+                    digests[name] = h.hexdigest()
+                elif m.islnk():
+                    digests[name] = digests.get(m.linkname.removeprefix("./").strip("/"))
+        out.unlink()
+        return {p: digests.get(p) for p in paths}
+    out.unlink()
+    for p in paths:
+        cat = hostile.run_limited("cat", "-P", layer, "/" + p, stdout=subprocess.PIPE, timeout=MOUNT_TIMEOUT)
+        digests[p] = hashlib.sha256(cat.stdout).hexdigest() if cat.returncode == 0 else None
+    return digests
+
+
+def _mount_check(layer, tmp_path, problems: list[str]) -> None:
+    """Mount ``layer`` and use it as a user would; note in ``problems`` whatever a mount must never do."""
+    from nydus_inspect.mount.daemon import find_mount, process_gone
+
+    mp, log = tmp_path / "mnt", tmp_path / "mount.log"
+    mp.mkdir(exist_ok=True)
+    proc = _run("mount", ["mount", layer, mp, "--log-file", log], problems)
+    if proc is None or proc.returncode != 0:
+        if find_mount(str(mp)) is not None:
+            problems.append("mount: failed, yet the mount is there")
+            subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+        return
+    pid = None
+    try:
+        pid = int(os.getxattr(mp, "user.nydus.mount.pid"))
+        rootfs = str(mp / "rootfs")
+        for what, cmd in (("ls -lR", ["ls", "-lR", rootfs]), ("df", ["df", str(mp)])):
+            try:
+                run = subprocess.run(
+                    cmd, capture_output=True, text=True, errors="replace", timeout=MOUNT_TIMEOUT
+                )
+            except subprocess.TimeoutExpired:
+                problems.append(f"mount: {what}: no answer in {MOUNT_TIMEOUT} s")
+                return
+            if "not connected" in run.stderr or "connection abort" in run.stderr:
+                problems.append(f"mount: {what}: the mount died: {run.stderr[-300:]}")
+                return
+        try:
+            run = subprocess.run(
+                [sys.executable, "-c", READER, rootfs], capture_output=True, timeout=4 * MOUNT_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            problems.append(f"mount: reading every file: no answer in {4 * MOUNT_TIMEOUT} s")
+            return
+        if run.returncode != 0:
+            problems.append(f"mount: reading every file: {run.stderr.decode(errors='replace')[-300:]}")
+            return
+        seen = json.loads(run.stdout)
+        dead = [e for e in seen["errors"] + [[p, f[3]] for p, f in seen["files"].items()] if e[1] in DEAD]
+        if dead:
+            problems.append(f"mount: the mount died: {dead[:3]}")
+            return
+        whole = {p: f for p, f in seen["files"].items() if f[2] is not None}
+        short = [p for p, (size, n, _, _) in whole.items() if n != size]
+        if short:
+            problems.append(f"mount: files read whole gave other than their size in bytes: {short[:3]}")
+        read = sorted(p for p, f in whole.items() if f[0])[:50]
+        if read:
+            want = _reference(layer, tmp_path, read, problems)
+            for p in read:
+                got = whole[p][2]
+                if want[p] != got:
+                    why = (
+                        "refused by the checked reader"
+                        if want[p] is None
+                        else "other bytes than the reader's"
+                    )
+                    problems.append(f"mount: /{p}: {why}")
+        if pid is not None and process_gone(pid):
+            problems.append("mount: the daemon is gone")
+        internal = [
+            ln
+            for ln in (log.read_text(errors="replace") if log.exists() else "").splitlines()
+            if "internal error" in ln or "Traceback" in ln
+        ]
+        if internal:
+            problems.append(f"mount: the daemon logged an internal error: {internal[0][-300:]}")
+    except OSError as exc:
+        problems.append(f"mount: {exc}")
+    finally:
+        _unmount(mp, pid, problems)
+
+
+def _unmount(mp, pid: int | None, problems: list[str]) -> None:
+    """Unmount, by the CLI and then by force if need be; the mount and its daemon are gone afterwards."""
+    from nydus_inspect.mount.daemon import find_mount, process_gone, wait_gone
+
+    if find_mount(str(mp)) is not None:
+        proc = hostile.run_limited("umount", mp, timeout=MOUNT_TIMEOUT)
+        if proc.returncode != 0:
+            problems.append(f"umount: exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}")
+    if find_mount(str(mp)) is not None:
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+    if pid is not None and not wait_gone(pid, 10):
+        problems.append(f"umount: daemon {pid} still running")
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid, 5)
+    deadline = time.monotonic() + 5
+    while find_mount(str(mp)) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert find_mount(str(mp)) is None, f"{mp} is still mounted"
+    assert pid is None or process_gone(pid), f"daemon {pid} is still running"
 
 
 def _corrupt_sample() -> list[hostile.Case]:
@@ -101,6 +299,7 @@ def test_every_command_ends_cleanly(tmp_path, case):
             commands = ["diff"]
     else:
         layer = src
+        packed = False
         commands = list(CRAFTED_COMMANDS)
     commands = [c for c in commands if c not in DEFERRED.get(case.family, {})]
     file = "/"
@@ -117,6 +316,9 @@ def test_every_command_ends_cleanly(tmp_path, case):
         for leftover in ("unpacked.tar", "cache"):
             (out / leftover).unlink(missing_ok=True)
         subprocess.run(["rm", "-rf", str(out / "dir")], check=True)
+    mountable = case.kind == "layer" or (packed and case.family not in NOT_MOUNTED)
+    if mountable and not _fuse_missing():
+        _mount_check(layer, tmp_path, problems)
     assert not problems, f"{case.id}:\n" + "\n".join(problems)
 
 

@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -228,10 +229,20 @@ def assert_same(expected: Tree, found: Tree, what: str, rootfs: Path | None = No
 # ---------------------------------------------------------------------------- the trees
 @pytest.mark.parametrize("name", [*FIXTURES, "every-type.tar@1m", "every-type.tar@lz4"])
 def test_rootfs_matches_source(name, mounts, fixture_tars, fixture_layers, tmp_path):
-    mp = mounts.mount(fixture_layers[name])
+    # A layer's whiteouts are hidden unless asked for (test_single_layer_whiteouts_as_merge_applies_them):
+    # applied, the tree is the source tar's without them; shown raw, it is the source tar's.
     source = fixture_tars[name.split("@")[0]]
+    want = describe_tar(str(source))
+    whiteouts = [p for p in want.entries if p.rsplit(b"/", 1)[-1].startswith(b".wh.")]
+    if whiteouts:
+        raw = mounts.mount(fixture_layers[name], "--raw-whiteouts")
+        got = describe_tar(str(gnu_tar(raw / "rootfs", tmp_path / "raw.tar")))
+        assert_same(want, got, name + " (--raw-whiteouts)", raw / "rootfs")
+        for p in whiteouts:
+            del want.entries[p]
+    mp = mounts.mount(fixture_layers[name])
     got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "out.tar")))
-    assert_same(describe_tar(str(source)), got, name, mp / "rootfs")
+    assert_same(want, got, name, mp / "rootfs")
 
 
 def test_rootfs_real_blob(mounts, vectors, tmp_path):
@@ -301,6 +312,50 @@ def test_rootfs_merged_bootstrap(mounts, merged_layers, tmp_path):
     want = reference_tree(tars)
     want.explicit_root = False
     assert_same(want, got, "merged bootstrap", mp / "rootfs")
+
+
+def _names(top: Path) -> list[str]:
+    out = []
+    for d, dirs, files in os.walk(top):
+        out += [os.path.relpath(os.path.join(d, n), top) for n in dirs + files]
+    return sorted(out)
+
+
+def test_single_layer_whiteouts_as_merge_applies_them(mounts, tmp_path):
+    """One layer holding whiteouts shows the tree merge makes of it alone: whiteouts act on lower layers only,
+    so they are hidden, and what they name in the same layer stays; --raw-whiteouts shows them as stored."""
+    tar = tmp_path / "upper.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, kind in (
+            ("keep", tarfile.REGTYPE),
+            (".wh.keep", tarfile.REGTYPE),  # names a file of this very layer: it stays
+            (".wh.gone", tarfile.REGTYPE),
+            ("dir", tarfile.DIRTYPE),
+            ("dir/.wh..wh..opq", tarfile.REGTYPE),
+            ("dir/inner", tarfile.REGTYPE),
+            ("dir/sub", tarfile.DIRTYPE),
+            ("dir/sub/.wh.x", tarfile.REGTYPE),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            tf.addfile(info)
+    layer = _pack(tar, tmp_path / "upper.blob")
+    applied = ["dir", "dir/inner", "dir/sub", "keep"]
+    mp = mounts.mount(layer)
+    assert _names(mp / "rootfs") == applied
+    assert not os.path.lexists(mp / "rootfs/.wh.gone")
+    raw = mounts.mount(layer, "--raw-whiteouts")
+    assert _names(raw / "rootfs") == sorted(
+        applied + [".wh.keep", ".wh.gone", "dir/.wh..wh..opq", "dir/sub/.wh.x"]
+    )
+    # The same as the merge of that layer alone.
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    (blob_dir / hashlib.sha256(layer.read_bytes()).hexdigest()).symlink_to(layer)
+    proc = cli("merge", layer, "-o", tmp_path / "merged.boot")
+    assert proc.returncode == 0, proc.stderr.decode()
+    merged = mounts.mount(tmp_path / "merged.boot", "--blob-dir", blob_dir)
+    assert _names(merged / "rootfs") == applied
 
 
 def _oci_layout(root: Path, tars: list[bytes]) -> Path:
@@ -374,6 +429,41 @@ def test_attributes_inodes_and_links(mounts, fixture_layers):
     assert sorted(os.listdir(r / "data"))[:3] == ["empty", "exact-1m.txt", "exact-4k.bin"]
 
 
+def test_inodes_claiming_one_i_ino_stay_two(mounts, tmp_path):
+    """Two inodes that claim the same i_ino (and two links each) are two files, as nydusd shows them: a name
+    never gets the type, target or bytes of another inode."""
+    import hostile
+
+    boot = hostile.bootstrap(
+        {b"/file": {"type": "file", "mtime": 1}, b"/link": {"type": "symlink", "target": b"file", "mtime": 1}}
+    )
+    for path in (b"/file", b"/link"):
+        boot = hostile.patched(boot, path, i_ino=7, i_nlink=2)
+    (tmp_path / "same-ino.boot").write_bytes(boot)
+    mp = mounts.mount(tmp_path / "same-ino.boot")
+    r = mp / "rootfs"
+    for _ in range(2):  # in either order of first use
+        assert stat.S_ISLNK(os.lstat(r / "link").st_mode) and os.readlink(r / "link") == "file"
+        assert stat.S_ISREG(os.lstat(r / "file").st_mode) and (r / "file").read_bytes() == b""
+    assert os.lstat(r / "link").st_ino != os.lstat(r / "file").st_ino
+    assert sorted(os.listdir(r)) == ["file", "link"]
+
+
+def test_a_file_the_reader_refuses_does_not_open(mounts, tmp_path):
+    """An empty file whose xattr area runs past the bootstrap: cat refuses it, and the mount does not serve it
+    either (EIO on open), while the rest of the mount reads."""
+    import hostile
+
+    boot = hostile.bootstrap({b"/bad": {"type": "file", "mtime": 1}, b"/ok": {"type": "file"}})
+    path = tmp_path / "xattrs-past-the-end.boot"
+    path.write_bytes(hostile.patched(boot, b"/bad", i_xattr_icount=0xFFFF))
+    one_line_error(cli("cat", path, "/bad"))
+    mp = mounts.mount(path)
+    assert os.lstat(mp / "rootfs/bad").st_size == 0
+    assert _errno_of(lambda: (mp / "rootfs/bad").read_bytes()) == errno.EIO
+    assert (mp / "rootfs/ok").read_bytes() == b""
+
+
 def test_image_without_xattrs_says_enotsup(mounts, tmp_path):
     tar = tmp_path / "plain.tar"
     with tarfile.open(tar, "w") as tf:
@@ -386,6 +476,141 @@ def test_image_without_xattrs_says_enotsup(mounts, tmp_path):
     assert exc.value.errno == errno.ENOTSUP
     assert os.listxattr(mp / "rootfs/f") == []
     assert (mp / "rootfs/f").read_bytes() == b"abc"
+
+
+# ---------------------------------------------------------------------------- values no kernel takes
+MAX_OFF = (1 << 63) - 1
+#: What each kernel-limits case (tests/hostile.py) does to its inode ``bad``: "eio" (stat is EIO, listed all the
+#: same), "mtime" (shown as the largest time), "unlisted" (a name no kernel looks up), "readlink" (EIO on
+#: readlink), "read" (stat answers, reading is EIO), "fine" (served as it is), "statfs" (a superblock count).
+KERNEL_LIMITS = {
+    "size-2^63": "eio",
+    "size-2^64-1": "eio",
+    "dir-size-2^64-1": "eio",
+    "symlink-size-2^63": "eio",
+    "unknown-type": "eio",
+    "type-bits-all-set": "eio",
+    "mtime-2^63": "mtime",
+    "mtime-max-nsec": "mtime",
+    "dir-mtime-2^64-1": "mtime",
+    "size-without-chunks": "read",
+    "name-300-bytes": "unlisted",
+    "name-1100-bytes": "unlisted",
+    "symlink-target-5000-bytes": "readlink",
+    "ids-and-nlink-max": "fine",
+    "build-time-2^64-1": "fine",
+    "inos-2^64-1": "statfs",
+    "name-twice": "twice",
+}
+
+
+def _errno_of(fn, *args) -> int:
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def test_kernel_limits_cases_are_all_expected():
+    import hostile
+
+    assert {c.name for c in hostile.kernel_limits()} == set(KERNEL_LIMITS)
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_LIMITS))
+def test_values_no_kernel_takes(name, mounts, tmp_path):
+    """A value the kernel cannot take (a size or time past 2^63, no file type) is EIO or clamped for that inode,
+    said once in the log; ls -l, stat, df and reads of everything else go on, and the daemon stays."""
+    import hostile
+
+    case = next(c for c in hostile.kernel_limits() if c.name == name)
+    boot = tmp_path / f"{name}.boot"
+    case.write(boot)
+    mp = mounts.mount(boot)
+    r = mp / "rootfs"
+    want = KERNEL_LIMITS[name]
+    ls = subprocess.run(["ls", "-lR", str(r)], capture_output=True, text=True, timeout=60)
+    assert "connection" not in ls.stderr and "not connected" not in ls.stderr, ls.stderr
+    listed = sorted(os.listdir(r))
+    for _ in range(3):  # asked again and again, said once
+        if want == "eio":
+            assert "bad" in listed
+            assert _errno_of(os.lstat, r / "bad") == errno.EIO
+            assert ls.returncode == 1 and "bad': Input/output error" in ls.stderr, ls.stderr
+        elif want == "mtime":
+            assert os.lstat(r / "bad").st_mtime_ns == MAX_OFF * 1_000_000_000 + 999_999_999
+            assert ls.returncode == 0, ls.stderr
+        elif want == "read":
+            assert os.lstat(r / "bad").st_size == MAX_OFF
+            assert _errno_of(lambda: (r / "bad").read_bytes()) == errno.EIO
+        elif want == "unlisted":
+            assert listed == ["dir", "ok"] and ls.returncode == 0, ls.stderr
+        elif want == "readlink":
+            assert _errno_of(os.readlink, r / "bad") == errno.EIO
+        elif want == "fine":
+            st = os.lstat(r / "bad")
+            assert ls.returncode == 0, ls.stderr
+            if name == "ids-and-nlink-max":
+                # uid 2^32-1 is (uid_t)-1, which the kernel shows as the overflow uid.
+                assert st.st_nlink == 2**32 - 1 and st.st_uid in (2**32 - 1, 65534)
+        elif want == "twice":  # listed once, as the first (a path lookup's) inode
+            assert listed == ["dir", "ok", "twice"] and ls.returncode == 0, ls.stderr
+            assert stat.S_ISREG(os.lstat(r / "twice").st_mode)
+        elif want == "statfs":
+            sv = os.statvfs(mp)
+            assert 0 < sv.f_files <= boot.stat().st_size + 64
+            df = subprocess.run(["df", "-i", str(mp)], capture_output=True, text=True, timeout=60)
+            assert df.returncode == 0, df.stderr
+    # The rest of the mount works, and the daemon is the one that was started.
+    assert {"dir", "ok"} <= set(listed)
+    assert (r / "ok").read_bytes() == b"" and (r / "dir/inner").read_bytes() == b""
+    assert os.statvfs(mp).f_blocks >= 0
+    subprocess.run(["df", str(mp)], check=True, capture_output=True, timeout=60)
+    assert int(os.getxattr(mp, PID_XATTR)) == mounts.pid(mp)
+    errors = [ln for ln in mounts.log(mp).splitlines() if "ERROR" in ln]
+    if want in ("fine", "statfs"):
+        assert errors == []
+    else:
+        assert len(errors) == 1, errors
+        assert "internal error" not in errors[0] and (
+            "bad" in errors[0] or "nid" in errors[0] or "name" in errors[0]
+        )
+
+
+def test_an_unforeseen_error_in_a_handler_is_eio(fixture_layers, caplog):
+    """No FUSE: whatever a handler raises becomes EIO for that request and one log line (pyfuse3 would end the
+    mount on it), and the next request is answered."""
+    import pyfuse3
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    sources = open_sources([str(fixture_layers["every-type.tar"])])
+    try:
+        fs = NydusFS(sources)
+        root = fs.root_nid
+        real = fs.rafs.attrs
+
+        def broken(nid):
+            raise ValueError("a bug")
+
+        async def ask():
+            fs.rafs.attrs = broken
+            for _ in range(2):
+                with pytest.raises(pyfuse3.FUSEError) as exc:
+                    await fs.getattr(root)
+                assert exc.value.errno == errno.EIO
+            fs.rafs.attrs = real
+            return await fs.getattr(root)
+
+        with caplog.at_level("ERROR", logger="nydus_inspect.mount"):
+            assert trio.run(ask).st_ino == root
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(lines) == 1 and "getattr: internal error: ValueError: a bug" in lines[0], lines
+    finally:
+        sources.close()
 
 
 # ---------------------------------------------------------------------------- entries/
@@ -441,6 +666,26 @@ def test_entries_match_entry_command(which, mounts, fixture_layers, request):
         assert json.loads((d / "superblock.json").read_bytes()) == info["bootstrap"]
     else:
         assert not (d / "superblock.json").exists()
+
+
+def test_entries_named_as_no_file_is(mounts, fixture_layers, tmp_path):
+    """A ToC may name an entry with no bytes, a slash or a NUL: entries/ shows it %-escaped (a listing with such
+    a name is EIO in the kernel), with its bytes."""
+    src = fixture_layers["every-type.tar"]
+    data = bytearray(src.read_bytes())
+    for old, new in ((b"blob.digest", b""), (b"blob.meta", b"a/b\0c")):
+        i = data.rfind(old.ljust(16, b"\0"))
+        data[i : i + 16] = new.ljust(16, b"\0")
+    layer = tmp_path / "renamed.blob"
+    layer.write_bytes(data)
+    mp = mounts.mount(layer)
+    (d,) = _entry_dirs(mp)
+    names = set(os.listdir(d))
+    assert {"%", "a%2Fb", "raw", "image.boot", "toc.json"} <= names, names
+    with open_layer(str(src)) as orig:
+        assert (d / "%").read_bytes() == orig.entry("blob.digest")
+        assert (d / "a%2Fb").read_bytes() == orig.entry("blob.meta")
+    assert {"%", "a%2Fb"} <= set(os.listdir(d / "raw"))
 
 
 def test_entries_of_a_blob_without_toc(mounts, fixture_layers, fixture_tars, tmp_path):
@@ -673,7 +918,7 @@ def test_bad_chunks_met_by_prefetch_are_eio_for_the_reader(mounts, tmp_path):
 
 def test_tree_reader_through_a_small_cache(mounts, fixture_tars, fixture_layers, tmp_path):
     """Decoding ahead of tar stays within the cache (a quarter of it) and what tar gets is still the source."""
-    mp = mounts.mount(fixture_layers["every-type.tar"], "--cache-size", "128K")
+    mp = mounts.mount(fixture_layers["every-type.tar"], "--cache-size", "128K", "--raw-whiteouts")
     got = describe_tar(str(gnu_tar(mp / "rootfs", tmp_path / "out.tar")))
     assert_same(describe_tar(str(fixture_tars["every-type.tar"])), got, "every-type", mp / "rootfs")
 
@@ -701,23 +946,101 @@ def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
                         out.append((item.nid, item.chunk.uncompressed_size))
             return out
 
-        files = [n for n in sources.image.rafs.walk() if n.type == "file" and n.size]
+        # Every file the mount shows (whiteouts are not).
+        files = [n for n in sources.image.rafs.walk() if n.type == "file" and not n.name.startswith(b".wh.")]
         biggest = max(n.size for n in files)  # the walk stops once past the window: by one file at most
         fs._start_walk(fs.root_nid, 0)
         w = fs._walker
-        order = list(w.issued)
-        assert order, "nothing to prefetch"
+        assert any(size for _, size in queued()), "nothing to prefetch"
         assert w.issued_bytes - w.consumed <= fs.prefetch_ahead + biggest
         assert sum(size for _, size in queued()) <= fs.prefetch_ahead + biggest
         # The reader opens the files of the walk one by one: the window moves, and stays bounded.
-        seen = 0
-        while seen < len(order):
-            fs._opened(order[seen])
-            assert w.consumed == w.issued[order[seen]]
+        opened = []
+        while w.ahead:
+            nid = next(iter(w.ahead))  # the next file in walk order the reader has not opened
+            end = w.ahead[nid][1]
+            fs._opened(nid)
+            opened.append(nid)
+            assert w.consumed == end and nid not in w.ahead
             assert w.issued_bytes - w.consumed <= fs.prefetch_ahead + biggest
-            order = list(w.issued)
-            seen += 1
-        assert len(order) == len({fs._links.get(n.hardlink, n.nid) for n in files})
+        assert len(opened) == len(set(opened)) == len({n.nid for n in files})
+    finally:
+        sources.close()
+
+
+def test_read_ahead_advice_past_2_63_leaves_the_workers_alive(fixture_layers, fixture_tars):
+    """No FUSE: asking the kernel to read ahead stored bytes at an offset past 2^63 (a hostile chunk record)
+    fails quietly; the decoding workers live on, and the next read is answered."""
+    import dataclasses
+
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS, _Hint
+    from nydus_inspect.mount.sources import open_sources
+
+    sources = open_sources([str(fixture_layers["every-type.tar"])])
+    try:
+        fs = NydusFS(sources, workers=1, page_cache=False)
+        node = sources.image.rafs.lookup("/data/small.txt")
+        chunk = sources.image.rafs.chunks(node)[0]
+        far = dataclasses.replace(chunk, compressed_offset=(1 << 63) + 5)
+
+        async def run() -> bytes:
+            fs.attach()
+            try:
+                fs._will_need([far, far])  # on the loop
+                fs._queue(fs._background, [_Hint([far, far])])  # in the one worker
+                with trio.fail_after(30):
+                    return bytes(await fs.read(node.nid, 0, 1 << 20))
+            finally:
+                fs.detach()
+
+        with tarfile.open(fixture_tars["every-type.tar"]) as tf:
+            want = tf.extractfile("data/small.txt").read()
+        assert trio.run(run) == want
+    finally:
+        sources.close()
+
+
+def test_tree_reader_costs_linear_work(tmp_path):
+    """No FUSE: a tree reader opening every file of a tree of empty files (looked up first, as cat does) costs
+    a bounded number of inode reads per file, not a walk of the rest of the tree per file."""
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    tar = tmp_path / "empty.tar"
+    n = 3000
+    with tarfile.open(tar, "w") as tf:
+        for i in range(n):
+            tf.addfile(tarfile.TarInfo(f"d{i // 1000}/f{i:05d}"))
+    blob = _pack(tar, tmp_path / "empty.blob")
+    sources = open_sources([str(blob)])
+    try:
+        fs = NydusFS(sources)
+        real, calls = fs._stat, [0]
+
+        def counted(nid):
+            calls[0] += 1
+            return real(nid)
+
+        fs._stat = counted
+
+        async def read_all() -> int:
+            opened = 0
+            for d in ("d0", "d1", "d2"):
+                dattr = await fs.lookup(fs.root_nid, d.encode())
+                for i in range(n // 3):
+                    name = f"f{int(d[1:]) * 1000 + i:05d}".encode()
+                    attr = await fs.lookup(dattr.st_ino, name)
+                    await fs.open(attr.st_ino, os.O_RDONLY)
+                    opened += 1
+            return opened
+
+        assert trio.run(read_all) == n
+        assert fs._walker is not None, "the tree reader was not recognised"
+        assert calls[0] <= 4 * n, f"{calls[0]} inode reads for {n} files"
     finally:
         sources.close()
 

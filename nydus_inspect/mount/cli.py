@@ -34,6 +34,7 @@ def cmd_mount(args) -> int:
         readahead=not args.no_readahead,
         workers=args.workers,
         debug=args.debug,
+        raw_whiteouts=args.raw_whiteouts,
     )
     check_mountpoint(opts.mountpoint)  # a mount point that cannot be used is an error before any warning
     warn_if_not_empty(opts.mountpoint)
@@ -96,6 +97,12 @@ def _options(s) -> None:
         default=0,
         metavar="N",
         help="threads decompressing chunks (default: one per CPU, at least 2)",
+    )
+    s.add_argument(
+        "--raw-whiteouts",
+        action="store_true",
+        help="show a single layer's whiteout files (.wh.NAME, .wh..wh..opq) as stored; by default they are "
+        "applied as merge applies them (they act on lower layers only, so they are hidden)",
     )
     s.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse debug output)")
 

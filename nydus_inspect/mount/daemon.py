@@ -51,6 +51,7 @@ class MountOptions:
     readahead: bool = True
     workers: int = 0
     debug: bool = False
+    raw_whiteouts: bool = False
 
 
 # ---------------------------------------------------------------------------- mount table
@@ -185,6 +186,7 @@ def serve(opts: MountOptions, on_ready: Callable[[str | None], None]) -> None:
             readahead=opts.readahead,
             workers=opts.workers,
             log_where=where,
+            raw_whiteouts=opts.raw_whiteouts,
         )
         fuse_options = {"ro", "default_permissions", "fsname=nydus-inspect", "subtype=nydus-inspect"}
         if opts.allow_other:

@@ -28,6 +28,8 @@ from .sources import BlobView
 
 #: Virtual inode numbers start here; image inodes are RAFS nids, far below (a bootstrap is at most 1 GiB).
 VIRTUAL_BASE = 1 << 56
+#: Longest file name the kernel looks up.
+NAME_MAX = 255
 ROOT_INODE = 1
 #: Entries at most this large (decompressed) are produced whole and checked against the ToC's sha256 when
 #: read; larger uncompressed ones (image.blob) are served by range straight from the file.
@@ -163,6 +165,7 @@ class Tree:
             self._add_view(entries, view)
 
     def _add(self, parent: VNode, name: bytes, *, content=None, mtime_ns: int = 0) -> VNode:
+        name = self._fit(parent, name)
         ino = self._next
         self._next += 1
         path = f"{parent.path}/{os.fsdecode(name)}" if parent.path else os.fsdecode(name)
@@ -171,6 +174,21 @@ class Tree:
         assert parent.children is not None
         parent.children[name] = ino
         return node
+
+    @staticmethod
+    def _fit(parent: VNode, name: bytes) -> bytes:
+        """``name`` as a file name the kernel can carry and look up, and unique in ``parent``: a ToC names its
+        entries with any 16 bytes (none, a slash, a NUL, dots, or the name of a sidecar). Such a name is shown
+        %-escaped, a second one of a name with ~2 after it."""
+        if name in (b"", b".", b"..") or b"/" in name or b"\0" in name or len(name) > NAME_MAX:
+            name = name.replace(b"%", b"%25").replace(b"/", b"%2F").replace(b"\0", b"%00")[: NAME_MAX - 8]
+            name = name.replace(b".", b"%2E") if name in (b".", b"..") else name or b"%"
+        assert parent.children is not None
+        out, n = name, 1
+        while out in parent.children:
+            n += 1
+            out = name + b"~%d" % n
+        return out
 
     def _add_view(self, entries: VNode, view: BlobView) -> None:
         layer = view.layer

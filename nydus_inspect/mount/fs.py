@@ -1,8 +1,9 @@
 """The FUSE file system of a mount: a ``pyfuse3.Operations`` over the model and the entries tree.
 
 Inode numbers are stable: the mount root is 1, ``rootfs/`` and everything under it use the RAFS nid of the
-inode (a bootstrap is at most 1 GiB, so nids stay far below 2^56; every name of a hard link gets the nid of
-the first name seen, so all names share one inode), and the virtual ``entries/`` tree numbers from 2^56.
+inode (a bootstrap is at most 1 GiB, so nids stay far below 2^56), and the virtual ``entries/`` tree numbers
+from 2^56. The names of a hard link are dirents of one nid (nydus writes one inode per link), so they share
+one inode, as nydusd shows them; two inodes that merely claim one i_ino stay two files.
 
 The image never changes, so the kernel may cache everything for long: entry and attribute timeouts of a year
 (negative lookups too), ``keep_cache`` on every open, and directory listings come with their attributes
@@ -20,13 +21,20 @@ tree reader (two files opened within a second: tar, cp -r, rsync) gets the files
 decoded ahead in the order of a pre-order walk, which is the order it reads them in and, for layers packed
 from a tree, the order of the blob; at most a quarter of the cache ahead of it. A chunk that does not decode
 or match its digest is EIO and one log line naming the file, the chunk and its offsets.
+
+A hostile image never ends the daemon: an inode whose attributes the kernel cannot take (a size past a signed
+64-bit offset, no file type) is EIO for that inode and listed all the same; a time past a time_t is shown as
+the largest one; names and link targets FUSE cannot carry are left out or EIO; and whatever else a handler
+raises is EIO for that request. Each of these is one log line.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
+import operator
 import os
 import queue
 import stat
@@ -42,6 +50,7 @@ from ..chunks.decode import ChunkCache, ChunkReader
 from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..formats import rafs_v6
+from ..merge import WHITEOUT_PREFIX
 from ..model import _LRU, fsdecode
 from .entries import (
     LOG_XATTR,
@@ -70,6 +79,11 @@ PREFETCH_AHEAD = 32 << 20
 PREFETCH_UNIT = 8  # small files per hand-off to a worker thread
 #: Directory listings kept decoded, in entries (about 150 bytes each).
 DIR_CACHE_ENTRIES = 200_000
+#: A tree reader's walk goes at most this many directory entries further on each file the reader opens, and
+#: holds at most WALK_FILES_AHEAD files it passed that the reader has not opened: the work an open costs is
+#: bounded, and the whole walk costs what one walk of the tree does, however many files there are.
+WALK_STEPS = 256
+WALK_FILES_AHEAD = 4096
 #: After a small file is opened, directories listed within this many seconds get their files decoded ahead.
 READER_WINDOW = 1.0
 #: Files of more chunks than this, read from start to end, do not keep the chunks read past in the cache.
@@ -83,6 +97,19 @@ READAHEAD_CHUNKS = 4
 WILL_NEED_BYTES = 64 << 20
 #: Decoded bytes waiting to be handed to the page cache, at most.
 STORE_QUEUE_BYTES = 32 << 20
+
+#: What the kernel takes: a size is a signed 64-bit offset (FUSE answers EIO for a larger one), a time a signed
+#: 64-bit count of seconds; bootstraps hold unsigned 64-bit fields.
+MAX_OFF = (1 << 63) - 1
+MAX_TIME_NS = MAX_OFF * 1_000_000_000 + 999_999_999
+#: File types the kernel accepts in an attribute reply (any other is EIO there).
+KERNEL_TYPES = frozenset(
+    (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+)
+#: Longest name the kernel looks up (NAME_MAX).
+NAME_MAX = 255
+#: Failing inodes named by their path in log lines (each costs a walk of the tree); later ones by nid.
+WHERE_WALKS = 32
 
 QUEUED, RUNNING, DONE, CANCELLED = range(4)
 
@@ -126,13 +153,18 @@ class _Hint:
 
 
 class _Walker:
-    """A tree reader's walk: files queued for decoding, and how far ahead of the reader they go."""
+    """A tree reader's walk: a cursor over the tree in walk order, the files it passed that the reader has not
+    opened yet (queued for decoding when not empty), and how far ahead of the reader they go."""
 
-    __slots__ = ("files", "issued", "issued_bytes", "consumed", "dirs")
+    __slots__ = ("files", "ahead", "order", "seq", "issued_bytes", "consumed", "dirs")
 
     def __init__(self) -> None:
         self.files = iter(())
-        self.issued: dict[int, int] = {}  # nid -> bytes issued up to and including it
+        # Files the walk passed and the reader has not opened yet: nid -> (sequence number, bytes issued up to
+        # and including it), and their nids in walk order (the reader opening one drops those before it).
+        self.ahead: dict[int, tuple[int, int]] = {}
+        self.order: deque[int] = deque()
+        self.seq = 0
         self.issued_bytes = 0
         self.consumed = 0  # bytes issued up to the last file of the walk the reader opened
         self.dirs: set[int] = set()  # directories the walk entered
@@ -157,13 +189,30 @@ class _SizedLRU(OrderedDict):
             self.used -= len(dropped[0])
 
 
-def _eio(what: str, exc: BaseException) -> pyfuse3.FUSEError:
-    log.error("%s: %s", what, exc)
-    return pyfuse3.FUSEError(errno.EIO)
+def _guard(handler):
+    """``handler``, ending in a reply whatever goes wrong in it. pyfuse3 ends its loop, and with it the mount,
+    on any exception that is not a FUSEError: one a hostile image drives past every check is EIO for that
+    request and one log line here instead."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def guarded(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise self._internal(name, args, exc) from None
+
+    return guarded
 
 
 def _key(c: ChunkRef) -> tuple:
     return c.cache_key
+
+
+_name = operator.itemgetter(0)
+_END = object()  # the end of a walk
 
 
 class NydusFS(pyfuse3.Operations):
@@ -180,6 +229,7 @@ class NydusFS(pyfuse3.Operations):
         workers: int = 0,
         page_cache: bool = True,
         log_where: str = "",
+        raw_whiteouts: bool = False,
     ) -> None:
         super().__init__()
         self.sources = sources
@@ -198,6 +248,9 @@ class NydusFS(pyfuse3.Operations):
         self.tree = Tree(sources.views, self.root_nid, mtime_ns=mtime_ns)
         self.vnodes = self.tree.nodes
         self.uid, self.gid = os.getuid(), os.getgid()
+        # One layer is shown as merge shows it on its own: whiteouts (.wh.NAME, .wh..wh..opq) act on lower
+        # layers only and never reach the image. Several layers are merged already, without them.
+        self.hide_whiteouts = not raw_whiteouts
         self.log_where = log_where  # where this daemon logs, answered as user.nydus.mount.log on the root
         # An image without any xattr: say "not supported" so that ls -l stops asking for labels and ACLs.
         self.no_xattr_errno = pyfuse3.ENOATTR if self.rafs.ext.s_flags & rafs_v6.HAS_XATTR else errno.ENOTSUP
@@ -227,8 +280,6 @@ class NydusFS(pyfuse3.Operations):
         self._storer: threading.Thread | None = None
         self._inflight: dict[tuple, _Job] = {}
         self._vjobs: dict[int, trio.Event] = {}
-        # i_ino -> nid of the first name seen, for hard-linked non-directories
-        self._links: dict[int, int] = {}
         # Directory nid -> (entries [(name, dirent nid)], {name: dirent nid}), at most DIR_CACHE_ENTRIES in all.
         self._dirs = _SizedLRU(DIR_CACHE_ENTRIES)
         self._chunks = _LRU(16384)  # nid -> list[ChunkRef], files of a few chunks
@@ -236,6 +287,7 @@ class NydusFS(pyfuse3.Operations):
         self._xattrs = _LRU(8192)  # nid -> {name: value}
         self._last_end = _LRU(4096)  # nid -> end offset of the last read (sequential detection)
         self._pos = _LRU(1 << 17)  # regular file nid -> (directory nid, index in its listing)
+        self._dpos = _LRU(1 << 16)  # directory nid -> index in its parent's listing
         self._pf: dict[int, _FileJob] = {}  # prefetches queued or running
         self._pf_done = _LRU(1 << 17)  # nids prefetched already
         self._reading_until = 0.0  # a tree reader (tar, cp -r) may be at work until then
@@ -245,6 +297,8 @@ class NydusFS(pyfuse3.Operations):
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
         self._reported: set[tuple] = set()
+        self._logged: set = set()  # error lines written (each once: the kernel asks again after an EIO)
+        self._walks_left = WHERE_WALKS
         self._hinted = _LRU(
             4096
         )  # nid -> index of the last chunk whose stored bytes the kernel was asked for
@@ -292,7 +346,13 @@ class NydusFS(pyfuse3.Operations):
         return self.rafs.attrs(nid)
 
     def _image_attr(self, nid: int, ino_nr: int = 0, st: tuple | None = None) -> pyfuse3.EntryAttributes:
+        """The attributes of image inode ``nid``; FUSEError(EIO) for one the kernel cannot take (a size past a
+        signed 64-bit offset, no file type it knows: the kernel itself would refuse the reply). A time past
+        what a time_t holds is shown as the largest one (and said once in the log): the file stays usable."""
         mode, nlink, size, i_u, _, uid, gid, mtime, nsec = st or self._stat(nid)
+        fmt = mode & S_IFMT
+        if size > MAX_OFF or fmt not in KERNEL_TYPES:
+            raise self._unservable(nid, mode, size)
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino_nr or nid
         e.entry_timeout = TIMEOUT
@@ -301,7 +361,6 @@ class NydusFS(pyfuse3.Operations):
         e.st_nlink = nlink
         e.st_uid = uid
         e.st_gid = gid
-        fmt = mode & S_IFMT
         if fmt == S_IFCHR or fmt == S_IFBLK:
             e.st_rdev = i_u
             size = 0
@@ -311,16 +370,35 @@ class NydusFS(pyfuse3.Operations):
         e.st_blksize = self._file_blksize if fmt == S_IFREG else 4096
         e.st_blocks = (size + 511) >> 9
         t = mtime * 1_000_000_000 + nsec
+        if t > MAX_TIME_NS:
+            self._log_once(
+                ("clamped", nid),
+                f"{self._where(nid)}: i_mtime {mtime} (nsec {nsec}) is past the largest time the kernel takes: "
+                f"shown as {MAX_OFF}",
+            )
+            t = MAX_TIME_NS
         e.st_mtime_ns = t
         e.st_ctime_ns = t
         e.st_atime_ns = t
         return e
 
-    def _canon(self, nid: int, ino: rafs_v6.Inode) -> int:
-        """The inode number of dirent nid ``nid``: every name of a hard link gets the first nid seen."""
-        if ino.i_nlink > 1 and ino.i_mode & S_IFMT != S_IFDIR:
-            return self._links.setdefault(ino.i_ino, nid)
-        return nid
+    def _unservable(self, nid: int, mode: int, size: int) -> pyfuse3.FUSEError:
+        if mode & S_IFMT not in KERNEL_TYPES:
+            why = f"i_mode {mode:#o} has no file type the kernel knows"
+        else:
+            why = f"i_size {size} is past the largest size the kernel takes ({MAX_OFF})"
+        self._log_once(("refused", nid), f"{self._where(nid)}: {why}: EIO")
+        return pyfuse3.FUSEError(errno.EIO)
+
+    @staticmethod
+    def _placeholder(ino_nr: int, mode: int) -> pyfuse3.EntryAttributes:
+        """A directory entry for an inode whose attributes cannot be given: its type only, cached for no time,
+        so that any use of it asks again (lookup, then EIO) while the rest of the directory lists."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino_nr
+        e.st_mode = mode & S_IFMT if mode & S_IFMT in KERNEL_TYPES else 0
+        e.entry_timeout = e.attr_timeout = 0
+        return e
 
     async def _vattr(self, node: VNode) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -354,13 +432,38 @@ class NydusFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ names
     def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
+        """([(name, nid)] of directory ``nid`` in on-disk order, {name: index in that list})."""
         d = self._dirs.get(nid)
         if d is None:
             ents = self.rafs.dir_entries(nid)
-            d = (ents, dict(ents))
+            hide = self.hide_whiteouts
+            drop = [
+                n for n, _ in ents if len(n) > NAME_MAX or b"\0" in n or (hide and n[:4] == WHITEOUT_PREFIX)
+            ]
+            bad = [n for n in drop if len(n) > NAME_MAX or b"\0" in n]
+            if bad:
+                # FUSE hands a name over as a C string and the kernel looks up none longer than NAME_MAX:
+                # such an entry would be listed under another name, or listed and never found.
+                self._log_once(
+                    ("names", nid),
+                    f"{self._where(nid)}: {len(bad)} name(s) no kernel can look up (NUL, or over {NAME_MAX} "
+                    f"bytes), not listed: {fsdecode(bad[0][:64])!r}",
+                )
+            if drop:
+                gone = set(drop)
+                ents = [e for e in ents if e[0] not in gone]
+            n = len(ents)
+            # Each name once, the first (as a path lookup finds it): built backwards, the first one stays.
+            index = dict(zip(map(_name, reversed(ents)), range(n - 1, -1, -1)))
+            if len(index) != n:  # a name twice: the kernel would get two inodes for one name
+                self._log_once(("twice", nid), f"{self._where(nid)}: a name listed twice, shown once")
+                ents = [e for i, e in enumerate(ents) if index[e[0]] == i]
+                index = dict(zip(map(_name, ents), range(len(ents))))
+            d = (ents, index)
             self._dirs.put(nid, d, len(ents))
         return d
 
+    @_guard
     async def lookup(self, parent_inode, name, ctx=None):
         try:
             node = self.vnodes.get(parent_inode)
@@ -375,43 +478,52 @@ class NydusFS(pyfuse3.Operations):
                 return await self._attr(parent_inode)
             ents, index = self._dir(parent_inode)
             if name == b"..":
+                i = index.get(b"..")
                 return await self._attr(
-                    ROOT_INODE if parent_inode == self.root_nid else index.get(b"..", ROOT_INODE)
+                    ROOT_INODE if parent_inode == self.root_nid or i is None else ents[i][1]
                 )
-            nid = index.get(name)
-            if nid is None:
+            i = index.get(name)
+            if i is None:
                 e = pyfuse3.EntryAttributes()  # a negative entry, cached as long as a positive one
                 e.st_ino = 0
                 e.entry_timeout = TIMEOUT
                 return e
-            ino = self.rafs.inode(nid)
-            canon = self._canon(nid, ino)
-            if ino.i_mode & S_IFMT == S_IFREG and self.readahead and canon not in self._pos:
-                for i, (n, _) in enumerate(ents):  # rare: tar and cp list the directory first
-                    if n == name:
-                        self._pos.put(canon, (parent_inode, i))
-                        break
-            return self._image_attr(nid, canon)
+            nid = ents[i][1]
+            st = self._stat(nid)
+            if st[0] & S_IFMT == S_IFREG and self.readahead and nid not in self._pos:
+                self._pos.put(nid, (parent_inode, i))  # rare: tar and cp list the directory first
+            return self._image_attr(nid, nid, st)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
+            raise self._eio(f"{self._where(parent_inode)}: lookup {fsdecode(name)!r}", exc) from None
 
+    @_guard
     async def getattr(self, inode, ctx=None):
         try:
             return await self._attr(inode)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: getattr", exc) from None
+            raise self._eio(f"{self._where(inode)}: getattr", exc) from None
 
+    @_guard
     async def readlink(self, inode, ctx=None):
         if inode in self.vnodes:
             raise pyfuse3.FUSEError(errno.EINVAL)
         try:
             target = self.rafs.node(inode, b"").target
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: readlink", exc) from None
+            raise self._eio(f"{self._where(inode)}: readlink", exc) from None
         if target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if not target or b"\0" in target:
+            # FUSE hands the target over as a C string: it would arrive cut short, a different link.
+            self._log_once(
+                ("readlink", inode),
+                f"{self._where(inode)}: readlink: a target no kernel takes "
+                f"(empty, or a NUL in it): {fsdecode(target[:64])!r}: EIO",
+            )
+            raise pyfuse3.FUSEError(errno.EIO)
         return target
 
+    @_guard
     async def opendir(self, inode, ctx=None):
         node = self.vnodes.get(inode)
         if node is not None:
@@ -421,9 +533,10 @@ class NydusFS(pyfuse3.Operations):
         try:
             self._dir(inode)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: opendir", exc) from None
+            raise self._eio(f"{self._where(inode)}: opendir", exc) from None
         return inode
 
+    @_guard
     async def readdir(self, fh, start_id, token):
         node = self.vnodes.get(fh)
         try:
@@ -441,8 +554,8 @@ class NydusFS(pyfuse3.Operations):
             reply = pyfuse3.readdir_reply
             stat_ = self._stat
             attr = self._image_attr
-            links = self._links
             pos = self._pos if self.readahead else None
+            dpos = self._dpos
             for i in range(start_id, len(ents)):
                 name, nid = ents[i]
                 if name == b".":
@@ -452,16 +565,19 @@ class NydusFS(pyfuse3.Operations):
                 else:
                     st = stat_(nid)
                     fmt = st[0] & S_IFMT
-                    canon = nid
-                    if st[1] > 1 and fmt != S_IFDIR:
-                        canon = links.setdefault(st[4], nid)
-                    a = attr(nid, canon, st)
-                    if pos is not None and fmt == S_IFREG:
-                        pos.put(canon, (fh, i))
+                    try:
+                        a = attr(nid, nid, st)
+                    except pyfuse3.FUSEError:  # this inode only: listed, and EIO when used
+                        a = self._placeholder(nid, st[0])
+                    if pos is not None:
+                        if fmt == S_IFREG:
+                            pos.put(nid, (fh, i))
+                        elif fmt == S_IFDIR:
+                            dpos.put(nid, i)
                 if not reply(token, name, a, i + 1):
                     break
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(fh)}: readdir", exc) from None
+            raise self._eio(f"{self._where(fh)}: readdir", exc) from None
 
     async def releasedir(self, fh):
         pass
@@ -470,6 +586,7 @@ class NydusFS(pyfuse3.Operations):
         pass  # nothing to free: inode numbers are stable and cost nothing while unused
 
     # ------------------------------------------------------------------ files
+    @_guard
     async def open(self, inode, flags, ctx=None):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -482,10 +599,14 @@ class NydusFS(pyfuse3.Operations):
             fmt = self._stat(inode)[0] & S_IFMT
             if fmt != S_IFREG:
                 raise pyfuse3.FUSEError(errno.EISDIR if fmt == S_IFDIR else errno.EINVAL)
+            if self.rafs.inode(inode).i_xattr_icount:
+                # The reader (cat, unpack) decodes the whole inode and refuses a file whose xattrs do not
+                # decode: so does the mount, also when there are no bytes to read.
+                self._image_xattrs(inode)
             if self.readahead:
                 self._opened(inode)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: open", exc) from None
+            raise self._eio(f"{self._where(inode)}: open", exc) from None
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def release(self, fh):
@@ -500,6 +621,7 @@ class NydusFS(pyfuse3.Operations):
                 (self._chunks if len(chunks) <= 64 else self._big_chunks).put(nid, chunks)
         return chunks
 
+    @_guard
     async def read(self, fh, off, size):
         node = self.vnodes.get(fh)
         if node is not None:
@@ -519,7 +641,7 @@ class NydusFS(pyfuse3.Operations):
             end = min(off + size, fsize)
             chunks = self._file_chunks(fh)
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(fh)}: read", exc) from None
+            raise self._eio(f"{self._where(fh)}: read", exc) from None
         cs = self.chunk_size
         k0, k1 = off // cs, (end - 1) // cs
         # Sequential: from the start, or forward from the last read, across pages that notify_store filled.
@@ -588,9 +710,15 @@ class NydusFS(pyfuse3.Operations):
         first, last = chunks[0], chunks[-1]
         if first.blob_index != last.blob_index or last.compressed_offset < first.compressed_offset:
             return
-        self.image.blob(first.blob_index).source.will_need(
-            first.compressed_offset, last.compressed_offset + last.compressed_size - first.compressed_offset
-        )
+        try:
+            self.image.blob(first.blob_index).source.will_need(
+                first.compressed_offset,
+                last.compressed_offset + last.compressed_size - first.compressed_offset,
+            )
+        except (
+            Exception
+        ) as exc:  # only advice (an offset past 2^63 overflows): a decoding worker must not die
+            log.debug("read-ahead advice for blob %d failed: %s", first.blob_index, exc)
 
     # ------------------------------------------------------------------ decoding (worker threads)
     def _job(self, c: ChunkRef, nid: int, urgent: bool):
@@ -747,11 +875,15 @@ class NydusFS(pyfuse3.Operations):
         self._reading_until = now + READER_WINDOW
         w = self._walker
         if w is not None:
-            end = w.issued.get(nid)
-            if end is not None:  # the reader follows the walk: move the window on
+            at = w.ahead.get(nid)
+            if at is not None:  # the reader follows the walk: forget what it passed, move the window on
+                seq, end = at
+                ahead, order = w.ahead, w.order
+                while order and ahead[order[0]][0] <= seq:
+                    del ahead[order.popleft()]
                 if end > w.consumed:
                     w.consumed = end
-                    self._walk_ahead()
+                self._walk_ahead()
                 return
         if not reader:
             return
@@ -775,10 +907,21 @@ class NydusFS(pyfuse3.Operations):
         w.files = self._walk(dnid, i, w.dirs)
         self._walk_ahead()
 
+    def _index_in_parent(self, dnid: int, parent: int) -> int:
+        """Where directory ``dnid`` is in the listing of ``parent`` (known from a listing or an earlier walk;
+        else looked for, once)."""
+        pents = self._dir(parent)[0]
+        k = self._dpos.get(dnid)
+        if k is None or k >= len(pents) or pents[k][1] != dnid:
+            k = next((k for k, (_, n) in enumerate(pents) if n == dnid), len(pents) - 1)
+            self._dpos.put(dnid, k)
+        return k
+
     def _walk(self, dnid: int, i: int, dirs: set[int]):
-        """Regular files of the image from entry ``i`` of directory ``dnid`` on, in the order of a pre-order walk
-        (tar's order): the rest of that directory with its subdirectories, then the rest of each parent. Yields
-        (canonical nid, size, directory nid, index); directories entered are added to the walker's ``dirs``."""
+        """The image from entry ``i`` of directory ``dnid`` on, in the order of a pre-order walk (tar's order):
+        the rest of that directory with its subdirectories, then the rest of each parent. Yields, for each
+        entry passed, (nid, size, directory nid, index) of a regular file, else None (so that the
+        caller can bound the work of each step); directories entered are added to ``dirs``."""
         stack = []
         d, j = dnid, i
         seen = set()
@@ -788,15 +931,16 @@ class NydusFS(pyfuse3.Operations):
             if d == self.root_nid:
                 break
             ents, index = self._dir(d)
-            parent = index.get(b"..")
+            k = index.get(b"..")
+            parent = ents[k][1] if k is not None else None
             if parent is None or parent in self.vnodes:
                 break
-            pents = self._dir(parent)[0]
-            j = next((k + 1 for k, (_, n) in enumerate(pents) if n == d), len(pents))
+            j = self._index_in_parent(d, parent) + 1
             d = parent
         stack.reverse()
         stat_ = self._stat
-        links = self._links
+        linked: set[int] = set()
+        dpos = self._dpos
         while stack:
             d, j = stack.pop()
             dirs.add(d)
@@ -808,34 +952,51 @@ class NydusFS(pyfuse3.Operations):
                     continue
                 st = stat_(cnid)
                 fmt = st[0] & S_IFMT
-                if fmt == S_IFDIR:
-                    if cnid not in seen:  # each directory once, whatever the image claims
-                        seen.add(cnid)
-                        stack.append((d, j))
-                        stack.append((cnid, 0))
-                        break
-                elif fmt == S_IFREG and st[2] > 0:
-                    canon = links.setdefault(st[4], cnid) if st[1] > 1 else cnid
-                    yield canon, st[2], d, j - 1
+                if fmt == S_IFREG:
+                    if st[1] > 1:  # a hard link: its inode once per walk
+                        if cnid in linked:
+                            yield None
+                            continue
+                        linked.add(cnid)
+                    yield cnid, st[2], d, j - 1
+                    continue
+                if fmt == S_IFDIR and cnid not in seen:  # each directory once, whatever the image claims
+                    seen.add(cnid)
+                    dpos.put(cnid, j - 1)
+                    stack.append((d, j))
+                    stack.append((cnid, 0))
+                    yield None
+                    break
+                yield None
 
     def _walk_ahead(self) -> None:
-        """Queue the files of the walk until PREFETCH_AHEAD bytes are queued or decoded ahead of the reader."""
+        """Move the walk on, at most WALK_STEPS entries: queue the files it passes for decoding until
+        PREFETCH_AHEAD bytes (or WALK_FILES_AHEAD files) are queued or decoded ahead of the reader."""
         w = self._walker
         cs = self.chunk_size
         pf, done, pos = self._pf, self._pf_done, self._pos
+        ahead, order = w.ahead, w.order
         unit: list[_FileJob] = []
+        steps = WALK_STEPS
         try:
-            while w.issued_bytes - w.consumed < self.prefetch_ahead:
-                item = next(w.files, None)
+            while w.issued_bytes - w.consumed < self.prefetch_ahead and len(ahead) < WALK_FILES_AHEAD:
+                if steps == 0:
+                    break
+                steps -= 1
+                item = next(w.files, _END)
                 if item is None:
+                    continue
+                if item is _END:
                     break
                 canon, size, d, j = item
-                if canon in w.issued:
+                if canon in ahead:
                     continue
                 w.issued_bytes += size
-                w.issued[canon] = w.issued_bytes
+                w.seq += 1
+                ahead[canon] = (w.seq, w.issued_bytes)
+                order.append(canon)
                 pos.put(canon, (d, j))
-                if canon in pf or canon in done:
+                if size == 0 or canon in pf or canon in done:
                     continue
                 done.put(canon, True)
                 if size <= cs:
@@ -850,7 +1011,7 @@ class NydusFS(pyfuse3.Operations):
                         self._job(c, canon, False)
         except NydusInspectError as exc:  # a damaged directory or inode: stop walking; readers will say what
             log.debug("prefetch stopped: %s", exc)
-            w.issued_bytes = -(1 << 62)
+            w.files = iter(())
         finally:
             if unit:
                 self._queue(self._background, unit)
@@ -905,7 +1066,7 @@ class NydusFS(pyfuse3.Operations):
         try:
             data = await trio.to_thread.run_sync(self._make, content, limiter=self.limiter)
         except Exception as exc:
-            raise _eio(node.path, exc) from None
+            raise self._eio(node.path, exc) from None
         finally:
             del self._vjobs[node.ino]
             event.set()
@@ -925,7 +1086,7 @@ class NydusFS(pyfuse3.Operations):
             try:
                 return await trio.to_thread.run_sync(content.read, off, size, limiter=self.limiter)
             except (NydusInspectError, OSError) as exc:
-                raise _eio(node.path, exc) from None
+                raise self._eio(node.path, exc) from None
         data = await self._generated(node)
         return memoryview(data)[off : off + size]
 
@@ -937,6 +1098,7 @@ class NydusFS(pyfuse3.Operations):
             self._xattrs.put(nid, xs)
         return xs
 
+    @_guard
     async def getxattr(self, inode, name, ctx=None):
         node = self.vnodes.get(inode)
         if node is None:
@@ -945,7 +1107,7 @@ class NydusFS(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(self.no_xattr_errno)
                 value = self._image_xattrs(inode).get(name)
             except NydusInspectError as exc:
-                raise _eio(f"{self._where(inode)}: getxattr", exc) from None
+                raise self._eio(f"{self._where(inode)}: getxattr", exc) from None
             if value is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return value
@@ -965,28 +1127,38 @@ class NydusFS(pyfuse3.Operations):
             try:
                 digest = await trio.to_thread.run_sync(content.sha256, limiter=self.limiter)
             except (NydusInspectError, OSError) as exc:
-                raise _eio(node.path, exc) from None
+                raise self._eio(node.path, exc) from None
         else:
             digest = hashlib.sha256(await self._generated(node)).hexdigest()
         return digest.encode()
 
+    @_guard
     async def listxattr(self, inode, ctx=None):
         node = self.vnodes.get(inode)
         if node is not None:
             names = list(node.xattrs)
             return names + [PID_XATTR, LOG_XATTR] if inode == ROOT_INODE else names
         try:
-            return list(self._image_xattrs(inode))
+            names = list(self._image_xattrs(inode))
         except NydusInspectError as exc:
-            raise _eio(f"{self._where(inode)}: listxattr", exc) from None
+            raise self._eio(f"{self._where(inode)}: listxattr", exc) from None
+        if any(b"\0" in n for n in names):
+            # The reply is the names, each ended by a NUL: one with a NUL in it would read as two others.
+            self._log_once(("listxattr", inode), f"{self._where(inode)}: xattr names with a NUL, not listed")
+            names = [n for n in names if b"\0" not in n]
+        return names
 
     # ------------------------------------------------------------------ the rest
+    @_guard
     async def statfs(self, ctx=None):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = -(-self.image.uncompressed_size // 4096) + -(-self.rafs.size // 4096)
+        # Both as the image claims, within what the kernel and df take: blocks whose bytes fit a signed 64-bit
+        # size, and no more names than the bootstrap has bytes (each name takes some of them).
+        blocks = -(-self.image.uncompressed_size // 4096) + -(-self.rafs.size // 4096)
+        s.f_blocks = min(blocks, MAX_OFF // 4096)
         s.f_bfree = s.f_bavail = 0
-        s.f_files = self.rafs.inode_count() + len(self.vnodes)
+        s.f_files = min(self.rafs.inode_count(), self.rafs.size) + len(self.vnodes)
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
@@ -998,6 +1170,31 @@ class NydusFS(pyfuse3.Operations):
     setxattr = removexattr = _read_only
 
     # ------------------------------------------------------------------ log lines
+    def _log_once(self, key, line: str) -> None:
+        """Log ``line`` at error level the first time ``key`` comes (at debug level after that)."""
+        if key in self._logged:
+            log.debug("again: %s", line)
+            return
+        if len(self._logged) >= 1 << 16:
+            self._logged.clear()
+        self._logged.add(key)
+        log.error("%s", line)
+
+    def _eio(self, what: str, exc: BaseException) -> pyfuse3.FUSEError:
+        """EIO for a request, and one log line saying why."""
+        line = f"{what}: {exc}"
+        self._log_once(line, line)
+        return pyfuse3.FUSEError(errno.EIO)
+
+    def _internal(self, handler: str, args: tuple, exc: BaseException) -> pyfuse3.FUSEError:
+        """A request ended in an error no check foresaw: EIO, one log line (and the traceback at debug level)."""
+        inode = args[0] if args and type(args[0]) is int else None
+        where = self._where(inode) if inode is not None else "mount"
+        key = ("internal", handler, inode, type(exc).__name__)
+        self._log_once(key, f"{where}: {handler}: internal error: {type(exc).__name__}: {exc}: EIO")
+        log.debug("%s: %s", where, handler, exc_info=exc)
+        return pyfuse3.FUSEError(errno.EIO)
+
     def _where(self, inode: int) -> str:
         """A path for log lines, relative to the mount point; found by walking the tree (errors only)."""
         node = self.vnodes.get(inode)
@@ -1006,12 +1203,15 @@ class NydusFS(pyfuse3.Operations):
         path = self._paths.get(inode)
         if path is None:
             path = f"rootfs (nid {inode})"
+            if self._walks_left <= 0:
+                return path
+            self._walks_left -= 1
             try:
                 for n in self.rafs.walk():
-                    if n.nid == inode or (n.hardlink is not None and self._links.get(n.hardlink) == inode):
+                    if n.nid == inode:
                         path = "rootfs" + (fsdecode(n.path) if n.path != b"/" else "/")
                         break
-            except NydusInspectError:
+            except Exception:  # noqa: BLE001 - a log line names what it can; the error it is about matters
                 pass
             self._paths[inode] = path
         return path

@@ -143,6 +143,190 @@ def fuzz_layer_tar(data: bytes) -> None:
             stream.close()
 
 
+MOUNT_READ_BYTES = 4 << 20  # bytes one input may have read through the handlers, in all
+MOUNT_MAX_NAME = 255
+
+
+class _Finding(AssertionError):
+    """What a mount handler must never do (a crash of the target, for libFuzzer)."""
+
+
+def _check_attr(e, what: str, placeholder_ok: bool = False) -> None:
+    """An attribute reply the kernel takes (the pyfuse3 setters have range-checked every field already)."""
+    import stat as st
+
+    from nydus_inspect.mount.fs import KERNEL_TYPES, MAX_OFF
+
+    if placeholder_ok and e.entry_timeout == 0 and e.attr_timeout == 0:
+        return  # an inode listed without attributes: the kernel asks again, and gets EIO
+    if st.S_IFMT(e.st_mode) not in KERNEL_TYPES:
+        raise _Finding(f"{what}: mode {e.st_mode:#o} has no file type the kernel knows")
+    if not 0 <= e.st_size <= MAX_OFF or e.st_ino <= 0:
+        raise _Finding(f"{what}: size {e.st_size}, inode {e.st_ino}")
+
+
+def _mount_fs(path: str):
+    """A NydusFS over the layer at ``path``, as the mount daemon makes it (no page-cache feeding: no kernel)."""
+    from nydus_inspect.mount.fs import NydusFS, log
+    from nydus_inspect.mount.sources import open_sources
+
+    log.disabled = True  # the handlers log every EIO; the fuzzer needs none of it
+    sources = open_sources([path])
+    try:
+        fs = NydusFS(sources, cache_size=8 << 20, workers=1, page_cache=False)
+    except BaseException:
+        sources.close()
+        raise
+
+    def internal(handler, args, exc):
+        raise _Finding(f"{handler}{args[:2]}: internal error: {type(exc).__name__}: {exc}") from exc
+
+    fs._internal = internal  # an error no check foresaw becomes EIO in the daemon: here it is a finding
+    return sources, fs
+
+
+def _same_as_reader(fs, nid: int, data: bytes) -> None:
+    """A file read whole through the mount holds the bytes the checked reader (``cat``) gives, and the reader
+    does not refuse it."""
+    from nydus_inspect.errors import NydusInspectError
+
+    layer = fs.sources.layers[0]
+    try:
+        want = b"".join(layer.read_file(layer.rafs.node(nid, b"")))
+    except NydusInspectError as exc:
+        raise _Finding(f"read {nid}: {len(data)} bytes served, the reader refuses the file: {exc}") from None
+    if want != data:
+        raise _Finding(f"read {nid}: {len(data)} bytes served differ from the reader's {len(want)}")
+
+
+async def _drive_mount(fs) -> None:
+    """Every request handler on every inode reachable from the mount root: lookup, getattr, opendir and
+    readdir (in small batches), open and read (whole, and at odd offsets), readlink, listxattr, getxattr,
+    statfs. A FUSEError is an answer; anything else, or a reply the kernel would refuse, is a finding."""
+    import pyfuse3
+
+    from nydus_inspect.mount.entries import ROOT_INODE
+
+    budget = MOUNT_READ_BYTES
+    todo, seen = [ROOT_INODE], {ROOT_INODE}
+
+    async def answer(coro, what):
+        try:
+            return await coro
+        except pyfuse3.FUSEError as exc:
+            if not isinstance(exc.errno, int) or exc.errno <= 0:
+                raise _Finding(f"{what}: errno {exc.errno!r}") from None
+            return None
+
+    s = await fs.statfs(None)
+    if not (0 <= s.f_files < 1 << 64 and 0 <= s.f_blocks * s.f_frsize < 1 << 64):
+        raise _Finding(f"statfs: {s.f_files} files, {s.f_blocks} blocks")
+    await answer(fs.lookup(ROOT_INODE, b"no-such-name"), "lookup")
+    while todo and len(seen) < MAX_NODES:
+        ino = todo.pop()
+        attr = await answer(fs.getattr(ino), f"getattr {ino}")
+        if attr is None:
+            continue
+        _check_attr(attr, f"getattr {ino}")
+        for name in (await answer(fs.listxattr(ino), f"listxattr {ino}") or [])[:16] + [b"security.selinux"]:
+            if b"\0" in name:
+                raise _Finding(f"listxattr {ino}: a name with a NUL")
+            await answer(fs.getxattr(ino, name), f"getxattr {ino}")
+        kind = attr.st_mode & 0o170000
+        if kind == 0o120000:
+            target = await answer(fs.readlink(ino), f"readlink {ino}")
+            if target is not None and (not target or b"\0" in target):
+                raise _Finding(f"readlink {ino}: {target[:40]!r}")
+        elif kind == 0o100000:
+            fh = await answer(fs.open(ino, os.O_RDONLY), f"open {ino}")
+            if fh is None:
+                continue
+            off, got = 0, []
+            while budget > 0:
+                data = await answer(fs.read(fh.fh, off, 128 << 10), f"read {ino}")
+                if data is None:
+                    got = None
+                    break
+                if len(data) > 128 << 10:
+                    raise _Finding(f"read {ino}: {len(data)} bytes for 128 KiB asked")
+                if not data:
+                    if off != attr.st_size:
+                        raise _Finding(f"read {ino}: the end at {off}, size {attr.st_size}")
+                    if ino not in fs.vnodes:
+                        _same_as_reader(fs, ino, b"".join(got))
+                    break
+                budget -= len(data)
+                off += len(data)
+                got.append(bytes(data))
+            await answer(fs.read(fh.fh, max(0, attr.st_size - 7), 4099), f"read {ino} tail")
+            await fs.release(fh.fh)
+        elif kind == 0o040000:
+            fh = await answer(fs.opendir(ino, None), f"opendir {ino}")
+            if fh is None:
+                continue
+            entries: list = []
+            start = 0
+            for _ in range(MAX_NODES):  # in batches of 4, as from a small buffer: the kernel asks again
+                batch: list = []
+
+                def reply(token, name, a, next_id, batch=batch, ino=ino):
+                    if len(batch) == 4:
+                        return False
+                    if not name or b"\0" in name or b"/" in name or len(name) > MOUNT_MAX_NAME:
+                        raise _Finding(f"readdir {ino}: name {name[:40]!r}")
+                    _check_attr(a, f"readdir {ino} {name[:40]!r}", placeholder_ok=True)
+                    batch.append((name, a.st_ino, next_id))
+                    return True
+
+                real, pyfuse3.readdir_reply = pyfuse3.readdir_reply, reply
+                try:
+                    await answer(fs.readdir(fh, start, None), f"readdir {ino}")
+                finally:
+                    pyfuse3.readdir_reply = real
+                entries += batch
+                if len(batch) < 4:
+                    break
+                start = batch[-1][2]
+            await fs.releasedir(fh)
+            for name, child, _ in entries:
+                if name in (b".", b".."):
+                    continue
+                looked = await answer(fs.lookup(ino, name), f"lookup {ino} {name[:40]!r}")
+                if looked is not None:
+                    _check_attr(looked, f"lookup {ino} {name[:40]!r}")
+                    if looked.st_ino != child:
+                        raise _Finding(
+                            f"lookup {ino} {name[:40]!r}: inode {looked.st_ino}, listed as {child}"
+                        )
+                if child not in seen and child > 0:
+                    seen.add(child)
+                    todo.append(child)
+
+
+def fuzz_mount(data: bytes) -> None:
+    """The mount's request handlers (pyfuse3 Operations, no kernel) over a layer or bootstrap: every handler
+    on every reachable inode, driven by trio."""
+    import trio
+
+    path = _scratch_file("mount", data)
+    try:
+        sources, fs = _mount_fs(path)
+    except EXPECTED:
+        return
+
+    async def main() -> None:
+        fs.attach()
+        try:
+            await _drive_mount(fs)
+        finally:
+            fs.detach()
+
+    try:
+        trio.run(main)
+    finally:
+        sources.close()
+
+
 TARGETS = {
     "tar_header": fuzz_tar_header,
     "layer_tar": fuzz_layer_tar,
@@ -152,6 +336,7 @@ TARGETS = {
     "rafs_v5": fuzz_rafs_v5,
     "dir_block": fuzz_dir_block,
     "layer": fuzz_layer,
+    "mount": fuzz_mount,
 }
 
 
@@ -182,4 +367,36 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "rafs_v5": [v5],
         "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
         "layer": [toc_blob, data_blob, boot, v5],
+        "mount": [toc_blob, *_mount_seeds()],
     }
+
+
+def _mount_seeds() -> list[bytes]:
+    """Crafted bootstraps of the hostile generator (values no kernel takes, names and targets FUSE cannot
+    carry) and a small layer with data, packed here."""
+    import sys
+    from pathlib import Path
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import hostile
+
+    from nydus_inspect.pack import PackOptions, pack
+
+    out = []
+    for family in (hostile.crafted_fields, hostile.kernel_limits):
+        for case in family():
+            path = _scratch_file("seed", b"")
+            case.write(Path(path))
+            with open(path, "rb") as f:
+                out.append(f.read())
+    tar = _scratch_file("seed-tar", hostile.small_tar())
+    blob = tar + ".blob"
+    try:
+        pack(tar, blob, PackOptions())
+        with open(blob, "rb") as f:
+            out.append(f.read())
+    finally:
+        os.unlink(blob)
+    return out
