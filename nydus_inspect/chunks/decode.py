@@ -190,8 +190,18 @@ class ChunkReader:
             yield self.read(ref)
 
     def decode(self, ref: ChunkRef, verify: bool = True) -> bytes:
-        """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads)."""
+        """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads). A blob
+        with a persistent store (a remote blob) is asked there first, by the chunk's recorded digest."""
         blob = self.blob_of(ref.blob_index)
+        if blob.store is not None and verify:
+            want = blob.recorded_digest(ref)
+            if want:
+                data = self._stored(blob, ref, want)
+                if data is None:
+                    data = self.decode(ref, verify=False)
+                    self.check(blob, ref, data)
+                    blob.store.put(blob.digester.value, want, data)
+                return data
         try:
             raw = blob.source.pread(ref.compressed_offset, ref.compressed_size, ref.name)
             if ref.compressed:
@@ -208,6 +218,15 @@ class ChunkReader:
             raise exc.located(blob.path) from None
         if verify:
             self.check(blob, ref, data)
+        return data
+
+    @staticmethod
+    def _stored(blob: Blob, ref: ChunkRef, want: bytes):
+        """The chunk's bytes from the blob's persistent store, checked against ``want``; None if absent or bad."""
+        data = blob.store.get(blob.digester.value, want, ref.uncompressed_size)
+        if data is not None and blob.digester.digest(data) != want:
+            blob.store.drop(blob.digester.value, want)
+            return None
         return data
 
     @staticmethod
@@ -250,6 +269,8 @@ class ChunkReader:
         if not refs:
             return []
         blob = self.blob_of(refs[0].blob_index)
+        if blob.store is not None and verify:
+            return self._decode_many_stored(blob, refs)
         if blob.compressor is not Compressor.ZSTD or (
             sum(1 for c in refs if c.compressed and c.uncompressed_size < codecs.UNLOCKED_MIN)
             < self.BATCH_MIN
@@ -264,4 +285,27 @@ class ChunkReader:
             elif verify:
                 self.check(blob, ref, data)
             out[i] = data
+        return out
+
+    def _decode_many_stored(self, blob: Blob, refs: list[ChunkRef]) -> list:
+        """:meth:`decode_many` for a blob with a persistent store: the chunks stored there are taken from it,
+        the others decoded together (one read for those that lie close) and stored once checked."""
+        out: list = [None] * len(refs)
+        missing = []
+        for i, ref in enumerate(refs):
+            want = blob.recorded_digest(ref)
+            data = self._stored(blob, ref, want) if want else None
+            if data is None:
+                missing.append(i)
+            else:
+                out[i] = data
+        if missing:
+            decoded = self.decode_many([refs[i] for i in missing], verify=False)
+            for i, data in zip(missing, decoded, strict=True):
+                ref = refs[i]
+                self.check(blob, ref, data)
+                want = blob.recorded_digest(ref)
+                if want:
+                    blob.store.put(blob.digester.value, want, data)
+                out[i] = data
         return out
