@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             with _bulk_process(getattr(args, "bulk", False)):
                 return args.func(args) or 0
         finally:
-            if getattr(args, "stats", False) and imageref.OPTIONS.stats.requests:
+            if getattr(args, "stats", False) and imageref.OPTIONS.stats is not None:
                 sys.stderr.write(imageref.stats_line() + "\n")
     except NydusInspectError as exc:
         _error(str(exc))
