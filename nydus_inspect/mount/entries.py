@@ -135,10 +135,11 @@ def _sidecars(layer: Layer) -> Iterator[tuple[str, Callable[[], bytes]]]:
     if layer.has_entry("blob.meta") or (layer.has_bootstrap and not layer.is_v5):
         yield "chunks.json", lambda: chunks_json(layer)
     if layer.has_bootstrap:
-        if layer.is_v5:
-            yield "superblock.json", lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5))
-        else:
-            yield "superblock.json", lambda: json_bytes(bootstrap_info(layer))
+        # Which version is decided when the file is read: the bootstrap of a remote blob is fetched only then.
+        yield (
+            "superblock.json",
+            lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5) if layer.is_v5 else bootstrap_info(layer)),
+        )
 
 
 def _entry_maker(layer: Layer, name: str) -> Callable[[], bytes]:
