@@ -299,6 +299,8 @@ class RemoteBlob:
             self._lock.release()
 
     def _prefetch(self, pos: int, end: int) -> None:
+        if self._tail is not None:
+            end = min(end, self._tail[0])  # held already
         try:
             while pos < end:
                 piece = self._piece(pos, end, fetch=True)
