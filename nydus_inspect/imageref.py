@@ -166,7 +166,7 @@ def add_arguments(p, platform: bool = True, stats: bool = True) -> None:
     g.add_argument(
         "--cache-limit",
         metavar="SIZE",
-        help="bound of the chunk cache on disk (default 4G; least recently used chunks go first)",
+        help="bound of the chunk cache on disk (default 4G; the oldest chunks go first)",
     )
     g.add_argument(
         "--timeout",
@@ -701,14 +701,18 @@ class _RemoteBlobs:
         def whole() -> str:
             path = self.store.path(digest)
             if not self.store.has(desc):
-                stats.blob_fetched += self.reg.blob_to(self.ref.repo, desc, path)
+                n = self.reg.blob_to(self.ref.repo, desc, path)
+                stats.blob_fetched += n
+                if source is not None:
+                    source.fetched += n
             return path
 
         def counted(n: int) -> None:
             stats.blob_fetched += n
 
+        source = None
         try:
-            tail = self._tail(desc, fetch)
+            tail, fetched = self._tail(desc, fetch)
         except reg.RangeIgnored:
             return Layer(whole(), data_blob=True)
         source = RemoteBlob(
@@ -721,14 +725,16 @@ class _RemoteBlobs:
             store=self.chunks,
             on_fetch=counted,
         )
+        source.fetched = fetched
         stats.blob_bytes += size
         return Layer(name, data_blob=True, source=source, name=blob_id)
 
     def close(self) -> None:
         self.reg.close()
 
-    def _tail(self, desc: dict, fetch) -> tuple[int, bytes]:
-        """The last TAIL bytes of the blob: from the cache, else fetched and kept there."""
+    def _tail(self, desc: dict, fetch) -> tuple[tuple[int, bytes], int]:
+        """((offset, bytes) of the last TAIL bytes of the blob, bytes fetched): from the cache, else fetched
+        and kept there."""
         size = desc["size"]
         start = max(0, size - TAIL)
         path = os.path.join(self.store.root, "tails", desc["digest"].split(":", 1)[1])
@@ -736,11 +742,11 @@ class _RemoteBlobs:
             with open(path, "rb") as f:
                 data = f.read(TAIL + 1)
             if len(data) == size - start:
-                return start, data
+                return (start, data), 0
         except OSError:
             pass
         data = fetch(start, size - start)
         self.stats.blob_fetched += len(data)
         _mk(os.path.dirname(path))
         _write_atomic(path, data)
-        return start, data
+        return (start, data), len(data)
