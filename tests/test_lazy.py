@@ -407,14 +407,23 @@ def test_credentials_stay_out_of_logs_and_output(served, lazy_mounts, tmp_path):
         tokens.close()
 
 
-def test_remote_blob_hints_do_not_fetch_the_known_tail(blob_file):
+def test_remote_blob_hints_fetch_nothing_alone_and_widen_the_next_fetch(blob_file):
+    """A hint fetches nothing by itself (what it covers may all be in the chunk cache); the first read in it
+    that must fetch starts fetching the rest of the range, up to where the part of the blob known already
+    begins, in a few requests."""
     fetch = Counting(blob_file)
     start = len(fetch.data) - 65536
     src = RemoteBlob("remote", len(fetch.data), fetch, tail=(start, fetch.data[start:]))
-    src.will_need(start - 1000, 5000)
+    src.will_need(start - 300_000, 400_000)
+    time.sleep(0.2)
+    assert fetch.calls == []
+    assert src.pread(start - 300_000, 100) == fetch.data[start - 300_000 : start - 299_900]
     deadline = time.monotonic() + 10
-    while not fetch.calls and time.monotonic() < deadline:
+    while fetch.fetched < 300_000 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert fetch.fetched == 300_000 and len(fetch.calls) <= 4, fetch.calls
+    assert all(off + n <= start for off, n in fetch.calls), fetch.calls
+    calls = len(fetch.calls)
     assert src.pread(start - 1000, 5000) == fetch.data[start - 1000 : start + 4000]
-    assert fetch.calls and all(off + n <= start for off, n in fetch.calls), fetch.calls
+    assert len(fetch.calls) == calls
     src.close()

@@ -79,8 +79,10 @@ class RemoteBlob:
       (several such readers at once each grow their own), one looking at one file fetches little;
     - a read that falls in a window still being fetched waits for it instead of asking again, and a new window
       ends where a window already fetched or being fetched begins (nothing is fetched twice while it is held);
-    - ``will_need`` fetches its range now in a background thread (several at once), coalesced into windows the
-      same way: the mount's read-ahead hints become a few large requests in flight.
+    - ``will_need`` marks a range as wanted soon: the first read there that must fetch starts fetching the
+      rest of it in the background (the mount's read-ahead hints become a few large requests in flight ahead
+      of its readers). Nothing is fetched for the hint alone: chunks the persistent cache holds are never read
+      from the source, and a hint cannot tell which those are.
 
     ``tail`` (offset, bytes), when given, is a part of the blob known already (its metadata at the end, kept
     on disk by the caller); ``whole()``, when given, is called once if ``fetch`` raises ``fallback`` (a
@@ -129,6 +131,7 @@ class RemoteBlob:
         # Readers going through the blob (a file, the next files, a read-ahead hint): where each one's last
         # window ended -> that window's size, the most recent last.
         self._streams: OrderedDict[int, int] = OrderedDict()
+        self._hints: list[tuple[int, int]] = []  # ranges said to be read soon, the most recent last
         self._pool = None
 
     # ------------------------------------------------------------------ reads
@@ -212,6 +215,12 @@ class RemoteBlob:
                 del self._streams[e]
                 window = min(size * 2, self.MAX_WINDOW)
                 break
+        hinted = None
+        for i, (hs, he) in enumerate(self._hints):
+            if hs <= pos < he:
+                hinted = he
+                del self._hints[i]
+                break
         stop = min(max(end, pos + window), self.size)
         if self._tail is not None and pos < self._tail[0]:
             stop = min(stop, self._tail[0])
@@ -225,6 +234,10 @@ class RemoteBlob:
         self._streams[stop] = window
         if len(self._streams) > self.STREAMS:
             self._streams.popitem(last=False)
+        if hinted is not None and stop < hinted:
+            # A read that must fetch in a hinted range: the range is not in the chunk cache, so the rest of
+            # it is fetched now, in the background, in windows growing along it.
+            self._submit(self._prefetch, stop, hinted)
         return pos, stop
 
     def _begin(self, start: int, stop: int):
@@ -277,18 +290,21 @@ class RemoteBlob:
 
     # ------------------------------------------------------------------ hints
     def will_need(self, offset: int = 0, size: int = 0) -> None:
-        """Fetch ``[offset, offset + size)`` (0: to the end) in the background, unless held or being fetched.
-        The whole blob (the default) is fetched whole, once, when ``whole`` was given: whoever reads all of it
-        (verify) gets it in one request and checked against its digest, and every read waits for it."""
+        """``[offset, offset + size)`` (0: to the end) will be read soon: the first fetch there fetches the
+        rest of it in the background. The whole blob (the default) is fetched whole, once, now, when ``whole`` was given:
+        whoever reads all of it (verify) gets it in one request and checked against its digest, and every read
+        waits for it."""
         if self._local is not None or offset >= self.size:
             return
         end = self.size if size <= 0 else min(self.size, offset + size)
         if offset == 0 and end == self.size and self._whole is not None:
             self._lock.acquire()  # held until the file is there: reads wait for it rather than fetch
             self._submit(self._fetch_whole)
-        else:
-            with self._lock:
-                self._submit(self._prefetch, offset, end)
+            return
+        with self._lock:
+            self._hints.append((offset, end))
+            if len(self._hints) > self.STREAMS:
+                del self._hints[0]
 
     def _fetch_whole(self) -> None:
         try:
