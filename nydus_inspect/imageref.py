@@ -731,6 +731,7 @@ class _RemoteBlobs:
 
     def close(self) -> None:
         self.reg.close()
+        self.chunks.close()
 
     def _tail(self, desc: dict, fetch) -> tuple[tuple[int, bytes], int]:
         """((offset, bytes) of the last TAIL bytes of the blob, bytes fetched): from the cache, else fetched
