@@ -312,6 +312,11 @@ def test_lazy_mount_serves_the_image_and_its_documents(served, nydus_layout, laz
     assert int(os.getxattr(mp / "entries" / blob, "user.nydus.size")) == manifest["layers"][0]["size"]
     assert (mp / "entries" / blob / "toc.json").is_file()
     lazy_mounts.umount(mp)
+    # Again, with the chunks cached: nothing is fetched, the mount's read-ahead hints included.
+    mp = lazy_mounts.mount(f"docker://{host}/lazy:1", "--cache-dir", tmp_path / "cache")
+    assert _read_tree(mp / "rootfs", FILES) == FILES
+    assert int(os.getxattr(mp, "user.nydus.fetched")) == 0
+    lazy_mounts.umount(mp)
 
 
 def test_second_mount_is_offline_from_the_cache(nydus_layout, lazy_mounts, tmp_path):
@@ -367,6 +372,18 @@ def test_mount_through_faults_gives_right_bytes_or_clean_eio(served, lazy_mounts
     chunks = [line.split(": chunk ")[1].split()[0] for line in eio]
     assert len(chunks) == len(set(chunks)), eio
     lazy_mounts.umount(mp)
+
+
+def test_timeout_retries_a_request_left_unanswered(served, tmp_path):
+    host, proxy = served
+    proxy.fault_path = "/blobs/sha256:"
+    proxy.faults = ["delay"]  # 2 s without an answer
+    ref = f"docker://{proxy.address}/lazy:1"
+    rc, out, err = cli(tmp_path, "cat", ref, "/a/text", "--timeout", "0.5", "--stats")
+    assert rc == 0 and out == FILES["a/text"], err
+    assert not proxy.faults and "(1 retries)" in err, err
+    rc, _, err = cli(tmp_path, "cat", ref, "/a/text", "--timeout", "0")
+    assert rc == 2 and "--timeout" in err and err.count("\n") == 1, err
 
 
 def test_a_range_answer_for_other_bytes_is_refused(served, tmp_path):
