@@ -354,7 +354,13 @@ class Registry:
                     raise RegistryError(
                         f"{where}: the registry answered with bytes {got[0]}-{got[1]} instead; refused"
                     )
-                data = resp.read()
+                parts, got = [], 0
+                for block in resp.iter_bytes(1 << 20):
+                    parts.append(block)
+                    got += len(block)
+                    if got > size:
+                        break  # more than asked for: never held whole
+                data = b"".join(parts)
             except self._httpx.TransportError as exc:
                 last = _transport_reason(exc).removesuffix(" (after retries)")
                 data = None
@@ -364,6 +370,8 @@ class Registry:
                 self.stats.fetched += len(data)
                 if len(data) == size:
                     return data
+                if len(data) > size:
+                    raise RegistryError(f"{where}: the registry sent more than {size} bytes; refused")
                 last = f"a short answer ({len(data)} of {size} bytes)"
             if attempt < self.retries:
                 self._sleep(attempt)
