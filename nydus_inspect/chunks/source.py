@@ -269,9 +269,9 @@ class RemoteBlob:
                 old_start, old = self._windows.popitem(last=False)
                 self._starts.remove(old_start)
                 self._held -= len(old)
+            if self._on_fetch is not None:
+                self._on_fetch(len(data))  # under the lock: counts kept by several threads stay exact
         done.set()
-        if self._on_fetch is not None:
-            self._on_fetch(len(data))
 
     def _go_local(self, locked: bool = False) -> None:
         """The whole blob, once, as a local file: every read is served from it from now on."""
