@@ -445,3 +445,25 @@ def test_remote_blob_hints_fetch_nothing_alone_and_widen_the_next_fetch(blob_fil
     assert src.pread(start - 1000, 5000) == fetch.data[start - 1000 : start + 4000]
     assert len(fetch.calls) == calls
     src.close()
+
+
+def test_tui_browses_a_reference_fetching_what_it_shows(served, tmp_path, monkeypatch):
+    pytest.importorskip("textual")
+    from textual.widgets import Static
+    from tui_helpers import drive, press, settle
+
+    from nydus_inspect import imageref
+
+    host, _ = served
+    monkeypatch.setattr(imageref, "OPTIONS", imageref.ImageOptions(cache_dir=str(tmp_path / "cache")))
+
+    async def script(app, pilot):
+        await press(app, pilot, "4")
+        assert app.screen.reveal("/a/text")
+        await settle(app, pilot)
+        preview = app.screen.query_one("#file-preview", Static).content.plain
+        assert "the quick brown fox" in preview, preview
+
+    drive([f"docker://{host}/lazy:1"], script)
+    stats = imageref.OPTIONS.stats
+    assert 0 < stats.blob_fetched < stats.blob_bytes // 5, stats
