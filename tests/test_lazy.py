@@ -455,7 +455,10 @@ def test_tui_browses_a_reference_fetching_what_it_shows(served, tmp_path, monkey
     from nydus_inspect import imageref
 
     host, _ = served
-    monkeypatch.setattr(imageref, "OPTIONS", imageref.ImageOptions(cache_dir=str(tmp_path / "cache")))
+    options = imageref.ImageOptions(
+        cache_dir=str(tmp_path / "cache"), chunk_dir=str(tmp_path / "cache" / "chunks")
+    )
+    monkeypatch.setattr(imageref, "OPTIONS", options)
 
     async def script(app, pilot):
         await press(app, pilot, "4")
@@ -465,5 +468,6 @@ def test_tui_browses_a_reference_fetching_what_it_shows(served, tmp_path, monkey
         assert "the quick brown fox" in preview, preview
 
     drive([f"docker://{host}/lazy:1"], script)
+    assert any((tmp_path / "cache" / "chunks").glob("*.data"))
     stats = imageref.OPTIONS.stats
     assert 0 < stats.blob_fetched < stats.blob_bytes // 5, stats
