@@ -25,6 +25,7 @@ from test_mount import Mounts, fuse  # noqa: F401 - fuse is a fixture
 
 from nydus_inspect.chunks.source import RemoteBlob
 from nydus_inspect.chunks.store import ChunkStore
+from nydus_inspect.codecs import Compressor
 from nydus_inspect.errors import NydusInspectError
 from nydus_inspect.layer import Layer
 from nydus_inspect.pack import PackOptions, pack
@@ -200,6 +201,11 @@ def test_chunk_store_serves_a_second_reader_without_fetching(blob_file, tmp_path
     first = Counting(blob_file)
     layer = _remote_layer(blob_file, first, ChunkStore(str(tmp_path / "chunks")))
     assert _read_all(layer) == FILES
+    # Chunks are kept as the blob stores them (compressed), each once.
+    chunks = {c.compressed_offset: c for n in layer.rafs.walk() for c in (layer.rafs.chunks(n) or [])}
+    stored = sum(p.stat().st_size for p in (tmp_path / "chunks").glob("*.data"))
+    assert stored == sum(c.compressed_size for c in chunks.values())
+    assert stored < sum(c.uncompressed_size for c in chunks.values()) - 90_000  # a/text compresses
     layer.close()
     # A new process's view of the same directory: every chunk comes from it; only the metadata is read.
     again = Counting(blob_file)
@@ -232,10 +238,13 @@ def test_chunk_store_damage_is_dropped_and_fetched_again(blob_file, tmp_path):
 def test_chunk_store_is_bounded(tmp_path):
     store = ChunkStore(str(tmp_path / "chunks"), limit=400_000)
     for i in range(100):
-        store.put("blake3", hashlib.sha256(b"%d" % i).digest(), bytes([i]) * 10_000)
+        store.put("blake3", hashlib.sha256(b"%d" % i).digest(), bytes([i]) * 10_000, Compressor.NONE, 10_000)
     held = sum(p.stat().st_size for p in (tmp_path / "chunks").glob("*.data"))
     assert held <= 400_000 + 100_000
-    assert store.get("blake3", hashlib.sha256(b"99").digest(), 10_000) == bytes([99]) * 10_000
+    assert store.get("blake3", hashlib.sha256(b"99").digest(), 10_000) == (
+        bytes([99]) * 10_000,
+        Compressor.NONE,
+    )
     assert store.get("blake3", hashlib.sha256(b"0").digest(), 10_000) is None  # the oldest went first
 
 

@@ -1,12 +1,13 @@
-"""The persistent chunk cache: decoded chunks of remote blobs, on disk, by their digest.
+"""The persistent chunk cache: chunks of remote blobs, on disk, by the digest of their decoded bytes.
 
 Only chunks the chunk service has checked against their recorded digest are put here, and what is read back
-is checked again before it is used (bytes damaged on disk are dropped and fetched anew), so the cache never
-adds a byte nobody checked. A chunk without a recorded digest is never stored: there is nothing to key it by.
-The same chunk in several images or blobs is stored once.
+is decoded and checked again before it is used (bytes damaged on disk are dropped and fetched anew), so the
+cache never adds a byte nobody checked. A chunk without a recorded digest is never stored: there is nothing
+to key it by. The same chunk in several images or blobs is stored once. Chunks are kept as the blob stores
+them (compressed): a warm cache then reads from disk what a local blob file would, not twice as much.
 
-Layout: generations ``DIR/<n>.data`` (chunk bytes, appended) and ``DIR/<n>.index`` (one fixed-size record
-per chunk: digester, digest, offset, size and a CRC32 of the record). A chunk is written to the data file
+Layout: generations ``DIR/<n>.data`` (stored chunk bytes, appended) and ``DIR/<n>.index`` (one fixed-size
+record per chunk: digester, digest, offset, stored size, compressor, decoded size and a CRC32 of the record). A chunk is written to the data file
 first and its record appended after, under an exclusive ``flock`` of the index, so a record is only ever read
 for bytes fully written, and several processes can share the directory. A record cut short by a crash fails
 its CRC and is skipped. One file per chunk would be simpler, but creating thousands of small files costs more
@@ -27,11 +28,14 @@ import threading
 import time
 import zlib
 
+from ..codecs import Compressor
+from ..errors import NydusInspectError
+
 #: The default bound of the cache directory.
 DEFAULT_LIMIT = 4 << 30
 
-_RECORD = struct.Struct("<B32sQII")  # digester, digest, offset, size, crc32 of the bytes before it
-_BODY = struct.Struct("<B32sQI")
+_BODY = struct.Struct("<B32sQIBI")  # digester, digest, offset, stored size, compressor (algo), decoded size
+_RECORD = struct.Struct(_BODY.format + "I")  # and the CRC32 of the bytes before it
 _DIGESTERS = {"blake3": 1, "sha256": 2}
 _GEN = re.compile(r"(\d{1,12})\.index")
 #: A miss looks for what other processes stored at most this often (seconds): each look costs a directory
@@ -65,7 +69,7 @@ class ChunkStore:
         self.limit = limit
         self._lock = threading.Lock()
         self._gens: dict[int, _Gen] | None = None  # opened at the first use, not when an image is opened
-        self._where: dict[tuple[int, bytes], tuple[_Gen, int, int]] = {}
+        self._where: dict[tuple[int, bytes], tuple[_Gen, int, int, int, int]] = {}
         self._refreshed = time.monotonic()
         self.usable = True
         self.hits = 0
@@ -95,9 +99,9 @@ class ChunkStore:
         raw = os.pread(gen.index_fd, size - gen.read_to, gen.read_to)
         whole = len(raw) - len(raw) % _RECORD.size
         data_size = os.fstat(gen.data_fd).st_size
-        for algo, digest, off, n, crc in _RECORD.iter_unpack(raw[:whole]):
-            if zlib.crc32(_BODY.pack(algo, digest, off, n)) == crc and off + n <= data_size:
-                self._where[(algo, digest)] = (gen, off, n)
+        for algo, digest, off, n, comp, usize, crc in _RECORD.iter_unpack(raw[:whole]):
+            if zlib.crc32(_BODY.pack(algo, digest, off, n, comp, usize)) == crc and off + n <= data_size:
+                self._where[(algo, digest)] = (gen, off, n, comp, usize)
         gen.read_to += whole
 
     def _refresh(self) -> None:
@@ -113,8 +117,9 @@ class ChunkStore:
             pass
 
     # ------------------------------------------------------------------ the interface
-    def get(self, digester: str, digest: bytes, size: int) -> bytes | None:
-        """The bytes stored under ``digest`` if there are ``size`` of them (the caller checks the digest)."""
+    def get(self, digester: str, digest: bytes, size: int) -> tuple[bytes, Compressor] | None:
+        """(stored bytes, their compressor) of the chunk of ``size`` decoded bytes stored under ``digest``
+        (the caller decodes them and checks the digest)."""
         key = (_DIGESTERS.get(digester, 0), digest)
         with self._lock:
             if not self._open():
@@ -125,25 +130,27 @@ class ChunkStore:
                 where = self._where.get(key)
             if where is None:
                 return None
-        gen, off, n = where
-        if n != size:
+        gen, off, n, comp, usize = where
+        if usize != size:
             return None
         try:
+            compressor = Compressor.from_algo(comp)
             data = os.pread(gen.data_fd, n, off)
-        except OSError:
+        except (OSError, ValueError, NydusInspectError):
             return None
         if len(data) != n:
             return None
         self.hits += 1
-        return data
+        return data, compressor
 
     def drop(self, digester: str, digest: bytes) -> None:
         """Forget a stored chunk that did not check out (a good copy stored later takes its place)."""
         with self._lock:
             self._where.pop((_DIGESTERS.get(digester, 0), digest), None)
 
-    def put(self, digester: str, digest: bytes, data) -> None:
-        """Store checked ``data`` under its digest; a cache that cannot be written is simply not used."""
+    def put(self, digester: str, digest: bytes, data, compressor: Compressor, size: int) -> None:
+        """Store the stored bytes ``data`` (``compressor``, ``size`` bytes decoded) of a chunk whose decoded
+        bytes were checked against ``digest``; a cache that cannot be written is simply not used."""
         key = (_DIGESTERS.get(digester, 0), digest)
         if len(data) > self.limit // 4 or len(digest) != 32:
             return
@@ -159,7 +166,7 @@ class ChunkStore:
                         return
                     off = os.fstat(gen.data_fd).st_size
                     os.pwrite(gen.data_fd, data, off)
-                    body = _BODY.pack(key[0], digest, off, len(data))
+                    body = _BODY.pack(key[0], digest, off, len(data), compressor.algo, size)
                     os.write(gen.index_fd, body + struct.pack("<I", zlib.crc32(body)))
                     gen.read_to += _RECORD.size
                 finally:
@@ -167,7 +174,7 @@ class ChunkStore:
             except OSError:
                 self.usable = False  # a full disk, a read-only cache: go on without it
                 return
-            self._where[key] = (gen, off, len(data))
+            self._where[key] = (gen, off, len(data), compressor.algo, size)
             self.stored += 1
             if off + len(data) > self.limit // 4:
                 self._roll()
