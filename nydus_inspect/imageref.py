@@ -647,7 +647,8 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
         for d in image.manifest["layers"]
         if isinstance(d.get("digest"), str)
         and _DIGEST.fullmatch(d["digest"])
-        and isinstance(d.get("size"), int)
+        and type(d.get("size")) is int
+        and d["size"] > 0  # a blob with chunks has bytes; any other size cannot be read by range
     }
     opener = _RemoteBlobs(reg, ref, store, blobs_by_id, opts)
     layer = Layer(boot, blob_dir=blob_dir or store.blobs, blobs=blobs, blob_opener=opener)

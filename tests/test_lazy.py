@@ -480,3 +480,17 @@ def test_tui_browses_a_reference_fetching_what_it_shows(served, tmp_path, monkey
     assert any((tmp_path / "cache" / "chunks").glob("*.data"))
     stats = imageref.OPTIONS.stats
     assert 0 < stats.blob_fetched < stats.blob_bytes // 5, stats
+
+
+@pytest.mark.parametrize("size", [-5, 0])
+def test_a_blob_descriptor_without_a_usable_size_is_not_read_by_range(served, nydus_layout, tmp_path, size):
+    from nydus_inspect.registry import Registry
+
+    host, _ = served
+    _, manifest = _manifest(nydus_layout)
+    manifest["layers"][0]["size"] = size
+    with Registry(host) as reg:
+        reg.put_manifest("lazy", "bad", json.dumps(manifest).encode(), manifest["mediaType"])
+    rc, out, err = cli(tmp_path, "cat", f"docker://{host}/lazy:bad", "/a/text")
+    assert rc == 2 and out == b"", err
+    assert err.count("\n") == 1 and "not found" in err, err
