@@ -494,3 +494,16 @@ def test_a_blob_descriptor_without_a_usable_size_is_not_read_by_range(served, ny
     rc, out, err = cli(tmp_path, "cat", f"docker://{host}/lazy:bad", "/a/text")
     assert rc == 2 and out == b"", err
     assert err.count("\n") == 1 and "not found" in err, err
+
+
+def test_cat_offline_from_the_cache_says_so(nydus_layout, tmp_path):
+    with run_registry(tmp_path / "reg") as host:
+        push(nydus_layout, f"{host}/lazy:1")
+        rc, out, err = cli(tmp_path, "cat", f"docker://{host}/lazy:1", "/a/small007")
+        assert (rc, out, err) == (0, FILES["a/small007"], "")
+    rc, out, err = cli(tmp_path, "cat", f"docker://{host}/lazy:1", "/a/small007")
+    assert (rc, out) == (0, FILES["a/small007"]), err
+    assert err.startswith("nydus-inspect: warning: ") and err.count("\n") == 1, err
+    assert "cannot connect" in err and "using the cached manifest sha256:" in err, err
+    rc, out, err = cli(tmp_path, "cat", f"docker://{host}/lazy:1", "/z/big2")
+    assert rc == 2 and err.count("\n") == 2 and "nydus-inspect: error: " in err, err
