@@ -549,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    _warnings_to_stderr()
     try:
         from . import imageref
 
@@ -557,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             with _bulk_process(getattr(args, "bulk", False)):
                 return args.func(args) or 0
         finally:
-            if getattr(args, "stats", False) and imageref.OPTIONS.stats.requests:
+            if getattr(args, "stats", False) and imageref.OPTIONS.stats is not None:
                 sys.stderr.write(imageref.stats_line() + "\n")
     except NydusInspectError as exc:
         _error(str(exc))
@@ -654,6 +655,23 @@ def _tolerant_stdout() -> None:
             reconfigure(errors="surrogateescape")
         except (ValueError, OSError):
             pass
+
+
+def _warnings_to_stderr() -> None:
+    """What the library logs at WARNING and above (a registry that cannot be reached, and the cached manifest
+    used instead) is said on stderr as the program's other warnings are. The mount daemon sets its own."""
+    import logging
+
+    class Said(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+
+    logger = logging.getLogger("nydus_inspect")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(Said())
+        logger.addHandler(handler)
 
 
 def _error(message: str) -> None:

@@ -30,6 +30,7 @@ from .oci import (
     INDEX_FILE,
     LAYOUT_FILE,
     LAYOUT_VERSION,
+    MAX_JSON,
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OciLayout,
@@ -105,6 +106,16 @@ def parse(text: str) -> Ref:
     raise UsageError(f"{text}: not an image reference (expected one of {', '.join(PREFIXES)})")
 
 
+def absolute(text: str) -> str:
+    """``text`` with any local path in it made absolute (a daemon that leaves the directory still finds it)."""
+    if not is_reference(text):
+        return os.path.abspath(text)
+    ref = parse(text)
+    if ref.kind == "docker":
+        return text
+    return f"{ref.kind}:{os.path.abspath(ref.path)}" + (f":{ref.name}" if ref.name else "")
+
+
 def _registry():
     from . import registry
 
@@ -126,13 +137,16 @@ class ImageOptions:
     all_platforms: bool = False
     data: bool = True  # fetch data layers too (False: manifests, configs and the nydus bootstrap only)
     stats: Stats | None = None  # made with the first registry session
+    timeout: float = 30.0  # seconds without an answer before a registry request is retried
+    chunk_dir: str | None = None  # the persistent chunk cache (default: chunks.store.default_dir())
+    chunk_limit: int | None = None  # its bound in bytes (default: chunks.store.DEFAULT_LIMIT)
 
 
 #: The options references are resolved with; the command line sets them from its flags.
 OPTIONS = ImageOptions()
 
 
-def add_arguments(p, platform: bool = True) -> None:
+def add_arguments(p, platform: bool = True, stats: bool = True) -> None:
     """The flags every command taking an image reference has."""
     g = p.add_argument_group("image references (docker://, oci:, oci-archive:, docker-archive:)")
     if platform:
@@ -146,16 +160,45 @@ def add_arguments(p, platform: bool = True) -> None:
     g.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="where fetched images are kept (default: $XDG_CACHE_HOME/nydus-inspect/images)",
+        help="where fetched images (DIR/) and checked chunks of lazily read blobs (DIR/chunks/) are kept "
+        "(default: $XDG_CACHE_HOME/nydus-inspect/images and …/chunks)",
     )
     g.add_argument(
-        "--stats", action="store_true", help="say on stderr how many bytes were fetched and pushed"
+        "--cache-limit",
+        metavar="SIZE",
+        help="bound of the chunk cache on disk (default 4G; the oldest chunks go first)",
     )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a registry request without an answer for this long is retried (default 30)",
+    )
+    if stats:
+        g.add_argument(
+            "--stats",
+            action="store_true",
+            help="say on stderr how many bytes were fetched (of how many lazily read) and pushed",
+        )
 
 
 def configure(args) -> None:
     """Set :data:`OPTIONS` from parsed command-line flags (those :func:`add_arguments` adds)."""
-    OPTIONS.cache_dir = getattr(args, "cache_dir", None) or default_cache_dir()
+    given = getattr(args, "cache_dir", None)
+    OPTIONS.cache_dir = given or default_cache_dir()
+    if given:
+        OPTIONS.cache_dir = os.path.abspath(given)  # a mount daemon leaves the working directory
+    OPTIONS.chunk_dir = os.path.join(OPTIONS.cache_dir, "chunks") if given else None
+    limit = getattr(args, "cache_limit", None)
+    if limit is not None:
+        from .units import parse_size
+
+        OPTIONS.chunk_limit = parse_size(limit, "--cache-limit")
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and getattr(args, "command", None) != "umount":
+        if not timeout > 0:
+            raise UsageError("--timeout: expected a number of seconds above 0")
+        OPTIONS.timeout = timeout
     values = getattr(args, "platform", None)
     OPTIONS.all_platforms = bool(values) and "all" in values
     OPTIONS.platforms = [Platform.parse(v) for v in values] if values and not OPTIONS.all_platforms else None
@@ -167,7 +210,11 @@ def configure(args) -> None:
 
 def stats_line() -> str:
     s = OPTIONS.stats or _registry().Stats()
-    return f"registry: fetched {s.fetched} bytes, pushed {s.pushed} bytes in {s.requests} requests ({s.retries} retries)"
+    lazy = f" ({s.blob_fetched} of {s.blob_bytes} bytes of lazily read blobs)" if s.blob_bytes else ""
+    return (
+        f"registry: fetched {s.fetched} bytes{lazy}, pushed {s.pushed} bytes in {s.requests} requests "
+        f"({s.retries} retries)"
+    )
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -380,12 +427,48 @@ def registry_for(ref: Ref, opts: ImageOptions) -> Registry:
     if opts.stats is None:
         opts.stats = reg.Stats()
     creds = opts.creds or reg.docker_config_credentials(ref.host)
-    return reg.Registry(ref.host, creds=creds, insecure=opts.insecure, stats=opts.stats)
+    return reg.Registry(ref.host, creds=creds, insecure=opts.insecure, stats=opts.stats, timeout=opts.timeout)
 
 
-def _from_registry(ref: Ref, store: _Store, opts: ImageOptions) -> str:
-    with registry_for(ref, opts) as reg:
+def _top_manifest(reg: Registry, ref: Ref, store: _Store) -> tuple[bytes, str, str]:
+    """(bytes, media type, digest) of the manifest or index ``ref`` names. Each tag resolved is recorded in
+    the cache; when the registry cannot be reached at all, the last recorded one is used (with a warning),
+    so that an image read before can be read again offline."""
+    record = os.path.join(store.root, "refs", _key(ref.host, ref.repo, ref.reference))
+    try:
         raw, media_type, digest = reg.manifest(ref.repo, ref.reference)
+    except _registry().RegistryUnreachable as exc:
+        digest = ref.reference if ref.reference.startswith("sha256:") else None
+        if digest is None:
+            try:
+                with open(record, encoding="ascii") as f:
+                    digest = f.read().strip()
+            except (OSError, ValueError):
+                raise exc from None
+        try:
+            with open(store.path(digest), "rb") as f:
+                raw = f.read(MAX_JSON + 1)
+            doc = json.loads(raw)
+            media_type = doc["mediaType"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise exc from None
+        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+            raise exc from None
+        import logging
+
+        logging.getLogger(__name__).warning("%s; using the cached manifest %s of %s", exc, digest, ref)
+        return raw, media_type, digest
+    if not ref.reference.startswith("sha256:"):
+        _mk(os.path.dirname(record))
+        _write_atomic(record, digest.encode())
+    return raw, media_type, digest
+
+
+def _from_registry(ref: Ref, store: _Store, opts: ImageOptions, reg: Registry | None = None) -> str:
+    with contextlib.ExitStack() as stack:
+        if reg is None:
+            reg = stack.enter_context(registry_for(ref, opts))
+        raw, media_type, digest = _top_manifest(reg, ref, store)
         if not (is_index(media_type) or is_manifest(media_type)):
             raise UsageError(f"{ref}: unsupported manifest media type {media_type!r}")
         store.put_bytes(raw)
@@ -531,3 +614,141 @@ def _push_tree(reg: Registry, layout: OciLayout, ref: Ref, desc: dict, mount_fro
             path = layout.check_blob(blob, f"blob {blob['digest']}")
             reg.push_blob(ref.repo, blob["digest"], path, mount_from)
     reg.put_manifest(ref.repo, desc["digest"], raw, desc["mediaType"])
+
+
+# ---------------------------------------------------------------------------- lazy reading
+#: The end of each remote blob fetched when it is first opened and kept on disk: its ToC and the tar
+#: header after it are there, so a blob read before opens again without the registry.
+TAIL = 64 << 10
+
+
+def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None = None, options=None):
+    """The nydus image of the registry reference ``text`` as a :class:`~.layer.Layer` of its bootstrap, whose
+    data blobs are read lazily: manifests, configs and the bootstrap layer are fetched now (kept in the image
+    cache), chunk data by Range requests when read (chunks.source.RemoteBlob), each checked chunk kept in the
+    persistent chunk cache. A blob found whole in the image cache (or given with ``--blob``) is read there."""
+    from .layer import Layer
+    from .oci import nydus_image_of_layout
+
+    opts = options or OPTIONS
+    ref = parse(text)
+    store = _Store(opts.cache_dir)
+    meta = ImageOptions(**{**opts.__dict__, "data": False})
+    reg = registry_for(ref, opts)
+    meta.stats = opts.stats
+    try:
+        root = _from_registry(ref, store, meta, reg)
+        image, boot = nydus_image_of_layout(root, opts.platforms)
+    except BaseException:
+        reg.close()
+        raise
+    blobs_by_id = {
+        d["digest"].split(":", 1)[1]: d
+        for d in image.manifest["layers"]
+        if isinstance(d.get("digest"), str)
+        and _DIGEST.fullmatch(d["digest"])
+        and type(d.get("size")) is int
+        and d["size"] > 0  # a blob with chunks has bytes; any other size cannot be read by range
+    }
+    opener = _RemoteBlobs(reg, ref, store, blobs_by_id, opts)
+    layer = Layer(boot, blob_dir=blob_dir or store.blobs, blobs=blobs, blob_opener=opener)
+    layer.documents = _documents(store, image)
+    return layer
+
+
+def _documents(store: _Store, image) -> list[tuple[str, bytes]]:
+    """index.json (each index above the image, the top one first), manifest.json and config.json, as the
+    registry sent them."""
+    out = []
+    for i, desc in enumerate(image.parents):
+        name = "index.json" if i == len(image.parents) - 1 else f"index-{i}.json"
+        with open(store.path(desc["digest"]), "rb") as f:
+            out.append((name, f.read()))
+    for name, desc in (("manifest.json", image.desc), ("config.json", image.manifest["config"])):
+        with open(store.path(desc["digest"]), "rb") as f:
+            out.append((name, f.read()))
+    return out
+
+
+class _RemoteBlobs:
+    """Opens the blobs of one image in a registry as layers read by Range requests; owns the registry session
+    (closed with the last blob, or when the process ends)."""
+
+    def __init__(self, reg: Registry, ref: Ref, store: _Store, descs: dict, opts: ImageOptions) -> None:
+        from .chunks.store import DEFAULT_LIMIT, ChunkStore, default_dir
+
+        self.reg = reg
+        self.ref = ref
+        self.store = store
+        self.descs = descs
+        self.chunks = ChunkStore(opts.chunk_dir or default_dir(), opts.chunk_limit or DEFAULT_LIMIT)
+        self.stats = opts.stats
+
+    def __call__(self, blob_id: str):
+        from .chunks.source import RemoteBlob
+        from .layer import Layer
+
+        desc = self.descs.get(blob_id)
+        if desc is None:
+            return None
+        digest, size = desc["digest"], desc["size"]
+        name = f"docker://{self.ref.host}/{self.ref.repo}@{digest}"
+        reg = _registry()
+        stats = self.stats
+
+        def fetch(offset: int, n: int) -> bytes:
+            return self.reg.blob_range(self.ref.repo, digest, offset, n)
+
+        def whole() -> str:
+            path = self.store.path(digest)
+            if not self.store.has(desc):
+                n = self.reg.blob_to(self.ref.repo, desc, path)
+                stats.blob_fetched += n
+                if source is not None:
+                    source.fetched += n
+            return path
+
+        def counted(n: int) -> None:
+            stats.blob_fetched += n
+
+        source = None
+        try:
+            tail, fetched = self._tail(desc, fetch)
+        except reg.RangeIgnored:
+            return Layer(whole(), data_blob=True)
+        source = RemoteBlob(
+            name,
+            size,
+            fetch,
+            tail=tail,
+            whole=whole,
+            fallback=reg.RangeIgnored,
+            store=self.chunks,
+            on_fetch=counted,
+        )
+        source.fetched = fetched
+        stats.blob_bytes += size
+        return Layer(name, data_blob=True, source=source, name=blob_id)
+
+    def close(self) -> None:
+        self.reg.close()
+        self.chunks.close()
+
+    def _tail(self, desc: dict, fetch) -> tuple[tuple[int, bytes], int]:
+        """((offset, bytes) of the last TAIL bytes of the blob, bytes fetched): from the cache, else fetched
+        and kept there."""
+        size = desc["size"]
+        start = max(0, size - TAIL)
+        path = os.path.join(self.store.root, "tails", desc["digest"].split(":", 1)[1])
+        try:
+            with open(path, "rb") as f:
+                data = f.read(TAIL + 1)
+            if len(data) == size - start:
+                return (start, data), 0
+        except OSError:
+            pass
+        data = fetch(start, size - start)
+        self.stats.blob_fetched += len(data)
+        _mk(os.path.dirname(path))
+        _write_atomic(path, data)
+        return (start, data), len(data)

@@ -18,7 +18,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -27,7 +27,7 @@ from . import codecs
 from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
-from .chunks.source import LocalFile
+from .chunks.source import BlobSource, LocalFile
 from .codecs import Compressor
 from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -81,18 +81,30 @@ class Layer:
         blob_dir: str | None = None,
         blobs: list[str] | None = None,
         data_blob: bool = False,
+        source: BlobSource | None = None,
+        name: str | None = None,
+        blob_opener: Callable[[str], Layer | None] | None = None,
     ) -> None:
         """``data_blob``: the file is a bootstrap's data blob, which may be chunk data with nothing around
-        it (``nydus-image create`` without ``--blob-inline-meta`` writes that): accept it as such."""
+        it (``nydus-image create`` without ``--blob-inline-meta`` writes that): accept it as such.
+        ``source``: where the bytes come from when they are not the local file ``path`` (a registry blob;
+        ``path`` then only names it in messages, ``name`` in listings). ``blob_opener(blob_id)``: a layer of
+        a blob the bootstrap names that is not found as a file (a registry blob, opened lazily), or None."""
         self.path = path
-        self.name = os.path.basename(path)
+        self.name = name or os.path.basename(path)
         #: Where this file's bytes come from: every read of chunk data goes through it (chunks.source).
-        self.source = LocalFile(path)
+        self.source = source if source is not None else LocalFile(path)
         self._fd = self.source.fd
         self.size = self.source.size
-        self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) if self.size else b""
+        if source is not None:
+            self._map = _SourceBytes(source)
+        else:
+            self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) if self.size else b""
         self.blob_dir = blob_dir
         self.extra_blobs = list(blobs or [])
+        self.blob_opener = blob_opener
+        #: Documents of the image this layer was opened from (a registry reference): (file name, bytes).
+        self.documents: list[tuple[str, bytes]] = []
         self.kind = ""
         self.toc: list[toc.TocEntry] | None = None
         self.toc_bytes = b""
@@ -116,6 +128,9 @@ class Layer:
             if bf.layer is not self:
                 bf.close()
         self._blob_files.clear()
+        close_opener = getattr(self.blob_opener, "close", None)
+        if close_opener is not None:
+            close_opener()
         if isinstance(self._map, mmap.mmap):
             try:
                 self._map.close()
@@ -144,7 +159,7 @@ class Layer:
         """sha256 of the whole file (the OCI layer digest)."""
         h = hashlib.sha256()
         for off in range(0, self.size, 1 << 22):
-            h.update(os.pread(self._fd, 1 << 22, off))
+            h.update(self.pread(off, min(1 << 22, self.size - off), "layer"))
         return h.hexdigest()
 
     # ------------------------------------------------------------------ sniffing
@@ -333,7 +348,8 @@ class Layer:
         elif name == BLOB_META:
             sec = self.section(BLOB_META)
             if sec and sec.size >= blob_meta.HEADER_SIZE:
-                hdr = blob_meta.BlobMetaHeader.parse(self._map, sec.offset + sec.size - blob_meta.HEADER_SIZE)
+                at = sec.offset + sec.size - blob_meta.HEADER_SIZE
+                hdr = blob_meta.BlobMetaHeader.parse(self._map[at : at + blob_meta.HEADER_SIZE], 0, at)
                 comp = Compressor.from_algo(hdr.s_ci_compressor)
                 return sec.offset, sec.size - blob_meta.HEADER_SIZE, comp, hdr.s_ci_uncompressed_size, None
         else:
@@ -476,7 +492,7 @@ class Layer:
             return self._bootstrap_raw
         try:
             if self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5):
-                data = self._map
+                data = self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
                 data = self._bootstrap_from_tar()
             elif self.has_entry(IMAGE_BOOT):
@@ -494,7 +510,7 @@ class Layer:
     def _bootstrap_from_tar(self) -> bytes:
         import tarfile  # only bootstrap layers (image/image.boot in a tar) need it
 
-        raw = io.BytesIO(self._map)
+        raw = io.BytesIO(self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size])
         try:
             if self._map[:2] == b"\x1f\x8b":
                 import gzip
@@ -612,6 +628,12 @@ class Layer:
         else:
             ent = self.rafs.blobs[blob_index]
             path = self._find_blob(ent)
+            if path is None and self.blob_opener is not None:
+                layer = self.blob_opener(ent.id)
+                if layer is not None:
+                    bf = Blob(blob_index, layer, ent)
+                    self._blob_files[blob_index] = bf
+                    return bf
             if path is None:
                 if not required:
                     return None
@@ -773,6 +795,8 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
     reference (docker://, oci:, oci-archive:, docker-archive:); raises FormatError / UsageError."""
     from . import imageref
 
+    if imageref.is_reference(path) and path.startswith("docker://"):
+        return imageref.open_lazy(path, blob_dir=blob_dir, blobs=blobs)
     path = imageref.materialise(path)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
@@ -797,9 +821,26 @@ def _rafs_v5():
 
 
 def _is_v6(data) -> bool:
-    return len(data) >= 1028 and struct.unpack_from("<I", data, 1024)[0] == rafs_v6.EROFS_MAGIC
+    return len(data) >= 1028 and struct.unpack("<I", data[1024:1028])[0] == rafs_v6.EROFS_MAGIC
 
 
 def _is_v5(data) -> bool:
     v5 = _rafs_v5()
-    return len(data) >= 8 and struct.unpack_from("<II", data, 0) == (v5.MAGIC, v5.VERSION)
+    return len(data) >= 8 and struct.unpack("<II", data[0:8]) == (v5.MAGIC, v5.VERSION)
+
+
+class _SourceBytes:
+    """The bytes of a source that is not a local file, sliced as the mmap of one is: each slice is a read,
+    so only the parts looked at are fetched."""
+
+    def __init__(self, source: BlobSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.source.size
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("only contiguous slices of a remote blob are read")
+        start, stop, _ = key.indices(self.source.size)
+        return self.source.pread(start, max(0, stop - start), "blob") if stop > start else b""

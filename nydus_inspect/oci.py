@@ -313,6 +313,12 @@ def select_images(images: list[Image], platforms: list[Platform] | None, where: 
 
 def nydus_bootstrap_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[str, str]:
     """(bootstrap layer blob path, blob directory) of the nydus image in the layout at ``root``."""
+    _, path = nydus_image_of_layout(root, platforms)
+    return path, os.path.join(root, "blobs", "sha256")
+
+
+def nydus_image_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, str]:
+    """(the image, its bootstrap layer blob path, checked) of the one nydus image in the layout at ``root``."""
     layout = OciLayout(root)
     images = select_images(list(layout.images()), platforms, root)
     if len(images) > 1:
@@ -327,7 +333,7 @@ def nydus_bootstrap_of_layout(root: str, platforms: list[Platform] | None = None
             f"{ANNOTATION_NYDUS_BOOTSTRAP}); convert it first with `nydus-inspect convert`"
         )
     path = layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}")
-    return path, os.path.join(root, "blobs", "sha256")
+    return image, path
 
 
 __all__ = [

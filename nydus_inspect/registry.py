@@ -30,6 +30,15 @@ class RegistryError(NydusInspectError):
     """A registry that cannot be reached, refuses us, or sends bytes that are not what was asked for."""
 
 
+class RegistryUnreachable(RegistryError):
+    """No answer at all (cannot connect, timed out, connection dropped), after the retries."""
+
+
+class RangeIgnored(RegistryError):
+    """The registry answered a Range request with the whole blob (200): its offsets cannot be trusted for a
+    part, so the caller fetches the blob whole (and checks its digest) instead."""
+
+
 @dataclass
 class Credentials:
     username: str
@@ -89,6 +98,9 @@ class Stats:
     pushed: int = 0
     requests: int = 0
     retries: int = 0
+    #: Blobs read lazily (by Range): their total size, and how much of it was fetched.
+    blob_bytes: int = 0
+    blob_fetched: int = 0
 
 
 @dataclass
@@ -146,7 +158,7 @@ class Registry:
                 if attempt < self.retries and _replayable(content):
                     self._sleep(attempt)
                     continue
-                raise RegistryError(f"{self._where(path)}: {_transport_reason(exc)}") from None
+                raise RegistryUnreachable(f"{self._where(path)}: {_transport_reason(exc)}") from None
             if resp.status_code >= 500 and attempt < self.retries and _replayable(content):
                 resp.close()
                 self._sleep(attempt)
@@ -314,6 +326,57 @@ class Registry:
             )
         raise AssertionError("unreachable")
 
+    def blob_range(self, repo: str, digest: str, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the blob ``digest`` by one Range request: retried on 5xx, dropped
+        connections and short bodies; a 206 whose Content-Range is not the range asked for is refused, and a 200
+        (Range ignored) raises :class:`RangeIgnored` before its body is read."""
+        where = f"{self.host}/{repo}@{digest} bytes {offset}-{offset + size - 1}"
+        last = "no answer"
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.request(
+                    "GET",
+                    f"/v2/{repo}/blobs/{digest}",
+                    scope=f"repository:{repo}:pull",
+                    headers={"Range": f"bytes={offset}-{offset + size - 1}"},
+                    stream=True,
+                    ok=(200, 206),
+                )
+            except RegistryError as exc:
+                raise type(exc)(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+            try:
+                if resp.status_code == 200:
+                    raise RangeIgnored(
+                        f"{where}: the registry ignores Range (answered 200 with the whole blob)"
+                    )
+                got = _content_range(resp.headers.get("content-range", ""))
+                if got is not None and got != (offset, offset + size - 1):
+                    raise RegistryError(
+                        f"{where}: the registry answered with bytes {got[0]}-{got[1]} instead; refused"
+                    )
+                parts, got = [], 0
+                for block in resp.iter_bytes(1 << 20):
+                    parts.append(block)
+                    got += len(block)
+                    if got > size:
+                        break  # more than asked for: never held whole
+                data = b"".join(parts)
+            except self._httpx.TransportError as exc:
+                last = _transport_reason(exc).removesuffix(" (after retries)")
+                data = None
+            finally:
+                resp.close()
+            if data is not None:
+                self.stats.fetched += len(data)
+                if len(data) == size:
+                    return data
+                if len(data) > size:
+                    raise RegistryError(f"{where}: the registry sent more than {size} bytes; refused")
+                last = f"a short answer ({len(data)} of {size} bytes)"
+            if attempt < self.retries:
+                self._sleep(attempt)
+        raise RegistryError(f"{where}: {last} (after retries)")
+
     # -------------------------------------------------------------- pushing
     def has_blob(self, repo: str, digest: str) -> bool:
         resp = self.request(
@@ -371,6 +434,12 @@ class Registry:
 
 def _replayable(content) -> bool:
     return content is None or isinstance(content, bytes) or callable(content)
+
+
+def _content_range(value: str) -> tuple[int, int] | None:
+    """(first, last) of a ``Content-Range: bytes FIRST-LAST/TOTAL`` header; None when absent or unreadable."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(?:\d+|\*)\s*", value)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _netloc(url: str) -> str:

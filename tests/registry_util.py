@@ -99,7 +99,9 @@ def pull(ref: str, layout: Path, creds: str | None = None) -> None:
 class Proxy:
     """An HTTP proxy in front of ``upstream`` on a port of its own. ``faults`` is a list the test fills with
     what the next requests meet (each used once, in order): "drop" (connection closed with no answer),
-    "drop-body" (headers, then half the body, then closed), "500", "delay" (2 s before answering), "corrupt" (the first byte of the body flipped). With
+    "drop-body" (headers, then half the body, then closed), "500", "delay" (2 s before answering), "corrupt" (the first byte of the body flipped), "shift-range" (a Range
+    asked for one byte further on, so the answer holds other bytes than asked for), "long-range" (a Range
+    answered with one byte more and no Content-Range). With
     ``ignore_range`` every Range header is dropped. With ``token`` the proxy asks for a bearer token from
     the token server at ``realm`` (and refuses any other), as registries behind an auth service do.
     ``seen`` keeps (method, path, authorization) of every request, for the tests to read."""
@@ -156,6 +158,10 @@ class Proxy:
                 }
                 if proxy.ignore_range:
                     headers.pop("Range", None)
+                if fault in ("shift-range", "long-range") and "Range" in headers:
+                    first, last = headers["Range"].removeprefix("bytes=").split("-")
+                    shift = 1 if fault == "shift-range" else 0
+                    headers["Range"] = f"bytes={int(first) + shift}-{int(last) + 1}"
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -165,6 +171,8 @@ class Proxy:
                     for k, v in resp.getheaders()
                     if k.lower() not in ("content-length", "transfer-encoding", "connection")
                 }
+                if fault == "long-range":
+                    out = {k: v for k, v in out.items() if k.lower() != "content-range"}
                 if fault == "corrupt" and data:
                     data = bytes([data[0] ^ 1]) + data[1:]
                 if fault == "drop-body" and len(data) > 1:

@@ -41,4 +41,7 @@ def register(sub) -> None:
     s.add_argument(
         "--source", metavar="LAYER.tar", help="source tar: the verify screen adds the round-trip check"
     )
+    from nydus_inspect.imageref import add_arguments
+
+    add_arguments(s, stats=False)  # a docker:// reference is read lazily, as by the other commands
     s.set_defaults(func=cmd_tui)

@@ -191,24 +191,51 @@ class ChunkReader:
             yield self.read(ref)
 
     def decode(self, ref: ChunkRef, verify: bool = True) -> bytes:
-        """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads)."""
+        """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads). A blob
+        with a persistent store (a remote blob) is asked there first, by the chunk's recorded digest."""
         blob = self.blob_of(ref.blob_index)
+        want = blob.recorded_digest(ref) if blob.store is not None and verify else b""
+        if want:
+            data = self._stored(blob, ref, want)
+            if data is not None:
+                return data
         try:
             raw = blob.source.pread(ref.compressed_offset, ref.compressed_size, ref.name)
-            if ref.compressed:
-                data = codecs.decompress(
-                    raw, blob.compressor, ref.uncompressed_size, ref.name, ref.compressed_offset
-                )
-            else:
-                if ref.compressed_size != ref.uncompressed_size:
-                    raise FormatError(
-                        ref.name, "uncompressed chunk with differing sizes", offset=ref.compressed_offset
-                    )
-                data = raw
+            comp = blob.compressor if ref.compressed else Compressor.NONE
+            data = self._decoded(raw, comp, ref)
         except FormatError as exc:
             raise exc.located(blob.path) from None
         if verify:
             self.check(blob, ref, data)
+        if want:
+            blob.store.put(blob.digester.value, want, raw, comp, ref.uncompressed_size)
+        return data
+
+    @staticmethod
+    def _decoded(raw, comp: Compressor, ref: ChunkRef):
+        """A chunk's stored bytes decoded to exactly its recorded size (unchecked)."""
+        if comp is not Compressor.NONE:
+            return codecs.decompress(raw, comp, ref.uncompressed_size, ref.name, ref.compressed_offset)
+        if len(raw) != ref.uncompressed_size:
+            raise FormatError(
+                ref.name, "uncompressed chunk with differing sizes", offset=ref.compressed_offset
+            )
+        return raw
+
+    @staticmethod
+    def _stored(blob: Blob, ref: ChunkRef, want: bytes):
+        """The chunk's bytes from the blob's persistent store, decoded and checked against ``want``; None if
+        absent or bad (then dropped from the store)."""
+        got = blob.store.get(blob.digester.value, want, ref.uncompressed_size)
+        if got is None:
+            return None
+        try:
+            data = ChunkReader._decoded(got[0], got[1], ref)
+        except FormatError:
+            data = None
+        if data is None or blob.digester.digest(data) != want:
+            blob.store.drop(blob.digester.value, want)
+            return None
         return data
 
     @staticmethod
@@ -252,6 +279,8 @@ class ChunkReader:
         if not refs:
             return []
         blob = self.blob_of(refs[0].blob_index)
+        if blob.store is not None and verify:
+            return self._decode_many_stored(blob, refs)
         if blob.compressor is not Compressor.ZSTD or (
             sum(1 for c in refs if c.compressed and c.uncompressed_size < codecs.UNLOCKED_MIN)
             < self.BATCH_MIN
@@ -266,4 +295,20 @@ class ChunkReader:
             elif verify:
                 self.check(blob, ref, data)
             out[i] = data
+        return out
+
+    def _decode_many_stored(self, blob: Blob, refs: list[ChunkRef]) -> list:
+        """:meth:`decode_many` for a blob with a persistent store: the chunks stored there are taken from it,
+        the others read (a remote blob's source coalesces the reads), checked and stored."""
+        out: list = [None] * len(refs)
+        missing = []
+        for i, ref in enumerate(refs):
+            want = blob.recorded_digest(ref)
+            data = self._stored(blob, ref, want) if want else None
+            if data is None:
+                missing.append(i)
+            else:
+                out[i] = data
+        for i in missing:  # one by one: the blob's source fetches them together
+            out[i] = self.decode(refs[i])
         return out

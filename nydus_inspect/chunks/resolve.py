@@ -48,6 +48,8 @@ class Blob:
         self.entry = entry
         self.compressor = compressor or entry.compressor
         self.digester = digester or entry.digester
+        #: The persistent cache of checked chunks (chunks.store) a remote blob's source carries; None for a file.
+        self.store = getattr(self.source, "store", None)
 
     @classmethod
     def without_bootstrap(cls, layer: Layer, records, digests: bytes | None) -> Blob:

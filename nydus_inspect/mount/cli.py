@@ -20,6 +20,9 @@ def cmd_mount(args) -> int:
     _options(again)
     again.add_argument("paths", nargs="*")
     again.parse_intermixed_args(args.paths, namespace=args)
+    from .. import imageref
+
+    imageref.configure(args)  # image reference options may have come after the layers
     if len(args.paths) < 2:
         raise UsageError("mount needs LAYER... MOUNTPOINT (at least one layer, then the mount point)")
     opts = MountOptions(
@@ -105,6 +108,9 @@ def _options(s) -> None:
         "applied as merge applies them (they act on lower layers only, so they are hidden)",
     )
     s.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse debug output)")
+    from ..imageref import add_arguments
+
+    add_arguments(s, stats=False)  # a docker:// reference is mounted lazily; its byte counts are xattrs
 
 
 def register(sub) -> None:

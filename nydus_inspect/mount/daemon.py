@@ -310,7 +310,9 @@ def run_daemon(opts: MountOptions) -> int:
     """Fork; the child serves, the parent returns 0 once the mount answers (2 with the child's error)."""
     check_mountpoint(opts.mountpoint)
     # The daemon works from / (so that it keeps no directory busy): make every path absolute first.
-    opts.layers = [os.path.abspath(p) for p in opts.layers]
+    from ..imageref import absolute
+
+    opts.layers = [absolute(p) for p in opts.layers]
     opts.blobs = [os.path.abspath(p) for p in opts.blobs]
     opts.mountpoint = os.path.realpath(opts.mountpoint)
     if opts.blob_dir:

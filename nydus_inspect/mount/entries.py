@@ -137,10 +137,11 @@ def _sidecars(layer: Layer) -> Iterator[tuple[str, Callable[[], bytes]]]:
     if layer.has_entry("blob.meta") or (layer.has_bootstrap and not layer.is_v5):
         yield "chunks.json", lambda: chunks_json(layer)
     if layer.has_bootstrap:
-        if layer.is_v5:
-            yield "superblock.json", lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5))
-        else:
-            yield "superblock.json", lambda: json_bytes(bootstrap_info(layer))
+        # Which version is decided when the file is read: the bootstrap of a remote blob is fetched only then.
+        yield (
+            "superblock.json",
+            lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5) if layer.is_v5 else bootstrap_info(layer)),
+        )
 
 
 def _entry_maker(layer: Layer, name: str) -> Callable[[], bytes]:
@@ -163,6 +164,9 @@ class Tree:
         root.children[b"rootfs"] = rootfs_ino
         for view in views:
             self._add_view(entries, view)
+        for view in views:
+            self._add_documents(entries, view.layer)
+        self._add_fetch_counts(root, views)
 
     def _add(self, parent: VNode, name: bytes, *, content=None, mtime_ns: int = 0) -> VNode:
         name = self._fit(parent, name)
@@ -228,6 +232,39 @@ class Tree:
             )
             node.xattrs = {b"user.nydus.sha256": SHA256_OF_CONTENT}
 
+    def _add_documents(self, entries: VNode, layer: Layer) -> None:
+        """The registry's index, manifest and config of an image opened from a reference, beside the blobs."""
+        for name, raw in layer.documents:
+            base, n = name, 1
+            while name.encode() in entries.children:
+                n += 1
+                stem, dot, ext = base.rpartition(".")
+                name = f"{stem}~{n}{dot}{ext}"
+            node = self._add(
+                entries,
+                name.encode(),
+                content=Generated(lambda raw=raw: raw, len(raw), f"entries/{name}"),
+                mtime_ns=entries.mtime_ns,
+            )
+            node.xattrs = {b"user.nydus.sha256": hashlib.sha256(raw).hexdigest().encode()}
+
+    def _add_fetch_counts(self, root: VNode, views: list[BlobView]) -> None:
+        """How much of each lazily read blob was fetched (on its directory), and of all of them (on the root),
+        read when asked: ``user.nydus.fetched`` of ``user.nydus.size`` bytes."""
+        remote = [v for v in views if getattr(v.layer.source, "fetched", None) is not None]
+        if not remote:
+            return
+        for view in remote:
+            top = self.nodes[self.nodes[root.children[b"entries"]].children[os.fsencode(view.name)]]
+            src = view.layer.source
+            top.xattrs = _Live(top.xattrs)
+            top.xattrs[b"user.nydus.fetched"] = lambda src=src: str(src.fetched).encode()
+            top.xattrs[b"user.nydus.size"] = str(src.size).encode()
+        sources = [v.layer.source for v in remote]
+        root.xattrs = _Live(root.xattrs)
+        root.xattrs[b"user.nydus.fetched"] = lambda: str(sum(s.fetched for s in sources)).encode()
+        root.xattrs[b"user.nydus.size"] = str(sum(s.size for s in sources)).encode()
+
     @staticmethod
     def _location_xattrs(comp: Compressor, off: int, size: int, usize: int | None) -> dict[bytes, object]:
         out: dict[bytes, object] = {
@@ -238,6 +275,15 @@ class Tree:
         if usize is not None:
             out[b"user.nydus.uncompressed_size"] = str(usize).encode()
         return out
+
+
+class _Live(dict):
+    """Xattr values of a virtual node where a value may be a function, called each time it is read (counts
+    that change while the mount serves)."""
+
+    def get(self, name, default=None):
+        value = super().get(name, default)
+        return value() if callable(value) else value
 
 
 def check_generated(data: bytes, content: Generated) -> bytes:
