@@ -187,3 +187,61 @@ def oracle() -> Oracle:
             pytest.fail(f"{reason} (required in CI)")
         pytest.skip(reason)
     return Oracle(where)
+
+
+# ---------------------------------------------------------------------------- erofs-utils 1.9.3
+EROFS_TARBALL = SHARED / "oracle" / "erofs-utils-1.9.3-src.tar.gz"
+EROFS_PROGRAMS = ("mkfs.erofs", "fsck.erofs", "dump.erofs", "erofsfuse")
+
+
+def find_erofs_utils() -> Path | None:
+    """The directory holding erofs-utils 1.9.3, or None: ``NYDUS_EROFS_UTILS``, else the sibling of the nydus
+    cache directory that `make oracle` builds (``erofs-utils-<sha256[:16]>/bin``, keyed by its own tarball)."""
+    given = os.environ.get("NYDUS_EROFS_UTILS")
+    where: Path | None = Path(given) if given else None
+    if where is None and EROFS_TARBALL.is_file():
+        digest = hashlib.sha256(EROFS_TARBALL.read_bytes()).hexdigest()
+        cache = os.environ.get("NYDUS_ORACLE_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nydus-inspect", "oracle"
+        )
+        where = Path(cache) / f"erofs-utils-{digest[:16]}" / "bin"
+    if where is None or not all(os.access(where / p, os.X_OK) for p in EROFS_PROGRAMS):
+        return None
+    return where
+
+
+@dataclass(frozen=True)
+class ErofsUtils:
+    """erofs-utils 1.9.3 as built by `make oracle` (Debian's 1.5 has no --tar and only lz4)."""
+
+    bin: Path
+
+    def run(self, program: str, *args, ok: bool = True, timeout: int = TIMEOUT, input: bytes | None = None):
+        argv = [str(self.bin / program), *map(str, args)]
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, input=input)
+        if ok and proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-12:]
+            raise OracleError(f"{' '.join(argv)} exited {proc.returncode}:\n" + "\n".join(tail))
+        return proc
+
+    def mkfs(self, image: Path, source: Path, *opts) -> Path:
+        """``mkfs.erofs [opts] IMAGE SOURCE`` (a directory, or a tar with ``--tar=f``), fixed time and uuid."""
+        self.run("mkfs.erofs", "--quiet", "-T0", "-U", "00000000-0000-0000-0000-000000000000", *opts, image, source)
+        return image
+
+    def extract(self, image: Path, out: Path) -> Path:
+        """``fsck.erofs --extract=OUT`` with owners, modes and times as stored (it checks the image as it goes)."""
+        self.run("fsck.erofs", f"--extract={out}", "--preserve", "--xattrs", "--force", image)
+        return out
+
+
+@pytest.fixture(scope="session")
+def erofs_utils() -> ErofsUtils:
+    """erofs-utils 1.9.3; skip (fail in CI) when `make oracle` has not built it."""
+    where = find_erofs_utils()
+    if where is None:
+        reason = "erofs-utils 1.9.3 is not built: run `make oracle` (or set NYDUS_EROFS_UTILS=DIR)"
+        if REQUIRE_ORACLE:
+            pytest.fail(f"{reason} (required in CI)")
+        pytest.skip(reason)
+    return ErofsUtils(where)
