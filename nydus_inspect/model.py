@@ -160,6 +160,9 @@ class RafsV6:
     chunks missing from the bootstrap's own chunk table.
     """
 
+    #: Inodes as mkfs.erofs writes them (the plain EROFS reader, nydus_inspect.erofs, sets it).
+    PLAIN_EROFS = False
+
     def __init__(self, buf, ci_source: CiSource | None = None) -> None:
         self.buf = buf
         self.size = len(buf)
@@ -189,7 +192,7 @@ class RafsV6:
         if ino is None:
             if nid <= 0 or self.inode_offset(nid) + 32 > self.size:
                 raise FormatError("erofs inode", "nid points outside the bootstrap", value=nid)
-            ino = rafs_v6.parse_inode(self.buf, self.inode_offset(nid), nid)
+            ino = rafs_v6.parse_inode(self.buf, self.inode_offset(nid), nid, plain_erofs=self.PLAIN_EROFS)
             self._inodes.put(nid, ino)
         return ino
 
@@ -202,11 +205,7 @@ class RafsV6:
             raise FormatError(
                 "erofs inode", f"nid {nid}: unknown file type in i_mode", offset=off + 4, value=ino.i_mode
             )
-        xattrs = (
-            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid)
-            if ino.i_xattr_icount
-            else {}
-        )
+        xattrs = self._xattrs(nid, off, ino) if ino.i_xattr_icount else {}
         n = Node(
             path=path,
             type=ntype,
@@ -232,6 +231,10 @@ class RafsV6:
             # Any non-directory can be hard-linked (tar links symlinks, fifos and devices too).
             n.hardlink = ino.i_ino
         return n
+
+    def _xattrs(self, nid: int, off: int, ino: rafs_v6.Inode) -> dict[bytes, bytes]:
+        """The xattrs of inode ``nid`` at ``off`` (a plain EROFS image adds shared ones and long prefixes)."""
+        return rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid)
 
     def _inline_data(self, nid: int, ino: rafs_v6.Inode, limit: int) -> bytes:
         """The data of a FLAT_PLAIN or FLAT_INLINE inode (directory blocks or symlink target)."""

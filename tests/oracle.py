@@ -225,12 +225,24 @@ class ErofsUtils:
         return proc
 
     def mkfs(self, image: Path, source: Path, *opts) -> Path:
-        """``mkfs.erofs [opts] IMAGE SOURCE`` (a directory, or a tar with ``--tar=f``), fixed time and uuid."""
-        self.run("mkfs.erofs", "--quiet", "-T0", "-U", "00000000-0000-0000-0000-000000000000", *opts, image, source)
+        """``mkfs.erofs [opts] IMAGE SOURCE`` (a directory, or a tar with ``--tar=f``), fixed build time and
+        uuid; files keep their own mtimes."""
+        self.run(
+            "mkfs.erofs",
+            "--quiet",
+            "-T0",
+            "--mkfs-time",
+            "-U",
+            "00000000-0000-0000-0000-000000000000",
+            *opts,
+            image,
+            source,
+        )
         return image
 
     def extract(self, image: Path, out: Path) -> Path:
         """``fsck.erofs --extract=OUT`` with owners, modes and times as stored (it checks the image as it goes)."""
+        out.parent.mkdir(parents=True, exist_ok=True)
         self.run("fsck.erofs", f"--extract={out}", "--preserve", "--xattrs", "--force", image)
         return out
 

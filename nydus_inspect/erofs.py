@@ -1,0 +1,207 @@
+"""A plain EROFS image (mkfs.erofs, containerd's EROFS layers) read through the one lazy reader.
+
+:class:`Erofs` is :class:`~nydus_inspect.model.RafsV6` without the nydus parts: inodes, directories,
+symlinks and the walk are the shared ones; what differs is the superblock (no RAFS extended superblock,
+blob table or chunk table), compact inodes' mtimes, shared xattrs and long name prefixes, and where a
+regular file's bytes are: in the image itself. A file's data is handed to the chunk service as
+uncompressed chunk references over the image (blob :data:`IMAGE_BLOB`) and over a source of zeros for
+holes (blob :data:`HOLE_BLOB`), in pieces of at most :data:`PIECE` bytes, so every reader (cat, unpack,
+verify, the mount) reads it the one way and never holds a whole large file. EROFS records no digest of
+file data, so there is nothing to check these bytes against.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from .chunks.ref import ChunkRef
+from .chunks.resolve import Blob
+from .codecs import Compressor
+from .digests import Digester
+from .errors import FormatError
+from .formats import erofs, rafs_v6
+from .model import _LRU, REG, Node, RafsV6, fsdecode
+
+if TYPE_CHECKING:
+    from .layer import Layer
+
+IMAGE_BLOB = 0
+HOLE_BLOB = 1
+#: The largest piece of a file one chunk reference covers (block-aligned).
+PIECE = 1 << 20
+_U32 = struct.Struct("<I").unpack_from
+_LAYOUT_NAMES = {
+    rafs_v6.LAYOUT_FLAT_PLAIN: "flat_plain",
+    1: "compressed_full",
+    rafs_v6.LAYOUT_FLAT_INLINE: "flat_inline",
+    3: "compressed_compact",
+    rafs_v6.LAYOUT_CHUNK_BASED: "chunk_based",
+}
+
+
+class _Zeros:
+    """The source of a hole's bytes."""
+
+    path = "(hole)"
+
+    def pread(self, offset: int, size: int, what: str = "data") -> bytes:
+        return bytes(size)
+
+
+class _HoleFile:
+    """What a Blob needs of a layer, for holes: zeros, and no recorded digests."""
+
+    source = _Zeros()
+    path = _Zeros.path
+    chunk_digests = None
+
+    def close(self) -> None:
+        pass
+
+
+class Erofs(RafsV6):
+    """Lazy reader of a plain EROFS image held in ``buf``."""
+
+    PLAIN_EROFS = True
+
+    def __init__(self, buf) -> None:
+        # Not RafsV6.__init__: there is no extended superblock, blob table or chunk table to parse.
+        self.buf = buf
+        self.size = len(buf)
+        self.esb = erofs.parse_superblock(buf)
+        self.sb = self.esb.sb
+        self.ext = None
+        self.meta = None
+        self.blobs = []
+        self.chunk_size = rafs_v6.BLOCK_SIZE
+        self.digester = None
+        self.compressor = Compressor.NONE
+        self._meta_off = self.sb.s_meta_blkaddr * rafs_v6.BLOCK_SIZE
+        self._inodes = _LRU(65536)
+        self._chunk_table = None
+        self._records = None
+        self._ci_source = None
+        self.prefixes = erofs.parse_long_prefixes(buf, self.esb)
+
+    # ------------------------------------------------------------------ inodes
+    def _compact_mtime(self, nid: int) -> int:
+        # A compact inode keeps its mtime as 32 bits after the superblock's epoch (RAFS v6 leaves them zero).
+        return self.esb.epoch + _U32(self.buf, self.inode_offset(nid) + 12)[0]
+
+    def node(self, nid: int, path: bytes) -> Node:
+        n = super().node(nid, path)
+        if not self.inode(nid).extended:
+            n.mtime = self._compact_mtime(nid)
+        return n
+
+    def attrs(self, nid: int) -> tuple[int, int, int, int, int, int, int, int, int]:
+        t = super().attrs(nid)
+        if not self.inode(nid).extended:
+            t = (*t[:7], self._compact_mtime(nid), t[8])
+        return t
+
+    def _xattrs(self, nid: int, off: int, ino: rafs_v6.Inode) -> dict[bytes, bytes]:
+        return erofs.parse_xattrs(
+            self.buf,
+            off + ino.inode_size,
+            ino.i_xattr_icount,
+            nid,
+            shared_base=self.esb.shared_xattr_offset,
+            prefixes=self.prefixes,
+        )
+
+    def layout_name(self, nid: int) -> str:
+        return _LAYOUT_NAMES.get(self.inode(nid).datalayout, "unknown")
+
+    # ------------------------------------------------------------------ file data
+    def extents(self, node: Node) -> list[erofs.Extent]:
+        """Where regular file ``node``'s bytes are in the image (None: a hole)."""
+        ino = self.inode(node.nid)
+        off = self.inode_offset(node.nid)
+        after = off + ino.inode_size + ino.xattr_size
+        layout = ino.datalayout
+        if layout in (rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE):
+            return erofs.flat_extents(
+                ino.i_size, ino.i_u, layout == rafs_v6.LAYOUT_FLAT_INLINE, after, self.size, node.nid
+            )
+        if layout == rafs_v6.LAYOUT_CHUNK_BASED:
+            return erofs.chunk_extents(self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid)
+        raise FormatError(
+            "erofs inode",
+            f"{fsdecode(node.path)}: unsupported EROFS feature: compressed file data "
+            f"({_LAYOUT_NAMES[layout]} layout)",
+            field="i_format",
+            offset=off,
+            value=ino.i_format,
+        )
+
+    def chunks(self, node: Node) -> list[ChunkRef]:
+        """The file's bytes as uncompressed chunk references over the image and over zeros, at most
+        :data:`PIECE` bytes each (also stored in ``node.chunks``)."""
+        if node.type != REG:
+            return []
+        out: list[ChunkRef] = []
+        for ext in self.extents(node):
+            for pos in range(0, ext.length, PIECE):
+                size = min(PIECE, ext.length - pos)
+                if ext.offset is None:
+                    blob, where = HOLE_BLOB, 0
+                else:
+                    blob, where = IMAGE_BLOB, ext.offset + pos
+                out.append(
+                    ChunkRef(blob, len(out), ext.file_offset + pos, where, size, where, size, False, b"")
+                )
+        node.chunks = out
+        return out
+
+    def chunks_from_blob_meta(self, node: Node) -> list[ChunkRef] | None:
+        return self.chunks(node)
+
+    def chunk_refs(self, node: Node) -> list[tuple[int, int]]:
+        return [(c.blob_index, c.ci_index) for c in self.chunks(node)]
+
+    def chunk_table_entries(self):
+        return iter(())
+
+    def index_chunk_table(self) -> None:
+        pass
+
+    def inode_count(self) -> int:
+        return self.sb.s_inos
+
+    def prefetch_paths(self) -> list[int]:
+        return []
+
+    def blob(self, blob_index: int, layer: Layer) -> Blob:
+        """The two sources of a plain image's file data: the image itself and zeros for holes."""
+        if blob_index == IMAGE_BLOB:
+            return Blob(IMAGE_BLOB, layer, compressor=Compressor.NONE, digester=Digester.SHA256)
+        if blob_index == HOLE_BLOB:
+            return Blob(HOLE_BLOB, _HoleFile(), compressor=Compressor.NONE, digester=Digester.SHA256)
+        raise FormatError("erofs image", "a plain EROFS image has no blob table", value=blob_index)
+
+
+def info(image: Erofs) -> dict:
+    """The superblock of a plain EROFS image, for ``info``."""
+    esb, sb = image.esb, image.sb
+    return {
+        "size": image.size,
+        "block_size": esb.block_size,
+        "feature_compat": f"{sb.s_feature_compat:#x}",
+        "feature_compat_names": erofs.compat_names(sb.s_feature_compat),
+        "feature_incompat": f"{sb.s_feature_incompat:#x}",
+        "feature_incompat_names": erofs.incompat_names(sb.s_feature_incompat),
+        "checksum": f"{sb.s_checksum:#010x}",
+        "root_nid": sb.s_root_nid,
+        "inodes": sb.s_inos,
+        "blocks": sb.s_blocks,
+        "meta_blkaddr": sb.s_meta_blkaddr,
+        "xattr_blkaddr": sb.s_xattr_blkaddr,
+        "epoch": esb.epoch,
+        "build_time": esb.epoch + esb.build_time,
+        "uuid": sb.s_uuid.hex(),
+        "volume_name": sb.s_volume_name.rstrip(b"\0").decode("utf-8", "replace"),
+        "long_xattr_prefixes": [fsdecode(p) for p in image.prefixes],
+        "packed_nid": esb.packed_nid,
+    }
