@@ -15,12 +15,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
 from .codecs import Compressor
 from .digests import Digester
 from .errors import FormatError
-from .formats import erofs, rafs_v6
+from .formats import erofs, erofs_zmap, rafs_v6
 from .model import _LRU, REG, Node, RafsV6, fsdecode
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
 IMAGE_BLOB = 0
 HOLE_BLOB = 1
+#: Compressed extents: blob Z_BLOB + their format (erofs_zmap ALG_* / FMT_*), + Z_PARTIAL for a partial reference.
+Z_BLOB = 2
+Z_PARTIAL = 8
 #: The largest piece of a file one chunk reference covers (block-aligned).
 PIECE = 1 << 20
 _U32 = struct.Struct("<I").unpack_from
@@ -129,19 +133,53 @@ class Erofs(RafsV6):
             return erofs.chunk_extents(self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid)
         raise FormatError(
             "erofs inode",
-            f"{fsdecode(node.path)}: unsupported EROFS feature: compressed file data "
-            f"({_LAYOUT_NAMES[layout]} layout)",
+            f"{fsdecode(node.path)}: compressed file data ({_LAYOUT_NAMES[layout]} layout) has no flat extents",
             field="i_format",
             offset=off,
             value=ino.i_format,
         )
 
+    def compressed_extents(self, node: Node) -> list[erofs_zmap.ZExtent] | None:
+        """The pclusters of a compressed regular file, checked to lie in the image; None when not compressed."""
+        ino = self.inode(node.nid)
+        if ino.datalayout not in (erofs_zmap.LAYOUT_COMPRESSED_FULL, erofs_zmap.LAYOUT_COMPRESSED_COMPACT):
+            return None
+        after = self.inode_offset(node.nid) + ino.inode_size + ino.xattr_size
+        try:
+            out = erofs_zmap.extents(self.buf, node.nid, ino.datalayout, ino.i_size, after)
+        except FormatError as exc:
+            raise FormatError(
+                exc.structure,
+                f"{fsdecode(node.path)}: {exc.detail}",
+                field=exc.field,
+                offset=exc.offset,
+                value=exc.value,
+            ) from None
+        for z in out:
+            if z.offset + z.stored > self.size:
+                raise FormatError(
+                    "erofs lcluster index",
+                    f"{fsdecode(node.path)}: pcluster at file offset {z.file_offset} lies past the image",
+                    offset=z.offset,
+                    value=z.stored,
+                )
+        return out
+
     def chunks(self, node: Node) -> list[ChunkRef]:
-        """The file's bytes as uncompressed chunk references over the image and over zeros, at most
-        :data:`PIECE` bytes each (also stored in ``node.chunks``)."""
+        """The file's bytes as chunk references: uncompressed ones over the image and over zeros, at most
+        :data:`PIECE` bytes each, and one per compressed extent (also stored in ``node.chunks``)."""
         if node.type != REG:
             return []
         out: list[ChunkRef] = []
+        zs = self.compressed_extents(node)
+        if zs is not None:
+            for k, z in enumerate(zs):
+                blob = Z_BLOB + z.fmt + (Z_PARTIAL if z.partial else 0)
+                # uncompressed_offset: where the extent starts in its block (interlaced extents rotate by it).
+                where = z.file_offset % rafs_v6.BLOCK_SIZE
+                out.append(ChunkRef(blob, k, z.file_offset, z.offset, z.stored, where, z.length, True, b""))
+            node.chunks = out
+            return out
         for ext in self.extents(node):
             for pos in range(0, ext.length, PIECE):
                 size = min(PIECE, ext.length - pos)
@@ -179,6 +217,8 @@ class Erofs(RafsV6):
             return Blob(IMAGE_BLOB, layer, compressor=Compressor.NONE, digester=Digester.SHA256)
         if blob_index == HOLE_BLOB:
             return Blob(HOLE_BLOB, _HoleFile(), compressor=Compressor.NONE, digester=Digester.SHA256)
+        if Z_BLOB <= blob_index < Z_BLOB + 2 * Z_PARTIAL:
+            return Blob(blob_index, layer, compressor=Compressor.NONE, digester=Digester.SHA256)
         raise FormatError("erofs image", "a plain EROFS image has no blob table", value=blob_index)
 
 
@@ -205,3 +245,32 @@ def info(image: Erofs) -> dict:
         "long_xattr_prefixes": [fsdecode(p) for p in image.prefixes],
         "packed_nid": esb.packed_nid,
     }
+
+
+class ErofsChunkReader(ChunkReader):
+    """The chunk service of a plain EROFS image: compressed extents decode through :mod:`.erofs_codecs`."""
+
+    def read(self, ref: ChunkRef) -> bytes:
+        # An interlaced extent's bytes depend on where it starts in its block, so that is part of the key.
+        key = (*ref.cache_key, ref.uncompressed_offset)
+        data = self.cache.get(key)
+        if data is None:
+            data = self.decode(ref)
+            self.cache.put(key, data)
+        return data
+
+    def decode(self, ref: ChunkRef, verify: bool = True) -> bytes:
+        if ref.blob_index < Z_BLOB:
+            return super().decode(ref, verify)
+        from . import erofs_codecs
+
+        blob = self.blob_of(ref.blob_index)
+        fmt = (ref.blob_index - Z_BLOB) % Z_PARTIAL
+        partial = ref.blob_index - Z_BLOB >= Z_PARTIAL
+        try:
+            raw = blob.source.pread(ref.compressed_offset, ref.compressed_size, "erofs pcluster")
+            return erofs_codecs.decode(
+                raw, fmt, ref.uncompressed_size, partial, ref.uncompressed_offset, ref.compressed_offset
+            )
+        except FormatError as exc:
+            raise exc.located(blob.path) from None

@@ -656,6 +656,10 @@ class Layer:
     @cached_property
     def chunk_reader(self) -> ChunkReader:
         """The chunk service over this layer's blob table: decode, check and cache chunk data."""
+        if self.kind == KIND_EROFS:
+            from .erofs import ErofsChunkReader
+
+            return ErofsChunkReader(self.blob_file)
         return ChunkReader(self.blob_file)
 
     def read_chunk(self, chunk: ChunkRef) -> bytes:
