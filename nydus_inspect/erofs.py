@@ -27,6 +27,9 @@ from .model import _LRU, REG, Node, RafsV6, fsdecode
 if TYPE_CHECKING:
     from .layer import Layer
 
+#: The most chunk references one file may need (256 GiB of data at PIECE bytes each): a forged i_size of a
+#: file without blocks (all hole) must not make the reader build a list without bound.
+MAX_PIECES = 1 << 18
 IMAGE_BLOB = 0
 HOLE_BLOB = 1
 #: Compressed extents: blob Z_BLOB + their format (erofs_zmap ALG_* / FMT_*), + Z_PARTIAL for a partial reference.
@@ -180,7 +183,17 @@ class Erofs(RafsV6):
                 out.append(ChunkRef(blob, k, z.file_offset, z.offset, z.stored, where, z.length, True, b""))
             node.chunks = out
             return out
-        for ext in self.extents(node):
+        exts = self.extents(node)
+        pieces = sum(-(-e.length // PIECE) for e in exts)
+        if pieces > MAX_PIECES:
+            raise FormatError(
+                "erofs inode",
+                f"{fsdecode(node.path)}: a file of {node.size} bytes is larger than this reader handles",
+                field="i_size",
+                offset=self.inode_offset(node.nid) + 8,
+                value=node.size,
+            )
+        for ext in exts:
             for pos in range(0, ext.length, PIECE):
                 size = min(PIECE, ext.length - pos)
                 if ext.offset is None:
