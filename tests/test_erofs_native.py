@@ -410,3 +410,17 @@ def test_unsupported_features_are_named(erofs_utils, fixture_tars, tmp_path, fea
     proc = run_cli("unpack", image, "-o", tmp_path / "out.tar")
     assert_one_line_error(proc, 2, "unsupported EROFS feature", words)
     assert not (tmp_path / "out.tar").exists()
+
+
+def test_tar_index_images_are_named(erofs_utils, fixture_tars, tmp_path):
+    """``--tar=i`` indexes the tar beside it, in 512-byte blocks: refused, saying so."""
+    image = erofs_utils.mkfs(tmp_path / "img", fixture_tars["every-type.tar"], "--tar=i")
+    assert_one_line_error(run_cli("ls", image), 2, "unsupported EROFS feature", "--tar=i")
+
+
+@pytest.mark.parametrize("opts", [(), ("-zlz4hc", "-C65536"), ("-zlzma",)], ids=["plain", "lz4hc", "lzma"])
+def test_diff_against_the_source_tar(erofs_utils, fixture_tars, tmp_path, opts):
+    for name in ("every-type.tar", "xattrs.tar", "dedup.tar"):
+        image = erofs_utils.mkfs(tmp_path / f"{name}.erofs", fixture_tars[name], "--tar=f", *opts)
+        proc = run_cli("diff", fixture_tars[name], image)
+        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()

@@ -125,14 +125,18 @@ class ErofsSuper:
 
 def parse_superblock(buf) -> ErofsSuper:
     """Decode and check a plain EROFS superblock; features this reader cannot follow are refused by name."""
-    if len(buf) < rafs_v6.BLOCK_SIZE:
-        raise FormatError("erofs image", "shorter than one 4096-byte block", value=len(buf))
     sb = rafs_v6.SuperBlock.parse(buf, SB_OFFSET, rafs=False)
     if sb.s_blkszbits != 12:
-        # Every offset in the shared reader is in 4 KiB blocks (mkfs.erofs's default on x86 and arm64).
+        # Every offset in the shared reader is in 4 KiB blocks (mkfs.erofs's default on x86 and arm64);
+        # mkfs.erofs --tar=i writes 512-byte blocks that index the tar beside the image.
         raise rafs_v6.SUPERBLOCK.error(
-            "s_blkszbits", SB_OFFSET, "only 4096-byte blocks are supported", sb.s_blkszbits
+            "s_blkszbits",
+            SB_OFFSET,
+            f"unsupported EROFS feature: {1 << sb.s_blkszbits}-byte blocks (only 4096; a --tar=i index has 512)",
+            sb.s_blkszbits,
         )
+    if len(buf) < rafs_v6.BLOCK_SIZE:
+        raise FormatError("erofs image", "shorter than one 4096-byte block", value=len(buf))
     incompat = sb.s_feature_incompat
     for bit, what in REFUSED_INCOMPAT.items():
         if incompat & bit:
