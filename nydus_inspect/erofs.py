@@ -20,7 +20,7 @@ from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
 from .codecs import Compressor
 from .digests import Digester
-from .errors import FormatError
+from .errors import FormatError, UsageError
 from .formats import erofs, erofs_zmap, rafs_v6
 from .model import _LRU, REG, Node, RafsV6, fsdecode
 
@@ -67,29 +67,48 @@ class _HoleFile:
         pass
 
 
+class _NotNydus:
+    """Stands for the RAFS v6 parts a plain EROFS image lacks: a command that needs them says so in one line."""
+
+    def __init__(self, image: str, what: str) -> None:
+        self._image = image
+        self._what = what
+
+    def __getattr__(self, name: str):
+        raise UsageError(
+            f"{self._image}: a plain EROFS image has no {self._what}: this command reads nydus layers "
+            "(plain EROFS images: info, ls, cat, unpack, diff, verify)"
+        )
+
+
 class Erofs(RafsV6):
     """Lazy reader of a plain EROFS image held in ``buf``."""
 
     PLAIN_EROFS = True
 
-    def __init__(self, buf) -> None:
+    def __init__(self, buf, name: str = "image") -> None:
+        """``name``: the image's file, for messages."""
         # Not RafsV6.__init__: there is no extended superblock, blob table or chunk table to parse.
         self.buf = buf
         self.size = len(buf)
         self.esb = erofs.parse_superblock(buf)
         self.sb = self.esb.sb
-        self.ext = None
-        self.meta = None
-        self.blobs = []
+        self.ext = _NotNydus(name, "RAFS extended superblock")
+        self.meta = _NotNydus(name, "RAFS blob or prefetch table")
         self.chunk_size = rafs_v6.BLOCK_SIZE
-        self.digester = None
-        self.compressor = Compressor.NONE
+        self.digester = _NotNydus(name, "chunk digester")
+        self.compressor = _NotNydus(name, "chunk compressor")
         self._meta_off = self.sb.s_meta_blkaddr * rafs_v6.BLOCK_SIZE
         self._inodes = _LRU(65536)
         self._chunk_table = None
         self._records = None
         self._ci_source = None
         self.prefixes = erofs.parse_long_prefixes(buf, self.esb)
+
+    @property
+    def blobs(self):
+        """A plain image's data is in the image itself: a command that wants a blob table says so."""
+        return self.meta.blobs
 
     # ------------------------------------------------------------------ inodes
     def _compact_mtime(self, nid: int) -> int:

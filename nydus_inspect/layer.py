@@ -545,7 +545,7 @@ class Layer:
             if self.kind == KIND_EROFS:
                 from .erofs import Erofs
 
-                return Erofs(data)
+                return Erofs(data, self.path)
             return RafsV6(data, ci_source=self._ci_source)
         except FormatError as exc:
             raise exc.located(self.path) from None

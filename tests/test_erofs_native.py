@@ -424,3 +424,17 @@ def test_diff_against_the_source_tar(erofs_utils, fixture_tars, tmp_path, opts):
         image = erofs_utils.mkfs(tmp_path / f"{name}.erofs", fixture_tars[name], "--tar=f", *opts)
         proc = run_cli("diff", fixture_tars[name], image)
         assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("chunks",), ("analyze",), ("merge", "-o", "OUT"), ("cache-file", "-o", "OUT")],
+    ids=lambda a: a[0],
+)
+def test_nydus_only_commands_say_so(erofs_utils, fixture_tars, tmp_path, argv):
+    """Commands about nydus's blob table and chunks name what a plain EROFS image lacks, in one line."""
+    image = erofs_utils.mkfs(tmp_path / "img", fixture_tars["every-type.tar"], "--tar=f")
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    proc = run_cli(args[0], image, *args[1:])
+    assert_one_line_error(proc, 2, "plain EROFS image has no", "this command reads nydus layers")
+    assert not (tmp_path / "out").exists()
