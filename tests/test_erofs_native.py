@@ -264,6 +264,9 @@ COMPRESSED = {
     "lzma-legacy-big": ("-zlzma", "-C65536", "-Elegacy-compress"),
     "two-algorithms": ("-zlz4hc:lzma", "-C65536"),
     "lz4hc-dedupe": ("-zlz4hc", "-Ededupe"),
+    "lz4hc-ztailpacking": ("-zlz4hc", "-Eztailpacking"),
+    "lzma-ztailpacking-legacy": ("-zlzma", "-Eztailpacking", "-Elegacy-compress"),
+    "zstd-big-ztailpacking": ("-zzstd", "-C65536", "-Eztailpacking"),
 }
 
 
@@ -396,7 +399,6 @@ def test_bad_superblock_checksum_is_one_line(erofs_utils, fixture_tars, tmp_path
 REFUSED = {
     "48bit": (("-E48bit",), "48-bit"),
     "dot-omitted": (("-Edot-omitted",), "48-bit"),
-    "ztailpacking": (("-zlz4hc", "-Eztailpacking"), "ztailpacking"),
     "fragments": (("-zlz4hc", "-Efragments"), "fragments"),
     "all-fragments": (("-zlz4hc", "-Eall-fragments"), "fragments"),
 }
@@ -438,3 +440,25 @@ def test_nydus_only_commands_say_so(erofs_utils, fixture_tars, tmp_path, argv):
     proc = run_cli(args[0], image, *args[1:])
     assert_one_line_error(proc, 2, "plain EROFS image has no", "this command reads nydus layers")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("opts", [(), ("-zlz4hc",)], ids=["plain", "lz4hc"])
+def test_containerd_aufs_layers(erofs_utils, fixture_tars, tmp_path, opts):
+    """containerd's EROFS differ runs ``mkfs.erofs --tar=f --aufs``: whiteouts become overlayfs ones (0:0
+    character devices, trusted.overlay.opaque directories), which we read as fsck.erofs does."""
+    image = erofs_utils.mkfs(tmp_path / "img", fixture_tars["whiteouts.tar"], "--tar=f", "--aufs", *opts)
+    want = check_image(erofs_utils, image, tmp_path)
+    assert any(e["type"] == "char" and e["rdev"] == 0 for e in want.values())
+    assert any(b"trusted.overlay.opaque" in e["xattrs"] for e in want.values())
+
+
+def test_ztailpacking_puts_tails_inline(erofs_utils, tmp_path):
+    """With -Eztailpacking the last pcluster of a file is inline after its indexes (not block-aligned)."""
+    image = erofs_utils.mkfs(
+        tmp_path / "img", _compressible_tree(tmp_path / "src"), "-zlz4hc", "-Eztailpacking"
+    )
+    with open_layer(str(image)) as layer:
+        r = layer.rafs
+        tails = [r.compressed_extents(n) for n in r.walk() if n.type == REG and n.size]
+        assert any(zs and zs[-1].offset % 4096 for zs in tails)
+    check_image(erofs_utils, image, tmp_path / "check")

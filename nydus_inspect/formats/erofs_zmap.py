@@ -9,8 +9,9 @@ one block, or with big pclusters as many blocks as the first NONHEAD after its h
 Here every index of a file is decoded front to back and the extents are read off in order, which is
 all a whole-file reader needs. Sans-I/O.
 
-Refused by name: fragments (data in the packed inode), tail-packed pclusters inline in the inode, the
-extent-record format of newer mkfs.erofs, and lclusters larger than a block.
+With ztailpacking the last extent's pcluster is not in a block of its own but inline, right after the
+indexes. Refused by name: fragments (data in the packed inode), the extent-record format of newer
+mkfs.erofs, and lclusters larger than a block.
 """
 
 from __future__ import annotations
@@ -95,13 +96,21 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
         raise _refuse(nid, "extent records (mkfs.erofs -E48bit or --blobdev style maps)", hpos + 4, advise)
     if advise & ADVISE_FRAGMENT_PCLUSTER:
         raise _refuse(nid, "fragments (the file's tail in the packed inode)", hpos + 4, advise)
-    if advise & ADVISE_INLINE_PCLUSTER:
-        raise _refuse(nid, "tail-packed pclusters (ztailpacking)", hpos + 4, advise)
+    # ztailpacking: the last extent's pcluster is h_idata_size bytes inline, right after the indexes.
+    idata = struct.unpack_from("<H", buf, hpos + 2)[0] if advise & ADVISE_INLINE_PCLUSTER else 0
+    if advise & ADVISE_INLINE_PCLUSTER and not 0 < idata <= BLOCK:
+        raise FormatError(
+            "erofs map header",
+            f"nid {nid}: inline pcluster size out of range",
+            field="h_idata_size",
+            offset=hpos + 2,
+            value=idata,
+        )
     if clusterbits & 0x0F:
         raise _refuse(nid, "logical clusters larger than a block", hpos + 7, clusterbits)
     count = -(-size // BLOCK)
     if layout == LAYOUT_COMPRESSED_FULL:
-        lcs = _full_indexes(buf, nid, hpos + MAP_HEADER.size + 8, count)
+        lcs, index_end = _full_indexes(buf, nid, hpos + MAP_HEADER.size + 8, count)
     else:
         big1, big2 = bool(advise & ADVISE_BIG_PCLUSTER_1), bool(advise & ADVISE_BIG_PCLUSTER_2)
         if big1 != big2:
@@ -112,8 +121,26 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
                 offset=hpos + 4,
                 value=advise,
             )
-        lcs = _compact_indexes(buf, nid, hpos + MAP_HEADER.size, count, advise, big1)
-    return _extents(nid, lcs, size, advise, algs)
+        lcs, index_end = _compact_indexes(buf, nid, hpos + MAP_HEADER.size, count, advise, big1)
+    out = _extents(nid, lcs, size, advise, algs)
+    if idata:
+        if index_end % BLOCK + idata > BLOCK or index_end + idata > len(buf):
+            raise FormatError(
+                "erofs map header",
+                f"nid {nid}: inline pcluster crosses a block or the end of the image",
+                field="h_idata_size",
+                offset=hpos + 2,
+                value=idata,
+            )
+        tail = out[-1]
+        if tail.fmt in (FMT_SHIFTED, FMT_INTERLACED) and tail.length > idata:
+            raise FormatError(
+                "erofs map header",
+                f"nid {nid}: uncompressed tail larger than its inline pcluster",
+                value=idata,
+            )
+        out[-1] = ZExtent(tail.file_offset, tail.length, index_end, idata, tail.fmt, tail.partial)
+    return out
 
 
 # One decoded lcluster index: (type, clusterofs or raw NONHEAD value, pblk of a head or None, partial ref).
@@ -136,7 +163,7 @@ def _full_indexes(buf, nid: int, start: int, count: int) -> list[_Lcluster]:
         else:
             out.append((ltype, clusterofs, u, bool(advise & PARTIAL_REF)))
         del k
-    return out
+    return out, start + 8 * count
 
 
 def _bits(pack: bytes, lobits: int, encodebits: int, i: int) -> tuple[int, int]:
@@ -191,7 +218,7 @@ def _compact_indexes(buf, nid: int, ebase: int, count: int, advise: int, big: bo
                 else:
                     out.append((ltype, lo, base + blocks, False))
                     blocks += 1
-    return out
+    return out, pos
 
 
 def _extents(nid: int, lcs: list[_Lcluster], size: int, advise: int, algs: int) -> list[ZExtent]:
