@@ -12,6 +12,7 @@ file data, so there is nothing to check these bytes against.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ HOLE_BLOB = 1
 #: Compressed extents: blob Z_BLOB + their format (erofs_zmap ALG_* / FMT_*), + Z_PARTIAL for a partial reference.
 Z_BLOB = 2
 Z_PARTIAL = 8
+#: Ranges of the packed inode's data (fragments).
+FRAGMENT_BLOB = Z_BLOB + erofs_zmap.FMT_FRAGMENT
 #: The largest piece of a file one chunk reference covers (block-aligned).
 PIECE = 1 << 20
 _U32 = struct.Struct("<I").unpack_from
@@ -81,6 +84,18 @@ class _NotNydus:
         )
 
 
+class _PackedView:
+    """The packed inode's data as the sans-I/O prefix parser indexes a buffer: by byte or by slice."""
+
+    def __init__(self, image: Erofs) -> None:
+        self.image = image
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self.image.packed_read(key.start, key.stop - key.start)
+        return self.image.packed_read(key, 1)[0]
+
+
 class Erofs(RafsV6):
     """Lazy reader of a plain EROFS image held in ``buf``."""
 
@@ -103,7 +118,12 @@ class Erofs(RafsV6):
         self._chunk_table = None
         self._records = None
         self._ci_source = None
-        self.prefixes = erofs.parse_long_prefixes(buf, self.esb)
+        self._packed = None
+        self.prefixes: list[bytes] = []
+        if erofs.long_prefixes_in_packed_inode(self.esb):
+            self.prefixes = erofs.parse_long_prefixes(_PackedView(self), self.esb, self.packed_size())
+        else:
+            self.prefixes = erofs.parse_long_prefixes(buf, self.esb)
 
     @property
     def blobs(self):
@@ -178,6 +198,19 @@ class Erofs(RafsV6):
                 value=exc.value,
             ) from None
         for z in out:
+            if z.fmt == erofs_zmap.FMT_FRAGMENT:
+                if not self.esb.packed_nid or node.nid == self.esb.packed_nid:
+                    raise FormatError(
+                        "erofs map header",
+                        f"{fsdecode(node.path)}: a fragment, but "
+                        + (
+                            "this is the packed inode"
+                            if self.esb.packed_nid
+                            else "the image has no packed inode"
+                        ),
+                        value=node.nid,
+                    )
+                continue
             if z.offset + z.stored > self.size:
                 raise FormatError(
                     "erofs lcluster index",
@@ -195,11 +228,30 @@ class Erofs(RafsV6):
         out: list[ChunkRef] = []
         zs = self.compressed_extents(node)
         if zs is not None:
-            for k, z in enumerate(zs):
+            for z in zs:
+                if z.fmt == erofs_zmap.FMT_FRAGMENT:
+                    if -(-z.length // PIECE) > MAX_PIECES:
+                        raise FormatError(
+                            "erofs inode",
+                            f"{fsdecode(node.path)}: a fragment of {z.length} bytes is larger than this reader handles",
+                            value=z.length,
+                        )
+                    # A range of the packed inode's data, read in pieces like the image's own blocks.
+                    for pos in range(0, z.length, PIECE):
+                        size = min(PIECE, z.length - pos)
+                        at = z.offset + pos
+                        out.append(
+                            ChunkRef(
+                                FRAGMENT_BLOB, len(out), z.file_offset + pos, at, size, 0, size, True, b""
+                            )
+                        )
+                    continue
                 blob = Z_BLOB + z.fmt + (Z_PARTIAL if z.partial else 0)
                 # uncompressed_offset: where the extent starts in its block (interlaced extents rotate by it).
                 where = z.file_offset % rafs_v6.BLOCK_SIZE
-                out.append(ChunkRef(blob, k, z.file_offset, z.offset, z.stored, where, z.length, True, b""))
+                out.append(
+                    ChunkRef(blob, len(out), z.file_offset, z.offset, z.stored, where, z.length, True, b"")
+                )
             node.chunks = out
             return out
         exts = self.extents(node)
@@ -224,6 +276,59 @@ class Erofs(RafsV6):
                 )
         node.chunks = out
         return out
+
+    def packed_size(self) -> int:
+        self.packed_read(0, 0)
+        return self._packed[0].size
+
+    def packed_read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the packed inode's data from ``offset`` (where fragments are kept)."""
+        packed = self._packed
+        if packed is None:
+            nid = self.esb.packed_nid
+            node = self.node(nid, b"(packed inode)")
+            if node.type != REG:
+                raise FormatError("erofs packed inode", "not a regular file", value=nid)
+            chunks = self.chunks(node)
+            if any(c.blob_index == FRAGMENT_BLOB for c in chunks):
+                raise FormatError("erofs packed inode", "holds fragments itself", value=nid)
+            packed = self._packed = (node, chunks, [c.file_offset for c in chunks], _LRU(8))
+        node, chunks, starts, decoded = packed
+        if offset + length > node.size:
+            raise FormatError(
+                "erofs fragment",
+                f"bytes {offset}+{length} lie past the packed inode's {node.size} bytes",
+                offset=offset,
+                value=length,
+            )
+        out = bytearray()
+        k = max(0, bisect.bisect_right(starts, offset) - 1)
+        while len(out) < length:
+            if k >= len(chunks):
+                raise FormatError("erofs packed inode", "its extents end before its size", value=node.size)
+            c = chunks[k]
+            data = decoded.get(k)
+            if data is None:
+                data = self._decode_local(c)
+                decoded.put(k, data)
+            lo = offset + len(out) - c.file_offset
+            out += data[lo : lo + length - len(out)]
+            k += 1
+        return bytes(out)
+
+    def _decode_local(self, c: ChunkRef) -> bytes:
+        """One chunk of the packed inode, decoded from the image buffer (no layer needed)."""
+        if c.blob_index == HOLE_BLOB:
+            return bytes(c.uncompressed_size)
+        raw = bytes(self.buf[c.compressed_offset : c.compressed_offset + c.compressed_size])
+        if c.blob_index == IMAGE_BLOB:
+            return raw
+        from . import erofs_codecs
+
+        fmt, partial = (c.blob_index - Z_BLOB) % Z_PARTIAL, c.blob_index - Z_BLOB >= Z_PARTIAL
+        return erofs_codecs.decode(
+            raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, c.compressed_offset
+        )
 
     def chunks_from_blob_meta(self, node: Node) -> list[ChunkRef] | None:
         return self.chunks(node)
@@ -250,6 +355,7 @@ class Erofs(RafsV6):
         if blob_index == HOLE_BLOB:
             return Blob(HOLE_BLOB, _HoleFile(), compressor=Compressor.NONE, digester=Digester.SHA256)
         if Z_BLOB <= blob_index < Z_BLOB + 2 * Z_PARTIAL:
+            # (FRAGMENT_BLOB among them: its bytes come from packed_read, the source is never read.)
             return Blob(blob_index, layer, compressor=Compressor.NONE, digester=Digester.SHA256)
         raise FormatError("erofs image", "a plain EROFS image has no blob table", value=blob_index)
 
@@ -297,6 +403,11 @@ class ErofsChunkReader(ChunkReader):
         from . import erofs_codecs
 
         blob = self.blob_of(ref.blob_index)
+        if ref.blob_index == FRAGMENT_BLOB:
+            try:
+                return blob.layer.rafs.packed_read(ref.compressed_offset, ref.uncompressed_size)
+            except FormatError as exc:
+                raise exc.located(blob.path) from None
         fmt = (ref.blob_index - Z_BLOB) % Z_PARTIAL
         partial = ref.blob_index - Z_BLOB >= Z_PARTIAL
         try:

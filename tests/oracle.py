@@ -246,6 +246,35 @@ class ErofsUtils:
         self.run("fsck.erofs", f"--extract={out}", "--preserve", "--xattrs", "--force", image)
         return out
 
+    @contextlib.contextmanager
+    def mounted(self, image: Path, mnt: Path):
+        """``erofsfuse IMAGE MNT``, taken down on exit (also on failure)."""
+        mnt.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [str(self.bin / "erofsfuse"), str(image), str(mnt)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mnt):
+                if proc.poll() not in (None, 0) or time.monotonic() > deadline:
+                    said = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                    raise OracleError(f"erofsfuse did not mount {image}: {said}")
+                time.sleep(0.05)
+            yield mnt
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", str(mnt)], capture_output=True)
+                if os.path.ismount(mnt):
+                    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
 
 @pytest.fixture(scope="session")
 def erofs_utils() -> ErofsUtils:

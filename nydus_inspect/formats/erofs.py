@@ -210,27 +210,30 @@ XATTR_LONG_PREFIX = 0x80
 SHORT_PREFIXES = rafs_v6.XATTR_PREFIXES
 
 
-def parse_long_prefixes(buf, esb: ErofsSuper) -> list[bytes]:
-    """The long xattr name prefixes (each a short prefix index plus an infix), stored plainly in the image
-    at ``s_xattr_prefix_start * 4``: a 16-bit length then the record, each record 4-byte aligned."""
+def long_prefixes_in_packed_inode(esb: ErofsSuper) -> bool:
+    """Whether the long xattr name prefixes are in the packed inode's data rather than in the image."""
+    return bool(
+        esb.xattr_prefix_count
+        and esb.packed_nid
+        and not esb.sb.s_feature_compat & FEATURE_COMPAT_PLAIN_XATTR_PFX
+    )
+
+
+def parse_long_prefixes(buf, esb: ErofsSuper, size: int | None = None) -> list[bytes]:
+    """The long xattr name prefixes (each a short prefix index plus an infix) at ``s_xattr_prefix_start * 4``
+    of ``buf`` (the image, or the packed inode's data: :func:`long_prefixes_in_packed_inode`, ``size``
+    bytes of it): a 16-bit length then the record, each record 4-byte aligned."""
     if not esb.xattr_prefix_count:
         return []
-    if not esb.sb.s_feature_compat & FEATURE_COMPAT_PLAIN_XATTR_PFX:
-        # Without that bit the table is the head of the packed inode's data (compressed fragments).
-        raise rafs_v6.SUPERBLOCK.error(
-            "s_feature_compat",
-            SB_OFFSET,
-            "unsupported EROFS feature: long xattr name prefixes kept in the packed inode",
-            esb.sb.s_feature_compat,
-        )
+    end = len(buf) if size is None else size
     out = []
     pos = esb.xattr_prefix_start * 4
     for i in range(esb.xattr_prefix_count):
         pos = round_up(pos, 4)
-        if pos + 2 > len(buf):
-            raise FormatError("erofs long xattr prefix", f"prefix {i} lies past the image", offset=pos)
-        size = struct.unpack_from("<H", buf, pos)[0]
-        if not 1 <= size <= 256 or pos + 2 + size > len(buf):
+        if pos + 2 > end:
+            raise FormatError("erofs long xattr prefix", f"prefix {i} lies past its area", offset=pos)
+        size = struct.unpack_from("<H", buf[pos : pos + 2])[0]
+        if not 1 <= size <= 256 or pos + 2 + size > end:
             raise FormatError(
                 "erofs long xattr prefix", f"prefix {i}: bad length", field="length", offset=pos, value=size
             )

@@ -10,8 +10,8 @@ Here every index of a file is decoded front to back and the extents are read off
 all a whole-file reader needs. Sans-I/O.
 
 With ztailpacking the last extent's pcluster is not in a block of its own but inline, right after the
-indexes. Refused by name: fragments (data in the packed inode), the extent-record format of newer
-mkfs.erofs, and lclusters larger than a block.
+indexes; with fragments the last extent (or the whole file) is a range of the packed inode's data.
+Refused by name: the extent-record format of newer mkfs.erofs, and lclusters larger than a block.
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ PCLUSTER_MAX_DSIZE = 12 << 20
 ALG_LZ4, ALG_LZMA, ALG_DEFLATE, ALG_ZSTD = range(4)
 #: How a PLAIN extent is stored: as is from the start of its block, or rotated by its offset in the block.
 FMT_SHIFTED, FMT_INTERLACED = 4, 5
+#: An extent kept in the packed inode's data (fragments): ``offset`` is where in that data.
+FMT_FRAGMENT = 6
 FORMAT_NAMES = {
+    FMT_FRAGMENT: "fragment",
     ALG_LZ4: "lz4",
     ALG_LZMA: "lzma",
     ALG_DEFLATE: "deflate",
@@ -91,11 +94,20 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
         raise FormatError("erofs map header", f"nid {nid}: lies past the image", offset=hpos)
     _, advise, algs, clusterbits = MAP_HEADER.unpack_from(buf, hpos)
     if clusterbits & 0x80:
-        raise _refuse(nid, "fragments (the whole file in the packed inode)", hpos + 7, clusterbits)
+        # The whole file is in the packed inode; the rest of the header is where (bit 63 aside).
+        where = int.from_bytes(bytes(buf[hpos : hpos + 8]), "little") ^ (1 << 63)
+        return [ZExtent(0, size, where, 0, FMT_FRAGMENT, False)]
     if layout == LAYOUT_COMPRESSED_FULL and advise & ADVISE_EXTENTS:
         raise _refuse(nid, "extent records (mkfs.erofs -E48bit or --blobdev style maps)", hpos + 4, advise)
-    if advise & ADVISE_FRAGMENT_PCLUSTER:
-        raise _refuse(nid, "fragments (the file's tail in the packed inode)", hpos + 4, advise)
+    fragment = bool(advise & ADVISE_FRAGMENT_PCLUSTER)
+    if fragment and advise & ADVISE_INLINE_PCLUSTER:
+        raise FormatError(
+            "erofs map header",
+            f"nid {nid}: both a fragment and an inline tail",
+            field="h_advise",
+            offset=hpos + 4,
+            value=advise,
+        )
     # ztailpacking: the last extent's pcluster is h_idata_size bytes inline, right after the indexes.
     idata = struct.unpack_from("<H", buf, hpos + 2)[0] if advise & ADVISE_INLINE_PCLUSTER else 0
     if advise & ADVISE_INLINE_PCLUSTER and not 0 < idata <= BLOCK:
@@ -122,7 +134,15 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
                 value=advise,
             )
         lcs, index_end = _compact_indexes(buf, nid, hpos + MAP_HEADER.size, count, advise, big1)
-    out = _extents(nid, lcs, size, advise, algs)
+    out = _extents(nid, lcs, size, advise, algs, fragment)
+    if fragment:
+        # The tail extent is in the packed inode at h_fragmentoff (legacy indexes: the tail head's blkaddr
+        # holds its high 32 bits).
+        tail = out[-1]
+        where = struct.unpack_from("<I", buf, hpos)[0]
+        if layout == LAYOUT_COMPRESSED_FULL:
+            where |= (lcs[tail.file_offset // BLOCK][2] or 0) << 32
+        out[-1] = ZExtent(tail.file_offset, tail.length, where, 0, FMT_FRAGMENT, False)
     if idata:
         if index_end % BLOCK + idata > BLOCK or index_end + idata > len(buf):
             raise FormatError(
@@ -221,7 +241,10 @@ def _compact_indexes(buf, nid: int, ebase: int, count: int, advise: int, big: bo
     return out, pos
 
 
-def _extents(nid: int, lcs: list[_Lcluster], size: int, advise: int, algs: int) -> list[ZExtent]:
+def _extents(
+    nid: int, lcs: list[_Lcluster], size: int, advise: int, algs: int, fragment: bool = False
+) -> list[ZExtent]:
+    """The extents the heads delimit; with ``fragment`` the last one is left for the caller to place."""
     heads = [k for k, lc in enumerate(lcs) if lc[0] != TYPE_NONHEAD]
     if not heads or heads[0] != 0 or lcs[0][1] != 0:
         raise FormatError(
@@ -247,6 +270,9 @@ def _extents(nid: int, lcs: list[_Lcluster], size: int, advise: int, algs: int) 
             break  # the last lcluster's head may start at the end of the file: it has no bytes to map
         if end <= la:
             raise FormatError("erofs lcluster index", f"nid {nid} lcluster {k}: extent of no bytes", value=la)
+        if fragment and end == size:
+            out.append(ZExtent(la, end - la, 0, 0, FMT_FRAGMENT, False))
+            break
         big = big1 if ltype == TYPE_HEAD1 else big2
         blocks = 1
         if big and k + 1 < len(lcs) and (k + 1) * BLOCK < size:
