@@ -132,3 +132,13 @@ def test_extents_decode_to_the_file(erofs_utils, tmp_path):
             sum(c.uncompressed_size for c in chunks[:k]) for k in range(1, len(chunks))
         ]
         assert b"".join(layer.read_file(node)) == TEXT
+
+
+def test_fragment_past_the_packed_inode(erofs_utils, tmp_path):
+    """A file's tail said to be in the packed inode beyond its data."""
+    image = _image(erofs_utils, tmp_path, "-zlz4hc", "-Eall-fragments", "-Eforce-inode-extended")
+    _, end, _, zs = _where(image)
+    assert zs[-1].fmt == erofs_zmap.FMT_FRAGMENT
+    header = round_up(end, 8)  # the whole file in the packed inode: the header holds where, bit 63 set
+    bad = _patched(image, tmp_path / "bad", header, struct.pack("<Q", (1 << 63) | (1 << 40)))
+    _cat_fails(bad, "past the packed inode")

@@ -242,7 +242,13 @@ def _erofs_seeds() -> list[bytes]:
                 f.write(b"".join(b"line %d\n" % k for k in range(3000 * (i + 1))))
             os.setxattr(os.path.join(src, "d", f"f{i}"), "user.x", b"shared")
         os.symlink("d/f0", os.path.join(src, "link"))
-        opts = [["-x1"], ["-zlz4hc", "-C16384", "-Elegacy-compress"], ["-zlzma"], ["-zzstd", "-C16384"]]
+        opts = [
+            ["-x1"],
+            ["-zlz4hc", "-C16384", "-Elegacy-compress"],
+            ["-zlzma"],
+            ["-zzstd", "-C16384", "-Eztailpacking"],
+            ["-zlz4hc", "-Efragments", "--xattr-prefix=user."],
+        ]
         for k, o in enumerate(opts):
             img = os.path.join(tmp, f"{k}.erofs")
             subprocess.run(
