@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fixtures_util import assert_one_line_error, expected_tree, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tree_strategies import trees, write_tree_tar
 
 from nydus_inspect.erofs import HOLE_BLOB
@@ -361,12 +362,23 @@ def test_shared_xattrs_are_read(erofs_utils, tmp_path):
     check_image(erofs_utils, image, tmp_path / "check")
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(entries=trees())
-def test_generated_trees(erofs_utils, tmp_path_factory, entries):
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    entries=trees(),
+    opts=st.sampled_from(
+        [
+            (),
+            ("--chunksize=4096",),
+            ("-zlz4hc", "-C16384"),
+            ("-zlzma", "-Eztailpacking"),
+            ("-zzstd", "-Efragments"),
+        ]
+    ),
+)
+def test_generated_trees(erofs_utils, tmp_path_factory, entries, opts):
     work = tmp_path_factory.mktemp("tree")
     write_tree_tar(work / "tree.tar", entries)
-    image = erofs_utils.mkfs(work / "tree.erofs", work / "tree.tar", "--tar=f")
+    image = erofs_utils.mkfs(work / "tree.erofs", work / "tree.tar", "--tar=f", *opts)
     check_image(erofs_utils, image, work, work / "tree.tar")
     shutil.rmtree(work)
 

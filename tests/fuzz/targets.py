@@ -147,7 +147,7 @@ def fuzz_erofs(data: bytes) -> None:
     """A plain EROFS image in memory: superblock, inodes, xattrs, directories, block maps, compressed
     indexes, and each pcluster decoded (at most MAX_NODES extents)."""
     from nydus_inspect import erofs_codecs
-    from nydus_inspect.erofs import Z_BLOB, Z_PARTIAL, Erofs
+    from nydus_inspect.erofs import FRAGMENT_BLOB, Z_BLOB, Z_PARTIAL, Erofs
     from nydus_inspect.formats import erofs
 
     if len(data) >= 4096 and data[1032] & erofs.FEATURE_COMPAT_SB_CHKSUM:
@@ -169,6 +169,9 @@ def fuzz_erofs(data: bytes) -> None:
                 if c.blob_index < Z_BLOB or decoded >= MAX_NODES:
                     continue
                 decoded += 1
+                if c.blob_index == FRAGMENT_BLOB:
+                    r.packed_read(c.compressed_offset, c.uncompressed_size)
+                    continue
                 fmt, partial = (c.blob_index - Z_BLOB) % Z_PARTIAL, c.blob_index - Z_BLOB >= Z_PARTIAL
                 raw = data[c.compressed_offset : c.compressed_offset + c.compressed_size]
                 erofs_codecs.decode(raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, 0)
