@@ -41,18 +41,22 @@ bin="$dir/bin"
 logs="$dir/logs"
 mkdir -p "$bin" "$logs"
 
+apt_install() { # step, log, package...: install the Debian packages that are missing
+	local step=$1 log=$2 pkg apt_needed=""
+	shift 2
+	for pkg in "$@"; do
+		dpkg -s "$pkg" >/dev/null 2>&1 || apt_needed="$apt_needed $pkg"
+	done
+	[ -n "$apt_needed" ] || return 0
+	echo "make oracle: installing Debian packages:$apt_needed" >&2
+	local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+	{ $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $apt_needed; } \
+		>"$log" 2>&1 || fail "$step" "$log"
+}
+
 # Debian packages the build needs besides the toolchains: protoc for the gRPC crates, perl and make for the
 # vendored openssl.
-apt_needed=""
-for pkg in protobuf-compiler perl make gcc pkg-config; do
-	dpkg -s "$pkg" >/dev/null 2>&1 || apt_needed="$apt_needed $pkg"
-done
-if [ -n "$apt_needed" ]; then
-	echo "make oracle: installing Debian packages:$apt_needed" >&2
-	sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-	{ $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $apt_needed; } \
-		>"$logs/apt.log" 2>&1 || fail apt "$logs/apt.log"
-fi
+apt_install apt "$logs/apt.log" protobuf-compiler perl make gcc pkg-config
 
 for tool in cargo go cc perl make protoc; do
 	command -v "$tool" >/dev/null || { echo "make oracle: step 'toolchain' failed: $tool is not installed" >&2; exit 1; }
@@ -104,18 +108,9 @@ ebin="$edir/bin"
 elogs="$edir/logs"
 mkdir -p "$ebin" "$elogs"
 if ! (for p in mkfs.erofs fsck.erofs dump.erofs erofsfuse; do [ -x "$ebin/$p" ] || exit 1; done); then
-	apt_needed=""
 	# Every compressor mkfs.erofs can write (MicroLZMA needs liblzma 5.4, as in Debian 12), and libfuse3 for erofsfuse.
-	for pkg in autoconf automake libtool pkg-config make gcc uuid-dev liblz4-dev liblzma-dev libzstd-dev \
-		libdeflate-dev zlib1g-dev libfuse3-dev; do
-		dpkg -s "$pkg" >/dev/null 2>&1 || apt_needed="$apt_needed $pkg"
-	done
-	if [ -n "$apt_needed" ]; then
-		echo "make oracle: installing Debian packages:$apt_needed" >&2
-		sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-		{ $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $apt_needed; } \
-			>"$elogs/apt.log" 2>&1 || fail erofs-apt "$elogs/apt.log"
-	fi
+	apt_install erofs-apt "$elogs/apt.log" autoconf automake libtool pkg-config make gcc uuid-dev liblz4-dev \
+		liblzma-dev libzstd-dev libdeflate-dev zlib1g-dev libfuse3-dev
 	esrc="$edir/src/erofs-utils-1.9.3"
 	rm -rf "$edir/src" && mkdir -p "$edir/src"
 	tar -xzf "$erofs_tarball" -C "$edir/src" >"$elogs/unpack.log" 2>&1 || fail erofs-unpack "$elogs/unpack.log"

@@ -58,6 +58,30 @@ class OracleError(AssertionError):
     """A real tool failed: its command line and the end of what it printed."""
 
 
+@contextlib.contextmanager
+def fuse_served(proc: subprocess.Popen, mnt: Path, timeout: float, failed, daemonizes: bool = False):
+    """Wait for the FUSE daemon ``proc`` to mount ``mnt`` (``failed()`` says why it did not); unmount, and kill
+    a hung daemon, on exit. ``daemonizes``: the program exits 0 once the mount runs in its background child."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(mnt):
+            ended = proc.poll()
+            if (ended is not None and not (daemonizes and ended == 0)) or time.monotonic() > deadline:
+                raise OracleError(failed())
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass(frozen=True)
 class Oracle:
     """The built programs, each run in a temporary directory with a timeout."""
@@ -148,29 +172,16 @@ class Oracle:
         ]
         with open(work / "nydusd.out", "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.ismount(mnt):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    said = b""
-                    for f in (log, work / "nydusd.out"):
-                        if f.exists():
-                            said += f.read_bytes()[-2000:]
-                    raise OracleError(
-                        f"nydusd did not mount {bootstrap} (exit {proc.poll()}):\n{said.decode(errors='replace')}"
-                    )
-                time.sleep(0.05)
-            yield mnt
-        finally:
-            if os.path.ismount(mnt):
-                subprocess.run(["umount", str(mnt)], capture_output=True)
-                if os.path.ismount(mnt):
-                    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+
+        def failed() -> str:
+            said = b""
+            for f in (log, work / "nydusd.out"):
+                if f.exists():
+                    said += f.read_bytes()[-2000:]
+            return f"nydusd did not mount {bootstrap} (exit {proc.poll()}):\n{said.decode(errors='replace')}"
+
+        with fuse_served(proc, mnt, 60, failed) as served:
+            yield served
 
     def log_of(self, work: Path) -> str:
         log = work / "nydusd.log"
@@ -250,30 +261,17 @@ class ErofsUtils:
     def mounted(self, image: Path, mnt: Path):
         """``erofsfuse IMAGE MNT``, taken down on exit (also on failure)."""
         mnt.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            [str(self.bin / "erofsfuse"), str(image), str(mnt)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not os.path.ismount(mnt):
-                if proc.poll() not in (None, 0) or time.monotonic() > deadline:
-                    said = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
-                    raise OracleError(f"erofsfuse did not mount {image}: {said}")
-                time.sleep(0.05)
-            yield mnt
-        finally:
-            if os.path.ismount(mnt):
-                subprocess.run(["umount", str(mnt)], capture_output=True)
-                if os.path.ismount(mnt):
-                    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+        log = mnt.parent / f"{mnt.name}.erofsfuse.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(self.bin / "erofsfuse"), str(image), str(mnt)], stdout=out, stderr=out
+            )
+
+        def failed() -> str:
+            return f"erofsfuse did not mount {image} (exit {proc.poll()}): {log.read_text(errors='replace')[-2000:]}"
+
+        with fuse_served(proc, mnt, 30, failed, daemonizes=True) as served:
+            yield served
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from fixtures_util import assert_one_line_error, expected_tree, fixture_tars_fixture, run_cli  # noqa: F401
+from fixtures_util import S_IFMT_OF, assert_one_line_error, expected_tree, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tree_strategies import trees, write_tree_tar
@@ -58,15 +58,7 @@ LAYOUTS = {
     "long-xattr-prefix": ("--xattr-prefix=user.nydus.", "-Eplain-xattr-prefixes"),
     "long-xattr-prefix-table": ("--xattr-prefix=user.nydus.",),
 }
-_TYPE = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "char",
-    stat.S_IFBLK: "block",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-}
+_TYPE = {fmt: name for name, fmt in S_IFMT_OF.items()}
 
 
 def _linux_keeps(ntype: str, name: bytes) -> bool:
