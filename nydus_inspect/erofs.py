@@ -3,17 +3,20 @@
 :class:`Erofs` is :class:`~nydus_inspect.model.RafsV6` without the nydus parts: inodes, directories,
 symlinks and the walk are the shared ones; what differs is the superblock (no RAFS extended superblock,
 blob table or chunk table), compact inodes' mtimes, shared xattrs and long name prefixes, and where a
-regular file's bytes are: in the image itself. A file's data is handed to the chunk service as
-uncompressed chunk references over the image (blob :data:`IMAGE_BLOB`) and over a source of zeros for
-holes (blob :data:`HOLE_BLOB`), in pieces of at most :data:`PIECE` bytes, so every reader (cat, unpack,
-verify, the mount) reads it the one way and never holds a whole large file. EROFS records no digest of
-file data, so there is nothing to check these bytes against.
+regular file's bytes are: in the image itself. A file's data is handed to the chunk service as chunk
+references: uncompressed ones over the image (blob :data:`IMAGE_BLOB`) and over a source of zeros for
+holes (blob :data:`HOLE_BLOB`), in pieces of at most :data:`PIECE` bytes; one per compressed extent (blob
+:data:`Z_BLOB` + its format, decoded by :class:`ErofsChunkReader` through :mod:`.erofs_codecs`, at most
+12 MiB each); and pieces of the packed inode's data for fragments (:data:`FRAGMENT_BLOB`). So every reader
+(cat, unpack, diff, verify) reads it the one way and never holds a whole large file. EROFS records no
+digest of file data, so there is nothing to check these bytes against.
 """
 
 from __future__ import annotations
 
 import bisect
 import struct
+import threading
 from typing import TYPE_CHECKING
 
 from .chunks.decode import ChunkReader
@@ -41,13 +44,6 @@ FRAGMENT_BLOB = Z_BLOB + erofs_zmap.FMT_FRAGMENT
 #: The largest piece of a file one chunk reference covers (block-aligned).
 PIECE = 1 << 20
 _U32 = struct.Struct("<I").unpack_from
-_LAYOUT_NAMES = {
-    rafs_v6.LAYOUT_FLAT_PLAIN: "flat_plain",
-    1: "compressed_full",
-    rafs_v6.LAYOUT_FLAT_INLINE: "flat_inline",
-    3: "compressed_compact",
-    rafs_v6.LAYOUT_CHUNK_BASED: "chunk_based",
-}
 
 
 class _Zeros:
@@ -119,6 +115,7 @@ class Erofs(RafsV6):
         self._records = None
         self._ci_source = None
         self._packed = None
+        self._packed_lock = threading.Lock()
         self.prefixes: list[bytes] = []
         if erofs.long_prefixes_in_packed_inode(self.esb):
             self.prefixes = erofs.parse_long_prefixes(_PackedView(self), self.esb, self.packed_size())
@@ -158,7 +155,7 @@ class Erofs(RafsV6):
         )
 
     def layout_name(self, nid: int) -> str:
-        return _LAYOUT_NAMES.get(self.inode(nid).datalayout, "unknown")
+        return self.inode(nid).layout_name
 
     # ------------------------------------------------------------------ file data
     def extents(self, node: Node) -> list[erofs.Extent]:
@@ -175,7 +172,7 @@ class Erofs(RafsV6):
             return erofs.chunk_extents(self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid)
         raise FormatError(
             "erofs inode",
-            f"{fsdecode(node.path)}: compressed file data ({_LAYOUT_NAMES[layout]} layout) has no flat extents",
+            f"{fsdecode(node.path)}: compressed file data ({ino.layout_name} layout) has no flat extents",
             field="i_format",
             offset=off,
             value=ino.i_format,
@@ -282,7 +279,12 @@ class Erofs(RafsV6):
         return self._packed[0].size
 
     def packed_read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the packed inode's data from ``offset`` (where fragments are kept)."""
+        """``length`` bytes of the packed inode's data from ``offset`` (where fragments are kept). Readers in
+        worker threads (unpack) share its cache of decoded extents, hence the lock."""
+        with self._packed_lock:
+            return self._packed_read(offset, length)
+
+    def _packed_read(self, offset: int, length: int) -> bytes:
         packed = self._packed
         if packed is None:
             nid = self.esb.packed_nid
