@@ -166,6 +166,7 @@ def cmd_info(args) -> int:
                 ("xattr blkaddr", e["xattr_blkaddr"]),
                 ("compat", f"{e['feature_compat']} ({', '.join(e['feature_compat_names'])})"),
                 ("incompat", f"{e['feature_incompat']} ({', '.join(e['feature_incompat_names'])})"),
+                ("compr algs", ", ".join(e["compression_algorithms"]) or "-"),
                 ("uuid", e["uuid"]),
                 ("volume name", e["volume_name"] or "-"),
             ],

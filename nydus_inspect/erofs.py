@@ -382,6 +382,14 @@ def info(image: Erofs) -> dict:
         "build_time": esb.epoch + esb.build_time,
         "uuid": sb.s_uuid.hex(),
         "volume_name": sb.s_volume_name.rstrip(b"\0").decode("utf-8", "replace"),
+        # With compression configurations the u1 field is the bitmap of algorithms in use, else lz4's distance.
+        "compression_algorithms": [
+            name
+            for alg, name in erofs_zmap.FORMAT_NAMES.items()
+            if alg <= erofs_zmap.ALG_ZSTD and sb.s_u >> alg & 1
+        ]
+        if sb.s_feature_incompat & erofs.FEATURE_INCOMPAT_BIG_PCLUSTER
+        else [],
         "long_xattr_prefixes": [fsdecode(p) for p in image.prefixes],
         "packed_nid": esb.packed_nid,
     }

@@ -513,3 +513,15 @@ def test_packed_inode_and_partial_extents_are_met(erofs_utils, fixture_tars, tmp
         if long_prefixes_in_packed_inode(r.esb) and r.prefixes == [b"user.nydus."]:
             seen.add("prefixes in packed inode")
     assert formats <= seen
+
+
+def test_info_names_the_algorithms_as_dump_erofs(erofs_utils, fixture_tars, tmp_path):
+    image = erofs_utils.mkfs(
+        tmp_path / "img", fixture_tars["every-type.tar"], "--tar=f", "-zlz4hc:lzma", "-C65536"
+    )
+    dumped = erofs_utils.run("dump.erofs", "-s", image).stdout.decode()
+    want = next(line.split(":", 1)[1].strip() for line in dumped.splitlines() if "compr_algs" in line)
+    with open_layer(str(image)) as layer:
+        from nydus_inspect.erofs import info
+
+        assert ", ".join(info(layer.rafs)["compression_algorithms"]) == want == "lz4, lzma"
