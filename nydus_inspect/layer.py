@@ -156,7 +156,12 @@ class Layer:
             return
         # The EROFS magic lies inside a v5 superblock's reserved bytes, so the two never both match.
         if _is_v6(m):
-            compat = struct.unpack_from("<I", m, rafs_v6.SUPERBLOCK_OFFSET + 8)[0]
+            # Without the RAFS v6 compat bit it is a plain EROFS image; a file too short to say stays a
+            # bootstrap, whose reader names what is missing.
+            at = rafs_v6.SUPERBLOCK_OFFSET + 8
+            compat = (
+                struct.unpack_from("<I", m, at)[0] if self.size >= at + 4 else rafs_v6.FEATURE_COMPAT_RAFS_V6
+            )
             self.kind = KIND_BOOTSTRAP if compat & rafs_v6.FEATURE_COMPAT_RAFS_V6 else KIND_EROFS
             return
         if _is_v5(m):
