@@ -153,6 +153,25 @@ def cmd_info(args) -> int:
             f"({h['ci_compressed_size']} -> {h['ci_uncompressed_size']} bytes), features {h['features']} "
             f"({', '.join(h['features_names'])})"
         )
+    if "erofs" in data:
+        e = data["erofs"]
+        print("image: plain EROFS")
+        print_kv(
+            [
+                ("block size", e["block_size"]),
+                ("inodes", e["inodes"]),
+                ("blocks", e["blocks"]),
+                ("root nid", e["root_nid"]),
+                ("meta blkaddr", e["meta_blkaddr"]),
+                ("xattr blkaddr", e["xattr_blkaddr"]),
+                ("compat", f"{e['feature_compat']} ({', '.join(e['feature_compat_names'])})"),
+                ("incompat", f"{e['feature_incompat']} ({', '.join(e['feature_incompat_names'])})"),
+                ("compr algs", ", ".join(e["compression_algorithms"]) or "-"),
+                ("uuid", e["uuid"]),
+                ("volume name", e["volume_name"] or "-"),
+            ],
+            indent="  ",
+        )
     boot = data.get("bootstrap")
     if boot:
         print(f"bootstrap: RAFS v{boot['version']}")

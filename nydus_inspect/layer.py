@@ -59,6 +59,7 @@ KIND_BOOTSTRAP = "bootstrap"  # raw RAFS v6 bootstrap
 KIND_BOOTSTRAP_V5 = "bootstrap-v5"
 KIND_BOOTSTRAP_LAYER = "bootstrap-layer"  # tar(.gz) holding image/image.boot
 KIND_DATA_BLOB = "data-blob"  # chunk data named by a bootstrap's blob table (nydus-image without inline meta)
+KIND_EROFS = "erofs"  # a plain EROFS image (mkfs.erofs, containerd's EROFS layers): no RAFS v6 compat bit
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,13 @@ class Layer:
             return
         # The EROFS magic lies inside a v5 superblock's reserved bytes, so the two never both match.
         if _is_v6(m):
-            self.kind = KIND_BOOTSTRAP
+            # Without the RAFS v6 compat bit it is a plain EROFS image; a file too short to say stays a
+            # bootstrap, whose reader names what is missing.
+            at = rafs_v6.SUPERBLOCK_OFFSET + 8
+            compat = (
+                struct.unpack_from("<I", m, at)[0] if self.size >= at + 4 else rafs_v6.FEATURE_COMPAT_RAFS_V6
+            )
+            self.kind = KIND_BOOTSTRAP if compat & rafs_v6.FEATURE_COMPAT_RAFS_V6 else KIND_EROFS
             return
         if _is_v5(m):
             self.kind = KIND_BOOTSTRAP_V5
@@ -483,15 +490,18 @@ class Layer:
     # ------------------------------------------------------------------ bootstrap
     @property
     def has_bootstrap(self) -> bool:
-        return self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_LAYER, KIND_BOOTSTRAP_V5) or self.has_entry(
-            IMAGE_BOOT
-        )
+        return self.kind in (
+            KIND_BOOTSTRAP,
+            KIND_BOOTSTRAP_LAYER,
+            KIND_BOOTSTRAP_V5,
+            KIND_EROFS,
+        ) or self.has_entry(IMAGE_BOOT)
 
     def bootstrap_bytes(self):
         if self._bootstrap_raw is not None:
             return self._bootstrap_raw
         try:
-            if self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5):
+            if self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5, KIND_EROFS):
                 data = self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
                 data = self._bootstrap_from_tar()
@@ -554,6 +564,10 @@ class Layer:
                 value=_rafs_v5().MAGIC,
             ).located(self.path)
         try:
+            if self.kind == KIND_EROFS:
+                from .erofs import Erofs
+
+                return Erofs(data, self.path)
             return RafsV6(data, ci_source=self._ci_source)
         except FormatError as exc:
             raise exc.located(self.path) from None
@@ -623,6 +637,9 @@ class Layer:
         bf = self._blob_files.get(blob_index)
         if bf is not None:
             return bf
+        if self.kind == KIND_EROFS:
+            bf = self._blob_files[blob_index] = self.rafs.blob(blob_index, self)
+            return bf
         if blob_index == self.own_blob_index():
             bf = Blob(blob_index, self, self.rafs.blobs[blob_index])
         else:
@@ -670,6 +687,10 @@ class Layer:
     @cached_property
     def chunk_reader(self) -> ChunkReader:
         """The chunk service over this layer's blob table: decode, check and cache chunk data."""
+        if self.kind == KIND_EROFS:
+            from .erofs import ErofsChunkReader
+
+            return ErofsChunkReader(self.blob_file)
         return ChunkReader(self.blob_file)
 
     def read_chunk(self, chunk: ChunkRef) -> bytes:

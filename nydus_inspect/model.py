@@ -175,6 +175,9 @@ class RafsV6:
     chunks missing from the bootstrap's own chunk table.
     """
 
+    #: Inodes as mkfs.erofs writes them (the plain EROFS reader, nydus_inspect.erofs, sets it).
+    PLAIN_EROFS = False
+
     def __init__(self, buf, ci_source: CiSource | None = None) -> None:
         self.buf = buf
         self.size = len(buf)
@@ -205,7 +208,7 @@ class RafsV6:
         if ino is None:
             if nid <= 0 or self.inode_offset(nid) + 32 > self.size:
                 raise FormatError("erofs inode", "nid points outside the bootstrap", value=nid)
-            ino = rafs_v6.parse_inode(self.buf, self.inode_offset(nid), nid)
+            ino = rafs_v6.parse_inode(self.buf, self.inode_offset(nid), nid, plain_erofs=self.PLAIN_EROFS)
             self._inodes.put(nid, ino)
         return ino
 
@@ -221,11 +224,7 @@ class RafsV6:
                 offset=off + 4,
                 value=f"0{ino.i_mode:o}",  # a mode reads in octal, as ls and chmod write it
             )
-        xattrs = (
-            rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid, self._xattr_base)
-            if ino.i_xattr_icount
-            else {}
-        )
+        xattrs = self._xattrs(nid, off, ino) if ino.i_xattr_icount else {}
         n = Node(
             path=path,
             type=ntype,
@@ -253,6 +252,10 @@ class RafsV6:
             # Any non-directory can be hard-linked (tar links symlinks, fifos and devices too).
             n.hardlink = nid
         return n
+
+    def _xattrs(self, nid: int, off: int, ino: rafs_v6.Inode) -> dict[bytes, bytes]:
+        """The xattrs of inode ``nid`` at ``off`` (a plain EROFS image adds shared ones and long prefixes)."""
+        return rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid, self._xattr_base)
 
     def _inline_data(self, nid: int, ino: rafs_v6.Inode, limit: int) -> bytes:
         """The data of a FLAT_PLAIN or FLAT_INLINE inode (directory blocks or symlink target)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v5, rafs_v6
 from .formats.tar_header import IMAGE_BLOB
-from .layer import KIND_BLOB_NO_TOC, KIND_BOOTSTRAP_V5, Layer
+from .layer import KIND_BLOB_NO_TOC, KIND_BOOTSTRAP_V5, KIND_EROFS, Layer
 from .model import DIR, REG, Node, WalkError, fsdecode
 
 
@@ -30,7 +30,11 @@ def info(layer: Layer) -> dict:
         out["sections"] = [{"name": s.name, "offset": s.offset, "size": s.size} for s in layer.sections]
     if layer.blob_meta_header is not None:
         out["blob_meta"] = layer.blob_meta_header.to_json()
-    if layer.kind == KIND_BOOTSTRAP_V5 or (layer.has_bootstrap and layer.is_v5):
+    if layer.kind == KIND_EROFS:
+        from .erofs import info as erofs_info
+
+        out["erofs"] = erofs_info(layer.rafs)
+    elif layer.kind == KIND_BOOTSTRAP_V5 or (layer.has_bootstrap and layer.is_v5):
         out["bootstrap"] = bootstrap_v5_info(layer.rafs_v5)
     elif layer.has_bootstrap:
         out["bootstrap"] = bootstrap_info(layer)

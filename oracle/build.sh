@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real nydus tools (nydus-image, nydusd, nydusify) and our Go harness around the
-# snapshotter's converter, as test oracles. The product never runs them; tests and benches do.
+# snapshotter's converter, and erofs-utils 1.9.3 (mkfs.erofs, fsck.erofs, dump.erofs, erofsfuse), as test
+# oracles. The product never runs them; tests and benches do.
 #
 # They are cached outside the checkout, keyed by the source tarball's sha256 and the converter's
 # module version, so a second run only checks the cache. The last line printed is the directory
@@ -40,18 +41,22 @@ bin="$dir/bin"
 logs="$dir/logs"
 mkdir -p "$bin" "$logs"
 
+apt_install() { # step, log, package...: install the Debian packages that are missing
+	local step=$1 log=$2 pkg apt_needed=""
+	shift 2
+	for pkg in "$@"; do
+		dpkg -s "$pkg" >/dev/null 2>&1 || apt_needed="$apt_needed $pkg"
+	done
+	[ -n "$apt_needed" ] || return 0
+	echo "make oracle: installing Debian packages:$apt_needed" >&2
+	local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+	{ $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $apt_needed; } \
+		>"$log" 2>&1 || fail "$step" "$log"
+}
+
 # Debian packages the build needs besides the toolchains: protoc for the gRPC crates, perl and make for the
 # vendored openssl.
-apt_needed=""
-for pkg in protobuf-compiler perl make gcc pkg-config; do
-	dpkg -s "$pkg" >/dev/null 2>&1 || apt_needed="$apt_needed $pkg"
-done
-if [ -n "$apt_needed" ]; then
-	echo "make oracle: installing Debian packages:$apt_needed" >&2
-	sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-	{ $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $apt_needed; } \
-		>"$logs/apt.log" 2>&1 || fail apt "$logs/apt.log"
-fi
+apt_install apt "$logs/apt.log" protobuf-compiler perl make gcc pkg-config
 
 for tool in cargo go cc perl make protoc; do
 	command -v "$tool" >/dev/null || { echo "make oracle: step 'toolchain' failed: $tool is not installed" >&2; exit 1; }
@@ -88,4 +93,35 @@ if [ ! -x "$bin/nydus-converter" ] || [ "$(cat "$bin/.harness-sum" 2>/dev/null)"
 fi
 
 "$bin/nydus-image" --version >/dev/null 2>&1 || { echo "make oracle: step 'check' failed: $bin/nydus-image does not run" >&2; exit 1; }
+
+# erofs-utils 1.9.3 (mkfs.erofs, fsck.erofs, dump.erofs, erofsfuse): Debian's 1.5 has no --tar and only lz4, so
+# the EROFS tests judge our reader by this build. It goes to a sibling cache directory keyed by its own
+# tarball (erofs-utils-<sha256[:16]>/bin), where tests/oracle.py looks; the nydus directory stays the last line.
+erofs_tarball="$shared/oracle/erofs-utils-1.9.3-src.tar.gz"
+[ -f "$erofs_tarball" ] || { echo "make oracle: no erofs-utils source at $erofs_tarball" >&2; exit 1; }
+esum=$(sha256sum "$erofs_tarball" | cut -d' ' -f1)
+if [ -f "$erofs_tarball.sha256" ] && [ "$esum" != "$(cut -d' ' -f1 "$erofs_tarball.sha256")" ]; then
+	echo "make oracle: $erofs_tarball does not match its .sha256" >&2; exit 1
+fi
+edir="$root/erofs-utils-${esum:0:16}"
+ebin="$edir/bin"
+elogs="$edir/logs"
+mkdir -p "$ebin" "$elogs"
+if ! (for p in mkfs.erofs fsck.erofs dump.erofs erofsfuse; do [ -x "$ebin/$p" ] || exit 1; done); then
+	# Every compressor mkfs.erofs can write (MicroLZMA needs liblzma 5.4, as in Debian 12), and libfuse3 for erofsfuse.
+	apt_install erofs-apt "$elogs/apt.log" autoconf automake libtool pkg-config make gcc uuid-dev liblz4-dev \
+		liblzma-dev libzstd-dev libdeflate-dev zlib1g-dev libfuse3-dev
+	esrc="$edir/src/erofs-utils-1.9.3"
+	rm -rf "$edir/src" && mkdir -p "$edir/src"
+	tar -xzf "$erofs_tarball" -C "$edir/src" >"$elogs/unpack.log" 2>&1 || fail erofs-unpack "$elogs/unpack.log"
+	echo "make oracle: building erofs-utils 1.9.3 (a few minutes, once per machine; log: $elogs/build.log)" >&2
+	# Optional libraries are named one by one so the build does not depend on what else the machine has.
+	(cd "$esrc" && ./autogen.sh && ./configure --enable-lz4 --enable-lzma --with-libdeflate --with-libzstd \
+		--with-zlib --enable-fuse --without-libcurl --without-openssl --without-libxml2 --without-json-c \
+		--without-libnl3 --without-xxhash --without-selinux && make -j"$(nproc)") \
+		>"$elogs/build.log" 2>&1 || fail erofs-build "$elogs/build.log"
+	install -m 0755 "$esrc/mkfs/mkfs.erofs" "$esrc/fsck/fsck.erofs" "$esrc/dump/dump.erofs" "$esrc/fuse/erofsfuse" "$ebin/"
+fi
+"$ebin/mkfs.erofs" --version >/dev/null 2>&1 || { echo "make oracle: step 'erofs-check' failed: $ebin/mkfs.erofs does not run" >&2; exit 1; }
+echo "make oracle: erofs-utils in $ebin" >&2
 echo "$bin"

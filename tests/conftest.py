@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from registry_util import registry  # noqa: F401  (a registry of our own on the loopback address)
 
-from oracle import oracle  # noqa: F401  (the session fixture of the real nydus tools)
+from oracle import (
+    erofs_utils,  # noqa: F401  (the session fixture of erofs-utils 1.9.3)
+    oracle,  # noqa: F401  (the session fixture of the real nydus tools)
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("NYDUS_VECTORS", ROOT.parent / "shared" / "vectors")).resolve()

@@ -58,6 +58,30 @@ class OracleError(AssertionError):
     """A real tool failed: its command line and the end of what it printed."""
 
 
+@contextlib.contextmanager
+def fuse_served(proc: subprocess.Popen, mnt: Path, timeout: float, failed, daemonizes: bool = False):
+    """Wait for the FUSE daemon ``proc`` to mount ``mnt`` (``failed()`` says why it did not); unmount, and kill
+    a hung daemon, on exit. ``daemonizes``: the program exits 0 once the mount runs in its background child."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(mnt):
+            ended = proc.poll()
+            if (ended is not None and not (daemonizes and ended == 0)) or time.monotonic() > deadline:
+                raise OracleError(failed())
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass(frozen=True)
 class Oracle:
     """The built programs, each run in a temporary directory with a timeout."""
@@ -148,29 +172,16 @@ class Oracle:
         ]
         with open(work / "nydusd.out", "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.ismount(mnt):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    said = b""
-                    for f in (log, work / "nydusd.out"):
-                        if f.exists():
-                            said += f.read_bytes()[-2000:]
-                    raise OracleError(
-                        f"nydusd did not mount {bootstrap} (exit {proc.poll()}):\n{said.decode(errors='replace')}"
-                    )
-                time.sleep(0.05)
-            yield mnt
-        finally:
-            if os.path.ismount(mnt):
-                subprocess.run(["umount", str(mnt)], capture_output=True)
-                if os.path.ismount(mnt):
-                    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+
+        def failed() -> str:
+            said = b""
+            for f in (log, work / "nydusd.out"):
+                if f.exists():
+                    said += f.read_bytes()[-2000:]
+            return f"nydusd did not mount {bootstrap} (exit {proc.poll()}):\n{said.decode(errors='replace')}"
+
+        with fuse_served(proc, mnt, 60, failed) as served:
+            yield served
 
     def log_of(self, work: Path) -> str:
         log = work / "nydusd.log"
@@ -187,3 +198,89 @@ def oracle() -> Oracle:
             pytest.fail(f"{reason} (required in CI)")
         pytest.skip(reason)
     return Oracle(where)
+
+
+# ---------------------------------------------------------------------------- erofs-utils 1.9.3
+EROFS_TARBALL = SHARED / "oracle" / "erofs-utils-1.9.3-src.tar.gz"
+EROFS_PROGRAMS = ("mkfs.erofs", "fsck.erofs", "dump.erofs", "erofsfuse")
+
+
+def find_erofs_utils() -> Path | None:
+    """The directory holding erofs-utils 1.9.3, or None: ``NYDUS_EROFS_UTILS``, else the sibling of the nydus
+    cache directory that `make oracle` builds (``erofs-utils-<sha256[:16]>/bin``, keyed by its own tarball)."""
+    given = os.environ.get("NYDUS_EROFS_UTILS")
+    where: Path | None = Path(given) if given else None
+    if where is None and EROFS_TARBALL.is_file():
+        digest = hashlib.sha256(EROFS_TARBALL.read_bytes()).hexdigest()
+        cache = os.environ.get("NYDUS_ORACLE_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nydus-inspect", "oracle"
+        )
+        where = Path(cache) / f"erofs-utils-{digest[:16]}" / "bin"
+    if where is None or not all(os.access(where / p, os.X_OK) for p in EROFS_PROGRAMS):
+        return None
+    return where
+
+
+@dataclass(frozen=True)
+class ErofsUtils:
+    """erofs-utils 1.9.3 as built by `make oracle` (Debian's 1.5 has no --tar and only lz4)."""
+
+    bin: Path
+
+    def run(self, program: str, *args, ok: bool = True, timeout: int = TIMEOUT, input: bytes | None = None):
+        argv = [str(self.bin / program), *map(str, args)]
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, input=input)
+        if ok and proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-12:]
+            raise OracleError(f"{' '.join(argv)} exited {proc.returncode}:\n" + "\n".join(tail))
+        return proc
+
+    def mkfs(self, image: Path, source: Path, *opts) -> Path:
+        """``mkfs.erofs [opts] IMAGE SOURCE`` (a directory, or a tar with ``--tar=f``), fixed build time and
+        uuid; files keep their own mtimes."""
+        self.run(
+            "mkfs.erofs",
+            "--quiet",
+            "-T0",
+            "--mkfs-time",
+            "-U",
+            "00000000-0000-0000-0000-000000000000",
+            *opts,
+            image,
+            source,
+        )
+        return image
+
+    def extract(self, image: Path, out: Path) -> Path:
+        """``fsck.erofs --extract=OUT`` with owners, modes and times as stored (it checks the image as it goes)."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.run("fsck.erofs", f"--extract={out}", "--preserve", "--xattrs", "--force", image)
+        return out
+
+    @contextlib.contextmanager
+    def mounted(self, image: Path, mnt: Path):
+        """``erofsfuse IMAGE MNT``, taken down on exit (also on failure)."""
+        mnt.mkdir(parents=True, exist_ok=True)
+        log = mnt.parent / f"{mnt.name}.erofsfuse.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(self.bin / "erofsfuse"), str(image), str(mnt)], stdout=out, stderr=out
+            )
+
+        def failed() -> str:
+            return f"erofsfuse did not mount {image} (exit {proc.poll()}): {log.read_text(errors='replace')[-2000:]}"
+
+        with fuse_served(proc, mnt, 30, failed, daemonizes=True) as served:
+            yield served
+
+
+@pytest.fixture(scope="session")
+def erofs_utils() -> ErofsUtils:
+    """erofs-utils 1.9.3; skip (fail in CI) when `make oracle` has not built it."""
+    where = find_erofs_utils()
+    if where is None:
+        reason = "erofs-utils 1.9.3 is not built: run `make oracle` (or set NYDUS_EROFS_UTILS=DIR)"
+        if REQUIRE_ORACLE:
+            pytest.fail(f"{reason} (required in CI)")
+        pytest.skip(reason)
+    return ErofsUtils(where)

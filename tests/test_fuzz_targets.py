@@ -15,7 +15,7 @@ import pytest
 from fuzz.targets import TARGETS
 
 RUNNER = Path(__file__).resolve().parent / "fuzz" / "run_atheris.py"
-RUNS = {"layer": 1500, "rafs_v6": 3000, "rafs_v5": 3000, "mount": 1500}
+RUNS = {"layer": 1500, "rafs_v6": 3000, "rafs_v5": 3000, "mount": 1500, "erofs": 3000}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -127,7 +127,8 @@ class SuperBlock(Record):
     s_devt_slotoff: int = DEVT_SLOTOFF
 
     @classmethod
-    def parse(cls, buf, offset: int = SUPERBLOCK_OFFSET) -> SuperBlock:
+    def parse(cls, buf, offset: int = SUPERBLOCK_OFFSET, *, rafs: bool = True) -> SuperBlock:
+        """``rafs=False``: the EROFS part only (a plain EROFS image; formats.erofs checks its features)."""
         sb = cls(**SUPERBLOCK.unpack(buf, offset))
         if sb.s_magic != EROFS_MAGIC:
             raise SUPERBLOCK.error(
@@ -137,6 +138,8 @@ class SuperBlock(Record):
             raise SUPERBLOCK.error(
                 "s_blkszbits", offset, "block size must be 4096 (12) or 512 (9)", sb.s_blkszbits
             )
+        if not rafs:
+            return sb
         if not sb.s_feature_compat & FEATURE_COMPAT_RAFS_V6:
             raise SUPERBLOCK.error(
                 "s_feature_compat", offset, "RAFS v6 compat bit missing", sb.s_feature_compat
@@ -487,8 +490,17 @@ _COMPACT = INODE_COMPACT.struct
 _EXTENDED = INODE_EXTENDED.struct
 
 
-def parse_inode(buf, offset: int, nid: int) -> Inode:
-    """Decode the inode at absolute ``offset`` (nid only for messages)."""
+#: The data layouts of a plain EROFS image (RAFS v6 has no compressed files).
+PLAIN_EROFS_LAYOUTS = frozenset(range(5))
+_RAFS_LAYOUTS = frozenset((LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE, LAYOUT_CHUNK_BASED))
+#: i_format bit 4: a compact non-directory inode with one link keeps a block address MSB where nlink was;
+#: a directory omits its "." dirent.
+I_NLINK_1 = 0x10
+
+
+def parse_inode(buf, offset: int, nid: int, *, plain_erofs: bool = False) -> Inode:
+    """Decode the inode at absolute ``offset`` (nid only for messages). ``plain_erofs``: as mkfs.erofs
+    writes it (compressed layouts, i_format bit 4)."""
     if offset < 0 or offset + 2 > len(buf):
         raise FormatError("erofs inode", f"nid {nid} lies past the end of the bootstrap", offset=offset)
     fmt = buf[offset] | buf[offset + 1] << 8
@@ -504,10 +516,12 @@ def parse_inode(buf, offset: int, nid: int) -> Inode:
         if offset + _COMPACT.size > len(buf):
             need(buf, offset, _COMPACT.size, layout.name)
         ino = Inode(*_COMPACT.unpack_from(buf, offset))
-    if fmt & ~0xF:
+    if fmt & ~(0x1F if plain_erofs else 0xF):
         raise layout.error("i_format", offset, f"unknown format bits in inode nid {nid}", fmt)
-    if (fmt >> 1) & 0x7 not in (LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE, LAYOUT_CHUNK_BASED):
+    if (fmt >> 1) & 0x7 not in (PLAIN_EROFS_LAYOUTS if plain_erofs else _RAFS_LAYOUTS):
         raise layout.error("i_format", offset, f"unsupported data layout in inode nid {nid}", fmt)
+    if fmt & I_NLINK_1 and not fmt & 1 and ino.i_mode & 0o170000 != 0o040000:
+        ino.i_nlink = 1
     if ino.i_nlink == 0:
         raise layout.error("i_nlink", offset, f"inode nid {nid} has no links", 0)
     return ino

@@ -55,6 +55,8 @@
 ``bootstrap.layout``   inodes, their data and chunk indexes, and the fixed tables never overlap
 ``bootstrap.prefetch`` prefetch table entries are inodes of the tree
 ``roundtrip``          the layer's tree equals the source tar's (``source=``)
+``erofs.*``            a plain EROFS image instead of all the above but ``roundtrip``: superblock, inodes
+                       and directories, link counts, every file's data reads (``verify.erofs``)
 =====================  =======================================================================
 
 The checks live in one module each, by the structure they check (this package's index):
@@ -90,13 +92,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..layer import Layer
+from ..layer import KIND_EROFS, Layer
 from .blob_ids import _check_blob_ids
 from .blob_meta import _check_blob_meta, _check_chunk_layout
 from .blob_table import _check_blob_entry
 from .blobs import _blob_layers
 from .bootstrap import _check_bootstrap
 from .chunks import ChunkRecord, ChunkVerifier, _check_chunks
+from .erofs import _check_erofs
 from .findings import DEFAULT_LIMIT, STAGES, Cancelled, Finding, Report, _guard
 from .layout import _check_layout
 from .roundtrip import _check_roundtrip
@@ -123,6 +126,14 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
+    if layer.kind == KIND_EROFS:
+        try:
+            _guard(run, "erofs.super", layer.path, _check_erofs, run)
+            if source is not None:
+                _check_roundtrip(run, source)
+        except Cancelled:
+            run.report.cancelled = True
+        return run.report
     try:
         run.ahead.start()
         _guard(run, "bootstrap", layer.path, _check_bootstrap, run)

@@ -83,7 +83,11 @@ class Finding:
 
     def __str__(self) -> str:
         text = f"{self.check}: {self.where}: {cut(self.message, 4 * SHOWN)}"
-        said = [f"{k} {_short(v)}" for k, v in (("expected", self.expected), ("found", self.found)) if v is not None]
+        said = [
+            f"{k} {_short(v)}"
+            for k, v in (("expected", self.expected), ("found", self.found))
+            if v is not None
+        ]
         return f"{text} ({', '.join(said)})" if said else text
 
 

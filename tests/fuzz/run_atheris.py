@@ -24,7 +24,11 @@ import trio  # noqa: E402, F401
 with atheris.instrument_imports():
     from targets import TARGETS, seeds
 
+    import nydus_inspect.erofs  # noqa: F401
+    import nydus_inspect.erofs_codecs  # noqa: F401
     import nydus_inspect.formats.blob_meta  # noqa: F401
+    import nydus_inspect.formats.erofs  # noqa: F401
+    import nydus_inspect.formats.erofs_zmap  # noqa: F401
     import nydus_inspect.formats.rafs_v5  # noqa: F401
     import nydus_inspect.formats.rafs_v6  # noqa: F401
     import nydus_inspect.formats.tar_header  # noqa: F401

@@ -327,7 +327,44 @@ def fuzz_mount(data: bytes) -> None:
         sources.close()
 
 
+def fuzz_erofs(data: bytes) -> None:
+    """A plain EROFS image in memory: superblock, inodes, xattrs, directories, block maps, compressed
+    indexes, and each pcluster decoded (at most MAX_NODES extents)."""
+    from nydus_inspect import erofs_codecs
+    from nydus_inspect.erofs import FRAGMENT_BLOB, Z_BLOB, Z_PARTIAL, Erofs
+    from nydus_inspect.formats import erofs
+
+    if len(data) >= 4096 and data[1032] & erofs.FEATURE_COMPAT_SB_CHKSUM:
+        # Most mutations land in the first block, which the superblock checksum covers: set it again so that
+        # they reach the inodes and indexes there (a wrong checksum has its own test).
+        fixed = bytearray(data)
+        fixed[1028:1032] = erofs.sb_checksum(fixed).to_bytes(4, "little")
+        data = bytes(fixed)
+    try:
+        r = Erofs(data)
+        decoded = 0
+        for i, node in enumerate(r.walk()):
+            if i >= MAX_NODES:
+                break
+            node.to_json()
+            if node.type != REG:
+                continue
+            for c in r.chunks(node):
+                if c.blob_index < Z_BLOB or decoded >= MAX_NODES:
+                    continue
+                decoded += 1
+                if c.blob_index == FRAGMENT_BLOB:
+                    r.packed_read(c.compressed_offset, c.uncompressed_size)
+                    continue
+                fmt, partial = (c.blob_index - Z_BLOB) % Z_PARTIAL, c.blob_index - Z_BLOB >= Z_PARTIAL
+                raw = data[c.compressed_offset : c.compressed_offset + c.compressed_size]
+                erofs_codecs.decode(raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, 0)
+    except EXPECTED:
+        pass
+
+
 TARGETS = {
+    "erofs": fuzz_erofs,
     "tar_header": fuzz_tar_header,
     "layer_tar": fuzz_layer_tar,
     "toc": fuzz_toc,
@@ -354,7 +391,9 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
     import zstandard
 
     inline_boot = zstandard.ZstdDecompressor().decompress(toc_blob[7997 : 7997 + 501])
+    erofs_images = [boot] + _erofs_seeds()
     return {
+        "erofs": erofs_images,
         "tar_header": [toc_blob[-512:], data_blob[-512:], toc_blob[2829 : 2829 + 512]],
         "layer_tar": [
             read("nydus/tar/" + name)
@@ -366,7 +405,7 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "rafs_v6": [boot, inline_boot],
         "rafs_v5": [v5],
         "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
-        "layer": [toc_blob, data_blob, boot, v5],
+        "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2]],
         "mount": [toc_blob, *_mount_seeds()],
     }
 
@@ -399,4 +438,42 @@ def _mount_seeds() -> list[bytes]:
             out.append(f.read())
     finally:
         os.unlink(blob)
+    return out
+
+
+def _erofs_seeds() -> list[bytes]:
+    """Small plain EROFS images made by erofs-utils 1.9.3 (`make oracle`), when it is built: uncompressed
+    with shared xattrs, lz4 with big pclusters and legacy indexes, lzma and zstd."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from oracle import find_erofs_utils
+
+    where = find_erofs_utils()
+    if where is None:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "src")
+        os.makedirs(os.path.join(src, "d"))
+        for i in range(3):
+            with open(os.path.join(src, "d", f"f{i}"), "wb") as f:
+                f.write(b"".join(b"line %d\n" % k for k in range(3000 * (i + 1))))
+            os.setxattr(os.path.join(src, "d", f"f{i}"), "user.x", b"shared")
+        os.symlink("d/f0", os.path.join(src, "link"))
+        opts = [
+            ["-x1"],
+            ["-zlz4hc", "-C16384", "-Elegacy-compress"],
+            ["-zlzma"],
+            ["-zzstd", "-C16384", "-Eztailpacking"],
+            ["-zlz4hc", "-Efragments", "--xattr-prefix=user."],
+        ]
+        for k, o in enumerate(opts):
+            img = os.path.join(tmp, f"{k}.erofs")
+            subprocess.run(
+                [str(where / "mkfs.erofs"), "--quiet", "-T0", *o, img, src], check=True, capture_output=True
+            )
+            with open(img, "rb") as f:
+                out.append(f.read())
     return out
