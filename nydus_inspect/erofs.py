@@ -145,13 +145,13 @@ class Erofs(RafsV6):
         return t
 
     def _xattrs(self, nid: int, off: int, ino: rafs_v6.Inode) -> dict[bytes, bytes]:
-        return erofs.parse_xattrs(
+        return rafs_v6.parse_xattrs(
             self.buf,
             off + ino.inode_size,
             ino.i_xattr_icount,
             nid,
-            shared_base=self.esb.shared_xattr_offset,
-            prefixes=self.prefixes,
+            self.esb.shared_xattr_offset,
+            self.prefixes,
         )
 
     def layout_name(self, nid: int) -> str:

@@ -205,7 +205,7 @@ def check_sb_checksum(buf, recorded: int) -> None:
 
 # ---------------------------------------------------------------------------- xattrs
 
-XATTR_LONG_PREFIX = 0x80
+XATTR_LONG_PREFIX = rafs_v6.XATTR_LONG_PREFIX
 #: The short prefixes an entry's name index selects (index 5, lustre, is not kept by Linux and never made).
 SHORT_PREFIXES = rafs_v6.XATTR_PREFIXES
 
@@ -249,82 +249,6 @@ def parse_long_prefixes(buf, esb: ErofsSuper, size: int | None = None) -> list[b
             )
         out.append(short + bytes(buf[pos + 3 : pos + 2 + size]))
         pos += 2 + size
-    return out
-
-
-def _entry(buf, pos: int, end: int, what: str, prefixes: list[bytes]) -> tuple[bytes, bytes, int]:
-    """(name, value, next position) of the xattr entry at ``pos``, which must end by ``end``."""
-    if pos + 4 > end:
-        raise FormatError("erofs xattr entry", f"{what}: entry header runs past its area", offset=pos)
-    name_len, index, value_size = struct.unpack_from("<BBH", buf, pos)
-    total = 4 + name_len + value_size
-    if pos + total > end:
-        raise FormatError("erofs xattr entry", f"{what}: entry runs past its area", offset=pos, value=total)
-    if index & XATTR_LONG_PREFIX:
-        k = index & 0x7F
-        if k >= len(prefixes):
-            raise FormatError(
-                "erofs xattr entry",
-                f"{what}: long prefix {k} of {len(prefixes)}",
-                field="e_name_index",
-                offset=pos + 1,
-                value=index,
-            )
-        prefix = prefixes[k]
-    else:
-        prefix = SHORT_PREFIXES.get(index)
-        if prefix is None:
-            raise FormatError(
-                "erofs xattr entry",
-                f"{what}: unknown name index",
-                field="e_name_index",
-                offset=pos + 1,
-                value=index,
-            )
-    name = prefix + bytes(buf[pos + 4 : pos + 4 + name_len])
-    return name, bytes(buf[pos + 4 + name_len : pos + total]), pos + round_up(total, 4)
-
-
-def parse_xattrs(
-    buf, offset: int, icount: int, nid: int, *, shared_base: int, prefixes: list[bytes]
-) -> dict[bytes, bytes]:
-    """An inode's xattrs: its shared ones (ids into the shared xattr area at ``shared_base``) and its inline
-    ones, starting right after the inode at ``offset``; long name prefixes from ``prefixes``."""
-    if icount == 0:
-        return {}
-    size = rafs_v6.XATTR_IBODY_HEADER + (icount - 1) * 4
-    end = offset + size
-    if end > len(buf):
-        raise FormatError(
-            "erofs xattr area", f"inode nid {nid}: runs past the image", offset=offset, value=size
-        )
-    shared = buf[offset + 4]
-    pos = offset + rafs_v6.XATTR_IBODY_HEADER + 4 * shared
-    if pos > end:
-        raise FormatError(
-            "erofs xattr area",
-            f"inode nid {nid}: {shared} shared xattr ids do not fit in the area",
-            field="h_shared_count",
-            offset=offset + 4,
-            value=shared,
-        )
-    out: dict[bytes, bytes] = {}
-    ids = struct.unpack_from(f"<{shared}I", buf, offset + rafs_v6.XATTR_IBODY_HEADER)
-    for k, xid in enumerate(ids):
-        at = shared_base + 4 * xid
-        if at < shared_base or at + 4 > len(buf):
-            raise FormatError(
-                "erofs xattr area",
-                f"inode nid {nid}: shared xattr id lies past the image",
-                offset=offset + rafs_v6.XATTR_IBODY_HEADER + 4 * k,
-                value=xid,
-            )
-        # A shared entry is bounded by the image only: its length comes from its own header.
-        name, value, _ = _entry(buf, at, len(buf), f"inode nid {nid} shared xattr {xid}", prefixes)
-        out[name] = value
-    while pos + 4 <= end:
-        name, value, pos = _entry(buf, pos, end, f"inode nid {nid}", prefixes)
-        out[name] = value
     return out
 
 

@@ -529,6 +529,8 @@ def parse_inode(buf, offset: int, nid: int, *, plain_erofs: bool = False) -> Ino
 
 # ---------------------------------------------------------------------------- xattrs
 
+#: An entry name index with this bit set selects a long prefix (plain EROFS images only).
+XATTR_LONG_PREFIX = 0x80
 XATTR_PREFIXES = {
     1: b"user.",
     2: b"system.posix_acl_access",
@@ -543,11 +545,14 @@ XATTR_ENTRY = struct.Struct("<BBH")  # e_name_len, e_name_index, e_value_size
 _U32 = struct.Struct("<I")
 
 
-def parse_xattrs(buf, offset: int, icount: int, nid: int, shared_base: int = 0) -> dict[bytes, bytes]:
+def parse_xattrs(
+    buf, offset: int, icount: int, nid: int, shared_base: int = 0, prefixes: list[bytes] = ()
+) -> dict[bytes, bytes]:
     """Decode an inode's xattrs: the area right after the inode at ``offset`` holds a 12-byte header whose
     h_shared_count ids name entries of the shared xattr area (entry ``id`` at ``shared_base + 4 * id``, where
     ``shared_base`` is the superblock's s_xattr_blkaddr in bytes), then the inline entries. Shared ones come
-    first, as the kernel lists them."""
+    first, as the kernel lists them. An entry whose name index has XATTR_LONG_PREFIX set takes its prefix from
+    ``prefixes`` (a plain EROFS image's long prefix table; nydus writes none)."""
     if icount == 0:
         return {}
     size = 12 + (icount - 1) * 4
@@ -570,16 +575,16 @@ def parse_xattrs(buf, offset: int, icount: int, nid: int, shared_base: int = 0) 
     for i in range(shared):
         xid = _U32.unpack_from(buf, offset + XATTR_IBODY_HEADER + 4 * i)[0]
         where = shared_base + 4 * xid
-        name, value, _ = _xattr_entry(buf, where, len(buf), nid, f"shared xattr id {xid}")
+        name, value, _ = _xattr_entry(buf, where, len(buf), nid, f"shared xattr id {xid}", prefixes)
         out[name] = value
     while pos + 4 <= end:
-        name, value, total = _xattr_entry(buf, pos, end, nid, "xattr")
+        name, value, total = _xattr_entry(buf, pos, end, nid, "xattr", prefixes)
         out[name] = value
         pos += (total + 3) & ~3
     return out
 
 
-def _xattr_entry(buf, pos: int, end: int, nid: int, what: str) -> tuple[bytes, bytes, int]:
+def _xattr_entry(buf, pos: int, end: int, nid: int, what: str, prefixes=()) -> tuple[bytes, bytes, int]:
     """(name, value, entry size) of the xattr entry at ``pos``, which must end by ``end``."""
     if pos + 4 > end:
         raise FormatError(
@@ -595,7 +600,19 @@ def _xattr_entry(buf, pos: int, end: int, nid: int, what: str) -> tuple[bytes, b
             offset=pos,
             value=total,
         )
-    prefix = XATTR_PREFIXES.get(index)
+    if index & XATTR_LONG_PREFIX:
+        k = index & 0x7F
+        if k >= len(prefixes):
+            raise FormatError(
+                "erofs xattr entry",
+                f"inode nid {nid}: {what}: long prefix {k} of {len(prefixes)}",
+                field="e_name_index",
+                offset=pos + 1,
+                value=index,
+            )
+        prefix = prefixes[k]
+    else:
+        prefix = XATTR_PREFIXES.get(index)
     if prefix is None:
         raise FormatError(
             "erofs xattr entry", f"inode nid {nid}: {what}: unknown name index", offset=pos + 1, value=index

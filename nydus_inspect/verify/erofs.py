@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import NydusInspectError
-from ..model import DIR, REG, fsdecode
-from ..query import FileIndex, WalkError, walk_tree
+from ..model import DIR, REG, WalkError, fsdecode
+from ..query import FileIndex
 from .findings import Finding, _exc_finding
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ def _check_erofs(run: _Run) -> None:
     dirs: dict[bytes, int] = {}  # directory path -> nid
     files = []
     run.tick("bootstrap", 0, total)
-    for n, node in enumerate(walk_tree(image, on_error=bad_walk)):
-        index.add_path(node.path)
+    for n, node in enumerate(image.walk(on_error=bad_walk)):
+        index.add_path(node.path, node.type == DIR)
         if node.type == DIR:
             names.setdefault(node.nid, 2)
             parent = dirs.get(node.path.rsplit(b"/", 1)[0] or b"/")
