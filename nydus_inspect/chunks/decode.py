@@ -233,7 +233,8 @@ class ChunkReader:
             data = ChunkReader._decoded(got[0], got[1], ref)
         except FormatError:
             data = None
-        if data is None or blob.digester.digest(data) != want:
+        # Stored bytes are checked as fetched ones are: against every recorded digest, not only the key.
+        if data is None or not _has_digests(blob, ref, blob.digester.digest(data)):
             blob.store.drop(blob.digester.value, want)
             return None
         return data
@@ -312,3 +313,8 @@ class ChunkReader:
         for i in missing:  # one by one: the blob's source fetches them together
             out[i] = self.decode(refs[i])
         return out
+
+
+def _has_digests(blob: Blob, ref: ChunkRef, got: bytes) -> bool:
+    """Whether ``got`` is every digest recorded for ``ref``."""
+    return all(got == want for _, want in blob.recorded_digests(ref))

@@ -100,3 +100,9 @@ class Blob:
         if digests is not None and 0 <= ref.ci_index < len(digests) and digests[ref.ci_index] != ref.digest:
             out.append(("blob.digest's", digests[ref.ci_index]))
         return out
+
+    def recorded_digest(self, ref: ChunkRef) -> bytes:
+        """The digest that names ``ref``'s bytes in a chunk store: the first of :meth:`recorded_digests`
+        (b"" when there is none)."""
+        wants = self.recorded_digests(ref)
+        return wants[0][1] if wants else b""
