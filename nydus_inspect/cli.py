@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    _warnings_to_stderr()
+    _warnings_to_stderr(getattr(args, "quiet", False))
     try:
         from . import imageref
 
@@ -676,9 +676,10 @@ def _tolerant_stdout() -> None:
             pass
 
 
-def _warnings_to_stderr() -> None:
-    """What the library logs at WARNING and above (a registry that cannot be reached, and the cached manifest
-    used instead) is said on stderr as the program's other warnings are. The mount daemon sets its own."""
+def _warnings_to_stderr(quiet: bool) -> None:
+    """What the library logs at WARNING and above (a registry that cannot be reached and the cached manifest
+    used instead, a tar member pack changes) is said on stderr, once, as ``nydus-inspect: warning: ...``;
+    with ``--quiet`` only errors are. The mount daemon sets its own."""
     import logging
 
     class Said(logging.Formatter):
@@ -688,7 +689,7 @@ def _warnings_to_stderr() -> None:
     logger = logging.getLogger("nydus_inspect")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setLevel(logging.WARNING)
+        handler.setLevel(logging.ERROR if quiet else logging.WARNING)
         handler.setFormatter(Said())
         logger.addHandler(handler)
 

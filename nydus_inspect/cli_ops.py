@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -49,13 +48,6 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _warnings_to_stderr(args) -> None:
-    if getattr(args, "quiet", False):
-        logging.basicConfig(level=logging.ERROR, format="nydus-inspect: %(message)s")
-    else:
-        logging.basicConfig(level=logging.WARNING, format="nydus-inspect: warning: %(message)s")
-
-
 def _pack_options(args, **extra):
     """PackOptions from --compressor, --digester and --chunk-size (shared by pack and convert)."""
     from .codecs import Compressor
@@ -77,7 +69,6 @@ def _pack_options(args, **extra):
 def cmd_pack(args) -> int:
     from .pack import pack
 
-    _warnings_to_stderr(args)
     opts = _pack_options(args, bootstrap=args.bootstrap)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
     with progress_bar(args, "pack", total) as update:
@@ -196,7 +187,6 @@ def cmd_corrupt(args) -> int:
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    _warnings_to_stderr(args)
     opts = _pack_options(args)
     from .imageref import destination, materialise
 

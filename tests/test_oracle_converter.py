@@ -150,7 +150,18 @@ def test_their_merge_equals_ours(oracle, layers, tmp_path):
         == their_blobs
     )
     assert info(ours)["prefetch"] == info(theirs)["prefetch"]
-    assert _tree(ours, blobs) == _tree(theirs, blobs)
+    our_tree, their_tree = _tree(ours, blobs), _tree(theirs, blobs)
+    # The one difference the README names: nydus-image merge gives each name of a non-regular hard link an
+    # inode of its own (nlink still 2); ours keeps the group. Everything else about those names is the same.
+    split = {
+        p
+        for p, node in their_tree.items()
+        if node["nlink"] > 1 and node.get("hardlink") == [p] and len(our_tree[p].get("hardlink", [])) > 1
+    }
+    assert all(their_tree[p]["type"] not in ("file", "dir") for p in split), split
+    for p in split:
+        del our_tree[p]["hardlink"], their_tree[p]["hardlink"]
+    assert our_tree == their_tree
     whiteouts = [
         p
         for p in json.loads(_ok(run_cli("ls", theirs, "-R", "--json", "--blob-dir", blobs)))

@@ -406,7 +406,11 @@ def test_cli_separate_bootstrap(tmp_path, fixture_tars):
         assert proc.stdout == expected[path].data
     assert run_cli("diff", src, boot, "--blob-dir", blobs).returncode == 0
     assert_tree_matches(expected, boot, blob_dir=str(blobs))
+    # Beside the bootstrap under another name, the blob is found by its sha256 (the bootstrap names it so).
+    proc = run_cli("cat", boot, "/data/small.txt")
+    assert proc.returncode == 0 and proc.stdout == expected[b"/data/small.txt"].data, proc.stderr
     # Without the blob, reading file data names what is missing.
+    blob.unlink()
     proc = run_cli("cat", boot, "/data/small.txt")
     assert_one_line_error(proc, 2, digest)
 
