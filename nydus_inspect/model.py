@@ -44,6 +44,12 @@ FT_OF_TYPE = {
 }
 #: The longest symlink target nydusd accepts.
 MAX_SYMLINK = 4096
+#: What a Linux kernel takes of a file: a name of NAME_MAX bytes at most, a symlink target shorter than
+#: PATH_MAX (with its NUL), a size that is a signed 64-bit offset and a time that is a signed 64-bit count of
+#: seconds (bootstraps hold unsigned 64-bit fields, so a value past KERNEL_MAX no mount can show).
+NAME_MAX = 255
+PATH_MAX = 4096
+KERNEL_MAX = (1 << 63) - 1
 
 # Field positions in the two inode layouts rafs_v6 declares, for RafsV6.attrs, and the dirent layout, for
 # RafsV6.dir_entries: the fast paths the mount lists and stats with.

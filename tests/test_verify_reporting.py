@@ -89,3 +89,27 @@ def test_diff_of_an_empty_layer_file_is_exit_2(tmp_path):
     empty = tmp_path / "empty.blob"
     empty.write_bytes(b"")
     assert "empty file" in assert_one_line_error(run_cli("diff", src, empty), 2)
+
+
+def test_values_no_kernel_takes_are_reported(tmp_path):
+    """The values a mount must refuse or clamp (a size or a time past a signed 64-bit number, nanoseconds past a
+    second) are findings of the field that holds them; the healthy inodes beside them are not."""
+    cases = {case.name: case for case in hostile.kernel_limits()}
+    want = {
+        "size-2^63": ("i_size", str((1 << 63) + 1)),
+        "size-2^64-1": ("i_size", str((1 << 64) - 1)),
+        "dir-size-2^64-1": ("i_size", str((1 << 64) - 1)),
+        "mtime-2^63": ("i_mtime", str(1 << 63)),
+        "dir-mtime-2^64-1": ("i_mtime", str((1 << 64) - 1)),
+        "mtime-max-nsec": ("i_mtime_nsec", str((1 << 32) - 1)),
+    }
+    for name, (field, found) in want.items():
+        path = tmp_path / f"{name}.boot"
+        cases[name].write(path)
+        findings = [f for f in _verify_json(path) if f.get("field") == field and "kernel" in f["message"]]
+        assert [(f["check"], f["path"], f["found"]) for f in findings] == [
+            ("bootstrap.inode", "/bad", found)
+        ], (
+            name,
+            _verify_json(path),
+        )

@@ -24,12 +24,11 @@ from ..codecs import Compressor
 from ..errors import FormatError
 from ..formats.tar_header import IMAGE_BLOB
 from ..layer import Layer, _zstd_frame_size
+from ..model import NAME_MAX
 from .sources import BlobView
 
 #: Virtual inode numbers start here; image inodes are RAFS nids, far below (a bootstrap is at most 1 GiB).
 VIRTUAL_BASE = 1 << 56
-#: Longest file name the kernel looks up.
-NAME_MAX = 255
 ROOT_INODE = 1
 #: Entries at most this large (decompressed) are produced whole and checked against the ToC's sha256 when
 #: read; larger uncompressed ones (image.blob) are served by range straight from the file.

@@ -51,7 +51,7 @@ from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..formats import rafs_v6
 from ..merge import WHITEOUT_PREFIX
-from ..model import _LRU, fsdecode
+from ..model import _LRU, KERNEL_MAX, NAME_MAX, fsdecode
 from .entries import (
     LOG_XATTR,
     PID_XATTR,
@@ -100,14 +100,12 @@ STORE_QUEUE_BYTES = 32 << 20
 
 #: What the kernel takes: a size is a signed 64-bit offset (FUSE answers EIO for a larger one), a time a signed
 #: 64-bit count of seconds; bootstraps hold unsigned 64-bit fields.
-MAX_OFF = (1 << 63) - 1
+MAX_OFF = KERNEL_MAX
 MAX_TIME_NS = MAX_OFF * 1_000_000_000 + 999_999_999
 #: File types the kernel accepts in an attribute reply (any other is EIO there).
 KERNEL_TYPES = frozenset(
     (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 )
-#: Longest name the kernel looks up (NAME_MAX).
-NAME_MAX = 255
 #: Failing inodes named by their path in log lines (each costs a walk of the tree); later ones by nid.
 WHERE_WALKS = 32
 

@@ -16,7 +16,19 @@ from ..formats._struct import round_up
 from ..formats.tar_header import (
     IMAGE_BOOT,
 )
-from ..model import DIR, FT_OF_TYPE, REG, SYMLINK, WALK_LINKED_TWICE, WalkError, fsdecode, node_type
+from ..model import (
+    DIR,
+    FT_OF_TYPE,
+    KERNEL_MAX,
+    NAME_MAX,
+    PATH_MAX,
+    REG,
+    SYMLINK,
+    WALK_LINKED_TWICE,
+    WalkError,
+    fsdecode,
+    node_type,
+)
 from ..query import FileIndex
 from .findings import Finding, _exc_finding, _show
 
@@ -122,10 +134,6 @@ def _check_bootstrap(run: _Run) -> None:
     tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
 
-
-#: Linux's limits on what a file system can create: a name's bytes, and a symlink target's with its NUL.
-NAME_MAX = 255
-PATH_MAX = 4096
 
 _SB, _EXT, _DEV, _BLOB, _CT = (
     rafs_v6.SUPERBLOCK,
@@ -509,6 +517,23 @@ class _Tree:
         ibad = self._field_reporter("bootstrap.inode", ino.layout, off, path=fsdecode(node.path))
         if ino.i_ino > self.sb.s_inos:
             ibad("i_ino", "inode number beyond the superblock's s_inos", f"<= {self.sb.s_inos}", ino.i_ino)
+        # Values no kernel takes: a mount must refuse the inode (EIO) or show another value than recorded.
+        if ino.i_size > KERNEL_MAX:
+            ibad("i_size", "size past the largest a kernel takes (2^63 - 1)", f"<= {KERNEL_MAX}", ino.i_size)
+        if ino.extended and ino.i_mtime > KERNEL_MAX:
+            ibad(
+                "i_mtime",
+                "time past the largest a kernel takes (2^63 - 1 s)",
+                f"<= {KERNEL_MAX}",
+                ino.i_mtime,
+            )
+        if ino.extended and ino.i_mtime_nsec >= 1_000_000_000:
+            ibad(
+                "i_mtime_nsec",
+                "nanoseconds past a second: no kernel takes them",
+                "< 1000000000",
+                ino.i_mtime_nsec,
+            )
         if node.xattrs and not self.has_xattrs:
             self.has_xattrs = fsdecode(node.path)
         if ino.i_xattr_icount and self.rafs.buf[off + ino.inode_size + 4]:
