@@ -3,7 +3,8 @@
 1. `unpack --to-dir` of about 21,000 entries at depth 10, 100 and 1,000 (the same number of entries, more
    of them directories as the tree deepens): the time per entry must not grow with depth.
 2. Peak RSS of each command on the 4 GiB file made of one chunk repeated (a layer of about 1 MB), on the
-   bootstrap of 4,000 nested 255-byte directory names and on the file with 20,000 hard links.
+   bootstrap of 4,000 nested 255-byte directory names, on the file with 20,000 hard links and on the 2 GB
+   tar of bench/make_rootfs.sh --big (when it is there; BENCH_BIG=0 skips it).
 3. `cat` of every file through the mount (root and /dev/fuse) of 10,000, 100,000 and 200,000 empty files (in
    directories of 1,000), with the mount's read-ahead on and off: the time per file must not grow with the
    count (the growth exponent of time in count is 1.0 when linear). BENCH_MOUNT_FILES=10000,100000 picks the
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import hostile  # noqa: E402
-from _common import NYDUS, ROOT, load_note, run_once  # noqa: E402
+from _common import BENCH_DIR, NYDUS, ROOT, load_note, run_once  # noqa: E402
 
 ENTRIES = 21_000
 
@@ -82,11 +83,26 @@ def memory(work: Path) -> None:
         ("4 GiB dedup file", "diff", ["diff", bomb_tar, bomb]),
         ("4 GiB dedup file", "verify --source", ["verify", "-q", bomb, "--source", bomb_tar]),
         ("4,000 x 255-byte dirs", "merge", ["merge", deep, "-o", work / "merged.boot"]),
+        ("4,000 x 255-byte dirs", "verify", ["verify", "-q", deep]),
+        ("4,000 x 255-byte dirs", "ls -R", ["ls", "-R", deep]),
+        ("4,000 x 255-byte dirs", "unpack -o -", ["unpack", "-q", deep, "-o", "-"]),
         ("20k hard links", "pack", ["pack", "-q", links_tar, "-o", links]),
         ("20k hard links", "diff", ["diff", links_tar, links]),
         ("20k hard links", "unpack -o -", ["unpack", "-q", links, "-o", "-"]),
         ("20k hard links", "unpack --to-dir", ["unpack", "-q", links, "--to-dir", out]),
     ]
+    big = BENCH_DIR / "big.tar"
+    if big.exists() and os.environ.get("BENCH_BIG", "1") != "0":
+        big_blob = work / "big.blob"
+        runs += [
+            ("2 GB tar", "pack", ["pack", "-q", big, "-o", big_blob]),
+            ("2 GB tar", "unpack -o -", ["unpack", "-q", big_blob, "-o", "-"]),
+            ("2 GB tar", "unpack --to-dir", ["unpack", "-q", big_blob, "--to-dir", out]),
+            ("2 GB tar", "verify", ["verify", "-q", big_blob]),
+            ("2 GB tar", "verify --source", ["verify", "-q", big_blob, "--source", big]),
+            ("2 GB tar", "diff", ["diff", big, big_blob]),
+            ("2 GB tar", "cat (50 MB file)", ["cat", big_blob, "/big/blob00.bin"]),
+        ]
     print(f"peak RSS by command ({load_note()})")
     print(f"{'input':<24} {'command':<18} {'seconds':>8} {'peak RSS MiB':>13}")
     worst = 0
