@@ -57,7 +57,7 @@ def depth_series(work: Path, repeat: int) -> None:
         for _ in range(repeat):
             out = work / "out"
             _rmtree(out)
-            wall, kib = run_once([*NYDUS, "unpack", "-q", str(blob), "--to-dir", str(out)])
+            wall, kib, _ = run_once([*NYDUS, "unpack", "-q", str(blob), "--to-dir", str(out)])
             walls.append(wall)
             rss = max(rss, kib)
         _rmtree(work / "out")
@@ -108,7 +108,7 @@ def memory(work: Path) -> None:
     worst = 0
     for what, name, args in runs:
         _rmtree(out)
-        wall, kib = run_once([*NYDUS, *map(str, args)])
+        wall, kib, _ = run_once([*NYDUS, *map(str, args)])
         (work / "bomb.tar").unlink(missing_ok=True)
         worst = max(worst, kib)
         print(f"{what:<24} {name:<18} {wall:>8.2f} {kib / 1024:>13.0f}")

@@ -520,7 +520,9 @@ class Layer:
     def _bootstrap_from_tar(self) -> bytes:
         import tarfile  # only bootstrap layers (image/image.boot in a tar) need it
 
-        raw = io.BytesIO(self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size])
+        # Read through slices of the map: tarfile looks at headers and seeks past data, so a big layer tar is
+        # neither copied whole (as BytesIO would) nor, when remote, fetched whole.
+        raw = io.BufferedReader(_SliceReader(self._map, self.size), 64 << 10)
         try:
             if self._map[:2] == b"\x1f\x8b":
                 import gzip
@@ -865,3 +867,30 @@ class _SourceBytes:
             raise TypeError("only contiguous slices of a remote blob are read")
         start, stop, _ = key.indices(self.source.size)
         return self.source.pread(start, max(0, stop - start), "blob") if stop > start else b""
+
+
+class _SliceReader(io.RawIOBase):
+    """A seekable reader over the first ``size`` bytes of anything sliced as bytes are (an mmap, _SourceBytes)."""
+
+    def __init__(self, buf, size: int) -> None:
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.buf[self.pos : min(self.size, self.pos + len(b))] if self.pos < self.size else b""
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos

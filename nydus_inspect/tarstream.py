@@ -346,9 +346,9 @@ class _Source:
         if mapped is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
             mapped.madvise(mmap.MADV_SEQUENTIAL)
 
-    def _release(self) -> None:
+    def _release(self, pos: int | None = None) -> None:
         # Keep one step behind the reader mapped: pack workers pread the data, never through the map.
-        upto = (self.pos - self.RELEASE_STEP) // mmap.PAGESIZE * mmap.PAGESIZE
+        upto = ((self.pos if pos is None else pos) - self.RELEASE_STEP) // mmap.PAGESIZE * mmap.PAGESIZE
         if upto > self.released and hasattr(mmap, "MADV_DONTNEED"):
             self.mapped.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)
             self.released = upto
@@ -398,15 +398,17 @@ class _Source:
     def file(self, size: int) -> BinaryIO:
         """A reader of the next ``size`` bytes (a member's data)."""
         if self.mapped is not None:
-            return _MappedFile(self.mapped, self.pos, size)  # type: ignore[return-value]
+            return _MappedFile(self, self.pos, size)  # type: ignore[return-value]
         return _Limited(self, size)  # type: ignore[return-value]
 
 
 class _MappedFile:
-    """``read(n)`` over ``size`` bytes of a mapped tar from ``start``; copies only what is read."""
+    """``read(n)`` over ``size`` bytes of a mapped tar from ``start``; copies only what is read, and lets the
+    pages behind it go as the source does (a file of gigabytes read through the map would keep them all)."""
 
-    def __init__(self, mapped: mmap.mmap, start: int, size: int) -> None:
-        self.mapped = mapped
+    def __init__(self, source: _Source, start: int, size: int) -> None:
+        self.source = source
+        self.mapped = source.mapped
         self.pos = start
         self.end = start + size
 
@@ -414,6 +416,8 @@ class _MappedFile:
         stop = self.end if n < 0 else min(self.end, self.pos + n)
         data = self.mapped[self.pos : stop]
         self.pos = stop
+        if stop - self.source.released >= 2 * _Source.RELEASE_STEP:
+            self.source._release(stop)
         return data
 
 

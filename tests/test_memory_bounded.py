@@ -93,3 +93,33 @@ def test_diff_of_many_hard_links_is_linear(tmp_path):
     next(hostile.many_hardlinks()).write(src)
     _ok(hostile.run_limited("pack", "-q", src, "-o", tmp_path / "links.blob"))
     _ok(hostile.run_limited("diff", src, tmp_path / "links.blob", timeout=60))
+
+
+def test_a_big_plain_tar_is_not_read_whole_to_learn_it_is_no_bootstrap_layer(tmp_path):
+    """A plain tar is first tried as a bootstrap layer (image/image.boot in a tar): looking for that member
+    reads headers and seeks past data, so a 1 GiB member (a sparse file here, read as zeros) costs neither a
+    copy of the tar nor its pages. The tar is mapped, which RLIMIT_AS counts: peak RSS is measured instead, by
+    a parent of its own (RUSAGE_CHILDREN of this process would count earlier tests' children too)."""
+    import sys
+    import tarfile
+
+    tar = tmp_path / "big.tar"
+    info = tarfile.TarInfo("big.bin")
+    info.size = BOMB
+    with open(tar, "wb") as f:
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        f.seek(BOMB, os.SEEK_CUR)
+        f.write(bytes(1024))
+    measure = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run(sys.argv[1:], capture_output=True); "
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.decode().strip())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", measure, sys.executable, "-m", "nydus_inspect", "diff", str(tar), str(tar)],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    code, peak_kib, said = out.split(maxsplit=2)
+    assert (code, said.strip()) == ("0", "no differences"), out
+    assert int(peak_kib) < 256 << 10, f"peak RSS {int(peak_kib) >> 10} MiB"
