@@ -263,6 +263,19 @@ class RafsV6:
         """The xattrs of inode ``nid`` at ``off`` (a plain EROFS image adds shared ones and long prefixes)."""
         return rafs_v6.parse_xattrs(self.buf, off + ino.inode_size, ino.i_xattr_icount, nid, self._xattr_base)
 
+    def _data_blocks(self, nid: int, off: int, ino: rafs_v6.Inode, length: int) -> bytes:
+        """``length`` bytes of inode ``nid``'s data blocks, from block i_u (the inode is at ``off``)."""
+        start = ino.i_u * BLOCK_SIZE
+        if start + length > self.size:
+            raise FormatError(
+                "erofs inode",
+                f"nid {nid}: data block lies past the bootstrap",
+                field="i_u",
+                offset=off + 16,
+                value=ino.i_u,
+            )
+        return bytes(self.buf[start : start + length])
+
     def _inline_data(self, nid: int, ino: rafs_v6.Inode, limit: int) -> bytes:
         """The data of a FLAT_PLAIN or FLAT_INLINE inode (directory blocks or symlink target)."""
         size = ino.i_size
@@ -277,31 +290,13 @@ class RafsV6:
             )
         layout = ino.datalayout
         if layout == rafs_v6.LAYOUT_FLAT_PLAIN:
-            start = ino.i_u * BLOCK_SIZE
-            if start + size > self.size:
-                raise FormatError(
-                    "erofs inode",
-                    f"nid {nid}: data block lies past the bootstrap",
-                    field="i_u",
-                    offset=off + 16,
-                    value=ino.i_u,
-                )
-            return bytes(self.buf[start : start + size])
+            return self._data_blocks(nid, off, ino, size)
         if layout == rafs_v6.LAYOUT_FLAT_INLINE:
             full = size // BLOCK_SIZE * BLOCK_SIZE
             tail = size - full
             parts = []
             if full:
-                start = ino.i_u * BLOCK_SIZE
-                if start + full > self.size:
-                    raise FormatError(
-                        "erofs inode",
-                        f"nid {nid}: data block lies past the bootstrap",
-                        field="i_u",
-                        offset=off + 16,
-                        value=ino.i_u,
-                    )
-                parts.append(bytes(self.buf[start : start + full]))
+                parts.append(self._data_blocks(nid, off, ino, full))
             tstart = off + ino.inode_size + ino.xattr_size
             if tstart + tail > self.size or (tstart % BLOCK_SIZE) + tail > BLOCK_SIZE:
                 raise FormatError(
