@@ -33,13 +33,33 @@ def _chunk_of(boot: Path, blob: Path, path: str, k: int = 0):
         return r.chunks(r.lookup(path))[k]
 
 
-def _damage(tmp: Path, tar: Path, path: str, *, cut_chunk_table: bool, rewrite_record: bool = False) -> dict:
+def _damage(
+    tmp: Path,
+    tar: Path,
+    path: str,
+    *,
+    cut_chunk_table: bool,
+    rewrite_record: bool = False,
+    crc_only: bool = False,
+) -> dict:
     """Pack ``tar`` with a separate bootstrap, flip a byte of ``path``'s first chunk in the blob, and when
     asked zero the chunk table's place in the bootstrap (readers then know chunks from blob.meta only), or
     rewrite the chunk's record there to the digest of its damaged bytes (a raw chunk: they decode)."""
     blob, boot = tmp / "layer.blob", tmp / "layer.boot"
     pack_layer(tar, blob, chunk_size=0x1000, bootstrap=str(boot))
     chunk = _chunk_of(boot, blob, path)
+    if crc_only:
+        # The data and every digest stay right; the bootstrap's record of the chunk's CRC32C is wrong.
+        raw = bytearray(boot.read_bytes())
+        with open_layer(str(boot), blobs=[str(blob)]) as layer:
+            r = layer.rafs
+            base = r.ext.s_chunk_table_offset
+            rows = list(r.chunk_table_entries())
+        [i] = [i for i, e in enumerate(rows) if (e.blob_index, e.index) == (chunk.blob_index, chunk.ci_index)]
+        at = base + i * rafs_v6.CHUNK_TABLE_ENTRY.size + rafs_v6.CHUNK_TABLE_ENTRY.offsets["crc32"]
+        raw[at] ^= 0x55
+        boot.write_bytes(raw)
+        return {"blob": blob, "boot": boot, "path": path, "chunk": chunk, "name": chunk.name}
     data = bytearray(blob.read_bytes())
     data[chunk.compressed_offset + chunk.compressed_size // 2] ^= 0x55
     blob.write_bytes(data)
@@ -74,7 +94,7 @@ def _damage(tmp: Path, tar: Path, path: str, *, cut_chunk_table: bool, rewrite_r
     }
 
 
-@pytest.fixture(scope="module", params=["chunk-table", "blob-meta-only", "blob-digest-only"])
+@pytest.fixture(scope="module", params=["chunk-table", "blob-meta-only", "blob-digest-only", "crc-only"])
 def damaged(request, fixture_tars, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp(request.param)
     return _damage(
@@ -83,6 +103,7 @@ def damaged(request, fixture_tars, tmp_path_factory) -> dict:
         RAW_FILE,
         cut_chunk_table=request.param == "blob-meta-only",
         rewrite_record=request.param == "blob-digest-only",
+        crc_only=request.param == "crc-only",
     )
 
 
@@ -147,6 +168,12 @@ def test_tui_chunk_check_and_preview_refuse(damaged):
         assert data is None or findings
         assert {(f.blob_index, f.chunk) for f in findings} == {(chunk.blob_index, chunk.ci_index)}
         node = layer.rafs.lookup(damaged["path"])
+        if damaged["boot"].parent.name.startswith("crc-only"):
+            # The one gap left: the preview resolves chunks from blob.meta and blob.digest (not to key the whole
+            # chunk table on a click), so a CRC32C only the bootstrap's chunk table records is not compared
+            # there. Pinned, so that closing the gap shows here.
+            assert view.read_head(node)
+            return
         with pytest.raises(NydusInspectError, match=damaged["name"]):
             view.read_head(node)
 

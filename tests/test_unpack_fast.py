@@ -154,6 +154,7 @@ def test_decode_many_out_of_blob_order(tmp_path):
         chunks = _chunks(layer)
         source = layer.blob_file(0).source
         assert layer.chunk_reader.blob_of(0).digests  # blob.digest, read once for every check, not counted
+        assert layer.chunk_infos is not None  # blob.meta's records (their CRC32Cs): the same
         order = chunks[::-1] + chunks[::3] + chunks[5:40]
         preads: list = []
         real = source.pread

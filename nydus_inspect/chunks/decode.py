@@ -241,7 +241,7 @@ class ChunkReader:
 
     @staticmethod
     def check(blob: Blob, ref: ChunkRef, data) -> None:
-        """Refuse ``data`` unless it has ``ref``'s recorded digest (or, without one, its recorded CRC32C)."""
+        """Refuse ``data`` unless it has every digest and CRC32C recorded for ``ref``."""
         wants = blob.recorded_digests(ref)
         if wants:
             got = blob.digester.digest(data)
@@ -252,14 +252,16 @@ class ChunkReader:
                         f"{blob.digester.value} digest {got.hex()} differs from {where} {want.hex()}",
                         offset=ref.compressed_offset,
                     ).located(blob.path)
-        elif ref.crc32 is not None:
+        crcs = blob.recorded_crcs(ref)
+        if crcs:
             got_crc = crc32c(data)
-            if got_crc != ref.crc32:
-                raise FormatError(
-                    ref.name,
-                    f"CRC32C {got_crc:#010x} differs from the recorded {ref.crc32:#010x}",
-                    offset=ref.compressed_offset,
-                ).located(blob.path)
+            for where, want_crc in crcs:
+                if got_crc != want_crc:
+                    raise FormatError(
+                        ref.name,
+                        f"CRC32C {got_crc:#010x} differs from {where} {want_crc:#010x}",
+                        offset=ref.compressed_offset,
+                    ).located(blob.path)
 
     # ------------------------------------------------------------------ many chunks
     def decode_group(self, refs: list[ChunkRef], verify: bool = True) -> list:

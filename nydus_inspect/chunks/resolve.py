@@ -101,6 +101,18 @@ class Blob:
             out.append(("blob.digest's", digests[ref.ci_index]))
         return out
 
+    def recorded_crcs(self, ref: ChunkRef) -> list[tuple[str, int]]:
+        """Every CRC32C ``ref``'s bytes must have, with where it is recorded: ``ref``'s own and blob.meta's
+        record of the chunk, as verify compares both (a digest that matches does not excuse a CRC that does
+        not: a reader refuses what verify reports)."""
+        out = [("the recorded", ref.crc32)] if ref.crc32 is not None else []
+        infos = self.layer.chunk_infos
+        if infos is not None and 0 <= ref.ci_index < len(infos):
+            crc = infos[ref.ci_index].crc32
+            if crc is not None and crc != ref.crc32:
+                out.append(("blob.meta's", crc))
+        return out
+
     def recorded_digest(self, ref: ChunkRef) -> bytes:
         """The digest that names ``ref``'s bytes in a chunk store: the first of :meth:`recorded_digests`
         (b"" when there is none)."""
