@@ -61,6 +61,7 @@ class _HoleFile:
     source = _Zeros()
     path = _Zeros.path
     chunk_digests = None
+    chunk_infos = None
 
     def close(self) -> None:
         pass
