@@ -338,21 +338,13 @@ def crafted_fields() -> Iterator[Case]:
 def share_ino(boot: bytes, paths: list[bytes]) -> bytes:
     """``boot`` with the inodes at ``paths`` (different files) made to look like the names of one hard-linked
     file: the first one's i_ino on each, and an nlink of their number (what 2022 images wrote for real links)."""
-    from nydus_inspect.formats import rafs_v6
     from nydus_inspect.model import RafsV6
 
-    out = bytearray(boot)
     r = RafsV6(boot)
-    nids = [r.lookup(p).nid for p in paths]
-    i_ino = r.inode(nids[0]).i_ino
-    for nid in nids:
-        ino = r.inode(nid)
-        assert ino.extended, "our builder writes extended inodes"
-        off = r.inode_offset(nid)
-        offsets = rafs_v6.INODE_EXTENDED.offsets
-        out[off + offsets["i_ino"] : off + offsets["i_ino"] + 4] = i_ino.to_bytes(4, "little")
-        out[off + offsets["i_nlink"] : off + offsets["i_nlink"] + 4] = len(nids).to_bytes(4, "little")
-    return bytes(out)
+    i_ino = r.inode(r.lookup(paths[0]).nid).i_ino
+    for path in paths:
+        boot = patched(boot, path, i_ino=i_ino, i_nlink=len(paths))
+    return boot
 
 
 def crafted_links() -> Iterator[Case]:
