@@ -333,9 +333,6 @@ class Erofs(RafsV6):
             raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, c.compressed_offset
         )
 
-    def chunks_from_blob_meta(self, node: Node) -> list[ChunkRef] | None:
-        return self.chunks(node)
-
     def chunk_refs(self, node: Node) -> list[tuple[int, int]]:
         return [(c.blob_index, c.ci_index) for c in self.chunks(node)]
 

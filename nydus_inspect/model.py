@@ -684,33 +684,6 @@ class RafsV6:
         node.chunks = out
         return out
 
-    def chunks_from_blob_meta(self, node: Node) -> list[ChunkRef] | None:
-        """The chunks of regular file ``node`` from its blobs' blob.meta and blob.digest alone, without the
-        bootstrap chunk table (whose first use keys every chunk of the image: seconds for a million); None when
-        a blob of the file lacks either, or a record is missing (then :meth:`chunks` says what is wrong).
-        Also stored in ``node.chunks``."""
-        if node.type != REG or self._ci_source is None:
-            return None
-        indexes = self.chunk_indexes(node)
-        sources = {}
-        for blob_index in {ci.blob_index for ci in indexes}:
-            got = self._ci_source(blob_index) if 0 <= blob_index < len(self.blobs) else None
-            if got is None or got[1] is None:
-                return None
-            sources[blob_index] = got
-        out = []
-        for k, ci in enumerate(indexes):
-            infos, digests = sources[ci.blob_index]
-            if ci.ci_index >= len(infos) or ci.ci_index >= len(digests):
-                return None
-            out.append(
-                ChunkRef.from_info(
-                    infos[ci.ci_index], ci.blob_index, k * self.chunk_size, digests[ci.ci_index]
-                )
-            )
-        node.chunks = out
-        return out
-
     def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> ChunkRef:
         got = self._ci_source(idx.blob_index) if self._ci_source else None
         infos, digests = got if got is not None else (None, None)

@@ -168,14 +168,11 @@ def test_tui_chunk_check_and_preview_refuse(damaged):
         assert data is None or findings
         assert {(f.blob_index, f.chunk) for f in findings} == {(chunk.blob_index, chunk.ci_index)}
         node = layer.rafs.lookup(damaged["path"])
-        if damaged["boot"].parent.name.startswith("crc-only"):
-            # The one gap left: the preview resolves chunks from blob.meta and blob.digest (not to key the whole
-            # chunk table on a click), so a CRC32C only the bootstrap's chunk table records is not compared
-            # there. Pinned, so that closing the gap shows here.
-            assert view.read_head(node)
-            return
+        # The preview resolves the file's chunks as cat and the mount do, so a CRC32C that only the bootstrap's
+        # chunk table records (crc-only) is compared there too.
         with pytest.raises(NydusInspectError, match=damaged["name"]):
             view.read_head(node)
+        assert view.node_chunks(node)[0].name == damaged["name"]
 
 
 def test_mount_read_is_eio_and_logged(damaged, fuse, tmp_path):  # noqa: F811

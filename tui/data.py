@@ -782,23 +782,21 @@ class LayerView:
         return out
 
     def node_chunks(self, node: Node) -> list[ChunkRef]:
-        """The file's chunks with their blob offsets and digests (also stored in ``node.chunks``): from its
-        blobs' blob.meta and blob.digest when they have both, else through the bootstrap chunk table, whose
-        first use keys every chunk of the image (seconds for a million chunks, holding the GIL)."""
+        """The file's chunks with their blob offsets, digests and CRC32Cs (also stored in ``node.chunks``),
+        resolved as every other reader resolves them (``RafsV6.chunks``: the bootstrap chunk table's record,
+        else blob.meta's), so that the preview refuses what cat, the mount and verify refuse. The chunk
+        table's first use keys every chunk of the image (once per view)."""
         if node.type != REG:
             return []
         if node.chunks is not None:
             return node.chunks
         with self.lock:
-            try:
-                got = self.layer.rafs.chunks_from_blob_meta(node)
-            except NydusInspectError:
-                got = None  # the chunk table's way says what is wrong
-            return got if got is not None else self.layer.rafs.chunks(node)
+            return self.layer.rafs.chunks(node)
 
     def read_head(self, node: Node, limit: int = PREVIEW_BYTES) -> bytes:
-        """The first ``limit`` bytes of a regular file, read chunk by chunk through the chunk reader."""
-        self.node_chunks(node)  # resolved without the full chunk table where possible
+        """The first ``limit`` bytes of a regular file, read chunk by chunk through the chunk reader (checked
+        against every digest and CRC32C recorded for them)."""
+        self.node_chunks(node)
         out = bytearray()
         for piece in self.layer.read_file(node):
             out += piece
