@@ -1,6 +1,6 @@
 """Regular files' data, read ahead and handed over a chunk at a time, whatever the size of the file.
 
-The read-ahead (``readahead.iter_with_data``) decodes a file's chunks as one group; a file of 4 GiB made of
+The read-ahead (``chunks.readahead.iter_with_data``) decodes a file's chunks as one group; a file of 4 GiB made of
 one chunk repeated (a legal layer of 1 MB) would then be held whole. Here a big file goes to the read-ahead
 as pieces of at most PIECE_BYTES of chunks, so that what is decoded ahead of the consumer stays within the
 read-ahead's window plus a piece, and the consumer gets the file's bytes as an iterator of chunks.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from .chunks.readahead import iter_with_data
 from .layer import Layer
 from .model import REG, Node
-from .readahead import iter_with_data
 
 #: A file is handed to the read-ahead in pieces of at most this many bytes of chunks (one chunk at least).
 PIECE_BYTES = 8 << 20

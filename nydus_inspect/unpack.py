@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .chunks.readahead import Scheduler, decode_group
 from .chunks.ref import ChunkRef
 from .errors import FormatError, UsageError
 from .filedata import iter_file_data
@@ -22,7 +23,6 @@ from .formats import rafs_v6, tar_header, tar_member
 from .fsutil import atomic_output
 from .layer import Layer
 from .model import BLK, CHR, DIR, FIFO, REG, SOCK, SYMLINK, Node, fsdecode
-from .readahead import decode_group
 
 
 @dataclass
@@ -214,12 +214,10 @@ def _write_tar_parallel(layer: Layer, f) -> UnpackResult:
     once. Larger layers overlap the two from their second slice on, which pays when headers dominate (a
     file with big xattrs and thousands of hard links: 40% less time than in turns). At most two slices are
     held; a worker decodes one run (about GROUP_BYTES plus a chunk) at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
     res = UnpackResult()
     fd = f.fileno()
     writing: list = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="unpack") as pool:
+    with Scheduler(os.cpu_count() or 1, name="unpack") as pool:
         try:
             for runs in _layout_slices(layer, res):  # the next slice is laid out while `writing` runs
                 for fut in writing:

@@ -937,13 +937,12 @@ def test_walk_ahead_is_bounded_by_the_cache(fixture_layers):
 
         def queued() -> list:
             out = []
-            for unit in list(fs._urgent) + list(fs._background):
-                for item in unit:
-                    if isinstance(item, _FileJob):
-                        out.append((item.nid, fs._stat(item.nid)[2]))
-                    else:
-                        assert isinstance(item, _Job)
-                        out.append((item.nid, item.chunk.uncompressed_size))
+            for item in fs.sched.pending():
+                if isinstance(item, _FileJob):
+                    out.append((item.nid, fs._stat(item.nid)[2]))
+                else:
+                    assert isinstance(item, _Job)
+                    out.append((item.nid, item.chunk.uncompressed_size))
             return out
 
         # Every file the mount shows (whiteouts are not).
@@ -989,7 +988,7 @@ def test_read_ahead_advice_past_2_63_leaves_the_workers_alive(fixture_layers, fi
             fs.attach()
             try:
                 fs._will_need([far, far])  # on the loop
-                fs._queue(fs._background, [_Hint([far, far])])  # in the one worker
+                fs.sched.queue([_Hint([far, far])])  # in the one worker
                 with trio.fail_after(30):
                     return bytes(await fs.read(node.nid, 0, 1 << 20))
             finally:

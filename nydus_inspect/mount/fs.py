@@ -47,6 +47,7 @@ import pyfuse3
 import trio
 
 from ..chunks.decode import ChunkCache, ChunkReader
+from ..chunks.readahead import DONE, QUEUED, RUNNING, Scheduler
 from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..formats import rafs_v6
@@ -108,8 +109,6 @@ KERNEL_TYPES = frozenset(
 )
 #: Failing inodes named by their path in log lines (each costs a walk of the tree); later ones by nid.
 WHERE_WALKS = 32
-
-QUEUED, RUNNING, DONE, CANCELLED = range(4)
 
 
 class _Job:
@@ -263,12 +262,10 @@ class NydusFS(pyfuse3.Operations):
         self.workers = workers or max(2, os.cpu_count() or 1)
         self.limiter = trio.CapacityLimiter(self.workers)
         self._token = None
-        self._lock = threading.Lock()  # job states and the queues, between the loop and the workers
-        self._wake = threading.Condition(self._lock)  # work was queued (or the workers must stop)
-        self._urgent: deque[list] = deque()  # units of work somebody waits for
-        self._background: deque[list] = deque()  # readahead and prefetch
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
+        # The one read-ahead scheduler decodes the mount's chunk jobs, file prefetches and hints in its
+        # workers (urgent: a reader waits; background: decoding ahead), started once the loop runs (attach).
+        self.sched = Scheduler(self.workers, run=self._work_item, name="decode", start=False)
+        self._lock = self.sched.lock  # job states, between the loop and the workers
         # Results of the workers, run on the loop in batches: one wake-up of the loop for many results.
         self._results: list = []
         self._results_lock = threading.Lock()
@@ -310,7 +307,7 @@ class NydusFS(pyfuse3.Operations):
     def attach(self) -> None:
         """Start serving: called on the trio loop before pyfuse3.main."""
         self._token = trio.lowlevel.current_trio_token()
-        self._start_workers()
+        self.sched.start()
         if self.page_cache:
             self._storer = threading.Thread(target=self._store_loop, name="notify-store", daemon=True)
             self._storer.start()
@@ -333,9 +330,7 @@ class NydusFS(pyfuse3.Operations):
 
     def detach(self) -> bool:
         """After the loop: True once nothing may touch the FUSE session any more (it can be destroyed)."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify_all()
+        self.sched.shutdown(wait=False)
         return self.stop_storing(5.0)
 
     # ------------------------------------------------------------------ attributes
@@ -630,11 +625,9 @@ class NydusFS(pyfuse3.Operations):
                 return b""
             fj = self._pf.get(fh)
             if fj is not None:  # being decoded ahead: wait for it, or take it over if no worker started it
-                with self._lock:
-                    if fj.state == QUEUED:
-                        fj.state = CANCELLED
-                        del self._pf[fh]
-                if fj.state == RUNNING:
+                if self.sched.claim(fj):
+                    del self._pf[fh]
+                elif fj.state == RUNNING:
                     await fj.event.wait()
             end = min(off + size, fsize)
             chunks = self._file_chunks(fh)
@@ -695,7 +688,7 @@ class NydusFS(pyfuse3.Operations):
                 prev, last = c, k
             if last > k1 + len(ahead):
                 self._hinted.put(nid, last)
-                self._queue(self._background, [_Hint(chunks[k1 + 1 : last + 1])])
+                self.sched.queue([_Hint(chunks[k1 + 1 : last + 1])])
                 hinted = last
         for c in ahead:
             self._job(c, nid, False)
@@ -729,9 +722,9 @@ class NydusFS(pyfuse3.Operations):
         if job is None:
             job = _Job(key, c, nid)
             self._inflight[key] = job
-            self._queue(self._urgent if urgent else self._background, [job])
+            self.sched.queue([job], urgent)
         elif urgent and job.state == QUEUED:
-            self._queue(self._urgent, [job])  # whichever worker gets to it first decodes it
+            self.sched.queue([job], True)  # whichever worker gets to it first decodes it
         return job
 
     async def _wait(self, nid: int, k: int, c: ChunkRef, job) -> bytes:
@@ -742,32 +735,6 @@ class NydusFS(pyfuse3.Operations):
             self._report(nid, k, c, job.error)
             raise pyfuse3.FUSEError(errno.EIO)
         return job.data
-
-    def _start_workers(self) -> None:
-        if not self._threads and self._token is not None:  # after attach: they report to the loop
-            for i in range(self.workers):
-                t = threading.Thread(target=self._worker, name=f"decode-{i}", daemon=True)
-                t.start()
-                self._threads.append(t)
-
-    def _queue(self, where: deque, unit: list) -> None:
-        self._start_workers()
-        with self._wake:
-            where.append(unit)
-            self._wake.notify()
-
-    def _worker(self) -> None:
-        """Decoding thread: take units of work, urgent ones first, until the mount stops."""
-        wake = self._wake
-        urgent, background = self._urgent, self._background
-        while True:
-            with wake:
-                while not (urgent or background or self._stopping):
-                    wake.wait()
-                if self._stopping:
-                    return
-                unit = (urgent or background).popleft()
-            self._work(unit)
 
     def _post(self, fn, *args) -> None:
         """Worker thread: run ``fn(*args)`` on the loop. Results queue up while the loop has not run them, and
@@ -787,35 +754,30 @@ class NydusFS(pyfuse3.Operations):
         for fn, args in results:
             fn(*args)
 
-    def _work(self, unit: list) -> None:
-        """Worker thread: decode every job of ``unit`` nobody else has started, report each on the loop."""
-        for item in unit:
-            with self._lock:
-                if item.state != QUEUED:
-                    continue
-                item.state = RUNNING
-            if isinstance(item, _Hint):
-                self._will_need(item.chunks)
-            elif isinstance(item, _Job):
-                data = err = None
-                try:
-                    data = self._decode(item.chunk)
-                except Exception as exc:  # reported by each reader; a bug here must not take the mount down
-                    err = exc
-                # Not handed to the page cache: chunks of big files are read with read requests the kernel
-                # sends ahead of the reader anyway (a store of pages such a request holds would wait for it).
-                self._post(self._job_done, item, data, err)
-            else:
+    def _work_item(self, item) -> None:
+        """Worker thread (the scheduler's ``run``): decode one item it took, report it on the loop."""
+        if isinstance(item, _Hint):
+            self._will_need(item.chunks)
+        elif isinstance(item, _Job):
+            data = err = None
+            try:
+                data = self._decode(item.chunk)
+            except Exception as exc:  # reported by each reader; a bug here must not take the mount down
+                err = exc
+            # Not handed to the page cache: chunks of big files are read with read requests the kernel
+            # sends ahead of the reader anyway (a store of pages such a request holds would wait for it).
+            self._post(self._job_done, item, data, err)
+        else:
+            chunks = datas = None
+            try:
+                chunks = self.rafs.chunks(self.rafs.node(item.nid, b""))
+                datas = [self._decode(c) for c in chunks]
+            except Exception:  # the reader will decode it again and report what is wrong
                 chunks = datas = None
-                try:
-                    chunks = self.rafs.chunks(self.rafs.node(item.nid, b""))
-                    datas = [self._decode(c) for c in chunks]
-                except Exception:  # the reader will decode it again and report what is wrong
-                    chunks = datas = None
-                self._post(self._file_done, item, chunks, datas)
-                if item.dir in self._listed_dirs:  # else _restore_dir stores it when it is listed
-                    for c, data in zip(chunks or (), datas or ()):
-                        self._store(item.nid, c.file_offset, data)
+            self._post(self._file_done, item, chunks, datas)
+            if item.dir in self._listed_dirs:  # else _restore_dir stores it when it is listed
+                for c, data in zip(chunks or (), datas or ()):
+                    self._store(item.nid, c.file_offset, data)
 
     def _decode(self, c: ChunkRef) -> bytes:
         return self.reader.decode(c)
@@ -1002,7 +964,7 @@ class NydusFS(pyfuse3.Operations):
                     pf[canon] = fj
                     unit.append(fj)
                     if len(unit) == PREFETCH_UNIT:
-                        self._queue(self._background, unit)
+                        self.sched.queue(unit)
                         unit = []
                 else:
                     for c in self._file_chunks(canon):
@@ -1012,7 +974,7 @@ class NydusFS(pyfuse3.Operations):
             w.files = iter(())
         finally:
             if unit:
-                self._queue(self._background, unit)
+                self.sched.queue(unit)
 
     def _restore_dir(self, dnid: int) -> None:
         """The walk got to directory ``dnid`` before the kernel knew its files, so what was decoded of them

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from ..chunks.readahead import Scheduler
 from ..formats.tar_header import (
     IMAGE_BLOB,
 )
@@ -29,7 +29,7 @@ class _Ahead:
 
     def __init__(self, run: _Run) -> None:
         self.run = run
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: Scheduler | None = None
         self.chunks: dict[tuple[int | None, str], tuple[ChunkVerifier, _Batches]] = {}
         self.entries: dict[tuple[str, str], object] = {}
         self.contents: dict[str, object] = {}  # blob path -> future of _content_digests (blob.id)
@@ -47,7 +47,7 @@ class _Ahead:
                 blob.will_need()
         # One thread fewer than the CPUs: the main thread has the bootstrap walk to do meanwhile, and takes
         # its share of the chunk batches still waiting when it gets to them (take_chunks).
-        self.pool = ThreadPoolExecutor(max_workers=max(1, self.run.workers - 1), thread_name_prefix="verify")
+        self.pool = Scheduler(max(1, self.run.workers - 1), name="verify")
         try:
             ids = self._id_blobs(targets)
         except Exception:  # noqa: BLE001
@@ -79,7 +79,7 @@ class _Ahead:
                 cv.table  # noqa: B018
             except Exception:  # noqa: BLE001
                 continue
-            self.chunks[(blob_index, blob.path)] = (cv, _Batches(self.pool, cv, 2 * self.pool._max_workers))
+            self.chunks[(blob_index, blob.path)] = (cv, _Batches(self.pool, cv, 2 * self.pool.workers))
 
     def _targets(self) -> list[tuple[int | None, Layer]]:
         """(blob index, blob layer) pairs as :func:`_blob_layers` will find them (a subset of them)."""

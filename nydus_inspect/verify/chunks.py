@@ -7,11 +7,11 @@ reader resolves them (``chunks.resolve.Blob``).
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..chunks.decode import RUN_BYTES, Failed, iter_decoded
+from ..chunks.readahead import Scheduler
 from ..chunks.resolve import Blob
 from ..digests import crc32c
 from ..errors import NydusInspectError, UsageError
@@ -402,7 +402,7 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
         run.add(_exc_finding("chunk.table", exc, file=run.layer.path))
         cv._table = {}
     run.tick(stage, 0, total)
-    with ThreadPoolExecutor(max_workers=run.workers, thread_name_prefix="verify") as pool:
+    with Scheduler(run.workers, name="verify") as pool:
         pending = []
         done = 0
         for start in range(0, total, BATCH):
@@ -425,7 +425,7 @@ class _Batches:
     early, so a badly broken blob does not hold millions of findings at once.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, cv: ChunkVerifier, queue: int) -> None:
+    def __init__(self, pool: Scheduler, cv: ChunkVerifier, queue: int) -> None:
         total = len(cv)
         self.pool, self.cv, self.queue = pool, cv, queue
         self.spans = [(s, min(total, s + BATCH)) for s in range(0, total, BATCH)]
