@@ -372,6 +372,14 @@ class FileIndex:
     _more: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     _links: dict[int, list[int]] = field(default_factory=dict)
 
+    @classmethod
+    def for_image(cls, rafs) -> FileIndex:
+        """An empty index with room for an owner of every chunk of each of ``rafs``'s blobs."""
+        idx = cls()
+        for b in rafs.blobs:
+            idx._first[b.blob_index] = array("q", [-1]) * b.chunk_count
+        return idx
+
     def add_path(self, path: bytes, is_dir: bool = False) -> int:
         """Number the next path of the walk (``is_dir``: later paths may lie below it)."""
         return self.paths.append(path, is_dir)
@@ -420,6 +428,43 @@ class FileIndex:
         return None
 
 
+def index_walk(
+    rafs,
+    index: FileIndex,
+    chunks_of: Callable[[Node], list | None],
+    *,
+    on_error: Callable[[WalkError], None] | None = None,
+    readdir: Callable[[int], list] | None = None,
+) -> Iterator[tuple[int, Node, list | None, list[bool]]]:
+    """The one fill of a :class:`FileIndex`: walk the bootstrap (``RafsV6.walk``) and record every path, its
+    hardlink group and, for a regular file, the chunks ``chunks_of(node)`` gives (anything with
+    ``blob_index`` and ``ci_index``; None when they did not resolve, which ``chunks_of`` deals with).
+
+    Yields ``(n, node, chunks, new)`` for each node in walk order, ``new[i]`` telling whether ``chunks[i]``
+    got its first owner, so a caller (verify) checks what it checks once per chunk and counts progress.
+    Walk errors go to ``index.errors`` and then to ``on_error``.
+    """
+    errors = index.errors
+
+    def bad(err: WalkError) -> None:
+        errors.append(err)
+        if on_error is not None:
+            on_error(err)
+
+    add_path, add_owner = index.add_path, index.add_owner
+    for n, node in enumerate(rafs.walk(on_error=bad, readdir=readdir)):
+        pid = add_path(node.path, node.type == DIR)
+        if node.hardlink is not None:
+            index.add_hardlink(node.hardlink, pid)
+        chunks, new = None, []
+        if node.type == REG:
+            index.files += 1
+            chunks = chunks_of(node)
+            if chunks:
+                new = [add_owner(c.blob_index, c.ci_index, pid) for c in chunks]
+        yield n, node, chunks, new
+
+
 def file_index(
     layer: Layer,
     *,
@@ -433,23 +478,17 @@ def file_index(
     nodes (total: the superblock's inode count); ``cancel()`` returning True stops the walk early.
     """
     r = layer.rafs
-    idx = FileIndex()
-    for b in r.blobs:
-        idx._first[b.blob_index] = array("q", [-1]) * b.chunk_count
+    idx = FileIndex.for_image(r)
     total = r.inode_count()
-    for n, node in enumerate(r.walk(on_error=idx.errors.append)):
-        pid = idx.add_path(node.path, node.type == DIR)
-        if node.hardlink is not None:
-            idx.add_hardlink(node.hardlink, pid)
-        if node.type == REG:
-            idx.files += 1
-            try:
-                indexes = r.chunk_indexes(node)
-            except FormatError as exc:
-                idx.errors.append(WalkError(node.path, node.nid, exc))
-                continue
-            for ci in indexes:
-                idx.add_owner(ci.blob_index, ci.ci_index, pid)
+
+    def chunks_of(node: Node) -> list | None:
+        try:
+            return r.chunk_indexes(node)
+        except FormatError as exc:
+            idx.errors.append(WalkError(node.path, node.nid, exc))
+            return None
+
+    for n, _, _, _ in index_walk(r, idx, chunks_of):
         if n & 1023 == 1023:
             if progress is not None:
                 progress(n + 1, total)
@@ -467,6 +506,7 @@ __all__ = [
     "cat",
     "chunks_report",
     "file_index",
+    "index_walk",
     "info",
     "list_nodes",
     "lookup_path",

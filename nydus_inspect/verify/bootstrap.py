@@ -29,7 +29,7 @@ from ..model import (
     fsdecode,
     node_type,
 )
-from ..query import FileIndex
+from ..query import FileIndex, index_walk
 from .findings import Finding, _exc_finding, _show
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ def _check_bootstrap(run: _Run) -> None:
     except NydusInspectError as exc:
         run.add(_exc_finding("bootstrap", exc, file=layer.path, entry=IMAGE_BOOT if layer.toc else None))
         return
-    index = FileIndex()
-    for b in rafs.blobs:
-        index._first[b.blob_index] = array("q", [-1]) * b.chunk_count
+    index = FileIndex.for_image(rafs)
     run.index = index
     total = rafs.inode_count()
     nblobs = len(rafs.blobs)
@@ -73,7 +71,6 @@ def _check_bootstrap(run: _Run) -> None:
         records = {}
 
     def bad_walk(err: WalkError) -> None:
-        index.errors.append(err)
         if err.kind != WALK_LINKED_TWICE:  # _Tree.visit reports a directory reached through several names
             run.add(_exc_finding("bootstrap.inode", err.error, path=fsdecode(err.path), file=layer.path))
 
@@ -86,42 +83,40 @@ def _check_bootstrap(run: _Run) -> None:
         ents = tree.dirents.pop(nid, None)
         return ents if ents is not None else rafs.readdir(nid)
 
-    for n, node in enumerate(rafs.walk(on_error=bad_walk, readdir=readdir)):
-        pid = index.add_path(node.path, node.type == DIR)
+    def chunks_of(node) -> list:
+        try:
+            return rafs.chunks(node)
+        except NydusInspectError as exc:
+            run.add(_exc_finding("bootstrap.chunks", exc, path=fsdecode(node.path), file=layer.path))
+            return []
+
+    for n, node, chunks, new in index_walk(rafs, index, chunks_of, on_error=bad_walk, readdir=readdir):
         first_visit = node.nid not in seen_nids
         seen_nids.add(node.nid)
         paths += 1
         tree.visit(node, first_visit)
         if first_visit:
             inodes += 1
-        if node.hardlink is not None:
-            index.add_hardlink(node.hardlink, pid)
-        if node.type == REG:
-            index.files += 1
-            try:
-                chunks = rafs.chunks(node)
-            except NydusInspectError as exc:
-                run.add(_exc_finding("bootstrap.chunks", exc, path=fsdecode(node.path), file=layer.path))
-                chunks = []
+        if chunks is not None:
             tree.file_chunks(node, chunks, records, first_visit)
-            for c in chunks:
-                new = index.add_owner(c.blob_index, c.ci_index, pid)
-                if first_visit and 0 <= c.blob_index < nblobs:
-                    count = rafs.blobs[c.blob_index].chunk_count
-                    if new and c.ci_index >= count:
-                        run.add(
-                            Finding(
-                                "bootstrap.chunks",
-                                f"chunk index beyond the blob's {count} chunks",
-                                structure="erofs chunk index",
-                                file=layer.path,
-                                blob_index=c.blob_index,
-                                chunk=c.ci_index,
-                                path=fsdecode(node.path),
-                                expected=f"< {count}",
-                                found=str(c.ci_index),
+            if first_visit:
+                for c, got_first in zip(chunks, new, strict=True):
+                    if got_first and 0 <= c.blob_index < nblobs:
+                        count = rafs.blobs[c.blob_index].chunk_count
+                        if c.ci_index >= count:
+                            run.add(
+                                Finding(
+                                    "bootstrap.chunks",
+                                    f"chunk index beyond the blob's {count} chunks",
+                                    structure="erofs chunk index",
+                                    file=layer.path,
+                                    blob_index=c.blob_index,
+                                    chunk=c.ci_index,
+                                    path=fsdecode(node.path),
+                                    expected=f"< {count}",
+                                    found=str(c.ci_index),
+                                )
                             )
-                        )
             node.chunks = None  # keep memory flat on big images
         if n & 1023 == 1023:
             run.count("paths", paths)
