@@ -1,22 +1,30 @@
-"""pack, unpack and verify of the Debian minbase layer by two revisions of nydus-inspect, in turns.
+"""pack, unpack, verify and mount of the Debian minbase layer by two revisions of nydus-inspect, in turns.
 
-Usage: ``python bench/bench_revs.py BASE [HEAD] [--repeat N] [--ops pack,unpack,verify]``
+Usage: ``python bench/bench_revs.py BASE [HEAD] [--repeat N] [--ops pack,unpack,verify,mount]``
 
 BASE (and HEAD, when given; else this checkout as it is) is checked out with ``git worktree add --detach``
 in a temporary directory, removed at the end. Each operation runs BASE, HEAD, BASE, HEAD ... on the same
 input (unpack and verify on the layer HEAD packs), so that the drift of a shared machine's load spreads over
 both; the table gives each one's median, and HEAD / BASE. The outputs of pack and unpack are compared too:
 a change meant to keep them must give the same bytes.
+
+``mount`` (root and /dev/fuse) mounts the layer with each revision in turns, a fresh mount for each workload:
+``ready`` (from the mount command to a listing of rootfs/), then ``find``, ``tar`` (the whole tree to a pipe)
+and ``cat`` (every regular file) under rootfs/, each timed on its own (wall seconds; the page cache is not
+dropped, which would disturb whoever else shares the machine, so both revisions read warm stored bytes).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,12 +56,74 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+MOUNT_WORKLOADS = {
+    "find": "find rootfs | wc -l",
+    "tar": "tar -cf - rootfs | wc -c",
+    "cat": "find rootfs -type f -exec cat {} + | wc -c",
+}
+
+
+def _mount(cli: list[str], blob: Path, mp: Path, log: Path) -> float:
+    """Mount ``blob`` on ``mp``; seconds until rootfs/ lists."""
+    mp.mkdir(parents=True, exist_ok=True)
+    parent_dev = os.stat(mp.parent).st_dev
+    t0 = time.perf_counter()
+    subprocess.run([*cli, "mount", "--log-file", str(log), str(blob), str(mp)], check=True)
+    while True:
+        try:
+            if os.stat(mp).st_dev != parent_dev and os.listdir(mp / "rootfs"):
+                return time.perf_counter() - t0
+        except OSError:
+            pass
+        if time.perf_counter() - t0 > 120:
+            raise SystemExit(f"the mount on {mp} never answered")
+        time.sleep(0.001)
+
+
+def _mount_rounds(trees: dict[str, Path], names: dict[str, str], blob: Path, work: Path, repeat: int) -> None:
+    """The mount figures of both revisions, in turns (base, head, base, head ...), a fresh mount per workload."""
+    times: dict[tuple[str, str], list[float]] = {}
+    outputs: dict[tuple[str, str], set[str]] = {}
+    for _ in range(repeat):
+        for side in ("base", "head"):
+            cli = _cli(trees[side])
+            for work_name, shell in MOUNT_WORKLOADS.items():
+                mp = work / f"mnt-{side}"
+                ready = _mount(cli, blob, mp, work / f"mount-{side}.log")
+                try:
+                    times.setdefault((side, "ready"), []).append(ready)
+                    t0 = time.perf_counter()
+                    out = subprocess.run(
+                        ["sh", "-c", shell], cwd=mp, check=True, stdout=subprocess.PIPE
+                    ).stdout.decode()
+                    times.setdefault((side, work_name), []).append(time.perf_counter() - t0)
+                    outputs.setdefault((side, work_name), set()).add(out.strip())
+                finally:
+                    subprocess.run([*cli, "umount", str(mp)], check=False)
+    print()
+    print(f"mount: {repeat} rounds, fresh mount per workload; wall seconds, median; {load_note()}")
+    for what in ("ready", *MOUNT_WORKLOADS):
+        base_m = statistics.median(times[("base", what)])
+        head_m = statistics.median(times[("head", what)])
+        same = ""
+        if what != "ready":
+            same = "same output" if outputs[("base", what)] == outputs[("head", what)] else "OUTPUT DIFFERS"
+        print(
+            f"mount {what:6s}: {names['head']} / {names['base']} = {head_m:.3f} / {base_m:.3f} = "
+            f"{head_m / base_m:.3f}x {same}"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("base", help="the revision to compare against (a commit, a branch, a tag)")
     ap.add_argument("head", nargs="?", help="the revision to measure (default: this checkout as it is)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each command (default 5)")
-    ap.add_argument("--ops", default="pack,unpack,verify", help="which operations (default all three)")
+    ap.add_argument(
+        "--ops",
+        default="pack,unpack,verify,mount",
+        help="which operations (default all four; mount needs FUSE)",
+    )
     args = ap.parse_args()
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     _, tar = ensure_rootfs()
@@ -70,6 +140,9 @@ def main() -> int:
         run_once([*_cli(trees["head"]), "pack", "-q", str(tar), "-o", str(blob)])
         print(f"{tar} ({tar.stat().st_size} bytes) -> {blob.stat().st_size} bytes of layer; {load_note()}")
         for op in ops:
+            if op == "mount":
+                _mount_rounds(trees, names, blob, work, args.repeat)
+                continue
             commands, outputs = [], {}
             for side in ("base", "head"):
                 out = work / f"{op}-{side}.out"
@@ -81,7 +154,7 @@ def main() -> int:
                 elif op == "verify":
                     cmd = [*cli, "verify", "-q", str(blob)]
                 else:
-                    raise SystemExit(f"unknown operation {op!r}: pack, unpack or verify")
+                    raise SystemExit(f"unknown operation {op!r}: pack, unpack, verify or mount")
                 name = f"{op}: {names[side]}"
                 commands.append((name, cmd))
                 if op != "verify":
