@@ -99,7 +99,7 @@ def _mount_rounds(trees: dict[str, Path], names: dict[str, str], blob: Path, wor
                     times.setdefault((side, work_name), []).append(time.perf_counter() - t0)
                     outputs.setdefault((side, work_name), set()).add(out.strip())
                 finally:
-                    subprocess.run([*cli, "umount", str(mp)], check=False)
+                    subprocess.run([*cli, "umount", str(mp)], check=False, stdout=subprocess.DEVNULL)
     print()
     print(f"mount: {repeat} rounds, fresh mount per workload; wall seconds, median; {load_note()}")
     for what in ("ready", *MOUNT_WORKLOADS):

@@ -333,6 +333,10 @@ class Erofs(RafsV6):
             raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, c.compressed_offset
         )
 
+    @property
+    def may_have_xattrs(self) -> bool:
+        return True  # no extended superblock, so no flag saying there are none
+
     def chunk_refs(self, node: Node) -> list[tuple[int, int]]:
         return [(c.blob_index, c.ci_index) for c in self.chunks(node)]
 

@@ -209,6 +209,15 @@ class RafsV6:
     def inode_offset(self, nid: int) -> int:
         return self._meta_off + 32 * nid
 
+    @property
+    def may_have_xattrs(self) -> bool:
+        """Whether any inode of the image may carry xattrs (the extended superblock's HAS_XATTR flag)."""
+        return bool(self.ext.s_flags & rafs_v6.HAS_XATTR)
+
+    def has_xattrs(self, nid: int) -> bool:
+        """Whether inode ``nid`` has an xattr area, without decoding it."""
+        return self.inode(nid).i_xattr_icount != 0
+
     def inode(self, nid: int) -> rafs_v6.Inode:
         ino = self._inodes.get(nid)
         if ino is None:
