@@ -7,7 +7,9 @@
   per blob (a merged bootstrap's blobs each keep their own algorithms).
 - :mod:`.decode`: :class:`ChunkReader`, the one decode-and-check path, single and batched, with the one
   decoded-chunk cache (:class:`ChunkCache`). A new codec plugs into ``codecs.decompress``.
-- :mod:`.readahead`: chunks of the coming files decoded in worker threads ahead of a sequential reader.
+- :mod:`.readahead`: the one read-ahead :class:`Scheduler` (urgent and background work, claimable items, an
+  Executor), which the mount, verify and :func:`iter_with_data` (chunks of the coming files decoded ahead of
+  a sequential reader) all drive.
 
 Nothing is imported here, so that ``import nydus_inspect.model`` stays cheap.
 """
