@@ -11,16 +11,16 @@ The image never changes, so the kernel may cache everything for long: entry and 
 xattrs at all, getxattr on its files answers ENOTSUP rather than ENODATA, which tells ``ls -l`` and friends
 to stop asking for SELinux labels and ACLs on this mount.
 
-File data is read by chunk. Chunks are read with pread, decompressed and checked against their digest in
-the workers of the one read-ahead scheduler (``chunks.readahead``; zstd, lz4, blake3 and pread release the
-GIL), never on the trio loop: they take work from its two queues (urgent: a reader waits; background:
-decoding ahead) and hand results back to the loop in batches. A chunk is decoded once however many readers
-want it, kept in a bounded LRU of decompressed chunks, and also handed to the kernel's page cache whole (FUSE notify_store, from a thread of its own), so
-the following reads of that chunk never reach us. Sequential readers get the next chunks decoded ahead. A
-tree reader (two files opened within a second: tar, cp -r, rsync) gets the files after the one it opened
-decoded ahead in the order of a pre-order walk (``mount.prefetch``), which is the order it reads them in
-and, for layers packed from a tree, the order of the blob; at most a quarter of the cache ahead of it. A
-chunk that does not decode or match its digest is EIO and one log line naming the file, the chunk and its offsets.
+File data is read by chunk. Chunks are read with pread, decompressed and checked against their digest in the
+workers of the one read-ahead scheduler (``chunks.readahead``; zstd, lz4, blake3 and pread release the GIL), never
+on the trio loop: they take work from its two queues (urgent: a reader waits; background: decoding ahead) and hand
+results back to the loop in batches. A chunk is decoded once however many readers want it, kept in a bounded LRU
+of decompressed chunks, and also handed to the kernel's page cache whole (FUSE notify_store, from a thread of its
+own), so the following reads of that chunk never reach us. Sequential readers get the next chunks decoded ahead. A
+tree reader (two files opened within a second: tar, cp -r, rsync) gets the files after the one it opened decoded
+ahead in the order of a pre-order walk (``mount.prefetch``), which is the order it reads them in and, for layers
+packed from a tree, the order of the blob; at most a quarter of the cache ahead of it. A chunk that does not
+decode or match its digest is EIO and one log line naming the file, the chunk and its offsets.
 
 A hostile image never ends the daemon: an inode whose attributes the kernel cannot take (a size past a signed
 64-bit offset, no file type) is EIO for that inode and listed all the same; a time past a time_t is shown as
