@@ -80,9 +80,26 @@ def _mount(cli: list[str], blob: Path, mp: Path, log: Path) -> float:
         time.sleep(0.001)
 
 
+def _daemon_cpu(mp: Path) -> float:
+    """CPU seconds (user + system) the process serving ``mp`` (the one whose command line names it) used so
+    far; 0.0 when it is not found. Wall times on a shared machine drift with its load; these do less."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            if str(mp).encode() not in Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0"):
+                continue
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def _mount_rounds(trees: dict[str, Path], names: dict[str, str], blob: Path, work: Path, repeat: int) -> None:
     """The mount figures of both revisions, in turns (base, head, base, head ...), a fresh mount per workload."""
     times: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}  # the daemon's, over its mount and the workload
     outputs: dict[tuple[str, str], set[str]] = {}
     for _ in range(repeat):
         for side in ("base", "head"):
@@ -97,6 +114,7 @@ def _mount_rounds(trees: dict[str, Path], names: dict[str, str], blob: Path, wor
                         ["sh", "-c", shell], cwd=mp, check=True, stdout=subprocess.PIPE
                     ).stdout.decode()
                     times.setdefault((side, work_name), []).append(time.perf_counter() - t0)
+                    cpu.setdefault((side, work_name), []).append(_daemon_cpu(mp))
                     outputs.setdefault((side, work_name), set()).add(out.strip())
                 finally:
                     subprocess.run([*cli, "umount", str(mp)], check=False, stdout=subprocess.DEVNULL)
@@ -110,8 +128,15 @@ def _mount_rounds(trees: dict[str, Path], names: dict[str, str], blob: Path, wor
             same = "same output" if outputs[("base", what)] == outputs[("head", what)] else "OUTPUT DIFFERS"
         print(
             f"mount {what:6s}: {names['head']} / {names['base']} = {head_m:.3f} / {base_m:.3f} = "
-            f"{head_m / base_m:.3f}x {same}"
+            f"{head_m / base_m:.3f}x (wall) {same}"
         )
+        if what != "ready":
+            base_c = statistics.median(cpu[("base", what)])
+            head_c = statistics.median(cpu[("head", what)])
+            print(
+                f"mount {what:6s}: daemon CPU head / base = {head_c:.3f} / {base_c:.3f} = "
+                f"{head_c / base_c if base_c else float('nan'):.3f}x (mount and workload)"
+            )
 
 
 def main() -> int:

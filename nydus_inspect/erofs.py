@@ -334,6 +334,10 @@ class Erofs(RafsV6):
         )
 
     @property
+    def chunk_table_records(self) -> int:
+        return 0
+
+    @property
     def may_have_xattrs(self) -> bool:
         return True  # no extended superblock, so no flag saying there are none
 

@@ -210,6 +210,11 @@ class RafsV6:
         return self._meta_off + 32 * nid
 
     @property
+    def chunk_table_records(self) -> int:
+        """How many chunk records the bootstrap's chunk table holds (its size over the record size)."""
+        return self.ext.s_chunk_table_size // rafs_v6.CHUNK_TABLE_ENTRY.size
+
+    @property
     def may_have_xattrs(self) -> bool:
         """Whether any inode of the image may carry xattrs (the extended superblock's HAS_XATTR flag)."""
         return bool(self.ext.s_flags & rafs_v6.HAS_XATTR)

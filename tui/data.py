@@ -519,17 +519,17 @@ class LayerView:
         except NydusInspectError as exc:
             return [("bootstrap", f"unreadable: {exc}")]
         ext = r.ext
-        chunk_rows = ext.s_chunk_table_size // 80
+        chunk_rows = r.chunk_table_records
         return [
             ("fs version", "RAFS v6 (EROFS-compatible)"),
             ("bootstrap size", bytes_text(r.size)),
             ("compressor", ext.compressor.value),
             ("digester", ext.digester.value),
             ("chunk size", f"{ext.s_chunk_size:#x} ({size_text(ext.s_chunk_size)})"),
-            ("inodes", f"{r.sb.s_inos:,}"),
+            ("inodes", f"{r.inode_count():,}"),
             ("chunk table", f"{chunk_rows:,} records"),
             ("blobs", str(len(r.blobs))),
-            ("root nid", str(r.sb.s_root_nid)),
+            ("root nid", str(r.root_nid)),
             ("prefetch", " ".join(map(str, r.meta.prefetch)) or "-"),
         ]
 
@@ -693,7 +693,7 @@ class LayerView:
             for ent in r.blobs:
                 try:
                     bf = ly.blob_file(ent.blob_index, required=False)
-                    if bf is None and not r.ext.s_chunk_table_size:
+                    if bf is None and not r.chunk_table_records:
                         continue
                     own = " (this file)" if bf is not None and bf.layer is ly else ""
                     label = f"blob {ent.blob_index}{own} {ly.blob_id(ent.blob_index)[:16]}"
