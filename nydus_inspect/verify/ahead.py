@@ -1,4 +1,4 @@
-"""The GIL-free work of a run started in worker threads before the bootstrap walk (see :class:`_Ahead`)."""
+"""The GIL-free work of a verify run, started on the read-ahead scheduler before the bootstrap walk (:class:`_Ahead`)."""
 
 from __future__ import annotations
 
