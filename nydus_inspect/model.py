@@ -72,7 +72,7 @@ def node_type(mode: int) -> str:
     return _TYPE_OF_FMT.get(stat.S_IFMT(mode), "unknown")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a layer's tree holds one per entry
 class Node:
     """A file-system entry with its attributes; ``chunks`` for regular files when loaded."""
 
