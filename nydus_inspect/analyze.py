@@ -528,6 +528,7 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
             lf.entries += 1
         nodes.append((node.path, node.type, node.size, key, usize, csize))
     lf.prefetch_entries = len(r.prefetch_paths())
+    r.drop_caches()  # this layer is walked once: its caches would stay while the others are read
     return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
 
 
