@@ -30,7 +30,8 @@ Definitions (the README repeats them):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .errors import NydusInspectError, UsageError
@@ -488,9 +489,10 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
     blob_id = layer.digest if own is not None else (r.blobs[0].id if r.blobs else "-")
     lf = LayerFigures(0, src.path, blob_id)
     stored = _own_chunks(layer)
-    # Chunk indexes are dense (0 .. count-1): lists index faster than a dict of a million keys.
+    # Chunk indexes are dense (0 .. count-1): arrays index faster than a dict of a million keys, and hold
+    # 8 bytes a chunk where a list holds a pointer and an int object.
     top = max((ci for _d, ci, _u, _c in stored), default=-1) + 1
-    usizes, csizes = [0] * top, [0] * top
+    usizes, csizes = array("Q", bytes(8 * top)), array("Q", bytes(8 * top))
     for _digest, ci, usize, csize in stored:
         usizes[ci] = usize
         csizes[ci] = csize
@@ -526,6 +528,7 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
             lf.entries += 1
         nodes.append((node.path, node.type, node.size, key, usize, csize))
     lf.prefetch_entries = len(r.prefetch_paths())
+    r.drop_caches()  # this layer is walked once: its caches would stay while the others are read
     return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
 
 
@@ -582,13 +585,22 @@ def _build_order(reads: list[_Read], image_boot) -> list[int]:
 
 
 def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> None:
-    reads = []
-    for i, src in enumerate(sources):
-        reads.append(_read_layer(src, own_prefetch=image_boot is None))
+    def read(i: int, src: _LayerSource) -> _Read:
+        rd = _read_layer(src, own_prefetch=image_boot is None)
         if progress is not None:
             progress(i + 1, len(sources))
-    order = _build_order(reads, image_boot)
-    reads = [reads[i] for i in order]
+        return rd
+
+    if image_boot is None or len(sources) < 2:
+        # The order is the one given: each layer is applied as soon as it is read and its lists let go,
+        # so that memory follows the merged tree and one layer, not every layer's entries at once.
+        reads: Iterable[_Read] = (read(i, src) for i, src in enumerate(sources))
+    else:
+        # The image bootstrap decides the order, from every layer's entries: all are read first.
+        got = [read(i, src) for i, src in enumerate(sources)]
+        reads = [got[i] for i in _build_order(got, image_boot)]
+        del got
+    last = len(sources) - 1
     merger = _Merger(a)
     seen_digests: set[tuple[str, bytes]] = set()
     per_layer_prefetch: list[set[bytes]] = []
@@ -601,10 +613,11 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
                 if digest and (rd.digester, bytes(digest)) in seen_digests:
                     lf.duplicate_chunks += 1
                     lf.duplicate_bytes += csize
-        if i + 1 < len(reads):  # the top layer's chunks are no lower layer's
+        if i < last:  # the top layer's chunks are no lower layer's
             seen_digests.update((rd.digester, bytes(d)) for d, _ci, _u, _c in rd.stored if d)
         merger.apply(i, rd.nodes)
         per_layer_prefetch.append(rd.covered)
+        rd.nodes = rd.stored = []  # applied: a list kept in ``reads`` lets go here
     # The final image: origins, per-directory compression, prefetch coverage.
     covered = _prefetch_covered(image_boot.rafs) if image_boot is not None else None
     a.prefetch_source = "image bootstrap" if image_boot is not None else "each layer's own prefetch table"

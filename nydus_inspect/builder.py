@@ -11,7 +11,7 @@ allocator, which readers do not depend on.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
@@ -60,9 +60,10 @@ assert rafs_v6.CHUNK_TABLE_ENTRY.names == [
 ]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
-    """A node's place in the bootstrap being laid out."""
+    """A node's place in the bootstrap being laid out (one per inode: slots, and no list of its own
+    unless it has blocks or dirents)."""
 
     node: Node
     nid: int = 0
@@ -73,9 +74,9 @@ class _Slot:
     layout: int = rafs_v6.LAYOUT_FLAT_PLAIN
     size: int = 0
     tail: bytes = b""  # inline data (dir tail block or symlink target)
-    blocks: list[bytes] = field(default_factory=list)  # full blocks stored out of line
+    blocks: list[bytes] | tuple = ()  # full blocks stored out of line
     blkaddr: int = 0
-    dirents: list[tuple[bytes, _Slot]] = field(default_factory=list)
+    dirents: list[tuple[bytes, _Slot]] | tuple = ()
     parent: _Slot | None = None
     subdirs: int = 0
 
@@ -261,11 +262,13 @@ def build_bootstrap(
     prefetch: bool = False,
     force_has_xattr: bool = False,
     plan: Plan | None = None,
-) -> bytes:
+    writable: bool = False,
+) -> bytes | bytearray:
     """Serialise the tree under ``root``; regular files' ``chunks`` must be set.
 
     ``plan``: this tree's :func:`plan_bootstrap`, made earlier with the same blob count, chunk size
-    and prefetch (used once: writing updates it).
+    and prefetch (used once: writing updates it). ``writable``: return the bytearray it was built in,
+    not a bytes copy of it (a second bootstrap-sized buffer at the peak of a pack).
     """
     nblobs = len(blobs)
     if plan is None or (plan.nblobs, plan.chunk_size, plan.prefetch) != (nblobs, chunk_size, prefetch):
@@ -360,7 +363,7 @@ def build_bootstrap(
             _write_inode(buf, slot, explicit_uid_gid, chunk_bits)
         if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
             _write_chunk_indexes(buf, slot)
-    return bytes(buf)
+    return buf if writable else bytes(buf)
 
 
 def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits: int) -> None:

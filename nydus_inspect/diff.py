@@ -17,7 +17,7 @@ from .tarstream import open_tar_input, read_tar, storable_xattr
 FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "target", "rdev", "xattrs", "sha256", "hardlinks")
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a tree holds one per entry
 class Entry:
     type: str
     mode: int
@@ -76,8 +76,6 @@ class Tree:
 
 
 def describe_tar(path: str) -> Tree:
-    digests: dict[int, str] = {}
-
     def on_file(node, fobj, _ref=None) -> None:
         h = hashlib.sha256()
         remaining = node.size
@@ -87,40 +85,47 @@ def describe_tar(path: str) -> Tree:
                 raise FormatError("tar", f"{fsdecode(node.path)}: data ends early")
             h.update(data)
             remaining -= len(data)
-        digests[id(node)] = h.hexdigest()
+        # Kept on the node (this tree is our own, never packed): a dict by id() would cost an entry more.
+        node.data = h.hexdigest()
 
     with open_tar_input(path) as stream:
         tt = read_tar(stream, on_file, path)
+    # Only names of inodes with more than one name are collected (the builder counts them in nlink).
     names: dict[int, list[bytes]] = {}
     for p, node in tt.walk():
-        names.setdefault(id(node), []).append(p)
+        if node.hardlink is not None:
+            names.setdefault(id(node), []).append(p)
     # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
     links = {key: tuple(sorted(group)) for key, group in names.items() if len(group) > 1}
+    del names
     out: dict[bytes, Entry] = {}
     for p, node in tt.walk():
-        out[p] = _entry(node, digests.get(id(node)), links.get(id(node), ()))
+        out[p] = _entry(node, node.data, links.get(id(node), ()))
     return Tree(out, tt.explicit_root)
 
 
 def describe_layer(layer: Layer) -> Tree:
     r = layer.rafs
+    # One pass over the walk, keeping no nodes: a hard link's names are known only at the end, so its
+    # entries get their shared tuple then.
     groups: dict[int, list[bytes]] = {}
-    nodes = list(r.walk())
-    for node in nodes:
-        if node.hardlink is not None:
-            groups.setdefault(node.hardlink, []).append(node.path)
-    links = {key: tuple(sorted(group)) for key, group in groups.items() if len(group) > 1}
     out: dict[bytes, Entry] = {}
-    for node, data in iter_file_data(layer, nodes):
+    for node, data in iter_file_data(layer, r.walk()):
         digest = None
         if data is not None:
             h = hashlib.sha256()
             for chunk in data:
                 h.update(chunk)
             digest = h.hexdigest()
-        out[node.path] = _entry(
-            node, digest, links.get(node.hardlink, ()) if node.hardlink is not None else ()
-        )
+        if node.hardlink is not None:
+            groups.setdefault(node.hardlink, []).append(node.path)
+        out[node.path] = _entry(node, digest, ())
+    for group in groups.values():
+        if len(group) > 1:
+            # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
+            links = tuple(sorted(group))
+            for p in group:
+                out[p].hardlinks = links
     return Tree(out)
 
 

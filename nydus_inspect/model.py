@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ def node_type(mode: int) -> str:
     return _TYPE_OF_FMT.get(stat.S_IFMT(mode), "unknown")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a layer's tree holds one per entry
 class Node:
     """A file-system entry with its attributes; ``chunks`` for regular files when loaded."""
 
@@ -143,6 +144,78 @@ def _show_value(value: bytes) -> str:
     return "0x" + value.hex()
 
 
+class ChunkRecords:
+    """A chunk table's records by (blob_index, ci index), the first record of a key winning: a mapping that
+    keeps the table where it is (the bootstrap) and, per blob, the row of each chunk index in an array of
+    8 bytes a chunk; a record's fields are unpacked when asked for. (A dict of field tuples cost about half a
+    kilobyte a chunk: gigabytes for a layer of ten million chunks.) Chunk indexes are dense in every real
+    table; a blob whose indexes are not (a hand-made table) is kept in a dict of rows instead."""
+
+    __slots__ = ("_buf", "_off", "_rows", "_count")
+
+    _RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
+    _KEY = struct.Struct("<32xI36xI4x")  # blob_index and index of an 80-byte record
+
+    def __init__(self, buf, off: int, size: int) -> None:
+        self._buf, self._off = buf, off
+        whole = memoryview(buf)
+        view = whole[off : off + size]
+        try:
+            # Two passes over the records, keeping no list of their keys: the first sizes each blob's index,
+            # the second fills it. A table that is no whole number of records raises struct.error.
+            per_blob: dict[int, int] = {}  # blob index -> records
+            top: dict[int, int] = {}  # blob index -> highest chunk index + 1
+            for b, ci in self._KEY.iter_unpack(view):
+                per_blob[b] = per_blob.get(b, 0) + 1
+                if ci >= top.get(b, 0):
+                    top[b] = ci + 1
+            rows: dict[int, array | dict[int, int]] = {}
+            for b, count in per_blob.items():
+                # Dense: a slot per index up to the highest (row + 1, 0 for none); sparse: a dict.
+                rows[b] = array("q", bytes(8 * top[b])) if top[b] <= 2 * count + 1024 else {}
+            found = 0
+            for row, (b, ci) in enumerate(self._KEY.iter_unpack(view), 1):
+                where = rows[b]
+                if isinstance(where, array):
+                    if not where[ci]:
+                        where[ci] = row
+                        found += 1
+                elif ci not in where:
+                    where[ci] = row
+                    found += 1
+        finally:
+            view.release()
+            whole.release()
+        self._rows, self._count = rows, found
+
+    def _row(self, key) -> int:
+        where = self._rows.get(key[0])
+        if where is None:
+            return 0
+        ci = key[1]
+        if isinstance(where, array):
+            return where[ci] if 0 <= ci < len(where) else 0
+        return where.get(ci, 0)
+
+    def get(self, key, default=None):
+        row = self._row(key)
+        if not row:
+            return default
+        return self._RECORD.unpack_from(self._buf, self._off + self._RECORD.size * (row - 1))
+
+    def __getitem__(self, key):
+        got = self.get(key)
+        if got is None:
+            raise KeyError(key)
+        return got
+
+    def __contains__(self, key) -> bool:
+        return bool(self._row(key))
+
+    def __len__(self) -> int:
+        return self._count
+
+
 class _LRU(OrderedDict):
     def __init__(self, limit: int) -> None:
         super().__init__()
@@ -198,7 +271,7 @@ class RafsV6:
         self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
-        self._records: dict[tuple[int, int], tuple] | None = None
+        self._records: ChunkRecords | None = None
         self._ci_source = ci_source
 
     # ------------------------------------------------------------------ inodes
@@ -619,18 +692,19 @@ class RafsV6:
             self._chunk_table = table
         return self._chunk_table
 
-    def _chunk_records(self) -> dict[tuple[int, int], tuple]:
+    def _chunk_records(self) -> ChunkRecords:
         """The chunk table as raw field tuples keyed by (blob_index, ci index): what chunks() reads, without
         building a record object for every chunk of the image."""
         if self._records is None:
-            records: dict[tuple[int, int], tuple] = {}
             off = self.ext.s_chunk_table_offset
-            for vals in rafs_v6.CHUNK_TABLE_ENTRY.struct.iter_unpack(
-                self.buf[off : off + self.ext.s_chunk_table_size]
-            ):
-                records.setdefault((vals[1], vals[8]), vals)
-            self._records = records
+            self._records = ChunkRecords(self.buf, off, self.ext.s_chunk_table_size)
         return self._records
+
+    def drop_caches(self) -> None:
+        """Let go of the decoded inodes and chunk records kept for later calls (they are decoded again if
+        asked for): a caller done with a walk over one of many layers keeps their memory from adding up."""
+        self._inodes.clear()
+        self._chunk_table = self._records = None
 
     def index_chunk_table(self) -> None:
         """Key the chunk table now rather than on the first chunks() call (a server does it at start)."""

@@ -438,6 +438,7 @@ def _finish(
         digester=opts.digester,
         prefetch=opts.prefetch,
         plan=plan,
+        writable=True,
     )
     stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
     off = out.section(IMAGE_BOOT, stored)

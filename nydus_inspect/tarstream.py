@@ -8,6 +8,7 @@ by pack (to build a layer) and diff (to describe the source side).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import mmap
@@ -266,7 +267,9 @@ class TreeBuilder:
             if node.type != DIR:
                 raise FormatError("tar entry", "the layer root is not a directory", value=node.type)
             node.children = self.root.children
-            self.root.__dict__.update({k: v for k, v in node.__dict__.items() if k != "children"})
+            for f in dataclasses.fields(Node):  # Node has slots (no __dict__): copy field by field
+                if f.name != "children":
+                    setattr(self.root, f.name, getattr(node, f.name))
             self.tree.explicit_root = True
             return
         parent = self._parent(node.path)
@@ -376,8 +379,9 @@ class _Source:
         return data
 
     #: Mapped pages behind the reader are let go in steps of this many bytes, so that the resident size
-    #: of a pack follows its window, not the size of the tar (the page cache keeps them as before).
-    RELEASE_STEP = 64 << 20
+    #: of a pack follows its window, not the size of the tar (the page cache keeps them as before). Up to
+    #: two steps stay resident: small beside the 256 MiB a command may take, and one madvise per step.
+    RELEASE_STEP = 8 << 20
 
     def skip(self, n: int) -> int:
         """Move ``n`` bytes forward; returns how many were there."""

@@ -1,0 +1,86 @@
+"""The chunk table's index (model.ChunkRecords) answers as the dict of field tuples it replaced: on the
+bootstrap of a packed layer (many files, duplicate chunks across them, a merged image of two blobs) and on
+hand-made tables (a duplicate key, sparse chunk indexes, a table that is no whole number of records)."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from fixtures_util import pack_layer
+
+from nydus_inspect.formats import rafs_v6
+from nydus_inspect.layer import Layer
+from nydus_inspect.model import ChunkRecords
+
+RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
+
+
+def _reference(buf, off: int, size: int) -> dict:
+    """What the chunk table meant before: a dict of field tuples, the first record of a key winning."""
+    out: dict = {}
+    for vals in RECORD.iter_unpack(buf[off : off + size]):
+        out.setdefault((vals[1], vals[8]), vals)
+    return out
+
+
+def _tar(path, seed: int) -> None:
+    rng = random.Random(seed)
+    shared = rng.randbytes(3 * 4096)
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(40):
+            data = shared + rng.randbytes(rng.randrange(1, 9000)) if i % 3 else shared
+            info = tarfile.TarInfo(f"s{seed}/d{i % 4}/f{i:02d}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def _same(rafs) -> None:
+    off, size = rafs.ext.s_chunk_table_offset, rafs.ext.s_chunk_table_size
+    want = _reference(rafs.buf, off, size)
+    got = ChunkRecords(rafs.buf, off, size)
+    assert len(want) > 10 and len(got) == len(want)
+    for key, vals in want.items():
+        assert key in got and got.get(key) == vals == got[key]
+    nblobs = len(rafs.blobs)
+    for key in [(0, len(want) + 5), (nblobs, 0), (0, -1), (7, 3)]:
+        assert key not in got and got.get(key) is None
+        with pytest.raises(KeyError):
+            got[key]
+
+
+def test_a_packed_and_a_merged_bootstrap(tmp_path):
+    blobs = []
+    for seed in (1, 2):
+        _tar(tmp_path / f"{seed}.tar", seed)
+        pack_layer(tmp_path / f"{seed}.tar", tmp_path / f"{seed}.blob")
+        blobs.append(tmp_path / f"{seed}.blob")
+        with Layer(str(blobs[-1])) as layer:
+            _same(layer.rafs)
+    merged = tmp_path / "merged.boot"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nydus_inspect", "merge", "-o", str(merged), *map(str, blobs)],
+        capture_output=True,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    with Layer(str(merged), blobs=[str(b) for b in blobs]) as layer:
+        assert len(layer.rafs.blobs) == 2
+        _same(layer.rafs)
+
+
+def test_hand_made_tables():
+    rows = [RECORD.pack(bytes([i]) * 32, i % 2, 0, i, i, i, i, i, i // 2, 0) for i in range(10)]
+    rows.append(RECORD.pack(b"x" * 32, 0, 0, 9, 9, 9, 9, 9, 0, 0))  # a second record of (0, 0)
+    rows.append(RECORD.pack(b"y" * 32, 3, 0, 1, 1, 1, 1, 1, 10**9, 0))  # a sparse index
+    table = b"PAD" + b"".join(rows)
+    got, want = ChunkRecords(table, 3, len(table) - 3), _reference(table, 3, len(table) - 3)
+    assert len(got) == len(want) == 11
+    assert {k: got[k] for k in want} == want
+    assert got[(0, 0)][0] == bytes(32)  # the first record of a key wins
+    with pytest.raises(struct.error):
+        ChunkRecords(table, 3, len(table) - 4)
