@@ -558,14 +558,12 @@ class Layer:
     @cached_property
     def rafs(self) -> RafsV6:
         data = self.bootstrap_bytes()
-        if not _is_v6(data) and _is_v5(data):
-            raise FormatError(
-                "rafs v5 superblock",
-                "this is a RAFS v5 bootstrap; this command needs RAFS v6",
-                offset=0,
-                value=_rafs_v5().MAGIC,
-            ).located(self.path)
         try:
+            if not _is_v6(data) and _is_v5(data):
+                # v5 through the same model and chunk service: RafsV6's interface over v5 inodes.
+                from .model_v5 import RafsV5Model
+
+                return RafsV5Model(data, ci_source=self._ci_source)
             if self.kind == KIND_EROFS:
                 from .erofs import Erofs
 
