@@ -59,32 +59,48 @@ class RafsV5Model(RafsV6):
         self._ci_source = ci_source
         self._chunk_table = {}
         self._records = {}
+        self._slots: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ inodes
     @property
     def root_nid(self) -> int:
-        return rafs_v5.ROOT_INO
+        return self.v5.table[0] if self.v5.table else 0
+
+    def nid_of(self, slot: int) -> int:
+        """The nid of the inode in inode-table slot ``slot`` (checked to decode)."""
+        return self.v5.inode(slot).offset >> 3
+
+    def slot_of(self, nid: int) -> int:
+        """The inode-table slot whose inode lies at ``nid`` (the first, should two share one)."""
+        if self._slots is None:
+            self._slots = {}
+            for i, v in enumerate(self.v5.table):
+                self._slots.setdefault(v, i + 1)
+        slot = self._slots.get(nid)
+        if slot is None:
+            raise FormatError("rafs v5 inode table", "no inode of the table lies at this nid", value=nid)
+        return slot
 
     def inode_offset(self, nid: int) -> int:
-        return self.inode(nid).offset if nid else self.sb.s_inode_table_offset
+        return nid << 3 if nid else self.sb.s_inode_table_offset
 
     def inode(self, nid: int) -> InodeV5:
         ino = self._inodes.get(nid)
         if ino is None:
-            ino = self.v5.inode(nid)
+            ino = self.v5.inode(self.slot_of(nid))
             self._inodes.put(nid, ino)
         return ino
 
     def root(self) -> Node:
-        self.v5.root()  # says so when inode 1 is not a directory
-        return self.node(self.root_nid, b"/")
+        root = self.v5.root()  # says so when inode 1 is not a directory
+        return self.node(root.offset >> 3, b"/")
 
     def node(self, nid: int, path: bytes) -> Node:
         ino = self.inode(nid)
         ntype = node_type(ino.i_mode)
         if ntype == "unknown":
             raise rafs_v5.INODE.error(
-                "i_mode", ino.offset, f"inode {nid}: unknown file type in i_mode", f"0{ino.i_mode:o}"
+                "i_mode", ino.offset, f"inode {ino.index}: unknown file type in i_mode", f"0{ino.i_mode:o}"
             )
         n = Node(
             path=path,
@@ -107,7 +123,7 @@ class RafsV5Model(RafsV6):
                 raise rafs_v5.INODE.error(
                     "i_symlink_size",
                     ino.offset,
-                    f"inode {nid}: symlink without a usable target",
+                    f"inode {ino.index}: symlink without a usable target",
                     ino.i_symlink_size,
                 )
             n.target = ino.symlink
@@ -120,30 +136,32 @@ class RafsV5Model(RafsV6):
         i = self.inode(nid)
         fmt = stat.S_IFMT(i.i_mode)
         rdev = i.i_rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0
-        size = i.i_symlink_size if fmt == stat.S_IFLNK else (0 if rdev else i.i_size)
+        size = len(i.symlink) if fmt == stat.S_IFLNK else (0 if rdev else i.i_size)
         return (i.i_mode, i.i_nlink, size, rdev, i.i_ino, i.i_uid, i.i_gid, i.i_mtime, i.i_mtime_nsec)
 
     def inode_count(self) -> int:
         return len(self.v5.table)
 
     def prefetch_paths(self) -> list[int]:
-        return self.v5.prefetch_inodes()
+        return [self.nid_of(slot) for slot in self.v5.prefetch_inodes()]
 
     # ------------------------------------------------------------------ directories
     def _link_target(self, kid: InodeV5) -> int:
-        """The slot a child's name resolves to: a hard link's first inode (its i_ino), else its own."""
+        """The nid a child's name resolves to: a hard link's first inode (slot i_ino), else its own."""
         if kid.is_dir or not (kid.i_nlink > 1 or kid.i_flags & FLAG_HARDLINK) or kid.i_ino == kid.index:
-            return kid.index
+            return kid.offset >> 3
         if 1 <= kid.i_ino <= len(self.v5.table):
-            first = self.inode(kid.i_ino)
-            if first.i_ino == kid.i_ino and first.i_mode == kid.i_mode and not first.is_dir:
-                return first.index
-        return kid.index
+            first = self.v5.inode(kid.i_ino)
+            if first.i_ino == kid.i_ino and first.i_mode == kid.i_mode:
+                return first.offset >> 3
+        return kid.offset >> 3
 
     def readdir(self, nid: int, include_dots: bool = False) -> list[rafs_v6.Dirent]:
         ino = self.inode(nid)
         if not ino.is_dir:
-            raise FormatError("rafs v5 inode", f"inode {nid} is not a directory", value=f"0{ino.i_mode:o}")
+            raise FormatError(
+                "rafs v5 inode", f"inode {ino.index} is not a directory", value=f"0{ino.i_mode:o}"
+            )
         out = []
         if include_dots:
             out += [
@@ -151,13 +169,13 @@ class RafsV5Model(RafsV6):
                 rafs_v6.Dirent(b"..", self._parent(ino), rafs_v6.FT_DIR),
             ]
         for k in self.v5.child_range(ino):
-            kid = self.inode(k)
+            kid = self.v5.inode(k)
             name = kid.name
             if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
                 raise rafs_v5.INODE.error(
                     "i_name_size",
                     kid.offset,
-                    f"inode {k} in directory inode {nid}: not a file name",
+                    f"inode {k} in directory inode {ino.index}: not a file name",
                     name[:64],
                 )
             out.append(
@@ -166,11 +184,9 @@ class RafsV5Model(RafsV6):
         return out
 
     def _parent(self, ino: InodeV5) -> int:
-        return (
-            ino.i_parent
-            if ino.index != self.root_nid and 1 <= ino.i_parent <= len(self.v5.table)
-            else ino.index
-        )
+        if ino.index != rafs_v5.ROOT_INO and 1 <= ino.i_parent <= len(self.v5.table):
+            return self.nid_of(ino.i_parent)
+        return ino.offset >> 3
 
     def dir_entries(self, nid: int) -> list[tuple[bytes, int]]:
         return [(d.name, d.nid) for d in self.readdir(nid, include_dots=True)]
@@ -203,7 +219,7 @@ class RafsV5Model(RafsV6):
         if node.type != "file":
             return []
         ino = self.inode(node.nid)
-        where = fsdecode(node.path) or f"inode {node.nid}"
+        where = fsdecode(node.path) or f"inode {ino.index}"
         cs = self.chunk_size
         count = -(-ino.i_size // cs)
         if ino.i_flags & FLAG_HOLE and ino.i_child_count != count:
