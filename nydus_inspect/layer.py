@@ -114,6 +114,9 @@ class Layer:
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
         self._blob_files: dict[int, Blob] = {}
+        #: For a data blob opened from a bootstrap: its blob-table entry, which locates its blob.meta when
+        #: nothing in the file does (:meth:`_entry_from_blob_table`).
+        self.table_entry: rafs_v6.BlobTableEntry | None = None
         try:
             self._sniff()
         except FormatError as exc:
@@ -320,6 +323,12 @@ class Layer:
         if self.toc is not None:
             return [e.name for e in self.toc] + [RAFS_BLOB_TOC]
         names = []
+        if (
+            self.kind == KIND_DATA_BLOB
+            and self.table_entry is not None
+            and self.table_entry.ci_uncompressed_size
+        ):
+            names += [BLOB_META, BLOB_META_HEADER]
         for sec in self.sections:
             if sec.name == BLOB_META:
                 names += [BLOB_META, BLOB_META_HEADER]
@@ -372,9 +381,36 @@ class Layer:
                     usize = sec.size if comp is Compressor.NONE else -1
                     return sec.offset, sec.size, comp, usize, None
                 return sec.offset, sec.size, Compressor.NONE, sec.size, None
+        located = self._entry_from_blob_table(name)
+        if located is not None:
+            return located
         raise UsageError(
             f"{self.path}: no entry named {name!r} (this layer has: {', '.join(self.entry_names()) or 'none'})"
         )
+
+    def _entry_from_blob_table(self, name: str) -> tuple[int, int, Compressor, int, None] | None:
+        """blob.meta and its header in a data blob with neither tar headers nor ToC (nydus up to v2.1, and
+        ``nydus-image create`` without ``--blob-inline-meta`` or ``--features blob-toc`` since): only the
+        bootstrap's blob-table entry (:attr:`table_entry`) says where the chunk-info array lies; its
+        4096-byte header follows it, where nydusd reads both in one go."""
+        ent = self.table_entry
+        if ent is None or self.kind != KIND_DATA_BLOB or name not in (BLOB_META, BLOB_META_HEADER):
+            return None
+        if not ent.ci_uncompressed_size:
+            return None  # no blob.meta: the bootstrap's chunk table is all that locates the chunks
+        at = ent.ci_offset + ent.ci_compressed_size
+        if at + blob_meta.HEADER_SIZE > self.size:
+            raise rafs_v6.BLOB_ENTRY.error(
+                "ci_offset",
+                0,
+                f"blob {ent.blob_index}'s blob.meta ({ent.ci_compressed_size} bytes at {ent.ci_offset}) and its "
+                f"{blob_meta.HEADER_SIZE}-byte header run past the {self.size}-byte blob file",
+                ent.ci_offset,
+            ).located(self.path)
+        if name == BLOB_META_HEADER:
+            return at, blob_meta.HEADER_SIZE, Compressor.NONE, blob_meta.HEADER_SIZE, None
+        comp = Compressor.from_algo(ent.ci_compressor)
+        return ent.ci_offset, ent.ci_compressed_size, comp, ent.ci_uncompressed_size, None
 
     def entry_raw(self, name: str) -> bytes:
         off, size, _, _, _ = self.entry_location(name)
@@ -660,6 +696,7 @@ class Layer:
                     f"(looked in {where})"
                 )
             layer = Layer(path, data_blob=True)
+            layer.table_entry = ent
             bf = Blob(blob_index, layer, ent)
         self._blob_files[blob_index] = bf
         return bf
