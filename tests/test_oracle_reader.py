@@ -18,7 +18,6 @@ import pytest
 from fixtures_util import (
     Want,
     assert_dir_matches,
-    assert_one_line_error,
     assert_tree_matches,
     expected_tree,
     fixture_tars_fixture,  # noqa: F401
