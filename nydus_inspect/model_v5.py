@@ -146,7 +146,7 @@ class RafsV5Model(RafsV6):
         return [self.nid_of(slot) for slot in self.v5.prefetch_inodes()]
 
     # ------------------------------------------------------------------ directories
-    def _link_target(self, kid: InodeV5) -> int:
+    def readdir_target(self, kid: InodeV5) -> int:
         """The nid a child's name resolves to: a hard link's first inode (slot i_ino), else its own."""
         if kid.is_dir or not (kid.i_nlink > 1 or kid.i_flags & FLAG_HARDLINK) or kid.i_ino == kid.index:
             return kid.offset >> 3
@@ -179,7 +179,7 @@ class RafsV5Model(RafsV6):
                     name[:64],
                 )
             out.append(
-                rafs_v6.Dirent(name, self._link_target(kid), _FT_OF_FMT.get(stat.S_IFMT(kid.i_mode), 0))
+                rafs_v6.Dirent(name, self.readdir_target(kid), _FT_OF_FMT.get(stat.S_IFMT(kid.i_mode), 0))
             )
         return out
 

@@ -239,7 +239,7 @@ def test_old_v6_data_blob(request, oracle, fuse_ok, source, options, tmp_path):
         cat_every_file(which, blobs, want)
         read_in_ours(request, which, want, work, "--blob-dir", blobs)
     verify = run_cli("verify", old, "--blob-dir", blobs, "--json")
-    report = json.loads(verify.stdout)
+    report = report_of(verify)
     assert report["ok"] and report["checked"].get("blob.meta headers") == 1, report
 
 
@@ -262,9 +262,15 @@ def test_nothing_locates_the_chunks(request, oracle, tmp_path):
 
 
 # ---------------------------------------------------------------------------- damage
-def v5_layer(request, oracle, tmp_path, source="fixture:dedup.tar", *opts):
+def v5_layer(request, oracle, tmp_path, source="vector:all-entry-type.tar", *opts):
     src = source_tar(request, source)
     return make_layer(oracle, src, tmp_path, *V5, *opts)
+
+
+def report_of(proc) -> dict:
+    """The one layer's report of `verify --json`."""
+    (report,) = json.loads(proc.stdout)["layers"]
+    return report
 
 
 def inodes(boot: Path) -> dict[bytes, rafs_v5.InodeV5]:
@@ -284,7 +290,7 @@ def test_v5_flipped_chunk_bit(request, oracle, fuse_ok, tmp_path):
     blob.write_bytes(raw)
     proc = run_cli("verify", boot, "--blob-dir", blobs, "--json")
     assert proc.returncode == 1, proc.stderr
-    findings = json.loads(proc.stdout)["findings"]
+    findings = report_of(proc)["findings"]
     assert {f["check"] for f in findings} == {"chunk.digest"}, findings
     assert findings[0]["chunk"] == rec[8] and findings[0]["blob_index"] == rec[1]
     assert_one_line_error(run_cli("cat", boot, os.fsdecode(path), "--blob-dir", blobs), 2, "digest")
@@ -309,24 +315,38 @@ def patched(boot: Path, out: Path, offset: int, fmt: str, value: int | bytes) ->
 
 def test_v5_damaged_inode_found_by_verify(request, oracle, tmp_path):
     boot, blobs = v5_layer(request, oracle, tmp_path)
-    path, node = next((p, n) for p, n in inodes(boot).items() if n.is_reg and n.i_size)
+    # A file's first inode (the one every name of a hard-linked file resolves to).
+    path, node = next((p, n) for p, n in inodes(boot).items() if n.is_reg and n.i_size and n.i_ino == n.index)
     at = node.offset + rafs_v5.INODE.offsets["i_digest"]
     raw = boot.read_bytes()
     bad = patched(boot, tmp_path / "digest.boot", at, "B", raw[at] ^ 1)
     assert run_cli("verify", boot, "--blob-dir", blobs).returncode == 0
     proc = run_cli("verify", bad, "--blob-dir", blobs, "--json")
     assert proc.returncode == 1
-    findings = json.loads(proc.stdout)["findings"]
-    assert [(f["check"], f["field"], f["path"]) for f in findings] == [
-        ("bootstrap.inode", "i_digest", os.fsdecode(path))
-    ], findings
+    findings = report_of(proc)["findings"]
+    # The inode's own digest, and its directory's, which covers it.
+    assert {(f["check"], f["field"], f["path"]) for f in findings} == {
+        ("bootstrap.inode", "i_digest", os.fsdecode(path)),
+        ("bootstrap.inode", "i_digest", os.fsdecode(os.path.dirname(path))),
+    }, findings
     # A size that no longer fits the chunk records: verify names the file, cat refuses it in one line.
     short = patched(
         boot, tmp_path / "size.boot", node.offset + rafs_v5.INODE.offsets["i_size"], "Q", node.i_size + 1
     )
-    findings = json.loads(run_cli("verify", short, "--blob-dir", blobs, "--json").stdout)["findings"]
+    findings = report_of(run_cli("verify", short, "--blob-dir", blobs, "--json"))["findings"]
     assert "bootstrap.chunks" in {f["check"] for f in findings}
     assert_one_line_error(run_cli("cat", short, os.fsdecode(path), "--blob-dir", blobs), 2, os.fsdecode(path))
+    # Another name's own inode, damaged alike: its file reads from the first inode, verify says they differ.
+    other, twin = next(
+        (p, n)
+        for p, n in inodes(boot).items()
+        if n.is_reg and n.i_ino == node.i_ino and n.index != node.index
+    )
+    at = twin.offset + rafs_v5.INODE.offsets["i_size"]
+    findings = report_of(
+        run_cli("verify", patched(boot, tmp_path / "twin.boot", at, "Q", 7), "--blob-dir", blobs, "--json")
+    )["findings"]
+    assert [(f["check"], f["path"]) for f in findings] == [("bootstrap.nlink", os.fsdecode(other))], findings
 
 
 def _table_slot(boot: Path, slot: int) -> int:
@@ -368,7 +388,7 @@ def test_v5_tree_that_does_not_decode(request, oracle, damage, tmp_path):
     assert not (tmp_path / "x.tar").exists()
     proc = run_cli("verify", bad, "--blob-dir", blobs, "--json")
     assert proc.returncode == 1, proc.stderr
-    assert any(needle in f["message"] for f in json.loads(proc.stdout)["findings"])
+    assert any(needle in f["message"] for f in report_of(proc)["findings"])
 
 
 def test_v5_model_survives_mutations(request, oracle, tmp_path):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FormatError, NydusInspectError, UsageError
 from ..formats import rafs_v5
-from ..model import DIR, REG, SYMLINK, WalkError, fsdecode
+from ..model import DIR, REG, SYMLINK, WalkError, fsdecode, node_type
 from ..query import FileIndex
 from .findings import Finding, _exc_finding
 
@@ -112,7 +112,6 @@ def _check_tree(run: _Run, r: RafsV5Model) -> list:
     first: dict[int, tuple[int, bytes, str]] = {}  # nid -> (i_nlink, first path, type)
     dirs: dict[bytes, int] = {}
     files = []
-    digester = r.digester
     run.tick("bootstrap", 0, total)
     for n, node in enumerate(r.walk(on_error=bad_walk)):
         index.add_path(node.path, node.type == DIR)
@@ -129,10 +128,20 @@ def _check_tree(run: _Run, r: RafsV5Model) -> list:
             if node.type == REG:
                 index.files += 1
                 files.append(node)
-        try:
-            _check_digest(run, r, node, digester)
-        except NydusInspectError as exc:
-            run.add(_exc_finding("bootstrap.inode", exc, path=fsdecode(node.path), file=layer.path))
+        if node.type == DIR:
+            # Each name's own inode (hard-linked names are inodes of their own, which the walk's nodes,
+            # resolved to the first of them, do not show): the directory's, then its non-directories'.
+            try:
+                ino = r.inode(node.nid)
+                _check_digest(run, r, ino, node.path)
+                base = node.path.rstrip(b"/") + b"/"
+                for k in r.v5.child_range(ino):
+                    kid = r.v5.inode(k)
+                    if not kid.is_dir:
+                        _check_digest(run, r, kid, base + kid.name)
+                        _check_link(run, r, kid, base + kid.name)
+            except NydusInspectError as exc:
+                run.add(_exc_finding("bootstrap.inode", exc, path=fsdecode(node.path), file=layer.path))
         if n & 1023 == 1023:
             run.tick("bootstrap", n + 1, total)
     for nid, count in names.items():
@@ -156,29 +165,51 @@ def _check_tree(run: _Run, r: RafsV5Model) -> list:
     return files
 
 
-def _check_digest(run: _Run, r: RafsV5Model, node, digester) -> None:
-    """``i_digest`` as nydus-image computes it for the node's type."""
-    ino = r.inode(node.nid)
-    if node.type == REG:
+def _check_link(run: _Run, r: RafsV5Model, ino, path: bytes) -> None:
+    """A hard-linked name's own inode holds what its file's first inode holds (readers take the first)."""
+    nid = r.readdir_target(ino)
+    if nid == ino.offset >> 3:
+        return
+    first = r.inode(nid)
+    if (ino.i_size, r.v5.chunk_records(ino)) != (first.i_size, r.v5.chunk_records(first)):
+        run.add(
+            Finding(
+                "bootstrap.nlink",
+                f"a name of a hard-linked file differs in size or chunks from its first inode ({first.index})",
+                structure="rafs v5 inode",
+                file=run.layer.path,
+                path=fsdecode(path),
+                offset=ino.offset,
+                field="i_size",
+                expected=str(first.i_size),
+                found=str(ino.i_size),
+            )
+        )
+
+
+def _check_digest(run: _Run, r: RafsV5Model, ino, path: bytes) -> None:
+    """``i_digest`` as nydus-image computes it for the inode's type."""
+    kind = node_type(ino.i_mode)
+    if kind == REG:
         parts = [rec[0] for rec in r.v5.chunk_records(ino)]
-    elif node.type == SYMLINK:
+    elif kind == SYMLINK:
         parts = [ino.symlink]
-    elif node.type == DIR:
+    elif kind == DIR:
         parts = [r.v5.inode(k).i_digest for k in r.v5.child_range(ino)]
     else:
         parts = []
-    got = digester.digest(b"".join(parts))
+    got = r.digester.digest(b"".join(parts))
     if got != ino.i_digest:
+        of = {REG: "chunk digests", SYMLINK: "symlink target", DIR: "children's digests"}.get(
+            kind, "(empty) data"
+        )
         run.add(
             Finding(
                 "bootstrap.inode",
-                f"i_digest differs from the {digester.value} digest of the inode's "
-                + {REG: "chunk digests", SYMLINK: "symlink target", DIR: "children's digests"}.get(
-                    node.type, "(empty) data"
-                ),
+                f"i_digest differs from the {r.digester.value} digest of the inode's {of}",
                 structure="rafs v5 inode",
                 file=run.layer.path,
-                path=fsdecode(node.path),
+                path=fsdecode(path),
                 offset=ino.offset + rafs_v5.INODE.offsets["i_digest"],
                 field="i_digest",
                 expected=got.hex(),
