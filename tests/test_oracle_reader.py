@@ -206,7 +206,7 @@ def test_their_rafs_v5(request, oracle, fuse_ok, tmp_path):
         assert got["type"] == w.type, p
         assert (got["uid"], got["gid"], got["mtime"]) == (w.uid, w.gid, w.mtime), p
     path, want = next((p, w) for p, w in expected.items() if w.type == "file" and w.size)
-    cat = run_cli("cat", boot, path, "--blob", blob)
+    cat = run_cli("cat", boot, os.fsdecode(path), "--blob", blob)
     assert cat.returncode == 0, cat.stderr
     assert hashlib.sha256(cat.stdout).hexdigest() == want.sha256
 
