@@ -15,6 +15,7 @@ serves them (one inode, ``i_ino``), and as v6 names of one file share a nid.
 from __future__ import annotations
 
 import stat
+import struct
 from types import SimpleNamespace
 
 from .chunks.ref import ChunkRef
@@ -59,7 +60,6 @@ class RafsV5Model(RafsV6):
         self._ci_source = ci_source
         self._chunk_table = {}
         self._records = {}
-        self._slots: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ inodes
     @property
@@ -71,14 +71,20 @@ class RafsV5Model(RafsV6):
         return self.v5.inode(slot).offset >> 3
 
     def slot_of(self, nid: int) -> int:
-        """The inode-table slot whose inode lies at ``nid`` (the first, should two share one)."""
-        if self._slots is None:
-            self._slots = {}
-            for i, v in enumerate(self.v5.table):
-                self._slots.setdefault(v, i + 1)
-        slot = self._slots.get(nid)
-        if slot is None:
-            raise FormatError("rafs v5 inode table", "no inode of the table lies at this nid", value=nid)
+        """The inode-table slot of the inode at ``nid``: its ``i_ino``, which must name it in the table (every
+        nid this model hands out is such an inode; nydusd too finds an inode by its i_ino)."""
+        at = (nid << 3) + rafs_v5.INODE.offsets["i_ino"]
+        if nid <= 0 or at + 8 > self.size:
+            raise FormatError("rafs v5 inode", "nid points outside the bootstrap", value=nid)
+        (slot,) = struct.unpack_from("<Q", self.buf, at)
+        table = self.v5.table
+        if not 1 <= slot <= len(table) or table[slot - 1] != nid:
+            raise FormatError(
+                "rafs v5 inode",
+                f"the inode at offset {nid << 3}: its i_ino does not name it in the inode table",
+                offset=at,
+                value=slot,
+            )
         return slot
 
     def inode_offset(self, nid: int) -> int:
@@ -147,14 +153,24 @@ class RafsV5Model(RafsV6):
 
     # ------------------------------------------------------------------ directories
     def readdir_target(self, kid: InodeV5) -> int:
-        """The nid a child's name resolves to: a hard link's first inode (slot i_ino), else its own."""
-        if kid.is_dir or not (kid.i_nlink > 1 or kid.i_flags & FLAG_HARDLINK) or kid.i_ino == kid.index:
+        """The nid a child's name resolves to: its own inode, or for a further name of a hard-linked file the
+        file's first inode (the slot its i_ino names), as nydusd resolves it."""
+        if kid.i_ino == kid.index:
             return kid.offset >> 3
-        if 1 <= kid.i_ino <= len(self.v5.table):
+        if (
+            not kid.is_dir
+            and (kid.i_nlink > 1 or kid.i_flags & FLAG_HARDLINK)
+            and 1 <= kid.i_ino <= len(self.v5.table)
+        ):
             first = self.v5.inode(kid.i_ino)
             if first.i_ino == kid.i_ino and first.i_mode == kid.i_mode:
                 return first.offset >> 3
-        return kid.offset >> 3
+        raise rafs_v5.INODE.error(
+            "i_ino",
+            kid.offset,
+            f"inode {kid.index}: i_ino {kid.i_ino} is neither its own number nor the first inode of its hard-linked file",
+            kid.i_ino,
+        )
 
     def readdir(self, nid: int, include_dots: bool = False) -> list[rafs_v6.Dirent]:
         ino = self.inode(nid)

@@ -355,7 +355,14 @@ def _table_slot(boot: Path, slot: int) -> int:
 
 @pytest.mark.parametrize(
     "damage",
-    ["root-not-dir", "child-before-parent", "child-count-past-table", "offset-past-end", "table-past-end"],
+    [
+        "root-not-dir",
+        "child-before-parent",
+        "child-count-past-table",
+        "offset-past-end",
+        "table-past-end",
+        "ino-names-another",
+    ],
 )
 def test_v5_tree_that_does_not_decode(request, oracle, damage, tmp_path):
     """A v5 bootstrap whose inodes make no sensible tree says what is wrong in one line (exit 2) in every
@@ -379,6 +386,11 @@ def test_v5_tree_that_does_not_decode(request, oracle, damage, tmp_path):
     elif damage == "offset-past-end":
         patched(boot, bad, _table_slot(boot, sub.index), "I", 1 << 28)
         needle = "outside the bootstrap"
+    elif damage == "ino-names-another":
+        # An inode whose i_ino is the root's: nydusd, which finds inodes by i_ino, would serve the root for it.
+        link = next(n for n in nodes.values() if n.i_mode & 0o170000 == 0o120000)
+        patched(boot, bad, link.offset + f["i_ino"], "Q", 1)
+        needle = "i_ino"
     else:
         sb_at = rafs_v5.SUPERBLOCK.offsets["s_inode_table_entries"]
         patched(boot, bad, sb_at, "I", 1 << 23)
