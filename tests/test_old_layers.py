@@ -238,6 +238,13 @@ def test_old_v6_data_blob(request, oracle, fuse_ok, source, options, tmp_path):
         listed_as_served(which, blobs, want)
         cat_every_file(which, blobs, want)
         read_in_ours(request, which, want, work, "--blob-dir", blobs)
+    # The blob on its own: its blob.meta header ends the file and places the chunk-info array before it.
+    info = json.loads(run_cli("info", blob, "--json").stdout)
+    assert info["kind"] == "data-blob", info
+    chunks = json.loads(run_cli("chunks", blob, "--json").stdout)
+    assert chunks["source"] == "blob.meta" and len(chunks["chunks"]) == ent["chunk_count"]
+    alone = report_of(run_cli("verify", blob, "--json"))
+    assert alone["ok"] and alone["checked"]["chunks"] == ent["chunk_count"], alone
     verify = run_cli("verify", old, "--blob-dir", blobs, "--json")
     report = report_of(verify)
     assert report["ok"] and report["checked"].get("blob.meta headers") == 1, report
