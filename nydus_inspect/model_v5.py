@@ -7,9 +7,11 @@ the questions they ask (``inode``, ``node``, ``readdir``, ``attrs``, ``dir_entri
 :class:`~nydus_inspect.chunks.ref.ChunkRef`, so that cat, unpack, verify and the mount read v5 files
 through the same chunk service as v6 ones.
 
-A node's nid is its inode-table slot. The names of one hard-linked file are separate v5 inodes sharing
-an ``i_ino``, which is also the slot of the first of them: every name resolves to that slot, as nydusd
-serves them (one inode, ``i_ino``), and as v6 names of one file share a nid.
+A node's nid is where its inode lies in the bootstrap, in 8-byte units: the inode table's own value for
+it, as a v6 nid is the inode's offset in 32-byte units (inode-table slots start at 1, the number FUSE keeps
+for the mount's root). The names of one hard-linked file are separate v5 inodes sharing an ``i_ino``, the
+slot of the first of them: every name resolves to that inode, as nydusd serves them (one inode,
+``i_ino``), and as v6 names of one file share a nid.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ _FT_OF_FMT = {
 
 
 class RafsV5Model(RafsV6):
-    """A v5 bootstrap held in ``buf``, read through RafsV6's interface (nids are inode-table slots)."""
+    """A v5 bootstrap held in ``buf``, read through RafsV6's interface (nids are inode offsets / 8)."""
 
-    def __init__(self, buf, ci_source: CiSource | None = None) -> None:  # noqa: D107 - RafsV6's is not called
+    def __init__(self, buf, ci_source: CiSource | None = None) -> None:
         self.v5 = RafsV5(buf)
         self.buf = buf
         self.size = len(buf)
@@ -54,6 +56,7 @@ class RafsV5Model(RafsV6):
             s_blob_table_size=self.sb.s_blob_table_size,
         )
         self.blobs = self.v5.blob_entries()
+        # RafsV6.__init__ is not called: it parses a v6 superblock. These are the attributes its methods use.
         # The parts of RafsV6's parsed bootstrap that readers other than the walk look at.
         self.meta = SimpleNamespace(sb=self.sb, ext=self.ext, blobs=self.blobs, devices=[], prefetch=[])
         self._inodes: _LRU = _LRU(65536)
