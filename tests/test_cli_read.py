@@ -253,7 +253,9 @@ def test_chunks_of_a_v5_bootstrap(v):
     assert out["source"] == "rafs v5 inode chunk records"
     keys = [(c["blob_index"], c["index"]) for c in out["chunks"]]
     assert len(keys) == len(set(keys)) == 23
-    assert out["chunks"][0]["digest"].startswith("fff49cf6925f") and out["chunks"][0]["uncompressed_size"] == 944
+    assert (
+        out["chunks"][0]["digest"].startswith("fff49cf6925f") and out["chunks"][0]["uncompressed_size"] == 944
+    )
 
 
 # ============================================================================ ls
