@@ -114,6 +114,11 @@ class Layer:
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
         self._blob_files: dict[int, Blob] = {}
+        #: For a data blob opened from a bootstrap: its blob-table entry, which locates its blob.meta when
+        #: nothing in the file does (:meth:`_entry_from_blob_table`).
+        self.table_entry: rafs_v6.BlobTableEntry | None = None
+        #: For a data blob that ends in its blob.meta header (:meth:`_try_bare_data_blob`): that header.
+        self.own_meta: blob_meta.BlobMetaHeader | None = None
         try:
             self._sniff()
         except FormatError as exc:
@@ -183,6 +188,8 @@ class Layer:
         if _is_v5(m):
             self.kind = KIND_BOOTSTRAP_V5
             return
+        if self._try_bare_data_blob():
+            return
         if self.size >= 2 and m[:2] == b"\x1f\x8b" or self.size >= 265 and m[257:262] == b"ustar":
             self.kind = KIND_BOOTSTRAP_LAYER
             return
@@ -192,6 +199,25 @@ class Layer:
             "no RAFS magic, no tar or gzip signature)",
             offset=0,
         )
+
+    def _try_bare_data_blob(self) -> bool:
+        """A data blob of chunks, chunk-info array and its 4096-byte header, and nothing else (nydus up to
+        v2.1; nydus-image without --blob-inline-meta or blob-toc): its last 4096 bytes are a blob.meta header
+        whose chunk-info array ends where the header starts."""
+        size = blob_meta.HEADER_SIZE
+        if self.size < size:
+            return False
+        at = self.size - size
+        try:
+            hdr = blob_meta.BlobMetaHeader.parse(self._map[at:], 0, at)
+        except FormatError:
+            return False
+        if hdr.s_ci_offset + hdr.s_ci_compressed_size != at:
+            return False
+        self.kind = KIND_DATA_BLOB
+        self.own_meta = hdr
+        self.notes.append("no tar headers and no ToC: blob.meta found by its header at the end of the file")
+        return True
 
     def _try_blob(self) -> bool:
         tail_off = self.size - 512
@@ -320,6 +346,12 @@ class Layer:
         if self.toc is not None:
             return [e.name for e in self.toc] + [RAFS_BLOB_TOC]
         names = []
+        if self.kind == KIND_DATA_BLOB and (
+            self.own_meta is not None
+            or self.table_entry is not None
+            and self.table_entry.ci_uncompressed_size
+        ):
+            names += [BLOB_META, BLOB_META_HEADER]
         for sec in self.sections:
             if sec.name == BLOB_META:
                 names += [BLOB_META, BLOB_META_HEADER]
@@ -372,9 +404,45 @@ class Layer:
                     usize = sec.size if comp is Compressor.NONE else -1
                     return sec.offset, sec.size, comp, usize, None
                 return sec.offset, sec.size, Compressor.NONE, sec.size, None
+        located = self._entry_from_blob_table(name)
+        if located is not None:
+            return located
         raise UsageError(
             f"{self.path}: no entry named {name!r} (this layer has: {', '.join(self.entry_names()) or 'none'})"
         )
+
+    def _entry_from_blob_table(self, name: str) -> tuple[int, int, Compressor, int, None] | None:
+        """blob.meta and its header in a data blob with neither tar headers nor ToC (nydus up to v2.1, and
+        ``nydus-image create`` without ``--blob-inline-meta`` or ``--features blob-toc`` since): only the
+        bootstrap's blob-table entry (:attr:`table_entry`) says where the chunk-info array lies; its
+        4096-byte header follows it, where nydusd reads both in one go."""
+        if self.kind != KIND_DATA_BLOB or name not in (BLOB_META, BLOB_META_HEADER):
+            return None
+        ent, own = self.table_entry, self.own_meta
+        if ent is not None and ent.ci_uncompressed_size:
+            place = (ent.ci_offset, ent.ci_compressed_size, ent.ci_compressor, ent.ci_uncompressed_size)
+        elif own is not None:
+            place = (
+                own.s_ci_offset,
+                own.s_ci_compressed_size,
+                own.s_ci_compressor,
+                own.s_ci_uncompressed_size,
+            )
+        else:
+            return None  # no blob.meta: the bootstrap's chunk table is all that locates the chunks
+        ci_offset, ci_size, ci_comp, ci_usize = place
+        at = ci_offset + ci_size
+        if at + blob_meta.HEADER_SIZE > self.size:
+            raise rafs_v6.BLOB_ENTRY.error(
+                "ci_offset",
+                0,
+                f"the blob table places blob.meta ({ci_size} bytes at {ci_offset}) and its "
+                f"{blob_meta.HEADER_SIZE}-byte header past the end of the {self.size}-byte blob file",
+                ci_offset,
+            ).located(self.path)
+        if name == BLOB_META_HEADER:
+            return at, blob_meta.HEADER_SIZE, Compressor.NONE, blob_meta.HEADER_SIZE, None
+        return ci_offset, ci_size, Compressor.from_algo(ci_comp), ci_usize, None
 
     def entry_raw(self, name: str) -> bytes:
         off, size, _, _, _ = self.entry_location(name)
@@ -558,14 +626,12 @@ class Layer:
     @cached_property
     def rafs(self) -> RafsV6:
         data = self.bootstrap_bytes()
-        if not _is_v6(data) and _is_v5(data):
-            raise FormatError(
-                "rafs v5 superblock",
-                "this is a RAFS v5 bootstrap; this command needs RAFS v6",
-                offset=0,
-                value=_rafs_v5().MAGIC,
-            ).located(self.path)
         try:
+            if not _is_v6(data) and _is_v5(data):
+                # v5 through the same model and chunk service: RafsV6's interface over v5 inodes.
+                from .model_v5 import RafsV5Model
+
+                return RafsV5Model(data, ci_source=self._ci_source)
             if self.kind == KIND_EROFS:
                 from .erofs import Erofs
 
@@ -662,6 +728,7 @@ class Layer:
                     f"(looked in {where})"
                 )
             layer = Layer(path, data_blob=True)
+            layer.table_entry = ent
             bf = Blob(blob_index, layer, ent)
         self._blob_files[blob_index] = bf
         return bf

@@ -776,9 +776,19 @@ class RafsV6:
         got = self._ci_source(idx.blob_index) if self._ci_source else None
         infos, digests = got if got is not None else (None, None)
         if infos is None or idx.ci_index >= len(infos):
+            # Say which of the two places that could locate the chunk is missing, or too short.
+            table = (
+                "has no chunk table" if not self.ext.s_chunk_table_size else "chunk table has no record of it"
+            )
+            meta = (
+                "has no blob.meta (none in the file, none placed by its blob-table entry)"
+                if infos is None
+                else f"blob.meta holds {len(infos)} records"
+            )
             raise FormatError(
                 "rafs chunk table",
-                f"{fsdecode(node.path)} chunk {k}: no record for blob {idx.blob_index} chunk {idx.ci_index}",
+                f"{fsdecode(node.path)} chunk {k}: no record for blob {idx.blob_index} chunk {idx.ci_index}: "
+                f"the bootstrap {table} and the blob {meta}",
                 value=idx.ci_index,
             )
         # Without the bootstrap's record, blob.digest holds the digest the chunk must be checked against.

@@ -181,6 +181,9 @@ def chunks_report(layer: Layer) -> Iterator[dict]:
                 j["digest"] = digests[ci.index].hex()
             yield j
         return
+    if layer.has_bootstrap and layer.is_v5:
+        yield from _v5_chunks_report(layer)
+        return
     if layer.has_bootstrap and not layer.is_v5:
         r = layer.rafs
         yield {"source": "bootstrap chunk table", "header": {"entries": r.ext.s_chunk_table_size // 80}}
@@ -203,15 +206,28 @@ def chunks_report(layer: Layer) -> Iterator[dict]:
     raise UsageError(f"{layer.path}: no blob.meta and no bootstrap: nothing describes chunks here")
 
 
+def _v5_chunks_report(layer: Layer) -> Iterator[dict]:
+    """A v5 bootstrap has no chunk table: each file's inode holds its chunk records. Each distinct record
+    (blob, chunk index) once, in walk order, with the first file using it."""
+    r = layer.rafs
+    yield {"source": "rafs v5 inode chunk records", "header": {"chunk_size": r.chunk_size}}
+    seen = set()
+    for node in r.walk():
+        if node.type != REG:
+            continue
+        for c in r.chunks(node):
+            if (c.blob_index, c.ci_index) in seen:
+                continue
+            seen.add((c.blob_index, c.ci_index))
+            yield {**c.to_json(), "index": c.ci_index, "file": fsdecode(node.path)}
+
+
 def list_nodes(
     layer: Layer, path: str = "/", recursive: bool = False, with_chunks: bool = False, follow: bool = True
 ) -> Iterator[Node]:
     """Nodes under ``path``: the node itself when not a directory, else its children (all, with -R).
 
     Symlinks in ``path`` are followed (the last one too, unless ``follow`` is False)."""
-    if layer.is_v5:
-        yield from _list_v5(layer, path, recursive)
-        return
     r = layer.rafs
     top = lookup_path(layer, path, follow=follow)
     if recursive:
@@ -224,41 +240,6 @@ def list_nodes(
         if with_chunks and node.type == REG:
             r.chunks(node)
         yield node
-
-
-def _list_v5(layer: Layer, path: str, recursive: bool) -> Iterator[Node]:
-    from .model import node_type
-
-    want = ("/" + path.strip("/")).encode() if path.strip("/") else b"/"
-    found = False
-    for p, ino in layer.rafs_v5.walk():
-        parent = p.rsplit(b"/", 1)[0] or b"/"
-        ntype, nlink = node_type(ino.i_mode), ino.i_nlink
-        if p == want:
-            # As for v6: a directory lists its children (and itself too with -R), anything else itself.
-            found = True
-            if not recursive and ntype == DIR:
-                continue
-        elif not p.startswith(want.rstrip(b"/") + b"/") or (not recursive and parent != want):
-            continue
-        # Builders set FLAG_HARDLINK on some links only; every name of a file with nlink > 1 shares i_ino.
-        linked = ino.i_flags & rafs_v5.FLAG_HARDLINK or (ntype == REG and nlink > 1)
-        yield Node(
-            path=p,
-            type=ntype,
-            mode=ino.i_mode,
-            uid=ino.i_uid,
-            gid=ino.i_gid,
-            mtime=ino.i_mtime,
-            size=ino.i_size,
-            nlink=ino.i_nlink,
-            rdev=ino.i_rdev,
-            target=ino.symlink or None,
-            ino=ino.i_ino,
-            hardlink=ino.i_ino if linked else None,
-        )
-    if not found:
-        raise UsageError(f"{layer.path}: no such path in the image: {path}")
 
 
 def lookup_path(layer: Layer, path: str | bytes, *, follow: bool = True) -> Node:

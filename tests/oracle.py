@@ -132,12 +132,13 @@ class Oracle:
         return self.run("nydus-image", "check", "--bootstrap", bootstrap, *opts)
 
     @contextlib.contextmanager
-    def mount(self, bootstrap: Path, blob_dir: Path, work: Path):
+    def mount(self, bootstrap: Path, blob_dir: Path, work: Path, *, validate: bool = False):
         """A real ``nydusd`` FUSE mount of ``bootstrap`` over the blobs in ``blob_dir`` (localfs backend,
         named by blob id). Yields the mount point; unmounts (and kills a hung daemon) also on failure.
 
         nydusd refuses ``digest_validate`` for RAFS v6 ("doesn't support integrity validation yet"), so
-        the daemon does not check chunk digests: the comparison of every byte with the source does."""
+        the daemon does not check chunk digests: the comparison of every byte with the source does.
+        ``validate``: a RAFS v5 bootstrap, whose chunk digests nydusd does check when asked (every read)."""
         work.mkdir(parents=True, exist_ok=True)
         mnt, cache = work / "mnt", work / "cache"
         mnt.mkdir(exist_ok=True)
@@ -148,7 +149,7 @@ class Oracle:
                 "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}},
             },
             "mode": "direct",
-            "digest_validate": False,
+            "digest_validate": validate,
             "iostats_files": False,
             "enable_xattr": True,
         }

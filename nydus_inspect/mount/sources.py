@@ -80,8 +80,6 @@ def open_sources(paths: list[str], *, blob_dir: str | None = None, blobs: list[s
                 "with these blobs in --blob-dir or as further arguments"
             )
         for layer in with_boot:
-            if layer.is_v5:
-                raise UsageError(f"{layer.path}: a RAFS v5 bootstrap; mount reads RAFS v6 only")
             # Data-only blobs given as layers serve the chunks of the bootstraps given with them.
             layer.extra_blobs.extend(d.path for d in data_only)
         image = _image(with_boot)

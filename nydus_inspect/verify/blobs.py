@@ -29,7 +29,8 @@ def _blob_layers(run: _Run) -> Iterator[tuple[int | None, Layer, object]]:
         except NydusInspectError:
             rafs = None
     if rafs is None:
-        if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+        # A data blob that ends in its blob.meta header (nydus up to v2.1) is checked on its own too.
+        if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or layer.own_meta is not None:
             yield None, layer, None
         return
     own_seen = False

@@ -73,6 +73,26 @@ def fuzz_rafs_v5(data: bytes) -> None:
         pass
 
 
+def fuzz_rafs_v5_model(data: bytes) -> None:
+    """The v5 bootstrap as every reader sees it: the model's walk, xattrs, directory listings and chunks."""
+    from nydus_inspect.model_v5 import RafsV5Model
+
+    try:
+        r = RafsV5Model(data)
+        for i, node in enumerate(r.walk()):
+            if i >= MAX_NODES:
+                break
+            node.to_json()
+            r.attrs(node.nid)
+            if node.type == "dir":
+                r.dir_entries(node.nid)
+            if node.type == REG:
+                r.chunks(node)
+        r.prefetch_paths()
+    except EXPECTED:
+        pass
+
+
 def fuzz_dir_block(data: bytes) -> None:
     try:
         rafs_v6.parse_dir_block(data[:4096], 0, 128)
@@ -371,6 +391,7 @@ TARGETS = {
     "blob_meta": fuzz_blob_meta,
     "rafs_v6": fuzz_rafs_v6,
     "rafs_v5": fuzz_rafs_v5,
+    "rafs_v5_model": fuzz_rafs_v5_model,
     "dir_block": fuzz_dir_block,
     "layer": fuzz_layer,
     "mount": fuzz_mount,
@@ -404,6 +425,7 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "blob_meta": [toc_blob[3341:7485], data_blob[8314:12442]],
         "rafs_v6": [boot, inline_boot],
         "rafs_v5": [v5],
+        "rafs_v5_model": [v5],
         "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
         "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2]],
         "mount": [toc_blob, *_mount_seeds()],
