@@ -119,6 +119,8 @@ class ChunkVerifier:
                 f"{resolved.compressor.value} and {resolved.digester.value}"
             )
         self.compressor, self.digester = resolved.compressor, resolved.digester
+        #: A batch or encrypted blob's chunks are decoded by its variant (chunks.variants), one by one.
+        self.variant = resolved.variant
         try:
             self.data_end = (
                 self.blob.entry_location(IMAGE_BLOB)[1] if self.blob.has_entry(IMAGE_BLOB) else self.blob.size
@@ -200,7 +202,7 @@ class ChunkVerifier:
             return None, [f]
         out: list[Finding] = []
         data = None
-        for _, got in iter_decoded(self.blob.source, self.compressor, [rec]):
+        for _, got in self._decoded([rec]):
             data = self._checked(rec, got, out)
         return (bytes(data) if data is not None else None), out
 
@@ -215,9 +217,20 @@ class ChunkVerifier:
             else:
                 good.append(rec)
         # The chunk service's batched decoder; each run's bytes are checked before the next run reuses the buffer.
-        for i, got in iter_decoded(self.blob.source, self.compressor, good, out_buffer=_out_buffer):
+        for i, got in self._decoded(good):
             self._checked(good[i], got, out)
         return stop - start, out
+
+    def _decoded(self, recs):
+        """``iter_decoded`` of ``recs``; a batch or encrypted blob's through its variant."""
+        if self.variant is None:
+            yield from iter_decoded(self.blob.source, self.compressor, recs, out_buffer=_out_buffer)
+            return
+        for i, rec in enumerate(recs):
+            try:
+                yield i, self.variant.decode(rec, rec.index, f"chunk {rec.index} of blob {self.blob_index}")
+            except NydusInspectError as exc:
+                yield i, Failed("decode", exc)
 
     def _checked(self, rec, got, out: list[Finding]):
         """The checks of one decoded chunk (``got`` from ``iter_decoded``): its bytes, or None when it failed."""
@@ -259,6 +272,22 @@ class ChunkVerifier:
         return crc is None or crc32c(data) == crc
 
     def check_range(self, rec) -> Finding | None:
+        if self.variant is not None:
+            # Its stored extents are the batch's, or ciphertext (a short chunk padded): the variant checks sizes.
+            try:
+                off, size = self.variant.stored_range(rec, rec.index)
+            except NydusInspectError as exc:
+                return self.finding("chunk.range", rec, str(exc))
+            if size <= 0 or off + size > self.data_end:
+                return self.finding(
+                    "chunk.range",
+                    rec,
+                    f"stored range lies outside image.blob ({self.data_end} bytes)",
+                    expected=f"<= {self.data_end}",
+                    found=f"{off}+{size}",
+                    offset=off,
+                )
+            return None
         if rec.compressed_size <= 0 or rec.compressed_offset + rec.compressed_size > self.data_end:
             return self.finding(
                 "chunk.range",
