@@ -95,6 +95,15 @@ def test_their_variant_reads_as_nydusd_serves_it(request, oracle, fuse_ok, sourc
     features = _entry(boot)["features_names"]
     if "batch" in variant:
         assert "batch" in features
+    if (source, variant) == ("vector:all-entry-type.tar", "encrypted-batch"):
+        # Its one batch holds 15 bytes, which encryption pads to 18 stored: nydus-image writes a batch
+        # record nydusd's own check refuses (stored larger than decoded), so nydusd fails the read (EIO)
+        # and ours says why in one line.
+        with pytest.raises(OSError):
+            served_by_nydusd(oracle, boot, blobs, tmp_path)
+        proc = run_cli("unpack", boot, "--blob-dir", blobs, "-o", tmp_path / "back.tar")
+        assert_one_line_error(proc, 2, "batch 0: compressed size 18 and decoded size 15")
+        return
     want = served_by_nydusd(oracle, boot, blobs, tmp_path)
     read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
 
