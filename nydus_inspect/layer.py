@@ -116,6 +116,9 @@ class Layer:
         self._blob_files: dict[int, Blob] = {}
         try:
             self._sniff()
+            if data_blob and self.kind == KIND_BOOTSTRAP_LAYER:
+                # A tarfs layer's data blob is the raw tar: chunk data, not a tar holding a bootstrap.
+                self.kind = KIND_DATA_BLOB
         except FormatError as exc:
             if data_blob and self.size:
                 self.kind = KIND_DATA_BLOB

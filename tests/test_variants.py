@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import zstandard
 from fixtures_util import (
+    assert_dir_matches,
     assert_one_line_error,
+    assert_tree_matches,
+    expected_tree,
     fixture_tars_fixture,  # noqa: F401
     run_cli,
     source_tar,
@@ -294,3 +297,46 @@ def test_debian_rootfs_as_an_encrypted_batch_layer(request, oracle, fuse_ok, tmp
     boot, blobs = their_layer(oracle, src, tmp_path / "out", *VARIANTS["encrypted-batch"])
     want = served_by_nydusd(oracle, boot, blobs, tmp_path)
     read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
+
+
+@pytest.mark.parametrize("source", ["fixture:dedup.tar", "vector:all-entry-type.tar", "small-files"])
+def test_their_tarfs_layer_reads_as_its_tar(request, oracle, fuse_ok, source, tmp_path):
+    """`--type tar-tarfs`: 512-byte blocks, and the blob is the tar itself (named by its sha256, as the
+    snapshotter keeps it); ls, cat of every file, unpack and our mount give the tar's tree and bytes."""
+    src = _source(request, source, tmp_path)
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    boot = tmp_path / "layer.boot"
+    oracle.run(
+        "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
+        "--blob-dir", blobs, src,
+    )  # fmt: skip
+    ent = _entry(boot)
+    assert "tarfs" in ent["features_names"]
+    shutil.copy(src, blobs / ent["blob_id"])
+    want = expected_tree(src)
+    assert_tree_matches(want, boot, blob_dir=str(blobs))
+    proc = run_cli("unpack", boot, "--blob-dir", blobs, "-o", tmp_path / "back.tar")
+    assert proc.returncode == 0, proc.stderr
+    assert_tree_matches(want, tmp_path / "back.tar")
+    ls = run_cli("ls", boot, "--blob-dir", blobs, "-R", "--json")
+    assert ls.returncode == 0, ls.stderr
+    assert {os.fsdecode(p) for p in want} <= {n["path"] for n in json.loads(ls.stdout)} | {"/"}
+    mnt = tmp_path / "ours"
+    mnt.mkdir()
+    proc = run_cli("mount", "--raw-whiteouts", boot, "--blob-dir", blobs, mnt)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert_dir_matches(want, mnt / "rootfs")
+    finally:
+        run_cli("umount", mnt)
+    # Without the tar in the blob dir, one line names the blob (the tar's sha256) to give.
+    (blobs / ent["blob_id"]).unlink()
+    proc = run_cli(
+        "cat",
+        boot,
+        "--blob-dir",
+        blobs,
+        "/" + os.fsdecode(next(p for p, w in want.items() if w.type == "file" and w.size)).lstrip("/"),
+    )
+    assert_one_line_error(proc, 2, ent["blob_id"])
