@@ -353,4 +353,3 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     blob.unlink()
     some = next(os.fsdecode(p) for p, w in want.items() if w.type == "file" and w.size)
     assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, some), 2, ent["blob_id"])
-
