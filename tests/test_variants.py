@@ -185,7 +185,7 @@ def test_an_encrypted_blob_without_its_key_is_one_line(oracle, tmp_path):
     _patch(boot, at, bytes(32))
     assert run_cli("ls", boot, "-R", "--blob-dir", blobs).returncode == 0
     proc = run_cli("cat", boot, "--blob-dir", blobs, "/a/f0")
-    assert_one_line_error(proc, 2, "encryption key")
+    assert_one_line_error(proc, 2, "is encrypted and its key is missing")
     _patch(boot, _blob_entry_offset(boot) + _field_offset("cipher_algo"), struct.pack("<I", 7))
     proc = run_cli("cat", boot, "--blob-dir", blobs, "/a/f0")
     assert_one_line_error(proc, 2, "cipher")

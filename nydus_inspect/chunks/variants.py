@@ -59,7 +59,8 @@ class Cipher:
             # XTS needs two different halves; nydus never writes such a key, so the entry was altered.
             raise FormatError(
                 "rafs v6 blob table entry",
-                f"blob {entry.blob_index}: encryption key (blob_meta_digest) has two equal halves",
+                f"blob {entry.blob_index} is encrypted and its key is missing: the encryption key "
+                "(blob_meta_digest) has two equal halves, which nydus never writes",
                 field="blob_meta_digest",
             )
         return cls(key, struct.pack("<QQ", entry.blob_meta_size, entry.cipher_iv))
@@ -131,7 +132,8 @@ class Variant:
                 field="ci_offset",
                 value=where,
             ).located(self.path)
-        if ent.ci_uncompressed_size > blob_meta.MAX_CHUNKS * 24 + (1 << 30):
+        # At most one 24-byte record and one batch record per chunk.
+        if ent.ci_uncompressed_size > blob_meta.MAX_CHUNKS * (24 + blob_meta.BATCH_CONTEXT.size):
             raise FormatError(
                 "rafs v6 blob table entry",
                 "blob.meta larger than any blob holds",
