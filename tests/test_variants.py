@@ -7,6 +7,7 @@ the chunk data, and what cannot be read is one line, exit 2."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -30,7 +31,7 @@ from fixtures_util import (
 from test_oracle_reader import read_in_ours, served_by_nydusd, want_from_dir
 
 from nydus_inspect.formats import blob_meta, rafs_v6
-from oracle import fuse_served
+from oracle import INLINE, fuse_served
 
 SOURCES = ["fixture:dedup.tar", "vector:all-entry-type.tar", "small-files"]
 
@@ -353,3 +354,24 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     blob.unlink()
     some = next(os.fsdecode(p) for p, w in want.items() if w.type == "file" and w.size)
     assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, some), 2, ent["blob_id"])
+
+
+@pytest.mark.parametrize("source", ["small-files", "fixture:dedup.tar"])
+def test_their_inline_batch_layer(request, oracle, fuse_ok, source, tmp_path):
+    """A batch layer as the snapshotter makes it (`--blob-inline-meta --features blob-toc`): blob.meta and
+    its batch records come from the ToC; the layer blob opens on its own."""
+    src = _source(request, source, tmp_path)
+    _, blob = oracle.create(src, tmp_path / "out", *INLINE, "--batch-size", "0x10000")
+    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    os.link(blob, blobs / digest)
+    boot = tmp_path / digest
+    oracle.run("nydus-converter", "entry", blob, "image.boot", boot)
+    want = served_by_nydusd(oracle, boot, blobs, tmp_path)
+    read_in_ours(request, blob, want, tmp_path)
+    bad = tmp_path / "bad.blob"
+    shutil.copy(blob, bad)
+    _flip(bad, 100)
+    proc = run_cli("verify", bad)
+    assert proc.returncode == 1 and "chunk.digest" in proc.stdout.decode(), proc.stdout.decode()
