@@ -356,12 +356,14 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, some), 2, ent["blob_id"])
 
 
+@pytest.mark.parametrize("variant", ["batch", "encrypted", "encrypted-batch"])
 @pytest.mark.parametrize("source", ["small-files", "fixture:dedup.tar"])
-def test_their_inline_batch_layer(request, oracle, fuse_ok, source, tmp_path):
-    """A batch layer as the snapshotter makes it (`--blob-inline-meta --features blob-toc`): blob.meta and
-    its batch records come from the ToC; the layer blob opens on its own."""
+def test_their_inline_variant_layer(request, oracle, fuse_ok, source, variant, tmp_path):
+    """Batch and encrypted layers as the snapshotter makes them (`--blob-inline-meta --features blob-toc`):
+    blob.meta and its batch records come from the ToC (decrypted with the bootstrap's key: the ToC records
+    the plaintext's sha256); the layer blob opens on its own."""
     src = _source(request, source, tmp_path)
-    _, blob = oracle.create(src, tmp_path / "out", *INLINE, "--batch-size", "0x10000")
+    _, blob = oracle.create(src, tmp_path / "out", *INLINE, *VARIANTS[variant])
     digest = hashlib.sha256(blob.read_bytes()).hexdigest()
     blobs = tmp_path / "blobs"
     blobs.mkdir()
@@ -374,4 +376,4 @@ def test_their_inline_batch_layer(request, oracle, fuse_ok, source, tmp_path):
     shutil.copy(blob, bad)
     _flip(bad, 100)
     proc = run_cli("verify", bad)
-    assert proc.returncode == 1 and "chunk.digest" in proc.stdout.decode(), proc.stdout.decode()
+    assert proc.returncode == 1 and "chunk" in proc.stdout.decode(), proc.stdout.decode()
