@@ -29,7 +29,7 @@ from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
 from .chunks.source import BlobSource, LocalFile
 from .codecs import Compressor
-from .errors import FormatError, UsageError
+from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
 from .formats.tar_header import (
     BLOB_DIGEST,
@@ -121,6 +121,9 @@ class Layer:
         self.own_meta: blob_meta.BlobMetaHeader | None = None
         try:
             self._sniff()
+            if data_blob and self.kind == KIND_BOOTSTRAP_LAYER:
+                # A tarfs layer's data blob is the raw tar: chunk data, not a tar holding a bootstrap.
+                self.kind = KIND_DATA_BLOB
         except FormatError as exc:
             if data_blob and self.size:
                 self.kind = KIND_DATA_BLOB
@@ -452,6 +455,8 @@ class Layer:
         """The decompressed bytes of entry ``name``, checked against the ToC's size and sha256."""
         off, size, comp, usize, digest = self.entry_location(name)
         raw = self.pread(off, size, name)
+        if name in (BLOB_META, BLOB_META_HEADER):
+            raw = self._decrypted_meta(raw, name, off)
         if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
             usize = _zstd_frame_size(raw, name, off)
         data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
@@ -462,6 +467,25 @@ class Layer:
         if verify and digest is not None:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
         return data
+
+    def _decrypted_meta(self, raw: bytes, name: str, off: int) -> bytes:
+        """blob.meta and its header as stored by an encrypted blob (``--encrypt``) are ciphertext, and the ToC
+        records the plaintext's sha256: decrypted with the key the blob's table entry keeps (chunks.variants),
+        the entry found by where its blob.meta lies. Unchanged for a blob that is not encrypted."""
+        if self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or not self.has_entry(IMAGE_BOOT):
+            return raw
+        try:
+            blobs = self.rafs.blobs
+        except NydusInspectError:
+            return raw  # the bootstrap's own reader says what is wrong with it
+        for ent in blobs:
+            at = ent.ci_offset if name == BLOB_META else ent.ci_offset + ent.ci_compressed_size
+            if ent.cipher_algo and ent.ci_compressed_size and at == off:
+                from .chunks.variants import Cipher
+
+                cipher = Cipher.of_entry(ent)
+                return cipher.decrypt(raw, name, off) if cipher is not None else raw
+        return raw
 
     def _check_entry_digest(self, name: str, h, off: int, size: int, digest: bytes) -> None:
         """Compare a ToC entry's sha256; image.blob's covers its trailing tar header too (nydus quirk)."""
@@ -478,7 +502,7 @@ class Layer:
     def iter_entry(self, name: str, block: int = 1 << 20) -> Iterator[bytes]:
         """Stream an entry; uncompressed entries (image.blob) are never loaded whole."""
         off, size, comp, _, digest = self.entry_location(name)
-        if comp is not Compressor.NONE:
+        if comp is not Compressor.NONE or name in (BLOB_META, BLOB_META_HEADER):  # small; maybe encrypted
             yield self.entry(name)
             return
         h = hashlib.sha256()

@@ -256,6 +256,10 @@ class RafsV6:
 
     #: Inodes as mkfs.erofs writes them (the plain EROFS reader, nydus_inspect.erofs, sets it).
     PLAIN_EROFS = False
+    #: The EROFS block: 4096, or 512 in a tarfs bootstrap (set from the superblock).
+    block_size = BLOCK_SIZE
+    #: A tarfs bootstrap: a file's chunks are its bytes in the raw tar blob, at blkaddr, unrecorded.
+    tarfs = False
 
     def __init__(self, buf, ci_source: CiSource | None = None) -> None:
         self.buf = buf
@@ -268,6 +272,8 @@ class RafsV6:
         self.digester = self.ext.digester
         self.compressor = self.ext.compressor
         self._meta_off = self.meta.meta_offset
+        self.block_size = self.meta.block_size
+        self.tarfs = bool(self.ext.s_flags & rafs_v6.TARFS_MODE)
         self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
@@ -352,7 +358,7 @@ class RafsV6:
 
     def _data_blocks(self, nid: int, off: int, ino: rafs_v6.Inode, length: int) -> bytes:
         """``length`` bytes of inode ``nid``'s data blocks, from block i_u (the inode is at ``off``)."""
-        start = ino.i_u * BLOCK_SIZE
+        start = ino.i_u * self.block_size
         if start + length > self.size:
             raise FormatError(
                 "erofs inode",
@@ -379,13 +385,13 @@ class RafsV6:
         if layout == rafs_v6.LAYOUT_FLAT_PLAIN:
             return self._data_blocks(nid, off, ino, size)
         if layout == rafs_v6.LAYOUT_FLAT_INLINE:
-            full = size // BLOCK_SIZE * BLOCK_SIZE
+            full = size // self.block_size * self.block_size
             tail = size - full
             parts = []
             if full:
                 parts.append(self._data_blocks(nid, off, ino, full))
             tstart = off + ino.inode_size + ino.xattr_size
-            if tstart + tail > self.size or (tstart % BLOCK_SIZE) + tail > BLOCK_SIZE:
+            if tstart + tail > self.size or (tstart % self.block_size) + tail > self.block_size:
                 raise FormatError(
                     "erofs inode",
                     f"nid {nid}: inline tail crosses a block or the end",
@@ -459,8 +465,8 @@ class RafsV6:
         if node_type(ino.i_mode) == DIR and ino.i_size <= 1 << 24:
             data = self._inline_data(nid, ino, 1 << 24)
             out: list[tuple[bytes, int]] = []
-            for b in range(0, len(data), BLOCK_SIZE):
-                block = data[b : b + BLOCK_SIZE]
+            for b in range(0, len(data), self.block_size):
+                block = data[b : b + self.block_size]
                 n = len(block)
                 first = _U16(block, 8)[0] if n >= _DIRENT else 0
                 if not first or first % _DIRENT or first >= n:
@@ -491,8 +497,8 @@ class RafsV6:
         # A directory holds at most 2^24 bytes of dirents here: far beyond any real image, bounded for hostile ones.
         data = self._inline_data(nid, ino, 1 << 24)
         out = []
-        for bstart in range(0, len(data), BLOCK_SIZE):
-            block = data[bstart : bstart + BLOCK_SIZE]
+        for bstart in range(0, len(data), self.block_size):
+            block = data[bstart : bstart + self.block_size]
             for d in rafs_v6.parse_dir_block(block, self._dir_block_base(nid, ino, bstart), nid):
                 if d.name in (b".", b".."):
                     if include_dots:
@@ -504,9 +510,12 @@ class RafsV6:
         return out
 
     def _dir_block_base(self, nid: int, ino: rafs_v6.Inode, bstart: int) -> int:
-        if ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE and bstart >= ino.i_size // BLOCK_SIZE * BLOCK_SIZE:
+        if (
+            ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE
+            and bstart >= ino.i_size // self.block_size * self.block_size
+        ):
             return self.inode_offset(nid) + ino.inode_size + ino.xattr_size
-        return ino.i_u * BLOCK_SIZE + bstart
+        return ino.i_u * self.block_size + bstart
 
     def root(self) -> Node:
         return self.node(self.root_nid, b"/")
@@ -735,8 +744,14 @@ class RafsV6:
                     f"{fsdecode(node.path)} chunk {k}: blob index outside the {nblobs}-entry blob table",
                     value=blob_index,
                 )
-            rec = records.get((blob_index, ci_index))
-            if rec is not None:
+            rec = None if self.tarfs else records.get((blob_index, ci_index))
+            if self.tarfs:
+                # tarfs (nydus-image --type tar-tarfs): the blob is the tar itself and a chunk is the file's
+                # bytes where the tar holds them, at blkaddr (512-byte blocks); nydus records no digest.
+                size = min(chunk_size, node.size - k * chunk_size)
+                where = blkaddr * self.block_size
+                chunk = ChunkRef(blob_index, ci_index, k * chunk_size, where, size, where, size, False, b"")
+            elif rec is not None:
                 # rec: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
                 # uncompressed_offset, file_offset, index, crc32
                 flags = rec[2]
@@ -761,7 +776,7 @@ class RafsV6:
                     f"{fsdecode(node.path)} chunk {k}: uncompressed size {chunk.uncompressed_size}, file needs {want}",
                     value=chunk.uncompressed_size,
                 )
-            if chunk.uncompressed_offset != blkaddr * BLOCK_SIZE:
+            if chunk.uncompressed_offset != blkaddr * self.block_size:
                 raise FormatError(
                     "erofs chunk index",
                     f"{fsdecode(node.path)} chunk {k}: blkaddr disagrees with the chunk's uncompressed offset "

@@ -194,11 +194,22 @@ class ChunkReader:
         """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads). A blob
         with a persistent store (a remote blob) is asked there first, by the chunk's recorded digest."""
         blob = self.blob_of(ref.blob_index)
-        want = blob.recorded_digest(ref) if blob.store is not None and verify else b""
+        want = (
+            blob.recorded_digest(ref) if blob.store is not None and verify and blob.variant is None else b""
+        )
         if want:
             data = self._stored(blob, ref, want)
             if data is not None:
                 return data
+        if blob.variant is not None:
+            # A batch or encrypted blob (chunks.variants): decoded there, checked here as any chunk.
+            try:
+                data = blob.variant.decode(ref, ref.ci_index, ref.name)
+            except FormatError as exc:
+                raise exc.located(blob.path) from None
+            if verify:
+                self.check(blob, ref, data)
+            return data
         try:
             raw = blob.source.pread(ref.compressed_offset, ref.compressed_size, ref.name)
             comp = blob.compressor if ref.compressed else Compressor.NONE
@@ -282,6 +293,8 @@ class ChunkReader:
         if not refs:
             return []
         blob = self.blob_of(refs[0].blob_index)
+        if blob.variant is not None:
+            return [self.decode(c, verify) for c in refs]
         if blob.store is not None and verify:
             return self._decode_many_stored(blob, refs)
         if blob.compressor is not Compressor.ZSTD or (

@@ -47,6 +47,9 @@ class ChunkRef:
     @property
     def cache_key(self) -> tuple[int, int, int, int]:
         """Chunks with one key decode to the same bytes (deduplicated chunks of several files share it)."""
+        if not self.compressed_size:
+            # A batch chunk: the bootstrap records no stored extent for it, so its record tells it apart.
+            return (self.blob_index, -1 - self.ci_index, 0, self.uncompressed_size)
         return (self.blob_index, self.compressed_offset, self.compressed_size, self.uncompressed_size)
 
     def to_json(self) -> dict:

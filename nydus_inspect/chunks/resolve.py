@@ -21,6 +21,7 @@ from ..codecs import Compressor, decompress
 from ..digests import Digester
 from ..errors import NydusInspectError
 from .ref import ChunkRef
+from .variants import Variant
 
 if TYPE_CHECKING:
     from ..formats.rafs_v6 import BlobTableEntry
@@ -50,6 +51,8 @@ class Blob:
         self.digester = digester or entry.digester
         #: The persistent cache of checked chunks (chunks.store) a remote blob's source carries; None for a file.
         self.store = getattr(self.source, "store", None)
+        #: How a batch or encrypted blob stores its chunks (chunks.variants); None for a plain blob.
+        self.variant = Variant.of(layer, entry, self.compressor)
 
     @classmethod
     def without_bootstrap(cls, layer: Layer, records, digests: bytes | None) -> Blob:
@@ -86,8 +89,14 @@ class Blob:
     def records(self):
         """(blob.meta chunk-info array, blob.digest digests or None), or None without blob.meta: what
         ``RafsV6`` resolves a chunk from when the bootstrap chunk table has no record of it."""
-        infos = self.layer.chunk_infos
+        infos = self._infos()
         return None if infos is None else (infos, self.digests)
+
+    def _infos(self):
+        """blob.meta's chunk-info records: a batch or encrypted blob's as its variant reads them."""
+        if self.variant is not None:
+            return self.variant.infos
+        return self.layer.chunk_infos
 
     def recorded_digests(self, ref: ChunkRef) -> list[tuple[str, bytes]]:
         """Every digest ``ref``'s bytes must have, with where it is recorded: ``ref``'s own (the bootstrap
@@ -106,7 +115,7 @@ class Blob:
         record of the chunk, as verify compares both (a digest that matches does not excuse a CRC that does
         not: a reader refuses what verify reports)."""
         out = [("the recorded", ref.crc32)] if ref.crc32 is not None else []
-        infos = self.layer.chunk_infos
+        infos = self._infos()
         if infos is not None and 0 <= ref.ci_index < len(infos):
             crc = infos[ref.ci_index].crc32
             if crc is not None and crc != ref.crc32:

@@ -309,3 +309,38 @@ def build_array(infos: list[ChunkInfo], v2: bool = False) -> bytes:
 def cache_file_size(ci_uncompressed_size: int) -> int:
     """Size of the ``<blob_id>.blob.meta`` cache-file form: data padded to 4K, then the header."""
     return round_up(ci_uncompressed_size, 4096) + HEADER_SIZE
+
+
+# ---------------------------------------------------------------------------- batch contexts
+#: One batch's record, after the chunk-info records of a BATCH blob's blob.meta (s_ci_zran_offset, _count
+#: name them there, as for zran): compressed size of the whole batch, its decoded size, 24 reserved bytes.
+BATCH_CONTEXT = struct.Struct("<II32x")
+#: The largest batch nydus decodes (RAFS_MAX_CHUNK_SIZE).
+MAX_BATCH = 1 << 24
+
+
+def parse_batch_contexts(data, offset: int, count: int, base: int = 0) -> list[tuple[int, int]]:
+    """(compressed size, decoded size) of each batch: ``count`` records from ``offset`` of the decoded
+    chunk-info area ``data`` (``base``: its offset in the blob, for messages). A batch is stored as is when
+    both sizes are equal, else compressed with the blob's compressor."""
+    size = count * BATCH_CONTEXT.size
+    if offset < 0 or count < 0 or offset + size > len(data):
+        raise FormatError(
+            "blob.meta batch contexts",
+            f"{count} batch records at {offset} run past the {len(data)}-byte chunk-info area",
+            field="s_ci_zran_offset",
+            offset=base,
+            value=offset,
+        )
+    out = []
+    for i, (csize, usize) in enumerate(BATCH_CONTEXT.iter_unpack(bytes(data[offset : offset + size]))):
+        if not 0 < csize <= usize <= MAX_BATCH:
+            raise FormatError(
+                "blob.meta batch context",
+                f"batch {i}: compressed size {csize} and decoded size {usize} (must be 0 < compressed <= "
+                f"decoded <= {MAX_BATCH})",
+                offset=base + offset + i * BATCH_CONTEXT.size,
+                value=csize,
+            )
+        out.append((csize, usize))
+    return out

@@ -839,7 +839,12 @@ class Bootstrap:
 
     @property
     def meta_offset(self) -> int:
-        return self.sb.s_meta_blkaddr * BLOCK_SIZE
+        return self.sb.s_meta_blkaddr << self.sb.s_blkszbits
+
+    @property
+    def block_size(self) -> int:
+        """4096, or 512 in a tarfs bootstrap (``nydus-image create --type tar-tarfs``)."""
+        return 1 << self.sb.s_blkszbits
 
     def inode_offset(self, nid: int) -> int:
         return self.meta_offset + 32 * nid
@@ -856,7 +861,7 @@ def parse_bootstrap(buf) -> Bootstrap:
         raise FormatError("rafs v6 bootstrap", "shorter than one 4096-byte block", value=size)
     sb = SuperBlock.parse(buf)
     ext = ExtSuperBlock.parse(buf)
-    if sb.s_meta_blkaddr * BLOCK_SIZE > size:
+    if sb.s_meta_blkaddr << sb.s_blkszbits > size:
         raise SUPERBLOCK.error(
             "s_meta_blkaddr", SUPERBLOCK_OFFSET, "meta area starts past the bootstrap", sb.s_meta_blkaddr
         )
@@ -872,7 +877,7 @@ def parse_bootstrap(buf) -> Bootstrap:
             f"differs from the {nblobs} blob table entries",
             sb.s_extra_devices,
         )
-    inode_limit = (size - sb.s_meta_blkaddr * BLOCK_SIZE) // 32
+    inode_limit = (size - (sb.s_meta_blkaddr << sb.s_blkszbits)) // 32
     if sb.s_root_nid >= inode_limit:
         raise SUPERBLOCK.error(
             "s_root_nid", SUPERBLOCK_OFFSET, "root inode lies past the bootstrap", sb.s_root_nid

@@ -231,7 +231,7 @@ class _Tree:
                 ext.s_blob_table_offset + ext.s_blob_table_size,
                 ext.s_prefetch_table_offset + ext.s_prefetch_table_size,
             )
-            want_meta = round_up(tables_end, rafs_v6.BLOCK_SIZE) // rafs_v6.BLOCK_SIZE
+            want_meta = round_up(tables_end, rafs_v6.BLOCK_SIZE) // rafs.block_size  # 512 in tarfs
         else:
             want_meta = 0
         if sb.s_meta_blkaddr != want_meta:
@@ -360,14 +360,16 @@ class _Tree:
             if ent.blob_id in ids:
                 bbad("blob_id", f"blob id also used by blob {ids[ent.blob_id]}", "unique", ent.id)
             ids.setdefault(ent.blob_id, i)
-            if ent.uncompressed_size % rafs_v6.BLOCK_SIZE:
+            # A tarfs blob is the tar itself: its size counts 512-byte blocks.
+            ebs = 512 if ent.features & blob_meta.TARFS else rafs_v6.BLOCK_SIZE
+            if ent.uncompressed_size % ebs:
                 bbad(
                     "uncompressed_size",
                     "not a multiple of 4096 (chunks are 4K-aligned)",
                     "4K multiple",
                     ent.uncompressed_size,
                 )
-            want_blocks = ent.uncompressed_size // rafs_v6.BLOCK_SIZE
+            want_blocks = ent.uncompressed_size // rafs.block_size
             if dev.blocks != want_blocks or dev.blocks == 0:
                 dbad(
                     "blocks",
@@ -401,8 +403,10 @@ class _Tree:
                 bbad("features", "BATCH, ZRAN and ENCRYPTED need CHUNK_INFO_V2", "chunk_info_v2", hex(feats))
             rec = 24 if v2 else 16
             extra = feats & (blob_meta.BATCH | blob_meta.ZRAN | blob_meta.ENCRYPTED)
-            if ent.ci_uncompressed_size != rec * ent.chunk_count and not (
-                extra and ent.ci_uncompressed_size >= rec * ent.chunk_count
+            if (
+                ent.ci_uncompressed_size != rec * ent.chunk_count
+                and not (extra and ent.ci_uncompressed_size >= rec * ent.chunk_count)
+                and not (feats & blob_meta.TARFS and not ent.ci_uncompressed_size)
             ):
                 bbad(
                     "ci_uncompressed_size",
@@ -452,9 +456,9 @@ class _Tree:
             for align in _MAPPED_ALIGNS:
                 prev, out = rafs.size, []
                 for d in devices:
-                    mapped = round_up(prev, align) // rafs_v6.BLOCK_SIZE
+                    mapped = round_up(prev, align) // rafs.block_size
                     out.append(mapped)
-                    prev = (mapped + d.blocks) * rafs_v6.BLOCK_SIZE
+                    prev = (mapped + d.blocks) * rafs.block_size
                 rules.append(out)
             if found not in rules:
                 best = max(rules, key=lambda r: sum(a == b for a, b in zip(r, found)))
@@ -551,7 +555,7 @@ class _Tree:
                 ibad("i_format", "regular files are chunk-based", rafs_v6.LAYOUT_CHUNK_BASED, ino.datalayout)
                 return
             fmt = ino.i_u
-            bits = (fmt & rafs_v6.CHUNK_FORMAT_BLKBITS_MASK) + 12
+            bits = (fmt & rafs_v6.CHUNK_FORMAT_BLKBITS_MASK) + self.rafs.sb.s_blkszbits
             if fmt & ~0x3F or not fmt & rafs_v6.CHUNK_FORMAT_INDEXES:
                 ibad(
                     "i_u",
@@ -585,14 +589,15 @@ class _Tree:
                     f"< {PATH_MAX}",
                     size,
                 )
-            full = size // rafs_v6.BLOCK_SIZE * rafs_v6.BLOCK_SIZE
+            bs = self.rafs.block_size  # 512 in a tarfs bootstrap
+            full = size // bs * bs
             if ino.datalayout == rafs_v6.LAYOUT_FLAT_INLINE:
                 self._extent(off, off + head + size - full, 2 * node.nid)
             else:
                 self._extent(off, off + head, 2 * node.nid)
-                full = round_up(size, rafs_v6.BLOCK_SIZE)
+                full = round_up(size, bs)
             if full:
-                start = ino.i_u * rafs_v6.BLOCK_SIZE
+                start = ino.i_u * bs
                 self._extent(start, start + full, 2 * node.nid + 1)
         else:
             if ino.datalayout != rafs_v6.LAYOUT_FLAT_PLAIN:
@@ -609,7 +614,7 @@ class _Tree:
         listed: list = []  # the Dirents, for the walk
         used = 0
         prev_used = None
-        block = rafs_v6.BLOCK_SIZE
+        block = rafs.block_size
         for bstart in range(0, len(data), block):
             raw = data[bstart : bstart + block]
             base = rafs._dir_block_base(nid, ino, bstart)
@@ -764,8 +769,8 @@ class _Tree:
 
     def file_chunks(self, node, chunks, records, first: bool) -> None:
         """Every chunk index has a chunk-table record; remember which file offsets use each chunk."""
-        if not first:
-            return
+        if not first or self.rafs.tarfs:
+            return  # tarfs records no chunks: a file's chunks are where the tar holds them
         cs = self.rafs.chunk_size
         first_off = self._first_off
         for k, c in enumerate(chunks):
@@ -1040,10 +1045,9 @@ class _Tree:
                 tbad("crc32", "crc32 set but the HAS_CRC32 flag is not", 0, crc)
             if not 0 < usize <= cs:
                 tbad("uncompressed_size", "outside 1..chunk size", f"1..{cs}", usize)
-            if (
-                uoff % rafs_v6.BLOCK_SIZE
-                or uoff + round_up(usize, rafs_v6.BLOCK_SIZE) > ent.uncompressed_size
-            ):
+            # tarfs: a chunk is where the tar holds it, on a 512-byte block.
+            ublock = 512 if ent.features & blob_meta.TARFS else rafs_v6.BLOCK_SIZE
+            if uoff % ublock or uoff + round_up(usize, ublock) > ent.uncompressed_size:
                 tbad(
                     "uncompressed_offset",
                     "not 4K-aligned or beyond the blob's uncompressed size",
@@ -1058,9 +1062,11 @@ class _Tree:
                         f"<= {ent.compressed_size}",
                         f"{coff}+{csize}",
                     )
-                if not flags & rafs_v6.CHUNK_COMPRESSED and csize != usize:
-                    tbad("compressed_size", "uncompressed chunk with differing sizes", usize, csize)
-            if complete:
+                # Encryption pads data shorter than one 16-byte unit to 18 bytes (chunks.variants).
+                stored = 18 if ent.cipher_algo and usize < 16 else usize
+                if not flags & rafs_v6.CHUNK_COMPRESSED and csize != stored:
+                    tbad("compressed_size", "uncompressed chunk with differing sizes", stored, csize)
+            if complete and not self.rafs.tarfs:  # tarfs files name no records
                 have = self._offsets_of(bi, idx)
                 if not have:
                     tbad("index", "no file uses this chunk record", "used", idx)

@@ -42,6 +42,8 @@ def fuzz_blob_meta(data: bytes) -> None:
         )
         for ci in arr:
             ci.to_json()
+        # A batch blob's batch records, where the header says (chunks.variants reads them so).
+        blob_meta.parse_batch_contexts(body, hdr.s_ci_zran_offset, min(hdr.s_ci_zran_count, 10_000))
     except EXPECTED:
         pass
 
