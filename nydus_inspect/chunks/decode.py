@@ -194,6 +194,14 @@ class ChunkReader:
         """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads). A blob
         with a persistent store (a remote blob) is asked there first, by the chunk's recorded digest."""
         blob = self.blob_of(ref.blob_index)
+        if blob.zran is not None:  # a targz-ref chunk: inflated from the gzip through its context
+            try:
+                data = blob.zran.chunk(ref)
+            except FormatError as exc:
+                raise exc.located(blob.path) from None
+            if verify:
+                self.check(blob, ref, data)
+            return data
         want = blob.recorded_digest(ref) if blob.store is not None and verify else b""
         if want:
             data = self._stored(blob, ref, want)
