@@ -40,31 +40,30 @@ class ZranBlob:
             self.infos.data, h.s_ci_zran_offset, h.s_ci_zran_size, h.s_ci_zran_count, self.infos.base
         )
 
-    def context_of(self, ref: ChunkRef) -> tuple[zran.ZranContext, int]:
-        """(context, offset inside its output) of a zran chunk, checked against the table."""
-        if not 0 <= ref.ci_index < len(self.infos):
-            raise FormatError(
-                ref.name, f"no blob.meta record (the blob has {len(self.infos)})", value=ref.ci_index
-            )
-        rec = self.infos[ref.ci_index]
+    def context_of(
+        self, ci_index: int, size: int, name: str = "chunk", where: int | None = None
+    ) -> tuple[zran.ZranContext, int]:
+        """(context, offset inside its output) of zran chunk ``ci_index`` of ``size`` bytes, checked against
+        the table (``name`` and ``where`` say which chunk in messages)."""
+        if not 0 <= ci_index < len(self.infos):
+            raise FormatError(name, f"no blob.meta record (the blob has {len(self.infos)})", value=ci_index)
+        rec = self.infos[ci_index]
         if not rec.flags & blob_meta.CI_ZRAN:
-            raise FormatError(
-                ref.name, "a chunk of a zran blob without the zran flag", offset=ref.compressed_offset
-            )
+            raise FormatError(name, "a chunk of a zran blob without the zran flag", offset=where)
         index, offset = rec.data >> 32, rec.data & 0xFFFFFFFF
         contexts = self.contexts
         if index >= len(contexts):
             raise FormatError(
-                ref.name,
+                name,
                 f"zran context index out of range (the blob has {len(contexts)} contexts)",
                 field="zran_index",
                 value=index,
             )
         ctx = contexts[index]
-        if offset + ref.uncompressed_size > ctx.out_len:
+        if offset + size > ctx.out_len:
             raise FormatError(
-                ref.name,
-                f"{offset}+{ref.uncompressed_size} runs past the {ctx.out_len} bytes of zran context {index}",
+                name,
+                f"{offset}+{size} runs past the {ctx.out_len} bytes of zran context {index}",
                 field="zran_offset",
                 value=offset,
             )
@@ -87,8 +86,12 @@ class ZranBlob:
                 self._cache.popitem(last=False)
         return data
 
+    def decode(self, ci_index: int, size: int, where: int | None = None, name: str | None = None) -> bytes:
+        """The ``size`` bytes of zran chunk ``ci_index`` (unchecked; the reader checks them)."""
+        ctx, offset = self.context_of(ci_index, size, name or f"chunk {ci_index}", where)
+        data = self.inflate(ctx)
+        return data[offset : offset + size]
+
     def chunk(self, ref: ChunkRef) -> bytes:
         """A zran chunk's bytes (unchecked; the reader checks them)."""
-        ctx, offset = self.context_of(ref)
-        data = self.inflate(ctx)
-        return data[offset : offset + ref.uncompressed_size]
+        return self.decode(ref.ci_index, ref.uncompressed_size, ref.compressed_offset, ref.name)

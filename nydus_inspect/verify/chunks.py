@@ -96,7 +96,11 @@ class ChunkVerifier:
             self.blob = layer
         self.blob_index = blob_index
         self.entry = ent
-        infos = self.blob.chunk_infos
+        #: Where blob.meta and blob.digest lie: the blob, or (targz-ref) the layer or file beside the bootstrap.
+        self.meta = resolved.meta if resolved is not None else self.blob
+        #: A targz-ref blob's zran view (chunks.zran): its chunks are inflated from the gzip through it.
+        self.zran = resolved.zran if resolved is not None else None
+        infos = self.meta.chunk_infos
         if infos is not None:
             self.records = infos
             self.source = "blob.meta"
@@ -109,7 +113,7 @@ class ChunkVerifier:
             )
         # Unchecked here: a damaged blob.digest is the ToC pass's finding; the chunks are still compared with it.
         self.digests: bytes | None = (
-            self.blob.entry(BLOB_DIGEST, verify=False) if self.blob.has_entry(BLOB_DIGEST) else None
+            self.meta.entry(BLOB_DIGEST, verify=False) if self.meta.has_entry(BLOB_DIGEST) else None
         )
         # Compressor and digester as every reader resolves them (chunks.resolve): the blob's own.
         if resolved is None:
@@ -200,7 +204,7 @@ class ChunkVerifier:
             return None, [f]
         out: list[Finding] = []
         data = None
-        for _, got in iter_decoded(self.blob.source, self.compressor, [rec]):
+        for _, got in iter_decoded(self.blob.source, self.compressor, [rec], zran=self.zran):
             data = self._checked(rec, got, out)
         return (bytes(data) if data is not None else None), out
 
@@ -215,7 +219,9 @@ class ChunkVerifier:
             else:
                 good.append(rec)
         # The chunk service's batched decoder; each run's bytes are checked before the next run reuses the buffer.
-        for i, got in iter_decoded(self.blob.source, self.compressor, good, out_buffer=_out_buffer):
+        for i, got in iter_decoded(
+            self.blob.source, self.compressor, good, out_buffer=_out_buffer, zran=self.zran
+        ):
             self._checked(good[i], got, out)
         return stop - start, out
 
