@@ -120,6 +120,10 @@ class Layer:
         self._meta_layers: list[Layer] = []
         try:
             self._sniff()
+            if data_blob and self.kind == KIND_BOOTSTRAP_LAYER:
+                # A bootstrap's data blob that is a tar or tar.gz is a targz-ref layer's original tar.gz,
+                # read through zran, not a bootstrap layer.
+                self.kind = KIND_DATA_BLOB
         except FormatError as exc:
             if data_blob and self.size:
                 self.kind = KIND_DATA_BLOB
