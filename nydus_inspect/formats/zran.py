@@ -19,8 +19,10 @@ the chunk-info array a table of *inflate contexts*, 40 bytes each, then the dict
 
 A zran chunk's v2 record says which context (data word, high 32 bits) and where in that context's output
 (low 32 bits) its bytes start. :func:`inflate` decodes one context with nothing but :mod:`zlib`: the
-resume point is mid-byte, so the stored bits are put in front of the data and the whole run shifted to a
-byte boundary (one little-endian integer shift), then inflated raw with the window as dictionary.
+resume point is mid-byte, and zlib has no ``inflatePrime``, so empty deflate blocks (which output nothing)
+are put in front of the stored bits, as many bits of them as bring the gzip's own bytes onto a byte boundary
+(shifting the bytes instead would misplace the byte alignment of stored blocks); then it is inflated raw
+with the window as dictionary.
 """
 
 from __future__ import annotations
@@ -187,16 +189,10 @@ def input_range(ctx: ZranContext, file_size: int) -> tuple[int, int]:
 def inflate(ctx: ZranContext, raw: bytes) -> bytes:
     """``ctx``'s ``out_len`` bytes, from ``raw`` = the gzip bytes from ``ctx.in_offset`` (:func:`input_range`).
     Unchecked (the chunk digests decide); FormatError when the data does not inflate to out_len bytes."""
-    # ``orig``: the bytes from the one holding the resume bit; ``buf``: the stream as inflate sees it.
-    if ctx.ctx_bits:
-        # The data starts at bit 8-ctx_bits of ctx_byte: put that byte in front and shift everything down so
-        # the stream begins on a byte boundary, which zlib (without inflatePrime) needs.
-        shift = 8 - ctx.ctx_bits
-        orig = bytes([ctx.ctx_byte]) + bytes(raw)
-        buf = (int.from_bytes(orig, "little") >> shift).to_bytes(len(orig), "little")
-    else:
-        shift = 0
-        orig = buf = bytes(raw)
+    # The data resumes mid-byte: zlib (without inflatePrime) starts on a byte boundary, so blocks that
+    # output nothing are put in front, as many bits as make the unread bits of ctx_byte end on a byte
+    # boundary, and the gzip's own bytes follow unshifted (stored blocks keep their byte alignment).
+    buf = _resume_prefix(ctx.ctx_byte, ctx.ctx_bits) + bytes(raw)
     out = bytearray()
     window = ctx.window
     while len(out) < ctx.out_len:
@@ -212,18 +208,12 @@ def inflate(ctx: ZranContext, raw: bytes) -> bytes:
         if len(out) >= ctx.out_len or not d.eof:
             break
         # A gzip member ended inside the context (a multi-member gzip, as pigz writes): skip its trailer and
-        # the next member's header, and go on with a window-less inflate, as nydus does. Member ends are
-        # byte-aligned in ``orig``; a shifted stream's consumed byte count leaves one byte of doubt.
-        used = len(buf) - len(d.unused_data)
-        ends = (used, used + 1) if shift else (used,)
-        for end in ends:
-            hdr = _gzip_header_size(orig, end + 8)
-            if hdr is not None:
-                orig = buf = orig[end + 8 + hdr :]
-                shift, window = 0, b""
-                break
-        else:
+        # the next member's header, and go on with a window-less inflate, as nydus does.
+        end = len(buf) - len(d.unused_data)
+        hdr = _gzip_header_size(buf, end + 8)
+        if hdr is None:
             break
+        buf, window = buf[end + 8 + hdr :], b""
     if len(out) != ctx.out_len:
         raise FormatError(
             "zran context",
@@ -232,6 +222,69 @@ def inflate(ctx: ZranContext, raw: bytes) -> bytes:
             value=len(out),
         )
     return bytes(out)
+
+
+class _Bits:
+    """A little-endian bit writer: fields LSB first, Huffman codes MSB first (RFC 1951)."""
+
+    def __init__(self) -> None:
+        self.value = self.count = 0
+
+    def put(self, value: int, bits: int) -> None:
+        self.value |= value << self.count
+        self.count += bits
+
+    def code(self, code: int, bits: int) -> None:
+        for i in range(bits - 1, -1, -1):
+            self.put((code >> i) & 1, 1)
+
+
+def _empty_fixed(w: _Bits) -> None:
+    """A non-final fixed-Huffman block holding only end-of-block: 10 bits, no output."""
+    w.put(0, 1)
+    w.put(1, 2)
+    w.code(0, 7)
+
+
+def _empty_dynamic(w: _Bits) -> None:
+    """A non-final dynamic-Huffman block holding only end-of-block: 97 bits (odd), no output. Its codes: the
+    code-length code has symbols 18 (1 bit), 1 and 17 (2 bits); literal/lengths are 256 zeros (18, 18, 17)
+    and end-of-block with length 1; one distance code of length 1 (zlib takes single-code sets)."""
+    w.put(0, 1)
+    w.put(2, 2)
+    w.put(0, 5)  # HLIT: 257 codes
+    w.put(0, 5)  # HDIST: 1 code
+    w.put(14, 4)  # HCLEN: 18 code-length code lengths, in the RFC's order
+    lens = {18: 1, 1: 2, 17: 2}
+    for sym in (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1):
+        w.put(lens.get(sym, 0), 3)
+    w.code(0, 1)  # 18: 138 zeros
+    w.put(138 - 11, 7)
+    w.code(0, 1)  # 18: 108 zeros
+    w.put(108 - 11, 7)
+    w.code(0b11, 2)  # 17: 10 zeros
+    w.put(10 - 3, 3)
+    w.code(0b10, 2)  # end-of-block: length 1
+    w.code(0b10, 2)  # the distance code: length 1
+    w.code(0, 1)  # end-of-block
+
+
+def _resume_prefix(ctx_byte: int, ctx_bits: int) -> bytes:
+    """Deflate bytes that output nothing and end with the ``ctx_bits`` unread (high) bits of ``ctx_byte``,
+    on a byte boundary: what to put before the gzip bytes of a context that resumes mid-byte."""
+    if not ctx_bits:
+        return b""
+    need = (8 - ctx_bits) % 8
+    w = _Bits()
+    for fixed, dynamic in ((k, d) for d in (0, 1) for k in range(4)):
+        if (10 * fixed + 97 * dynamic) % 8 == need:
+            if dynamic:
+                _empty_dynamic(w)
+            for _ in range(fixed):
+                _empty_fixed(w)
+            break
+    w.put(ctx_byte >> (8 - ctx_bits), ctx_bits)
+    return w.value.to_bytes(w.count // 8, "little")
 
 
 def _gzip_header_size(buf: bytes, pos: int) -> int | None:
