@@ -17,7 +17,6 @@ import shutil
 import struct
 import tarfile
 import time
-import zlib
 from pathlib import Path
 
 import pytest
