@@ -298,13 +298,31 @@ def cmd_chunks(args) -> int:
             import json
 
             w = sys.stdout.write
-            w(f'{{"source": {json.dumps(head["source"])}, "header": {json.dumps(head["header"])}, "chunks": ')
+            w(f'{{"source": {json.dumps(head["source"])}, "header": {json.dumps(head["header"])}, ')
+            if "zran" in head:
+                w(f'"zran": {json.dumps(head["zran"])}, ')
+            w('"chunks": ')
             stream_json_array(it)
             w("}\n")
             return 0
         print(f"source: {head['source']}")
         for k, v in head["header"].items():
             print(f"  {k}: {text_value(v)}")
+        if "zran" in head:
+            print(f"zran contexts: {len(head['zran'])}")
+            cols = [
+                "index",
+                "in_offset",
+                "in_len",
+                "out_offset",
+                "out_len",
+                "dict_size",
+                "ctx_bits",
+                "ctx_byte",
+            ]
+            print_table(
+                [c.upper() for c in cols], ([z[c] for c in cols] for z in head["zran"]), right=set(range(8))
+            )
         print_table(
             ["INDEX", "C.OFFSET", "C.SIZE", "U.OFFSET", "U.SIZE", "COMP", "DIGEST"],
             (

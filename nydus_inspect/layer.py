@@ -60,6 +60,9 @@ KIND_BOOTSTRAP_V5 = "bootstrap-v5"
 KIND_BOOTSTRAP_LAYER = "bootstrap-layer"  # tar(.gz) holding image/image.boot
 KIND_DATA_BLOB = "data-blob"  # chunk data named by a bootstrap's blob table (nydus-image without inline meta)
 KIND_EROFS = "erofs"  # a plain EROFS image (mkfs.erofs, containerd's EROFS layers): no RAFS v6 compat bit
+#: A blob.meta on its own: a targz-ref meta blob ([ci data][header]) or the cache-file form nydusd and the
+#: snapshotter keep as ``<blob id>.blob.meta`` ([uncompressed ci data, padded to 4K][header]).
+KIND_BLOB_META = "blob-meta"
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,12 @@ class Layer:
         self.table_entry: rafs_v6.BlobTableEntry | None = None
         #: For a data blob that ends in its blob.meta header (:meth:`_try_bare_data_blob`): that header.
         self.own_meta: blob_meta.BlobMetaHeader | None = None
+        self._meta_layers: list[Layer] = []
         try:
             self._sniff()
             if data_blob and self.kind == KIND_BOOTSTRAP_LAYER:
-                # A tarfs layer's data blob is the raw tar: chunk data, not a tar holding a bootstrap.
+                # A bootstrap's data blob that is a tar or tar.gz holds chunk data, not a bootstrap: a tarfs
+                # layer's raw tar, or a targz-ref layer's original tar.gz (read through zran).
                 self.kind = KIND_DATA_BLOB
         except FormatError as exc:
             if data_blob and self.size:
@@ -137,6 +142,9 @@ class Layer:
             if bf.layer is not self:
                 bf.close()
         self._blob_files.clear()
+        for meta in self._meta_layers:
+            meta.close()
+        self._meta_layers.clear()
         close_opener = getattr(self.blob_opener, "close", None)
         if close_opener is not None:
             close_opener()
@@ -191,7 +199,7 @@ class Layer:
         if _is_v5(m):
             self.kind = KIND_BOOTSTRAP_V5
             return
-        if self._try_bare_data_blob():
+        if self._try_bare_data_blob() or self._try_blob_meta():
             return
         if self.size >= 2 and m[:2] == b"\x1f\x8b" or self.size >= 265 and m[257:262] == b"ustar":
             self.kind = KIND_BOOTSTRAP_LAYER
@@ -215,7 +223,8 @@ class Layer:
             hdr = blob_meta.BlobMetaHeader.parse(self._map[at:], 0, at)
         except FormatError:
             return False
-        if hdr.s_ci_offset + hdr.s_ci_compressed_size != at:
+        # A chunk-info array at offset 0 is a blob.meta file of its own (_try_blob_meta), not a blob of chunks.
+        if hdr.s_ci_offset == 0 or hdr.s_ci_offset + hdr.s_ci_compressed_size != at:
             return False
         self.kind = KIND_DATA_BLOB
         self.own_meta = hdr
@@ -238,6 +247,35 @@ class Layer:
             self.kind = KIND_BLOB_NO_TOC
             self.notes.append("no rafs.blob.toc: sections found by walking the tar headers")
             self._sections = self._walk_sections()
+        return True
+
+    def _try_blob_meta(self) -> bool:
+        """A file that is one blob.meta: its header is the last 4096 bytes and says how big the file is."""
+        hs = blob_meta.HEADER_SIZE
+        if self.size < hs:
+            return False
+        at = self.size - hs
+        raw = self.pread(at, hs, "blob.meta.header")
+        if struct.unpack_from("<I", raw, 0)[0] != blob_meta.MAGIC or raw[-4:] != raw[:4]:
+            return False
+        hdr = blob_meta.BlobMetaHeader.parse(raw, 0, at)
+        if at == hdr.s_ci_compressed_size and (
+            hdr.s_ci_compressor == 0 or self.pread(0, 4, "blob.meta") == b"\x28\xb5\x2f\xfd"
+        ):
+            self._meta_form = (0, at, Compressor.from_algo(hdr.s_ci_compressor), hdr.s_ci_uncompressed_size)
+        elif self.size == blob_meta.cache_file_size(hdr.s_ci_uncompressed_size):
+            n = hdr.s_ci_uncompressed_size
+            self._meta_form = (0, n, Compressor.NONE, n)
+        else:
+            raise FormatError(
+                "blob.meta.header",
+                f"a {self.size}-byte file is neither the meta blob ({hdr.s_ci_compressed_size}+{hs} bytes) nor "
+                f"the cache-file form ({blob_meta.cache_file_size(hdr.s_ci_uncompressed_size)} bytes) it describes",
+                field="s_ci_compressed_size",
+                offset=at + 24,
+                value=hdr.s_ci_compressed_size,
+            )
+        self.kind = KIND_BLOB_META
         return True
 
     @property
@@ -346,6 +384,8 @@ class Layer:
         return None
 
     def entry_names(self) -> list[str]:
+        if self.kind == KIND_BLOB_META:
+            return [BLOB_META, BLOB_META_HEADER]
         if self.toc is not None:
             return [e.name for e in self.toc] + [RAFS_BLOB_TOC]
         names = []
@@ -364,6 +404,11 @@ class Layer:
 
     def entry_location(self, name: str) -> tuple[int, int, Compressor, int, bytes | None]:
         """(stored offset, stored size, compressor, uncompressed size, sha256 or None) of entry ``name``."""
+        if self.kind == KIND_BLOB_META and name in (BLOB_META, BLOB_META_HEADER):
+            hs = blob_meta.HEADER_SIZE
+            if name == BLOB_META_HEADER:
+                return self.size - hs, hs, Compressor.NONE, hs, None
+            return (*self._meta_form, None)
         if name == RAFS_BLOB_TOC and self.toc is not None:
             start = self.size - 512 - len(self.toc_bytes)
             return start, len(self.toc_bytes), Compressor.NONE, len(self.toc_bytes), None
@@ -543,7 +588,8 @@ class Layer:
         if hdr is None:
             return None
         off, size, comp, usize, _ = self.entry_location(BLOB_META)
-        if off != hdr.s_ci_offset or size != hdr.s_ci_compressed_size:
+        # A blob.meta file on its own starts its data at 0 (the header keeps the blob's offsets).
+        if self.kind != KIND_BLOB_META and (off != hdr.s_ci_offset or size != hdr.s_ci_compressed_size):
             raise FormatError(
                 "blob.meta.header",
                 f"ci location {hdr.s_ci_offset}+{hdr.s_ci_compressed_size} differs from the "
@@ -753,9 +799,35 @@ class Layer:
                 )
             layer = Layer(path, data_blob=True)
             layer.table_entry = ent
-            bf = Blob(blob_index, layer, ent)
+            bf = Blob(blob_index, layer, ent, meta=self._separate_meta(ent))
         self._blob_files[blob_index] = bf
         return bf
+
+    def _separate_meta(self, ent: rafs_v6.BlobTableEntry) -> Layer | None:
+        """Where the blob.meta of a blob kept apart from its metadata (SEPARATE: a targz-ref blob, whose data
+        is the original .tar.gz) lies: in this layer when it holds it (nydus-image ``--blob-inline-meta``),
+        else the file ``<blob id>.blob.meta`` (nydusd's and the snapshotter's cache-file form) or the meta
+        blob named by its digest (``--blob-dir``), given with ``--blob`` or in the blob directory."""
+        if not ent.features & blob_meta.SEPARATE:
+            return None
+        hdr = (
+            self.blob_meta_header if self.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC, KIND_BLOB_META) else None
+        )
+        if hdr is not None and hdr.s_ci_entries == ent.chunk_count and hdr.s_ci_offset == ent.ci_offset:
+            return self
+        names = [ent.id + ".blob.meta", ent.blob_meta_digest.hex()]
+        directory = self.blob_dir or os.path.dirname(os.path.abspath(self.path))
+        cands = [p for p in self.extra_blobs if os.path.basename(p) in names]
+        cands += [os.path.join(directory, n) for n in names if _plain_name(n)]
+        for p in cands:
+            if os.path.isfile(p):
+                meta = Layer(p)
+                if meta.kind != KIND_BLOB_META:
+                    meta.close()
+                    raise UsageError(f"{p}: not a blob.meta file (it is a {meta.kind})")
+                self._meta_layers.append(meta)
+                return meta
+        return None
 
     def _find_blob(self, ent: rafs_v6.BlobTableEntry) -> str | None:
         blob_id = ent.id

@@ -174,7 +174,16 @@ def chunks_report(layer: Layer) -> Iterator[dict]:
     infos = layer.chunk_infos
     if infos is not None:
         digests = layer.chunk_digests
-        yield {"source": "blob.meta", "header": layer.blob_meta_header.to_json()}
+        hdr = layer.blob_meta_header
+        head = {"source": "blob.meta", "header": hdr.to_json()}
+        if hdr.s_features & blob_meta.ZRAN:  # targz-ref: the inflate contexts the chunks point into
+            from .formats import zran
+
+            table = zran.parse_table(
+                infos.data, hdr.s_ci_zran_offset, hdr.s_ci_zran_size, hdr.s_ci_zran_count
+            )
+            head["zran"] = [c.to_json() for c in table]
+        yield head
         for ci in infos:
             j = ci.to_json()
             if digests is not None and ci.index < len(digests):

@@ -76,6 +76,7 @@ def iter_decoded(
     *,
     out_buffer: Callable[[int], memoryview] | None = None,
     big_runs: bool = True,
+    zran=None,
 ) -> Iterator[tuple[int, object]]:
     """``(i, bytes-like or Failed)`` for each record ``recs[i]`` (anything with the compressed and uncompressed
     offsets and sizes and ``compressed``), in order and unchecked.
@@ -84,8 +85,16 @@ def iter_decoded(
     of output; small and large chunks apart, as ``codecs.decompress`` decodes them with different zstd
     builds); large ones only when ``big_runs``, into ``out_buffer(size)`` when given (a buffer reused from
     run to run: a run's bytes are valid until the next item of the next run is asked for). A run that call
-    does not take exactly as recorded is decoded chunk by chunk, which says what is wrong.
+    does not take exactly as recorded is decoded chunk by chunk, which says what is wrong. ``zran`` (a
+    chunks.zran.ZranBlob): the records are a targz-ref blob's, inflated through its contexts.
     """
+    if zran is not None:  # a targz-ref blob's chunks (chunks.zran), each cut from its inflated context
+        for i, rec in enumerate(recs):
+            try:
+                yield i, zran.decode(rec.index, rec.uncompressed_size, rec.compressed_offset)
+            except FormatError as exc:
+                yield i, Failed("decode", exc)
+        return
     n = len(recs)
     got = read_span(source, recs)
     if got is None:
@@ -194,6 +203,14 @@ class ChunkReader:
         """Read, decompress and check one chunk, bypassing the cache (safe to call from worker threads). A blob
         with a persistent store (a remote blob) is asked there first, by the chunk's recorded digest."""
         blob = self.blob_of(ref.blob_index)
+        if blob.zran is not None:  # a targz-ref chunk: inflated from the gzip through its context
+            try:
+                data = blob.zran.chunk(ref)
+            except FormatError as exc:
+                raise exc.located(blob.path) from None
+            if verify:
+                self.check(blob, ref, data)
+            return data
         want = (
             blob.recorded_digest(ref) if blob.store is not None and verify and blob.variant is None else b""
         )

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from ..codecs import Compressor, decompress
 from ..digests import Digester
-from ..errors import NydusInspectError
+from ..errors import NydusInspectError, UsageError
+from ..formats import blob_meta
 from .ref import ChunkRef
 from .variants import Variant
 
@@ -41,9 +42,13 @@ class Blob:
         *,
         compressor: Compressor | None = None,
         digester: Digester | None = None,
+        meta: Layer | None = None,
     ) -> None:
         self.index = index
         self.layer = layer
+        #: The file holding the blob's blob.meta: the blob itself, or, for a blob whose data is kept apart from
+        #: its metadata (a targz-ref blob's .tar.gz), the layer or meta file beside the bootstrap.
+        self.meta = meta if meta is not None else layer
         self.source = layer.source
         self.path = layer.path
         self.entry = entry
@@ -84,7 +89,23 @@ class Blob:
     @cached_property
     def digests(self) -> list[bytes] | None:
         """blob.digest, one 32-byte digest per chunk-info record, checked against the ToC (None: absent)."""
-        return self.layer.chunk_digests
+        return self.meta.chunk_digests
+
+    @cached_property
+    def zran(self):
+        """The zran view (chunks.zran.ZranBlob) of a targz-ref blob, whose chunks are inflated from the
+        original gzip through blob.meta's inflate contexts; None for any other blob."""
+        if not getattr(self.entry, "features", 0) & blob_meta.ZRAN:
+            return None
+        from .zran import ZranBlob
+
+        infos, hdr = self.meta.chunk_infos, self.meta.blob_meta_header
+        if infos is None or hdr is None or not hdr.s_features & blob_meta.ZRAN:
+            raise UsageError(
+                f"{self.path}: blob {self.index} is a targz-ref (zran) blob and its blob.meta was not found: "
+                "open the layer that holds it, or put <blob id>.blob.meta or the meta blob beside the bootstrap"
+            )
+        return ZranBlob(self.source, infos, hdr)
 
     def records(self):
         """(blob.meta chunk-info array, blob.digest digests or None), or None without blob.meta: what
@@ -96,7 +117,7 @@ class Blob:
         """blob.meta's chunk-info records: a batch or encrypted blob's as its variant reads them."""
         if self.variant is not None:
             return self.variant.infos
-        return self.layer.chunk_infos
+        return self.meta.chunk_infos
 
     def recorded_digests(self, ref: ChunkRef) -> list[tuple[str, bytes]]:
         """Every digest ``ref``'s bytes must have, with where it is recorded: ``ref``'s own (the bootstrap

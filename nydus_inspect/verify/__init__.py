@@ -149,10 +149,13 @@ def verify(
         run.ahead.start()
         _guard(run, "bootstrap", layer.path, _check_bootstrap, run)
         blobs = list(_blob_layers(run))
-        for blob_index, blob_layer, entry in blobs:
+        # A blob kept apart from its metadata (targz-ref: the data is the original .tar.gz) has its structure
+        # checked where its blob.meta lies; its chunks are read from the data.
+        metas = [(i, _meta_layer(run, i, b), e) for i, b, e in blobs]
+        for blob_index, blob_layer, entry in metas:
             _guard(run, "tar.header", blob_layer.path, _check_layout, run, blob_layer, blob_index, entry)
             _guard(run, "toc.entry", blob_layer.path, _check_toc, run, blob_layer, blob_index, entry)
-        for blob_index, blob_layer, entry in blobs:
+        for blob_index, blob_layer, entry in metas:
             _guard(run, "blob_meta", blob_layer.path, _check_blob_meta, run, blob_layer, blob_index, entry)
             _guard(run, "blob.table", blob_layer.path, _check_blob_entry, run, blob_layer, blob_index, entry)
             _guard(run, "chunk.layout", blob_layer.path, _check_chunk_layout, run, blob_layer, blob_index)
@@ -173,6 +176,18 @@ def _is_v5(layer: Layer) -> bool:
         return layer.has_bootstrap and layer.is_v5
     except NydusInspectError:
         return False  # the bootstrap check says what is wrong
+
+
+def _meta_layer(run: _Run, blob_index: int | None, blob_layer: Layer) -> Layer:
+    """The layer holding the blob.meta of blob ``blob_index`` (chunks.resolve.Blob.meta): the blob itself,
+    or, for a targz-ref blob, the layer or meta file beside the bootstrap."""
+    if blob_index is None:
+        return blob_layer
+    try:
+        bf = run.layer.blob_file(blob_index, required=False)
+    except NydusInspectError:
+        return blob_layer
+    return bf.meta if bf is not None and bf.layer is blob_layer else blob_layer
 
 
 __all__ = [

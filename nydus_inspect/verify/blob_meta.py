@@ -18,7 +18,7 @@ from ..formats.tar_header import (
     BLOB_META_HEADER,
     IMAGE_BLOB,
 )
-from ..layer import Layer
+from ..layer import KIND_BLOB_META, Layer
 from .bootstrap import _NOT_TILED
 from .findings import Finding, _exc_finding
 
@@ -69,9 +69,12 @@ def _check_blob_meta(run: _Run, blob: Layer, blob_index: int | None, ent) -> Non
     except NydusInspectError as exc:
         run.add(_exc_finding("blob_meta", exc, entry=BLOB_META, blob_index=blob_index, file=blob.path))
         return
-    if hdr.s_ci_offset != off:
+    # A blob.meta file on its own keeps the header of the blob it came from: its offset, and (the cache-file
+    # form, stored uncompressed) its stored size, describe that blob, not this file.
+    apart = blob.kind == KIND_BLOB_META
+    if hdr.s_ci_offset != off and not apart:
         bad("chunk-info offset differs from the blob.meta entry", "s_ci_offset", off, hdr.s_ci_offset)
-    if hdr.s_ci_compressed_size != size:
+    if hdr.s_ci_compressed_size != size and not apart:
         bad(
             "chunk-info stored size differs from the blob.meta entry",
             "s_ci_compressed_size",

@@ -96,7 +96,11 @@ class ChunkVerifier:
             self.blob = layer
         self.blob_index = blob_index
         self.entry = ent
-        infos = self.blob.chunk_infos
+        #: Where blob.meta and blob.digest lie: the blob, or (targz-ref) the layer or file beside the bootstrap.
+        self.meta = resolved.meta if resolved is not None else self.blob
+        #: A targz-ref blob's zran view (chunks.zran): its chunks are inflated from the gzip through it.
+        self.zran = resolved.zran if resolved is not None else None
+        infos = self.meta.chunk_infos
         if infos is not None:
             self.records = infos
             self.source = "blob.meta"
@@ -109,7 +113,7 @@ class ChunkVerifier:
             )
         # Unchecked here: a damaged blob.digest is the ToC pass's finding; the chunks are still compared with it.
         self.digests: bytes | None = (
-            self.blob.entry(BLOB_DIGEST, verify=False) if self.blob.has_entry(BLOB_DIGEST) else None
+            self.meta.entry(BLOB_DIGEST, verify=False) if self.meta.has_entry(BLOB_DIGEST) else None
         )
         # Compressor and digester as every reader resolves them (chunks.resolve): the blob's own.
         if resolved is None:
@@ -224,7 +228,7 @@ class ChunkVerifier:
     def _decoded(self, recs):
         """``iter_decoded`` of ``recs``; a batch or encrypted blob's through its variant."""
         if self.variant is None:
-            yield from iter_decoded(self.blob.source, self.compressor, recs, out_buffer=_out_buffer)
+            yield from iter_decoded(self.blob.source, self.compressor, recs, out_buffer=_out_buffer, zran=self.zran)
             return
         for i, rec in enumerate(recs):
             try:
@@ -288,7 +292,9 @@ class ChunkVerifier:
                     offset=off,
                 )
             return None
-        if rec.compressed_size <= 0 or rec.compressed_offset + rec.compressed_size > self.data_end:
+        # A zran chunk whose bits all lie in bytes the chunk before it consumed records 0 compressed bytes.
+        empty = rec.compressed_size <= 0 and (self.zran is None or rec.compressed_size < 0)
+        if empty or rec.compressed_offset + rec.compressed_size > self.data_end:
             return self.finding(
                 "chunk.range",
                 rec,

@@ -48,6 +48,43 @@ def fuzz_blob_meta(data: bytes) -> None:
         pass
 
 
+def fuzz_zran(data: bytes) -> None:
+    """A targz-ref zran table (the first 8 bytes: its size and context count), then the contexts inflated
+    against the rest as the gzip (those of at most 1 MiB of output)."""
+    from nydus_inspect.formats import zran
+
+    if len(data) < 8:
+        return
+    size, count = int.from_bytes(data[:4], "little"), int.from_bytes(data[4:8], "little")
+    try:
+        ctxs = zran.parse_table(data, 8, size, count)
+        gz = data[8 + size :]
+        for ctx in ctxs[:16]:
+            zran.check_in_file(ctx, len(gz))
+            if ctx.out_len <= 1 << 20:
+                off, n = zran.input_range(ctx, len(gz))
+                zran.inflate(ctx, gz[off : off + n])
+    except EXPECTED:
+        pass
+
+
+def _zran_seed() -> bytes:
+    """A zran table of two contexts over a raw deflate stream: one from its start, one resuming mid-byte."""
+    import zlib
+
+    from nydus_inspect.formats import zran
+
+    data = b"nydus zran seed " * 500
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = c.compress(data) + c.flush()
+    ctxs = [
+        zran.ZranContext(0, 0, 0, 0, len(stream), len(data), 0, 0, 0, b""),
+        zran.ZranContext(1, 1, 0, 0, len(stream) - 1, 100, 64, stream[0], 3, data[:64]),
+    ]
+    table = zran.build_table(ctxs)
+    return len(table).to_bytes(4, "little") + len(ctxs).to_bytes(4, "little") + table + stream
+
+
 def fuzz_rafs_v6(data: bytes) -> None:
     try:
         r = RafsV6(data)
@@ -397,6 +434,7 @@ TARGETS = {
     "dir_block": fuzz_dir_block,
     "layer": fuzz_layer,
     "mount": fuzz_mount,
+    "zran": fuzz_zran,
 }
 
 
@@ -431,6 +469,7 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
         "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2]],
         "mount": [toc_blob, *_mount_seeds()],
+        "zran": [_zran_seed()],
     }
 
 
