@@ -228,7 +228,9 @@ class ChunkVerifier:
     def _decoded(self, recs):
         """``iter_decoded`` of ``recs``; a batch or encrypted blob's through its variant."""
         if self.variant is None:
-            yield from iter_decoded(self.blob.source, self.compressor, recs, out_buffer=_out_buffer, zran=self.zran)
+            yield from iter_decoded(
+                self.blob.source, self.compressor, recs, out_buffer=_out_buffer, zran=self.zran
+            )
             return
         for i, rec in enumerate(recs):
             try:
