@@ -60,6 +60,9 @@ KIND_BOOTSTRAP_V5 = "bootstrap-v5"
 KIND_BOOTSTRAP_LAYER = "bootstrap-layer"  # tar(.gz) holding image/image.boot
 KIND_DATA_BLOB = "data-blob"  # chunk data named by a bootstrap's blob table (nydus-image without inline meta)
 KIND_EROFS = "erofs"  # a plain EROFS image (mkfs.erofs, containerd's EROFS layers): no RAFS v6 compat bit
+KIND_ESTARGZ = (
+    "estargz"  # an eStargz layer: its TOC read as the bootstrap nydus's stargz builder writes over it
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,9 @@ class Layer:
             return
         if _is_v5(m):
             self.kind = KIND_BOOTSTRAP_V5
+            return
+        if self.size >= 2 and m[:2] == b"\x1f\x8b" and _is_estargz(m, self.size):
+            self.kind = KIND_ESTARGZ
             return
         if self.size >= 2 and m[:2] == b"\x1f\x8b" or self.size >= 265 and m[257:262] == b"ustar":
             self.kind = KIND_BOOTSTRAP_LAYER
@@ -495,6 +501,7 @@ class Layer:
             KIND_BOOTSTRAP_LAYER,
             KIND_BOOTSTRAP_V5,
             KIND_EROFS,
+            KIND_ESTARGZ,
         ) or self.has_entry(IMAGE_BOOT)
 
     def bootstrap_bytes(self):
@@ -505,6 +512,10 @@ class Layer:
                 data = self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
                 data = self._bootstrap_from_tar()
+            elif self.kind == KIND_ESTARGZ:
+                from .estargz import ref_bootstrap
+
+                data = ref_bootstrap(self.estargz_index, self.digest)
             elif self.has_entry(IMAGE_BOOT):
                 data = self.entry(IMAGE_BOOT)
             else:
@@ -556,6 +567,16 @@ class Layer:
         raise FormatError("bootstrap layer", "no image/image.boot in this tar")
 
     @cached_property
+    def estargz_index(self):
+        """An eStargz layer's footer and TOC, checked (estargz.Index)."""
+        from .estargz import read_index
+
+        try:
+            return read_index(self.source, self.size)
+        except FormatError as exc:
+            raise exc.located(self.path) from None
+
+    @cached_property
     def rafs(self) -> RafsV6:
         data = self.bootstrap_bytes()
         if not _is_v6(data) and _is_v5(data):
@@ -596,6 +617,8 @@ class Layer:
         v2.3 writes the placeholder id and INLINED_FS_META; 2022 builders wrote the real id. The blob
         whose blob.meta sits where this file's blob.meta is, or the only blob, is this file's own.
         """
+        if self.kind == KIND_ESTARGZ:
+            return 0  # the bootstrap made from its TOC lists this blob alone
         if self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or not self.has_entry(IMAGE_BLOB):
             return None
         if "_own" in self.__dict__:
@@ -841,6 +864,12 @@ def _rafs_v5():
     from .formats import rafs_v5
 
     return rafs_v5
+
+
+def _is_estargz(data, size: int) -> bool:
+    from .formats.estargz import FOOTER_SIZE, is_estargz
+
+    return is_estargz(data[max(size - FOOTER_SIZE, 0) : size], data[:2], size)
 
 
 def _is_v6(data) -> bool:
