@@ -25,6 +25,7 @@ from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester
 from .errors import FormatError, UsageError
+from .formats import blob_meta
 from .formats import estargz as fmt
 from .formats._struct import round_up
 from .formats.rafs_v6 import BLOCK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, BlobTableEntry
@@ -188,25 +189,57 @@ def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
     return tb.finish().root, chunk_size
 
 
-def blob_entry(index: Index, blob_id: str, chunk_size: int) -> BlobTableEntry:
-    """The blob-table entry nydus's stargz builder writes for the eStargz blob: gzip, sha256, no blob.meta
-    (the chunk table holds every record)."""
+#: Blob-table and blob.meta features of the eStargz blob: 4K-aligned uncompressed offsets, blob.meta in a file
+#: of its own (the eStargz blob has no room for it), as nydus's zran conversion of the same blob records it.
+FEATURES = blob_meta.ALIGNED | blob_meta.SEPARATE
+
+
+def meta_blob(index: Index) -> bytes:
+    """The separate blob.meta file nydusd reads the chunk records from: the v1 chunk-info array (one record per
+    TOC data entry, in ci-index order), then its 4096-byte header. nydusd finds it by its sha256 in the blob
+    directory (the blob table's blob_meta_digest)."""
+    array = b"".join(
+        blob_meta.pack_v1(r.compressed_offset, r.compressed_size, r.uncompressed_offset, r.uncompressed_size)
+        for _, r in index.chunk_refs()
+    )
+    header = blob_meta.BlobMetaHeader(
+        s_features=FEATURES,
+        s_ci_compressor=Compressor.NONE.algo,
+        s_ci_entries=len(array) // 16,
+        s_ci_offset=0,
+        s_ci_compressed_size=len(array),
+        s_ci_uncompressed_size=len(array),
+    ).build()
+    return array + header
+
+
+def blob_entry(index: Index, blob_id: str, chunk_size: int, meta: bytes) -> BlobTableEntry:
+    """The blob-table entry of the eStargz blob: gzip, sha256, its whole size as the compressed size, the chunk
+    records in the separate blob.meta file ``meta``."""
     refs = index.chunk_refs()
-    uniq = {r.digest: r for _, r in reversed(refs)}
+    n = len(refs)
     return BlobTableEntry(
         blob_id=blob_id.encode(),
         blob_index=0,
         chunk_size=chunk_size,
-        chunk_count=len(refs),
+        chunk_count=n,
         compression_algo=Compressor.GZIP.algo,
         digest_algo=Digester.SHA256.algo,
-        compressed_size=max((r.compressed_offset + r.compressed_size for r in uniq.values()), default=0),
+        features=FEATURES,
+        compressed_size=index.blob_size,
         uncompressed_size=sum(round_up(r.uncompressed_size, BLOCK_SIZE) for _, r in refs),
+        ci_compressor=Compressor.NONE.algo,
+        ci_offset=0,
+        ci_compressed_size=16 * n,
+        ci_uncompressed_size=16 * n,
+        blob_meta_digest=hashlib.sha256(meta).digest(),
+        blob_meta_size=len(meta),
     )
 
 
-def ref_bootstrap(index: Index, blob_id: str, chunk_size: int | None = None) -> bytes:
-    """The RAFS v6 bootstrap over the eStargz blob ``blob_id`` (its sha256, as nydus names it)."""
+def ref_bootstrap(index: Index, blob_id: str, chunk_size: int | None = None) -> tuple[bytes, bytes]:
+    """(the RAFS v6 bootstrap over the eStargz blob ``blob_id`` (its sha256, as nydus names it), its separate
+    blob.meta file)."""
     from .builder import build_bootstrap
 
     root, derived = build_tree(index)
@@ -214,10 +247,12 @@ def ref_bootstrap(index: Index, blob_id: str, chunk_size: int | None = None) -> 
         raise UsageError(
             f"--chunk-size {chunk_size:#x} differs from the eStargz layer's chunk size {derived:#x}"
         )
-    blobs = [blob_entry(index, blob_id, derived)] if index.data_entries else []
-    return build_bootstrap(
+    meta = meta_blob(index)
+    blobs = [blob_entry(index, blob_id, derived, meta)] if index.data_entries else []
+    boot = build_bootstrap(
         root, blobs, chunk_size=derived, compressor=Compressor.GZIP, digester=Digester.SHA256
     )
+    return boot, meta
 
 
 def blob_sha256(source, size: int) -> str:
@@ -227,58 +262,66 @@ def blob_sha256(source, size: int) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------- verify
-@dataclass
-class Finding:
-    where: str
-    message: str
+def summary(index: Index) -> dict:
+    """What ``info`` shows of an eStargz layer."""
+    files = sum(1 for e in index.toc.entries if e.type == "reg")
+    return {
+        "footer": "estargz" if index.footer.size == fmt.FOOTER_SIZE else "legacy stargz",
+        "toc_offset": index.footer.toc_offset,
+        "toc_size": len(index.toc_json),
+        "toc_digest": "sha256:" + index.toc.digest.hex(),
+        "entries": len(index.toc.entries),
+        "files": files,
+        "chunks": len(index.data_entries),
+    }
 
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
 
-
-def verify(layer, index: Index, toc_digest: str | None = None) -> list[Finding]:
-    """Every chunk's bytes against its chunkDigest (read through the layer's chunk service), every file
-    against its whole-file digest, and the TOC's sha256 against ``toc_digest`` when given. Each finding names
-    the TOC entry and the blob offset."""
-    from .chunks.decode import ChunkReader
-
-    out: list[Finding] = []
-    if toc_digest is not None:
-        want = toc_digest.removeprefix("sha256:").lower()
-        if want != index.toc.digest.hex():
-            out.append(
-                Finding(
-                    f"TOC at offset {index.footer.toc_offset}",
-                    f"sha256 {index.toc.digest.hex()} differs from the given TOC digest {want}",
-                )
-            )
-    reader = ChunkReader(layer.blob_file)
-    whole: dict[str, tuple[fmt.Entry, object, bool]] = {}
-    for e, ref in index.chunk_refs():
-        head = whole.get(e.path)
-        if e.type == "reg":
-            head = whole[e.path] = (e, hashlib.sha256(), True)
-        try:
-            data = reader.decode(ref)
-        except FormatError as exc:
-            out.append(Finding(f"TOC entry {e.index} ({e.name}, {e.type} at offset {e.offset})", exc.detail))
-            if head is not None:
-                whole[e.path] = (head[0], head[1], False)
-            continue
-        if head is not None and head[2]:
-            head[1].update(data)
-    for e, h, ok in whole.values():
-        if ok and e.digest and h.digest() != e.digest:
-            out.append(
-                Finding(
-                    f"TOC entry {e.index} ({e.name})",
-                    f"file sha256 {h.hexdigest()} differs from its digest {e.digest.hex()}",
-                )
-            )
+def toc_entries(index: Index) -> list[dict]:
+    """Each TOC entry with its blob offset and stored size (data entries: the gzip member range nydus's
+    builder gives the chunk)."""
+    stored = {e.index: ref.compressed_size for e, ref in index.chunk_refs()}
+    out = []
     for e in index.toc.entries:
-        if e.type == "reg" and not e.size and e.digest and e.digest != hashlib.sha256(b"").digest():
-            out.append(
-                Finding(f"TOC entry {e.index} ({e.name})", "an empty file whose digest is not sha256('')")
-            )
+        j = e.to_json()
+        if e.index in stored:
+            j["stored_size"] = stored[e.index]
+        out.append(j)
     return out
+
+
+def pack_ref(source: str, output: str, chunk_size: int | None = None) -> dict:
+    """``pack --type estargz-ref``: write to ``output`` the RAFS v6 bootstrap that references the eStargz blob
+    ``source`` (named by its sha256: put the blob in a blob dir under that name for nydusd). The output is
+    written to a temporary file and renamed."""
+    from .chunks.source import LocalFile
+    from .fsutil import atomic_output
+
+    if not os.path.isfile(source):
+        raise UsageError(f"{source}: no such file (pack --type estargz-ref takes an eStargz layer blob)")
+    src = LocalFile(source)
+    try:
+        size = src.size
+        try:
+            index = read_index(src, size)
+        except FormatError as exc:
+            raise exc.located(source) from None
+        blob_id = blob_sha256(src, size)
+    finally:
+        src.close()
+    boot, meta = ref_bootstrap(index, blob_id, chunk_size)
+    meta_path = None
+    if index.data_entries:
+        meta_path = os.path.join(os.path.dirname(os.path.abspath(output)), hashlib.sha256(meta).hexdigest())
+        with atomic_output(meta_path) as f:
+            f.write(meta)
+    with atomic_output(output) as f:
+        f.write(boot)
+    return {
+        "path": output,
+        "blob_id": blob_id,
+        "blob_meta": meta_path,
+        "bootstrap_size": len(boot),
+        "toc_digest": "sha256:" + index.toc.digest.hex(),
+        "entries": len(index.toc.entries),
+        "chunks": len(index.data_entries),
+    }

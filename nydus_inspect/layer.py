@@ -515,7 +515,7 @@ class Layer:
             elif self.kind == KIND_ESTARGZ:
                 from .estargz import ref_bootstrap
 
-                data = ref_bootstrap(self.estargz_index, self.digest)
+                data = ref_bootstrap(self.estargz_index, self.digest)[0]
             elif self.has_entry(IMAGE_BOOT):
                 data = self.entry(IMAGE_BOOT)
             else:

@@ -57,6 +57,9 @@
 ``roundtrip``          the layer's tree equals the source tar's (``source=``)
 ``erofs.*``            a plain EROFS image instead of all the above but ``roundtrip``: superblock, inodes
                        and directories, link counts, every file's data reads (``verify.erofs``)
+``estargz.*``          an eStargz layer instead of all the above but ``roundtrip``: footer and TOC decode, the
+                       TOC digest (when given), every chunk's chunkDigest, every file's digest
+                       (``verify.estargz``)
 =====================  =======================================================================
 
 The checks live in one module each, by the structure they check (this package's index):
@@ -92,7 +95,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..layer import KIND_EROFS, Layer
+from ..layer import KIND_EROFS, KIND_ESTARGZ, Layer
 from .blob_ids import _check_blob_ids
 from .blob_meta import _check_blob_meta, _check_chunk_layout
 from .blob_table import _check_blob_entry
@@ -118,6 +121,7 @@ def verify(
     cancel: Callable[[], bool] | None = None,
     limit: int = DEFAULT_LIMIT,
     workers: int = 0,
+    toc_digest: str | None = None,
 ) -> Report:
     """Run every check that applies to ``layer`` (and the round trip against the tar ``source``).
 
@@ -126,6 +130,17 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
+    if layer.kind == KIND_ESTARGZ:
+        # ``toc_digest``: the eStargz TOC digest (the toc.digest annotation) its TOC must hash to.
+        from .estargz import _check_estargz
+
+        try:
+            _guard(run, "estargz.toc", layer.path, _check_estargz, run, toc_digest)
+            if source is not None:
+                _check_roundtrip(run, source)
+        except Cancelled:
+            run.report.cancelled = True
+        return run.report
     if layer.kind == KIND_EROFS:
         try:
             _guard(run, "erofs.super", layer.path, _check_erofs, run)
