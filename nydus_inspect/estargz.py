@@ -145,7 +145,7 @@ def read_index(source, size: int) -> Index:
 def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
     """The TOC as a Node tree with chunks (identical chunks share one record, as nydus's chunk table keys them
     by digest), and the chunk size. Landmark files are left out, as nydus's builder leaves them."""
-    from .tarstream import TreeBuilder
+    from .tarstream import TreeBuilder, storable_xattr
 
     chunk_size = index.chunk_size()
     refs = index.chunk_refs(blob_index)
@@ -161,6 +161,12 @@ def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
         if e.type == "chunk" or e.path in fmt.LANDMARKS:
             continue
         path = b"/" + e.path.encode("utf-8", "surrogateescape") if e.path else b"/"
+        if any(len(part) > 255 for part in path.split(b"/")):
+            # As pack refuses such a tar entry: no file system holds the name (the writer's U+FFFD for each
+            # byte that is not UTF-8 can triple a name's length).
+            raise FormatError(
+                "estargz TOC", f"entry {e.index}: a path component is longer than 255 bytes", value=e.name
+            )
         if e.type == "hardlink":
             target = b"/" + fmt.clean(e.link_name).encode("utf-8", "surrogateescape")
             try:
@@ -178,7 +184,8 @@ def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
             mtime=e.mtime,
             size=e.size if kind == REG else 0,
             rdev=os.makedev(e.dev_major, e.dev_minor) if kind in (CHR, BLK) else 0,
-            xattrs=dict(e.xattrs),
+            # As pack does with a tar: names RAFS (and Linux) cannot hold (no namespace, macOS's) are left out.
+            xattrs={k: v for k, v in e.xattrs.items() if storable_xattr(k)},
         )
         if kind == SYMLINK:
             node.target = e.link_name.encode("utf-8", "surrogateescape")
