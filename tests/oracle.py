@@ -303,7 +303,9 @@ class EstargzBuild:
             argv += ["--toc", str(toc)]
         proc = subprocess.run([*argv, str(src), str(out)], capture_output=True, timeout=TIMEOUT)
         if proc.returncode != 0:
-            raise OracleError(f"{' '.join(argv)} {src} {out} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
+            raise OracleError(
+                f"{' '.join(argv)} {src} {out} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}"
+            )
         return json.loads(proc.stdout)
 
 
