@@ -309,8 +309,8 @@ class EstargzBuild:
         return json.loads(proc.stdout)
 
 
-@pytest.fixture(scope="session")
-def estargz_build() -> EstargzBuild:
+@pytest.fixture(scope="session", name="estargz_build")
+def estargz_build_fixture() -> EstargzBuild:
     """estargz-build from the oracle directory; skip (fail in CI) when `make oracle` has not built it."""
     where = find_oracle()
     if where is None or not os.access(where / "estargz-build", os.X_OK):

@@ -41,7 +41,7 @@ from fixtures_util import (
 from nydus_inspect.estargz import read_index, ref_bootstrap
 from nydus_inspect.formats import estargz as fmt
 from nydus_inspect.layer import KIND_ESTARGZ, open_layer
-from oracle import estargz_build  # noqa: F401  (the session fixture of oracle/estargz)
+from oracle import estargz_build_fixture  # noqa: F401  (the session fixture of oracle/estargz)
 
 #: Tars estargz-build takes (it refuses PAX global headers and sparse members, as the estargz module does).
 SOURCES = [
