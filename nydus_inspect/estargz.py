@@ -197,22 +197,34 @@ def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
 
 
 #: Blob-table and blob.meta features of the eStargz blob: 4K-aligned uncompressed offsets, blob.meta in a file
-#: of its own (the eStargz blob has no room for it), as nydus's zran conversion of the same blob records it.
-FEATURES = blob_meta.ALIGNED | blob_meta.SEPARATE
+#: of its own (the eStargz blob has no room for it), as nydus's zran conversion of the same blob records it, and
+#: v2 chunk-info records: a v1 record tells a compressed chunk by its sizes alone, and a gzip member bounded by
+#: the next one can be exactly as long as its data (nydusd then reads the gzip bytes as the file's).
+FEATURES = blob_meta.ALIGNED | blob_meta.SEPARATE | blob_meta.CHUNK_INFO_V2
+CI_RECORD = 24
 
 
 def meta_blob(index: Index) -> bytes:
-    """The separate blob.meta file nydusd reads the chunk records from: the v1 chunk-info array (one record per
-    TOC data entry, in ci-index order), then its 4096-byte header. nydusd finds it by its sha256 in the blob
-    directory (the blob table's blob_meta_digest)."""
+    """The separate blob.meta file nydusd reads the chunk records from: the v2 chunk-info array (one record per
+    TOC data entry, in ci-index order, each flagged compressed), then its 4096-byte header. nydusd finds it by
+    its sha256 in the blob directory (the blob table's blob_meta_digest)."""
     array = b"".join(
-        blob_meta.pack_v1(r.compressed_offset, r.compressed_size, r.uncompressed_offset, r.uncompressed_size)
+        blob_meta.encode_v2(
+            blob_meta.ChunkInfo(
+                index=r.ci_index,
+                compressed_offset=r.compressed_offset,
+                compressed_size=r.compressed_size,
+                uncompressed_offset=r.uncompressed_offset,
+                uncompressed_size=r.uncompressed_size,
+                compressed=True,
+            )
+        )
         for _, r in index.chunk_refs()
     )
     header = blob_meta.BlobMetaHeader(
         s_features=FEATURES,
         s_ci_compressor=Compressor.NONE.algo,
-        s_ci_entries=len(array) // 16,
+        s_ci_entries=len(array) // CI_RECORD,
         s_ci_offset=0,
         s_ci_compressed_size=len(array),
         s_ci_uncompressed_size=len(array),
@@ -237,8 +249,8 @@ def blob_entry(index: Index, blob_id: str, chunk_size: int, meta: bytes) -> Blob
         uncompressed_size=sum(round_up(r.uncompressed_size, BLOCK_SIZE) for _, r in refs),
         ci_compressor=Compressor.NONE.algo,
         ci_offset=0,
-        ci_compressed_size=16 * n,
-        ci_uncompressed_size=16 * n,
+        ci_compressed_size=CI_RECORD * n,
+        ci_uncompressed_size=CI_RECORD * n,
         blob_meta_digest=hashlib.sha256(meta).digest(),
         blob_meta_size=len(meta),
     )
