@@ -118,6 +118,44 @@ def _mtime(ts: int) -> str:
 
 
 # ---------------------------------------------------------------------------- commands
+def _estargz_toc(layer, as_json: bool) -> int:
+    """An eStargz layer's TOC entries, with where each one's data lies in the blob."""
+    from .estargz import toc_entries
+
+    index = layer.estargz_index
+    entries = toc_entries(index)
+    if as_json:
+        print_json(
+            {
+                "path": layer.path,
+                "source": "estargz",
+                "toc_offset": index.footer.toc_offset,
+                "toc_digest": "sha256:" + index.toc.digest.hex(),
+                "entries": entries,
+            }
+        )
+        return 0
+    print_table(
+        ["#", "TYPE", "OFFSET", "STORED", "CHUNK_OFFSET", "SIZE", "CHUNK_DIGEST", "NAME"],
+        (
+            [
+                e["index"],
+                e["type"],
+                e.get("offset", "-"),
+                e.get("stored_size", "-"),
+                e.get("chunk_offset", "-"),
+                e.get("chunk_size", e.get("size", "-")),
+                e.get("chunk_digest", "-"),
+                e["name"],
+            ]
+            for e in entries
+        ),
+        right={0, 2, 3, 4, 5},
+    )
+    print(f"toc digest: sha256:{index.toc.digest.hex()} (TOC at offset {index.footer.toc_offset})")
+    return 0
+
+
 def _open(args):
     from .layer import open_layer
 
@@ -152,6 +190,13 @@ def cmd_info(args) -> int:
             f"blob.meta: {plural(h['ci_entries'], 'chunk')}, ci {h['ci_compressor']} at {h['ci_offset']} "
             f"({h['ci_compressed_size']} -> {h['ci_uncompressed_size']} bytes), features {h['features']} "
             f"({', '.join(h['features_names'])})"
+        )
+    if "estargz" in data:
+        z = data["estargz"]
+        print(
+            f"estargz: {z['footer']} footer, TOC at {z['toc_offset']} ({z['toc_size']} bytes JSON, digest "
+            f"{z['toc_digest']}), {plural(z['entries'], 'entry')}, {plural(z['files'], 'file')}, "
+            f"{plural(z['chunks'], 'chunk')}"
         )
     if "erofs" in data:
         e = data["erofs"]
@@ -236,6 +281,8 @@ def cmd_toc(args) -> int:
     from .query import toc_report
 
     with _open(args) as layer:
+        if layer.kind == "estargz":
+            return _estargz_toc(layer, args.json)
         rep = toc_report(layer)
     if args.json:
         print_json(rep)

@@ -69,6 +69,8 @@ def _pack_options(args, **extra):
 def cmd_pack(args) -> int:
     from .pack import pack
 
+    if getattr(args, "type", "tar-rafs") == "estargz-ref":
+        return _pack_estargz_ref(args)
     opts = _pack_options(args, bootstrap=args.bootstrap)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
     with progress_bar(args, "pack", total) as update:
@@ -87,6 +89,28 @@ def cmd_pack(args) -> int:
         f"{plural(res.chunks, 'chunk')} ({res.unique_chunks} stored, {res.stored_bytes} bytes), "
         f"bootstrap {res.bootstrap_size} bytes, blob {res.size} bytes"
     )
+    return 0
+
+
+def _pack_estargz_ref(args) -> int:
+    """The bootstrap over an eStargz blob, as nydus's stargz builder writes it (estargz.pack_ref)."""
+    from .estargz import pack_ref
+    from .units import parse_size
+
+    # The layer decides the chunk size; an explicit --chunk-size (not pack's default) must agree with it.
+    chunk_size = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size != "0x100000" else None
+    res = pack_ref(args.source, args.output, chunk_size)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res)
+        return 0
+    print(
+        f"{res['path']}: bootstrap {res['bootstrap_size']} bytes over eStargz blob {res['blob_id']} "
+        f"({res['entries']} TOC entries, {res['chunks']} chunks, TOC digest {res['toc_digest']})"
+    )
+    if res["blob_meta"]:
+        print(f"{res['blob_meta']}: its blob.meta (nydusd reads it from the blob directory, beside the blob)")
     return 0
 
 
@@ -248,6 +272,11 @@ def cmd_verify(args) -> int:
         raise UsageError(
             f"--source given {len(sources)} time(s) for {len(args.layers)} layer(s): give one per layer"
         )
+    toc_digests = getattr(args, "toc_digest", None) or []
+    if toc_digests and len(toc_digests) != len(args.layers):
+        raise UsageError(
+            f"--toc-digest given {len(toc_digests)} time(s) for {len(args.layers)} layer(s): give one per layer"
+        )
     from .tarstream import check_tar_input
 
     for source in sources:
@@ -271,7 +300,12 @@ def cmd_verify(args) -> int:
             worst = max(worst, 2)
             continue
         with layer, progress_stages(args, path) as update:
-            report = verify(layer, source=sources[i] if sources else None, progress=update)
+            report = verify(
+                layer,
+                source=sources[i] if sources else None,
+                progress=update,
+                toc_digest=toc_digests[i] if toc_digests else None,
+            )
             entry = report.to_json()
             entry["summary"] = report.summary()
             ok = report.ok
@@ -380,6 +414,14 @@ def register(sub) -> None:
     s.add_argument(
         "--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest"
     )
+    s.add_argument(
+        "--type",
+        choices=("tar-rafs", "estargz-ref"),
+        default="tar-rafs",
+        help="tar-rafs (default): a nydus layer blob from a tar; estargz-ref: LAYER is an eStargz blob and OUT "
+        "the RAFS v6 bootstrap that references it (the blob keeps its sha256 as its blob id; its blob.meta is "
+        "written beside OUT, named by its sha256)",
+    )
     s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_pack, bulk=True)
@@ -428,6 +470,13 @@ def register(sub) -> None:
         action="append",
         metavar="SOURCE.tar",
         help="also compare the tree with this tar (one per LAYER, in order)",
+    )
+    s.add_argument(
+        "--toc-digest",
+        action="append",
+        metavar="sha256:HEX",
+        help="an eStargz layer's TOC digest (its containerd.io/snapshot/stargz/toc.digest annotation) that its "
+        "TOC must hash to (one per LAYER, in order)",
     )
     s.add_argument(
         "--rules",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import io
 import threading
+import zlib
 from array import array
 
 import lz4.block
@@ -311,11 +312,16 @@ def decompress(
                 out = b""
             else:
                 out = lz4.block.decompress(bytes(data), uncompressed_size=size)
+        elif comp is Compressor.GZIP:
+            # A gzip member (an eStargz chunk) inflated to ``size`` bytes; what follows them in the member (the
+            # next entry's tar header) is not the chunk's, so it is left undecoded.
+            # (max_length 0 would mean no limit.)
+            out = zlib.decompressobj(wbits=31).decompress(bytes(data), size) if size else b""
         else:
             raise FormatError(what, f"compressor {comp.value} is not supported for reading", offset=offset)
     except FormatError:
         raise
-    except (zstandard.ZstdError, lz4.block.LZ4BlockError, ValueError, MemoryError) as exc:
+    except (zstandard.ZstdError, lz4.block.LZ4BlockError, zlib.error, ValueError, MemoryError) as exc:
         raise FormatError(what, f"{comp.value} data does not decode: {exc}", offset=offset) from None
     if len(out) > size:
         raise FormatError(what, f"{comp.value} data decodes to more than {size} bytes", offset=offset)

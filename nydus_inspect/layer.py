@@ -63,6 +63,9 @@ KIND_EROFS = "erofs"  # a plain EROFS image (mkfs.erofs, containerd's EROFS laye
 #: A blob.meta on its own: a targz-ref meta blob ([ci data][header]) or the cache-file form nydusd and the
 #: snapshotter keep as ``<blob id>.blob.meta`` ([uncompressed ci data, padded to 4K][header]).
 KIND_BLOB_META = "blob-meta"
+KIND_ESTARGZ = (
+    "estargz"  # an eStargz layer: its TOC read as the bootstrap nydus's stargz builder writes over it
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ class Layer:
         self._meta_layers: list[Layer] = []
         try:
             self._sniff()
-            if data_blob and self.kind == KIND_BOOTSTRAP_LAYER:
+            if data_blob and self.kind in (KIND_BOOTSTRAP_LAYER, KIND_ESTARGZ):
                 # A bootstrap's data blob that is a tar or tar.gz holds chunk data, not a bootstrap: a tarfs
                 # layer's raw tar, or a targz-ref layer's original tar.gz (read through zran).
                 self.kind = KIND_DATA_BLOB
@@ -200,6 +203,9 @@ class Layer:
             self.kind = KIND_BOOTSTRAP_V5
             return
         if self._try_bare_data_blob() or self._try_blob_meta():
+            return
+        if self.size >= 2 and m[:2] == b"\x1f\x8b" and _is_estargz(m, self.size):
+            self.kind = KIND_ESTARGZ
             return
         if self.size >= 2 and m[:2] == b"\x1f\x8b" or self.size >= 265 and m[257:262] == b"ustar":
             self.kind = KIND_BOOTSTRAP_LAYER
@@ -633,6 +639,7 @@ class Layer:
             KIND_BOOTSTRAP_LAYER,
             KIND_BOOTSTRAP_V5,
             KIND_EROFS,
+            KIND_ESTARGZ,
         ) or self.has_entry(IMAGE_BOOT)
 
     def bootstrap_bytes(self):
@@ -643,6 +650,10 @@ class Layer:
                 data = self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
                 data = self._bootstrap_from_tar()
+            elif self.kind == KIND_ESTARGZ:
+                from .estargz import ref_bootstrap
+
+                data = ref_bootstrap(self.estargz_index, self.digest)[0]
             elif self.has_entry(IMAGE_BOOT):
                 data = self.entry(IMAGE_BOOT)
             else:
@@ -694,6 +705,16 @@ class Layer:
         raise FormatError("bootstrap layer", "no image/image.boot in this tar")
 
     @cached_property
+    def estargz_index(self):
+        """An eStargz layer's footer and TOC, checked (estargz.Index)."""
+        from .estargz import read_index
+
+        try:
+            return read_index(self.source, self.size)
+        except FormatError as exc:
+            raise exc.located(self.path) from None
+
+    @cached_property
     def rafs(self) -> RafsV6:
         data = self.bootstrap_bytes()
         try:
@@ -732,6 +753,8 @@ class Layer:
         v2.3 writes the placeholder id and INLINED_FS_META; 2022 builders wrote the real id. The blob
         whose blob.meta sits where this file's blob.meta is, or the only blob, is this file's own.
         """
+        if self.kind == KIND_ESTARGZ:
+            return 0  # the bootstrap made from its TOC lists this blob alone
         if self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or not self.has_entry(IMAGE_BLOB):
             return None
         if "_own" in self.__dict__:
@@ -1004,6 +1027,12 @@ def _rafs_v5():
     from .formats import rafs_v5
 
     return rafs_v5
+
+
+def _is_estargz(data, size: int) -> bool:
+    from .formats.estargz import FOOTER_SIZE, is_estargz
+
+    return is_estargz(data[max(size - FOOTER_SIZE, 0) : size], data[:2], size)
 
 
 def _is_v6(data) -> bool:

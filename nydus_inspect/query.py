@@ -30,6 +30,10 @@ def info(layer: Layer) -> dict:
         out["sections"] = [{"name": s.name, "offset": s.offset, "size": s.size} for s in layer.sections]
     if layer.blob_meta_header is not None:
         out["blob_meta"] = layer.blob_meta_header.to_json()
+    if layer.kind == "estargz":
+        from .estargz import summary
+
+        out["estargz"] = summary(layer.estargz_index)
     if layer.kind == KIND_EROFS:
         from .erofs import info as erofs_info
 

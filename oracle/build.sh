@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the real nydus tools (nydus-image, nydusd, nydusify) and our Go harness around the
-# snapshotter's converter, and erofs-utils 1.9.3 (mkfs.erofs, fsck.erofs, dump.erofs, erofsfuse), as test
+# Builds the real nydus tools (nydus-image, nydusd, nydusify), our Go harness around the
+# snapshotter's converter, estargz-build (eStargz layers by the snapshotter's writer), and erofs-utils 1.9.3 (mkfs.erofs, fsck.erofs, dump.erofs, erofsfuse), as test
 # oracles. The product never runs them; tests and benches do.
 #
 # They are cached outside the checkout, keyed by the source tarball's sha256 and the converter's
@@ -90,6 +90,17 @@ if [ ! -x "$bin/nydus-converter" ] || [ "$(cat "$bin/.harness-sum" 2>/dev/null)"
 		>"$logs/harness.log" 2>&1 || fail harness "$logs/harness.log"
 	mv "$bin/nydus-converter.tmp" "$bin/nydus-converter"
 	echo "$harness_sum" >"$bin/.harness-sum"
+fi
+
+# estargz-build writes eStargz layers with the stargz snapshotter's own estargz module (its go.mod pins the
+# version), for the tests of our eStargz reader and estargz-ref packer; keyed by its sources like the harness.
+estargz_sum=$(cd "$here/estargz" && cat go.mod go.sum *.go | sha256sum | cut -c1-12)
+if [ ! -x "$bin/estargz-build" ] || [ "$(cat "$bin/.estargz-sum" 2>/dev/null)" != "$estargz_sum" ]; then
+	echo "make oracle: building estargz-build (log: $logs/estargz.log)" >&2
+	(cd "$here/estargz" && CGO_ENABLED=0 go build -o "$bin/estargz-build.tmp" .) \
+		>"$logs/estargz.log" 2>&1 || fail estargz "$logs/estargz.log"
+	mv "$bin/estargz-build.tmp" "$bin/estargz-build"
+	echo "$estargz_sum" >"$bin/.estargz-sum"
 fi
 
 "$bin/nydus-image" --version >/dev/null 2>&1 || { echo "make oracle: step 'check' failed: $bin/nydus-image does not run" >&2; exit 1; }

@@ -285,3 +285,38 @@ def erofs_utils() -> ErofsUtils:
             pytest.fail(f"{reason} (required in CI)")
         pytest.skip(reason)
     return ErofsUtils(where)
+
+
+# ---------------------------------------------------------------------------- estargz-build
+@dataclass(frozen=True)
+class EstargzBuild:
+    """``estargz-build`` (oracle/estargz): eStargz layers written by the stargz snapshotter's estargz module."""
+
+    program: Path
+
+    def build(self, src: Path, out: Path, *, chunk_size: int = 0, toc: Path | None = None) -> dict:
+        """``estargz-build SRC OUT`` -> what it prints: tocDigest (the toc.digest annotation), diffID, digest,
+        size. ``toc``: also write the TOC JSON there, as stored in the layer."""
+        argv = [str(self.program)]
+        if chunk_size:
+            argv += ["--chunk-size", str(chunk_size)]
+        if toc is not None:
+            argv += ["--toc", str(toc)]
+        proc = subprocess.run([*argv, str(src), str(out)], capture_output=True, timeout=TIMEOUT)
+        if proc.returncode != 0:
+            raise OracleError(
+                f"{' '.join(argv)} {src} {out} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}"
+            )
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session", name="estargz_build")
+def estargz_build_fixture() -> EstargzBuild:
+    """estargz-build from the oracle directory; skip (fail in CI) when `make oracle` has not built it."""
+    where = find_oracle()
+    if where is None or not os.access(where / "estargz-build", os.X_OK):
+        reason = "estargz-build is not built: run `make oracle` (or set NYDUS_ORACLE=DIR)"
+        if REQUIRE_ORACLE:
+            pytest.fail(f"{reason} (required in CI)")
+        pytest.skip(reason)
+    return EstargzBuild(where / "estargz-build")

@@ -57,6 +57,9 @@
 ``roundtrip``          the layer's tree equals the source tar's (``source=``)
 ``erofs.*``            a plain EROFS image instead of all the above but ``roundtrip``: superblock, inodes
                        and directories, link counts, every file's data reads (``verify.erofs``)
+``estargz.*``          an eStargz layer instead of all the above but ``roundtrip``: footer and TOC decode, the
+                       TOC digest (when given), every chunk's chunkDigest, every file's digest
+                       (``verify.estargz``)
 =====================  =======================================================================
 
 The checks live in one module each, by the structure they check (this package's index):
@@ -93,7 +96,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import NydusInspectError
-from ..layer import KIND_EROFS, Layer
+from ..layer import KIND_EROFS, KIND_ESTARGZ, Layer
 from .blob_ids import _check_blob_ids
 from .blob_meta import _check_blob_meta, _check_chunk_layout
 from .blob_table import _check_blob_entry
@@ -120,6 +123,7 @@ def verify(
     cancel: Callable[[], bool] | None = None,
     limit: int = DEFAULT_LIMIT,
     workers: int = 0,
+    toc_digest: str | None = None,
 ) -> Report:
     """Run every check that applies to ``layer`` (and the round trip against the tar ``source``).
 
@@ -128,18 +132,21 @@ def verify(
     the report says ``cancelled``.
     """
     run = _Run(layer, progress, cancel, limit, workers)
+    # Layers whose checks are their own: the whole run is that check (and the round trip).
+    whole = None
     if _is_v5(layer):
         # A v5 bootstrap and its blobs: no ToC, blob.meta or blob.digest, the bootstrap's records only.
+        whole = lambda: _check_v5(run)  # noqa: E731
+    elif layer.kind == KIND_ESTARGZ:
+        # ``toc_digest``: the eStargz TOC digest (the toc.digest annotation) its TOC must hash to.
+        from .estargz import _check_estargz
+
+        whole = lambda: _guard(run, "estargz.toc", layer.path, _check_estargz, run, toc_digest)  # noqa: E731
+    elif layer.kind == KIND_EROFS:
+        whole = lambda: _guard(run, "erofs.super", layer.path, _check_erofs, run)  # noqa: E731
+    if whole is not None:
         try:
-            _check_v5(run)
-            if source is not None:
-                _check_roundtrip(run, source)
-        except Cancelled:
-            run.report.cancelled = True
-        return run.report
-    if layer.kind == KIND_EROFS:
-        try:
-            _guard(run, "erofs.super", layer.path, _check_erofs, run)
+            whole()
             if source is not None:
                 _check_roundtrip(run, source)
         except Cancelled:

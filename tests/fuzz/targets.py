@@ -422,6 +422,24 @@ def fuzz_erofs(data: bytes) -> None:
         pass
 
 
+def fuzz_estargz(data: bytes) -> None:
+    """An eStargz blob: footer, TOC member, TOC JSON, and the bootstrap made from it (no chunk is read)."""
+    from nydus_inspect.estargz import read_index, ref_bootstrap
+
+    class _Bytes:
+        def pread(self, offset: int, size: int, what: str = "data") -> bytes:
+            if offset < 0 or size < 0 or offset + size > len(data):
+                raise FormatError(what, "range outside the input", offset=offset)
+            return data[offset : offset + size]
+
+    try:
+        index = read_index(_Bytes(), len(data))
+        if len(index.toc.entries) <= MAX_NODES:
+            ref_bootstrap(index, "0" * 64)
+    except EXPECTED:
+        pass
+
+
 TARGETS = {
     "erofs": fuzz_erofs,
     "tar_header": fuzz_tar_header,
@@ -435,6 +453,7 @@ TARGETS = {
     "layer": fuzz_layer,
     "mount": fuzz_mount,
     "zran": fuzz_zran,
+    "estargz": fuzz_estargz,
 }
 
 
@@ -470,7 +489,69 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2]],
         "mount": [toc_blob, *_mount_seeds()],
         "zran": [_zran_seed()],
+        "estargz": _estargz_seeds(read("nydus/stargz/estargz_sample.json")),
     }
+
+
+def _estargz_seeds(sample_toc: bytes) -> list[bytes]:
+    """Small eStargz blobs laid out as the estargz writer lays them out: a file's data in a gzip member of its
+    own, the TOC member (a tar holding stargz.index.json), the 51-byte footer; and one around the vector's
+    sample TOC (its offsets point past that blob: the parser's refusal is the path exercised)."""
+    import gzip
+    import hashlib
+    import io
+    import json
+    import struct
+    import tarfile
+
+    def toc_member(doc: bytes) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            ti = tarfile.TarInfo("stargz.index.json")
+            ti.size = len(doc)
+            tf.addfile(ti, io.BytesIO(doc))
+        return gzip.compress(buf.getvalue(), mtime=0)
+
+    def footer(toc_offset: int) -> bytes:
+        extra = b"SG" + struct.pack("<H", 22) + b"%016xSTARGZ" % toc_offset
+        head = b"\x1f\x8b\x08\x04" + bytes(4) + b"\x00\xff" + struct.pack("<H", len(extra)) + extra
+        return head + bytes.fromhex("010000ffff") + bytes(8)
+
+    payload = b"hello eStargz\n" * 300
+    data = gzip.compress(payload, mtime=0)
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    half = len(payload) // 2
+    first, second = gzip.compress(payload[:half], mtime=0), gzip.compress(payload[half:], mtime=0)
+    entries = [
+        {"name": "d/", "type": "dir", "mode": 0o755},
+        {
+            "name": "d/f",
+            "type": "reg",
+            "size": len(payload),
+            "offset": 0,
+            "digest": digest,
+            "chunkDigest": digest,
+        },
+        {"name": "d/l", "type": "hardlink", "linkName": "d/f"},
+        {"name": "d/s", "type": "symlink", "linkName": "f"},
+    ]
+    one = toc_member(json.dumps({"version": 1, "entries": entries}).encode())
+    chunked = [
+        dict(entries[1], chunkSize=half, chunkDigest="sha256:" + hashlib.sha256(payload[:half]).hexdigest()),
+        {
+            "name": "d/f",
+            "type": "chunk",
+            "offset": len(first),
+            "chunkOffset": half,
+            "chunkDigest": "sha256:" + hashlib.sha256(payload[half:]).hexdigest(),
+        },
+    ]
+    two = toc_member(json.dumps({"version": 1, "entries": chunked}).encode())
+    return [
+        data + one + footer(len(data)),
+        first + second + two + footer(len(first) + len(second)),
+        toc_member(sample_toc) + footer(0),
+    ]
 
 
 def _mount_seeds() -> list[bytes]:

@@ -1,0 +1,535 @@
+"""eStargz layers, read directly and by reference.
+
+Every eStargz layer here is written during the run by ``estargz-build`` (oracle/estargz: the stargz
+snapshotter's own estargz module) from the fixture tars, the vector tars and, when built, the Debian rootfs tar.
+Our reading of it (``ls -R --json``, ``cat``, ``unpack``, our FUSE mount) must equal the source tar, read with
+tarfile; ``verify`` must pass with the TOC digest estargz gives and locate a flipped bit. ``pack --type
+estargz-ref`` writes the bootstrap over the same blob, which the real ``nydusd`` mounts and serves as the source
+tar; the real ``nydus-image create --type estargz-ref`` (nydus 2.4.4: a zran bootstrap over the same blob) must
+agree with ours where the two designs meet.
+
+nydus 2.4.4's own stargz builder (``--type estargztoc-ref``, the one taking the TOC JSON) cannot be the judge:
+it needs ``--blob-id`` and then aborts on ``assert!(!is_to_ref() || is_tarfs)`` in finalize_blob for any TOC
+with data, and it refuses TOCs with an empty file or chunk entries (``missing digest or chunk digest``);
+``test_nydus_estargztoc_ref_cannot_judge`` pins both, so a nydus that fixes them shows up here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from fixtures_util import (
+    assert_dir_matches,
+    assert_one_line_error,
+    assert_tree_matches,
+    expected_tree,
+    fixture_tars_fixture,  # noqa: F401
+    run_cli,
+    source_tar,
+)
+
+from nydus_inspect.estargz import read_index, ref_bootstrap
+from nydus_inspect.formats import estargz as fmt
+from nydus_inspect.layer import KIND_ESTARGZ, open_layer
+from oracle import estargz_build_fixture  # noqa: F401  (the session fixture of oracle/estargz)
+
+#: Tars estargz-build takes (it refuses PAX global headers and sparse members, as the estargz module does).
+SOURCES = [
+    "fixture:every-type.tar",
+    "fixture:whiteouts.tar",
+    "fixture:xattrs.tar",
+    "fixture:dedup.tar",
+    "fixture:bad-xattr-namespace.tar",
+    "vector:all-entry-type.tar",
+    "vector:all-entry-type-macos.tar",
+    "vector:empty.tar",
+]
+#: 0: the module's default (4 MiB: no file of the fixtures is chunked); 64 KiB: big files in many chunks.
+CHUNK_SIZES = [0, 0x10000]
+
+
+def expected_of(src: Path, made: dict, keep_data: bool = False) -> dict:
+    return as_in_toc(expected_tree(src, keep_data=keep_data), src, made["toc_json"])
+
+
+def build(estargz_build, src: Path, out: Path, chunk_size: int = 0) -> dict:
+    toc = out.with_suffix(".json")
+    made = estargz_build.build(src, out, chunk_size=chunk_size, toc=toc)
+    made["toc_json"] = toc
+    return made
+
+
+def ls_json(layer: Path, *extra) -> dict[str, dict]:
+    proc = run_cli("ls", "-R", "--json", layer, *extra)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return {e["path"]: e for e in json.loads(proc.stdout)}
+
+
+def assert_ls_matches(expected: dict, found: dict[str, dict]) -> None:
+    """``ls -R --json`` names exactly the tar's entries (and the implicit directories) with their attributes."""
+    problems = []
+    for p, w in expected.items():
+        e = found.get(os.fsdecode(p))
+        if e is None:
+            problems.append(f"{p!r}: missing")
+            continue
+        got = (e["type"], int(e["mode"], 8), e["uid"], e["gid"], e["mtime"])
+        want = ({"file": "file", "dir": "dir"}.get(w.type, w.type), w.mode, w.uid, w.gid, w.mtime)
+        if w.type == "symlink":
+            got, want = got[:1] + got[2:], want[:1] + want[2:]
+        if got != want:
+            problems.append(f"{p!r}: (type, mode, uid, gid, mtime) tar {want}, ls {got}")
+        if w.type == "file" and e["size"] != w.size:
+            problems.append(f"{p!r}: size tar {w.size}, ls {e['size']}")
+        if w.type == "symlink" and e.get("target") != os.fsdecode(w.target):
+            problems.append(f"{p!r}: target tar {w.target!r}, ls {e.get('target')!r}")
+    extra = set(found) - {os.fsdecode(p) for p in expected} - {"/"}
+    extra = {p for p in extra if found[p]["type"] != "dir"}
+    if extra:
+        problems.append(f"not in the tar: {sorted(extra)[:10]}")
+    assert not problems, "\n".join(problems[:30])
+
+
+# ---------------------------------------------------------------------------- reading directly
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+@pytest.mark.parametrize("source", SOURCES)
+def test_read_estargz_directly(request, estargz_build, source, chunk_size, tmp_path):
+    src = source_tar(request, source)
+    layer = tmp_path / "layer.tar.gz"
+    made = build(estargz_build, src, layer, chunk_size)
+    expected = expected_of(src, made, keep_data=True)
+
+    info = run_cli("info", "--json", layer)
+    assert info.returncode == 0, info.stderr.decode()
+    facts = json.loads(info.stdout)
+    assert facts["kind"] == KIND_ESTARGZ
+    assert facts["estargz"]["toc_digest"] == made["tocDigest"]
+    assert facts["sha256"] == made["digest"].removeprefix("sha256:")
+
+    # The tree, through diff's reader, then through the CLI's listing.
+    assert_tree_matches(expected, layer)
+    assert_ls_matches(expected, ls_json(layer))
+
+    # Every file's bytes: through the library, and a few through `cat` as a user runs it.
+    with open_layer(str(layer)) as opened:
+        nodes = {n.path: n for n in opened.rafs.walk()}
+        for p, w in expected.items():
+            if w.type == "file":
+                got = b"".join(opened.read_file(nodes[p]))
+                assert got == w.data, p
+    files = [p for p, w in expected.items() if w.type == "file"]
+    for p in sorted(files, key=lambda q: -expected[q].size)[:3]:
+        proc = run_cli("cat", layer, os.fsdecode(p))
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert proc.stdout == expected[p].data
+
+    # unpack: the tar we write holds the source tar's tree.
+    out = tmp_path / "out.tar"
+    proc = run_cli("unpack", layer, "-o", out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert_tree_matches(expected, out)
+
+    # verify: every chunkDigest and file digest, and the TOC digest estargz gave.
+    proc = run_cli("verify", layer, "--toc-digest", made["tocDigest"])
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+def as_in_toc(expected: dict, src: Path, toc_json: Path) -> dict:
+    """The tar's tree as a JSON TOC can hold it, checked against what the writer wrote.
+
+    Names: JSON holds text, so the estargz writer puts U+FFFD for each byte that is not UTF-8 (as Python's
+    "replace" does). Times: the TOC holds whole seconds (RFC 3339); a fractional tar mtime comes back within a
+    second of it."""
+
+    def lossy(raw: bytes) -> bytes:
+        return raw.decode("utf-8", "replace").encode()
+
+    toc_times = {}
+    for e in json.loads(toc_json.read_bytes())["entries"]:
+        if e.get("modtime") and e["type"] != "chunk":
+            when = fmt._mtime(e["modtime"], 0)
+            toc_times[b"/" + fmt.clean(e["name"]).encode()] = when
+    fractional, schily = {}, {}
+    if src.stat().st_size:
+        with tarfile.open(src, encoding="utf-8", errors="surrogateescape") as tf:
+            for m in tf:
+                p = lossy(b"/" + fmt.clean(m.name).encode("utf-8", "surrogateescape"))
+                if m.mtime != int(m.mtime):
+                    fractional[p] = m.mtime
+                # Go's archive/tar reads xattrs from SCHILY.xattr. records only (not libarchive's).
+                schily[p] = {
+                    k[len("SCHILY.xattr.") :].encode() for k in m.pax_headers if k.startswith("SCHILY.xattr.")
+                }
+    out = {}
+    for p, w in expected.items():
+        q = lossy(p)
+        w.names = [lossy(n) for n in w.names]
+        if w.target is not None:
+            w.target = lossy(w.target)
+        first = w.names[0] if w.names else q  # a hard link's entry carries no xattrs of its own
+        if w.xattrs and first == q and q in schily:
+            w.xattrs = {k: v for k, v in w.xattrs.items() if k in schily[q]}
+        if q in fractional:
+            got = toc_times[q]
+            assert abs(got - fractional[q]) < 1, (q, got, fractional[q])
+            w.mtime = got
+        out[q] = w
+    return out
+
+
+def test_longnames_lossy_name_over_255_bytes_is_refused(estargz_build, fixture_tars, tmp_path):
+    """longnames.tar has a 255-byte name of bytes that are not UTF-8: the writer puts U+FFFD (3 bytes) for each,
+    a name no file system holds. Reading refuses it, as pack refuses such a tar entry."""
+    layer = tmp_path / "l.tar.gz"
+    build(estargz_build, fixture_tars["longnames.tar"], layer)
+    for argv in (("ls", "-R"), ("pack", "--type", "estargz-ref", layer, "-o", tmp_path / "x.boot")):
+        proc = run_cli(*argv, *(() if argv[0] == "pack" else (layer,)))
+        assert_one_line_error(proc, 2, "longer than 255 bytes", "estargz TOC")
+    assert not (tmp_path / "x.boot").exists()
+
+
+def test_toc_command_lists_entries_with_offsets(estargz_build, fixture_tars, tmp_path):
+    layer = tmp_path / "l.tar.gz"
+    made = build(estargz_build, fixture_tars["every-type.tar"], layer, 0x10000)
+    proc = run_cli("toc", "--json", layer)
+    assert proc.returncode == 0, proc.stderr.decode()
+    rep = json.loads(proc.stdout)
+    assert rep["toc_digest"] == made["tocDigest"]
+    doc = json.loads(made["toc_json"].read_bytes())
+    assert [e["name"] for e in rep["entries"]] == [e["name"] for e in doc["entries"]]
+    raw = layer.read_bytes()
+    chunks = [e for e in rep["entries"] if e.get("chunk_digest")]
+    assert any(e["type"] == "chunk" for e in chunks)
+    for ours, theirs in zip(rep["entries"], doc["entries"], strict=True):
+        assert ours["type"] == theirs["type"]
+        if ours.get("chunk_digest"):
+            assert ours["offset"] == theirs["offset"]
+            assert ours["chunk_digest"] == theirs["chunkDigest"]
+            # The stored range inflates to the chunk whose digest the TOC records.
+            member = raw[ours["offset"] : ours["offset"] + ours["stored_size"]]
+            data = gzip.GzipFile(fileobj=io.BytesIO(member)).read(ours["chunk_size"])
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == theirs["chunkDigest"]
+    text = run_cli("toc", layer)
+    assert text.returncode == 0 and made["tocDigest"] in text.stdout.decode()
+
+
+# ---------------------------------------------------------------------------- verify finds and locates damage
+def test_verify_locates_a_flipped_bit_in_a_chunk(estargz_build, fixture_tars, tmp_path):
+    layer = tmp_path / "l.tar.gz"
+    made = build(estargz_build, fixture_tars["every-type.tar"], layer, 0x10000)
+    index = read_index(_Src(layer.read_bytes()), layer.stat().st_size)
+    refs = index.chunk_refs()
+    entry, ref = next((e, r) for e, r in refs if e.type == "chunk" and e.path == "data/exact-1m.txt")
+    bad = bytearray(layer.read_bytes())
+    # A byte inside the member's deflate data (past its 10-byte gzip header).
+    bad[ref.compressed_offset + 40] ^= 0x10
+    damaged = tmp_path / "bad.tar.gz"
+    damaged.write_bytes(bad)
+    proc = run_cli("verify", damaged, "--toc-digest", made["tocDigest"])
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out + proc.stderr.decode()
+    assert "estargz.chunk" in out and f"offset {ref.compressed_offset}" in out, out
+    assert f"entry {entry.index} " in out and "/data/exact-1m.txt" in out, out
+    # The readers refuse those bytes too: one line naming the chunk, exit 2.
+    proc = run_cli("cat", damaged, "data/exact-1m.txt")
+    assert_one_line_error(proc, 2, f"offset {ref.compressed_offset}")
+
+
+def test_verify_checks_the_toc_digest(estargz_build, fixture_tars, tmp_path):
+    layer = tmp_path / "l.tar.gz"
+    made = build(estargz_build, fixture_tars["dedup.tar"], layer)
+    good = made["tocDigest"]
+    wrong = good[:-1] + ("0" if good[-1] != "0" else "1")
+    proc = run_cli("verify", layer, "--toc-digest", wrong)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "estargz.toc_digest" in out and good in out, out
+    # The TOC digest is the sha256 of the TOC JSON as stored.
+    assert good == "sha256:" + hashlib.sha256(made["toc_json"].read_bytes()).hexdigest()
+
+
+def test_a_flipped_bit_in_the_toc_is_found(estargz_build, fixture_tars, tmp_path):
+    layer = tmp_path / "l.tar.gz"
+    build(estargz_build, fixture_tars["dedup.tar"], layer)
+    raw = bytearray(layer.read_bytes())
+    footer = fmt.parse_footer(bytes(raw[-fmt.FOOTER_SIZE :]), len(raw))
+    raw[footer.toc_offset + 30] ^= 0x01
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(raw)
+    proc = run_cli("verify", bad)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out + proc.stderr.decode()
+    assert "estargz.toc" in out and f"offset {footer.toc_offset}" in out, out
+    assert_one_line_error(run_cli("ls", bad), 2, "estargz TOC", f"offset {footer.toc_offset}")
+
+
+# ---------------------------------------------------------------------------- bad input
+class _Src:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def pread(self, offset: int, size: int, what: str = "data") -> bytes:
+        return self.data[offset : offset + size]
+
+
+def _footer(toc_offset: int) -> bytes:
+    """An eStargz footer as the estargz module writes it."""
+    extra = b"SG" + struct.pack("<H", 22) + b"%016xSTARGZ" % toc_offset
+    head = b"\x1f\x8b\x08\x04" + bytes(4) + b"\x00\xff" + struct.pack("<H", len(extra)) + extra
+    return head + bytes.fromhex("010000ffff") + bytes(8)  # an empty stored block, CRC and size 0
+
+
+def _toc_member(doc: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        ti = tarfile.TarInfo(fmt.TOC_TAR_NAME)
+        ti.size = len(doc)
+        tf.addfile(ti, io.BytesIO(doc))
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+def test_footer_matches_the_writer(estargz_build, fixture_tars, tmp_path):
+    """Our footer bytes are the estargz module's (so the bad-input cases below are realistic)."""
+    layer = tmp_path / "l.tar.gz"
+    build(estargz_build, fixture_tars["dedup.tar"], layer)
+    raw = layer.read_bytes()
+    footer = fmt.parse_footer(raw[-fmt.FOOTER_SIZE :], len(raw))
+    assert raw[-fmt.FOOTER_SIZE :] == _footer(footer.toc_offset)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["toc-offset-past-blob", "toc-over-limit", "footer-lies", "toc-not-json", "entry-past-toc", "bad-digest"],
+)
+def test_bad_estargz_is_one_line_exit_2(case, tmp_path):
+    doc = {"version": 1, "entries": [{"name": "a", "type": "reg", "size": 3, "offset": 0}]}
+    doc["entries"][0]["chunkDigest"] = "sha256:" + hashlib.sha256(b"abc").hexdigest()
+    data = gzip.compress(b"abc", mtime=0)
+    toc = _toc_member(json.dumps(doc).encode())
+    if case == "toc-not-json":
+        toc = _toc_member(b"{not json")
+    elif case == "entry-past-toc":
+        doc["entries"][0]["offset"] = 10**6
+        toc = _toc_member(json.dumps(doc).encode())
+    elif case == "bad-digest":
+        doc["entries"][0]["chunkDigest"] = "sha256:zz"
+        toc = _toc_member(json.dumps(doc).encode())
+    elif case == "toc-over-limit":
+        # A tar header claiming a TOC over the limit (the member itself is small).
+        hdr = bytearray(tarfile.TarInfo(fmt.TOC_TAR_NAME).tobuf(format=tarfile.GNU_FORMAT))
+        hdr[124:136] = b"%011o\0" % (fmt.MAX_TOC_SIZE + 1)
+        toc = gzip.compress(bytes(hdr), mtime=0)
+    blob = data + toc + _footer(len(data))
+    if case == "toc-offset-past-blob":
+        blob = data + toc + _footer(10**9)
+    elif case == "footer-lies":
+        blob = data + toc + _footer(1)  # a TOC offset inside the data member
+    path = tmp_path / "bad.tar.gz"
+    path.write_bytes(blob)
+    for argv in (("info",), ("ls", "-R"), ("verify",)):
+        proc = run_cli(*argv, path)
+        err = proc.stderr.decode()
+        assert "Traceback" not in err, err
+        if argv == ("verify",):
+            assert proc.returncode == 1 and "estargz" in proc.stdout.decode(), proc.stdout.decode()
+        elif argv == ("info",) and case not in ("toc-offset-past-blob",):
+            # info reads the footer and the TOC: both are checked.
+            assert_one_line_error(proc, 2, "estargz")
+        else:
+            assert_one_line_error(proc, 2)
+
+
+def test_sample_toc_vector(vectors):
+    """The sample TOC of the nydus vectors (estargz_sample.json): busybox and a hardlink to it."""
+    raw = (vectors / "nydus" / "stargz" / "estargz_sample.json").read_bytes()
+    toc = fmt.parse_toc(raw, 10**7, 10**7 - 100)
+    byname = {e.name: e for e in toc.entries}
+    busybox = byname["bin/busybox"]
+    assert (busybox.type, busybox.size, busybox.offset) == ("reg", 833104, 126)
+    assert busybox.chunk_size == 833104 and busybox.chunk_digest == busybox.digest
+    assert byname["bin/busybox2"].type == "hardlink" and byname["bin/busybox2"].link_name == "bin/busybox"
+    assert byname["bin/"].mode & 0o7777 == 0o755
+    index = read_index_from_toc(raw)
+    boot, _ = ref_bootstrap(index, "0" * 64)
+    from nydus_inspect.model import RafsV6
+
+    nodes = {n.path: n for n in RafsV6(boot).walk()}
+    assert nodes[b"/bin/busybox"].nid == nodes[b"/bin/busybox2"].nid
+    assert nodes[b"/bin/busybox"].nlink == 2 and nodes[b"/bin/busybox"].size == 833104
+
+
+def read_index_from_toc(raw: bytes):
+    """An eStargz blob around a TOC: its data members stand where its offsets say (zeros: never read here)."""
+    doc = json.loads(raw)
+    end = max(e.get("offset", 0) for e in doc["entries"]) + (1 << 20)
+    toc = _toc_member(raw)
+    blob = bytes(end) + toc + _footer(end)
+    return read_index(_Src(blob), len(blob))
+
+
+# ---------------------------------------------------------------------------- our FUSE mount
+@pytest.mark.parametrize(
+    "source", ["fixture:every-type.tar", "fixture:whiteouts.tar", "vector:all-entry-type.tar"]
+)
+def test_our_mount_of_estargz(request, fuse_ok, estargz_build, source, tmp_path):
+    src = source_tar(request, source)
+    layer = tmp_path / "l.tar.gz"
+    made = build(estargz_build, src, layer, 0x10000)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    proc = run_cli("mount", layer, mp, "--raw-whiteouts", "--log-file", tmp_path / "mount.log")
+    assert proc.returncode == 0, proc.stderr.decode()
+    try:
+        assert_dir_matches(expected_of(src, made), mp / "rootfs")
+    finally:
+        done = run_cli("umount", mp, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+
+
+# ---------------------------------------------------------------------------- estargz-ref
+def pack_ref(layer: Path, work: Path) -> tuple[Path, Path]:
+    """``pack --type estargz-ref``: the bootstrap, and a blob dir holding the eStargz blob under its sha256 and
+    the blob.meta file pack wrote."""
+    blobs = work / "blobs"
+    blobs.mkdir(parents=True)
+    boot = blobs / "layer.boot"
+    proc = run_cli("pack", "--type", "estargz-ref", layer, "-o", boot, "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    res = json.loads(proc.stdout)
+    assert res["blob_id"] == hashlib.sha256(layer.read_bytes()).hexdigest()
+    shutil.copy(layer, blobs / res["blob_id"])
+    return boot, blobs
+
+
+REF_SOURCES = [
+    "fixture:every-type.tar",
+    "fixture:whiteouts.tar",
+    "fixture:dedup.tar",
+    "vector:all-entry-type.tar",
+]
+
+
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+@pytest.mark.parametrize("source", REF_SOURCES)
+def test_estargz_ref_in_nydusd(request, oracle, fuse_ok, estargz_build, source, chunk_size, tmp_path):
+    src = source_tar(request, source)
+    layer = tmp_path / "l.tar.gz"
+    made = build(estargz_build, src, layer, chunk_size)
+    boot, blobs = pack_ref(layer, tmp_path)
+    expected = expected_of(src, made)
+    # Ours reads it as the tar, and verify passes.
+    assert_tree_matches(expected, boot, blob_dir=str(blobs))
+    proc = run_cli("verify", boot, "--blob-dir", blobs)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    # The bootstrap read directly from the eStargz blob is this one.
+    with open_layer(str(layer)) as direct:
+        assert bytes(direct.bootstrap_bytes()) == boot.read_bytes()
+    oracle.check(boot)
+    started = int(time.time())
+    with oracle.mount(boot, blobs, tmp_path / "nydusd") as mnt:
+        assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
+    assert "ERROR" not in oracle.log_of(tmp_path / "nydusd")
+
+
+def test_estargz_ref_against_nydus_image(request, oracle, fuse_ok, estargz_build, fixture_tars, tmp_path):
+    """The real ``nydus-image create --type estargz-ref`` over the same eStargz blob (a zran bootstrap: it
+    indexes the gzip stream instead of using the TOC's members) agrees with ours where the designs meet: the
+    blob id (the blob's sha256), compressor gzip, digester sha256, the blob's size, the tree; and the two
+    nydusd mounts serve the same files."""
+    src = fixture_tars["dedup.tar"]
+    layer = tmp_path / "l.tar.gz"
+    made = build(estargz_build, src, layer)
+    expected = expected_of(src, made)
+    boot, blobs = pack_ref(layer, tmp_path / "ours")
+    theirs_dir = tmp_path / "theirs"
+    theirs_dir.mkdir()
+    theirs = theirs_dir / "ref.boot"
+    oracle.run(
+        "nydus-image",
+        "create",
+        "--type",
+        "estargz-ref",
+        "--log-level",
+        "warn",
+        "--bootstrap",
+        theirs,
+        "--blob-dir",
+        theirs_dir,
+        layer,
+    )
+    shutil.copy(layer, theirs_dir / hashlib.sha256(layer.read_bytes()).hexdigest())
+    ours_info = json.loads(run_cli("info", "--json", boot).stdout)["bootstrap"]
+    theirs_info = json.loads(run_cli("info", "--json", theirs).stdout)["bootstrap"]
+    a, b = ours_info["blobs"][0], theirs_info["blobs"][0]
+    for field in ("blob_id", "compressor", "digester", "compressed_size"):
+        assert a[field] == b[field], field
+    assert ours_info["ext_superblock"]["compressor"] == theirs_info["ext_superblock"]["compressor"] == "gzip"
+    assert ours_info["ext_superblock"]["digester"] == theirs_info["ext_superblock"]["digester"] == "sha256"
+    # Their zran chunks are not read by our chunk service (it has no zran index decoder), so their tree is
+    # judged in nydusd; ours through our reader and nydusd: both the tar's.
+    assert_tree_matches(expected, boot, blob_dir=str(blobs))
+    started = int(time.time())
+    with oracle.mount(theirs, theirs_dir, tmp_path / "nydusd-theirs") as mnt:
+        assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
+    with oracle.mount(boot, blobs, tmp_path / "nydusd-ours") as mnt:
+        assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
+
+
+def test_nydus_estargztoc_ref_cannot_judge(oracle, estargz_build, fixture_tars, vectors, tmp_path):
+    """nydus 2.4.4's TOC-JSON builder: with --blob-id (which it requires) it aborts once the TOC has data;
+    and a TOC with an empty file is refused before that. The day either changes, compare ours with it."""
+    for src, why in (
+        (vectors / "nydus" / "tar" / "all-entry-type.tar", "is_to_ref()"),
+        (fixture_tars["dedup.tar"], "missing digest or chunk digest"),
+    ):
+        layer = tmp_path / (src.name + ".gz")
+        made = build(estargz_build, src, layer)
+        proc = oracle.run(
+            "nydus-image",
+            "create",
+            "--type",
+            "estargztoc-ref",
+            "--log-level",
+            "warn",
+            "--bootstrap",
+            tmp_path / "x.boot",
+            "--blob-id",
+            made["digest"].removeprefix("sha256:"),
+            "--blob-data-size",
+            f"{layer.stat().st_size:x}",
+            made["toc_json"],
+            ok=False,
+        )
+        assert proc.returncode != 0, "nydus-image estargztoc-ref now works: compare our estargz-ref with it"
+        assert why in (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+# ---------------------------------------------------------------------------- the Debian rootfs
+def test_debian_rootfs_estargz(request, oracle, fuse_ok, estargz_build, tmp_path):
+    """The Debian minbase tar of the benches, when built (`bash bench/make_rootfs.sh`): read directly, and as
+    estargz-ref in nydusd."""
+    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
+    if not src.is_file():
+        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
+        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
+            pytest.fail(f"{reason} (required in CI)")
+        pytest.skip(reason)
+    layer = tmp_path / "rootfs.tar.gz"
+    made = build(estargz_build, src, layer)
+    expected = expected_of(src, made)
+    assert_tree_matches(expected, layer)
+    proc = run_cli("verify", layer, "--toc-digest", made["tocDigest"], timeout=600)
+    assert proc.returncode == 0, proc.stdout.decode()[-2000:]
+    boot, blobs = pack_ref(layer, tmp_path)
+    started = int(time.time())
+    with oracle.mount(boot, blobs, tmp_path / "nydusd") as mnt:
+        assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
