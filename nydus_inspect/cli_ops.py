@@ -69,6 +69,9 @@ def _pack_options(args, **extra):
 def cmd_pack(args) -> int:
     from .pack import pack
 
+    if getattr(args, "format", "nydus") == "erofs":
+        return _cmd_pack_erofs(args)
+
     opts = _pack_options(args, bootstrap=args.bootstrap)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
     with progress_bar(args, "pack", total) as update:
@@ -88,6 +91,68 @@ def cmd_pack(args) -> int:
         f"bootstrap {res.bootstrap_size} bytes, blob {res.size} bytes"
     )
     return 0
+
+
+def _erofs_options(args, **extra):
+    """ErofsOptions from pack's and convert's --dm-verity, --no-verity-superblock, --salt and --inline-data."""
+    from .erofs_write import ErofsOptions
+
+    opts = ErofsOptions(
+        dm_verity=args.dm_verity,
+        verity_superblock=not args.no_verity_superblock,
+        inline_data=getattr(args, "inline_data", False),
+        **extra,
+    )
+    if args.salt is not None:
+        try:
+            opts.salt = bytes.fromhex("" if args.salt == "-" else args.salt)
+        except ValueError:
+            raise UsageError(f"--salt {args.salt!r}: not hex (or - for none)") from None
+        if len(opts.salt) > 256:
+            raise UsageError(f"--salt: {len(opts.salt)} bytes, dm-verity takes at most 256")
+    return opts
+
+
+def _cmd_pack_erofs(args) -> int:
+    from .erofs_write import pack_erofs
+
+    opts = _erofs_options(args)
+    total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
+    with progress_bar(args, "pack", total) as update:
+        opts.progress = update
+        res = pack_erofs(args.source, args.output, opts)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res.to_json())
+        return 0
+    from .cli import plural
+
+    print(f"sha256:{res.digest}  {res.path}")
+    print(
+        f"EROFS image of {plural(res.inodes, 'inode')}, {plural(res.files, 'file')} ({res.data_bytes} bytes): "
+        f"{res.erofs_size} bytes"
+    )
+    if res.root_hash is not None:
+        sb = "with" if res.verity_superblock else "without"
+        print(f"dm-verity root hash {res.root_hash} (hash offset {res.hash_offset}, {sb} superblock)")
+    return 0
+
+
+def _add_verity_args(s) -> None:
+    s.add_argument(
+        "--dm-verity", action="store_true", help="append a dm-verity hash tree (sha256, 4 KiB blocks)"
+    )
+    s.add_argument(
+        "--no-verity-superblock",
+        action="store_true",
+        help="leave the dm-verity superblock out (veritysetup --no-superblock)",
+    )
+    s.add_argument(
+        "--salt",
+        metavar="HEX",
+        help="dm-verity salt in hex, - for none (default: 32 zero bytes, as containerd)",
+    )
 
 
 def _open(args):
@@ -382,6 +447,18 @@ def register(sub) -> None:
     )
     s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument(
+        "--format",
+        choices=("nydus", "erofs"),
+        default="nydus",
+        help="nydus (default): a nydus layer blob; erofs: a plain EROFS image as containerd converts a layer",
+    )
+    s.add_argument(
+        "--inline-data",
+        action="store_true",
+        help="erofs: pack file tails after their inodes (containerd does not)",
+    )
+    _add_verity_args(s)
     s.set_defaults(func=cmd_pack, bulk=True)
 
     s = sub.add_parser("unpack", help="nydus layer -> OCI layer tar, or a directory")
