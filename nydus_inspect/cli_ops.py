@@ -104,13 +104,32 @@ def _erofs_options(args, **extra):
         **extra,
     )
     if args.salt is not None:
-        try:
-            opts.salt = bytes.fromhex("" if args.salt == "-" else args.salt)
-        except ValueError:
-            raise UsageError(f"--salt {args.salt!r}: not hex (or - for none)") from None
-        if len(opts.salt) > 256:
-            raise UsageError(f"--salt: {len(opts.salt)} bytes, dm-verity takes at most 256")
+        opts.salt = _salt_arg(args.salt)
     return opts
+
+
+def _salt_arg(value: str) -> bytes:
+    try:
+        salt = bytes.fromhex("" if value == "-" else value)
+    except ValueError:
+        raise UsageError(f"--salt {value!r}: not hex (or - for none)") from None
+    if len(salt) > 256:
+        raise UsageError(f"--salt: {len(salt)} bytes, dm-verity takes at most 256")
+    return salt
+
+
+def _root_hash_arg(value: str | None) -> bytes | None:
+    """--root-hash as hex, or as the OCI digest the converter's annotation holds (sha256:HEX)."""
+    if value is None:
+        return None
+    text = value.removeprefix("sha256:")
+    try:
+        root = bytes.fromhex(text)
+    except ValueError:
+        root = b""
+    if len(root) != 32:
+        raise UsageError(f"--root-hash {value!r}: not a sha256 root hash (64 hex digits, sha256: optional)")
+    return root
 
 
 def _cmd_pack_erofs(args) -> int:
@@ -322,6 +341,8 @@ def cmd_verify(args) -> int:
         from .rules import load_rules
 
         rules = load_rules(args.rules)
+    root_hash = _root_hash_arg(args.root_hash)
+    verity_salt = _salt_arg(args.salt) if args.salt is not None else None
     results = []
     worst = 0
     for i, path in enumerate(args.layers):
@@ -336,7 +357,27 @@ def cmd_verify(args) -> int:
             worst = max(worst, 2)
             continue
         with layer, progress_stages(args, path) as update:
-            report = verify(layer, source=sources[i] if sources else None, progress=update)
+            if root_hash is not None and layer.kind != "erofs":
+                raise UsageError(
+                    f"{path}: --root-hash applies to plain EROFS images, this is a {layer.kind} layer"
+                )
+            report = verify(
+                layer,
+                source=sources[i] if sources else None,
+                progress=update,
+                root_hash=root_hash,
+                verity_salt=verity_salt,
+            )
+            bad_input = [f for f in report.findings if f.check in ("verity.payload", "verity.root")]
+            if bad_input:
+                # Not damage found but a payload or root hash that does not fit the image: an input error.
+                f = bad_input[0]
+                msg = f.message + (
+                    f" (given {f.expected}, the tree's {f.found})" if f.check == "verity.root" else ""
+                )
+                results.append({"path": path, "ok": False, "unreadable": msg})
+                worst = max(worst, 2)
+                continue
             entry = report.to_json()
             entry["summary"] = report.summary()
             ok = report.ok
@@ -521,6 +562,14 @@ def register(sub) -> None:
         "--json", action="store_true", help="each layer's checks, findings and rule results as JSON"
     )
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument(
+        "--root-hash",
+        metavar="HEX",
+        help="plain EROFS: the dm-verity root hash to check the appended hash tree against (or sha256:HEX)",
+    )
+    s.add_argument(
+        "--salt", metavar="HEX", help="plain EROFS without a dm-verity superblock: its salt (default: zeros)"
+    )
     s.set_defaults(func=cmd_verify, bulk=True)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")

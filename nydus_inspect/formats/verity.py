@@ -149,6 +149,9 @@ class Damage:
     where: str  # "data" or "hash"
     block: int  # data block number, or hash block number counted from the start of the tree
     level: int  # the tree level whose entry did not match (0 for a data block)
+    #: False only for the top hash block when nothing but its own digest disagrees (with the root hash):
+    #: then the root hash given may as well be another image's.
+    certain: bool = True
 
     def __str__(self) -> str:
         if self.where == "data":
@@ -157,38 +160,54 @@ class Damage:
 
 
 def check_tree(params: Params, leaf_digests: list[bytes], tree: bytes, root: bytes) -> list[Damage]:
-    """Every data block and hash block whose digest differs from the one recorded above it (the root hash
-    for the top block). A damaged hash block hides nothing below it from the report: its entries are still
-    compared with the blocks they cover, so a flipped bit is located to the one block it is in."""
+    """Every data block and hash block found damaged, top down as the kernel reads them: the top hash block
+    is checked against the root hash, and each block below against its entry in a parent that is itself
+    sound. A block whose parent is damaged is taken as sound when it matches the parent's entry (a bit
+    flipped in the parent elsewhere) and is not reported when it does not (the parent's entry is as
+    suspect as the block): one flipped bit is located to the one block it is in."""
     params.check()
     if len(tree) != params.tree_size():
         raise FormatError(
-            "dm-verity",
-            f"hash tree of {len(tree)} bytes, {params.tree_size()} expected for {params.data_blocks} blocks",
+            "dm-verity hash tree",
+            f"{len(tree)} bytes, {params.tree_size()} expected for {params.data_blocks} data blocks",
+            value=len(tree),
         )
+    if len(leaf_digests) != params.data_blocks:
+        raise FormatError("dm-verity", f"{params.data_blocks} data blocks but {len(leaf_digests)} digests")
     if params.data_blocks == 1:
         return [] if leaf_digests[0] == root else [Damage("data", 0, 0)]
     hbs = params.hash_block_size
     slot = 1 << (params.digest_size - 1).bit_length()
     per = params.hashes_per_block
     ds = params.digest_size
-    damage: list[Damage] = []
-    below = leaf_digests
     levels = params.levels()
-    for li, (start, count) in enumerate(levels):
-        level_blocks = [tree[(start + i) * hbs : (start + i + 1) * hbs] for i in range(count)]
+    top = len(levels) - 1
+    damage: list[Damage] = []
+    top_start = levels[top][0]
+    parent_ok = [params.digest(tree[top_start * hbs : (top_start + 1) * hbs]) == root]
+    if not parent_ok[0]:
+        damage.append(Damage("hash", top_start, top, certain=False))
+    for li in range(top, -1, -1):
+        start, count = levels[li]
+        if li:
+            below_start = levels[li - 1][0]
+            below = [
+                params.digest(tree[(below_start + i) * hbs : (below_start + i + 1) * hbs])
+                for i in range(levels[li - 1][1])
+            ]
+        else:
+            below = leaf_digests
+        child_ok = []
         for i, got in enumerate(below):
-            blk = level_blocks[i // per]
-            pos = (i % per) * slot
-            if blk[pos : pos + ds] != got:
-                if li == 0:
-                    damage.append(Damage("data", i, 0))
-                else:
-                    prev_start = levels[li - 1][0]
-                    damage.append(Damage("hash", prev_start + i, li - 1))
-        below = [params.digest(b) for b in level_blocks]
-    if below[0] != root:
-        damage.append(Damage("hash", levels[-1][0], len(levels) - 1))
+            b = start + i // per
+            pos = b * hbs + (i % per) * slot
+            match = tree[pos : pos + ds] == got
+            if not match and parent_ok[i // per]:
+                damage.append(Damage("data", i, 0) if li == 0 else Damage("hash", below_start + i, li - 1))
+            child_ok.append(match)
+        if li == top and damage and not all(child_ok):
+            damage[0].certain = True  # the top block disagrees with the level below too: it is damaged
+        parent_ok = child_ok
     return damage
 
 

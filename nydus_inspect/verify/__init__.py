@@ -99,7 +99,7 @@ from .blob_table import _check_blob_entry
 from .blobs import _blob_layers
 from .bootstrap import _check_bootstrap
 from .chunks import ChunkRecord, ChunkVerifier, _check_chunks
-from .erofs import _check_erofs
+from .erofs import _check_erofs, _check_verity
 from .findings import DEFAULT_LIMIT, STAGES, Cancelled, Finding, Report, _guard
 from .layout import _check_layout
 from .roundtrip import _check_roundtrip
@@ -118,6 +118,8 @@ def verify(
     cancel: Callable[[], bool] | None = None,
     limit: int = DEFAULT_LIMIT,
     workers: int = 0,
+    root_hash: bytes | None = None,
+    verity_salt: bytes | None = None,
 ) -> Report:
     """Run every check that applies to ``layer`` (and the round trip against the tar ``source``).
 
@@ -127,8 +129,11 @@ def verify(
     """
     run = _Run(layer, progress, cancel, limit, workers)
     if layer.kind == KIND_EROFS:
+        # A plain EROFS image may carry a dm-verity payload after it (``root_hash``: the one to trust).
+        run.verity_root, run.verity_salt = root_hash, verity_salt
         try:
             _guard(run, "erofs.super", layer.path, _check_erofs, run)
+            _guard(run, "verity.payload", layer.path, _check_verity, run)
             if source is not None:
                 _check_roundtrip(run, source)
         except Cancelled:
