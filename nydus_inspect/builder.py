@@ -408,7 +408,7 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
         i_u = rafs_v6.CHUNK_FORMAT_INDEXES | (chunk_bits - 12)
     elif node.type in (CHR, BLK):
         i_u = node.rdev & 0xFFFFFFFF
-    elif slot.layout == rafs_v6.LAYOUT_FLAT_INLINE and not slot.blocks:
+    elif slot.layout == rafs_v6.LAYOUT_FLAT_INLINE and not slot.blocks and not slot.data_blocks:
         # All of the data is the inline tail, so readers never use the block address; nydus-image writes
         # the inode's own block there, and so do we, so that its bootstraps and ours are alike byte for byte.
         i_u = slot.offset // BLOCK_SIZE
