@@ -279,7 +279,8 @@ def cmd_convert(args) -> int:
         progress_bar(args, "convert", None) as update,
         destination(args.output, mount_from=args.source) as out,
     ):
-        res = convert(source, out, platforms=args.platform, options=opts, progress=update)
+        erofs = _erofs_options(args) if args.to == "erofs" else None
+        res = convert(source, out, platforms=args.platform, options=opts, progress=update, erofs=erofs)
         res.output = args.output
     if args.json:
         from .cli import print_json
@@ -289,7 +290,12 @@ def cmd_convert(args) -> int:
     from .cli import plural
 
     for im in res.images:
-        if im.converted:
+        if im.converted and args.to == "erofs":
+            print(
+                f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
+                f"{plural(len(im.blobs), 'EROFS layer')}"
+            )
+        elif im.converted:
             print(
                 f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
                 f"{plural(len(im.blobs), 'nydus blob')} + bootstrap {im.bootstrap}"
@@ -603,6 +609,13 @@ def register(sub) -> None:
         help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)",
     )
     s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
+    s.add_argument(
+        "--to",
+        choices=("nydus", "erofs"),
+        default="nydus",
+        help="nydus (default), or erofs: EROFS layers as containerd's converter writes them",
+    )
+    _add_verity_args(s)
     add_arguments(s, platform=False)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert, bulk=True)

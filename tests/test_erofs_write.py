@@ -9,6 +9,7 @@ verify`` must accept the payload; ``verify --root-hash`` must locate a flipped b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -149,6 +150,7 @@ def test_debian_rootfs(erofs_utils, tmp_path):
 
 
 def veritysetup_format(data: Path, hash_file: Path, *opts: str) -> str:
+    hash_file.unlink(missing_ok=True)  # veritysetup writes into an existing file without truncating it
     proc = subprocess.run(
         [veritysetup(), "format", *opts, str(data), str(hash_file)], capture_output=True, check=True
     )
@@ -307,3 +309,59 @@ def test_bad_pack_input_is_one_line(fixture_tars, tmp_path):
     trunc.write_bytes(fixture_tars["every-type.tar"].read_bytes()[:30000])
     assert_one_line_error(run_cli("pack", "--format", "erofs", trunc, "-o", out), 2)
     assert not out.exists() and not list(tmp_path.glob(".out.erofs*"))
+
+
+# ---------------------------------------------------------------------------- convert --to erofs
+@pytest.mark.parametrize("opts", [(), ("--dm-verity",), ("--dm-verity", "--no-verity-superblock")])
+def test_convert_to_erofs(erofs_utils, fixture_tars, tmp_path, opts):
+    """Each tar layer becomes an EROFS layer as containerd's converter writes it: the media type, the
+    filesystem UUID from the diff ID, diff IDs of the EROFS blobs, ``erofs`` in os.features, and the
+    dm-verity root digest and offset in the layer annotations (which veritysetup and verify accept)."""
+    import uuid
+
+    from test_convert import LayoutWriter, blob, read_json
+
+    tars = [fixture_tars["every-type.tar"].read_bytes(), fixture_tars["whiteouts.tar"].read_bytes()]
+    src = tmp_path / "src"
+    w = LayoutWriter(src)
+    desc = w.image(tars, ["gzip", "none"])
+    w.index([desc])
+    out = tmp_path / "out"
+    proc = run_cli("convert", src, out, "--to", "erofs", *opts)
+    assert proc.returncode == 0, proc.stderr.decode()
+    index = json.loads((out / "index.json").read_text())
+    (mdesc,) = index["manifests"]
+    assert "erofs" in mdesc["platform"]["os.features"]
+    manifest = read_json(out, mdesc)
+    config = read_json(out, manifest["config"])
+    assert "erofs" in config["os.features"]
+    assert config["rootfs"]["diff_ids"] == [d["digest"] for d in manifest["layers"]]
+    for i, (layer, tar) in enumerate(zip(manifest["layers"], tars)):
+        assert layer["mediaType"] == "application/vnd.erofs.layer.v1"
+        data = blob(out, layer)
+        image = tmp_path / f"layer{i}.erofs"
+        image.write_bytes(data)
+        diff_id = f"sha256:{hashlib.sha256(tar).hexdigest()}"
+        assert data[1024 + 48 : 1024 + 64] == uuid.uuid5(uuid.NAMESPACE_URL, "erofs:blobs/" + diff_id).bytes
+        tar_path = tmp_path / f"layer{i}.tar"
+        tar_path.write_bytes(tar)
+        theirs = erofs_utils.mkfs(tmp_path / f"mkfs{i}.erofs", tar_path, *CONTAINERD)
+        want = extracted_tree(erofs_utils.extract(theirs, tmp_path / f"mkfs{i}-x"))
+        assert check_image(erofs_utils, image, tmp_path / f"check{i}") == want
+        ann = layer.get("annotations") or {}
+        if not opts:
+            assert not ann
+            continue
+        root = ann["dev.containerd.erofs.dmverity.root_digest"]
+        off = int(ann["dev.containerd.erofs.dmverity.offset"])
+        res = {
+            "erofs_size": off,
+            "dm_verity": {
+                "root_hash": root.removeprefix("sha256:"),
+                "hash_offset": off,
+                "superblock": "--no-verity-superblock" not in opts,
+            },
+        }
+        assert_veritysetup_agrees(image, res, tmp_path)
+        proc = run_cli("verify", image, "--root-hash", root)
+        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
