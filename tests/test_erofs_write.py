@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_util import VECTOR_TARS, assert_one_line_error, fixture_tars_fixture, run_cli  # noqa: F401
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from test_erofs_native import check_image, extracted_tree
 from tree_strategies import trees, write_tree_tar
 
@@ -129,6 +129,9 @@ def test_same_bytes_whatever_the_compression(fixture_tars, tmp_path):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=trees())
 def test_generated_trees(erofs_utils, tmp_path_factory, entries):
+    # mkfs.erofs --aufs writes an image its own fsck.erofs cannot extract for a name that is just ".wh."
+    # (an empty whiteout name): whiteouts are the fixture tars' business here.
+    assume(not any(part.startswith(b".wh.") for e in entries for part in e[0].split(b"/")))
     work = tmp_path_factory.mktemp("tree")
     write_tree_tar(work / "tree.tar", entries)
     compare_with_mkfs(erofs_utils, work / "tree.tar", work)
