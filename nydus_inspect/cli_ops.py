@@ -71,6 +71,7 @@ def cmd_pack(args) -> int:
 
     if getattr(args, "format", "nydus") == "erofs":
         return _cmd_pack_erofs(args)
+    _refuse_erofs_only(args, "--format erofs")
 
     opts = _pack_options(args, bootstrap=args.bootstrap)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
@@ -106,6 +107,22 @@ def _erofs_options(args, **extra):
     if args.salt is not None:
         opts.salt = _salt_arg(args.salt)
     return opts
+
+
+def _refuse_erofs_only(args, needs: str) -> None:
+    """EROFS options given for a nydus output would be silently ignored: say so instead."""
+    given = [
+        opt
+        for opt, on in (
+            ("--dm-verity", args.dm_verity),
+            ("--no-verity-superblock", args.no_verity_superblock),
+            ("--salt", args.salt is not None),
+            ("--inline-data", getattr(args, "inline_data", False)),
+        )
+        if on
+    ]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only with {needs}")
 
 
 def _salt_arg(value: str) -> bytes:
@@ -272,6 +289,8 @@ def cmd_convert(args) -> int:
     from .convert import convert
 
     opts = _pack_options(args)
+    if args.to != "erofs":
+        _refuse_erofs_only(args, "--to erofs")
     from .imageref import destination, materialise
 
     source = materialise(args.source)

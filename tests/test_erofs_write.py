@@ -308,6 +308,9 @@ def test_bad_pack_input_is_one_line(fixture_tars, tmp_path):
         2,
         "salt",
     )
+    assert_one_line_error(
+        run_cli("pack", fixture_tars["xattrs.tar"], "-o", out, "--dm-verity"), 2, "--format erofs"
+    )
     trunc = tmp_path / "trunc.tar"
     trunc.write_bytes(fixture_tars["every-type.tar"].read_bytes()[:30000])
     assert_one_line_error(run_cli("pack", "--format", "erofs", trunc, "-o", out), 2)
