@@ -371,3 +371,18 @@ def test_convert_to_erofs(erofs_utils, fixture_tars, tmp_path, opts):
         assert_veritysetup_agrees(image, res, tmp_path)
         proc = run_cli("verify", image, "--root-hash", root)
         assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+def test_bad_verity_superblock_is_one_line(verity_image, tmp_path):
+    """A superblock whose block size is not a power of two, or that covers other data, is refused by name."""
+    image, res = verity_image
+    off = res["dm_verity"]["hash_offset"]
+    data = bytearray(image.read_bytes())
+    data[off + 64 : off + 68] = (4000).to_bytes(4, "little")  # data_block_size
+    bad = tmp_path / "bad-sb.erofs"
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(run_cli("verify", bad), 2, "data_block_size")
+    data = bytearray(image.read_bytes())
+    data[off + 72 : off + 80] = (7).to_bytes(8, "little")  # data_blocks
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(run_cli("verify", bad), 2, "covers 7 blocks")
