@@ -11,7 +11,7 @@ ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
 VECTORS ?= $(or $(firstword $(wildcard $(abspath ../shared/vectors) $(if $(filter /%,$(ORIGIN)),$(abspath $(ORIGIN)/../shared/vectors)))),$(abspath ../shared/vectors))
 # Debian packages: erofs-utils is our independent checker, fuse3 + libfuse3-dev + pkg-config build and run pyfuse3,
 # tmux drives the TUI in a real terminal, docker-registry (started by the tests on 127.0.0.1) and skopeo hold images, zstd/squashfs/squashfuse/b3sum/debootstrap are the benchmark peers.
-APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr docker-registry
+APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr docker-registry cryptsetup-bin
 BENCH_APT_PKGS := squashfs-tools squashfuse hyperfine b3sum debootstrap time
 
 .PHONY: demo test lint deps bench clean fixtures oracle

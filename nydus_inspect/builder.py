@@ -79,6 +79,8 @@ class _Slot:
     dirents: list[tuple[bytes, _Slot]] | tuple = ()
     parent: _Slot | None = None
     subdirs: int = 0
+    #: Plain EROFS only: full blocks of a regular file's data, laid out after all the metadata.
+    data_blocks: int = 0
 
 
 def _order(root: Node) -> tuple[list[_Slot], int]:
@@ -122,7 +124,7 @@ def _order(root: Node) -> tuple[list[_Slot], int]:
     return slots, names
 
 
-def _prepare(slot: _Slot) -> None:
+def _prepare(slot: _Slot, flat_files: str | None = None) -> None:
     node = slot.node
     slot.xattrs = rafs_v6.build_xattrs(node.xattrs)
     fixed = INODE_SIZE + len(slot.xattrs)
@@ -138,6 +140,19 @@ def _prepare(slot: _Slot) -> None:
         slot.size = len(target)
         blocks = [target[i : i + BLOCK_SIZE] for i in range(0, len(target), BLOCK_SIZE)]
         _place_data(slot, blocks, len(target), fixed)
+    elif node.type == REG and flat_files:
+        # Plain EROFS: the data lies in the image itself. "plain" keeps every byte in whole blocks
+        # (containerd asks mkfs.erofs for -Enoinline_data); "inline" packs the tail after the inode when
+        # it fits, and the caller fills ``tail`` with the file's last bytes before rendering.
+        slot.size = node.size
+        tail_len = node.size % BLOCK_SIZE
+        if flat_files == "inline" and tail_len and fixed + tail_len <= BLOCK_SIZE:
+            slot.layout = rafs_v6.LAYOUT_FLAT_INLINE
+            slot.tail = bytes(tail_len)
+            slot.data_blocks = node.size // BLOCK_SIZE
+        else:
+            slot.layout = rafs_v6.LAYOUT_FLAT_PLAIN
+            slot.data_blocks = -(-node.size // BLOCK_SIZE)
     elif node.type == REG:
         slot.layout = rafs_v6.LAYOUT_CHUNK_BASED
         slot.size = node.size
@@ -186,6 +201,8 @@ class Plan:
     #: written, all but the chunk indexes of regular files (the only part that needs their chunks).
     rendered: bytearray | None = None
     explicit_uid_gid: bool = True
+    #: Plain EROFS (``flat_files``): end of the regular files' data blocks, which follow ``data_end``.
+    files_end: int = 0
 
 
 def plan_bootstrap(
@@ -196,12 +213,17 @@ def plan_bootstrap(
     prefetch: bool = False,
     render: bool = False,
     explicit_uid_gid: bool = True,
+    flat_files: str | None = None,
 ) -> Plan:
     """Order, prepare and place every inode and data block of the tree under ``root``; with ``render``,
-    also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks."""
+    also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks.
+
+    ``flat_files`` ("plain" or "inline"): a plain EROFS image, regular files stored flat in the image
+    (their blocks after ``data_end``, up to ``files_end``) instead of as chunks of a blob.
+    """
     slots, names = _order(root)
     for slot in slots:
-        _prepare(slot)
+        _prepare(slot, flat_files)
 
     if nblobs:
         blob_table_off = round_up(rafs_v6.DEVICE_TABLE_OFFSET + rafs_v6.DEVICE.size * nblobs, BLOCK_SIZE)
@@ -230,6 +252,11 @@ def plan_bootstrap(
         if slot.blocks:
             slot.blkaddr = cursor // BLOCK_SIZE
             cursor += BLOCK_SIZE * len(slot.blocks)
+    files_end = cursor
+    for slot in slots:
+        if slot.data_blocks:
+            slot.blkaddr = files_end // BLOCK_SIZE
+            files_end += BLOCK_SIZE * slot.data_blocks
     plan = Plan(
         slots,
         names,
@@ -242,13 +269,19 @@ def plan_bootstrap(
         meta_start,
         cursor,
         explicit_uid_gid=explicit_uid_gid,
+        files_end=files_end,
     )
     if render:
-        plan.rendered = bytearray(cursor)
-        chunk_bits = chunk_size.bit_length() - 1
-        for slot in slots:
-            _write_inode(plan.rendered, slot, explicit_uid_gid, chunk_bits)
+        render_plan(plan)
     return plan
+
+
+def render_plan(plan: Plan) -> None:
+    """Write every inode, xattr, directory and symlink of the plan into :attr:`Plan.rendered`."""
+    plan.rendered = bytearray(plan.data_end)
+    chunk_bits = plan.chunk_size.bit_length() - 1
+    for slot in plan.slots:
+        _write_inode(plan.rendered, slot, plan.explicit_uid_gid, chunk_bits)
 
 
 def build_bootstrap(
@@ -378,7 +411,7 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
         i_u = rafs_v6.CHUNK_FORMAT_INDEXES | (chunk_bits - 12)
     elif node.type in (CHR, BLK):
         i_u = node.rdev & 0xFFFFFFFF
-    elif slot.layout == rafs_v6.LAYOUT_FLAT_INLINE and not slot.blocks:
+    elif slot.layout == rafs_v6.LAYOUT_FLAT_INLINE and not slot.blocks and not slot.data_blocks:
         # All of the data is the inline tail, so readers never use the block address; nydus-image writes
         # the inode's own block there, and so do we, so that its bootstraps and ours are alike byte for byte.
         i_u = slot.offset // BLOCK_SIZE

@@ -69,8 +69,15 @@ def _pack_options(args, **extra):
 def cmd_pack(args) -> int:
     from .pack import pack
 
+    erofs = getattr(args, "format", "nydus") == "erofs"
     if getattr(args, "type", "tar-rafs") == "estargz-ref":
+        if erofs:
+            raise UsageError("--type estargz-ref writes a RAFS bootstrap: not with --format erofs")
+        _refuse_erofs_only(args, "--format erofs")
         return _pack_estargz_ref(args)
+    if erofs:
+        return _cmd_pack_erofs(args)
+    _refuse_erofs_only(args, "--format erofs")
     opts = _pack_options(args, bootstrap=args.bootstrap)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
     with progress_bar(args, "pack", total) as update:
@@ -112,6 +119,103 @@ def _pack_estargz_ref(args) -> int:
     if res["blob_meta"]:
         print(f"{res['blob_meta']}: its blob.meta (nydusd reads it from the blob directory, beside the blob)")
     return 0
+
+
+def _erofs_options(args, **extra):
+    """ErofsOptions from pack's and convert's --dm-verity, --no-verity-superblock, --salt and --inline-data."""
+    from .erofs_write import ErofsOptions
+
+    opts = ErofsOptions(
+        dm_verity=args.dm_verity,
+        verity_superblock=not args.no_verity_superblock,
+        inline_data=getattr(args, "inline_data", False),
+        **extra,
+    )
+    if args.salt is not None:
+        opts.salt = _salt_arg(args.salt)
+    return opts
+
+
+def _refuse_erofs_only(args, needs: str) -> None:
+    """EROFS options given for a nydus output would be silently ignored: say so instead."""
+    given = [
+        opt
+        for opt, on in (
+            ("--dm-verity", args.dm_verity),
+            ("--no-verity-superblock", args.no_verity_superblock),
+            ("--salt", args.salt is not None),
+            ("--inline-data", getattr(args, "inline_data", False)),
+        )
+        if on
+    ]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only with {needs}")
+
+
+def _salt_arg(value: str) -> bytes:
+    try:
+        salt = bytes.fromhex("" if value == "-" else value)
+    except ValueError:
+        raise UsageError(f"--salt {value!r}: not hex (or - for none)") from None
+    if len(salt) > 256:
+        raise UsageError(f"--salt: {len(salt)} bytes, dm-verity takes at most 256")
+    return salt
+
+
+def _root_hash_arg(value: str | None) -> bytes | None:
+    """--root-hash as hex, or as the OCI digest the converter's annotation holds (sha256:HEX)."""
+    if value is None:
+        return None
+    text = value.removeprefix("sha256:")
+    try:
+        root = bytes.fromhex(text)
+    except ValueError:
+        root = b""
+    if len(root) != 32:
+        raise UsageError(f"--root-hash {value!r}: not a sha256 root hash (64 hex digits, sha256: optional)")
+    return root
+
+
+def _cmd_pack_erofs(args) -> int:
+    from .erofs_write import pack_erofs
+
+    opts = _erofs_options(args)
+    total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
+    with progress_bar(args, "pack", total) as update:
+        opts.progress = update
+        res = pack_erofs(args.source, args.output, opts)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res.to_json())
+        return 0
+    from .cli import plural
+
+    print(f"sha256:{res.digest}  {res.path}")
+    print(
+        f"EROFS image of {plural(res.inodes, 'inode')}, {plural(res.files, 'file')} ({res.data_bytes} bytes): "
+        f"{res.erofs_size} bytes"
+    )
+    if res.root_hash is not None:
+        sb = "with" if res.verity_superblock else "without"
+        print(f"dm-verity root hash {res.root_hash} (hash offset {res.hash_offset}, {sb} superblock)")
+    return 0
+
+
+def _add_verity_args(s) -> None:
+    s.add_argument(
+        "--dm-verity", action="store_true", help="append a dm-verity hash tree (sha256, 4 KiB blocks)"
+    )
+    s.add_argument(
+        "--no-verity-superblock",
+        action="store_true",
+        help="leave the dm-verity superblock out (veritysetup --no-superblock)",
+    )
+    s.add_argument(
+        "--salt",
+        metavar="HEX",
+        help="dm-verity salt in hex, - for none (default: 32 zero bytes, as containerd)",
+    )
 
 
 def _open(args):
@@ -212,6 +316,8 @@ def cmd_convert(args) -> int:
     from .convert import convert
 
     opts = _pack_options(args)
+    if args.to != "erofs":
+        _refuse_erofs_only(args, "--to erofs")
     from .imageref import destination, materialise
 
     source = materialise(args.source)
@@ -219,7 +325,8 @@ def cmd_convert(args) -> int:
         progress_bar(args, "convert", None) as update,
         destination(args.output, mount_from=args.source) as out,
     ):
-        res = convert(source, out, platforms=args.platform, options=opts, progress=update)
+        erofs = _erofs_options(args) if args.to == "erofs" else None
+        res = convert(source, out, platforms=args.platform, options=opts, progress=update, erofs=erofs)
         res.output = args.output
     if args.json:
         from .cli import print_json
@@ -229,7 +336,12 @@ def cmd_convert(args) -> int:
     from .cli import plural
 
     for im in res.images:
-        if im.converted:
+        if im.converted and args.to == "erofs":
+            print(
+                f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
+                f"{plural(len(im.blobs), 'EROFS layer')}"
+            )
+        elif im.converted:
             print(
                 f"{im.source} ({im.platform or 'no platform'}) -> {im.target}: {plural(im.layers, 'layer')} -> "
                 f"{plural(len(im.blobs), 'nydus blob')} + bootstrap {im.bootstrap}"
@@ -286,6 +398,8 @@ def cmd_verify(args) -> int:
         from .rules import load_rules
 
         rules = load_rules(args.rules)
+    root_hash = _root_hash_arg(args.root_hash)
+    verity_salt = _salt_arg(args.salt) if args.salt is not None else None
     results = []
     worst = 0
     for i, path in enumerate(args.layers):
@@ -300,12 +414,28 @@ def cmd_verify(args) -> int:
             worst = max(worst, 2)
             continue
         with layer, progress_stages(args, path) as update:
+            if root_hash is not None and layer.kind != "erofs":
+                raise UsageError(
+                    f"{path}: --root-hash applies to plain EROFS images, this is a {layer.kind} layer"
+                )
             report = verify(
                 layer,
                 source=sources[i] if sources else None,
                 progress=update,
                 toc_digest=toc_digests[i] if toc_digests else None,
+                root_hash=root_hash,
+                verity_salt=verity_salt,
             )
+            bad_input = [f for f in report.findings if f.check in ("verity.payload", "verity.root")]
+            if bad_input:
+                # Not damage found but a payload or root hash that does not fit the image: an input error.
+                f = bad_input[0]
+                msg = f.message + (
+                    f" (given {f.expected}, the tree's {f.found})" if f.check == "verity.root" else ""
+                )
+                results.append({"path": path, "ok": False, "unreadable": msg})
+                worst = max(worst, 2)
+                continue
             entry = report.to_json()
             entry["summary"] = report.summary()
             ok = report.ok
@@ -424,6 +554,18 @@ def register(sub) -> None:
     )
     s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument(
+        "--format",
+        choices=("nydus", "erofs"),
+        default="nydus",
+        help="nydus (default): a nydus layer blob; erofs: a plain EROFS image as containerd converts a layer",
+    )
+    s.add_argument(
+        "--inline-data",
+        action="store_true",
+        help="erofs: pack file tails after their inodes (containerd does not)",
+    )
+    _add_verity_args(s)
     s.set_defaults(func=cmd_pack, bulk=True)
 
     s = sub.add_parser("unpack", help="nydus layer -> OCI layer tar, or a directory")
@@ -493,6 +635,14 @@ def register(sub) -> None:
         "--json", action="store_true", help="each layer's checks, findings and rule results as JSON"
     )
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument(
+        "--root-hash",
+        metavar="HEX",
+        help="plain EROFS: the dm-verity root hash to check the appended hash tree against (or sha256:HEX)",
+    )
+    s.add_argument(
+        "--salt", metavar="HEX", help="plain EROFS without a dm-verity superblock: its salt (default: zeros)"
+    )
     s.set_defaults(func=cmd_verify, bulk=True)
 
     s = sub.add_parser("corrupt", help="a damaged copy of a layer, for negative tests")
@@ -526,6 +676,13 @@ def register(sub) -> None:
         help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)",
     )
     s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
+    s.add_argument(
+        "--to",
+        choices=("nydus", "erofs"),
+        default="nydus",
+        help="nydus (default), or erofs: EROFS layers as containerd's converter writes them",
+    )
+    _add_verity_args(s)
     add_arguments(s, platform=False)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert, bulk=True)

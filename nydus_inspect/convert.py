@@ -404,10 +404,13 @@ def convert(
     platforms: list[str] | None = None,
     options: PackOptions | None = None,
     progress: Callable[[int], None] | None = None,
+    erofs=None,
 ) -> ConvertResult:
     """Convert the OCI image layout ``source`` into a nydus image in the new layout ``output``.
 
     ``platforms``: "os/arch[/variant]" strings (or "all"); by default the only image, or linux/amd64.
+    ``erofs``: an :class:`.erofs_write.ErofsOptions` for a containerd EROFS image instead
+    (:mod:`.erofs_convert`).
     """
     opts = options or PackOptions()
     opts.check()
@@ -428,7 +431,12 @@ def convert(
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".tmp", dir=parent)
     try:
         writer = _Writer(tmp)
-        conv = _Converter(src, writer, opts, progress)
+        if erofs is not None:
+            from .erofs_convert import ErofsConverter
+
+            conv = ErofsConverter(src, writer, opts, progress, erofs)
+        else:
+            conv = _Converter(src, writer, opts, progress)
         new_index, changed = conv.index(src.index, [], chosen)
         index_bytes = dumps(new_index) if changed else src.index_bytes
         with open(os.path.join(tmp, INDEX_FILE), "wb") as f:

@@ -103,7 +103,7 @@ from .blob_table import _check_blob_entry
 from .blobs import _blob_layers
 from .bootstrap import _check_bootstrap
 from .chunks import ChunkRecord, ChunkVerifier, _check_chunks
-from .erofs import _check_erofs
+from .erofs import _check_erofs, _check_verity
 from .findings import DEFAULT_LIMIT, STAGES, Cancelled, Finding, Report, _guard
 from .layout import _check_layout
 from .roundtrip import _check_roundtrip
@@ -124,6 +124,8 @@ def verify(
     limit: int = DEFAULT_LIMIT,
     workers: int = 0,
     toc_digest: str | None = None,
+    root_hash: bytes | None = None,
+    verity_salt: bytes | None = None,
 ) -> Report:
     """Run every check that applies to ``layer`` (and the round trip against the tar ``source``).
 
@@ -133,17 +135,7 @@ def verify(
     """
     run = _Run(layer, progress, cancel, limit, workers)
     # Layers whose checks are their own: the whole run is that check (and the round trip).
-    whole = None
-    if _is_v5(layer):
-        # A v5 bootstrap and its blobs: no ToC, blob.meta or blob.digest, the bootstrap's records only.
-        whole = lambda: _check_v5(run)  # noqa: E731
-    elif layer.kind == KIND_ESTARGZ:
-        # ``toc_digest``: the eStargz TOC digest (the toc.digest annotation) its TOC must hash to.
-        from .estargz import _check_estargz
-
-        whole = lambda: _guard(run, "estargz.toc", layer.path, _check_estargz, run, toc_digest)  # noqa: E731
-    elif layer.kind == KIND_EROFS:
-        whole = lambda: _guard(run, "erofs.super", layer.path, _check_erofs, run)  # noqa: E731
+    whole = _whole_check(run, toc_digest, root_hash, verity_salt)
     if whole is not None:
         try:
             whole()
@@ -176,6 +168,29 @@ def verify(
     finally:
         run.ahead.close()
     return run.report
+
+
+def _whole_check(run: _Run, toc_digest, root_hash, verity_salt) -> Callable[[], None] | None:
+    """The check that is the whole run for a layer that is not a RAFS v6 layer with blobs, or None."""
+    layer = run.layer
+    if _is_v5(layer):
+        # A v5 bootstrap and its blobs: no ToC, blob.meta or blob.digest, the bootstrap's records only.
+        return lambda: _check_v5(run)
+    if layer.kind == KIND_ESTARGZ:
+        # ``toc_digest``: the eStargz TOC digest (the toc.digest annotation) its TOC must hash to.
+        from .estargz import _check_estargz
+
+        return lambda: _guard(run, "estargz.toc", layer.path, _check_estargz, run, toc_digest)
+    if layer.kind == KIND_EROFS:
+        # A plain EROFS image may carry a dm-verity payload after it (``root_hash``: the one to trust).
+        run.verity_root, run.verity_salt = root_hash, verity_salt
+
+        def erofs() -> None:
+            _guard(run, "erofs.super", layer.path, _check_erofs, run)
+            _guard(run, "verity.payload", layer.path, _check_verity, run)
+
+        return erofs
+    return None
 
 
 def _is_v5(layer: Layer) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import NydusInspectError
+from ..errors import FormatError, NydusInspectError
 from ..model import DIR, REG, WalkError, fsdecode
 from ..query import FileIndex
 from .findings import Finding, _exc_finding
@@ -96,3 +96,128 @@ def _check_erofs(run: _Run) -> None:
         node.chunks = None
         run.tick("chunks", k + 1, len(files))
     run.count("files", len(files))
+
+
+#: Data is hashed for the dm-verity check in reads of this size.
+_VERITY_READ = 1 << 20
+
+
+def _check_verity(run: _Run) -> None:
+    """A dm-verity payload after the image (``verity.payload``, ``verity.data``, ``verity.hash``,
+    ``verity.root``): every data block and hash block is hashed and compared with the tree, top down from
+    the root hash given (``run.verity_root``) or, without one, the tree's own (then only its consistency is
+    checked, as a note says)."""
+    import os
+
+    from ..formats import verity
+    from ..formats._struct import round_up
+    from ..formats.rafs_v6 import BLOCK_SIZE
+
+    layer = run.layer
+    root_given, salt = run.verity_root, run.verity_salt
+    try:
+        image = layer.rafs
+        data_size = round_up(image.sb.s_blocks * BLOCK_SIZE, BLOCK_SIZE)
+        size = os.path.getsize(layer.path)
+    except (NydusInspectError, OSError):
+        return
+    if size <= data_size and root_given is None:
+        return
+    with open(layer.path, "rb") as f:
+        if size <= data_size:
+            raise VerityInputError(
+                f"no dm-verity payload: the file ends with the EROFS image ({size} bytes), a root hash was given"
+            )
+        head = os.pread(f.fileno(), verity.SUPERBLOCK_SIZE, data_size)
+        if head.startswith(verity.SIGNATURE):
+            params = verity.Superblock.parse(head).params
+            tree_offset = data_size + round_up(verity.SUPERBLOCK_SIZE, params.hash_block_size)
+            if params.data_blocks * params.data_block_size != data_size:
+                raise VerityInputError(
+                    f"dm-verity superblock at offset {data_size} covers {params.data_blocks} blocks of "
+                    f"{params.data_block_size} bytes, the EROFS image is {data_size} bytes"
+                )
+            if salt is not None and salt != params.salt:
+                run.report.notes.append(
+                    "--salt differs from the dm-verity superblock's; the superblock's used"
+                )
+        else:
+            params = verity.Params(data_blocks=data_size // BLOCK_SIZE)
+            if salt is not None:
+                params.salt = salt
+            tree_offset = data_size
+            run.report.notes.append(
+                f"no dm-verity superblock at offset {data_size}: sha256, {BLOCK_SIZE}-byte blocks and salt "
+                f"{params.salt.hex() or '(none)'} assumed"
+            )
+        if size - tree_offset != params.tree_size():
+            raise VerityInputError(
+                f"dm-verity hash tree at offset {tree_offset} is {size - tree_offset} bytes, "
+                f"{params.tree_size()} expected for {params.data_blocks} data blocks"
+            )
+        leaves: list[bytes] = []
+        bs = params.data_block_size
+        run.tick("verity", 0, data_size)
+        for off in range(0, data_size, _VERITY_READ):
+            piece = os.pread(f.fileno(), min(_VERITY_READ, data_size - off), off)
+            view = memoryview(piece)
+            leaves.extend(params.digest(view[i : i + bs]) for i in range(0, len(piece), bs))
+            run.tick("verity", off + len(piece), data_size)
+        tree = os.pread(f.fileno(), params.tree_size(), tree_offset)
+    if params.data_blocks == 1:
+        computed = leaves[0]
+    else:
+        top = params.levels()[-1][0] * params.hash_block_size
+        computed = params.digest(tree[top : top + params.hash_block_size])
+    root = root_given if root_given is not None else computed
+    if root_given is None:
+        run.report.notes.append(
+            f"no root hash given (--root-hash): the dm-verity tree checked against its own root {computed.hex()}"
+        )
+    damage = verity.check_tree(params, leaves, tree, root)
+    for d in damage:
+        if d.where == "data":
+            run.add(
+                Finding(
+                    "verity.data",
+                    f"data block {d.block} does not match its dm-verity hash",
+                    structure="dm-verity data block",
+                    file=layer.path,
+                    offset=d.block * bs,
+                )
+            )
+        elif not d.certain and root_given is not None:
+            run.add(
+                Finding(
+                    "verity.root",
+                    f"the root hash given is not the tree's (or its top hash block {d.block} is damaged)",
+                    structure="dm-verity root hash",
+                    file=layer.path,
+                    offset=tree_offset + d.block * params.hash_block_size,
+                    expected=root_given.hex(),
+                    found=computed.hex(),
+                )
+            )
+        else:
+            run.add(
+                Finding(
+                    "verity.hash",
+                    f"hash block {d.block} (level {d.level}) does not match "
+                    + (
+                        "the root hash"
+                        if d.level == len(params.levels()) - 1
+                        else "its hash in the level above"
+                    ),
+                    structure="dm-verity hash block",
+                    file=layer.path,
+                    offset=tree_offset + d.block * params.hash_block_size,
+                )
+            )
+    run.count("dm-verity blocks", params.data_blocks + params.tree_blocks())
+
+
+class VerityInputError(FormatError):
+    """A dm-verity payload that cannot be checked at all (wrong size, no payload where one is expected)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("dm-verity", message)

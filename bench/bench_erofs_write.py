@@ -1,0 +1,78 @@
+"""Writing EROFS layers: our `pack --format erofs` beside erofs-utils 1.9.3's mkfs.erofs, and our dm-verity
+payload beside `veritysetup format`, on the Debian rootfs tar.
+
+- `pack --format erofs` against `mkfs.erofs --tar=f --aufs -Enoinline_data` (containerd's options);
+- `pack --format erofs --dm-verity` against mkfs.erofs followed by `veritysetup format` of its image
+  (the hash tree into a file of its own).
+
+Ratios are ours / theirs. Without erofs-utils 1.9.3 (`make oracle`) or veritysetup it says so and skips.
+Run: `make bench` or `python bench/bench_erofs_write.py [REPEAT]`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _common import BENCH_DIR, NYDUS, ensure_rootfs, load_note, measure_together, ratio, table  # noqa: E402
+
+from oracle import find_erofs_utils  # noqa: E402
+
+
+def main() -> int:
+    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    tools = find_erofs_utils()
+    if tools is None:
+        print("bench_erofs_write: erofs-utils 1.9.3 is not built (run `make oracle`): skipped")
+        return 0
+    _, tar = ensure_rootfs()
+    work = BENCH_DIR / "erofs-write"
+    work.mkdir(parents=True, exist_ok=True)
+    ours, theirs = work / "ours.erofs", work / "mkfs.erofs"
+    ours_v, theirs_v, hash_file = work / "ours-verity.erofs", work / "mkfs-verity.erofs", work / "mkfs.hash"
+    mkfs = f"{tools / 'mkfs.erofs'} --quiet --tar=f --aufs -Enoinline_data -b4096"
+    print(f"EROFS layers written from {tar} ({load_note()})")
+    commands = [
+        ("ours pack --format erofs", [*NYDUS, "pack", "-q", "--format", "erofs", str(tar), "-o", str(ours)]),
+        ("mkfs.erofs (containerd options)", ["sh", "-c", f"{mkfs} {theirs} {tar}"]),
+    ]
+    outputs = {commands[0][0]: ours, commands[1][0]: theirs}
+    veritysetup = shutil.which("veritysetup")
+    if veritysetup:
+        commands += [
+            (
+                "ours pack --format erofs --dm-verity",
+                [*NYDUS, "pack", "-q", "--format", "erofs", "--dm-verity", str(tar), "-o", str(ours_v)],
+            ),
+            (
+                "mkfs.erofs + veritysetup format",
+                [
+                    "sh",
+                    "-c",
+                    f"{mkfs} {theirs_v} {tar} && rm -f {hash_file} && {veritysetup} format --salt="
+                    f"{'0' * 64} {theirs_v} {hash_file} >/dev/null",
+                ],
+            ),
+        ]
+        outputs[commands[2][0]] = ours_v
+        outputs[commands[3][0]] = theirs_v
+    else:
+        print("veritysetup not installed (Debian cryptsetup-bin): the dm-verity rows are skipped")
+    rows = measure_together(commands, repeat=repeat, outputs=outputs)
+    table(rows)
+    line = f"pack --format erofs / mkfs.erofs: {ratio(rows, commands[0][0], commands[1][0]):.2f}x"
+    if veritysetup:
+        line += (
+            f", with dm-verity / mkfs.erofs + veritysetup: {ratio(rows, commands[2][0], commands[3][0]):.2f}x"
+        )
+    print(line)
+    for p in (ours, theirs, ours_v, theirs_v, hash_file):
+        p.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

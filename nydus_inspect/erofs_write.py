@@ -1,0 +1,265 @@
+"""Write a plain EROFS image from an OCI layer tar, as containerd's EROFS converter has mkfs.erofs do it.
+
+containerd runs ``mkfs.erofs --tar=f --aufs --quiet -Enoinline_data -b4096 -U UUID`` on each layer tar:
+every file's data in whole blocks of the image (no tail packing), and OCI whiteouts turned into overlayfs
+ones (``.wh.NAME`` becomes a 0/0 character device NAME, ``.wh..wh..opq`` the ``trusted.overlay.opaque=y``
+xattr of its directory, and a directory holding a whiteout gets an empty ``trusted.overlay.origin``).
+
+The layout is :mod:`.builder`'s, the one that writes RAFS v6 bootstraps (EROFS metadata): the same inodes,
+xattrs, directories and symlinks, with regular files stored flat after the metadata instead of as chunk
+indexes. ``--dm-verity`` then appends a dm-verity payload (:mod:`.formats.verity`) over the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import struct
+import tempfile
+import uuid as uuid_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import builder
+from .errors import FormatError, UsageError
+from .formats import erofs as ferofs
+from .formats import rafs_v6, verity
+from .formats.rafs_v6 import BLOCK_SIZE
+from .fsutil import atomic_output
+from .model import CHR, DIR, REG, Node
+from .tarstream import TarTree, open_tar_input, read_tar
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/vnd.erofs.layer.v1"
+#: Where the seed converter keeps the dm-verity parameters of a layer (on its descriptor).
+ANNOTATION_ROOT_DIGEST = "dev.containerd.erofs.dmverity.root_digest"
+ANNOTATION_OFFSET = "dev.containerd.erofs.dmverity.offset"
+ANNOTATION_BLOCK_SIZE = "dev.containerd.erofs.dmverity.block_size"
+
+WH_PREFIX = b".wh."
+WH_OPAQUE = b".wh..wh..opq"
+XATTR_OPAQUE = b"trusted.overlay.opaque"
+XATTR_ORIGIN = b"trusted.overlay.origin"
+#: Data is copied to the image in pieces of this size (a multiple of the block size).
+COPY_STEP = 1 << 20
+
+
+@dataclass
+class ErofsOptions:
+    inline_data: bool = False  # containerd passes -Enoinline_data
+    aufs: bool = True  # containerd passes --aufs
+    uuid: bytes = bytes(16)
+    dm_verity: bool = False
+    verity_superblock: bool = True
+    salt: bytes = verity.DEFAULT_SALT
+    progress: Callable[[int], None] | None = None
+
+
+@dataclass
+class ErofsResult:
+    path: str
+    size: int  # the whole file, verity payload included
+    erofs_size: int
+    digest: str  # sha256 of the whole file
+    inodes: int
+    files: int
+    data_bytes: int
+    root_hash: str | None = None
+    hash_offset: int | None = None
+    verity_superblock: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def annotations(self) -> dict[str, str]:
+        """The descriptor annotations the seed converter writes for a dm-verity payload."""
+        if self.root_hash is None:
+            return {}
+        return {
+            ANNOTATION_ROOT_DIGEST: f"sha256:{self.root_hash}",
+            ANNOTATION_OFFSET: str(self.hash_offset),
+        }
+
+    def to_json(self) -> dict:
+        out = {
+            "path": self.path,
+            "digest": f"sha256:{self.digest}",
+            "size": self.size,
+            "erofs_size": self.erofs_size,
+            "inodes": self.inodes,
+            "files": self.files,
+            "data_bytes": self.data_bytes,
+        }
+        if self.root_hash is not None:
+            out["dm_verity"] = {
+                "root_hash": self.root_hash,
+                "hash_offset": self.hash_offset,
+                "superblock": self.verity_superblock,
+                "block_size": verity.DEFAULT_BLOCK_SIZE,
+                "annotations": self.annotations(),
+            }
+        return out
+
+
+def containerd_uuid(diff_id: str) -> bytes:
+    """The filesystem UUID containerd gives a converted layer: SHA-1 name UUID of ``erofs:blobs/<diffID>``."""
+    return uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, "erofs:blobs/" + diff_id).bytes
+
+
+def aufs_to_overlay(root: Node) -> None:
+    """OCI whiteouts to overlayfs ones, as ``mkfs.erofs --aufs`` does."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        kids = d.children or {}
+        marked = False
+        for name in sorted(kids):
+            node = kids[name]
+            if name == WH_OPAQUE:
+                del kids[name]
+                d.xattrs[XATTR_OPAQUE] = b"y"
+            elif name.startswith(WH_PREFIX) and len(name) > len(WH_PREFIX):
+                del kids[name]
+                target = name[len(WH_PREFIX) :]
+                path = d.path.rstrip(b"/") + b"/" + target
+                # mkfs.erofs keeps the entry's owner and time, but not its permission bits.
+                kids[target] = Node(
+                    path=path, type=CHR, mode=stat.S_IFCHR, uid=node.uid, gid=node.gid, mtime=node.mtime
+                )
+                marked = True
+        if marked:
+            d.xattrs.setdefault(XATTR_ORIGIN, b"")
+        stack.extend(c for c in kids.values() if c.type == DIR)
+
+
+def pack_erofs(source: str, output: str, opts: ErofsOptions | None = None) -> ErofsResult:
+    """The layer tar at ``source`` ('-' for stdin; plain, gzip or zstd) as a plain EROFS image at ``output``."""
+    opts = opts or ErofsOptions()
+    with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(output))) as spool:
+
+        def on_file(node: Node, fobj, ref) -> None:
+            # A plain tar file is read in place later; anything else (stdin, gzip, zstd) is kept in a spool.
+            if ref is not None:
+                node.data = ref
+                return
+            start = spool.seek(0, os.SEEK_END)
+            shutil.copyfileobj(fobj, spool, COPY_STEP)
+            node.data = (spool.fileno(), start)
+
+        with open_tar_input(source) as stream:
+            tree = read_tar(stream, on_file, source, progress=opts.progress)
+            spool.flush()
+            with atomic_output(output) as out:
+                result = write_erofs(tree, out, opts)
+    for warning in tree.warnings:
+        log.warning("%s", warning)
+    result.path = output
+    return result
+
+
+def write_erofs(tree: TarTree, out, opts: ErofsOptions) -> ErofsResult:
+    """Write the image of ``tree`` (regular files' ``data`` = (fd, offset) of their bytes) to ``out``."""
+    if opts.aufs:
+        aufs_to_overlay(tree.root)
+    plan = builder.plan_bootstrap(
+        tree.root, 0, chunk_size=BLOCK_SIZE, flat_files="inline" if opts.inline_data else "plain"
+    )
+    files = [s for s in plan.slots if s.node.type == REG]
+    for slot in files:
+        if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
+            fd, off = slot.node.data
+            slot.tail = _pread(fd, len(slot.tail), off + slot.data_blocks * BLOCK_SIZE, slot.node)
+    builder.render_plan(plan)
+    buf = plan.rendered
+    plan.rendered = None
+    total = plan.files_end
+    if total >= 1 << 44:
+        raise UsageError(f"the image would be {total} bytes: over EROFS's 2^32 blocks of 4 KiB")
+    sb = rafs_v6.SuperBlock(
+        s_feature_compat=ferofs.FEATURE_COMPAT_SB_CHKSUM | ferofs.FEATURE_COMPAT_MTIME,
+        s_inos=len(plan.slots),
+        s_blocks=total // BLOCK_SIZE,
+        s_meta_blkaddr=0,
+        s_uuid=opts.uuid,
+        s_feature_incompat=0,
+        s_devt_slotoff=0,
+    )
+    buf[ferofs.SB_OFFSET : ferofs.SB_OFFSET + rafs_v6.SUPERBLOCK.size] = sb.build()
+    struct.pack_into("<I", buf, ferofs.SB_OFFSET + 4, ferofs.sb_checksum(buf))
+
+    sink = _Sink(out, verity.Params(data_blocks=1, salt=opts.salt) if opts.dm_verity else None)
+    sink.write(buf)
+    del buf
+    data_bytes = 0
+    for slot in files:
+        if not slot.data_blocks:
+            continue
+        fd, off = slot.node.data
+        want = slot.data_blocks * BLOCK_SIZE
+        have = min(want, slot.size)
+        done = 0
+        while done < have:
+            n = min(COPY_STEP, have - done)
+            piece = _pread(fd, n, off + done, slot.node)
+            if n < COPY_STEP and done + n == have:
+                piece += bytes(want - have)  # the last block's tail, zero-padded
+            sink.write(piece)
+            done += n
+        data_bytes += slot.size
+    assert sink.size == total, (sink.size, total)
+    result = ErofsResult(
+        path="",
+        size=total,
+        erofs_size=total,
+        digest="",
+        inodes=len(plan.slots),
+        files=len(files),
+        data_bytes=data_bytes,
+        warnings=list(tree.warnings),
+    )
+    if opts.dm_verity:
+        params = verity.Params(data_blocks=total // BLOCK_SIZE, salt=opts.salt)
+        root, tree_bytes = verity.build_tree(params, sink.leaves)
+        sink.leaves = None
+        if opts.verity_superblock:
+            sink.write(verity.Superblock(params, verity.uuid_for(root)).build(params.hash_block_size))
+        sink.write(tree_bytes)
+        result.root_hash = root.hex()
+        result.hash_offset = total
+        result.verity_superblock = opts.verity_superblock
+        result.size = sink.size
+    result.digest = sink.sha.hexdigest()
+    return result
+
+
+class _Sink:
+    """The output, hashed as it is written (sha256 of the file; dm-verity digests of each data block)."""
+
+    def __init__(self, out, params: verity.Params | None) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.leaves: list[bytes] | None = [] if params else None
+        self._verity = params
+
+    def write(self, data: bytes) -> None:
+        if self.leaves is not None:
+            # Every write of the image proper is whole blocks, so each block is hashed as it goes by.
+            assert self.size % BLOCK_SIZE == 0 and len(data) % BLOCK_SIZE == 0
+            digest = self._verity.digest
+            view = memoryview(data)
+            self.leaves.extend(digest(view[i : i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE))
+        self.out.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+
+
+def _pread(fd: int, size: int, offset: int, node: Node) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise FormatError(
+            "tar", f"{os.fsdecode(node.path)}: file data ends early", offset=offset, value=len(data)
+        )
+    return data
