@@ -434,7 +434,9 @@ def file_index(
     """
     r = layer.rafs
     idx = FileIndex()
-    for b in r.blobs:
+    # A plain EROFS image has no blob table: its files own no nydus chunks, the index is of paths and links.
+    plain = getattr(r, "PLAIN_EROFS", False)
+    for b in () if plain else r.blobs:
         idx._first[b.blob_index] = array("q", [-1]) * b.chunk_count
     total = r.inode_count()
     for n, node in enumerate(r.walk(on_error=idx.errors.append)):
@@ -444,7 +446,7 @@ def file_index(
         if node.type == REG:
             idx.files += 1
             try:
-                indexes = r.chunk_indexes(node)
+                indexes = () if plain else r.chunk_indexes(node)
             except FormatError as exc:
                 idx.errors.append(WalkError(node.path, node.nid, exc))
                 continue
