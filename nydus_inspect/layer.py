@@ -176,7 +176,9 @@ class Layer:
             # bootstrap, whose reader names what is missing.
             at = rafs_v6.SUPERBLOCK_OFFSET + 8
             compat = (
-                struct.unpack_from("<I", m, at)[0] if self.size >= at + 4 else rafs_v6.FEATURE_COMPAT_RAFS_V6
+                struct.unpack("<I", m[at : at + 4])[0]
+                if self.size >= at + 4
+                else rafs_v6.FEATURE_COMPAT_RAFS_V6
             )
             self.kind = KIND_BOOTSTRAP if compat & rafs_v6.FEATURE_COMPAT_RAFS_V6 else KIND_EROFS
             return
@@ -833,6 +835,10 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
         )
+    from .seekable import looks_seekable, open_seekable
+
+    if looks_seekable(path):  # a seekable EROFS layer (zstd frames + chunk table): the image inside it
+        return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
     return Layer(path, blob_dir=blob_dir, blobs=blobs)
 
 

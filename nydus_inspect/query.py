@@ -34,6 +34,9 @@ def info(layer: Layer) -> dict:
         from .erofs import info as erofs_info
 
         out["erofs"] = erofs_info(layer.rafs)
+        table = getattr(layer.source, "table", None)
+        if table is not None:  # a seekable EROFS layer: the frames around the image
+            out["seekable"] = table.to_json()
     elif layer.kind == KIND_BOOTSTRAP_V5 or (layer.has_bootstrap and layer.is_v5):
         out["bootstrap"] = bootstrap_v5_info(layer.rafs_v5)
     elif layer.has_bootstrap:
