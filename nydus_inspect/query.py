@@ -174,6 +174,20 @@ def toc_report(layer: Layer) -> dict:
 
 def chunks_report(layer: Layer) -> Iterator[dict]:
     """Yield the header dict first (``{"header": ...}``), then one dict per chunk."""
+    table = getattr(layer.source, "table", None)
+    if table is not None:  # a seekable EROFS layer: its chunks are the zstd frames of the image
+        yield {"source": "seekable erofs chunk table", "header": table.to_json()}
+        for f in table.frames:
+            yield {
+                "index": f.index,
+                "compressed_offset": f.offset,
+                "compressed_size": f.size,
+                "uncompressed_offset": f.uncompressed_offset,
+                "uncompressed_size": f.uncompressed_size,
+                "compressed": True,
+                "digest": f.checksum.hex() or None,
+            }
+        return
     infos = layer.chunk_infos
     if infos is not None:
         digests = layer.chunk_digests

@@ -157,3 +157,23 @@ def test_a_lying_chunk_table_is_one_line(plain, tmp_path):
             raise AssertionError(f"{name}: {exc}") from None
     assert not list(tmp_path.glob("*.tar"))
     assert os.path.getsize(tmp_path / "truncated.seekable") < len(good)
+
+
+def test_chunks_lists_the_frame_table(plain, tmp_path):
+    """``chunks`` of a seekable layer is its frame table: each frame where the walk found it, with its SHA-512."""
+    image = plain["lz4hc"].read_bytes()
+    data = make_seekable(image, 16384, verity=True)
+    layer = tmp_path / "layer.seekable"
+    layer.write_bytes(data)
+    report = json.loads(run_cli("chunks", "--json", layer).stdout)
+    assert report["source"] == "seekable erofs chunk table"
+    frames = report["chunks"]
+    assert len(frames) == -(-len(image) // 16384)
+    dctx = zstandard.ZstdDecompressor()
+    for f in frames:
+        raw = data[f["compressed_offset"] : f["compressed_offset"] + f["compressed_size"]]
+        assert hashlib.sha512(raw).hexdigest() == f["digest"]
+        got = dctx.decompress(raw)
+        assert got == image[f["uncompressed_offset"] : f["uncompressed_offset"] + f["uncompressed_size"]]
+    text = run_cli("info", layer).stdout.decode()
+    assert f"seekable: {len(frames)} zstd frames of 16384 bytes" in text and "dm-verity at" in text
