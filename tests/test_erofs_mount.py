@@ -160,3 +160,37 @@ def test_erofs_is_mounted_on_its_own(erofs_utils, fixture_tars, tmp_path, fuse):
     (tmp_path / "mnt").mkdir()
     err = one_line_error(cli("mount", image, image, tmp_path / "mnt"))
     assert "plain EROFS image is mounted on its own" in err
+
+
+@pytest.mark.parametrize("opts", [("--chunksize=65536",), ("--chunksize=4096", "-Eforce-chunk-indexes")])
+def test_blob_device_images(opts, erofs_utils, mounts, fixture_tars, tmp_path):
+    """``mkfs.erofs --blobdev`` keeps chunk data in a second file the device table names: read with
+    ``--blob FILE`` as fsck.erofs --device reads it, mounted as erofsfuse --device serves it; without the
+    file, one line saying which device is missing."""
+    src = _source(tmp_path / "src", fixture_tars)
+    dev = tmp_path / "blob.dev"
+    image = erofs_utils.mkfs(tmp_path / "img.erofs", src, f"--blobdev={dev}", *opts)
+    info = json.loads(cli("info", "--json", image).stdout)["erofs"]
+    assert [d["device"] for d in info["devices"]] == [1]
+    assert info["devices"][0]["blocks"] * 4096 <= dev.stat().st_size
+    fsck = tmp_path / "fsck"
+    erofs_utils.run(
+        "fsck.erofs", f"--extract={fsck}", f"--device={dev}", "--preserve", "--xattrs", "--force", image
+    )
+    want = extracted_tree(fsck)
+    ours = tmp_path / "ours"
+    proc = cli("unpack", image, "--blob", dev, "--to-dir", ours)
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = extracted_tree(ours)
+    _trailing_holes(want, got, ours)
+    assert_same_tree(got, want, "unpack of a --blobdev image against fsck.erofs --device")
+    mp = mounts.mount(image, "--blob", dev)
+    served = extracted_tree(mp / "rootfs")
+    _trailing_holes(want, served, mp / "rootfs")
+    assert_same_tree(served, want, "mount of a --blobdev image against fsck.erofs --device")
+    _random_reads(mp / "rootfs", src, 7)
+    err = one_line_error(cli("cat", image, "/big"))
+    assert "extra device 1" in err and "--blob" in err
+    short = tmp_path / "short.dev"
+    short.write_bytes(dev.read_bytes()[:4096])
+    assert "at least" in one_line_error(cli("cat", image, "/big", "--blob", short))
