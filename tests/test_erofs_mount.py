@@ -194,3 +194,21 @@ def test_blob_device_images(opts, erofs_utils, mounts, fixture_tars, tmp_path):
     short = tmp_path / "short.dev"
     short.write_bytes(dev.read_bytes()[:4096])
     assert "at least" in one_line_error(cli("cat", image, "/big", "--blob", short))
+
+
+#: mkfs.erofs 1.9.3 options that write what this reader does not follow, and the words of its refusal.
+UNSUPPORTED = {
+    "tar-index": (("--tar=i",), "512-byte blocks"),
+    "metabox": (("--tar=f", "-m4096", "-zlz4hc"), "metadata box"),
+    "48bit": (("--tar=f", "-E48bit"), "48-bit"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED)
+def test_unsupported_images_are_one_line_for_the_mount(case, erofs_utils, fixture_tars, tmp_path, fuse):
+    opts, words = UNSUPPORTED[case]
+    image = erofs_utils.mkfs(tmp_path / "img.erofs", fixture_tars["every-type.tar"], *opts)
+    (tmp_path / "mnt").mkdir()
+    err = one_line_error(cli("mount", image, tmp_path / "mnt"))
+    assert "unsupported EROFS feature" in err and words in err, err
+    assert not os.path.ismount(tmp_path / "mnt")

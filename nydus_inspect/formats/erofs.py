@@ -168,11 +168,11 @@ def parse_superblock(buf) -> ErofsSuper:
     if len(buf) < rafs_v6.BLOCK_SIZE:
         raise FormatError("erofs image", "shorter than one 4096-byte block", value=len(buf))
     incompat = sb.s_feature_incompat
-    for bit, what in REFUSED_INCOMPAT.items():
-        if incompat & bit:
-            raise rafs_v6.SUPERBLOCK.error(
-                "s_feature_incompat", SB_OFFSET, f"unsupported EROFS feature: {what}", incompat
-            )
+    refused = [what for bit, what in REFUSED_INCOMPAT.items() if incompat & bit]
+    if refused:  # every one named: an image may need several (mkfs.erofs -m sets 48-bit and the metabox)
+        raise rafs_v6.SUPERBLOCK.error(
+            "s_feature_incompat", SB_OFFSET, "unsupported EROFS feature: " + " and ".join(refused), incompat
+        )
     if incompat & ~KNOWN_INCOMPAT:
         raise rafs_v6.SUPERBLOCK.error(
             "s_feature_incompat",
