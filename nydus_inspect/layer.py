@@ -835,11 +835,22 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
         )
-    from .seekable import looks_seekable, open_seekable
+    try:
+        return Layer(path, blob_dir=blob_dir, blobs=blobs)
+    except FormatError as exc:
+        # Not a nydus layer: a file of zstd frames may be a seekable EROFS layer (the image inside it is read).
+        from .seekable import looks_seekable, open_seekable
 
-    if looks_seekable(path):  # a seekable EROFS layer (zstd frames + chunk table): the image inside it
-        return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
-    return Layer(path, blob_dir=blob_dir, blobs=blobs)
+        if not looks_seekable(path):
+            raise
+        try:
+            return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
+        except FormatError as seek_exc:
+            raise FormatError(
+                "layer",
+                f"{exc.detail}; nor a seekable EROFS layer: {str(seek_exc).removeprefix(path + ': ')}",
+                offset=0,
+            ).located(path) from None
 
 
 def _rafs_v5():
