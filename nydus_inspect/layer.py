@@ -841,8 +841,10 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         # Not a nydus layer: a file of zstd frames may be a seekable EROFS layer (the image inside it is read).
         from .seekable import looks_seekable, open_seekable
 
-        if not looks_seekable(path):
-            raise
+        if not (
+            exc.structure == "layer" and exc.detail.startswith("not a nydus layer") and looks_seekable(path)
+        ):
+            raise  # a nydus layer that is damaged says so as it is
         try:
             return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
         except FormatError as seek_exc:
