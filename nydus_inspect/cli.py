@@ -217,6 +217,17 @@ def cmd_info(args) -> int:
             ],
             indent="  ",
         )
+    if "seekable" in data:
+        t = data["seekable"]
+        print(
+            f"seekable: {plural(t['frames'], 'zstd frame')} of {t['chunk_size']} bytes, chunk table at "
+            f"{t['chunk_table_offset']} ({t['hash']}), dm-verity "
+            + (
+                "none"
+                if t["dm_verity_offset"] is None
+                else f"at {t['dm_verity_offset']} ({t['dm_verity_size']} bytes)"
+            )
+        )
     boot = data.get("bootstrap")
     if boot:
         print(f"bootstrap: RAFS v{boot['version']}")

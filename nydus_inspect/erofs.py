@@ -41,6 +41,8 @@ Z_BLOB = 2
 Z_PARTIAL = 8
 #: Ranges of the packed inode's data (fragments).
 FRAGMENT_BLOB = Z_BLOB + erofs_zmap.FMT_FRAGMENT
+#: Data on extra device k (mkfs.erofs --blobdev): blob DEVICE_BLOB + k, the file given with --blob.
+DEVICE_BLOB = 64
 #: The largest piece of a file one chunk reference covers (block-aligned).
 PIECE = 1 << 20
 _U32 = struct.Struct("<I").unpack_from
@@ -65,6 +67,22 @@ class _HoleFile:
 
     def close(self) -> None:
         pass
+
+
+class _DeviceFile:
+    """What a Blob needs of a layer, for an extra device's file: its bytes, and no recorded digests."""
+
+    chunk_digests = None
+    chunk_infos = None
+
+    def __init__(self, path: str) -> None:
+        from .chunks.source import LocalFile
+
+        self.path = path
+        self.source = LocalFile(path)
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class _NotNydus:
@@ -170,7 +188,8 @@ class Erofs(RafsV6):
                 ino.i_size, ino.i_u, layout == rafs_v6.LAYOUT_FLAT_INLINE, after, self.size, node.nid
             )
         if layout == rafs_v6.LAYOUT_CHUNK_BASED:
-            return erofs.chunk_extents(self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid)
+            devices = tuple(blocks for _, blocks, _ in self.esb.devices)
+            return erofs.chunk_extents(self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid, devices)
         raise FormatError(
             "erofs inode",
             f"{fsdecode(node.path)}: compressed file data ({ino.layout_name} layout) has no flat extents",
@@ -267,6 +286,8 @@ class Erofs(RafsV6):
                 size = min(PIECE, ext.length - pos)
                 if ext.offset is None:
                     blob, where = HOLE_BLOB, 0
+                elif ext.device:
+                    blob, where = DEVICE_BLOB + ext.device, ext.offset + pos
                 else:
                     blob, where = IMAGE_BLOB, ext.offset + pos
                 out.append(
@@ -323,6 +344,8 @@ class Erofs(RafsV6):
         """One chunk of the packed inode, decoded from the image buffer (no layer needed)."""
         if c.blob_index == HOLE_BLOB:
             return bytes(c.uncompressed_size)
+        if blob_index_is_device(c.blob_index):
+            raise FormatError("erofs packed inode", "its data lies on an extra device", value=c.blob_index)
         raw = bytes(self.buf[c.compressed_offset : c.compressed_offset + c.compressed_size])
         if c.blob_index == IMAGE_BLOB:
             return raw
@@ -365,7 +388,33 @@ class Erofs(RafsV6):
         if Z_BLOB <= blob_index < Z_BLOB + 2 * Z_PARTIAL:
             # (FRAGMENT_BLOB among them: its bytes come from packed_read, the source is never read.)
             return Blob(blob_index, layer, compressor=Compressor.NONE, digester=Digester.SHA256)
+        if blob_index_is_device(blob_index) and blob_index - DEVICE_BLOB <= len(self.esb.devices):
+            device = self._device(blob_index - DEVICE_BLOB, layer)
+            return Blob(blob_index, device, compressor=Compressor.NONE, digester=Digester.SHA256)
         raise FormatError("erofs image", "a plain EROFS image has no blob table", value=blob_index)
+
+    def _device(self, k: int, layer: Layer) -> _DeviceFile:
+        """Extra device ``k``: the k-th file given with --blob (mkfs.erofs --blobdev wrote it)."""
+        import os
+
+        _, blocks, _ = self.esb.devices[k - 1]
+        files = layer.extra_blobs
+        if len(files) < k:
+            raise UsageError(
+                f"{layer.path}: file data lies on extra device {k} of {len(self.esb.devices)} (mkfs.erofs "
+                "--blobdev); give the device files in order with --blob FILE"
+            )
+        path = files[k - 1]
+        need = blocks * rafs_v6.BLOCK_SIZE
+        if not os.path.isfile(path) or os.path.getsize(path) < need:
+            raise UsageError(
+                f"{path}: extra device {k} of {layer.path} must be a file of at least {need} bytes"
+            )
+        return _DeviceFile(path)
+
+
+def blob_index_is_device(blob_index: int) -> bool:
+    return blob_index > DEVICE_BLOB
 
 
 def info(image: Erofs) -> dict:
@@ -398,23 +447,18 @@ def info(image: Erofs) -> dict:
         else [],
         "long_xattr_prefixes": [fsdecode(p) for p in image.prefixes],
         "packed_nid": esb.packed_nid,
+        "devices": [
+            {"device": k + 1, "tag": tag.decode("utf-8", "replace"), "blocks": blocks, "uniaddr": uniaddr}
+            for k, (tag, blocks, uniaddr) in enumerate(esb.devices)
+        ],
     }
 
 
 class ErofsChunkReader(ChunkReader):
     """The chunk service of a plain EROFS image: compressed extents decode through :mod:`.erofs_codecs`."""
 
-    def read(self, ref: ChunkRef) -> bytes:
-        # An interlaced extent's bytes depend on where it starts in its block, so that is part of the key.
-        key = (*ref.cache_key, ref.uncompressed_offset)
-        data = self.cache.get(key)
-        if data is None:
-            data = self.decode(ref)
-            self.cache.put(key, data)
-        return data
-
     def decode(self, ref: ChunkRef, verify: bool = True) -> bytes:
-        if ref.blob_index < Z_BLOB:
+        if ref.blob_index < Z_BLOB or blob_index_is_device(ref.blob_index):
             return super().decode(ref, verify)
         from . import erofs_codecs
 

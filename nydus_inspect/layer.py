@@ -195,7 +195,9 @@ class Layer:
             # bootstrap, whose reader names what is missing.
             at = rafs_v6.SUPERBLOCK_OFFSET + 8
             compat = (
-                struct.unpack_from("<I", m, at)[0] if self.size >= at + 4 else rafs_v6.FEATURE_COMPAT_RAFS_V6
+                struct.unpack("<I", m[at : at + 4])[0]
+                if self.size >= at + 4
+                else rafs_v6.FEATURE_COMPAT_RAFS_V6
             )
             self.kind = KIND_BOOTSTRAP if compat & rafs_v6.FEATURE_COMPAT_RAFS_V6 else KIND_EROFS
             return
@@ -1019,7 +1021,24 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
         )
-    return Layer(path, blob_dir=blob_dir, blobs=blobs)
+    try:
+        return Layer(path, blob_dir=blob_dir, blobs=blobs)
+    except FormatError as exc:
+        # Not a nydus layer: a file of zstd frames may be a seekable EROFS layer (the image inside it is read).
+        from .seekable import looks_seekable, open_seekable
+
+        if not (
+            exc.structure == "layer" and exc.detail.startswith("not a nydus layer") and looks_seekable(path)
+        ):
+            raise  # a nydus layer that is damaged says so as it is
+        try:
+            return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
+        except FormatError as seek_exc:
+            raise FormatError(
+                "layer",
+                f"{exc.detail}; nor a seekable EROFS layer: {str(seek_exc).removeprefix(path + ': ')}",
+                offset=0,
+            ).located(path) from None
 
 
 def _rafs_v5():

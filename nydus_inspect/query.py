@@ -38,6 +38,9 @@ def info(layer: Layer) -> dict:
         from .erofs import info as erofs_info
 
         out["erofs"] = erofs_info(layer.rafs)
+        table = getattr(layer.source, "table", None)
+        if table is not None:  # a seekable EROFS layer: the frames around the image
+            out["seekable"] = table.to_json()
     elif layer.kind == KIND_BOOTSTRAP_V5 or (layer.has_bootstrap and layer.is_v5):
         out["bootstrap"] = bootstrap_v5_info(layer.rafs_v5)
     elif layer.has_bootstrap:
@@ -175,6 +178,20 @@ def toc_report(layer: Layer) -> dict:
 
 def chunks_report(layer: Layer) -> Iterator[dict]:
     """Yield the header dict first (``{"header": ...}``), then one dict per chunk."""
+    table = getattr(layer.source, "table", None)
+    if table is not None:  # a seekable EROFS layer: its chunks are the zstd frames of the image
+        yield {"source": "seekable erofs chunk table", "header": table.to_json()}
+        for f in table.frames:
+            yield {
+                "index": f.index,
+                "compressed_offset": f.offset,
+                "compressed_size": f.size,
+                "uncompressed_offset": f.uncompressed_offset,
+                "uncompressed_size": f.uncompressed_size,
+                "compressed": True,
+                "digest": f.checksum.hex() or None,
+            }
+        return
     infos = layer.chunk_infos
     if infos is not None:
         digests = layer.chunk_digests
@@ -370,7 +387,8 @@ class FileIndex:
     def for_image(cls, rafs) -> FileIndex:
         """An empty index with room for an owner of every chunk of each of ``rafs``'s blobs."""
         idx = cls()
-        for b in rafs.blobs:
+        # A plain EROFS image has no blob table, so no chunks to own.
+        for b in () if getattr(rafs, "PLAIN_EROFS", False) else rafs.blobs:
             idx._first[b.blob_index] = array("q", [-1]) * b.chunk_count
         return idx
 
@@ -474,8 +492,12 @@ def file_index(
     r = layer.rafs
     idx = FileIndex.for_image(r)
     total = r.inode_count()
+    # A plain EROFS image has no blob table: its files own no nydus chunks, the index is of paths and links.
+    plain = getattr(r, "PLAIN_EROFS", False)
 
     def chunks_of(node: Node) -> list | None:
+        if plain:
+            return []
         try:
             return r.chunk_indexes(node)
         except FormatError as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 
 from nydus_inspect import ChunkRef, Layer, Node, NydusInspectError
 from nydus_inspect.formats import rafs_v6
+from nydus_inspect.layer import KIND_EROFS
 from nydus_inspect.model import BLK, CHR, REG, SYMLINK, fsdecode
 from nydus_inspect.query import FileIndex, blob_id_text, toc_report
 from nydus_inspect.verify import ChunkVerifier, entry_check
@@ -465,6 +466,32 @@ class LayerView:
         except NydusInspectError:
             return False
 
+    @property
+    def is_erofs(self) -> bool:
+        """A plain EROFS image (mkfs.erofs): a tree, no blob table, ToC or nydus chunks."""
+        return self.layer.kind == KIND_EROFS
+
+    def erofs_summary(self) -> Pairs:
+        """A plain EROFS image's superblock, as ``info`` shows it (cheap: the superblock is parsed on open)."""
+        from nydus_inspect.erofs import info
+
+        e = info(self.layer.rafs)
+        return [
+            ("fs version", "plain EROFS (no RAFS: file data in the image)"),
+            ("image size", bytes_text(e["size"])),
+            ("block size", bytes_text(e["block_size"])),
+            ("inodes", f"{e['inodes']:,}"),
+            ("blocks", f"{e['blocks']:,}"),
+            ("features", ", ".join(e["feature_compat_names"] + e["feature_incompat_names"]) or "-"),
+            ("compression", ", ".join(e["compression_algorithms"]) or "-"),
+            ("root nid", str(e["root_nid"])),
+            ("packed nid", str(e["packed_nid"]) if e["packed_nid"] else "-"),
+            ("long xattr prefixes", ", ".join(e["long_xattr_prefixes"]) or "-"),
+            ("uuid", e["uuid"]),
+            ("volume name", e["volume_name"] or "-"),
+            ("build time", time_text(e["build_time"])),
+        ]
+
     def summary(self) -> Pairs:
         """What the file is, from its tail: cheap (no bootstrap, no digest)."""
         ly = self.layer
@@ -516,6 +543,8 @@ class LayerView:
                     ("blobs", str(len(ly.rafs_v5.blob_ids()))),
                 ]
             r = ly.rafs
+            if self.is_erofs:
+                return self.erofs_summary()
         except NydusInspectError as exc:
             return [("bootstrap", f"unreadable: {exc}")]
         ext = r.ext
@@ -537,7 +566,7 @@ class LayerView:
         """The bootstrap's blob table (slow: loads the bootstrap)."""
         ly = self.layer
         try:
-            if not ly.has_bootstrap or ly.is_v5:
+            if not ly.has_bootstrap or ly.is_v5 or self.is_erofs:
                 return []
             r = ly.rafs
         except NydusInspectError:
@@ -688,6 +717,9 @@ class LayerView:
             return self._sources
         out: list[ChunkSource] = []
         ly = self.layer
+        if self.is_erofs:
+            self._sources = out
+            return out
         if self.is_v6:
             r = ly.rafs
             for ent in r.blobs:

@@ -45,12 +45,20 @@ class ChunkRef:
         return f"chunk {self.ci_index} of blob {self.blob_index}"
 
     @property
-    def cache_key(self) -> tuple[int, int, int, int]:
-        """Chunks with one key decode to the same bytes (deduplicated chunks of several files share it)."""
+    def cache_key(self) -> tuple[int, int, int, int, int]:
+        """Chunks with one key decode to the same bytes (deduplicated chunks of several files share it). Where
+        the chunk starts uncompressed is part of it: a plain EROFS image's interlaced extents decode to bytes
+        rotated by where they start in their block (deduplicated nydus chunks share their record anyway)."""
         if not self.compressed_size:
             # A batch chunk: the bootstrap records no stored extent for it, so its record tells it apart.
-            return (self.blob_index, -1 - self.ci_index, 0, self.uncompressed_size)
-        return (self.blob_index, self.compressed_offset, self.compressed_size, self.uncompressed_size)
+            return (self.blob_index, -1 - self.ci_index, 0, self.uncompressed_size, self.uncompressed_offset)
+        return (
+            self.blob_index,
+            self.compressed_offset,
+            self.compressed_size,
+            self.uncompressed_size,
+            self.uncompressed_offset,
+        )
 
     def to_json(self) -> dict:
         out = {

@@ -10,7 +10,7 @@ takes the image as a buffer.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import FormatError
 from . import rafs_v6
@@ -104,6 +104,8 @@ class ErofsSuper:
     packed_nid: int = 0
     build_time: int = 0
     extslots: int = 0
+    #: Extra devices (device table): (tag, blocks, unified start block) of devices 1, 2, ...
+    devices: tuple[tuple[bytes, int, int], ...] = ()
 
     @property
     def epoch(self) -> int:
@@ -123,6 +125,34 @@ class ErofsSuper:
         return self.sb.s_xattr_blkaddr * self.block_size
 
 
+#: Device slots: a 64-byte tag, then blocks (u32), unified start block (u32), their high halves (u16 each).
+DEVICE_SLOT = struct.Struct("<64sIIHH52x")
+MAX_DEVICES = 256
+
+
+def parse_devices(buf, sb) -> tuple[tuple[bytes, int, int], ...]:
+    """The device table of an image with extra devices (mkfs.erofs --blobdev), checked to lie in the image."""
+    start = sb.s_devt_slotoff * DEVICE_SLOT.size
+    n = sb.s_extra_devices
+    if n > MAX_DEVICES or start + n * DEVICE_SLOT.size > len(buf):
+        raise rafs_v6.SUPERBLOCK.error(
+            "s_extra_devices", SB_OFFSET, f"a device table of {n} slots at {start} lies past the image", n
+        )
+    out = []
+    for i in range(n):
+        tag, blocks, uniaddr, blocks_hi, uniaddr_hi = DEVICE_SLOT.unpack_from(
+            buf, start + i * DEVICE_SLOT.size
+        )
+        if blocks_hi or uniaddr_hi:
+            raise FormatError(
+                "erofs device slot",
+                f"device {i + 1}: unsupported EROFS feature: 48-bit device block counts",
+                offset=start + i * DEVICE_SLOT.size + 72,
+            )
+        out.append((tag.rstrip(b"\0"), blocks, uniaddr))
+    return tuple(out)
+
+
 def parse_superblock(buf) -> ErofsSuper:
     """Decode and check a plain EROFS superblock; features this reader cannot follow are refused by name."""
     sb = rafs_v6.SuperBlock.parse(buf, SB_OFFSET, rafs=False)
@@ -138,11 +168,11 @@ def parse_superblock(buf) -> ErofsSuper:
     if len(buf) < rafs_v6.BLOCK_SIZE:
         raise FormatError("erofs image", "shorter than one 4096-byte block", value=len(buf))
     incompat = sb.s_feature_incompat
-    for bit, what in REFUSED_INCOMPAT.items():
-        if incompat & bit:
-            raise rafs_v6.SUPERBLOCK.error(
-                "s_feature_incompat", SB_OFFSET, f"unsupported EROFS feature: {what}", incompat
-            )
+    refused = [what for bit, what in REFUSED_INCOMPAT.items() if incompat & bit]
+    if refused:  # every one named: an image may need several (mkfs.erofs -m sets 48-bit and the metabox)
+        raise rafs_v6.SUPERBLOCK.error(
+            "s_feature_incompat", SB_OFFSET, "unsupported EROFS feature: " + " and ".join(refused), incompat
+        )
     if incompat & ~KNOWN_INCOMPAT:
         raise rafs_v6.SUPERBLOCK.error(
             "s_feature_incompat",
@@ -165,12 +195,7 @@ def parse_superblock(buf) -> ErofsSuper:
             "s_dirblkbits", SB_TAIL_OFFSET, "directory blocks larger than the block size", out.dirblkbits
         )
     if sb.s_extra_devices:
-        raise rafs_v6.SUPERBLOCK.error(
-            "s_extra_devices",
-            SB_OFFSET,
-            "unsupported EROFS feature: extra devices (mkfs.erofs --blobdev)",
-            sb.s_extra_devices,
-        )
+        out = replace(out, devices=parse_devices(buf, sb))
     if sb.s_feature_compat & FEATURE_COMPAT_SB_CHKSUM:
         check_sb_checksum(buf, sb.s_checksum)
     if sb.s_meta_blkaddr * rafs_v6.BLOCK_SIZE >= len(buf):
@@ -266,6 +291,7 @@ class Extent:
     file_offset: int
     offset: int | None
     length: int
+    device: int = 0  # 0: the image; k: extra device k (mkfs.erofs --blobdev), ``offset`` then lies in it
 
 
 def flat_extents(
@@ -300,9 +326,12 @@ def flat_extents(
     return out
 
 
-def chunk_extents(buf, size: int, chunk_format: int, index_start: int, nid: int) -> list[Extent]:
+def chunk_extents(
+    buf, size: int, chunk_format: int, index_start: int, nid: int, devices: tuple[int, ...] = ()
+) -> list[Extent]:
     """A chunk-based file's data from its chunk format (``i_u``) and the block map or chunk indexes that
-    follow the inode and its xattrs (``index_start``, before alignment)."""
+    follow the inode and its xattrs (``index_start``, before alignment). ``devices``: the block count of
+    each extra device, whose data a chunk index may name."""
     bs = rafs_v6.BLOCK_SIZE
     if chunk_format & ~(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES | CHUNK_FORMAT_48BIT):
         raise FormatError(
@@ -336,10 +365,11 @@ def chunk_extents(buf, size: int, chunk_format: int, index_start: int, nid: int)
             if lo == NULL_ADDR:
                 blk = None
             else:
-                if device_id:
+                if device_id > len(devices):
                     raise FormatError(
                         "erofs chunk index",
-                        f"nid {nid} chunk {k}: unsupported EROFS feature: data on an extra device",
+                        f"nid {nid} chunk {k}: data on device {device_id}, but the image has "
+                        f"{len(devices)} extra device(s)",
                         field="device_id",
                         offset=at + 2,
                         value=device_id,
@@ -348,7 +378,18 @@ def chunk_extents(buf, size: int, chunk_format: int, index_start: int, nid: int)
         else:
             lo = struct.unpack_from("<I", buf, at)[0]
             blk = None if lo == NULL_ADDR else lo
+            device_id = 0
         length = min(chunk, size - k * chunk)
+        if blk is not None and device_id:
+            if blk * bs + length > devices[device_id - 1] * bs:
+                raise FormatError(
+                    "erofs chunk index",
+                    f"nid {nid} chunk {k}: block address lies past device {device_id}",
+                    offset=at,
+                    value=blk,
+                )
+            out.append(Extent(k * chunk, blk * bs, length, device_id))
+            continue
         if blk is not None and blk * bs + length > len(buf):
             raise FormatError(
                 "erofs chunk index",

@@ -127,7 +127,8 @@ def register(sub) -> None:
         "paths",
         nargs=argparse.REMAINDER,
         metavar="LAYER... MOUNTPOINT",
-        help="nydus layer blobs or bootstraps (lowest first), or a nydus image's OCI layout; then a directory",
+        help="nydus layer blobs or bootstraps (lowest first), a nydus image's OCI layout, or one plain EROFS "
+        "image (mkfs.erofs, served as stored); then a directory",
     )
     _options(s)
     s.set_defaults(func=cmd_mount)

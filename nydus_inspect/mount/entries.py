@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from ..codecs import Compressor
 from ..errors import FormatError
 from ..formats.tar_header import IMAGE_BLOB
-from ..layer import Layer, _zstd_frame_size
+from ..layer import KIND_EROFS, Layer, _zstd_frame_size
 from ..model import NAME_MAX
 from .sources import BlobView
 
@@ -129,6 +129,12 @@ def chunks_json(layer: Layer) -> bytes:
 def _sidecars(layer: Layer) -> Iterator[tuple[str, Callable[[], bytes]]]:
     from ..query import bootstrap_info, bootstrap_v5_info, toc_report
 
+    if layer.kind == KIND_EROFS:
+        # A plain EROFS image has no ToC, blob.meta or chunk table: its superblock is what there is to show.
+        from ..erofs import info as erofs_info
+
+        yield "superblock.json", lambda: json_bytes(erofs_info(layer.rafs))
+        return
     if layer.toc is not None or layer.sections:
         yield "toc.json", lambda: json_bytes(toc_report(layer))
     if layer.has_entry("blob.meta.header"):

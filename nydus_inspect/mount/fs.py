@@ -30,6 +30,7 @@ raises is EIO for that request. Each of these is one log line.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import hashlib
@@ -45,7 +46,7 @@ from collections import OrderedDict
 import pyfuse3
 import trio
 
-from ..chunks.decode import ChunkCache, ChunkReader
+from ..chunks.decode import ChunkCache
 from ..chunks.readahead import DONE, QUEUED, RUNNING, Scheduler
 from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
@@ -163,8 +164,15 @@ def _guard(handler):
     return guarded
 
 
-def _key(c: ChunkRef) -> tuple:
-    return c.cache_key
+_file_offset = operator.attrgetter("file_offset")
+
+
+def _span(chunks: list[ChunkRef], off: int, end: int) -> tuple[int, int]:
+    """The first and last of ``chunks`` (of varying sizes, in file order, covering the file) that bytes
+    ``off``..``end`` touch."""
+    k0 = max(0, bisect.bisect_right(chunks, off, key=_file_offset) - 1)
+    k1 = max(k0, bisect.bisect_left(chunks, end, key=_file_offset) - 1)
+    return k0, k1
 
 
 _name = operator.itemgetter(0)
@@ -190,7 +198,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         self.sources = sources
         self.image = sources.image
         self.rafs = self.image.rafs
-        self.chunk_size = self.rafs.chunk_size
+        self.chunk_size = self.image.chunk_size
         #: st_blksize of regular files: a chunk (the largest read request FUSE sends is 1 MiB).
         self._file_blksize = max(4096, min(self.chunk_size, MAX_BLKSIZE))
         self.root_nid = self.rafs.root_nid
@@ -203,12 +211,14 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         # One layer is shown as merge shows it on its own: whiteouts (.wh.NAME, .wh..wh..opq) act on lower
         # layers only and never reach the image. Several layers are merged already, without them.
-        self.hide_whiteouts = not raw_whiteouts
+        # A plain EROFS image is a file system, not a nydus layer: it is served as stored, as erofsfuse and the
+        # kernel serve it (containerd's --aufs layers hold overlayfs whiteouts already).
+        self.hide_whiteouts = not raw_whiteouts and not getattr(self.rafs, "PLAIN_EROFS", False)
         self.log_where = log_where  # where this daemon logs, answered as user.nydus.mount.log on the root
         # An image without any xattr: say "not supported" so that ls -l stops asking for labels and ACLs.
         self.no_xattr_errno = pyfuse3.ENOATTR if self.rafs.may_have_xattrs else errno.ENOTSUP
         # The chunk service decodes and checks chunk data; its cache is the mount's cache of decoded chunks.
-        self.reader = ChunkReader(self.image.blob, ChunkCache(cache_size))
+        self.reader = self.image.chunk_reader(ChunkCache(cache_size))
         self.cache = self.reader.cache
         self.content_cache = ChunkCache(CONTENT_CACHE_SIZE)
         self.readahead = readahead
@@ -590,7 +600,8 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         except NydusInspectError as exc:
             raise self._eio(f"{self._where(fh)}: read", exc) from None
         cs = self.chunk_size
-        k0, k1 = off // cs, (end - 1) // cs
+        uniform = self.image.uniform_chunks
+        k0, k1 = (off // cs, (end - 1) // cs) if uniform else _span(chunks, off, end)
         # Sequential: from the start, or forward from the last read, across pages that notify_store filled.
         last = self._last_end.get(fh)
         sequential = off == 0 or (last is not None and last <= off <= last + (self.readahead_chunks + 1) * cs)
@@ -601,13 +612,13 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             self._read_ahead(fh, chunks, k1, off == 0)
         if k0 == k1:
             data = await self._wait(fh, k0, chunks[k0], jobs[0])
-            base = k0 * cs
+            base = k0 * cs if uniform else chunks[k0].file_offset
             out = memoryview(data)[off - base : end - base]
         else:
             parts = []
             for k, job in zip(range(k0, k1 + 1), jobs, strict=True):
                 data = await self._wait(fh, k, chunks[k], job)
-                base = k * cs
+                base = k * cs if uniform else chunks[k].file_offset
                 parts.append(memoryview(data)[max(off, base) - base : min(end, base + len(data)) - base])
             out = b"".join(parts)
         if sequential and self.readahead and len(chunks) > STREAM_CHUNKS:
@@ -616,8 +627,9 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             # zeroing and mapping every page, as much CPU as decoding it), rather than keep it in the cache.
             discard = self.cache.discard
             for k in range(k0, k1 + 1):
-                if (k + 1) * cs <= end or end >= fsize:
-                    discard(_key(chunks[k]))
+                past = (k + 1) * cs if uniform else chunks[k].file_offset + chunks[k].uncompressed_size
+                if past <= end or end >= fsize:
+                    discard(chunks[k].cache_key)
         return out
 
     def _read_ahead(self, nid: int, chunks: list[ChunkRef], k1: int, start: bool) -> None:
@@ -670,7 +682,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
     # ------------------------------------------------------------------ decoding (worker threads)
     def _job(self, c: ChunkRef, nid: int, urgent: bool):
         """The chunk's bytes if cached, else the job decoding it (queued here if there is none)."""
-        key = _key(c)
+        key = c.cache_key
         data = self.cache.get(key)
         if data is not None:
             return data
@@ -754,7 +766,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         if chunks is not None:
             self._chunks.put(fj.nid, chunks)
             for c, data in zip(chunks, datas, strict=True):
-                self.cache.put(_key(c), data)
+                self.cache.put(c.cache_key, data)
         fj.event.set()
 
     def _store(self, nid: int, offset: int, data: bytes) -> None:

@@ -13,9 +13,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from ..chunks.decode import ChunkCache, ChunkReader
 from ..chunks.resolve import Blob
 from ..errors import NydusInspectError, UsageError
-from ..layer import Layer, open_layer
+from ..layer import KIND_EROFS, Layer, open_layer
 from ..model import RafsV6
 
 
@@ -35,12 +36,53 @@ class Image:
     blob_files: list[Blob]  # index = blob index
     description: str
 
+    #: Chunks of a file all hold chunk_size bytes (the last one less), so a file offset's chunk is a division.
+    uniform_chunks = True
+
     def blob(self, blob_index: int) -> Blob:
         return self.blob_files[blob_index]
+
+    def chunk_reader(self, cache: ChunkCache) -> ChunkReader:
+        """The chunk service over this tree's blobs, with the mount's cache."""
+        return ChunkReader(self.blob, cache)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.rafs.chunk_size
 
     @property
     def uncompressed_size(self) -> int:
         return sum(b.uncompressed_size for b in self.rafs.blobs)
+
+
+class PlainErofsImage(Image):
+    """A plain EROFS image's tree: its file data is in the image itself (and zeros for holes), so the blobs a
+    chunk names are the ones the model resolves for the layer, not entries of a blob table."""
+
+    def __init__(self, layer: Layer) -> None:
+        super().__init__(layer.rafs, [], layer.path)
+        self.layer = layer
+
+    #: A file's chunks are its pieces and its compressed extents (nydus_inspect.erofs), of varying sizes.
+    uniform_chunks = False
+
+    def blob(self, blob_index: int) -> Blob:
+        return self.layer.blob_file(blob_index)
+
+    def chunk_reader(self, cache: ChunkCache) -> ChunkReader:
+        from ..erofs import ErofsChunkReader
+
+        return ErofsChunkReader(self.blob, cache)
+
+    @property
+    def chunk_size(self) -> int:
+        from ..erofs import PIECE
+
+        return PIECE  # what sizes the read-ahead: the largest piece of a file one chunk reference covers
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self.rafs.size
 
 
 @dataclass
@@ -91,6 +133,13 @@ def open_sources(paths: list[str], *, blob_dir: str | None = None, blobs: list[s
 
 
 def _image(layers: list[Layer]) -> Image:
+    erofs = [layer for layer in layers if layer.kind == KIND_EROFS]
+    if erofs:
+        if len(layers) > 1:
+            raise UsageError(
+                f"{erofs[0].path}: a plain EROFS image is mounted on its own (it is not merged with other layers)"
+            )
+        return PlainErofsImage(erofs[0])
     if len(layers) == 1:
         layer = layers[0]
         rafs = layer.rafs

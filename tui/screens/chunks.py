@@ -92,7 +92,13 @@ class ChunksScreen(NydusScreen):
         self.sources = sources
         self.busy = ""
         if not sources:
-            self.busy = error or f"{view.name}: no blob.meta and no chunk table describe chunks here"
+            if view.is_erofs:
+                self.busy = (
+                    f"{view.name} is a plain EROFS image: no nydus chunks; each file's pieces and compressed "
+                    "extents (pclusters) are listed on the files screen (4)"
+                )
+            else:
+                self.busy = error or f"{view.name}: no blob.meta and no chunk table describe chunks here"
         self.show_source()
         if self.pending_select is not None:
             blob_index, chunk = self.pending_select

@@ -98,7 +98,9 @@ class OverviewScreen(NydusScreen):
         if not rows:
             table.add_row(
                 "-",
-                "(no blob table: " + ("a data blob" if not view.is_v6 else "empty") + ")",
+                "(no blob table: a plain EROFS image holds its file data)"
+                if view.is_erofs
+                else "(no blob table: " + ("a data blob" if not view.is_v6 else "empty") + ")",
                 *[""] * (len(BLOB_COLUMNS) - 2),
             )
 

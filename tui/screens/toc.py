@@ -51,7 +51,11 @@ class TocScreen(NydusScreen):
             check = view.toc_checks.get(row.name)
             table.add_row(*row.cells(), self._check_cell(check), key=row.name)
         if not self.rows:
-            about = f"{view.name} is a {view.layer.kind}: no ToC and no tar sections. {about}"
+            about = (
+                f"{view.name} is a plain EROFS image: it has no ToC and no tar sections"
+                if view.is_erofs
+                else f"{view.name} is a {view.layer.kind}: no ToC and no tar sections. {about}"
+            )
         self.query_one("#toc-about", Static).update(about)
         self.query_one("#toc-check", Static).update("v: check the highlighted entry's sha256, a: check all")
         if self.rows:

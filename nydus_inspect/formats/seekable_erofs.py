@@ -1,0 +1,209 @@
+"""Seekable EROFS layers (containerd's ``ctr images convert --erofs-seekable``), sans I/O.
+
+Format as proposed in containerd pull request 12703 (``internal/erofsutils/seekable``; not in containerd's
+main branch as of its 2026-08-22 head): the EROFS image cut into chunks of a fixed size, each compressed as
+an independent zstd frame and written back to back from offset 0; then one zstd skippable frame (magic
+0x184D2A50..5F, u32 payload size) whose payload is the chunk table; then, optionally, one more skippable
+frame holding a dm-verity superblock and hash tree over the uncompressed image. The chunk table, little
+endian: magic 0xCDE4EC67 u32, version 1 u32, uncompressed size u64, chunk size u32, hash algorithm u8
+(0 none, 1 SHA-512), 2 reserved zero bytes; then per chunk the file offset of its frame (u64) and, with
+SHA-512, the 64-byte SHA-512 of the frame's stored bytes.
+
+Nothing in the layer says where the chunk table is (containerd passes its offset in an annotation), so
+:func:`frame_end` walks the zstd frames from the start by their block headers, never decoding them; every
+size met is checked against the file before it is used.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import FormatError
+
+ZSTD_MAGIC = 0xFD2FB528
+SKIPPABLE_MIN, SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
+TABLE_MAGIC = 0xCDE4EC67
+TABLE_VERSION = 1
+HASH_NONE, HASH_SHA512 = 0, 1
+HASH_SIZES = {HASH_NONE: 0, HASH_SHA512: 64}
+HEADER = struct.Struct("<IIQIBH")  # 23 bytes
+#: zstd caps a block at 128 KiB of content; a compressed block is never larger.
+MAX_BLOCK = 128 << 10
+#: The largest chunk this reader decodes at once (a frame's uncompressed bytes are held whole).
+MAX_CHUNK = 64 << 20
+
+Read = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    offset: int  # where its zstd frame starts in the layer
+    size: int  # stored bytes of the frame
+    uncompressed_offset: int
+    uncompressed_size: int
+    checksum: bytes  # SHA-512 of the stored frame, or b""
+
+
+@dataclass(frozen=True)
+class Table:
+    offset: int  # of the skippable frame holding it
+    payload_size: int
+    uncompressed_size: int
+    chunk_size: int
+    hash_algo: int
+    frames: list[Frame]
+    verity_offset: int | None  # of the dm-verity skippable frame, when there is one
+    verity_size: int
+
+    def to_json(self) -> dict:
+        return {
+            "chunk_table_offset": self.offset,
+            "chunk_table_size": self.payload_size,
+            "uncompressed_size": self.uncompressed_size,
+            "chunk_size": self.chunk_size,
+            "hash": {HASH_NONE: "none", HASH_SHA512: "sha512"}[self.hash_algo],
+            "frames": len(self.frames),
+            "dm_verity_offset": self.verity_offset,
+            "dm_verity_size": self.verity_size,
+        }
+
+
+def _u32(read: Read, off: int) -> int:
+    return struct.unpack("<I", read(off, 4))[0]
+
+
+def frame_end(read: Read, off: int, limit: int) -> int:
+    """Where the zstd frame at ``off`` ends, from its header and block headers (nothing decoded)."""
+    if off + 6 > limit:
+        raise FormatError("zstd frame", "a frame header lies past the data frames", offset=off)
+    head = read(off, 6)
+    if struct.unpack_from("<I", head)[0] != ZSTD_MAGIC:
+        raise FormatError("zstd frame", "no zstd frame magic where a chunk's frame starts", offset=off)
+    fhd = head[4]
+    if fhd & 0x08:
+        raise FormatError("zstd frame", "reserved bit of the frame header descriptor is set", offset=off + 4)
+    single = fhd >> 5 & 1
+    fcs = (0, 2, 4, 8)[fhd >> 6] if fhd >> 6 else single
+    pos = off + 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+    while True:
+        if pos + 3 > limit:
+            raise FormatError("zstd frame", "a block header lies past the data frames", offset=pos)
+        b = read(pos, 3)
+        bh = b[0] | b[1] << 8 | b[2] << 16
+        last, btype, bsize = bh & 1, bh >> 1 & 3, bh >> 3
+        if btype == 3:
+            raise FormatError("zstd frame", "reserved block type", offset=pos, value=bh)
+        if bsize > MAX_BLOCK:
+            raise FormatError("zstd frame", "a block larger than zstd allows", offset=pos, value=bsize)
+        pos += 3 + (1 if btype == 1 else bsize)
+        if last:
+            break
+    pos += 4 if fhd & 0x04 else 0
+    if pos > limit:
+        raise FormatError("zstd frame", "the frame runs past the data frames", offset=off, value=pos - off)
+    return pos
+
+
+def skippable(read: Read, off: int, size: int) -> tuple[int, int] | None:
+    """(payload offset, payload size) of a skippable frame at ``off``, checked to lie in the file; None if
+    what is there is not one."""
+    if off + 8 > size:
+        return None
+    magic, n = struct.unpack("<II", read(off, 8))
+    if not SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
+        return None
+    if off + 8 + n > size:
+        raise FormatError(
+            "zstd skippable frame", "payload runs past the end of the file", offset=off, value=n
+        )
+    return off + 8, n
+
+
+def parse(read: Read, size: int) -> Table:
+    """The chunk table of the seekable EROFS layer of ``size`` bytes read by ``read(offset, n)``: found by
+    walking the frames, checked against them (each entry must be where a frame starts, in order, and the
+    table must come right after the last), with the dm-verity frame after it, if any."""
+    starts: list[int] = []
+    pos = 0
+    while True:
+        found = skippable(read, pos, size)
+        if found is not None:
+            break
+        if len(starts) > size // 9:  # a frame takes 9 bytes at least: an impossible count is a lie
+            raise FormatError("seekable erofs", "more frames than the file can hold", offset=pos)
+        starts.append(pos)
+        pos = frame_end(read, pos, size)
+    at, n = found
+    if n < HEADER.size or _u32(read, at) != TABLE_MAGIC:
+        raise FormatError(
+            "seekable erofs chunk table",
+            "the skippable frame after the data frames is not a chunk table",
+            offset=pos,
+        )
+    magic, version, usize, chunk, algo, reserved = HEADER.unpack(read(at, HEADER.size))
+    if version != TABLE_VERSION:
+        raise FormatError("seekable erofs chunk table", "unknown version", offset=at + 4, value=version)
+    if algo not in HASH_SIZES:
+        raise FormatError("seekable erofs chunk table", "unknown hash algorithm", offset=at + 20, value=algo)
+    if reserved:
+        raise FormatError("seekable erofs chunk table", "reserved bytes are not zero", offset=at + 21)
+    if not 0 < chunk <= MAX_CHUNK:
+        raise FormatError(
+            "seekable erofs chunk table", "chunk size out of range", offset=at + 16, value=chunk
+        )
+    count = -(-usize // chunk)
+    entry = 8 + HASH_SIZES[algo]
+    if n != HEADER.size + count * entry:
+        raise FormatError(
+            "seekable erofs chunk table",
+            f"{n} payload bytes do not hold {count} entries of {entry} bytes (uncompressed size {usize}, "
+            f"chunk size {chunk})",
+            offset=pos,
+            value=n,
+        )
+    if count != len(starts):
+        raise FormatError(
+            "seekable erofs chunk table",
+            f"names {count} chunks, but {len(starts)} zstd frames precede it",
+            offset=at + 8,
+            value=usize,
+        )
+    raw = read(at + HEADER.size, count * entry)
+    frames = []
+    for i in range(count):
+        (off,) = struct.unpack_from("<Q", raw, i * entry)
+        if off != starts[i]:
+            raise FormatError(
+                "seekable erofs chunk table",
+                f"chunk {i}'s frame offset is not where frame {i} starts ({starts[i]})",
+                offset=at + HEADER.size + i * entry,
+                value=off,
+            )
+        end = starts[i + 1] if i + 1 < count else pos
+        frames.append(
+            Frame(
+                i,
+                off,
+                end - off,
+                i * chunk,
+                min(chunk, usize - i * chunk),
+                bytes(raw[i * entry + 8 : (i + 1) * entry]),
+            )
+        )
+    verity_at, verity_size = None, 0
+    tail = at + n
+    if tail < size:
+        v = skippable(read, tail, size)
+        if v is None or v[0] + v[1] != size:
+            raise FormatError(
+                "seekable erofs",
+                "bytes after the chunk table are not one skippable frame to the end",
+                offset=tail,
+            )
+        if v[1] < 512 or read(v[0], 6) != b"verity":
+            raise FormatError("seekable erofs dm-verity", "no dm-verity superblock in the frame", offset=v[0])
+        verity_at, verity_size = tail, v[1]
+    return Table(pos, n, usize, chunk, algo, frames, verity_at, verity_size)

@@ -1,0 +1,114 @@
+"""A seekable EROFS layer (formats.seekable_erofs) read as the EROFS image it wraps, frame by frame.
+
+:class:`SeekableErofs` is a :class:`~nydus_inspect.chunks.source.BlobSource` whose bytes are the uncompressed
+EROFS image: a read decodes only the frames it touches (each checked against its SHA-512 when the table
+records one, and against the size the table gives it), keeping a few decoded frames. A :class:`Layer` over
+it is a plain EROFS image, so ls, cat, unpack, diff, verify, the mount and the TUI read it as they read one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import threading
+
+from .chunks.source import LocalFile
+from .errors import FormatError
+from .formats import seekable_erofs
+from .model import _LRU
+
+#: Decoded frames kept (chunks of the default 4 MiB or less: a few tens of MiB at most).
+FRAMES_KEPT = 8
+
+
+def looks_seekable(path: str) -> bool:
+    """The file starts with a zstd frame: a seekable EROFS layer or nothing this tool reads."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == seekable_erofs.ZSTD_MAGIC.to_bytes(4, "little")
+    except OSError:
+        return False
+
+
+class SeekableErofs:
+    """The EROFS image inside the seekable layer at ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.file = LocalFile(path)
+        self.path = path
+        self.fd = -1  # no file of these bytes to map: Layer reads them through pread
+        try:
+            self.table = seekable_erofs.parse(
+                lambda off, n: self.file.pread(off, n, "seekable erofs"), self.file.size
+            )
+        except FormatError as exc:
+            self.file.close()
+            raise exc.located(path) from None
+        except BaseException:
+            self.file.close()
+            raise
+        self.size = self.table.uncompressed_size
+        self._starts = [f.uncompressed_offset for f in self.table.frames]
+        self._decoded = _LRU(FRAMES_KEPT)
+        self._lock = threading.Lock()
+        self.stored_size = self.file.size
+
+    def frame(self, index: int) -> bytes:
+        """Frame ``index`` decoded and checked."""
+        with self._lock:
+            data = self._decoded.get(index)
+        if data is not None:
+            return data
+        import zstandard
+
+        f = self.table.frames[index]
+        raw = self.file.pread(f.offset, f.size, "seekable erofs frame")
+        if f.checksum and hashlib.sha512(raw).digest() != f.checksum:
+            raise FormatError(
+                "seekable erofs frame",
+                f"frame {index}: SHA-512 does not match the chunk table",
+                offset=f.offset,
+            ).located(self.path)
+        try:
+            data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=f.uncompressed_size)
+        except zstandard.ZstdError as exc:
+            raise FormatError(
+                "seekable erofs frame", f"frame {index} does not decompress: {exc}", offset=f.offset
+            ).located(self.path) from None
+        if len(data) != f.uncompressed_size:
+            raise FormatError(
+                "seekable erofs frame",
+                f"frame {index} holds {len(data)} bytes, the chunk table says {f.uncompressed_size}",
+                offset=f.offset,
+            ).located(self.path)
+        with self._lock:
+            self._decoded.put(index, data)
+        return data
+
+    def pread(self, offset: int, size: int, what: str = "data") -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise FormatError(
+                what, f"range of {size} bytes lies outside the {self.size}-byte EROFS image", offset=offset
+            )
+        out = bytearray()
+        k = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while len(out) < size:
+            data = self.frame(k)
+            lo = offset + len(out) - self._starts[k]
+            out += data[lo : lo + size - len(out)]
+            k += 1
+        return bytes(out)
+
+    def will_need(self, offset: int = 0, size: int = 0) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_seekable(path: str, **kw):
+    """A Layer over the EROFS image of the seekable layer at ``path``."""
+    from .layer import Layer
+
+    return Layer(path, source=SeekableErofs(os.fspath(path)), **kw)
