@@ -11,7 +11,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import atheris
+# Linux keeps a process's peak RSS across exec, so a runner started by a big pytest worker would begin at
+# that worker's peak and trip -rss_limit_mb at once. A forked child starts its own count: run the fuzzer there.
+if __name__ == "__main__":
+    _pid = os.fork()
+    if _pid:
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(_pid, 0)[1]) & 0xFF)
+
+import atheris  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
