@@ -475,6 +475,8 @@ class Layer:
         if self.kind != KIND_DATA_BLOB or name not in (BLOB_META, BLOB_META_HEADER):
             return None
         ent, own = self.table_entry, self.own_meta
+        if ent is not None and ent.features & blob_meta.SEPARATE:
+            return None  # its blob.meta lies apart (targz-ref: the data is the original .tar.gz)
         if ent is not None and ent.ci_uncompressed_size:
             place = (ent.ci_offset, ent.ci_compressed_size, ent.ci_compressor, ent.ci_uncompressed_size)
         elif own is not None:
@@ -525,12 +527,16 @@ class Layer:
         """blob.meta and its header as stored by an encrypted blob (``--encrypt``) are ciphertext, and the ToC
         records the plaintext's sha256: decrypted with the key the blob's table entry keeps (chunks.variants),
         the entry found by where its blob.meta lies. Unchanged for a blob that is not encrypted."""
-        if self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or not self.has_entry(IMAGE_BOOT):
+        if self.kind == KIND_DATA_BLOB:
+            # A data blob with no ToC: the bootstrap that opened it gave it its table entry.
+            blobs = [self.table_entry] if self.table_entry is not None else []
+        elif self.kind not in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC) or not self.has_entry(IMAGE_BOOT):
             return raw
-        try:
-            blobs = self.rafs.blobs
-        except NydusInspectError:
-            return raw  # the bootstrap's own reader says what is wrong with it
+        else:
+            try:
+                blobs = self.rafs.blobs
+            except NydusInspectError:
+                return raw  # the bootstrap's own reader says what is wrong with it
         for ent in blobs:
             at = ent.ci_offset if name == BLOB_META else ent.ci_offset + ent.ci_compressed_size
             if ent.cipher_algo and ent.ci_compressed_size and at == off:
