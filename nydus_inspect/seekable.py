@@ -100,6 +100,15 @@ class SeekableErofs:
             k += 1
         return bytes(out)
 
+    def verity_payload(self) -> tuple[int, int] | None:
+        """(file offset, size) of the dm-verity payload (superblock and hash tree over the image), if any."""
+        t = self.table
+        return None if t.verity_offset is None else (t.verity_offset + 8, t.verity_size)
+
+    def stored(self, offset: int, size: int, what: str = "data") -> bytes:
+        """Bytes of the layer file itself (not of the image inside it)."""
+        return self.file.pread(offset, size, what)
+
     def will_need(self, offset: int = 0, size: int = 0) -> None:
         pass
 

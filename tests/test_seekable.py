@@ -31,9 +31,16 @@ pytestmark = pytest.mark.erofs
 
 
 def make_seekable(
-    image: bytes, chunk: int = 65536, *, sha512: bool = True, verity: bool = False, level: int = 3
+    image: bytes,
+    chunk: int = 65536,
+    *,
+    sha512: bool = True,
+    verity: bool = False,
+    level: int = 3,
+    verity_payload: bytes | None = None,
 ) -> bytes:
-    """The seekable layer of ``image``: frames, the chunk table (skippable frame), optional dm-verity."""
+    """The seekable layer of ``image``: frames, the chunk table (skippable frame), optional dm-verity (built
+    here, or ``verity_payload``: a hash file as ``veritysetup format`` writes it)."""
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
     out = bytearray()
     entries = bytearray()
@@ -59,6 +66,8 @@ def make_seekable(
         )
         body = sb.ljust(4096, b"\0") + leaves.ljust(-(-len(leaves) // 4096) * 4096, b"\0")
         out += struct.pack("<II", seekable_erofs.SKIPPABLE_MIN, len(body)) + body
+    if verity_payload is not None:
+        out += struct.pack("<II", seekable_erofs.SKIPPABLE_MIN, len(verity_payload)) + verity_payload
     return bytes(out)
 
 
@@ -177,3 +186,50 @@ def test_chunks_lists_the_frame_table(plain, tmp_path):
         assert got == image[f["uncompressed_offset"] : f["uncompressed_offset"] + f["uncompressed_size"]]
     text = run_cli("info", layer).stdout.decode()
     assert f"seekable: {len(frames)} zstd frames of 16384 bytes" in text and "dm-verity at" in text
+
+
+def test_seekable_dm_verity_made_by_veritysetup(plain, tmp_path):
+    """The dm-verity frame is the hash file the real ``veritysetup format`` writes for the image inside:
+    verify accepts it with the root hash veritysetup printed, and names a wrong root hash, a flipped bit in
+    the hash tree (at its offset in the layer file) and a data block of the image that no longer hashes to
+    its leaf."""
+    from test_erofs_write import veritysetup_format
+
+    image = plain["plain"].read_bytes()
+    root = veritysetup_format(
+        plain["plain"], tmp_path / "hash", "--data-block-size=4096", "--hash-block-size=4096"
+    )
+    payload = (tmp_path / "hash").read_bytes()
+    layer = tmp_path / "v.seekable"
+    data = make_seekable(image, 16384, sha512=False, verity_payload=payload)
+    layer.write_bytes(data)
+    good = run_cli("verify", layer, "--root-hash", root)
+    assert good.returncode == 0, good.stdout.decode() + good.stderr.decode()
+    assert b"dm-verity blocks" in good.stdout
+
+    wrong = run_cli("verify", layer, "--root-hash", "00" * 32)
+    assert_one_line_error(wrong, 2, "the root hash given is not the tree's")
+
+    # A bit of the tree's first hash block (after the superblock's 4096 bytes).
+    tree_at = len(data) - len(payload) + 4096
+    flipped = bytearray(data)
+    flipped[tree_at + 7] ^= 0x01
+    layer.write_bytes(flipped)
+    proc = run_cli("verify", layer, "--root-hash", root)
+    assert proc.returncode == 1 and b"verity.hash" in proc.stdout, proc.stdout
+    assert f"offset {tree_at}".encode() in proc.stdout or str(tree_at).encode() in proc.stdout
+
+    # The image inside changed after veritysetup hashed it: its block is named.
+    block = len(image) // 4096 // 2
+    changed = bytearray(image)
+    changed[block * 4096 + 100] ^= 0x40
+    layer.write_bytes(make_seekable(bytes(changed), 16384, sha512=False, verity_payload=payload))
+    proc = run_cli("verify", layer, "--root-hash", root)
+    assert proc.returncode == 1 and f"data block {block} does not match".encode() in proc.stdout, proc.stdout
+
+
+def test_seekable_root_hash_without_payload_is_one_line(plain, tmp_path):
+    layer = tmp_path / "nov.seekable"
+    layer.write_bytes(make_seekable(plain["plain"].read_bytes(), 16384))
+    proc = run_cli("verify", layer, "--root-hash", "00" * 32)
+    assert_one_line_error(proc, 2, "no dm-verity payload")

@@ -102,13 +102,33 @@ def _check_erofs(run: _Run) -> None:
 _VERITY_READ = 1 << 20
 
 
-def _check_verity(run: _Run) -> None:
-    """A dm-verity payload after the image (``verity.payload``, ``verity.data``, ``verity.hash``,
-    ``verity.root``): every data block and hash block is hashed and compared with the tree, top down from
-    the root hash given (``run.verity_root``) or, without one, the tree's own (then only its consistency is
-    checked, as a note says)."""
-    import os
+def _verity_payload(layer, data_size: int):
+    """(read(offset, size), size, file offset) of the dm-verity payload that goes with the EROFS image of
+    ``layer``, or None: after the image in a plain EROFS file, or a seekable layer's last skippable frame
+    (its superblock and hash tree cover the image inside, not the frames)."""
+    from ..seekable import SeekableErofs
 
+    src = layer.source
+    if isinstance(src, SeekableErofs):
+        place = src.verity_payload()
+        if place is None:
+            return None
+        at, size = place
+        return (lambda off, n: src.stored(at + off, n, "dm-verity payload")), size, at
+    if layer.size <= data_size:
+        return None
+    return (
+        (lambda off, n: layer.pread(data_size + off, n, "dm-verity payload")),
+        layer.size - data_size,
+        data_size,
+    )
+
+
+def _check_verity(run: _Run) -> None:
+    """A dm-verity payload after the image, or in a seekable layer's last frame (``verity.payload``,
+    ``verity.data``, ``verity.hash``, ``verity.root``): every data block and hash block is hashed and compared
+    with the tree, top down from the root hash given (``run.verity_root``) or, without one, the tree's own
+    (then only its consistency is checked, as a note says)."""
     from ..formats import verity
     from ..formats._struct import round_up
     from ..formats.rafs_v6 import BLOCK_SIZE
@@ -118,52 +138,53 @@ def _check_verity(run: _Run) -> None:
     try:
         image = layer.rafs
         data_size = round_up(image.sb.s_blocks * BLOCK_SIZE, BLOCK_SIZE)
-        size = os.path.getsize(layer.path)
-    except (NydusInspectError, OSError):
+    except NydusInspectError:
         return
-    if size <= data_size and root_given is None:
-        return
-    with open(layer.path, "rb") as f:
-        if size <= data_size:
+    payload = _verity_payload(layer, data_size)
+    if payload is None:
+        if root_given is None:
+            return
+        raise VerityInputError(
+            f"no dm-verity payload: the layer ends with the EROFS image ({data_size} bytes), a root hash was given"
+        )
+    read, size, at = payload
+    head = read(0, min(size, verity.SUPERBLOCK_SIZE))
+    if head.startswith(verity.SIGNATURE):
+        params = verity.Superblock.parse(head).params
+        tree_start = round_up(verity.SUPERBLOCK_SIZE, params.hash_block_size)
+        if params.data_blocks * params.data_block_size != data_size:
             raise VerityInputError(
-                f"no dm-verity payload: the file ends with the EROFS image ({size} bytes), a root hash was given"
+                f"dm-verity superblock at offset {at} covers {params.data_blocks} blocks of "
+                f"{params.data_block_size} bytes, the EROFS image is {data_size} bytes"
             )
-        head = os.pread(f.fileno(), verity.SUPERBLOCK_SIZE, data_size)
-        if head.startswith(verity.SIGNATURE):
-            params = verity.Superblock.parse(head).params
-            tree_offset = data_size + round_up(verity.SUPERBLOCK_SIZE, params.hash_block_size)
-            if params.data_blocks * params.data_block_size != data_size:
-                raise VerityInputError(
-                    f"dm-verity superblock at offset {data_size} covers {params.data_blocks} blocks of "
-                    f"{params.data_block_size} bytes, the EROFS image is {data_size} bytes"
-                )
-            if salt is not None and salt != params.salt:
-                run.report.notes.append(
-                    "--salt differs from the dm-verity superblock's; the superblock's used"
-                )
-        else:
-            params = verity.Params(data_blocks=data_size // BLOCK_SIZE)
-            if salt is not None:
-                params.salt = salt
-            tree_offset = data_size
-            run.report.notes.append(
-                f"no dm-verity superblock at offset {data_size}: sha256, {BLOCK_SIZE}-byte blocks and salt "
-                f"{params.salt.hex() or '(none)'} assumed"
-            )
-        if size - tree_offset != params.tree_size():
-            raise VerityInputError(
-                f"dm-verity hash tree at offset {tree_offset} is {size - tree_offset} bytes, "
-                f"{params.tree_size()} expected for {params.data_blocks} data blocks"
-            )
-        leaves: list[bytes] = []
-        bs = params.data_block_size
-        run.tick("verity", 0, data_size)
-        for off in range(0, data_size, _VERITY_READ):
-            piece = os.pread(f.fileno(), min(_VERITY_READ, data_size - off), off)
-            view = memoryview(piece)
-            leaves.extend(params.digest(view[i : i + bs]) for i in range(0, len(piece), bs))
-            run.tick("verity", off + len(piece), data_size)
-        tree = os.pread(f.fileno(), params.tree_size(), tree_offset)
+        if salt is not None and salt != params.salt:
+            run.report.notes.append("--salt differs from the dm-verity superblock's; the superblock's used")
+    else:
+        params = verity.Params(data_blocks=data_size // BLOCK_SIZE)
+        if salt is not None:
+            params.salt = salt
+        tree_start = 0
+        run.report.notes.append(
+            f"no dm-verity superblock at offset {at}: sha256, {BLOCK_SIZE}-byte blocks and salt "
+            f"{params.salt.hex() or '(none)'} assumed"
+        )
+    tree_offset = at + tree_start
+    if size - tree_start != params.tree_size():
+        raise VerityInputError(
+            f"dm-verity hash tree at offset {tree_offset} is {size - tree_start} bytes, "
+            f"{params.tree_size()} expected for {params.data_blocks} data blocks"
+        )
+    leaves: list[bytes] = []
+    bs = params.data_block_size
+    run.tick("verity", 0, data_size)
+    for off in range(0, data_size, _VERITY_READ):
+        want = min(_VERITY_READ, data_size - off)
+        # An image inside a seekable layer may stop short of its last block's end: dm-verity hashes it padded.
+        piece = layer.pread(off, max(0, min(want, layer.size - off)), "EROFS image").ljust(want, b"\0")
+        view = memoryview(piece)
+        leaves.extend(params.digest(view[i : i + bs]) for i in range(0, len(piece), bs))
+        run.tick("verity", off + len(piece), data_size)
+    tree = read(tree_start, params.tree_size())
     if params.data_blocks == 1:
         computed = leaves[0]
     else:
