@@ -440,6 +440,56 @@ def fuzz_estargz(data: bytes) -> None:
         pass
 
 
+def fuzz_seekable(data: bytes) -> None:
+    """A seekable EROFS layer: the zstd frame walk, the chunk table, the dm-verity frame, and the first
+    frames decoded and checked as every reader gets them."""
+    from nydus_inspect.seekable import SeekableErofs
+
+    path = _scratch_file("seekable", data)
+    try:
+        src = SeekableErofs(path)
+    except EXPECTED:
+        return
+    try:
+        src.table.to_json()
+        place = src.verity_payload()
+        if place is not None:
+            src.stored(place[0], min(place[1], 512), "dm-verity payload")
+        for k in range(min(3, len(src.table.frames))):
+            if src.table.frames[k].uncompressed_size <= 1 << 20:
+                src.frame(k)
+    except EXPECTED:
+        pass
+    finally:
+        src.close()
+
+
+def fuzz_verity(data: bytes) -> None:
+    """A dm-verity payload (superblock, then the hash tree) checked against data of zeros, as verify checks
+    one after an EROFS image (trees over at most 256 data blocks)."""
+    from nydus_inspect.formats import verity
+    from nydus_inspect.formats._struct import round_up
+
+    try:
+        params = verity.Superblock.parse(data).params
+        if params.data_blocks > 256:
+            return
+        start = round_up(verity.SUPERBLOCK_SIZE, params.hash_block_size)
+        tree = data[start : start + params.tree_size()]
+        if len(tree) != params.tree_size():
+            return
+        zero = params.digest(bytes(params.data_block_size))
+        leaves = [zero] * params.data_blocks
+        if params.data_blocks == 1:
+            root = leaves[0]
+        else:
+            top = params.levels()[-1][0] * params.hash_block_size
+            root = params.digest(tree[top : top + params.hash_block_size])
+        verity.check_tree(params, leaves, tree, root)
+    except EXPECTED:
+        pass
+
+
 TARGETS = {
     "erofs": fuzz_erofs,
     "tar_header": fuzz_tar_header,
@@ -454,6 +504,8 @@ TARGETS = {
     "mount": fuzz_mount,
     "zran": fuzz_zran,
     "estargz": fuzz_estargz,
+    "seekable": fuzz_seekable,
+    "verity": fuzz_verity,
 }
 
 
@@ -490,7 +542,34 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "mount": [toc_blob, *_mount_seeds()],
         "zran": [_zran_seed()],
         "estargz": _estargz_seeds(read("nydus/stargz/estargz_sample.json")),
+        "seekable": _seekable_seeds(erofs_images),
+        "verity": _verity_seeds(),
     }
+
+
+def _seekable_seeds(images: list[bytes]) -> list[bytes]:
+    """Seekable layers of small EROFS images (test_seekable's builder): with SHA-512s and dm-verity, without."""
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from test_seekable import make_seekable
+
+    image = images[-1]
+    return [make_seekable(image, 16384, verity=True), make_seekable(image, 4096, sha512=False)]
+
+
+def _verity_seeds() -> list[bytes]:
+    """dm-verity payloads over blocks of zeros, one hash level and two."""
+    from nydus_inspect.formats import verity
+
+    out = []
+    for blocks, hash_block in ((8, 4096), (40, 1024)):
+        params = verity.Params(data_blocks=blocks, hash_block_size=hash_block)
+        _, tree = verity.build_tree(params, [params.digest(bytes(params.data_block_size))] * blocks)
+        out.append(verity.Superblock(params).build(hash_block) + tree)
+    return out
 
 
 def _estargz_seeds(sample_toc: bytes) -> list[bytes]:
