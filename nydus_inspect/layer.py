@@ -523,10 +523,23 @@ class Layer:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
         return data
 
+    @cached_property
+    def _meta_in_clear(self) -> bool:
+        """Whether this file's blob.meta is stored in the clear: its header then shows its magic where an
+        encrypted blob's holds ciphertext."""
+        try:
+            off, size, _, _, _ = self.entry_location(BLOB_META_HEADER)
+            raw = self.pread(off, min(size, 4), BLOB_META_HEADER)
+        except NydusInspectError:
+            return True  # no header to decrypt: whoever reads it says what is wrong
+        return raw == blob_meta.MAGIC.to_bytes(4, "little")
+
     def _decrypted_meta(self, raw: bytes, name: str, off: int) -> bytes:
         """blob.meta and its header as stored by an encrypted blob (``--encrypt``) are ciphertext, and the ToC
         records the plaintext's sha256: decrypted with the key the blob's table entry keeps (chunks.variants),
         the entry found by where its blob.meta lies. Unchanged for a blob that is not encrypted."""
+        if self._meta_in_clear:
+            return raw  # the common case, told without decoding the bootstrap (which may be large)
         if self.kind == KIND_DATA_BLOB:
             # A data blob with no ToC: the bootstrap that opened it gave it its table entry.
             blobs = [self.table_entry] if self.table_entry is not None else []
