@@ -377,3 +377,16 @@ def test_their_inline_variant_layer(request, oracle, fuse_ok, source, variant, t
     _flip(bad, 100)
     proc = run_cli("verify", bad)
     assert proc.returncode == 1 and "chunk" in proc.stdout.decode(), proc.stdout.decode()
+
+
+def test_blob_meta_in_the_clear_is_read_without_the_bootstrap(vectors):
+    """Whether a blob.meta needs decrypting is told by its header's magic: a layer's blob.meta header reads
+    without decoding its bootstrap (tens of MB at a million inodes, and what the TUI's first frame shows)."""
+    from conftest import TOC_BLOB
+
+    from nydus_inspect.layer import open_layer
+
+    with open_layer(str(vectors / TOC_BLOB)) as layer:
+        assert layer.blob_meta_header.s_ci_entries > 0
+        assert layer.chunk_infos is not None
+        assert "rafs" not in layer.__dict__
