@@ -199,3 +199,31 @@ def test_flipped_metadata_is_read_or_refused(erofs_utils, tmp_path, opts):
             outcomes["refused"] += 1
         assert time.monotonic() - started < 10
     assert outcomes["refused"] > 0 and outcomes["read"] > 0, outcomes
+
+
+def test_wrong_link_count_is_a_finding(erofs_utils, tmp_path):
+    """A hard-linked file whose inode says one link too many: the image still reads, verify names it."""
+    from nydus_inspect.formats import rafs_v6
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "text").write_bytes(TEXT[:5000])
+    os.link(src / "text", src / "twin")
+    image = erofs_utils.mkfs(tmp_path / "img", src)
+    assert run_cli("verify", image).returncode == 0
+    with open_layer(str(image)) as layer:
+        r = layer.rafs
+        nid = r.lookup("/text").nid
+        ino, off = r.inode(nid), r.inode_offset(nid)
+    layout = rafs_v6.INODE_COMPACT if ino.inode_size == rafs_v6.INODE_COMPACT.size else rafs_v6.INODE_EXTENDED
+    fmt = "<H" if layout is rafs_v6.INODE_COMPACT else "<I"
+    bad = _patched(image, tmp_path / "bad", off + layout.offsets["i_nlink"], struct.pack(fmt, 3))
+    assert run_cli("cat", bad, "/twin").stdout == TEXT[:5000]
+    proc = run_cli("verify", bad, "--json")
+    assert proc.returncode == 1
+    import json
+
+    findings = json.loads(proc.stdout)["layers"][0]["findings"]
+    assert [(f["check"], f["field"], f["expected"], f["found"]) for f in findings] == [
+        ("erofs.nlink", "i_nlink", "2", "3")
+    ], findings

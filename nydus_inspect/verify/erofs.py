@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..errors import FormatError, NydusInspectError
 from ..model import DIR, REG, WalkError, fsdecode
 from ..query import FileIndex
-from .findings import Finding, _exc_finding
+from .findings import Finding, _check_nlinks, _exc_finding
 
 if TYPE_CHECKING:
     from .run import _Run
@@ -54,22 +54,7 @@ def _check_erofs(run: _Run) -> None:
                 files.append(node)
         if n & 1023 == 1023:
             run.tick("bootstrap", n + 1, total)
-    for nid, count in names.items():
-        nlink, path, ntype = nlinks[nid]
-        if nlink != count:
-            what = "2 + its subdirectories" if ntype == DIR else "its names in the tree"
-            run.add(
-                Finding(
-                    "erofs.nlink",
-                    f"i_nlink differs from {what}",
-                    structure="erofs inode",
-                    file=layer.path,
-                    path=fsdecode(path),
-                    field="i_nlink",
-                    expected=str(count),
-                    found=str(nlink),
-                )
-            )
+    _check_nlinks(run, names, nlinks, "erofs.nlink", "erofs inode")
     run.count("inodes", len(names))
     run.tick("bootstrap", total, total)
     reader = layer.chunk_reader

@@ -169,3 +169,26 @@ def _with(f: Finding, **kw) -> Finding:
 
 def _short(value: object) -> str:
     return "None" if value is None else cut(str(value))
+
+
+def _check_nlinks(run: _Run, names: dict, first: dict, check: str, structure: str) -> None:
+    """Each inode's ``i_nlink`` against what the walk counted: ``names`` maps a nid to its count (names in
+    the tree, or 2 + subdirectories for a directory), ``first`` to (i_nlink, a path, type) as first met."""
+    from ..model import DIR, fsdecode
+
+    for nid, count in names.items():
+        nlink, path, ntype = first[nid]
+        if nlink != count:
+            what = "2 + its subdirectories" if ntype == DIR else "its names in the tree"
+            run.add(
+                Finding(
+                    check,
+                    f"i_nlink differs from {what}",
+                    structure=structure,
+                    file=run.layer.path,
+                    path=fsdecode(path),
+                    field="i_nlink",
+                    expected=str(count),
+                    found=str(nlink),
+                )
+            )

@@ -16,7 +16,7 @@ from ..errors import FormatError, NydusInspectError, UsageError
 from ..formats import rafs_v5
 from ..model import DIR, REG, SYMLINK, WalkError, fsdecode, node_type
 from ..query import FileIndex
-from .findings import Finding, _exc_finding
+from .findings import Finding, _check_nlinks, _exc_finding
 
 #: RafsSuperFlags nydus knows: compressors, digesters, explicit uid/gid, xattrs, inlined digests, tarfs,
 #: and the two cipher bits.
@@ -144,22 +144,7 @@ def _check_tree(run: _Run, r: RafsV5Model) -> list:
                 run.add(_exc_finding("bootstrap.inode", exc, path=fsdecode(node.path), file=layer.path))
         if n & 1023 == 1023:
             run.tick("bootstrap", n + 1, total)
-    for nid, count in names.items():
-        nlink, path, ntype = first[nid]
-        if nlink != count:
-            what = "2 + its subdirectories" if ntype == DIR else "its names in the tree"
-            run.add(
-                Finding(
-                    "bootstrap.nlink",
-                    f"i_nlink differs from {what}",
-                    structure="rafs v5 inode",
-                    file=layer.path,
-                    path=fsdecode(path),
-                    field="i_nlink",
-                    expected=str(count),
-                    found=str(nlink),
-                )
-            )
+    _check_nlinks(run, names, first, "bootstrap.nlink", "rafs v5 inode")
     run.count("inodes", len(names))
     run.tick("bootstrap", total, total)
     return files
