@@ -28,9 +28,10 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
+from . import codecs
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester, crc32c
@@ -387,29 +388,33 @@ class _Chunker:
                 self.uncompressed += round_up(want, rafs_v6.BLOCK_SIZE)
                 self.by_key[key] = chunk
             elif chunk.file_offset != k * cs:
-                chunk = ChunkRef(**{**chunk.__dict__, "file_offset": k * cs})
+                chunk = replace(chunk, file_offset=k * cs)
             node.chunks.append(chunk)
             remaining -= want
             k += 1
 
 
-def meta_blob(chunker: _Chunker, indexer: ZranIndexer) -> bytes:
-    """The separate blob.meta file: v2 chunk-info records, the zran table after them, the 4096-byte header."""
+def meta_blob(chunker: _Chunker, indexer: ZranIndexer) -> tuple[bytes, int, Compressor]:
+    """(the separate blob.meta file, its chunk-info data's uncompressed size, the compressor it is stored
+    with): v2 chunk-info records and the zran table after them, zstd-compressed when that is smaller (as nydus
+    stores every *-ref blob.meta), then the 4096-byte header."""
     array = b"".join(blob_meta.encode_v2(ci) for ci in chunker.infos)
     table = indexer.table() if chunker.infos else b""
     data = array + table
+    stored, compressed = codecs.compress_if_smaller(data, Compressor.ZSTD)
+    comp = Compressor.ZSTD if compressed else Compressor.NONE
     header = blob_meta.BlobMetaHeader(
         s_features=FEATURES,
-        s_ci_compressor=Compressor.NONE.algo,
+        s_ci_compressor=comp.algo,
         s_ci_entries=len(chunker.infos),
         s_ci_offset=0,
-        s_ci_compressed_size=len(data),
+        s_ci_compressed_size=len(stored),
         s_ci_uncompressed_size=len(data),
         s_ci_zran_offset=len(array),
         s_ci_zran_size=len(table),
         s_ci_zran_count=len(indexer.contexts) if chunker.infos else 0,
     ).build()
-    return data + header
+    return stored + header, len(data), comp
 
 
 def _check_gzip(path: str) -> None:
@@ -464,7 +469,7 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
             inf.close()
     blob_id = inf.sha256.hexdigest()
     size = os.path.getsize(source)
-    meta = meta_blob(chunker, indexer)
+    meta, ci_size, ci_comp = meta_blob(chunker, indexer)
     n = len(chunker.infos)
     blobs = []
     if n:
@@ -479,10 +484,10 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
                 features=FEATURES,
                 compressed_size=size,
                 uncompressed_size=chunker.uncompressed,
-                ci_compressor=Compressor.NONE.algo,
+                ci_compressor=ci_comp.algo,
                 ci_offset=0,
                 ci_compressed_size=len(meta) - blob_meta.HEADER_SIZE,
-                ci_uncompressed_size=len(meta) - blob_meta.HEADER_SIZE,
+                ci_uncompressed_size=ci_size,
                 blob_meta_digest=hashlib.sha256(meta).digest(),
                 blob_meta_size=len(meta),
             )
