@@ -136,6 +136,7 @@ class BlockInflater:
         self.sha256 = hashlib.sha256()
         self.ended = False
         self.members = 1
+        self.member_start = 0  # gzip offset of the current member
         self.strm.next_in = self._in_addr
         self.strm.avail_in = 0
         ver = self.z.zlibVersion()
@@ -211,50 +212,33 @@ class BlockInflater:
             if ret == _Z_BUF_ERROR and not s.avail_in:
                 continue
             msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
-            raise self._error(f"not inflatable at byte {self.in_pos}: {msg}")
+            if self.members > 1 and self.in_pos - self.member_start < 10:
+                msg += f" (bytes after gzip member {self.members - 1} that are not a gzip member)"
+            raise self._error(f"not inflatable: {msg}")
         return ctypes.string_at(base, n - self.strm.avail_out)
 
     def _next_member(self) -> bool:
-        """After a member's trailer: go on with the next member, or end (only zero padding may follow)."""
+        """After a member's trailer: go on with the next member, or end. Only zero bytes (tape padding, which
+        gzip -d reads past) may follow the last member. The input is not moved or re-read: where its pieces
+        end stays where nydus's reader has them end."""
         s = self.strm
         if not s.avail_in and not self._refill():
             return False
-        rest = ctypes.string_at(s.next_in, s.avail_in)
-        while len(rest) < 3:
-            if not self._refill_more():
-                break
-            rest = ctypes.string_at(s.next_in, s.avail_in)
-        if rest.startswith(_GZIP_MAGIC[: len(rest)]) and len(rest) >= 3:
+        if self._in[s.next_in - self._in_addr]:
+            # Anything but a zero starts a member: zlib parses (and refuses) its header.
             self.z.inflateReset(ctypes.byref(s))
             self.members += 1
+            self.member_start = self.in_pos
             return True
-        # Trailing zeros (tape-style padding) end the stream; anything else is not gzip.
         while True:
-            if rest.strip(b"\0"):
-                raise self._error(f"bytes after gzip member {self.members} that are not a gzip member")
+            if ctypes.string_at(s.next_in, s.avail_in).strip(b"\0"):
+                raise self._error(
+                    f"bytes other than zeros after the padding that follows gzip member {self.members}"
+                )
             self.in_pos += s.avail_in
             s.avail_in = 0
             if not self._refill():
                 return False
-            rest = ctypes.string_at(s.next_in, s.avail_in)
-
-    def _refill_more(self) -> bool:
-        """Move the unread input to the front and read more after it (a header split across pieces)."""
-        s = self.strm
-        keep = ctypes.string_at(s.next_in, s.avail_in)
-        self.last_byte = (
-            self._in[s.next_in - self._in_addr - 1] if s.next_in > self._in_addr else self.last_byte
-        )
-        ctypes.memmove(self._in_addr, keep, len(keep))
-        view = memoryview(self._in).cast("B")[len(keep) :]
-        got = self.f.readinto(view)
-        if not got:
-            return False
-        self.sha256.update(view[:got])
-        self.read_in += got
-        s.next_in = self._in_addr
-        s.avail_in = len(keep) + got
-        return True
 
 
 @dataclass
