@@ -4,11 +4,11 @@ The gzip is inflated once. Its regular files are cut into chunks (each file on i
 but its last), and every chunk is given the *zran context* it can be inflated from: a deflate block boundary
 at or before its start (a byte and a bit of the gzip, the 32 KiB window before it), as nydus's zran generator
 (utils/src/compress/zlib_random.rs, used by builder/src/tarball.rs) places them. Its policy, followed here so
-that the tables agree: a chunk starts a new context when a block boundary was passed since the current
-context began and either half a chunk-size (512 KiB) of gzip input or, with the chunk, two chunk-sizes of
-output lie behind the context's start; or when the gzip since the context's start has grown to more than twice
-what the context covered at its last chunk, and that was over half a chunk-size. The thresholds are nydus's,
-fixed at its default chunk size whatever ``chunk_size`` is, as its generator fixes them.
+that the tables agree: a chunk starts a new context (at the last block boundary before it) when a boundary
+was passed since the current context began and either 512 KiB of gzip input lie behind the context's start,
+or the output behind it plus one ``chunk_size`` reaches 2 MiB; or when the gzip behind the context's start is
+more than twice what the context covered at its last chunk, and that was over 512 KiB. The thresholds are
+fixed (nydus derives them from its default 1 MiB chunk size, whatever the chunk size of the layer).
 
 Python's :mod:`zlib` cannot stop at deflate block boundaries nor hand out its window, so the inflater here is
 the system libz through :mod:`ctypes` (``inflate(Z_BLOCK)``, ``inflateGetDictionary``), on buffers of its
@@ -52,7 +52,6 @@ INPUT_PIECE = 64 << 10
 FEATURES = (
     blob_meta.ALIGNED | blob_meta.CHUNK_INFO_V2 | blob_meta.ZRAN | blob_meta.SEPARATE | blob_meta.CAP_TAR_TOC
 )
-CI_RECORD = 24
 
 _Z_OK, _Z_STREAM_END, _Z_BUF_ERROR, _Z_BLOCK = 0, 1, -5, 5
 _GZIP_MAGIC = b"\x1f\x8b\x08"

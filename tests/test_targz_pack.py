@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -299,6 +300,32 @@ def test_debian_rootfs_multi_member(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = run_cli("verify", boot, "--blob-dir", blobs, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_memory_is_bounded_by_a_chunk(tmp_path):
+    """A 1 GiB file of zeros (a gzip of about 1 MiB) packs under the 512 MiB address-space limit: the gzip
+    is streamed, never held whole, and its 1024 identical chunks share one record."""
+    import hostile
+
+    gz = tmp_path / "zeros.tar.gz"
+    with gzip.GzipFile(gz, "wb", compresslevel=1, mtime=0) as g:
+        head = tarfile.TarInfo("zeros")
+        head.size, head.mtime = 1 << 30, make_fixtures.T0
+        g.write(head.tobuf(format=tarfile.GNU_FORMAT))
+        block = bytes(1 << 20)
+        for _ in range(1024):
+            g.write(block)
+        g.write(bytes(1024))
+    assert gz.stat().st_size < 8 << 20
+    (tmp_path / "out").mkdir()
+    proc = hostile.run_limited(
+        "pack", "--type", "targz-ref", gz, "-o", tmp_path / "out" / "boot", "--json", timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    boot = tmp_path / "out" / "boot"
+    with open_layer(str(boot), blobs=[str(gz)]) as layer:
+        node = layer.rafs.lookup("/zeros")
+        assert node.size == 1 << 30 and len({c.ci_index for c in layer.rafs.chunks(node)}) == 1
 
 
 # ---------------------------------------------------------------------------- bad input
