@@ -437,7 +437,8 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
             try:
                 tree = read_tar(inf, chunker.add_file, source)  # type: ignore[arg-type]
             except FormatError as exc:
-                if exc.structure == "gzip":
+                # The gzip's errors and the tar reader's name the file already; a chunk's does not.
+                if source in str(exc):
                     raise
                 raise exc.located(source) from None
             # Inflate to the end: the gzip's own checks (CRC, length) cover the whole stream, and the

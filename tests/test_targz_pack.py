@@ -329,8 +329,9 @@ def test_memory_is_bounded_by_a_chunk(tmp_path):
 
 
 # ---------------------------------------------------------------------------- bad input
-def _bad_inputs(tmp: Path, tars: dict) -> dict[str, tuple[bytes, str]]:
+def _bad_input(tmp: Path, tars: dict, case: str) -> tuple[bytes, str]:
     good = gzip.compress(tars["dedup.tar"].read_bytes(), mtime=0)
+    big = big_tar(tmp / "big.tar").read_bytes() if case == "short-tar" else b""
     return {
         "plain-tar": (tars["dedup.tar"].read_bytes(), "not a gzip file"),
         "empty": (b"", "not a gzip file"),
@@ -338,15 +339,18 @@ def _bad_inputs(tmp: Path, tars: dict) -> dict[str, tuple[bytes, str]]:
         "no-trailer": (good[:-4], "truncated"),
         "bad-crc": (good[:-8] + bytes(4) + good[-4:], "gzip"),
         "garbage-after": (good + b"garbage", "not a gzip member"),
-        "not-a-tar": (gzip.compress(os.urandom(3000), mtime=0), "tar"),
-    }
+        "not-a-tar": (gzip.compress(os.urandom(3000), mtime=0), "not a tar"),
+        # A whole gzip of a tar cut inside a file's data.
+        "short-tar": (gzip.compress(big[: len(big) // 2], mtime=0), "data ends"),
+    }[case]
 
 
 @pytest.mark.parametrize(
-    "case", ["plain-tar", "empty", "truncated", "no-trailer", "bad-crc", "garbage-after", "not-a-tar"]
+    "case",
+    ["plain-tar", "empty", "truncated", "no-trailer", "bad-crc", "garbage-after", "not-a-tar", "short-tar"],
 )
 def test_bad_input_is_one_line_exit_2(fixture_tars, case, tmp_path):
-    data, needle = _bad_inputs(tmp_path, fixture_tars)[case]
+    data, needle = _bad_input(tmp_path, fixture_tars, case)
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(data)
     out = tmp_path / "out" / "boot"
