@@ -109,6 +109,8 @@ class _Boundary:
     out_pos: int = 0
     ctx_byte: int = 0
     ctx_bits: int = 0
+    #: After the last block of a member: what follows is its trailer, not deflate data.
+    member_end: bool = False
 
 
 class BlockInflater:
@@ -170,7 +172,7 @@ class BlockInflater:
         if bits:
             at = self.strm.next_in - self._in_addr
             byte = self.last_byte if at == 0 else self._in[at - 1]
-        self.boundary = _Boundary(self.in_pos, self.out_pos, byte, bits)
+        self.boundary = _Boundary(self.in_pos, self.out_pos, byte, bits, bool(self.strm.data_type & 0x40))
         # The window must be taken now, before inflate moves on; it is copied into our own buffer (in C),
         # and made into bytes only if a context starts here (most boundaries are passed by).
         ret = self.z.inflateGetDictionary(
@@ -215,6 +217,36 @@ class BlockInflater:
                 msg += f" (bytes after gzip member {self.members - 1} that are not a gzip member)"
             raise self._error(f"not inflatable: {msg}")
         return ctypes.string_at(base, n - self.strm.avail_out)
+
+    def step_over_member_end(self) -> None:
+        """Standing at the end of a member's last block (nothing put out since), go past its trailer and the
+        next member's header, putting nothing out, to the boundary where that member's data starts."""
+        if not (self.boundary.member_end and self.out_pos == self.boundary.out_pos) or self.ended:
+            return
+        if not len(self._out):
+            self._out = (ctypes.c_ubyte * 1)()
+        s = self.strm
+        while True:
+            if not s.avail_in and not self._refill():
+                raise self._error(
+                    f"truncated: the gzip data ends at {self.read_in} bytes, after a member's data"
+                )
+            s.next_out, s.avail_out = ctypes.addressof(self._out), 0
+            before_in = s.avail_in
+            ret = self.z.inflate(ctypes.byref(s), _Z_BLOCK)
+            self.in_pos += before_in - s.avail_in
+            if ret == _Z_STREAM_END:
+                if not self._next_member():
+                    self.ended = True
+                    return
+                continue
+            if ret == _Z_OK and s.data_type & 0x80 and not s.data_type & 0x40:
+                self._at_boundary()
+                return
+            if ret == _Z_OK or (ret == _Z_BUF_ERROR and not s.avail_in):
+                continue
+            msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
+            raise self._error(f"not inflatable: {msg}")
 
     def _next_member(self) -> bool:
         """After a member's trailer: go on with the next member, or end. Only zero bytes (tape padding, which
@@ -273,20 +305,25 @@ class ZranIndexer:
 
     def begin(self) -> None:
         in_pos, out_pos = self.inf.in_pos, self.inf.out_pos
-        idx = self._cur
-        if idx is None:
-            idx = self._new()
-        else:
-            ctx = self.contexts[idx]
+        new = self._cur is None
+        if not new:
+            ctx = self.contexts[self._cur]
             comp = in_pos - ctx.in_offset
             uncomp = out_pos - ctx.out_offset
             # No block boundary since the context began: there is nowhere else to start one.
             first = self.inf.boundary.in_pos == self._block_start
-            if not first and (comp >= _MAX_COMP // 2 or uncomp + self.chunk_size >= _MAX_UNCOMP):
-                idx = self._new()
-            elif not first and comp > 2 * ctx.in_len and ctx.in_len > _MIN_COMP:
-                idx = self._new()
-        self._cur = idx
+            new = not first and (
+                comp >= _MAX_COMP // 2
+                or uncomp + self.chunk_size >= _MAX_UNCOMP
+                or (comp > 2 * ctx.in_len and ctx.in_len > _MIN_COMP)
+            )
+        if new:
+            # Here we differ from nydus on purpose: a chunk that starts where a gzip member's data ends gets
+            # a context at the next member's data, not at the end of the last block. nydus's starts there, and
+            # its decoder then reads the member's trailer as deflate data: nydusd fails to read the chunk.
+            self.inf.step_over_member_end()
+            in_pos = self.inf.in_pos
+            self._cur = self._new()
         self._out_at, self._in_at = out_pos, in_pos
 
     def end(self) -> tuple[int, int, int, int]:
