@@ -20,6 +20,10 @@ nydus's chunk dictionary keeps them, but still pass through the context policy a
 blob.meta is written as a file of its own (chunk info v2 with the zran table, then its 4096-byte header)
 named by its sha256 beside the bootstrap: the form ``nydus-image create --type targz-ref --bootstrap B
 --blob-dir D`` writes, and what nydusd reads from its blob directory next to the gzip named by its sha256.
+
+One difference from nydus on purpose: a chunk that starts exactly where a gzip member ends, and needs a new
+context, gets it at the next member's data; nydus starts it at the end of the member's last block, where its
+own decoder reads the trailer as deflate data (see :meth:`ZranIndexer.begin`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, replace
 from typing import BinaryIO
@@ -38,6 +43,8 @@ from .digests import Digester, crc32c
 from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v6, zran
 from .formats._struct import round_up
+
+log = logging.getLogger(__name__)
 
 #: nydus's default chunk size, and the unit its zran thresholds are fixed in.
 DEFAULT_CHUNK_SIZE = 0x100000
@@ -488,6 +495,8 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
                 inf.read_in += len(rest)
         finally:
             inf.close()
+    for warning in tree.warnings:
+        log.warning("%s", warning)
     blob_id = inf.sha256.hexdigest()
     size = os.path.getsize(source)
     meta, ci_size, ci_comp = meta_blob(chunker, indexer)

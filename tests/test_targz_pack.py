@@ -50,8 +50,8 @@ def multi_member(src: Path, out: Path) -> Path:
 
 
 def pack_ref(gz: Path, work: Path, *opts) -> tuple[Path, Path, dict]:
-    """Our ``pack --type targz-ref``: (bootstrap, blob dir holding it, the blob.meta it wrote and the gzip
-    under its sha256, what --json said)."""
+    """Our ``pack --type targz-ref`` into ``work/blobs``: (the bootstrap, that blob dir, what --json said). The
+    dir also holds the blob.meta pack wrote beside the bootstrap, and the gzip linked under its sha256."""
     blobs = work / "blobs"
     blobs.mkdir(parents=True)
     boot = blobs / "layer.boot"
