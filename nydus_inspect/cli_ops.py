@@ -75,6 +75,10 @@ def cmd_pack(args) -> int:
             raise UsageError("--type estargz-ref writes a RAFS bootstrap: not with --format erofs")
         _refuse_erofs_only(args, "--format erofs")
         return _pack_estargz_ref(args)
+    if getattr(args, "blob_inline_meta", False) and getattr(args, "type", "tar-rafs") != "targz-ref":
+        raise UsageError(
+            "--blob-inline-meta is for --type targz-ref (a tar-rafs layer has its metadata inline)"
+        )
     if getattr(args, "type", "tar-rafs") == "targz-ref":
         if erofs:
             raise UsageError("--type targz-ref writes a RAFS bootstrap: not with --format erofs")
@@ -140,7 +144,9 @@ def _pack_targz_ref(args) -> int:
         raise UsageError("--type targz-ref: OUT is the bootstrap already; --bootstrap does not apply")
     if args.source == "-":
         raise UsageError("--type targz-ref needs the .tar.gz as a file: its sha256 is the blob id")
-    res = pack_ref(args.source, args.output, parse_size(args.chunk_size, "--chunk-size"))
+    res = pack_ref(
+        args.source, args.output, parse_size(args.chunk_size, "--chunk-size"), args.blob_inline_meta
+    )
     if args.json:
         from .cli import print_json
 
@@ -148,7 +154,7 @@ def _pack_targz_ref(args) -> int:
         return 0
     if not args.quiet:
         print(
-            f"{res['path']}: bootstrap {res['bootstrap_size']} bytes over gzip blob {res['blob_id']} "
+            f"{res['path']}: {res['form']}, bootstrap {res['bootstrap_size']} bytes, over gzip blob {res['blob_id']} "
             f"({res['entries']} entries, {res['chunks']} chunks, {res['zran_contexts']} zran contexts)"
         )
         if res["blob_meta"]:
@@ -589,6 +595,12 @@ def register(sub) -> None:
         "the RAFS v6 bootstrap that references it (the blob keeps its sha256 as its blob id; its blob.meta is "
         "written beside OUT, named by its sha256); targz-ref: the same over a plain .tar.gz, its chunks read "
         "through zran contexts",
+    )
+    s.add_argument(
+        "--blob-inline-meta",
+        action="store_true",
+        help="targz-ref: OUT is the meta blob (blob.meta, chunk digests, bootstrap, ToC), as nydus-image "
+        "--blob-inline-meta --features blob-toc writes it for the snapshotter",
     )
     s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")

@@ -20,6 +20,8 @@ nydus's chunk dictionary keeps them, but still pass through the context policy a
 blob.meta is written as a file of its own (chunk info v2 with the zran table, then its 4096-byte header)
 named by its sha256 beside the bootstrap: the form ``nydus-image create --type targz-ref --bootstrap B
 --blob-dir D`` writes, and what nydusd reads from its blob directory next to the gzip named by its sha256.
+Or (``inline``) all of it in one meta blob, as ``--blob-inline-meta --features blob-toc`` writes it for the
+snapshotter.
 
 One difference from nydus on purpose: a chunk that starts exactly where a gzip member ends, and needs a new
 context, gets it at the next member's data; nydus starts it at the end of the member's last block, where its
@@ -368,6 +370,7 @@ class _Chunker:
         self.chunk_size = chunk_size
         self.by_key: dict[tuple[bytes, int], ChunkRef] = {}
         self.infos: list[blob_meta.ChunkInfo] = []
+        self.digests: list[bytes] = []  # by chunk-info index
         self.uncompressed = 0
 
     def add_file(self, node, fobj, ref=None) -> None:
@@ -412,6 +415,7 @@ class _Chunker:
                         data=(ci << 32) | ci_off,
                     )
                 )
+                self.digests.append(digest)
                 self.uncompressed += round_up(want, rafs_v6.BLOCK_SIZE)
                 self.by_key[key] = chunk
             elif chunk.file_offset != k * cs:
@@ -421,17 +425,31 @@ class _Chunker:
             k += 1
 
 
-def meta_blob(chunker: _Chunker, indexer: ZranIndexer) -> tuple[bytes, int, Compressor]:
-    """(the separate blob.meta file, its chunk-info data's uncompressed size, the compressor it is stored
-    with): v2 chunk-info records and the zran table after them, zstd-compressed when that is smaller (as nydus
-    stores every *-ref blob.meta), then the 4096-byte header."""
+#: The features of the blob.meta inside a meta blob (``--blob-inline-meta --features blob-toc``): its
+#: sections, the bootstrap and the chunk digests are in the meta blob, each followed by a tar header, with a ToC.
+INLINE_FEATURES = (
+    FEATURES
+    | blob_meta.INLINED_FS_META
+    | blob_meta.INLINED_CHUNK_DIGEST
+    | blob_meta.HAS_TAR_HEADER
+    | blob_meta.HAS_TOC
+)
+
+
+def meta_blob(
+    chunker: _Chunker, indexer: ZranIndexer, features: int = FEATURES
+) -> tuple[bytes, bytes, Compressor, bytes]:
+    """(the chunk-info data as stored, the 4096-byte header, the compressor it is stored with, the data
+    uncompressed): v2 chunk-info records and the zran table after them, zstd-compressed when that is smaller
+    (as nydus stores every *-ref blob.meta). The separate blob.meta file is the first two, one after the
+    other."""
     array = b"".join(blob_meta.encode_v2(ci) for ci in chunker.infos)
     table = indexer.table() if chunker.infos else b""
     data = array + table
     stored, compressed = codecs.compress_if_smaller(data, Compressor.ZSTD)
     comp = Compressor.ZSTD if compressed else Compressor.NONE
     header = blob_meta.BlobMetaHeader(
-        s_features=FEATURES,
+        s_features=features,
         s_ci_compressor=comp.algo,
         s_ci_entries=len(chunker.infos),
         s_ci_offset=0,
@@ -441,7 +459,7 @@ def meta_blob(chunker: _Chunker, indexer: ZranIndexer) -> tuple[bytes, int, Comp
         s_ci_zran_size=len(table),
         s_ci_zran_count=len(indexer.contexts) if chunker.infos else 0,
     ).build()
-    return stored + header, len(data), comp
+    return stored, header, comp, data
 
 
 def _check_gzip(path: str) -> None:
@@ -467,8 +485,9 @@ class TargzRef:
     members: int
 
 
-def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
-    """Index the gzip ``source`` and build the bootstrap and blob.meta over it."""
+def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE, inline: bool = False) -> TargzRef:
+    """Index the gzip ``source`` and build the bootstrap and blob.meta over it; ``inline``: ``meta`` is then
+    the meta blob holding both (and the chunk digests)."""
     from .builder import build_bootstrap
     from .tarstream import read_tar
 
@@ -499,7 +518,9 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
         log.warning("%s", warning)
     blob_id = inf.sha256.hexdigest()
     size = os.path.getsize(source)
-    meta, ci_size, ci_comp = meta_blob(chunker, indexer)
+    features = INLINE_FEATURES if inline else FEATURES
+    stored, header, ci_comp, ci_data = meta_blob(chunker, indexer, features)
+    meta = stored + header
     n = len(chunker.infos)
     blobs = []
     if n:
@@ -511,20 +532,23 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
                 chunk_count=n,
                 compression_algo=Compressor.GZIP.algo,
                 digest_algo=Digester.SHA256.algo,
-                features=FEATURES,
+                features=features,
                 compressed_size=size,
                 uncompressed_size=chunker.uncompressed,
                 ci_compressor=ci_comp.algo,
                 ci_offset=0,
-                ci_compressed_size=len(meta) - blob_meta.HEADER_SIZE,
-                ci_uncompressed_size=ci_size,
-                blob_meta_digest=hashlib.sha256(meta).digest(),
-                blob_meta_size=len(meta),
+                ci_compressed_size=len(stored),
+                ci_uncompressed_size=len(ci_data),
+                # A meta blob is found by the snapshotter beside its layer; a separate blob.meta by its digest.
+                blob_meta_digest=bytes(32) if inline else hashlib.sha256(meta).digest(),
+                blob_meta_size=0 if inline else len(meta),
             )
         )
     boot = build_bootstrap(
         tree.root, blobs, chunk_size=chunk_size, compressor=Compressor.GZIP, digester=Digester.SHA256
     )
+    if inline:
+        meta = _inline_blob(stored, header, ci_comp, ci_data, b"".join(chunker.digests), boot)
     return TargzRef(
         bootstrap=bytes(boot),
         meta=meta,
@@ -537,9 +561,73 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargzRef:
     )
 
 
-def pack_ref(source: str, output: str, chunk_size: int | None = None) -> dict:
-    """``pack --type targz-ref``: the bootstrap to ``output``, the blob.meta beside it named by its sha256.
-    Both are written to temporary files and renamed (the blob.meta first: the bootstrap names it)."""
+def _inline_blob(
+    stored: bytes, header: bytes, ci_comp: Compressor, ci_data: bytes, digests: bytes, boot
+) -> bytes:
+    """The meta blob of ``--blob-inline-meta --features blob-toc``: blob.meta and its header, the chunk
+    digests, the zstd bootstrap, each followed by its tar header, then the ToC (as pack lays out the same
+    sections after a layer's chunk data)."""
+    from .formats import tar_header, toc
+
+    out = bytearray()
+    entries = []
+
+    def section(name: str, data: bytes) -> int:
+        off = len(out)
+        out.extend(data)
+        out.extend(tar_header.build(name, len(data)))
+        return off
+
+    if ci_data:
+        section(tar_header.BLOB_META, stored + header)
+        entries.append(
+            toc.TocEntry(
+                tar_header.BLOB_META, ci_comp, hashlib.sha256(ci_data).digest(), 0, len(stored), len(ci_data)
+            )
+        )
+        entries.append(
+            toc.TocEntry(
+                tar_header.BLOB_META_HEADER,
+                Compressor.NONE,
+                hashlib.sha256(header).digest(),
+                len(stored),
+                len(header),
+                len(header),
+            )
+        )
+        off = section(tar_header.BLOB_DIGEST, digests)
+        entries.append(
+            toc.TocEntry(
+                tar_header.BLOB_DIGEST,
+                Compressor.NONE,
+                hashlib.sha256(digests).digest(),
+                off,
+                len(digests),
+                len(digests),
+            )
+        )
+    boot_stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
+    off = section(tar_header.IMAGE_BOOT, boot_stored)
+    entries.append(
+        toc.TocEntry(
+            tar_header.IMAGE_BOOT,
+            Compressor.ZSTD if compressed else Compressor.NONE,
+            hashlib.sha256(boot).digest(),
+            off,
+            len(boot_stored),
+            len(boot),
+        )
+    )
+    toc_bytes, toc_hdr = toc.build_section(entries)
+    out.extend(toc_bytes)
+    out.extend(toc_hdr)
+    return bytes(out)
+
+
+def pack_ref(source: str, output: str, chunk_size: int | None = None, inline: bool = False) -> dict:
+    """``pack --type targz-ref``: the bootstrap to ``output``, the blob.meta beside it named by its sha256
+    (both written to temporary files and renamed, the blob.meta first: the bootstrap names it); ``inline``:
+    the meta blob holding both to ``output``."""
     from .fsutil import atomic_output
 
     cs = chunk_size or DEFAULT_CHUNK_SIZE
@@ -547,18 +635,19 @@ def pack_ref(source: str, output: str, chunk_size: int | None = None) -> dict:
         raise UsageError(f"chunk size {cs:#x} must be a power of 2 from 0x1000 to 0x1000000")
     if not os.path.isfile(source):
         raise UsageError(f"{source}: no such file (pack --type targz-ref takes a .tar.gz layer)")
-    ref = build(source, cs)
+    ref = build(source, cs, inline)
     meta_path = None
-    if ref.chunks:
+    if ref.chunks and not inline:
         meta_path = os.path.join(
             os.path.dirname(os.path.abspath(output)), hashlib.sha256(ref.meta).hexdigest()
         )
         with atomic_output(meta_path) as f:
             f.write(ref.meta)
     with atomic_output(output) as f:
-        f.write(ref.bootstrap)
+        f.write(ref.meta if inline else ref.bootstrap)
     return {
         "path": output,
+        "form": "meta blob" if inline else "bootstrap",
         "blob_id": ref.blob_id,
         "blob_size": ref.blob_size,
         "blob_meta": meta_path,

@@ -365,6 +365,53 @@ def test_chunk_at_a_member_end(oracle, fuse_ok, tmp_path):
     assert proc.stdout == want
 
 
+# ---------------------------------------------------------------------------- the meta blob form
+@pytest.mark.parametrize("source", [*NYDUS_IMAGE_SOURCES, "big", "multi"])
+def test_inline_meta_equal_nydus_image(request, oracle, source, tmp_path):
+    """``--blob-inline-meta``: the meta blob ``nydus-image create --type targz-ref --blob-inline-meta --features
+    blob-toc`` writes (the snapshotter's form), section by section, tar header by tar header, ToC entry by
+    entry and field by field as test_oracle_fields compares tar-rafs layers, and its blob.meta (contexts and
+    windows included) byte for byte; read back by us with the gzip as its blob."""
+    import re
+
+    from test_oracle_fields import KNOWN_DIFFERENCES, views
+
+    if source in ("big", "multi"):
+        src = big_tar(tmp_path / "big.tar")
+        gz = (
+            multi_member(src, tmp_path / "l.tar.gz")
+            if source == "multi"
+            else gzipped(src, tmp_path / "l.tar.gz")
+        )
+    else:
+        src = source_tar(request, source)
+        gz = gzipped(src, tmp_path / "l.tar.gz")
+    ours = tmp_path / "ours.meta"
+    proc = run_cli("pack", "--type", "targz-ref", "--blob-inline-meta", gz, "-o", ours)
+    assert proc.returncode == 0, proc.stderr.decode()
+    _, theirs = oracle.create(
+        gz, tmp_path / "theirs", *REF, "--blob-inline-meta", "--features", "blob-toc", name="ref"
+    )
+    known = [p for p, _ in KNOWN_DIFFERENCES + KNOWN]
+    unknown = [
+        d for d in differences(views(ours), views(theirs)) if not any(re.fullmatch(p, d[0]) for p in known)
+    ]
+    assert not unknown, f"{len(unknown)} unexplained difference(s): {unknown[:20]}"
+    assert run_cli("entry", ours, "blob.meta").stdout == run_cli("entry", theirs, "blob.meta").stdout
+    # Everything before the bootstrap (whose bytes follow the inode numbering) is nydus-image's.
+    boot_at = next(
+        e for e in json.loads(run_cli("toc", theirs, "--json").stdout)["entries"] if e["name"] == "image.boot"
+    )
+    head = boot_at["compressed_offset"]
+    assert ours.read_bytes()[:head] == theirs.read_bytes()[:head]
+    expected = expected_tree(src)
+    assert_tree_matches(expected, ours, blobs=[str(gz)])
+    for path, want in files_of(src).items():
+        assert run_cli("cat", ours, path, "--blob", gz).stdout == want, path
+    proc = run_cli("verify", ours, "--blob", gz)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_debian_rootfs_targz_ref(request, oracle, fuse_ok, tmp_path):
     """The Debian minbase tar, gzipped: equal to nydus-image's targz-ref field by field, read back by us and
     served by nydusd as the tar holds it."""
@@ -472,6 +519,11 @@ def test_zero_padding_after_gzip_is_read(fixture_tars, tmp_path):
     gz.write_bytes(gzip.compress(fixture_tars["dedup.tar"].read_bytes(), mtime=0) + bytes(1000))
     boot, blobs, _ = pack_ref(gz, tmp_path / "ours")
     read_back(fixture_tars["dedup.tar"], boot, blobs, tmp_path)
+
+
+def test_inline_meta_is_for_targz_ref_only(fixture_tars, tmp_path):
+    proc = run_cli("pack", fixture_tars["dedup.tar"], "-o", tmp_path / "x.blob", "--blob-inline-meta")
+    assert_one_line_error(proc, 2, "--blob-inline-meta")
 
 
 @pytest.mark.parametrize(
