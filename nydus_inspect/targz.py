@@ -564,64 +564,18 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE, inline: bool = Fals
 def _inline_blob(
     stored: bytes, header: bytes, ci_comp: Compressor, ci_data: bytes, digests: bytes, boot
 ) -> bytes:
-    """The meta blob of ``--blob-inline-meta --features blob-toc``: blob.meta and its header, the chunk
-    digests, the zstd bootstrap, each followed by its tar header, then the ToC (as pack lays out the same
-    sections after a layer's chunk data)."""
-    from .formats import tar_header, toc
+    """The meta blob of ``--blob-inline-meta --features blob-toc``: the sections pack writes after a layer's
+    chunk data (blob.meta, blob.digest, image.boot, the ToC), here with no chunk data before them."""
+    import io
 
-    out = bytearray()
-    entries = []
+    from .pack import _Output, write_boot_and_toc, write_meta_sections
 
-    def section(name: str, data: bytes) -> int:
-        off = len(out)
-        out.extend(data)
-        out.extend(tar_header.build(name, len(data)))
-        return off
-
-    if ci_data:
-        section(tar_header.BLOB_META, stored + header)
-        entries.append(
-            toc.TocEntry(
-                tar_header.BLOB_META, ci_comp, hashlib.sha256(ci_data).digest(), 0, len(stored), len(ci_data)
-            )
-        )
-        entries.append(
-            toc.TocEntry(
-                tar_header.BLOB_META_HEADER,
-                Compressor.NONE,
-                hashlib.sha256(header).digest(),
-                len(stored),
-                len(header),
-                len(header),
-            )
-        )
-        off = section(tar_header.BLOB_DIGEST, digests)
-        entries.append(
-            toc.TocEntry(
-                tar_header.BLOB_DIGEST,
-                Compressor.NONE,
-                hashlib.sha256(digests).digest(),
-                off,
-                len(digests),
-                len(digests),
-            )
-        )
-    boot_stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
-    off = section(tar_header.IMAGE_BOOT, boot_stored)
-    entries.append(
-        toc.TocEntry(
-            tar_header.IMAGE_BOOT,
-            Compressor.ZSTD if compressed else Compressor.NONE,
-            hashlib.sha256(boot).digest(),
-            off,
-            len(boot_stored),
-            len(boot),
-        )
-    )
-    toc_bytes, toc_hdr = toc.build_section(entries)
-    out.extend(toc_bytes)
-    out.extend(toc_hdr)
-    return bytes(out)
+    buf = io.BytesIO()
+    out = _Output(buf)
+    entries = write_meta_sections(out, stored, header, ci_comp, ci_data, digests) if ci_data else []
+    write_boot_and_toc(out, boot, entries)
+    out.flush()
+    return buf.getvalue()
 
 
 def pack_ref(source: str, output: str, chunk_size: int | None = None, inline: bool = False) -> dict:
