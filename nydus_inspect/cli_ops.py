@@ -75,6 +75,15 @@ def cmd_pack(args) -> int:
             raise UsageError("--type estargz-ref writes a RAFS bootstrap: not with --format erofs")
         _refuse_erofs_only(args, "--format erofs")
         return _pack_estargz_ref(args)
+    if getattr(args, "blob_inline_meta", False) and getattr(args, "type", "tar-rafs") != "targz-ref":
+        raise UsageError(
+            "--blob-inline-meta is for --type targz-ref (a tar-rafs layer has its metadata inline)"
+        )
+    if getattr(args, "type", "tar-rafs") == "targz-ref":
+        if erofs:
+            raise UsageError("--type targz-ref writes a RAFS bootstrap: not with --format erofs")
+        _refuse_erofs_only(args, "--format erofs")
+        return _pack_targz_ref(args)
     if erofs:
         return _cmd_pack_erofs(args)
     _refuse_erofs_only(args, "--format erofs")
@@ -118,6 +127,40 @@ def _pack_estargz_ref(args) -> int:
     )
     if res["blob_meta"]:
         print(f"{res['blob_meta']}: its blob.meta (nydusd reads it from the blob directory, beside the blob)")
+    return 0
+
+
+def _pack_targz_ref(args) -> int:
+    """The bootstrap and blob.meta over a plain .tar.gz, as nydus-image's targz-ref builder writes them."""
+    from .targz import pack_ref
+    from .units import parse_size
+
+    # The chunks stay in the gzip: its compression is the layer's, and the digester is sha256.
+    if args.compressor != "zstd":
+        raise UsageError("--type targz-ref keeps the layer's gzip: --compressor does not apply")
+    if args.digester not in ("blake3", "sha256"):
+        raise UsageError(f"--type targz-ref digests chunks with sha256, not {args.digester}")
+    if args.bootstrap:
+        raise UsageError("--type targz-ref: OUT is the bootstrap already; --bootstrap does not apply")
+    if args.source == "-":
+        raise UsageError("--type targz-ref needs the .tar.gz as a file: its sha256 is the blob id")
+    res = pack_ref(
+        args.source, args.output, parse_size(args.chunk_size, "--chunk-size"), args.blob_inline_meta
+    )
+    if args.json:
+        from .cli import print_json
+
+        print_json(res)
+        return 0
+    if not args.quiet:
+        print(
+            f"{res['path']}: {res['form']}, bootstrap {res['bootstrap_size']} bytes, over gzip blob {res['blob_id']} "
+            f"({res['entries']} entries, {res['chunks']} chunks, {res['zran_contexts']} zran contexts)"
+        )
+        if res["blob_meta"]:
+            print(
+                f"{res['blob_meta']}: its blob.meta (nydusd reads it from the blob directory, beside the blob)"
+            )
     return 0
 
 
@@ -546,11 +589,18 @@ def register(sub) -> None:
     )
     s.add_argument(
         "--type",
-        choices=("tar-rafs", "estargz-ref"),
+        choices=("tar-rafs", "estargz-ref", "targz-ref"),
         default="tar-rafs",
         help="tar-rafs (default): a nydus layer blob from a tar; estargz-ref: LAYER is an eStargz blob and OUT "
         "the RAFS v6 bootstrap that references it (the blob keeps its sha256 as its blob id; its blob.meta is "
-        "written beside OUT, named by its sha256)",
+        "written beside OUT, named by its sha256); targz-ref: the same over a plain .tar.gz, its chunks read "
+        "through zran contexts",
+    )
+    s.add_argument(
+        "--blob-inline-meta",
+        action="store_true",
+        help="targz-ref: OUT is the meta blob (blob.meta, chunk digests, bootstrap, ToC), as nydus-image "
+        "--blob-inline-meta --features blob-toc writes it for the snapshotter",
     )
     s.add_argument("--json", action="store_true", help="what was written (digest, counts, ToC) as JSON")
     s.add_argument("-q", "--quiet", action="store_true")

@@ -363,6 +363,54 @@ def _blob_entry(
     )
 
 
+def write_meta_sections(
+    out: _Output, stored: bytes, header: bytes, ci_comp: Compressor, ci_data: bytes, digests: bytes
+) -> list[toc.TocEntry]:
+    """blob.meta (its chunk-info data as stored, then its 4096-byte header) and blob.digest (the chunk
+    digests), each followed by its tar header; returns their ToC entries."""
+    at = out.pos
+    out.write(stored)
+    out.write(header)
+    out.write(tar_header.build(BLOB_META, len(stored) + len(header)))
+    entries = [
+        toc.TocEntry(BLOB_META, ci_comp, hashlib.sha256(ci_data).digest(), at, len(stored), len(ci_data)),
+        toc.TocEntry(
+            BLOB_META_HEADER,
+            Compressor.NONE,
+            hashlib.sha256(header).digest(),
+            at + len(stored),
+            len(header),
+            len(header),
+        ),
+    ]
+    off = out.section(BLOB_DIGEST, digests)
+    entries.append(
+        toc.TocEntry(
+            BLOB_DIGEST, Compressor.NONE, hashlib.sha256(digests).digest(), off, len(digests), len(digests)
+        )
+    )
+    return entries
+
+
+def write_boot_and_toc(out: _Output, boot, entries: list[toc.TocEntry]) -> None:
+    """The bootstrap (zstd when smaller) and its tar header, then the ToC of ``entries`` and it."""
+    stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
+    off = out.section(IMAGE_BOOT, stored)
+    entries.append(
+        toc.TocEntry(
+            IMAGE_BOOT,
+            Compressor.ZSTD if compressed else Compressor.NONE,
+            hashlib.sha256(boot).digest(),
+            off,
+            len(stored),
+            len(boot),
+        )
+    )
+    toc_bytes, toc_hdr = toc.build_section(entries)
+    out.write(toc_bytes)
+    out.write(toc_hdr)
+
+
 def _finish(
     out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str, plan: Plan | None = None
 ) -> PackResult:
@@ -390,36 +438,7 @@ def _finish(
             s_ci_compressed_size=len(stored),
             s_ci_uncompressed_size=len(array),
         ).build()
-        out.write(stored)
-        out.write(header)
-        out.write(tar_header.build(BLOB_META, len(stored) + len(header)))
-        entries.append(
-            toc.TocEntry(
-                BLOB_META, ci_comp, hashlib.sha256(array).digest(), ci["offset"], len(stored), len(array)
-            )
-        )
-        entries.append(
-            toc.TocEntry(
-                BLOB_META_HEADER,
-                Compressor.NONE,
-                hashlib.sha256(header).digest(),
-                ci["offset"] + len(stored),
-                len(header),
-                len(header),
-            )
-        )
-        digests = b"".join(chunker.digests)
-        off = out.section(BLOB_DIGEST, digests)
-        entries.append(
-            toc.TocEntry(
-                BLOB_DIGEST,
-                Compressor.NONE,
-                hashlib.sha256(digests).digest(),
-                off,
-                len(digests),
-                len(digests),
-            )
-        )
+        entries += write_meta_sections(out, stored, header, ci_comp, array, b"".join(chunker.digests))
         blobs = [
             _blob_entry(
                 chunker,
@@ -440,21 +459,7 @@ def _finish(
         plan=plan,
         writable=True,
     )
-    stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
-    off = out.section(IMAGE_BOOT, stored)
-    entries.append(
-        toc.TocEntry(
-            IMAGE_BOOT,
-            Compressor.ZSTD if compressed else Compressor.NONE,
-            hashlib.sha256(boot).digest(),
-            off,
-            len(stored),
-            len(boot),
-        )
-    )
-    toc_bytes, toc_hdr = toc.build_section(entries)
-    out.write(toc_bytes)
-    out.write(toc_hdr)
+    write_boot_and_toc(out, boot, entries)
     files = sum(1 for _, node in tree.walk() if node.type == "file")
     return PackResult(
         path=output,

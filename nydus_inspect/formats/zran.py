@@ -193,6 +193,7 @@ def inflate(ctx: ZranContext, raw: bytes) -> bytes:
     # output nothing are put in front, as many bits as make the unread bits of ctx_byte end on a byte
     # boundary, and the gzip's own bytes follow unshifted (stored blocks keep their byte alignment).
     buf = _resume_prefix(ctx.ctx_byte, ctx.ctx_bits) + bytes(raw)
+    first = buf
     out = bytearray()
     window = ctx.window
     while len(out) < ctx.out_len:
@@ -200,6 +201,12 @@ def inflate(ctx: ZranContext, raw: bytes) -> bytes:
             d = zlib.decompressobj(wbits=-15, zdict=window) if window else zlib.decompressobj(wbits=-15)
             out += d.decompress(buf, ctx.out_len - len(out))
         except zlib.error as exc:
+            hdr = _gzip_header_size(raw, 8) if not out and buf is first else None
+            if hdr is not None:
+                # nydus-image 2.4.4 starts a context at the end of a member's last block when a chunk starts
+                # there: what follows is the member's trailer and the next member, whose data the chunk is.
+                buf, window = bytes(raw[8 + hdr :]), b""
+                continue
             raise FormatError(
                 "zran context",
                 f"context {ctx.index}: gzip data does not inflate: {exc}",
