@@ -102,7 +102,7 @@ class PackResult:
         }
 
 
-class _Output:
+class SectionWriter:
     """Appends to the blob while hashing the whole file.
 
     Writes are gathered into ~1 MiB pieces before they reach the file and the hash: each of those
@@ -196,7 +196,7 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
 class _Chunker:
     """Orders, deduplicates and writes chunks produced by the worker pool."""
 
-    def __init__(self, out: _Output, opts: PackOptions, pool: ThreadPoolExecutor, workers: int) -> None:
+    def __init__(self, out: SectionWriter, opts: PackOptions, pool: ThreadPoolExecutor, workers: int) -> None:
         self.out = out
         self.opts = opts
         self.pool = pool
@@ -321,7 +321,7 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
     # bootstrap that reads it with stale chunk offsets.
     paths = [opts.bootstrap, output] if opts.bootstrap else [output]
     with open_tar_input(source) as stream, atomic_outputs(paths) as files:
-        out = _Output(files[-1])
+        out = SectionWriter(files[-1])
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
@@ -364,7 +364,7 @@ def _blob_entry(
 
 
 def write_meta_sections(
-    out: _Output, stored: bytes, header: bytes, ci_comp: Compressor, ci_data: bytes, digests: bytes
+    out: SectionWriter, stored: bytes, header: bytes, ci_comp: Compressor, ci_data: bytes, digests: bytes
 ) -> list[toc.TocEntry]:
     """blob.meta (its chunk-info data as stored, then its 4096-byte header) and blob.digest (the chunk
     digests), each followed by its tar header; returns their ToC entries."""
@@ -392,7 +392,7 @@ def write_meta_sections(
     return entries
 
 
-def write_boot_and_toc(out: _Output, boot, entries: list[toc.TocEntry]) -> None:
+def write_boot_and_toc(out: SectionWriter, boot, entries: list[toc.TocEntry]) -> None:
     """The bootstrap (zstd when smaller) and its tar header, then the ToC of ``entries`` and it."""
     stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)
     off = out.section(IMAGE_BOOT, stored)
@@ -412,7 +412,12 @@ def write_boot_and_toc(out: _Output, boot, entries: list[toc.TocEntry]) -> None:
 
 
 def _finish(
-    out: _Output, tree: TarTree, chunker: _Chunker, opts: PackOptions, output: str, plan: Plan | None = None
+    out: SectionWriter,
+    tree: TarTree,
+    chunker: _Chunker,
+    opts: PackOptions,
+    output: str,
+    plan: Plan | None = None,
 ) -> PackResult:
     entries: list[toc.TocEntry] = []
     n = chunker.count

@@ -568,10 +568,10 @@ def _inline_blob(
     chunk data (blob.meta, blob.digest, image.boot, the ToC), here with no chunk data before them."""
     import io
 
-    from .pack import _Output, write_boot_and_toc, write_meta_sections
+    from .pack import SectionWriter, write_boot_and_toc, write_meta_sections
 
     buf = io.BytesIO()
-    out = _Output(buf)
+    out = SectionWriter(buf)
     entries = write_meta_sections(out, stored, header, ci_comp, ci_data, digests) if ci_data else []
     write_boot_and_toc(out, boot, entries)
     out.flush()
