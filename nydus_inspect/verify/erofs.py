@@ -137,7 +137,8 @@ def _check_verity(run: _Run) -> None:
     root_given, salt = run.verity_root, run.verity_salt
     try:
         image = layer.rafs
-        data_size = round_up(image.sb.s_blocks * BLOCK_SIZE, BLOCK_SIZE)
+        # s_blocks is in the image's own blocks (512 to 4096 bytes); dm-verity hashes in 4096-byte ones.
+        data_size = round_up(image.sb.s_blocks * image.block_size, BLOCK_SIZE)
     except NydusInspectError:
         return
     payload = _verity_payload(layer, data_size)

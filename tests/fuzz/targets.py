@@ -417,7 +417,9 @@ def fuzz_erofs(data: bytes) -> None:
                     continue
                 fmt, partial = (c.blob_index - Z_BLOB) % Z_PARTIAL, c.blob_index - Z_BLOB >= Z_PARTIAL
                 raw = data[c.compressed_offset : c.compressed_offset + c.compressed_size]
-                erofs_codecs.decode(raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, 0)
+                erofs_codecs.decode(
+                    raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, 0, r.block_size
+                )
     except EXPECTED:
         pass
 
