@@ -117,6 +117,13 @@ def test_tar_index_through_every_command(erofs_utils, fixture_tars, tmp_path):
     assert (len(proc.stdout), hashlib.sha256(proc.stdout).hexdigest()) == (size, digest)
     proc = run_cli("ls", "-R", image)  # metadata only: no tar needed
     assert proc.returncode == 0 and path in proc.stdout.split(b"\n")
+    proc = run_cli("info", image)
+    assert proc.returncode == 0
+    lines = proc.stdout.decode().splitlines()
+    blocks = -(-tar.stat().st_size // 512)
+    assert any(ln.split() == ["block", "size", "512"] for ln in lines), lines
+    shown = next(ln.split() for ln in lines if ln.split()[:1] == ["devices"])
+    assert shown[1] == "1:" and 0 < int(shown[2]) <= blocks and shown[3:] == ["blocks"], shown
     proc = run_cli("verify", image, "--blob", tar)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     proc = run_cli("diff", tar, image, "--blob", tar)
