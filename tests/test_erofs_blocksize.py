@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 from pathlib import Path
 
 import pytest
 import test_mount
 from fixtures_util import assert_one_line_error, fixture_tars_fixture, run_cli  # noqa: F401
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_erofs_native import (
     FIXTURES,
     _compressible_tree,
@@ -25,6 +28,7 @@ from test_erofs_native import (
     check_image,
     extracted_tree,
 )
+from tree_strategies import trees, write_tree_tar
 
 from nydus_inspect.formats import erofs
 from nydus_inspect.layer import open_layer
@@ -232,6 +236,28 @@ def test_mount_small_blocks_and_tar_index(erofs_utils, mounts, fixture_tars, tmp
         mounts.umount(mp)
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    entries=trees(),
+    opts=st.sampled_from(
+        [
+            ("--tar=f", "-b512"),
+            ("--tar=f", "-b1024", "-zlz4hc", "-C4096"),
+            ("--tar=f", "-b2048", "--chunksize=4096"),
+            ("--tar=f", "-b512", "-zzstd", "-Efragments"),
+            ("--tar=i",),
+        ]
+    ),
+)
+def test_generated_trees_in_small_blocks(erofs_utils, tmp_path_factory, entries, opts):
+    work = tmp_path_factory.mktemp("tree")
+    tar = work / "tree.tar"
+    write_tree_tar(tar, entries)
+    image = erofs_utils.mkfs(work / "tree.erofs", tar, *opts)
+    check_image(erofs_utils, image, work, tar, devices=(tar,) if opts == ("--tar=i",) else ())
+    shutil.rmtree(work)
+
+
 def _rootfs() -> Path:
     src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
     if not src.is_file():
@@ -255,3 +281,36 @@ def test_debian_rootfs(erofs_utils, tmp_path, opts):
     devices = (src,) if opts == ("--tar=i",) else ()
     want = check_image(erofs_utils, image, tmp_path, src, devices=devices)
     assert len(want) > 3000
+
+
+@pytest.mark.parametrize(
+    "opts", [("-b512", "-zlz4hc", "-C2048"), ("-b1024", "-Enoinline_data"), ("--tar=i",)], ids=str
+)
+def test_damaged_small_block_images_are_format_errors(erofs_utils, fixture_tars, tmp_path, opts):
+    """Bytes of the metadata changed at random (checksum set again): every reader path (walk, xattrs, block
+    maps, chunk indexes, lcluster indexes, pclusters) either reads or raises its FormatError, nothing else."""
+    import random
+
+    from fuzz.targets import fuzz_erofs
+
+    if opts == ("--tar=i",):
+        src = fixture_tars["xattrs.tar"]
+    else:
+        src = tmp_path / "src"
+        (src / "d").mkdir(parents=True)
+        (src / "d" / "text").write_bytes(b"".join(b"line %d\n" % i for i in range(3000)))
+        (src / "d" / "noise").write_bytes(hashlib.shake_256(b"noise").digest(5000))
+        (src / "tiny").write_bytes(b"x" * 700)
+        os.symlink("d/text", src / "link")
+        os.setxattr(src / "tiny", "user.k", b"v" * 40)
+    image = erofs_utils.mkfs(tmp_path / "img.erofs", src, *opts)
+    raw = image.read_bytes()
+    with open_layer(str(image)) as layer:
+        meta = layer.rafs.inode_offset(0)
+    rnd = random.Random(" ".join(opts))
+    for _ in range(300):
+        bad = bytearray(raw)
+        for _ in range(rnd.choice((1, 2, 4))):
+            at = rnd.randrange(1024, len(raw)) if rnd.random() < 0.2 else rnd.randrange(meta, len(raw))
+            bad[at] = rnd.choice((0, 0xFF, bad[at] ^ (1 << rnd.randrange(8)), rnd.randrange(256)))
+        fuzz_erofs(bytes(bad))
