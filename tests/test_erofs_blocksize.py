@@ -149,6 +149,36 @@ def test_tar_index_without_its_tar_is_one_line(erofs_utils, fixture_tars, tmp_pa
     assert_one_line_error(run_cli("cat", image, "/data/small.txt", "--blob", short), 2, "at least")
 
 
+def test_verify_names_a_tar_that_is_not_the_indexed_one(erofs_utils, fixture_tars, tmp_path):
+    """EROFS records no digest of a tar index's data: verify holds each file's data to follow its own tar
+    header, so a different tar (here the same one behind an extra member) is a finding naming the files, and
+    a --blobdev device (chunk data, no headers) is not held to it."""
+    import io
+    import tarfile
+
+    tar = fixture_tars["every-type.tar"]
+    image = _index(erofs_utils, tar, tmp_path / "index.erofs")
+    extra = io.BytesIO()
+    with tarfile.open(fileobj=extra, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo("extra")
+        info.size = 512
+        tf.addfile(info, io.BytesIO(bytes(512)))
+    shifted = tmp_path / "shifted.tar"
+    shifted.write_bytes(extra.getvalue()[:1024] + tar.read_bytes())
+    proc = run_cli("verify", image, "--blob", shifted)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out + proc.stderr.decode()
+    assert "erofs.tar" in out and "/data/two-and-a-half-m.bin" in out, out
+    proc = run_cli("verify", image, "--blob", tar)
+    assert proc.returncode == 0 and "erofs.tar" not in proc.stdout.decode()
+    dev = tmp_path / "blob.dev"
+    image = erofs_utils.mkfs(
+        tmp_path / "blobdev.erofs", tar, "--tar=f", "-b512", "--chunksize=4096", f"--blobdev={dev}"
+    )
+    proc = run_cli("verify", image, "--blob", dev)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
 def _rewrite(image: Path, out: Path, patch) -> Path:
     raw = bytearray(image.read_bytes())
     patch(raw)
