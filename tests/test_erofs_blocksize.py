@@ -179,6 +179,18 @@ def test_verify_names_a_tar_that_is_not_the_indexed_one(erofs_utils, fixture_tar
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
 
 
+def test_mount_of_a_tar_index_without_its_tar_is_one_line(erofs_utils, fixture_tars, tmp_path, fuse):
+    tar = fixture_tars["every-type.tar"]
+    image = _index(erofs_utils, tar, tmp_path / "index.erofs")
+    (tmp_path / "mnt").mkdir()
+    assert_one_line_error(run_cli("mount", image, tmp_path / "mnt"), 2, "blob device", "--blob")
+    assert not os.path.ismount(tmp_path / "mnt")
+    short = tmp_path / "short.tar"
+    short.write_bytes(tar.read_bytes()[:4096])
+    assert_one_line_error(run_cli("mount", image, tmp_path / "mnt", "--blob", short), 2, "at least")
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
 def _rewrite(image: Path, out: Path, patch) -> Path:
     raw = bytearray(image.read_bytes())
     patch(raw)
