@@ -110,6 +110,14 @@ def test_tar_index_reads_the_tar(erofs_utils, fixture_tars, tmp_path, name):
     check_image(erofs_utils, image, tmp_path, tar, devices=(tar,))
 
 
+def test_tar_index_of_a_gzip_tar_reads_the_tar_inside(erofs_utils, fixture_tars, tmp_path):
+    """``--tar=i --ungzip``: the index points into the tar the gzip holds, which is the one to give."""
+    gz, tar = fixture_tars["every-type.tar.gz"], fixture_tars["every-type.tar"]
+    image = erofs_utils.mkfs(tmp_path / "index.erofs", gz, "--tar=i", "--ungzip")
+    check_image(erofs_utils, image, tmp_path, tar, devices=(tar,))
+    assert_one_line_error(run_cli("cat", image, "/data/small.txt", "--blob", gz), 2, "at least")
+
+
 def test_tar_index_through_every_command(erofs_utils, fixture_tars, tmp_path):
     """ls, cat, unpack (to a tar), verify and diff of an index image, all given the tar with --blob."""
     tar = fixture_tars["every-type.tar"]
