@@ -122,7 +122,7 @@ def drive(
     ``script``."""
     from tui.app import NydusApp
 
-    files = [str(b) for b in blobs or ()]
+    files = [str(b) for b in blobs] if blobs else None
     layers = [open_layer(str(p), blob_dir=blob_dir, blobs=files) for p in paths]
 
     async def main() -> None:
