@@ -214,6 +214,15 @@ def cmd_info(args) -> int:
                 ("compr algs", ", ".join(e["compression_algorithms"]) or "-"),
                 ("uuid", e["uuid"]),
                 ("volume name", e["volume_name"] or "-"),
+                # Data on an extra device (a --tar=i index's tar, a --blobdev file) is read from --blob FILE.
+                (
+                    "devices",
+                    "; ".join(
+                        f"{d['device']}: {d['blocks']} blocks" + (f" ({d['tag']})" if d["tag"] else "")
+                        for d in e["devices"]
+                    )
+                    or "-",
+                ),
             ],
             indent="  ",
         )

@@ -125,10 +125,12 @@ class Erofs(RafsV6):
         self.sb = self.esb.sb
         self.ext = _NotNydus(name, "RAFS extended superblock")
         self.meta = _NotNydus(name, "RAFS blob or prefetch table")
-        self.chunk_size = rafs_v6.BLOCK_SIZE
+        # Every block address of a plain image is in its own blocks (512 to 4096 bytes; RAFS v6 keeps 4096).
+        self.block_size = self.esb.block_size
+        self.chunk_size = self.block_size
         self.digester = _NotNydus(name, "chunk digester")
         self.compressor = _NotNydus(name, "chunk compressor")
-        self._meta_off = self.sb.s_meta_blkaddr * rafs_v6.BLOCK_SIZE
+        self._meta_off = self.sb.s_meta_blkaddr * self.block_size
         self._inodes = _LRU(65536)
         self._chunk_table = None
         self._records = None
@@ -185,11 +187,19 @@ class Erofs(RafsV6):
         layout = ino.datalayout
         if layout in (rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE):
             return erofs.flat_extents(
-                ino.i_size, ino.i_u, layout == rafs_v6.LAYOUT_FLAT_INLINE, after, self.size, node.nid
+                ino.i_size,
+                ino.i_u,
+                layout == rafs_v6.LAYOUT_FLAT_INLINE,
+                after,
+                self.size,
+                node.nid,
+                self.block_size,
             )
         if layout == rafs_v6.LAYOUT_CHUNK_BASED:
             devices = tuple(blocks for _, blocks, _ in self.esb.devices)
-            return erofs.chunk_extents(self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid, devices)
+            return erofs.chunk_extents(
+                self.buf, ino.i_size, ino.i_u & 0xFFFF, after, node.nid, self.block_size, devices
+            )
         raise FormatError(
             "erofs inode",
             f"{fsdecode(node.path)}: compressed file data ({ino.layout_name} layout) has no flat extents",
@@ -205,7 +215,7 @@ class Erofs(RafsV6):
             return None
         after = self.inode_offset(node.nid) + ino.inode_size + ino.xattr_size
         try:
-            out = erofs_zmap.extents(self.buf, node.nid, ino.datalayout, ino.i_size, after)
+            out = erofs_zmap.extents(self.buf, node.nid, ino.datalayout, ino.i_size, after, self.block_size)
         except FormatError as exc:
             raise FormatError(
                 exc.structure,
@@ -265,7 +275,7 @@ class Erofs(RafsV6):
                     continue
                 blob = Z_BLOB + z.fmt + (Z_PARTIAL if z.partial else 0)
                 # uncompressed_offset: where the extent starts in its block (interlaced extents rotate by it).
-                where = z.file_offset % rafs_v6.BLOCK_SIZE
+                where = z.file_offset % self.block_size
                 out.append(
                     ChunkRef(blob, len(out), z.file_offset, z.offset, z.stored, where, z.length, True, b"")
                 )
@@ -353,7 +363,13 @@ class Erofs(RafsV6):
 
         fmt, partial = (c.blob_index - Z_BLOB) % Z_PARTIAL, c.blob_index - Z_BLOB >= Z_PARTIAL
         return erofs_codecs.decode(
-            raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, c.compressed_offset
+            raw,
+            fmt,
+            c.uncompressed_size,
+            partial,
+            c.uncompressed_offset,
+            c.compressed_offset,
+            self.block_size,
         )
 
     @property
@@ -394,18 +410,20 @@ class Erofs(RafsV6):
         raise FormatError("erofs image", "a plain EROFS image has no blob table", value=blob_index)
 
     def _device(self, k: int, layer: Layer) -> _DeviceFile:
-        """Extra device ``k``: the k-th file given with --blob (mkfs.erofs --blobdev wrote it)."""
+        """Extra device ``k``: the k-th file given with --blob (the file mkfs.erofs --blobdev wrote, or the
+        tar a --tar=i index points into)."""
         import os
 
         _, blocks, _ = self.esb.devices[k - 1]
         files = layer.extra_blobs
         if len(files) < k:
             raise UsageError(
-                f"{layer.path}: file data lies on extra device {k} of {len(self.esb.devices)} (mkfs.erofs "
+                f"{layer.path}: the image's file data lies in its blob device, extra device {k} of "
+                f"{len(self.esb.devices)} (the tar a mkfs.erofs --tar=i index was made from, or the file of "
                 "--blobdev); give the device files in order with --blob FILE"
             )
         path = files[k - 1]
-        need = blocks * rafs_v6.BLOCK_SIZE
+        need = blocks * self.block_size
         if not os.path.isfile(path) or os.path.getsize(path) < need:
             raise UsageError(
                 f"{path}: extra device {k} of {layer.path} must be a file of at least {need} bytes"
@@ -473,7 +491,13 @@ class ErofsChunkReader(ChunkReader):
         try:
             raw = blob.source.pread(ref.compressed_offset, ref.compressed_size, "erofs pcluster")
             return erofs_codecs.decode(
-                raw, fmt, ref.uncompressed_size, partial, ref.uncompressed_offset, ref.compressed_offset
+                raw,
+                fmt,
+                ref.uncompressed_size,
+                partial,
+                ref.uncompressed_offset,
+                ref.compressed_offset,
+                blob.layer.rafs.block_size,
             )
         except FormatError as exc:
             raise exc.located(blob.path) from None

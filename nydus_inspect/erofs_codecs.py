@@ -25,7 +25,6 @@ from .formats.erofs_zmap import (
     ALG_LZ4,
     ALG_LZMA,
     ALG_ZSTD,
-    BLOCK,
     FMT_INTERLACED,
     FMT_SHIFTED,
     FORMAT_NAMES,
@@ -35,18 +34,21 @@ from .formats.erofs_zmap import (
 LZMA_MAX_DICT = 8 << 20
 
 
-def decode(raw: bytes, fmt: int, length: int, partial: bool, block_offset: int, offset: int) -> bytes:
+def decode(
+    raw: bytes, fmt: int, length: int, partial: bool, block_offset: int, offset: int, bs: int
+) -> bytes:
     """The ``length`` bytes pcluster ``raw`` (at image ``offset``) holds, decoded with ``fmt``.
-    ``block_offset``: where the extent starts in its block (for interlaced uncompressed extents)."""
+    ``block_offset``: where the extent starts in its block of ``bs`` bytes (for interlaced uncompressed
+    extents)."""
     what = f"erofs {FORMAT_NAMES.get(fmt, fmt)} pcluster"
     if fmt == FMT_SHIFTED:
         if length > len(raw):
             raise FormatError(what, "extent larger than its pcluster", offset=offset, value=length)
         return bytes(raw[:length])
     if fmt == FMT_INTERLACED:
-        if length > len(raw) or len(raw) > BLOCK:
+        if length > len(raw) or len(raw) > bs:
             raise FormatError(what, "interlaced extent larger than one block", offset=offset, value=length)
-        head = min(BLOCK - block_offset, length)
+        head = min(bs - block_offset, length)
         return bytes(raw[block_offset : block_offset + head]) + bytes(raw[: length - head])
     # 0padding: the stream ends the pcluster; zeros before it are padding (a stream never starts with 0,
     # LZMA's first byte being replaced by MicroLZMA's inverted properties).

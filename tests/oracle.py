@@ -252,20 +252,23 @@ class ErofsUtils:
         )
         return image
 
-    def extract(self, image: Path, out: Path) -> Path:
-        """``fsck.erofs --extract=OUT`` with owners, modes and times as stored (it checks the image as it goes)."""
+    def extract(self, image: Path, out: Path, devices: tuple[Path, ...] = ()) -> Path:
+        """``fsck.erofs --extract=OUT`` with owners, modes and times as stored (it checks the image as it goes);
+        ``devices``: the image's extra devices in order (``--device``)."""
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.run("fsck.erofs", f"--extract={out}", "--preserve", "--xattrs", "--force", image)
+        devs = [f"--device={d}" for d in devices]
+        self.run("fsck.erofs", *devs, f"--extract={out}", "--preserve", "--xattrs", "--force", image)
         return out
 
     @contextlib.contextmanager
-    def mounted(self, image: Path, mnt: Path):
-        """``erofsfuse IMAGE MNT``, taken down on exit (also on failure)."""
+    def mounted(self, image: Path, mnt: Path, devices: tuple[Path, ...] = ()):
+        """``erofsfuse [--device=DEV...] IMAGE MNT``, taken down on exit (also on failure)."""
         mnt.mkdir(parents=True, exist_ok=True)
         log = mnt.parent / f"{mnt.name}.erofsfuse.log"
+        devs = [f"--device={d}" for d in devices]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [str(self.bin / "erofsfuse"), str(image), str(mnt)], stdout=out, stderr=out
+                [str(self.bin / "erofsfuse"), *devs, str(image), str(mnt)], stdout=out, stderr=out
             )
 
         def failed() -> str:

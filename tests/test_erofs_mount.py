@@ -198,7 +198,6 @@ def test_blob_device_images(opts, erofs_utils, mounts, fixture_tars, tmp_path):
 
 #: mkfs.erofs 1.9.3 options that write what this reader does not follow, and the words of its refusal.
 UNSUPPORTED = {
-    "tar-index": (("--tar=i",), "512-byte blocks"),
     "metabox": (("--tar=f", "-m4096", "-zlz4hc"), "metadata box"),
     "48bit": (("--tar=f", "-E48bit"), "48-bit"),
 }

@@ -110,3 +110,26 @@ def test_erofs_damaged_pcluster_shows_in_the_preview(images, tmp_path):
         assert text_of(app, "#file-preview").startswith("content does not read")
 
     drive([image], script)
+
+
+@pytest.mark.parametrize("with_tar", [True, False], ids=["with-tar", "without-tar"])
+def test_erofs_tar_index_previews_through_the_tar(erofs_utils, tmp_path, with_tar):
+    """A --tar=i index (512-byte blocks): the files screen shows each file's one chunk on the tar and previews
+    it read from the tar given with --blob; without the tar the preview says where the data is."""
+    tar = make_tar(tmp_path / "small.tar", many=5)
+    image = erofs_utils.mkfs(tmp_path / "index.erofs", tar, "--tar=i")
+
+    async def script(app, pilot):
+        await press(app, pilot, "4")
+        assert app.screen.reveal("/srv/a.txt")
+        await settle(app, pilot)
+        chunks = rows(app.screen.query_one("#file-chunks", DataTable))
+        sizes = [int(r[7].replace(",", "")) for r in chunks]
+        assert sum(sizes) == len(A_TXT)
+        preview = text_of(app, "#file-preview")
+        if with_tar:
+            assert preview.startswith(f"first 4,096 of {len(A_TXT):,} bytes (text)\nline 00000"), preview
+        else:
+            assert "blob device" in preview and "--blob" in preview, preview
+
+    drive([image], script, blobs=[tar] if with_tar else None)

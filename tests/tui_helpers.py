@@ -116,11 +116,14 @@ def drive(
     source: str | None = None,
     start: str = "overview",
     jobs_in_process: bool = False,
+    blobs: list | None = None,
 ) -> None:
-    """Open ``paths``, run the app headless and hand ``(app, pilot)`` to ``script``."""
+    """Open ``paths`` (``blobs``: files given with --blob), run the app headless and hand ``(app, pilot)`` to
+    ``script``."""
     from tui.app import NydusApp
 
-    layers = [open_layer(str(p), blob_dir=blob_dir) for p in paths]
+    files = [str(b) for b in blobs] if blobs else None
+    layers = [open_layer(str(p), blob_dir=blob_dir, blobs=files) for p in paths]
 
     async def main() -> None:
         app = NydusApp(layers, source=source, start=start, jobs_in_process=jobs_in_process)

@@ -153,20 +153,33 @@ def parse_devices(buf, sb) -> tuple[tuple[bytes, int, int], ...]:
     return tuple(out)
 
 
+#: The block sizes read (as 1 << s_blkszbits): mkfs.erofs writes 512 to 4096 (``-b``; 512 for ``--tar=i``).
+MIN_BLKSZBITS, MAX_BLKSZBITS = 9, 12
+#: Block sizes EROFS defines beyond those (up to 64 KiB, for kernels with larger pages), refused by name:
+#: mkfs.erofs 1.9.3 does not write them, so nothing holds this reader to them.
+MAX_EROFS_BLKSZBITS = 16
+
+
 def parse_superblock(buf) -> ErofsSuper:
     """Decode and check a plain EROFS superblock; features this reader cannot follow are refused by name."""
     sb = rafs_v6.SuperBlock.parse(buf, SB_OFFSET, rafs=False)
-    if sb.s_blkszbits != 12:
-        # Every offset in the shared reader is in 4 KiB blocks (mkfs.erofs's default on x86 and arm64);
-        # mkfs.erofs --tar=i writes 512-byte blocks that index the tar beside the image.
-        raise rafs_v6.SUPERBLOCK.error(
-            "s_blkszbits",
-            SB_OFFSET,
-            f"unsupported EROFS feature: {1 << sb.s_blkszbits}-byte blocks (only 4096; a --tar=i index has 512)",
-            sb.s_blkszbits,
+    bits = sb.s_blkszbits
+    if not MIN_BLKSZBITS <= bits <= MAX_BLKSZBITS:
+        if MAX_BLKSZBITS < bits <= MAX_EROFS_BLKSZBITS:
+            what = (
+                f"unsupported EROFS feature: {1 << bits}-byte blocks (blocks of 512 to 4096 bytes are read)"
+            )
+        else:
+            what = "block size out of range (EROFS blocks are 2^9 to 2^16 bytes)"
+        raise rafs_v6.SUPERBLOCK.error("s_blkszbits", SB_OFFSET, what, bits)
+    bs = 1 << bits
+    # The superblock is at byte 1024 whatever the block size: in the first 4 KiB block, or in the third
+    # 512-byte one.
+    least = max(bs, SB_OFFSET + rafs_v6.SUPERBLOCK.size)
+    if len(buf) < least:
+        raise FormatError(
+            "erofs image", f"shorter than its superblock and first {bs}-byte block", value=len(buf)
         )
-    if len(buf) < rafs_v6.BLOCK_SIZE:
-        raise FormatError("erofs image", "shorter than one 4096-byte block", value=len(buf))
     incompat = sb.s_feature_incompat
     refused = [what for bit, what in REFUSED_INCOMPAT.items() if incompat & bit]
     if refused:  # every one named: an image may need several (mkfs.erofs -m sets 48-bit and the metabox)
@@ -198,11 +211,11 @@ def parse_superblock(buf) -> ErofsSuper:
         out = replace(out, devices=parse_devices(buf, sb))
     if sb.s_feature_compat & FEATURE_COMPAT_SB_CHKSUM:
         check_sb_checksum(buf, sb.s_checksum)
-    if sb.s_meta_blkaddr * rafs_v6.BLOCK_SIZE >= len(buf):
+    if sb.s_meta_blkaddr * bs >= len(buf):
         raise rafs_v6.SUPERBLOCK.error(
             "s_meta_blkaddr", SB_OFFSET, "meta area starts past the image", sb.s_meta_blkaddr
         )
-    if sb.s_root_nid >= (len(buf) - sb.s_meta_blkaddr * rafs_v6.BLOCK_SIZE) // 32:
+    if sb.s_root_nid >= (len(buf) - sb.s_meta_blkaddr * bs) // 32:
         raise rafs_v6.SUPERBLOCK.error(
             "s_root_nid", SB_OFFSET, "root inode lies past the image", sb.s_root_nid
         )
@@ -210,11 +223,14 @@ def parse_superblock(buf) -> ErofsSuper:
 
 
 def sb_checksum(buf) -> int:
-    """The superblock checksum: CRC32C (seed ~0, no final inversion) over the rest of the first block from
-    the superblock on, with the checksum field read as zero."""
+    """The superblock checksum: CRC32C (seed ~0, no final inversion) from the superblock on, with the
+    checksum field read as zero, over the rest of the first block, or over one whole block when blocks are
+    no larger than the 1024 bytes before the superblock (the block size is the superblock's own)."""
     from ..digests import crc32c
 
-    block = bytearray(buf[SB_OFFSET : rafs_v6.BLOCK_SIZE])
+    bs = 1 << buf[SB_OFFSET + 12]  # s_blkszbits
+    size = bs - SB_OFFSET if bs > SB_OFFSET else bs
+    block = bytearray(buf[SB_OFFSET : SB_OFFSET + size])
     block[4:8] = bytes(4)
     # crc32c() is the standard CRC32C (seed ~0, result inverted); EROFS keeps the raw register.
     return crc32c(bytes(block)) ^ 0xFFFF_FFFF
@@ -295,11 +311,10 @@ class Extent:
 
 
 def flat_extents(
-    size: int, blkaddr: int, inline: bool, tail_offset: int, image_size: int, nid: int
+    size: int, blkaddr: int, inline: bool, tail_offset: int, image_size: int, nid: int, bs: int
 ) -> list[Extent]:
-    """A flat file's data: whole blocks from ``blkaddr``, and with tail packing (``inline``) the rest right
-    after the inode and its xattrs at ``tail_offset``, in the same block."""
-    bs = rafs_v6.BLOCK_SIZE
+    """A flat file's data: whole blocks (of ``bs`` bytes) from ``blkaddr``, and with tail packing
+    (``inline``) the rest right after the inode and its xattrs at ``tail_offset``, in the same block."""
     if size == 0:
         return []
     if not inline and blkaddr == NULL_ADDR:
@@ -327,12 +342,18 @@ def flat_extents(
 
 
 def chunk_extents(
-    buf, size: int, chunk_format: int, index_start: int, nid: int, devices: tuple[int, ...] = ()
+    buf,
+    size: int,
+    chunk_format: int,
+    index_start: int,
+    nid: int,
+    bs: int,
+    devices: tuple[int, ...] = (),
 ) -> list[Extent]:
     """A chunk-based file's data from its chunk format (``i_u``) and the block map or chunk indexes that
-    follow the inode and its xattrs (``index_start``, before alignment). ``devices``: the block count of
-    each extra device, whose data a chunk index may name."""
-    bs = rafs_v6.BLOCK_SIZE
+    follow the inode and its xattrs (``index_start``, before alignment), in blocks of ``bs`` bytes.
+    ``devices``: the block count of each extra device, whose data a chunk index may name (a ``--tar=i``
+    index names its tar so)."""
     if chunk_format & ~(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES | CHUNK_FORMAT_48BIT):
         raise FormatError(
             "erofs inode", f"nid {nid}: unknown chunk format bits", field="i_u", value=chunk_format
@@ -341,12 +362,9 @@ def chunk_extents(
         raise FormatError(
             "erofs inode", f"nid {nid}: unsupported EROFS feature: 48-bit chunk indexes", value=chunk_format
         )
-    bits = chunk_format & CHUNK_FORMAT_BLKBITS_MASK
-    if bits > 18:  # chunks of at most 1 GiB with 4 KiB blocks
-        raise FormatError(
-            "erofs inode", f"nid {nid}: chunk size out of range", field="i_u", value=chunk_format
-        )
-    chunk = bs << bits
+    # Any chunk size the 5-bit field says is read: a chunk's bytes are read in pieces, never held whole, and a
+    # --tar=i index makes one chunk of each file however large (2^31 blocks at most).
+    chunk = bs << (chunk_format & CHUNK_FORMAT_BLKBITS_MASK)
     count = -(-size // chunk)
     unit = 8 if chunk_format & CHUNK_FORMAT_INDEXES else 4
     start = round_up(index_start, unit)

@@ -1,7 +1,7 @@
 """Where a compressed EROFS file's bytes are: its map header and logical-cluster indexes (legacy "full"
 8-byte records, or compact 4-byte and 2-byte packs), turned into extents.
 
-A compressed file is cut into logical clusters (lclusters, one block each). Each lcluster's index says
+A compressed file is cut into logical clusters (lclusters, one block each, of the image's block size). Each lcluster's index says
 whether a compressed extent starts in it (a HEAD lcluster, or PLAIN for data stored uncompressed) and at
 which byte (``clusterofs``), or that it only continues one (NONHEAD). An extent runs from its head to
 the next head, or to the end of the file, and is the decoded form of one physical cluster (pcluster):
@@ -20,10 +20,8 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from . import rafs_v6
 from ._struct import round_up
 
-BLOCK = rafs_v6.BLOCK_SIZE
 LAYOUT_COMPRESSED_FULL = 1
 LAYOUT_COMPRESSED_COMPACT = 3
 
@@ -85,8 +83,9 @@ def _refuse(nid: int, what: str, offset: int | None = None, value=None) -> Forma
     )
 
 
-def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExtent]:
-    """The extents of a compressed file of ``size`` bytes whose inode and xattrs end at ``inode_end``."""
+def extents(buf, nid: int, layout: int, size: int, inode_end: int, bs: int) -> list[ZExtent]:
+    """The extents of a compressed file of ``size`` bytes whose inode and xattrs end at ``inode_end``, in an
+    image of ``bs``-byte blocks."""
     if size == 0:
         return []
     hpos = round_up(inode_end, 8)
@@ -110,7 +109,7 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
         )
     # ztailpacking: the last extent's pcluster is h_idata_size bytes inline, right after the indexes.
     idata = struct.unpack_from("<H", buf, hpos + 2)[0] if advise & ADVISE_INLINE_PCLUSTER else 0
-    if advise & ADVISE_INLINE_PCLUSTER and not 0 < idata <= BLOCK:
+    if advise & ADVISE_INLINE_PCLUSTER and not 0 < idata <= bs:
         raise FormatError(
             "erofs map header",
             f"nid {nid}: inline pcluster size out of range",
@@ -120,7 +119,7 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
         )
     if clusterbits & 0x0F:
         raise _refuse(nid, "logical clusters larger than a block", hpos + 7, clusterbits)
-    count = -(-size // BLOCK)
+    count = -(-size // bs)
     if layout == LAYOUT_COMPRESSED_FULL:
         lcs, index_end = _full_indexes(buf, nid, hpos + MAP_HEADER.size + 8, count)
     else:
@@ -134,17 +133,17 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int) -> list[ZExte
                 value=advise,
             )
         lcs, index_end = _compact_indexes(buf, nid, hpos + MAP_HEADER.size, count, advise, big1)
-    out = _extents(nid, lcs, size, advise, algs, fragment)
+    out = _extents(nid, lcs, size, advise, algs, bs, fragment)
     if fragment:
         # The tail extent is in the packed inode at h_fragmentoff (legacy indexes: the tail head's blkaddr
         # holds its high 32 bits).
         tail = out[-1]
         where = struct.unpack_from("<I", buf, hpos)[0]
         if layout == LAYOUT_COMPRESSED_FULL:
-            where |= (lcs[tail.file_offset // BLOCK][2] or 0) << 32
+            where |= (lcs[tail.file_offset // bs][2] or 0) << 32
         out[-1] = ZExtent(tail.file_offset, tail.length, where, 0, FMT_FRAGMENT, False)
     if idata:
-        if index_end % BLOCK + idata > BLOCK or index_end + idata > len(buf):
+        if index_end % bs + idata > bs or index_end + idata > len(buf):
             raise FormatError(
                 "erofs map header",
                 f"nid {nid}: inline pcluster crosses a block or the end of the image",
@@ -198,6 +197,8 @@ def _compact_indexes(buf, nid: int, ebase: int, count: int, advise: int, big: bo
     (plus one without big pclusters)."""
     initial = ((32 - ebase % 32) // 4) & 7  # 4B entries that bring the 2B packs to 32-byte alignment
     n2b = (count - initial) // 16 * 16 if advise & ADVISE_COMPACTED_2B and initial < count else 0
+    # An entry's low bits hold a clusterofs or a NONHEAD count with its CBLKCNT flag (bit 11): 12 bits for
+    # every lcluster size read here (one block of 512 to 4096 bytes).
     lobits = 12
     runs = []  # (first lcn, entries, pack bytes, entries per pack)
     pos, lcn = ebase, 0
@@ -242,7 +243,7 @@ def _compact_indexes(buf, nid: int, ebase: int, count: int, advise: int, big: bo
 
 
 def _extents(
-    nid: int, lcs: list[_Lcluster], size: int, advise: int, algs: int, fragment: bool = False
+    nid: int, lcs: list[_Lcluster], size: int, advise: int, algs: int, bs: int, fragment: bool = False
 ) -> list[ZExtent]:
     """The extents the heads delimit; with ``fragment`` the last one is left for the caller to place."""
     heads = [k for k, lc in enumerate(lcs) if lc[0] != TYPE_NONHEAD]
@@ -254,13 +255,13 @@ def _extents(
     starts = []
     for k in heads:
         ltype, clusterofs, _, _ = lcs[k]
-        if clusterofs >= BLOCK:
+        if clusterofs >= bs:
             raise FormatError(
                 "erofs lcluster index",
                 f"nid {nid} lcluster {k}: clusterofs past the lcluster",
                 value=clusterofs,
             )
-        starts.append(k * BLOCK + clusterofs)
+        starts.append(k * bs + clusterofs)
     out = []
     for j, k in enumerate(heads):
         ltype, _, pblk, partial = lcs[k]
@@ -275,7 +276,7 @@ def _extents(
             break
         big = big1 if ltype == TYPE_HEAD1 else big2
         blocks = 1
-        if big and k + 1 < len(lcs) and (k + 1) * BLOCK < size:
+        if big and k + 1 < len(lcs) and (k + 1) * bs < size:
             ntype, lo, _, _ = lcs[k + 1]
             if ntype == TYPE_NONHEAD:
                 if not lo & D0_CBLKCNT:
@@ -285,7 +286,7 @@ def _extents(
                         value=lo,
                     )
                 blocks = lo & ~D0_CBLKCNT
-        stored = blocks * BLOCK
+        stored = blocks * bs
         if not 0 < stored <= PCLUSTER_MAX_SIZE:
             raise FormatError(
                 "erofs lcluster index",
@@ -314,5 +315,5 @@ def _extents(
                     field="h_algorithmtype",
                     value=fmt,
                 )
-        out.append(ZExtent(la, end - la, pblk * BLOCK, stored, fmt, partial))
+        out.append(ZExtent(la, end - la, pblk * bs, stored, fmt, partial))
     return out

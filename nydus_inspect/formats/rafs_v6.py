@@ -128,18 +128,19 @@ class SuperBlock(Record):
 
     @classmethod
     def parse(cls, buf, offset: int = SUPERBLOCK_OFFSET, *, rafs: bool = True) -> SuperBlock:
-        """``rafs=False``: the EROFS part only (a plain EROFS image; formats.erofs checks its features)."""
+        """``rafs=False``: the EROFS part only (a plain EROFS image; formats.erofs checks its block size and
+        features)."""
         sb = cls(**SUPERBLOCK.unpack(buf, offset))
         if sb.s_magic != EROFS_MAGIC:
             raise SUPERBLOCK.error(
                 "s_magic", offset, f"not a RAFS v6 bootstrap, expected {EROFS_MAGIC:#x}", sb.s_magic
             )
+        if not rafs:
+            return sb
         if sb.s_blkszbits not in (9, 12):
             raise SUPERBLOCK.error(
                 "s_blkszbits", offset, "block size must be 4096 (12) or 512 (9)", sb.s_blkszbits
             )
-        if not rafs:
-            return sb
         if not sb.s_feature_compat & FEATURE_COMPAT_RAFS_V6:
             raise SUPERBLOCK.error(
                 "s_feature_compat", offset, "RAFS v6 compat bit missing", sb.s_feature_compat

@@ -62,6 +62,12 @@ class PlainErofsImage(Image):
     def __init__(self, layer: Layer) -> None:
         super().__init__(layer.rafs, [], layer.path)
         self.layer = layer
+        from ..erofs import DEVICE_BLOB
+
+        # Files on an extra device (a --tar=i index's tar, a --blobdev file) read from the file given with
+        # --blob: a missing or short one is one line now, not EIO on every read.
+        for k in range(1, len(layer.rafs.esb.devices) + 1):
+            layer.blob_file(DEVICE_BLOB + k)
 
     #: A file's chunks are its pieces and its compressed extents (nydus_inspect.erofs), of varying sizes.
     uniform_chunks = False

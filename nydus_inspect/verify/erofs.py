@@ -1,14 +1,19 @@
 """Checks of a plain EROFS image (``erofs.super``, ``erofs.inode``, ``erofs.nlink``, ``erofs.data``): the
 superblock (features, checksum) decodes, every inode and directory of the tree decodes, link counts agree
 with the names, and every regular file's data maps inside the image and reads (decompresses) to its size.
-EROFS records no digest of file data: reading it whole is what can be checked.
+EROFS records no digest of file data: reading it whole is what can be checked. A ``--tar=i`` index records
+none of its tar either; what shows the tar given is the one indexed is that each file's data follows its
+own tar header there (``erofs.tar``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..chunks.ref import ChunkRef
 from ..errors import FormatError, NydusInspectError
+from ..formats.tar_header import BLOCK as TAR_BLOCK
+from ..formats.tar_header import checksum_ok
 from ..model import DIR, REG, WalkError, fsdecode
 from ..query import FileIndex
 from .findings import Finding, _check_nlinks, _exc_finding
@@ -58,11 +63,24 @@ def _check_erofs(run: _Run) -> None:
     run.count("inodes", len(names))
     run.tick("bootstrap", total, total)
     reader = layer.chunk_reader
+    tar = _TarDevice(image, layer)
     run.tick("chunks", 0, len(files))
     for k, node in enumerate(files):
         try:
             got = 0
-            for c in image.chunks(node):
+            chunks = image.chunks(node)
+            if chunks and not tar.follows_header(chunks[0]):
+                run.add(
+                    Finding(
+                        "erofs.tar",
+                        "the block before the file's data in the tar given is not a tar header: not the tar "
+                        "this index was made from",
+                        file=tar.path,
+                        path=fsdecode(node.path),
+                        offset=chunks[0].compressed_offset - TAR_BLOCK,
+                    )
+                )
+            for c in chunks:
                 got += len(reader.decode(c))
             if got != node.size:
                 run.add(
@@ -81,6 +99,40 @@ def _check_erofs(run: _Run) -> None:
         node.chunks = None
         run.tick("chunks", k + 1, len(files))
     run.count("files", len(files))
+
+
+class _TarDevice:
+    """Extra device 1 of an image when it is a tar (a ``--tar=i`` index's): 512-byte blocks, and the device's
+    first block is a tar header. A ``--blobdev`` file starts with chunk data instead, and is not held to tar
+    headers (unless that data is itself a tar in a 512-byte-block image: then its findings say so)."""
+
+    def __init__(self, image, layer) -> None:
+        from ..erofs import DEVICE_BLOB
+
+        self.blob_index = DEVICE_BLOB + 1
+        self.source = None
+        self.path = None
+        if not image.esb.devices or not layer.extra_blobs or image.block_size != TAR_BLOCK:
+            return
+        try:
+            device = layer.blob_file(self.blob_index).layer  # the layer's own, closed with it
+            if checksum_ok(device.source.pread(0, TAR_BLOCK, "tar header")):
+                self.source, self.path = device.source, device.path
+        except NydusInspectError:
+            pass  # the data checks say what is wrong with the device
+
+    def follows_header(self, first: ChunkRef) -> bool:
+        """Whether the file whose first chunk is ``first`` has a tar header right before its data (or is not
+        on this device)."""
+        if self.source is None or first.blob_index != self.blob_index:
+            return True
+        if first.compressed_offset < TAR_BLOCK:
+            return False  # a tar's first block is a header, never a file's data
+        try:
+            block = self.source.pread(first.compressed_offset - TAR_BLOCK, TAR_BLOCK, "tar header")
+        except NydusInspectError:
+            return True  # reading the data itself reports it
+        return checksum_ok(block)
 
 
 #: Data is hashed for the dm-verity check in reads of this size.
@@ -122,7 +174,8 @@ def _check_verity(run: _Run) -> None:
     root_given, salt = run.verity_root, run.verity_salt
     try:
         image = layer.rafs
-        data_size = round_up(image.sb.s_blocks * BLOCK_SIZE, BLOCK_SIZE)
+        # s_blocks is in the image's own blocks (512 to 4096 bytes); dm-verity hashes in 4096-byte ones.
+        data_size = round_up(image.sb.s_blocks * image.block_size, BLOCK_SIZE)
     except NydusInspectError:
         return
     payload = _verity_payload(layer, data_size)

@@ -8,6 +8,7 @@ hang or a large allocation is a parser bug, not a target artefact.
 from __future__ import annotations
 
 import os
+import tarfile
 import tempfile
 
 from nydus_inspect.errors import FormatError, UsageError
@@ -390,10 +391,10 @@ def fuzz_erofs(data: bytes) -> None:
     """A plain EROFS image in memory: superblock, inodes, xattrs, directories, block maps, compressed
     indexes, and each pcluster decoded (at most MAX_NODES extents)."""
     from nydus_inspect import erofs_codecs
-    from nydus_inspect.erofs import FRAGMENT_BLOB, Z_BLOB, Z_PARTIAL, Erofs
+    from nydus_inspect.erofs import FRAGMENT_BLOB, Z_BLOB, Z_PARTIAL, Erofs, blob_index_is_device
     from nydus_inspect.formats import erofs
 
-    if len(data) >= 4096 and data[1032] & erofs.FEATURE_COMPAT_SB_CHKSUM:
+    if len(data) >= 1152 and data[1032] & erofs.FEATURE_COMPAT_SB_CHKSUM:
         # Most mutations land in the first block, which the superblock checksum covers: set it again so that
         # they reach the inodes and indexes there (a wrong checksum has its own test).
         fixed = bytearray(data)
@@ -409,15 +410,17 @@ def fuzz_erofs(data: bytes) -> None:
             if node.type != REG:
                 continue
             for c in r.chunks(node):
-                if c.blob_index < Z_BLOB or decoded >= MAX_NODES:
-                    continue
+                if c.blob_index < Z_BLOB or blob_index_is_device(c.blob_index) or decoded >= MAX_NODES:
+                    continue  # (an extra device's data, a --tar=i index's tar, is not in the image)
                 decoded += 1
                 if c.blob_index == FRAGMENT_BLOB:
                     r.packed_read(c.compressed_offset, c.uncompressed_size)
                     continue
                 fmt, partial = (c.blob_index - Z_BLOB) % Z_PARTIAL, c.blob_index - Z_BLOB >= Z_PARTIAL
                 raw = data[c.compressed_offset : c.compressed_offset + c.compressed_size]
-                erofs_codecs.decode(raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, 0)
+                erofs_codecs.decode(
+                    raw, fmt, c.uncompressed_size, partial, c.uncompressed_offset, 0, r.block_size
+                )
     except EXPECTED:
         pass
 
@@ -666,7 +669,8 @@ def _mount_seeds() -> list[bytes]:
 
 def _erofs_seeds() -> list[bytes]:
     """Small plain EROFS images made by erofs-utils 1.9.3 (`make oracle`), when it is built: uncompressed
-    with shared xattrs, lz4 with big pclusters and legacy indexes, lzma and zstd."""
+    with shared xattrs, lz4 with big pclusters and legacy indexes, lzma and zstd, blocks of 512 to 2048
+    bytes, and a --tar=i index of a tar of the same files."""
     import subprocess
     import sys
 
@@ -691,11 +695,20 @@ def _erofs_seeds() -> list[bytes]:
             ["-zlzma"],
             ["-zzstd", "-C16384", "-Eztailpacking"],
             ["-zlz4hc", "-Efragments", "--xattr-prefix=user."],
+            ["-b512", "-zlz4hc", "-C2048"],
+            ["-b1024", "--chunksize=2048", "-Eforce-chunk-indexes"],
+            ["-b2048", "-zlzma", "-Eztailpacking"],
+            ["--tar=i"],
         ]
+        tar = os.path.join(tmp, "src.tar")
+        with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+            tf.add(src, arcname=".")
         for k, o in enumerate(opts):
             img = os.path.join(tmp, f"{k}.erofs")
             subprocess.run(
-                [str(where / "mkfs.erofs"), "--quiet", "-T0", *o, img, src], check=True, capture_output=True
+                [str(where / "mkfs.erofs"), "--quiet", "-T0", *o, img, tar if o == ["--tar=i"] else src],
+                check=True,
+                capture_output=True,
             )
             with open(img, "rb") as f:
                 out.append(f.read())
