@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -161,6 +162,10 @@ class ChunkRecords:
         whole = memoryview(buf)
         view = whole[off : off + size]
         try:
+            one = self._one_blob(view)
+            if one is not None:
+                self._rows, self._count = one
+                return
             # Two passes over the records, keeping no list of their keys: the first sizes each blob's index,
             # the second fills it. A table that is no whole number of records raises struct.error.
             per_blob: dict[int, int] = {}  # blob index -> records
@@ -187,6 +192,32 @@ class ChunkRecords:
             view.release()
             whole.release()
         self._rows, self._count = rows, found
+
+    @classmethod
+    def _one_blob(cls, view) -> tuple[dict[int, array], int] | None:
+        """(rows, records found) of a table whose records all name one blob, as nydus writes it for a layer of
+        its own: its two key columns are read with no per-record unpacking, and the rows filled from the last
+        record to the first, so the first record of a key wins (the general loop below takes most of a second
+        for a million records, this a third of that). None for any other table."""
+        size = cls._RECORD.size
+        n = len(view) // size
+        if not n or len(view) % size or sys.byteorder != "little":
+            return None
+        words = view.cast("I")  # the records' little-endian 32-bit words, 20 a record
+        try:
+            blobs = words[8::20].tolist()
+            if blobs.count(blobs[0]) != n:
+                return None
+            indexes = words[18::20].tolist()
+        finally:
+            words.release()
+        top = max(indexes) + 1
+        if top > 2 * n + 1024:
+            return None  # sparse: the general loop keeps a dict
+        rows = array("q", bytes(8 * top))
+        for row, ci in zip(range(n, 0, -1), reversed(indexes)):
+            rows[ci] = row
+        return {blobs[0]: rows}, top - rows.count(0)
 
     def _row(self, key) -> int:
         where = self._rows.get(key[0])

@@ -84,3 +84,19 @@ def test_hand_made_tables():
     assert got[(0, 0)][0] == bytes(32)  # the first record of a key wins
     with pytest.raises(struct.error):
         ChunkRecords(table, 3, len(table) - 4)
+
+
+def test_hand_made_tables_of_one_blob():
+    """Tables naming one blob take the column-wise path: a repeated key (the first record wins), indexes out
+    of order, at an odd offset; and a sparse one, which goes back to the general loop."""
+    order = [4, 0, 3, 3, 1, 2, 0, 5]
+    rows = [RECORD.pack(bytes([i]) * 32, 2, 0, i, i, i, i, i, ci, 0) for i, ci in enumerate(order)]
+    table = b"PAD" + b"".join(rows)
+    got, want = ChunkRecords(table, 3, len(table) - 3), _reference(table, 3, len(table) - 3)
+    assert len(got) == len(want) == 6
+    assert {k: got[k] for k in want} == want
+    assert got[(2, 3)][0] == bytes([2]) * 32 and got[(2, 0)][0] == bytes([1]) * 32
+    assert (2, 6) not in got and (0, 0) not in got
+    sparse = table + RECORD.pack(b"z" * 32, 2, 0, 9, 9, 9, 9, 9, 10**9, 0)
+    got, want = ChunkRecords(sparse, 3, len(sparse) - 3), _reference(sparse, 3, len(sparse) - 3)
+    assert len(got) == len(want) == 7 and {k: got[k] for k in want} == want
