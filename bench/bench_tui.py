@@ -181,7 +181,7 @@ async def run(path: Path, verify: bool, analysis_only: bool = False) -> None:
     report("open_layer", f"{1000 * (time.perf_counter() - t):.1f} ms")
 
     t0 = time.perf_counter()
-    app = NydusApp([layer])
+    app = NydusApp([layer], freeze_heap=True)  # as `nydus-inspect tui` runs it
     frames = Frames(app)
     async with app.run_test(size=(120, 36)) as pilot:
         first = await frames.next() if not frames.times else frames.times[0]

@@ -53,10 +53,17 @@ class NydusApp(App[None]):
         source: str | None = None,
         start: str = "overview",
         jobs_in_process: bool = True,
+        freeze_heap: bool = False,
     ) -> None:
         """``jobs_in_process``: run the full walk and the verification in a child process (the default; a
-        thread would share the GIL with the event loop and make the app stall on big layers)."""
+        thread would share the GIL with the event loop and make the app stall on big layers).
+
+        ``freeze_heap`` (the program's choice, made by ``nydus-inspect tui``; an app made from Python leaves
+        the collector alone): once a layer's index has arrived, its objects (several per inode, kept to the
+        end) are moved out of the cyclic collector's reach, whose full passes over them would otherwise
+        stall frames while keys are pressed."""
         super().__init__()
+        self.freeze_heap = freeze_heap
         self.jobs_in_process = jobs_in_process and prepare_jobs()
         self.views = [ly if isinstance(ly, LayerView) else LayerView(ly, source) for ly in layers]
         if not self.views:
@@ -125,6 +132,10 @@ class NydusApp(App[None]):
 
     def on_nydus_app_index_ready(self, message: IndexReady) -> None:
         self.index_progress.pop(id(message.view), None)
+        if self.freeze_heap:
+            import gc
+
+            gc.freeze()
         screen = self.screen
         if hasattr(screen, "index_ready") and message.view is self.view:
             screen.index_ready()
@@ -174,4 +185,4 @@ class NydusApp(App[None]):
 
 
 def run(layers: list[Layer], source: str | None = None) -> None:
-    NydusApp(layers, source).run()
+    NydusApp(layers, source, freeze_heap=True).run()

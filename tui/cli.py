@@ -22,7 +22,7 @@ def cmd_tui(args) -> int:
             from .app import NydusApp
         except ModuleNotFoundError as exc:
             raise UsageError(f"the TUI needs textual ({exc}); install nydus-inspect[tui]") from None
-        NydusApp(layers, source=args.source).run()
+        NydusApp(layers, source=args.source, freeze_heap=True).run()
     finally:
         for layer in layers:
             layer.close()
