@@ -33,6 +33,9 @@ CHUNK_COLUMNS = (
 )
 #: Chunk rows listed per file in the detail pane.
 MAX_CHUNK_ROWS = 500
+#: A file's chunks and preview are read once the cursor has rested on it this long: a held arrow key then
+#: starts no reads for the files it passes, whose threads would take the GIL from the frames being drawn.
+READ_DELAY = 0.05
 
 
 class FilesScreen(NydusScreen):
@@ -47,6 +50,7 @@ class FilesScreen(NydusScreen):
         self.pending_search: str | None = None
         self.current: FileRef | None = None
         self.chunks_shown: list = []
+        self._reads = None  # the timer that starts the highlighted file's reads
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="files-body"):
@@ -166,11 +170,13 @@ class FilesScreen(NydusScreen):
         preview = self.query_one("#file-preview", ContentView)
         self.chunks_shown = []
         table.display = node.type == REG
+        if self._reads is not None:
+            self._reads.stop()
+            self._reads = None
         if node.type == REG:
             title.update("chunks: resolving…")
             preview.show(Text("reading…", style="italic"))
-            self._chunks(view, ref, node)
-            self._preview(view, ref, node)
+            self._reads = self.set_timer(READ_DELAY, lambda: self._start_reads(view, ref, node))
         elif node.type == DIR:
             title.update("")
             n = view.dir_size(ref)
@@ -181,6 +187,12 @@ class FilesScreen(NydusScreen):
         else:
             title.update("")
             preview.show(f"{node.type}: no content")
+
+    def _start_reads(self, view: LayerView, ref: FileRef, node: Node) -> None:
+        self._reads = None
+        if ref is self.current:
+            self._chunks(view, ref, node)
+            self._preview(view, ref, node)
 
     @work(thread=True, exclusive=True, group="files-chunks")
     def _chunks(self, view: LayerView, ref: FileRef, node: Node) -> None:
