@@ -1221,3 +1221,62 @@ def test_mount_on_a_mount_point_and_size_parsing(mounts, fixture_layers):
     assert parse_size("256M") == 256 * MIB and parse_size("1G") == 1 << 30 and parse_size("4096") == 4096
     assert parse_size("64KiB") == 64 << 10
     mounts.umount(mp)
+
+
+def test_generated_entry_larger_than_its_cache_is_made_once(fixture_layers):
+    """No FUSE: an entries/ file made whole (the bootstrap) that is larger than the content cache, read by
+    several readers at once in small pieces, as tar and cat do: every reader gets its bytes, and it is made
+    once, not once per read (nor does a reader that wakes to find it uncached trip over another's job)."""
+    import trio
+
+    from nydus_inspect.mount.entries import Generated
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    layer = str(fixture_layers["every-type.tar"])
+    sources = open_sources([layer])
+    try:
+        fs = NydusFS(sources)
+        node = next(
+            n
+            for n in fs.vnodes.values()
+            if n.path.endswith("/image.boot") and isinstance(n.content, Generated)
+        )
+        made, make = [0], node.content.make
+
+        def counted():
+            made[0] += 1
+            return make()
+
+        node.content.make = counted
+        fs.content_cache.limit = 64  # smaller than the bootstrap
+        with open_layer(layer) as ly:
+            want = ly.entry("image.boot")
+
+        async def reader(out: list) -> None:
+            data, off = bytearray(), 0
+            while True:
+                piece = bytes(await fs.read(node.ino, off, 4096))
+                if not piece:
+                    break
+                data += piece
+                off += len(piece)
+            out.append(bytes(data))
+
+        async def run() -> list:
+            got: list = []
+            fs.attach()
+            try:
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(3):
+                            nursery.start_soon(reader, got)
+            finally:
+                fs.detach()
+            return got
+
+        got = trio.run(run)
+        assert got == [want] * 3 and len(want) > 64
+        assert made[0] == 1
+    finally:
+        sources.close()

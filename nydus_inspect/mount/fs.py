@@ -221,6 +221,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         self.reader = self.image.chunk_reader(ChunkCache(cache_size))
         self.cache = self.reader.cache
         self.content_cache = ChunkCache(CONTENT_CACHE_SIZE)
+        self._big: tuple[tuple, bytes] | None = None  # the last made content too large for that cache
         self.readahead = readahead
         # A sequential reader gets this many chunks decoded ahead (as the cache allows, leaving it room).
         self.readahead_chunks = max(1, min(READAHEAD_CHUNKS, cache_size // max(1, 4 * self.chunk_size)))
@@ -818,15 +819,18 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
     async def _generated(self, node: VNode) -> bytes:
         content: Generated = node.content
         key = ("v", node.ino)
-        data = self.content_cache.get(key)
-        if data is not None:
-            return data
-        event = self._vjobs.get(node.ino)
-        if event is not None:
-            await event.wait()
+        # Readers of content being made wait for it; one that wakes to find it neither kept nor being made
+        # again makes it itself, so there is one job per inode at any time.
+        while True:
             data = self.content_cache.get(key)
+            if data is None and self._big is not None and self._big[0] == key:
+                data = self._big[1]
             if data is not None:
                 return data
+            event = self._vjobs.get(node.ino)
+            if event is None:
+                break
+            await event.wait()
         event = self._vjobs[node.ino] = trio.Event()
         try:
             data = await trio.to_thread.run_sync(self._make, content, limiter=self.limiter)
@@ -836,7 +840,12 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             del self._vjobs[node.ino]
             event.set()
         content.size = len(data)
-        self.content_cache.put(key, data)
+        if len(data) > self.content_cache.limit:
+            # Larger than the cache (the bootstrap or chunks.json of a million-inode layer): kept alone, so
+            # that a reader going through it in 128 KiB reads does not make it again for each one.
+            self._big = (key, data)
+        else:
+            self.content_cache.put(key, data)
         return data
 
     @staticmethod
