@@ -78,6 +78,19 @@ def pack_layer(
     return pack(str(src), str(out), opts)
 
 
+def debian_rootfs_tar() -> Path:
+    """The Debian minbase tar of the benches (``bash bench/make_rootfs.sh`` builds it, in
+    $NYDUS_BENCH_DIR or /var/tmp/nydus-bench): skips the test where it has not been built, fails it where CI
+    requires it (NYDUS_REQUIRE_ROOTFS=1)."""
+    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
+    if not src.is_file():
+        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
+        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
+            pytest.fail(f"{reason} (required in CI)")
+        pytest.skip(reason)
+    return src
+
+
 def run_cli(
     *args: str | os.PathLike, input: bytes | None = None, stdin=None, cwd=None, timeout: float = 120
 ) -> subprocess.CompletedProcess:

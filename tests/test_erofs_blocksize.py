@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_mount
-from fixtures_util import assert_one_line_error, fixture_tars_fixture, run_cli  # noqa: F401
+from fixtures_util import assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_erofs_native import (
@@ -308,16 +308,6 @@ def test_generated_trees_in_small_blocks(erofs_utils, tmp_path_factory, entries,
     shutil.rmtree(work)
 
 
-def _rootfs() -> Path:
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
-    return src
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "opts",
@@ -326,7 +316,7 @@ def _rootfs() -> Path:
 )
 def test_debian_rootfs(erofs_utils, tmp_path, opts):
     """The Debian minbase tar of the benches as a tar index and in small blocks."""
-    src = _rootfs()
+    src = debian_rootfs_tar()
     image = erofs_utils.mkfs(tmp_path / "rootfs.erofs", src, *opts)
     devices = (src,) if opts == ("--tar=i",) else ()
     want = check_image(erofs_utils, image, tmp_path, src, devices=devices)

@@ -16,7 +16,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from fixtures_util import S_IFMT_OF, assert_one_line_error, expected_tree, fixture_tars_fixture, run_cli  # noqa: F401
+from fixtures_util import (  # noqa: F401
+    S_IFMT_OF,
+    assert_one_line_error,
+    debian_rootfs_tar,
+    expected_tree,
+    fixture_tars_fixture,
+    run_cli,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tree_strategies import trees, write_tree_tar
@@ -382,12 +389,7 @@ def test_generated_trees(erofs_utils, tmp_path_factory, entries, opts):
 @pytest.mark.slow
 def test_debian_rootfs(erofs_utils, tmp_path):
     """The Debian minbase tar of the benches, when it has been built (`bash bench/make_rootfs.sh`)."""
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
+    src = debian_rootfs_tar()
     image = erofs_utils.mkfs(tmp_path / "rootfs.erofs", src, "--tar=f")
     want = check_image(erofs_utils, image, tmp_path / "plain", src)
     assert len(want) > 3000

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures_util import VECTOR_TARS, assert_one_line_error, fixture_tars_fixture, run_cli  # noqa: F401
+from fixtures_util import VECTOR_TARS, assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, assume, given, settings
 from test_erofs_native import check_image, extracted_tree
 from tree_strategies import trees, write_tree_tar
@@ -141,12 +141,7 @@ def test_generated_trees(erofs_utils, tmp_path_factory, entries):
 @pytest.mark.slow
 def test_debian_rootfs(erofs_utils, tmp_path):
     """The Debian minbase tar of the benches, with dm-verity, when it has been built."""
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
+    src = debian_rootfs_tar()
     compare_with_mkfs(erofs_utils, src, tmp_path)
     res = pack(src, tmp_path / "v.erofs", "--dm-verity")
     assert_veritysetup_agrees(tmp_path / "v.erofs", res, tmp_path)

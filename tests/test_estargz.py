@@ -32,6 +32,7 @@ from fixtures_util import (
     assert_dir_matches,
     assert_one_line_error,
     assert_tree_matches,
+    debian_rootfs_tar,
     expected_tree,
     fixture_tars_fixture,  # noqa: F401
     run_cli,
@@ -517,12 +518,7 @@ def test_nydus_estargztoc_ref_cannot_judge(oracle, estargz_build, fixture_tars, 
 def test_debian_rootfs_estargz(request, oracle, fuse_ok, estargz_build, tmp_path):
     """The Debian minbase tar of the benches, when built (`bash bench/make_rootfs.sh`): read directly, and as
     estargz-ref in nydusd."""
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
+    src = debian_rootfs_tar()
     layer = tmp_path / "rootfs.tar.gz"
     made = build(estargz_build, src, layer)
     expected = expected_of(src, made)

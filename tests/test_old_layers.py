@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from fixtures_util import (
     assert_one_line_error,
+    debian_rootfs_tar,
     fixture_tars_fixture,  # noqa: F401
     run_cli,
     source_tar,
@@ -44,7 +45,6 @@ OPTIONS = {
     "none-blake3": ("--compressor", "none"),
     "zstd-sha256-4k": ("--compressor", "zstd", "--digester", "sha256", "--chunk-size", "0x1000"),
 }
-DEBIAN = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
 
 
 def xattr_tar(path: Path) -> Path:
@@ -178,12 +178,7 @@ def test_v5_inline_layer(request, oracle, fuse_ok, tmp_path):
 
 def test_v5_debian_rootfs(request, oracle, fuse_ok, tmp_path):
     """A real distribution tree (thousands of files, hard links, devices) as v5."""
-    if not DEBIAN.exists():
-        reason = f"no Debian rootfs tar at {DEBIAN} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    boot, blobs = make_layer(oracle, DEBIAN, tmp_path, *V5)
+    boot, blobs = make_layer(oracle, debian_rootfs_tar(), tmp_path, *V5)
     want = served(oracle, boot, blobs, tmp_path)
     listed_as_served(boot, blobs, want)
     read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)

@@ -19,6 +19,7 @@ from fixtures_util import (
     VECTOR_TARS,
     Want,
     assert_dir_matches,
+    debian_rootfs_tar,
     expected_tree,
     fixture_tars_fixture,  # noqa: F401
     make_fixtures,
@@ -113,12 +114,7 @@ def test_separate_bootstrap_in_nydusd(request, oracle, fixture_tars, tmp_path):
 def test_debian_rootfs_in_nydusd(request, oracle, tmp_path):
     """The Debian minbase tar of the benches, when it has been built (`bash bench/make_rootfs.sh`)."""
     _fuse(request)
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
+    src = debian_rootfs_tar()
     blob = tmp_path / "layer.blob"
     assert run_cli("pack", src, "-o", blob, timeout=600).returncode == 0
     check_in_daemon(oracle, blob, expected_tree(src), tmp_path)

@@ -23,6 +23,7 @@ import pytest
 import zstandard
 from fixtures_util import (
     assert_one_line_error,
+    debian_rootfs_tar,
     expected_tree,
     fixture_tars_fixture,  # noqa: F401
     run_cli,
@@ -291,12 +292,7 @@ def test_chunk_dict_layer_reads_with_its_dict_blob_and_names_it_when_missing(
 
 def test_debian_rootfs_as_an_encrypted_batch_layer(request, oracle, fuse_ok, tmp_path):
     """One Debian minbase case (CPU is scarce): encrypted and batched at once."""
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
+    src = debian_rootfs_tar()
     boot, blobs = their_layer(oracle, src, tmp_path / "out", *VARIANTS["encrypted-batch"])
     want = served_by_nydusd(oracle, boot, blobs, tmp_path)
     read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)

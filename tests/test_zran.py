@@ -24,6 +24,7 @@ from fixtures_util import (
     assert_dir_matches,
     assert_one_line_error,
     assert_tree_matches,
+    debian_rootfs_tar,
     expected_tree,
     fixture_tars_fixture,  # noqa: F401
     make_fixtures,
@@ -339,20 +340,10 @@ def test_small_chunks_every_context(oracle, tmp_path):
     assert run_cli("verify", meta, "--blob", gz).returncode == 0
 
 
-def _debian_tar() -> Path:
-    src = Path(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench")) / "rootfs.tar"
-    if not src.is_file():
-        reason = f"no Debian rootfs tar at {src} (bash bench/make_rootfs.sh builds it)"
-        if os.environ.get("NYDUS_REQUIRE_ROOTFS") == "1":
-            pytest.fail(f"{reason} (required in CI)")
-        pytest.skip(reason)
-    return src
-
-
 def test_debian_targz_ref(oracle, tmp_path):
     """The Debian minbase tar, gzipped, as the real tool references it: one ~1 MB file read inflates only
     the contexts it lies in; unpack and verify agree with the source tar."""
-    src = _debian_tar()
+    src = debian_rootfs_tar()
     gz = tmp_path / "rootfs.tar.gz"
     with open(src, "rb") as f, gzip.GzipFile(gz, "wb", compresslevel=6, mtime=0) as g:
         shutil.copyfileobj(f, g, 1 << 20)
