@@ -22,6 +22,7 @@ from fixtures_util import (
     assert_dir_matches,
     assert_one_line_error,
     assert_tree_matches,
+    debian_rootfs_tar,
     expected_tree,
     fixture_tars_fixture,  # noqa: F401
     make_fixtures,
@@ -29,7 +30,7 @@ from fixtures_util import (
     source_tar,
 )
 from test_oracle_fields import differences, flatten
-from test_zran import REF, _debian_tar, big_tar, files_of, gzipped
+from test_zran import REF, big_tar, files_of, gzipped
 
 from nydus_inspect.formats import blob_meta, zran
 from nydus_inspect.layer import open_layer
@@ -415,7 +416,7 @@ def test_inline_meta_equal_nydus_image(request, oracle, source, tmp_path):
 def test_debian_rootfs_targz_ref(request, oracle, fuse_ok, tmp_path):
     """The Debian minbase tar, gzipped: equal to nydus-image's targz-ref field by field, read back by us and
     served by nydusd as the tar holds it."""
-    src = _debian_tar()
+    src = debian_rootfs_tar()
     gz = tmp_path / "rootfs.tar.gz"
     with open(src, "rb") as f, gzip.GzipFile(gz, "wb", compresslevel=6, mtime=0) as g:
         shutil.copyfileobj(f, g, 1 << 20)
@@ -438,7 +439,7 @@ def test_debian_rootfs_targz_ref(request, oracle, fuse_ok, tmp_path):
 def test_debian_rootfs_multi_member(oracle, tmp_path):
     """The Debian tar in gzip members of 3 MiB of input each (pigz-like), with 4 MiB chunks (a context for
     nearly every chunk): nydus-image's tables exactly, and read back exactly."""
-    src = _debian_tar()
+    src = debian_rootfs_tar()
     gz = tmp_path / "rootfs.tar.gz"
     with open(src, "rb") as f, open(gz, "wb") as out:
         while block := f.read(3 << 20):
