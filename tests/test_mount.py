@@ -16,7 +16,6 @@ import errno
 import functools
 import hashlib
 import json
-import logging
 import os
 import random
 import shutil
@@ -606,17 +605,8 @@ def test_an_unforeseen_error_in_a_handler_is_eio(fixture_layers, caplog):
             fs.rafs.attrs = real
             return await fs.getattr(root)
 
-        # caplog's handler on the logger itself: what an earlier test in this worker did to the propagation
-        # of the package's loggers (a mount run in-process sets it for the daemon) does not hide the line.
-        mount_log = logging.getLogger("nydus_inspect.mount")
-        mount_log.addHandler(caplog.handler)
-        mount_log.propagate, propagated = False, mount_log.propagate  # each record reaches caplog once
-        try:
-            with caplog.at_level("ERROR", logger="nydus_inspect.mount"):
-                assert trio.run(ask).st_ino == root
-        finally:
-            mount_log.removeHandler(caplog.handler)
-            mount_log.propagate = propagated
+        with caplog.at_level("ERROR", logger="nydus_inspect.mount"):
+            assert trio.run(ask).st_ino == root
         lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(lines) == 1 and "getattr: internal error: ValueError: a bug" in lines[0], lines
     finally:

@@ -227,10 +227,9 @@ def _check_attr(e, what: str, placeholder_ok: bool = False) -> None:
 
 def _mount_fs(path: str):
     """A NydusFS over the layer at ``path``, as the mount daemon makes it (no page-cache feeding: no kernel)."""
-    from nydus_inspect.mount.fs import NydusFS, log
+    from nydus_inspect.mount.fs import NydusFS
     from nydus_inspect.mount.sources import open_sources
 
-    log.disabled = True  # the handlers log every EIO; the fuzzer needs none of it
     sources = open_sources([path])
     try:
         fs = NydusFS(sources, cache_size=8 << 20, workers=1, page_cache=False)
@@ -368,23 +367,31 @@ def fuzz_mount(data: bytes) -> None:
     on every reachable inode, driven by trio."""
     import trio
 
-    path = _scratch_file("mount", data)
-    try:
-        sources, fs = _mount_fs(path)
-    except EXPECTED:
-        return
+    from nydus_inspect.mount.fs import log
 
-    async def main() -> None:
-        fs.attach()
+    # The handlers log every EIO, which the fuzzer needs none of; the logger is put back as it was, for the
+    # tests that run this target in their own process and read the mount's log lines afterwards.
+    was, log.disabled = log.disabled, True
+    try:
+        path = _scratch_file("mount", data)
         try:
-            await _drive_mount(fs)
-        finally:
-            fs.detach()
+            sources, fs = _mount_fs(path)
+        except EXPECTED:
+            return
 
-    try:
-        trio.run(main)
+        async def main() -> None:
+            fs.attach()
+            try:
+                await _drive_mount(fs)
+            finally:
+                fs.detach()
+
+        try:
+            trio.run(main)
+        finally:
+            sources.close()
     finally:
-        sources.close()
+        log.disabled = was
 
 
 def fuzz_erofs(data: bytes) -> None:
