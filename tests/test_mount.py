@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import io
 import json
 import os
 import random
@@ -1040,6 +1041,56 @@ def test_tree_reader_costs_linear_work(tmp_path):
         assert trio.run(read_all) == n
         assert fs._walker is not None, "the tree reader was not recognised"
         assert calls[0] <= 4 * n, f"{calls[0]} inode reads for {n} files"
+    finally:
+        sources.close()
+
+
+def test_a_lister_ahead_of_the_reader_does_not_move_its_walk(tmp_path):
+    """No FUSE: ``find | xargs cat``: find lists directories while cat, behind it, opens the files of the
+    ones listed earlier. The walk stays with the files opened (a few starts in all), instead of jumping to
+    each directory listed and back to the reader on its next open."""
+    import trio
+
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    tar = tmp_path / "dirs.tar"
+    ndirs, per = 10, 200
+    with tarfile.open(tar, "w") as tf:
+        for d in range(ndirs):
+            for i in range(per):
+                ti = tarfile.TarInfo(f"d{d}/f{i:04d}")
+                ti.size = 4096
+                tf.addfile(ti, io.BytesIO(bytes([d, i % 256]) * 2048))
+    sources = open_sources([str(_pack(tar, tmp_path / "dirs.blob"))])
+    try:
+        # A small cache: the walk goes a quarter of it (64 files) ahead, not into the directory find lists.
+        fs = NydusFS(sources, cache_size=1 << 20)
+        assert fs.prefetch_ahead < per * 4096
+        starts = [0]
+        real = fs._start_walk
+
+        def counted(dnid, i):
+            starts[0] += 1
+            return real(dnid, i)
+
+        fs._start_walk = counted
+
+        async def find_and_cat() -> int:
+            dirs = [(await fs.lookup(fs.root_nid, f"d{d}".encode())).st_ino for d in range(ndirs)]
+            opened = 0
+            for d in range(ndirs):
+                for i in range(per):
+                    if i % (per // 4) == 0 and d + 1 < ndirs:
+                        fs._listed(dirs[d + 1])  # find, one directory ahead of cat
+                    attr = await fs.lookup(dirs[d], f"f{i:04d}".encode())
+                    await fs.open(attr.st_ino, os.O_RDONLY)
+                    opened += 1
+            return opened
+
+        assert trio.run(find_and_cat) == ndirs * per
+        assert fs._walker is not None, "the tree reader was not recognised"
+        assert starts[0] <= 3, f"the walk started {starts[0]} times for one reader"
     finally:
         sources.close()
 

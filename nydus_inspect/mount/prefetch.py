@@ -54,7 +54,7 @@ class _Walker:
     """A tree reader's walk: a cursor over the tree in walk order, the files it passed that the reader has not
     opened yet (queued for decoding when not empty), and how far ahead of the reader they go."""
 
-    __slots__ = ("files", "ahead", "order", "seq", "issued_bytes", "consumed", "dirs")
+    __slots__ = ("files", "ahead", "order", "seq", "issued_bytes", "consumed", "dirs", "followed")
 
     def __init__(self) -> None:
         self.files = iter(())
@@ -66,6 +66,7 @@ class _Walker:
         self.issued_bytes = 0
         self.consumed = 0  # bytes issued up to the last file of the walk the reader opened
         self.dirs: set[int] = set()  # directories the walk entered
+        self.followed = 0.0  # when the reader last opened a file the walk had passed
 
 
 class TreeReaderPrefetch:
@@ -82,6 +83,7 @@ class TreeReaderPrefetch:
         if w is not None:
             at = w.ahead.get(nid)
             if at is not None:  # the reader follows the walk: forget what it passed, move the window on
+                w.followed = now
                 seq, end = at
                 ahead, order = w.ahead, w.order
                 while order and ahead[order[0]][0] <= seq:
@@ -98,11 +100,16 @@ class TreeReaderPrefetch:
 
     def _listed(self, dnid: int) -> None:
         """Directory ``dnid`` is being listed (readdir from its start)."""
-        if time.monotonic() >= self._reading_until:
+        now = time.monotonic()
+        if now >= self._reading_until:
             return
         w = self._walker
-        if w is None or dnid not in w.dirs:
-            self._start_walk(dnid, 0)  # the reader went somewhere the walk did not: follow it from there
+        if w is None or (dnid not in w.dirs and now - w.followed >= READER_WINDOW):
+            # The reader went somewhere the walk did not: follow it from there. While the files opened are
+            # the walk's, a listing elsewhere is another process's (``find | xargs cat``: find lists ahead
+            # of the files cat opens), and moving the walk there would leave the reader behind it, to
+            # bring it back on its next open, and so on for every directory.
+            self._start_walk(dnid, 0)
         elif self._storer is not None:
             # After this request is answered (the kernel then knows the files listed).
             self._token.run_sync_soon(self._restore_dir, dnid)
