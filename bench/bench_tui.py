@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """TUI responsiveness on a big layer: 100k inodes and 1M chunks.
 
-    python bench/bench_tui.py [--inodes 100000] [--chunks 1000000] [--verify]
+    python bench/bench_tui.py [--inodes 100000] [--chunks 1000000] [--per-dir 1000] [--verify]
 
 The layer is real, not synthetic: a tar streamed from a generator (100k one-line files in 100
 directories, plus big files whose 4 KiB blocks all differ) is packed by ``nydus-inspect pack
@@ -16,7 +16,7 @@ final write of escape sequences to a terminal is skipped), at 120x36:
 - time until the overview is complete (bootstrap decoded in a worker);
 - the chunks screen: time to its first frame with rows, then frame latency of page-down while the
   full tree walk runs in its child process and after, and of jumps to the end and to an offset;
-- the files screen: first frame, and expanding a directory of 1000 entries;
+- the files screen: first frame, and expanding a directory of 1000 entries (``--per-dir N``: N);
 - the analysis screen: its first frame, and the time until the figures of ``analyze`` (run in a child
   process) are shown;
 - the full walk (chunk owners, hardlinks, path search) and, with --verify, the full verification,
@@ -65,7 +65,7 @@ class _Blocks(io.RawIOBase):
         return m
 
 
-def write_tar(out, inodes: int, chunks: int) -> None:
+def write_tar(out, inodes: int, chunks: int, per_dir: int = 1000) -> None:
     tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT)
 
     def add(name: str, data=None, size: int = 0, is_dir: bool = False) -> None:
@@ -78,7 +78,7 @@ def write_tar(out, inodes: int, chunks: int) -> None:
         ti.mode, ti.size = 0o644, size
         tf.addfile(ti, data)
 
-    ndirs = max(1, inodes // 1000)
+    ndirs = max(1, inodes // per_dir)
     for d in range(ndirs):
         add(f"d{d:03d}", is_dir=True)
     for i in range(inodes):
@@ -95,15 +95,17 @@ def write_tar(out, inodes: int, chunks: int) -> None:
     tf.close()
 
 
-def build_layer(inodes: int, chunks: int) -> Path:
-    out = BENCH_DIR / f"tui-{inodes}-{chunks}.blob"
+def build_layer(inodes: int, chunks: int, per_dir: int = 1000) -> Path:
+    name = f"tui-{inodes}-{chunks}" + (f"-{per_dir}" if per_dir != 1000 else "")
+    out = BENCH_DIR / f"{name}.blob"
     if out.exists():
         return out
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     print(f"building {out} ({inodes:,} files, {chunks:,} chunks; about 2 minutes)...", flush=True)
     t0 = time.perf_counter()
     gen = subprocess.Popen(
-        [sys.executable, __file__, "--write-tar", str(inodes), str(chunks)], stdout=subprocess.PIPE
+        [sys.executable, __file__, "--write-tar", str(inodes), str(chunks), str(per_dir)],
+        stdout=subprocess.PIPE,
     )
     subprocess.run(
         [sys.executable, "-m", "nydus_inspect", "pack", "-", "-o", str(out), "--chunk-size", "0x1000", "-q"],
@@ -166,7 +168,9 @@ async def page_latency(table, frames: Frames, n: int) -> list[float]:
     return out
 
 
-async def run(path: Path, verify: bool, analysis_only: bool = False) -> None:
+async def run(
+    path: Path, verify: bool, analysis_only: bool = False, per_dir: int = 1000, inodes: int = 100_000
+) -> None:
     from nydus_inspect import open_layer
     from tui.app import NydusApp
 
@@ -225,7 +229,9 @@ async def run(path: Path, verify: bool, analysis_only: bool = False) -> None:
             t = time.perf_counter()
             table.action_edge(1)
             await frames.next()
-            report("End (jump to chunk 999,999)", f"{1000 * (time.perf_counter() - t):.1f} ms")
+            report(
+                f"End (jump to chunk {len(table.rows) - 1:,})", f"{1000 * (time.perf_counter() - t):.1f} ms"
+            )
             t = time.perf_counter()
             app.screen.answer_jump("@10000000")
             await frames.next()
@@ -246,9 +252,17 @@ async def run(path: Path, verify: bool, analysis_only: bool = False) -> None:
             t = time.perf_counter()
             node.expand()
             await frames.next()
-            while len(node.children) < 1000:
+            from tui.data import DIR_PAGE
+
+            # A directory of more than a page shows its first page and a node that loads the rest.
+            entries = min(per_dir, inodes)
+            shown = min(entries, DIR_PAGE) + (entries > DIR_PAGE)
+            while len(node.children) < shown:
                 await frames.next()
-            report("expand a directory of 1,000 entries", f"{1000 * (time.perf_counter() - t):.0f} ms")
+            report(
+                f"expand a directory of {entries:,} entries ({min(entries, DIR_PAGE):,} shown)",
+                f"{1000 * (time.perf_counter() - t):.0f} ms",
+            )
             keys = []
             tree.focus()
             for _ in range(50):
@@ -293,12 +307,13 @@ async def run(path: Path, verify: bool, analysis_only: bool = False) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--write-tar":
-        write_tar(sys.stdout.buffer, int(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--write-tar":
+        write_tar(sys.stdout.buffer, int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inodes", type=int, default=100_000)
     ap.add_argument("--chunks", type=int, default=1_000_000)
+    ap.add_argument("--per-dir", type=int, default=1000, help="files in each directory of the layer")
     ap.add_argument("--verify", action="store_true", help="also time the full verification (about 20 s)")
     ap.add_argument(
         "--analysis",
@@ -306,7 +321,7 @@ def main() -> int:
         help="only the overview and the analysis screen (and analyze itself)",
     )
     args = ap.parse_args()
-    path = build_layer(args.inodes, args.chunks)
+    path = build_layer(args.inodes, args.chunks, args.per_dir)
     print(f"bench_tui: {path.name}, {path.stat().st_size:,} bytes, {os.cpu_count()} cores")
     if args.analysis:
         # analyze as the CLI runs it, for the target beside the screen's figures. On a shared machine the
@@ -323,7 +338,7 @@ def main() -> int:
             f"  {'nydus-inspect analyze (the CLI, a process of its own)':<52} {time.perf_counter() - t:.1f} s"
             f" (CPU {children_cpu() - cpu:.1f} s)"
         )
-    asyncio.run(run(path, args.verify, args.analysis))
+    asyncio.run(run(path, args.verify, args.analysis, args.per_dir, args.inodes))
     return 0
 
 
