@@ -345,7 +345,8 @@ def pack_ref(source: str, output: str, chunk_size: int | None = None) -> dict:
             raise UsageError(
                 f"{source}: entry {e.index} ({e.name}) lies inside the gzip member at {shared.offset}, at innerOffset "
                 f"{e.inner_offset} (a minimum chunk size puts small files together): an estargz-ref chunk is a "
-                "whole gzip member, as nydus's stargz builder makes it, so this layer has no such bootstrap"
+                "whole gzip member, as nydus's stargz builder makes it (which refuses this TOC too); "
+                "pack --type targz-ref indexes the blob with zran, as nydus-image create --type estargz-ref does"
             )
         blob_id = blob_sha256(src, size)
     finally:

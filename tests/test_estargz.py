@@ -492,8 +492,82 @@ def test_estargz_ref_refuses_shared_members(estargz_build, fixture_tars, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     proc = run_cli("pack", "--type", "estargz-ref", layer, "-o", out / "x.boot")
-    assert_one_line_error(proc, 2, f"entry {first} ", "innerOffset", "whole gzip member")
+    assert_one_line_error(proc, 2, f"entry {first} ", "innerOffset", "whole gzip member", "--type targz-ref")
     assert list(out.iterdir()) == []
+
+
+def test_nydus_stargz_builder_refuses_shared_members(oracle, estargz_build, tmp_path):
+    """nydus 2.4.4's TOC builder (``--type estargztoc-ref``, the design our estargz-ref follows) refuses a TOC
+    whose entries share a gzip member, before anything else: it sorts chunks by their member's offset and
+    finds two at one. The day it reads them, compare our estargz-ref with it."""
+    src = tmp_path / "small.tar"
+    with tarfile.open(src, "w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(5):  # small files only: no empty one, no chunk entry (it refuses those apart)
+            data = b"file %d\n" % i * 50
+            ti = tarfile.TarInfo(f"f{i}")
+            ti.size, ti.mtime = len(data), 1700000000
+            tf.addfile(ti, io.BytesIO(data))
+    layer = tmp_path / "small.tar.gz"
+    made, _ = build_shared(estargz_build, src, layer)
+    proc = oracle.run(
+        "nydus-image",
+        "create",
+        "--type",
+        "estargztoc-ref",
+        "--log-level",
+        "warn",
+        "--bootstrap",
+        tmp_path / "x.boot",
+        "--blob-id",
+        made["digest"].removeprefix("sha256:"),
+        "--blob-data-size",
+        f"{layer.stat().st_size:x}",
+        made["toc_json"],
+        ok=False,
+    )
+    assert proc.returncode != 0, "nydus-image estargztoc-ref now reads innerOffset: compare our estargz-ref"
+    assert "compressed offset is out of order" in (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("source", "min_chunk_size"),
+    [
+        *(
+            (s, m)
+            for s in ("fixture:dedup.tar", "fixture:whiteouts.tar", "vector:all-entry-type.tar")
+            for m in (4096, 65536)
+        ),
+        ("debian", 65536),
+    ],
+)
+def test_shared_members_by_zran_equal_nydus_image(
+    request, oracle, fuse_ok, estargz_build, source, min_chunk_size, tmp_path
+):
+    """Where estargz-ref sends such a layer: ``pack --type targz-ref`` over the eStargz blob writes what the real
+    ``nydus-image create --type estargz-ref`` writes for it (the gzip indexed with zran, the TOC and landmark
+    files left out), field by field as test_targz_pack compares targz-ref; our reader and nydusd read it as
+    the tar. (The tars nydus-image reads: it refuses every-type.tar's hard link to a device and xattrs.tar's
+    PAX records.)"""
+    from test_targz_pack import compare_with_nydus_image
+
+    src = debian_rootfs_tar() if source == "debian" else source_tar(request, source)
+    layer = tmp_path / "l.tar.gz"
+    build_shared(estargz_build, src, layer, 0, min_chunk_size)
+    compare_with_nydus_image(oracle, layer, tmp_path, ref=("--type", "estargz-ref"))
+    boot, blobs = tmp_path / "ours" / "blobs" / "layer.boot", tmp_path / "ours" / "blobs"
+    # The judge is the tar inside the eStargz blob (the writer's headers: its mtimes are whole seconds cut
+    # down, where the TOC's are rounded), gunzipped by Python, without the TOC and landmark files.
+    inner = tmp_path / "inner.tar"
+    with gzip.open(layer) as g, open(inner, "wb") as f:
+        shutil.copyfileobj(g, f)
+    expected = {p: w for p, w in expected_tree(inner).items() if p not in fmt.SPECIAL_PATHS}
+    assert len(expected) > len(fmt.LANDMARKS) and b"/" + fmt.LANDMARKS[1].encode() not in expected
+    assert_tree_matches(expected, boot, blob_dir=str(blobs))
+    proc = run_cli("verify", boot, "--blob-dir", blobs, timeout=600)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    started = int(time.time())
+    with oracle.mount(boot, blobs, tmp_path / "nydusd") as mnt:
+        assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
 
 
 @pytest.mark.parametrize("min_chunk_size", [4096, 65536])

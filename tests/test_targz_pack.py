@@ -64,8 +64,9 @@ def pack_ref(gz: Path, work: Path, *opts) -> tuple[Path, Path, dict]:
     return boot, blobs, res
 
 
-def real_ref(oracle, gz: Path, work: Path, *opts) -> tuple[Path, Path]:
-    """The real tool's plain targz-ref form: bootstrap, and a blob dir with the meta blob (by its digest)."""
+def real_ref(oracle, gz: Path, work: Path, *opts, ref: tuple = REF) -> tuple[Path, Path]:
+    """The real tool's plain targz-ref form (``ref``: its type and whiteout options): bootstrap, and a blob dir
+    with the meta blob (by its digest)."""
     blobs = work / "blobs"
     blobs.mkdir(parents=True)
     boot = work / "ref.boot"
@@ -74,7 +75,7 @@ def real_ref(oracle, gz: Path, work: Path, *opts) -> tuple[Path, Path]:
         "create",
         "--log-level",
         "warn",
-        *REF,
+        *ref,
         *opts,
         "--bootstrap",
         boot,
@@ -232,16 +233,16 @@ def _same_context(c: zran.ZranContext) -> tuple:
     return (c.in_offset, c.out_offset, c.in_len, c.out_len, c.ctx_byte, c.ctx_bits, c.window)
 
 
-def compare_with_nydus_image(oracle, gz: Path, work: Path, *opts) -> dict:
-    """Our targz-ref layer and nydus-image's over ``gz``: every field the same, but for the inode numbering,
-    the zstd bytes of a compressed blob.meta, and where nydus starts a context at the end of a gzip member's
-    last block (ours starts at the next member's data, see targz.ZranIndexer.begin): there its context (which
-    nydusd cannot decode) is left out of the comparison, the chunks it held are ours in the next context, and
-    what follows the contexts in the blob.meta moves."""
+def compare_with_nydus_image(oracle, gz: Path, work: Path, *opts, ref: tuple = REF) -> dict:
+    """Our targz-ref layer and nydus-image's (``ref``: its type and whiteout options) over ``gz``: every field
+    the same, but for the inode numbering, the zstd bytes of a compressed blob.meta, and where nydus starts a
+    context at the end of a gzip member's last block (ours starts at the next member's data, see
+    targz.ZranIndexer.begin): there its context (which nydusd cannot decode) is left out of the comparison,
+    the chunks it held are ours in the next context, and what follows the contexts in the blob.meta moves."""
     import re
 
     boot, blobs, res = pack_ref(gz, work / "ours", *opts)
-    theirs, their_blobs = real_ref(oracle, gz, work / "theirs", *opts)
+    theirs, their_blobs = real_ref(oracle, gz, work / "theirs", *opts, ref=ref)
     os.link(gz, their_blobs / res["blob_id"])
     ours_v, theirs_v = bootstrap_view(boot, blobs), bootstrap_view(theirs, their_blobs)
     if not theirs_v.get("bootstrap.blobs[0].chunk_count"):

@@ -39,6 +39,9 @@ LEGACY_FOOTER_SIZE = 47
 TOC_TAR_NAME = "stargz.index.json"
 #: Files the writer adds to mark where prioritised files end; not part of the layer's tree.
 LANDMARKS = (".prefetch.landmark", ".no.prefetch.landmark")
+#: The eStargz files of a layer's tar, as tree paths: nydus's tar builders leave these out of every tar they
+#: read (targz-ref and estargz-ref alike), so that an eStargz layer indexed as a gzip has the TOC's tree.
+SPECIAL_PATHS = frozenset(b"/" + name.encode() for name in (TOC_TAR_NAME, *LANDMARKS))
 #: The largest TOC JSON we inflate (the stargz snapshotter's own limit on a TOC is in this range).
 MAX_TOC_SIZE = 64 << 20
 #: The most TOC entries we accept (each becomes objects in memory).
