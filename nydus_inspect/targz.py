@@ -24,7 +24,8 @@ Or (``inline``) all of it in one meta blob, as ``--blob-inline-meta --features b
 snapshotter.
 
 As nydus's tar builders do, the eStargz files ``/stargz.index.json`` and the landmarks are left out of the
-tree (an eStargz layer packed this way is then what ``nydus-image create --type estargz-ref`` makes of it).
+tree (an eStargz layer packed this way is then what ``nydus-image create --type estargz-ref`` makes of it);
+OCI whiteouts stay entries, as nydus keeps them in a layer whatever its ``--whiteout-spec``.
 
 One difference from nydus on purpose: a chunk that starts exactly where a gzip member ends, and needs a new
 context, gets it at the next member's data; nydus starts it at the end of the member's last block, where its
