@@ -12,6 +12,11 @@ The bootstrap follows nydus's stargz builder (builder/src/stargz.rs): one chunk 
 ``chunkDigest``, gzip and sha256 in the blob table, the blob named by the sha256 of the eStargz blob. Where
 nydus's builder gives up (empty files, chunk entries without a whole-file ``digest``, hardlinks to anything but
 a regular file, mtimes it leaves at 0) this one keeps what the TOC says, so the tree equals the source tar.
+
+Entries that share a gzip member (``innerOffset``, a minimum chunk size) are read, not packed: their chunks
+are cut from the member's output by chunks.members, which the chunk service asks for them by ``ci_index``
+(:meth:`Index.placement`); a chunk record cannot say where inside a member a chunk starts, so nydus's
+builder refuses such a TOC and ``pack --type estargz-ref`` does too.
 """
 
 from __future__ import annotations

@@ -353,6 +353,12 @@ def test_read_shared_members(request, estargz_build, source, chunk_size, min_chu
         stored = raw[: ours["offset"] + ours["stored_size"]]
         data = inflate_entry(stored, ours["offset"], ours.get("inner_offset", 0), ours["chunk_size"])
         assert "sha256:" + hashlib.sha256(data).hexdigest() == theirs["chunkDigest"], ours["name"]
+    # The table shows the innerOffset beside the offset.
+    text = run_cli("toc", layer).stdout.decode().splitlines()
+    assert text[0].split()[:4] == ["#", "TYPE", "OFFSET", "INNER"]
+    for e in (e for e in entries if e.get("innerOffset")):
+        row = text[1 + entries.index(e)].split()
+        assert row[2:4] == [str(e["offset"]), str(e["innerOffset"])], row
 
 
 def _shared_members(layer: Path):
