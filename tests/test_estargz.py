@@ -12,6 +12,11 @@ nydus 2.4.4's own stargz builder (``--type estargztoc-ref``, the one taking the 
 it needs ``--blob-id`` and then aborts on ``assert!(!is_to_ref() || is_tarfs)`` in finalize_blob for any TOC
 with data, and it refuses TOCs with an empty file or chunk entries (``missing digest or chunk digest``);
 ``test_nydus_estargztoc_ref_cannot_judge`` pins both, so a nydus that fixes them shows up here.
+
+Layers written with a minimum chunk size (``--min-chunk-size``: small files share a gzip member, each at its
+``innerOffset``) are read the same way and held to the same judges, zlib inflating the members on its own for
+the TOC's ranges; estargz-ref refuses them as nydus's stargz builder does, and ``pack --type targz-ref`` over
+them is held field by field to ``nydus-image create --type estargz-ref``.
 """
 
 from __future__ import annotations
