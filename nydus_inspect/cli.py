@@ -136,12 +136,13 @@ def _estargz_toc(layer, as_json: bool) -> int:
         )
         return 0
     print_table(
-        ["#", "TYPE", "OFFSET", "STORED", "CHUNK_OFFSET", "SIZE", "CHUNK_DIGEST", "NAME"],
+        ["#", "TYPE", "OFFSET", "INNER", "STORED", "CHUNK_OFFSET", "SIZE", "CHUNK_DIGEST", "NAME"],
         (
             [
                 e["index"],
                 e["type"],
                 e.get("offset", "-"),
+                e.get("inner_offset", 0) if "stored_size" in e else "-",
                 e.get("stored_size", "-"),
                 e.get("chunk_offset", "-"),
                 e.get("chunk_size", e.get("size", "-")),
@@ -150,7 +151,7 @@ def _estargz_toc(layer, as_json: bool) -> int:
             ]
             for e in entries
         ),
-        right={0, 2, 3, 4, 5},
+        right={0, 2, 3, 4, 5, 6},
     )
     print(f"toc digest: sha256:{index.toc.digest.hex()} (TOC at offset {index.footer.toc_offset})")
     return 0

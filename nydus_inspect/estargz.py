@@ -12,6 +12,11 @@ The bootstrap follows nydus's stargz builder (builder/src/stargz.rs): one chunk 
 ``chunkDigest``, gzip and sha256 in the blob table, the blob named by the sha256 of the eStargz blob. Where
 nydus's builder gives up (empty files, chunk entries without a whole-file ``digest``, hardlinks to anything but
 a regular file, mtimes it leaves at 0) this one keeps what the TOC says, so the tree equals the source tar.
+
+Entries that share a gzip member (``innerOffset``, a minimum chunk size) are read, not packed: their chunks
+are cut from the member's output by chunks.members, which the chunk service asks for them by ``ci_index``
+(:meth:`Index.placement`); a chunk record cannot say where inside a member a chunk starts, so nydus's
+builder refuses such a TOC and ``pack --type estargz-ref`` does too.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
@@ -33,6 +39,8 @@ from .model import BLK, CHR, DIR, FIFO, REG, SYMLINK, Node
 
 #: nydus-image's chunk size for eStargz when none is given (the estargz writer's default too).
 DEFAULT_CHUNK_SIZE = 0x400000
+#: The largest stored size a chunk record holds (blob.meta's v2 record has 24 bits for it).
+MAX_STORED = (1 << 24) - 1
 
 _TYPES = {
     "dir": (DIR, stat.S_IFDIR),
@@ -63,44 +71,56 @@ class Index:
     def data_entries(self) -> list[fmt.Entry]:
         return [e for e in self.toc.entries if e.type in ("reg", "chunk") and e.chunk_size]
 
+    @cached_property
+    def members(self) -> list[fmt.Member]:
+        """The data entries by gzip member (formats.estargz.group_members: checked to follow one another)."""
+        return fmt.group_members(self.data_entries, self.blob_size)
+
+    @property
+    def shared(self) -> bool:
+        """Whether some entry's data lies inside a gzip member after other bytes (``innerOffset``)."""
+        return any(m.shared for m in self.members)
+
     def chunk_refs(self, blob_index: int = 0) -> list[tuple[fmt.Entry, ChunkRef]]:
         """One chunk per data entry, in TOC order, each at its own offset (duplicates included: verify reads
-        every one). ``ci_index`` is the entry's position among the data entries."""
-        data = self.data_entries
+        every one). ``ci_index`` is the entry's position among the data entries. A chunk alone at the start of
+        its member is stored as nydus's builder bounds it; one in a shared member spans the member from its
+        start (all of which may have to be inflated to reach it), as far as a chunk record can say."""
         out = []
         uoff = 0
-        for i, e in enumerate(data):
-            if e.inner_offset:
-                raise FormatError(
-                    "estargz TOC",
-                    f"entry {e.index} ({e.name}): innerOffset {e.inner_offset} (several files in one gzip member, "
-                    "as --estargz-min-chunk-size writes) is not supported",
-                    value=e.inner_offset,
+        for m in self.members:
+            span = m.end - m.offset
+            for e in m.entries:
+                stored = min(span, MAX_STORED) if m.shared else gzip_bound(e.chunk_size, span)
+                out.append(
+                    (
+                        e,
+                        ChunkRef(
+                            blob_index=blob_index,
+                            ci_index=len(out),
+                            file_offset=e.chunk_offset,
+                            compressed_offset=e.offset,
+                            compressed_size=stored,
+                            uncompressed_offset=uoff,
+                            uncompressed_size=e.chunk_size,
+                            compressed=True,
+                            digest=e.chunk_digest,
+                        ),
+                    )
                 )
-            nxt = data[i + 1].offset if i + 1 < len(data) else self.blob_size
-            if nxt <= e.offset:
-                raise FormatError(
-                    "estargz TOC",
-                    f"entry {e.index} ({e.name}): data offset {e.offset} is not before the next one ({nxt})",
-                    value=e.offset,
-                )
-            out.append(
-                (
-                    e,
-                    ChunkRef(
-                        blob_index=blob_index,
-                        ci_index=i,
-                        file_offset=e.chunk_offset,
-                        compressed_offset=e.offset,
-                        compressed_size=gzip_bound(e.chunk_size, nxt - e.offset),
-                        uncompressed_offset=uoff,
-                        uncompressed_size=e.chunk_size,
-                        compressed=True,
-                        digest=e.chunk_digest,
-                    ),
-                )
-            )
-            uoff += round_up(e.chunk_size, BLOCK_SIZE)
+                uoff += round_up(e.chunk_size, BLOCK_SIZE)
+        return out
+
+    def placement(self) -> dict[int, tuple[fmt.Member, fmt.Entry]]:
+        """For each chunk (by ``ci_index``) in a shared gzip member: that member and its TOC entry. What the
+        chunk service reads such chunks by (chunks.members)."""
+        out = {}
+        ci = 0
+        for m in self.members:
+            for e in m.entries:
+                if m.shared:
+                    out[ci] = (m, e)
+                ci += 1
         return out
 
     def chunk_size(self) -> int:
@@ -322,8 +342,17 @@ def pack_ref(source: str, output: str, chunk_size: int | None = None) -> dict:
         size = src.size
         try:
             index = read_index(src, size)
+            shared = next((m for m in index.members if m.shared), None)
         except FormatError as exc:
             raise exc.located(source) from None
+        if shared is not None:
+            e = next((e for e in shared.entries if e.inner_offset), shared.entries[-1])
+            raise UsageError(
+                f"{source}: entry {e.index} ({e.name}) lies inside the gzip member at {shared.offset}, at innerOffset "
+                f"{e.inner_offset} (a minimum chunk size puts small files together): an estargz-ref chunk is a "
+                "whole gzip member, as nydus's stargz builder makes it (which refuses this TOC too); "
+                "pack --type targz-ref indexes the blob with zran, as nydus-image create --type estargz-ref does"
+            )
         blob_id = blob_sha256(src, size)
     finally:
         src.close()

@@ -23,6 +23,10 @@ named by its sha256 beside the bootstrap: the form ``nydus-image create --type t
 Or (``inline``) all of it in one meta blob, as ``--blob-inline-meta --features blob-toc`` writes it for the
 snapshotter.
 
+As nydus's tar builders do, the eStargz files ``/stargz.index.json`` and the landmarks are left out of the
+tree (an eStargz layer packed this way is then what ``nydus-image create --type estargz-ref`` makes of it);
+OCI whiteouts stay entries, as nydus keeps them in a layer whatever its ``--whiteout-spec``.
+
 One difference from nydus on purpose: a chunk that starts exactly where a gzip member ends, and needs a new
 context, gets it at the next member's data; nydus starts it at the end of the member's last block, where its
 own decoder reads the trailer as deflate data (see :meth:`ZranIndexer.begin`).
@@ -45,6 +49,7 @@ from .digests import Digester, crc32c
 from .errors import FormatError, UsageError
 from .formats import blob_meta, rafs_v6, zran
 from .formats._struct import round_up
+from .formats.estargz import SPECIAL_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +503,8 @@ def build(source: str, chunk_size: int = DEFAULT_CHUNK_SIZE, inline: bool = Fals
             indexer = ZranIndexer(inf, chunk_size)
             chunker = _Chunker(indexer, chunk_size)
             try:
-                tree = read_tar(inf, chunker.add_file, source)  # type: ignore[arg-type]
+                # As nydus's tar builders do, an eStargz layer's TOC and landmark files are no part of the tree.
+                tree = read_tar(inf, chunker.add_file, source, skip=SPECIAL_PATHS)  # type: ignore[arg-type]
             except FormatError as exc:
                 # The gzip's errors and the tar reader's name the file already; a chunk's does not.
                 if source in str(exc):

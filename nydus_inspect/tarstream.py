@@ -644,10 +644,12 @@ def read_tar(
     on_file: FileCallback | None = None,
     source: str = "tar",
     progress: Callable[[int], None] | None = None,
+    skip: frozenset[bytes] = frozenset(),
 ) -> TarTree:
     """Stream the tar and build its tree; ``on_file(node, fileobj, ref)`` consumes each regular file's bytes.
 
-    ``progress(n)`` is told how many input bytes have been consumed.
+    ``progress(n)`` is told how many input bytes have been consumed. Entries whose path is in ``skip`` are
+    read past (their data too) and left out of the tree.
     """
     builder = TreeBuilder()
     index = 0
@@ -669,6 +671,8 @@ def read_tar(
             index += 1
             where = _Where(source, index, member.path)
             path = _norm_path(member.path, where)
+            if path in skip:
+                continue
             if member.sparse:
                 raise UsageError(
                     f"{where}: GNU sparse files are not supported; re-create the tar without --sparse"

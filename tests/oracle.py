@@ -297,12 +297,17 @@ class EstargzBuild:
 
     program: Path
 
-    def build(self, src: Path, out: Path, *, chunk_size: int = 0, toc: Path | None = None) -> dict:
+    def build(
+        self, src: Path, out: Path, *, chunk_size: int = 0, min_chunk_size: int = 0, toc: Path | None = None
+    ) -> dict:
         """``estargz-build SRC OUT`` -> what it prints: tocDigest (the toc.digest annotation), diffID, digest,
-        size. ``toc``: also write the TOC JSON there, as stored in the layer."""
+        size. ``toc``: also write the TOC JSON there, as stored in the layer. ``min_chunk_size``: the writer's
+        WithMinChunkSize (small files share gzip members, their entries carry innerOffset)."""
         argv = [str(self.program)]
         if chunk_size:
             argv += ["--chunk-size", str(chunk_size)]
+        if min_chunk_size:
+            argv += ["--min-chunk-size", str(min_chunk_size)]
         if toc is not None:
             argv += ["--toc", str(toc)]
         proc = subprocess.run([*argv, str(src), str(out)], capture_output=True, timeout=TIMEOUT)

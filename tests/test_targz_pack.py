@@ -64,8 +64,9 @@ def pack_ref(gz: Path, work: Path, *opts) -> tuple[Path, Path, dict]:
     return boot, blobs, res
 
 
-def real_ref(oracle, gz: Path, work: Path, *opts) -> tuple[Path, Path]:
-    """The real tool's plain targz-ref form: bootstrap, and a blob dir with the meta blob (by its digest)."""
+def real_ref(oracle, gz: Path, work: Path, *opts, ref: tuple = REF) -> tuple[Path, Path]:
+    """The real tool's plain targz-ref form (``ref``: its type and whiteout options): bootstrap, and a blob dir
+    with the meta blob (by its digest)."""
     blobs = work / "blobs"
     blobs.mkdir(parents=True)
     boot = work / "ref.boot"
@@ -74,7 +75,7 @@ def real_ref(oracle, gz: Path, work: Path, *opts) -> tuple[Path, Path]:
         "create",
         "--log-level",
         "warn",
-        *REF,
+        *ref,
         *opts,
         "--bootstrap",
         boot,
@@ -232,16 +233,16 @@ def _same_context(c: zran.ZranContext) -> tuple:
     return (c.in_offset, c.out_offset, c.in_len, c.out_len, c.ctx_byte, c.ctx_bits, c.window)
 
 
-def compare_with_nydus_image(oracle, gz: Path, work: Path, *opts) -> dict:
-    """Our targz-ref layer and nydus-image's over ``gz``: every field the same, but for the inode numbering,
-    the zstd bytes of a compressed blob.meta, and where nydus starts a context at the end of a gzip member's
-    last block (ours starts at the next member's data, see targz.ZranIndexer.begin): there its context (which
-    nydusd cannot decode) is left out of the comparison, the chunks it held are ours in the next context, and
-    what follows the contexts in the blob.meta moves."""
+def compare_with_nydus_image(oracle, gz: Path, work: Path, *opts, ref: tuple = REF) -> dict:
+    """Our targz-ref layer and nydus-image's (``ref``: its type and whiteout options) over ``gz``: every field
+    the same, but for the inode numbering, the zstd bytes of a compressed blob.meta, and where nydus starts a
+    context at the end of a gzip member's last block (ours starts at the next member's data, see
+    targz.ZranIndexer.begin): there its context (which nydusd cannot decode) is left out of the comparison,
+    the chunks it held are ours in the next context, and what follows the contexts in the blob.meta moves."""
     import re
 
     boot, blobs, res = pack_ref(gz, work / "ours", *opts)
-    theirs, their_blobs = real_ref(oracle, gz, work / "theirs", *opts)
+    theirs, their_blobs = real_ref(oracle, gz, work / "theirs", *opts, ref=ref)
     os.link(gz, their_blobs / res["blob_id"])
     ours_v, theirs_v = bootstrap_view(boot, blobs), bootstrap_view(theirs, their_blobs)
     if not theirs_v.get("bootstrap.blobs[0].chunk_count"):
@@ -364,6 +365,54 @@ def test_chunk_at_a_member_end(oracle, fuse_ok, tmp_path):
     proc = run_cli("cat", theirs / "ref.boot", "/one-mib", "--blob-dir", theirs / "blobs")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want
+
+
+# ---------------------------------------------------------------------------- whiteouts
+@pytest.mark.parametrize("source", ["fixture:whiteouts.tar", "merge:1", "merge:2"])
+def test_whiteouts_are_entries_as_nydus_image_keeps_them(request, oracle, source, tmp_path):
+    """OCI whiteouts (``.wh.NAME``, ``.wh..wh..opq``) in a targz-ref layer: nydus-image at its default
+    ``--whiteout-spec`` (oci) keeps them as the entries the tar holds (its whiteout rules act only where it
+    merges layers), so its bootstrap and blob.meta are byte for byte those of ``--whiteout-spec none`` and
+    ``overlayfs``; ours (pack has no --whiteout-spec: there is nothing to choose) equal them field by field,
+    and list every whiteout as the tar's entry. (The merge fixture's base layer is left out: nydus-image
+    cannot read its fifo entry, "failed to get device major".)"""
+    import merge_fixtures
+
+    if source.startswith("merge:"):
+        # Without the hard links of the merge fixture's layers: nydus-image gives a hard-linked inode the
+        # attributes of the link's own tar header (ours keeps the file's), which is not what this test is about.
+        spec = merge_fixtures.LAYERS[int(source.split(":")[1])]
+        src = tmp_path / "layer.tar"
+        src.write_bytes(merge_fixtures.make_tar([e for e in spec if e[0] != "link"]))
+    else:
+        src = source_tar(request, source)
+    gz = gzipped(src, tmp_path / "layer.tar.gz")
+    compare_with_nydus_image(oracle, gz, tmp_path, ref=("--type", "targz-ref"))
+    theirs = tmp_path / "theirs"
+
+    def meta_files(blobs: Path) -> dict[str, bytes]:
+        return {
+            p.name: p.read_bytes()
+            for p in blobs.iterdir()
+            if p.name != hashlib.sha256(gz.read_bytes()).hexdigest()
+        }
+
+    for spec in ("oci", "none", "overlayfs"):
+        boot, blobs = real_ref(
+            oracle, gz, tmp_path / spec, ref=("--type", "targz-ref", "--whiteout-spec", spec)
+        )
+        assert boot.read_bytes() == (theirs / "ref.boot").read_bytes(), spec
+        assert meta_files(blobs) == meta_files(theirs / "blobs"), spec
+    with tarfile.open(src) as tf:
+        members = {"/" + "/".join(p for p in m.name.split("/") if p not in ("", ".")): m for m in tf}
+    whiteouts = {p: m for p, m in members.items() if p.rsplit("/", 1)[-1].startswith(".wh.")}
+    assert whiteouts
+    listed = {
+        e["path"]: e
+        for e in json.loads(run_cli("ls", "-R", "--json", tmp_path / "ours" / "blobs" / "layer.boot").stdout)
+    }
+    for path, m in whiteouts.items():
+        assert listed[path]["type"] == "file" and listed[path]["size"] == m.size, path
 
 
 # ---------------------------------------------------------------------------- the meta blob form

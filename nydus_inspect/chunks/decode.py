@@ -211,6 +211,16 @@ class ChunkReader:
             if verify:
                 self.check(blob, ref, data)
             return data
+        members = blob.members
+        if members is not None and ref.ci_index in members:
+            # An eStargz chunk inside a gzip member shared with others: cut from the member's output.
+            try:
+                data = members.chunk(ref)
+            except FormatError as exc:
+                raise exc.located(blob.path) from None
+            if verify:
+                self.check(blob, ref, data)
+            return data
         want = (
             blob.recorded_digest(ref) if blob.store is not None and verify and blob.variant is None else b""
         )

@@ -107,6 +107,21 @@ class Blob:
             )
         return ZranBlob(self.source, infos, hdr)
 
+    @cached_property
+    def members(self):
+        """The shared-member view (chunks.members.SharedMembers) of an eStargz layer read directly whose TOC
+        puts chunks inside gzip members after other bytes (``innerOffset``); None for any other blob."""
+        from ..layer import KIND_ESTARGZ
+
+        if self.layer.kind != KIND_ESTARGZ:
+            return None
+        placement = self.layer.estargz_index.placement()
+        if not placement:
+            return None
+        from .members import SharedMembers
+
+        return SharedMembers(self.source, placement)
+
     def records(self):
         """(blob.meta chunk-info array, blob.digest digests or None), or None without blob.meta: what
         ``RafsV6`` resolves a chunk from when the bootstrap chunk table has no record of it."""

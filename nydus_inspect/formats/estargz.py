@@ -14,6 +14,11 @@ member starting the file's data, or one chunk of it), ``chunkOffset``/``chunkSiz
 of 0 means up to the end), ``chunkDigest`` (sha256 of the chunk's bytes), ``digest`` (sha256 of the whole
 file). Chunks after the first are entries of type ``chunk``. The TOC digest (the
 ``containerd.io/snapshot/stargz/toc.digest`` annotation) is the sha256 of the TOC JSON.
+
+With a minimum chunk size (the writer's ``WithMinChunkSize``) the writer starts a new gzip member only once the
+current one holds that many compressed bytes, so small files (and chunks) follow one another in one member,
+their tar headers between them. Each such entry names the member's ``offset`` and its ``innerOffset``: where its
+bytes start in the member's inflated output. :func:`group_members` gathers the data entries by member.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ LEGACY_FOOTER_SIZE = 47
 TOC_TAR_NAME = "stargz.index.json"
 #: Files the writer adds to mark where prioritised files end; not part of the layer's tree.
 LANDMARKS = (".prefetch.landmark", ".no.prefetch.landmark")
+#: The eStargz files of a layer's tar, as tree paths: nydus's tar builders leave these out of every tar they
+#: read (targz-ref and estargz-ref alike), so that an eStargz layer indexed as a gzip has the TOC's tree.
+SPECIAL_PATHS = frozenset(b"/" + name.encode() for name in (TOC_TAR_NAME, *LANDMARKS))
 #: The largest TOC JSON we inflate (the stargz snapshotter's own limit on a TOC is in this range).
 MAX_TOC_SIZE = 64 << 20
 #: The most TOC entries we accept (each becomes objects in memory).
@@ -353,3 +361,59 @@ def parse_toc(data: bytes, blob_size: int, toc_offset: int) -> Toc:
             "estargz TOC", f"file {open_file.name} ends at {next_at} of its {open_file.size} bytes"
         )
     return Toc(version, entries, digest)
+
+
+@dataclass
+class Member:
+    """One gzip member of the blob and the data entries inside it, in TOC order. A member lies between its
+    ``offset`` and ``end``, the next member with data (or, for the last, the end of the blob: the member's own
+    trailer says where it stops). An entry's bytes are ``chunk_size`` bytes from its ``inner_offset`` in the
+    member's inflated output."""
+
+    offset: int
+    end: int
+    entries: list[Entry]
+
+    @property
+    def need(self) -> int:
+        """How much of the member's output its entries cover (what a reader inflates, at most)."""
+        return max(e.inner_offset + e.chunk_size for e in self.entries)
+
+    @property
+    def shared(self) -> bool:
+        """Whether an entry's data does not start the member: several entries in it, or one after tar
+        headers. A reader then inflates the member and cuts the entry out, instead of inflating the entry's
+        own member to its size."""
+        return len(self.entries) > 1 or self.entries[0].inner_offset != 0
+
+
+def group_members(data: list[Entry], end: int) -> list[Member]:
+    """The data entries (TOC order, sizes checked by :func:`parse_toc`) grouped by gzip member; ``end``: where
+    the last member's range stops. Members must follow one another in the blob, and inside a member the entries'
+    bytes must follow one another without overlapping, as the writer lays them out (one pass over a member
+    serves them all)."""
+    out: list[Member] = []
+    for e in data:
+        if out and e.offset == out[-1].offset:
+            prev = out[-1].entries[-1]
+            if e.inner_offset < prev.inner_offset + prev.chunk_size:
+                raise FormatError(
+                    "estargz TOC",
+                    f"entry {e.index} ({e.name}): innerOffset {e.inner_offset} lies inside the data of entry "
+                    f"{prev.index} ({prev.inner_offset}+{prev.chunk_size}) in the gzip member at {e.offset}",
+                    value=e.inner_offset,
+                )
+            out[-1].entries.append(e)
+            continue
+        if out and e.offset < out[-1].offset:
+            prev = out[-1].entries[-1]
+            raise FormatError(
+                "estargz TOC",
+                f"entry {e.index} ({e.name}): data offset {e.offset} is before that of entry {prev.index} "
+                f"({prev.offset})",
+                value=e.offset,
+            )
+        if out:
+            out[-1].end = e.offset
+        out.append(Member(e.offset, end, [e]))
+    return out

@@ -1,7 +1,8 @@
 """Checks of an eStargz layer (``estargz.footer``, ``estargz.toc``, ``estargz.toc_digest``, ``estargz.chunk``,
 ``estargz.file``): the footer and the TOC decode; the TOC's sha256 equals the TOC digest the user gives (the
 ``containerd.io/snapshot/stargz/toc.digest`` annotation); every data entry's gzip member inflates, through the
-chunk service, to bytes whose sha256 is its ``chunkDigest``; every file's bytes have its ``digest``. Each
+chunk service, to bytes whose sha256 is its ``chunkDigest`` (an entry sharing its member with others: its
+bytes at its ``innerOffset`` in the member's output); every file's bytes have its ``digest``. Each
 finding names the TOC entry, its path and the offset of its gzip member in the blob.
 """
 

@@ -433,7 +433,9 @@ def fuzz_erofs(data: bytes) -> None:
 
 
 def fuzz_estargz(data: bytes) -> None:
-    """An eStargz blob: footer, TOC member, TOC JSON, and the bootstrap made from it (no chunk is read)."""
+    """An eStargz blob: footer, TOC member, TOC JSON, the bootstrap made from it, and the first chunks that
+    share a gzip member (innerOffset), cut from the member's output as the chunk service cuts them."""
+    from nydus_inspect.chunks.members import SharedMembers
     from nydus_inspect.estargz import read_index, ref_bootstrap
 
     class _Bytes:
@@ -446,6 +448,12 @@ def fuzz_estargz(data: bytes) -> None:
         index = read_index(_Bytes(), len(data))
         if len(index.toc.entries) <= MAX_NODES:
             ref_bootstrap(index, "0" * 64)
+            members = SharedMembers(_Bytes(), index.placement())
+            for _, (member, entry) in list(members.placement.items())[:8]:
+                try:
+                    members.read(member, entry.inner_offset, entry.chunk_size)
+                except FormatError:
+                    pass  # each chunk on its own: a bad one must not hide the next
     except EXPECTED:
         pass
 
@@ -636,9 +644,28 @@ def _estargz_seeds(sample_toc: bytes) -> list[bytes]:
         },
     ]
     two = toc_member(json.dumps({"version": 1, "entries": chunked}).encode())
+    # Two files in one gzip member (the writer's minimum chunk size): the second's tar header between them,
+    # its data at its innerOffset in the member's output.
+    other = b"second file\n" * 40
+    pad = -len(payload) % 512
+    shared_member = gzip.compress(payload + bytes(pad) + bytes(512) + other, mtime=0)
+    shared = [
+        entries[1],
+        {
+            "name": "d/g",
+            "type": "reg",
+            "size": len(other),
+            "offset": 0,
+            "innerOffset": len(payload) + pad + 512,
+            "digest": "sha256:" + hashlib.sha256(other).hexdigest(),
+            "chunkDigest": "sha256:" + hashlib.sha256(other).hexdigest(),
+        },
+    ]
+    three = toc_member(json.dumps({"version": 1, "entries": shared}).encode())
     return [
         data + one + footer(len(data)),
         first + second + two + footer(len(first) + len(second)),
+        shared_member + three + footer(len(shared_member)),
         toc_member(sample_toc) + footer(0),
     ]
 
