@@ -798,7 +798,8 @@ def register(sub) -> None:
     s.add_argument(
         "--root-hash",
         metavar="HEX",
-        help="plain EROFS: the dm-verity root hash to check the appended hash tree against (or sha256:HEX)",
+        help="plain EROFS: the dm-verity root hash to check the appended hash tree against (or sha256:HEX; "
+        "sha512:HEX for a seekable layer's dm-verity frame)",
     )
     s.add_argument(
         "--salt", metavar="HEX", help="plain EROFS without a dm-verity superblock: its salt (default: zeros)"
