@@ -26,8 +26,11 @@ import pytest
 import test_mount
 import zstandard
 from fixtures_util import assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_erofs_native import assert_same_tree, check_image, extracted_tree, our_tree
 from test_erofs_write import CONTAINERD, plain_tar, veritysetup, veritysetup_format
+from tree_strategies import trees, write_tree_tar
 
 fuse = test_mount.fuse
 mounts = test_mount.mounts
@@ -193,6 +196,26 @@ def test_zstd_gives_the_plain_image(erofs_utils, fixture_tars, mkfs_trees, tmp_p
         if "--dm-verity" in opts:
             assert_veritysetup_accepts(data, out, res, tmp_path)
     assert check_image(erofs_utils, out, tmp_path / "check") == mkfs_trees[name]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=trees(), blocks=st.integers(1, 9), hashed=st.booleans(), verity=st.booleans())
+def test_generated_trees(tmp_path_factory, entries, blocks, hashed, verity):
+    """Generated trees in chunks of 1 to 9 blocks: zstd decompresses each layer to the plain image, one
+    frame per chunk, and the frames are where the chunk table says."""
+    work = tmp_path_factory.mktemp("gen")
+    write_tree_tar(work / "tree.tar", entries)
+    plain = work / "plain.erofs"
+    pack(work / "tree.tar", plain)
+    opts = ["--chunk-size", str(blocks * 4096)]
+    opts += [] if hashed else ["--seekable-hash", "none"]
+    opts += ["--dm-verity"] if verity else []
+    res = pack(work / "tree.tar", work / "l.seekable", "--seekable", *opts)
+    image = plain.read_bytes()
+    assert zstd_decompress(work / "l.seekable", work / "l.img") == image
+    assert zstd_frame_counts(work / "l.seekable") == (-(-len(image) // (blocks * 4096)), 2 if verity else 1)
+    check_frames((work / "l.seekable").read_bytes(), image, res)
+    shutil.rmtree(work)
 
 
 def test_an_image_of_two_blocks(tmp_path):
@@ -392,6 +415,30 @@ def test_bad_options_are_one_line(fixture_tars, tmp_path):
         "multiple of 4096",
     )
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.slow
+def test_packing_stays_in_bounded_memory(tmp_path):
+    """A 1 GiB file (a zstd tar of a few hundred KB) packed under RLIMIT_AS of 512 MiB, in 64 MiB chunks with
+    dm-verity: the image is framed a chunk at a time, never held whole."""
+    import hostile
+
+    src = tmp_path / "bomb.tar.zst"
+    next(hostile.dedup_bomb(1 << 30)).write(src)
+    layer = tmp_path / "bomb.seekable"
+    with open(tmp_path / "res.json", "wb") as out:
+        proc = hostile.run_limited(
+            "pack", "--format", "erofs", "--seekable", "--chunk-size", "64M", "--dm-verity", "--json", src,
+            "-o", layer, stdout=out, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert res["uncompressed_size"] > 1 << 30 and res["frames"] == -(-res["uncompressed_size"] // (64 * MIB))
+    assert zstd_frame_counts(layer) == (res["frames"], 2)
+    digest = subprocess.run(
+        f"{zstd()} -dc {layer} | sha256sum", shell=True, check=True, capture_output=True, text=True
+    ).stdout.split()[0]
+    assert f"sha256:{digest}" == res["uncompressed_digest"]
 
 
 @pytest.mark.slow
