@@ -128,7 +128,7 @@ def check_frames(data: bytes, image: bytes, res: dict) -> dict:
     return table
 
 
-def assert_veritysetup_accepts(data: bytes, image: Path, res: dict, work: Path) -> None:
+def assert_veritysetup_accepts(data: bytes, image: Path, res: dict, work: Path, salt: str = "-") -> None:
     """``veritysetup verify`` takes the payload (superblock, tree) as the hash device of the image, with the
     root hash reported; ``veritysetup format`` with the superblock's parameters writes the same tree."""
     v = res["dm_verity"]
@@ -146,7 +146,7 @@ def assert_veritysetup_accepts(data: bytes, image: Path, res: dict, work: Path) 
     padded = work / "padded.img"  # veritysetup format wants whole blocks of data
     padded.write_bytes(image.read_bytes().ljust(-(-image.stat().st_size // 4096) * 4096, b"\0"))
     theirs = work / "theirs.hash"
-    want = veritysetup_format(padded, theirs, "--hash=sha512", "--salt=-", "--data-block-size=4096")
+    want = veritysetup_format(padded, theirs, "--hash=sha512", f"--salt={salt}", "--data-block-size=4096")
     assert want == v["root_hash"]
     assert hash_file.read_bytes()[4096:] == theirs.read_bytes()[4096:]  # the UUIDs differ
 
@@ -233,6 +233,16 @@ def test_an_image_of_two_blocks(tmp_path):
     assert_veritysetup_accepts(layer.read_bytes(), img, res, tmp_path)
     proc = run_cli("verify", layer, "--root-hash", res["annotations"][A_VERITY_ROOT])
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+def test_a_salt_goes_in_the_superblock(fixture_tars, tmp_path):
+    """--salt (no salt is the converter's default): veritysetup reads it from the superblock."""
+    layer = tmp_path / "s.seekable"
+    res = pack(fixture_tars["xattrs.tar"], layer, "--seekable", "--dm-verity", "--salt", "0a1b2c")
+    img = tmp_path / "s.img"
+    zstd_decompress(layer, img)
+    assert_veritysetup_accepts(layer.read_bytes(), img, res, tmp_path, salt="0a1b2c")
+    assert run_cli("verify", layer, "--root-hash", res["annotations"][A_VERITY_ROOT]).returncode == 0
 
 
 @pytest.fixture(scope="module")
