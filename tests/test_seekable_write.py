@@ -157,7 +157,14 @@ def mkfs_trees(erofs_utils, fixture_tars, tmp_path_factory) -> dict[str, dict]:
     out = {}
     for name in TARS:
         work = tmp_path_factory.mktemp("mkfs")
-        theirs = erofs_utils.mkfs(work / "mkfs.erofs", plain_tar(fixture_tars[name], work), *CONTAINERD)
+        src = fixture_tars[name]
+        if src.suffix == ".zst":  # mkfs.erofs reads plain tars only
+            tar = work / src.stem
+            tar.write_bytes(
+                zstandard.ZstdDecompressor().decompress(src.read_bytes(), max_output_size=1 << 30)
+            )
+            src = tar
+        theirs = erofs_utils.mkfs(work / "mkfs.erofs", plain_tar(src, work), *CONTAINERD)
         out[name] = extracted_tree(erofs_utils.extract(theirs, work / "x"))
     return out
 
@@ -171,9 +178,9 @@ def test_zstd_gives_the_plain_image(erofs_utils, fixture_tars, mkfs_trees, tmp_p
     plain = tmp_path / "plain.erofs"
     pres = pack(src, plain)
     image = plain.read_bytes()
-    assert len(image) % 4096 == 0 and len(image) > 3 * 4096
+    assert len(image) % 4096 == 0 and len(image) >= 2 * 4096
     blocks = len(image) // 4096
-    odd = next(k for k in (3, 5, 7, 11, 13) if blocks % k) * 4096
+    odd = next(k for k in (2, 3, 5, 7, 11, 13) if blocks % k) * 4096  # a chunk that does not divide it
     cases = [
         ("4096", ("--chunk-size", "4K")),
         (str(odd), ("--chunk-size", str(odd), "--seekable-hash", "none")),
@@ -195,7 +202,8 @@ def test_zstd_gives_the_plain_image(erofs_utils, fixture_tars, mkfs_trees, tmp_p
         check_frames(data, image, res)
         if "--dm-verity" in opts:
             assert_veritysetup_accepts(data, out, res, tmp_path)
-    assert check_image(erofs_utils, out, tmp_path / "check") == mkfs_trees[name]
+    got = check_image(erofs_utils, out, tmp_path / "check")
+    assert_same_tree(got, mkfs_trees[name], name)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -270,14 +278,22 @@ def test_our_reader_reads_what_we_write(verity_layer, erofs_utils, fixture_tars,
     assert t["dm_verity_offset"] == res["dm_verity"]["frame_offset"]
     assert run_cli("ls", "-R", layer).stdout == run_cli("ls", "-R", plain).stdout
     assert_same_tree(our_tree(layer), our_tree(plain), "seekable against plain")
-    names = [ln for ln in run_cli("ls", "-R", layer).stdout.decode().splitlines() if ln.startswith("/data/")]
-    for path in names[:5]:
-        got = run_cli("cat", layer, path)
-        if got.returncode == 0:
-            assert got.stdout == run_cli("cat", plain, path).stdout
+    names = [ln for ln in run_cli("ls", "-R", layer).stdout.splitlines() if ln.startswith(b"/data/")]
+    cats = 0
+    for path in names:
+        got = run_cli("cat", layer, os.fsdecode(path))
+        if got.returncode == 0 and got.stdout:
+            assert got.stdout == run_cli("cat", plain, os.fsdecode(path)).stdout
+            cats += 1
+        if cats == 5:
+            break
+    assert cats == 5
     out, ref = tmp_path / "out", tmp_path / "ref"
     assert run_cli("unpack", layer, "--to-dir", out).returncode == 0
-    assert extracted_tree(out) == extracted_tree(erofs_utils.extract(plain, ref))
+    # assert_same_tree: fsck.erofs 1.9.3 drops xattrs with empty values (trusted.overlay.origin), unpack not.
+    assert_same_tree(
+        extracted_tree(out), extracted_tree(erofs_utils.extract(plain, ref)), "unpack against fsck"
+    )
     proc = run_cli("verify", layer, "--root-hash", res["annotations"][A_VERITY_ROOT])
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert f"{res['frames']} zstd frames".encode() in proc.stdout and b"dm-verity blocks" in proc.stdout
