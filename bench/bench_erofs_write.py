@@ -3,7 +3,10 @@ payload beside `veritysetup format`, on the Debian rootfs tar.
 
 - `pack --format erofs` against `mkfs.erofs --tar=f --aufs -Enoinline_data` (containerd's options);
 - `pack --format erofs --dm-verity` against mkfs.erofs followed by `veritysetup format` of its image
-  (the hash tree into a file of its own).
+  (the hash tree into a file of its own);
+- `pack --format erofs --seekable` (4M zstd frames and the chunk table) against our plain image and against
+  mkfs.erofs followed by `zstd -3 -T1` of its image (one frame: the nearest peer, with no random access);
+  with `--dm-verity` against mkfs.erofs, zstd and `veritysetup format --hash sha512` of the image.
 
 Ratios are ours / theirs. Without erofs-utils 1.9.3 (`make oracle`) or veritysetup it says so and skips.
 Run: `make bench` or `python bench/bench_erofs_write.py [REPEAT]`.
@@ -33,6 +36,13 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     ours, theirs = work / "ours.erofs", work / "mkfs.erofs"
     ours_v, theirs_v, hash_file = work / "ours-verity.erofs", work / "mkfs-verity.erofs", work / "mkfs.hash"
+    ours_s, ours_sv = work / "ours.seekable", work / "ours-verity.seekable"
+    theirs_z_img, theirs_z = work / "mkfs-z.erofs", work / "mkfs.erofs.zst"
+    theirs_zv_img, theirs_zv, hash_zv = (
+        work / "mkfs-zv.erofs",
+        work / "mkfs-v.erofs.zst",
+        work / "mkfs-zv.hash",
+    )
     mkfs = f"{tools / 'mkfs.erofs'} --quiet --tar=f --aufs -Enoinline_data -b4096"
     print(f"EROFS layers written from {tar} ({load_note()})")
     commands = [
@@ -61,6 +71,42 @@ def main() -> int:
         outputs[commands[3][0]] = theirs_v
     else:
         print("veritysetup not installed (Debian cryptsetup-bin): the dm-verity rows are skipped")
+    zstd = shutil.which("zstd")
+    seekable = "ours pack --format erofs --seekable"
+    seekable_v = "ours ... --seekable --dm-verity"
+    if zstd:
+        pack_s = [*NYDUS, "pack", "-q", "--format", "erofs", "--seekable", str(tar)]
+        commands += [
+            (seekable, [*pack_s, "-o", str(ours_s)]),
+            (
+                "mkfs.erofs + zstd -3",
+                [
+                    "sh",
+                    "-c",
+                    f"{mkfs} {theirs_z_img} {tar} && {zstd} -q -3 -T1 -f {theirs_z_img} -o {theirs_z}",
+                ],
+            ),
+        ]
+        outputs[seekable] = ours_s
+        outputs["mkfs.erofs + zstd -3"] = theirs_z
+        if veritysetup:
+            commands += [
+                (seekable_v, [*pack_s, "--dm-verity", "-o", str(ours_sv)]),
+                (
+                    "mkfs.erofs + zstd + veritysetup",
+                    [
+                        "sh",
+                        "-c",
+                        f"{mkfs} {theirs_zv_img} {tar} && {zstd} -q -3 -T1 -f {theirs_zv_img} -o {theirs_zv} && "
+                        f"rm -f {hash_zv} && {veritysetup} format --hash=sha512 --salt=- {theirs_zv_img} "
+                        f"{hash_zv} >/dev/null",
+                    ],
+                ),
+            ]
+            outputs[seekable_v] = ours_sv
+            outputs["mkfs.erofs + zstd + veritysetup"] = theirs_zv
+    else:
+        print("zstd not installed: the seekable rows are skipped")
     rows = measure_together(commands, repeat=repeat, outputs=outputs)
     table(rows)
     line = f"pack --format erofs / mkfs.erofs: {ratio(rows, commands[0][0], commands[1][0]):.2f}x"
@@ -69,7 +115,19 @@ def main() -> int:
             f", with dm-verity / mkfs.erofs + veritysetup: {ratio(rows, commands[2][0], commands[3][0]):.2f}x"
         )
     print(line)
-    for p in (ours, theirs, ours_v, theirs_v, hash_file):
+    if zstd:
+        line = (
+            f"--seekable / plain: {ratio(rows, seekable, commands[0][0]):.2f}x, "
+            f"/ mkfs.erofs + zstd: {ratio(rows, seekable, 'mkfs.erofs + zstd -3'):.2f}x"
+        )
+        if veritysetup:
+            line += f", with dm-verity / mkfs.erofs + zstd + veritysetup: {ratio(rows, seekable_v, commands[-1][0]):.2f}x"
+        print(line)
+        sizes = [("image", ours), ("ours --seekable", ours_s), ("zstd -3 of mkfs.erofs's image", theirs_z)]
+        print("bytes: " + ", ".join(f"{what} {p.stat().st_size}" for what, p in sizes if p.exists()))
+    for p in (ours, theirs, ours_v, theirs_v, hash_file, ours_s, ours_sv, theirs_z_img, theirs_z):
+        p.unlink(missing_ok=True)
+    for p in (theirs_zv_img, theirs_zv, hash_zv):
         p.unlink(missing_ok=True)
     return 0
 

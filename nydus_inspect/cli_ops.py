@@ -48,8 +48,13 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _pack_options(args, **extra):
-    """PackOptions from --compressor, --digester and --chunk-size (shared by pack and convert)."""
+#: pack's and convert's --chunk-size for nydus layers when none is given (a seekable layer's is 4M).
+NYDUS_CHUNK_SIZE = "0x100000"
+
+
+def _pack_options(args, chunk_size: str | None = None, **extra):
+    """PackOptions from --compressor, --digester and --chunk-size (shared by pack and convert); ``chunk_size``
+    instead of --chunk-size when that means something else (convert --to erofs --seekable)."""
     from .codecs import Compressor
     from .digests import Digester
     from .pack import PackOptions
@@ -59,7 +64,7 @@ def _pack_options(args, **extra):
         return PackOptions(
             compressor=Compressor.parse(args.compressor),
             digester=Digester.parse(args.digester),
-            chunk_size=parse_size(args.chunk_size, "--chunk-size"),
+            chunk_size=parse_size(chunk_size or args.chunk_size or NYDUS_CHUNK_SIZE, "--chunk-size"),
             **extra,
         )
     except ValueError as exc:
@@ -114,7 +119,7 @@ def _pack_estargz_ref(args) -> int:
     from .units import parse_size
 
     # The layer decides the chunk size; an explicit --chunk-size (not pack's default) must agree with it.
-    chunk_size = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size != "0x100000" else None
+    chunk_size = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size is not None else None
     res = pack_ref(args.source, args.output, chunk_size)
     if args.json:
         from .cli import print_json
@@ -145,7 +150,10 @@ def _pack_targz_ref(args) -> int:
     if args.source == "-":
         raise UsageError("--type targz-ref needs the .tar.gz as a file: its sha256 is the blob id")
     res = pack_ref(
-        args.source, args.output, parse_size(args.chunk_size, "--chunk-size"), args.blob_inline_meta
+        args.source,
+        args.output,
+        parse_size(args.chunk_size or NYDUS_CHUNK_SIZE, "--chunk-size"),
+        args.blob_inline_meta,
     )
     if args.json:
         from .cli import print_json
@@ -188,11 +196,45 @@ def _refuse_erofs_only(args, needs: str) -> None:
             ("--no-verity-superblock", args.no_verity_superblock),
             ("--salt", args.salt is not None),
             ("--inline-data", getattr(args, "inline_data", False)),
+            ("--seekable", args.seekable),
+            ("--seekable-hash", args.seekable_hash is not None),
         )
         if on
     ]
     if given:
         raise UsageError(f"{', '.join(given)}: only with {needs}")
+
+
+def _seekable_options(args):
+    """SeekableOptions from --seekable's options, or None without --seekable (whose options are then refused
+    rather than ignored: --chunk-size has no meaning for a plain EROFS image)."""
+    from .seekable_write import DEFAULT_CHUNK_SIZE, HASH_NAMES, SeekableOptions, check_chunk_size
+    from .units import parse_size
+
+    if not args.seekable:
+        given = [
+            opt
+            for opt, on in (
+                ("--chunk-size", args.chunk_size is not None),
+                ("--seekable-hash", args.seekable_hash is not None),
+            )
+            if on
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)}: a plain EROFS image has no chunks; only with --seekable")
+        return None
+    if args.no_verity_superblock:
+        raise UsageError(
+            "--no-verity-superblock: a seekable layer's dm-verity frame always holds the superblock"
+        )
+    chunk = DEFAULT_CHUNK_SIZE if args.chunk_size is None else parse_size(args.chunk_size, "--chunk-size")
+    check_chunk_size(chunk)
+    opts = SeekableOptions(
+        chunk_size=chunk, hash_algo=HASH_NAMES[args.seekable_hash or "sha512"], dm_verity=args.dm_verity
+    )
+    if args.salt is not None:
+        opts.salt = _salt_arg(args.salt)
+    return opts
 
 
 def _salt_arg(value: str) -> bytes:
@@ -206,22 +248,29 @@ def _salt_arg(value: str) -> bytes:
 
 
 def _root_hash_arg(value: str | None) -> bytes | None:
-    """--root-hash as hex, or as the OCI digest the converter's annotation holds (sha256:HEX)."""
+    """--root-hash as hex, or as the digest the converter's annotation holds: sha256:HEX for a plain layer,
+    sha512:HEX for a seekable one."""
     if value is None:
         return None
-    text = value.removeprefix("sha256:")
+    algo, _, text = value.rpartition(":")
+    sizes = {"sha256": (32,), "sha512": (64,), "": (32, 64)}.get(algo, ())
     try:
         root = bytes.fromhex(text)
     except ValueError:
         root = b""
-    if len(root) != 32:
-        raise UsageError(f"--root-hash {value!r}: not a sha256 root hash (64 hex digits, sha256: optional)")
+    if len(root) not in sizes:
+        raise UsageError(
+            f"--root-hash {value!r}: not a root hash (64 or 128 hex digits, sha256: or sha512: optional)"
+        )
     return root
 
 
 def _cmd_pack_erofs(args) -> int:
     from .erofs_write import pack_erofs
 
+    seekable = _seekable_options(args)
+    if seekable is not None:
+        return _cmd_pack_seekable(args, seekable)
     opts = _erofs_options(args)
     total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
     with progress_bar(args, "pack", total) as update:
@@ -245,9 +294,55 @@ def _cmd_pack_erofs(args) -> int:
     return 0
 
 
+def _cmd_pack_seekable(args, seekable) -> int:
+    from .seekable_write import pack_seekable
+
+    opts = _erofs_options(args)  # the image inside is plain: pack_seekable puts dm-verity in its own frame
+    total = os.path.getsize(args.source) if args.source != "-" and os.path.isfile(args.source) else None
+    with progress_bar(args, "pack", total) as update:
+        opts.progress = update
+        res = pack_seekable(args.source, args.output, seekable, opts)
+    if args.json:
+        from .cli import print_json
+
+        print_json(res.to_json())
+        return 0
+    from .cli import plural
+
+    e = res.erofs
+    print(f"sha256:{res.digest}  {res.path}")
+    print(
+        f"seekable EROFS layer of {plural(e.inodes, 'inode')}, {plural(e.files, 'file')} ({e.data_bytes} bytes): "
+        f"{res.size} bytes, the image inside {res.uncompressed_size} bytes ({res.diff_id})"
+    )
+    print(
+        f"{plural(res.frames, 'zstd frame')} of {res.chunk_size} bytes, chunk table at {res.chunk_table_offset} "
+        f"({'sha512' if res.hash_algo else 'no'} frame checksums)"
+    )
+    if res.root_hash is not None:
+        print(f"dm-verity root hash sha512:{res.root_hash} (frame at {res.verity_offset})")
+    return 0
+
+
+def _add_seekable_args(s) -> None:
+    s.add_argument(
+        "--seekable",
+        action="store_true",
+        help="erofs: a seekable EROFS layer (containerd's --erofs-seekable): the image in independent zstd "
+        "frames, a chunk table, and with --dm-verity a dm-verity frame (sha512, no salt)",
+    )
+    s.add_argument(
+        "--seekable-hash",
+        choices=("sha512", "none"),
+        help="--seekable: a SHA-512 of each frame in the chunk table (sha512, the default) or none",
+    )
+
+
 def _add_verity_args(s) -> None:
     s.add_argument(
-        "--dm-verity", action="store_true", help="append a dm-verity hash tree (sha256, 4 KiB blocks)"
+        "--dm-verity",
+        action="store_true",
+        help="append a dm-verity hash tree (sha256, 4 KiB blocks; --seekable: sha512, in a frame of its own)",
     )
     s.add_argument(
         "--no-verity-superblock",
@@ -257,7 +352,8 @@ def _add_verity_args(s) -> None:
     s.add_argument(
         "--salt",
         metavar="HEX",
-        help="dm-verity salt in hex, - for none (default: 32 zero bytes, as containerd)",
+        help="dm-verity salt in hex, - for none (default: 32 zero bytes as containerd's differ; --seekable: "
+        "none, as its converter)",
     )
 
 
@@ -358,9 +454,15 @@ def cmd_corrupt(args) -> int:
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    opts = _pack_options(args)
-    if args.to != "erofs":
+    erofs = seekable = None
+    if args.to == "erofs":
+        erofs = _erofs_options(args)
+        seekable = _seekable_options(args)
+        # --chunk-size is a seekable layer's frame size here; no nydus chunk is written.
+        opts = _pack_options(args, chunk_size=NYDUS_CHUNK_SIZE)
+    else:
         _refuse_erofs_only(args, "--to erofs")
+        opts = _pack_options(args)
     from .imageref import destination, materialise
 
     source = materialise(args.source)
@@ -368,8 +470,15 @@ def cmd_convert(args) -> int:
         progress_bar(args, "convert", None) as update,
         destination(args.output, mount_from=args.source) as out,
     ):
-        erofs = _erofs_options(args) if args.to == "erofs" else None
-        res = convert(source, out, platforms=args.platform, options=opts, progress=update, erofs=erofs)
+        res = convert(
+            source,
+            out,
+            platforms=args.platform,
+            options=opts,
+            progress=update,
+            erofs=erofs,
+            seekable=seekable,
+        )
         res.output = args.output
     if args.json:
         from .cli import print_json
@@ -581,8 +690,8 @@ def register(sub) -> None:
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
     s.add_argument(
         "--chunk-size",
-        default="0x100000",
-        help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)",
+        help="nydus: a power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M); erofs --seekable: "
+        "uncompressed bytes per zstd frame, a multiple of 4K up to 64M (default 4M)",
     )
     s.add_argument(
         "--bootstrap", metavar="OUT.boot", help="also write the bootstrap, naming the blob by its digest"
@@ -616,6 +725,7 @@ def register(sub) -> None:
         help="erofs: pack file tails after their inodes (containerd does not)",
     )
     _add_verity_args(s)
+    _add_seekable_args(s)
     s.set_defaults(func=cmd_pack, bulk=True)
 
     s = sub.add_parser("unpack", help="nydus layer -> OCI layer tar, or a directory")
@@ -688,7 +798,8 @@ def register(sub) -> None:
     s.add_argument(
         "--root-hash",
         metavar="HEX",
-        help="plain EROFS: the dm-verity root hash to check the appended hash tree against (or sha256:HEX)",
+        help="plain EROFS: the dm-verity root hash to check the appended hash tree against (or sha256:HEX; "
+        "sha512:HEX for a seekable layer's dm-verity frame)",
     )
     s.add_argument(
         "--salt", metavar="HEX", help="plain EROFS without a dm-verity superblock: its salt (default: zeros)"
@@ -722,8 +833,8 @@ def register(sub) -> None:
     s.add_argument("--digester", default="blake3", help="blake3 (default) or sha256")
     s.add_argument(
         "--chunk-size",
-        default="0x100000",
-        help="power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M)",
+        help="nydus: a power of 2 from 4K to 16M: 1M, 0x100000 or 1048576 (default 1M); erofs --seekable: "
+        "uncompressed bytes per zstd frame, a multiple of 4K up to 64M (default 4M)",
     )
     s.add_argument("--json", action="store_true", help="each image converted, with its blobs, as JSON")
     s.add_argument(
@@ -733,6 +844,7 @@ def register(sub) -> None:
         help="nydus (default), or erofs: EROFS layers as containerd's converter writes them",
     )
     _add_verity_args(s)
+    _add_seekable_args(s)
     add_arguments(s, platform=False)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_convert, bulk=True)

@@ -405,12 +405,14 @@ def convert(
     options: PackOptions | None = None,
     progress: Callable[[int], None] | None = None,
     erofs=None,
+    seekable=None,
 ) -> ConvertResult:
     """Convert the OCI image layout ``source`` into a nydus image in the new layout ``output``.
 
     ``platforms``: "os/arch[/variant]" strings (or "all"); by default the only image, or linux/amd64.
     ``erofs``: an :class:`.erofs_write.ErofsOptions` for a containerd EROFS image instead
-    (:mod:`.erofs_convert`).
+    (:mod:`.erofs_convert`); with ``seekable`` (:class:`.seekable_write.SeekableOptions`) too, its layers
+    are seekable EROFS layers.
     """
     opts = options or PackOptions()
     opts.check()
@@ -434,7 +436,7 @@ def convert(
         if erofs is not None:
             from .erofs_convert import ErofsConverter
 
-            conv = ErofsConverter(src, writer, opts, progress, erofs)
+            conv = ErofsConverter(src, writer, opts, progress, erofs, seekable)
         else:
             conv = _Converter(src, writer, opts, progress)
         new_index, changed = conv.index(src.index, [], chosen)

@@ -136,8 +136,17 @@ def aufs_to_overlay(root: Node) -> None:
 
 def pack_erofs(source: str, output: str, opts: ErofsOptions | None = None) -> ErofsResult:
     """The layer tar at ``source`` ('-' for stdin; plain, gzip or zstd) as a plain EROFS image at ``output``."""
+    with atomic_output(output) as out:
+        result = pack_erofs_into(source, out, opts, os.path.dirname(os.path.abspath(output)))
+    result.path = output
+    return result
+
+
+def pack_erofs_into(source: str, out, opts: ErofsOptions | None, spool_dir: str) -> ErofsResult:
+    """The image of the layer tar at ``source`` written to the file object ``out`` (a spool for file data
+    that cannot be read in place goes in ``spool_dir``)."""
     opts = opts or ErofsOptions()
-    with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(output))) as spool:
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
 
         def on_file(node: Node, fobj, ref) -> None:
             # A plain tar file is read in place later; anything else (stdin, gzip, zstd) is kept in a spool.
@@ -151,11 +160,9 @@ def pack_erofs(source: str, output: str, opts: ErofsOptions | None = None) -> Er
         with open_tar_input(source) as stream:
             tree = read_tar(stream, on_file, source, progress=opts.progress)
             spool.flush()
-            with atomic_output(output) as out:
-                result = write_erofs(tree, out, opts)
+            result = write_erofs(tree, out, opts)
     for warning in tree.warnings:
         log.warning("%s", warning)
-    result.path = output
     return result
 
 

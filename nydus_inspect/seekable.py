@@ -18,8 +18,10 @@ from .errors import FormatError
 from .formats import seekable_erofs
 from .model import _LRU
 
-#: Decoded frames kept (chunks of the default 4 MiB or less: a few tens of MiB at most).
+#: Decoded frames kept: up to this many, within FRAMES_BYTES (8 of the default 4 MiB chunks), and never
+#: fewer than 2 (a read that straddles two frames keeps both), so the largest chunks (64 MiB) hold 128 MiB.
 FRAMES_KEPT = 8
+FRAMES_BYTES = 32 << 20
 
 
 def looks_seekable(path: str) -> bool:
@@ -50,7 +52,7 @@ class SeekableErofs:
             raise
         self.size = self.table.uncompressed_size
         self._starts = [f.uncompressed_offset for f in self.table.frames]
-        self._decoded = _LRU(FRAMES_KEPT)
+        self._decoded = _LRU(max(2, min(FRAMES_KEPT, FRAMES_BYTES // self.table.chunk_size)))
         self._lock = threading.Lock()
         self.stored_size = self.file.size
 

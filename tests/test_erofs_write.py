@@ -152,7 +152,7 @@ def veritysetup_format(data: Path, hash_file: Path, *opts: str) -> str:
     proc = subprocess.run(
         [veritysetup(), "format", *opts, str(data), str(hash_file)], capture_output=True, check=True
     )
-    return re.search(rb"Root hash:\s+([0-9a-f]{64})", proc.stdout).group(1).decode()
+    return re.search(rb"Root hash:\s+([0-9a-f]{64,128})", proc.stdout).group(1).decode()
 
 
 def assert_veritysetup_agrees(image: Path, res: dict, work: Path, salt: str = ZERO_SALT) -> None:

@@ -1,10 +1,11 @@
 """Seekable EROFS layers (containerd's ``--erofs-seekable``, pull request 12703): read by frame.
 
-No tool here writes them yet, so :func:`make_seekable` builds them in the test from the format's
-description: the EROFS image (made by the real mkfs.erofs) cut into chunks, each an independent zstd frame,
-then the chunk table in a skippable frame, then optionally a dm-verity frame. Read through the layer, the
-image inside must give the tree the plain image gives (model, unpack, the mount against erofsfuse of the
-plain image); a chunk table that lies is one line naming it, exit 2.
+:func:`make_seekable` builds them here from the format's description, apart from our writer
+(test_seekable_write holds that one to the zstd CLI and veritysetup), so that the reader is judged on
+layers it did not make: the EROFS image (made by the real mkfs.erofs) cut into chunks, each an independent
+zstd frame, then the chunk table in a skippable frame, then optionally a dm-verity frame. Read through the
+layer, the image inside must give the tree the plain image gives (model, unpack, the mount against erofsfuse
+of the plain image); a chunk table that lies is one line naming it, exit 2.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ SHA-512, the 64-byte SHA-512 of the frame's stored bytes.
 Nothing in the layer says where the chunk table is (containerd passes its offset in an annotation), so
 :func:`frame_end` walks the zstd frames from the start by their block headers, never decoding them; every
 size met is checked against the file before it is used.
+
+The encoding half (:func:`skippable_header`, :func:`table_payload`) builds the same structures from the same
+definitions; the zstd frames themselves are the codec's business (``seekable_write``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ TABLE_VERSION = 1
 HASH_NONE, HASH_SHA512 = 0, 1
 HASH_SIZES = {HASH_NONE: 0, HASH_SHA512: 64}
 HEADER = struct.Struct("<IIQIBH")  # 23 bytes
+ENTRY_OFFSET = struct.Struct("<Q")
+SKIPPABLE_HEADER = struct.Struct("<II")
 #: zstd caps a block at 128 KiB of content; a compressed block is never larger.
 MAX_BLOCK = 128 << 10
 #: The largest chunk this reader decodes at once (a frame's uncompressed bytes are held whole).
@@ -71,6 +76,48 @@ class Table:
         }
 
 
+def chunk_count(uncompressed_size: int, chunk_size: int) -> int:
+    return -(-uncompressed_size // chunk_size)
+
+
+def skippable_header(payload_size: int, magic: int = SKIPPABLE_MIN) -> bytes:
+    """The 8 bytes before a skippable frame's payload (containerd writes the first magic of the range)."""
+    if not SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
+        raise FormatError("zstd skippable frame", "magic outside 0x184D2A50..5F", value=magic)
+    if not 0 <= payload_size <= 0xFFFFFFFF:
+        raise FormatError(
+            "zstd skippable frame", "a payload over 4 GiB does not fit its 32-bit size", value=payload_size
+        )
+    return SKIPPABLE_HEADER.pack(magic, payload_size)
+
+
+def table_payload(
+    uncompressed_size: int, chunk_size: int, hash_algo: int, entries: list[tuple[int, bytes]]
+) -> bytes:
+    """The chunk table (the payload of its skippable frame): the header, then each chunk's (frame offset,
+    checksum) in order; checked as :func:`parse` checks what it reads, so nothing written here is refused
+    there."""
+    if hash_algo not in HASH_SIZES:
+        raise FormatError("seekable erofs chunk table", "unknown hash algorithm", value=hash_algo)
+    if not 0 < chunk_size <= MAX_CHUNK:
+        raise FormatError("seekable erofs chunk table", "chunk size out of range", value=chunk_size)
+    if len(entries) != chunk_count(uncompressed_size, chunk_size):
+        raise FormatError(
+            "seekable erofs chunk table",
+            f"{len(entries)} entries for {chunk_count(uncompressed_size, chunk_size)} chunks",
+            value=uncompressed_size,
+        )
+    out = bytearray(HEADER.pack(TABLE_MAGIC, TABLE_VERSION, uncompressed_size, chunk_size, hash_algo, 0))
+    last = -1
+    for i, (offset, checksum) in enumerate(entries):
+        if offset <= last or len(checksum) != HASH_SIZES[hash_algo]:
+            raise FormatError("seekable erofs chunk table", f"entry {i} out of order or of the wrong size")
+        last = offset
+        out += ENTRY_OFFSET.pack(offset)
+        out += checksum
+    return bytes(out)
+
+
 def _u32(read: Read, off: int) -> int:
     return struct.unpack("<I", read(off, 4))[0]
 
@@ -110,16 +157,16 @@ def frame_end(read: Read, off: int, limit: int) -> int:
 def skippable(read: Read, off: int, size: int) -> tuple[int, int] | None:
     """(payload offset, payload size) of a skippable frame at ``off``, checked to lie in the file; None if
     what is there is not one."""
-    if off + 8 > size:
+    if off + SKIPPABLE_HEADER.size > size:
         return None
-    magic, n = struct.unpack("<II", read(off, 8))
+    magic, n = SKIPPABLE_HEADER.unpack(read(off, SKIPPABLE_HEADER.size))
     if not SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
         return None
-    if off + 8 + n > size:
+    if off + SKIPPABLE_HEADER.size + n > size:
         raise FormatError(
             "zstd skippable frame", "payload runs past the end of the file", offset=off, value=n
         )
-    return off + 8, n
+    return off + SKIPPABLE_HEADER.size, n
 
 
 def parse(read: Read, size: int) -> Table:
@@ -154,8 +201,8 @@ def parse(read: Read, size: int) -> Table:
         raise FormatError(
             "seekable erofs chunk table", "chunk size out of range", offset=at + 16, value=chunk
         )
-    count = -(-usize // chunk)
-    entry = 8 + HASH_SIZES[algo]
+    count = chunk_count(usize, chunk)
+    entry = ENTRY_OFFSET.size + HASH_SIZES[algo]
     if n != HEADER.size + count * entry:
         raise FormatError(
             "seekable erofs chunk table",
@@ -174,7 +221,7 @@ def parse(read: Read, size: int) -> Table:
     raw = read(at + HEADER.size, count * entry)
     frames = []
     for i in range(count):
-        (off,) = struct.unpack_from("<Q", raw, i * entry)
+        (off,) = ENTRY_OFFSET.unpack_from(raw, i * entry)
         if off != starts[i]:
             raise FormatError(
                 "seekable erofs chunk table",
@@ -190,7 +237,7 @@ def parse(read: Read, size: int) -> Table:
                 end - off,
                 i * chunk,
                 min(chunk, usize - i * chunk),
-                bytes(raw[i * entry + 8 : (i + 1) * entry]),
+                bytes(raw[i * entry + ENTRY_OFFSET.size : (i + 1) * entry]),
             )
         )
     verity_at, verity_size = None, 0

@@ -103,7 +103,7 @@ from .blob_table import _check_blob_entry
 from .blobs import _blob_layers
 from .bootstrap import _check_bootstrap
 from .chunks import ChunkRecord, ChunkVerifier, _check_chunks
-from .erofs import _check_erofs, _check_verity
+from .erofs import _check_erofs, _check_seekable, _check_verity
 from .findings import DEFAULT_LIMIT, STAGES, Cancelled, Finding, Report, _guard
 from .layout import _check_layout
 from .roundtrip import _check_roundtrip
@@ -186,6 +186,8 @@ def _whole_check(run: _Run, toc_digest, root_hash, verity_salt) -> Callable[[], 
         run.verity_root, run.verity_salt = root_hash, verity_salt
 
         def erofs() -> None:
+            # A seekable layer's frames first: damage in one is then named as such, whatever reads it later.
+            _guard(run, "seekable.frame", layer.path, _check_seekable, run)
             _guard(run, "erofs.super", layer.path, _check_erofs, run)
             _guard(run, "verity.payload", layer.path, _check_verity, run)
 
