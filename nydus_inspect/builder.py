@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester
-from .formats import blob_meta, rafs_v6
+from .formats import blob_meta, erofs_zmap, rafs_v6
 from .formats._struct import round_up
 from .formats.rafs_v6 import (
     BLOCK_SIZE,
@@ -81,6 +81,9 @@ class _Slot:
     subdirs: int = 0
     #: Plain EROFS only: full blocks of a regular file's data, laid out after all the metadata.
     data_blocks: int = 0
+    #: Compressed EROFS files: the map header and lcluster indexes after the inode (their size while
+    #: planning; the writer fills them in once ``blkaddr`` is known).
+    zmap: bytes = b""
 
 
 def _order(root: Node) -> tuple[list[_Slot], int]:
@@ -124,7 +127,7 @@ def _order(root: Node) -> tuple[list[_Slot], int]:
     return slots, names
 
 
-def _prepare(slot: _Slot, flat_files: str | None = None) -> None:
+def _prepare(slot: _Slot, flat_files: str | None = None, compressed: dict[int, int] | None = None) -> None:
     node = slot.node
     slot.xattrs = rafs_v6.build_xattrs(node.xattrs)
     fixed = INODE_SIZE + len(slot.xattrs)
@@ -140,6 +143,13 @@ def _prepare(slot: _Slot, flat_files: str | None = None) -> None:
         slot.size = len(target)
         blocks = [target[i : i + BLOCK_SIZE] for i in range(0, len(target), BLOCK_SIZE)]
         _place_data(slot, blocks, len(target), fixed)
+    elif node.type == REG and flat_files and compressed and id(node) in compressed:
+        # Compressed EROFS: the file's pclusters lie after the metadata like flat data, and its map
+        # (header and one legacy index per block) follows the inode.
+        slot.size = node.size
+        slot.layout = erofs_zmap.LAYOUT_COMPRESSED_FULL
+        slot.data_blocks = compressed[id(node)]
+        slot.zmap = bytes(erofs_zmap.full_map_size(node.size, BLOCK_SIZE))
     elif node.type == REG and flat_files:
         # Plain EROFS: the data lies in the image itself. "plain" keeps every byte in whole blocks
         # (containerd asks mkfs.erofs for -Enoinline_data); "inline" packs the tail after the inode when
@@ -178,6 +188,8 @@ def _footprint(slot: _Slot, chunk_size: int) -> tuple[int, int]:
     if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
         n = -(-slot.size // chunk_size)
         return fixed, round_up(fixed, 8) + 8 * n
+    if slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
+        return fixed, round_up(fixed, 8) + len(slot.zmap)
     inline = fixed + len(slot.tail)
     return inline, inline
 
@@ -214,16 +226,19 @@ def plan_bootstrap(
     render: bool = False,
     explicit_uid_gid: bool = True,
     flat_files: str | None = None,
+    compressed: dict[int, int] | None = None,
 ) -> Plan:
     """Order, prepare and place every inode and data block of the tree under ``root``; with ``render``,
     also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks.
 
     ``flat_files`` ("plain" or "inline"): a plain EROFS image, regular files stored flat in the image
-    (their blocks after ``data_end``, up to ``files_end``) instead of as chunks of a blob.
+    (their blocks after ``data_end``, up to ``files_end``) instead of as chunks of a blob. ``compressed``:
+    the regular files of such an image that are stored compressed (``id`` of their node -> blocks of their
+    pclusters), laid out the same way, with room for their map after the inode.
     """
     slots, names = _order(root)
     for slot in slots:
-        _prepare(slot, flat_files)
+        _prepare(slot, flat_files, compressed)
 
     if nblobs:
         blob_table_off = round_up(rafs_v6.DEVICE_TABLE_OFFSET + rafs_v6.DEVICE.size * nblobs, BLOCK_SIZE)
@@ -409,6 +424,8 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
         nlink = slot.names
     if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
         i_u = rafs_v6.CHUNK_FORMAT_INDEXES | (chunk_bits - 12)
+    elif slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
+        i_u = slot.data_blocks  # a compressed inode records how many blocks its pclusters take
     elif node.type in (CHR, BLK):
         i_u = node.rdev & 0xFFFFFFFF
     elif slot.layout == rafs_v6.LAYOUT_FLAT_INLINE and not slot.blocks and not slot.data_blocks:
@@ -455,6 +472,9 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
             buf[start : start + len(blk)] = blk
     if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
         buf[pos : pos + len(slot.tail)] = slot.tail
+    elif slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
+        pos = round_up(pos, 8)
+        buf[pos : pos + len(slot.zmap)] = slot.zmap
 
 
 def _write_chunk_indexes(buf: bytearray, slot: _Slot) -> None:

@@ -173,7 +173,9 @@ def _pack_targz_ref(args) -> int:
 
 
 def _erofs_options(args, **extra):
-    """ErofsOptions from pack's and convert's --dm-verity, --no-verity-superblock, --salt and --inline-data."""
+    """ErofsOptions from pack's and convert's --dm-verity, --no-verity-superblock, --salt, --inline-data and
+    --erofs-compression."""
+    from .erofs_codecs import parse_spec
     from .erofs_write import ErofsOptions
 
     opts = ErofsOptions(
@@ -184,6 +186,8 @@ def _erofs_options(args, **extra):
     )
     if args.salt is not None:
         opts.salt = _salt_arg(args.salt)
+    if args.erofs_compression is not None:
+        opts.compression = tuple(parse_spec(args.erofs_compression))
     return opts
 
 
@@ -198,6 +202,7 @@ def _refuse_erofs_only(args, needs: str) -> None:
             ("--inline-data", getattr(args, "inline_data", False)),
             ("--seekable", args.seekable),
             ("--seekable-hash", args.seekable_hash is not None),
+            ("--erofs-compression", args.erofs_compression is not None),
         )
         if on
     ]
@@ -288,6 +293,11 @@ def _cmd_pack_erofs(args) -> int:
         f"EROFS image of {plural(res.inodes, 'inode')}, {plural(res.files, 'file')} ({res.data_bytes} bytes): "
         f"{res.erofs_size} bytes"
     )
+    if res.compression is not None:
+        print(
+            f"compressed with {res.compression}: {plural(res.compressed_files, 'file')} in "
+            f"{plural(res.compressed_blocks, 'block')} (the others stay flat)"
+        )
     if res.root_hash is not None:
         sb = "with" if res.verity_superblock else "without"
         print(f"dm-verity root hash {res.root_hash} (hash offset {res.hash_offset}, {sb} superblock)")
@@ -354,6 +364,14 @@ def _add_verity_args(s) -> None:
         metavar="HEX",
         help="dm-verity salt in hex, - for none (default: 32 zero bytes as containerd's differ; --seekable: "
         "none, as its converter)",
+    )
+    s.add_argument(
+        "--erofs-compression",
+        metavar="SPEC",
+        help="compress file data as mkfs.erofs -z SPEC: ALG[,LEVEL][:ALG2[,LEVEL]], ALG one of lz4, lz4hc "
+        "(level 0-12), lzma (0-9, 100-109), deflate (0-9), zstd (0-22), e.g. lz4hc,12; files are cut into "
+        "64 KiB extents each compressed on its own, kept as is where that saves no block; ALG2 and later "
+        "are checked but not used (mkfs.erofs may pick one of them per pcluster, we always use ALG)",
     )
 
 

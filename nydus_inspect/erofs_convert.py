@@ -112,6 +112,7 @@ class ErofsConverter(_Converter):
                 verity_superblock=self.erofs.verity_superblock,
                 salt=self.erofs.salt,
                 inline_data=self.erofs.inline_data,
+                compression=self.erofs.compression,
                 uuid=containerd_uuid(diff_id),
             )
             if self.progress is not None:

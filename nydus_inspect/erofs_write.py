@@ -8,6 +8,15 @@ xattr of its directory, and a directory holding a whiteout gets an empty ``trust
 The layout is :mod:`.builder`'s, the one that writes RAFS v6 bootstraps (EROFS metadata): the same inodes,
 xattrs, directories and symlinks, with regular files stored flat after the metadata instead of as chunk
 indexes. ``--dm-verity`` then appends a dm-verity payload (:mod:`.formats.verity`) over the image.
+
+``--erofs-compression SPEC`` (containerd passes it to ``mkfs.erofs -z``) compresses regular files: each is
+cut into extents of ``pcluster_blocks`` blocks (the last one shorter), each compressed on its own into a
+pcluster of whole blocks, right-aligned in it (0padding); an extent that does not come out at least one
+block smaller is stored as is, a block per pcluster. A file none of whose extents shrinks stays flat, as
+do files of one block or less, directories and symlinks. Compressed files have legacy lcluster indexes
+(:func:`.formats.erofs_zmap.build_full_map`); the superblock gets 0padding, big pclusters and the chosen
+algorithm's configuration record. Where mkfs.erofs fits as much data as it can into each pcluster, these
+extents have a fixed decoded size, which is what lets their compression run in parallel.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ import struct
 import tempfile
 import uuid as uuid_mod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import builder
+from .erofs_codecs import Codec
 from .errors import FormatError, UsageError
 from .formats import erofs as ferofs
-from .formats import rafs_v6, verity
+from .formats import erofs_zmap, rafs_v6, verity
 from .formats.rafs_v6 import BLOCK_SIZE
 from .fsutil import atomic_output
 from .model import CHR, DIR, REG, Node
@@ -46,6 +57,10 @@ XATTR_OPAQUE = b"trusted.overlay.opaque"
 XATTR_ORIGIN = b"trusted.overlay.origin"
 #: Data is copied to the image in pieces of this size (a multiple of the block size).
 COPY_STEP = 1 << 20
+#: Decoded size of a compressed extent, in blocks: 64 KiB, lz4's whole window (mkfs.erofs -C65536).
+PCLUSTER_BLOCKS = 16
+#: Extents handed to the compressing threads at a time (bounds the memory a huge file takes).
+EXTENT_BATCH = 32
 
 
 @dataclass
@@ -57,6 +72,11 @@ class ErofsOptions:
     verity_superblock: bool = True
     salt: bytes = verity.DEFAULT_SALT
     progress: Callable[[int], None] | None = None
+    #: ``--erofs-compression``, parsed: the first algorithm compresses every pcluster; the others (mkfs.erofs
+    #: may pick one of them per pcluster) are accepted and not used.
+    compression: tuple[Codec, ...] = ()
+    pcluster_blocks: int = PCLUSTER_BLOCKS
+    workers: int = 0  # compressing threads; 0: one per CPU
 
 
 @dataclass
@@ -72,6 +92,9 @@ class ErofsResult:
     hash_offset: int | None = None
     verity_superblock: bool = False
     warnings: list[str] = field(default_factory=list)
+    compression: str | None = None  # the algorithm (and level) data was compressed with
+    compressed_files: int = 0
+    compressed_blocks: int = 0  # blocks of the compressed files' pclusters
 
     def annotations(self) -> dict[str, str]:
         """The descriptor annotations the seed converter writes for a dm-verity payload."""
@@ -92,6 +115,12 @@ class ErofsResult:
             "files": self.files,
             "data_bytes": self.data_bytes,
         }
+        if self.compression is not None:
+            out["compression"] = {
+                "algorithm": self.compression,
+                "files": self.compressed_files,
+                "blocks": self.compressed_blocks,
+            }
         if self.root_hash is not None:
             out["dm_verity"] = {
                 "root_hash": self.root_hash,
@@ -170,9 +199,103 @@ def write_erofs(tree: TarTree, out, opts: ErofsOptions) -> ErofsResult:
     """Write the image of ``tree`` (regular files' ``data`` = (fd, offset) of their bytes) to ``out``."""
     if opts.aufs:
         aufs_to_overlay(tree.root)
+    if not opts.compression:
+        return _write(tree, out, opts, {}, -1)
+    # The pclusters go to a spool first: where each file's data starts depends on all the metadata, whose
+    # size depends on which files end up compressed.
+    with tempfile.TemporaryFile(dir=_spool_dir(out)) as zspool:
+        zfiles = _compress_files(tree.root, zspool, opts)
+        zspool.flush()
+        return _write(tree, out, opts, zfiles, zspool.fileno())
+
+
+def _spool_dir(out) -> str | None:
+    name = getattr(out, "name", None)
+    return os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None
+
+
+@dataclass
+class _ZFile:
+    """A regular file stored compressed: its pclusters, whose blocks are at ``offset`` of the spool."""
+
+    pclusters: list[erofs_zmap.Pcluster]
+    offset: int
+    blocks: int
+
+
+def _compress_files(root: Node, spool, opts: ErofsOptions) -> dict[int, _ZFile]:
+    """Compress every regular file larger than a block into ``spool`` (its pclusters as the image will hold
+    them); the files that gained nothing are left out (they stay flat)."""
+    codec = opts.compression[0]
+    bs = BLOCK_SIZE
+    if opts.pcluster_blocks < 2:
+        raise ValueError("an extent of one block cannot shrink by a block")
+    step = opts.pcluster_blocks * bs
+    out: dict[int, _ZFile] = {}
+    seen: set[int] = set()
+
+    def encode(data: bytes) -> bytes | None:
+        raw_blocks = -(-len(data) // bs)
+        if raw_blocks < 2:
+            return None
+        return codec.encode(data, (raw_blocks - 1) * bs, step)
+
+    workers = opts.workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node.type == DIR:
+                stack.extend(node.children[k] for k in sorted(node.children or {}, reverse=True))
+                continue
+            if node.type != REG or node.size <= bs or id(node) in seen:
+                continue
+            seen.add(id(node))
+            fd, off = node.data
+            start = spool.seek(0, os.SEEK_END)
+            pclusters: list[erofs_zmap.Pcluster] = []
+            blocks = 0
+            for batch_at in range(0, node.size, step * EXTENT_BATCH):
+                pieces = [
+                    _pread(fd, min(step, node.size - at), off + at, node)
+                    for at in range(batch_at, min(node.size, batch_at + step * EXTENT_BATCH), step)
+                ]
+                for data, z in zip(pieces, pool.map(encode, pieces)):
+                    if z is None:
+                        # Stored as is, a block per pcluster, as mkfs.erofs does with what does not shrink.
+                        for i in range(0, len(data), bs):
+                            part = data[i : i + bs]
+                            pclusters.append(erofs_zmap.Pcluster(len(part), 1, True))
+                            spool.write(part.ljust(bs, b"\0"))
+                            blocks += 1
+                    else:
+                        n = -(-len(z) // bs)
+                        pclusters.append(erofs_zmap.Pcluster(len(data), n, False))
+                        spool.write(z.rjust(n * bs, b"\0"))  # 0padding: the stream ends the pcluster
+                        blocks += n
+            if all(pc.plain for pc in pclusters):
+                spool.seek(start)
+                spool.truncate()
+                continue
+            out[id(node)] = _ZFile(pclusters, start, blocks)
+    return out
+
+
+def _write(tree: TarTree, out, opts: ErofsOptions, zfiles: dict[int, _ZFile], zfd: int) -> ErofsResult:
     plan = builder.plan_bootstrap(
-        tree.root, 0, chunk_size=BLOCK_SIZE, flat_files="inline" if opts.inline_data else "plain"
+        tree.root,
+        0,
+        chunk_size=BLOCK_SIZE,
+        flat_files="inline" if opts.inline_data else "plain",
+        compressed={k: z.blocks for k, z in zfiles.items()},
     )
+    codec = opts.compression[0] if opts.compression else None
+    for slot in plan.slots:
+        z = zfiles.get(id(slot.node))
+        if z is not None:
+            slot.zmap = erofs_zmap.build_full_map(
+                z.pclusters, slot.blkaddr, codec.alg, BLOCK_SIZE, opts.pcluster_blocks > 1
+            )
     files = [s for s in plan.slots if s.node.type == REG]
     for slot in files:
         if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
@@ -193,15 +316,33 @@ def write_erofs(tree: TarTree, out, opts: ErofsOptions) -> ErofsResult:
         s_feature_incompat=0,
         s_devt_slotoff=0,
     )
-    buf[ferofs.SB_OFFSET : ferofs.SB_OFFSET + rafs_v6.SUPERBLOCK.size] = sb.build()
+    cfgs = b""
+    if codec is not None:
+        # As mkfs.erofs does whenever it compresses: streams right-aligned in their pclusters, and (the
+        # same bit) big pclusters and the algorithm's configuration record, which readers size their
+        # buffers and windows from; u1 then is the bitmap of algorithms.
+        sb.s_feature_incompat = ferofs.FEATURE_INCOMPAT_LZ4_0PADDING | ferofs.FEATURE_INCOMPAT_BIG_PCLUSTER
+        sb.s_u = 1 << codec.alg
+        step = opts.pcluster_blocks * BLOCK_SIZE
+        cfgs = erofs_zmap.build_compr_cfgs({codec.alg: codec.config(step, opts.pcluster_blocks)})
+    end = ferofs.SB_OFFSET + rafs_v6.SUPERBLOCK.size
+    buf[ferofs.SB_OFFSET : end] = sb.build()
+    buf[end : end + len(cfgs)] = cfgs
     struct.pack_into("<I", buf, ferofs.SB_OFFSET + 4, ferofs.sb_checksum(buf))
 
     sink = _Sink(out, verity.Params(data_blocks=1, salt=opts.salt) if opts.dm_verity else None)
     sink.write(buf)
     del buf
     data_bytes = 0
+    zblocks = 0
     for slot in files:
         if not slot.data_blocks:
+            continue
+        z = zfiles.get(id(slot.node))
+        if z is not None:
+            _copy(sink, zfd, z.offset, z.blocks * BLOCK_SIZE, slot.node)
+            zblocks += z.blocks
+            data_bytes += slot.size
             continue
         fd, off = slot.node.data
         want = slot.data_blocks * BLOCK_SIZE
@@ -226,6 +367,10 @@ def write_erofs(tree: TarTree, out, opts: ErofsOptions) -> ErofsResult:
         data_bytes=data_bytes,
         warnings=list(tree.warnings),
     )
+    if codec is not None:
+        result.compression = str(codec)
+        result.compressed_files = len(zfiles)
+        result.compressed_blocks = zblocks
     if opts.dm_verity:
         params = verity.Params(data_blocks=total // BLOCK_SIZE, salt=opts.salt)
         root, tree_bytes = verity.build_tree(params, sink.leaves)
@@ -261,6 +406,14 @@ class _Sink:
         self.out.write(data)
         self.sha.update(data)
         self.size += len(data)
+
+
+def _copy(sink: _Sink, fd: int, offset: int, size: int, node: Node) -> None:
+    done = 0
+    while done < size:
+        n = min(COPY_STEP, size - done)
+        sink.write(_pread(fd, n, offset + done, node))
+        done += n
 
 
 def _pread(fd: int, size: int, offset: int, node: Node) -> bytes:

@@ -9,6 +9,10 @@ one block, or with big pclusters as many blocks as the first NONHEAD after its h
 Here every index of a file is decoded front to back and the extents are read off in order, which is
 all a whole-file reader needs. Sans-I/O.
 
+The writing side is here too, over the same structures: :func:`build_full_map` lays out the map header
+and legacy indexes of a file cut into pclusters, and :func:`build_compr_cfgs` / :func:`parse_compr_cfgs`
+the per-algorithm configuration records that follow the superblock.
+
 With ztailpacking the last extent's pcluster is not in a block of its own but inline, right after the
 indexes; with fragments the last extent (or the whole file) is a range of the packed inode's data.
 Refused by name: the extent-record format of newer mkfs.erofs, and lclusters larger than a block.
@@ -20,7 +24,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from ._struct import round_up
+from ._struct import Layout, round_up
 
 LAYOUT_COMPRESSED_FULL = 1
 LAYOUT_COMPRESSED_COMPACT = 3
@@ -61,6 +65,12 @@ FORMAT_NAMES = {
 MAP_HEADER = struct.Struct(
     "<IHBB"
 )  # h_fragmentoff / (reserved, h_idata_size), h_advise, algorithmtype, clusterbits
+#: Legacy indexes start this far after the (8-byte aligned) map header: the header and 8 reserved bytes.
+FULL_MAP_HEADER_SIZE = MAP_HEADER.size + 8
+#: One legacy ("full") lcluster index: di_advise (type in the low 2 bits), di_clusterofs, and the head's
+#: block address, or for a NONHEAD delta[0] (distance back to its head, or CBLKCNT) and delta[1] (distance
+#: to the next head) as two u16.
+FULL_INDEX = struct.Struct("<HHI")
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,7 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int, bs: int) -> l
         raise _refuse(nid, "logical clusters larger than a block", hpos + 7, clusterbits)
     count = -(-size // bs)
     if layout == LAYOUT_COMPRESSED_FULL:
-        lcs, index_end = _full_indexes(buf, nid, hpos + MAP_HEADER.size + 8, count)
+        lcs, index_end = _full_indexes(buf, nid, hpos + FULL_MAP_HEADER_SIZE, count)
     else:
         big1, big2 = bool(advise & ADVISE_BIG_PCLUSTER_1), bool(advise & ADVISE_BIG_PCLUSTER_2)
         if big1 != big2:
@@ -167,7 +177,7 @@ _Lcluster = tuple[int, int, "int | None", bool]
 
 
 def _full_indexes(buf, nid: int, start: int, count: int) -> list[_Lcluster]:
-    if start + 8 * count > len(buf):
+    if start + FULL_INDEX.size * count > len(buf):
         raise FormatError(
             "erofs lcluster index",
             f"nid {nid}: {count} indexes run past the image",
@@ -175,14 +185,14 @@ def _full_indexes(buf, nid: int, start: int, count: int) -> list[_Lcluster]:
             value=count,
         )
     out: list[_Lcluster] = []
-    for k, (advise, clusterofs, u) in enumerate(struct.iter_unpack("<HHI", buf[start : start + 8 * count])):
+    end = start + FULL_INDEX.size * count
+    for advise, clusterofs, u in FULL_INDEX.iter_unpack(buf[start:end]):
         ltype = advise & 3
         if ltype == TYPE_NONHEAD:
             out.append((ltype, u & 0xFFFF, None, False))  # delta[0] (or CBLKCNT) in the low half
         else:
             out.append((ltype, clusterofs, u, bool(advise & PARTIAL_REF)))
-        del k
-    return out, start + 8 * count
+    return out, end
 
 
 def _bits(pack: bytes, lobits: int, encodebits: int, i: int) -> tuple[int, int]:
@@ -316,4 +326,125 @@ def _extents(
                     value=fmt,
                 )
         out.append(ZExtent(la, end - la, pblk * bs, stored, fmt, partial))
+    return out
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class Pcluster:
+    """One pcluster of a file being written, in file order: the next ``length`` bytes of the file, stored
+    in ``blocks`` blocks, compressed (with the file's algorithm) or ``plain`` (as is, from the block's
+    start)."""
+
+    length: int
+    blocks: int
+    plain: bool
+
+
+def full_map_size(size: int, bs: int) -> int:
+    """Bytes of the map header and legacy indexes of a ``size``-byte file (one index per lcluster)."""
+    return FULL_MAP_HEADER_SIZE + FULL_INDEX.size * -(-size // bs)
+
+
+def build_full_map(pclusters: list[Pcluster], blkaddr: int, alg: int, bs: int, big_pcluster: bool) -> bytes:
+    """The map header and legacy indexes of a file cut into ``pclusters`` stored one after another from
+    block ``blkaddr``, in an image of ``bs``-byte blocks whose lclusters are one block.
+
+    Every lcluster an extent starts in gets a head index (PLAIN or HEAD1) with the byte in it where the
+    extent starts; every other lcluster it covers a NONHEAD index with the distance back to the head and
+    forward to the next one. With ``big_pcluster`` the first NONHEAD records the pcluster's block count
+    instead (CBLKCNT), which readers take as a distance of 1; a pcluster without a NONHEAD after its head
+    is one block. A last extent that ends inside an lcluster it did not start in leaves that lcluster to a
+    PLAIN index whose clusterofs is the end of the file: the extent after it, of no bytes.
+    """
+    bits = bs.bit_length() - 1
+    advise = ADVISE_BIG_PCLUSTER_1 if big_pcluster else 0
+    out = bytearray(MAP_HEADER.pack(0, advise, alg, 0))
+    out += bytes(FULL_MAP_HEADER_SIZE - MAP_HEADER.size)
+    clusterofs = 0
+    pblk = blkaddr
+    for pc in pclusters:
+        if pc.length <= 0 or pc.blocks <= 0:
+            raise ValueError(f"pcluster of {pc.length} bytes in {pc.blocks} blocks")
+        if pc.blocks > 1 and not big_pcluster:
+            raise ValueError("a pcluster of more than one block needs big pclusters")
+        head = TYPE_PLAIN if pc.plain else TYPE_HEAD1
+        count = pc.length
+        later = (clusterofs + count) >> bits  # lclusters after the head one this extent reaches
+        if not later:
+            # The extent ends in the lcluster it starts in: only at the end of the file.
+            out += FULL_INDEX.pack(head, clusterofs, pblk)
+            clusterofs = 0
+        else:
+            # Every index of the extent carries its head's clusterofs (readers use it on heads only).
+            first = clusterofs
+            back = 0
+            while True:
+                if back == 0:
+                    out += FULL_INDEX.pack(head, first, pblk)
+                elif back == 1 and big_pcluster:
+                    out += FULL_INDEX.pack(TYPE_NONHEAD, first, (pc.blocks | D0_CBLKCNT) | later << 16)
+                else:
+                    # A distance as large as the CBLKCNT bit would read as a block count: readers walk
+                    # back from the largest distance below it instead.
+                    d0 = min(back, D0_CBLKCNT - 1)
+                    out += FULL_INDEX.pack(TYPE_NONHEAD, first, d0 | (later & 0xFFFF) << 16)
+                count -= bs - clusterofs
+                clusterofs = 0
+                back += 1
+                later -= 1
+                if count < bs:
+                    break
+            clusterofs = count
+        pblk += pc.blocks
+    if clusterofs:
+        out += FULL_INDEX.pack(TYPE_PLAIN, clusterofs, 0)
+    return bytes(out)
+
+
+#: The configuration records of a superblock with COMPR_CFGS: one per algorithm of available_compr_algs,
+#: in algorithm order, from the end of the superblock, each a u16 length and that many bytes, 4-byte aligned.
+COMPR_CFGS = {
+    ALG_LZ4: Layout(
+        "erofs lz4 configuration",
+        [("max_distance", "H"), ("max_pclusterblks", "H"), ("_reserved", "10x")],
+    ),
+    ALG_LZMA: Layout("erofs lzma configuration", [("dict_size", "I"), ("format", "H"), ("_reserved", "8x")]),
+    ALG_DEFLATE: Layout("erofs deflate configuration", [("windowbits", "B"), ("_reserved", "5x")]),
+    # windowlog is stored less zstd's smallest window log (10).
+    ALG_ZSTD: Layout("erofs zstd configuration", [("format", "B"), ("windowlog", "B"), ("_reserved", "4x")]),
+}
+ZSTD_WINDOWLOG_BASE = 10
+
+
+def build_compr_cfgs(configs: dict[int, dict[str, int]]) -> bytes:
+    """The configuration records of the algorithms in ``configs`` (algorithm -> its fields), to be written
+    right after the superblock (which is 128 bytes: no extension slots)."""
+    out = bytearray()
+    for alg in sorted(configs):
+        layout = COMPR_CFGS[alg]
+        out += bytes(round_up(len(out), 4) - len(out))
+        out += struct.pack("<H", layout.size) + layout.pack(configs[alg])
+    return bytes(out)
+
+
+def parse_compr_cfgs(buf, start: int, algs: int) -> dict[int, dict[str, int]]:
+    """The configuration records at ``start`` (the end of the superblock) of the algorithms set in the
+    ``algs`` bitmap, each checked to be at least as long as its structure."""
+    out = {}
+    pos = start
+    for alg in sorted(COMPR_CFGS):
+        if not algs >> alg & 1:
+            continue
+        layout = COMPR_CFGS[alg]
+        pos = round_up(pos, 4)
+        if pos + 2 > len(buf):
+            raise FormatError(layout.name, "lies past the image", offset=pos)
+        (size,) = struct.unpack_from("<H", buf, pos)
+        if size < layout.size:
+            raise FormatError(layout.name, "record shorter than its structure", offset=pos, value=size)
+        out[alg] = layout.unpack(buf, pos + 2)
+        pos += 2 + size
     return out
