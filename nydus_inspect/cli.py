@@ -213,6 +213,14 @@ def cmd_info(args) -> int:
                 ("compat", f"{e['feature_compat']} ({', '.join(e['feature_compat_names'])})"),
                 ("incompat", f"{e['feature_incompat']} ({', '.join(e['feature_incompat_names'])})"),
                 ("compr algs", ", ".join(e["compression_algorithms"]) or "-"),
+                (
+                    "compr cfgs",
+                    "; ".join(
+                        f"{alg}: " + ", ".join(f"{k} {v}" for k, v in cfg.items())
+                        for alg, cfg in e.get("compression_configs", {}).items()
+                    )
+                    or "-",
+                ),
                 ("uuid", e["uuid"]),
                 ("volume name", e["volume_name"] or "-"),
                 # Data on an extra device (a --tar=i index's tar, a --blobdev file) is read from --blob FILE.

@@ -438,6 +438,18 @@ def blob_index_is_device(blob_index: int) -> bool:
 def info(image: Erofs) -> dict:
     """The superblock of a plain EROFS image, for ``info``."""
     esb, sb = image.esb, image.sb
+    cfgs: dict[int, dict[str, int]] = {}
+    if sb.s_feature_incompat & erofs.FEATURE_INCOMPAT_BIG_PCLUSTER:
+        # With compression configurations the u1 field is the bitmap of algorithms, each with its record
+        # after the superblock.
+        algs = [alg for alg in erofs_zmap.COMPR_CFGS if sb.s_u >> alg & 1]
+        cfgs = erofs_zmap.parse_compr_cfgs(
+            image.buf, erofs.SB_OFFSET + rafs_v6.SUPERBLOCK.size + 16 * sb.s_extslots, sb.s_u
+        )
+    elif sb.s_feature_incompat & erofs.FEATURE_INCOMPAT_LZ4_0PADDING:
+        algs = [erofs_zmap.ALG_LZ4]  # lz4 alone, and u1 is its window (0: the default 64 KiB)
+    else:
+        algs = []
     return {
         "size": image.size,
         "block_size": esb.block_size,
@@ -455,14 +467,8 @@ def info(image: Erofs) -> dict:
         "build_time": esb.epoch + esb.build_time,
         "uuid": sb.s_uuid.hex(),
         "volume_name": sb.s_volume_name.rstrip(b"\0").decode("utf-8", "replace"),
-        # With compression configurations the u1 field is the bitmap of algorithms in use, else lz4's distance.
-        "compression_algorithms": [
-            name
-            for alg, name in erofs_zmap.FORMAT_NAMES.items()
-            if alg <= erofs_zmap.ALG_ZSTD and sb.s_u >> alg & 1
-        ]
-        if sb.s_feature_incompat & erofs.FEATURE_INCOMPAT_BIG_PCLUSTER
-        else [],
+        "compression_algorithms": [erofs_zmap.FORMAT_NAMES[alg] for alg in algs],
+        "compression_configs": {erofs_zmap.FORMAT_NAMES[alg]: cfg for alg, cfg in cfgs.items()},
         "long_xattr_prefixes": [fsdecode(p) for p in image.prefixes],
         "packed_nid": esb.packed_nid,
         "devices": [

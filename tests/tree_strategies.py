@@ -44,9 +44,19 @@ SIZES = st.one_of(
 )
 
 
+#: Sizes around EROFS compressed extents of 16 blocks (64 KiB): one short of, at and past their ends.
+EXTENT_SIZES = st.one_of(
+    SIZES,
+    st.sampled_from([65535, 65536, 65537, 2 * 65536 + 4095, 3 * 65536 + 1]),
+    st.integers(0, 300_000),
+)
+
+
 @st.composite
-def trees(draw):
-    """(path, kind, attrs) in tar order, parents first; hard links after their targets."""
+def trees(draw, sizes=SIZES, mixed: bool = False):
+    """(path, kind, attrs) in tar order, parents first; hard links after their targets. ``sizes``: the
+    strategy regular files' sizes are drawn from; ``mixed``: some files alternate noise and text every
+    40000 bytes (parts that compress and parts that do not, in one file)."""
     entries = []
     files = []  # (path, data) of regular files
     linkable = []  # paths a hard link may name: files, symlinks, fifos
@@ -73,9 +83,15 @@ def trees(draw):
             kinds += ["hardlink"] if linkable else []
             kind = draw(st.sampled_from(kinds))
             if kind == "file":
-                size = draw(SIZES)
-                how = draw(st.sampled_from(["noise", "zeros", "text", "copy"]))
-                if how == "copy" and files:
+                size = draw(sizes)
+                how = draw(st.sampled_from(["noise", "zeros", "text", "copy"] + (["mixed"] if mixed else [])))
+                if how == "mixed":
+                    noise = hashlib.shake_256(path).digest(size)
+                    text = (b"nydus chunk %d\n" * (size // 10 + 1))[:size]
+                    data = b"".join(
+                        (noise if (i // 40000) % 2 else text)[i : i + 40000] for i in range(0, size, 40000)
+                    )
+                elif how == "copy" and files:
                     data = draw(st.sampled_from(files))[1]
                 elif how == "zeros":
                     data = bytes(size)

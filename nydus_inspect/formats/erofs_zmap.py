@@ -370,6 +370,10 @@ def build_full_map(pclusters: list[Pcluster], blkaddr: int, alg: int, bs: int, b
             raise ValueError(f"pcluster of {pc.length} bytes in {pc.blocks} blocks")
         if pc.blocks > 1 and not big_pcluster:
             raise ValueError("a pcluster of more than one block needs big pclusters")
+        if pc.blocks > 1 and clusterofs + pc.length < 2 * bs:
+            # Its block count would have no NONHEAD to live in (a pcluster no larger than its extent
+            # cannot save a block anyway).
+            raise ValueError(f"a {pc.blocks}-block pcluster of a {pc.length}-byte extent")
         head = TYPE_PLAIN if pc.plain else TYPE_HEAD1
         count = pc.length
         later = (clusterofs + count) >> bits  # lclusters after the head one this extent reaches
