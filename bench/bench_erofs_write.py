@@ -6,10 +6,13 @@ payload beside `veritysetup format`, on the Debian rootfs tar.
   (the hash tree into a file of its own);
 - `pack --format erofs --seekable` (4M zstd frames and the chunk table) against our plain image and against
   mkfs.erofs followed by `zstd -3 -T1` of its image (one frame: the nearest peer, with no random access);
-  with `--dm-verity` against mkfs.erofs, zstd and `veritysetup format --hash sha512` of the image.
+  with `--dm-verity` against mkfs.erofs, zstd and `veritysetup format --hash sha512` of the image;
+- `pack --format erofs --erofs-compression lz4hc,12` against `mkfs.erofs -zlz4hc,12` with containerd's
+  options (the SPEC containerd passes through), with both images' sizes.
 
-Ratios are ours / theirs. Without erofs-utils 1.9.3 (`make oracle`) or veritysetup it says so and skips.
-Run: `make bench` or `python bench/bench_erofs_write.py [REPEAT]`.
+Ratios are ours / theirs (for the compressed pair: wall, CPU, peak RSS). Without erofs-utils 1.9.3 (`make
+oracle`) or veritysetup it says so and skips. Run: `make bench` or `python bench/bench_erofs_write.py
+[REPEAT] [--compressed-only]`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from oracle import find_erofs_utils  # noqa: E402
 
 
 def main() -> int:
-    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    args = [a for a in sys.argv[1:] if a != "--compressed-only"]
+    compressed_only = len(args) < len(sys.argv) - 1
+    repeat = int(args[0]) if args else 3
     tools = find_erofs_utils()
     if tools is None:
         print("bench_erofs_write: erofs-utils 1.9.3 is not built (run `make oracle`): skipped")
@@ -43,8 +48,32 @@ def main() -> int:
         work / "mkfs-v.erofs.zst",
         work / "mkfs-zv.hash",
     )
+    ours_c, theirs_c = work / "ours-lz4hc.erofs", work / "mkfs-lz4hc.erofs"
     mkfs = f"{tools / 'mkfs.erofs'} --quiet --tar=f --aufs -Enoinline_data -b4096"
     print(f"EROFS layers written from {tar} ({load_note()})")
+    c_rows = [
+        (
+            "ours --erofs-compression lz4hc,12",
+            [
+                *NYDUS,
+                "pack",
+                "-q",
+                "--format",
+                "erofs",
+                "--erofs-compression",
+                "lz4hc,12",
+                str(tar),
+                "-o",
+                str(ours_c),
+            ],
+        ),
+        ("mkfs.erofs -zlz4hc,12", ["sh", "-c", f"{mkfs} -zlz4hc,12 {theirs_c} {tar}"]),
+    ]
+    if compressed_only:
+        rows = measure_together(c_rows, repeat=repeat, outputs={c_rows[0][0]: ours_c, c_rows[1][0]: theirs_c})
+        table(rows)
+        _compressed_lines(rows, c_rows, ours_c, theirs_c)
+        return 0
     commands = [
         ("ours pack --format erofs", [*NYDUS, "pack", "-q", "--format", "erofs", str(tar), "-o", str(ours)]),
         ("mkfs.erofs (containerd options)", ["sh", "-c", f"{mkfs} {theirs} {tar}"]),
@@ -107,6 +136,9 @@ def main() -> int:
             outputs["mkfs.erofs + zstd + veritysetup"] = theirs_zv
     else:
         print("zstd not installed: the seekable rows are skipped")
+    commands += c_rows
+    outputs[c_rows[0][0]] = ours_c
+    outputs[c_rows[1][0]] = theirs_c
     rows = measure_together(commands, repeat=repeat, outputs=outputs)
     table(rows)
     line = f"pack --format erofs / mkfs.erofs: {ratio(rows, commands[0][0], commands[1][0]):.2f}x"
@@ -121,7 +153,10 @@ def main() -> int:
             f"/ mkfs.erofs + zstd: {ratio(rows, seekable, 'mkfs.erofs + zstd -3'):.2f}x"
         )
         if veritysetup:
-            line += f", with dm-verity / mkfs.erofs + zstd + veritysetup: {ratio(rows, seekable_v, commands[-1][0]):.2f}x"
+            line += (
+                f", with dm-verity / mkfs.erofs + zstd + veritysetup: "
+                f"{ratio(rows, seekable_v, 'mkfs.erofs + zstd + veritysetup'):.2f}x"
+            )
         print(line)
         sizes = [("image", ours), ("ours --seekable", ours_s), ("zstd -3 of mkfs.erofs's image", theirs_z)]
         print("bytes: " + ", ".join(f"{what} {p.stat().st_size}" for what, p in sizes if p.exists()))
@@ -129,7 +164,21 @@ def main() -> int:
         p.unlink(missing_ok=True)
     for p in (theirs_zv_img, theirs_zv, hash_zv):
         p.unlink(missing_ok=True)
+    _compressed_lines(rows, c_rows, ours_c, theirs_c)
     return 0
+
+
+def _compressed_lines(rows: list[dict], c_rows: list, ours: Path, theirs: Path) -> None:
+    """Ours / mkfs.erofs for the compressed images: wall, CPU and peak RSS, then both sizes."""
+    a, b = (next(r for r in rows if r["name"] == name) for name, _ in c_rows)
+    print(
+        f"--erofs-compression lz4hc,12 / mkfs.erofs -zlz4hc,12: wall {a['median'] / b['median']:.2f}x, "
+        f"CPU {a['cpu'] / b['cpu']:.2f}x, peak RSS {a['rss_kib'] / b['rss_kib']:.2f}x"
+    )
+    so, st = ours.stat().st_size, theirs.stat().st_size
+    print(f"compressed image bytes: ours {so}, mkfs.erofs {st} ({so / st:.3f}x)")
+    ours.unlink(missing_ok=True)
+    theirs.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

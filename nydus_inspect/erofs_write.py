@@ -21,8 +21,11 @@ extents have a fixed decoded size, which is what lets their compression run in p
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
 import stat
@@ -30,7 +33,7 @@ import struct
 import tempfile
 import uuid as uuid_mod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import builder
@@ -59,8 +62,8 @@ XATTR_ORIGIN = b"trusted.overlay.origin"
 COPY_STEP = 1 << 20
 #: Decoded size of a compressed extent, in blocks: 64 KiB, lz4's whole window (mkfs.erofs -C65536).
 PCLUSTER_BLOCKS = 16
-#: Extents handed to the compressing threads at a time (bounds the memory a huge file takes).
-EXTENT_BATCH = 32
+#: Extents handed to the compressing workers and not yet written (bounds the memory they take).
+EXTENTS_IN_FLIGHT = 64
 
 
 @dataclass
@@ -76,7 +79,7 @@ class ErofsOptions:
     #: may pick one of them per pcluster) are accepted and not used.
     compression: tuple[Codec, ...] = ()
     pcluster_blocks: int = PCLUSTER_BLOCKS
-    workers: int = 0  # compressing threads; 0: one per CPU
+    workers: int = 0  # compressing threads (or processes, see _pool); 0: one per CPU
 
 
 @dataclass
@@ -225,60 +228,95 @@ class _ZFile:
 
 def _compress_files(root: Node, spool, opts: ErofsOptions) -> dict[int, _ZFile]:
     """Compress every regular file larger than a block into ``spool`` (its pclusters as the image will hold
-    them); the files that gained nothing are left out (they stay flat)."""
+    them); the files that gained nothing are left out (they stay flat).
+
+    Extents of all files go to the workers as one stream, a bounded number in flight, and come back in
+    order: most files are a single extent, so waiting for each file's own would leave workers idle."""
     codec = opts.compression[0]
     bs = BLOCK_SIZE
     if opts.pcluster_blocks < 2:
         raise ValueError("an extent of one block cannot shrink by a block")
     step = opts.pcluster_blocks * bs
     out: dict[int, _ZFile] = {}
-    seen: set[int] = set()
 
-    def encode(data: bytes) -> bytes | None:
-        raw_blocks = -(-len(data) // bs)
-        if raw_blocks < 2:
-            return None
-        return codec.encode(data, (raw_blocks - 1) * bs, step)
-
-    workers = opts.workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    def files():
+        seen: set[int] = set()
         stack = [root]
         while stack:
             node = stack.pop()
             if node.type == DIR:
                 stack.extend(node.children[k] for k in sorted(node.children or {}, reverse=True))
-                continue
-            if node.type != REG or node.size <= bs or id(node) in seen:
-                continue
-            seen.add(id(node))
+            elif node.type == REG and node.size > bs and id(node) not in seen:
+                seen.add(id(node))
+                yield node
+
+    current: Node | None = None
+    start = blocks = 0
+    pclusters: list[erofs_zmap.Pcluster] = []
+
+    def finish() -> None:
+        if current is None:
+            return
+        if all(pc.plain for pc in pclusters):
+            spool.seek(start)
+            spool.truncate()
+        else:
+            out[id(current)] = _ZFile(pclusters, start, blocks)
+
+    def take(node: Node, data: bytes, z: bytes | None) -> None:
+        nonlocal current, start, blocks, pclusters
+        if node is not current:
+            finish()
+            current, start, blocks, pclusters = node, spool.seek(0, os.SEEK_END), 0, []
+        if z is None:
+            # Stored as is, a block per pcluster, as mkfs.erofs does with what does not shrink.
+            for i in range(0, len(data), bs):
+                part = data[i : i + bs]
+                pclusters.append(erofs_zmap.Pcluster(len(part), 1, True))
+                spool.write(part.ljust(bs, b"\0"))
+                blocks += 1
+        else:
+            n = -(-len(z) // bs)
+            pclusters.append(erofs_zmap.Pcluster(len(data), n, False))
+            spool.write(z.rjust(n * bs, b"\0"))  # 0padding: the stream ends the pcluster
+            blocks += n
+
+    encode = functools.partial(_encode_extent, codec, step)
+    workers = opts.workers or os.cpu_count() or 1
+    with _pool(codec, workers) as pool:
+        window: collections.deque = collections.deque()
+        for node in files():
             fd, off = node.data
-            start = spool.seek(0, os.SEEK_END)
-            pclusters: list[erofs_zmap.Pcluster] = []
-            blocks = 0
-            for batch_at in range(0, node.size, step * EXTENT_BATCH):
-                pieces = [
-                    _pread(fd, min(step, node.size - at), off + at, node)
-                    for at in range(batch_at, min(node.size, batch_at + step * EXTENT_BATCH), step)
-                ]
-                for data, z in zip(pieces, pool.map(encode, pieces)):
-                    if z is None:
-                        # Stored as is, a block per pcluster, as mkfs.erofs does with what does not shrink.
-                        for i in range(0, len(data), bs):
-                            part = data[i : i + bs]
-                            pclusters.append(erofs_zmap.Pcluster(len(part), 1, True))
-                            spool.write(part.ljust(bs, b"\0"))
-                            blocks += 1
-                    else:
-                        n = -(-len(z) // bs)
-                        pclusters.append(erofs_zmap.Pcluster(len(data), n, False))
-                        spool.write(z.rjust(n * bs, b"\0"))  # 0padding: the stream ends the pcluster
-                        blocks += n
-            if all(pc.plain for pc in pclusters):
-                spool.seek(start)
-                spool.truncate()
-                continue
-            out[id(node)] = _ZFile(pclusters, start, blocks)
+            for at in range(0, node.size, step):
+                data = _pread(fd, min(step, node.size - at), off + at, node)
+                window.append((node, data, pool.submit(encode, data)))
+                if len(window) >= EXTENTS_IN_FLIGHT:
+                    n, d, fut = window.popleft()
+                    take(n, d, fut.result())
+        while window:
+            n, d, fut = window.popleft()
+            take(n, d, fut.result())
+        finish()
     return out
+
+
+def _encode_extent(codec: Codec, step: int, data: bytes) -> bytes | None:
+    """``data`` compressed, if that saves at least a block."""
+    raw_blocks = -(-len(data) // BLOCK_SIZE)
+    if raw_blocks < 2:
+        return None
+    return codec.encode(data, (raw_blocks - 1) * BLOCK_SIZE, step)
+
+
+def _pool(codec: Codec, workers: int) -> Executor:
+    """Threads, where the codec lets go of the GIL while it compresses (zstd, zlib, liblzma through
+    ctypes); python-lz4 keeps it, so lz4hc, whose high levels take most of a pack's time, gets processes.
+    They are forked, so that they are this process's children and their CPU time is counted as its own
+    (a fork server's would not be); they run nothing but the codec. lz4's fast mode is not worth the
+    copies to and from another process."""
+    if codec.name == "lz4hc" and workers > 1:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(workers)
 
 
 def _write(tree: TarTree, out, opts: ErofsOptions, zfiles: dict[int, _ZFile], zfd: int) -> ErofsResult:
