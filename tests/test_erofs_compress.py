@@ -266,6 +266,14 @@ def test_dm_verity_over_the_compressed_image(erofs_utils, tmp_path):
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
 
 
+def test_inline_data_with_compression(erofs_utils, tmp_path):
+    """--inline-data: the files that stay flat pack their tails after their inodes; the others are
+    compressed as without it."""
+    src = edge_tar(tmp_path / "edge.tar")
+    res = check_compressed(erofs_utils, src, tmp_path / "w", "zstd", "--inline-data")
+    assert res["compression"]["files"] > 0
+
+
 @pytest.mark.slow
 def test_debian_rootfs(erofs_utils, tmp_path):
     """The Debian minbase tar of the benches: what fsck.erofs and the kernel make of it."""
