@@ -192,29 +192,25 @@ def pack_erofs_into(source: str, out, opts: ErofsOptions | None, spool_dir: str)
         with open_tar_input(source) as stream:
             tree = read_tar(stream, on_file, source, progress=opts.progress)
             spool.flush()
-            result = write_erofs(tree, out, opts)
+            result = write_erofs(tree, out, opts, spool_dir)
     for warning in tree.warnings:
         log.warning("%s", warning)
     return result
 
 
-def write_erofs(tree: TarTree, out, opts: ErofsOptions) -> ErofsResult:
-    """Write the image of ``tree`` (regular files' ``data`` = (fd, offset) of their bytes) to ``out``."""
+def write_erofs(tree: TarTree, out, opts: ErofsOptions, spool_dir: str | None = None) -> ErofsResult:
+    """Write the image of ``tree`` (regular files' ``data`` = (fd, offset) of their bytes) to ``out``
+    (compressed pclusters are spooled in ``spool_dir``, the system's temporary directory by default)."""
     if opts.aufs:
         aufs_to_overlay(tree.root)
     if not opts.compression:
         return _write(tree, out, opts, {}, -1)
     # The pclusters go to a spool first: where each file's data starts depends on all the metadata, whose
     # size depends on which files end up compressed.
-    with tempfile.TemporaryFile(dir=_spool_dir(out)) as zspool:
+    with tempfile.TemporaryFile(dir=spool_dir) as zspool:
         zfiles = _compress_files(tree.root, zspool, opts)
         zspool.flush()
         return _write(tree, out, opts, zfiles, zspool.fileno())
-
-
-def _spool_dir(out) -> str | None:
-    name = getattr(out, "name", None)
-    return os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None
 
 
 @dataclass

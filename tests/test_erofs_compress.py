@@ -274,6 +274,28 @@ def test_inline_data_with_compression(erofs_utils, tmp_path):
     assert res["compression"]["files"] > 0
 
 
+def test_seekable_layer_of_a_compressed_image(erofs_utils, tmp_path):
+    """--seekable frames the compressed image as it frames a plain one: the zstd CLI gives back an image
+    that fsck.erofs extracts as the plain one, and we read the layer itself the same."""
+    from test_seekable_write import zstd_decompress
+
+    src = edge_tar(tmp_path / "edge.tar")
+    layer = tmp_path / "z.seekable"
+    proc = run_cli(
+        "pack", "--format", "erofs", "--seekable", "--erofs-compression", "lz4hc", src, "-o", layer
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    inner = tmp_path / "inner.erofs"
+    zstd_decompress(layer, inner)
+    assert dump_says(erofs_utils, inner)["compr_algs"] == "lz4"
+    got = check_image(erofs_utils, inner, tmp_path / "check", tar=src)
+    assert got == plain_tree(erofs_utils, src, tmp_path)
+    ours = tmp_path / "ours"
+    proc = run_cli("unpack", layer, "--to-dir", ours)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert extracted_tree(ours) == got
+
+
 @pytest.mark.slow
 def test_debian_rootfs(erofs_utils, tmp_path):
     """The Debian minbase tar of the benches: what fsck.erofs and the kernel make of it."""
