@@ -62,6 +62,7 @@ class _HoleFile:
 
     source = _Zeros()
     path = _Zeros.path
+    kind = None  # no layer kind: none of the per-kind views of a Blob (zran, eStargz members) applies
     chunk_digests = None
     chunk_infos = None
 
@@ -72,6 +73,7 @@ class _HoleFile:
 class _DeviceFile:
     """What a Blob needs of a layer, for an extra device's file: its bytes, and no recorded digests."""
 
+    kind = None
     chunk_digests = None
     chunk_infos = None
 
