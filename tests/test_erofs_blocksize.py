@@ -21,6 +21,7 @@ from fixtures_util import assert_one_line_error, debian_rootfs_tar, fixture_tars
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_erofs_native import (
+    EROFS_AS_ROOT,
     FIXTURES,
     _compressible_tree,
     _tar_files,
@@ -37,12 +38,7 @@ from nydus_inspect.model import REG
 fuse = test_mount.fuse
 mounts = test_mount.mounts
 
-pytestmark = [
-    pytest.mark.erofs,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="fsck.erofs --extract keeps owners and devices only as root"
-    ),
-]
+pytestmark = EROFS_AS_ROOT
 
 BLOCK_SIZES = [512, 1024, 2048]
 #: Each layout family with small blocks: flat (inline tails, plain), chunk-based, and compressed.

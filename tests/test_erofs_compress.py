@@ -27,7 +27,7 @@ import pytest
 from fixtures_util import assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_erofs_native import check_image, extracted_tree
+from test_erofs_native import EROFS_AS_ROOT, check_image, extracted_tree
 from test_erofs_write import assert_veritysetup_agrees, pack
 from tree_strategies import EXTENT_SIZES, trees, write_tree_tar
 
@@ -35,12 +35,7 @@ from nydus_inspect.formats import erofs_zmap
 from nydus_inspect.layer import open_layer
 from nydus_inspect.model import REG
 
-pytestmark = [
-    pytest.mark.erofs,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="fsck.erofs --extract keeps owners and devices only as root"
-    ),
-]
+pytestmark = EROFS_AS_ROOT
 
 #: Each algorithm we write, with the name dump.erofs gives it.
 SPECS = {"lz4": "lz4", "lz4hc,12": "lz4", "deflate,6": "deflate", "zstd,10": "zstd", "lzma,6": "lzma"}

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import test_mount
 from fixtures_util import fixture_tars_fixture  # noqa: F401
-from test_erofs_native import COMPRESSED, LAYOUTS, _compressible_tree, assert_same_tree, extracted_tree
+from test_erofs_native import (
+    COMPRESSED,
+    EROFS_AS_ROOT,
+    LAYOUTS,
+    _compressible_tree,
+    assert_same_tree,
+    extracted_tree,
+)
 from test_mount import cli, one_line_error
 
 from nydus_inspect.layer import open_layer
@@ -27,12 +34,7 @@ from nydus_inspect.layer import open_layer
 fuse = test_mount.fuse
 mounts = test_mount.mounts
 
-pytestmark = [
-    pytest.mark.erofs,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="fsck.erofs --extract keeps owners and devices only as root"
-    ),
-]
+pytestmark = EROFS_AS_ROOT
 
 #: Layouts the mount is held to: every uncompressed form, and compression with each algorithm and with
 #: big pclusters, legacy indexes, ztailpacking, fragments (interlaced pclusters) and dedupe (partial extents).

@@ -33,12 +33,14 @@ from nydus_inspect.layer import KIND_EROFS, open_layer
 from nydus_inspect.model import DIR, REG, SYMLINK, fsdecode
 from nydus_inspect.verify import verify
 
-pytestmark = [
+#: The marks of every test that extracts with fsck.erofs (the other EROFS test files take them from here).
+EROFS_AS_ROOT = [
     pytest.mark.erofs,
     pytest.mark.skipif(
         os.geteuid() != 0, reason="fsck.erofs --extract keeps owners and devices only as root"
     ),
 ]
+pytestmark = EROFS_AS_ROOT
 
 FIXTURES = [
     "every-type.tar",

@@ -20,17 +20,12 @@ from pathlib import Path
 import pytest
 from fixtures_util import VECTOR_TARS, assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, assume, given, settings
-from test_erofs_native import check_image, extracted_tree
+from test_erofs_native import EROFS_AS_ROOT, check_image, extracted_tree
 from tree_strategies import trees, write_tree_tar
 
 from nydus_inspect.formats import verity
 
-pytestmark = [
-    pytest.mark.erofs,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="fsck.erofs --extract keeps owners and devices only as root"
-    ),
-]
+pytestmark = EROFS_AS_ROOT
 
 FIXTURES = [
     "every-type.tar",

@@ -28,19 +28,14 @@ import zstandard
 from fixtures_util import assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_erofs_native import assert_same_tree, check_image, extracted_tree, our_tree
+from test_erofs_native import EROFS_AS_ROOT, assert_same_tree, check_image, extracted_tree, our_tree
 from test_erofs_write import CONTAINERD, plain_tar, veritysetup, veritysetup_format
 from tree_strategies import trees, write_tree_tar
 
 fuse = test_mount.fuse
 mounts = test_mount.mounts
 
-pytestmark = [
-    pytest.mark.erofs,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="fsck.erofs --extract keeps owners and devices only as root"
-    ),
-]
+pytestmark = EROFS_AS_ROOT
 
 MIB = 1 << 20
 # The pull request's facts, written out here rather than imported from the code under test.
