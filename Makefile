@@ -10,13 +10,14 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
 VECTORS ?= $(or $(firstword $(wildcard $(abspath ../shared/vectors) $(if $(filter /%,$(ORIGIN)),$(abspath $(ORIGIN)/../shared/vectors)))),$(abspath ../shared/vectors))
 # Debian packages: erofs-utils is our independent checker, fuse3 + libfuse3-dev + pkg-config build and run pyfuse3,
-# tmux drives the TUI in a real terminal, docker-registry (started by the tests on 127.0.0.1) and skopeo hold images, zstd/squashfs/squashfuse/b3sum/debootstrap are the benchmark peers.
-APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr docker-registry cryptsetup-bin
+# tmux drives the TUI in a real terminal, docker-registry (started by the tests on 127.0.0.1) and skopeo hold images, apache2-utils' htpasswd writes the bcrypt logins of its basic-auth tests, zstd/squashfs/squashfuse/b3sum/debootstrap are the benchmark peers.
+APT_PKGS := erofs-utils fuse3 libfuse3-dev pkg-config gcc python3-dev zstd tmux skopeo attr docker-registry cryptsetup-bin apache2-utils
 BENCH_APT_PKGS := squashfs-tools squashfuse hyperfine b3sum debootstrap time
 
 .PHONY: demo test lint deps bench clean fixtures oracle
 
-$(VENV)/.apt-stamp:
+# The stamp depends on this Makefile so that a package added to the list is installed on a machine set up before.
+$(VENV)/.apt-stamp: Makefile
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \

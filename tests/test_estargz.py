@@ -110,9 +110,6 @@ def assert_ls_matches(expected: dict, found: dict[str, dict]) -> None:
     assert not problems, "\n".join(problems[:30])
 
 
-# ---------------------------------------------------------------------------- reading directly
-@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
-@pytest.mark.parametrize("source", SOURCES)
 def nydus_stargz_builder(oracle, made: dict, layer: Path, boot: Path):
     """nydus's stargz builder (`nydus-image create --type estargztoc-ref`) on the TOC of ``layer``; not
     checked (the callers pin how it fails)."""
@@ -134,6 +131,9 @@ def nydus_stargz_builder(oracle, made: dict, layer: Path, boot: Path):
     )
 
 
+# ---------------------------------------------------------------------------- reading directly
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+@pytest.mark.parametrize("source", SOURCES)
 def test_read_estargz_directly(request, estargz_build, source, chunk_size, tmp_path):
     src = source_tar(request, source)
     layer = tmp_path / "layer.tar.gz"
