@@ -212,7 +212,10 @@ class _Materialiser:
         if node.type == REG:
             remap = self.remaps[ent.src]
             new_index = self.new_index
-            for c in r.chunks(node):  # fresh Chunk objects: rewritten in place
+            # Fresh ChunkRefs, rewritten in place: kept as a list (a file of many chunks gets a LazyChunks,
+            # which would decode unrewritten ones again).
+            chunks = node.chunks = list(r.chunks(node))
+            for c in chunks:
                 src = remap[c.blob_index]
                 idx = new_index.get(src)
                 if idx is None:

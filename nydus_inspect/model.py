@@ -14,10 +14,10 @@ import struct
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .chunks.ref import ChunkRef
+from .chunks.ref import ChunkRef, LazyChunks
 from .errors import FormatError
 from .formats import blob_meta, rafs_v6
 from .formats._struct import round_up
@@ -93,7 +93,7 @@ class Node:
     nid: int = 0
     ino: int = 0
     hardlink: int | None = None  # group key shared by every name of one inode with nlink > 1 (its nid in v6)
-    chunks: list[ChunkRef] | None = None
+    chunks: Sequence[ChunkRef] | None = None
     children: dict[bytes, Node] | None = None  # only in trees built in memory (pack, merge)
     data: object = None  # where the packer finds the bytes (never set by readers)
 
@@ -143,6 +143,11 @@ def _show_value(value: bytes) -> str:
     except UnicodeDecodeError:
         pass
     return "0x" + value.hex()
+
+
+# Files of more chunks than this get a LazyChunks from RafsV6.chunks (a list of them costs about half a kilobyte
+# a chunk: 4096 chunks are 2 MiB, a file of a million chunks half a gigabyte, in every cache that holds it).
+LAZY_CHUNKS = 4096
 
 
 class ChunkRecords:
@@ -694,11 +699,16 @@ class RafsV6:
 
     def _raw_chunk_indexes(self, node: Node) -> list[tuple[int, int, int]]:
         """The (advise, device_id, blkaddr) triples of a regular file, checked to lie in the bootstrap."""
+        start, count = self._chunk_index_span(node)
+        return list(rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count]))
+
+    def _chunk_index_span(self, node: Node) -> tuple[int, int]:
+        """Where a regular file's 8-byte chunk indexes start in the bootstrap, and how many there are."""
         ino = self.inode(node.nid)
         off = self.inode_offset(node.nid)
         if ino.datalayout != rafs_v6.LAYOUT_CHUNK_BASED:
             if ino.i_size == 0:
-                return []
+                return 0, 0
             raise FormatError(
                 "erofs inode",
                 f"regular file nid {node.nid} is not chunk-based",
@@ -715,7 +725,7 @@ class RafsV6:
                 offset=start,
                 value=ino.i_size,
             )
-        return list(rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count]))
+        return start, count
 
     def chunk_table(self) -> dict[tuple[int, int], ChunkTableEntry]:
         """The bootstrap's 80-byte chunk records keyed by (blob_index, ci index)."""
@@ -756,16 +766,35 @@ class RafsV6:
         for vals in layout.struct.iter_unpack(self.buf[off : off + self.ext.s_chunk_table_size]):
             yield ChunkTableEntry(*vals)
 
-    def chunks(self, node: Node) -> list[ChunkRef]:
-        """Resolve every chunk of regular file ``node`` (also stored in ``node.chunks``)."""
+    def chunks(self, node: Node) -> Sequence[ChunkRef]:
+        """Resolve every chunk of regular file ``node`` (also stored in ``node.chunks``): a list, or for a file
+        of more than :data:`LAZY_CHUNKS` chunks a :class:`LazyChunks` that decodes them when asked for (a
+        ChunkRef costs about half a kilobyte; the bootstrap already holds the file's 8 bytes a chunk). Either
+        way every chunk is checked before this returns."""
         if node.type != REG:
             return []
+        start, count = self._chunk_index_span(node)
+        if count <= LAZY_CHUNKS:
+            out: Sequence[ChunkRef] = self._decode_chunks(node, start, 0, count)
+        else:
+            # Every chunk is checked now, as for a list, so that a bad record is found by this call and not
+            # by whichever later reader first asks for it.
+            for k in range(0, count, LAZY_CHUNKS):
+                self._decode_chunks(node, start, k, min(count, k + LAZY_CHUNKS))
+            out = LazyChunks(count, lambda k0, k1: self._decode_chunks(node, start, k0, k1), LAZY_CHUNKS)
+        node.chunks = out
+        return out
+
+    def _decode_chunks(self, node: Node, start: int, k0: int, k1: int) -> list[ChunkRef]:
+        """Chunks ``k0`` up to ``k1`` of regular file ``node``, whose chunk indexes start at ``start`` in the
+        bootstrap, each checked against the file's size and its place."""
         nblobs = len(self.blobs)
-        records = self._chunk_records()
+        records = None if self.tarfs else (self._records or self._chunk_records())
         chunk_size = self.chunk_size
         has_crc, is_compressed = rafs_v6.CHUNK_HAS_CRC32, rafs_v6.CHUNK_COMPRESSED
+        raw = rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start + 8 * k0 : start + 8 * k1])
         out = []
-        for k, (advise, device_id, blkaddr) in enumerate(self._raw_chunk_indexes(node)):
+        for k, (advise, device_id, blkaddr) in enumerate(raw, k0):
             # ChunkIndex.decode, inline: this loop runs once per chunk of every file read.
             blob_index = (device_id & 0xFF) - 1
             ci_index = ((device_id >> 8) << 16) | advise
@@ -775,8 +804,8 @@ class RafsV6:
                     f"{fsdecode(node.path)} chunk {k}: blob index outside the {nblobs}-entry blob table",
                     value=blob_index,
                 )
-            rec = None if self.tarfs else records.get((blob_index, ci_index))
-            if self.tarfs:
+            rec = None if records is None else records.get((blob_index, ci_index))
+            if records is None:
                 # tarfs (nydus-image --type tar-tarfs): the blob is the tar itself and a chunk is the file's
                 # bytes where the tar holds them, at blkaddr (512-byte blocks); nydus records no digest.
                 size = min(chunk_size, node.size - k * chunk_size)
@@ -815,7 +844,6 @@ class RafsV6:
                     value=blkaddr,
                 )
             out.append(chunk)
-        node.chunks = out
         return out
 
     def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> ChunkRef:

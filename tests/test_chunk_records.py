@@ -100,3 +100,56 @@ def test_hand_made_tables_of_one_blob():
     sparse = table + RECORD.pack(b"z" * 32, 2, 0, 9, 9, 9, 9, 9, 10**9, 0)
     got, want = ChunkRecords(sparse, 3, len(sparse) - 3), _reference(sparse, 3, len(sparse) - 3)
     assert len(got) == len(want) == 7 and {k: got[k] for k in want} == want
+
+
+# ---------------------------------------------------------------------------- files of many chunks
+def test_lazy_chunks_are_the_list_they_replace(tmp_path, monkeypatch):
+    """A file of more than LAZY_CHUNKS chunks gets a LazyChunks: the same ChunkRefs as the list, by index
+    (negative too), slice and iteration (across its blocks), and the same bytes read through it."""
+    from nydus_inspect import model
+    from nydus_inspect.chunks.ref import LazyChunks
+
+    _tar(tmp_path / "t.tar", 3)
+    pack_layer(tmp_path / "t.tar", tmp_path / "t.blob")
+    with Layer(str(tmp_path / "t.blob")) as layer:
+        files = [n for n in layer.rafs.walk() if n.type == "file" and n.size > 3 * 4096]
+        eager = {n.path: layer.rafs.chunks(n) for n in files}
+        want = {n.path: b"".join(layer.read_file(n)) for n in files}
+    monkeypatch.setattr(model, "LAZY_CHUNKS", 2)
+    with Layer(str(tmp_path / "t.blob")) as layer:
+        files = [n for n in layer.rafs.walk() if n.type == "file" and n.size > 3 * 4096]
+        assert files and len(files) == len(eager)
+        for n in files:
+            lazy = layer.rafs.chunks(n)
+            full = eager[n.path]
+            assert isinstance(lazy, LazyChunks) and isinstance(full, list) and len(full) > 2
+            assert list(lazy) == full and len(lazy) == len(full)
+            assert [lazy[k] for k in range(-len(full), len(full))] == full + full
+            assert lazy[1:] == full[1:] and lazy[::2] == full[::2] and lazy[5:1] == [] == full[5:1]
+            with pytest.raises(IndexError):
+                lazy[len(full)]
+            assert b"".join(layer.read_file(n)) == want[n.path]
+
+
+def test_a_bad_record_of_a_lazy_file_is_found_when_its_chunks_are_asked_for(tmp_path, monkeypatch):
+    """Every chunk of a LazyChunks is checked before chunks() returns, as a list's are: a chunk index whose
+    blkaddr disagrees with its record fails that call, not a later read."""
+    from nydus_inspect import model
+    from nydus_inspect.errors import FormatError
+
+    _tar(tmp_path / "t.tar", 4)
+    pack_layer(tmp_path / "t.tar", tmp_path / "t.blob")
+    with Layer(str(tmp_path / "t.blob")) as layer:
+        node = max((n for n in layer.rafs.walk() if n.type == "file"), key=lambda n: n.size)
+        start, count = layer.rafs._chunk_index_span(node)
+        boot = bytearray(layer.rafs.buf)
+    assert count > 2
+    where = start + 8 * (count - 1) + 4  # the last chunk's blkaddr
+    boot[where : where + 4] = struct.pack("<I", struct.unpack_from("<I", boot, where)[0] + 1)
+    bad = tmp_path / "bad.boot"
+    bad.write_bytes(boot)
+    monkeypatch.setattr(model, "LAZY_CHUNKS", 2)
+    with Layer(str(bad), blobs=[str(tmp_path / "t.blob")]) as layer:
+        node = layer.rafs.lookup(node.path)
+        with pytest.raises(FormatError, match=f"chunk {count - 1}: blkaddr disagrees"):
+            layer.rafs.chunks(node)

@@ -1331,3 +1331,30 @@ def test_generated_entry_larger_than_its_cache_is_made_once(fixture_layers):
         assert made[0] == 1
     finally:
         sources.close()
+
+
+def _peak_rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) >> 10
+
+
+def test_a_file_of_many_chunks_is_read_without_holding_them_as_objects(mounts, tmp_path):
+    """A 1 GiB file in 4 KiB chunks (262,144 records, all one deduplicated chunk): the daemon reads it from
+    its start, from the middle and at its end holding its chunk records as the bootstrap has them, not as a
+    list of objects (40 MiB of peak RSS against 115 as a list, measured)."""
+    import hostile
+
+    case = next(hostile.dedup_bomb(1 << 30))
+    case.write(tmp_path / "bomb.tar.zst")
+    layer = tmp_path / "bomb.blob"
+    proc = cli("pack", "-q", "--chunk-size", "0x1000", tmp_path / "bomb.tar.zst", "-o", layer)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    mp = mounts.mount(layer, "--cache-size", "16M")
+    with open(mp / "rootfs" / "bomb" / "zeros", "rb") as f:
+        assert f.read(8 << 20) == bytes(8 << 20)  # from the start: the read-ahead path
+        f.seek((1 << 29) + 12345)
+        assert f.read(1 << 20) == bytes(1 << 20)
+        f.seek((1 << 30) - 5000)
+        assert f.read() == bytes(5000)
+    peak = _peak_rss_mib(mounts.pid(mp))
+    assert peak < 80, f"the daemon's peak RSS is {peak} MiB"

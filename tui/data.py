@@ -813,7 +813,7 @@ class LayerView:
                 out.append(("hardlinks", f"group {node.hardlink} ({node.nlink} names; indexing the tree…)"))
         return out
 
-    def node_chunks(self, node: Node) -> list[ChunkRef]:
+    def node_chunks(self, node: Node) -> Sequence[ChunkRef]:
         """The file's chunks with their blob offsets, digests and CRC32Cs (also stored in ``node.chunks``),
         resolved as every other reader resolves them (``RafsV6.chunks``: the bootstrap chunk table's record,
         else blob.meta's), so that the preview refuses what cat, the mount and verify refuse. The chunk

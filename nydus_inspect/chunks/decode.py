@@ -17,7 +17,7 @@ to end in one call without the GIL, and hands back each chunk's bytes or what st
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from .. import codecs
@@ -195,7 +195,7 @@ class ChunkReader:
             self.cache.put(key, data)
         return data
 
-    def read_file(self, chunks: list[ChunkRef]) -> Iterator[bytes]:
+    def read_file(self, chunks: Iterable[ChunkRef]) -> Iterator[bytes]:
         for ref in chunks:
             yield self.read(ref)
 

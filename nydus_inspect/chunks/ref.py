@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -75,3 +76,37 @@ class ChunkRef:
         if self.crc32 is not None:
             out["crc32"] = self.crc32
         return out
+
+
+class LazyChunks(Sequence):
+    """A file's chunks, made when asked for by ``decode(k0, k1)`` (chunks ``k0`` up to ``k1``, as a list): for
+    files of so many chunks that a list of them would cost more than the bootstrap they are read from.
+    Iterating goes ``block`` chunks at a time; iterating or indexing twice decodes twice. Slices are lists."""
+
+    __slots__ = ("_n", "_decode", "_block")
+
+    def __init__(self, n: int, decode: Callable[[int, int], list[ChunkRef]], block: int = 4096) -> None:
+        self._n, self._decode, self._block = n, decode, max(1, block)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(self._n)
+            if step == 1:
+                return self._decode(start, max(start, stop))
+            return [self[i] for i in range(start, stop, step)]
+        if k < 0:
+            k += self._n
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        return self._decode(k, k + 1)[0]
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        n, block = self._n, self._block
+        for k in range(0, n, block):
+            yield from self._decode(k, min(n, k + block))
+
+    def __repr__(self) -> str:
+        return f"<LazyChunks of {self._n}>"

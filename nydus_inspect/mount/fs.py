@@ -42,6 +42,7 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 
 import pyfuse3
 import trio
@@ -86,6 +87,9 @@ READAHEAD_CHUNKS = 4
 #: On the first read of a file from its start, the kernel is asked to read this much of its stored bytes ahead
 #: at once (one large disk read rather than a few chunks at a time), at most.
 WILL_NEED_BYTES = 64 << 20
+#: ... and over so many chunks at most: deduplicated chunks share their stored bytes, and the walk to the end of
+#: the range would otherwise cover a whole file of them (that many of nydus's smallest, 4 KiB, chunks).
+WILL_NEED_CHUNKS = WILL_NEED_BYTES >> 12
 #: Decoded bytes waiting to be handed to the page cache, at most.
 STORE_QUEUE_BYTES = 32 << 20
 
@@ -117,8 +121,8 @@ class _Job:
 
 
 class _Hint:
-    """Ask the kernel to read the stored bytes of ``chunks`` now (POSIX_FADV_WILLNEED), from a worker: for a
-    large range that takes the caller milliseconds."""
+    """Ask the kernel to read the stored bytes from the first of ``chunks`` to the last now
+    (POSIX_FADV_WILLNEED), from a worker: for a large range that takes the caller milliseconds."""
 
     __slots__ = ("chunks", "state")
 
@@ -173,6 +177,13 @@ def _span(chunks: list[ChunkRef], off: int, end: int) -> tuple[int, int]:
     k0 = max(0, bisect.bisect_right(chunks, off, key=_file_offset) - 1)
     k1 = max(k0, bisect.bisect_left(chunks, end, key=_file_offset) - 1)
     return k0, k1
+
+
+def _chunks_from(chunks: Sequence[ChunkRef], k: int, block: int = 1024) -> Iterator[tuple[int, ChunkRef]]:
+    """``(index, chunk)`` from chunk ``k`` on, taken a block at a time: a LazyChunks decodes a slice in one
+    go, and the caller may stop long before the end."""
+    for base in range(k, len(chunks), block):
+        yield from enumerate(chunks[base : base + block], base)
 
 
 _name = operator.itemgetter(0)
@@ -572,7 +583,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
     async def release(self, fh):
         pass
 
-    def _file_chunks(self, nid: int) -> list[ChunkRef]:
+    def _file_chunks(self, nid: int) -> Sequence[ChunkRef]:
         chunks = self._chunks.get(nid)
         if chunks is None:
             chunks = self._big_chunks.get(nid)
@@ -608,18 +619,20 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         sequential = off == 0 or (last is not None and last <= off <= last + (self.readahead_chunks + 1) * cs)
         self._last_end.put(fh, end)
         # Every chunk of the read is queued first, then those ahead of a sequential reader, then the reader waits.
-        jobs = [self._job(chunks[k], fh, True) for k in range(k0, k1 + 1)]
+        # The read's chunks, taken once (a file of many chunks decodes each one it is asked for).
+        span = chunks[k0 : k1 + 1]
+        jobs = [self._job(c, fh, True) for c in span]
         if self.readahead and sequential:
             self._read_ahead(fh, chunks, k1, off == 0)
         if k0 == k1:
-            data = await self._wait(fh, k0, chunks[k0], jobs[0])
-            base = k0 * cs if uniform else chunks[k0].file_offset
+            data = await self._wait(fh, k0, span[0], jobs[0])
+            base = k0 * cs if uniform else span[0].file_offset
             out = memoryview(data)[off - base : end - base]
         else:
             parts = []
-            for k, job in zip(range(k0, k1 + 1), jobs, strict=True):
-                data = await self._wait(fh, k, chunks[k], job)
-                base = k * cs if uniform else chunks[k].file_offset
+            for k, c, job in zip(range(k0, k1 + 1), span, jobs, strict=True):
+                data = await self._wait(fh, k, c, job)
+                base = k * cs if uniform else c.file_offset
                 parts.append(memoryview(data)[max(off, base) - base : min(end, base + len(data)) - base])
             out = b"".join(parts)
         if sequential and self.readahead and len(chunks) > STREAM_CHUNKS:
@@ -627,13 +640,13 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             # Let its memory go at once, for the chunks decoded next to reuse (fresh memory costs the kernel
             # zeroing and mapping every page, as much CPU as decoding it), rather than keep it in the cache.
             discard = self.cache.discard
-            for k in range(k0, k1 + 1):
-                past = (k + 1) * cs if uniform else chunks[k].file_offset + chunks[k].uncompressed_size
+            for k, c in zip(range(k0, k1 + 1), span, strict=True):
+                past = (k + 1) * cs if uniform else c.file_offset + c.uncompressed_size
                 if past <= end or end >= fsize:
-                    discard(chunks[k].cache_key)
+                    discard(c.cache_key)
         return out
 
-    def _read_ahead(self, nid: int, chunks: list[ChunkRef], k1: int, start: bool) -> None:
+    def _read_ahead(self, nid: int, chunks: Sequence[ChunkRef], k1: int, start: bool) -> None:
         """A sequential reader got to chunk ``k1``: decode the next chunks, and have their stored bytes read.
 
         A reader starting at the beginning of a file gets the stored bytes of the file read ahead in one go (up
@@ -644,20 +657,20 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             return
         hinted = self._hinted.get(nid, -1)
         if start and len(chunks) > k1 + 1 + len(ahead):
-            first = prev = chunks[k1 + 1]
+            first = prev = ahead[0]
             last = k1 + 1
-            for k in range(k1 + 2, len(chunks)):
-                c = chunks[k]
+            for k, c in _chunks_from(chunks, k1 + 2):
                 if (
                     c.blob_index != first.blob_index
                     or c.compressed_offset < prev.compressed_offset
                     or c.compressed_offset + c.compressed_size - first.compressed_offset > WILL_NEED_BYTES
+                    or k - k1 > WILL_NEED_CHUNKS
                 ):
                     break
                 prev, last = c, k
             if last > k1 + len(ahead):
                 self._hinted.put(nid, last)
-                self.sched.queue([_Hint(chunks[k1 + 1 : last + 1])])
+                self.sched.queue([_Hint([first, prev])])
                 hinted = last
         for c in ahead:
             self._job(c, nid, False)
