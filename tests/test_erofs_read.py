@@ -597,12 +597,12 @@ def test_directory_dag_is_refused_in_linear_time(tmp_path):
         nid = x_nid
     dag = tmp_path / "dag.boot"
     dag.write_bytes(bytes(boot))
-    start = time.perf_counter()
+    start = time.process_time()  # CPU: a walk that follows the DAG's 2^depth paths spends it
     with nydus_inspect.open_layer(str(dag)) as layer:
         assert [fsdecode(n.path) for n in query.list_nodes(layer, "/x/y")] == ["/x/y/x", "/x/y/y"]
         with pytest.raises(nydus_inspect.FormatError, match="linked twice"):
             list(query.list_nodes(layer, "/", recursive=True))
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 @pytest.mark.parametrize(("depth", "refused"), [(4095, False), (4096, True)])
@@ -612,11 +612,11 @@ def test_deep_directory_chain(tmp_path, depth, refused):
     specs = [Spec("/", DIR, 0o755)] + [Spec("/d" * k, DIR, 0o755) for k in range(1, depth + 1)]
     boot = tmp_path / "deep.boot"
     boot.write_bytes(build_bootstrap(specs)[0])
-    start = time.perf_counter()
+    start = time.process_time()
     with nydus_inspect.open_layer(str(boot)) as layer:
         if refused:
             with pytest.raises(nydus_inspect.FormatError, match="deeper than 4096 levels"):
                 list(query.list_nodes(layer, "/", recursive=True))
         else:
             assert len(list(query.list_nodes(layer, "/", recursive=True))) == depth + 1
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
