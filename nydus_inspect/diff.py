@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from .errors import FormatError, UsageError
 from .filedata import iter_file_data
-from .layer import KIND_BOOTSTRAP_LAYER, Layer, open_layer
+from .layer import KIND_BOOTSTRAP_LAYER, KIND_EROFS, Layer, open_layer
 from .model import BLK, CHR, REG, fsdecode
-from .tarstream import open_tar_input, read_tar, storable_xattr
+from .tarstream import LINK_HEADER, hardlink_rule, open_tar_input, read_tar, storable_xattr
 
 FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "target", "rdev", "xattrs", "sha256", "hardlinks")
 
@@ -73,9 +73,14 @@ def _show(v: object) -> object:
 class Tree:
     entries: dict[bytes, Entry]
     explicit_root: bool = True
+    #: The hard-link rule (tarstream) a tar was read with, or the one a layer's format follows.
+    hardlinks: str = LINK_HEADER
 
 
-def describe_tar(path: str) -> Tree:
+def describe_tar(path: str, hardlinks: str = LINK_HEADER) -> Tree:
+    """The tree of the layer tar at ``path``, its hard links' headers taken as ``hardlinks`` says: the rule of
+    the layer it is to be compared with (:func:`layer_hardlinks`)."""
+
     def on_file(node, fobj, _ref=None) -> None:
         h = hashlib.sha256()
         remaining = node.size
@@ -89,7 +94,7 @@ def describe_tar(path: str) -> Tree:
         node.data = h.hexdigest()
 
     with open_tar_input(path) as stream:
-        tt = read_tar(stream, on_file, path)
+        tt = read_tar(stream, on_file, path, hardlinks=hardlinks)
     # Only names of inodes with more than one name are collected (the builder counts them in nlink).
     names: dict[int, list[bytes]] = {}
     for p, node in tt.walk():
@@ -101,7 +106,12 @@ def describe_tar(path: str) -> Tree:
     out: dict[bytes, Entry] = {}
     for p, node in tt.walk():
         out[p] = _entry(node, node.data, links.get(id(node), ()))
-    return Tree(out, tt.explicit_root)
+    return Tree(out, tt.explicit_root, hardlinks)
+
+
+def layer_hardlinks(layer: Layer) -> str:
+    """The hard-link rule of the tool that writes layers of this one's format."""
+    return hardlink_rule(erofs=layer.kind == KIND_EROFS)
 
 
 def describe_layer(layer: Layer) -> Tree:
@@ -126,7 +136,7 @@ def describe_layer(layer: Layer) -> Tree:
             links = tuple(sorted(group))
             for p in group:
                 out[p].hardlinks = links
-    return Tree(out)
+    return Tree(out, hardlinks=layer_hardlinks(layer))
 
 
 def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
@@ -145,9 +155,12 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
     )
 
 
-def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = None) -> Tree:
-    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar; either may be an image
-    reference (docker://, oci:, oci-archive:, docker-archive:) of a nydus image."""
+def describe(
+    path: str, blob_dir: str | None = None, blobs: list[str] | None = None, hardlinks: str = LINK_HEADER
+) -> Tree:
+    """A tree from a nydus layer / bootstrap, or else from a (compressed) tar (read with the hard-link rule
+    ``hardlinks``); either may be an image reference (docker://, oci:, oci-archive:, docker-archive:) of a
+    nydus image."""
     from .imageref import materialise
 
     path = materialise(path)
@@ -157,17 +170,17 @@ def describe(path: str, blob_dir: str | None = None, blobs: list[str] | None = N
         else:
             layer = Layer(path, blob_dir=blob_dir, blobs=blobs)
     except FormatError:
-        return describe_tar(path)
+        return describe_tar(path, hardlinks)
     with layer:
         if layer.kind == KIND_BOOTSTRAP_LAYER:
             # A tar is a bootstrap layer only if it holds image/image.boot; otherwise it is a layer tar.
             try:
                 layer.bootstrap_bytes()
             except FormatError:
-                return describe_tar(path)
+                return describe_tar(path, hardlinks)
         if layer.has_bootstrap:
             return describe_layer(layer)
-    return describe_tar(path)
+    return describe_tar(path, hardlinks)
 
 
 def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
@@ -215,7 +228,15 @@ def diff_paths(
         empty = False  # missing: the opener says so
     if empty:
         raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
-    return list(compare(describe(a, blob_dir, blobs), describe(b, blob_dir, blobs)))
+    # A tar side takes the hard-link rule of the layer it is compared with, so the layer side is described
+    # first, unless it can be read only once (stdin): then ``a`` is taken first, as the layer if it is one.
+    if b == "-":
+        expected = describe(a, blob_dir, blobs)
+        found = describe(b, blob_dir, blobs, expected.hardlinks)
+    else:
+        found = describe(b, blob_dir, blobs)
+        expected = describe(a, blob_dir, blobs, found.hardlinks)
+    return list(compare(expected, found))
 
 
 __all__ = [
@@ -227,4 +248,5 @@ __all__ = [
     "describe_layer",
     "describe_tar",
     "diff_paths",
+    "layer_hardlinks",
 ]

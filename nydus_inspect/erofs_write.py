@@ -44,7 +44,7 @@ from .formats import erofs_zmap, rafs_v6, verity
 from .formats.rafs_v6 import BLOCK_SIZE
 from .fsutil import atomic_output
 from .model import CHR, DIR, REG, Node
-from .tarstream import TarTree, open_tar_input, read_tar
+from .tarstream import TarTree, hardlink_rule, open_tar_input, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,9 @@ def pack_erofs_into(source: str, out, opts: ErofsOptions | None, spool_dir: str)
             node.data = (spool.fileno(), start)
 
         with open_tar_input(source) as stream:
-            tree = read_tar(stream, on_file, source, progress=opts.progress)
+            tree = read_tar(
+                stream, on_file, source, progress=opts.progress, hardlinks=hardlink_rule(erofs=True)
+            )
             spool.flush()
             result = write_erofs(tree, out, opts, spool_dir)
     for warning in tree.warnings:

@@ -165,7 +165,7 @@ def read_index(source, size: int) -> Index:
 def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
     """The TOC as a Node tree with chunks (identical chunks share one record, as nydus's chunk table keys them
     by digest), and the chunk size. Landmark files are left out, as nydus's builder leaves them."""
-    from .tarstream import TreeBuilder, storable_xattr
+    from .tarstream import LinkHeader, TreeBuilder, storable_xattr
 
     chunk_size = index.chunk_size()
     refs = index.chunk_refs(blob_index)
@@ -189,8 +189,12 @@ def build_tree(index: Index, blob_index: int = 0) -> tuple[Node, int]:
             )
         if e.type == "hardlink":
             target = b"/" + fmt.clean(e.link_name).encode("utf-8", "surrogateescape")
+            # The TOC entry is the link's tar header: it bears on the inode as in a tar (tarstream decides how).
+            header = LinkHeader(
+                e.mode, e.uid, e.gid, e.mtime, {k: v for k, v in e.xattrs.items() if storable_xattr(k)}
+            )
             try:
-                tb.link(path, target, f"TOC entry {e.index}")
+                tb.link(path, target, f"TOC entry {e.index}", header)
             except FormatError as exc:
                 raise FormatError("estargz TOC", f"entry {e.index}: {exc.detail}", value=e.name) from None
             continue

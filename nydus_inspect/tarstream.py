@@ -3,6 +3,10 @@
 One streaming pass: regular files' bytes are handed to a callback as a file
 object and never held whole, so memory follows metadata, not layer size. Used
 by pack (to build a layer) and diff (to describe the source side).
+
+A hard link's own tar header may carry other attributes than the entry that
+created its inode. What becomes of them is decided here only (:data:`LINK_HEADER`,
+:data:`TARGET_HEADER`, :func:`hardlink_rule`), for every writer and for diff.
 """
 
 from __future__ import annotations
@@ -37,6 +41,23 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_PATH = 4096
 #: Longest name of one path component (Linux NAME_MAX; an EROFS dirent cannot hold more).
 MAX_NAME = 255
+
+#: A hard link's header applies to the inode it names: its permission bits (not on a symlink, whose mode
+#: Linux cannot change), owner and mtime replace the inode's, its xattrs are added to the inode's. This is how
+#: containerd and moby extract a layer (the link, then chown, setxattr, chmod and utimes on the link's path):
+#: the last header naming an inode wins. nydus-image writes the same for RAFS, as long as the link's name
+#: comes after its target's in its write order, and it keeps only the target's xattrs.
+LINK_HEADER = "link-header"
+#: A hard link's header adds a name and nothing else: the inode keeps the attributes of the entry that
+#: created it. This is how mkfs.erofs --tar writes a layer, and so what containerd's EROFS differ makes.
+TARGET_HEADER = "target-header"
+
+
+def hardlink_rule(erofs: bool) -> str:
+    """The rule a layer of this format follows: the one its reference tool writes (mkfs.erofs for plain
+    EROFS, nydus-image and the runtimes' extraction for RAFS), so that ours and theirs hold the same tree."""
+    return TARGET_HEADER if erofs else LINK_HEADER
+
 
 #: ``on_file(node, fobj, ref)``: consume a regular file's bytes from ``fobj``, or, when ``ref`` is
 #: ``(fd, offset)`` (a plain tar file), read them with os.pread at that offset (from any thread).
@@ -193,8 +214,13 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
             "security. and POSIX ACL xattrs"
         )
         del out[name]
+    _check_xattr_area(out, path)
+    return out
+
+
+def _check_xattr_area(xattrs: dict[bytes, bytes], path: bytes) -> None:
     try:
-        area = build_xattrs(out)
+        area = build_xattrs(xattrs)
     except ValueError as exc:
         raise FormatError(
             "tar entry",
@@ -207,7 +233,6 @@ def _xattrs(pax: dict[bytes, bytes], path: bytes, warnings: list[str]) -> dict[b
             f"{len(area)} bytes of xattrs: more than one RAFS inode holds",
             value=os.fsdecode(path),
         )
-    return out
 
 
 def _check_numbers(member: TarMember, path: bytes, where: object, warnings: list[str]) -> None:
@@ -231,10 +256,25 @@ _TYPE_OF_MEMBER = {
 }
 
 
-class TreeBuilder:
-    """Accumulates tar members into a Node tree with tar's last-entry-wins semantics."""
+@dataclass
+class LinkHeader:
+    """The attributes a hard link's own header carries (permission bits, owner, mtime, xattrs)."""
 
-    def __init__(self) -> None:
+    perm: int
+    uid: int
+    gid: int
+    mtime: int
+    xattrs: dict[bytes, bytes]
+
+
+class TreeBuilder:
+    """Accumulates tar members into a Node tree with tar's last-entry-wins semantics; ``hardlinks`` is the
+    rule for a hard link's own header (:data:`LINK_HEADER` or :data:`TARGET_HEADER`)."""
+
+    def __init__(self, hardlinks: str = LINK_HEADER) -> None:
+        if hardlinks not in (LINK_HEADER, TARGET_HEADER):
+            raise ValueError(f"unknown hard link rule {hardlinks!r}")
+        self.hardlinks = hardlinks
         self.root = Node(path=b"/", type=DIR, mode=stat.S_IFDIR | 0o755, nlink=2, children={})
         self.tree = TarTree(self.root)
         self._hardlink_groups = 0
@@ -286,7 +326,9 @@ class TreeBuilder:
             node.children = {}
         parent.children[name] = node
 
-    def link(self, path: bytes, target_path: bytes, where: object) -> None:
+    def link(self, path: bytes, target_path: bytes, where: object, header: LinkHeader | None = None) -> None:
+        """Give the inode at ``target_path`` the name ``path``; ``header`` (the link's own attributes) bears on
+        that inode as the builder's rule says."""
         target = self.lookup(target_path)
         if target is None:
             raise FormatError(
@@ -303,6 +345,14 @@ class TreeBuilder:
             self._hardlink_groups += 1
             target.hardlink = self._hardlink_groups
         target.nlink += 1
+        if header is not None and self.hardlinks == LINK_HEADER:
+            if target.type != SYMLINK:
+                target.mode = stat.S_IFMT(target.mode) | (header.perm & 0o7777)
+            target.uid, target.gid, target.mtime = header.uid, header.gid, header.mtime
+            if header.xattrs:
+                merged = {**target.xattrs, **header.xattrs}
+                _check_xattr_area(merged, path)
+                target.xattrs = merged
         parent = self._parent(path)
         name = path[path.rfind(b"/") + 1 :]
         old = parent.children.get(name)
@@ -645,13 +695,15 @@ def read_tar(
     source: str = "tar",
     progress: Callable[[int], None] | None = None,
     skip: frozenset[bytes] = frozenset(),
+    hardlinks: str = LINK_HEADER,
 ) -> TarTree:
     """Stream the tar and build its tree; ``on_file(node, fileobj, ref)`` consumes each regular file's bytes.
 
     ``progress(n)`` is told how many input bytes have been consumed. Entries whose path is in ``skip`` are
-    read past (their data too) and left out of the tree.
+    read past (their data too) and left out of the tree. ``hardlinks``: what a hard link's own header does
+    (:data:`LINK_HEADER`, :data:`TARGET_HEADER`).
     """
-    builder = TreeBuilder()
+    builder = TreeBuilder(hardlinks)
     index = 0
     fd = plain_fd(stream)
     if fd is not None and stream.tell() != 0:
@@ -678,7 +730,17 @@ def read_tar(
                     f"{where}: GNU sparse files are not supported; re-create the tar without --sparse"
                 )
             if member.type == tar_member.HARDLINK:
-                builder.link(path, _norm_path(member.linkname, where), where)
+                header = None
+                if hardlinks == LINK_HEADER:  # a header that is ignored is not checked either, as mkfs.erofs
+                    _check_numbers(member, path, where, builder.tree.warnings)
+                    header = LinkHeader(
+                        member.mode,
+                        member.uid,
+                        member.gid,
+                        int(member.mtime),
+                        _xattrs(member.pax, path, builder.tree.warnings) if member.pax else {},
+                    )
+                builder.link(path, _norm_path(member.linkname, where), where, header)
                 continue
             ntype = _TYPE_OF_MEMBER.get(member.type)
             if ntype is None:

@@ -202,8 +202,14 @@ def _member_xattrs(member: tarfile.TarInfo) -> dict[bytes, bytes]:
     return {k: v for k, v in out.items() if storable(k)}
 
 
-def expected_tree(path: str | os.PathLike, keep_data: bool = False) -> dict[bytes, Want]:
-    """path -> Want for every entry of the tar (``/`` only if the tar has a ``./`` entry)."""
+def expected_tree(
+    path: str | os.PathLike, keep_data: bool = False, link_header: bool = True
+) -> dict[bytes, Want]:
+    """path -> Want for every entry of the tar (``/`` only if the tar has a ``./`` entry).
+
+    ``link_header``: a hard link's own header gives the inode its owner, mtime, mode (not a symlink's) and
+    adds its xattrs, as containerd extracts it (and RAFS layers hold it); False: the link only adds a name,
+    as mkfs.erofs writes it (plain EROFS layers)."""
     raw = tar_bytes(path)
     out: dict[bytes, Want] = {}
     if not raw:
@@ -215,6 +221,11 @@ def expected_tree(path: str | os.PathLike, keep_data: bool = False) -> dict[byte
                 want = out[_norm(m.linkname)]
                 want.names.append(p)
                 out[p] = want
+                if link_header:
+                    want.uid, want.gid, want.mtime = m.uid, m.gid, int(m.mtime)
+                    if want.type != "symlink":
+                        want.mode = m.mode & 0o7777
+                    want.xattrs = {**want.xattrs, **_member_xattrs(m)}
                 continue
             want = Want(
                 type=TYPES[m.type],

@@ -305,23 +305,33 @@ def apply_layers(tars: list[bytes]) -> dict[str, _Obj]:
                 continue
             if m.islnk():
                 _remove_tree(state, path)
-                state[path] = state[_norm(m.linkname)]
+                obj = state[path] = state[_norm(m.linkname)]
+                # As containerd extracts a link: its header's owner, mtime, xattrs and (but on a symlink) mode
+                # go to the inode it names.
+                obj.uid, obj.gid, obj.mtime = m.uid, m.gid, int(m.mtime)
+                if obj.type != "symlink":
+                    obj.mode = m.mode & 0o7777
+                obj.xattrs = {**obj.xattrs, **_pax_xattrs(m)}
                 continue
             obj = _Obj(_KIND[m.type], m.mode & 0o7777, m.uid, m.gid, int(m.mtime), data=data)
             if m.issym():
                 obj.target = m.linkname.encode()
             if m.ischr() or m.isblk():
                 obj.rdev = os.makedev(m.devmajor, m.devminor)
-            obj.xattrs = {
-                k[len("SCHILY.xattr.") :].encode(): v.encode()
-                for k, v in m.pax_headers.items()
-                if k.startswith("SCHILY.xattr.")
-            }
+            obj.xattrs = _pax_xattrs(m)
             old = state.get(path)
             if not (old is not None and old.type == "dir" and obj.type == "dir"):
                 _remove_tree(state, path)
             state[path] = obj
     return state
+
+
+def _pax_xattrs(m: tarfile.TarInfo) -> dict[bytes, bytes]:
+    return {
+        k[len("SCHILY.xattr.") :].encode(): v.encode()
+        for k, v in m.pax_headers.items()
+        if k.startswith("SCHILY.xattr.")
+    }
 
 
 def reference_tree(tars: list[bytes]) -> Tree:

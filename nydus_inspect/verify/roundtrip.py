@@ -13,11 +13,11 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------------------- round trip
 def _check_roundtrip(run: _Run, source: str) -> None:
-    from ..diff import compare, describe_layer, describe_tar
+    from ..diff import compare, describe_layer, describe_tar, layer_hardlinks
 
     run.tick("roundtrip", 0, 2)
     try:
-        expected = describe_tar(source)
+        expected = describe_tar(source, layer_hardlinks(run.layer))
     except NydusInspectError as exc:
         run.add(_exc_finding("roundtrip", exc, file=source))
         return
