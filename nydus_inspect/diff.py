@@ -164,12 +164,8 @@ def describe(
     from .imageref import materialise
 
     path = materialise(path)
-    try:
-        if os.path.isdir(path):  # the OCI image layout of a nydus image
-            layer = open_layer(path, blob_dir=blob_dir, blobs=blobs)
-        else:
-            layer = Layer(path, blob_dir=blob_dir, blobs=blobs)
-    except FormatError:
+    layer = _open(path, blob_dir, blobs)
+    if layer is None:
         return describe_tar(path, hardlinks)
     with layer:
         if layer.kind == KIND_BOOTSTRAP_LAYER:
@@ -181,6 +177,31 @@ def describe(
         if layer.has_bootstrap:
             return describe_layer(layer)
     return describe_tar(path, hardlinks)
+
+
+def _open(path: str, blob_dir: str | None, blobs: list[str] | None) -> Layer | None:
+    """The layer at ``path`` (a materialised one), opened; None when it is none (then it is read as a tar)."""
+    try:
+        if os.path.isdir(path):  # the OCI image layout of a nydus image
+            return open_layer(path, blob_dir=blob_dir, blobs=blobs)
+        return Layer(path, blob_dir=blob_dir, blobs=blobs)
+    except FormatError:
+        return None
+
+
+def _hardlinks_of(paths: list[str], blob_dir: str | None, blobs: list[str] | None) -> str:
+    """The hard-link rule of the first of ``paths`` that opens as a layer (stdin is not tried: it is read
+    once, by describe); the default rule when none does."""
+    from .imageref import materialise
+
+    for path in paths:
+        if path == "-":
+            continue
+        layer = _open(materialise(path), blob_dir, blobs)
+        if layer is not None:
+            with layer:
+                return layer_hardlinks(layer)
+    return LINK_HEADER
 
 
 def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
@@ -228,14 +249,12 @@ def diff_paths(
         empty = False  # missing: the opener says so
     if empty:
         raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
-    # A tar side takes the hard-link rule of the layer it is compared with, so the layer side is described
-    # first, unless it can be read only once (stdin): then ``a`` is taken first, as the layer if it is one.
-    if b == "-":
-        expected = describe(a, blob_dir, blobs)
-        found = describe(b, blob_dir, blobs, expected.hardlinks)
-    else:
-        found = describe(b, blob_dir, blobs)
-        expected = describe(a, blob_dir, blobs, found.hardlinks)
+    # A tar side takes the hard-link rule of the layer it is compared with: the layer is opened once to learn
+    # its format. Then ``a`` is described first: the source is usually the tar, whose tree of nodes (the
+    # largest thing either side builds) is then made while the other side's entries are not yet held.
+    rule = _hardlinks_of([b, a], blob_dir, blobs)
+    expected = describe(a, blob_dir, blobs, rule)
+    found = describe(b, blob_dir, blobs, rule)
     return list(compare(expected, found))
 
 

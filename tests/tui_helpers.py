@@ -66,7 +66,8 @@ def make_tar(path: Path, *, many: int = MANY, a_txt: bytes = A_TXT) -> Path:
         ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, "a.txt", 0o777
         add(ti)
         ti = tarfile.TarInfo("srv/motd-hard")
-        ti.type, ti.linkname, ti.mode = tarfile.LNKTYPE, "etc/motd", 0o644
+        # The link's header says what its target's does, as tar writers write it (its own would win).
+        ti.type, ti.linkname, ti.mode, ti.uid, ti.gid = tarfile.LNKTYPE, "etc/motd", 0o644, 1000, 100
         add(ti)
         for i in range(many):
             f(f"many/e{i:05d}", b"")
