@@ -18,7 +18,8 @@ final write of escape sequences to a terminal is skipped), at 120x36:
   full tree walk runs in its child process and after, of cursor-down (one row a key), and of jumps to
   the end and to an offset;
 - the files screen: first frame, expanding a directory of 1000 entries (``--per-dir N``: N), and the
-  frame latency of cursor-down in the tree (each row's details; its chunks and preview read in workers);
+  frame latency of cursor-down in the tree, held and resting on each row (whose chunks and preview are
+  then read in workers);
 - the analysis screen: its first frame, and the time until the figures of ``analyze`` (run in a child
   process) are shown;
 - the full walk (chunk owners, hardlinks, path search) and, with --verify, the full verification,
@@ -160,14 +161,17 @@ def stats(samples: list[float]) -> str:
     return f"p50 {statistics.median(ms):6.1f} ms  p95 {p95:6.1f} ms  max {ms[-1]:6.1f} ms  (n={len(ms)})"
 
 
-async def key_latency(press, frames: Frames, n: int) -> list[float]:
-    """Frame latency of ``n`` key presses: from calling ``press`` (a key's action) to the next frame."""
+async def key_latency(press, frames: Frames, n: int, rest: float = 0.0) -> list[float]:
+    """Frame latency of ``n`` key presses: from calling ``press`` (a key's action) to the next frame; ``rest``
+    seconds between presses (a key held down has none; a cursor resting lets the work that waits for it run)."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
         press()
         await frames.next()
         out.append(time.perf_counter() - t)
+        if rest:
+            await asyncio.sleep(rest)
     return out
 
 
@@ -272,6 +276,9 @@ async def run(
             tree.focus()
             keys = await key_latency(tree.action_cursor_down, frames, 50)
             report("tree cursor-down frame latency", stats(keys))
+            # Resting on each row, the file's chunks and preview are read (the first read keys the chunk table).
+            keys = await key_latency(tree.action_cursor_down, frames, 30, rest=0.2)
+            report("tree cursor-down frame latency, 0.2 s on each row", stats(keys))
 
         # Analysis screen: its first frame (the analysis then runs in a child process), then its figures.
         cpu = children_cpu()
