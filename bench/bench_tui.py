@@ -15,8 +15,11 @@ final write of escape sequences to a terminal is skipped), at 120x36:
 - time to first paint: from creating the app (layer already opened) to its first frame;
 - time until the overview is complete (bootstrap decoded in a worker);
 - the chunks screen: time to its first frame with rows, then frame latency of page-down while the
-  full tree walk runs in its child process and after, and of jumps to the end and to an offset;
-- the files screen: first frame, and expanding a directory of 1000 entries (``--per-dir N``: N);
+  full tree walk runs in its child process and after, of cursor-down (one row a key), and of jumps to
+  the end and to an offset;
+- the files screen: first frame, expanding a directory of 1000 entries (``--per-dir N``: N), and the
+  frame latency of cursor-down in the tree, held and resting on each row (whose chunks and preview are
+  then read in workers);
 - the analysis screen: its first frame, and the time until the figures of ``analyze`` (run in a child
   process) are shown;
 - the full walk (chunk owners, hardlinks, path search) and, with --verify, the full verification,
@@ -158,13 +161,17 @@ def stats(samples: list[float]) -> str:
     return f"p50 {statistics.median(ms):6.1f} ms  p95 {p95:6.1f} ms  max {ms[-1]:6.1f} ms  (n={len(ms)})"
 
 
-async def page_latency(table, frames: Frames, n: int) -> list[float]:
+async def key_latency(press, frames: Frames, n: int, rest: float = 0.0) -> list[float]:
+    """Frame latency of ``n`` key presses: from calling ``press`` (a key's action) to the next frame; ``rest``
+    seconds between presses (a key held down has none; a cursor resting lets the work that waits for it run)."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        table.action_page(1)
+        press()
         await frames.next()
         out.append(time.perf_counter() - t)
+        if rest:
+            await asyncio.sleep(rest)
     return out
 
 
@@ -214,7 +221,7 @@ async def run(
                 f"{1000 * (time.perf_counter() - t):.0f} ms",
             )
             t_index = time.perf_counter()
-            during = await page_latency(table, frames, 100)
+            during = await key_latency(lambda: table.action_page(1), frames, 100)
             report("page-down frame latency, full walk running", stats(during))
             while app.view.index is None and not app.view.index_error:
                 await asyncio.sleep(0.05)
@@ -223,8 +230,11 @@ async def run(
                 f"{time.perf_counter() - t_index + 0.0:.1f} s after the chunks screen opened",
             )
             await pilot.pause()
-            after = await page_latency(table, frames, 200)
+            after = await key_latency(lambda: table.action_page(1), frames, 200)
             report("page-down frame latency, owners shown", stats(after))
+            # One row at a time: each move also (re)starts the timer after which the detail pane follows.
+            down = await key_latency(lambda: table.action_move(1), frames, 200)
+            report("cursor-down frame latency, owners shown", stats(down))
             report("rows decoded by the table so far", f"{table.rendered_rows:,} (of {len(table.rows):,})")
             t = time.perf_counter()
             table.action_edge(1)
@@ -263,14 +273,12 @@ async def run(
                 f"expand a directory of {entries:,} entries ({min(entries, DIR_PAGE):,} shown)",
                 f"{1000 * (time.perf_counter() - t):.0f} ms",
             )
-            keys = []
             tree.focus()
-            for _ in range(50):
-                t = time.perf_counter()
-                tree.action_cursor_down()
-                await frames.next()
-                keys.append(time.perf_counter() - t)
+            keys = await key_latency(tree.action_cursor_down, frames, 50)
             report("tree cursor-down frame latency", stats(keys))
+            # Resting on each row, the file's chunks and preview are read (the first read keys the chunk table).
+            keys = await key_latency(tree.action_cursor_down, frames, 30, rest=0.2)
+            report("tree cursor-down frame latency, 0.2 s on each row", stats(keys))
 
         # Analysis screen: its first frame (the analysis then runs in a child process), then its figures.
         cpu = children_cpu()

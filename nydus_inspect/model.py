@@ -198,6 +198,12 @@ class ChunkRecords:
             whole.release()
         self._rows, self._count = rows, found
 
+    #: Records each step of _one_blob reads at once. Its slices, lists and counts are single C calls, each
+    #: holding the GIL throughout: over a whole table of millions of records they stalled every other thread
+    #: for a good part of a second (the frames of an app keying the table in a worker). Over a step, a C
+    #: call is short, and the interpreter's switch interval lets the other threads in between steps.
+    _STEP = 1 << 16
+
     @classmethod
     def _one_blob(cls, view) -> tuple[dict[int, array], int] | None:
         """(rows, records found) of a table whose records all name one blob, as nydus writes it for a layer of
@@ -209,20 +215,28 @@ class ChunkRecords:
         if not n or len(view) % size or sys.byteorder != "little":
             return None
         words = view.cast("I")  # the records' little-endian 32-bit words, 20 a record
+        step = cls._STEP
         try:
-            blobs = words[8::20].tolist()
-            if blobs.count(blobs[0]) != n:
-                return None
-            indexes = words[18::20].tolist()
+            blob, top = words[8], 0
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                blobs = words[20 * s + 8 : 20 * e : 20].tolist()
+                if blobs.count(blob) != e - s:
+                    return None
+                top = max(top, max(words[20 * s + 18 : 20 * e : 20].tolist()) + 1)
+            if top > 2 * n + 1024:
+                return None  # sparse: the general loop keeps a dict
+            rows, zeros = array("q"), bytes(8 * step)
+            for k in range(0, top, step):
+                rows.frombytes(zeros[: 8 * min(step, top - k)])
+            for s in reversed(range(0, n, step)):
+                e = min(n, s + step)
+                for row, ci in zip(range(e, s, -1), reversed(words[20 * s + 18 : 20 * e : 20].tolist())):
+                    rows[ci] = row
         finally:
             words.release()
-        top = max(indexes) + 1
-        if top > 2 * n + 1024:
-            return None  # sparse: the general loop keeps a dict
-        rows = array("q", bytes(8 * top))
-        for row, ci in zip(range(n, 0, -1), reversed(indexes)):
-            rows[ci] = row
-        return {blobs[0]: rows}, top - rows.count(0)
+        empty = sum(rows[k : k + step].count(0) for k in range(0, top, step))
+        return {blob: rows}, top - empty
 
     def _row(self, key) -> int:
         where = self._rows.get(key[0])

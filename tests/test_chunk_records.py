@@ -102,6 +102,25 @@ def test_hand_made_tables_of_one_blob():
     assert len(got) == len(want) == 7 and {k: got[k] for k in want} == want
 
 
+@pytest.mark.parametrize("step", [1, 3, 8, 64])
+def test_one_blob_tables_read_a_step_at_a_time(monkeypatch, step):
+    """The column-wise path reads a table in steps (so that no single C call holds the GIL over millions of
+    records): the answer is the same whatever the step, a repeated key across steps still going to its first
+    record, and a second blob named only in a later step still sending the table to the general loop."""
+    monkeypatch.setattr(ChunkRecords, "_STEP", step)
+    order = [4, 0, 3, 3, 1, 2, 0, 5, 7, 6]
+    rows = [RECORD.pack(bytes([i]) * 32, 2, 0, i, i, i, i, i, ci, 0) for i, ci in enumerate(order)]
+    table = b"PAD" + b"".join(rows)
+    got, want = ChunkRecords(table, 3, len(table) - 3), _reference(table, 3, len(table) - 3)
+    assert len(got) == len(want) == 8
+    assert {k: got[k] for k in want} == want
+    assert got[(2, 0)][0] == bytes([1]) * 32 and got[(2, 3)][0] == bytes([2]) * 32
+    mixed = table + RECORD.pack(b"w" * 32, 5, 0, 9, 9, 9, 9, 9, 0, 0)
+    assert ChunkRecords._one_blob(memoryview(mixed)[3:]) is None
+    got, want = ChunkRecords(mixed, 3, len(mixed) - 3), _reference(mixed, 3, len(mixed) - 3)
+    assert len(got) == len(want) == 9 and {k: got[k] for k in want} == want
+
+
 # ---------------------------------------------------------------------------- files of many chunks
 def test_lazy_chunks_are_the_list_they_replace(tmp_path, monkeypatch):
     """A file of more than LAZY_CHUNKS chunks gets a LazyChunks: the same ChunkRefs as the list, by index

@@ -470,6 +470,44 @@ def test_mouse_click_selects_chunk_row(small):
     drive([small["zstd"]], script)
 
 
+def test_the_chunk_table_is_keyed_outside_the_view_lock(small):
+    """A file's chunks need the bootstrap chunk table keyed (seconds on a layer of millions of chunks), which a
+    worker does without holding the view's lock: the event loop takes that lock to decode the node under the
+    cursor, and waited for the whole keying on every row it moved to."""
+    import threading
+
+    from nydus_inspect.model import REG
+    from tui.data import LayerView
+
+    with open_layer(str(small["zstd"])) as layer:
+        view = LayerView(layer)
+        rafs = layer.rafs
+        node = next(n for n in rafs.walk() if n.type == REG and n.size)
+        keying, release = threading.Event(), threading.Event()
+        key = rafs._chunk_records
+
+        def slow_key():
+            keying.set()
+            assert release.wait(30)
+            return key()
+
+        rafs._chunk_records = slow_key
+        got = []
+        worker = threading.Thread(target=lambda: got.append(view.node_chunks(node)))
+        worker.start()
+        try:
+            assert keying.wait(30)
+            free = view.lock.acquire(timeout=2)
+            if free:
+                view.lock.release()
+        finally:
+            release.set()
+            worker.join(30)
+        assert free, "the view's lock was held while the chunk table was keyed"
+        del rafs._chunk_records
+        assert got and [c.ci_index for c in got[0]] == [c.ci_index for c in rafs.chunks(node)]
+
+
 def test_data_blob_alone_and_v5_bootstrap(vectors):
     async def script(app, pilot):
         await press(app, pilot, "4")

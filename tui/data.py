@@ -211,8 +211,9 @@ class ChunkSource:
         self.blob_index = self.verifier.blob_index
         self.records = self.verifier.records
         if self.verifier.digests is None and self.verifier.rafs is not None:
+            view.key_chunk_table()  # digests from the bootstrap chunk table, keyed here (a worker)
             with view.lock:
-                self.verifier.table  # noqa: B018 - digests from the bootstrap chunk table, built here (a worker)
+                self.verifier.table  # noqa: B018 - the table just keyed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -454,6 +455,7 @@ class LayerView:
         self.index: FileIndex | None = None  # set when the full walk is done
         self.index_error: str | None = None
         self.lock = threading.Lock()
+        self._keying = threading.Lock()  # one thread keys the chunk table (key_chunk_table), the others wait
         self._dirs: dict[int, list] = {}
         self._sources: list[ChunkSource] | None = None
         self.toc_checks: dict[str, EntryCheck] = {}
@@ -813,6 +815,14 @@ class LayerView:
                 out.append(("hardlinks", f"group {node.hardlink} ({node.nlink} names; indexing the tree…)"))
         return out
 
+    def key_chunk_table(self) -> None:
+        """Key the bootstrap chunk table (once per layer). Slow: seconds for millions of chunks; run it in a
+        worker. It is keyed outside ``lock``, which the event loop takes to decode a node as the cursor moves:
+        held for the keying, every row moved to froze the app until it ended. Its own lock makes any other
+        worker that needs it wait for the one keying it, and never key it twice."""
+        with self._keying:
+            self.layer.rafs.index_chunk_table()
+
     def node_chunks(self, node: Node) -> Sequence[ChunkRef]:
         """The file's chunks with their blob offsets, digests and CRC32Cs (also stored in ``node.chunks``),
         resolved as every other reader resolves them (``RafsV6.chunks``: the bootstrap chunk table's record,
@@ -822,6 +832,7 @@ class LayerView:
             return []
         if node.chunks is not None:
             return node.chunks
+        self.key_chunk_table()
         with self.lock:
             return self.layer.rafs.chunks(node)
 
