@@ -706,10 +706,13 @@ class RafsV6:
     def chunk_indexes(self, node: Node) -> list[ChunkIndex]:
         return [ChunkIndex.decode(*t) for t in self._raw_chunk_indexes(node)]
 
-    def chunk_refs(self, node: Node) -> list[tuple[int, int]]:
+    def chunk_refs(self, node: Node) -> Iterator[tuple[int, int]]:
         """(blob index, chunk index) of each chunk of a regular file: what chunk_indexes says, without an
-        object per chunk, for walks over every file of an image of a million chunks (analyze)."""
-        return [((d & 0xFF) - 1, ((d >> 8) << 16) | a) for a, d, _ in self._raw_chunk_indexes(node)]
+        object per chunk, for walks over every file of an image of a million chunks (analyze); yielded as
+        the chunk indexes are read, so that a file of a million chunks is not held as a million tuples."""
+        start, count = self._chunk_index_span(node)
+        for a, d, _ in rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count]):
+            yield (d & 0xFF) - 1, ((d >> 8) << 16) | a
 
     def _raw_chunk_indexes(self, node: Node) -> list[tuple[int, int, int]]:
         """The (advise, device_id, blkaddr) triples of a regular file, checked to lie in the bootstrap."""

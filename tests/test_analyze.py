@@ -406,7 +406,7 @@ def test_chunk_refs_say_what_chunk_indexes_say(image):
         files = [n for n in r.walk() if n.type == "file" and n.size]
         assert {b for n in files for b, _ in r.chunk_refs(n)} == {0, 1, 2}  # chunks of every blob
         for node in files:
-            assert r.chunk_refs(node) == [(ci.blob_index, ci.ci_index) for ci in r.chunk_indexes(node)]
+            assert list(r.chunk_refs(node)) == [(ci.blob_index, ci.ci_index) for ci in r.chunk_indexes(node)]
 
 
 DEBIAN = os.path.join(os.environ.get("NYDUS_BENCH_DIR", "/var/tmp/nydus-bench"), "rootfs.tar")
