@@ -325,6 +325,36 @@ def test_files_big_directory_pages(small):
     drive([small["zstd"]], script)
 
 
+def test_files_detail_follows_the_cursor_once_it_rests(small, monkeypatch):
+    """While the cursor moves through the tree, the detail pane waits for it to rest (each node shown costs a
+    decode and a layout pass): rows passed are never shown; the row it stops on is, and a command acting on
+    the current node (`c`) shows it at once."""
+    import tui.screens.files as files
+
+    monkeypatch.setattr(files, "DETAIL_DELAY", 30.0)  # the cursor never rests long enough within this test
+
+    async def script(app, pilot):
+        await press(app, pilot, "4")
+        screen = app.screen
+        shown = []
+        real = screen.show_node
+        monkeypatch.setattr(screen, "show_node", lambda ref: (shown.append(ref.path), real(ref)))
+        assert screen.reveal("/srv/a.txt")
+        await settle(app, pilot)
+        for _ in range(3):
+            await pilot.press("up")
+        await settle(app, pilot)
+        assert shown == [] and screen.current.path == b"/"  # the root, shown when the screen loaded
+        highlighted = screen.tree.cursor_node.data.path
+        assert highlighted != b"/srv/a.txt"
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert shown == [highlighted] and screen.current.path == highlighted
+        assert app.screen.query_one("#file-detail").value("path") == highlighted.decode()
+
+    drive([small["zstd"]], script)
+
+
 def test_files_screen_on_the_fixture_layer(tmp_path):
     """The project's every-type fixture: devices, whiteouts, xattrs and hardlink groups show as the tar says."""
     fx = load_make_fixtures()

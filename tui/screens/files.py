@@ -36,6 +36,9 @@ MAX_CHUNK_ROWS = 500
 #: A file's chunks and preview are read once the cursor has rested on it this long: a held arrow key then
 #: starts no reads for the files it passes, whose threads would take the GIL from the frames being drawn.
 READ_DELAY = 0.05
+#: Seconds the cursor must rest on a node before the detail pane follows it: while an arrow key repeats, only
+#: the tree redraws (each detail shown costs a decode of the node and a layout pass of the pane).
+DETAIL_DELAY = 0.04
 
 
 class FilesScreen(NydusScreen):
@@ -51,6 +54,8 @@ class FilesScreen(NydusScreen):
         self.current: FileRef | None = None
         self.chunks_shown: list = []
         self._reads = None  # the timer that starts the highlighted file's reads
+        self._detail = None  # the timer that shows the highlighted node's detail
+        self._highlighted: FileRef | None = None  # the node it will show
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="files-body"):
@@ -76,7 +81,10 @@ class FilesScreen(NydusScreen):
         tree.clear()
         self.loaded.clear()
         self.totals.clear()
-        self.current = None
+        self.current = self._highlighted = None
+        if self._detail is not None:  # a node of the tree being replaced
+            self._detail.stop()
+            self._detail = None
         detail = self.query_one("#file-detail", KeyValue)
         if not view.is_v6:
             tree.root.set_label(f"{view.name}: no RAFS v6 bootstrap")
@@ -151,7 +159,23 @@ class FilesScreen(NydusScreen):
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         ref = event.node.data
         if isinstance(ref, FileRef):
+            self._highlighted = ref
+            if self._detail is not None:
+                self._detail.stop()
+            self._detail = self.set_timer(DETAIL_DELAY, self._settle)
+
+    def _settle(self) -> None:
+        self._detail = None
+        ref, self._highlighted = self._highlighted, None
+        if ref is not None:
             self.show_node(ref)
+
+    def _flush_detail(self) -> None:
+        """Show the highlighted node's detail now if it waits for the cursor to rest (a command about to act
+        on ``current``)."""
+        if self._detail is not None:
+            self._detail.stop()
+            self._settle()
 
     # -- details
     def show_node(self, ref: FileRef) -> None:
@@ -246,6 +270,7 @@ class FilesScreen(NydusScreen):
             self.query_one("#file-preview", ContentView).show(*parts)
 
     def action_show_chunk(self) -> None:
+        self._flush_detail()
         table = self.query_one("#file-chunks", DataTable)
         if not self.chunks_shown:
             return
@@ -256,6 +281,7 @@ class FilesScreen(NydusScreen):
             self.app.call_after_refresh(screen.select_chunk, c.blob_index, c.ci_index)
 
     def index_ready(self) -> None:
+        self._flush_detail()
         if self.current is not None:
             self.show_node(self.current)
         if self.pending_search:
@@ -276,6 +302,7 @@ class FilesScreen(NydusScreen):
             self.notify("indexing the file tree; the search runs when it is done")
             return
         start = 0
+        self._flush_detail()
         if again and self.current is not None:
             try:
                 start = view.index.paths.index(self.current.path) + 1
