@@ -275,10 +275,18 @@ def _smaller(data, packed: bytes) -> tuple[bytes, bool]:
 
 
 def decompress(
-    data: bytes, comp: Compressor, size: int, what: str = "data", offset: int | None = None
+    data: bytes,
+    comp: Compressor,
+    size: int,
+    what: str = "data",
+    offset: int | None = None,
+    *,
+    as_bytes: bool = False,
 ) -> bytes:
     """Decompress ``data`` into exactly ``size`` bytes or raise FormatError naming ``what``. Large zstd data
-    comes back as a bytearray (decoded without the GIL into a buffer of ours), the rest as bytes."""
+    comes back as a bytearray (decoded without the GIL into a buffer of ours), the rest as bytes; with
+    ``as_bytes``, zstd data is decoded with the GIL straight into the bytes returned (for data kept as bytes,
+    such as a bootstrap: making bytes of the bytearray would hold both, twice its size, at once)."""
     if size < 0 or size > MAX_UNCOMPRESSED:
         raise FormatError(
             what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size
@@ -291,8 +299,12 @@ def decompress(
                 # The frame says exactly what we expect (zstd checks that claim while decoding): decode it in
                 # one call; anything after it still counts towards the bound.
                 # Large chunks go through libzstd without the GIL; for small ones its call costs more than it saves.
-                out = _zstd_unlocked(data, size) if size >= UNLOCKED_MIN else None
-                if out is None:  # small, no libzstd, or bad data (the checked path below says what is wrong)
+                out = _zstd_unlocked(data, size) if size >= UNLOCKED_MIN and not as_bytes else None
+                if out is None and as_bytes:
+                    out = _zstd_decompressor().decompress(data, max_output_size=size, allow_extra_data=False)
+                elif (
+                    out is None
+                ):  # small, no libzstd, or bad data (the checked path below says what is wrong)
                     dobj = _zstd_decompressor().decompressobj()
                     out = dobj.decompress(data)
                     if dobj.unused_data:

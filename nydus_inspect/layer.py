@@ -514,10 +514,12 @@ class Layer:
             raw = self._decrypted_meta(raw, name, off)
         if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
             usize = _zstd_frame_size(raw, name, off)
-        data = codecs.decompress(raw, comp, usize, name, off) if comp is not Compressor.NONE else raw
-        if not isinstance(
-            data, bytes
-        ):  # large zstd entries decode into a bytearray; entries are kept as bytes
+        if comp is Compressor.NONE:
+            data = raw
+        else:  # entries are kept as bytes (a bootstrap's names are sliced from it as dict keys)
+            data = codecs.decompress(raw, comp, usize, name, off, as_bytes=True)
+            del raw
+        if not isinstance(data, bytes):
             data = bytes(data)
         if verify and digest is not None:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)

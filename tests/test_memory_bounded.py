@@ -221,3 +221,24 @@ def test_a_file_of_many_chunks_is_not_held_as_objects(fine_bomb, command):
     bound = {"unpack": 100, "verify": 96, "ls": 64, "analyze": 48}[command]
     peak = _peak_rss_kib(*args) >> 10
     assert peak < bound, f"{command}: peak RSS {peak} MiB for one file of 262,144 chunks"
+
+
+def test_a_bootstrap_is_decoded_without_a_second_copy(tmp_path):
+    """The bootstrap is kept as bytes: zstd decodes it straight into them (decoded into a bytearray and then
+    made bytes, both were held at once: twice its size, hundreds of MiB for a layer of a million inodes)."""
+    import tracemalloc
+
+    from nydus_inspect.layer import Layer
+
+    tar, blob = tmp_path / "files.tar", tmp_path / "files.blob"
+    _small_files_tar(tar, 20_000)
+    hostile.run_limited("pack", "-q", tar, "-o", blob).check_returncode()
+    with Layer(str(blob)) as layer:
+        tracemalloc.start()
+        try:
+            size = len(layer.rafs.buf)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert size > 1 << 20
+    assert peak < 1.5 * size, f"decoding a {size}-byte bootstrap peaked at {peak} bytes"
