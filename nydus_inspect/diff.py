@@ -75,6 +75,8 @@ class Tree:
     explicit_root: bool = True
     #: The hard-link rule (tarstream) a tar was read with, or the one a layer's format follows.
     hardlinks: str = LINK_HEADER
+    #: Read from a layer tar (whose tree depends on the rule it is read with), not from a layer.
+    tar: bool = False
 
 
 def describe_tar(path: str, hardlinks: str = LINK_HEADER) -> Tree:
@@ -106,7 +108,7 @@ def describe_tar(path: str, hardlinks: str = LINK_HEADER) -> Tree:
     out: dict[bytes, Entry] = {}
     for p, node in tt.walk():
         out[p] = _entry(node, node.data, links.get(id(node), ()))
-    return Tree(out, tt.explicit_root, hardlinks)
+    return Tree(out, tt.explicit_root, hardlinks, tar=True)
 
 
 def layer_hardlinks(layer: Layer) -> str:

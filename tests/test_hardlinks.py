@@ -292,3 +292,23 @@ def test_where_nydus_image_departs_from_the_last_header(oracle, tmp_path):
         *((p, f) for p in ("/d/0", "/d/z") for f in ("mode", "uid", "gid", "mtime")),
         *((p, "xattrs") for p in ("/d/a", "/d/b", "/e/deep/c")),
     }
+
+
+def test_layer_tree_reads_a_tar_with_the_rule_of_the_layer_it_meets(erofs_utils, tmp_path):
+    """The pytest plugin's ``layer_tree(a) == layer_tree(b)`` compares as ``diff`` does: the tar side is read
+    with the hard-link rule of the layer on the other side (an EROFS image: the first header; a RAFS layer:
+    the last), whichever side each stands on."""
+    from nydus_inspect.testing import layer_tree
+
+    src = tmp_path / "layer.tar"
+    _header_tar(src)
+    erofs = erofs_utils.mkfs(tmp_path / "mkfs.erofs", src, "--tar=f", "--aufs", "-Enoinline_data")
+    rafs = tmp_path / "layer.blob"
+    assert run_cli("pack", "-q", src, "-o", rafs).returncode == 0
+    tar = layer_tree(src)
+    assert tar == layer_tree(erofs) and layer_tree(erofs) == tar
+    assert tar == layer_tree(rafs) and layer_tree(rafs) == tar
+    # The two layers themselves differ where the rules do (and in the root, which the tar does not hold and
+    # each writer makes its own).
+    differ = {d.path for d in layer_tree(erofs).differences(layer_tree(rafs))} - {b"/"}
+    assert differ == {b"/d/a", b"/d/b", b"/e/deep/c"}

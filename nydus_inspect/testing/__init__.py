@@ -256,20 +256,33 @@ class LayerTree:
         self.path = str(path)
         self.blob_dir = blob_dir
         self.blobs = blobs
-        self._tree = None
+        self._trees: dict = {}
 
-    def tree(self):
-        if self._tree is None:
-            from ..diff import describe
+    def tree(self, hardlinks: str | None = None):
+        """The tree, a tar read with the hard-link rule ``hardlinks`` (tarstream's; the default one if None)."""
+        from ..diff import describe
+        from ..tarstream import LINK_HEADER
 
-            self._tree = describe(self.path, self.blob_dir, self.blobs)
-        return self._tree
+        if None in self._trees:  # a layer: its tree is the same whatever rule a tar would be read with
+            return self._trees[None]
+        rule = hardlinks or LINK_HEADER
+        if rule not in self._trees:
+            tree = describe(self.path, self.blob_dir, self.blobs, rule)
+            self._trees[rule if tree.tar else None] = tree
+            return tree
+        return self._trees[rule]
 
     def differences(self, other: LayerTree) -> list:
-        """What ``other`` has that this tree does not have the same (``diff``'s Difference records)."""
+        """What ``other`` has that this tree does not have the same (``diff``'s Difference records); a tar
+        side is read with the hard-link rule of the layer on the other side, as ``diff`` reads it."""
         from ..diff import compare
 
-        return list(compare(self.tree(), other.tree()))
+        mine, theirs = self.tree(), other.tree()
+        if mine.tar and not theirs.tar:
+            mine = self.tree(theirs.hardlinks)
+        elif theirs.tar and not mine.tar:
+            theirs = other.tree(mine.hardlinks)
+        return list(compare(mine, theirs))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LayerTree):
