@@ -86,19 +86,29 @@ def test_hand_made_tables():
         ChunkRecords(table, 3, len(table) - 4)
 
 
+def _one_blob_table(order: list[int]) -> bytes:
+    """Records of blob 2 whose chunk indexes are ``order`` (record i's fields all i), at offset 3."""
+    return b"PAD" + b"".join(
+        RECORD.pack(bytes([i]) * 32, 2, 0, i, i, i, i, i, ci, 0) for i, ci in enumerate(order)
+    )
+
+
+def _both(table: bytes) -> tuple[ChunkRecords, dict]:
+    """The index of the table at offset 3 of ``table``, and the dict it stands for."""
+    return ChunkRecords(table, 3, len(table) - 3), _reference(table, 3, len(table) - 3)
+
+
 def test_hand_made_tables_of_one_blob():
     """Tables naming one blob take the column-wise path: a repeated key (the first record wins), indexes out
     of order, at an odd offset; and a sparse one, which goes back to the general loop."""
-    order = [4, 0, 3, 3, 1, 2, 0, 5]
-    rows = [RECORD.pack(bytes([i]) * 32, 2, 0, i, i, i, i, i, ci, 0) for i, ci in enumerate(order)]
-    table = b"PAD" + b"".join(rows)
-    got, want = ChunkRecords(table, 3, len(table) - 3), _reference(table, 3, len(table) - 3)
+    table = _one_blob_table([4, 0, 3, 3, 1, 2, 0, 5])
+    got, want = _both(table)
     assert len(got) == len(want) == 6
     assert {k: got[k] for k in want} == want
     assert got[(2, 3)][0] == bytes([2]) * 32 and got[(2, 0)][0] == bytes([1]) * 32
     assert (2, 6) not in got and (0, 0) not in got
     sparse = table + RECORD.pack(b"z" * 32, 2, 0, 9, 9, 9, 9, 9, 10**9, 0)
-    got, want = ChunkRecords(sparse, 3, len(sparse) - 3), _reference(sparse, 3, len(sparse) - 3)
+    got, want = _both(sparse)
     assert len(got) == len(want) == 7 and {k: got[k] for k in want} == want
 
 
@@ -108,16 +118,14 @@ def test_one_blob_tables_read_a_step_at_a_time(monkeypatch, step):
     records): the answer is the same whatever the step, a repeated key across steps still going to its first
     record, and a second blob named only in a later step still sending the table to the general loop."""
     monkeypatch.setattr(ChunkRecords, "_STEP", step)
-    order = [4, 0, 3, 3, 1, 2, 0, 5, 7, 6]
-    rows = [RECORD.pack(bytes([i]) * 32, 2, 0, i, i, i, i, i, ci, 0) for i, ci in enumerate(order)]
-    table = b"PAD" + b"".join(rows)
-    got, want = ChunkRecords(table, 3, len(table) - 3), _reference(table, 3, len(table) - 3)
+    table = _one_blob_table([4, 0, 3, 3, 1, 2, 0, 5, 7, 6])
+    got, want = _both(table)
     assert len(got) == len(want) == 8
     assert {k: got[k] for k in want} == want
     assert got[(2, 0)][0] == bytes([1]) * 32 and got[(2, 3)][0] == bytes([2]) * 32
     mixed = table + RECORD.pack(b"w" * 32, 5, 0, 9, 9, 9, 9, 9, 0, 0)
     assert ChunkRecords._one_blob(memoryview(mixed)[3:]) is None
-    got, want = ChunkRecords(mixed, 3, len(mixed) - 3), _reference(mixed, 3, len(mixed) - 3)
+    got, want = _both(mixed)
     assert len(got) == len(want) == 9 and {k: got[k] for k in want} == want
 
 
