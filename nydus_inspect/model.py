@@ -8,6 +8,7 @@ mount and the TUI all speak :class:`Node` and :class:`~nydus_inspect.chunks.ref.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -16,6 +17,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .chunks.ref import ChunkRef, LazyChunks
 from .errors import FormatError
@@ -143,6 +145,13 @@ def _show_value(value: bytes) -> str:
     except UnicodeDecodeError:
         pass
     return "0x" + value.hex()
+
+
+class _ChunkedFile(NamedTuple):
+    """What decoding a file's chunks needs of its node."""
+
+    path: bytes
+    size: int
 
 
 # Files of more chunks than this get a LazyChunks from RafsV6.chunks (a list of them costs about half a kilobyte
@@ -798,11 +807,14 @@ class RafsV6:
             # by whichever later reader first asks for it.
             for k in range(0, count, LAZY_CHUNKS):
                 self._decode_chunks(node, start, k, min(count, k + LAZY_CHUNKS))
-            out = LazyChunks(count, lambda k0, k1: self._decode_chunks(node, start, k0, k1), LAZY_CHUNKS)
+            # It keeps the file's path and size, not its node, whose ``chunks`` it becomes: no cycle, which
+            # the bulk commands (that run without the cycle collector) would never free.
+            file = _ChunkedFile(node.path, node.size)
+            out = LazyChunks(count, functools.partial(self._decode_chunks, file, start), LAZY_CHUNKS)
         node.chunks = out
         return out
 
-    def _decode_chunks(self, node: Node, start: int, k0: int, k1: int) -> list[ChunkRef]:
+    def _decode_chunks(self, node: Node | _ChunkedFile, start: int, k0: int, k1: int) -> list[ChunkRef]:
         """Chunks ``k0`` up to ``k1`` of regular file ``node``, whose chunk indexes start at ``start`` in the
         bootstrap, each checked against the file's size and its place."""
         nblobs = len(self.blobs)
@@ -863,7 +875,7 @@ class RafsV6:
             out.append(chunk)
         return out
 
-    def _chunk_from_blob_meta(self, node: Node, k: int, idx: ChunkIndex) -> ChunkRef:
+    def _chunk_from_blob_meta(self, node: Node | _ChunkedFile, k: int, idx: ChunkIndex) -> ChunkRef:
         got = self._ci_source(idx.blob_index) if self._ci_source else None
         infos, digests = got if got is not None else (None, None)
         if infos is None or idx.ci_index >= len(infos):

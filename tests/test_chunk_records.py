@@ -156,6 +156,38 @@ def test_lazy_chunks_are_the_list_they_replace(tmp_path, monkeypatch):
             with pytest.raises(IndexError):
                 lazy[len(full)]
             assert b"".join(layer.read_file(n)) == want[n.path]
+            # The node holds its LazyChunks (node.chunks), which must not hold the node: a cycle would never
+            # be freed by the bulk commands, which run without the cycle collector.
+            assert n.chunks is lazy and not _reaches(lazy, n)
+
+
+def _reaches(start, target, depth: int = 8) -> bool:
+    """Whether ``target`` is reachable from ``start`` through what it holds (functions by their closures,
+    bound methods by their functions, not their instance: a layer reaches everything)."""
+    import gc
+    import types
+
+    def held(o):
+        if isinstance(o, types.FunctionType):
+            return list(o.__closure__ or ())
+        if isinstance(o, types.MethodType):
+            return [o.__func__]
+        if isinstance(o, types.CellType):
+            return [o.cell_contents]
+        return gc.get_referents(o)
+
+    seen, frontier = {id(start)}, [start]
+    for _ in range(depth):
+        nxt = []
+        for o in frontier:
+            for r in held(o):
+                if r is target:
+                    return True
+                if id(r) not in seen and not isinstance(r, (bytes, int, str, type, types.ModuleType)):
+                    seen.add(id(r))
+                    nxt.append(r)
+        frontier = nxt
+    return False
 
 
 def test_a_bad_record_of_a_lazy_file_is_found_when_its_chunks_are_asked_for(tmp_path, monkeypatch):
