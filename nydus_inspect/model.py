@@ -256,6 +256,11 @@ class ChunkRecords:
             return where[ci] if 0 <= ci < len(where) else 0
         return where.get(ci, 0)
 
+    def first(self, key) -> int | None:
+        """The index in the table of the first record of ``key`` (the one every reader takes), or None."""
+        row = self._row(key)
+        return row - 1 if row else None
+
     def get(self, key, default=None):
         row = self._row(key)
         if not row:

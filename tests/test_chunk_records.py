@@ -212,3 +212,35 @@ def test_a_bad_record_of_a_lazy_file_is_found_when_its_chunks_are_asked_for(tmp_
         node = layer.rafs.lookup(node.path)
         with pytest.raises(FormatError, match=f"chunk {count - 1}: blkaddr disagrees"):
             layer.rafs.chunks(node)
+
+
+@pytest.mark.parametrize("damage", ["duplicate", "crc-flag"])
+def test_verify_finds_a_duplicate_record_and_a_stray_crc_flag(tmp_path, damage):
+    """verify's chunk-table check, which reads the table in place: a record whose key an earlier record holds
+    is named with that record (the first, the one readers take), and a record whose HAS_CRC32 flag differs
+    from the rest of its blob's is named by its offset."""
+    from nydus_inspect.verify import verify
+
+    _tar(tmp_path / "t.tar", 5)
+    pack_layer(tmp_path / "t.tar", tmp_path / "t.blob")
+    with Layer(str(tmp_path / "t.blob")) as layer:
+        boot = bytearray(layer.rafs.buf)
+        base, count = layer.rafs.ext.s_chunk_table_offset, layer.rafs.ext.s_chunk_table_size // RECORD.size
+    assert count > 4
+    victim = base + 3 * RECORD.size
+    if damage == "duplicate":
+        boot[victim + 72 : victim + 76] = boot[base + 72 : base + 76]  # record 3 gets record 0's index
+    else:
+        flags = struct.unpack_from("<I", boot, victim + 36)[0]
+        assert flags & rafs_v6.CHUNK_HAS_CRC32
+        struct.pack_into("<I", boot, victim + 36, flags & ~rafs_v6.CHUNK_HAS_CRC32)
+        struct.pack_into("<I", boot, victim + 76, 0)  # no crc either, so only the flag's difference shows
+    bad = tmp_path / "bad.boot"
+    bad.write_bytes(boot)
+    with Layer(str(bad), blobs=[str(tmp_path / "t.blob")]) as layer:
+        found = [f for f in verify(layer).findings if f.check == "chunk.table"]
+    if damage == "duplicate":
+        assert any("duplicate record (also record 0)" in f.message and f.offset == victim + 72 for f in found)
+    else:
+        [f] = [f for f in found if "HAS_CRC32 differs" in f.message]
+        assert f.offset == victim + 36 and f.found == f"{count - 1} of {count} records with a crc"

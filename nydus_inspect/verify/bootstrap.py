@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import NydusInspectError
@@ -1003,10 +1004,16 @@ class _Tree:
         rafs, ext = self.rafs, self.ext
         base = ext.s_chunk_table_offset
         blobs = rafs.blobs
-        seen: dict[tuple[int, int], int] = {}
-        crc_flags: dict[int, list[int]] = {}
+        # Per record, this check keeps 8 bytes (its HAS_CRC32 mark) and reads the table in place: the index
+        # of first records by key that every reader uses tells duplicates (a dict of the keys and a copy of
+        # the table held hundreds of bytes a record, gigabytes for tens of millions of chunks).
+        try:
+            first_of = rafs._chunk_records().first
+        except (NydusInspectError, struct.error):  # reported by the walk; duplicates are not looked for
+            first_of = None
+        crc_flags: dict[int, array] = {}
         cs = rafs.chunk_size
-        rows = _CT.struct.iter_unpack(rafs.buf[base : base + ext.s_chunk_table_size])
+        rows = _CT.struct.iter_unpack(memoryview(rafs.buf)[base : base + ext.s_chunk_table_size])
         for i, vals in enumerate(rows):
             (_, bi, flags, csize, usize, coff, uoff, foff, idx, crc) = vals
             off = base + i * _CT.size
@@ -1024,10 +1031,10 @@ class _Tree:
                     found=found,
                 )
 
-            key = (bi, idx)
-            if key in seen:
-                tbad("index", f"duplicate record (also record {seen[key]})", "unique", idx)
-            seen.setdefault(key, i)
+            if first_of is not None:
+                first = first_of((bi, idx))
+                if first is not None and first != i:
+                    tbad("index", f"duplicate record (also record {first})", "unique", idx)
             if not 0 <= bi < len(blobs):
                 tbad("blob_index", f"outside the {len(blobs)}-entry blob table", f"< {len(blobs)}", bi)
                 continue
@@ -1040,7 +1047,10 @@ class _Tree:
                 tbad("flags", "encrypted chunk in a blob that is not encrypted", "clear", hex(flags))
             if flags & rafs_v6.CHUNK_BATCH and not ent.features & blob_meta.BATCH:
                 tbad("flags", "batch chunk in a blob without batches", "clear", hex(flags))
-            crc_flags.setdefault(bi, []).append(i if flags & rafs_v6.CHUNK_HAS_CRC32 else ~i)
+            marks = crc_flags.get(bi)
+            if marks is None:
+                marks = crc_flags[bi] = array("q")
+            marks.append(i if flags & rafs_v6.CHUNK_HAS_CRC32 else ~i)
             if crc and not flags & rafs_v6.CHUNK_HAS_CRC32:
                 tbad("crc32", "crc32 set but the HAS_CRC32 flag is not", 0, crc)
             if not 0 < usize <= cs:
@@ -1073,9 +1083,12 @@ class _Tree:
                 elif foff not in have:
                     tbad("file_offset", "no file uses this chunk at this offset", sorted(have), foff)
         for bi, marks in crc_flags.items():
-            with_crc = [m for m in marks if m >= 0]
-            if with_crc and len(with_crc) != len(marks):
-                odd = [~m for m in marks if m < 0] if len(with_crc) * 2 >= len(marks) else with_crc
+            with_crc = sum(1 for m in marks if m >= 0)
+            if with_crc and with_crc != len(marks):
+                if with_crc * 2 >= len(marks):
+                    odd: Iterable[int] = (~m for m in marks if m < 0)
+                else:
+                    odd = (m for m in marks if m >= 0)
                 for i in odd:
                     self.bad(
                         "chunk.table",
@@ -1084,5 +1097,5 @@ class _Tree:
                         blob_index=bi,
                         field="flags",
                         offset=base + i * _CT.size + 36,
-                        found=f"{len(with_crc)} of {len(marks)} records with a crc",
+                        found=f"{with_crc} of {len(marks)} records with a crc",
                     )
