@@ -298,13 +298,13 @@ def decompress(
             if size and zstandard.frame_content_size(data) == size:
                 # The frame says exactly what we expect (zstd checks that claim while decoding): decode it in
                 # one call; anything after it still counts towards the bound.
-                # Large chunks go through libzstd without the GIL; for small ones its call costs more than it saves.
-                out = _zstd_unlocked(data, size) if size >= UNLOCKED_MIN and not as_bytes else None
-                if out is None and as_bytes:
+                if as_bytes:
                     out = _zstd_decompressor().decompress(data, max_output_size=size, allow_extra_data=False)
-                elif (
-                    out is None
-                ):  # small, no libzstd, or bad data (the checked path below says what is wrong)
+                else:
+                    # Large chunks go through libzstd without the GIL; for small ones its call costs more than
+                    # it saves.
+                    out = _zstd_unlocked(data, size) if size >= UNLOCKED_MIN else None
+                if out is None:  # small, no libzstd, or bad data (the checked path below says what is wrong)
                     dobj = _zstd_decompressor().decompressobj()
                     out = dobj.decompress(data)
                     if dobj.unused_data:

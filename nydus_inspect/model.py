@@ -724,14 +724,13 @@ class RafsV6:
         """(blob index, chunk index) of each chunk of a regular file: what chunk_indexes says, without an
         object per chunk, for walks over every file of an image of a million chunks (analyze); yielded as
         the chunk indexes are read, so that a file of a million chunks is not held as a million tuples."""
-        start, count = self._chunk_index_span(node)
-        for a, d, _ in rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count]):
+        for a, d, _ in self._raw_chunk_indexes(node):
             yield (d & 0xFF) - 1, ((d >> 8) << 16) | a
 
-    def _raw_chunk_indexes(self, node: Node) -> list[tuple[int, int, int]]:
+    def _raw_chunk_indexes(self, node: Node) -> Iterator[tuple[int, int, int]]:
         """The (advise, device_id, blkaddr) triples of a regular file, checked to lie in the bootstrap."""
         start, count = self._chunk_index_span(node)
-        return list(rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count]))
+        return rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start : start + 8 * count])
 
     def _chunk_index_span(self, node: Node) -> tuple[int, int]:
         """Where a regular file's 8-byte chunk indexes start in the bootstrap, and how many there are."""
@@ -808,14 +807,14 @@ class RafsV6:
         if count <= LAZY_CHUNKS:
             out: Sequence[ChunkRef] = self._decode_chunks(node, start, 0, count)
         else:
-            # Every chunk is checked now, as for a list, so that a bad record is found by this call and not
-            # by whichever later reader first asks for it.
-            for k in range(0, count, LAZY_CHUNKS):
-                self._decode_chunks(node, start, k, min(count, k + LAZY_CHUNKS))
             # It keeps the file's path and size, not its node, whose ``chunks`` it becomes: no cycle, which
             # the bulk commands (that run without the cycle collector) would never free.
             file = _ChunkedFile(node.path, node.size)
             out = LazyChunks(count, functools.partial(self._decode_chunks, file, start), LAZY_CHUNKS)
+            # Every chunk is checked now, as for a list, so that a bad record is found by this call and not
+            # by whichever later reader first asks for it.
+            for _ in out:
+                pass
         node.chunks = out
         return out
 
@@ -823,7 +822,7 @@ class RafsV6:
         """Chunks ``k0`` up to ``k1`` of regular file ``node``, whose chunk indexes start at ``start`` in the
         bootstrap, each checked against the file's size and its place."""
         nblobs = len(self.blobs)
-        records = None if self.tarfs else (self._records or self._chunk_records())
+        records = None if self.tarfs else self._chunk_records()
         chunk_size = self.chunk_size
         has_crc, is_compressed = rafs_v6.CHUNK_HAS_CRC32, rafs_v6.CHUNK_COMPRESSED
         raw = rafs_v6.CHUNK_INDEX.iter_unpack(self.buf[start + 8 * k0 : start + 8 * k1])
