@@ -21,7 +21,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("NYDUS_SHARED", ROOT.parent / "shared"))
+
+
+def _shared() -> Path:
+    """The shared folder: ``NYDUS_SHARED``, else beside the checkout, else (a clone made elsewhere) beside the
+    checkout it was cloned from, where `make oracle` finds the sources too."""
+    given = os.environ.get("NYDUS_SHARED")
+    if given:
+        return Path(given)
+    beside = ROOT.parent / "shared"
+    if not (beside / "oracle").is_dir():
+        origin = subprocess.run(
+            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+        ).stdout.strip()
+        if origin.startswith("/") and (Path(origin).parent / "shared" / "oracle").is_dir():
+            return Path(origin).parent / "shared"
+    return beside
+
+
+SHARED = _shared()
 TARBALL = SHARED / "oracle" / "nydus-2.4.4-src.tar.gz"
 REQUIRE_ORACLE = os.environ.get("NYDUS_REQUIRE_ORACLE") == "1"
 PROGRAMS = ("nydus-image", "nydusd", "nydusify", "nydus-converter")

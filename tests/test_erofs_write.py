@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import VECTORS
 from fixtures_util import VECTOR_TARS, assert_one_line_error, debian_rootfs_tar, fixture_tars_fixture, run_cli  # noqa: F401
 from hypothesis import HealthCheck, assume, given, settings
 from test_erofs_native import EROFS_AS_ROOT, check_image, extracted_tree
@@ -44,7 +45,7 @@ FIXTURES = [
     "global-pax.tar",
 ]
 CONTAINERD = ("--tar=f", "--aufs", "-Enoinline_data")
-VECTORS = Path(os.environ.get("NYDUS_VECTORS", "/work/shared/vectors")) / "nydus" / "tar"
+VECTOR_TAR_DIR = VECTORS / "nydus" / "tar"
 ZERO_SALT = "00" * 32
 
 
@@ -97,7 +98,7 @@ def test_fixture_tars(erofs_utils, fixture_tars, tmp_path, name, inline):
 
 @pytest.mark.parametrize("name", VECTOR_TARS)
 def test_vector_tars(erofs_utils, tmp_path, name):
-    src = VECTORS / name
+    src = VECTOR_TAR_DIR / name
     if not src.is_file():
         if os.environ.get("NYDUS_REQUIRE_VECTORS") == "1":
             pytest.fail(f"{src} missing (required in CI)")
