@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import NydusInspectError, UsageError
@@ -152,13 +152,20 @@ class Analysis:
     layers: list[LayerFigures] = field(default_factory=list)
     whiteouts: list[Whiteout] = field(default_factory=list)
     wasted: list[WastedFile] = field(default_factory=list)
-    origins: list[tuple[str, int]] = field(default_factory=list)  # every final path, with its layer
     directories: list[dict] = field(default_factory=list)  # per top-level directory of the final image
     final_entries: int = 0
     final_files: int = 0
     final_bytes: int = 0
     prefetch_bytes: int = 0
     prefetch_source: str = ""
+    #: The merged tree of the final image, kept for :meth:`origins` (a list of every path would cost more).
+    _root: object = field(default=None, repr=False)
+
+    def origins(self) -> Iterator[tuple[str, int]]:
+        """Every path of the final image with the index of the layer it comes from, sorted by path."""
+        if self._root is not None:
+            for path, ent in _final_paths(self._root):
+                yield fsdecode(path), ent.layer
 
     @property
     def stored_bytes(self) -> int:
@@ -223,11 +230,18 @@ class Analysis:
             "directories": self.directories,
         }
         if with_origins:
-            out["origins"] = [{"path": p, "layer": i} for p, i in self.origins]
+            out["origins"] = list(self.origin_items())
         return out
+
+    def origin_items(self) -> Iterator[dict]:
+        """:meth:`origins` as the JSON report lists them."""
+        return ({"path": p, "layer": i} for p, i in self.origins())
 
 
 # ---------------------------------------------------------------------------- the merged tree
+SOLE = ("sole",)
+
+
 class _Ent:
     """One name of the merged tree: the layer it comes from, its regular-file bytes and inode, its children."""
 
@@ -238,7 +252,9 @@ class _Ent:
     ) -> None:
         self.layer = layer
         self.size = size  # regular files only, else 0
-        self.inode = inode  # (layer, key) of a regular file, shared by its hard links; None for others
+        # (layer, key) of a hard-linked file, shared by its names; SOLE for a regular file of one name (which
+        # needs no books: its last name is its only one); None for the rest.
+        self.inode = inode
         self.kids = kids  # a dict for directories
         self.usize = usize  # the file's chunk bytes, uncompressed and compressed
         self.csize = csize
@@ -264,10 +280,13 @@ class _Merger:
                 stack.extend((p + b"/" + k, c) for k, c in e.kids.items())
             if e.inode is None:
                 continue
-            left = self.names[e.inode] - 1
-            self.names[e.inode] = left
-            if left == 0:  # the data goes only with the last name of the file
+            if e.inode is SOLE:
+                left, size = 0, e.size
+            else:
+                left = self.names[e.inode] - 1
+                self.names[e.inode] = left
                 size = self.sizes[e.inode]
+            if left == 0:  # the data goes only with the last name of the file
                 tally.bytes += size
                 self.a.layers[e.layer].wasted_bytes += size
                 if size:
@@ -283,14 +302,13 @@ class _Merger:
                 return None
         return ent
 
-    def apply(self, index: int, nodes: list) -> None:
-        """Apply layer ``index``: ``nodes`` are its (path, type, size, inode key, usize, csize) in pre-order."""
+    def apply(self, index: int, nodes: _Nodes) -> None:
+        """Apply layer ``index``: its entries, parents before children."""
         lf = self.a.layers[index]
         # Whiteouts first: they act on what the lower layers hold, whatever their order in the layer.
-        for path, _type, _size, _key, _u, _c in nodes:
+        for k in nodes.whiteouts:
+            path = nodes.paths[k]
             parent, _, name = path.rpartition(b"/")
-            if not name.startswith(WHITEOUT):
-                continue
             lf.whiteouts += 1
             dir_path = parent or b"/"
             low_dir = self._find(dir_path)
@@ -311,15 +329,21 @@ class _Merger:
             self.a.whiteouts.append(wo)
         # Then the entries, parents before children. A hard-linked file's bytes count once per layer.
         counted: set = set()
-        for path, ntype, size, key, usize, csize in nodes:
-            parent, _, name = path.rpartition(b"/")
-            if name.startswith(WHITEOUT):
+        whiteouts = set(nodes.whiteouts)
+        for k, (path, ntype, size, link, usize, csize) in enumerate(nodes):
+            if k in whiteouts:
                 continue
-            is_dir = ntype == DIR
-            inode = (index, key) if ntype == REG else None
             if path == b"/":
                 self.root.layer = index  # the root takes the top layer's attributes
                 continue
+            parent, _, name = path.rpartition(b"/")
+            is_dir = ntype == DIR
+            if ntype != REG:
+                inode = None
+            elif link is None:
+                inode = SOLE
+            else:
+                inode = (index, link)
             pdir = self._find(parent or b"/")
             if pdir is None or pdir.kids is None:  # a walk gives parents first: cannot happen
                 raise NydusInspectError(f"layer {index}: {fsdecode(path)} comes before its directory")
@@ -328,19 +352,48 @@ class _Merger:
             if low is not None and low.kids is not None and is_dir:
                 low.layer = index  # directories merge: upper metadata, both contents
                 continue
-            new_bytes = fsize if inode is not None and inode not in counted else 0
-            if inode is not None:
-                counted.add(inode)
+            new_bytes = fsize if inode is SOLE or (inode is not None and inode not in counted) else 0
             if low is None:
                 lf.added.add(new_bytes)
             else:
                 lf.modified.add(new_bytes)
                 self._drop(low, path, index, "overwritten", Tally())
-            if inode is not None:
+            if inode is not None and inode is not SOLE:
+                counted.add(inode)
                 if inode not in self.sizes:
                     self.sizes[inode] = size
                 self.names[inode] = self.names.get(inode, 0) + 1
             pdir.kids[name] = _Ent(index, fsize, inode, {} if is_dir else None, usize, csize)
+
+
+def _walk_order(ent: _Ent) -> list[tuple[str, bytes, bool]]:
+    """The names of a directory of the merged tree in the order their paths sort, as (sort key, name, whether
+    the item stands for what is below the name): a directory's name sorts among its siblings, its contents as
+    the name followed by "/" would, which need not come right after it ("a", "a-b", "a/c")."""
+    keys = []
+    for name, child in ent.kids.items():
+        text = fsdecode(name)
+        keys.append((text, name, False))
+        if child.kids:
+            keys.append((text + "/", name, True))
+    keys.sort()
+    return keys
+
+
+def _final_paths(root: _Ent) -> Iterator[tuple[bytes, _Ent]]:
+    """Every path below ``root`` with its entry, in the order ``sorted`` gives their decoded paths; the walk
+    holds one directory's names per level, not a list of every path."""
+    stack = [(b"", root, iter(_walk_order(root)))]
+    while stack:
+        base, ent, names = stack[-1]
+        for _key, name, below in names:
+            child = ent.kids[name]
+            if below:
+                stack.append((base + b"/" + name, child, iter(_walk_order(child))))
+                break
+            yield base + b"/" + name, child
+        else:
+            stack.pop()
 
 
 # ---------------------------------------------------------------------------- reading the layers
@@ -402,33 +455,59 @@ def _open_sources(
     return sources, top
 
 
-def _own_chunks(layer) -> list[tuple[bytes, int, int, int]]:
-    """(digest, ci index, uncompressed, compressed size) of each chunk the layer's own blob stores."""
+DIGEST_SIZE = 32  # a chunk digest, sha256 or blake3
+
+
+class _Stored:
+    """The chunks a layer's own blob stores, a column per field: a tuple per chunk cost ~150 bytes."""
+
+    __slots__ = ("digests", "indexes", "usizes", "csizes")
+
+    def __init__(self) -> None:
+        self.digests = bytearray()  # DIGEST_SIZE bytes a chunk; zeros where the layer records none
+        self.indexes = array("Q")  # its index among the blob's chunks
+        self.usizes = array("Q")  # uncompressed and compressed size
+        self.csizes = array("Q")
+
+    def add(self, digest: bytes, index: int, usize: int, csize: int) -> None:
+        self.digests += digest if len(digest) == DIGEST_SIZE else bytes(DIGEST_SIZE)
+        self.indexes.append(index)
+        self.usizes.append(usize)
+        self.csizes.append(csize)
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def digested(self) -> Iterator[tuple[bytes, int]]:
+        """(digest, compressed size) of each chunk whose digest the layer records."""
+        none = bytes(DIGEST_SIZE)
+        for k, csize in enumerate(self.csizes):
+            digest = bytes(self.digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE])
+            if digest != none:
+                yield digest, csize
+
+
+def _own_chunks(layer) -> _Stored:
+    """The chunks the layer's own blob stores."""
+    out = _Stored()
     r = layer.rafs
     own = layer.own_blob_index()
     if own is None:
         own = 0 if len(r.blobs) == 1 else None
     if own is None:
-        return []
-    out = [
-        (e.block_id, e.index, e.uncompressed_size, e.compressed_size)
-        for e in r.chunk_table_entries()
-        if e.blob_index == own
-    ]
-    if out or r.blobs[own].chunk_count == 0:
+        return out
+    for e in r.chunk_table_entries():
+        if e.blob_index == own:
+            out.add(e.block_id, e.index, e.uncompressed_size, e.compressed_size)
+    if len(out) or r.blobs[own].chunk_count == 0:
         return out
     infos, digests = layer.chunk_infos, layer.chunk_digests  # no chunk table: the blob's own records
     if infos is None:
-        return []
-    return [
-        (
-            digests[ci.index] if digests and ci.index < len(digests) else b"",
-            ci.index,
-            ci.uncompressed_size,
-            ci.compressed_size,
-        )
-        for ci in infos
-    ]
+        return out
+    for ci in infos:
+        digest = digests[ci.index] if digests and ci.index < len(digests) else b""
+        out.add(digest, ci.index, ci.uncompressed_size, ci.compressed_size)
+    return out
 
 
 def _prefetch_covered(rafs) -> set[bytes]:
@@ -470,13 +549,50 @@ def analyze(
     return a
 
 
+class _Nodes:
+    """A layer's entries in walk order, a column per field: a tuple per entry cost ~250 bytes at a million
+    entries, the columns ~90 (the path, its list slot and 25 bytes of numbers)."""
+
+    __slots__ = ("paths", "types", "sizes", "usizes", "csizes", "links", "whiteouts")
+
+    def __init__(self) -> None:
+        self.paths: list[bytes] = []
+        self.types: list[str] = []  # the model's type names, one shared string each
+        self.sizes = array("Q")
+        self.usizes = array("Q")  # a regular file's chunk bytes, uncompressed and compressed
+        self.csizes = array("Q")
+        self.links: dict[int, int] = {}  # entry -> hard-link key, for the names of files with several
+        self.whiteouts: list[int] = []  # entries named .wh.*
+
+    def append(self, path: bytes, ntype: str, size: int, link: int | None, usize: int, csize: int) -> None:
+        k = len(self.paths)
+        self.paths.append(path)
+        self.types.append(ntype)
+        self.sizes.append(size)
+        self.usizes.append(usize)
+        self.csizes.append(csize)
+        if link is not None:
+            self.links[k] = link
+        if path.rpartition(b"/")[2].startswith(WHITEOUT):
+            self.whiteouts.append(k)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[tuple[bytes, str, int, int | None, int, int]]:
+        """(path, type, size, hard-link key or None, chunk bytes, compressed chunk bytes) of each entry."""
+        links = self.links
+        for k, path in enumerate(self.paths):
+            yield path, self.types[k], self.sizes[k], links.get(k), self.usizes[k], self.csizes[k]
+
+
 @dataclass
 class _Read:
     """What one pass over a layer learns: its figures so far, its tree and the chunks its blob stores."""
 
     figures: LayerFigures
-    nodes: list  # (path, type, size, inode key, chunk bytes, compressed chunk bytes), pre-order
-    stored: list  # (digest, ci index, uncompressed, compressed)
+    nodes: _Nodes
+    stored: _Stored
     digester: str
     covered: set  # regular files its own prefetch table names
     digest: str  # the layer file's sha256: its blob id in a merged bootstrap
@@ -491,16 +607,16 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
     stored = _own_chunks(layer)
     # Chunk indexes are dense (0 .. count-1): arrays index faster than a dict of a million keys, and hold
     # 8 bytes a chunk where a list holds a pointer and an int object.
-    top = max((ci for _d, ci, _u, _c in stored), default=-1) + 1
+    top = max(stored.indexes, default=-1) + 1
     usizes, csizes = array("Q", bytes(8 * top)), array("Q", bytes(8 * top))
-    for _digest, ci, usize, csize in stored:
+    for ci, usize, csize in zip(stored.indexes, stored.usizes, stored.csizes):
         usizes[ci] = usize
         csizes[ci] = csize
     lf.chunks = len(stored)
     lf.chunk_bytes = sum(usizes)
     lf.chunk_compressed = sum(csizes)
-    nodes = []
-    counted: set = set()
+    nodes = _Nodes()
+    counted: set = set()  # hard-linked files whose bytes are counted
     wanted = set(r.prefetch_paths()) if own_prefetch else set()
     covered: set[bytes] = set()
     under: list[bytes] = []  # directories the prefetch table names, on the walk's current path
@@ -512,13 +628,14 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
                 under.append(node.path.rstrip(b"/") + b"/")
             elif node.type == REG and (under or node.nid in wanted):
                 covered.add(node.path)
-        key = None
+        link = None
         usize = csize = 0
         if node.type == REG:
-            key = node.hardlink if node.hardlink is not None else ("nid", node.nid, node.path)
+            link = node.hardlink
             lf.files += 1
-            if key not in counted:
-                counted.add(key)
+            if link is None or link not in counted:
+                if link is not None:
+                    counted.add(link)
                 lf.stored_bytes += node.size
             for b, k in r.chunk_refs(node):
                 if (b == own or own is None) and k < top:
@@ -526,7 +643,7 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
                     csize += csizes[k]
         if node.path != b"/":
             lf.entries += 1
-        nodes.append((node.path, node.type, node.size, key, usize, csize))
+        nodes.append(node.path, node.type, node.size, link, usize, csize)
     lf.prefetch_entries = len(r.prefetch_paths())
     r.drop_caches()  # this layer is walked once: its caches would stay while the others are read
     return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
@@ -555,7 +672,7 @@ def _build_order(reads: list[_Read], image_boot) -> list[int]:
     holders: dict[bytes, list[int]] = {}
     whiteouts: dict[bytes, list[int]] = {}
     for i, rd in enumerate(reads):
-        for path, ntype, *_ in rd.nodes:
+        for path, ntype in zip(rd.nodes.paths, rd.nodes.types):
             parent, _, name = path.rpartition(b"/")
             if name.startswith(WHITEOUT):
                 if name != OPAQUE:
@@ -609,51 +726,41 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
         lf.index = i
         a.layers.append(lf)
         if seen_digests:  # chunks a lower layer's blob stores already
-            for digest, _ci, _usize, csize in rd.stored:
-                if digest and (rd.digester, bytes(digest)) in seen_digests:
+            for digest, csize in rd.stored.digested():
+                if (rd.digester, digest) in seen_digests:
                     lf.duplicate_chunks += 1
                     lf.duplicate_bytes += csize
         if i < last:  # the top layer's chunks are no lower layer's
-            seen_digests.update((rd.digester, bytes(d)) for d, _ci, _u, _c in rd.stored if d)
+            seen_digests.update((rd.digester, d) for d, _c in rd.stored.digested())
         merger.apply(i, rd.nodes)
         per_layer_prefetch.append(rd.covered)
-        rd.nodes = rd.stored = []  # applied: a list kept in ``reads`` lets go here
+        rd.nodes, rd.stored = _Nodes(), _Stored()  # applied: what ``reads`` keeps lets go here
     # The final image: origins, per-directory compression, prefetch coverage.
     covered = _prefetch_covered(image_boot.rafs) if image_boot is not None else None
     a.prefetch_source = "image bootstrap" if image_boot is not None else "each layer's own prefetch table"
     dirs: dict[bytes, list[int]] = {}
-    stack = [(b"", merger.root)]
-    inodes_seen: set = set()
-    while stack:
-        base, ent = stack.pop()
-        for name in sorted(ent.kids, reverse=True):
-            child = ent.kids[name]
-            path = base + b"/" + name
-            a.origins.append((fsdecode(path), child.layer))
-            a.final_entries += 1
-            a.layers[child.layer].final_entries += 1
-            if child.inode is not None:
-                a.final_files += 1
-                first = child.inode not in inodes_seen
-                inodes_seen.add(child.inode)
-                if first:
-                    a.final_bytes += child.size
-                    a.layers[child.layer].final_bytes += child.size
-                    top = path.split(b"/", 2)[1] if path.count(b"/") > 1 else b""
-                    d = dirs.setdefault(top, [0, 0, 0])
-                    d[0] += child.size
-                    d[1] += child.usize
-                    d[2] += child.csize
-                    is_covered = (
-                        (path in covered)
-                        if covered is not None
-                        else (path in per_layer_prefetch[child.layer])
-                    )
-                    if is_covered:
-                        a.prefetch_bytes += child.size
-            if child.kids is not None:
-                stack.append((path, child))
-    a.origins.sort()
+    links_seen: set = set()
+    for path, child in _final_paths(merger.root):
+        a.final_entries += 1
+        a.layers[child.layer].final_entries += 1
+        if child.inode is None:
+            continue
+        a.final_files += 1
+        if child.inode is not SOLE:
+            if child.inode in links_seen:
+                continue
+            links_seen.add(child.inode)
+        a.final_bytes += child.size
+        a.layers[child.layer].final_bytes += child.size
+        top = path.split(b"/", 2)[1] if path.count(b"/") > 1 else b""
+        d = dirs.setdefault(top, [0, 0, 0])
+        d[0] += child.size
+        d[1] += child.usize
+        d[2] += child.csize
+        is_covered = (path in covered) if covered is not None else (path in per_layer_prefetch[child.layer])
+        if is_covered:
+            a.prefetch_bytes += child.size
+    a._root = merger.root
     a.wasted.sort(key=lambda w: (-w.size, w.path))
     for top, (fbytes, usize, csize) in sorted(dirs.items()):
         a.directories.append(

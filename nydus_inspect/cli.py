@@ -39,6 +39,21 @@ def print_json(obj: object) -> None:
     sys.stdout.write("\n")
 
 
+def print_json_streaming(obj: dict, key: str, items: Iterable[object]) -> None:
+    """``print_json`` of ``obj`` with ``key`` added last, its array written one element at a time: a report
+    with a list of every path of an image is never whole in memory, text or objects."""
+    head = json_text(obj, indent=2)
+    w = sys.stdout.write
+    w(head[:-2] if obj else "{")  # the closing "\n}" (or the "}" of "{}") makes way for the array
+    w(f"{',' if obj else ''}\n  {json_text(key)}: [")
+    first = True
+    for item in items:
+        w("\n    " if first else ",\n    ")
+        w(json_text(item, indent=2).replace("\n", "\n    "))
+        first = False
+    w("]\n}\n" if first else "\n  ]\n}\n")
+
+
 def stream_json_array(items: Iterable[dict]) -> None:
     """Write a JSON array one element at a time (constant memory for huge listings)."""
     w = sys.stdout.write

@@ -23,9 +23,12 @@ def cmd_analyze(args) -> int:
 
     a = analyze(args.image, blob_dir=args.blob_dir, blobs=args.blob)
     if args.json:
-        from .cli import print_json
+        from .cli import print_json, print_json_streaming
 
-        print_json(a.to_json(with_origins=not args.no_origins))
+        if args.no_origins:
+            print_json(a.to_json(with_origins=False))
+        else:
+            print_json_streaming(a.to_json(with_origins=False), "origins", a.origin_items())
         return 0
     img = a.figures()
     print(

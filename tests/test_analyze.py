@@ -42,6 +42,8 @@ LAYERS = [
         ("usr/lib", "d", None),
         ("usr/lib/libx.so", "f", _noise(3, 200_000)),
         ("usr/lib/libx.so.1", "s", "libx.so"),
+        ("usr/lib-x", "f", b"x"),  # "/usr/lib-x" sorts between "/usr/lib" and "/usr/lib/libx.so"
+        ("usr/lib.d", "d", None),
         ("var", "d", None),
         ("var/cache", "d", None),
         ("var/cache/a", "f", b"a" * 50_000),
@@ -274,6 +276,14 @@ def test_image_figures_and_origins(image, report):
     user = want["layers"][1]["stored"] + want["layers"][2]["stored"]
     assert img["user_wasted_fraction"] == pytest.approx(sum(WASTED_BY_HAND) / user, abs=1e-6)
     assert {o["path"]: o["layer"] for o in report["origins"]} == want["origins"]
+    paths = [o["path"] for o in report["origins"]]
+    assert paths == sorted(want["origins"])
+    assert (
+        paths.index("/usr/lib")
+        < paths.index("/usr/lib-x")
+        < paths.index("/usr/lib.d")
+        < paths.index("/usr/lib/libx.so")
+    )
     assert img["final_bytes"] == want["final_bytes"]
     assert img["final_entries"] == len(want["origins"])
     # Whiteouts explained, the one that removes nothing included.
@@ -318,6 +328,14 @@ def test_the_three_forms_agree(image, report):
             }
         assert other["origins"] == report["origins"]
         assert other["image"]["wasted_bytes"] == report["image"]["wasted_bytes"]
+
+
+def test_json_report_is_written_as_one_document_would_be(image):
+    """The origins array is written an element at a time; the text is what printing the whole report gives."""
+    out = ok("analyze", *image["blobs"], "--json").decode()
+    assert out == json.dumps(json.loads(out), indent=2, ensure_ascii=False) + "\n"
+    bare = json.loads(ok("analyze", *image["blobs"], "--json", "--no-origins"))
+    assert "origins" not in bare and bare == {k: v for k, v in json.loads(out).items() if k != "origins"}
 
 
 def test_text_report(image):
