@@ -637,7 +637,7 @@ class Layer:
         )
 
     @cached_property
-    def chunk_digests(self) -> list[bytes] | None:
+    def chunk_digests(self) -> blob_meta.DigestArray | None:
         if not self.has_entry(BLOB_DIGEST):
             return None
         data = self.entry(BLOB_DIGEST)
@@ -652,7 +652,7 @@ class Layer:
                 f"holds {len(data) // 32} digests for {hdr.s_ci_entries} chunks",
                 value=len(data),
             ).located(self.path)
-        return [data[i : i + 32] for i in range(0, len(data), 32)]
+        return blob_meta.DigestArray(data)
 
     # ------------------------------------------------------------------ bootstrap
     @property

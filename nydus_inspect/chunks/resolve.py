@@ -87,7 +87,7 @@ class Blob:
 
     # ------------------------------------------------------------------ records and digests
     @cached_property
-    def digests(self) -> list[bytes] | None:
+    def digests(self) -> blob_meta.DigestArray | None:
         """blob.digest, one 32-byte digest per chunk-info record, checked against the ToC (None: absent)."""
         return self.meta.chunk_digests
 

@@ -301,6 +301,31 @@ class ChunkInfoArray:
             yield self[i]
 
 
+class DigestArray:
+    """The blob.digest section: a 32-byte digest per chunk info, sliced out on access (a list of them held
+    an object of 65 bytes and a list slot per chunk)."""
+
+    SIZE = 32
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.count = len(data) // self.SIZE
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> bytes:
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.data[index * self.SIZE : (index + 1) * self.SIZE]
+
+    def __iter__(self):
+        for i in range(self.count):
+            yield self[i]
+
+
 def build_array(infos: list[ChunkInfo], v2: bool = False) -> bytes:
     enc = encode_v2 if v2 else encode_v1
     return b"".join(enc(ci) for ci in infos)
