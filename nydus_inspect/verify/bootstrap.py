@@ -155,6 +155,29 @@ _MAPPED_ALIGNS = (0x80000, 0x200000)
 _NOT_TILED = blob_meta.BATCH | blob_meta.ZRAN | blob_meta.SEPARATE
 
 
+class _NidSet:
+    """A set of inode numbers below ``limit`` (an inode takes 32 bytes of the bootstrap at least), a bit
+    each: a set of a million ints held ~40 MB. A number past the limit (a v5 inode table) goes in a set."""
+
+    __slots__ = ("bits", "limit", "more")
+
+    def __init__(self, limit: int) -> None:
+        self.bits = bytearray((limit + 7) >> 3)
+        self.limit = limit
+        self.more: set[int] = set()
+
+    def add(self, nid: int) -> None:
+        if 0 <= nid < self.limit:
+            self.bits[nid >> 3] |= 1 << (nid & 7)
+        else:
+            self.more.add(nid)
+
+    def __contains__(self, nid: int) -> bool:
+        if 0 <= nid < self.limit:
+            return bool(self.bits[nid >> 3] & (1 << (nid & 7)))
+        return nid in self.more
+
+
 class _Tree:
     """Structure checks of a RAFS v6 bootstrap, fed node by node by the tree walk."""
 
@@ -175,7 +198,7 @@ class _Tree:
         self._first_off: dict[int, array] = {}
         self._more_off: dict[tuple[int, int], set[int]] = {}
         self.has_xattrs: str | bool = False  # the first path with xattrs
-        self.nids: set[int] = set()  # every inode the walk reached
+        self.nids = _NidSet(len(rafs.buf) // 32 + 1)  # every inode the walk reached
         # nid -> what RafsV6.readdir returns for it, from _dir, until the walk asks for it.
         self.dirents: dict[int, list] = {}
 
