@@ -14,6 +14,7 @@ import io
 import threading
 import zlib
 from array import array
+from collections.abc import Callable
 
 import lz4.block
 import zstandard
@@ -23,6 +24,8 @@ from .errors import FormatError
 #: Largest uncompressed size we accept for any single decompression (1 GiB). Chunks are at most 16 MiB;
 #: bootstraps of very large images stay well below this.
 MAX_UNCOMPRESSED = 1 << 30
+#: What decompress_zstd_to hands over at a time.
+STREAM_PIECE = 256 << 10
 
 
 class Compressor(enum.Enum):
@@ -272,6 +275,34 @@ def compress_many_if_smaller(datas: list, comp: Compressor) -> list[tuple[bytes,
 
 def _smaller(data, packed: bytes) -> tuple[bytes, bool]:
     return (packed, True) if len(packed) < len(data) else (bytes(data), False)
+
+
+def decompress_zstd_to(
+    data, size: int, write: Callable[[bytes], object], what: str = "data", offset=None
+) -> None:
+    """Decode zstd ``data`` into exactly ``size`` bytes handed to ``write`` a piece at a time, or raise
+    FormatError naming ``what``: for output too large to hold in memory beside its other copies."""
+    if size < 0 or size > MAX_UNCOMPRESSED:
+        raise FormatError(
+            what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size
+        )
+    total = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
+            while True:
+                piece = rd.read(min(STREAM_PIECE, size + 1 - total))  # one byte past size tells excess
+                if not piece:
+                    break
+                total += len(piece)
+                if total > size:
+                    raise FormatError(what, f"zstd data decodes to more than {size} bytes", offset=offset)
+                write(piece)
+    except zstandard.ZstdError as exc:
+        raise FormatError(what, f"zstd data does not decode: {exc}", offset=offset) from None
+    if total != size:
+        raise FormatError(
+            what, f"zstd data decodes to {total} bytes, expected {size}", offset=offset, value=total
+        )
 
 
 def decompress(

@@ -10,6 +10,7 @@ of every blob the bootstrap lists.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -17,6 +18,7 @@ import mmap
 import os
 import stat
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ SECTION_NAMES = (IMAGE_BLOB, BLOB_META, BLOB_DIGEST, IMAGE_BOOT, RAFS_BLOB_TOC)
 ENTRY_NAMES = (IMAGE_BLOB, BLOB_META, BLOB_META_HEADER, BLOB_DIGEST, IMAGE_BOOT, RAFS_BLOB_TOC)
 #: Largest bootstrap we load (uncompressed). A 1M-inode image is far below this.
 MAX_BOOTSTRAP = 1 << 30
+#: A compressed image.boot that decodes to more than this is kept in a temporary file and mapped (see
+#: Layer._bootstrap_entry), not held as bytes.
+SPILL_BOOTSTRAP = 32 << 20
 #: Bootstrap layers are small tars; refuse to scan more members than this.
 MAX_TAR_MEMBERS = 100_000
 
@@ -119,6 +124,7 @@ class Layer:
         self._sections: list[Section] | None = None
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
+        self._spilled: mmap.mmap | None = None  # a large bootstrap decoded into a temporary file
         self._blob_files: dict[int, Blob] = {}
         #: For a data blob opened from a bootstrap: its blob-table entry, which locates its blob.meta when
         #: nothing in the file does (:meth:`_entry_from_blob_table`).
@@ -151,11 +157,12 @@ class Layer:
         close_opener = getattr(self.blob_opener, "close", None)
         if close_opener is not None:
             close_opener()
-        if isinstance(self._map, mmap.mmap):
-            try:
-                self._map.close()
-            except BufferError:
-                pass
+        for mapped in (self._map, self._spilled):
+            if isinstance(mapped, mmap.mmap):
+                try:
+                    mapped.close()
+                except BufferError:
+                    pass
         self.source.close()
         self._fd = -1
 
@@ -678,7 +685,7 @@ class Layer:
 
                 data = ref_bootstrap(self.estargz_index, self.digest)[0]
             elif self.has_entry(IMAGE_BOOT):
-                data = self.entry(IMAGE_BOOT)
+                data = self._bootstrap_entry()
             else:
                 raise UsageError(
                     f"{self.path}: this blob holds no bootstrap (image.boot); pass the bootstrap instead, "
@@ -688,6 +695,32 @@ class Layer:
             raise exc.located(self.path) from None
         self._bootstrap_raw = data
         return data
+
+    def _bootstrap_entry(self):
+        """The blob's image.boot: as bytes, or when large and compressed, decoded into an unlinked temporary
+        file and mapped from it. Bytes stay resident for as long as the layer is open; the pages of a map are
+        given back to the kernel as the walks go (RafsV6.release_pages). Checked against the ToC either way."""
+        off, size, comp, usize, digest = self.entry_location(IMAGE_BOOT)
+        if comp is not Compressor.ZSTD or usize < SPILL_BOOTSTRAP:
+            return self.entry(IMAGE_BOOT)
+        raw = self.pread(off, size, IMAGE_BOOT)
+        h = hashlib.sha256()
+        # Named, then unlinked at once: nothing is left behind, and the map shows in /proc/PID/maps by name.
+        fd, name = tempfile.mkstemp(prefix="nydus-inspect-bootstrap-")
+        os.unlink(name)
+        with open(fd, "w+b") as f:
+
+            def write(piece: bytes) -> None:
+                h.update(piece)
+                f.write(piece)
+
+            codecs.decompress_zstd_to(raw, usize, write, IMAGE_BOOT, off)
+            del raw
+            f.flush()
+            if digest is not None:
+                self._check_entry_digest(IMAGE_BOOT, h, off, size, digest)
+            self._spilled = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        return self._spilled
 
     def _bootstrap_from_tar(self) -> bytes:
         import tarfile  # only bootstrap layers (image/image.boot in a tar) need it
@@ -749,8 +782,12 @@ class Layer:
             if self.kind == KIND_EROFS:
                 from .erofs import Erofs
 
-                return Erofs(data, self.path)
-            return RafsV6(data, ci_source=self._ci_source)
+                r = Erofs(data, self.path)
+            else:
+                r = RafsV6(data, ci_source=self._ci_source)
+            if isinstance(data, mmap.mmap):  # a map of a file (this one or a temporary one), never anonymous
+                r.release_pages = functools.partial(data.madvise, mmap.MADV_DONTNEED)
+            return r
         except FormatError as exc:
             raise exc.located(self.path) from None
 

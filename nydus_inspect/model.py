@@ -157,6 +157,8 @@ class _ChunkedFile(NamedTuple):
 # Files of more chunks than this get a LazyChunks from RafsV6.chunks (a list of them costs about half a kilobyte
 # a chunk: 4096 chunks are 2 MiB, a file of a million chunks half a gigabyte, in every cache that holds it).
 LAZY_CHUNKS = 4096
+#: Nodes a walk yields between two calls of ``release_pages`` (a few MB of a bootstrap's pages).
+RELEASE_EVERY = 16384
 
 
 class ChunkRecords:
@@ -340,6 +342,10 @@ class RafsV6:
         self.tarfs = bool(self.ext.s_flags & rafs_v6.TARFS_MODE)
         self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
+        #: Set by whoever maps ``buf`` from a file: gives the pages read so far back to the kernel (they are
+        #: read again from its cache when needed). The walks call it every RELEASE_EVERY nodes, so that a
+        #: walk of a mapped bootstrap holds a part of it, not all of it, resident.
+        self.release_pages: Callable[[], None] | None = None
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
         self._records: ChunkRecords | None = None
         self._ci_source = ci_source
@@ -657,6 +663,7 @@ class RafsV6:
             return
         expanded = {top.nid}
         on_path = [top.nid]
+        walked = 0
         prefix = top.path.rstrip(b"/") + b"/"
         # (dirents left, length of the parent's prefix): the directory's own path is the prefix itself.
         stack: list[tuple[Iterator[rafs_v6.Dirent], int]] = [(iter(entries), 0)]
@@ -675,6 +682,9 @@ class RafsV6:
             except FormatError as exc:
                 fail(path, d.nid, exc, WALK_DECODE)
                 continue
+            walked += 1
+            if walked % RELEASE_EVERY == 0 and self.release_pages is not None:
+                self.release_pages()
             yield child
             if child.type != DIR:
                 continue
@@ -799,6 +809,8 @@ class RafsV6:
         for pos in range(off, end, step):
             for vals in layout.struct.iter_unpack(self.buf[pos : min(end, pos + step)]):
                 yield ChunkTableEntry(*vals)
+            if self.release_pages is not None:
+                self.release_pages()
 
     def chunks(self, node: Node) -> Sequence[ChunkRef]:
         """Resolve every chunk of regular file ``node`` (also stored in ``node.chunks``): a list, or for a file

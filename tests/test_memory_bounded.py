@@ -242,3 +242,94 @@ def test_a_bootstrap_is_decoded_without_a_second_copy(tmp_path):
             tracemalloc.stop()
     assert size > 1 << 20
     assert peak < 1.5 * size, f"decoding a {size}-byte bootstrap peaked at {peak} bytes"
+
+
+def _mapping_rss(name_part: str) -> int | None:
+    """Resident bytes of this process's mapping of the (unlinked) file whose name holds ``name_part``."""
+    rss, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                inside = len(head) >= 6 and name_part in head[5]
+            elif inside and head[0] == "Rss:":
+                rss = (rss or 0) + int(head[1]) * 1024
+    return rss
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spill")
+    tar, blob = d / "files.tar", d / "files.blob"
+    _small_files_tar(tar, 20_000)
+    hostile.run_limited("pack", "-q", tar, "-o", blob).check_returncode()
+    return blob
+
+
+def _tree(layer) -> list:
+    rafs = layer.rafs
+    return [
+        (n.path, n.type, n.size, n.mode, b"".join(layer.read_file(n)) if n.type == "file" else b"")
+        for n in rafs.walk()
+    ]
+
+
+def test_a_large_bootstrap_is_mapped_from_a_temporary_file(many_files, monkeypatch):
+    """A compressed bootstrap over the limit is decoded into an unlinked file and mapped: the same tree and
+    bytes as decoded into memory, no copy on the heap, and a walk gives its pages back as it goes."""
+    import mmap
+    import tracemalloc
+
+    from nydus_inspect import codecs, model
+    from nydus_inspect import layer as layer_mod
+
+    with layer_mod.Layer(str(many_files)) as layer:
+        assert isinstance(layer.bootstrap_bytes(), bytes)  # under the limit
+        want = _tree(layer)
+        size = len(layer.bootstrap_bytes())
+        stored = layer.entry_location(layer_mod.IMAGE_BOOT)[1]
+    monkeypatch.setattr(layer_mod, "SPILL_BOOTSTRAP", 1 << 20)
+    monkeypatch.setattr(model, "RELEASE_EVERY", 1000)
+    with layer_mod.Layer(str(many_files)) as layer:
+        tracemalloc.start()
+        try:
+            buf = layer.bootstrap_bytes()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert isinstance(buf, mmap.mmap) and len(buf) == size > 2 << 20
+        # The compressed bytes and a piece or two of the output at a time, not the output.
+        bound = stored + 3 * codecs.STREAM_PIECE + (256 << 10)
+        assert peak < bound < size, f"a {size}-byte bootstrap cost {peak} bytes of heap to map"
+        assert _tree(layer) == want
+        # Walked, a bootstrap read through the map keeps only the pages since the last release resident;
+        # the mapping read without releases keeps them all.
+        resident = _mapping_rss("nydus-inspect-bootstrap-")
+        assert resident is not None and resident < size / 2, (resident, size)
+        layer.rafs.release_pages = None
+        for _ in layer.rafs.walk():
+            pass
+        assert _mapping_rss("nydus-inspect-bootstrap-") > size / 2
+
+
+def test_a_large_bootstrap_that_lies_is_refused(many_files, tmp_path, monkeypatch):
+    """Through the temporary file too, a bootstrap whose bytes differ from the ToC's digest, or whose zstd
+    data does not decode to the size the ToC gives, is an error naming image.boot, not a tree."""
+    from nydus_inspect import layer as layer_mod
+    from nydus_inspect.errors import FormatError
+
+    monkeypatch.setattr(layer_mod, "SPILL_BOOTSTRAP", 1 << 20)
+    with layer_mod.Layer(str(many_files)) as layer:
+        off, size, _comp, _usize, _digest = layer.entry_location(layer_mod.IMAGE_BOOT)
+    data = bytearray(many_files.read_bytes())
+    for at, what in (
+        (off + size // 2, "does not decode|sha256|digest"),
+        (off + size - 1, "decode|sha256|digest"),
+    ):
+        bad = tmp_path / "bad.blob"
+        copy = bytearray(data)
+        copy[at] ^= 0x40
+        bad.write_bytes(copy)
+        with layer_mod.Layer(str(bad)) as layer, pytest.raises(FormatError, match=what) as exc:
+            layer.bootstrap_bytes()
+        assert "image.boot" in str(exc.value) and "\n" not in str(exc.value)
