@@ -255,7 +255,7 @@ class TestDataBlob:
 
     def test_blob_digest_equals_bootstrap_chunk_table(self, data_blob, bootstrap):
         table = sorted(bootstrap.rafs.chunk_table_entries(), key=lambda e: e.index)
-        assert [e.block_id for e in table] == data_blob.chunk_digests
+        assert [e.block_id for e in table] == list(data_blob.chunk_digests)
         assert [e.index for e in table] == [0, 1]
 
     def test_no_bootstrap_in_a_data_blob(self, data_blob):
