@@ -669,7 +669,13 @@ class Layer:
         if self._bootstrap_raw is not None:
             return self._bootstrap_raw
         try:
-            if self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5, KIND_EROFS):
+            if self.kind == KIND_EROFS:
+                # The image itself, read where it is looked at: the mmap of a local file, else a view that
+                # reads the source a few pages at a time (a seekable layer decodes only the frames touched, a
+                # remote one fetches only the ranges read), never the whole image with all its file data.
+                data = self._map
+            elif self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5):
+                # All metadata, and RafsV6 indexes its chunk table through a memoryview: held whole.
                 data = self._map if not isinstance(self._map, SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
                 data = self._bootstrap_from_tar()
