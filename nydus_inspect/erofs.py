@@ -45,7 +45,7 @@ FRAGMENT_BLOB = Z_BLOB + erofs_zmap.FMT_FRAGMENT
 DEVICE_BLOB = 64
 #: The largest piece of a file one chunk reference covers (block-aligned).
 PIECE = 1 << 20
-_U32 = struct.Struct("<I").unpack_from
+_U32 = struct.Struct("<I").unpack
 
 
 class _Zeros:
@@ -114,7 +114,8 @@ class _PackedView:
 
 
 class Erofs(RafsV6):
-    """Lazy reader of a plain EROFS image held in ``buf``."""
+    """Lazy reader of a plain EROFS image held in ``buf``: bytes, an mmap, or a view reading it where it is
+    looked at (chunks.source.SourceBytes: a seekable layer's image, a remote blob), sliced and indexed only."""
 
     PLAIN_EROFS = True
 
@@ -153,7 +154,8 @@ class Erofs(RafsV6):
     # ------------------------------------------------------------------ inodes
     def _compact_mtime(self, nid: int) -> int:
         # A compact inode keeps its mtime as 32 bits after the superblock's epoch (RAFS v6 leaves them zero).
-        return self.esb.epoch + _U32(self.buf, self.inode_offset(nid) + 12)[0]
+        at = self.inode_offset(nid) + 12
+        return self.esb.epoch + _U32(self.buf[at : at + 4])[0]
 
     def node(self, nid: int, path: bytes) -> Node:
         n = super().node(nid, path)

@@ -29,7 +29,7 @@ from . import codecs
 from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
-from .chunks.source import BlobSource, LocalFile
+from .chunks.source import BlobSource, LocalFile, SourceBytes
 from .codecs import Compressor
 from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -109,7 +109,7 @@ class Layer:
         self._fd = self.source.fd
         self.size = self.source.size
         if source is not None:
-            self._map = _SourceBytes(source)
+            self._map = SourceBytes(source)
         else:
             self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) if self.size else b""
         self.blob_dir = blob_dir
@@ -676,8 +676,14 @@ class Layer:
         if self._bootstrap_raw is not None:
             return self._bootstrap_raw
         try:
-            if self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5, KIND_EROFS):
-                data = self._map if not isinstance(self._map, _SourceBytes) else self._map[: self.size]
+            if self.kind == KIND_EROFS:
+                # The image itself, read where it is looked at: the mmap of a local file, else a view that
+                # reads the source a few pages at a time (a seekable layer decodes only the frames touched, a
+                # remote one fetches only the ranges read), never the whole image with all its file data.
+                data = self._map
+            elif self.kind in (KIND_BOOTSTRAP, KIND_BOOTSTRAP_V5):
+                # All metadata, and RafsV6 indexes its chunk table through a memoryview: held whole.
+                data = self._map if not isinstance(self._map, SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
                 data = self._bootstrap_from_tar()
             elif self.kind == KIND_ESTARGZ:
@@ -1121,25 +1127,8 @@ def _is_v5(data) -> bool:
     return len(data) >= 8 and struct.unpack("<II", data[0:8]) == (v5.MAGIC, v5.VERSION)
 
 
-class _SourceBytes:
-    """The bytes of a source that is not a local file, sliced as the mmap of one is: each slice is a read,
-    so only the parts looked at are fetched."""
-
-    def __init__(self, source: BlobSource) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return self.source.size
-
-    def __getitem__(self, key):
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("only contiguous slices of a remote blob are read")
-        start, stop, _ = key.indices(self.source.size)
-        return self.source.pread(start, max(0, stop - start), "blob") if stop > start else b""
-
-
 class _SliceReader(io.RawIOBase):
-    """A seekable reader over the first ``size`` bytes of anything sliced as bytes are (an mmap, _SourceBytes)."""
+    """A seekable reader over the first ``size`` bytes of anything sliced as bytes are (an mmap, SourceBytes)."""
 
     def __init__(self, buf, size: int) -> None:
         self.buf, self.size, self.pos = buf, size, 0

@@ -314,7 +314,8 @@ class WalkError:
 
 
 class RafsV6:
-    """Lazy reader of a RAFS v6 bootstrap held in ``buf``.
+    """Lazy reader of a RAFS v6 bootstrap held in ``buf``: bytes or an mmap (a plain EROFS image, read by the
+    subclass nydus_inspect.erofs.Erofs, may also be anything sliced and indexed as bytes are).
 
     ``ci_source(blob_index)`` may supply a blob's chunk-info array and digests, used for
     chunks missing from the bootstrap's own chunk table.
@@ -486,12 +487,12 @@ class RafsV6:
         inode's declared layout (a third of the cost of :meth:`inode`); anything unusual goes through
         :meth:`inode`, which says what is wrong. A compact inode has the superblock's build time, as in
         :meth:`node`."""
-        buf = self.buf
         off = self._meta_off + 32 * nid
         if 0 < nid and off + _EXT_SIZE <= self.size:
-            fmt = buf[off] | buf[off + 1] << 8
+            raw = self.buf[off : off + _EXT_SIZE]  # one slice: ``buf`` may be a view with no buffer
+            fmt = raw[0] | raw[1] << 8
             if fmt & 1:
-                v = _EXT_UNPACK(buf, off)
+                v = _EXT_UNPACK(raw)
                 t = (
                     v[_E_MODE],
                     v[_E_NLINK],
@@ -504,7 +505,7 @@ class RafsV6:
                     v[_E_NSEC],
                 )
             else:
-                v = _CMP_UNPACK(buf, off)
+                v = _CMP_UNPACK(raw)
                 t = (
                     v[_C_MODE],
                     v[_C_NLINK],

@@ -334,3 +334,83 @@ class RemoteBlob:
             self._local.close()
         self._windows.clear()
         self._held = 0
+
+
+class SourceBytes:
+    """The bytes of a :class:`BlobSource`, read-only and seen as ``bytes`` are: ``len``, an int index and a
+    contiguous slice, each a read of only what it covers. A parser handed one in place of a whole image (a
+    seekable EROFS layer's, a remote blob's) reads just the metadata it looks at, never the file data between.
+
+    Parsers read in small pieces (an inode, a dirent block, a byte of a header), so pieces of up to a few
+    pages come from a bounded cache of :data:`PAGE`-aligned pages (at most :data:`PAGES`, the least recently
+    used dropped first), each page one ``pread`` of the source; a larger slice is one ``pread`` of its own,
+    not kept (the source keeps what it keeps: decoded frames, fetched windows). Not a buffer: ``struct``'s
+    ``unpack_from`` and ``memoryview`` need one, so a parser slices first and unpacks the slice. Safe for
+    several threads (unpack's and the mount's workers read one image at once).
+    """
+
+    #: 4 KiB pages: an EROFS block; our seekable frames are multiples of it, so a page lies in one frame.
+    PAGE_BITS = 12
+    PAGE = 1 << PAGE_BITS
+    PAGES = 1024  # 4 MiB of pages
+    #: Slices over more pages than this go to the source directly (a tar read through in 64 KiB pieces, a
+    #: packed inode's pcluster).
+    DIRECT = 4
+
+    def __init__(self, source: BlobSource, what: str = "blob") -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.source = source
+        self.size = source.size
+        self.what = what
+        self._pages: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _page(self, k: int) -> bytes:
+        with self._lock:
+            page = self._pages.get(k)
+            if page is not None:
+                self._pages.move_to_end(k)
+                return page
+        start = k << self.PAGE_BITS
+        page = self.source.pread(start, min(self.PAGE, self.size - start), self.what)
+        with self._lock:
+            self._pages[k] = page
+            if len(self._pages) > self.PAGES:
+                self._pages.popitem(last=False)
+        return page
+
+    def __iter__(self):
+        # Without this, bytes() and ``in`` would walk the whole source a byte at a time: a caller that wants
+        # all of it reads it in pieces, by slices.
+        raise TypeError(f"{type(self).__name__} is read by index and slice, not iterated")
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            if key < 0:
+                key += self.size
+            if not 0 <= key < self.size:
+                raise IndexError(f"index {key} out of range of {self.size} bytes")
+            return self._page(key >> self.PAGE_BITS)[key & (self.PAGE - 1)]
+        if not isinstance(key, slice):
+            raise TypeError(f"{type(self).__name__} indices must be integers or slices")
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise TypeError("only contiguous slices of a source are read")
+        if stop <= start:
+            return b""
+        bits = self.PAGE_BITS
+        k0, k1 = start >> bits, (stop - 1) >> bits
+        if k0 == k1:
+            base = k0 << bits
+            return self._page(k0)[start - base : stop - base]
+        if k1 - k0 >= self.DIRECT:
+            return self.source.pread(start, stop - start, self.what)
+        parts = [self._page(k) for k in range(k0, k1 + 1)]
+        parts[-1] = parts[-1][: stop - (k1 << bits)]
+        parts[0] = parts[0][start - (k0 << bits) :]
+        return b"".join(parts)

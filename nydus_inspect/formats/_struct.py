@@ -3,6 +3,12 @@
 A :class:`Layout` knows each field's name, format and offset, so that parse
 errors can say exactly which field of which structure at which absolute offset
 is wrong. Layouts are little-endian and unpadded.
+
+Parsers are sans-I/O: they take the bytes as ``buf``, which may be bytes, an
+mmap, or anything else indexed and sliced as bytes are (chunks.source's
+SourceBytes, reading an image where it is looked at). That last has no buffer
+for ``struct.unpack_from`` or ``memoryview``: the parsers of EROFS images slice
+first and unpack the slice.
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ class Layout:
         assert pos == self.size, (name, pos, self.size)
 
     def unpack(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, object]:
-        """Decode the structure at ``offset``; raise FormatError if it does not fit."""
+        """Decode the structure at ``offset``; raise FormatError if it does not fit. ``buf`` need only be
+        sliced as bytes are (a view of an image read where it is looked at has no buffer to unpack from)."""
         need(buf, offset, self.size, self.name)
-        return dict(zip(self.names, self.struct.unpack_from(buf, offset)))
+        return dict(zip(self.names, self.struct.unpack(buf[offset : offset + self.size])))
 
     def pack(self, values: dict[str, object]) -> bytes:
         return self.struct.pack(*(values.get(n, 0) for n in self.names))

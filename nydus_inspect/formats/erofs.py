@@ -140,9 +140,8 @@ def parse_devices(buf, sb) -> tuple[tuple[bytes, int, int], ...]:
         )
     out = []
     for i in range(n):
-        tag, blocks, uniaddr, blocks_hi, uniaddr_hi = DEVICE_SLOT.unpack_from(
-            buf, start + i * DEVICE_SLOT.size
-        )
+        at = start + i * DEVICE_SLOT.size
+        tag, blocks, uniaddr, blocks_hi, uniaddr_hi = DEVICE_SLOT.unpack(buf[at : at + DEVICE_SLOT.size])
         if blocks_hi or uniaddr_hi:
             raise FormatError(
                 "erofs device slot",
@@ -376,10 +375,11 @@ def chunk_extents(
             value=size,
         )
     out = []
+    indexes = buf[start : start + unit * count]  # one read of them all (bounded by the image, checked above)
     for k in range(count):
         at = start + unit * k
         if unit == 8:
-            hi, device_id, lo = struct.unpack_from("<HHI", buf, at)
+            hi, device_id, lo = struct.unpack_from("<HHI", indexes, unit * k)
             if lo == NULL_ADDR:
                 blk = None
             else:
@@ -394,7 +394,7 @@ def chunk_extents(
                     )
                 blk = lo  # without the 48-bit feature the high half is not part of the address
         else:
-            lo = struct.unpack_from("<I", buf, at)[0]
+            lo = struct.unpack_from("<I", indexes, unit * k)[0]
             blk = None if lo == NULL_ADDR else lo
             device_id = 0
         length = min(chunk, size - k * chunk)

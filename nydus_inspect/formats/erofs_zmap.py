@@ -101,10 +101,11 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int, bs: int) -> l
     hpos = round_up(inode_end, 8)
     if hpos + MAP_HEADER.size > len(buf):
         raise FormatError("erofs map header", f"nid {nid}: lies past the image", offset=hpos)
-    _, advise, algs, clusterbits = MAP_HEADER.unpack_from(buf, hpos)
+    head = bytes(buf[hpos : hpos + MAP_HEADER.size])
+    _, advise, algs, clusterbits = MAP_HEADER.unpack(head)
     if clusterbits & 0x80:
         # The whole file is in the packed inode; the rest of the header is where (bit 63 aside).
-        where = int.from_bytes(bytes(buf[hpos : hpos + 8]), "little") ^ (1 << 63)
+        where = int.from_bytes(head, "little") ^ (1 << 63)
         return [ZExtent(0, size, where, 0, FMT_FRAGMENT, False)]
     if layout == LAYOUT_COMPRESSED_FULL and advise & ADVISE_EXTENTS:
         raise _refuse(nid, "extent records (mkfs.erofs -E48bit or --blobdev style maps)", hpos + 4, advise)
@@ -118,7 +119,7 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int, bs: int) -> l
             value=advise,
         )
     # ztailpacking: the last extent's pcluster is h_idata_size bytes inline, right after the indexes.
-    idata = struct.unpack_from("<H", buf, hpos + 2)[0] if advise & ADVISE_INLINE_PCLUSTER else 0
+    idata = struct.unpack_from("<H", head, 2)[0] if advise & ADVISE_INLINE_PCLUSTER else 0
     if advise & ADVISE_INLINE_PCLUSTER and not 0 < idata <= bs:
         raise FormatError(
             "erofs map header",
@@ -148,7 +149,7 @@ def extents(buf, nid: int, layout: int, size: int, inode_end: int, bs: int) -> l
         # The tail extent is in the packed inode at h_fragmentoff (legacy indexes: the tail head's blkaddr
         # holds its high 32 bits).
         tail = out[-1]
-        where = struct.unpack_from("<I", buf, hpos)[0]
+        where = struct.unpack_from("<I", head)[0]
         if layout == LAYOUT_COMPRESSED_FULL:
             where |= (lcs[tail.file_offset // bs][2] or 0) << 32
         out[-1] = ZExtent(tail.file_offset, tail.length, where, 0, FMT_FRAGMENT, False)
@@ -446,7 +447,7 @@ def parse_compr_cfgs(buf, start: int, algs: int) -> dict[int, dict[str, int]]:
         pos = round_up(pos, 4)
         if pos + 2 > len(buf):
             raise FormatError(layout.name, "lies past the image", offset=pos)
-        (size,) = struct.unpack_from("<H", buf, pos)
+        (size,) = struct.unpack("<H", buf[pos : pos + 2])
         if size < layout.size:
             raise FormatError(layout.name, "record shorter than its structure", offset=pos, value=size)
         out[alg] = layout.unpack(buf, pos + 2)

@@ -504,19 +504,22 @@ def parse_inode(buf, offset: int, nid: int, *, plain_erofs: bool = False) -> Ino
     writes it (compressed layouts, i_format bit 4)."""
     if offset < 0 or offset + 2 > len(buf):
         raise FormatError("erofs inode", f"nid {nid} lies past the end of the bootstrap", offset=offset)
-    fmt = buf[offset] | buf[offset + 1] << 8
-    # Positional unpacking straight into the record: this runs once per inode of every walk.
+    # One slice of the largest inode, then positional unpacking straight into the record: this runs once per
+    # inode of every walk (the slice costs no more than the two indexes it replaces, and serves a ``buf`` with
+    # no buffer to unpack from).
+    raw = buf[offset : offset + _EXTENDED.size]
+    fmt = raw[0] | raw[1] << 8
     if fmt & 1:
         layout = INODE_EXTENDED
-        if offset + _EXTENDED.size > len(buf):
+        if len(raw) < _EXTENDED.size:
             need(buf, offset, _EXTENDED.size, layout.name)
-        f, xc, mode, size, u, ino_, uid, gid, mtime, nsec, nlink = _EXTENDED.unpack_from(buf, offset)
+        f, xc, mode, size, u, ino_, uid, gid, mtime, nsec, nlink = _EXTENDED.unpack(raw)
         ino = Inode(f, xc, mode, nlink, size, u, ino_, uid, gid, mtime, nsec)
     else:
         layout = INODE_COMPACT
-        if offset + _COMPACT.size > len(buf):
+        if len(raw) < _COMPACT.size:
             need(buf, offset, _COMPACT.size, layout.name)
-        ino = Inode(*_COMPACT.unpack_from(buf, offset))
+        ino = Inode(*_COMPACT.unpack_from(raw))
     if fmt & ~(0x1F if plain_erofs else 0xF):
         raise layout.error("i_format", offset, f"unknown format bits in inode nid {nid}", fmt)
     if (fmt >> 1) & 0x7 not in (PLAIN_EROFS_LAYOUTS if plain_erofs else _RAFS_LAYOUTS):
@@ -573,8 +576,9 @@ def parse_xattrs(
             value=shared,
         )
     out: dict[bytes, bytes] = {}
+    ids = buf[offset + XATTR_IBODY_HEADER : pos]
     for i in range(shared):
-        xid = _U32.unpack_from(buf, offset + XATTR_IBODY_HEADER + 4 * i)[0]
+        xid = _U32.unpack_from(ids, 4 * i)[0]
         where = shared_base + 4 * xid
         name, value, _ = _xattr_entry(buf, where, len(buf), nid, f"shared xattr id {xid}", prefixes)
         out[name] = value
@@ -591,7 +595,7 @@ def _xattr_entry(buf, pos: int, end: int, nid: int, what: str, prefixes=()) -> t
         raise FormatError(
             "erofs xattr entry", f"inode nid {nid}: {what} lies past the bootstrap", offset=pos, value=pos
         )
-    name_len, index, value_size = XATTR_ENTRY.unpack_from(buf, pos)
+    name_len, index, value_size = XATTR_ENTRY.unpack(buf[pos : pos + 4])
     total = 4 + name_len + value_size
     if pos + total > end:
         raise FormatError(
