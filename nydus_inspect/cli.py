@@ -39,31 +39,38 @@ def print_json(obj: object) -> None:
     sys.stdout.write("\n")
 
 
+def _write_json_array(items: Iterable[object], depth: int, indent: int | None) -> None:
+    """Write a JSON array nested ``depth`` levels deep (two spaces a level) one element at a time, each
+    element compact or, with ``indent``, laid out as ``json.dumps`` lays out a nested value."""
+    w = sys.stdout.write
+    pad = "\n" + "  " * (depth + 1)
+    first = True
+    w("[")
+    for item in items:
+        w(pad if first else "," + pad)
+        text = json_text(item, indent=indent)
+        w(text.replace("\n", pad) if indent else text)
+        first = False
+    if not first:
+        w("\n" + "  " * depth)
+    w("]")
+
+
 def print_json_streaming(obj: dict, key: str, items: Iterable[object]) -> None:
     """``print_json`` of ``obj`` with ``key`` added last, its array written one element at a time: a report
     with a list of every path of an image is never whole in memory, text or objects."""
     head = json_text(obj, indent=2)
     w = sys.stdout.write
     w(head[:-2] if obj else "{")  # the closing "\n}" (or the "}" of "{}") makes way for the array
-    w(f"{',' if obj else ''}\n  {json_text(key)}: [")
-    first = True
-    for item in items:
-        w("\n    " if first else ",\n    ")
-        w(json_text(item, indent=2).replace("\n", "\n    "))
-        first = False
-    w("]\n}\n" if first else "\n  ]\n}\n")
+    w(f"{',' if obj else ''}\n  {json_text(key)}: ")
+    _write_json_array(items, 1, 2)
+    w("\n}\n")
 
 
 def stream_json_array(items: Iterable[dict]) -> None:
     """Write a JSON array one element at a time (constant memory for huge listings)."""
-    w = sys.stdout.write
-    first = True
-    w("[")
-    for item in items:
-        w("\n  " if first else ",\n  ")
-        w(json_text(item))
-        first = False
-    w("\n]\n" if not first else "]\n")
+    _write_json_array(items, 0, None)
+    sys.stdout.write("\n")
 
 
 def print_table(headers: list[str], rows: Iterable[list[object]], right: set[int] | None = None) -> None:
