@@ -260,6 +260,15 @@ def encode_v2(ci: ChunkInfo) -> bytes:
     return _U64X3.pack(uncomp, comp, ci.data)
 
 
+def _record_index(index: int, count: int) -> int:
+    """``index`` into records ``count`` long, counted from the end when negative, as a sequence's is."""
+    if index < 0:
+        index += count
+    if not 0 <= index < count:
+        raise IndexError(index)
+    return index
+
+
 class ChunkInfoArray:
     """The uncompressed chunk-info array, decoded record by record on access.
 
@@ -278,10 +287,7 @@ class ChunkInfoArray:
         return self.count
 
     def __getitem__(self, index: int) -> ChunkInfo:
-        if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(index)
+        index = _record_index(index, self.count)
         off = index * self.record_size
         if self.v2:
             ci = decode_v2(index, *_U64X3.unpack_from(self.data, off))
@@ -315,10 +321,7 @@ class DigestArray:
         return self.count
 
     def __getitem__(self, index: int) -> bytes:
-        if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(index)
+        index = _record_index(index, self.count)
         return self.data[index * self.SIZE : (index + 1) * self.SIZE]
 
     def __iter__(self):
