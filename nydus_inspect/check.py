@@ -2,8 +2,8 @@
 
 The source image's layers are described one by one (:func:`.diff.describe_tar`) and stacked as overlayfs
 stacks them (``.wh.NAME`` removes NAME, ``.wh..wh..opq`` empties its directory of what lower layers put
-there); the nydus image's merged bootstrap is described with its data read through the blobs
-(:func:`.diff.describe_layer`); :func:`.diff.compare` names every difference. Each nydus layer is verified
+there); the nydus image's merged bootstrap is read with its data through the blobs as it is compared
+(:class:`.diff.LayerEntries`); :func:`.diff.compare` names every difference. Each nydus layer is verified
 besides. No mount and no root: everything is read from the layout files.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .diff import Difference, Entry, Tree, compare, describe_layer, describe_tar
+from .diff import Difference, Entry, LayerEntries, Tree, compare, describe_tar
 from .errors import UsageError
 from .layer import open_layer
 from .oci import TAR_LAYER_TYPES, OciLayout, Platform, is_nydus_image, select_images
@@ -119,10 +119,9 @@ def check(nydus_root: str, source_root: str, platforms: list[Platform] | None = 
     expected = source_tree(source_root, platforms)
     result = CheckResult()
     with open_layer(nydus_root) as layer:
-        found = describe_layer(layer)
+        result.differences = list(compare(expected, LayerEntries(layer)))
         report = verify(layer)
         result.problems = [str(f) for f in report.findings] if not report.ok else []
-    result.differences = list(compare(expected, found))
     return result
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import os
 import stat
 from collections.abc import Iterator
@@ -78,37 +80,117 @@ class Tree:
     #: Read from a layer tar (whose tree depends on the rule it is read with), not from a layer.
     tar: bool = False
 
+    def items(self) -> Iterator[tuple[bytes, Entry]]:
+        """(path, entry) in path order, as :func:`compare` takes them from every side."""
+        return iter(sorted(self.entries.items()))
+
+
+class _Names:
+    """The names of one hard-linked inode of a layer, complete once its walk has ended (a name's entry is
+    compared before the later names are met)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+
+    def links(self) -> tuple[bytes, ...]:
+        return tuple(sorted(self.names)) if len(self.names) > 1 else ()
+
+
+class TarEntries:
+    """A layer tar's tree, its entries made as :func:`compare` takes them (the tree is held: a tar's order is
+    not its paths' order); :meth:`tree` keeps them all."""
+
+    explicit_root: bool
+    tar = True
+
+    def __init__(self, path: str, hardlinks: str = LINK_HEADER) -> None:
+        def on_file(node, fobj, _ref=None) -> None:
+            h = hashlib.sha256()
+            remaining = node.size
+            while remaining:
+                data = fobj.read(min(remaining, 1 << 20))
+                if not data:
+                    raise FormatError("tar", f"{fsdecode(node.path)}: data ends early")
+                h.update(data)
+                remaining -= len(data)
+            # Kept on the node (this tree is our own, never packed), as the digest's bytes: a dict by id()
+            # would cost an entry more, and the hex text twice the bytes.
+            node.data = h.digest()
+
+        with open_tar_input(path) as stream:
+            self._tt = read_tar(stream, on_file, path, hardlinks=hardlinks)
+        self.explicit_root = self._tt.explicit_root
+        self.hardlinks = hardlinks
+        # Only names of inodes with more than one name are collected (the builder counts them in nlink).
+        names: dict[int, list[bytes]] = {}
+        self._count = 0
+        for p, node in self._tt.walk():
+            self._count += 1
+            if node.hardlink is not None:
+                names.setdefault(id(node), []).append(p)
+        # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
+        self._links = {key: tuple(sorted(group)) for key, group in names.items() if len(group) > 1}
+
+    def __len__(self) -> int:
+        """How many paths the tree has (a hard-linked inode counts once per name)."""
+        return self._count
+
+    def items(self) -> Iterator[tuple[bytes, Entry]]:
+        for p, node in self._tt.walk(path_order=True):
+            yield p, _entry(node, node.data, self._links.get(id(node), ()))
+
+    def tree(self) -> Tree:
+        return Tree(dict(self.items()), self.explicit_root, self.hardlinks, tar=True)
+
+
+class LayerEntries:
+    """A layer's entries in path order, each made from its node (and its file's data hashed) as
+    :func:`compare` takes it: nothing of the layer is held but the walk."""
+
+    explicit_root = True
+    tar = False
+
+    def __init__(self, layer: Layer) -> None:
+        self.layer = layer
+        self.hardlinks = layer_hardlinks(layer)
+
+    def items(self) -> Iterator[tuple[bytes, Entry]]:
+        groups: dict[int, _Names] = {}
+        walk = self.layer.rafs.walk(path_order=True)
+        for node, data in iter_file_data(self.layer, walk):
+            digest = None
+            if data is not None:
+                h = hashlib.sha256()
+                for chunk in data:
+                    h.update(chunk)
+                digest = h.digest()
+            links: tuple[bytes, ...] | _Names = ()
+            if node.hardlink is not None:
+                links = groups.get(node.hardlink)
+                if links is None:
+                    links = groups[node.hardlink] = _Names()
+                links.names.append(node.path)
+            yield node.path, _entry(node, digest, links)
+
+    def tree(self) -> Tree:
+        entries = dict(self.items())
+        # Every name is known now: each group's names become one tuple, shared by them.
+        done: dict[int, tuple[bytes, ...]] = {}
+        for e in entries.values():
+            if isinstance(e.hardlinks, _Names):
+                key = id(e.hardlinks)
+                if key not in done:
+                    done[key] = e.hardlinks.links()
+                e.hardlinks = done[key]
+        return Tree(entries, hardlinks=self.hardlinks)
+
 
 def describe_tar(path: str, hardlinks: str = LINK_HEADER) -> Tree:
     """The tree of the layer tar at ``path``, its hard links' headers taken as ``hardlinks`` says: the rule of
     the layer it is to be compared with (:func:`layer_hardlinks`)."""
-
-    def on_file(node, fobj, _ref=None) -> None:
-        h = hashlib.sha256()
-        remaining = node.size
-        while remaining:
-            data = fobj.read(min(remaining, 1 << 20))
-            if not data:
-                raise FormatError("tar", f"{fsdecode(node.path)}: data ends early")
-            h.update(data)
-            remaining -= len(data)
-        # Kept on the node (this tree is our own, never packed): a dict by id() would cost an entry more.
-        node.data = h.hexdigest()
-
-    with open_tar_input(path) as stream:
-        tt = read_tar(stream, on_file, path, hardlinks=hardlinks)
-    # Only names of inodes with more than one name are collected (the builder counts them in nlink).
-    names: dict[int, list[bytes]] = {}
-    for p, node in tt.walk():
-        if node.hardlink is not None:
-            names.setdefault(id(node), []).append(p)
-    # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
-    links = {key: tuple(sorted(group)) for key, group in names.items() if len(group) > 1}
-    del names
-    out: dict[bytes, Entry] = {}
-    for p, node in tt.walk():
-        out[p] = _entry(node, node.data, links.get(id(node), ()))
-    return Tree(out, tt.explicit_root, hardlinks, tar=True)
+    return TarEntries(path, hardlinks).tree()
 
 
 def layer_hardlinks(layer: Layer) -> str:
@@ -117,31 +199,10 @@ def layer_hardlinks(layer: Layer) -> str:
 
 
 def describe_layer(layer: Layer) -> Tree:
-    r = layer.rafs
-    # One pass over the walk, keeping no nodes: a hard link's names are known only at the end, so its
-    # entries get their shared tuple then.
-    groups: dict[int, list[bytes]] = {}
-    out: dict[bytes, Entry] = {}
-    for node, data in iter_file_data(layer, r.walk()):
-        digest = None
-        if data is not None:
-            h = hashlib.sha256()
-            for chunk in data:
-                h.update(chunk)
-            digest = h.hexdigest()
-        if node.hardlink is not None:
-            groups.setdefault(node.hardlink, []).append(node.path)
-        out[node.path] = _entry(node, digest, ())
-    for group in groups.values():
-        if len(group) > 1:
-            # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
-            links = tuple(sorted(group))
-            for p in group:
-                out[p].hardlinks = links
-    return Tree(out, hardlinks=layer_hardlinks(layer))
+    return LayerEntries(layer).tree()
 
 
-def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
+def _entry(node, digest: bytes | None, links) -> Entry:
     return Entry(
         type=node.type,
         mode=node.mode & 0o7777,
@@ -152,7 +213,7 @@ def _entry(node, digest: str | None, links: tuple[bytes, ...]) -> Entry:
         target=node.target,
         rdev=node.rdev if node.type in (CHR, BLK) else 0,
         xattrs={k: v for k, v in node.xattrs.items() if storable_xattr(k)},
-        sha256=digest,
+        sha256=None if digest is None else digest.hex(),
         hardlinks=links,
     )
 
@@ -163,22 +224,39 @@ def describe(
     """A tree from a nydus layer / bootstrap, or else from a (compressed) tar (read with the hard-link rule
     ``hardlinks``); either may be an image reference (docker://, oci:, oci-archive:, docker-archive:) of a
     nydus image."""
+    with contextlib.ExitStack() as stack:
+        return entries_of(path, stack, blob_dir, blobs, hardlinks).tree()
+
+
+def entries_of(
+    path: str,
+    stack: contextlib.ExitStack,
+    blob_dir: str | None = None,
+    blobs: list[str] | None = None,
+    hardlinks: str = LINK_HEADER,
+) -> TarEntries | LayerEntries:
+    """What :func:`describe` reads, as entries for :func:`compare` to take one by one; a layer stays open on
+    ``stack`` until they have been taken."""
     from .imageref import materialise
 
     path = materialise(path)
     layer = _open(path, blob_dir, blobs)
     if layer is None:
-        return describe_tar(path, hardlinks)
-    with layer:
+        return TarEntries(path, hardlinks)
+    with contextlib.ExitStack() as guard:
+        guard.enter_context(layer)
+        tar = False
         if layer.kind == KIND_BOOTSTRAP_LAYER:
-            # A tar is a bootstrap layer only if it holds image/image.boot; otherwise it is a layer tar.
+            # A tar is a bootstrap layer only if it holds image/image.boot; otherwise it is a layer tar,
+            # read once the layer is closed and the check's error gone: what they held is freed with them.
             try:
                 layer.bootstrap_bytes()
             except FormatError:
-                return describe_tar(path, hardlinks)
-        if layer.has_bootstrap:
-            return describe_layer(layer)
-    return describe_tar(path, hardlinks)
+                tar = True
+        if not tar and layer.has_bootstrap:
+            stack.enter_context(guard.pop_all())
+            return LayerEntries(layer)
+    return TarEntries(path, hardlinks)
 
 
 def _open(path: str, blob_dir: str | None, blobs: list[str] | None) -> Layer | None:
@@ -206,25 +284,68 @@ def _hardlinks_of(paths: list[str], blob_dir: str | None, blobs: list[str] | Non
     return LINK_HEADER
 
 
-def compare(expected: Tree, found: Tree) -> Iterator[Difference]:
-    """Differences from ``expected`` to ``found``, in path order."""
-    paths = sorted(set(expected.entries) | set(found.entries))
+def compare(expected, found) -> Iterator[Difference]:
+    """Differences from ``expected`` to ``found`` (each a :class:`Tree`, :class:`TarEntries` or
+    :class:`LayerEntries`), in path order. Both sides are taken in step, in path order: a side read from a
+    layer is never held whole."""
+    pending: list[tuple[bytes, object, object]] = []  # hard links whose names a layer's walk is still finding
+    held: list[Difference] = []
+    for d in _merge(expected, found, pending):
+        if pending:
+            held.append(d)  # to be merged with the hard links' differences, once they are known
+        else:
+            yield d
+    if not pending:
+        return
+    links: list[Difference] = []
+    for p, va, vb in pending:
+        va = va.links() if isinstance(va, _Names) else va
+        vb = vb.links() if isinstance(vb, _Names) else vb
+        if va != vb:
+            links.append(Difference(p, "hardlinks", va, vb))
+    # A path's hard links come after its other fields (the last of FIELDS): merge keeps that, being stable.
+    yield from heapq.merge(held, links, key=_path_of)
+
+
+def _path_of(d: Difference) -> bytes:
+    return d.path
+
+
+def _merge(expected, found, pending: list) -> Iterator[Difference]:
+    both_roots = expected.explicit_root and found.explicit_root
     same_groups: dict[tuple[int, int], bool] = {}
-    for p in paths:
-        a, b = expected.entries.get(p), found.entries.get(p)
-        if p == b"/" and not (expected.explicit_root and found.explicit_root):
+    ia, ib = expected.items(), found.items()
+    a = next(ia, None)
+    b = next(ib, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[0] < b[0]):
+            p, ea = a
+            if p != b"/" or both_roots:
+                yield Difference(p, "presence", ea.type, "absent")
+            a = next(ia, None)
+            continue
+        if a is None or b[0] < a[0]:
+            p, eb = b
+            if p != b"/" or both_roots:
+                yield Difference(p, "presence", "absent", eb.type)
+            b = next(ib, None)
+            continue
+        p, ea = a
+        eb = b[1]
+        a = next(ia, None)
+        b = next(ib, None)
+        if p == b"/" and not both_roots:
             continue  # a tar without a './' entry says nothing about the root's attributes
-        if a is None:
-            yield Difference(p, "presence", "absent", b.type)
-            continue
-        if b is None:
-            yield Difference(p, "presence", a.type, "absent")
-            continue
         for name in FIELDS:
-            va, vb = getattr(a, name), getattr(b, name)
-            if name == "mode" and a.type == "symlink":
+            va, vb = getattr(ea, name), getattr(eb, name)
+            if name == "mode" and ea.type == "symlink":
                 continue  # symlink permission bits are not meaningful on Linux
-            if name == "hardlinks" and va and vb:
+            if name != "hardlinks":
+                if va != vb:
+                    yield Difference(p, name, va, vb)
+            elif isinstance(va, _Names) or isinstance(vb, _Names):
+                pending.append((p, va, vb))
+            elif va and vb:
                 # Every name of a group shares one tuple on each side: compare each pair of groups once.
                 key = (id(va), id(vb))
                 same = same_groups.get(key)
@@ -255,19 +376,23 @@ def diff_paths(
     # its format. Then ``a`` is described first: the source is usually the tar, whose tree of nodes (the
     # largest thing either side builds) is then made while the other side's entries are not yet held.
     rule = _hardlinks_of([b, a], blob_dir, blobs)
-    expected = describe(a, blob_dir, blobs, rule)
-    found = describe(b, blob_dir, blobs, rule)
-    return list(compare(expected, found))
+    with contextlib.ExitStack() as stack:
+        expected = entries_of(a, stack, blob_dir, blobs, rule)
+        found = entries_of(b, stack, blob_dir, blobs, rule)
+        return list(compare(expected, found))
 
 
 __all__ = [
     "Difference",
     "Entry",
+    "LayerEntries",
+    "TarEntries",
     "Tree",
     "compare",
     "describe",
     "describe_layer",
     "describe_tar",
     "diff_paths",
+    "entries_of",
     "layer_hardlinks",
 ]

@@ -151,7 +151,10 @@ def aufs_to_overlay(root: Node) -> None:
             node = kids[name]
             if name == WH_OPAQUE:
                 del kids[name]
-                d.xattrs[XATTR_OPAQUE] = b"y"
+                d.xattrs = {
+                    **d.xattrs,
+                    XATTR_OPAQUE: b"y",
+                }  # a dict of its own (tree nodes share an empty one)
             elif name.startswith(WH_PREFIX) and len(name) > len(WH_PREFIX):
                 del kids[name]
                 target = name[len(WH_PREFIX) :]
@@ -161,8 +164,8 @@ def aufs_to_overlay(root: Node) -> None:
                     path=path, type=CHR, mode=stat.S_IFCHR, uid=node.uid, gid=node.gid, mtime=node.mtime
                 )
                 marked = True
-        if marked:
-            d.xattrs.setdefault(XATTR_ORIGIN, b"")
+        if marked and XATTR_ORIGIN not in d.xattrs:
+            d.xattrs = {**d.xattrs, XATTR_ORIGIN: b""}
         stack.extend(c for c in kids.values() if c.type == DIR)
 
 

@@ -17,6 +17,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from .chunks.ref import ChunkRef, LazyChunks
@@ -70,6 +71,21 @@ _DIRENT = rafs_v6.DIRENT_SIZE
 _DIRENT_ITER = rafs_v6.DIRENT.iter_unpack
 _U16 = struct.Struct("<H").unpack_from
 _LAYOUTS = frozenset((rafs_v6.LAYOUT_FLAT_PLAIN, rafs_v6.LAYOUT_FLAT_INLINE, rafs_v6.LAYOUT_CHUNK_BASED))
+
+
+class _NoXattrs(dict):
+    """The empty xattr map that nodes without xattrs share where a tree holds one node per entry (a dict each
+    is 64 bytes an entry). It refuses to change: a node that gains xattrs is given a dict of its own."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the shared empty xattr map cannot change: give the node a dict of its own")
+
+    __setitem__ = __delitem__ = __ior__ = setdefault = update = pop = popitem = clear = _refuse
+
+
+NO_XATTRS: dict[bytes, bytes] = _NoXattrs()
 
 
 def node_type(mode: int) -> str:
@@ -311,6 +327,25 @@ class WalkError:
     nid: int
     error: FormatError
     kind: str = WALK_DECODE
+
+
+def path_order(items: Iterator[tuple[bytes, bool, object]]) -> list[tuple[object, bool]]:
+    """A directory's entries, given as (name, is_dir, entry), in the order a walk visits them when paths are to
+    come out sorted by their bytes: (entry, expand) pairs, each entry once with ``expand`` False where the
+    entry itself sorts, and a directory once more with ``expand`` True where its contents sort: as its name
+    followed by "/" ("a", "a-b", "a/c": "-" sorts below "/")."""
+    keys = []
+    for i, (name, is_dir, entry) in enumerate(items):
+        # The position breaks ties (two dirents of one name, only in a broken image): entries never compare.
+        keys.append((name, i, entry, False))
+        if is_dir:
+            keys.append((name + b"/", i, entry, True))
+    keys.sort(key=itemgetter(0, 1))
+    return [(entry, expand) for _key, _i, entry, expand in keys]
+
+
+def _dirent_path_order(entries: list[rafs_v6.Dirent]) -> Iterator[tuple[rafs_v6.Dirent, bool]]:
+    return iter(path_order((d.name, d.file_type == rafs_v6.FT_DIR, d) for d in entries))
 
 
 class RafsV6:
@@ -623,8 +658,14 @@ class RafsV6:
         *,
         on_error: Callable[[WalkError], None] | None = None,
         readdir: Callable[[int], list[rafs_v6.Dirent]] | None = None,
+        path_order: bool = False,
     ) -> Iterator[Node]:
         """Pre-order walk in dirent order: the one walk of a bootstrap's tree, for every reader and verify.
+
+        With ``path_order`` the nodes come in the byte order of their full paths instead (what ``sorted``
+        gives a list of them), so that two trees can be compared side by side without holding either: a
+        directory's contents are visited where its name followed by "/" sorts among its siblings
+        (:func:`path_order`), which dirent types tell before the children are decoded.
 
         The error policy is ``on_error``: without it the first problem raises its FormatError (a node or a
         directory that does not decode, a directory cycle, a directory linked twice, depth beyond
@@ -667,7 +708,12 @@ class RafsV6:
         walked = 0
         prefix = top.path.rstrip(b"/") + b"/"
         # (dirents left, length of the parent's prefix): the directory's own path is the prefix itself.
-        stack: list[tuple[Iterator[rafs_v6.Dirent], int]] = [(iter(entries), 0)]
+        # In path order a directory is yielded at its name and expanded at its name + "/": in between, the
+        # decoded node waits here (only siblings whose names extend its name with a byte below "/" intervene).
+        waiting: dict[bytes, Node] = {}
+        stack: list[tuple[Iterator, int]] = [
+            (_dirent_path_order(entries) if path_order else iter(entries), 0)
+        ]
         while stack:
             it, up = stack[-1]
             d = next(it, None)
@@ -677,18 +723,31 @@ class RafsV6:
                 if up:
                     prefix = prefix[:up]
                 continue
-            path = prefix + d.name
-            try:
-                child = self.node(d.nid, path)
-            except FormatError as exc:
-                fail(path, d.nid, exc, WALK_DECODE)
-                continue
-            walked += 1
-            if walked % RELEASE_EVERY == 0 and self.release_pages is not None:
-                self.release_pages()
-            yield child
-            if child.type != DIR:
-                continue
+            expand = False
+            if path_order:
+                d, expand = d
+            if expand:
+                child = waiting.pop(d.name, None)
+                if child is None:  # it did not decode (reported)
+                    continue
+                path = child.path
+            else:
+                path = prefix + d.name
+                try:
+                    child = self.node(d.nid, path)
+                except FormatError as exc:
+                    fail(path, d.nid, exc, WALK_DECODE)
+                    continue
+                walked += 1
+                if walked % RELEASE_EVERY == 0 and self.release_pages is not None:
+                    self.release_pages()
+                yield child
+                if child.type != DIR:
+                    continue
+                if path_order:
+                    if d.file_type == rafs_v6.FT_DIR:
+                        waiting[d.name] = child
+                    continue
             if d.nid in expanded:
                 if d.nid in on_path:
                     fail(
@@ -724,7 +783,7 @@ class RafsV6:
                 continue
             expanded.add(d.nid)
             on_path.append(d.nid)
-            stack.append((iter(entries), len(prefix)))
+            stack.append((_dirent_path_order(entries) if path_order else iter(entries), len(prefix)))
             prefix = path + b"/"
 
     # ------------------------------------------------------------------ chunks

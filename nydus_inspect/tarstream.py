@@ -31,7 +31,7 @@ from .errors import FormatError, UsageError
 from .formats import tar_member
 from .formats._struct import cstr, round_up
 from .formats.rafs_v6 import build_xattrs, split_xattr_name, xattr_icount
-from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, MAX_SYMLINK, REG, SYMLINK, Node
+from .model import BLK, CHR, DIR, FIFO, FMT_OF_TYPE, MAX_SYMLINK, NO_XATTRS, REG, SYMLINK, Node, path_order
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,16 @@ class TarTree:
     entries: int = 0
     warnings: list[str] = field(default_factory=list)
 
-    def walk(self) -> Iterator[tuple[bytes, Node]]:
-        """(path, node) pre-order, children sorted by raw name bytes (the order RAFS stores them in).
+    def walk(self, path_order: bool = False) -> Iterator[tuple[bytes, Node]]:
+        """(path, node) pre-order, children sorted by raw name bytes (the order RAFS stores them in); with
+        ``path_order``, in the byte order of the paths (:func:`~nydus_inspect.model.path_order`), as
+        :meth:`RafsV6.walk <nydus_inspect.model.RafsV6.walk>` gives them, to be compared side by side.
 
         A hard-linked node appears once per name; ``node.path`` is its first name.
         """
+        if path_order:
+            yield from self._walk_path_order()
+            return
         stack: list[tuple[bytes, Node]] = [(b"/", self.root)]
         while stack:
             path, node = stack.pop()
@@ -86,6 +91,22 @@ class TarTree:
                 base = path.rstrip(b"/")
                 for name in sorted(node.children, reverse=True):
                     stack.append((base + b"/" + name, node.children[name]))
+
+    def _walk_path_order(self) -> Iterator[tuple[bytes, Node]]:
+        def order(node: Node) -> Iterator[tuple[tuple[bytes, Node], bool]]:
+            return iter(path_order((name, c.type == DIR, (name, c)) for name, c in node.children.items()))
+
+        yield b"/", self.root
+        stack = [(b"", order(self.root))]
+        while stack:
+            base, entries = stack[-1]
+            for (name, node), expand in entries:
+                if expand:
+                    stack.append((base + b"/" + name, order(node)))
+                    break
+                yield base + b"/" + name, node
+            else:
+                stack.pop()
 
 
 @contextlib.contextmanager
@@ -755,7 +776,7 @@ def read_tar(
                 gid=member.gid,
                 mtime=int(member.mtime),
                 size=member.size if ntype == REG else 0,
-                xattrs=_xattrs(member.pax, path, builder.tree.warnings) if member.pax else {},
+                xattrs=_xattrs(member.pax, path, builder.tree.warnings) if member.pax else NO_XATTRS,
             )
             if ntype == SYMLINK:
                 node.target = member.linkname
