@@ -1066,8 +1066,9 @@ def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
 
 
 def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
-    """Open a nydus blob, bootstrap, bootstrap layer, the OCI image layout of a nydus image, or an image
-    reference (docker://, oci:, oci-archive:, docker-archive:); raises FormatError / UsageError."""
+    """Open a nydus blob, bootstrap, bootstrap layer, EROFS image (plain or seekable), the OCI image layout of
+    a nydus image or of a one-layer EROFS image, or an image reference (docker://, oci:, oci-archive:,
+    docker-archive:); raises FormatError / UsageError."""
     from . import imageref
 
     if imageref.is_reference(path) and path.startswith("docker://"):
@@ -1077,14 +1078,22 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         raise UsageError(f"{path}: no such file")
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "oci-layout")):
-            # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id).
-            from .oci import nydus_bootstrap_of_layout
+            # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id);
+            # or the one layer of an EROFS image, which holds its whole file system.
+            from .oci import readable_layer_of_layout
 
-            boot, layout_blobs = nydus_bootstrap_of_layout(path, imageref.OPTIONS.platforms)
-            return Layer(boot, blob_dir=blob_dir or layout_blobs, blobs=blobs)
+            _, layer_path, erofs = readable_layer_of_layout(path, imageref.OPTIONS.platforms)
+            if erofs:
+                return open_file(layer_path, blob_dir=blob_dir, blobs=blobs)
+            return Layer(layer_path, blob_dir=blob_dir or os.path.join(path, "blobs", "sha256"), blobs=blobs)
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
         )
+    return open_file(path, blob_dir=blob_dir, blobs=blobs)
+
+
+def open_file(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
+    """The layer in the file ``path``: whatever :class:`Layer` reads, or a seekable EROFS layer."""
     try:
         return Layer(path, blob_dir=blob_dir, blobs=blobs)
     except FormatError as exc:
