@@ -194,7 +194,10 @@ class Layer:
         m = self._map
         if self.size == 0:
             raise FormatError("layer", "the file is empty", offset=0)
-        if self.size >= 512 and self._try_blob():
+        # A source that holds an EROFS image and nothing else (a seekable layer's frames) is not looked at
+        # for a nydus blob's ToC at its end: that would decode the last frame for nothing.
+        only_erofs = getattr(self.source, "HOLDS_EROFS", False)
+        if self.size >= 512 and not only_erofs and self._try_blob():
             return
         # The EROFS magic lies inside a v5 superblock's reserved bytes, so the two never both match.
         if _is_v6(m):
@@ -208,6 +211,10 @@ class Layer:
             )
             self.kind = KIND_BOOTSTRAP if compat & rafs_v6.FEATURE_COMPAT_RAFS_V6 else KIND_EROFS
             return
+        if only_erofs:
+            raise FormatError(
+                "erofs superblock", "no EROFS magic in the image inside", offset=rafs_v6.SUPERBLOCK_OFFSET
+            )
         if _is_v5(m):
             self.kind = KIND_BOOTSTRAP_V5
             return

@@ -36,6 +36,9 @@ def looks_seekable(path: str) -> bool:
 class SeekableErofs:
     """The EROFS image inside the seekable layer at ``path``."""
 
+    #: What the frames hold is an EROFS image (Layer looks for nothing else in it).
+    HOLDS_EROFS = True
+
     def __init__(self, path: str) -> None:
         self.file = LocalFile(path)
         self.path = path
@@ -106,6 +109,28 @@ class SeekableErofs:
         """(file offset, size) of the dm-verity payload (superblock and hash tree over the image), if any."""
         t = self.table
         return None if t.verity_offset is None else (t.verity_offset + 8, t.verity_size)
+
+    def verity_root(self) -> str | None:
+        """``ALGORITHM:<hex>`` of the root hash the dm-verity frame's tree holds, from its superblock and top
+        hash block alone (what ``verify`` holds the image to, and the annotation should name); None without
+        such a frame, or when the root is the one data block's own digest. Nothing here says the tree is the
+        image's: ``verify`` hashes the image to check that."""
+        from .formats import verity
+        from .formats._struct import round_up
+
+        place = self.verity_payload()
+        if place is None:
+            return None
+        at, size = place
+        params = verity.Superblock.parse(
+            self.stored(at, verity.SUPERBLOCK_SIZE, "dm-verity superblock")
+        ).params
+        top = verity.root_block(params)
+        tree = round_up(verity.SUPERBLOCK_SIZE, params.hash_block_size)
+        if top is None or tree + top + params.hash_block_size > size:
+            return None  # a tree too short for its superblock: verify says so
+        block = self.stored(at + tree + top, params.hash_block_size, "dm-verity hash tree")
+        return f"{params.algorithm}:{params.digest(block).hex()}"
 
     def stored(self, offset: int, size: int, what: str = "data") -> bytes:
         """Bytes of the layer file itself (not of the image inside it)."""

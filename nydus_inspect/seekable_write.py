@@ -231,7 +231,7 @@ def frame_image(fd: int, size: int, out, opts: SeekableOptions) -> SeekableResul
         hash_algo=opts.hash_algo,
         chunk_table_offset=sink.size,
         chunk_table_size=len(payload),
-        chunk_table_digest=hashlib.sha512(payload).hexdigest(),
+        chunk_table_digest=seekable_erofs.table_digest(payload).hex(),
     )
     sink.write(seekable_erofs.skippable_header(len(payload)))
     sink.write(payload)

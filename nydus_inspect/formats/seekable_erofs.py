@@ -19,6 +19,7 @@ definitions; the zstd frames themselves are the codec's business (``seekable_wri
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,11 +63,13 @@ class Table:
     frames: list[Frame]
     verity_offset: int | None  # of the dm-verity skippable frame, when there is one
     verity_size: int
+    digest: bytes  # table_digest of the payload
 
     def to_json(self) -> dict:
         return {
             "chunk_table_offset": self.offset,
             "chunk_table_size": self.payload_size,
+            "chunk_table_digest": f"sha512:{self.digest.hex()}",
             "uncompressed_size": self.uncompressed_size,
             "chunk_size": self.chunk_size,
             "hash": {HASH_NONE: "none", HASH_SHA512: "sha512"}[self.hash_algo],
@@ -78,6 +81,12 @@ class Table:
 
 def chunk_count(uncompressed_size: int, chunk_size: int) -> int:
     return -(-uncompressed_size // chunk_size)
+
+
+def table_digest(payload: bytes) -> bytes:
+    """The chunk table's digest, as containerd's ``dev.containerd.erofs.zstd.chunk_digest`` annotation records
+    it (``sha512:<hex>``): a skippable frame carries no checksum of its own."""
+    return hashlib.sha512(payload).digest()
 
 
 def skippable_header(payload_size: int, magic: int = SKIPPABLE_MIN) -> bytes:
@@ -190,7 +199,8 @@ def parse(read: Read, size: int) -> Table:
             "the skippable frame after the data frames is not a chunk table",
             offset=pos,
         )
-    magic, version, usize, chunk, algo, reserved = HEADER.unpack(read(at, HEADER.size))
+    head = read(at, HEADER.size)
+    magic, version, usize, chunk, algo, reserved = HEADER.unpack(head)
     if version != TABLE_VERSION:
         raise FormatError("seekable erofs chunk table", "unknown version", offset=at + 4, value=version)
     if algo not in HASH_SIZES:
@@ -253,4 +263,4 @@ def parse(read: Read, size: int) -> Table:
         if v[1] < 512 or read(v[0], 6) != b"verity":
             raise FormatError("seekable erofs dm-verity", "no dm-verity superblock in the frame", offset=v[0])
         verity_at, verity_size = tail, v[1]
-    return Table(pos, n, usize, chunk, algo, frames, verity_at, verity_size)
+    return Table(pos, n, usize, chunk, algo, frames, verity_at, verity_size, table_digest(head + raw))

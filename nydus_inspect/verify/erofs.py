@@ -254,11 +254,8 @@ def _check_verity(run: _Run) -> None:
         leaves.extend(params.digest(view[i : i + bs]) for i in range(0, len(piece), bs))
         run.tick("verity", off + len(piece), data_size)
     tree = read(tree_start, params.tree_size())
-    if params.data_blocks == 1:
-        computed = leaves[0]
-    else:
-        top = params.levels()[-1][0] * params.hash_block_size
-        computed = params.digest(tree[top : top + params.hash_block_size])
+    top = verity.root_block(params)
+    computed = leaves[0] if top is None else params.digest(tree[top : top + params.hash_block_size])
     root = root_given if root_given is not None else computed
     if root_given is None:
         run.report.notes.append(
