@@ -629,7 +629,7 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     persistent chunk cache. A blob found whole in the image cache (or given with ``--blob``) is read there.
     The containerd EROFS image of one layer (plain or seekable) is that layer, fetched whole."""
     from .layer import Layer, open_file
-    from .oci import readable_layer_of_layout
+    from .oci import is_erofs_layer, readable_layer_of_layout
 
     opts = options or OPTIONS
     ref = parse(text)
@@ -639,15 +639,15 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     meta.stats = opts.stats
     try:
         root = _from_registry(ref, store, meta, reg)
-        image, path, erofs = readable_layer_of_layout(root, opts.platforms)
+        image, desc, path = readable_layer_of_layout(root, opts.platforms)
     except BaseException:
         reg.close()
         raise
-    if erofs:
+    if is_erofs_layer(desc):
         # An EROFS image's one layer holds its data too: fetched whole (checked against its digest, which
         # ranges of it could not be), so nothing is read lazily and the session is done.
         reg.close()
-        layer = open_file(path)
+        layer = open_file(path, annotations=desc.get("annotations"))
         layer.documents = _documents(store, image)
         return layer
     blobs_by_id = {

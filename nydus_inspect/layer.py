@@ -1087,11 +1087,13 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         if os.path.isfile(os.path.join(path, "oci-layout")):
             # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id);
             # or the one layer of an EROFS image, which holds its whole file system.
-            from .oci import readable_layer_of_layout
+            from .oci import is_erofs_layer, readable_layer_of_layout
 
-            _, layer_path, erofs = readable_layer_of_layout(path, imageref.OPTIONS.platforms)
-            if erofs:
-                return open_file(layer_path, blob_dir=blob_dir, blobs=blobs)
+            _, desc, layer_path = readable_layer_of_layout(path, imageref.OPTIONS.platforms)
+            if is_erofs_layer(desc):
+                return open_file(
+                    layer_path, blob_dir=blob_dir, blobs=blobs, annotations=desc.get("annotations")
+                )
             return Layer(layer_path, blob_dir=blob_dir or os.path.join(path, "blobs", "sha256"), blobs=blobs)
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
@@ -1099,8 +1101,11 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
     return open_file(path, blob_dir=blob_dir, blobs=blobs)
 
 
-def open_file(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
-    """The layer in the file ``path``: whatever :class:`Layer` reads, or a seekable EROFS layer."""
+def open_file(
+    path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None, annotations: dict | None = None
+) -> Layer:
+    """The layer in the file ``path``: whatever :class:`Layer` reads, or a seekable EROFS layer (located by
+    the layer descriptor's ``annotations``, when they are known)."""
     try:
         return Layer(path, blob_dir=blob_dir, blobs=blobs)
     except FormatError as exc:
@@ -1112,7 +1117,7 @@ def open_file(path: str, *, blob_dir: str | None = None, blobs: list[str] | None
         ):
             raise  # a nydus layer that is damaged says so as it is
         try:
-            return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
+            return open_seekable(path, blob_dir=blob_dir, blobs=blobs, annotations=annotations)
         except FormatError as seek_exc:
             raise FormatError(
                 "layer",

@@ -327,30 +327,30 @@ def _one_image(root: str, platforms: list[Platform] | None) -> Image:
 
 def nydus_image_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, str]:
     """(the image, its bootstrap layer blob path, checked) of the one nydus image in the layout at ``root``."""
-    image, path, erofs = readable_layer_of_layout(root, platforms)
-    if erofs:
+    image, desc, path = readable_layer_of_layout(root, platforms)
+    if is_erofs_layer(desc):
         raise UsageError(f"{root}: image {image.digest} is an EROFS image, not a nydus image")
     return image, path
 
 
-def readable_layer_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, str, bool]:
-    """(the image, the blob path of the layer that holds its file system, checked, whether that is an EROFS
-    layer) of the one image in the layout at ``root``: a nydus image's bootstrap layer, or the layer of a
-    containerd EROFS image (plain or seekable) of one layer. An EROFS image of several layers is refused:
-    they are overlaid only when mounted, and one of them alone is not the image."""
+def readable_layer_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, dict, str]:
+    """(the image, the descriptor and the blob path, checked, of the layer that holds its file system) of the
+    one image in the layout at ``root``: a nydus image's bootstrap layer, or the layer of a containerd EROFS
+    image (plain or seekable, :func:`is_erofs_layer`) of one layer. An EROFS image of several layers is
+    refused: they are overlaid only when mounted, and one of them alone is not the image."""
     layout = OciLayout(root)
     image = _one_image(root, platforms)
     layers = image.manifest["layers"]
     boot = next((d for d in reversed(layers) if is_nydus_bootstrap(d)), None)
     if boot is not None:
-        return image, layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}"), False
+        return image, boot, layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}")
     if layers and all(is_erofs_layer(d) for d in layers):
         if len(layers) > 1:
             raise UsageError(
                 f"{root}: image {image.digest} has {len(layers)} EROFS layers, overlaid only when mounted; "
                 f"read one at a time as a file ({os.path.join(root, 'blobs', 'sha256')}/<digest>)"
             )
-        return image, layout.check_blob(layers[0], f"EROFS layer of manifest {image.digest}"), True
+        return image, layers[0], layout.check_blob(layers[0], f"EROFS layer of manifest {image.digest}")
     raise UsageError(
         f"{root}: image {image.digest} is not a nydus image (no layer annotated "
         f"{ANNOTATION_NYDUS_BOOTSTRAP}) nor an EROFS image; convert it first with `nydus-inspect convert`"

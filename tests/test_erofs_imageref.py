@@ -58,6 +58,25 @@ def test_oci_layout_of_an_erofs_image(tmp_path, kind):
         reads_as_its_layer(tmp_path, ref, blob, layer["mediaType"])
 
 
+def test_a_seekable_layer_is_held_to_its_annotations(tmp_path):
+    """The chunk table of a seekable layer opened from an image is read where its descriptor's annotation
+    says and checked against the digest it records: an annotation that does not match is one line."""
+    import hashlib
+
+    out, (layer,) = erofs_image(tmp_path, [lower()], *KINDS["seekable"])
+    index = json.loads((out / "index.json").read_text())
+    blobs = out / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    manifest["layers"][0]["annotations"]["dev.containerd.erofs.zstd.chunk_digest"] = "sha512:" + "0" * 128
+    raw = json.dumps(manifest).encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    (blobs / digest).write_bytes(raw)
+    index["manifests"][0].update(digest=f"sha256:{digest}", size=len(raw))
+    (out / "index.json").write_text(json.dumps(index))
+    rc, _, err = cli(tmp_path, "ls", f"oci:{out}")
+    assert rc == 2 and err.count("\n") == 1 and "annotation" in err, err
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_registry_erofs_image(registry, tmp_path, kind):
     """Pushed by our convert straight from the source layout, read back from the registry: the layer is

@@ -145,6 +145,20 @@ def _check_seekable(run: _Run) -> None:
     src = layer.source
     if not isinstance(src, SeekableErofs):
         return
+    # The table was located, not walked to: here, where every frame is read anyway, its entries are held to
+    # where the frames really start, which names a wrong offset as such.
+    from ..formats import seekable_erofs
+
+    try:
+        walked = seekable_erofs.walked(lambda off, n: src.stored(off, n, "seekable erofs"), src.stored_size)
+        if walked != src.table:
+            raise FormatError(
+                "seekable erofs chunk table",
+                f"the table read is not the one after the frames (at {walked.offset})",
+                offset=src.table.offset,
+            )
+    except NydusInspectError as exc:
+        run.add(_exc_finding("seekable.frame", exc, file=layer.path))
     frames = src.table.frames
     run.tick("frames", 0, len(frames))
     for f in frames:
