@@ -200,7 +200,12 @@ def cmd_info(args) -> int:
         print_json(data)
         return 0
     print_kv(
-        [("path", data["path"]), ("kind", data["kind"]), ("size", data["size"]), ("sha256", data["sha256"])]
+        [
+            ("path", data["path"]),
+            ("kind", data["kind"]),
+            ("size", data["size"]),
+            ("sha256", data["sha256"] or "- (not hashed: `verify` decodes every frame)"),
+        ]
     )
     for note in data.get("notes", []):
         print(f"note: {note}")
@@ -268,6 +273,10 @@ def cmd_info(args) -> int:
                 else f"at {t['dm_verity_offset']} ({t['dm_verity_size']} bytes)"
             )
         )
+        print(f"  stored size         {t['stored_size']}")
+        print(f"  chunk table digest  {t['chunk_table_digest']}")
+        if t["dm_verity_root_digest"]:
+            print(f"  dm-verity root      {t['dm_verity_root_digest']} (as its tree records it)")
     boot = data.get("bootstrap")
     if boot:
         print(f"bootstrap: RAFS v{boot['version']}")

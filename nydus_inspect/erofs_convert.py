@@ -23,17 +23,13 @@ import os
 from .convert import ImageResult, _Converter, _pstr
 from .erofs_write import MEDIA_TYPE, ErofsOptions, containerd_uuid, pack_erofs
 from .errors import UsageError
-from .oci import TAR_LAYER_TYPES, Image, dumps
+from .oci import TAR_LAYER_TYPES, Image, dumps, is_erofs_layer
 from .seekable_write import MEDIA_TYPE as SEEKABLE_MEDIA_TYPE
 from .seekable_write import SeekableOptions, pack_seekable, seekable_from_image
 
 log = logging.getLogger(__name__)
 
 OS_FEATURE_EROFS = "erofs"
-
-
-def is_erofs_layer(desc: dict) -> bool:
-    return str(desc.get("mediaType", "")).startswith("application/vnd.erofs.layer")
 
 
 class ErofsConverter(_Converter):

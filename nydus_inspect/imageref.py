@@ -626,9 +626,10 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     """The nydus image of the registry reference ``text`` as a :class:`~.layer.Layer` of its bootstrap, whose
     data blobs are read lazily: manifests, configs and the bootstrap layer are fetched now (kept in the image
     cache), chunk data by Range requests when read (chunks.source.RemoteBlob), each checked chunk kept in the
-    persistent chunk cache. A blob found whole in the image cache (or given with ``--blob``) is read there."""
-    from .layer import Layer
-    from .oci import nydus_image_of_layout
+    persistent chunk cache. A blob found whole in the image cache (or given with ``--blob``) is read there.
+    The containerd EROFS image of one layer (plain or seekable) is that layer, fetched whole."""
+    from .layer import Layer, open_file
+    from .oci import is_erofs_layer, readable_layer_of_layout
 
     opts = options or OPTIONS
     ref = parse(text)
@@ -638,10 +639,17 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     meta.stats = opts.stats
     try:
         root = _from_registry(ref, store, meta, reg)
-        image, boot = nydus_image_of_layout(root, opts.platforms)
+        image, desc, path = readable_layer_of_layout(root, opts.platforms)
     except BaseException:
         reg.close()
         raise
+    if is_erofs_layer(desc):
+        # An EROFS image's one layer holds its data too: fetched whole (checked against its digest, which
+        # ranges of it could not be), so nothing is read lazily and the session is done.
+        reg.close()
+        layer = open_file(path, annotations=desc.get("annotations"))
+        layer.documents = _documents(store, image)
+        return layer
     blobs_by_id = {
         d["digest"].split(":", 1)[1]: d
         for d in image.manifest["layers"]
@@ -651,7 +659,7 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
         and d["size"] > 0  # a blob with chunks has bytes; any other size cannot be read by range
     }
     opener = _RemoteBlobs(reg, ref, store, blobs_by_id, opts)
-    layer = Layer(boot, blob_dir=blob_dir or store.blobs, blobs=blobs, blob_opener=opener)
+    layer = Layer(path, blob_dir=blob_dir or store.blobs, blobs=blobs, blob_opener=opener)
     layer.documents = _documents(store, image)
     return layer
 

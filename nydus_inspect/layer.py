@@ -194,7 +194,10 @@ class Layer:
         m = self._map
         if self.size == 0:
             raise FormatError("layer", "the file is empty", offset=0)
-        if self.size >= 512 and self._try_blob():
+        # A source that holds an EROFS image and nothing else (a seekable layer's frames) is not looked at
+        # for a nydus blob's ToC at its end: that would decode the last frame for nothing.
+        only_erofs = getattr(self.source, "HOLDS_EROFS", False)
+        if self.size >= 512 and not only_erofs and self._try_blob():
             return
         # The EROFS magic lies inside a v5 superblock's reserved bytes, so the two never both match.
         if _is_v6(m):
@@ -208,6 +211,10 @@ class Layer:
             )
             self.kind = KIND_BOOTSTRAP if compat & rafs_v6.FEATURE_COMPAT_RAFS_V6 else KIND_EROFS
             return
+        if only_erofs:
+            raise FormatError(
+                "erofs superblock", "no EROFS magic in the image inside", offset=rafs_v6.SUPERBLOCK_OFFSET
+            )
         if _is_v5(m):
             self.kind = KIND_BOOTSTRAP_V5
             return
@@ -1066,8 +1073,9 @@ def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
 
 
 def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
-    """Open a nydus blob, bootstrap, bootstrap layer, the OCI image layout of a nydus image, or an image
-    reference (docker://, oci:, oci-archive:, docker-archive:); raises FormatError / UsageError."""
+    """Open a nydus blob, bootstrap, bootstrap layer, EROFS image (plain or seekable), the OCI image layout of
+    a nydus image or of a one-layer EROFS image, or an image reference (docker://, oci:, oci-archive:,
+    docker-archive:); raises FormatError / UsageError."""
     from . import imageref
 
     if imageref.is_reference(path) and path.startswith("docker://"):
@@ -1077,14 +1085,27 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         raise UsageError(f"{path}: no such file")
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "oci-layout")):
-            # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id).
-            from .oci import nydus_bootstrap_of_layout
+            # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id);
+            # or the one layer of an EROFS image, which holds its whole file system.
+            from .oci import is_erofs_layer, readable_layer_of_layout
 
-            boot, layout_blobs = nydus_bootstrap_of_layout(path, imageref.OPTIONS.platforms)
-            return Layer(boot, blob_dir=blob_dir or layout_blobs, blobs=blobs)
+            _, desc, layer_path = readable_layer_of_layout(path, imageref.OPTIONS.platforms)
+            if is_erofs_layer(desc):
+                return open_file(
+                    layer_path, blob_dir=blob_dir, blobs=blobs, annotations=desc.get("annotations")
+                )
+            return Layer(layer_path, blob_dir=blob_dir or os.path.join(path, "blobs", "sha256"), blobs=blobs)
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
         )
+    return open_file(path, blob_dir=blob_dir, blobs=blobs)
+
+
+def open_file(
+    path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None, annotations: dict | None = None
+) -> Layer:
+    """The layer in the file ``path``: whatever :class:`Layer` reads, or a seekable EROFS layer (located by
+    the layer descriptor's ``annotations``, when they are known)."""
     try:
         return Layer(path, blob_dir=blob_dir, blobs=blobs)
     except FormatError as exc:
@@ -1096,7 +1117,7 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
         ):
             raise  # a nydus layer that is damaged says so as it is
         try:
-            return open_seekable(path, blob_dir=blob_dir, blobs=blobs)
+            return open_seekable(path, blob_dir=blob_dir, blobs=blobs, annotations=annotations)
         except FormatError as seek_exc:
             raise FormatError(
                 "layer",

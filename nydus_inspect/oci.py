@@ -73,6 +73,12 @@ def is_nydus_bootstrap(desc: dict) -> bool:
     return ANNOTATION_NYDUS_BOOTSTRAP in (desc.get("annotations") or {})
 
 
+def is_erofs_layer(desc: dict) -> bool:
+    """A containerd EROFS layer: a plain image (``application/vnd.erofs.layer.v1``) or a seekable one
+    (``…v1+zstd``)."""
+    return str(desc.get("mediaType", "")).startswith("application/vnd.erofs.layer")
+
+
 def is_nydus_image(manifest: dict) -> bool:
     """The snapshotter's isNydusImage: the last layer is a nydus bootstrap."""
     layers = manifest.get("layers") or []
@@ -311,29 +317,44 @@ def select_images(images: list[Image], platforms: list[Platform] | None, where: 
     return chosen
 
 
-def nydus_bootstrap_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[str, str]:
-    """(bootstrap layer blob path, blob directory) of the nydus image in the layout at ``root``."""
-    _, path = nydus_image_of_layout(root, platforms)
-    return path, os.path.join(root, "blobs", "sha256")
+def _one_image(root: str, platforms: list[Platform] | None) -> Image:
+    images = select_images(list(OciLayout(root).images()), platforms, root)
+    if len(images) > 1:
+        names = ", ".join(f"{im.digest} ({im.platform})" for im in images)
+        raise UsageError(f"{root}: holds several images ({names}); this command reads one")
+    return images[0]
 
 
 def nydus_image_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, str]:
     """(the image, its bootstrap layer blob path, checked) of the one nydus image in the layout at ``root``."""
+    image, desc, path = readable_layer_of_layout(root, platforms)
+    if is_erofs_layer(desc):
+        raise UsageError(f"{root}: image {image.digest} is an EROFS image, not a nydus image")
+    return image, path
+
+
+def readable_layer_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, dict, str]:
+    """(the image, the descriptor and the blob path, checked, of the layer that holds its file system) of the
+    one image in the layout at ``root``: a nydus image's bootstrap layer, or the layer of a containerd EROFS
+    image (plain or seekable, :func:`is_erofs_layer`) of one layer. An EROFS image of several layers is
+    refused: they are overlaid only when mounted, and one of them alone is not the image."""
     layout = OciLayout(root)
-    images = select_images(list(layout.images()), platforms, root)
-    if len(images) > 1:
-        names = ", ".join(f"{im.digest} ({im.platform})" for im in images)
-        raise UsageError(f"{root}: holds several images ({names}); this command reads one")
-    image = images[0]
+    image = _one_image(root, platforms)
     layers = image.manifest["layers"]
     boot = next((d for d in reversed(layers) if is_nydus_bootstrap(d)), None)
-    if boot is None:
-        raise UsageError(
-            f"{root}: image {image.digest} is not a nydus image (no layer annotated "
-            f"{ANNOTATION_NYDUS_BOOTSTRAP}); convert it first with `nydus-inspect convert`"
-        )
-    path = layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}")
-    return image, path
+    if boot is not None:
+        return image, boot, layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}")
+    if layers and all(is_erofs_layer(d) for d in layers):
+        if len(layers) > 1:
+            raise UsageError(
+                f"{root}: image {image.digest} has {len(layers)} EROFS layers, overlaid only when mounted; "
+                f"read one at a time as a file ({os.path.join(root, 'blobs', 'sha256')}/<digest>)"
+            )
+        return image, layers[0], layout.check_blob(layers[0], f"EROFS layer of manifest {image.digest}")
+    raise UsageError(
+        f"{root}: image {image.digest} is not a nydus image (no layer annotated "
+        f"{ANNOTATION_NYDUS_BOOTSTRAP}) nor an EROFS image; convert it first with `nydus-inspect convert`"
+    )
 
 
 __all__ = [
@@ -346,7 +367,8 @@ __all__ = [
     "Image",
     "OciLayout",
     "Platform",
+    "is_erofs_layer",
     "is_nydus_image",
-    "nydus_bootstrap_of_layout",
+    "readable_layer_of_layout",
     "select_images",
 ]

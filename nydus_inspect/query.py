@@ -17,7 +17,11 @@ from .model import DIR, REG, Node, WalkError, fsdecode
 
 
 def info(layer: Layer) -> dict:
-    out: dict = {"path": layer.path, "kind": layer.kind, "size": layer.size, "sha256": layer.digest}
+    table = getattr(layer.source, "table", None)  # a seekable EROFS layer's chunk table
+    # Hashing a seekable layer's image decodes every frame: that is verify's work. Its own digests are in
+    # its chunk table (below); the image's sha256, its diff ID, is in the image's config, not in the layer.
+    digest = None if table is not None else layer.digest
+    out: dict = {"path": layer.path, "kind": layer.kind, "size": layer.size, "sha256": digest}
     if layer.notes:
         out["notes"] = list(layer.notes)
     if layer.toc is not None:
@@ -38,9 +42,12 @@ def info(layer: Layer) -> dict:
         from .erofs import info as erofs_info
 
         out["erofs"] = erofs_info(layer.rafs)
-        table = getattr(layer.source, "table", None)
         if table is not None:  # a seekable EROFS layer: the frames around the image
-            out["seekable"] = table.to_json()
+            out["seekable"] = {
+                **table.to_json(),
+                "stored_size": layer.source.stored_size,
+                "dm_verity_root_digest": layer.source.verity_root(),
+            }
     elif layer.kind == KIND_BOOTSTRAP_V5 or (layer.has_bootstrap and layer.is_v5):
         out["bootstrap"] = bootstrap_v5_info(layer.rafs_v5)
     elif layer.has_bootstrap:

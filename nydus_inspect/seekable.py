@@ -36,14 +36,28 @@ def looks_seekable(path: str) -> bool:
 class SeekableErofs:
     """The EROFS image inside the seekable layer at ``path``."""
 
-    def __init__(self, path: str) -> None:
+    #: What the frames hold is an EROFS image (Layer looks for nothing else in it).
+    HOLDS_EROFS = True
+
+    def __init__(self, path: str, table_offset: int | None = None, chunk_digest: str | None = None) -> None:
+        """``table_offset`` and ``chunk_digest``: where the chunk table's frame starts and ``sha512:<hex>`` of
+        it, as the layer's annotations record them (then the table is read there, and checked)."""
         self.file = LocalFile(path)
         self.path = path
         self.fd = -1  # no file of these bytes to map: Layer reads them through pread
         try:
             self.table = seekable_erofs.parse(
-                lambda off, n: self.file.pread(off, n, "seekable erofs"), self.file.size
+                lambda off, n: self.file.pread(off, n, "seekable erofs"),
+                self.file.size,
+                table_offset=table_offset,
+                guess=self._guess,
             )
+            if chunk_digest is not None and f"sha512:{self.table.digest.hex()}" != chunk_digest:
+                raise FormatError(
+                    "seekable erofs chunk table",
+                    f"its SHA-512 is not the layer annotation's {chunk_digest}",
+                    offset=self.table.offset,
+                )
         except FormatError as exc:
             self.file.close()
             raise exc.located(path) from None
@@ -56,6 +70,31 @@ class SeekableErofs:
         self._lock = threading.Lock()
         self.stored_size = self.file.size
 
+    def _guess(self) -> tuple[int, int] | None:
+        """(image size, chunk size) as the start of the first frame gives them: the EROFS superblock's block
+        count times its block size (an image file ends at its last block, as mkfs.erofs and our writer write
+        it) and the frame's content size (every frame but the last holds a chunk). Only a hint where to look
+        for the chunk table (seekable_erofs.parse checks what it finds), so anything amiss is None."""
+        import io
+
+        import zstandard
+
+        from .formats import rafs_v6
+
+        # The superblock lies in the frame's first block, which is at most 128 KiB stored.
+        head = self.file.pread(0, min(self.file.size, seekable_erofs.MAX_BLOCK + 32), "seekable erofs")
+        want = rafs_v6.SUPERBLOCK_OFFSET + rafs_v6.SUPERBLOCK.size
+        try:
+            chunk = zstandard.frame_content_size(head)
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(head)) as r:
+                start = r.read(want)
+            sb = rafs_v6.SuperBlock.parse(start, rafs=False) if len(start) == want else None
+        except (zstandard.ZstdError, FormatError):
+            return None
+        if sb is None or chunk <= 0 or not 9 <= sb.s_blkszbits <= 16:
+            return None
+        return sb.s_blocks << sb.s_blkszbits, chunk
+
     def frame(self, index: int) -> bytes:
         """Frame ``index`` decoded and checked."""
         with self._lock:
@@ -66,6 +105,11 @@ class SeekableErofs:
 
         f = self.table.frames[index]
         raw = self.file.pread(f.offset, f.size, "seekable erofs frame")
+        # Where the table cuts frames is checked first: a wrong offset is named as such, not as a checksum.
+        try:
+            seekable_erofs.check_frame(f, raw)
+        except FormatError as exc:
+            raise exc.located(self.path) from None
         if f.checksum and hashlib.sha512(raw).digest() != f.checksum:
             raise FormatError(
                 "seekable erofs frame",
@@ -107,6 +151,28 @@ class SeekableErofs:
         t = self.table
         return None if t.verity_offset is None else (t.verity_offset + 8, t.verity_size)
 
+    def verity_root(self) -> str | None:
+        """``ALGORITHM:<hex>`` of the root hash the dm-verity frame's tree holds, from its superblock and top
+        hash block alone (what ``verify`` holds the image to, and the annotation should name); None without
+        such a frame, or when the root is the one data block's own digest. Nothing here says the tree is the
+        image's: ``verify`` hashes the image to check that."""
+        from .formats import verity
+        from .formats._struct import round_up
+
+        place = self.verity_payload()
+        if place is None:
+            return None
+        at, size = place
+        params = verity.Superblock.parse(
+            self.stored(at, verity.SUPERBLOCK_SIZE, "dm-verity superblock")
+        ).params
+        top = verity.root_block(params)
+        tree = round_up(verity.SUPERBLOCK_SIZE, params.hash_block_size)
+        if top is None or tree + top + params.hash_block_size > size:
+            return None  # a tree too short for its superblock: verify says so
+        block = self.stored(at + tree + top, params.hash_block_size, "dm-verity hash tree")
+        return f"{params.algorithm}:{params.digest(block).hex()}"
+
     def stored(self, offset: int, size: int, what: str = "data") -> bytes:
         """Bytes of the layer file itself (not of the image inside it)."""
         return self.file.pread(offset, size, what)
@@ -118,8 +184,20 @@ class SeekableErofs:
         self.file.close()
 
 
-def open_seekable(path: str, **kw):
-    """A Layer over the EROFS image of the seekable layer at ``path``."""
+def open_seekable(path: str, annotations: dict | None = None, **kw):
+    """A Layer over the EROFS image of the seekable layer at ``path``; ``annotations``, its descriptor's, say
+    where its chunk table is and what its digest is (containerd's converter records both)."""
     from .layer import Layer
 
-    return Layer(path, source=SeekableErofs(os.fspath(path)), **kw)
+    ann = annotations or {}
+    key = seekable_erofs.ANNOTATION_CHUNK_TABLE_OFFSET
+    offset = ann.get(key)
+    if offset is not None and not (isinstance(offset, str) and offset.isdigit() and len(offset) < 20):
+        raise FormatError("layer annotation", f"{key} is not a byte offset", value=offset).located(path)
+    digest = ann.get(seekable_erofs.ANNOTATION_CHUNK_DIGEST)
+    source = SeekableErofs(
+        os.fspath(path),
+        int(offset) if offset is not None else None,
+        digest if isinstance(digest, str) else None,
+    )
+    return Layer(path, source=source, **kw)

@@ -37,9 +37,8 @@ from .formats.seekable_erofs import HASH_NONE, HASH_SHA512
 from .fsutil import atomic_output
 
 MEDIA_TYPE = "application/vnd.erofs.layer.v1+zstd"
-ANNOTATION_CHUNK_TABLE_OFFSET = "dev.containerd.erofs.zstd.chunk_table_offset"
-#: The chunk table's SHA-512 (``sha512:<hex>`` of its payload): a skippable frame carries no checksum.
-ANNOTATION_CHUNK_DIGEST = "dev.containerd.erofs.zstd.chunk_digest"
+ANNOTATION_CHUNK_TABLE_OFFSET = seekable_erofs.ANNOTATION_CHUNK_TABLE_OFFSET
+ANNOTATION_CHUNK_DIGEST = seekable_erofs.ANNOTATION_CHUNK_DIGEST
 #: Same keys as a plain layer's dm-verity annotations; in a seekable layer the offset is the dm-verity
 #: skippable frame's (its 8-byte header), not where the hash area starts.
 ANNOTATION_VERITY_OFFSET = ANNOTATION_OFFSET
@@ -231,7 +230,7 @@ def frame_image(fd: int, size: int, out, opts: SeekableOptions) -> SeekableResul
         hash_algo=opts.hash_algo,
         chunk_table_offset=sink.size,
         chunk_table_size=len(payload),
-        chunk_table_digest=hashlib.sha512(payload).hexdigest(),
+        chunk_table_digest=seekable_erofs.table_digest(payload).hex(),
     )
     sink.write(seekable_erofs.skippable_header(len(payload)))
     sink.write(payload)

@@ -184,6 +184,68 @@ def test_a_walk_of_the_tree_decodes_only_metadata_frames(layers, decodes, varian
     assert len(decodes) <= 8, f"{len(decodes)} of {res['frames']} frames decoded: {decodes}"
 
 
+def test_info_decodes_the_superblock_frame_only(layers, decodes, tmp_path):
+    """info of a seekable layer reads its superblock and its frames' table: the digests it gives are those
+    the layer records (its chunk table's, its dm-verity tree's root), the ones pack reports, and the image
+    is not hashed (that decoded every frame)."""
+    from nydus_inspect.query import info
+
+    _, seek, res = layers["plain"]
+    with open_layer(str(seek)) as layer:
+        got = info(layer)
+    assert res["frames"] >= 600 and decodes == [0]
+    assert got["sha256"] is None
+    t = got["seekable"]
+    assert t["chunk_table_digest"] == res["annotations"]["dev.containerd.erofs.zstd.chunk_digest"]
+    assert t["frames"] == res["frames"] and t["stored_size"] == seek.stat().st_size
+    assert t["dm_verity_root_digest"] is None
+    verity = tmp_path / "verity.seekable"
+    src = tmp_path / "tree.tar"
+    src.write_bytes(_tar_bytes())
+    vres = _pack(src, verity, "--seekable", "--chunk-size", str(CHUNK), "--dm-verity")
+    decodes.clear()
+    with open_layer(str(verity)) as layer:
+        t = info(layer)["seekable"]
+    assert decodes == [0]
+    assert t["dm_verity_root_digest"] == vres["annotations"]["dev.containerd.erofs.dmverity.root_digest"]
+    assert t["chunk_table_digest"] == vres["annotations"]["dev.containerd.erofs.zstd.chunk_digest"]
+
+
+@pytest.mark.parametrize("verity", [False, True])
+def test_opening_reads_a_few_bytes_of_many_frames(layers, tmp_path, monkeypatch, verity):
+    """Opening a seekable layer of hundreds of frames finds its chunk table from its end (given where it is
+    by the annotations, read there and checked against their digest), not by reading each frame's block
+    headers: a few reads, whatever the number of frames."""
+    src = tmp_path / "tree.tar"
+    src.write_bytes(_tar_bytes())
+    seek = tmp_path / "layer.seekable"
+    res = _pack(src, seek, "--seekable", "--chunk-size", str(CHUNK), *(["--dm-verity"] if verity else []))
+    assert res["frames"] >= 600
+    reads = []
+    pread = LocalFile.pread
+
+    def counted(self, off, n, what="data"):
+        reads.append((off, n))
+        return pread(self, off, n, what)
+
+    monkeypatch.setattr(LocalFile, "pread", counted)
+    ann = res["annotations"]
+    offset = int(ann["dev.containerd.erofs.zstd.chunk_table_offset"])
+    for kw in ({}, {"table_offset": offset, "chunk_digest": ann["dev.containerd.erofs.zstd.chunk_digest"]}):
+        reads.clear()
+        s = SeekableErofs(str(seek), **kw)
+        try:
+            assert s.table.offset == offset and len(s.table.frames) == res["frames"]
+            assert len(reads) <= (16 if not kw else 6), reads
+            assert sum(n for _, n in reads) < 256 << 10
+        finally:
+            s.close()
+    with pytest.raises(FormatError, match="annotation"):
+        SeekableErofs(str(seek), table_offset=offset, chunk_digest="sha512:" + "0" * 128)
+    with pytest.raises(FormatError, match="chunk table"):
+        SeekableErofs(str(seek), table_offset=offset - 1)
+
+
 def test_a_remote_image_fetches_only_what_is_read(layers):
     """A plain image behind a range-reading source (a registry blob): listing and one file fetch a small
     part of it, and give the bytes the mmap of the file gives."""

@@ -22,8 +22,10 @@ import zstandard
 from fixtures_util import assert_one_line_error, fixture_tars_fixture, run_cli  # noqa: F401
 from test_erofs_native import assert_same_tree, extracted_tree, our_tree
 
+from nydus_inspect.chunks.source import LocalFile
 from nydus_inspect.formats import seekable_erofs
 from nydus_inspect.layer import open_layer
+from nydus_inspect.seekable import SeekableErofs
 
 fuse = test_mount.fuse
 mounts = test_mount.mounts
@@ -110,6 +112,48 @@ def test_seekable_reads_as_the_image_inside(plain, tmp_path, kind, chunk, sha512
     ref = tmp_path / "ref"
     assert run_cli("unpack", plain[kind], "--to-dir", ref).returncode == 0
     assert extracted_tree(out) == extracted_tree(ref)
+
+
+@pytest.mark.parametrize("verity", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_chunk_table_is_found_every_way(plain, tmp_path, monkeypatch, padded, verity):
+    """Opening reads a few bytes wherever the table is, when the first frame's superblock gives the image's
+    size; when it does not (the image padded past its last block here), a table that ends the file is still
+    found by its magic, and one before a dm-verity frame by walking the frames. Every way, each frame is
+    where the table says and the image reads back whole."""
+    from test_erofs_write import veritysetup_format
+
+    image = plain["plain"].read_bytes() + (bytes(5000) if padded else b"")
+    payload = None
+    if verity:  # the hash file the real veritysetup writes for the image
+        (tmp_path / "image").write_bytes(image)
+        veritysetup_format(
+            tmp_path / "image", tmp_path / "hash", "--data-block-size=4096", "--hash-block-size=4096"
+        )
+        payload = (tmp_path / "hash").read_bytes()
+    data = make_seekable(image, 4096, verity_payload=payload)
+    layer = tmp_path / "layer.seekable"
+    layer.write_bytes(data)
+    reads = []
+    pread = LocalFile.pread
+
+    def counted(self, off, n, what="data"):
+        reads.append(n)
+        return pread(self, off, n, what)
+
+    monkeypatch.setattr(LocalFile, "pread", counted)
+    src = SeekableErofs(str(layer))
+    try:
+        opened = len(reads)
+        frames = len(src.table.frames)
+        assert frames == -(-len(image) // 4096) and frames > 20
+        if padded and verity:
+            assert opened > 2 * frames, reads  # walked: a read per block header
+        else:
+            assert opened <= 16, reads
+        assert src.pread(0, len(image)) == image
+    finally:
+        src.close()
 
 
 def test_seekable_mount_matches_erofsfuse(plain, erofs_utils, mounts, tmp_path):

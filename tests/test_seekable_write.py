@@ -340,8 +340,12 @@ def test_verify_names_a_flipped_bit(fixture_tars, tmp_path, hashed):
         code, findings = _verify_json(bad, "--root-hash", root)
         mine = [f for f in findings if f["check"] == "seekable.frame"]
         assert code == 1 and len(mine) == 1 and f"frame {k}: SHA-512" in mine[0]["message"], findings
+    # A wrong frame offset: the table is found from the end without walking the frames, so verify, which
+    # walks them, names it (and the two frames it cuts wrongly).
     bad = _flipped(data, entry_at + 1, tmp_path / "offset.seekable")
-    assert_one_line_error(run_cli("verify", bad), 2, f"chunk {k}'s frame offset")
+    code, findings = _verify_json(bad, "--root-hash", root)
+    mine = [f["message"] for f in findings if f["check"] == "seekable.frame"]
+    assert code == 1 and any(f"chunk {k}'s frame offset" in m for m in mine), findings
     tree_at = res["dm_verity"]["frame_offset"] + 8 + 4096
     bad = _flipped(data, tree_at + 100, tmp_path / "tree.seekable")
     code, findings = _verify_json(bad, "--root-hash", root)

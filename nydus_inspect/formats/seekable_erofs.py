@@ -9,9 +9,10 @@ endian: magic 0xCDE4EC67 u32, version 1 u32, uncompressed size u64, chunk size u
 (0 none, 1 SHA-512), 2 reserved zero bytes; then per chunk the file offset of its frame (u64) and, with
 SHA-512, the 64-byte SHA-512 of the frame's stored bytes.
 
-Nothing in the layer says where the chunk table is (containerd passes its offset in an annotation), so
-:func:`frame_end` walks the zstd frames from the start by their block headers, never decoding them; every
-size met is checked against the file before it is used.
+Nothing in the layer says where the chunk table is (containerd passes its offset in an annotation): without
+that offset, :func:`parse` looks for it before the end of the file or before the dm-verity frame, and only
+failing that walks the zstd frames from the start by their block headers (:func:`frame_end`), never decoding
+them; every size met is checked against the file before it is used.
 
 The encoding half (:func:`skippable_header`, :func:`table_payload`) builds the same structures from the same
 definitions; the zstd frames themselves are the codec's business (``seekable_write``).
@@ -19,12 +20,17 @@ definitions; the zstd frames themselves are the codec's business (``seekable_wri
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError
 
+#: Where the chunk table's skippable frame starts (decimal), as the layer descriptor records it.
+ANNOTATION_CHUNK_TABLE_OFFSET = "dev.containerd.erofs.zstd.chunk_table_offset"
+#: The chunk table's SHA-512 (``sha512:<hex>`` of its payload): a skippable frame carries no checksum.
+ANNOTATION_CHUNK_DIGEST = "dev.containerd.erofs.zstd.chunk_digest"
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MIN, SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
 TABLE_MAGIC = 0xCDE4EC67
@@ -62,11 +68,13 @@ class Table:
     frames: list[Frame]
     verity_offset: int | None  # of the dm-verity skippable frame, when there is one
     verity_size: int
+    digest: bytes  # table_digest of the payload
 
     def to_json(self) -> dict:
         return {
             "chunk_table_offset": self.offset,
             "chunk_table_size": self.payload_size,
+            "chunk_table_digest": f"sha512:{self.digest.hex()}",
             "uncompressed_size": self.uncompressed_size,
             "chunk_size": self.chunk_size,
             "hash": {HASH_NONE: "none", HASH_SHA512: "sha512"}[self.hash_algo],
@@ -78,6 +86,12 @@ class Table:
 
 def chunk_count(uncompressed_size: int, chunk_size: int) -> int:
     return -(-uncompressed_size // chunk_size)
+
+
+def table_digest(payload: bytes) -> bytes:
+    """The chunk table's digest, as containerd's ``dev.containerd.erofs.zstd.chunk_digest`` annotation records
+    it (``sha512:<hex>``): a skippable frame carries no checksum of its own."""
+    return hashlib.sha512(payload).digest()
 
 
 def skippable_header(payload_size: int, magic: int = SKIPPABLE_MIN) -> bytes:
@@ -169,20 +183,127 @@ def skippable(read: Read, off: int, size: int) -> tuple[int, int] | None:
     return off + SKIPPABLE_HEADER.size, n
 
 
-def parse(read: Read, size: int) -> Table:
-    """The chunk table of the seekable EROFS layer of ``size`` bytes read by ``read(offset, n)``: found by
-    walking the frames, checked against them (each entry must be where a frame starts, in order, and the
-    table must come right after the last), with the dm-verity frame after it, if any."""
+#: How far before the end of the file a chunk table is looked for by its magic (when its size is not known).
+TAIL_SCAN = 1 << 20
+#: The dm-verity frame containerd writes: a 512-byte superblock padded to a 4096-byte block, then the tree
+#: over the image in 4096-byte blocks.
+VERITY_BLOCK = 4096
+
+#: ``guess()``: (the size of the image inside, the chunk size) as its first frame gives them, or None.
+Guess = Callable[[], "tuple[int, int] | None"]
+
+
+def parse(read: Read, size: int, *, table_offset: int | None = None, guess: Guess | None = None) -> Table:
+    """The chunk table of the seekable EROFS layer of ``size`` bytes read by ``read(offset, n)``, with the
+    dm-verity frame after it, if any.
+
+    The layer does not say where its table is; containerd records it in an annotation, given here as
+    ``table_offset`` (where its skippable frame starts). Without it, the table is looked for where it must
+    end: at the end of the file, or where a dm-verity frame over the image starts. ``guess()`` gives the
+    image's size and the chunk size (from the superblock and header of the first frame), which give the
+    table's size and the dm-verity frame's; without a guess (or when it is wrong) the table is looked for by
+    its magic in the last TAIL_SCAN bytes. A table found either way is checked in itself (entries in order,
+    inside the frames, one per chunk); that each entry starts one zstd frame that ends where the next starts
+    is checked when the frame is read (:func:`check_frame`). Failing both, the frames are walked by their
+    block headers from the start (a read per 128 KiB of frames), and the table must name where each
+    starts."""
+    if table_offset is not None:
+        return _table_at(read, size, table_offset, None)
+    at = _located(read, size, guess() if guess is not None else None)
+    if at is not None:
+        return _table_at(read, size, at, None)
+    return walked(read, size)
+
+
+def walked(read: Read, size: int) -> Table:
+    """The chunk table found by walking every frame from the start, each entry held to where its frame
+    starts (what ``verify`` does on top of reading every frame; :func:`parse` locates the table instead)."""
+    starts, pos = _walk(read, size)
+    return _table_at(read, size, pos, starts)
+
+
+def _is_table(read: Read, size: int, at: int, n: int, end: int) -> bool:
+    """A skippable frame at ``at`` whose payload of ``n`` bytes ends at ``end`` and starts as a chunk table."""
+    if at < 0 or n < HEADER.size:
+        return False
+    found = _skippable_or_none(read, at, size)
+    return (
+        found is not None
+        and found[1] == n
+        and at + SKIPPABLE_HEADER.size + n == end
+        and (_u32(read, found[0]) == TABLE_MAGIC)
+    )
+
+
+def _located(read: Read, size: int, guessed: tuple[int, int] | None) -> int | None:
+    """Where the chunk table's skippable frame starts, found from the end of the file, or None."""
+    if guessed is not None:
+        usize, chunk = guessed
+        count = chunk_count(usize, chunk) if 0 < chunk <= MAX_CHUNK else 0
+        lengths = [HEADER.size + count * (ENTRY_OFFSET.size + h) for h in sorted(set(HASH_SIZES.values()))]
+        for end in (size, *_verity_starts(read, size, usize)):
+            for n in lengths if count else ():
+                at = end - n - SKIPPABLE_HEADER.size
+                if _is_table(read, size, at, n, end):
+                    return at
+    # By its magic before the end of the file: a table right before a dm-verity frame is not found so.
+    magic = TABLE_MAGIC.to_bytes(4, "little")
+    lo = max(0, size - TAIL_SCAN)
+    buf = read(lo, size - lo)
+    hit = len(buf)
+    while (hit := buf.rfind(magic, 0, hit)) >= SKIPPABLE_HEADER.size:
+        at = lo + hit - SKIPPABLE_HEADER.size
+        if _is_table(read, size, at, size - lo - hit, size):
+            return at
+    return None
+
+
+def _skippable_or_none(read: Read, off: int, size: int) -> tuple[int, int] | None:
+    """:func:`skippable`, where a guess may land on anything: what is not one is None."""
+    try:
+        return skippable(read, off, size)
+    except FormatError:
+        return None
+
+
+def _verity_starts(read: Read, size: int, usize: int) -> list[int]:
+    """Where a dm-verity frame over an image of ``usize`` bytes would start, for each hash algorithm
+    containerd's differ or veritysetup may use, where one does."""
+    from .verity import Params
+
+    out = []
+    blocks = max(1, -(-usize // VERITY_BLOCK))
+    for algorithm in ("sha512", "sha256"):
+        params = Params(blocks, VERITY_BLOCK, VERITY_BLOCK, algorithm, b"")
+        start = size - SKIPPABLE_HEADER.size - VERITY_BLOCK - params.tree_size()
+        if start < 0:
+            continue
+        found = _skippable_or_none(read, start, size)
+        if found is not None and found[0] + found[1] == size and read(found[0], 6) == b"verity":
+            out.append(start)
+    return out
+
+
+def _walk(read: Read, size: int) -> tuple[list[int], int]:
+    """(where each zstd frame starts, where the first skippable frame starts), by the frames' headers."""
     starts: list[int] = []
     pos = 0
-    while True:
-        found = skippable(read, pos, size)
-        if found is not None:
-            break
+    while skippable(read, pos, size) is None:
         if len(starts) > size // 9:  # a frame takes 9 bytes at least: an impossible count is a lie
             raise FormatError("seekable erofs", "more frames than the file can hold", offset=pos)
         starts.append(pos)
         pos = frame_end(read, pos, size)
+    return starts, pos
+
+
+def _table_at(read: Read, size: int, pos: int, starts: list[int] | None) -> Table:
+    """The chunk table in the skippable frame at ``pos``; with ``starts`` (the frames walked), each entry
+    must be where its frame starts."""
+    found = skippable(read, pos, size) if 0 <= pos else None
+    if found is None:
+        raise FormatError(
+            "seekable erofs chunk table", "no skippable frame where the chunk table should start", offset=pos
+        )
     at, n = found
     if n < HEADER.size or _u32(read, at) != TABLE_MAGIC:
         raise FormatError(
@@ -190,7 +311,8 @@ def parse(read: Read, size: int) -> Table:
             "the skippable frame after the data frames is not a chunk table",
             offset=pos,
         )
-    magic, version, usize, chunk, algo, reserved = HEADER.unpack(read(at, HEADER.size))
+    head = read(at, HEADER.size)
+    magic, version, usize, chunk, algo, reserved = HEADER.unpack(head)
     if version != TABLE_VERSION:
         raise FormatError("seekable erofs chunk table", "unknown version", offset=at + 4, value=version)
     if algo not in HASH_SIZES:
@@ -211,7 +333,7 @@ def parse(read: Read, size: int) -> Table:
             offset=pos,
             value=n,
         )
-    if count != len(starts):
+    if starts is not None and count != len(starts):
         raise FormatError(
             "seekable erofs chunk table",
             f"names {count} chunks, but {len(starts)} zstd frames precede it",
@@ -219,17 +341,33 @@ def parse(read: Read, size: int) -> Table:
             value=usize,
         )
     raw = read(at + HEADER.size, count * entry)
-    frames = []
-    for i in range(count):
-        (off,) = ENTRY_OFFSET.unpack_from(raw, i * entry)
-        if off != starts[i]:
+    offsets = [ENTRY_OFFSET.unpack_from(raw, i * entry)[0] for i in range(count)]
+    for i, off in enumerate(offsets):
+        if starts is not None:
+            if off != starts[i]:
+                raise FormatError(
+                    "seekable erofs chunk table",
+                    f"chunk {i}'s frame offset is not where frame {i} starts ({starts[i]})",
+                    offset=at + HEADER.size + i * entry,
+                    value=off,
+                )
+            continue
+        # Not walked: the entries must at least cut the bytes before the table into frames of 9 bytes or
+        # more, the first at 0.
+        low = 0 if i == 0 else offsets[i - 1] + 9
+        high = 0 if i == 0 else pos - 9 * (count - i)
+        if not low <= off <= high:
             raise FormatError(
                 "seekable erofs chunk table",
-                f"chunk {i}'s frame offset is not where frame {i} starts ({starts[i]})",
+                f"chunk {i}'s frame offset is not after chunk {i - 1}'s frame and before the table ({pos})"
+                if i
+                else "chunk 0's frame offset is not 0",
                 offset=at + HEADER.size + i * entry,
                 value=off,
             )
-        end = starts[i + 1] if i + 1 < count else pos
+    frames = []
+    for i, off in enumerate(offsets):
+        end = offsets[i + 1] if i + 1 < count else pos
         frames.append(
             Frame(
                 i,
@@ -253,4 +391,26 @@ def parse(read: Read, size: int) -> Table:
         if v[1] < 512 or read(v[0], 6) != b"verity":
             raise FormatError("seekable erofs dm-verity", "no dm-verity superblock in the frame", offset=v[0])
         verity_at, verity_size = tail, v[1]
-    return Table(pos, n, usize, chunk, algo, frames, verity_at, verity_size)
+    return Table(pos, n, usize, chunk, algo, frames, verity_at, verity_size, table_digest(head + raw))
+
+
+def check_frame(frame: Frame, raw: bytes) -> None:
+    """``raw``, the stored bytes the table gives ``frame``, are one zstd frame, whole (from its header and
+    block headers; nothing decoded): the table's offsets, when they were not walked, cut frames as they are."""
+    view = memoryview(raw)
+    try:
+        end = frame_end(lambda off, n: bytes(view[off : off + n]), 0, len(raw))
+    except FormatError as exc:
+        raise FormatError(
+            "seekable erofs frame",
+            f"frame {frame.index}: not one zstd frame between the chunk table's frame offsets "
+            f"({exc.detail} at {frame.offset + (exc.offset or 0)})",
+            offset=frame.offset,
+        ) from None
+    if end != len(raw):
+        raise FormatError(
+            "seekable erofs frame",
+            f"frame {frame.index}: its zstd frame ends {len(raw) - end} bytes before the next of the chunk "
+            "table's frame offsets",
+            offset=frame.offset + end,
+        )

@@ -99,6 +99,14 @@ class Params:
         return h.digest()
 
 
+def root_block(params: Params) -> int | None:
+    """Where in the tree (bytes from its start) the block whose digest is the root hash lies: the top level's
+    one block, stored first; None for one data block, whose own digest is the root."""
+    if params.data_blocks == 1:
+        return None
+    return params.levels()[-1][0] * params.hash_block_size
+
+
 def _pack_level(params: Params, digests: list[bytes]) -> list[bytes]:
     slot = 1 << (params.digest_size - 1).bit_length()
     per = params.hashes_per_block

@@ -145,6 +145,20 @@ def _check_seekable(run: _Run) -> None:
     src = layer.source
     if not isinstance(src, SeekableErofs):
         return
+    # The table was located, not walked to: here, where every frame is read anyway, its entries are held to
+    # where the frames really start, which names a wrong offset as such.
+    from ..formats import seekable_erofs
+
+    try:
+        walked = seekable_erofs.walked(lambda off, n: src.stored(off, n, "seekable erofs"), src.stored_size)
+        if walked != src.table:
+            raise FormatError(
+                "seekable erofs chunk table",
+                f"the table read is not the one after the frames (at {walked.offset})",
+                offset=src.table.offset,
+            )
+    except NydusInspectError as exc:
+        run.add(_exc_finding("seekable.frame", exc, file=layer.path))
     frames = src.table.frames
     run.tick("frames", 0, len(frames))
     for f in frames:
@@ -254,11 +268,8 @@ def _check_verity(run: _Run) -> None:
         leaves.extend(params.digest(view[i : i + bs]) for i in range(0, len(piece), bs))
         run.tick("verity", off + len(piece), data_size)
     tree = read(tree_start, params.tree_size())
-    if params.data_blocks == 1:
-        computed = leaves[0]
-    else:
-        top = params.levels()[-1][0] * params.hash_block_size
-        computed = params.digest(tree[top : top + params.hash_block_size])
+    top = verity.root_block(params)
+    computed = leaves[0] if top is None else params.digest(tree[top : top + params.hash_block_size])
     root = root_given if root_given is not None else computed
     if root_given is None:
         run.report.notes.append(
