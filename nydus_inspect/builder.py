@@ -11,6 +11,7 @@ allocator, which readers do not depend on.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .chunks.ref import ChunkRef
@@ -311,13 +312,16 @@ def build_bootstrap(
     force_has_xattr: bool = False,
     plan: Plan | None = None,
     writable: bool = False,
+    table: TableChunks | None = None,
 ) -> bytes | bytearray:
     """Serialise the tree under ``root``; regular files' ``chunks`` must be set.
 
     ``plan``: this tree's :func:`plan_bootstrap`, made earlier with the same blob count, chunk size
     and prefetch (used once: writing updates it). ``writable``: return the bytearray it was built in,
-    not a bytes copy of it (a second bootstrap-sized buffer at the peak of a pack).
+    not a bytes copy of it (a second bootstrap-sized buffer at the peak of a pack). ``table``: where
+    the chunk table's chunks come from (:data:`TableChunks`; by default, :func:`table_chunks`).
     """
+    table = table or table_chunks
     nblobs = len(blobs)
     if plan is None or (plan.nblobs, plan.chunk_size, plan.prefetch) != (nblobs, chunk_size, prefetch):
         plan = plan_bootstrap(root, nblobs, chunk_size=chunk_size, prefetch=prefetch)
@@ -328,37 +332,18 @@ def build_bootstrap(
     meta_start, cursor = plan.meta_start, plan.data_end
 
     # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does.
-    records: dict[tuple[bytes, int], ChunkRef] = {}
-    for slot in slots:
-        for c in slot.node.chunks or ():
-            records.setdefault((c.digest, c.blob_index), c)
     chunk_table_off = round_up(cursor, BLOCK_SIZE)
-    table = bytearray()
-    for key in sorted(records):
-        c = records[key]
-        flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (
-            rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0
-        )
-        # ChunkTableEntry(...).build(), positionally: this runs once per chunk of the image.
-        table += _CHUNK_RECORD.pack(
-            c.digest,
-            c.blob_index,
-            flags,
-            c.compressed_size,
-            c.uncompressed_size,
-            c.compressed_offset,
-            c.uncompressed_offset,
-            c.file_offset,
-            c.ci_index,
-            c.crc32 or 0,
-        )
-    total_size = round_up(chunk_table_off + len(table), BLOCK_SIZE)
+    _, records = table(slots)
+    ctable = bytearray()
+    for c in records:
+        ctable += chunk_record(c)
+    total_size = round_up(chunk_table_off + len(ctable), BLOCK_SIZE)
     if rendered is not None:
         buf = rendered
         buf.extend(bytes(total_size - len(buf)))
     else:
         buf = bytearray(total_size)
-    buf[chunk_table_off : chunk_table_off + len(table)] = table
+    buf[chunk_table_off : chunk_table_off + len(ctable)] = ctable
 
     has_xattr = force_has_xattr or any(slot.xattrs for slot in slots)
     flags = compressor.super_flag | digester.super_flag | rafs_v6.ENCRYPTION_NONE
@@ -397,7 +382,7 @@ def build_bootstrap(
         s_blob_table_size=rafs_v6.BLOB_ENTRY.size * nblobs,
         s_chunk_size=chunk_size,
         s_chunk_table_offset=chunk_table_off,
-        s_chunk_table_size=len(table),
+        s_chunk_table_size=len(ctable),
         s_prefetch_table_offset=prefetch_off if prefetch_nids else 0,
         s_prefetch_table_size=4 * len(prefetch_nids),
     )
@@ -412,6 +397,41 @@ def build_bootstrap(
         if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
             _write_chunk_indexes(buf, slot)
     return buf if writable else bytes(buf)
+
+
+#: ``table(slots)``: how many records the chunk table of these slots (in layout order) has, and its chunks in
+#: table order: one per distinct (digest, blob), sorted by them, each the first chunk of its pair in layout
+#: order (so with that chunk's file offset), as v2.3 writes it.
+TableChunks = Callable[[list[_Slot]], tuple[int, Iterable[ChunkRef]]]
+
+
+def table_chunks(slots: list[_Slot]) -> tuple[int, Iterable[ChunkRef]]:
+    """The chunk table's chunks (:data:`TableChunks`) from the nodes' ``chunks``."""
+    records: dict[tuple[bytes, int], ChunkRef] = {}
+    for slot in slots:
+        for c in slot.node.chunks or ():
+            records.setdefault((c.digest, c.blob_index), c)
+    return len(records), [records[key] for key in sorted(records)]
+
+
+def chunk_record(c: ChunkRef) -> bytes:
+    """The chunk table record of ``c``."""
+    flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (
+        rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0
+    )
+    # ChunkTableEntry(...).build(), positionally: this runs once per chunk of the image.
+    return _CHUNK_RECORD.pack(
+        c.digest,
+        c.blob_index,
+        flags,
+        c.compressed_size,
+        c.uncompressed_size,
+        c.compressed_offset,
+        c.uncompressed_offset,
+        c.file_offset,
+        c.ci_index,
+        c.crc32 or 0,
+    )
 
 
 def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits: int) -> None:

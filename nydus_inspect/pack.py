@@ -14,12 +14,12 @@ in flight, so memory follows metadata, never layer size.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
+from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -193,8 +193,35 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
+class _FileChunks(Sequence):
+    """A packed file's chunks, made from the packer's columns when asked for: an object per chunk, held
+    until the bootstrap is written, would cost several times the rest of a small file's metadata."""
+
+    __slots__ = ("_chunker", "_start", "_n")
+
+    def __init__(self, chunker: _Chunker, start: int, n: int) -> None:
+        self._chunker, self._start, self._n = chunker, start, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._n))]
+        if k < 0:
+            k += self._n
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        chunker = self._chunker
+        return chunker.chunk(chunker.refs[self._start + k], k * chunker.opts.chunk_size)
+
+
 class _Chunker:
-    """Orders, deduplicates and writes chunks produced by the worker pool."""
+    """Orders, deduplicates and writes chunks produced by the worker pool.
+
+    What it learns of each chunk is kept in columns: its blob.meta record (``ci_array``), digest and CRC
+    by stored chunk, and which stored chunk each chunk of a file is (``refs``, files in tar order, so a
+    file's chunks are a run of it); a file's ``chunks`` is a view of its run (:class:`_FileChunks`)."""
 
     def __init__(self, out: SectionWriter, opts: PackOptions, pool: ThreadPoolExecutor, workers: int) -> None:
         self.out = out
@@ -205,31 +232,39 @@ class _Chunker:
         self.max_pending_bytes = max(16 * opts.chunk_size, 4 * workers * opts.chunk_size)
         self.max_pending = 4096
         self.pending_bytes = 0
-        self.pending: deque[tuple[Node, int, int, Future, int]] = deque()
+        self.pending: deque[tuple[int, Future, int]] = deque()
         # Small chunks travel to the workers in batches: one task per ~1 MiB keeps thread hand-offs (and
         # their GIL traffic) rare in layers of many small files.
         self.batch: list = []
-        self.batch_meta: list[tuple[Node, int, int]] = []
+        self.batch_sizes: list[int] = []
         self.batch_bytes = 0
-        self.by_key: dict[tuple[bytes, int], ChunkRef] = {}
+        # Chunks are told apart by (digest, size): by digest first, and a chunk of a digest already
+        # stored at another size (a digest collision, in practice never) under both.
+        self.by_digest: dict[bytes, int] = {}
+        self.by_size: dict[tuple[bytes, int], int] = {}
         self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
+        self.digests: list[bytes] = []  # by stored chunk (the objects the dict above holds)
+        self.crcs = array("I")  # by stored chunk
+        self.refs = array("I")  # by chunk of a file: the stored chunk it is
+        self.submitted = 0  # chunks of files handed to the workers so far
         self.count = 0  # chunks stored
         self.stored_bytes = 0
-        self.digests: list[bytes] = []
         self.uncompressed = 0
         self.referenced = 0
         self.data_bytes = 0
 
     def add_file(self, node: Node, fobj: BinaryIO, ref: tuple[int, int] | None = None) -> None:
-        node.chunks = []
         cs = self.opts.chunk_size
+        n = -(-node.size // cs)
+        node.chunks = _FileChunks(self, self.submitted, n) if n else ()
+        self.submitted += n
         remaining = node.size
         k = 0
         if ref is not None:
             fd, base = ref
             while remaining > 0:
                 n = min(cs, remaining)
-                self._submit(node, k, n, (fd, base + k * cs, n))
+                self._submit(n, (fd, base + k * cs, n))
                 remaining -= n
                 k += 1
             self.data_bytes += node.size
@@ -241,14 +276,14 @@ class _Chunker:
                 raise UsageError(
                     f"tar entry {os.fsdecode(node.path)}: data ends {remaining - len(data)} bytes early"
                 )
-            self._submit(node, k, len(data), data)
+            self._submit(len(data), data)
             remaining -= len(data)
             k += 1
         self.data_bytes += node.size
 
-    def _submit(self, node: Node, k: int, size: int, data) -> None:
+    def _submit(self, size: int, data) -> None:
         self.batch.append(data)
-        self.batch_meta.append((node, k, size))
+        self.batch_sizes.append(size)
         self.batch_bytes += size
         if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_ITEMS:
             self._flush_batch()
@@ -257,47 +292,73 @@ class _Chunker:
         if not self.batch:
             return
         fut = self.pool.submit(_process_batch, self.batch, self.opts.compressor, self.opts.digester)
-        for i, (node, k, size) in enumerate(self.batch_meta):
-            self.pending.append((node, k, size, fut, i))
+        for i, size in enumerate(self.batch_sizes):
+            self.pending.append((size, fut, i))
         self.pending_bytes += self.batch_bytes
-        self.batch, self.batch_meta, self.batch_bytes = [], [], 0
+        self.batch, self.batch_sizes, self.batch_bytes = [], [], 0
         while len(self.pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        node, k, usize, fut, i = self.pending.popleft()
+        usize, fut, i = self.pending.popleft()
         self.pending_bytes -= usize
         digest, stored, compressed, crc = fut.result()[i]
-        key = (digest, usize)
-        chunk = self.by_key.get(key)
-        if chunk is None:
-            chunk = ChunkRef(
-                blob_index=0,
-                ci_index=self.count,
-                file_offset=k * self.opts.chunk_size,
-                compressed_offset=self.out.pos,
-                compressed_size=len(stored),
-                uncompressed_offset=self.uncompressed,
-                uncompressed_size=usize,
-                compressed=compressed,
-                digest=digest,
-                crc32=crc,
-            )
+        ci = self.by_digest.get(digest)
+        if ci is not None and self._info(ci).uncompressed_size != usize:
+            ci = self.by_size.get((digest, usize))
+        if ci is None:
+            ci = self.count
+            self.ci_array += blob_meta.pack_v1(self.out.pos, len(stored), self.uncompressed, usize)
             self.out.write(stored)
-            self.ci_array += blob_meta.pack_v1(
-                chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset, usize
-            )
             self.count += 1
-            self.stored_bytes += chunk.compressed_size
+            self.stored_bytes += len(stored)
+            if self.by_digest.setdefault(digest, ci) != ci:
+                self.by_size[digest, usize] = ci
             self.digests.append(digest)
+            self.crcs.append(crc)
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
-            self.by_key[key] = chunk
         self.referenced += 1
-        offset = k * self.opts.chunk_size
-        if chunk.file_offset != offset:  # a duplicate at another place in a file: same data, own offset
-            chunk = copy.copy(chunk)
-            chunk.file_offset = offset
-        node.chunks.append(chunk)
+        self.refs.append(ci)
+
+    def _info(self, ci: int) -> blob_meta.ChunkInfo:
+        return blob_meta.ChunkInfoArray(self.ci_array, self.count, False)[ci]
+
+    def chunk(self, ci: int, file_offset: int) -> ChunkRef:
+        """Stored chunk ``ci`` at ``file_offset`` of a file."""
+        chunk = ChunkRef.from_info(self._info(ci), 0, file_offset, self.digests[ci])
+        chunk.crc32 = self.crcs[ci]
+        return chunk
+
+    def table_chunks(self, slots: list) -> tuple[int, Iterator[ChunkRef]]:
+        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the slots of a tree
+        whose files are all packed here: a stored chunk's record takes the file offset of its first use
+        in layout order."""
+        cs = self.opts.chunk_size
+        refs = self.refs
+        first = array("q", [-1]) * self.count
+        # Of the chunks stored under one digest (a collision), the first used in layout order is recorded.
+        collided = set(self.by_size.values()) | {self.by_digest[d] for d, _ in self.by_size}
+        picked: dict[bytes, int] = {}
+        for slot in slots:
+            chunks = slot.node.chunks
+            if not chunks:
+                continue
+            start = chunks._start
+            for k in range(len(chunks)):
+                ci = refs[start + k]
+                if first[ci] < 0:
+                    first[ci] = k * cs
+                    if ci in collided:
+                        picked.setdefault(self.digests[ci], ci)
+        # A chunk stored but used by no file of the tree (its file was replaced later in the tar) has no record.
+        order = array("I")
+        for digest in sorted(self.by_digest):
+            ci = self.by_digest[digest]
+            if ci in collided:
+                ci = picked.get(digest, -1)
+            if ci >= 0 and first[ci] >= 0:
+                order.append(ci)
+        return len(order), (self.chunk(ci, first[ci]) for ci in order)
 
     def drain(self) -> None:
         self._flush_batch()
@@ -431,19 +492,19 @@ def _finish(
             toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
         )
         # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
-        array = bytes(chunker.ci_array)
-        stored, compressed = codecs.compress_if_smaller(array, opts.compressor)
+        ci_data = bytes(chunker.ci_array)
+        stored, compressed = codecs.compress_if_smaller(ci_data, opts.compressor)
         ci_comp = opts.compressor if compressed else Compressor.NONE
-        ci = {"compressor": ci_comp, "offset": out.pos, "stored_size": len(stored), "size": len(array)}
+        ci = {"compressor": ci_comp, "offset": out.pos, "stored_size": len(stored), "size": len(ci_data)}
         header = blob_meta.BlobMetaHeader(
             s_features=blob_meta.DEFAULT_LAYER_FEATURES,
             s_ci_compressor=ci_comp.algo,
             s_ci_entries=n,
             s_ci_offset=ci["offset"],
             s_ci_compressed_size=len(stored),
-            s_ci_uncompressed_size=len(array),
+            s_ci_uncompressed_size=len(ci_data),
         ).build()
-        entries += write_meta_sections(out, stored, header, ci_comp, array, b"".join(chunker.digests))
+        entries += write_meta_sections(out, stored, header, ci_comp, ci_data, b"".join(chunker.digests))
         blobs = [
             _blob_entry(
                 chunker,
@@ -463,6 +524,7 @@ def _finish(
         prefetch=opts.prefetch,
         plan=plan,
         writable=True,
+        table=chunker.table_chunks,
     )
     write_boot_and_toc(out, boot, entries)
     files = sum(1 for _, node in tree.walk() if node.type == "file")
@@ -505,4 +567,5 @@ def _separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, res
         compressor=opts.compressor,
         digester=opts.digester,
         prefetch=opts.prefetch,
+        table=chunker.table_chunks,
     )
