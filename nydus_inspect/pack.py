@@ -14,8 +14,10 @@ in flight, so memory follows metadata, never layer size.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import mmap
 import os
 from array import array
 from collections import deque
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import codecs
-from .builder import Plan, build_bootstrap, plan_bootstrap
+from .builder import BootstrapHead, plan_bootstrap, write_bootstrap
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester, crc32c
@@ -35,7 +37,7 @@ from .formats._struct import round_up
 from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
 from .fsutil import atomic_outputs
 from .model import Node
-from .tarstream import TarTree, open_tar_input, read_tar
+from .tarstream import open_tar_input, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +382,8 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
     # the two renames leaves the new bootstrap beside the old blob, a pair whose blob id does not match
     # (found by digest lookup and by verify); the other order would leave a new blob beside an old
     # bootstrap that reads it with stale chunk offsets.
+    import tempfile  # only here: importing it costs every other command start-up time
+
     paths = [opts.bootstrap, output] if opts.bootstrap else [output]
     with open_tar_input(source) as stream, atomic_outputs(paths) as files:
         out = SectionWriter(files[-1])
@@ -387,41 +391,119 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
             chunker._flush_batch()
-            # Lay the bootstrap out and write all of it but the chunks while the workers finish the last ones.
+            # Lay the bootstrap out while the workers finish the last chunks.
             plan = plan_bootstrap(
-                tree.root,
-                1 if chunker.data_bytes else 0,
-                chunk_size=opts.chunk_size,
-                prefetch=opts.prefetch,
-                render=True,
+                tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, prefetch=opts.prefetch
             )
             chunker.drain()
         for warning in tree.warnings:
             log.warning("%s", warning)
-        result = _finish(out, tree, chunker, opts, output, plan)
-        if opts.bootstrap:
-            files[0].write(_separate_bootstrap(tree, chunker, opts, result))
+        entries, blobs = _write_blob_sections(out, chunker, opts)
+        result = PackResult(
+            path=output,
+            digest="",
+            size=0,
+            entries=tree.entries,
+            files=sum(1 for _, node in tree.walk() if node.type == "file"),
+            chunks=chunker.referenced,
+            unique_chunks=chunker.count,
+            data_bytes=chunker.data_bytes,
+            stored_bytes=chunker.stored_bytes,
+            bootstrap_size=0,
+            toc=entries,
+            warnings=list(tree.warnings),
+        )
+        # The bootstrap is written to an unlinked temporary file as it is serialised, and the tree, its layout
+        # and the chunk columns are let go before it is compressed. zstd has to take it whole: fed in pieces,
+        # it makes another frame than the one-shot call, and the layer would change. So it is mapped then,
+        # when little else is held.
+        with tempfile.TemporaryFile(buffering=SectionWriter.FLUSH_BYTES) as spool:
+            head = write_bootstrap(
+                spool.write,
+                tree.root,
+                blobs,
+                chunk_size=opts.chunk_size,
+                compressor=opts.compressor,
+                digester=opts.digester,
+                prefetch=opts.prefetch,
+                plan=plan,
+                table=chunker.table_chunks,
+            )
+            spool.flush()
+            del tree, plan, chunker
+            result.bootstrap_size = head.total_size
+            with mmap.mmap(spool.fileno(), head.total_size, prot=mmap.PROT_READ) as boot:
+                write_boot_and_toc(out, boot, entries)
+                result.digest, result.size = out.hexdigest(), out.pos
+                if opts.bootstrap:
+                    _write_separate_bootstrap(files[0], boot, head, blobs, result)
     return result
 
 
-def _blob_entry(
-    chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size: int, blob_id: bytes, features: int
-) -> rafs_v6.BlobTableEntry:
-    return rafs_v6.BlobTableEntry(
-        blob_id=blob_id,
+def _write_blob_sections(
+    out: SectionWriter, chunker: _Chunker, opts: PackOptions
+) -> tuple[list[toc.TocEntry], list[rafs_v6.BlobTableEntry]]:
+    """After the chunk data: its tar header, blob.meta and blob.digest; returns their ToC entries and the
+    blob table (the blob as the bootstrap in the layer names it), both empty when no chunk was stored."""
+    n = chunker.count
+    if not n:
+        return [], []
+    data_size = out.pos
+    out.write(tar_header.build(IMAGE_BLOB, data_size))
+    # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
+    entries = [
+        toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
+    ]
+    # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
+    ci_data = bytes(chunker.ci_array)
+    stored, compressed = codecs.compress_if_smaller(ci_data, opts.compressor)
+    ci_comp = opts.compressor if compressed else Compressor.NONE
+    ci_offset = out.pos
+    header = blob_meta.BlobMetaHeader(
+        s_features=blob_meta.DEFAULT_LAYER_FEATURES,
+        s_ci_compressor=ci_comp.algo,
+        s_ci_entries=n,
+        s_ci_offset=ci_offset,
+        s_ci_compressed_size=len(stored),
+        s_ci_uncompressed_size=len(ci_data),
+    ).build()
+    entries += write_meta_sections(out, stored, header, ci_comp, ci_data, b"".join(chunker.digests))
+    blob = rafs_v6.BlobTableEntry(
+        blob_id=rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
         blob_index=0,
         chunk_size=opts.chunk_size,
-        chunk_count=chunker.count,
+        chunk_count=n,
         compression_algo=opts.compressor.algo,
         digest_algo=opts.digester.algo,
-        features=features,
-        compressed_size=compressed_size,
+        features=blob_meta.DEFAULT_LAYER_FEATURES,
+        compressed_size=out.pos,
         uncompressed_size=chunker.uncompressed,
-        ci_compressor=ci["compressor"].algo,
-        ci_offset=ci["offset"],
-        ci_compressed_size=ci["stored_size"],
-        ci_uncompressed_size=ci["size"],
+        ci_compressor=ci_comp.algo,
+        ci_offset=ci_offset,
+        ci_compressed_size=len(stored),
+        ci_uncompressed_size=len(ci_data),
     )
+    return entries, [blob]
+
+
+def _write_separate_bootstrap(
+    f: BinaryIO, boot, head: BootstrapHead, blobs: list[rafs_v6.BlobTableEntry], result: PackResult
+) -> None:
+    """The layer's bootstrap as a file of its own: the one in the layer, its blob named by the layer digest
+    (as after a merge) and no longer holding the bootstrap (so only the head differs)."""
+    if blobs:
+        boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
+        blobs = [
+            dataclasses.replace(
+                blobs[0],
+                blob_id=result.digest.encode(),
+                features=blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META,
+                compressed_size=boot_entry.compressed_offset,
+            )
+        ]
+    f.write(head.build(blobs))
+    with memoryview(boot) as view, view[head.size :] as rest:
+        f.write(rest)
 
 
 def write_meta_sections(
@@ -470,102 +552,3 @@ def write_boot_and_toc(out: SectionWriter, boot, entries: list[toc.TocEntry]) ->
     toc_bytes, toc_hdr = toc.build_section(entries)
     out.write(toc_bytes)
     out.write(toc_hdr)
-
-
-def _finish(
-    out: SectionWriter,
-    tree: TarTree,
-    chunker: _Chunker,
-    opts: PackOptions,
-    output: str,
-    plan: Plan | None = None,
-) -> PackResult:
-    entries: list[toc.TocEntry] = []
-    n = chunker.count
-    blobs: list[rafs_v6.BlobTableEntry] = []
-    ci: dict = {}
-    if n:
-        data_size = out.pos
-        out.write(tar_header.build(IMAGE_BLOB, data_size))
-        # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
-        entries.append(
-            toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
-        )
-        # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
-        ci_data = bytes(chunker.ci_array)
-        stored, compressed = codecs.compress_if_smaller(ci_data, opts.compressor)
-        ci_comp = opts.compressor if compressed else Compressor.NONE
-        ci = {"compressor": ci_comp, "offset": out.pos, "stored_size": len(stored), "size": len(ci_data)}
-        header = blob_meta.BlobMetaHeader(
-            s_features=blob_meta.DEFAULT_LAYER_FEATURES,
-            s_ci_compressor=ci_comp.algo,
-            s_ci_entries=n,
-            s_ci_offset=ci["offset"],
-            s_ci_compressed_size=len(stored),
-            s_ci_uncompressed_size=len(ci_data),
-        ).build()
-        entries += write_meta_sections(out, stored, header, ci_comp, ci_data, b"".join(chunker.digests))
-        blobs = [
-            _blob_entry(
-                chunker,
-                opts,
-                ci,
-                out.pos,
-                rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
-                blob_meta.DEFAULT_LAYER_FEATURES,
-            )
-        ]
-    boot = build_bootstrap(
-        tree.root,
-        blobs,
-        chunk_size=opts.chunk_size,
-        compressor=opts.compressor,
-        digester=opts.digester,
-        prefetch=opts.prefetch,
-        plan=plan,
-        writable=True,
-        table=chunker.table_chunks,
-    )
-    write_boot_and_toc(out, boot, entries)
-    files = sum(1 for _, node in tree.walk() if node.type == "file")
-    return PackResult(
-        path=output,
-        digest=out.hexdigest(),
-        size=out.pos,
-        entries=tree.entries,
-        files=files,
-        chunks=chunker.referenced,
-        unique_chunks=n,
-        data_bytes=chunker.data_bytes,
-        stored_bytes=chunker.stored_bytes,
-        bootstrap_size=len(boot),
-        toc=entries,
-        warnings=list(tree.warnings),
-    )
-
-
-def _separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, result: PackResult) -> bytes:
-    """The layer's bootstrap as a file of its own, naming the blob by the layer digest (as after a merge)."""
-    blobs = []
-    if chunker.count:
-        meta = next(e for e in result.toc if e.name == BLOB_META)
-        ci = {
-            "compressor": meta.compressor,
-            "offset": meta.compressed_offset,
-            "stored_size": meta.compressed_size,
-            "size": meta.uncompressed_size,
-        }
-        boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
-        features = blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META
-        blobs = [
-            _blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)
-        ]
-    return build_bootstrap(
-        tree.root,
-        blobs,
-        chunk_size=opts.chunk_size,
-        compressor=opts.compressor,
-        digester=opts.digester,
-        prefetch=opts.prefetch,
-        table=chunker.table_chunks,
-    )
