@@ -118,22 +118,29 @@ class SectionWriter:
         self.f = f
         self.pos = 0
         self.sha = hashlib.sha256()
-        self._parts: list[bytes] = []
-        self._pending = 0
+        # Copied in, not kept as a list of the pieces: a megabyte of chunks of one-line files is a
+        # hundred thousand objects.
+        self._pending = bytearray()
 
     def write(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._pending += len(data)
         self.pos += len(data)
-        if self._pending >= self.FLUSH_BYTES:
+        if len(data) >= self.FLUSH_BYTES:
+            # Large enough on its own (the compressed bootstrap, say): written as it is, not copied.
+            self.flush()
+            self._put(data)
+            return
+        self._pending += data
+        if len(self._pending) >= self.FLUSH_BYTES:
             self.flush()
 
+    def _put(self, data) -> None:
+        self.f.write(data)
+        self.sha.update(data)
+
     def flush(self) -> None:
-        if self._parts:
-            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self.f.write(data)
-            self.sha.update(data)
-            self._parts, self._pending = [], 0
+        if self._pending:
+            self._put(self._pending)
+            self._pending = bytearray()
 
     def digest_so_far(self) -> bytes:
         """sha256 of everything written until now."""
