@@ -252,7 +252,9 @@ class _Chunker:
         self.by_digest: dict[bytes, int] = {}
         self.by_size: dict[tuple[bytes, int], int] = {}
         self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
-        self.digests: list[bytes] = []  # by stored chunk (the objects the dict above holds)
+        # blob.digest: the digest of each stored chunk, 32 bytes each (as a list, joining it at the end took
+        # a buffer descriptor per chunk on top).
+        self.digests = bytearray()
         self.crcs = array("I")  # by stored chunk
         self.refs = array("I")  # by chunk of a file: the stored chunk it is
         self.submitted = 0  # chunks of files handed to the workers so far
@@ -323,7 +325,7 @@ class _Chunker:
             self.stored_bytes += len(stored)
             if self.by_digest.setdefault(digest, ci) != ci:
                 self.by_size[digest, usize] = ci
-            self.digests.append(digest)
+            self.digests += digest
             self.crcs.append(crc)
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
         self.referenced += 1
@@ -332,9 +334,12 @@ class _Chunker:
     def _info(self, ci: int) -> blob_meta.ChunkInfo:
         return blob_meta.ChunkInfoArray(self.ci_array, self.count, False)[ci]
 
+    def _digest(self, ci: int) -> bytes:
+        return bytes(blob_meta.DigestArray(self.digests)[ci])
+
     def chunk(self, ci: int, file_offset: int) -> ChunkRef:
         """Stored chunk ``ci`` at ``file_offset`` of a file."""
-        chunk = ChunkRef.from_info(self._info(ci), 0, file_offset, self.digests[ci])
+        chunk = ChunkRef.from_info(self._info(ci), 0, file_offset, self._digest(ci))
         chunk.crc32 = self.crcs[ci]
         return chunk
 
@@ -358,7 +363,7 @@ class _Chunker:
                 if first[ci] < 0:
                     first[ci] = k * cs
                     if ci in collided:
-                        picked.setdefault(self.digests[ci], ci)
+                        picked.setdefault(self._digest(ci), ci)
         # A chunk stored but used by no file of the tree (its file was replaced later in the tar) has no record.
         order = array("I")
         for digest in sorted(self.by_digest):
@@ -474,7 +479,7 @@ def _write_blob_sections(
         s_ci_compressed_size=len(stored),
         s_ci_uncompressed_size=len(ci_data),
     ).build()
-    entries += write_meta_sections(out, stored, header, ci_comp, ci_data, b"".join(chunker.digests))
+    entries += write_meta_sections(out, stored, header, ci_comp, ci_data, chunker.digests)
     blob = rafs_v6.BlobTableEntry(
         blob_id=rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
         blob_index=0,
