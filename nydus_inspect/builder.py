@@ -11,6 +11,8 @@ allocator, which readers do not depend on.
 from __future__ import annotations
 
 import struct
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .chunks.ref import ChunkRef
@@ -63,12 +65,14 @@ assert rafs_v6.CHUNK_TABLE_ENTRY.names == [
 @dataclass(slots=True)
 class _Slot:
     """A node's place in the bootstrap being laid out (one per inode: slots, and no list of its own
-    unless it has blocks or dirents)."""
+    unless it has blocks or dirents). Its inode number is its index in the plan's slots plus one, and its
+    nid follows from its offset (:func:`_nid`).
+
+    Slots refer to each other by index, never by reference: a pack runs with the cyclic garbage collector
+    off, and a directory and its entries referring to each other would keep every slot to the end."""
 
     node: Node
-    nid: int = 0
     offset: int = 0
-    ino: int = 0
     names: int = 0
     xattrs: bytes = b""
     layout: int = rafs_v6.LAYOUT_FLAT_PLAIN
@@ -76,8 +80,10 @@ class _Slot:
     tail: bytes = b""  # inline data (dir tail block or symlink target)
     blocks: list[bytes] | tuple = ()  # full blocks stored out of line
     blkaddr: int = 0
-    dirents: list[tuple[bytes, _Slot]] | tuple = ()
-    parent: _Slot | None = None
+    #: A directory's entries (the slot index of each, in the order of its sorted names); with the names,
+    #: ``(name, slot)`` tuples would take several times the room.
+    dirents: array | tuple = ()
+    parent: int = 0  # a directory's parent (the root is its own)
     subdirs: int = 0
     #: Plain EROFS only: full blocks of a regular file's data, laid out after all the metadata.
     data_blocks: int = 0
@@ -89,42 +95,48 @@ class _Slot:
 def _order(root: Node) -> tuple[list[_Slot], int]:
     """Unique nodes in nydus's order: a directory's non-directory children, then its sub-directories."""
     slots: list[_Slot] = []
-    by_id: dict[int, _Slot] = {}
+    by_id: dict[int, int] = {}
     names = 0
 
     # No slot keeps its path: the layout needs none, and the paths of a deep tree sum to depth squared.
-    def visit(node: Node, parent: _Slot | None) -> _Slot:
+    def visit(node: Node, parent: int) -> int:
         nonlocal names
         names += 1
-        slot = by_id.get(id(node))
-        if slot is None:
-            slot = _Slot(node=node, parent=parent, ino=len(slots) + 1)
-            by_id[id(node)] = slot
-            slots.append(slot)
-        slot.names += 1
-        return slot
+        i = by_id.get(id(node))
+        if i is None:
+            i = by_id[id(node)] = len(slots)
+            slots.append(_Slot(node=node, parent=parent))
+        slots[i].names += 1
+        return i
 
-    root_slot = visit(root, None)
-    root_slot.parent = root_slot
-    queue = [root_slot]
+    queue = [visit(root, 0)]
     while queue:
-        dslot = queue.pop()
-        kids = sorted((dslot.node.children or {}).items())
-        child_slots: list[tuple[bytes, _Slot]] = []
-        for name, child in kids:
+        d = queue.pop()
+        dslot = slots[d]
+        kids = _entries(dslot.node)
+        ents = array("I", bytes(4 * len(kids)))
+        for k, (_, child) in enumerate(kids):
             if child.type != DIR:
-                child_slots.append((name, visit(child, dslot)))
+                ents[k] = visit(child, d)
         subdirs = []
-        for name, child in kids:
+        for k, (_, child) in enumerate(kids):
             if child.type == DIR:
-                s = visit(child, dslot)
-                child_slots.append((name, s))
-                subdirs.append(s)
-        dslot.dirents = sorted(child_slots, key=lambda t: t[0])
+                ents[k] = visit(child, d)
+                subdirs.append(ents[k])
+        dslot.dirents = ents
         dslot.subdirs = len(subdirs)
         # Depth-first: the first sub-directory is laid out next.
         queue.extend(reversed(subdirs))
     return slots, names
+
+
+def _entries(node: Node) -> list[tuple[bytes, Node]]:
+    """A directory's entries, sorted by name (the order of its dirents, and of its slot's ``dirents``)."""
+    return sorted((node.children or {}).items())
+
+
+def _nid(offset: int, meta_start: int) -> int:
+    return (offset - meta_start) // 32
 
 
 def _prepare(slot: _Slot, flat_files: str | None = None, compressed: dict[int, int] | None = None) -> None:
@@ -133,7 +145,7 @@ def _prepare(slot: _Slot, flat_files: str | None = None, compressed: dict[int, i
     fixed = INODE_SIZE + len(slot.xattrs)
     if node.type == DIR:
         ents = [Dirent(b".", 0, rafs_v6.FT_DIR), Dirent(b"..", 0, rafs_v6.FT_DIR)]
-        ents += [Dirent(name, 0, FT_OF_TYPE[s.node.type]) for name, s in slot.dirents]
+        ents += [Dirent(name, 0, FT_OF_TYPE[child.type]) for name, child in _entries(node)]
         ents.sort(key=lambda d: d.name)
         blocks, size = rafs_v6.build_dir_blocks(ents)
         slot.size = size
@@ -209,9 +221,6 @@ class Plan:
     prefetch_nids: list[int]
     meta_start: int
     data_end: int  # end of the inodes and data blocks: the chunk table starts at the next block
-    #: With ``render``: the bootstrap up to ``data_end`` with every inode, xattr, directory and symlink
-    #: written, all but the chunk indexes of regular files (the only part that needs their chunks).
-    rendered: bytearray | None = None
     explicit_uid_gid: bool = True
     #: Plain EROFS (``flat_files``): end of the regular files' data blocks, which follow ``data_end``.
     files_end: int = 0
@@ -223,13 +232,11 @@ def plan_bootstrap(
     *,
     chunk_size: int,
     prefetch: bool = False,
-    render: bool = False,
     explicit_uid_gid: bool = True,
     flat_files: str | None = None,
     compressed: dict[int, int] | None = None,
 ) -> Plan:
-    """Order, prepare and place every inode and data block of the tree under ``root``; with ``render``,
-    also write them (see :attr:`Plan.rendered`), so that building the bootstrap is left with the chunks.
+    """Order, prepare and place every inode and data block of the tree under ``root``.
 
     ``flat_files`` ("plain" or "inline"): a plain EROFS image, regular files stored flat in the image
     (their blocks after ``data_end``, up to ``files_end``) instead of as chunks of a blob. ``compressed``:
@@ -257,9 +264,8 @@ def plan_bootstrap(
         if cursor % BLOCK_SIZE + min(must, BLOCK_SIZE) > BLOCK_SIZE:
             cursor = round_up(cursor, BLOCK_SIZE)
         slot.offset = cursor
-        slot.nid = (cursor - meta_start) // 32
         cursor = round_up(cursor + total, 32)
-    assert slots[0].nid == rafs_v6.ROOT_NID
+    assert _nid(slots[0].offset, meta_start) == rafs_v6.ROOT_NID
 
     # Full data blocks (directories, long symlinks) after the inodes.
     cursor = round_up(cursor, BLOCK_SIZE)
@@ -286,17 +292,80 @@ def plan_bootstrap(
         explicit_uid_gid=explicit_uid_gid,
         files_end=files_end,
     )
-    if render:
-        render_plan(plan)
     return plan
 
 
-def render_plan(plan: Plan) -> None:
-    """Write every inode, xattr, directory and symlink of the plan into :attr:`Plan.rendered`."""
-    plan.rendered = bytearray(plan.data_end)
+def render_plan(plan: Plan) -> bytearray:
+    """The image up to ``data_end`` with every inode, xattr, directory and symlink of the plan written (a
+    plain EROFS image's metadata; its writer adds the files' data)."""
+    buf = bytearray(plan.data_end)
     chunk_bits = plan.chunk_size.bit_length() - 1
-    for slot in plan.slots:
-        _write_inode(plan.rendered, slot, plan.explicit_uid_gid, chunk_bits)
+    for i, slot in enumerate(plan.slots):
+        rec = _inode_record(plan, i, plan.explicit_uid_gid, chunk_bits)
+        buf[slot.offset : slot.offset + len(rec)] = rec
+        for i, blk in enumerate(_out_of_line_blocks(plan, slot)):
+            start = (slot.blkaddr + i) * BLOCK_SIZE
+            buf[start : start + len(blk)] = blk
+    return buf
+
+
+@dataclass
+class BootstrapHead:
+    """What a bootstrap's first blocks (superblocks, devices, blob and prefetch tables) hold but its blobs:
+    enough to write them again for other blobs once the tree is gone (pack's ``--bootstrap``)."""
+
+    size: int  # bytes before the root inode
+    names: int
+    chunk_size: int
+    meta_start: int
+    blob_table_off: int
+    prefetch_off: int
+    prefetch_nids: list[int]
+    chunk_table_off: int
+    chunk_table_size: int
+    total_size: int
+    flags: int  # the extended superblock's, but INLINED_CHUNK_DIGEST (which the blobs decide)
+
+    def build(self, blobs: list[BlobTableEntry]) -> bytearray:
+        buf = bytearray(self.size)
+        flags = self.flags
+        if all(b.features & blob_meta.INLINED_CHUNK_DIGEST for b in blobs):
+            flags |= rafs_v6.INLINED_CHUNK_DIGEST
+        # Devices: one per blob, mapped after the bootstrap at 512 KiB-aligned addresses.
+        prev_end = self.total_size
+        dev_blocks = 0
+        for i, b in enumerate(blobs):
+            blocks = b.uncompressed_size // BLOCK_SIZE
+            mapped = round_up(prev_end, MAPPED_ALIGN) // BLOCK_SIZE
+            prev_end = (mapped + blocks) * BLOCK_SIZE
+            dev_blocks += blocks
+            slot_off = rafs_v6.DEVICE_TABLE_OFFSET + i * rafs_v6.DEVICE.size
+            buf[slot_off : slot_off + rafs_v6.DEVICE.size] = DeviceSlot(b.blob_id, blocks, mapped).build()
+            off = self.blob_table_off + i * rafs_v6.BLOB_ENTRY.size
+            buf[off : off + rafs_v6.BLOB_ENTRY.size] = b.build()
+        for i, nid in enumerate(self.prefetch_nids):
+            struct.pack_into("<I", buf, self.prefetch_off + 4 * i, nid)
+        sb = SuperBlock(
+            s_inos=self.names,
+            s_blocks=dev_blocks,
+            s_meta_blkaddr=self.meta_start // BLOCK_SIZE,
+            s_extra_devices=len(blobs),
+        )
+        buf[rafs_v6.SUPERBLOCK_OFFSET : rafs_v6.SUPERBLOCK_OFFSET + rafs_v6.SUPERBLOCK.size] = sb.build()
+        ext = ExtSuperBlock(
+            s_flags=flags,
+            s_blob_table_offset=self.blob_table_off,
+            s_blob_table_size=rafs_v6.BLOB_ENTRY.size * len(blobs),
+            s_chunk_size=self.chunk_size,
+            s_chunk_table_offset=self.chunk_table_off,
+            s_chunk_table_size=self.chunk_table_size,
+            s_prefetch_table_offset=self.prefetch_off if self.prefetch_nids else 0,
+            s_prefetch_table_size=4 * len(self.prefetch_nids),
+        )
+        buf[rafs_v6.EXT_SUPERBLOCK_OFFSET : rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.size] = (
+            ext.build()
+        )
+        return buf
 
 
 def build_bootstrap(
@@ -310,116 +379,157 @@ def build_bootstrap(
     prefetch: bool = False,
     force_has_xattr: bool = False,
     plan: Plan | None = None,
-    writable: bool = False,
-) -> bytes | bytearray:
-    """Serialise the tree under ``root``; regular files' ``chunks`` must be set.
+    table: TableChunks | None = None,
+) -> bytes:
+    """Serialise the tree under ``root``; regular files' ``chunks`` must be set. The arguments are
+    :func:`write_bootstrap`'s."""
+    buf = bytearray()
+    write_bootstrap(
+        buf.extend,
+        root,
+        blobs,
+        chunk_size=chunk_size,
+        compressor=compressor,
+        digester=digester,
+        explicit_uid_gid=explicit_uid_gid,
+        prefetch=prefetch,
+        force_has_xattr=force_has_xattr,
+        plan=plan,
+        table=table,
+    )
+    return bytes(buf)
+
+
+def write_bootstrap(
+    write: Callable[[bytes], object],
+    root: Node,
+    blobs: list[BlobTableEntry],
+    *,
+    chunk_size: int,
+    compressor: Compressor,
+    digester: Digester,
+    explicit_uid_gid: bool = True,
+    prefetch: bool = False,
+    force_has_xattr: bool = False,
+    plan: Plan | None = None,
+    table: TableChunks | None = None,
+) -> BootstrapHead:
+    """Serialise the tree under ``root`` to ``write``, front to back in pieces of at most a file's chunk
+    indexes or a directory's blocks, so that no bootstrap-sized buffer is needed; returns its head.
+    Regular files' ``chunks`` must be set.
 
     ``plan``: this tree's :func:`plan_bootstrap`, made earlier with the same blob count, chunk size
-    and prefetch (used once: writing updates it). ``writable``: return the bytearray it was built in,
-    not a bytes copy of it (a second bootstrap-sized buffer at the peak of a pack).
+    and prefetch. ``table``: where the chunk table's chunks come from (:data:`TableChunks`; by default,
+    :func:`table_chunks`).
     """
     nblobs = len(blobs)
     if plan is None or (plan.nblobs, plan.chunk_size, plan.prefetch) != (nblobs, chunk_size, prefetch):
         plan = plan_bootstrap(root, nblobs, chunk_size=chunk_size, prefetch=prefetch)
-    rendered = plan.rendered if plan.explicit_uid_gid == explicit_uid_gid else None
-    plan.rendered = None  # used once: the bootstrap is built in it
-    slots, names = plan.slots, plan.names
-    blob_table_off, prefetch_off, prefetch_nids = plan.blob_table_off, plan.prefetch_off, plan.prefetch_nids
-    meta_start, cursor = plan.meta_start, plan.data_end
+    slots = plan.slots
 
-    # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does.
+    # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does, after the metadata.
+    count, records = (table or table_chunks)(slots)
+    chunk_table_off = round_up(plan.data_end, BLOCK_SIZE)
+    total_size = round_up(chunk_table_off + _CHUNK_RECORD.size * count, BLOCK_SIZE)
+
+    flags = compressor.super_flag | digester.super_flag | rafs_v6.ENCRYPTION_NONE
+    if explicit_uid_gid:
+        flags |= rafs_v6.EXPLICIT_UID_GID
+    if force_has_xattr or any(slot.xattrs for slot in slots):
+        flags |= rafs_v6.HAS_XATTR
+    head = BootstrapHead(
+        size=slots[0].offset,
+        names=plan.names,
+        chunk_size=chunk_size,
+        meta_start=plan.meta_start,
+        blob_table_off=plan.blob_table_off,
+        prefetch_off=plan.prefetch_off,
+        prefetch_nids=plan.prefetch_nids,
+        chunk_table_off=chunk_table_off,
+        chunk_table_size=_CHUNK_RECORD.size * count,
+        total_size=total_size,
+        flags=flags,
+    )
+
+    pos = 0
+
+    def put(data) -> None:
+        nonlocal pos
+        write(data)
+        pos += len(data)
+
+    def zeros_to(offset: int) -> None:
+        assert offset >= pos, (offset, pos)
+        if offset > pos:
+            put(bytes(offset - pos))
+
+    put(head.build(blobs))
+    chunk_bits = chunk_size.bit_length() - 1
+    # The plan places inodes, then out-of-line blocks, each in slot order and ascending.
+    for i, slot in enumerate(slots):
+        zeros_to(slot.offset)
+        put(_inode_record(plan, i, explicit_uid_gid, chunk_bits))
+        if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED and slot.node.chunks:
+            zeros_to(round_up(pos, 8))
+            put(_chunk_indexes(slot))
+    for slot in slots:
+        blocks = _out_of_line_blocks(plan, slot)
+        if blocks:
+            zeros_to(slot.blkaddr * BLOCK_SIZE)
+            for blk in blocks:
+                put(blk)
+    zeros_to(chunk_table_off)
+    written = 0
+    for c in records:
+        put(chunk_record(c))
+        written += 1
+    assert written == count, (written, count)
+    zeros_to(total_size)
+    return head
+
+
+#: ``table(slots)``: how many records the chunk table of these slots (in layout order) has, and its chunks in
+#: table order: one per distinct (digest, blob), sorted by them, each the first chunk of its pair in layout
+#: order (so with that chunk's file offset), as v2.3 writes it.
+TableChunks = Callable[[list[_Slot]], tuple[int, Iterable[ChunkRef]]]
+
+
+def table_chunks(slots: list[_Slot]) -> tuple[int, Iterable[ChunkRef]]:
+    """The chunk table's chunks (:data:`TableChunks`) from the nodes' ``chunks``."""
     records: dict[tuple[bytes, int], ChunkRef] = {}
     for slot in slots:
         for c in slot.node.chunks or ():
             records.setdefault((c.digest, c.blob_index), c)
-    chunk_table_off = round_up(cursor, BLOCK_SIZE)
-    table = bytearray()
-    for key in sorted(records):
-        c = records[key]
-        flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (
-            rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0
-        )
-        # ChunkTableEntry(...).build(), positionally: this runs once per chunk of the image.
-        table += _CHUNK_RECORD.pack(
-            c.digest,
-            c.blob_index,
-            flags,
-            c.compressed_size,
-            c.uncompressed_size,
-            c.compressed_offset,
-            c.uncompressed_offset,
-            c.file_offset,
-            c.ci_index,
-            c.crc32 or 0,
-        )
-    total_size = round_up(chunk_table_off + len(table), BLOCK_SIZE)
-    if rendered is not None:
-        buf = rendered
-        buf.extend(bytes(total_size - len(buf)))
-    else:
-        buf = bytearray(total_size)
-    buf[chunk_table_off : chunk_table_off + len(table)] = table
+    return len(records), [records[key] for key in sorted(records)]
 
-    has_xattr = force_has_xattr or any(slot.xattrs for slot in slots)
-    flags = compressor.super_flag | digester.super_flag | rafs_v6.ENCRYPTION_NONE
-    if explicit_uid_gid:
-        flags |= rafs_v6.EXPLICIT_UID_GID
-    if has_xattr:
-        flags |= rafs_v6.HAS_XATTR
-    if all(b.features & blob_meta.INLINED_CHUNK_DIGEST for b in blobs):
-        flags |= rafs_v6.INLINED_CHUNK_DIGEST
 
-    # Devices: one per blob, mapped after the bootstrap at 512 KiB-aligned addresses.
-    prev_end = total_size
-    dev_blocks = 0
-    for i, b in enumerate(blobs):
-        blocks = b.uncompressed_size // BLOCK_SIZE
-        mapped = round_up(prev_end, MAPPED_ALIGN) // BLOCK_SIZE
-        prev_end = (mapped + blocks) * BLOCK_SIZE
-        dev_blocks += blocks
-        slot_off = rafs_v6.DEVICE_TABLE_OFFSET + i * rafs_v6.DEVICE.size
-        buf[slot_off : slot_off + rafs_v6.DEVICE.size] = DeviceSlot(b.blob_id, blocks, mapped).build()
-        off = blob_table_off + i * rafs_v6.BLOB_ENTRY.size
-        buf[off : off + rafs_v6.BLOB_ENTRY.size] = b.build()
-    for i, nid in enumerate(prefetch_nids):
-        struct.pack_into("<I", buf, prefetch_off + 4 * i, nid)
-
-    sb = SuperBlock(
-        s_inos=names,
-        s_blocks=dev_blocks,
-        s_meta_blkaddr=meta_start // BLOCK_SIZE,
-        s_extra_devices=nblobs,
+def chunk_record(c: ChunkRef) -> bytes:
+    """The chunk table record of ``c``."""
+    flags = (rafs_v6.CHUNK_COMPRESSED if c.compressed else 0) | (
+        rafs_v6.CHUNK_HAS_CRC32 if c.crc32 is not None else 0
     )
-    buf[rafs_v6.SUPERBLOCK_OFFSET : rafs_v6.SUPERBLOCK_OFFSET + rafs_v6.SUPERBLOCK.size] = sb.build()
-    ext = ExtSuperBlock(
-        s_flags=flags,
-        s_blob_table_offset=blob_table_off,
-        s_blob_table_size=rafs_v6.BLOB_ENTRY.size * nblobs,
-        s_chunk_size=chunk_size,
-        s_chunk_table_offset=chunk_table_off,
-        s_chunk_table_size=len(table),
-        s_prefetch_table_offset=prefetch_off if prefetch_nids else 0,
-        s_prefetch_table_size=4 * len(prefetch_nids),
-    )
-    buf[rafs_v6.EXT_SUPERBLOCK_OFFSET : rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.size] = (
-        ext.build()
+    # ChunkTableEntry(...).build(), positionally: this runs once per chunk of the image.
+    return _CHUNK_RECORD.pack(
+        c.digest,
+        c.blob_index,
+        flags,
+        c.compressed_size,
+        c.uncompressed_size,
+        c.compressed_offset,
+        c.uncompressed_offset,
+        c.file_offset,
+        c.ci_index,
+        c.crc32 or 0,
     )
 
-    chunk_bits = chunk_size.bit_length() - 1
-    for slot in slots:
-        if rendered is None:
-            _write_inode(buf, slot, explicit_uid_gid, chunk_bits)
-        if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
-            _write_chunk_indexes(buf, slot)
-    return buf if writable else bytes(buf)
 
-
-def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits: int) -> None:
+def _inode_record(plan: Plan, index: int, explicit_uid_gid: bool, chunk_bits: int) -> bytearray:
+    """The inode of the plan's slot ``index``, its xattrs and what follows them in its block (the inline tail, or a compressed
+    file's map); a chunk-based inode's chunk indexes are :func:`_chunk_indexes`."""
+    slot = plan.slots[index]
     node = slot.node
     if node.type == DIR:
         nlink = 2 + slot.subdirs
-    elif node.type == REG:
-        nlink = slot.names
     else:
         nlink = slot.names
     if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
@@ -434,61 +544,69 @@ def _write_inode(buf: bytearray, slot: _Slot, explicit_uid_gid: bool, chunk_bits
         i_u = slot.offset // BLOCK_SIZE
     else:
         i_u = slot.blkaddr
-    # Inode(...).build() + xattrs, packed in place: this runs once per inode of the image.
-    off = slot.offset
-    _INODE.pack_into(
-        buf,
-        off,
-        1 | (slot.layout << 1),  # i_format: extended
-        rafs_v6.xattr_icount(len(slot.xattrs)),
-        node.mode & 0xFFFF,
-        slot.size,
-        i_u,
-        slot.ino,
-        node.uid if explicit_uid_gid else 0,
-        node.gid if explicit_uid_gid else 0,
-        max(node.mtime, 0),  # RAFS has no time before 1970 (pack warns)
-        0,  # i_mtime_nsec
-        nlink,
+    # Inode(...).build(), positionally: this runs once per inode of the image.
+    rec = bytearray(
+        _INODE.pack(
+            1 | (slot.layout << 1),  # i_format: extended
+            rafs_v6.xattr_icount(len(slot.xattrs)),
+            node.mode & 0xFFFF,
+            slot.size,
+            i_u,
+            index + 1,  # i_ino
+            node.uid if explicit_uid_gid else 0,
+            node.gid if explicit_uid_gid else 0,
+            max(node.mtime, 0),  # RAFS has no time before 1970 (pack warns)
+            0,  # i_mtime_nsec
+            nlink,
+        )
     )
-    pos = off + INODE_SIZE
-    if slot.xattrs:
-        buf[pos : pos + len(slot.xattrs)] = slot.xattrs
-        pos += len(slot.xattrs)
-    if node.type == DIR:
-        ents = [Dirent(b".", slot.nid, rafs_v6.FT_DIR), Dirent(b"..", slot.parent.nid, rafs_v6.FT_DIR)]
-        ents += [Dirent(name, s.nid, FT_OF_TYPE[s.node.type]) for name, s in slot.dirents]
-        ents.sort(key=lambda d: d.name)
-        blocks, _ = rafs_v6.build_dir_blocks(ents)
-        if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
-            slot.tail = blocks[-1]
-            blocks = blocks[:-1]
-        for i, blk in enumerate(blocks):
-            start = (slot.blkaddr + i) * BLOCK_SIZE
-            buf[start : start + len(blk)] = blk
-    elif node.type == SYMLINK and slot.blocks:
-        for i, blk in enumerate(slot.blocks):
-            start = (slot.blkaddr + i) * BLOCK_SIZE
-            buf[start : start + len(blk)] = blk
+    rec += slot.xattrs
     if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
-        buf[pos : pos + len(slot.tail)] = slot.tail
+        rec += _dir_blocks(plan, slot)[-1] if node.type == DIR else slot.tail
     elif slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
-        pos = round_up(pos, 8)
-        buf[pos : pos + len(slot.zmap)] = slot.zmap
+        rec += bytes(round_up(len(rec), 8) - len(rec))  # the record starts 32-byte aligned
+        rec += slot.zmap
+    return rec
 
 
-def _write_chunk_indexes(buf: bytearray, slot: _Slot) -> None:
-    """A chunk-based inode's chunk indexes, after the inode and its xattrs (8-byte aligned)."""
-    pos = round_up(slot.offset + INODE_SIZE + len(slot.xattrs), 8)
+def _dir_blocks(plan: Plan, slot: _Slot) -> list[bytes]:
+    """A directory's blocks, with its entries' nids (the last one unpadded)."""
+    slots, meta_start = plan.slots, plan.meta_start
+    ents = [
+        Dirent(b".", _nid(slot.offset, meta_start), rafs_v6.FT_DIR),
+        Dirent(b"..", _nid(slots[slot.parent].offset, meta_start), rafs_v6.FT_DIR),
+    ]
+    ents += [
+        Dirent(name, _nid(slots[i].offset, meta_start), FT_OF_TYPE[child.type])
+        for (name, child), i in zip(_entries(slot.node), slot.dirents, strict=True)
+    ]
+    ents.sort(key=lambda d: d.name)
+    return rafs_v6.build_dir_blocks(ents)[0]
+
+
+def _out_of_line_blocks(plan: Plan, slot: _Slot) -> list[bytes] | tuple:
+    """The blocks of ``slot`` stored from ``blkaddr`` on: a directory's or a long symlink's but an inline tail."""
+    if slot.node.type == DIR:
+        blocks = _dir_blocks(plan, slot)
+        return blocks[:-1] if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE else blocks
+    return slot.blocks if slot.node.type == SYMLINK else ()
+
+
+def _chunk_indexes(slot: _Slot) -> bytearray:
+    """A chunk-based inode's chunk indexes (stored after the inode and its xattrs, 8-byte aligned)."""
+    chunks = slot.node.chunks or ()
+    out = bytearray(8 * len(chunks))
     pack_into = rafs_v6.CHUNK_INDEX.pack_into
-    for c in slot.node.chunks or ():
+    pos = 0
+    for c in chunks:
         # ChunkIndex(blob_index, ci_index, blkaddr).build(), in place.
         ci = c.ci_index
         pack_into(
-            buf,
+            out,
             pos,
             ci & 0xFFFF,
             ((c.blob_index + 1) & 0xFF) | ((ci >> 16) << 8),
             c.uncompressed_offset // BLOCK_SIZE,
         )
         pos += 8
+    return out

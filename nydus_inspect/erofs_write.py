@@ -340,9 +340,7 @@ def _write(tree: TarTree, out, opts: ErofsOptions, zfiles: dict[int, _ZFile], zf
         if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
             fd, off = slot.node.data
             slot.tail = _pread(fd, len(slot.tail), off + slot.data_blocks * BLOCK_SIZE, slot.node)
-    builder.render_plan(plan)
-    buf = plan.rendered
-    plan.rendered = None
+    buf = builder.render_plan(plan)
     total = plan.files_end
     if total >= 1 << 44:
         raise UsageError(f"the image would be {total} bytes: over EROFS's 2^32 blocks of 4 KiB")

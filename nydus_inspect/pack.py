@@ -14,18 +14,20 @@ in flight, so memory follows metadata, never layer size.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import logging
+import mmap
 import os
+from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import codecs
-from .builder import Plan, build_bootstrap, plan_bootstrap
+from .builder import BootstrapHead, plan_bootstrap, write_bootstrap
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
 from .digests import Digester, crc32c
@@ -35,7 +37,7 @@ from .formats._struct import round_up
 from .formats.tar_header import BLOB_DIGEST, BLOB_META, BLOB_META_HEADER, IMAGE_BLOB, IMAGE_BOOT
 from .fsutil import atomic_outputs
 from .model import Node
-from .tarstream import TarTree, open_tar_input, read_tar
+from .tarstream import open_tar_input, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +118,29 @@ class SectionWriter:
         self.f = f
         self.pos = 0
         self.sha = hashlib.sha256()
-        self._parts: list[bytes] = []
-        self._pending = 0
+        # Copied in, not kept as a list of the pieces: a megabyte of chunks of one-line files is a
+        # hundred thousand objects.
+        self._pending = bytearray()
 
     def write(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._pending += len(data)
         self.pos += len(data)
-        if self._pending >= self.FLUSH_BYTES:
+        if len(data) >= self.FLUSH_BYTES:
+            # Large enough on its own (the compressed bootstrap, say): written as it is, not copied.
+            self.flush()
+            self._put(data)
+            return
+        self._pending += data
+        if len(self._pending) >= self.FLUSH_BYTES:
             self.flush()
 
+    def _put(self, data) -> None:
+        self.f.write(data)
+        self.sha.update(data)
+
     def flush(self) -> None:
-        if self._parts:
-            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self.f.write(data)
-            self.sha.update(data)
-            self._parts, self._pending = [], 0
+        if self._pending:
+            self._put(self._pending)
+            self._pending = bytearray()
 
     def digest_so_far(self) -> bytes:
         """sha256 of everything written until now."""
@@ -193,8 +202,35 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
+class _FileChunks(Sequence):
+    """A packed file's chunks, made from the packer's columns when asked for: an object per chunk, held
+    until the bootstrap is written, would cost several times the rest of a small file's metadata."""
+
+    __slots__ = ("_chunker", "_start", "_n")
+
+    def __init__(self, chunker: _Chunker, start: int, n: int) -> None:
+        self._chunker, self._start, self._n = chunker, start, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._n))]
+        if k < 0:
+            k += self._n
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        chunker = self._chunker
+        return chunker.chunk(chunker.refs[self._start + k], k * chunker.opts.chunk_size)
+
+
 class _Chunker:
-    """Orders, deduplicates and writes chunks produced by the worker pool."""
+    """Orders, deduplicates and writes chunks produced by the worker pool.
+
+    What it learns of each chunk is kept in columns: its blob.meta record (``ci_array``), digest and CRC
+    by stored chunk, and which stored chunk each chunk of a file is (``refs``, files in tar order, so a
+    file's chunks are a run of it); a file's ``chunks`` is a view of its run (:class:`_FileChunks`)."""
 
     def __init__(self, out: SectionWriter, opts: PackOptions, pool: ThreadPoolExecutor, workers: int) -> None:
         self.out = out
@@ -205,31 +241,41 @@ class _Chunker:
         self.max_pending_bytes = max(16 * opts.chunk_size, 4 * workers * opts.chunk_size)
         self.max_pending = 4096
         self.pending_bytes = 0
-        self.pending: deque[tuple[Node, int, int, Future, int]] = deque()
+        self.pending: deque[tuple[int, Future, int]] = deque()
         # Small chunks travel to the workers in batches: one task per ~1 MiB keeps thread hand-offs (and
         # their GIL traffic) rare in layers of many small files.
         self.batch: list = []
-        self.batch_meta: list[tuple[Node, int, int]] = []
+        self.batch_sizes: list[int] = []
         self.batch_bytes = 0
-        self.by_key: dict[tuple[bytes, int], ChunkRef] = {}
+        # Chunks are told apart by (digest, size): by digest first, and a chunk of a digest already
+        # stored at another size (a digest collision, in practice never) under both.
+        self.by_digest: dict[bytes, int] = {}
+        self.by_size: dict[tuple[bytes, int], int] = {}
         self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
+        # blob.digest: the digest of each stored chunk, 32 bytes each (as a list, joining it at the end took
+        # a buffer descriptor per chunk on top).
+        self.digests = bytearray()
+        self.crcs = array("I")  # by stored chunk
+        self.refs = array("I")  # by chunk of a file: the stored chunk it is
+        self.submitted = 0  # chunks of files handed to the workers so far
         self.count = 0  # chunks stored
         self.stored_bytes = 0
-        self.digests: list[bytes] = []
         self.uncompressed = 0
         self.referenced = 0
         self.data_bytes = 0
 
     def add_file(self, node: Node, fobj: BinaryIO, ref: tuple[int, int] | None = None) -> None:
-        node.chunks = []
         cs = self.opts.chunk_size
+        n = -(-node.size // cs)
+        node.chunks = _FileChunks(self, self.submitted, n) if n else ()
+        self.submitted += n
         remaining = node.size
         k = 0
         if ref is not None:
             fd, base = ref
             while remaining > 0:
                 n = min(cs, remaining)
-                self._submit(node, k, n, (fd, base + k * cs, n))
+                self._submit(n, (fd, base + k * cs, n))
                 remaining -= n
                 k += 1
             self.data_bytes += node.size
@@ -241,14 +287,14 @@ class _Chunker:
                 raise UsageError(
                     f"tar entry {os.fsdecode(node.path)}: data ends {remaining - len(data)} bytes early"
                 )
-            self._submit(node, k, len(data), data)
+            self._submit(len(data), data)
             remaining -= len(data)
             k += 1
         self.data_bytes += node.size
 
-    def _submit(self, node: Node, k: int, size: int, data) -> None:
+    def _submit(self, size: int, data) -> None:
         self.batch.append(data)
-        self.batch_meta.append((node, k, size))
+        self.batch_sizes.append(size)
         self.batch_bytes += size
         if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_ITEMS:
             self._flush_batch()
@@ -257,47 +303,76 @@ class _Chunker:
         if not self.batch:
             return
         fut = self.pool.submit(_process_batch, self.batch, self.opts.compressor, self.opts.digester)
-        for i, (node, k, size) in enumerate(self.batch_meta):
-            self.pending.append((node, k, size, fut, i))
+        for i, size in enumerate(self.batch_sizes):
+            self.pending.append((size, fut, i))
         self.pending_bytes += self.batch_bytes
-        self.batch, self.batch_meta, self.batch_bytes = [], [], 0
+        self.batch, self.batch_sizes, self.batch_bytes = [], [], 0
         while len(self.pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        node, k, usize, fut, i = self.pending.popleft()
+        usize, fut, i = self.pending.popleft()
         self.pending_bytes -= usize
         digest, stored, compressed, crc = fut.result()[i]
-        key = (digest, usize)
-        chunk = self.by_key.get(key)
-        if chunk is None:
-            chunk = ChunkRef(
-                blob_index=0,
-                ci_index=self.count,
-                file_offset=k * self.opts.chunk_size,
-                compressed_offset=self.out.pos,
-                compressed_size=len(stored),
-                uncompressed_offset=self.uncompressed,
-                uncompressed_size=usize,
-                compressed=compressed,
-                digest=digest,
-                crc32=crc,
-            )
+        ci = self.by_digest.get(digest)
+        if ci is not None and self._info(ci).uncompressed_size != usize:
+            ci = self.by_size.get((digest, usize))
+        if ci is None:
+            ci = self.count
+            self.ci_array += blob_meta.pack_v1(self.out.pos, len(stored), self.uncompressed, usize)
             self.out.write(stored)
-            self.ci_array += blob_meta.pack_v1(
-                chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset, usize
-            )
             self.count += 1
-            self.stored_bytes += chunk.compressed_size
-            self.digests.append(digest)
+            self.stored_bytes += len(stored)
+            if self.by_digest.setdefault(digest, ci) != ci:
+                self.by_size[digest, usize] = ci
+            self.digests += digest
+            self.crcs.append(crc)
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
-            self.by_key[key] = chunk
         self.referenced += 1
-        offset = k * self.opts.chunk_size
-        if chunk.file_offset != offset:  # a duplicate at another place in a file: same data, own offset
-            chunk = copy.copy(chunk)
-            chunk.file_offset = offset
-        node.chunks.append(chunk)
+        self.refs.append(ci)
+
+    def _info(self, ci: int) -> blob_meta.ChunkInfo:
+        return blob_meta.ChunkInfoArray(self.ci_array, self.count, False)[ci]
+
+    def _digest(self, ci: int) -> bytes:
+        return bytes(blob_meta.DigestArray(self.digests)[ci])
+
+    def chunk(self, ci: int, file_offset: int) -> ChunkRef:
+        """Stored chunk ``ci`` at ``file_offset`` of a file."""
+        chunk = ChunkRef.from_info(self._info(ci), 0, file_offset, self._digest(ci))
+        chunk.crc32 = self.crcs[ci]
+        return chunk
+
+    def table_chunks(self, slots: list) -> tuple[int, Iterator[ChunkRef]]:
+        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the slots of a tree
+        whose files are all packed here: a stored chunk's record takes the file offset of its first use
+        in layout order."""
+        cs = self.opts.chunk_size
+        refs = self.refs
+        first = array("q", [-1]) * self.count
+        # Of the chunks stored under one digest (a collision), the first used in layout order is recorded.
+        collided = set(self.by_size.values()) | {self.by_digest[d] for d, _ in self.by_size}
+        picked: dict[bytes, int] = {}
+        for slot in slots:
+            chunks = slot.node.chunks
+            if not chunks:
+                continue
+            start = chunks._start
+            for k in range(len(chunks)):
+                ci = refs[start + k]
+                if first[ci] < 0:
+                    first[ci] = k * cs
+                    if ci in collided:
+                        picked.setdefault(self._digest(ci), ci)
+        # A chunk stored but used by no file of the tree (its file was replaced later in the tar) has no record.
+        order = array("I")
+        for digest in sorted(self.by_digest):
+            ci = self.by_digest[digest]
+            if ci in collided:
+                ci = picked.get(digest, -1)
+            if ci >= 0 and first[ci] >= 0:
+                order.append(ci)
+        return len(order), (self.chunk(ci, first[ci]) for ci in order)
 
     def drain(self) -> None:
         self._flush_batch()
@@ -319,6 +394,8 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
     # the two renames leaves the new bootstrap beside the old blob, a pair whose blob id does not match
     # (found by digest lookup and by verify); the other order would leave a new blob beside an old
     # bootstrap that reads it with stale chunk offsets.
+    import tempfile  # only here: importing it costs every other command start-up time
+
     paths = [opts.bootstrap, output] if opts.bootstrap else [output]
     with open_tar_input(source) as stream, atomic_outputs(paths) as files:
         out = SectionWriter(files[-1])
@@ -326,41 +403,119 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
             chunker._flush_batch()
-            # Lay the bootstrap out and write all of it but the chunks while the workers finish the last ones.
+            # Lay the bootstrap out while the workers finish the last chunks.
             plan = plan_bootstrap(
-                tree.root,
-                1 if chunker.data_bytes else 0,
-                chunk_size=opts.chunk_size,
-                prefetch=opts.prefetch,
-                render=True,
+                tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, prefetch=opts.prefetch
             )
             chunker.drain()
         for warning in tree.warnings:
             log.warning("%s", warning)
-        result = _finish(out, tree, chunker, opts, output, plan)
-        if opts.bootstrap:
-            files[0].write(_separate_bootstrap(tree, chunker, opts, result))
+        entries, blobs = _write_blob_sections(out, chunker, opts)
+        result = PackResult(
+            path=output,
+            digest="",
+            size=0,
+            entries=tree.entries,
+            files=sum(1 for _, node in tree.walk() if node.type == "file"),
+            chunks=chunker.referenced,
+            unique_chunks=chunker.count,
+            data_bytes=chunker.data_bytes,
+            stored_bytes=chunker.stored_bytes,
+            bootstrap_size=0,
+            toc=entries,
+            warnings=list(tree.warnings),
+        )
+        # The bootstrap is written to an unlinked temporary file as it is serialised, and the tree, its layout
+        # and the chunk columns are let go before it is compressed. zstd has to take it whole: fed in pieces,
+        # it makes another frame than the one-shot call, and the layer would change. So it is mapped then,
+        # when little else is held.
+        with tempfile.TemporaryFile(buffering=SectionWriter.FLUSH_BYTES) as spool:
+            head = write_bootstrap(
+                spool.write,
+                tree.root,
+                blobs,
+                chunk_size=opts.chunk_size,
+                compressor=opts.compressor,
+                digester=opts.digester,
+                prefetch=opts.prefetch,
+                plan=plan,
+                table=chunker.table_chunks,
+            )
+            spool.flush()
+            del tree, plan, chunker
+            result.bootstrap_size = head.total_size
+            with mmap.mmap(spool.fileno(), head.total_size, prot=mmap.PROT_READ) as boot:
+                write_boot_and_toc(out, boot, entries)
+                result.digest, result.size = out.hexdigest(), out.pos
+                if opts.bootstrap:
+                    _write_separate_bootstrap(files[0], boot, head, blobs, result)
     return result
 
 
-def _blob_entry(
-    chunker: _Chunker, opts: PackOptions, ci: dict, compressed_size: int, blob_id: bytes, features: int
-) -> rafs_v6.BlobTableEntry:
-    return rafs_v6.BlobTableEntry(
-        blob_id=blob_id,
+def _write_blob_sections(
+    out: SectionWriter, chunker: _Chunker, opts: PackOptions
+) -> tuple[list[toc.TocEntry], list[rafs_v6.BlobTableEntry]]:
+    """After the chunk data: its tar header, blob.meta and blob.digest; returns their ToC entries and the
+    blob table (the blob as the bootstrap in the layer names it), both empty when no chunk was stored."""
+    n = chunker.count
+    if not n:
+        return [], []
+    data_size = out.pos
+    out.write(tar_header.build(IMAGE_BLOB, data_size))
+    # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
+    entries = [
+        toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
+    ]
+    # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
+    ci_data = bytes(chunker.ci_array)
+    stored, compressed = codecs.compress_if_smaller(ci_data, opts.compressor)
+    ci_comp = opts.compressor if compressed else Compressor.NONE
+    ci_offset = out.pos
+    header = blob_meta.BlobMetaHeader(
+        s_features=blob_meta.DEFAULT_LAYER_FEATURES,
+        s_ci_compressor=ci_comp.algo,
+        s_ci_entries=n,
+        s_ci_offset=ci_offset,
+        s_ci_compressed_size=len(stored),
+        s_ci_uncompressed_size=len(ci_data),
+    ).build()
+    entries += write_meta_sections(out, stored, header, ci_comp, ci_data, chunker.digests)
+    blob = rafs_v6.BlobTableEntry(
+        blob_id=rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
         blob_index=0,
         chunk_size=opts.chunk_size,
-        chunk_count=chunker.count,
+        chunk_count=n,
         compression_algo=opts.compressor.algo,
         digest_algo=opts.digester.algo,
-        features=features,
-        compressed_size=compressed_size,
+        features=blob_meta.DEFAULT_LAYER_FEATURES,
+        compressed_size=out.pos,
         uncompressed_size=chunker.uncompressed,
-        ci_compressor=ci["compressor"].algo,
-        ci_offset=ci["offset"],
-        ci_compressed_size=ci["stored_size"],
-        ci_uncompressed_size=ci["size"],
+        ci_compressor=ci_comp.algo,
+        ci_offset=ci_offset,
+        ci_compressed_size=len(stored),
+        ci_uncompressed_size=len(ci_data),
     )
+    return entries, [blob]
+
+
+def _write_separate_bootstrap(
+    f: BinaryIO, boot, head: BootstrapHead, blobs: list[rafs_v6.BlobTableEntry], result: PackResult
+) -> None:
+    """The layer's bootstrap as a file of its own: the one in the layer, its blob named by the layer digest
+    (as after a merge) and no longer holding the bootstrap (so only the head differs)."""
+    if blobs:
+        boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
+        blobs = [
+            dataclasses.replace(
+                blobs[0],
+                blob_id=result.digest.encode(),
+                features=blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META,
+                compressed_size=boot_entry.compressed_offset,
+            )
+        ]
+    f.write(head.build(blobs))
+    with memoryview(boot) as view, view[head.size :] as rest:
+        f.write(rest)
 
 
 def write_meta_sections(
@@ -409,100 +564,3 @@ def write_boot_and_toc(out: SectionWriter, boot, entries: list[toc.TocEntry]) ->
     toc_bytes, toc_hdr = toc.build_section(entries)
     out.write(toc_bytes)
     out.write(toc_hdr)
-
-
-def _finish(
-    out: SectionWriter,
-    tree: TarTree,
-    chunker: _Chunker,
-    opts: PackOptions,
-    output: str,
-    plan: Plan | None = None,
-) -> PackResult:
-    entries: list[toc.TocEntry] = []
-    n = chunker.count
-    blobs: list[rafs_v6.BlobTableEntry] = []
-    ci: dict = {}
-    if n:
-        data_size = out.pos
-        out.write(tar_header.build(IMAGE_BLOB, data_size))
-        # The image.blob digest covers the chunk data and its tar header: exactly the file so far.
-        entries.append(
-            toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
-        )
-        # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
-        array = bytes(chunker.ci_array)
-        stored, compressed = codecs.compress_if_smaller(array, opts.compressor)
-        ci_comp = opts.compressor if compressed else Compressor.NONE
-        ci = {"compressor": ci_comp, "offset": out.pos, "stored_size": len(stored), "size": len(array)}
-        header = blob_meta.BlobMetaHeader(
-            s_features=blob_meta.DEFAULT_LAYER_FEATURES,
-            s_ci_compressor=ci_comp.algo,
-            s_ci_entries=n,
-            s_ci_offset=ci["offset"],
-            s_ci_compressed_size=len(stored),
-            s_ci_uncompressed_size=len(array),
-        ).build()
-        entries += write_meta_sections(out, stored, header, ci_comp, array, b"".join(chunker.digests))
-        blobs = [
-            _blob_entry(
-                chunker,
-                opts,
-                ci,
-                out.pos,
-                rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
-                blob_meta.DEFAULT_LAYER_FEATURES,
-            )
-        ]
-    boot = build_bootstrap(
-        tree.root,
-        blobs,
-        chunk_size=opts.chunk_size,
-        compressor=opts.compressor,
-        digester=opts.digester,
-        prefetch=opts.prefetch,
-        plan=plan,
-        writable=True,
-    )
-    write_boot_and_toc(out, boot, entries)
-    files = sum(1 for _, node in tree.walk() if node.type == "file")
-    return PackResult(
-        path=output,
-        digest=out.hexdigest(),
-        size=out.pos,
-        entries=tree.entries,
-        files=files,
-        chunks=chunker.referenced,
-        unique_chunks=n,
-        data_bytes=chunker.data_bytes,
-        stored_bytes=chunker.stored_bytes,
-        bootstrap_size=len(boot),
-        toc=entries,
-        warnings=list(tree.warnings),
-    )
-
-
-def _separate_bootstrap(tree: TarTree, chunker: _Chunker, opts: PackOptions, result: PackResult) -> bytes:
-    """The layer's bootstrap as a file of its own, naming the blob by the layer digest (as after a merge)."""
-    blobs = []
-    if chunker.count:
-        meta = next(e for e in result.toc if e.name == BLOB_META)
-        ci = {
-            "compressor": meta.compressor,
-            "offset": meta.compressed_offset,
-            "stored_size": meta.compressed_size,
-            "size": meta.uncompressed_size,
-        }
-        boot_entry = next(e for e in result.toc if e.name == IMAGE_BOOT)
-        features = blob_meta.DEFAULT_LAYER_FEATURES & ~blob_meta.INLINED_FS_META
-        blobs = [
-            _blob_entry(chunker, opts, ci, boot_entry.compressed_offset, result.digest.encode(), features)
-        ]
-    return build_bootstrap(
-        tree.root,
-        blobs,
-        chunk_size=opts.chunk_size,
-        compressor=opts.compressor,
-        digester=opts.digester,
-        prefetch=opts.prefetch,
-    )

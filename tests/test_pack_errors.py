@@ -324,7 +324,7 @@ def test_a_failed_bootstrap_keeps_both_old_outputs(tmp_path, out_dir, fixture_ta
     def fail(*args):
         raise NydusInspectError("the bootstrap cannot be built")
 
-    monkeypatch.setattr(pack_module, "_separate_bootstrap", fail)
+    monkeypatch.setattr(pack_module, "_write_separate_bootstrap", fail)
     with pytest.raises(NydusInspectError):
         pack(
             str(fixture_tars["every-type.tar"]),
