@@ -280,15 +280,17 @@ def _smaller(data, packed: bytes) -> tuple[bytes, bool]:
 def decompress_zstd_to(
     data, size: int, write: Callable[[bytes], object], what: str = "data", offset=None
 ) -> None:
-    """Decode zstd ``data`` into exactly ``size`` bytes handed to ``write`` a piece at a time, or raise
-    FormatError naming ``what``: for output too large to hold in memory beside its other copies."""
+    """Decode zstd ``data`` (bytes, or a reader of them) into exactly ``size`` bytes handed to ``write`` a
+    piece at a time, or raise FormatError naming ``what``: for output too large to hold in memory beside its
+    other copies."""
     if size < 0 or size > MAX_UNCOMPRESSED:
         raise FormatError(
             what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size
         )
     total = 0
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as rd:
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        with zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True) as rd:
             while True:
                 piece = rd.read(min(STREAM_PIECE, size + 1 - total))  # one byte past size tells excess
                 if not piece:

@@ -539,6 +539,18 @@ class Layer:
             self._check_entry_digest(name, hashlib.sha256(data), off, size, digest)
         return data
 
+    def entry_sha256(self, name: str):
+        """The sha256 (a hashlib object) of entry ``name``'s decoded bytes, not checked against the ToC: a zstd
+        entry is hashed as it is decoded, a piece at a time, never held (a bootstrap may decode to hundreds of
+        MiB)."""
+        off, size, comp, usize, _ = self.entry_location(name)
+        h = hashlib.sha256()
+        if comp is Compressor.ZSTD and usize >= 0 and name not in (BLOB_META, BLOB_META_HEADER):
+            codecs.decompress_zstd_to(_EntryReader(self, off, size, name), usize, h.update, name, off)
+        else:  # encrypted blob.meta, a zstd bootstrap of no recorded size, and small entries
+            h.update(self.entry(name, verify=False))
+        return h
+
     @cached_property
     def _meta_in_clear(self) -> bool:
         """Whether this file's blob.meta is stored in the clear: its header then shows its magic where an
@@ -716,7 +728,6 @@ class Layer:
         off, size, comp, usize, digest = self.entry_location(IMAGE_BOOT)
         if comp is not Compressor.ZSTD or usize < SPILL_BOOTSTRAP:
             return self.entry(IMAGE_BOOT)
-        raw = self.pread(off, size, IMAGE_BOOT)
         h = hashlib.sha256()
         # Named, then unlinked at once: nothing is left behind, and the map shows in /proc/PID/maps by name.
         fd, name = tempfile.mkstemp(prefix="nydus-inspect-bootstrap-")
@@ -727,8 +738,9 @@ class Layer:
                 h.update(piece)
                 f.write(piece)
 
-            codecs.decompress_zstd_to(raw, usize, write, IMAGE_BOOT, off)
-            del raw
+            codecs.decompress_zstd_to(
+                _EntryReader(self, off, size, IMAGE_BOOT), usize, write, IMAGE_BOOT, off
+            )
             f.flush()
             if digest is not None:
                 self._check_entry_digest(IMAGE_BOOT, h, off, size, digest)
@@ -1146,6 +1158,26 @@ def _is_v6(data) -> bool:
 def _is_v5(data) -> bool:
     v5 = _rafs_v5()
     return len(data) >= 8 and struct.unpack("<II", data[0:8]) == (v5.MAGIC, v5.VERSION)
+
+
+class _EntryReader(io.RawIOBase):
+    """Reads ``size`` bytes of a layer's file from ``offset`` in pieces, each read when asked for: a compressed
+    entry decoded as a stream is then never held whole in its compressed form either."""
+
+    def __init__(self, layer: Layer, offset: int, size: int, what: str) -> None:
+        self.layer, self.pos, self.end, self.what = layer, offset, offset + size, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.end - self.pos, codecs.STREAM_PIECE)
+        if n <= 0:
+            return 0
+        data = self.layer.pread(self.pos, n, self.what)
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 class _SliceReader(io.RawIOBase):

@@ -337,9 +337,11 @@ def test_a_large_bootstrap_is_mapped_from_a_temporary_file(many_files, monkeypat
         finally:
             tracemalloc.stop()
         assert isinstance(buf, mmap.mmap) and len(buf) == size > 2 << 20
-        # The compressed bytes and a piece or two of the output at a time, not the output.
-        bound = stored + 3 * codecs.STREAM_PIECE + (256 << 10)
-        assert peak < bound < size, f"a {size}-byte bootstrap cost {peak} bytes of heap to map"
+        # A piece or two of the input and of the output at a time: neither the output nor the input whole.
+        bound = 4 * codecs.STREAM_PIECE + (256 << 10)
+        assert peak < bound < size, (
+            f"a {size}-byte bootstrap ({stored} stored) cost {peak} bytes of heap to map"
+        )
         assert _tree(layer) == want
         # Walked, a bootstrap read through the map keeps only the pages since the last release resident;
         # the mapping read without releases keeps them all.
@@ -349,6 +351,30 @@ def test_a_large_bootstrap_is_mapped_from_a_temporary_file(many_files, monkeypat
         for _ in layer.rafs.walk():
             pass
         assert _mapping_rss("nydus-inspect-bootstrap-") > size / 2
+
+
+def test_the_toc_check_hashes_a_bootstrap_as_it_decodes(many_files):
+    """verify's ToC check hashes image.boot while it is decoded (and read) a piece at a time: neither the
+    decoded bootstrap nor its compressed bytes are held, for a bootstrap of any size."""
+    import hashlib
+    import tracemalloc
+
+    from nydus_inspect import layer as layer_mod
+    from nydus_inspect.verify.toc import _entry_sha256
+
+    with layer_mod.Layer(str(many_files)) as layer:
+        boot = layer.bootstrap_bytes()
+        stored = layer.entry_location(layer_mod.IMAGE_BOOT)[1]
+        tracemalloc.start()
+        try:
+            recorded, got = _entry_sha256(layer, layer_mod.IMAGE_BOOT)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert recorded == got == hashlib.sha256(boot).hexdigest()
+    assert peak < stored < len(boot), (
+        f"hashing a {len(boot)}-byte bootstrap ({stored} stored) took {peak} bytes"
+    )
 
 
 def test_a_large_bootstrap_that_lies_is_refused(many_files, tmp_path, monkeypatch):

@@ -977,7 +977,12 @@ class _Tree:
         size = self.rafs.size
         end, owner = 0, None
         bad: list[tuple[str, int, int, int | None, int, str]] = []  # (what, start, stop, owner, tag, reason)
-        for i in sorted(range(len(starts)), key=starts.__getitem__):
+        # One sorted list of start and position packed in an int (a list of positions sorted by a list of
+        # keys holds two ints an extent); the position breaks ties as a stable sort would.
+        shift = len(starts).bit_length()
+        mask = (1 << shift) - 1
+        for key in sorted((start << shift) | i for i, start in enumerate(starts)):
+            i = key & mask
             start, stop, tag = starts[i], ends[i], tags[i]
             if stop > size:
                 bad.append(("past", start, stop, None, tag, f"<= {size}"))

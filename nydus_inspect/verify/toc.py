@@ -32,7 +32,7 @@ def _entry_sha256(blob: Layer, name: str) -> tuple[str, str]:
         for pos in range(off, off + size, step):
             h.update(blob.pread(pos, min(step, off + size - pos), name))
     else:
-        h.update(blob.entry(name, verify=False))
+        h = blob.entry_sha256(name)
     if name == IMAGE_BLOB:
         h.update(blob.pread(off + size, 512, "image.blob tar header"))
     return (digest.hex() if digest is not None else ""), h.hexdigest()
