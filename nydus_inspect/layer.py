@@ -580,17 +580,28 @@ class Layer:
                 offset=off,
             )
 
-    def iter_entry(self, name: str, block: int = 1 << 20) -> Iterator[bytes]:
-        """Stream an entry; uncompressed entries (image.blob) are never loaded whole."""
-        off, size, comp, _, digest = self.entry_location(name)
-        if comp is not Compressor.NONE or name in (BLOB_META, BLOB_META_HEADER):  # small; maybe encrypted
-            yield self.entry(name)
+    def iter_entry(self, name: str, block: int = 1 << 20, *, decode_zstd: bool = False) -> Iterator[bytes]:
+        """Stream an entry, checked as :meth:`entry` checks it; uncompressed entries (image.blob) are never
+        loaded whole. With ``decode_zstd``, neither are zstd ones (a bootstrap): their sha256 is then checked
+        after the last piece, not before the first, for a caller that can drop what it got (a temporary file)."""
+        off, size, comp, usize, digest = self.entry_location(name)
+        streamed = (Compressor.NONE, Compressor.ZSTD) if decode_zstd else (Compressor.NONE,)
+        if comp not in streamed or name in (BLOB_META, BLOB_META_HEADER):
+            yield self.entry(name)  # small; maybe encrypted
             return
         h = hashlib.sha256()
-        for pos in range(off, off + size, block):
-            chunk = self.pread(pos, min(block, off + size - pos), name)
-            h.update(chunk)
-            yield chunk
+        if comp is Compressor.ZSTD:
+            raw = self.pread(off, size, name)
+            if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
+                usize = _zstd_frame_size(raw, name, off)
+            pieces = codecs.iter_zstd(raw, usize, name, off)
+        else:
+            pieces = (
+                self.pread(pos, min(block, off + size - pos), name) for pos in range(off, off + size, block)
+            )
+        for piece in pieces:
+            h.update(piece)
+            yield piece
         if digest is not None:
             self._check_entry_digest(name, h, off, size, digest)
 
@@ -706,25 +717,16 @@ class Layer:
         """The blob's image.boot: as bytes, or when large and compressed, decoded into an unlinked temporary
         file and mapped from it. Bytes stay resident for as long as the layer is open; the pages of a map are
         given back to the kernel as the walks go (RafsV6.release_pages). Checked against the ToC either way."""
-        off, size, comp, usize, digest = self.entry_location(IMAGE_BOOT)
+        _, _, comp, usize, _ = self.entry_location(IMAGE_BOOT)
         if comp is not Compressor.ZSTD or usize < SPILL_BOOTSTRAP:
             return self.entry(IMAGE_BOOT)
-        raw = self.pread(off, size, IMAGE_BOOT)
-        h = hashlib.sha256()
         # Named, then unlinked at once: nothing is left behind, and the map shows in /proc/PID/maps by name.
         fd, name = tempfile.mkstemp(prefix="nydus-inspect-bootstrap-")
         os.unlink(name)
         with open(fd, "w+b") as f:
-
-            def write(piece: bytes) -> None:
-                h.update(piece)
+            for piece in self.iter_entry(IMAGE_BOOT, decode_zstd=True):
                 f.write(piece)
-
-            codecs.decompress_zstd_to(raw, usize, write, IMAGE_BOOT, off)
-            del raw
             f.flush()
-            if digest is not None:
-                self._check_entry_digest(IMAGE_BOOT, h, off, size, digest)
             self._spilled = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         return self._spilled
 
