@@ -380,12 +380,10 @@ def test_the_mount_holds_little_for_each_entry_it_lists(many_files, monkeypatch)
     import tracemalloc
 
     from nydus_inspect import layer as layer_mod
-    from nydus_inspect.mount import fs as fs_mod
     from nydus_inspect.mount.fs import NydusFS
     from nydus_inspect.mount.sources import open_sources
 
     monkeypatch.setattr(layer_mod, "SPILL_BOOTSTRAP", 1 << 20)
-    monkeypatch.setattr(fs_mod, "RELEASE_EVERY", 1000)
     sources = open_sources([str(many_files)])
     try:
         fs = NydusFS(sources)

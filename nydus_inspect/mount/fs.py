@@ -53,7 +53,7 @@ from ..chunks.readahead import DONE, QUEUED, RUNNING, Scheduler
 from ..chunks.ref import ChunkRef
 from ..errors import NydusInspectError
 from ..merge import WHITEOUT_PREFIX
-from ..model import _LRU, KERNEL_MAX, NAME_MAX, RELEASE_EVERY, fsdecode
+from ..model import _LRU, KERNEL_MAX, NAME_MAX, fsdecode
 from .entries import (
     LOG_XATTR,
     PID_XATTR,
@@ -84,6 +84,10 @@ DIR_CACHE_ENTRIES = 1 << 17
 STREAM_CHUNKS = 16
 #: Largest st_blksize a regular file gets (its chunk size up to this).
 MAX_BLKSIZE = 1 << 20
+#: Inodes, dirents and chunk records the mount reads from a mapped bootstrap between two releases of its
+#: pages (RafsV6.release_pages). The kernel maps a few hundred KiB around each page first read, and the chunk
+#: record of each file read may lie anywhere in the chunk table: a tar of the mount maps that much per file.
+RELEASE_READS = 256
 #: Chunks decoded ahead of a sequential reader.
 READAHEAD_CHUNKS = 4
 #: On the first read of a file from its start, the kernel is asked to read this much of its stored bytes ahead
@@ -310,7 +314,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         # Inodes, dirents and chunk records read from the bootstrap until its pages are given back to the kernel
         # (when it is mapped: a big one is), so that serving a tree holds a part of the map resident, not all
         # of it, as the model's walks do.
-        self._until_release = RELEASE_EVERY
+        self._until_release = RELEASE_READS
         # The chunk table, keyed: built now rather than on the first read of a file (milliseconds on a big image).
         try:
             self.rafs.index_chunk_table()
@@ -357,13 +361,14 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         return self.rafs.attrs(nid)
 
     def _read_bootstrap(self, n: int) -> None:
-        """``n`` more inodes, dirents or chunk records are about to be read from the bootstrap."""
+        """``n`` more inodes, dirents or chunk records are about to be read from the bootstrap (or were just
+        read). Also called by the decoding workers: a count lost between threads only delays a release."""
         self._until_release -= n
         if self._until_release <= 0:
             self._release()
 
     def _release(self) -> None:
-        self._until_release = RELEASE_EVERY
+        self._until_release = RELEASE_READS
         release = self.rafs.release_pages
         if release is not None:
             release()
@@ -643,7 +648,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             chunks = self._big_chunks.get(nid)
             if chunks is None:
                 chunks = self.rafs.chunks(self.rafs.node(nid, b""))
-                self._read_bootstrap(1 + min(len(chunks), RELEASE_EVERY))
+                self._read_bootstrap(1 + min(len(chunks), RELEASE_READS))
                 (self._chunks if len(chunks) <= 64 else self._big_chunks).put(nid, chunks)
         return chunks
 
@@ -808,6 +813,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             chunks = datas = None
             try:
                 chunks = self.rafs.chunks(self.rafs.node(item.nid, b""))
+                self._read_bootstrap(1 + min(len(chunks), RELEASE_READS))
                 datas = [self._decode(c) for c in chunks]
             except Exception:  # the reader will decode it again and report what is wrong
                 chunks = datas = None
