@@ -301,7 +301,9 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         self._pf_done = _LRU(8 * WALK_FILES_AHEAD)  # nids prefetched already
         self._reading_until = 0.0  # a tree reader (tar, cp -r) may be at work until then
         self._walker: _Walker | None = None
-        self._listed_dirs: set[int] = set()  # directories listed (read by workers: only ever added to)
+        # Directories listed lately: the kernel knows their files, so a worker can hand their chunks to the page
+        # cache (read by workers; a directory that dropped out has its files' chunks stored when listed again).
+        self._listed_dirs = _LRU(1 << 16)
         # Bytes a tree reader gets decoded ahead: a quarter of the cache at most, so that they stay in it.
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
@@ -583,7 +585,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             listing = self._dir(fh)
             names, nids = listing.names, listing.nids
             if start_id == 0 and self.readahead:
-                self._listed_dirs.add(fh)
+                self._listed_dirs.put(fh, True)
                 self._listed(fh)
             reply = pyfuse3.readdir_reply
             stat_ = self._stat
