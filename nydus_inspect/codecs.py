@@ -14,7 +14,7 @@ import io
 import threading
 import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import lz4.block
 import zstandard
@@ -24,7 +24,7 @@ from .errors import FormatError
 #: Largest uncompressed size we accept for any single decompression (1 GiB). Chunks are at most 16 MiB;
 #: bootstraps of very large images stay well below this.
 MAX_UNCOMPRESSED = 1 << 30
-#: What decompress_zstd_to hands over at a time.
+#: What iter_zstd hands over at a time.
 STREAM_PIECE = 256 << 10
 
 
@@ -283,6 +283,13 @@ def decompress_zstd_to(
     """Decode zstd ``data`` (bytes, or a reader of them) into exactly ``size`` bytes handed to ``write`` a
     piece at a time, or raise FormatError naming ``what``: for output too large to hold in memory beside its
     other copies."""
+    for piece in iter_zstd(data, size, what, offset):
+        write(piece)
+
+
+def iter_zstd(data, size: int, what: str = "data", offset=None) -> Iterator[bytes]:
+    """The pieces of zstd ``data`` (bytes, or a reader of them) decoded (exactly ``size`` bytes in all), or
+    FormatError naming ``what``."""
     if size < 0 or size > MAX_UNCOMPRESSED:
         raise FormatError(
             what, f"uncompressed size over the {MAX_UNCOMPRESSED} byte limit", offset=offset, value=size
@@ -298,7 +305,7 @@ def decompress_zstd_to(
                 total += len(piece)
                 if total > size:
                     raise FormatError(what, f"zstd data decodes to more than {size} bytes", offset=offset)
-                write(piece)
+                yield piece
     except zstandard.ZstdError as exc:
         raise FormatError(what, f"zstd data does not decode: {exc}", offset=offset) from None
     if total != size:

@@ -540,15 +540,11 @@ class Layer:
         return data
 
     def entry_sha256(self, name: str):
-        """The sha256 (a hashlib object) of entry ``name``'s decoded bytes, not checked against the ToC: a zstd
-        entry is hashed as it is decoded, a piece at a time, never held (a bootstrap may decode to hundreds of
-        MiB)."""
-        off, size, comp, usize, _ = self.entry_location(name)
+        """The sha256 (a hashlib object) of entry ``name`` as read, not checked against the ToC: streamed as
+        :meth:`iter_entry` reads it (a bootstrap may decode to hundreds of MiB)."""
         h = hashlib.sha256()
-        if comp is Compressor.ZSTD and usize >= 0 and name not in (BLOB_META, BLOB_META_HEADER):
-            codecs.decompress_zstd_to(_EntryReader(self, off, size, name), usize, h.update, name, off)
-        else:  # encrypted blob.meta, a zstd bootstrap of no recorded size, and small entries
-            h.update(self.entry(name, verify=False))
+        for piece in self.iter_entry(name, decode_zstd=True, verify=False):
+            h.update(piece)
         return h
 
     @cached_property
@@ -599,18 +595,34 @@ class Layer:
                 offset=off,
             )
 
-    def iter_entry(self, name: str, block: int = 1 << 20) -> Iterator[bytes]:
-        """Stream an entry; uncompressed entries (image.blob) are never loaded whole."""
-        off, size, comp, _, digest = self.entry_location(name)
-        if comp is not Compressor.NONE or name in (BLOB_META, BLOB_META_HEADER):  # small; maybe encrypted
-            yield self.entry(name)
+    def iter_entry(
+        self, name: str, block: int = 1 << 20, *, decode_zstd: bool = False, verify: bool = True
+    ) -> Iterator[bytes]:
+        """Stream an entry, checked as :meth:`entry` checks it (unless not ``verify``); uncompressed entries
+        (image.blob) are never loaded whole. With ``decode_zstd``, neither are zstd ones (a bootstrap), read and
+        decoded a piece at a time: their sha256 is then checked after the last piece, not before the first,
+        for a caller that can drop what it got (a temporary file)."""
+        off, size, comp, usize, digest = self.entry_location(name)
+        streamed = (Compressor.NONE, Compressor.ZSTD) if decode_zstd else (Compressor.NONE,)
+        if comp not in streamed or name in (BLOB_META, BLOB_META_HEADER):
+            yield self.entry(name, verify)  # small; maybe encrypted
             return
         h = hashlib.sha256()
-        for pos in range(off, off + size, block):
-            chunk = self.pread(pos, min(block, off + size - pos), name)
-            h.update(chunk)
-            yield chunk
-        if digest is not None:
+        if comp is Compressor.ZSTD:
+            if usize < 0:  # zstd bootstrap without a ToC: size from the frame, bounded
+                raw = self.pread(off, size, name)
+                usize = _zstd_frame_size(raw, name, off)
+            else:
+                raw = _EntryReader(self, off, size, name)
+            pieces = codecs.iter_zstd(raw, usize, name, off)
+        else:
+            pieces = (
+                self.pread(pos, min(block, off + size - pos), name) for pos in range(off, off + size, block)
+            )
+        for piece in pieces:
+            h.update(piece)
+            yield piece
+        if verify and digest is not None:
             self._check_entry_digest(name, h, off, size, digest)
 
     @cached_property
@@ -725,25 +737,16 @@ class Layer:
         """The blob's image.boot: as bytes, or when large and compressed, decoded into an unlinked temporary
         file and mapped from it. Bytes stay resident for as long as the layer is open; the pages of a map are
         given back to the kernel as the walks go (RafsV6.release_pages). Checked against the ToC either way."""
-        off, size, comp, usize, digest = self.entry_location(IMAGE_BOOT)
+        _, _, comp, usize, _ = self.entry_location(IMAGE_BOOT)
         if comp is not Compressor.ZSTD or usize < SPILL_BOOTSTRAP:
             return self.entry(IMAGE_BOOT)
-        h = hashlib.sha256()
         # Named, then unlinked at once: nothing is left behind, and the map shows in /proc/PID/maps by name.
         fd, name = tempfile.mkstemp(prefix="nydus-inspect-bootstrap-")
         os.unlink(name)
         with open(fd, "w+b") as f:
-
-            def write(piece: bytes) -> None:
-                h.update(piece)
+            for piece in self.iter_entry(IMAGE_BOOT, decode_zstd=True):
                 f.write(piece)
-
-            codecs.decompress_zstd_to(
-                _EntryReader(self, off, size, IMAGE_BOOT), usize, write, IMAGE_BOOT, off
-            )
             f.flush()
-            if digest is not None:
-                self._check_entry_digest(IMAGE_BOOT, h, off, size, digest)
             self._spilled = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         return self._spilled
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import threading
 
@@ -398,3 +399,94 @@ def test_a_large_bootstrap_that_lies_is_refused(many_files, tmp_path, monkeypatc
         with layer_mod.Layer(str(bad)) as layer, pytest.raises(FormatError, match=what) as exc:
             layer.bootstrap_bytes()
         assert "image.boot" in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ---------------------------------------------------------------------------- the mount
+def _list_through_the_mount(fs, monkeypatch) -> int:
+    """No FUSE: every directory of the mount listed through the file system's handlers, as ``find`` lists it
+    (readdir of each, the entries/ tree too); how many entries were listed."""
+    import pyfuse3
+    import trio
+
+    from nydus_inspect.mount.entries import ROOT_INODE
+
+    def reply(token, name, attr, next_id) -> bool:
+        token.append((name, attr.st_mode, attr.st_ino))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    listed = 0
+
+    async def walk(ino: int, seen: set) -> None:
+        nonlocal listed
+        got: list = []
+        await fs.readdir(await fs.opendir(ino, None), 0, got)
+        listed += len(got)
+        for name, mode, child in got:
+            if name not in (b".", b"..") and stat.S_ISDIR(mode) and child not in seen:
+                seen.add(child)
+                await walk(child, seen)
+
+    async def run() -> None:
+        fs.attach()
+        try:
+            await walk(ROOT_INODE, {ROOT_INODE})
+        finally:
+            fs.detach()
+
+    trio.run(run)
+    return listed
+
+
+def test_the_mount_holds_little_for_each_entry_it_lists(many_files, monkeypatch):
+    """Listing a tree through the mount (find, ls -lR) leaves a few dozen bytes per entry behind, not a decoded
+    listing with an index and a position per file, nor a sidecar made whole to learn its size (chunks.json
+    grows with the layer); and a mapped bootstrap's pages go back to the kernel as the listing goes."""
+    import tracemalloc
+
+    from nydus_inspect import layer as layer_mod
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    monkeypatch.setattr(layer_mod, "SPILL_BOOTSTRAP", 1 << 20)
+    sources = open_sources([str(many_files)])
+    try:
+        fs = NydusFS(sources)
+        size = len(fs.rafs.buf)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            entries = _list_through_the_mount(fs, monkeypatch)
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        resident = _mapping_rss("nydus-inspect-bootstrap-")
+    finally:
+        sources.close()
+    assert entries > 20_000
+    # A listing kept as tuples with an index of its names for each directory, a position kept for each file
+    # and chunks.json held whole to give its size cost several times this bound; a compact listing is under it.
+    per_entry = (after - before) / entries
+    assert per_entry < 200, f"{per_entry:.0f} bytes held per entry listed"
+    assert resident is not None and size > 2 << 20 and resident < size / 2, (resident, size)
+
+
+def test_a_cache_of_tiny_chunks_stays_within_its_limit():
+    """A chunk cache is bounded by what its entries cost, not only by their bytes: a layer of one-line files
+    decodes a million chunks of a few bytes each, a few hundred bytes of key and bookkeeping apiece."""
+    import tracemalloc
+
+    from nydus_inspect.chunks.decode import ChunkCache
+
+    limit = 1 << 20
+    cache = ChunkCache(limit)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(50_000):
+            cache.put((0, 1_000_000 + 40 * i, 40, 17, 2_000_000 + 17 * i), b"file %08d\n" % i)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.get((0, 1_000_000 + 40 * 49_999, 40, 17, 2_000_000 + 17 * 49_999)) == b"file %08d\n" % 49_999
+    assert held < 1.5 * limit, f"a cache of {limit} bytes holds {held} bytes"

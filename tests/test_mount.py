@@ -1333,6 +1333,73 @@ def test_generated_entry_larger_than_its_cache_is_made_once(fixture_layers):
         sources.close()
 
 
+def test_entries_made_into_a_temporary_file_read_as_made_whole(fixture_layers, monkeypatch):
+    """No FUSE: with every made entries/ file over the size that sends it to a temporary file, each reads (by
+    small pieces, several readers at once) and sums as the entry and chunks.json the CLI gives, its size is
+    known before a read, and it is made once."""
+    import trio
+
+    from nydus_inspect.mount import entries as entries_mod
+    from nydus_inspect.mount.entries import Streamed
+    from nydus_inspect.mount.fs import NydusFS
+    from nydus_inspect.mount.sources import open_sources
+
+    monkeypatch.setattr(entries_mod, "SPILL_LIMIT", 0)
+    layer = str(fixture_layers["every-type.tar"])
+    with open_layer(layer) as ly:
+        want = {name: ly.entry(name) for name in ly.entry_names() if name != "image.blob"}
+    want["chunks.json"] = cli("chunks", "--json", layer).stdout
+    sources = open_sources([layer])
+    try:
+        fs = NydusFS(sources)
+        nodes = {
+            n.path.rsplit("/", 1)[1]: n
+            for n in fs.vnodes.values()
+            if isinstance(n.content, Streamed) and "/raw/" not in n.path
+        }
+        assert set(nodes) == set(want)
+        made = {name: 0 for name in nodes}
+        for name, node in nodes.items():
+            pieces = node.content.pieces
+
+            def counted(name=name, pieces=pieces):
+                made[name] += 1
+                return pieces()
+
+            node.content.pieces = counted
+
+        async def read(node, out: list) -> None:
+            data, off = bytearray(), 0
+            while piece := bytes(await fs.read(node.ino, off, 4096)):
+                data += piece
+                off += len(piece)
+            out.append(bytes(data))
+
+        async def run() -> dict:
+            got: dict = {}
+            fs.attach()
+            try:
+                with trio.fail_after(60):
+                    for name, node in nodes.items():
+                        size = (await fs.getattr(node.ino)).st_size
+                        got[name] = [size]
+                        async with trio.open_nursery() as nursery:
+                            for _ in range(3):
+                                nursery.start_soon(read, node, got[name])
+                        got[name].append(await fs.getxattr(node.ino, b"user.nydus.sha256"))
+            finally:
+                fs.detach()
+            return got
+
+        got = trio.run(run)
+        for name, data in want.items():
+            digest = hashlib.sha256(data).hexdigest().encode()
+            assert got[name] == [len(data), data, data, data, digest], name
+        assert made == {name: 1 for name in nodes}
+    finally:
+        sources.close()
+
+
 def _peak_rss_mib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) >> 10

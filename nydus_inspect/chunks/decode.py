@@ -143,8 +143,14 @@ def iter_decoded(
         i = j
 
 
+#: What a cached chunk costs beside its bytes: its key, its place in the order, the bytes object. Counted in
+#: the cache's size, or a cache of tiny chunks (a layer of one-line files) would hold a million of them in
+#: several hundred megabytes while its bytes stay under the limit.
+ENTRY_OVERHEAD = 384
+
+
 class ChunkCache:
-    """A bounded LRU of decoded chunks, by total bytes."""
+    """A bounded LRU of decoded chunks, by total bytes (each entry's ENTRY_OVERHEAD included)."""
 
     def __init__(self, limit: int = 64 << 20) -> None:
         self.limit = limit
@@ -160,19 +166,19 @@ class ChunkCache:
     def discard(self, key) -> None:
         data = self._data.pop(key, None)
         if data is not None:
-            self.used -= len(data)
+            self.used -= len(data) + ENTRY_OVERHEAD
 
     def put(self, key, data: bytes) -> None:
         if len(data) > self.limit:
             return
         old = self._data.pop(key, None)
         if old is not None:
-            self.used -= len(old)
+            self.used -= len(old) + ENTRY_OVERHEAD
         self._data[key] = data
-        self.used += len(data)
-        while self.used > self.limit:
+        self.used += len(data) + ENTRY_OVERHEAD
+        while self.used > self.limit and len(self._data) > 1:  # a chunk as large as the cache stays alone
             _, dropped = self._data.popitem(last=False)
-            self.used -= len(dropped)
+            self.used -= len(dropped) + ENTRY_OVERHEAD
 
 
 class ChunkReader:

@@ -8,17 +8,24 @@ sidecars: ``toc.json`` (``toc --json``), ``blob.meta.header.json``, ``chunks.jso
 xattrs: ``sha256`` of its content, ``compressor``, ``compressed_offset``, ``compressed_size``,
 ``uncompressed_size`` and, when the ToC records one, ``toc_sha256``.
 
+Content that grows with the layer (an entry that decompresses to more than SPILL_LIMIT, chunks.json) is made
+a piece at a time into an unlinked temporary file and read from there (:class:`Streamed`), so that listing or
+reading entries/ of a big layer holds none of it in memory.
+
 No FUSE here: nodes, content makers and xattr values only. Makers are blocking and thread-safe; the file
 system runs them in worker threads.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from ..codecs import Compressor
 from ..errors import FormatError
@@ -33,6 +40,9 @@ ROOT_INODE = 1
 #: Entries at most this large (decompressed) are produced whole and checked against the ToC's sha256 when
 #: read; larger uncompressed ones (image.blob) are served by range straight from the file.
 WHOLE_LIMIT = 64 << 20
+#: Made content larger than this (decompressed) is written into a temporary file as it is made and read from
+#: there: a bootstrap or chunks.json grows with the layer, and the mount's memory must not.
+SPILL_LIMIT = 4 << 20
 #: An xattr value computed by the file system from the file's content.
 SHA256_OF_CONTENT = object()
 
@@ -74,6 +84,60 @@ class Stored:
         return h.hexdigest()
 
 
+class Streamed:
+    """Content made a piece at a time by ``pieces()`` (blocking), into an unlinked temporary file when it is
+    first needed (its size, or a read), then read from that file with pread: for content that grows with
+    the layer (the bootstrap, chunks.json). Made once, whatever the number of threads asking; thread-safe."""
+
+    ranged = True
+
+    def __init__(
+        self, pieces: Callable[[], Iterable[bytes]], size: int | None = None, what: str = ""
+    ) -> None:
+        self.pieces = pieces
+        self.size = size
+        self.what = what
+        self._file = None
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Make the content now, if it is not made yet (then ``size`` is known)."""
+        with self._lock:
+            if self._file is not None:
+                return
+            f = tempfile.TemporaryFile(prefix="nydus-inspect-entry-")
+            try:
+                for piece in self.pieces():
+                    f.write(piece)
+                f.flush()
+                size = f.tell()
+                if self.size is not None and size != self.size:
+                    raise FormatError(self.what or "entry", f"produced {size} bytes, expected {self.size}")
+            except BaseException:
+                f.close()
+                raise
+            self.size = size
+            self._file = f
+
+    def read(self, off: int, n: int) -> bytes:
+        self.prepare()
+        n = max(0, min(n, self.size - off))
+        return os.pread(self._file.fileno(), n, off) if n else b""
+
+    def sha256(self) -> str:
+        self.prepare()
+        h = hashlib.sha256()
+        for pos in range(0, self.size, 4 << 20):
+            h.update(self.read(pos, 4 << 20))
+        return h.hexdigest()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 class VNode:
     """A virtual directory (``children``: name -> inode) or file (``content``)."""
 
@@ -109,8 +173,8 @@ def json_bytes(obj: object) -> bytes:
         return (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-def chunks_json(layer: Layer) -> bytes:
-    """``nydus-inspect chunks --json``, byte for byte."""
+def chunks_json(layer: Layer) -> Iterator[bytes]:
+    """``nydus-inspect chunks --json``, byte for byte, a few thousand chunks at a time."""
     from ..query import chunks_report
 
     it = chunks_report(layer)
@@ -121,31 +185,36 @@ def chunks_json(layer: Layer) -> bytes:
         parts.append("\n  " if first else ",\n  ")
         parts.append(json.dumps(item, ensure_ascii=False))
         first = False
+        if len(parts) >= 8192:
+            yield "".join(parts).encode("utf-8", "surrogateescape")
+            parts = []
     parts.append("\n]\n" if not first else "]\n")
     parts.append("}\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
+    yield "".join(parts).encode("utf-8", "surrogateescape")
 
 
-def _sidecars(layer: Layer) -> Iterator[tuple[str, Callable[[], bytes]]]:
+def _sidecars(layer: Layer) -> Iterator[tuple[str, Generated | Streamed]]:
     from ..query import bootstrap_info, bootstrap_v5_info, toc_report
 
     if layer.kind == KIND_EROFS:
         # A plain EROFS image has no ToC, blob.meta or chunk table: its superblock is what there is to show.
         from ..erofs import info as erofs_info
 
-        yield "superblock.json", lambda: json_bytes(erofs_info(layer.rafs))
+        yield "superblock.json", Generated(lambda: json_bytes(erofs_info(layer.rafs)))
         return
     if layer.toc is not None or layer.sections:
-        yield "toc.json", lambda: json_bytes(toc_report(layer))
+        yield "toc.json", Generated(lambda: json_bytes(toc_report(layer)))
     if layer.has_entry("blob.meta.header"):
-        yield "blob.meta.header.json", lambda: json_bytes(layer.blob_meta_header.to_json())
+        yield "blob.meta.header.json", Generated(lambda: json_bytes(layer.blob_meta_header.to_json()))
     if layer.has_entry("blob.meta") or (layer.has_bootstrap and not layer.is_v5):
-        yield "chunks.json", lambda: chunks_json(layer)
+        yield "chunks.json", Streamed(lambda: chunks_json(layer))  # a line per chunk
     if layer.has_bootstrap:
         # Which version is decided when the file is read: the bootstrap of a remote blob is fetched only then.
         yield (
             "superblock.json",
-            lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5) if layer.is_v5 else bootstrap_info(layer)),
+            Generated(
+                lambda: json_bytes(bootstrap_v5_info(layer.rafs_v5) if layer.is_v5 else bootstrap_info(layer))
+            ),
         )
 
 
@@ -158,6 +227,12 @@ def _entry_maker(layer: Layer, name: str) -> Callable[[], bytes]:
 
 class Tree:
     """The virtual nodes of one mount, by inode number."""
+
+    def close(self) -> None:
+        """Drop the temporary files of made content."""
+        for node in self.nodes.values():
+            if isinstance(node.content, Streamed):
+                node.content.close()
 
     def __init__(self, views: list[BlobView], rootfs_ino: int, *, mtime_ns: int = 0) -> None:
         self.nodes: dict[int, VNode] = {}
@@ -215,12 +290,14 @@ class Tree:
             what = f"{layer.path}: {name}"
             if comp is Compressor.NONE and (name == IMAGE_BLOB or usize > WHOLE_LIMIT):
                 content = Stored(layer, off, size, what)
+            elif usize > SPILL_LIMIT:
+                content = Streamed(functools.partial(layer.iter_entry, name, decode_zstd=True), usize, what)
             else:
                 content = Generated(_entry_maker(layer, name), usize, what)
             node = self._add(top, name.encode(), content=content, mtime_ns=mtime_ns)
             node.xattrs = self._location_xattrs(comp, off, size, usize)
             # The ToC's sha256 of image.blob also covers its tar header, so it is not the content's.
-            if digest is not None and name != IMAGE_BLOB and isinstance(content, Generated):
+            if digest is not None and name != IMAGE_BLOB and not isinstance(content, Stored):
                 node.xattrs[b"user.nydus.sha256"] = digest.hex().encode()
             else:
                 node.xattrs[b"user.nydus.sha256"] = SHA256_OF_CONTENT
@@ -231,10 +308,9 @@ class Tree:
             )
             rnode.xattrs = self._location_xattrs(comp, off, size, None)
             rnode.xattrs[b"user.nydus.sha256"] = SHA256_OF_CONTENT
-        for name, make in _sidecars(layer):
-            node = self._add(
-                top, name.encode(), content=Generated(make, None, f"{layer.path}: {name}"), mtime_ns=mtime_ns
-            )
+        for name, content in _sidecars(layer):
+            content.what = f"{layer.path}: {name}"
+            node = self._add(top, name.encode(), content=content, mtime_ns=mtime_ns)
             node.xattrs = {b"user.nydus.sha256": SHA256_OF_CONTENT}
 
     def _add_documents(self, entries: VNode, layer: Layer) -> None:

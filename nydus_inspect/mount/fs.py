@@ -30,6 +30,7 @@ raises is EIO for that request. Each of these is one log line.
 
 from __future__ import annotations
 
+import array
 import bisect
 import errno
 import functools
@@ -64,7 +65,7 @@ from .entries import (
     VNode,
     check_generated,
 )
-from .prefetch import PREFETCH_AHEAD, TreeReaderPrefetch, _FileJob, _Walker
+from .prefetch import PREFETCH_AHEAD, WALK_FILES_AHEAD, TreeReaderPrefetch, _FileJob, _Walker
 from .sources import Sources
 
 log = logging.getLogger("nydus_inspect.mount")
@@ -76,12 +77,17 @@ S_IFREG, S_IFDIR, S_IFCHR, S_IFBLK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFCHR, s
 DEFAULT_CACHE_SIZE = 256 << 20
 #: Decoded entries/ files (bootstrap, JSON sidecars) kept in memory, by total bytes.
 CONTENT_CACHE_SIZE = 64 << 20
-#: Directory listings kept decoded, in entries (about 150 bytes each).
-DIR_CACHE_ENTRIES = 200_000
+#: Directory listings kept decoded, in entries (about 60 bytes each, and an index of 100 more once a name in
+#: the directory is looked up).
+DIR_CACHE_ENTRIES = 1 << 17
 #: Files of more chunks than this, read from start to end, do not keep the chunks read past in the cache.
 STREAM_CHUNKS = 16
 #: Largest st_blksize a regular file gets (its chunk size up to this).
 MAX_BLKSIZE = 1 << 20
+#: Inodes, dirents and chunk records the mount reads from a mapped bootstrap between two releases of its
+#: pages (RafsV6.release_pages). The kernel maps a few hundred KiB around each page first read, and the chunk
+#: record of each file read may lie anywhere in the chunk table: a tar of the mount maps that much per file.
+RELEASE_READS = 256
 #: Chunks decoded ahead of a sequential reader.
 READAHEAD_CHUNKS = 4
 #: On the first read of a file from its start, the kernel is asked to read this much of its stored bytes ahead
@@ -132,22 +138,50 @@ class _Hint:
 
 
 class _SizedLRU(OrderedDict):
-    """An LRU bounded by the total size of its values (directory listings: their entry counts)."""
+    """An LRU bounded by the total length of its values (directory listings: their entry counts)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
         self.used = 0
 
-    def put(self, key, value, size: int) -> None:
+    def put(self, key, value) -> None:
         old = self.pop(key, None)
         if old is not None:
-            self.used -= len(old[0])
+            self.used -= len(old)
         self[key] = value
-        self.used += size
+        self.used += len(value)
         while self.used > self.limit and len(self) > 1:
             _, dropped = self.popitem(last=False)
-            self.used -= len(dropped[0])
+            self.used -= len(dropped)
+
+
+class _Listing:
+    """A directory as listed: its names and their nids in on-disk order, each name once. The index of names
+    is made on the first lookup: listing a directory (readdir, a tree reader's walk) needs none."""
+
+    __slots__ = ("names", "nids", "_index")
+
+    def __init__(self, names: list[bytes], nids: array.array) -> None:
+        self.names = names
+        self.nids = nids
+        self._index: dict[bytes, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def find(self, name: bytes) -> int | None:
+        """Where ``name`` is in the listing, or None."""
+        if self._index is None:
+            self._index = dict(zip(self.names, range(len(self.names))))
+        return self._index.get(name)
+
+    def parent(self) -> int | None:
+        """The nid ``..`` names, or None (found without making the index)."""
+        try:
+            return self.nids[self.names.index(b"..")]
+        except ValueError:
+            return None
 
 
 def _guard(handler):
@@ -186,7 +220,7 @@ def _chunks_from(chunks: Sequence[ChunkRef], k: int, block: int = 1024) -> Itera
         yield from enumerate(chunks[base : base + block], base)
 
 
-_name = operator.itemgetter(0)
+_name, _nid = operator.itemgetter(0), operator.itemgetter(1)
 
 
 class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
@@ -259,13 +293,17 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         self._big_chunks = _LRU(64)  # the same for files of many chunks
         self._xattrs = _LRU(8192)  # nid -> {name: value}
         self._last_end = _LRU(4096)  # nid -> end offset of the last read (sequential detection)
-        self._pos = _LRU(1 << 17)  # regular file nid -> (directory nid, index in its listing)
+        # Regular file nid -> (directory nid, index in its listing), of files a walk passed or looked up (a
+        # file listed is found in the cached listings: see _position).
+        self._pos = _LRU(2 * WALK_FILES_AHEAD)
         self._dpos = _LRU(1 << 16)  # directory nid -> index in its parent's listing
         self._pf: dict[int, _FileJob] = {}  # prefetches queued or running
-        self._pf_done = _LRU(1 << 17)  # nids prefetched already
+        self._pf_done = _LRU(8 * WALK_FILES_AHEAD)  # nids prefetched already
         self._reading_until = 0.0  # a tree reader (tar, cp -r) may be at work until then
         self._walker: _Walker | None = None
-        self._listed_dirs: set[int] = set()  # directories listed (read by workers: only ever added to)
+        # Directories listed lately: the kernel knows their files, so a worker can hand their chunks to the page
+        # cache (read by workers; a directory that dropped out has its files' chunks stored when listed again).
+        self._listed_dirs = _LRU(1 << 16)
         # Bytes a tree reader gets decoded ahead: a quarter of the cache at most, so that they stay in it.
         self.prefetch_ahead = min(PREFETCH_AHEAD, cache_size // 4)
         self._paths: dict[int, str] = {}
@@ -275,11 +313,16 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         self._hinted = _LRU(
             4096
         )  # nid -> index of the last chunk whose stored bytes the kernel was asked for
+        # Inodes, dirents and chunk records read from the bootstrap until its pages are given back to the kernel
+        # (when it is mapped: a big one is), so that serving a tree holds a part of the map resident, not all
+        # of it, as the model's walks do.
+        self._until_release = RELEASE_READS
         # The chunk table, keyed: built now rather than on the first read of a file (milliseconds on a big image).
         try:
             self.rafs.index_chunk_table()
         except (NydusInspectError, ValueError, struct.error):
             pass  # the reads that need it say what is wrong
+        self._release()
 
     # ------------------------------------------------------------------ life cycle
     def attach(self) -> None:
@@ -309,12 +352,28 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
     def detach(self) -> bool:
         """After the loop: True once nothing may touch the FUSE session any more (it can be destroyed)."""
         self.sched.shutdown(wait=False)
-        return self.stop_storing(5.0)
+        stopped = self.stop_storing(5.0)
+        self.tree.close()
+        return stopped
 
     # ------------------------------------------------------------------ attributes
     def _stat(self, nid: int) -> tuple:
         """(mode, nlink, size, i_u, i_ino, uid, gid, mtime, mtime_nsec) of inode ``nid`` (the model's fast path)."""
+        self._read_bootstrap(1)
         return self.rafs.attrs(nid)
+
+    def _read_bootstrap(self, n: int) -> None:
+        """``n`` more inodes, dirents or chunk records are about to be read from the bootstrap (or were just
+        read). Also called by the decoding workers: a count lost between threads only delays a release."""
+        self._until_release -= n
+        if self._until_release <= 0:
+            self._release()
+
+    def _release(self) -> None:
+        self._until_release = RELEASE_READS
+        release = self.rafs.release_pages
+        if release is not None:
+            release()
 
     def _image_attr(self, nid: int, ino_nr: int = 0, st: tuple | None = None) -> pyfuse3.EntryAttributes:
         """The attributes of image inode ``nid``; FUSEError(EIO) for one the kernel cannot take (a size past a
@@ -387,7 +446,13 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             e.st_nlink = 1
             content = node.content
             if content.size is None:
-                await self._generated(node)
+                if content.ranged:
+                    try:
+                        await trio.to_thread.run_sync(content.prepare, limiter=self.limiter)
+                    except (NydusInspectError, OSError) as exc:
+                        raise self._eio(node.path, exc) from None
+                else:
+                    await self._generated(node)
             size = content.size
         e.st_size = size
         e.st_blksize = 4096
@@ -402,11 +467,12 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         return self._image_attr(ino)
 
     # ------------------------------------------------------------------ names
-    def _dir(self, nid: int) -> tuple[list[tuple[bytes, int]], dict[bytes, int]]:
-        """([(name, nid)] of directory ``nid`` in on-disk order, {name: index in that list})."""
+    def _dir(self, nid: int) -> _Listing:
+        """Directory ``nid`` as listed, decoded or cached."""
         d = self._dirs.get(nid)
         if d is None:
             ents = self.rafs.dir_entries(nid)
+            self._read_bootstrap(len(ents))
             hide = self.hide_whiteouts
             drop = [
                 n for n, _ in ents if len(n) > NAME_MAX or b"\0" in n or (hide and n[:4] == WHITEOUT_PREFIX)
@@ -423,15 +489,15 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             if drop:
                 gone = set(drop)
                 ents = [e for e in ents if e[0] not in gone]
-            n = len(ents)
-            # Each name once, the first (as a path lookup finds it): built backwards, the first one stays.
-            index = dict(zip(map(_name, reversed(ents)), range(n - 1, -1, -1)))
-            if len(index) != n:  # a name twice: the kernel would get two inodes for one name
+            names = list(map(_name, ents))
+            if len(set(names)) != len(names):  # a name twice: the kernel would get two inodes for one name
                 self._log_once(("twice", nid), f"{self._where(nid)}: a name listed twice, shown once")
-                ents = [e for i, e in enumerate(ents) if index[e[0]] == i]
-                index = dict(zip(map(_name, ents), range(len(ents))))
-            d = (ents, index)
-            self._dirs.put(nid, d, len(ents))
+                # Each name once, the first (as a path lookup finds it): built backwards, the first one stays.
+                first = dict(zip(reversed(names), range(len(names) - 1, -1, -1)))
+                ents = [e for i, e in enumerate(ents) if first[e[0]] == i]
+                names = list(map(_name, ents))
+            d = _Listing(names, array.array("Q", map(_nid, ents)))
+            self._dirs.put(nid, d)
         return d
 
     @_guard
@@ -447,19 +513,17 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
                 return await self._attr(child)
             if name == b".":
                 return await self._attr(parent_inode)
-            ents, index = self._dir(parent_inode)
+            listing = self._dir(parent_inode)
             if name == b"..":
-                i = index.get(b"..")
-                return await self._attr(
-                    ROOT_INODE if parent_inode == self.root_nid or i is None else ents[i][1]
-                )
-            i = index.get(name)
+                up = listing.parent()
+                return await self._attr(ROOT_INODE if parent_inode == self.root_nid or up is None else up)
+            i = listing.find(name)
             if i is None:
                 e = pyfuse3.EntryAttributes()  # a negative entry, cached as long as a positive one
                 e.st_ino = 0
                 e.entry_timeout = TIMEOUT
                 return e
-            nid = ents[i][1]
+            nid = listing.nids[i]
             st = self._stat(nid)
             if st[0] & S_IFMT == S_IFREG and self.readahead and nid not in self._pos:
                 self._pos.put(nid, (parent_inode, i))  # rare: tar and cp list the directory first
@@ -518,17 +582,17 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
                     if not pyfuse3.readdir_reply(token, name, await self._attr(child), i + 1):
                         break
                 return
-            ents = self._dir(fh)[0]
+            listing = self._dir(fh)
+            names, nids = listing.names, listing.nids
             if start_id == 0 and self.readahead:
-                self._listed_dirs.add(fh)
+                self._listed_dirs.put(fh, True)
                 self._listed(fh)
             reply = pyfuse3.readdir_reply
             stat_ = self._stat
             attr = self._image_attr
-            pos = self._pos if self.readahead else None
-            dpos = self._dpos
-            for i in range(start_id, len(ents)):
-                name, nid = ents[i]
+            dpos = self._dpos if self.readahead else None
+            for i in range(start_id, len(names)):
+                name, nid = names[i], nids[i]
                 if name == b".":
                     a = attr(fh)
                 elif name == b"..":
@@ -540,11 +604,8 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
                         a = attr(nid, nid, st)
                     except pyfuse3.FUSEError:  # this inode only: listed, and EIO when used
                         a = self._placeholder(nid, st[0])
-                    if pos is not None:
-                        if fmt == S_IFREG:
-                            pos.put(nid, (fh, i))
-                        elif fmt == S_IFDIR:
-                            dpos.put(nid, i)
+                    if dpos is not None and fmt == S_IFDIR:
+                        dpos.put(nid, i)
                 if not reply(token, name, a, i + 1):
                     break
         except NydusInspectError as exc:
@@ -589,6 +650,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             chunks = self._big_chunks.get(nid)
             if chunks is None:
                 chunks = self.rafs.chunks(self.rafs.node(nid, b""))
+                self._read_bootstrap(1 + min(len(chunks), RELEASE_READS))
                 (self._chunks if len(chunks) <= 64 else self._big_chunks).put(nid, chunks)
         return chunks
 
@@ -753,6 +815,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
             chunks = datas = None
             try:
                 chunks = self.rafs.chunks(self.rafs.node(item.nid, b""))
+                self._read_bootstrap(1 + min(len(chunks), RELEASE_READS))
                 datas = [self._decode(c) for c in chunks]
             except Exception:  # the reader will decode it again and report what is wrong
                 chunks = datas = None
@@ -868,7 +931,7 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
     async def _vread(self, node: VNode, off: int, size: int):
         content = node.content
         if content.ranged:
-            if off >= content.size:
+            if content.size is not None and off >= content.size:
                 return b""
             try:
                 return await trio.to_thread.run_sync(content.read, off, size, limiter=self.limiter)

@@ -94,9 +94,24 @@ class TreeReaderPrefetch:
                 return
         if not reader:
             return
-        pos = self._pos.get(nid)
+        pos = self._position(nid)
         if pos is not None:
             self._start_walk(pos[0], pos[1] + 1)
+
+    def _position(self, nid: int) -> tuple[int, int] | None:
+        """(directory nid, index in its listing) of regular file ``nid``: known from a walk or a lookup, or
+        found in the cached listings, the latest first (tar and cp list a directory, then open its files).
+        Searched rather than kept for each file listed: only a tree reader's first files need it."""
+        pos = self._pos.get(nid)
+        if pos is None:
+            for dnid in reversed(self._dirs):
+                try:
+                    pos = (dnid, self._dirs[dnid].nids.index(nid))
+                except ValueError:
+                    continue
+                self._pos.put(nid, pos)
+                break
+        return pos
 
     def _listed(self, dnid: int) -> None:
         """Directory ``dnid`` is being listed (readdir from its start)."""
@@ -122,10 +137,13 @@ class TreeReaderPrefetch:
     def _index_in_parent(self, dnid: int, parent: int) -> int:
         """Where directory ``dnid`` is in the listing of ``parent`` (known from a listing or an earlier walk;
         else looked for, once)."""
-        pents = self._dir(parent)[0]
+        pnids = self._dir(parent).nids
         k = self._dpos.get(dnid)
-        if k is None or k >= len(pents) or pents[k][1] != dnid:
-            k = next((k for k, (_, n) in enumerate(pents) if n == dnid), len(pents) - 1)
+        if k is None or k >= len(pnids) or pnids[k] != dnid:
+            try:
+                k = pnids.index(dnid)
+            except ValueError:
+                k = len(pnids) - 1
             self._dpos.put(dnid, k)
         return k
 
@@ -142,9 +160,7 @@ class TreeReaderPrefetch:
             stack.append((d, j))
             if d == self.root_nid:
                 break
-            ents, index = self._dir(d)
-            k = index.get(b"..")
-            parent = ents[k][1] if k is not None else None
+            parent = self._dir(d).parent()
             if parent is None or parent in self.vnodes:
                 break
             j = self._index_in_parent(d, parent) + 1
@@ -156,9 +172,10 @@ class TreeReaderPrefetch:
         while stack:
             d, j = stack.pop()
             dirs.add(d)
-            ents = self._dir(d)[0]
-            while j < len(ents):
-                name, cnid = ents[j]
+            listing = self._dir(d)
+            names, nids = listing.names, listing.nids
+            while j < len(names):
+                name, cnid = names[j], nids[j]
                 j += 1
                 if name == b"." or name == b"..":
                     continue
@@ -232,7 +249,7 @@ class TreeReaderPrefetch:
         """The walk got to directory ``dnid`` before the kernel knew its files, so what was decoded of them
         could not go to the page cache then: send it now that its listing makes them known."""
         get = self.cache.get
-        for _, nid in self._dir(dnid)[0]:
+        for nid in self._dir(dnid).nids:
             chunks = self._chunks.get(nid)
             if chunks is None:
                 continue

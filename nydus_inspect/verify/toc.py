@@ -4,10 +4,8 @@ the ToC's digest against the bootstrap's blob table.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
-from ..codecs import Compressor
 from ..errors import FormatError, NydusInspectError
 from ..formats import blob_meta
 from ..formats.tar_header import (
@@ -25,14 +23,8 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------- ToC
 def _entry_sha256(blob: Layer, name: str) -> tuple[str, str]:
     """(recorded, recomputed) sha256 of entry ``name``; raises FormatError when it does not read."""
-    off, size, comp, usize, digest = blob.entry_location(name)
-    h = hashlib.sha256()
-    if comp is Compressor.NONE and name not in (BLOB_META, BLOB_META_HEADER):  # maybe encrypted (Layer.entry)
-        step = 4 << 20
-        for pos in range(off, off + size, step):
-            h.update(blob.pread(pos, min(step, off + size - pos), name))
-    else:
-        h = blob.entry_sha256(name)
+    off, size, _, _, digest = blob.entry_location(name)
+    h = blob.entry_sha256(name)
     if name == IMAGE_BLOB:
         h.update(blob.pread(off + size, 512, "image.blob tar header"))
     return (digest.hex() if digest is not None else ""), h.hexdigest()
