@@ -127,6 +127,9 @@ def _check_bootstrap(run: _Run) -> None:
     run.count("paths", paths)
     run.count("inodes", inodes)
     tree.dirents.clear()
+    # The walk is done with the decoded inodes it kept (a full cache is tens of MB); the checks below decode
+    # the few they look at again. The chunk records stay: the chunk pass looks every chunk up in them.
+    rafs.drop_caches(chunk_records=False)
     tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
 
