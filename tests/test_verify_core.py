@@ -201,6 +201,20 @@ def test_flipped_blob_digest_entry(packed, tmp_path):
     assert "chunk.table" not in checks(rep)  # the data itself is intact
 
 
+def test_chunk_pass_reads_the_blob_digest_the_blob_meta_pass_checked(packed):
+    # Each pass read blob.digest for itself: a big layer held 32 bytes a chunk twice over.
+    with open_layer(str(packed["zstd"])) as layer:
+        cv = ChunkVerifier(layer)
+        assert cv.digests is layer.chunk_digests.data
+
+
+def test_bootstrap_pass_lets_go_of_the_inodes_its_walk_decoded(packed):
+    # The walk fills the model's inode cache (tens of MB on a big layer); the passes after it need none of it.
+    with open_layer(str(packed["zstd"])) as layer:
+        rep = verify(layer)
+        assert rep.ok and len(layer.rafs._inodes) == 0
+
+
 def test_flipped_blob_meta_header_is_reported(packed, tmp_path):
     bad = copy(packed["zstd"], tmp_path)
     with open_layer(str(bad)) as layer:
