@@ -158,6 +158,27 @@ _MAPPED_ALIGNS = (0x80000, 0x200000)
 _NOT_TILED = blob_meta.BATCH | blob_meta.ZRAN | blob_meta.SEPARATE
 
 
+#: Extents a bucket of _by_start sorts at once.
+_SORT_BUCKET = 1 << 16
+
+
+def _by_start(starts: array, size: int) -> Iterable[int]:
+    """The positions of ``starts`` in order of start, equal starts in order of position (a stable sort). A
+    list of a million ints to sort costs tens of MB: the positions are first put in buckets of neighbouring
+    starts (arrays, 8 bytes a position; the bucket of a start grows with it), and one bucket at a time sorted."""
+    count = len(starts)
+    nb = max(1, count // _SORT_BUCKET)
+    # Buckets split the bootstrap's ``size`` bytes evenly; a start past it (a finding) goes in the last one.
+    width = size // nb + 1
+    buckets = [array("q") for _ in range(nb)]
+    for i, start in enumerate(starts):
+        buckets[min(nb - 1, max(0, start // width))].append(i)
+    for k in range(nb):
+        bucket, buckets[k] = buckets[k], None
+        # Positions went in in increasing order, and sorted() is stable: ties stay in position order.
+        yield from sorted(bucket, key=starts.__getitem__)
+
+
 class _NidSet:
     """A set of inode numbers below ``limit`` (an inode takes 32 bytes of the bootstrap at least), a bit
     each: a set of a million ints held ~40 MB. A number past the limit (a v5 inode table) goes in a set."""
@@ -980,12 +1001,7 @@ class _Tree:
         size = self.rafs.size
         end, owner = 0, None
         bad: list[tuple[str, int, int, int | None, int, str]] = []  # (what, start, stop, owner, tag, reason)
-        # One sorted list of start and position packed in an int (a list of positions sorted by a list of
-        # keys holds two ints an extent); the position breaks ties as a stable sort would.
-        shift = len(starts).bit_length()
-        mask = (1 << shift) - 1
-        for key in sorted((start << shift) | i for i, start in enumerate(starts)):
-            i = key & mask
+        for i in _by_start(starts, size):
             start, stop, tag = starts[i], ends[i], tags[i]
             if stop > size:
                 bad.append(("past", start, stop, None, tag, f"<= {size}"))
