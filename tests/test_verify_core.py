@@ -215,6 +215,27 @@ def test_bootstrap_pass_lets_go_of_the_inodes_its_walk_decoded(packed):
         assert rep.ok and len(layer.rafs._inodes) == 0
 
 
+def test_bootstrap_walk_keeps_a_few_directories_of_inodes(packed, monkeypatch):
+    # The walk filled the model's whole inode cache (65,536 inodes, tens of MB) where a few directories' do.
+    from nydus_inspect import model
+    from nydus_inspect.verify import bootstrap
+
+    monkeypatch.setattr(bootstrap, "WALK_INODES", 3)
+    most = [0]
+    put = model._LRU.put
+
+    def counted(self, key, value):
+        put(self, key, value)
+        most[0] = max(most[0], len(self))
+
+    monkeypatch.setattr(model._LRU, "put", counted)
+    with open_layer(str(packed["zstd"])) as layer:
+        full = layer.rafs._inodes.limit
+        rep = verify(layer)
+        assert rep.ok and layer.rafs._inodes.limit == full  # the caller's cache, as it was
+    assert 0 < most[0] <= 3
+
+
 def test_layout_check_orders_extents_a_bucket_at_a_time():
     import random
     import tracemalloc

@@ -91,44 +91,52 @@ def _check_bootstrap(run: _Run) -> None:
             run.add(_exc_finding("bootstrap.chunks", exc, path=fsdecode(node.path), file=layer.path))
             return []
 
-    for n, node, chunks, new in index_walk(rafs, index, chunks_of, on_error=bad_walk, readdir=readdir):
-        first_visit = node.nid not in seen_nids
-        seen_nids.add(node.nid)
-        paths += 1
-        tree.visit(node, first_visit)
-        if first_visit:
-            inodes += 1
-        if chunks is not None:
-            tree.file_chunks(node, chunks, records, first_visit)
+    # The walk decodes an inode where its directory lists it (_Tree._dir) and looks at it again when it gets
+    # there: soon after for the directory's files, after their subtrees for its subdirectories (decoded once
+    # more then, which costs little). A few directories' worth of inodes serves it as well as the model's
+    # full cache, which held tens of MB.
+    kept = rafs.cache_inodes(WALK_INODES)
+    try:
+        for n, node, chunks, new in index_walk(rafs, index, chunks_of, on_error=bad_walk, readdir=readdir):
+            first_visit = node.nid not in seen_nids
+            seen_nids.add(node.nid)
+            paths += 1
+            tree.visit(node, first_visit)
             if first_visit:
-                for c, got_first in zip(chunks, new, strict=True):
-                    if got_first and 0 <= c.blob_index < nblobs:
-                        count = rafs.blobs[c.blob_index].chunk_count
-                        if c.ci_index >= count:
-                            run.add(
-                                Finding(
-                                    "bootstrap.chunks",
-                                    f"chunk index beyond the blob's {count} chunks",
-                                    structure="erofs chunk index",
-                                    file=layer.path,
-                                    blob_index=c.blob_index,
-                                    chunk=c.ci_index,
-                                    path=fsdecode(node.path),
-                                    expected=f"< {count}",
-                                    found=str(c.ci_index),
+                inodes += 1
+            if chunks is not None:
+                tree.file_chunks(node, chunks, records, first_visit)
+                if first_visit:
+                    for c, got_first in zip(chunks, new, strict=True):
+                        if got_first and 0 <= c.blob_index < nblobs:
+                            count = rafs.blobs[c.blob_index].chunk_count
+                            if c.ci_index >= count:
+                                run.add(
+                                    Finding(
+                                        "bootstrap.chunks",
+                                        f"chunk index beyond the blob's {count} chunks",
+                                        structure="erofs chunk index",
+                                        file=layer.path,
+                                        blob_index=c.blob_index,
+                                        chunk=c.ci_index,
+                                        path=fsdecode(node.path),
+                                        expected=f"< {count}",
+                                        found=str(c.ci_index),
+                                    )
                                 )
-                            )
-            node.chunks = None  # keep memory flat on big images
-        if n & 1023 == 1023:
-            run.count("paths", paths)
-            run.count("inodes", inodes)
-            paths = inodes = 0
-            run.tick("bootstrap", n + 1, total)
+                node.chunks = None  # keep memory flat on big images
+            if n & 1023 == 1023:
+                run.count("paths", paths)
+                run.count("inodes", inodes)
+                paths = inodes = 0
+                run.tick("bootstrap", n + 1, total)
+    finally:
+        rafs.cache_inodes(kept)
     run.count("paths", paths)
     run.count("inodes", inodes)
     tree.dirents.clear()
-    # The walk is done with the decoded inodes it kept (a full cache is tens of MB); the checks below decode
-    # the few they look at again. The chunk records stay: the chunk pass looks every chunk up in them.
+    # The walk is done with the decoded inodes it kept; the checks below decode the few they look at again.
+    # The chunk records stay: the chunk pass looks every chunk up in them.
     rafs.drop_caches(chunk_records=False)
     tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
@@ -158,6 +166,9 @@ _MAPPED_ALIGNS = (0x80000, 0x200000)
 _NOT_TILED = blob_meta.BATCH | blob_meta.ZRAN | blob_meta.SEPARATE
 
 
+#: Decoded inodes the bootstrap walk keeps (RafsV6.cache_inodes): a directory of more entries has the
+#: first of them decoded twice.
+WALK_INODES = 8192
 #: Extents a bucket of _by_start sorts at once.
 _SORT_BUCKET = 1 << 16
 
