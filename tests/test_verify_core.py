@@ -93,6 +93,30 @@ def test_vectors_verify_clean(vectors):
 
 
 @pytest.mark.vectors
+def test_chunk_table_check_gives_the_mapped_tables_pages_back(vectors, monkeypatch):
+    # The chunk-table check reads a mapped table end to end (80 bytes a chunk): its pages stayed resident.
+    import sys
+
+    from nydus_inspect.verify import bootstrap
+
+    monkeypatch.setattr(bootstrap, "RELEASE_EVERY", 1)
+    callers: list[str] = []
+    with open_layer(str(vectors / BOOTSTRAP), blob_dir=str(vectors / "nydus" / "blobs")) as layer:
+        rafs = layer.rafs
+        release = rafs.release_pages
+        assert release is not None  # a bootstrap file is mapped
+
+        def recorded() -> None:
+            callers.append(sys._getframe(1).f_code.co_name)
+            release()
+
+        rafs.release_pages = recorded
+        rep = verify(layer)
+    assert rep.ok, rep.findings
+    assert callers.count("_chunk_table") == rafs.chunk_table_records == 2
+
+
+@pytest.mark.vectors
 def test_data_blob_without_bootstrap_guesses_codec(vectors):
     with open_layer(str(vectors / DATA_BLOB)) as layer:
         rep = verify(layer)

@@ -24,6 +24,7 @@ from ..model import (
     NAME_MAX,
     PATH_MAX,
     REG,
+    RELEASE_EVERY,
     SYMLINK,
     WALK_LINKED_TWICE,
     WalkError,
@@ -1109,6 +1110,9 @@ class _Tree:
             if marks is None:
                 marks = crc_flags[bi] = array("q")
             marks.append(i if flags & rafs_v6.CHUNK_HAS_CRC32 else ~i)
+            # The table is read once from end to end here: its pages need not stay (RafsV6.release_pages).
+            if i % RELEASE_EVERY == RELEASE_EVERY - 1 and rafs.release_pages is not None:
+                rafs.release_pages()
             if crc and not flags & rafs_v6.CHUNK_HAS_CRC32:
                 tbad("crc32", "crc32 set but the HAS_CRC32 flag is not", 0, crc)
             if not 0 < usize <= cs:
