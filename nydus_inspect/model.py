@@ -850,11 +850,21 @@ class RafsV6:
             self._records = ChunkRecords(self.buf, off, self.ext.s_chunk_table_size)
         return self._records
 
-    def drop_caches(self) -> None:
+    def cache_inodes(self, limit: int) -> int:
+        """Keep at most ``limit`` decoded inodes from now on, the first decoded going first; returns the limit
+        this replaces, for a caller to put back."""
+        old, self._inodes.limit = self._inodes.limit, limit
+        while len(self._inodes) > limit:
+            self._inodes.popitem(last=False)
+        return old
+
+    def drop_caches(self, chunk_records: bool = True) -> None:
         """Let go of the decoded inodes and chunk records kept for later calls (they are decoded again if
-        asked for): a caller done with a walk over one of many layers keeps their memory from adding up."""
+        asked for): a caller done with a walk over one of many layers keeps their memory from adding up.
+        Without ``chunk_records``, only the inodes: for a caller that goes on to look chunks up."""
         self._inodes.clear()
-        self._chunk_table = self._records = None
+        if chunk_records:
+            self._chunk_table = self._records = None
 
     def index_chunk_table(self) -> None:
         """Key the chunk table now rather than on the first chunks() call (a server does it at start)."""

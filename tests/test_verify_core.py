@@ -93,6 +93,30 @@ def test_vectors_verify_clean(vectors):
 
 
 @pytest.mark.vectors
+def test_chunk_table_check_gives_the_mapped_tables_pages_back(vectors, monkeypatch):
+    # The chunk-table check reads a mapped table end to end (80 bytes a chunk): its pages stayed resident.
+    import sys
+
+    from nydus_inspect.verify import bootstrap
+
+    monkeypatch.setattr(bootstrap, "RELEASE_EVERY", 1)
+    callers: list[str] = []
+    with open_layer(str(vectors / BOOTSTRAP), blob_dir=str(vectors / "nydus" / "blobs")) as layer:
+        rafs = layer.rafs
+        release = rafs.release_pages
+        assert release is not None  # a bootstrap file is mapped
+
+        def recorded() -> None:
+            callers.append(sys._getframe(1).f_code.co_name)
+            release()
+
+        rafs.release_pages = recorded
+        rep = verify(layer)
+    assert rep.ok, rep.findings
+    assert callers.count("_chunk_table") == rafs.chunk_table_records == 2
+
+
+@pytest.mark.vectors
 def test_data_blob_without_bootstrap_guesses_codec(vectors):
     with open_layer(str(vectors / DATA_BLOB)) as layer:
         rep = verify(layer)
@@ -199,6 +223,68 @@ def test_flipped_blob_digest_entry(packed, tmp_path):
     (d,) = [f for f in rep.findings if f.check == "chunk.digest"]
     assert d.chunk == 1 and d.path is not None
     assert "chunk.table" not in checks(rep)  # the data itself is intact
+
+
+def test_chunk_pass_reads_the_blob_digest_the_blob_meta_pass_checked(packed):
+    # Each pass read blob.digest for itself: a big layer held 32 bytes a chunk twice over.
+    with open_layer(str(packed["zstd"])) as layer:
+        cv = ChunkVerifier(layer)
+        assert cv.digests is layer.chunk_digests.data
+
+
+def test_bootstrap_pass_lets_go_of_the_inodes_its_walk_decoded(packed):
+    # The walk fills the model's inode cache (tens of MB on a big layer); the passes after it need none of it.
+    with open_layer(str(packed["zstd"])) as layer:
+        rep = verify(layer)
+        assert rep.ok and len(layer.rafs._inodes) == 0
+
+
+def test_bootstrap_walk_keeps_a_few_directories_of_inodes(packed, monkeypatch):
+    # The walk filled the model's whole inode cache (65,536 inodes, tens of MB) where a few directories' do.
+    from nydus_inspect import model
+    from nydus_inspect.verify import bootstrap
+
+    monkeypatch.setattr(bootstrap, "WALK_INODES", 3)
+    most = [0]
+    put = model._LRU.put
+
+    def counted(self, key, value):
+        put(self, key, value)
+        most[0] = max(most[0], len(self))
+
+    monkeypatch.setattr(model._LRU, "put", counted)
+    with open_layer(str(packed["zstd"])) as layer:
+        full = layer.rafs._inodes.limit
+        rep = verify(layer)
+        assert rep.ok and layer.rafs._inodes.limit == full  # the caller's cache, as it was
+    assert 0 < most[0] <= 3
+
+
+def test_layout_check_orders_extents_a_bucket_at_a_time():
+    import random
+    import tracemalloc
+    from array import array
+
+    from nydus_inspect.verify.bootstrap import _by_start
+
+    rng = random.Random(7)
+    size = 1 << 20
+    # Ties, starts past the bootstrap and the clamp value: the order of a stable sort by start, all the same.
+    starts = array(
+        "q", (rng.choice((rng.randrange(size), rng.randrange(64), size + 5, 1 << 62)) for _ in range(70000))
+    )
+    assert list(_by_start(starts, size)) == sorted(range(len(starts)), key=starts.__getitem__)
+    assert list(_by_start(array("q"), size)) == []
+    # A list of every extent to sort held about 40 bytes an extent (~20 MiB here); buckets hold 8 and a bucket.
+    starts = array("q", (rng.randrange(size << 8) for _ in range(500_000)))
+    tracemalloc.start()
+    try:
+        for _ in _by_start(starts, size << 8):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 << 20
 
 
 def test_flipped_blob_meta_header_is_reported(packed, tmp_path):

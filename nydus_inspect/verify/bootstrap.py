@@ -24,6 +24,7 @@ from ..model import (
     NAME_MAX,
     PATH_MAX,
     REG,
+    RELEASE_EVERY,
     SYMLINK,
     WALK_LINKED_TWICE,
     WalkError,
@@ -91,42 +92,53 @@ def _check_bootstrap(run: _Run) -> None:
             run.add(_exc_finding("bootstrap.chunks", exc, path=fsdecode(node.path), file=layer.path))
             return []
 
-    for n, node, chunks, new in index_walk(rafs, index, chunks_of, on_error=bad_walk, readdir=readdir):
-        first_visit = node.nid not in seen_nids
-        seen_nids.add(node.nid)
-        paths += 1
-        tree.visit(node, first_visit)
-        if first_visit:
-            inodes += 1
-        if chunks is not None:
-            tree.file_chunks(node, chunks, records, first_visit)
+    # The walk decodes an inode where its directory lists it (_Tree._dir) and looks at it again when it gets
+    # there: soon after for the directory's files, after their subtrees for its subdirectories (decoded once
+    # more then, which costs little). A few directories' worth of inodes serves it as well as the model's
+    # full cache, which held tens of MB.
+    kept = rafs.cache_inodes(WALK_INODES)
+    try:
+        for n, node, chunks, new in index_walk(rafs, index, chunks_of, on_error=bad_walk, readdir=readdir):
+            first_visit = node.nid not in seen_nids
+            seen_nids.add(node.nid)
+            paths += 1
+            tree.visit(node, first_visit)
             if first_visit:
-                for c, got_first in zip(chunks, new, strict=True):
-                    if got_first and 0 <= c.blob_index < nblobs:
-                        count = rafs.blobs[c.blob_index].chunk_count
-                        if c.ci_index >= count:
-                            run.add(
-                                Finding(
-                                    "bootstrap.chunks",
-                                    f"chunk index beyond the blob's {count} chunks",
-                                    structure="erofs chunk index",
-                                    file=layer.path,
-                                    blob_index=c.blob_index,
-                                    chunk=c.ci_index,
-                                    path=fsdecode(node.path),
-                                    expected=f"< {count}",
-                                    found=str(c.ci_index),
+                inodes += 1
+            if chunks is not None:
+                tree.file_chunks(node, chunks, records, first_visit)
+                if first_visit:
+                    for c, got_first in zip(chunks, new, strict=True):
+                        if got_first and 0 <= c.blob_index < nblobs:
+                            count = rafs.blobs[c.blob_index].chunk_count
+                            if c.ci_index >= count:
+                                run.add(
+                                    Finding(
+                                        "bootstrap.chunks",
+                                        f"chunk index beyond the blob's {count} chunks",
+                                        structure="erofs chunk index",
+                                        file=layer.path,
+                                        blob_index=c.blob_index,
+                                        chunk=c.ci_index,
+                                        path=fsdecode(node.path),
+                                        expected=f"< {count}",
+                                        found=str(c.ci_index),
+                                    )
                                 )
-                            )
-            node.chunks = None  # keep memory flat on big images
-        if n & 1023 == 1023:
-            run.count("paths", paths)
-            run.count("inodes", inodes)
-            paths = inodes = 0
-            run.tick("bootstrap", n + 1, total)
+                node.chunks = None  # keep memory flat on big images
+            if n & 1023 == 1023:
+                run.count("paths", paths)
+                run.count("inodes", inodes)
+                paths = inodes = 0
+                run.tick("bootstrap", n + 1, total)
+    finally:
+        rafs.cache_inodes(kept)
     run.count("paths", paths)
     run.count("inodes", inodes)
     tree.dirents.clear()
+    # The walk is done with the decoded inodes it kept; the checks below decode the few they look at again.
+    # The chunk records stay: the chunk pass looks every chunk up in them.
+    rafs.drop_caches(chunk_records=False)
     tree.finish(complete=not index.errors)
     run.tick("bootstrap", total, total)
 
@@ -153,6 +165,30 @@ _TABLES = ("superblocks", "device table", "blob table", "prefetch table", "chunk
 #: mapped_blkaddr alignments seen in real images: v2.3 (512 KiB) and 2023 development builds (2 MiB).
 _MAPPED_ALIGNS = (0x80000, 0x200000)
 _NOT_TILED = blob_meta.BATCH | blob_meta.ZRAN | blob_meta.SEPARATE
+
+
+#: Decoded inodes the bootstrap walk keeps (RafsV6.cache_inodes): a directory of more entries has the
+#: first of them decoded twice.
+WALK_INODES = 8192
+#: Extents a bucket of _by_start sorts at once.
+_SORT_BUCKET = 1 << 16
+
+
+def _by_start(starts: array, size: int) -> Iterable[int]:
+    """The positions of ``starts`` in order of start, equal starts in order of position (a stable sort). A
+    list of a million ints to sort costs tens of MB: the positions are first put in buckets of neighbouring
+    starts (arrays, 8 bytes a position; the bucket of a start grows with it), and one bucket at a time sorted."""
+    count = len(starts)
+    nb = max(1, count // _SORT_BUCKET)
+    # Buckets split the bootstrap's ``size`` bytes evenly; a start past it (a finding) goes in the last one.
+    width = size // nb + 1
+    buckets = [array("q") for _ in range(nb)]
+    for i, start in enumerate(starts):
+        buckets[min(nb - 1, max(0, start // width))].append(i)
+    for k in range(nb):
+        bucket, buckets[k] = buckets[k], None
+        # Positions went in in increasing order, and sorted() is stable: ties stay in position order.
+        yield from sorted(bucket, key=starts.__getitem__)
 
 
 class _NidSet:
@@ -977,12 +1013,7 @@ class _Tree:
         size = self.rafs.size
         end, owner = 0, None
         bad: list[tuple[str, int, int, int | None, int, str]] = []  # (what, start, stop, owner, tag, reason)
-        # One sorted list of start and position packed in an int (a list of positions sorted by a list of
-        # keys holds two ints an extent); the position breaks ties as a stable sort would.
-        shift = len(starts).bit_length()
-        mask = (1 << shift) - 1
-        for key in sorted((start << shift) | i for i, start in enumerate(starts)):
-            i = key & mask
+        for i in _by_start(starts, size):
             start, stop, tag = starts[i], ends[i], tags[i]
             if stop > size:
                 bad.append(("past", start, stop, None, tag, f"<= {size}"))
@@ -1079,6 +1110,9 @@ class _Tree:
             if marks is None:
                 marks = crc_flags[bi] = array("q")
             marks.append(i if flags & rafs_v6.CHUNK_HAS_CRC32 else ~i)
+            # The table is read once from end to end here: its pages need not stay (RafsV6.release_pages).
+            if i % RELEASE_EVERY == RELEASE_EVERY - 1 and rafs.release_pages is not None:
+                rafs.release_pages()
             if crc and not flags & rafs_v6.CHUNK_HAS_CRC32:
                 tbad("crc32", "crc32 set but the HAS_CRC32 flag is not", 0, crc)
             if not 0 < usize <= cs:

@@ -63,6 +63,20 @@ def _table_records(layer: Layer, blob_index: int) -> list[ChunkRecord]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _recorded_digests(meta: Layer) -> bytes | None:
+    """The bytes of ``meta``'s blob.digest, or None without one: the layer's own checked array
+    (``Layer.chunk_digests``, which the blob.meta pass reads and keeps too), so that the run holds one copy.
+    A blob.digest that fails its checks is still read, unchecked: that is the ToC and blob.meta passes'
+    finding, and the chunks are still compared with it."""
+    if not meta.has_entry(BLOB_DIGEST):
+        return None
+    try:
+        checked = meta.chunk_digests
+    except NydusInspectError:
+        return meta.entry(BLOB_DIGEST, verify=False)
+    return checked.data if checked is not None else None
+
+
 class ChunkVerifier:
     """The chunks of one blob, and the checks of each: read, decompress, digest, agreement with the bootstrap.
 
@@ -111,10 +125,7 @@ class ChunkVerifier:
             raise UsageError(
                 f"{layer.path}: no blob.meta and no bootstrap chunk table: nothing describes chunks"
             )
-        # Unchecked here: a damaged blob.digest is the ToC pass's finding; the chunks are still compared with it.
-        self.digests: bytes | None = (
-            self.meta.entry(BLOB_DIGEST, verify=False) if self.meta.has_entry(BLOB_DIGEST) else None
-        )
+        self.digests: bytes | None = _recorded_digests(self.meta)
         # Compressor and digester as every reader resolves them (chunks.resolve): the blob's own.
         if resolved is None:
             resolved = Blob.without_bootstrap(self.blob, self.records, self.digests)
