@@ -358,6 +358,9 @@ class RafsV6:
 
     #: Inodes as mkfs.erofs writes them (the plain EROFS reader, nydus_inspect.erofs, sets it).
     PLAIN_EROFS = False
+    #: None until whoever maps ``buf`` from a file sets it (see __init__); a class default too, for the
+    #: subclasses that set up their own state (the EROFS and v5 readers).
+    release_pages: Callable[[], None] | None = None
     #: The EROFS block: 4096, or 512 in a tarfs bootstrap (set from the superblock).
     block_size = BLOCK_SIZE
     #: A tarfs bootstrap: a file's chunks are its bytes in the raw tar blob, at blkaddr, unrecorded.

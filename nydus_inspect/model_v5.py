@@ -44,7 +44,6 @@ class RafsV5Model(RafsV6):
         self.v5 = RafsV5(buf)
         self.buf = buf
         self.size = len(buf)
-        self.release_pages = None  # a v5 bootstrap is held as bytes: no pages of a map to give back
         self.sb = self.v5.sb
         self.chunk_size = self.v5.chunk_size
         self.compressor = self.v5.compressor
