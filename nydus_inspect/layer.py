@@ -29,7 +29,7 @@ from . import codecs
 from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
-from .chunks.source import BlobSource, LocalFile, SourceBytes
+from .chunks.source import BlobSource, LocalFile, PieceReader, SliceReader, SourceBytes
 from .codecs import Compressor
 from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -613,7 +613,7 @@ class Layer:
                 raw = self.pread(off, size, name)
                 usize = _zstd_frame_size(raw, name, off)
             else:
-                raw = _EntryReader(self, off, size, name)
+                raw = PieceReader(self.source, off, size, name, codecs.STREAM_PIECE)
             pieces = codecs.iter_zstd(raw, usize, name, off)
         else:
             pieces = (
@@ -755,7 +755,7 @@ class Layer:
 
         # Read through slices of the map: tarfile looks at headers and seeks past data, so a big layer tar is
         # neither copied whole (as BytesIO would) nor, when remote, fetched whole.
-        raw = io.BufferedReader(_SliceReader(self._map, self.size), 64 << 10)
+        raw = io.BufferedReader(SliceReader(self._map, self.size), 64 << 10)
         try:
             if self._map[:2] == b"\x1f\x8b":
                 import gzip
@@ -1161,50 +1161,3 @@ def _is_v6(data) -> bool:
 def _is_v5(data) -> bool:
     v5 = _rafs_v5()
     return len(data) >= 8 and struct.unpack("<II", data[0:8]) == (v5.MAGIC, v5.VERSION)
-
-
-class _EntryReader(io.RawIOBase):
-    """Reads ``size`` bytes of a layer's file from ``offset`` in pieces, each read when asked for: a compressed
-    entry decoded as a stream is then never held whole in its compressed form either."""
-
-    def __init__(self, layer: Layer, offset: int, size: int, what: str) -> None:
-        self.layer, self.pos, self.end, self.what = layer, offset, offset + size, what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = min(len(b), self.end - self.pos, codecs.STREAM_PIECE)
-        if n <= 0:
-            return 0
-        data = self.layer.pread(self.pos, n, self.what)
-        b[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-class _SliceReader(io.RawIOBase):
-    """A seekable reader over the first ``size`` bytes of anything sliced as bytes are (an mmap, SourceBytes)."""
-
-    def __init__(self, buf, size: int) -> None:
-        self.buf, self.size, self.pos = buf, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.buf[self.pos : min(self.size, self.pos + len(b))] if self.pos < self.size else b""
-        b[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos

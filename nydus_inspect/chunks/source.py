@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import os
 from typing import Protocol, runtime_checkable
 
@@ -414,3 +415,51 @@ class SourceBytes:
         parts[-1] = parts[-1][: stop - (k1 << bits)]
         parts[0] = parts[0][start - (k0 << bits) :]
         return b"".join(parts)
+
+
+class PieceReader(io.RawIOBase):
+    """Reads ``size`` bytes of ``source`` (anything with ``pread(offset, size, what)``) from ``offset``, at most
+    ``piece`` bytes a read, each read when asked for: a compressed entry decoded as a stream is then never
+    held whole in its compressed form either."""
+
+    def __init__(self, source, offset: int, size: int, what: str, piece: int) -> None:
+        self.source, self.pos, self.end, self.what, self.piece = source, offset, offset + size, what, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.end - self.pos, self.piece)
+        if n <= 0:
+            return 0
+        data = self.source.pread(self.pos, n, self.what)
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+class SliceReader(io.RawIOBase):
+    """A seekable reader over the first ``size`` bytes of anything sliced as bytes are (an mmap, SourceBytes)."""
+
+    def __init__(self, buf, size: int) -> None:
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.buf[self.pos : min(self.size, self.pos + len(b))] if self.pos < self.size else b""
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
