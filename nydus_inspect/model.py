@@ -9,6 +9,7 @@ mount and the TUI all speak :class:`Node` and :class:`~nydus_inspect.chunks.ref.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import stat
 import struct
@@ -184,13 +185,19 @@ class ChunkRecords:
     kilobyte a chunk: gigabytes for a layer of ten million chunks.) Chunk indexes are dense in every real
     table; a blob whose indexes are not (a hand-made table) is kept in a dict of rows instead."""
 
-    __slots__ = ("_buf", "_off", "_rows", "_count")
+    __slots__ = ("_buf", "_off", "_rows", "_count", "_release", "_left")
 
     _RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
     _KEY = struct.Struct("<32xI36xI4x")  # blob_index and index of an 80-byte record
+    #: Records looked up between two calls of ``release`` (see __init__).
+    RELEASE_LOOKUPS = 256
 
-    def __init__(self, buf, off: int, size: int) -> None:
+    def __init__(self, buf, off: int, size: int, release: Callable[[], None] | None = None) -> None:
         self._buf, self._off = buf, off
+        # Gives the table's mapped pages back to the kernel. The table is sorted by digest, so a walk looks its
+        # records up in no order, and each page fault maps the pages around the one asked for as well: a few
+        # hundred lookups make megabytes of the table resident, and a walk of a big layer all of it.
+        self._release, self._left = release, self.RELEASE_LOOKUPS
         whole = memoryview(buf)
         view = whole[off : off + size]
         try:
@@ -224,6 +231,12 @@ class ChunkRecords:
             view.release()
             whole.release()
         self._rows, self._count = rows, found
+
+    def _released(self) -> None:
+        """After keying the table (which read all of it), and every RELEASE_LOOKUPS lookups."""
+        self._left = self.RELEASE_LOOKUPS
+        if self._release is not None:
+            self._release()
 
     #: Records each step of _one_blob reads at once. Its slices, lists and counts are single C calls, each
     #: holding the GIL throughout: over a whole table of millions of records they stalled every other thread
@@ -283,6 +296,11 @@ class ChunkRecords:
         row = self._row(key)
         if not row:
             return default
+        if self._release is not None:
+            # Not locked: the chunk workers of verify share the table, and a count off by a few is harmless.
+            self._left -= 1
+            if self._left <= 0:
+                self._released()
         return self._RECORD.unpack_from(self._buf, self._off + self._RECORD.size * (row - 1))
 
     def __getitem__(self, key):
@@ -360,7 +378,7 @@ class RafsV6:
     PLAIN_EROFS = False
     #: None until whoever maps ``buf`` from a file sets it (see __init__); a class default too, for the
     #: subclasses that set up their own state (the EROFS and v5 readers).
-    release_pages: Callable[[], None] | None = None
+    release_pages: Callable[..., None] | None = None
     #: The EROFS block: 4096, or 512 in a tarfs bootstrap (set from the superblock).
     block_size = BLOCK_SIZE
     #: A tarfs bootstrap: a file's chunks are its bytes in the raw tar blob, at blkaddr, unrecorded.
@@ -381,10 +399,11 @@ class RafsV6:
         self.tarfs = bool(self.ext.s_flags & rafs_v6.TARFS_MODE)
         self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
-        #: Set by whoever maps ``buf`` from a file: gives the pages read so far back to the kernel (they are
-        #: read again from its cache when needed). The walks call it every RELEASE_EVERY nodes, so that a
-        #: walk of a mapped bootstrap holds a part of it, not all of it, resident.
-        self.release_pages: Callable[[], None] | None = None
+        #: Set by whoever maps ``buf`` from a file: ``release_pages(start=0, length=all)`` gives the pages read so
+        #: far back to the kernel (they are read again from its cache when needed). The walks call it every
+        #: RELEASE_EVERY nodes, so that a walk of a mapped bootstrap holds a part of it, not all of it,
+        #: resident; the chunk records give back the chunk table's range (ChunkRecords).
+        self.release_pages: Callable[..., None] | None = None
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
         self._records: ChunkRecords | None = None
         self._ci_source = ci_source
@@ -849,8 +868,13 @@ class RafsV6:
         """The chunk table as raw field tuples keyed by (blob_index, ci index): what chunks() reads, without
         building a record object for every chunk of the image."""
         if self._records is None:
-            off = self.ext.s_chunk_table_offset
-            self._records = ChunkRecords(self.buf, off, self.ext.s_chunk_table_size)
+            off, size = self.ext.s_chunk_table_offset, self.ext.s_chunk_table_size
+            release = None
+            if self.release_pages is not None and size:
+                start = off - off % mmap.PAGESIZE
+                release = functools.partial(self.release_pages, start, off + size - start)
+            self._records = ChunkRecords(self.buf, off, size, release)
+            self._records._released()
         return self._records
 
     def cache_inodes(self, limit: int) -> int:

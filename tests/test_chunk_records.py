@@ -244,3 +244,35 @@ def test_verify_finds_a_duplicate_record_and_a_stray_crc_flag(tmp_path, damage):
     else:
         [f] = [f for f in found if "HAS_CRC32 differs" in f.message]
         assert f.offset == victim + 36 and f.found == f"{count - 1} of {count} records with a crc"
+
+
+def test_a_mapped_table_gives_its_pages_back_as_it_is_looked_up(tmp_path, monkeypatch):
+    """The chunk table is sorted by digest, so the walk looks its records up in no order: a mapped table gives
+    its own range of pages back after keying it and every RELEASE_LOOKUPS lookups, and the chunks read after
+    are the ones read before."""
+    _tar(tmp_path / "t.tar", 5)
+    pack_layer(tmp_path / "t.tar", tmp_path / "t.blob", bootstrap=str(tmp_path / "t.boot"))
+    with Layer(str(tmp_path / "t.boot"), blobs=[str(tmp_path / "t.blob")]) as layer:
+        want = {n.path: list(layer.rafs.chunks(n)) for n in layer.rafs.walk() if n.type == "file"}
+    monkeypatch.setattr(ChunkRecords, "RELEASE_LOOKUPS", 5)
+    spans: list[tuple[int, ...]] = []
+    with Layer(str(tmp_path / "t.boot"), blobs=[str(tmp_path / "t.blob")]) as layer:
+        rafs = layer.rafs
+        release = rafs.release_pages
+        assert release is not None  # a bootstrap file is mapped
+
+        def recorded(*span: int) -> None:
+            spans.append(span)
+            release(*span)
+
+        rafs.release_pages = recorded
+        got = {n.path: list(rafs.chunks(n)) for n in rafs.walk() if n.type == "file"}
+        off, size = rafs.ext.s_chunk_table_offset, rafs.ext.s_chunk_table_size
+    assert got == want
+    lookups = sum(map(len, got.values()))
+    table = [s for s in spans if s]
+    assert len(table) == 1 + lookups // 5, (len(table), lookups)
+    import mmap
+
+    for start, length in table:
+        assert start % mmap.PAGESIZE == 0 and start <= off < off + size == start + length

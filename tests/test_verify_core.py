@@ -106,9 +106,9 @@ def test_chunk_table_check_gives_the_mapped_tables_pages_back(vectors, monkeypat
         release = rafs.release_pages
         assert release is not None  # a bootstrap file is mapped
 
-        def recorded() -> None:
+        def recorded(*span: int) -> None:
             callers.append(sys._getframe(1).f_code.co_name)
-            release()
+            release(*span)
 
         rafs.release_pages = recorded
         rep = verify(layer)
