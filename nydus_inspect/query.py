@@ -301,10 +301,13 @@ class PathTable:
     """Every path of a walk, in walk order, as (parent, last name) pairs: linear in the tree's size, where a
     list of full paths holds depth squared bytes (4,000 nested 255-byte names are 2 GB of paths).
 
-    A sequence of full paths (``len``, ``[i]``, ``index``, iteration), each rebuilt when asked for."""
+    A sequence of full paths (``len``, ``[i]``, ``index``, iteration), each rebuilt when asked for. The names
+    are kept end to end in one buffer with the end of each in an array (a list of bytes objects cost ~47
+    bytes a name, most of it the objects' headers: tens of MB for a layer of a million files)."""
 
     def __init__(self) -> None:
-        self.names: list[bytes] = []
+        self._names = bytearray()
+        self._ends = array("Q")
         self.parents = array("q")
         # The directories on the current walk path as (id, length of the path): the walk is pre-order, so a
         # new path's parent is the one whose length is where its last '/' is.
@@ -312,64 +315,71 @@ class PathTable:
         self._last: tuple[int, bytes] = (-1, b"")  # the last parent rebuilt: siblings ask for it in a row
 
     def append(self, path: bytes, is_dir: bool = False) -> int:
-        i = len(self.names)
+        i = len(self._ends)
         cut = path.rfind(b"/")
         if path == b"/" or cut < 0:
-            parent, name, length = -1, path, 0
+            parent, start, length = -1, 0, 0
         else:
             opened = self._open
             while opened and opened[-1][1] > cut:
                 opened.pop()
             if opened and opened[-1][1] == cut:
-                parent, name = opened[-1][0], path[cut + 1 :]
+                parent, start = opened[-1][0], cut + 1
             else:  # a path the walk did not reach through its parent: keep it whole
-                parent, name = -1, path
+                parent, start = -1, 0
             length = len(path)
-        self.names.append(name)
+        names = self._names
+        names += memoryview(path)[start:]
+        self._ends.append(len(names))
         self.parents.append(parent)
         if is_dir:
             self._open.append((i, 0 if path == b"/" else length))
         return i
 
+    def name(self, i: int) -> bytes:
+        """The last name of path ``i`` as the walk gave it (the whole path where it had no parent)."""
+        return bytes(self._names[self._ends[i - 1] if i else 0 : self._ends[i]])
+
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self._ends)
 
     def __getitem__(self, i: int) -> bytes:
         if i < 0:
-            i += len(self.names)
+            i += len(self._ends)
         parent = self.parents[i]
         if parent < 0:
-            return self.names[i]
+            return self.name(i)
         if self._last[0] != parent:
             self._last = (parent, self._rebuild(parent))
         base = self._last[1]
-        return (b"" if base == b"/" else base) + b"/" + self.names[i]
+        return (b"" if base == b"/" else base) + b"/" + self.name(i)
 
     def _rebuild(self, i: int) -> bytes:
         parts = []
         while i >= 0:
-            parts.append(self.names[i])
+            parts.append(self.name(i))
             i = self.parents[i]
         if parts[-1] == b"/":
             parts[-1] = b""
         return b"/".join(reversed(parts)) or b"/"
 
     def __iter__(self) -> Iterator[bytes]:
-        return (self[i] for i in range(len(self.names)))
+        return (self[i] for i in range(len(self._ends)))
 
     def index(self, path: bytes) -> int:
         name = path[path.rfind(b"/") + 1 :] or path
-        for i, have in enumerate(self.names):
+        for i in range(len(self._ends)):
+            have = self.name(i)
             if (have == name or have == path) and self[i] == path:
                 return i
         raise ValueError(f"{path!r} is not in the index")
 
     def __getstate__(self) -> dict:
-        return {"names": self.names, "parents": self.parents}
+        return {"names": self._names, "ends": self._ends, "parents": self.parents}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
-        self.names, self.parents = state["names"], state["parents"]
+        self._names, self._ends, self.parents = state["names"], state["ends"], state["parents"]
 
 
 @dataclass
