@@ -190,7 +190,7 @@ class ChunkRecords:
     _RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
     _KEY = struct.Struct("<32xI36xI4x")  # blob_index and index of an 80-byte record
     #: Records looked up between two calls of ``release`` (see __init__).
-    RELEASE_LOOKUPS = 64
+    RELEASE_LOOKUPS = 256
 
     def __init__(self, buf, off: int, size: int, release: Callable[[], None] | None = None) -> None:
         self._buf, self._off = buf, off
