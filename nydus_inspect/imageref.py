@@ -39,6 +39,7 @@ from .oci import (
     is_index,
     is_manifest,
     is_nydus_bootstrap,
+    read_by_frame,
     select_images,
 )
 
@@ -492,6 +493,8 @@ def _from_registry(ref: Ref, store: _Store, opts: ImageOptions, reg: Registry | 
             layers = image.manifest["layers"]
             if not opts.data and layers and is_nydus_bootstrap(layers[-1]):
                 layers = [d for d in layers if ANNOTATION_NYDUS_BOOTSTRAP in (d.get("annotations") or {})]
+            elif not opts.data:
+                layers = [d for d in layers if not read_by_frame(d)]  # open_lazy fetches their frames
             for desc in layers:
                 if not store.has(desc):
                     reg.blob_to(ref.repo, desc, store.path(desc["digest"]))
@@ -627,7 +630,8 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     data blobs are read lazily: manifests, configs and the bootstrap layer are fetched now (kept in the image
     cache), chunk data by Range requests when read (chunks.source.RemoteBlob), each checked chunk kept in the
     persistent chunk cache. A blob found whole in the image cache (or given with ``--blob``) is read there.
-    The containerd EROFS image of one layer (plain or seekable) is that layer, fetched whole."""
+    The containerd EROFS image of one layer is that layer: a seekable one whose descriptor locates and digests
+    its chunk table read by frame (:func:`_seekable_by_frame`), any other fetched whole."""
     from .layer import Layer, open_file
     from .oci import is_erofs_layer, readable_layer_of_layout
 
@@ -639,10 +643,12 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     meta.stats = opts.stats
     try:
         root = _from_registry(ref, store, meta, reg)
-        image, desc, path = readable_layer_of_layout(root, opts.platforms)
+        image, desc, path = readable_layer_of_layout(root, opts.platforms, by_frame=True)
     except BaseException:
         reg.close()
         raise
+    if path is None:
+        return _seekable_by_frame(reg, ref, store, image, desc, opts)
     if is_erofs_layer(desc):
         # An EROFS image's one layer holds its data too: fetched whole (checked against its digest, which
         # ranges of it could not be), so nothing is read lazily and the session is done.
@@ -660,6 +666,42 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     }
     opener = _RemoteBlobs(reg, ref, store, blobs_by_id, opts)
     layer = Layer(path, blob_dir=blob_dir or store.blobs, blobs=blobs, blob_opener=opener)
+    layer.documents = _documents(store, image)
+    return layer
+
+
+def _seekable_by_frame(reg: Registry, ref: Ref, store: _Store, image, desc: dict, opts: ImageOptions):
+    """The seekable EROFS layer ``desc`` read by range: its chunk table where the annotation says, checked
+    against the annotation's digest (the manifest that holds both is checked against its own), and each frame
+    against the table's SHA-512 of it as it is read. A table that records no frame digests leaves ranges
+    unchecked: the layer is then fetched whole and checked against its descriptor's digest."""
+    from .formats.seekable_erofs import HASH_NONE
+    from .layer import open_file
+    from .seekable import open_seekable
+
+    blob_id = desc["digest"].split(":", 1)[1]
+    opener = _RemoteBlobs(reg, ref, store, {blob_id: desc}, opts)
+    try:
+        got = opener.source(blob_id)
+        if isinstance(got, str):  # the registry ignores Range: the whole blob, checked, is here already
+            opener.close()
+            layer = open_file(got, annotations=desc.get("annotations"))
+        else:
+            layer = open_seekable(
+                got.path, desc.get("annotations"), file=got, name=blob_id, blob_opener=opener
+            )
+            if layer.source.table.hash_algo == HASH_NONE:
+                layer.close()  # closes the session too
+                reg = registry_for(ref, opts)
+                try:
+                    if not store.has(desc):
+                        opts.stats.blob_fetched += reg.blob_to(ref.repo, desc, store.path(desc["digest"]))
+                finally:
+                    reg.close()
+                layer = open_file(store.path(desc["digest"]), annotations=desc.get("annotations"))
+    except BaseException:
+        opener.close()
+        raise
     layer.documents = _documents(store, image)
     return layer
 
@@ -693,8 +735,17 @@ class _RemoteBlobs:
         self.stats = opts.stats
 
     def __call__(self, blob_id: str):
-        from .chunks.source import RemoteBlob
         from .layer import Layer
+
+        got = self.source(blob_id)
+        if got is None or isinstance(got, str):
+            return got if got is None else Layer(got, data_blob=True)
+        return Layer(got.path, data_blob=True, source=got, name=blob_id)
+
+    def source(self, blob_id: str):
+        """The blob ``blob_id`` of the image read by range (a RemoteBlob); the path of the whole blob, fetched
+        and checked, from a registry that ignores ranges; None for a blob the image does not have."""
+        from .chunks.source import RemoteBlob
 
         desc = self.descs.get(blob_id)
         if desc is None:
@@ -723,7 +774,7 @@ class _RemoteBlobs:
         try:
             tail, fetched = self._tail(desc, fetch)
         except reg.RangeIgnored:
-            return Layer(whole(), data_blob=True)
+            return whole()
         source = RemoteBlob(
             name,
             size,
@@ -736,7 +787,7 @@ class _RemoteBlobs:
         )
         source.fetched = fetched
         stats.blob_bytes += size
-        return Layer(name, data_blob=True, source=source, name=blob_id)
+        return source
 
     def close(self) -> None:
         self.reg.close()

@@ -79,6 +79,21 @@ def is_erofs_layer(desc: dict) -> bool:
     return str(desc.get("mediaType", "")).startswith("application/vnd.erofs.layer")
 
 
+def read_by_frame(desc: dict) -> bool:
+    """A seekable EROFS layer whose descriptor says where its chunk table is and records the table's digest:
+    its frames can be fetched by range, the table checked against the digest and each frame against the
+    table (when it holds their SHA-512s, which the reader finds out)."""
+    from .formats.seekable_erofs import ANNOTATION_CHUNK_DIGEST, ANNOTATION_CHUNK_TABLE_OFFSET
+
+    ann = desc.get("annotations") or {}
+    return (
+        is_erofs_layer(desc)
+        and str(desc.get("mediaType")).endswith("+zstd")
+        and isinstance(ann.get(ANNOTATION_CHUNK_TABLE_OFFSET), str)
+        and isinstance(ann.get(ANNOTATION_CHUNK_DIGEST), str)
+    )
+
+
 def is_nydus_image(manifest: dict) -> bool:
     """The snapshotter's isNydusImage: the last layer is a nydus bootstrap."""
     layers = manifest.get("layers") or []
@@ -333,11 +348,14 @@ def nydus_image_of_layout(root: str, platforms: list[Platform] | None = None) ->
     return image, path
 
 
-def readable_layer_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, dict, str]:
+def readable_layer_of_layout(
+    root: str, platforms: list[Platform] | None = None, by_frame: bool = False
+) -> tuple[Image, dict, str | None]:
     """(the image, the descriptor and the blob path, checked, of the layer that holds its file system) of the
     one image in the layout at ``root``: a nydus image's bootstrap layer, or the layer of a containerd EROFS
     image (plain or seekable, :func:`is_erofs_layer`) of one layer. An EROFS image of several layers is
-    refused: they are overlaid only when mounted, and one of them alone is not the image."""
+    refused: they are overlaid only when mounted, and one of them alone is not the image. ``by_frame``: a
+    layer the caller reads by frame (:func:`read_by_frame`) is not looked for in the layout (path None)."""
     layout = OciLayout(root)
     image = _one_image(root, platforms)
     layers = image.manifest["layers"]
@@ -350,6 +368,8 @@ def readable_layer_of_layout(root: str, platforms: list[Platform] | None = None)
                 f"{root}: image {image.digest} has {len(layers)} EROFS layers, overlaid only when mounted; "
                 f"read one at a time as a file ({os.path.join(root, 'blobs', 'sha256')}/<digest>)"
             )
+        if by_frame and read_by_frame(layers[0]):
+            return image, layers[0], None
         return image, layers[0], layout.check_blob(layers[0], f"EROFS layer of manifest {image.digest}")
     raise UsageError(
         f"{root}: image {image.digest} is not a nydus image (no layer annotated "
@@ -369,6 +389,7 @@ __all__ = [
     "Platform",
     "is_erofs_layer",
     "is_nydus_image",
+    "read_by_frame",
     "readable_layer_of_layout",
     "select_images",
 ]

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 
-from .chunks.source import LocalFile
+from .chunks.source import BlobSource, LocalFile
 from .errors import FormatError
 from .formats import seekable_erofs
 from .model import _LRU
@@ -39,10 +39,18 @@ class SeekableErofs:
     #: What the frames hold is an EROFS image (Layer looks for nothing else in it).
     HOLDS_EROFS = True
 
-    def __init__(self, path: str, table_offset: int | None = None, chunk_digest: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        table_offset: int | None = None,
+        chunk_digest: str | None = None,
+        file: BlobSource | None = None,
+    ) -> None:
         """``table_offset`` and ``chunk_digest``: where the chunk table's frame starts and ``sha512:<hex>`` of
-        it, as the layer's annotations record them (then the table is read there, and checked)."""
-        self.file = LocalFile(path)
+        it, as the layer's annotations record them (then the table is read there, and checked). ``file``: the
+        layer's stored bytes when they are not the local file ``path`` (a registry blob read by range; ``path``
+        then only names it)."""
+        self.file = file if file is not None else LocalFile(path)
         self.path = path
         self.fd = -1  # no file of these bytes to map: Layer reads them through pread
         try:
@@ -184,9 +192,10 @@ class SeekableErofs:
         self.file.close()
 
 
-def open_seekable(path: str, annotations: dict | None = None, **kw):
-    """A Layer over the EROFS image of the seekable layer at ``path``; ``annotations``, its descriptor's, say
-    where its chunk table is and what its digest is (containerd's converter records both)."""
+def open_seekable(path: str, annotations: dict | None = None, file: BlobSource | None = None, **kw):
+    """A Layer over the EROFS image of the seekable layer at ``path`` (or in ``file``, see SeekableErofs);
+    ``annotations``, its descriptor's, say where its chunk table is and what its digest is (containerd's
+    converter records both)."""
     from .layer import Layer
 
     ann = annotations or {}
@@ -199,5 +208,10 @@ def open_seekable(path: str, annotations: dict | None = None, **kw):
         os.fspath(path),
         int(offset) if offset is not None else None,
         digest if isinstance(digest, str) else None,
+        file,
     )
-    return Layer(path, source=source, **kw)
+    try:
+        return Layer(path, source=source, **kw)
+    except BaseException:
+        source.close()
+        raise

@@ -1,6 +1,7 @@
 """Image references to containerd EROFS images (``convert --to erofs``, plain and seekable): ``oci:DIR``, the
 layout directory itself and ``docker://`` against a real registry open the image's one EROFS layer, so
-info, ls and cat read the image; an image of several EROFS layers is refused in one line."""
+info, ls and cat read the image (a seekable layer in a registry by frame, each checked); an image of several
+EROFS layers is refused in one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_util import run_cli
+from registry_util import Proxy
 from test_check import UPPER, image, lower
 
 KINDS = {"plain": (), "seekable": ("--seekable", "--dm-verity")}
@@ -79,8 +81,8 @@ def test_a_seekable_layer_is_held_to_its_annotations(tmp_path):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_registry_erofs_image(registry, tmp_path, kind):
-    """Pushed by our convert straight from the source layout, read back from the registry: the layer is
-    fetched whole (and checked against its digest), then read as the file is."""
+    """Pushed by our convert straight from the source layout, read back from the registry: a plain layer is
+    fetched whole (and checked against its digest), a seekable one by frame; either reads as the file does."""
     src = image(tmp_path / "src", [lower()])
     ref = f"docker://{registry}/erofs:{kind}"
     rc, _, err = cli(tmp_path, "convert", src, ref, "--to", "erofs", *KINDS[kind])
@@ -88,6 +90,77 @@ def test_registry_erofs_image(registry, tmp_path, kind):
     local, (layer,) = erofs_image(tmp_path, [lower()], *KINDS[kind])
     blob = local / "blobs" / "sha256" / layer["digest"].split(":")[1]
     reads_as_its_layer(tmp_path, ref, blob, layer["mediaType"])
+
+
+def fetched(err: str) -> int:
+    line = next(line for line in err.splitlines() if line.startswith("registry: fetched"))
+    return int(line.split()[2])
+
+
+def with_blobs() -> list[dict]:
+    """lower() and 2 MiB of incompressible files after it: 33 frames of 64 KiB or more."""
+    import random
+
+    rng = random.Random(7)
+    return lower() + [{"name": f"var/blob{i}", "data": rng.randbytes(256 << 10)} for i in range(8)]
+
+
+@pytest.fixture
+def frames_ref(registry, tmp_path):
+    """(the seekable image of with_blobs() in 64 KiB frames, pushed; its layer file from the same convert to a
+    layout) for each --seekable-hash, by name."""
+    src = image(tmp_path / "src", [with_blobs()])
+    out = {}
+    for algo in ("sha512", "none"):
+        opts = ("--seekable", "--chunk-size", "0x10000", "--seekable-hash", algo)
+        ref = f"docker://{registry}/erofs:frames-{algo}"
+        rc, _, err = cli(tmp_path, "convert", src, ref, "--to", "erofs", *opts)
+        assert rc == 0, err
+        layout = tmp_path / f"local-{algo}"
+        assert run_cli("convert", src, layout, "--to", "erofs", *opts).returncode == 0
+        (mdesc,) = json.loads((layout / "index.json").read_text())["manifests"]
+        (layer,) = json.loads((layout / "blobs" / "sha256" / mdesc["digest"].split(":")[1]).read_bytes())[
+            "layers"
+        ]
+        out[algo] = (ref, layout / "blobs" / "sha256" / layer["digest"].split(":")[1])
+    return out
+
+
+def test_a_seekable_layer_in_a_registry_is_read_by_frame(frames_ref, tmp_path):
+    """Its chunk table where the annotation says (checked against the annotation's digest) and the frames a
+    read needs, each checked against the table: cat of one small file fetches a small part of the layer, and
+    every command reads what it reads of the layer file."""
+    ref, blob = frames_ref["sha512"]
+    rc, said, err = cli(tmp_path, "cat", ref, "/etc/os-release", "--stats")
+    assert rc == 0 and said == 'NAME="test"\n' * 300, err
+    assert 0 < fetched(err) < blob.stat().st_size // 4, (fetched(err), blob.stat().st_size)
+    reads_as_its_layer(tmp_path, ref, blob, "application/vnd.erofs.layer.v1+zstd")
+    got = run_cli("cat", ref, "/var/blob5", "--cache-dir", tmp_path / "cache")
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout == run_cli("cat", blob, "/var/blob5").stdout and len(got.stdout) == 256 << 10
+
+
+def test_a_seekable_layer_without_frame_digests_is_fetched_whole(frames_ref, tmp_path):
+    """Frames the table records no digest of could not be checked one by one: the layer is fetched whole and
+    checked against its descriptor's digest."""
+    ref, blob = frames_ref["none"]
+    rc, said, err = cli(tmp_path, "cat", ref, "/etc/os-release", "--stats")
+    assert rc == 0 and said == 'NAME="test"\n' * 300, err
+    assert fetched(err) >= blob.stat().st_size, (fetched(err), blob.stat().st_size)
+
+
+def test_a_frame_the_registry_alters_is_refused(frames_ref, registry, tmp_path):
+    ref, blob = frames_ref["sha512"]
+    proxy = Proxy(registry)
+    try:
+        proxy.fault_path = f"/blobs/sha256:{blob.name}"  # the layer's ranges, not the manifest or config
+        # Every range is altered (the table's too): the one that is read first is refused, in one line.
+        proxy.faults = ["corrupt"] * 50
+        rc, _, err = cli(tmp_path, "cat", ref.replace(registry, proxy.address), "/var/blob3")
+    finally:
+        proxy.close()
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "seekable erofs" in err, err
 
 
 def test_several_erofs_layers_are_refused_in_one_line(tmp_path):
