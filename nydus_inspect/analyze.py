@@ -159,13 +159,13 @@ class Analysis:
     prefetch_bytes: int = 0
     prefetch_source: str = ""
     #: The merged tree of the final image, kept for :meth:`origins` (a list of every path would cost more).
-    _root: object = field(default=None, repr=False)
+    _tree: object = field(default=None, repr=False)
 
     def origins(self) -> Iterator[tuple[str, int]]:
         """Every path of the final image with the index of the layer it comes from, sorted by path."""
-        if self._root is not None:
-            for path, ent in _final_paths(self._root):
-                yield fsdecode(path), ent.layer
+        if self._tree is not None:
+            for path, layer, *_rest in self._tree.final():
+                yield fsdecode(path), layer
 
     @property
     def stored_bytes(self) -> int:
@@ -245,7 +245,7 @@ SOLE = ("sole",)
 class _Ent:
     """One name of the merged tree: the layer it comes from, its regular-file bytes and inode, its children."""
 
-    __slots__ = ("layer", "size", "inode", "kids", "usize", "csize")
+    __slots__ = ("layer", "size", "inode", "kids", "usize", "csize", "top")
 
     def __init__(
         self, layer: int, size: int, inode, kids: dict | None, usize: int = 0, csize: int = 0
@@ -258,14 +258,19 @@ class _Ent:
         self.kids = kids  # a dict for directories
         self.usize = usize  # the file's chunk bytes, uncompressed and compressed
         self.csize = csize
+        # A directory's names from the top layer that are no directories, as entries of that layer's
+        # _Nodes: no layer comes after it to look them up by name, so they need no _Ent and no dict slot.
+        self.top: array | None = None
 
 
 class _Merger:
     """Applies layers one at a time and keeps the books: what each layer adds, replaces and removes, and which
     stored file versions lose their last name (wasted)."""
 
-    def __init__(self, analysis: Analysis) -> None:
+    def __init__(self, analysis: Analysis, last: int) -> None:
         self.a = analysis
+        self.last = last  # the top layer's index
+        self.top = _Nodes()  # the top layer's entries, once applied
         self.root = _Ent(-1, 0, None, {})
         self.names: dict[tuple, int] = {}  # inode -> names of it in the merged tree
         self.sizes: dict[tuple, int] = {}
@@ -328,6 +333,9 @@ class _Merger:
             lf.removed.bytes += wo.removed.bytes
             self.a.whiteouts.append(wo)
         # Then the entries, parents before children. A hard-linked file's bytes count once per layer.
+        is_top = index == self.last
+        if is_top:
+            self.top = nodes
         counted: set = set()
         whiteouts = set(nodes.whiteouts)
         for k, (path, ntype, size, link, usize, csize) in enumerate(nodes):
@@ -363,37 +371,63 @@ class _Merger:
                 if inode not in self.sizes:
                     self.sizes[inode] = size
                 self.names[inode] = self.names.get(inode, 0) + 1
+            if is_top and not is_dir:
+                if low is not None:
+                    del pdir.kids[name]
+                if pdir.top is None:
+                    pdir.top = array("I")
+                pdir.top.append(k)
+                continue
             pdir.kids[name] = _Ent(index, fsize, inode, {} if is_dir else None, usize, csize)
 
+    def _walk_order(self, ent: _Ent) -> list[tuple[str, bytes, bool, object]]:
+        """The names of a directory of the merged tree in the order their paths sort, as (sort key, name,
+        whether the item stands for what is below the name, its _Ent or its entry in the top layer): a
+        directory's name sorts among its siblings, its contents as the name followed by "/" would, which
+        need not come right after it ("a", "a-b", "a/c"). The keys are distinct: no name holds "/"."""
+        keys: list[tuple[str, bytes, bool, object]] = []
+        for name, child in ent.kids.items():
+            text = fsdecode(name)
+            keys.append((text, name, False, child))
+            if child.kids or child.top is not None:
+                keys.append((text + "/", name, True, child))
+        if ent.top is not None:
+            paths = self.top.paths
+            for k in ent.top:
+                name = paths[k].rpartition(b"/")[2]
+                keys.append((fsdecode(name), name, False, k))
+        keys.sort(key=_first)
+        return keys
 
-def _walk_order(ent: _Ent) -> list[tuple[str, bytes, bool]]:
-    """The names of a directory of the merged tree in the order their paths sort, as (sort key, name, whether
-    the item stands for what is below the name): a directory's name sorts among its siblings, its contents as
-    the name followed by "/" would, which need not come right after it ("a", "a-b", "a/c")."""
-    keys = []
-    for name, child in ent.kids.items():
-        text = fsdecode(name)
-        keys.append((text, name, False))
-        if child.kids:
-            keys.append((text + "/", name, True))
-    keys.sort()
-    return keys
+    def final(self) -> Iterator[tuple[bytes, int, int, object, int, int]]:
+        """Every path of the final image as (path, layer, regular-file bytes, inode as _Ent keeps it, chunk
+        bytes, compressed chunk bytes), in the order ``sorted`` gives their decoded paths; the walk holds
+        one directory's names per level, not a list of every path."""
+        top, last = self.top, self.last
+        stack = [(b"", iter(self._walk_order(self.root)))]
+        while stack:
+            base, names = stack[-1]
+            for _key, name, below, child in names:
+                if below:
+                    stack.append((base + b"/" + name, iter(self._walk_order(child))))
+                    break
+                if isinstance(child, _Ent):
+                    yield base + b"/" + name, child.layer, child.size, child.inode, child.usize, child.csize
+                    continue
+                ntype = top.types[child]
+                if ntype == REG:
+                    link = top.links.get(child)
+                    inode = SOLE if link is None else (last, link)
+                    size = top.sizes[child]
+                else:
+                    inode, size = None, 0
+                yield top.paths[child], last, size, inode, top.usizes[child], top.csizes[child]
+            else:
+                stack.pop()
 
 
-def _final_paths(root: _Ent) -> Iterator[tuple[bytes, _Ent]]:
-    """Every path below ``root`` with its entry, in the order ``sorted`` gives their decoded paths; the walk
-    holds one directory's names per level, not a list of every path."""
-    stack = [(b"", root, iter(_walk_order(root)))]
-    while stack:
-        base, ent, names = stack[-1]
-        for _key, name, below in names:
-            child = ent.kids[name]
-            if below:
-                stack.append((base + b"/" + name, child, iter(_walk_order(child))))
-                break
-            yield base + b"/" + name, child
-        else:
-            stack.pop()
+def _first(item: tuple):
+    return item[0]
 
 
 # ---------------------------------------------------------------------------- reading the layers
@@ -718,7 +752,7 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
         reads = [got[i] for i in _build_order(got, image_boot)]
         del got
     last = len(sources) - 1
-    merger = _Merger(a)
+    merger = _Merger(a, last)
     seen_digests: set[tuple[str, bytes]] = set()
     per_layer_prefetch: list[set[bytes]] = []
     for i, rd in enumerate(reads):
@@ -740,27 +774,28 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
     a.prefetch_source = "image bootstrap" if image_boot is not None else "each layer's own prefetch table"
     dirs: dict[bytes, list[int]] = {}
     links_seen: set = set()
-    for path, child in _final_paths(merger.root):
+    layers = a.layers
+    for path, layer, size, inode, usize, csize in merger.final():
         a.final_entries += 1
-        a.layers[child.layer].final_entries += 1
-        if child.inode is None:
+        layers[layer].final_entries += 1
+        if inode is None:
             continue
         a.final_files += 1
-        if child.inode is not SOLE:
-            if child.inode in links_seen:
+        if inode is not SOLE:
+            if inode in links_seen:
                 continue
-            links_seen.add(child.inode)
-        a.final_bytes += child.size
-        a.layers[child.layer].final_bytes += child.size
+            links_seen.add(inode)
+        a.final_bytes += size
+        layers[layer].final_bytes += size
         top = path.split(b"/", 2)[1] if path.count(b"/") > 1 else b""
         d = dirs.setdefault(top, [0, 0, 0])
-        d[0] += child.size
-        d[1] += child.usize
-        d[2] += child.csize
-        is_covered = (path in covered) if covered is not None else (path in per_layer_prefetch[child.layer])
+        d[0] += size
+        d[1] += usize
+        d[2] += csize
+        is_covered = (path in covered) if covered is not None else (path in per_layer_prefetch[layer])
         if is_covered:
-            a.prefetch_bytes += child.size
-    a._root = merger.root
+            a.prefetch_bytes += size
+    a._tree = merger
     a.wasted.sort(key=lambda w: (-w.size, w.path))
     for top, (fbytes, usize, csize) in sorted(dirs.items()):
         a.directories.append(
