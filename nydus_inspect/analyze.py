@@ -490,46 +490,67 @@ def _open_sources(
 
 
 DIGEST_SIZE = 32  # a chunk digest, sha256 or blake3
+#: Decoded inodes a layer's walk keeps (RafsV6.cache_inodes).
+WALK_INODES = 1024
 
 
 class _Stored:
-    """The chunks a layer's own blob stores, a column per field: a tuple per chunk cost ~150 bytes."""
+    """The chunks a layer's own blob stores: how many, and each chunk index's sizes in an array slot (chunk
+    indexes are dense, 0 .. count-1: arrays index faster than a dict of a million keys, and hold 8 bytes a
+    chunk where a list holds a pointer and an int object). The digests and compressed sizes, a column each
+    in record order, only where an upper layer's duplicate chunks are counted from them: a layer of its own
+    has no other to share chunks with, and they are 40 bytes a chunk."""
 
-    __slots__ = ("digests", "indexes", "usizes", "csizes")
+    __slots__ = ("count", "usizes", "csizes", "digests", "record_csizes")
 
-    def __init__(self) -> None:
-        self.digests = bytearray()  # DIGEST_SIZE bytes a chunk; zeros where the layer records none
-        self.indexes = array("Q")  # its index among the blob's chunks
-        self.usizes = array("Q")  # uncompressed and compressed size
-        self.csizes = array("Q")
+    def __init__(self, size_hint: int, with_digests: bool) -> None:
+        self.count = 0
+        self.usizes = array("Q", bytes(8 * size_hint))  # by chunk index, uncompressed and compressed size
+        self.csizes = array("Q", bytes(8 * size_hint))
+        # DIGEST_SIZE bytes a record, zeros where the layer records none; then its compressed size
+        self.digests = bytearray() if with_digests else None
+        self.record_csizes = array("Q") if with_digests else None
 
     def add(self, digest: bytes, index: int, usize: int, csize: int) -> None:
-        self.digests += digest if len(digest) == DIGEST_SIZE else bytes(DIGEST_SIZE)
-        self.indexes.append(index)
-        self.usizes.append(usize)
-        self.csizes.append(csize)
+        self.count += 1
+        if index >= len(self.usizes):  # beyond the blob's chunk count (a later record of the index wins)
+            grow = bytes(8 * (index + 1 - len(self.usizes)))
+            self.usizes.frombytes(grow)
+            self.csizes.frombytes(grow)
+        self.usizes[index] = usize
+        self.csizes[index] = csize
+        if self.digests is not None:
+            self.digests += digest if len(digest) == DIGEST_SIZE else bytes(DIGEST_SIZE)
+            self.record_csizes.append(csize)
 
     def __len__(self) -> int:
-        return len(self.indexes)
+        return self.count
+
+    def drop_sizes(self) -> None:
+        """Let go of the per-index sizes once the layer's files are summed up from them."""
+        self.usizes, self.csizes = array("Q"), array("Q")
 
     def digested(self) -> Iterator[tuple[bytes, int]]:
         """(digest, compressed size) of each chunk whose digest the layer records."""
+        if self.digests is None:
+            return
         none = bytes(DIGEST_SIZE)
-        for k, csize in enumerate(self.csizes):
+        for k, csize in enumerate(self.record_csizes):
             digest = bytes(self.digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE])
             if digest != none:
                 yield digest, csize
 
 
-def _own_chunks(layer) -> _Stored:
-    """The chunks the layer's own blob stores."""
-    out = _Stored()
+def _own_chunks(layer, with_digests: bool) -> _Stored:
+    """The chunks the layer's own blob stores (their digests too if ``with_digests``)."""
     r = layer.rafs
     own = layer.own_blob_index()
     if own is None:
         own = 0 if len(r.blobs) == 1 else None
     if own is None:
-        return out
+        return _Stored(0, with_digests)
+    # Sized for the blob's chunks up front, but never beyond the table's records: a blob table may lie.
+    out = _Stored(min(r.blobs[own].chunk_count, r.chunk_table_records), with_digests)
     for e in r.chunk_table_entries():
         if e.blob_index == own:
             out.add(e.block_id, e.index, e.uncompressed_size, e.compressed_size)
@@ -632,20 +653,15 @@ class _Read:
     digest: str  # the layer file's sha256: its blob id in a merged bootstrap
 
 
-def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
+def _read_layer(src: _LayerSource, own_prefetch: bool, with_digests: bool) -> _Read:
     layer = src.layer
     r = layer.rafs
     own = layer.own_blob_index()
     blob_id = layer.digest if own is not None else (r.blobs[0].id if r.blobs else "-")
     lf = LayerFigures(0, src.path, blob_id)
-    stored = _own_chunks(layer)
-    # Chunk indexes are dense (0 .. count-1): arrays index faster than a dict of a million keys, and hold
-    # 8 bytes a chunk where a list holds a pointer and an int object.
-    top = max(stored.indexes, default=-1) + 1
-    usizes, csizes = array("Q", bytes(8 * top)), array("Q", bytes(8 * top))
-    for ci, usize, csize in zip(stored.indexes, stored.usizes, stored.csizes):
-        usizes[ci] = usize
-        csizes[ci] = csize
+    stored = _own_chunks(layer, with_digests)
+    usizes, csizes = stored.usizes, stored.csizes
+    top = len(usizes)
     lf.chunks = len(stored)
     lf.chunk_bytes = sum(usizes)
     lf.chunk_compressed = sum(csizes)
@@ -654,32 +670,39 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
     wanted = set(r.prefetch_paths()) if own_prefetch else set()
     covered: set[bytes] = set()
     under: list[bytes] = []  # directories the prefetch table names, on the walk's current path
-    for node in r.walk():
-        if wanted:
-            while under and not node.path.startswith(under[-1]):
-                under.pop()
-            if node.type == DIR and node.nid in wanted:
-                under.append(node.path.rstrip(b"/") + b"/")
-            elif node.type == REG and (under or node.nid in wanted):
-                covered.add(node.path)
-        link = None
-        usize = csize = 0
-        if node.type == REG:
-            link = node.hardlink
-            lf.files += 1
-            if link is None or link not in counted:
-                if link is not None:
-                    counted.add(link)
-                lf.stored_bytes += node.size
-            for b, k in r.chunk_refs(node):
-                if (b == own or own is None) and k < top:
-                    usize += usizes[k]
-                    csize += csizes[k]
-        if node.path != b"/":
-            lf.entries += 1
-        nodes.append(node.path, node.type, node.size, link, usize, csize)
+    # Each inode is looked at where the walk decodes it and right after (its chunk indexes): a few
+    # directories' worth of decoded inodes serves the walk as well as the model's full cache, tens of MB.
+    kept = r.cache_inodes(WALK_INODES)
+    try:
+        for node in r.walk():
+            if wanted:
+                while under and not node.path.startswith(under[-1]):
+                    under.pop()
+                if node.type == DIR and node.nid in wanted:
+                    under.append(node.path.rstrip(b"/") + b"/")
+                elif node.type == REG and (under or node.nid in wanted):
+                    covered.add(node.path)
+            link = None
+            usize = csize = 0
+            if node.type == REG:
+                link = node.hardlink
+                lf.files += 1
+                if link is None or link not in counted:
+                    if link is not None:
+                        counted.add(link)
+                    lf.stored_bytes += node.size
+                for b, k in r.chunk_refs(node):
+                    if (b == own or own is None) and k < top:
+                        usize += usizes[k]
+                        csize += csizes[k]
+            if node.path != b"/":
+                lf.entries += 1
+            nodes.append(node.path, node.type, node.size, link, usize, csize)
+    finally:
+        r.cache_inodes(kept)
     lf.prefetch_entries = len(r.prefetch_paths())
     r.drop_caches()  # this layer is walked once: its caches would stay while the others are read
+    stored.drop_sizes()
     return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
 
 
@@ -737,7 +760,7 @@ def _build_order(reads: list[_Read], image_boot) -> list[int]:
 
 def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> None:
     def read(i: int, src: _LayerSource) -> _Read:
-        rd = _read_layer(src, own_prefetch=image_boot is None)
+        rd = _read_layer(src, own_prefetch=image_boot is None, with_digests=len(sources) > 1)
         if progress is not None:
             progress(i + 1, len(sources))
         return rd
@@ -768,7 +791,7 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
             seen_digests.update((rd.digester, d) for d, _c in rd.stored.digested())
         merger.apply(i, rd.nodes)
         per_layer_prefetch.append(rd.covered)
-        rd.nodes, rd.stored = _Nodes(), _Stored()  # applied: what ``reads`` keeps lets go here
+        rd.nodes, rd.stored = _Nodes(), _Stored(0, False)  # applied: what ``reads`` keeps lets go here
     # The final image: origins, per-directory compression, prefetch coverage.
     covered = _prefetch_covered(image_boot.rafs) if image_boot is not None else None
     a.prefetch_source = "image bootstrap" if image_boot is not None else "each layer's own prefetch table"
