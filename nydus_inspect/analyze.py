@@ -414,7 +414,7 @@ class _Merger:
                 if isinstance(child, _Ent):
                     yield base + b"/" + name, child.layer, child.size, child.inode, child.usize, child.csize
                     continue
-                ntype = top.types[child]
+                ntype = top.type_of(child)
                 if ntype == REG:
                     link = top.links.get(child)
                     inode = SOLE if link is None else (last, link)
@@ -604,15 +604,44 @@ def analyze(
     return a
 
 
-class _Nodes:
-    """A layer's entries in walk order, a column per field: a tuple per entry cost ~250 bytes at a million
-    entries, the columns ~90 (the path, its list slot and 25 bytes of numbers)."""
+class _Packed:
+    """Byte strings end to end in one bytearray, with where each ends: a bytes object and its list slot cost
+    about 50 bytes beside what they hold, which for short paths is most of what a layer's entries keep."""
 
-    __slots__ = ("paths", "types", "sizes", "usizes", "csizes", "links", "whiteouts")
+    __slots__ = ("data", "ends")
 
     def __init__(self) -> None:
-        self.paths: list[bytes] = []
-        self.types: list[str] = []  # the model's type names, one shared string each
+        self.data = bytearray()
+        self.ends = array("Q")
+
+    def append(self, item: bytes) -> None:
+        self.data += item
+        self.ends.append(len(self.data))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, k: int) -> bytes:
+        ends = self.ends
+        return bytes(self.data[ends[k - 1] if k else 0 : ends[k]])
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, start = self.data, 0
+        for end in self.ends:
+            yield bytes(data[start:end])
+            start = end
+
+
+class _Nodes:
+    """A layer's entries in walk order, a column per field: a tuple per entry cost ~250 bytes at a million
+    entries, the columns ~40 (the path's bytes, where it ends, a byte of type and 24 bytes of numbers)."""
+
+    __slots__ = ("paths", "codes", "type_names", "sizes", "usizes", "csizes", "links", "whiteouts")
+
+    def __init__(self) -> None:
+        self.paths = _Packed()
+        self.codes = array("B")  # the type of each entry, as its index in type_names
+        self.type_names: list[str] = []  # the model's type names
         self.sizes = array("Q")
         self.usizes = array("Q")  # a regular file's chunk bytes, uncompressed and compressed
         self.csizes = array("Q")
@@ -622,7 +651,11 @@ class _Nodes:
     def append(self, path: bytes, ntype: str, size: int, link: int | None, usize: int, csize: int) -> None:
         k = len(self.paths)
         self.paths.append(path)
-        self.types.append(ntype)
+        try:
+            self.codes.append(self.type_names.index(ntype))
+        except ValueError:
+            self.codes.append(len(self.type_names))
+            self.type_names.append(ntype)
         self.sizes.append(size)
         self.usizes.append(usize)
         self.csizes.append(csize)
@@ -634,11 +667,19 @@ class _Nodes:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def type_of(self, k: int) -> str:
+        return self.type_names[self.codes[k]]
+
+    def paths_and_types(self) -> Iterator[tuple[bytes, str]]:
+        names = self.type_names
+        for path, code in zip(self.paths, self.codes):
+            yield path, names[code]
+
     def __iter__(self) -> Iterator[tuple[bytes, str, int, int | None, int, int]]:
         """(path, type, size, hard-link key or None, chunk bytes, compressed chunk bytes) of each entry."""
-        links = self.links
+        links, names, codes = self.links, self.type_names, self.codes
         for k, path in enumerate(self.paths):
-            yield path, self.types[k], self.sizes[k], links.get(k), self.usizes[k], self.csizes[k]
+            yield path, names[codes[k]], self.sizes[k], links.get(k), self.usizes[k], self.csizes[k]
 
 
 @dataclass
@@ -729,7 +770,7 @@ def _build_order(reads: list[_Read], image_boot) -> list[int]:
     holders: dict[bytes, list[int]] = {}
     whiteouts: dict[bytes, list[int]] = {}
     for i, rd in enumerate(reads):
-        for path, ntype in zip(rd.nodes.paths, rd.nodes.types):
+        for path, ntype in rd.nodes.paths_and_types():
             parent, _, name = path.rpartition(b"/")
             if name.startswith(WHITEOUT):
                 if name != OPAQUE:
