@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import NydusInspectError, UsageError
+from .formats.rafs_v6 import CHUNK_TABLE_ENTRY
 from .model import DIR, REG, fsdecode
 
 WHITEOUT = b".wh."
@@ -549,8 +550,10 @@ def _own_chunks(layer, with_digests: bool) -> _Stored:
         own = 0 if len(r.blobs) == 1 else None
     if own is None:
         return _Stored(0, with_digests)
-    # Sized for the blob's chunks up front, but never beyond the table's records: a blob table may lie.
-    out = _Stored(min(r.blobs[own].chunk_count, r.chunk_table_records), with_digests)
+    # Sized for the blob's chunks up front, but never beyond the records the bootstrap can hold: a blob
+    # table or a superblock may lie.
+    records = min(r.chunk_table_records, r.size // CHUNK_TABLE_ENTRY.size)
+    out = _Stored(min(r.blobs[own].chunk_count, records), with_digests)
     for e in r.chunk_table_entries():
         if e.blob_index == own:
             out.add(e.block_id, e.index, e.uncompressed_size, e.compressed_size)
