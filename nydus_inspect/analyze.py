@@ -383,9 +383,10 @@ class _Merger:
 
     def _walk_order(self, ent: _Ent) -> list[tuple[str, bytes, bool, object]]:
         """The names of a directory of the merged tree in the order their paths sort, as (sort key, name,
-        whether the item stands for what is below the name, its _Ent or its entry in the top layer): a
-        directory's name sorts among its siblings, its contents as the name followed by "/" would, which
-        need not come right after it ("a", "a-b", "a/c"). The keys are distinct: no name holds "/"."""
+        whether the item stands for what is below the name, its _Ent), or for a name of the top layer's
+        files (sort key, its whole path, False, its entry in that layer): a directory's name sorts among its
+        siblings, its contents as the name followed by "/" would, which need not come right after it ("a",
+        "a-b", "a/c"). The keys are distinct: no name holds "/"."""
         keys: list[tuple[str, bytes, bool, object]] = []
         for name, child in ent.kids.items():
             text = fsdecode(name)
@@ -393,10 +394,10 @@ class _Merger:
             if child.kids or child.top is not None:
                 keys.append((text + "/", name, True, child))
         if ent.top is not None:
-            paths = self.top.paths
+            data, ends = self.top.paths.data, self.top.paths.ends
             for k in ent.top:
-                name = paths[k].rpartition(b"/")[2]
-                keys.append((fsdecode(name), name, False, k))
+                path = bytes(data[ends[k - 1] if k else 0 : ends[k]])
+                keys.append((fsdecode(path.rpartition(b"/")[2]), path, False, k))
         keys.sort(key=_first)
         return keys
 
@@ -405,6 +406,8 @@ class _Merger:
         bytes, compressed chunk bytes), in the order ``sorted`` gives their decoded paths; the walk holds
         one directory's names per level, not a list of every path."""
         top, last = self.top, self.last
+        codes, links, sizes, usizes, csizes = top.codes, top.links, top.sizes, top.usizes, top.csizes
+        reg = top.type_names.index(REG) if REG in top.type_names else -1
         stack = [(b"", iter(self._walk_order(self.root)))]
         while stack:
             base, names = stack[-1]
@@ -414,15 +417,12 @@ class _Merger:
                     break
                 if isinstance(child, _Ent):
                     yield base + b"/" + name, child.layer, child.size, child.inode, child.usize, child.csize
-                    continue
-                ntype = top.type_of(child)
-                if ntype == REG:
-                    link = top.links.get(child)
+                elif codes[child] == reg:
+                    link = links.get(child)
                     inode = SOLE if link is None else (last, link)
-                    size = top.sizes[child]
+                    yield name, last, sizes[child], inode, usizes[child], csizes[child]
                 else:
-                    inode, size = None, 0
-                yield top.paths[child], last, size, inode, top.usizes[child], top.csizes[child]
+                    yield name, last, 0, None, usizes[child], csizes[child]
             else:
                 stack.pop()
 
@@ -669,9 +669,6 @@ class _Nodes:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def type_of(self, k: int) -> str:
-        return self.type_names[self.codes[k]]
 
     def paths_and_types(self) -> Iterator[tuple[bytes, str]]:
         names = self.type_names
