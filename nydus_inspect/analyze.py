@@ -514,10 +514,11 @@ class _Stored:
 
     def add(self, digest: bytes, index: int, usize: int, csize: int) -> None:
         self.count += 1
-        if index >= len(self.usizes):  # beyond the blob's chunk count (a later record of the index wins)
+        if index >= len(self.usizes):  # beyond the blob's chunk count, or what the arrays were sized for
             grow = bytes(8 * (index + 1 - len(self.usizes)))
             self.usizes.frombytes(grow)
             self.csizes.frombytes(grow)
+        # A later record of the same index wins, as it did when the sizes were first kept in record order.
         self.usizes[index] = usize
         self.csizes[index] = csize
         if self.digests is not None:
