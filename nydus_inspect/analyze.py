@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import NydusInspectError, UsageError
+from .formats.rafs_v6 import CHUNK_TABLE_ENTRY
 from .model import DIR, REG, fsdecode
 
 WHITEOUT = b".wh."
@@ -159,13 +160,13 @@ class Analysis:
     prefetch_bytes: int = 0
     prefetch_source: str = ""
     #: The merged tree of the final image, kept for :meth:`origins` (a list of every path would cost more).
-    _root: object = field(default=None, repr=False)
+    _tree: object = field(default=None, repr=False)
 
     def origins(self) -> Iterator[tuple[str, int]]:
         """Every path of the final image with the index of the layer it comes from, sorted by path."""
-        if self._root is not None:
-            for path, ent in _final_paths(self._root):
-                yield fsdecode(path), ent.layer
+        if self._tree is not None:
+            for path, layer, *_rest in self._tree.final():
+                yield fsdecode(path), layer
 
     @property
     def stored_bytes(self) -> int:
@@ -245,7 +246,7 @@ SOLE = ("sole",)
 class _Ent:
     """One name of the merged tree: the layer it comes from, its regular-file bytes and inode, its children."""
 
-    __slots__ = ("layer", "size", "inode", "kids", "usize", "csize")
+    __slots__ = ("layer", "size", "inode", "kids", "usize", "csize", "top")
 
     def __init__(
         self, layer: int, size: int, inode, kids: dict | None, usize: int = 0, csize: int = 0
@@ -258,14 +259,19 @@ class _Ent:
         self.kids = kids  # a dict for directories
         self.usize = usize  # the file's chunk bytes, uncompressed and compressed
         self.csize = csize
+        # A directory's names from the top layer that are no directories, as entries of that layer's
+        # _Nodes: no layer comes after it to look them up by name, so they need no _Ent and no dict slot.
+        self.top: array | None = None
 
 
 class _Merger:
     """Applies layers one at a time and keeps the books: what each layer adds, replaces and removes, and which
     stored file versions lose their last name (wasted)."""
 
-    def __init__(self, analysis: Analysis) -> None:
+    def __init__(self, analysis: Analysis, last: int) -> None:
         self.a = analysis
+        self.last = last  # the top layer's index
+        self.top = _Nodes()  # the top layer's entries, once applied
         self.root = _Ent(-1, 0, None, {})
         self.names: dict[tuple, int] = {}  # inode -> names of it in the merged tree
         self.sizes: dict[tuple, int] = {}
@@ -328,6 +334,9 @@ class _Merger:
             lf.removed.bytes += wo.removed.bytes
             self.a.whiteouts.append(wo)
         # Then the entries, parents before children. A hard-linked file's bytes count once per layer.
+        is_top = index == self.last
+        if is_top:
+            self.top = nodes
         counted: set = set()
         whiteouts = set(nodes.whiteouts)
         for k, (path, ntype, size, link, usize, csize) in enumerate(nodes):
@@ -363,37 +372,63 @@ class _Merger:
                 if inode not in self.sizes:
                     self.sizes[inode] = size
                 self.names[inode] = self.names.get(inode, 0) + 1
+            if is_top and not is_dir:
+                if low is not None:
+                    del pdir.kids[name]
+                if pdir.top is None:
+                    pdir.top = array("I")
+                pdir.top.append(k)
+                continue
             pdir.kids[name] = _Ent(index, fsize, inode, {} if is_dir else None, usize, csize)
 
+    def _walk_order(self, ent: _Ent) -> list[tuple[str, bytes, bool, object]]:
+        """The names of a directory of the merged tree in the order their paths sort, as (sort key, name,
+        whether the item stands for what is below the name, its _Ent), or for a name of the top layer's
+        files (sort key, its whole path, False, its entry in that layer): a directory's name sorts among its
+        siblings, its contents as the name followed by "/" would, which need not come right after it ("a",
+        "a-b", "a/c"). The keys are distinct: no name holds "/"."""
+        keys: list[tuple[str, bytes, bool, object]] = []
+        for name, child in ent.kids.items():
+            text = fsdecode(name)
+            keys.append((text, name, False, child))
+            if child.kids or child.top is not None:
+                keys.append((text + "/", name, True, child))
+        if ent.top is not None:
+            data, ends = self.top.paths.data, self.top.paths.ends
+            for k in ent.top:
+                path = bytes(data[ends[k - 1] if k else 0 : ends[k]])
+                keys.append((fsdecode(path.rpartition(b"/")[2]), path, False, k))
+        keys.sort(key=_first)
+        return keys
 
-def _walk_order(ent: _Ent) -> list[tuple[str, bytes, bool]]:
-    """The names of a directory of the merged tree in the order their paths sort, as (sort key, name, whether
-    the item stands for what is below the name): a directory's name sorts among its siblings, its contents as
-    the name followed by "/" would, which need not come right after it ("a", "a-b", "a/c")."""
-    keys = []
-    for name, child in ent.kids.items():
-        text = fsdecode(name)
-        keys.append((text, name, False))
-        if child.kids:
-            keys.append((text + "/", name, True))
-    keys.sort()
-    return keys
+    def final(self) -> Iterator[tuple[bytes, int, int, object, int, int]]:
+        """Every path of the final image as (path, layer, regular-file bytes, inode as _Ent keeps it, chunk
+        bytes, compressed chunk bytes), in the order ``sorted`` gives their decoded paths; the walk holds
+        one directory's names per level, not a list of every path."""
+        top, last = self.top, self.last
+        codes, links, sizes, usizes, csizes = top.codes, top.links, top.sizes, top.usizes, top.csizes
+        reg = top.type_names.index(REG) if REG in top.type_names else -1
+        stack = [(b"", iter(self._walk_order(self.root)))]
+        while stack:
+            base, names = stack[-1]
+            for _key, name, below, child in names:
+                if below:
+                    stack.append((base + b"/" + name, iter(self._walk_order(child))))
+                    break
+                if isinstance(child, _Ent):
+                    yield base + b"/" + name, child.layer, child.size, child.inode, child.usize, child.csize
+                elif codes[child] == reg:
+                    link = links.get(child)
+                    inode = SOLE if link is None else (last, link)
+                    yield name, last, sizes[child], inode, usizes[child], csizes[child]
+                else:
+                    yield name, last, 0, None, usizes[child], csizes[child]
+            else:
+                stack.pop()
 
 
-def _final_paths(root: _Ent) -> Iterator[tuple[bytes, _Ent]]:
-    """Every path below ``root`` with its entry, in the order ``sorted`` gives their decoded paths; the walk
-    holds one directory's names per level, not a list of every path."""
-    stack = [(b"", root, iter(_walk_order(root)))]
-    while stack:
-        base, ent, names = stack[-1]
-        for _key, name, below in names:
-            child = ent.kids[name]
-            if below:
-                stack.append((base + b"/" + name, child, iter(_walk_order(child))))
-                break
-            yield base + b"/" + name, child
-        else:
-            stack.pop()
+def _first(item: tuple):
+    return item[0]
 
 
 # ---------------------------------------------------------------------------- reading the layers
@@ -456,46 +491,70 @@ def _open_sources(
 
 
 DIGEST_SIZE = 32  # a chunk digest, sha256 or blake3
+#: Decoded inodes a layer's walk keeps (RafsV6.cache_inodes).
+WALK_INODES = 1024
 
 
 class _Stored:
-    """The chunks a layer's own blob stores, a column per field: a tuple per chunk cost ~150 bytes."""
+    """The chunks a layer's own blob stores: how many, and each chunk index's sizes in an array slot (chunk
+    indexes are dense, 0 .. count-1: arrays index faster than a dict of a million keys, and hold 8 bytes a
+    chunk where a list holds a pointer and an int object). The digests and compressed sizes, a column each
+    in record order, only where an upper layer's duplicate chunks are counted from them: a layer of its own
+    has no other to share chunks with, and they are 40 bytes a chunk."""
 
-    __slots__ = ("digests", "indexes", "usizes", "csizes")
+    __slots__ = ("count", "usizes", "csizes", "digests", "record_csizes")
 
-    def __init__(self) -> None:
-        self.digests = bytearray()  # DIGEST_SIZE bytes a chunk; zeros where the layer records none
-        self.indexes = array("Q")  # its index among the blob's chunks
-        self.usizes = array("Q")  # uncompressed and compressed size
-        self.csizes = array("Q")
+    def __init__(self, size_hint: int, with_digests: bool) -> None:
+        self.count = 0
+        self.usizes = array("Q", bytes(8 * size_hint))  # by chunk index, uncompressed and compressed size
+        self.csizes = array("Q", bytes(8 * size_hint))
+        # DIGEST_SIZE bytes a record, zeros where the layer records none; then its compressed size
+        self.digests = bytearray() if with_digests else None
+        self.record_csizes = array("Q") if with_digests else None
 
     def add(self, digest: bytes, index: int, usize: int, csize: int) -> None:
-        self.digests += digest if len(digest) == DIGEST_SIZE else bytes(DIGEST_SIZE)
-        self.indexes.append(index)
-        self.usizes.append(usize)
-        self.csizes.append(csize)
+        self.count += 1
+        if index >= len(self.usizes):  # beyond the blob's chunk count, or what the arrays were sized for
+            grow = bytes(8 * (index + 1 - len(self.usizes)))
+            self.usizes.frombytes(grow)
+            self.csizes.frombytes(grow)
+        # A later record of the same index wins, as it did when the sizes were first kept in record order.
+        self.usizes[index] = usize
+        self.csizes[index] = csize
+        if self.digests is not None:
+            self.digests += digest if len(digest) == DIGEST_SIZE else bytes(DIGEST_SIZE)
+            self.record_csizes.append(csize)
 
     def __len__(self) -> int:
-        return len(self.indexes)
+        return self.count
+
+    def drop_sizes(self) -> None:
+        """Let go of the per-index sizes once the layer's files are summed up from them."""
+        self.usizes, self.csizes = array("Q"), array("Q")
 
     def digested(self) -> Iterator[tuple[bytes, int]]:
         """(digest, compressed size) of each chunk whose digest the layer records."""
+        if self.digests is None:
+            return
         none = bytes(DIGEST_SIZE)
-        for k, csize in enumerate(self.csizes):
+        for k, csize in enumerate(self.record_csizes):
             digest = bytes(self.digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE])
             if digest != none:
                 yield digest, csize
 
 
-def _own_chunks(layer) -> _Stored:
-    """The chunks the layer's own blob stores."""
-    out = _Stored()
+def _own_chunks(layer, with_digests: bool) -> _Stored:
+    """The chunks the layer's own blob stores (their digests too if ``with_digests``)."""
     r = layer.rafs
     own = layer.own_blob_index()
     if own is None:
         own = 0 if len(r.blobs) == 1 else None
     if own is None:
-        return out
+        return _Stored(0, with_digests)
+    # Sized for the blob's chunks up front, but never beyond the records the bootstrap can hold: a blob
+    # table or a superblock may lie.
+    records = min(r.chunk_table_records, r.size // CHUNK_TABLE_ENTRY.size)
+    out = _Stored(min(r.blobs[own].chunk_count, records), with_digests)
     for e in r.chunk_table_entries():
         if e.blob_index == own:
             out.add(e.block_id, e.index, e.uncompressed_size, e.compressed_size)
@@ -549,15 +608,44 @@ def analyze(
     return a
 
 
-class _Nodes:
-    """A layer's entries in walk order, a column per field: a tuple per entry cost ~250 bytes at a million
-    entries, the columns ~90 (the path, its list slot and 25 bytes of numbers)."""
+class _Packed:
+    """Byte strings end to end in one bytearray, with where each ends: a bytes object and its list slot cost
+    about 50 bytes beside what they hold, which for short paths is most of what a layer's entries keep."""
 
-    __slots__ = ("paths", "types", "sizes", "usizes", "csizes", "links", "whiteouts")
+    __slots__ = ("data", "ends")
 
     def __init__(self) -> None:
-        self.paths: list[bytes] = []
-        self.types: list[str] = []  # the model's type names, one shared string each
+        self.data = bytearray()
+        self.ends = array("Q")
+
+    def append(self, item: bytes) -> None:
+        self.data += item
+        self.ends.append(len(self.data))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, k: int) -> bytes:
+        ends = self.ends
+        return bytes(self.data[ends[k - 1] if k else 0 : ends[k]])
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, start = self.data, 0
+        for end in self.ends:
+            yield bytes(data[start:end])
+            start = end
+
+
+class _Nodes:
+    """A layer's entries in walk order, a column per field: a tuple per entry cost ~250 bytes at a million
+    entries, the columns ~40 (the path's bytes, where it ends, a byte of type and 24 bytes of numbers)."""
+
+    __slots__ = ("paths", "codes", "type_names", "sizes", "usizes", "csizes", "links", "whiteouts")
+
+    def __init__(self) -> None:
+        self.paths = _Packed()
+        self.codes = array("B")  # the type of each entry, as its index in type_names
+        self.type_names: list[str] = []  # the model's type names
         self.sizes = array("Q")
         self.usizes = array("Q")  # a regular file's chunk bytes, uncompressed and compressed
         self.csizes = array("Q")
@@ -567,7 +655,11 @@ class _Nodes:
     def append(self, path: bytes, ntype: str, size: int, link: int | None, usize: int, csize: int) -> None:
         k = len(self.paths)
         self.paths.append(path)
-        self.types.append(ntype)
+        try:
+            self.codes.append(self.type_names.index(ntype))
+        except ValueError:
+            self.codes.append(len(self.type_names))
+            self.type_names.append(ntype)
         self.sizes.append(size)
         self.usizes.append(usize)
         self.csizes.append(csize)
@@ -579,11 +671,16 @@ class _Nodes:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def paths_and_types(self) -> Iterator[tuple[bytes, str]]:
+        names = self.type_names
+        for path, code in zip(self.paths, self.codes):
+            yield path, names[code]
+
     def __iter__(self) -> Iterator[tuple[bytes, str, int, int | None, int, int]]:
         """(path, type, size, hard-link key or None, chunk bytes, compressed chunk bytes) of each entry."""
-        links = self.links
+        links, names, codes = self.links, self.type_names, self.codes
         for k, path in enumerate(self.paths):
-            yield path, self.types[k], self.sizes[k], links.get(k), self.usizes[k], self.csizes[k]
+            yield path, names[codes[k]], self.sizes[k], links.get(k), self.usizes[k], self.csizes[k]
 
 
 @dataclass
@@ -598,20 +695,15 @@ class _Read:
     digest: str  # the layer file's sha256: its blob id in a merged bootstrap
 
 
-def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
+def _read_layer(src: _LayerSource, own_prefetch: bool, with_digests: bool) -> _Read:
     layer = src.layer
     r = layer.rafs
     own = layer.own_blob_index()
     blob_id = layer.digest if own is not None else (r.blobs[0].id if r.blobs else "-")
     lf = LayerFigures(0, src.path, blob_id)
-    stored = _own_chunks(layer)
-    # Chunk indexes are dense (0 .. count-1): arrays index faster than a dict of a million keys, and hold
-    # 8 bytes a chunk where a list holds a pointer and an int object.
-    top = max(stored.indexes, default=-1) + 1
-    usizes, csizes = array("Q", bytes(8 * top)), array("Q", bytes(8 * top))
-    for ci, usize, csize in zip(stored.indexes, stored.usizes, stored.csizes):
-        usizes[ci] = usize
-        csizes[ci] = csize
+    stored = _own_chunks(layer, with_digests)
+    usizes, csizes = stored.usizes, stored.csizes
+    top = len(usizes)
     lf.chunks = len(stored)
     lf.chunk_bytes = sum(usizes)
     lf.chunk_compressed = sum(csizes)
@@ -620,32 +712,39 @@ def _read_layer(src: _LayerSource, own_prefetch: bool) -> _Read:
     wanted = set(r.prefetch_paths()) if own_prefetch else set()
     covered: set[bytes] = set()
     under: list[bytes] = []  # directories the prefetch table names, on the walk's current path
-    for node in r.walk():
-        if wanted:
-            while under and not node.path.startswith(under[-1]):
-                under.pop()
-            if node.type == DIR and node.nid in wanted:
-                under.append(node.path.rstrip(b"/") + b"/")
-            elif node.type == REG and (under or node.nid in wanted):
-                covered.add(node.path)
-        link = None
-        usize = csize = 0
-        if node.type == REG:
-            link = node.hardlink
-            lf.files += 1
-            if link is None or link not in counted:
-                if link is not None:
-                    counted.add(link)
-                lf.stored_bytes += node.size
-            for b, k in r.chunk_refs(node):
-                if (b == own or own is None) and k < top:
-                    usize += usizes[k]
-                    csize += csizes[k]
-        if node.path != b"/":
-            lf.entries += 1
-        nodes.append(node.path, node.type, node.size, link, usize, csize)
+    # Each inode is looked at where the walk decodes it and right after (its chunk indexes): a few
+    # directories' worth of decoded inodes serves the walk as well as the model's full cache, tens of MB.
+    kept = r.cache_inodes(WALK_INODES)
+    try:
+        for node in r.walk():
+            if wanted:
+                while under and not node.path.startswith(under[-1]):
+                    under.pop()
+                if node.type == DIR and node.nid in wanted:
+                    under.append(node.path.rstrip(b"/") + b"/")
+                elif node.type == REG and (under or node.nid in wanted):
+                    covered.add(node.path)
+            link = None
+            usize = csize = 0
+            if node.type == REG:
+                link = node.hardlink
+                lf.files += 1
+                if link is None or link not in counted:
+                    if link is not None:
+                        counted.add(link)
+                    lf.stored_bytes += node.size
+                for b, k in r.chunk_refs(node):
+                    if (b == own or own is None) and k < top:
+                        usize += usizes[k]
+                        csize += csizes[k]
+            if node.path != b"/":
+                lf.entries += 1
+            nodes.append(node.path, node.type, node.size, link, usize, csize)
+    finally:
+        r.cache_inodes(kept)
     lf.prefetch_entries = len(r.prefetch_paths())
     r.drop_caches()  # this layer is walked once: its caches would stay while the others are read
+    stored.drop_sizes()
     return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
 
 
@@ -672,7 +771,7 @@ def _build_order(reads: list[_Read], image_boot) -> list[int]:
     holders: dict[bytes, list[int]] = {}
     whiteouts: dict[bytes, list[int]] = {}
     for i, rd in enumerate(reads):
-        for path, ntype in zip(rd.nodes.paths, rd.nodes.types):
+        for path, ntype in rd.nodes.paths_and_types():
             parent, _, name = path.rpartition(b"/")
             if name.startswith(WHITEOUT):
                 if name != OPAQUE:
@@ -703,7 +802,7 @@ def _build_order(reads: list[_Read], image_boot) -> list[int]:
 
 def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> None:
     def read(i: int, src: _LayerSource) -> _Read:
-        rd = _read_layer(src, own_prefetch=image_boot is None)
+        rd = _read_layer(src, own_prefetch=image_boot is None, with_digests=len(sources) > 1)
         if progress is not None:
             progress(i + 1, len(sources))
         return rd
@@ -718,7 +817,7 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
         reads = [got[i] for i in _build_order(got, image_boot)]
         del got
     last = len(sources) - 1
-    merger = _Merger(a)
+    merger = _Merger(a, last)
     seen_digests: set[tuple[str, bytes]] = set()
     per_layer_prefetch: list[set[bytes]] = []
     for i, rd in enumerate(reads):
@@ -734,33 +833,34 @@ def _analyze(a: Analysis, sources: list[_LayerSource], image_boot, progress) -> 
             seen_digests.update((rd.digester, d) for d, _c in rd.stored.digested())
         merger.apply(i, rd.nodes)
         per_layer_prefetch.append(rd.covered)
-        rd.nodes, rd.stored = _Nodes(), _Stored()  # applied: what ``reads`` keeps lets go here
+        rd.nodes, rd.stored = _Nodes(), _Stored(0, False)  # applied: what ``reads`` keeps lets go here
     # The final image: origins, per-directory compression, prefetch coverage.
     covered = _prefetch_covered(image_boot.rafs) if image_boot is not None else None
     a.prefetch_source = "image bootstrap" if image_boot is not None else "each layer's own prefetch table"
     dirs: dict[bytes, list[int]] = {}
     links_seen: set = set()
-    for path, child in _final_paths(merger.root):
+    layers = a.layers
+    for path, layer, size, inode, usize, csize in merger.final():
         a.final_entries += 1
-        a.layers[child.layer].final_entries += 1
-        if child.inode is None:
+        layers[layer].final_entries += 1
+        if inode is None:
             continue
         a.final_files += 1
-        if child.inode is not SOLE:
-            if child.inode in links_seen:
+        if inode is not SOLE:
+            if inode in links_seen:
                 continue
-            links_seen.add(child.inode)
-        a.final_bytes += child.size
-        a.layers[child.layer].final_bytes += child.size
+            links_seen.add(inode)
+        a.final_bytes += size
+        layers[layer].final_bytes += size
         top = path.split(b"/", 2)[1] if path.count(b"/") > 1 else b""
         d = dirs.setdefault(top, [0, 0, 0])
-        d[0] += child.size
-        d[1] += child.usize
-        d[2] += child.csize
-        is_covered = (path in covered) if covered is not None else (path in per_layer_prefetch[child.layer])
+        d[0] += size
+        d[1] += usize
+        d[2] += csize
+        is_covered = (path in covered) if covered is not None else (path in per_layer_prefetch[layer])
         if is_covered:
-            a.prefetch_bytes += child.size
-    a._root = merger.root
+            a.prefetch_bytes += size
+    a._tree = merger
     a.wasted.sort(key=lambda w: (-w.size, w.path))
     for top, (fbytes, usize, csize) in sorted(dirs.items()):
         a.directories.append(

@@ -237,6 +237,29 @@ def test_pack_keeps_little_beside_the_tree(tmp_path):
     assert 0 < per_entry < 1300, f"pack: {per_entry:.0f} heap bytes per entry ({peaks})"
 
 
+def test_analyze_keeps_little_for_each_entry_of_a_layer(tmp_path):
+    """analyze holds a layer's entries in columns while it walks and merges it, and the top layer's files
+    stay there instead of becoming objects of the merged tree (no layer above looks their names up). Heap
+    bytes per entry beside the decoded bootstrap (the growth from 10,000 to 30,000 one-line files, so the
+    start-up cancels out): an object and a dict slot per name in the merged tree, or the model's full inode
+    cache kept through the walk, each put it above the bound."""
+    from nydus_inspect.layer import SPILL_BOOTSTRAP, Layer
+
+    beside = {}
+    for n in (10_000, 30_000):
+        tar, blob = tmp_path / f"{n}.tar", tmp_path / f"{n}.blob"
+        _small_files_tar(tar, n)
+        _ok(hostile.run_limited("pack", "-q", tar, "-o", blob))
+        with Layer(str(blob)) as layer:
+            boot = len(layer.rafs.buf)
+        assert boot < SPILL_BOOTSTRAP  # decoded onto the heap, where tracemalloc counts it
+        beside[n] = _traced_peak("analyze", "--json", blob) - boot
+    per_entry = (beside[30_000] - beside[10_000]) / 20_000
+    assert 0 < per_entry < 180, (
+        f"analyze: {per_entry:.0f} heap bytes per entry beside the bootstrap ({beside})"
+    )
+
+
 # ---------------------------------------------------------------------------- files of many chunks
 @pytest.fixture(scope="module")
 def fine_bomb(bomb):
