@@ -502,25 +502,33 @@ class _Stored:
     in record order, only where an upper layer's duplicate chunks are counted from them: a layer of its own
     has no other to share chunks with, and they are 40 bytes a chunk."""
 
-    __slots__ = ("count", "usizes", "csizes", "digests", "record_csizes")
+    __slots__ = ("count", "usizes", "csizes", "far", "digests", "record_csizes")
 
     def __init__(self, size_hint: int, with_digests: bool) -> None:
         self.count = 0
         self.usizes = array("Q", bytes(8 * size_hint))  # by chunk index, uncompressed and compressed size
         self.csizes = array("Q", bytes(8 * size_hint))
+        # Indexes far past every one before them (a hand-made or hostile table: one record of index 2**32
+        # would otherwise size the arrays at 32 GiB), by index: (uncompressed, compressed) size.
+        self.far: dict[int, tuple[int, int]] = {}
         # DIGEST_SIZE bytes a record, zeros where the layer records none; then its compressed size
         self.digests = bytearray() if with_digests else None
         self.record_csizes = array("Q") if with_digests else None
 
     def add(self, digest: bytes, index: int, usize: int, csize: int) -> None:
         self.count += 1
-        if index >= len(self.usizes):  # beyond the blob's chunk count, or what the arrays were sized for
-            grow = bytes(8 * (index + 1 - len(self.usizes)))
-            self.usizes.frombytes(grow)
-            self.csizes.frombytes(grow)
+        have = len(self.usizes)
+        far = self.far
         # A later record of the same index wins, as it did when the sizes were first kept in record order.
-        self.usizes[index] = usize
-        self.csizes[index] = csize
+        if (far and index in far) or (index >= have and index > 2 * max(self.count, have) + 1024):
+            far[index] = (usize, csize)
+        else:
+            if index >= have:  # beyond the blob's chunk count, or what the arrays were sized for
+                grow = bytes(8 * (index + 1 - have))
+                self.usizes.frombytes(grow)
+                self.csizes.frombytes(grow)
+            self.usizes[index] = usize
+            self.csizes[index] = csize
         if self.digests is not None:
             self.digests += digest if len(digest) == DIGEST_SIZE else bytes(DIGEST_SIZE)
             self.record_csizes.append(csize)
@@ -530,7 +538,7 @@ class _Stored:
 
     def drop_sizes(self) -> None:
         """Let go of the per-index sizes once the layer's files are summed up from them."""
-        self.usizes, self.csizes = array("Q"), array("Q")
+        self.usizes, self.csizes, self.far = array("Q"), array("Q"), {}
 
     def digested(self) -> Iterator[tuple[bytes, int]]:
         """(digest, compressed size) of each chunk whose digest the layer records."""
@@ -702,11 +710,11 @@ def _read_layer(src: _LayerSource, own_prefetch: bool, with_digests: bool) -> _R
     blob_id = layer.digest if own is not None else (r.blobs[0].id if r.blobs else "-")
     lf = LayerFigures(0, src.path, blob_id)
     stored = _own_chunks(layer, with_digests)
-    usizes, csizes = stored.usizes, stored.csizes
+    usizes, csizes, far = stored.usizes, stored.csizes, stored.far
     top = len(usizes)
     lf.chunks = len(stored)
-    lf.chunk_bytes = sum(usizes)
-    lf.chunk_compressed = sum(csizes)
+    lf.chunk_bytes = sum(usizes) + sum(u for u, _ in far.values())
+    lf.chunk_compressed = sum(csizes) + sum(c for _, c in far.values())
     nodes = _Nodes()
     counted: set = set()  # hard-linked files whose bytes are counted
     wanted = set(r.prefetch_paths()) if own_prefetch else set()
@@ -734,9 +742,13 @@ def _read_layer(src: _LayerSource, own_prefetch: bool, with_digests: bool) -> _R
                         counted.add(link)
                     lf.stored_bytes += node.size
                 for b, k in r.chunk_refs(node):
-                    if (b == own or own is None) and k < top:
-                        usize += usizes[k]
-                        csize += csizes[k]
+                    if b == own or own is None:
+                        if k < top:
+                            usize += usizes[k]
+                            csize += csizes[k]
+                        if far and k in far:
+                            usize += far[k][0]
+                            csize += far[k][1]
             if node.path != b"/":
                 lf.entries += 1
             nodes.append(node.path, node.type, node.size, link, usize, csize)

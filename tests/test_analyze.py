@@ -479,3 +479,28 @@ def test_debian_with_an_upper_layer(tmp_path):
     assert {o["path"]: o["layer"] for o in got["origins"]} == want["origins"]
     dups = expected_duplicates([base, upper], chunk=0x100000)
     assert got["layers"][1]["duplicate_chunks"] == len(dups[1]) > 0
+
+
+def test_a_chunk_index_far_past_the_others_is_not_an_array_slot():
+    """A layer's own chunk sizes are kept in arrays indexed by chunk index: a record whose index lies far past
+    every other (a hand-made or hostile table; near 2**32 the arrays would be 32 GiB) is kept by itself, and
+    its sizes still count, the last record of an index winning."""
+    import tracemalloc
+
+    from nydus_inspect.analyze import _Stored
+
+    tracemalloc.start()
+    try:
+        stored = _Stored(4, with_digests=False)
+        for k in range(4):
+            stored.add(b"", k, 100, 10)
+        stored.add(b"", 1 << 24, 7, 3)
+        stored.add(b"", 1 << 24, 8, 4)
+        for k in range(4, 3000):  # dense indexes past the hint still go in the arrays
+            stored.add(b"", k, 1, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    assert len(stored.usizes) == 3000 and stored.far == {1 << 24: (8, 4)}
+    assert sum(stored.usizes) == 400 + 2996 and len(stored) == 3002
