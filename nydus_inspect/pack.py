@@ -343,8 +343,8 @@ class _Chunker:
         chunk.crc32 = self.crcs[ci]
         return chunk
 
-    def table_chunks(self, slots: list) -> tuple[int, Iterator[ChunkRef]]:
-        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the slots of a tree
+    def table_chunks(self, nodes: list[Node]) -> tuple[int, Iterator[ChunkRef]]:
+        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the inodes of a tree
         whose files are all packed here: a stored chunk's record takes the file offset of its first use
         in layout order."""
         cs = self.opts.chunk_size
@@ -353,8 +353,8 @@ class _Chunker:
         # Of the chunks stored under one digest (a collision), the first used in layout order is recorded.
         collided = set(self.by_size.values()) | {self.by_digest[d] for d, _ in self.by_size}
         picked: dict[bytes, int] = {}
-        for slot in slots:
-            chunks = slot.node.chunks
+        for node in nodes:
+            chunks = node.chunks
             if not chunks:
                 continue
             start = chunks._start
