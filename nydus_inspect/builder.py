@@ -80,9 +80,10 @@ class Slots:
         self.offset = array("Q")
         self.layout = bytearray()
         self.size = array("Q")
-        self.blkaddr = array("I")
-        #: Plain EROFS only: full blocks of a regular file's data, laid out after all the metadata.
-        self.data_blocks = array("I")
+        self.blkaddr = array("Q")
+        #: Plain EROFS only (empty otherwise): full blocks of a regular file's data, laid out after all the
+        #: metadata.
+        self.data_blocks = array("Q")
         self.xattrs: dict[int, bytes] = {}  # the xattr area of the slots that have one
         #: A directory's entries (the slot index of each, in the order of its sorted names); with the names,
         #: ``(name, slot)`` tuples would take several times the room.
@@ -100,16 +101,18 @@ class Slots:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def _sized(self) -> None:
+    def _sized(self, flat_files: bool) -> None:
         n = len(self.nodes)
         self.offset = array("Q", bytes(8 * n))
         self.layout = bytearray([rafs_v6.LAYOUT_FLAT_PLAIN]) * n
         self.size = array("Q", bytes(8 * n))
-        self.blkaddr = array("I", bytes(4 * n))
-        self.data_blocks = array("I", bytes(4 * n))
+        # 64 bits: an EROFS image of more than 2^32 blocks is refused by its writer, after planning.
+        self.blkaddr = array("Q", bytes(8 * n))
+        if flat_files:
+            self.data_blocks = array("Q", bytes(8 * n))
 
 
-def _order(root: Node) -> tuple[Slots, int]:
+def _order(root: Node, flat_files: bool = False) -> tuple[Slots, int]:
     """Unique nodes in nydus's order: a directory's non-directory children, then its sub-directories.
 
     A node under several names (a hard link) says so: its ``hardlink`` is set or its ``nlink`` is over 1.
@@ -151,7 +154,7 @@ def _order(root: Node) -> tuple[Slots, int]:
         slots.subdirs[d] = len(subdirs)
         # Depth-first: the first sub-directory is laid out next.
         queue.extend(reversed(subdirs))
-    slots._sized()
+    slots._sized(flat_files)
     return slots, names
 
 
@@ -273,7 +276,7 @@ def plan_bootstrap(
     the regular files of such an image that are stored compressed (``id`` of their node -> blocks of their
     pclusters), laid out the same way, with room for their map after the inode.
     """
-    slots, names = _order(root)
+    slots, names = _order(root, bool(flat_files))
     for i in range(len(slots)):
         _prepare(slots, i, flat_files, compressed)
 
@@ -575,7 +578,11 @@ def _inode_record(plan: Plan, index: int, explicit_uid_gid: bool, chunk_bits: in
         i_u = slots.data_blocks[index]  # a compressed inode records how many blocks its pclusters take
     elif node.type in (CHR, BLK):
         i_u = node.rdev & 0xFFFFFFFF
-    elif layout == rafs_v6.LAYOUT_FLAT_INLINE and index not in slots.blocks and not slots.data_blocks[index]:
+    elif (
+        layout == rafs_v6.LAYOUT_FLAT_INLINE
+        and index not in slots.blocks
+        and not (slots.data_blocks and slots.data_blocks[index])
+    ):
         # All of the data is the inline tail, so readers never use the block address; nydus-image writes
         # the inode's own block there, and so do we, so that its bootstraps and ours are alike byte for byte.
         i_u = slots.offset[index] // BLOCK_SIZE
