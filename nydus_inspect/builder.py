@@ -62,58 +62,85 @@ assert rafs_v6.CHUNK_TABLE_ENTRY.names == [
 ]
 
 
-@dataclass(slots=True)
-class _Slot:
-    """A node's place in the bootstrap being laid out (one per inode: slots, and no list of its own
-    unless it has blocks or dirents). Its inode number is its index in the plan's slots plus one, and its
-    nid follows from its offset (:func:`_nid`).
+class Slots:
+    """The inodes of a bootstrap being laid out, in layout order, as columns indexed by slot (one slot per
+    inode: a hard-linked node has one, however many names it has). A slot's inode number is its index plus
+    one, and its nid follows from its offset (:func:`_nid`).
 
-    Slots refer to each other by index, never by reference: a pack runs with the cyclic garbage collector
-    off, and a directory and its entries referring to each other would keep every slot to the end."""
+    Columns, not an object per slot: a layer of a million small files would hold a million of them, with an
+    int object for each offset, beside its tree. What only some inodes have (xattrs, a directory's entries,
+    out-of-line blocks, a compressed file's map) is kept by slot in a dict. Slots refer to each other by
+    index: a pack runs with the cyclic garbage collector off."""
 
-    node: Node
-    offset: int = 0
-    names: int = 0
-    xattrs: bytes = b""
-    layout: int = rafs_v6.LAYOUT_FLAT_PLAIN
-    size: int = 0
-    tail: bytes = b""  # inline data (dir tail block or symlink target)
-    blocks: list[bytes] | tuple = ()  # full blocks stored out of line
-    blkaddr: int = 0
-    #: A directory's entries (the slot index of each, in the order of its sorted names); with the names,
-    #: ``(name, slot)`` tuples would take several times the room.
-    dirents: array | tuple = ()
-    parent: int = 0  # a directory's parent (the root is its own)
-    subdirs: int = 0
-    #: Plain EROFS only: full blocks of a regular file's data, laid out after all the metadata.
-    data_blocks: int = 0
-    #: Compressed EROFS files: the map header and lcluster indexes after the inode (their size while
-    #: planning; the writer fills them in once ``blkaddr`` is known).
-    zmap: bytes = b""
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.parent = array("I")  # a slot's directory (the root is its own)
+        self.names = array("I")  # names of the inode in the tree
+        # Set once the order is known (:meth:`_sized`).
+        self.offset = array("Q")
+        self.layout = bytearray()
+        self.size = array("Q")
+        self.blkaddr = array("Q")
+        #: Plain EROFS only (empty otherwise): full blocks of a regular file's data, laid out after all the
+        #: metadata.
+        self.data_blocks = array("Q")
+        self.xattrs: dict[int, bytes] = {}  # the xattr area of the slots that have one
+        #: A directory's entries (the slot index of each, in the order of its sorted names); with the names,
+        #: ``(name, slot)`` tuples would take several times the room.
+        self.dirents: dict[int, array] = {}
+        self.subdirs: dict[int, int] = {}
+        #: Full blocks stored out of line (a directory's or a long symlink's, but an inline tail): how many;
+        #: they are made again from the node when written.
+        self.blocks: dict[int, int] = {}
+        #: Plain EROFS, inline: a regular file's tail (its last bytes; the writer fills it in before rendering).
+        self.tail: dict[int, bytes] = {}
+        #: Compressed EROFS files: the map header and lcluster indexes after the inode (their size while
+        #: planning; the writer fills them in once ``blkaddr`` is known).
+        self.zmap: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def _sized(self, flat_files: bool) -> None:
+        n = len(self.nodes)
+        self.offset = array("Q", bytes(8 * n))
+        self.layout = bytearray([rafs_v6.LAYOUT_FLAT_PLAIN]) * n
+        self.size = array("Q", bytes(8 * n))
+        # 64 bits: an EROFS image of more than 2^32 blocks is refused by its writer, after planning.
+        self.blkaddr = array("Q", bytes(8 * n))
+        if flat_files:
+            self.data_blocks = array("Q", bytes(8 * n))
 
 
-def _order(root: Node) -> tuple[list[_Slot], int]:
-    """Unique nodes in nydus's order: a directory's non-directory children, then its sub-directories."""
-    slots: list[_Slot] = []
-    by_id: dict[int, int] = {}
+def _order(root: Node, flat_files: bool = False) -> tuple[Slots, int]:
+    """Unique nodes in nydus's order: a directory's non-directory children, then its sub-directories.
+
+    A node under several names (a hard link) says so: its ``hardlink`` is set or its ``nlink`` is over 1.
+    Only those are looked up by identity; an index of every node would cost more than its slot."""
+    slots = Slots()
+    nodes, parents, counts = slots.nodes, slots.parent, slots.names
+    linked: dict[int, int] = {}
     names = 0
 
     # No slot keeps its path: the layout needs none, and the paths of a deep tree sum to depth squared.
     def visit(node: Node, parent: int) -> int:
         nonlocal names
         names += 1
-        i = by_id.get(id(node))
-        if i is None:
-            i = by_id[id(node)] = len(slots)
-            slots.append(_Slot(node=node, parent=parent))
-        slots[i].names += 1
-        return i
+        if node.type != DIR and (node.hardlink is not None or node.nlink > 1):
+            i = linked.get(id(node))
+            if i is not None:
+                counts[i] += 1
+                return i
+            linked[id(node)] = len(nodes)
+        nodes.append(node)
+        parents.append(parent)
+        counts.append(1)
+        return len(nodes) - 1
 
     queue = [visit(root, 0)]
     while queue:
         d = queue.pop()
-        dslot = slots[d]
-        kids = _entries(dslot.node)
+        kids = _entries(nodes[d])
         ents = array("I", bytes(4 * len(kids)))
         for k, (_, child) in enumerate(kids):
             if child.type != DIR:
@@ -123,10 +150,11 @@ def _order(root: Node) -> tuple[list[_Slot], int]:
             if child.type == DIR:
                 ents[k] = visit(child, d)
                 subdirs.append(ents[k])
-        dslot.dirents = ents
-        dslot.subdirs = len(subdirs)
+        slots.dirents[d] = ents
+        slots.subdirs[d] = len(subdirs)
         # Depth-first: the first sub-directory is laid out next.
         queue.extend(reversed(subdirs))
+    slots._sized(flat_files)
     return slots, names
 
 
@@ -139,70 +167,75 @@ def _nid(offset: int, meta_start: int) -> int:
     return (offset - meta_start) // 32
 
 
-def _prepare(slot: _Slot, flat_files: str | None = None, compressed: dict[int, int] | None = None) -> None:
-    node = slot.node
-    slot.xattrs = rafs_v6.build_xattrs(node.xattrs)
-    fixed = INODE_SIZE + len(slot.xattrs)
+def _prepare(
+    slots: Slots, i: int, flat_files: str | None = None, compressed: dict[int, int] | None = None
+) -> None:
+    node = slots.nodes[i]
+    xattrs = rafs_v6.build_xattrs(node.xattrs)
+    if xattrs:
+        slots.xattrs[i] = xattrs
+    fixed = INODE_SIZE + len(xattrs)
     if node.type == DIR:
         ents = [Dirent(b".", 0, rafs_v6.FT_DIR), Dirent(b"..", 0, rafs_v6.FT_DIR)]
         ents += [Dirent(name, 0, FT_OF_TYPE[child.type]) for name, child in _entries(node)]
         ents.sort(key=lambda d: d.name)
         blocks, size = rafs_v6.build_dir_blocks(ents)
-        slot.size = size
-        _place_data(slot, blocks, size, fixed)
+        slots.size[i] = size
+        _place_data(slots, i, len(blocks), size, fixed)
     elif node.type == SYMLINK:
-        target = node.target or b""
-        slot.size = len(target)
-        blocks = [target[i : i + BLOCK_SIZE] for i in range(0, len(target), BLOCK_SIZE)]
-        _place_data(slot, blocks, len(target), fixed)
+        size = len(node.target or b"")
+        slots.size[i] = size
+        _place_data(slots, i, -(-size // BLOCK_SIZE), size, fixed)
     elif node.type == REG and flat_files and compressed and id(node) in compressed:
         # Compressed EROFS: the file's pclusters lie after the metadata like flat data, and its map
         # (header and one legacy index per block) follows the inode.
-        slot.size = node.size
-        slot.layout = erofs_zmap.LAYOUT_COMPRESSED_FULL
-        slot.data_blocks = compressed[id(node)]
-        slot.zmap = bytes(erofs_zmap.full_map_size(node.size, BLOCK_SIZE))
+        slots.size[i] = node.size
+        slots.layout[i] = erofs_zmap.LAYOUT_COMPRESSED_FULL
+        slots.data_blocks[i] = compressed[id(node)]
+        slots.zmap[i] = bytes(erofs_zmap.full_map_size(node.size, BLOCK_SIZE))
     elif node.type == REG and flat_files:
         # Plain EROFS: the data lies in the image itself. "plain" keeps every byte in whole blocks
         # (containerd asks mkfs.erofs for -Enoinline_data); "inline" packs the tail after the inode when
         # it fits, and the caller fills ``tail`` with the file's last bytes before rendering.
-        slot.size = node.size
+        slots.size[i] = node.size
         tail_len = node.size % BLOCK_SIZE
         if flat_files == "inline" and tail_len and fixed + tail_len <= BLOCK_SIZE:
-            slot.layout = rafs_v6.LAYOUT_FLAT_INLINE
-            slot.tail = bytes(tail_len)
-            slot.data_blocks = node.size // BLOCK_SIZE
+            slots.layout[i] = rafs_v6.LAYOUT_FLAT_INLINE
+            slots.data_blocks[i] = node.size // BLOCK_SIZE
         else:
-            slot.layout = rafs_v6.LAYOUT_FLAT_PLAIN
-            slot.data_blocks = -(-node.size // BLOCK_SIZE)
+            slots.layout[i] = rafs_v6.LAYOUT_FLAT_PLAIN
+            slots.data_blocks[i] = -(-node.size // BLOCK_SIZE)
     elif node.type == REG:
-        slot.layout = rafs_v6.LAYOUT_CHUNK_BASED
-        slot.size = node.size
+        slots.layout[i] = rafs_v6.LAYOUT_CHUNK_BASED
+        slots.size[i] = node.size
     else:
-        slot.layout = rafs_v6.LAYOUT_FLAT_PLAIN
-        slot.size = 0
+        slots.layout[i] = rafs_v6.LAYOUT_FLAT_PLAIN
 
 
-def _place_data(slot: _Slot, blocks: list[bytes], size: int, fixed: int) -> None:
+def _place_data(slots: Slots, i: int, nblocks: int, size: int, fixed: int) -> None:
+    """Lay out ``nblocks`` blocks of ``size`` bytes (a directory's, a symlink's): the tail inline when it fits."""
     tail_len = size % BLOCK_SIZE
     if tail_len and fixed + tail_len <= BLOCK_SIZE:
-        slot.layout = rafs_v6.LAYOUT_FLAT_INLINE
-        slot.tail = blocks[-1][:tail_len]
-        slot.blocks = [b.ljust(BLOCK_SIZE, b"\0") for b in blocks[:-1]]
+        slots.layout[i] = rafs_v6.LAYOUT_FLAT_INLINE
+        nblocks -= 1
     else:
-        slot.layout = rafs_v6.LAYOUT_FLAT_PLAIN
-        slot.blocks = [b.ljust(BLOCK_SIZE, b"\0") for b in blocks]
+        slots.layout[i] = rafs_v6.LAYOUT_FLAT_PLAIN
+    if nblocks:
+        slots.blocks[i] = nblocks
 
 
-def _footprint(slot: _Slot, chunk_size: int) -> tuple[int, int]:
+def _footprint(slots: Slots, i: int, chunk_size: int) -> tuple[int, int]:
     """(bytes that must stay inside one block, total bytes of the inode record)."""
-    fixed = INODE_SIZE + len(slot.xattrs)
-    if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
-        n = -(-slot.size // chunk_size)
+    xattrs = slots.xattrs.get(i)
+    fixed = INODE_SIZE + len(xattrs) if xattrs else INODE_SIZE
+    layout = slots.layout[i]
+    if layout == rafs_v6.LAYOUT_CHUNK_BASED:
+        n = -(-slots.size[i] // chunk_size)
         return fixed, round_up(fixed, 8) + 8 * n
-    if slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
-        return fixed, round_up(fixed, 8) + len(slot.zmap)
-    inline = fixed + len(slot.tail)
+    if layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
+        return fixed, round_up(fixed, 8) + len(slots.zmap[i])
+    # An inline tail is what the last block would hold.
+    inline = fixed + slots.size[i] % BLOCK_SIZE if layout == rafs_v6.LAYOUT_FLAT_INLINE else fixed
     return inline, inline
 
 
@@ -211,7 +244,7 @@ class Plan:
     """Where everything but the chunk table goes: computed from the tree alone (file sizes, not their
     chunks), so that pack can lay a bootstrap out while its workers are still compressing."""
 
-    slots: list[_Slot]
+    slots: Slots
     names: int
     nblobs: int
     chunk_size: int
@@ -243,9 +276,9 @@ def plan_bootstrap(
     the regular files of such an image that are stored compressed (``id`` of their node -> blocks of their
     pclusters), laid out the same way, with room for their map after the inode.
     """
-    slots, names = _order(root)
-    for slot in slots:
-        _prepare(slot, flat_files, compressed)
+    slots, names = _order(root, bool(flat_files))
+    for i in range(len(slots)):
+        _prepare(slots, i, flat_files, compressed)
 
     if nblobs:
         blob_table_off = round_up(rafs_v6.DEVICE_TABLE_OFFSET + rafs_v6.DEVICE.size * nblobs, BLOCK_SIZE)
@@ -257,27 +290,28 @@ def plan_bootstrap(
 
     # Inodes from nid 128 (meta_start + 4096); an inode and its inline part never cross a block.
     cursor = meta_start + BLOCK_SIZE
-    for slot in slots:
-        must, total = _footprint(slot, chunk_size)
+    offsets = slots.offset
+    for i in range(len(slots)):
+        must, total = _footprint(slots, i, chunk_size)
         # Only an inline tail must share the inode's block; EROFS reads an inode and its xattrs across
         # blocks, so a record larger than a block (many or big xattrs) starts on a fresh block and spans.
         if cursor % BLOCK_SIZE + min(must, BLOCK_SIZE) > BLOCK_SIZE:
             cursor = round_up(cursor, BLOCK_SIZE)
-        slot.offset = cursor
+        offsets[i] = cursor
         cursor = round_up(cursor + total, 32)
-    assert _nid(slots[0].offset, meta_start) == rafs_v6.ROOT_NID
+    assert _nid(offsets[0], meta_start) == rafs_v6.ROOT_NID
 
     # Full data blocks (directories, long symlinks) after the inodes.
     cursor = round_up(cursor, BLOCK_SIZE)
-    for slot in slots:
-        if slot.blocks:
-            slot.blkaddr = cursor // BLOCK_SIZE
-            cursor += BLOCK_SIZE * len(slot.blocks)
+    blkaddr = slots.blkaddr
+    for i, n in slots.blocks.items():  # in slot order, as the slots were prepared
+        blkaddr[i] = cursor // BLOCK_SIZE
+        cursor += BLOCK_SIZE * n
     files_end = cursor
-    for slot in slots:
-        if slot.data_blocks:
-            slot.blkaddr = files_end // BLOCK_SIZE
-            files_end += BLOCK_SIZE * slot.data_blocks
+    for i, n in enumerate(slots.data_blocks):
+        if n:
+            blkaddr[i] = files_end // BLOCK_SIZE
+            files_end += BLOCK_SIZE * n
     plan = Plan(
         slots,
         names,
@@ -300,11 +334,13 @@ def render_plan(plan: Plan) -> bytearray:
     plain EROFS image's metadata; its writer adds the files' data)."""
     buf = bytearray(plan.data_end)
     chunk_bits = plan.chunk_size.bit_length() - 1
-    for i, slot in enumerate(plan.slots):
+    slots = plan.slots
+    for i, offset in enumerate(slots.offset):
         rec = _inode_record(plan, i, plan.explicit_uid_gid, chunk_bits)
-        buf[slot.offset : slot.offset + len(rec)] = rec
-        for i, blk in enumerate(_out_of_line_blocks(plan, slot)):
-            start = (slot.blkaddr + i) * BLOCK_SIZE
+        buf[offset : offset + len(rec)] = rec
+    for i in slots.blocks:
+        for k, blk in enumerate(_out_of_line_blocks(plan, i)):
+            start = (slots.blkaddr[i] + k) * BLOCK_SIZE
             buf[start : start + len(blk)] = blk
     return buf
 
@@ -428,17 +464,17 @@ def write_bootstrap(
     slots = plan.slots
 
     # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does, after the metadata.
-    count, records = (table or table_chunks)(slots)
+    count, records = (table or table_chunks)(slots.nodes)
     chunk_table_off = round_up(plan.data_end, BLOCK_SIZE)
     total_size = round_up(chunk_table_off + _CHUNK_RECORD.size * count, BLOCK_SIZE)
 
     flags = compressor.super_flag | digester.super_flag | rafs_v6.ENCRYPTION_NONE
     if explicit_uid_gid:
         flags |= rafs_v6.EXPLICIT_UID_GID
-    if force_has_xattr or any(slot.xattrs for slot in slots):
+    if force_has_xattr or slots.xattrs:
         flags |= rafs_v6.HAS_XATTR
     head = BootstrapHead(
-        size=slots[0].offset,
+        size=slots.offset[0],
         names=plan.names,
         chunk_size=chunk_size,
         meta_start=plan.meta_start,
@@ -466,16 +502,17 @@ def write_bootstrap(
     put(head.build(blobs))
     chunk_bits = chunk_size.bit_length() - 1
     # The plan places inodes, then out-of-line blocks, each in slot order and ascending.
-    for i, slot in enumerate(slots):
-        zeros_to(slot.offset)
+    nodes, layouts = slots.nodes, slots.layout
+    for i, offset in enumerate(slots.offset):
+        zeros_to(offset)
         put(_inode_record(plan, i, explicit_uid_gid, chunk_bits))
-        if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED and slot.node.chunks:
+        if layouts[i] == rafs_v6.LAYOUT_CHUNK_BASED and nodes[i].chunks:
             zeros_to(round_up(pos, 8))
-            put(_chunk_indexes(slot))
-    for slot in slots:
-        blocks = _out_of_line_blocks(plan, slot)
+            put(_chunk_indexes(nodes[i]))
+    for i in slots.blocks:
+        blocks = _out_of_line_blocks(plan, i)
         if blocks:
-            zeros_to(slot.blkaddr * BLOCK_SIZE)
+            zeros_to(slots.blkaddr[i] * BLOCK_SIZE)
             for blk in blocks:
                 put(blk)
     zeros_to(chunk_table_off)
@@ -488,17 +525,17 @@ def write_bootstrap(
     return head
 
 
-#: ``table(slots)``: how many records the chunk table of these slots (in layout order) has, and its chunks in
+#: ``table(nodes)``: how many records the chunk table of these inodes (in layout order) has, and its chunks in
 #: table order: one per distinct (digest, blob), sorted by them, each the first chunk of its pair in layout
 #: order (so with that chunk's file offset), as v2.3 writes it.
-TableChunks = Callable[[list[_Slot]], tuple[int, Iterable[ChunkRef]]]
+TableChunks = Callable[[list[Node]], tuple[int, Iterable[ChunkRef]]]
 
 
-def table_chunks(slots: list[_Slot]) -> tuple[int, Iterable[ChunkRef]]:
+def table_chunks(nodes: list[Node]) -> tuple[int, Iterable[ChunkRef]]:
     """The chunk table's chunks (:data:`TableChunks`) from the nodes' ``chunks``."""
     records: dict[tuple[bytes, int], ChunkRef] = {}
-    for slot in slots:
-        for c in slot.node.chunks or ():
+    for node in nodes:
+        for c in node.chunks or ():
             records.setdefault((c.digest, c.blob_index), c)
     return len(records), [records[key] for key in sorted(records)]
 
@@ -526,31 +563,38 @@ def chunk_record(c: ChunkRef) -> bytes:
 def _inode_record(plan: Plan, index: int, explicit_uid_gid: bool, chunk_bits: int) -> bytearray:
     """The inode of the plan's slot ``index``, its xattrs and what follows them in its block (the inline tail, or a compressed
     file's map); a chunk-based inode's chunk indexes are :func:`_chunk_indexes`."""
-    slot = plan.slots[index]
-    node = slot.node
+    slots = plan.slots
+    node = slots.nodes[index]
+    layout = slots.layout[index]
+    size = slots.size[index]
+    xattrs = slots.xattrs.get(index, b"")
     if node.type == DIR:
-        nlink = 2 + slot.subdirs
+        nlink = 2 + slots.subdirs[index]
     else:
-        nlink = slot.names
-    if slot.layout == rafs_v6.LAYOUT_CHUNK_BASED:
+        nlink = slots.names[index]
+    if layout == rafs_v6.LAYOUT_CHUNK_BASED:
         i_u = rafs_v6.CHUNK_FORMAT_INDEXES | (chunk_bits - 12)
-    elif slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
-        i_u = slot.data_blocks  # a compressed inode records how many blocks its pclusters take
+    elif layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
+        i_u = slots.data_blocks[index]  # a compressed inode records how many blocks its pclusters take
     elif node.type in (CHR, BLK):
         i_u = node.rdev & 0xFFFFFFFF
-    elif slot.layout == rafs_v6.LAYOUT_FLAT_INLINE and not slot.blocks and not slot.data_blocks:
+    elif (
+        layout == rafs_v6.LAYOUT_FLAT_INLINE
+        and index not in slots.blocks
+        and not (slots.data_blocks and slots.data_blocks[index])
+    ):
         # All of the data is the inline tail, so readers never use the block address; nydus-image writes
         # the inode's own block there, and so do we, so that its bootstraps and ours are alike byte for byte.
-        i_u = slot.offset // BLOCK_SIZE
+        i_u = slots.offset[index] // BLOCK_SIZE
     else:
-        i_u = slot.blkaddr
+        i_u = slots.blkaddr[index]
     # Inode(...).build(), positionally: this runs once per inode of the image.
     rec = bytearray(
         _INODE.pack(
-            1 | (slot.layout << 1),  # i_format: extended
-            rafs_v6.xattr_icount(len(slot.xattrs)),
+            1 | (layout << 1),  # i_format: extended
+            rafs_v6.xattr_icount(len(xattrs)),
             node.mode & 0xFFFF,
-            slot.size,
+            size,
             i_u,
             index + 1,  # i_ino
             node.uid if explicit_uid_gid else 0,
@@ -560,41 +604,54 @@ def _inode_record(plan: Plan, index: int, explicit_uid_gid: bool, chunk_bits: in
             nlink,
         )
     )
-    rec += slot.xattrs
-    if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
-        rec += _dir_blocks(plan, slot)[-1] if node.type == DIR else slot.tail
-    elif slot.layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
+    rec += xattrs
+    if layout == rafs_v6.LAYOUT_FLAT_INLINE:
+        tail_len = size % BLOCK_SIZE
+        if node.type == DIR:
+            rec += _dir_blocks(plan, index)[-1]
+        elif node.type == SYMLINK:
+            rec += (node.target or b"")[size - tail_len :]
+        else:
+            rec += slots.tail.get(index) or bytes(tail_len)
+    elif layout == erofs_zmap.LAYOUT_COMPRESSED_FULL:
         rec += bytes(round_up(len(rec), 8) - len(rec))  # the record starts 32-byte aligned
-        rec += slot.zmap
+        rec += slots.zmap[index]
     return rec
 
 
-def _dir_blocks(plan: Plan, slot: _Slot) -> list[bytes]:
+def _dir_blocks(plan: Plan, index: int) -> list[bytes]:
     """A directory's blocks, with its entries' nids (the last one unpadded)."""
     slots, meta_start = plan.slots, plan.meta_start
+    offsets = slots.offset
     ents = [
-        Dirent(b".", _nid(slot.offset, meta_start), rafs_v6.FT_DIR),
-        Dirent(b"..", _nid(slots[slot.parent].offset, meta_start), rafs_v6.FT_DIR),
+        Dirent(b".", _nid(offsets[index], meta_start), rafs_v6.FT_DIR),
+        Dirent(b"..", _nid(offsets[slots.parent[index]], meta_start), rafs_v6.FT_DIR),
     ]
     ents += [
-        Dirent(name, _nid(slots[i].offset, meta_start), FT_OF_TYPE[child.type])
-        for (name, child), i in zip(_entries(slot.node), slot.dirents, strict=True)
+        Dirent(name, _nid(offsets[i], meta_start), FT_OF_TYPE[child.type])
+        for (name, child), i in zip(_entries(slots.nodes[index]), slots.dirents[index], strict=True)
     ]
     ents.sort(key=lambda d: d.name)
     return rafs_v6.build_dir_blocks(ents)[0]
 
 
-def _out_of_line_blocks(plan: Plan, slot: _Slot) -> list[bytes] | tuple:
-    """The blocks of ``slot`` stored from ``blkaddr`` on: a directory's or a long symlink's but an inline tail."""
-    if slot.node.type == DIR:
-        blocks = _dir_blocks(plan, slot)
-        return blocks[:-1] if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE else blocks
-    return slot.blocks if slot.node.type == SYMLINK else ()
+def _out_of_line_blocks(plan: Plan, index: int) -> list[bytes]:
+    """The blocks of slot ``index`` stored from its ``blkaddr`` on: a directory's or a long symlink's but an
+    inline tail."""
+    slots = plan.slots
+    node = slots.nodes[index]
+    n = slots.blocks.get(index, 0)
+    if node.type == DIR:
+        return _dir_blocks(plan, index)[:n]
+    if node.type == SYMLINK:
+        target = node.target or b""
+        return [target[k * BLOCK_SIZE : (k + 1) * BLOCK_SIZE].ljust(BLOCK_SIZE, b"\0") for k in range(n)]
+    return []
 
 
-def _chunk_indexes(slot: _Slot) -> bytearray:
+def _chunk_indexes(node: Node) -> bytearray:
     """A chunk-based inode's chunk indexes (stored after the inode and its xattrs, 8-byte aligned)."""
-    chunks = slot.node.chunks or ()
+    chunks = node.chunks or ()
     out = bytearray(8 * len(chunks))
     pack_into = rafs_v6.CHUNK_INDEX.pack_into
     pos = 0

@@ -329,24 +329,27 @@ def _write(tree: TarTree, out, opts: ErofsOptions, zfiles: dict[int, _ZFile], zf
         compressed={k: z.blocks for k, z in zfiles.items()},
     )
     codec = opts.compression[0] if opts.compression else None
-    for slot in plan.slots:
-        z = zfiles.get(id(slot.node))
-        if z is not None:
-            slot.zmap = erofs_zmap.build_full_map(
-                z.pclusters, slot.blkaddr, codec.alg, BLOCK_SIZE, opts.pcluster_blocks > 1
-            )
-    files = [s for s in plan.slots if s.node.type == REG]
-    for slot in files:
-        if slot.layout == rafs_v6.LAYOUT_FLAT_INLINE:
-            fd, off = slot.node.data
-            slot.tail = _pread(fd, len(slot.tail), off + slot.data_blocks * BLOCK_SIZE, slot.node)
+    slots = plan.slots
+    nodes = slots.nodes
+    for i in slots.zmap:
+        z = zfiles[id(nodes[i])]
+        slots.zmap[i] = erofs_zmap.build_full_map(
+            z.pclusters, slots.blkaddr[i], codec.alg, BLOCK_SIZE, opts.pcluster_blocks > 1
+        )
+    files = [i for i, node in enumerate(nodes) if node.type == REG]
+    for i in files:
+        if slots.layout[i] == rafs_v6.LAYOUT_FLAT_INLINE:
+            node = nodes[i]
+            fd, off = node.data
+            tail_len = slots.size[i] % BLOCK_SIZE
+            slots.tail[i] = _pread(fd, tail_len, off + slots.data_blocks[i] * BLOCK_SIZE, node)
     buf = builder.render_plan(plan)
     total = plan.files_end
     if total >= 1 << 44:
         raise UsageError(f"the image would be {total} bytes: over EROFS's 2^32 blocks of 4 KiB")
     sb = rafs_v6.SuperBlock(
         s_feature_compat=ferofs.FEATURE_COMPAT_SB_CHKSUM | ferofs.FEATURE_COMPAT_MTIME,
-        s_inos=len(plan.slots),
+        s_inos=len(slots),
         s_blocks=total // BLOCK_SIZE,
         s_meta_blkaddr=0,
         s_uuid=opts.uuid,
@@ -372,34 +375,35 @@ def _write(tree: TarTree, out, opts: ErofsOptions, zfiles: dict[int, _ZFile], zf
     del buf
     data_bytes = 0
     zblocks = 0
-    for slot in files:
-        if not slot.data_blocks:
+    for i in files:
+        if not slots.data_blocks[i]:
             continue
-        z = zfiles.get(id(slot.node))
+        node = nodes[i]
+        z = zfiles.get(id(node))
         if z is not None:
-            _copy(sink, zfd, z.offset, z.blocks * BLOCK_SIZE, slot.node)
+            _copy(sink, zfd, z.offset, z.blocks * BLOCK_SIZE, node)
             zblocks += z.blocks
-            data_bytes += slot.size
+            data_bytes += slots.size[i]
             continue
-        fd, off = slot.node.data
-        want = slot.data_blocks * BLOCK_SIZE
-        have = min(want, slot.size)
+        fd, off = node.data
+        want = slots.data_blocks[i] * BLOCK_SIZE
+        have = min(want, slots.size[i])
         done = 0
         while done < have:
             n = min(COPY_STEP, have - done)
-            piece = _pread(fd, n, off + done, slot.node)
+            piece = _pread(fd, n, off + done, node)
             if n < COPY_STEP and done + n == have:
                 piece += bytes(want - have)  # the last block's tail, zero-padded
             sink.write(piece)
             done += n
-        data_bytes += slot.size
+        data_bytes += slots.size[i]
     assert sink.size == total, (sink.size, total)
     result = ErofsResult(
         path="",
         size=total,
         erofs_size=total,
         digest="",
-        inodes=len(plan.slots),
+        inodes=len(slots),
         files=len(files),
         data_bytes=data_bytes,
         warnings=list(tree.warnings),

@@ -191,7 +191,13 @@ class _Materialiser:
                     child.children = {}
                     queue.append((child_ent, child, self.trail))
                 else:
-                    child = self.shared.get((child_ent.src, -child_ent.nid)) or self._decode(child_ent, name)
+                    child = self.shared.get((child_ent.src, -child_ent.nid))
+                    if child is None:
+                        child = self._decode(child_ent, name)
+                    elif child.hardlink is None:
+                        # A second name of an inode that did not say it has several (an nlink of 1): the
+                        # builder looks up by identity only the nodes that do.
+                        child.hardlink = child_ent.nid
                 children[name] = child
         return root
 

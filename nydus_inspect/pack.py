@@ -225,6 +225,74 @@ class _FileChunks(Sequence):
         return chunker.chunk(chunker.refs[self._start + k], k * chunker.opts.chunk_size)
 
 
+class _DigestIndex:
+    """The first chunk stored under each digest, found through the digests column: an open-addressing table
+    of chunk indexes (4 bytes a slot, at most half of them taken), not a dict of a bytes key and an int per
+    chunk (over a hundred bytes). Positions come from ``hash()``, randomised per process, so that no layer
+    can be made to pile its chunks up in one run of the table."""
+
+    def __init__(self, digests: bytearray) -> None:
+        self.digests = digests
+        self.table = array("I", bytes(4 * 1024))  # chunk index + 1; 0 is a free slot
+        self.used = 0
+
+    def _find(self, digest: bytes) -> int:
+        """The slot of ``digest``, or the free slot where it would go."""
+        table, digests = self.table, self.digests
+        mask = len(table) - 1
+        i = hash(digest) & mask
+        while True:
+            v = table[i]
+            if not v or digests[32 * (v - 1) : 32 * v] == digest:
+                return i
+            i = (i + 1) & mask
+
+    def get(self, digest: bytes) -> int | None:
+        v = self.table[self._find(digest)]
+        return v - 1 if v else None
+
+    def add(self, digest: bytes, ci: int) -> None:
+        """Record ``ci`` (whose digest is in the column) for ``digest``, which has none yet."""
+        self.table[self._find(digest)] = ci + 1
+        self.used += 1
+        if 2 * self.used > len(self.table):
+            self._grow()
+
+    def _grow(self) -> None:
+        old, digests = self.table, self.digests
+        self.table = table = array("I", bytes(8 * len(old)))
+        mask = len(table) - 1
+        for v in old:
+            if v:
+                i = hash(bytes(digests[32 * (v - 1) : 32 * v])) & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = v
+
+    def sorted(self) -> array:
+        """The chunks in the table, by digest: bucketed by the digest's first two bytes (a counting sort over
+        arrays), then each bucket's few sorted, so that no list of a million keys is made."""
+        digests = self.digests
+        cis = array("I", (v - 1 for v in self.table if v))
+        starts = array("I", bytes(4 * 65537))
+        for ci in cis:
+            starts[(digests[32 * ci] << 8 | digests[32 * ci + 1]) + 1] += 1
+        for b in range(65536):
+            starts[b + 1] += starts[b]
+        fill = array("I", starts)
+        out = array("I", bytes(4 * len(cis)))
+        for ci in cis:
+            b = digests[32 * ci] << 8 | digests[32 * ci + 1]
+            out[fill[b]] = ci
+            fill[b] += 1
+        del cis, fill
+        for b in range(65536):
+            lo, hi = starts[b], starts[b + 1]
+            if hi - lo > 1:
+                out[lo:hi] = array("I", sorted(out[lo:hi], key=lambda ci: digests[32 * ci : 32 * ci + 32]))
+        return out
+
+
 class _Chunker:
     """Orders, deduplicates and writes chunks produced by the worker pool.
 
@@ -247,14 +315,14 @@ class _Chunker:
         self.batch: list = []
         self.batch_sizes: list[int] = []
         self.batch_bytes = 0
-        # Chunks are told apart by (digest, size): by digest first, and a chunk of a digest already
-        # stored at another size (a digest collision, in practice never) under both.
-        self.by_digest: dict[bytes, int] = {}
-        self.by_size: dict[tuple[bytes, int], int] = {}
         self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
         # blob.digest: the digest of each stored chunk, 32 bytes each (as a list, joining it at the end took
         # a buffer descriptor per chunk on top).
         self.digests = bytearray()
+        # Chunks are told apart by (digest, size): by digest first, and a chunk of a digest already
+        # stored at another size (a digest collision, in practice never) under both.
+        self.by_digest = _DigestIndex(self.digests)
+        self.by_size: dict[tuple[bytes, int], int] = {}
         self.crcs = array("I")  # by stored chunk
         self.refs = array("I")  # by chunk of a file: the stored chunk it is
         self.submitted = 0  # chunks of files handed to the workers so far
@@ -314,7 +382,7 @@ class _Chunker:
         usize, fut, i = self.pending.popleft()
         self.pending_bytes -= usize
         digest, stored, compressed, crc = fut.result()[i]
-        ci = self.by_digest.get(digest)
+        ci = first = self.by_digest.get(digest)
         if ci is not None and self._info(ci).uncompressed_size != usize:
             ci = self.by_size.get((digest, usize))
         if ci is None:
@@ -323,9 +391,11 @@ class _Chunker:
             self.out.write(stored)
             self.count += 1
             self.stored_bytes += len(stored)
-            if self.by_digest.setdefault(digest, ci) != ci:
-                self.by_size[digest, usize] = ci
             self.digests += digest
+            if first is None:
+                self.by_digest.add(digest, ci)
+            else:
+                self.by_size[digest, usize] = ci
             self.crcs.append(crc)
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
         self.referenced += 1
@@ -343,18 +413,18 @@ class _Chunker:
         chunk.crc32 = self.crcs[ci]
         return chunk
 
-    def table_chunks(self, slots: list) -> tuple[int, Iterator[ChunkRef]]:
-        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the slots of a tree
+    def table_chunks(self, nodes: list[Node]) -> tuple[int, Iterator[ChunkRef]]:
+        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the inodes of a tree
         whose files are all packed here: a stored chunk's record takes the file offset of its first use
         in layout order."""
         cs = self.opts.chunk_size
         refs = self.refs
         first = array("q", [-1]) * self.count
         # Of the chunks stored under one digest (a collision), the first used in layout order is recorded.
-        collided = set(self.by_size.values()) | {self.by_digest[d] for d, _ in self.by_size}
+        collided = set(self.by_size.values()) | {self.by_digest.get(d) for d, _ in self.by_size}
         picked: dict[bytes, int] = {}
-        for slot in slots:
-            chunks = slot.node.chunks
+        for node in nodes:
+            chunks = node.chunks
             if not chunks:
                 continue
             start = chunks._start
@@ -366,10 +436,9 @@ class _Chunker:
                         picked.setdefault(self._digest(ci), ci)
         # A chunk stored but used by no file of the tree (its file was replaced later in the tar) has no record.
         order = array("I")
-        for digest in sorted(self.by_digest):
-            ci = self.by_digest[digest]
+        for ci in self.by_digest.sorted():
             if ci in collided:
-                ci = picked.get(digest, -1)
+                ci = picked.get(self._digest(ci), -1)
             if ci >= 0 and first[ci] >= 0:
                 order.append(ci)
         return len(order), (self.chunk(ci, first[ci]) for ci in order)

@@ -698,6 +698,29 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
             source.progress(source.pos)
 
 
+#: How many distinct values of an entry's mode, owner and mtime are shared between nodes.
+SHARED_INTS = 4096
+
+
+class _Ints:
+    """One int object per value of an entry's mode, owner or mtime: they repeat across a layer, and each
+    above 256 is an object of its own (32 bytes an entry and field). Up to :data:`SHARED_INTS` values: a
+    layer whose mtimes all differ is not given an index of them."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def __call__(self, value: int) -> int:
+        got = self.seen.get(value)
+        if got is not None:
+            return got
+        if len(self.seen) < SHARED_INTS:
+            self.seen[value] = value
+        return value
+
+
 class _Where:
     """Names an entry in messages ("SOURCE entry N (PATH)"); the text is made only if a message needs it."""
 
@@ -725,6 +748,7 @@ def read_tar(
     (:data:`LINK_HEADER`, :data:`TARGET_HEADER`).
     """
     builder = TreeBuilder(hardlinks)
+    shared = _Ints()
     index = 0
     fd = plain_fd(stream)
     if fd is not None and stream.tell() != 0:
@@ -771,10 +795,10 @@ def read_tar(
             node = Node(
                 path=path,
                 type=ntype,
-                mode=mode,
-                uid=member.uid,
-                gid=member.gid,
-                mtime=int(member.mtime),
+                mode=shared(mode),
+                uid=shared(member.uid),
+                gid=shared(member.gid),
+                mtime=shared(int(member.mtime)),
                 size=member.size if ntype == REG else 0,
                 xattrs=_xattrs(member.pax, path, builder.tree.warnings) if member.pax else NO_XATTRS,
             )
