@@ -577,21 +577,34 @@ def _own_chunks(layer, with_digests: bool) -> _Stored:
     return out
 
 
-def _prefetch_covered(rafs) -> set[bytes]:
-    """Paths of the regular files the prefetch table names (a directory names everything below it)."""
-    wanted = set(rafs.prefetch_paths())
-    covered: set[bytes] = set()
-    if not wanted:
-        return covered
-    under: list[bytes] = []  # directories the table names, on the walk's current path
-    for node in rafs.walk():
+class _Covered:
+    """The regular files a prefetch table of nids ``wanted`` names (a directory names everything below it),
+    gathered in ``paths`` as a pre-order walk shows its nodes to :meth:`visit`."""
+
+    __slots__ = ("wanted", "under", "paths")
+
+    def __init__(self, wanted: set[int]) -> None:
+        self.wanted = wanted
+        self.under: list[bytes] = []  # directories the table names, on the walk's current path
+        self.paths: set[bytes] = set()
+
+    def visit(self, node) -> None:
+        under, wanted = self.under, self.wanted
         while under and not node.path.startswith(under[-1]):
             under.pop()
         if node.type == DIR and node.nid in wanted:
             under.append(node.path.rstrip(b"/") + b"/")
         elif node.type == REG and (under or node.nid in wanted):
-            covered.add(node.path)
-    return covered
+            self.paths.add(node.path)
+
+
+def _prefetch_covered(rafs) -> set[bytes]:
+    """Paths of the regular files the prefetch table names."""
+    covered = _Covered(set(rafs.prefetch_paths()))
+    if covered.wanted:
+        for node in rafs.walk():
+            covered.visit(node)
+    return covered.paths
 
 
 def analyze(
@@ -717,21 +730,14 @@ def _read_layer(src: _LayerSource, own_prefetch: bool, with_digests: bool) -> _R
     lf.chunk_compressed = sum(csizes) + sum(c for _, c in far.values())
     nodes = _Nodes()
     counted: set = set()  # hard-linked files whose bytes are counted
-    wanted = set(r.prefetch_paths()) if own_prefetch else set()
-    covered: set[bytes] = set()
-    under: list[bytes] = []  # directories the prefetch table names, on the walk's current path
+    covered = _Covered(set(r.prefetch_paths()) if own_prefetch else set())
     # Each inode is looked at where the walk decodes it and right after (its chunk indexes): a few
     # directories' worth of decoded inodes serves the walk as well as the model's full cache, tens of MB.
     kept = r.cache_inodes(WALK_INODES)
     try:
         for node in r.walk():
-            if wanted:
-                while under and not node.path.startswith(under[-1]):
-                    under.pop()
-                if node.type == DIR and node.nid in wanted:
-                    under.append(node.path.rstrip(b"/") + b"/")
-                elif node.type == REG and (under or node.nid in wanted):
-                    covered.add(node.path)
+            if covered.wanted:
+                covered.visit(node)
             link = None
             usize = csize = 0
             if node.type == REG:
@@ -757,7 +763,7 @@ def _read_layer(src: _LayerSource, own_prefetch: bool, with_digests: bool) -> _R
     lf.prefetch_entries = len(r.prefetch_paths())
     r.drop_caches()  # this layer is walked once: its caches would stay while the others are read
     stored.drop_sizes()
-    return _Read(lf, nodes, stored, r.digester.value, covered, blob_id)
+    return _Read(lf, nodes, stored, r.digester.value, covered.paths, blob_id)
 
 
 def _build_order(reads: list[_Read], image_boot) -> list[int]:
