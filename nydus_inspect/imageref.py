@@ -681,27 +681,26 @@ def _seekable_by_frame(reg: Registry, ref: Ref, store: _Store, image, desc: dict
 
     blob_id = desc["digest"].split(":", 1)[1]
     opener = _RemoteBlobs(reg, ref, store, {blob_id: desc}, opts)
+    layer = None
     try:
         got = opener.source(blob_id)
-        if isinstance(got, str):  # the registry ignores Range: the whole blob, checked, is here already
-            opener.close()
-            layer = open_file(got, annotations=desc.get("annotations"))
-        else:
+        if not isinstance(got, str):
             layer = open_seekable(
                 got.path, desc.get("annotations"), file=got, name=blob_id, blob_opener=opener
             )
             if layer.source.table.hash_algo == HASH_NONE:
-                layer.close()  # closes the session too
-                reg = registry_for(ref, opts)
-                try:
-                    if not store.has(desc):
-                        opts.stats.blob_fetched += reg.blob_to(ref.repo, desc, store.path(desc["digest"]))
-                finally:
-                    reg.close()
-                layer = open_file(store.path(desc["digest"]), annotations=desc.get("annotations"))
+                layer.close()  # and the session with it
+                layer = None
     except BaseException:
         opener.close()
         raise
+    if layer is None:
+        # The whole blob, checked against its digest: fetched by a registry that ignores Range, or now.
+        opener.close()
+        if not store.has(desc):
+            with registry_for(ref, opts) as whole:
+                opts.stats.blob_fetched += whole.blob_to(ref.repo, desc, store.path(desc["digest"]))
+        layer = open_file(store.path(desc["digest"]), annotations=desc.get("annotations"))
     layer.documents = _documents(store, image)
     return layer
 

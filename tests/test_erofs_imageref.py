@@ -149,6 +149,20 @@ def test_a_seekable_layer_without_frame_digests_is_fetched_whole(frames_ref, tmp
     assert fetched(err) >= blob.stat().st_size, (fetched(err), blob.stat().st_size)
 
 
+def test_a_registry_ignoring_range_serves_a_seekable_layer_whole(frames_ref, registry, tmp_path):
+    ref, blob = frames_ref["sha512"]
+    proxy = Proxy(registry)
+    try:
+        proxy.ignore_range = True
+        rc, said, err = cli(
+            tmp_path, "cat", ref.replace(registry, proxy.address), "/etc/os-release", "--stats"
+        )
+    finally:
+        proxy.close()
+    assert rc == 0 and said == 'NAME="test"\n' * 300, err
+    assert fetched(err) >= blob.stat().st_size, (fetched(err), blob.stat().st_size)
+
+
 def test_a_frame_the_registry_alters_is_refused(frames_ref, registry, tmp_path):
     ref, blob = frames_ref["sha512"]
     proxy = Proxy(registry)
