@@ -89,13 +89,17 @@ class _Names:
     """The names of one hard-linked inode of a layer, complete once its walk has ended (a name's entry is
     compared before the later names are met)."""
 
-    __slots__ = ("names",)
+    __slots__ = ("names", "_links")
 
     def __init__(self) -> None:
         self.names: list[bytes] = []
+        self._links: tuple[bytes, ...] | None = None
 
     def links(self) -> tuple[bytes, ...]:
-        return tuple(sorted(self.names)) if len(self.names) > 1 else ()
+        """The sorted names, made once (every name of the group asks, once the walk has ended)."""
+        if self._links is None:
+            self._links = tuple(sorted(self.names)) if len(self.names) > 1 else ()
+        return self._links
 
 
 class TarEntries:
@@ -158,14 +162,19 @@ class LayerEntries:
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         groups: dict[int, _Names] = {}
+        hashed: dict[int, bytes] = {}  # hard-link group -> its inode's digest: hashed at its first name only
         walk = self.layer.rafs.walk(path_order=True)
         for node, data in iter_file_data(self.layer, walk):
             digest = None
             if data is not None:
-                h = hashlib.sha256()
-                for chunk in data:
-                    h.update(chunk)
-                digest = h.digest()
+                digest = hashed.get(node.hardlink) if node.hardlink is not None else None
+                if digest is None:
+                    h = hashlib.sha256()
+                    for chunk in data:
+                        h.update(chunk)
+                    digest = h.digest()
+                    if node.hardlink is not None:
+                        hashed[node.hardlink] = digest
             links: tuple[bytes, ...] | _Names = ()
             if node.hardlink is not None:
                 links = groups.get(node.hardlink)
@@ -298,10 +307,16 @@ def compare(expected, found) -> Iterator[Difference]:
     if not pending:
         return
     links: list[Difference] = []
+    same_groups: dict[tuple[int, int], bool] = {}
     for p, va, vb in pending:
         va = va.links() if isinstance(va, _Names) else va
         vb = vb.links() if isinstance(vb, _Names) else vb
-        if va != vb:
+        # As in _merge: every name of a group shares one tuple on each side, compared once per pair.
+        key = (id(va), id(vb))
+        same = same_groups.get(key)
+        if same is None:
+            same = same_groups[key] = va == vb
+        if not same:
             links.append(Difference(p, "hardlinks", va, vb))
     # A path's hard links come after its other fields (the last of FIELDS): merge keeps that, being stable.
     yield from heapq.merge(held, links, key=_path_of)
