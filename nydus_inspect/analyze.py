@@ -221,17 +221,19 @@ class Analysis:
             "prefetch_source": self.prefetch_source,
         }
 
-    def to_json(self, with_origins: bool = True) -> dict:
+    def to_json(self, with_origins: bool = True, array: Callable[[Iterator[dict]], object] = list) -> dict:
+        """The report; its two lists that grow with the image (wasted files, origins) are made by ``array``
+        from an iterator of their elements (a printer that writes them one at a time passes its own)."""
         out = {
             "source": self.source,
             "image": self.figures(),
             "layers": [lf.to_json() for lf in self.layers],
             "whiteouts": [w.to_json() for w in self.whiteouts],
-            "wasted_files": [w.to_json() for w in self.wasted],
+            "wasted_files": array(w.to_json() for w in self.wasted),
             "directories": self.directories,
         }
         if with_origins:
-            out["origins"] = list(self.origin_items())
+            out["origins"] = array(self.origin_items())
         return out
 
     def origin_items(self) -> Iterator[dict]:

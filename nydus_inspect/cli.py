@@ -56,15 +56,40 @@ def _write_json_array(items: Iterable[object], depth: int, indent: int | None) -
     w("]")
 
 
-def print_json_streaming(obj: dict, key: str, items: Iterable[object]) -> None:
-    """``print_json`` of ``obj`` with ``key`` added last, its array written one element at a time: a report
-    with a list of every path of an image is never whole in memory, text or objects."""
-    head = json_text(obj, indent=2)
+class StreamedArray:
+    """A value of a report for :func:`print_json_streaming` to write one element at a time (the report holds
+    the iterable, not the elements)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[object]) -> None:
+        self.items = items
+
+
+def print_json_streaming(obj: dict) -> None:
+    """``print_json`` of ``obj``, each top-level value that is a :class:`StreamedArray` written one element at
+    a time: a report with a list of every path of an image is never whole in memory, text or objects. The
+    text is the one ``print_json`` writes of the lists themselves (unless a name that is not UTF-8 makes it
+    escape every name: the rest of the document and each element then choose their escapes on their own)."""
+    markers: dict[str, Iterable[object]] = {}
+    flat = {}
+    for k, v in obj.items():
+        if isinstance(v, StreamedArray):
+            # A string no value can hold (paths hold no NUL): its JSON text is found and replaced below.
+            marker = f"\0streamed array {len(markers)}\0"
+            markers[json_text(marker)] = v.items
+            v = marker
+        flat[k] = v
+    text = json_text(flat, indent=2)
     w = sys.stdout.write
-    w(head[:-2] if obj else "{")  # the closing "\n}" (or the "}" of "{}") makes way for the array
-    w(f"{',' if obj else ''}\n  {json_text(key)}: ")
-    _write_json_array(items, 1, 2)
-    w("\n}\n")
+    pos = 0
+    for marker, items in markers.items():
+        at = text.index(marker, pos)
+        w(text[pos:at])
+        _write_json_array(items, 1, 2)
+        pos = at + len(marker)
+    w(text[pos:])
+    w("\n")
 
 
 def stream_json_array(items: Iterable[dict]) -> None:

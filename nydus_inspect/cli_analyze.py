@@ -23,12 +23,9 @@ def cmd_analyze(args) -> int:
 
     a = analyze(args.image, blob_dir=args.blob_dir, blobs=args.blob)
     if args.json:
-        from .cli import print_json, print_json_streaming
+        from .cli import StreamedArray, print_json_streaming
 
-        if args.no_origins:
-            print_json(a.to_json(with_origins=False))
-        else:
-            print_json_streaming(a.to_json(with_origins=False), "origins", a.origin_items())
+        print_json_streaming(a.to_json(with_origins=not args.no_origins, array=StreamedArray))
         return 0
     img = a.figures()
     print(

@@ -196,3 +196,32 @@ def test_a_bad_i_mode_is_shown_in_octal(tmp_path):
     p = run("verify", bad, "--blob", tmp_path / "l.blob")
     line = next(x for x in p.stdout.decode().splitlines() if "unknown file type" in x)
     assert line.endswith("unknown file type in i_mode (found 0170755)"), line
+
+
+@pytest.mark.parametrize("names", [["a", "é"], ["a", "\udcff"]], ids=["utf-8", "not-utf-8"])
+def test_a_report_with_streamed_arrays_reads_as_the_whole_report(capsys, names):
+    """print_json_streaming writes the lists it is given one element at a time where they stand in the
+    report: the text is print_json's, and with a name that is not UTF-8 it is the same JSON (each part then
+    chooses its own escapes)."""
+    from nydus_inspect.cli import StreamedArray, print_json, print_json_streaming
+
+    def report(array):
+        return {
+            "source": names[0],
+            "wasted_files": array(
+                {"path": f"/{n}/x", "bytes": k, "deep": {"k": [k]}} for k, n in enumerate(names)
+            ),
+            "empty": array(iter(())),
+            "directories": [{"path": "/", "bytes": 1}],
+            "origins": array({"path": f"/{n}", "layer": 0} for n in names),
+        }
+
+    print_json(report(list))
+    whole = capsys.readouterr().out
+    print_json_streaming(report(StreamedArray))
+    streamed = capsys.readouterr().out
+    assert json.loads(streamed) == json.loads(whole)
+    assert list(json.loads(streamed)) == ["source", "wasted_files", "empty", "directories", "origins"]
+    if names[1].isprintable():
+        assert streamed == whole
+    streamed.encode("utf-8")  # valid UTF-8 either way
