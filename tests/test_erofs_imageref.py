@@ -149,30 +149,28 @@ def test_a_seekable_layer_without_frame_digests_is_fetched_whole(frames_ref, tmp
     assert fetched(err) >= blob.stat().st_size, (fetched(err), blob.stat().st_size)
 
 
-def test_a_registry_ignoring_range_serves_a_seekable_layer_whole(frames_ref, registry, tmp_path):
+@pytest.fixture
+def proxy(registry):
+    """A fault proxy in front of the test's registry (registry_util.Proxy)."""
+    p = Proxy(registry)
+    yield p
+    p.close()
+
+
+def test_a_registry_ignoring_range_serves_a_seekable_layer_whole(frames_ref, registry, proxy, tmp_path):
     ref, blob = frames_ref["sha512"]
-    proxy = Proxy(registry)
-    try:
-        proxy.ignore_range = True
-        rc, said, err = cli(
-            tmp_path, "cat", ref.replace(registry, proxy.address), "/etc/os-release", "--stats"
-        )
-    finally:
-        proxy.close()
+    proxy.ignore_range = True
+    rc, said, err = cli(tmp_path, "cat", ref.replace(registry, proxy.address), "/etc/os-release", "--stats")
     assert rc == 0 and said == 'NAME="test"\n' * 300, err
     assert fetched(err) >= blob.stat().st_size, (fetched(err), blob.stat().st_size)
 
 
-def test_a_frame_the_registry_alters_is_refused(frames_ref, registry, tmp_path):
+def test_a_frame_the_registry_alters_is_refused(frames_ref, registry, proxy, tmp_path):
     ref, blob = frames_ref["sha512"]
-    proxy = Proxy(registry)
-    try:
-        proxy.fault_path = f"/blobs/sha256:{blob.name}"  # the layer's ranges, not the manifest or config
-        # Every range is altered (the table's too): the one that is read first is refused, in one line.
-        proxy.faults = ["corrupt"] * 50
-        rc, _, err = cli(tmp_path, "cat", ref.replace(registry, proxy.address), "/var/blob3")
-    finally:
-        proxy.close()
+    proxy.fault_path = f"/blobs/sha256:{blob.name}"  # the layer's ranges, not the manifest or config
+    # Every range is altered (the table's too): the one that is read first is refused, in one line.
+    proxy.faults = ["corrupt"] * 50
+    rc, _, err = cli(tmp_path, "cat", ref.replace(registry, proxy.address), "/var/blob3")
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "seekable erofs" in err, err
 
