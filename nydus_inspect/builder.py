@@ -526,17 +526,19 @@ def write_bootstrap(
 
 
 #: ``table(nodes)``: how many records the chunk table of these inodes (in layout order) has, and its chunks in
-#: table order: one per distinct (digest, blob), sorted by them, each the first chunk of its pair in layout
-#: order (so with that chunk's file offset), as v2.3 writes it.
+#: table order: one per distinct (digest, blob) (and chunk index, for chunks without a digest), sorted by them,
+#: each the first chunk of its key in layout order (so with that chunk's file offset), as v2.3 writes it.
 TableChunks = Callable[[list[Node]], tuple[int, Iterable[ChunkRef]]]
 
 
 def table_chunks(nodes: list[Node]) -> tuple[int, Iterable[ChunkRef]]:
     """The chunk table's chunks (:data:`TableChunks`) from the nodes' ``chunks``."""
-    records: dict[tuple[bytes, int], ChunkRef] = {}
+    records: dict[tuple[bytes, int, int], ChunkRef] = {}
     for node in nodes:
         for c in node.chunks or ():
-            records.setdefault((c.digest, c.blob_index), c)
+            # A chunk with no digest (an external blob's, a tarfs one's) is only itself: nydus keys it by its
+            # index in its blob as well, so that such chunks do not all become the first of them.
+            records.setdefault((c.digest, c.blob_index, -1 if c.digest else c.ci_index), c)
     return len(records), [records[key] for key in sorted(records)]
 
 

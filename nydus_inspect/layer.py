@@ -904,9 +904,11 @@ class Layer:
                 if not required:
                     return None
                 where = self.blob_dir or os.path.dirname(os.path.abspath(self.path))
+                # An external blob is no nydus blob: the file the layer references (a model file's layer, say).
+                what = "external blob" if blob_index in self.rafs.external else "blob"
                 raise UsageError(
-                    f"{self.path}: blob {blob_index} ({ent.id}) not found; give it with --blob FILE or --blob-dir DIR "
-                    f"(looked in {where})"
+                    f"{self.path}: {what} {blob_index} ({ent.id}) not found; give it with --blob FILE or "
+                    f"--blob-dir DIR (looked in {where})"
                 )
             layer = Layer(path, data_blob=True)
             layer.table_entry = ent

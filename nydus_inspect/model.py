@@ -383,6 +383,8 @@ class RafsV6:
     block_size = BLOCK_SIZE
     #: A tarfs bootstrap: a file's chunks are its bytes in the raw tar blob, at blkaddr, unrecorded.
     tarfs = False
+    #: The blob indexes of external blobs (see __init__).
+    external: frozenset[int] = frozenset()
 
     def __init__(self, buf, ci_source: CiSource | None = None) -> None:
         self.buf = buf
@@ -397,6 +399,10 @@ class RafsV6:
         self._meta_off = self.meta.meta_offset
         self.block_size = self.meta.block_size
         self.tarfs = bool(self.ext.s_flags & rafs_v6.TARFS_MODE)
+        #: Blobs in external storage (nydus-image --attributes ... type=external, as model artifacts are
+        #: referenced): a chunk is raw bytes anywhere in the blob, at no block boundary, and its record
+        #: carries no digest (nydus never reads the data when it builds) but may carry a CRC32C.
+        self.external = frozenset(b.blob_index for b in self.blobs if b.features & blob_meta.EXTERNAL)
         self._xattr_base = self.sb.s_xattr_blkaddr << self.sb.s_blkszbits  # the shared xattr area
         self._inodes: _LRU = _LRU(65536)
         #: Set by whoever maps ``buf`` from a file: ``release_pages(start=0, length=all)`` gives the pages read so
@@ -935,6 +941,7 @@ class RafsV6:
         """Chunks ``k0`` up to ``k1`` of regular file ``node``, whose chunk indexes start at ``start`` in the
         bootstrap, each checked against the file's size and its place."""
         nblobs = len(self.blobs)
+        external = self.external
         records = None if self.tarfs else self._chunk_records()
         chunk_size = self.chunk_size
         has_crc, is_compressed = rafs_v6.CHUNK_HAS_CRC32, rafs_v6.CHUNK_COMPRESSED
@@ -961,6 +968,10 @@ class RafsV6:
                 # rec: block_id, blob_index, flags, compressed_size, uncompressed_size, compressed_offset,
                 # uncompressed_offset, file_offset, index, crc32
                 flags = rec[2]
+                if blob_index in external:
+                    chunk = self._external_chunk(node, k, rec)
+                    out.append(chunk)
+                    continue
                 chunk = ChunkRef(
                     blob_index,
                     ci_index,
@@ -991,6 +1002,24 @@ class RafsV6:
                 )
             out.append(chunk)
         return out
+
+    def _external_chunk(self, node: Node | _ChunkedFile, k: int, rec: tuple) -> ChunkRef:
+        """Chunk ``k`` of a file whose bytes lie in an external blob: stored raw, so its two extents must be
+        one; its blkaddr names no block of ours (nydus writes the offset's block, rounded down), and an all-zero
+        digest is no digest."""
+        want = min(self.chunk_size, node.size - k * self.chunk_size)
+        if rec[2] & rafs_v6.CHUNK_COMPRESSED or (rec[3], rec[5]) != (rec[4], rec[6]) or rec[4] != want:
+            raise FormatError(
+                "rafs chunk",
+                f"{fsdecode(node.path)} chunk {k}: an external blob's chunk must be {want} raw bytes "
+                f"(compressed {rec[3]} at {rec[5]}, uncompressed {rec[4]} at {rec[6]})",
+                value=rec[4],
+            )
+        digest = rec[0] if any(rec[0]) else b""
+        crc = rec[9] if rec[2] & rafs_v6.CHUNK_HAS_CRC32 else None
+        return ChunkRef(
+            rec[1], rec[8], k * self.chunk_size, rec[5], rec[3], rec[6], rec[4], False, digest, crc
+        )
 
     def _chunk_from_blob_meta(self, node: Node | _ChunkedFile, k: int, idx: ChunkIndex) -> ChunkRef:
         got = self._ci_source(idx.blob_index) if self._ci_source else None

@@ -47,7 +47,8 @@ def _blob_layers(run: _Run) -> Iterator[tuple[int | None, Layer, object]]:
             run.add(
                 Finding(
                     "blob.missing",
-                    f"blob {ent.id} not found; give it with --blob or --blob-dir",
+                    f"{'external blob' if ent.blob_index in rafs.external else 'blob'} {ent.id} not found; "
+                    "give it with --blob or --blob-dir",
                     structure="rafs v6 blob table",
                     blob_index=ent.blob_index,
                     file=layer.path,

@@ -11,6 +11,7 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ..codecs import Compressor
 from ..errors import NydusInspectError
 from ..formats import blob_meta, rafs_v6
 from ..formats._struct import round_up
@@ -420,9 +421,12 @@ class _Tree:
             if ent.blob_id in ids:
                 bbad("blob_id", f"blob id also used by blob {ids[ent.blob_id]}", "unique", ent.id)
             ids.setdefault(ent.blob_id, i)
+            # An external blob is a file nydus references as it is (its chunks raw, anywhere in it, with no
+            # blob.meta), so none of the rules of a blob nydus wrote about its blocks or metadata apply.
+            external = bool(ent.features & blob_meta.EXTERNAL)
             # A tarfs blob is the tar itself: its size counts 512-byte blocks.
             ebs = 512 if ent.features & blob_meta.TARFS else rafs_v6.BLOCK_SIZE
-            if ent.uncompressed_size % ebs:
+            if ent.uncompressed_size % ebs and not external:
                 bbad(
                     "uncompressed_size",
                     "not a multiple of 4096 (chunks are 4K-aligned)",
@@ -446,7 +450,15 @@ class _Tree:
                     ext.digester.algo,
                     ent.digest_algo,
                 )
-            if single and ent.compression_algo != ext.compressor.algo:
+            if external:
+                if ent.compression_algo != Compressor.NONE.algo:
+                    bbad(
+                        "compression_algo",
+                        "an external blob's chunks are raw",
+                        Compressor.NONE.algo,
+                        ent.compression_algo,
+                    )
+            elif single and ent.compression_algo != ext.compressor.algo:
                 bbad(
                     "compression_algo",
                     "differs from the superblock's compressor",
@@ -454,7 +466,7 @@ class _Tree:
                     ent.compression_algo,
                 )
             feats = ent.features
-            if not feats & blob_meta.ALIGNED and not feats & blob_meta.TARFS:
+            if not feats & (blob_meta.ALIGNED | blob_meta.TARFS | blob_meta.EXTERNAL):
                 bbad("features", "ALIGNED is required on RAFS v6 blobs", "aligned", hex(feats))
             if feats & blob_meta.V5_NO_EXT_BLOB_TABLE:
                 bbad("features", "V5_NO_EXT_BLOB_TABLE is internal and never on disk", "clear", hex(feats))
@@ -466,7 +478,7 @@ class _Tree:
             if (
                 ent.ci_uncompressed_size != rec * ent.chunk_count
                 and not (extra and ent.ci_uncompressed_size >= rec * ent.chunk_count)
-                and not (feats & blob_meta.TARFS and not ent.ci_uncompressed_size)
+                and not (feats & (blob_meta.TARFS | blob_meta.EXTERNAL) and not ent.ci_uncompressed_size)
             ):
                 bbad(
                     "ci_uncompressed_size",
@@ -1119,6 +1131,8 @@ class _Tree:
                 tbad("uncompressed_size", "outside 1..chunk size", f"1..{cs}", usize)
             # tarfs: a chunk is where the tar holds it, on a 512-byte block.
             ublock = 512 if ent.features & blob_meta.TARFS else rafs_v6.BLOCK_SIZE
+            if ent.features & blob_meta.EXTERNAL:
+                ublock = 1  # raw bytes anywhere in the blob
             if uoff % ublock or uoff + round_up(usize, ublock) > ent.uncompressed_size:
                 tbad(
                     "uncompressed_offset",
