@@ -464,7 +464,11 @@ def write_bootstrap(
     slots = plan.slots
 
     # Chunk table: one record per distinct (digest, blob), sorted as v2.3 does, after the metadata.
-    count, records = (table or table_chunks)(slots.nodes)
+    if table is None:
+        external = frozenset(b.blob_index for b in blobs if b.features & blob_meta.EXTERNAL)
+        count, records = table_chunks(slots.nodes, external)
+    else:
+        count, records = table(slots.nodes)
     chunk_table_off = round_up(plan.data_end, BLOCK_SIZE)
     total_size = round_up(chunk_table_off + _CHUNK_RECORD.size * count, BLOCK_SIZE)
 
@@ -526,19 +530,19 @@ def write_bootstrap(
 
 
 #: ``table(nodes)``: how many records the chunk table of these inodes (in layout order) has, and its chunks in
-#: table order: one per distinct (digest, blob) (and chunk index, for chunks without a digest), sorted by them,
+#: table order: one per distinct (digest, blob) (and chunk index, in an external blob), sorted by them,
 #: each the first chunk of its key in layout order (so with that chunk's file offset), as v2.3 writes it.
 TableChunks = Callable[[list[Node]], tuple[int, Iterable[ChunkRef]]]
 
 
-def table_chunks(nodes: list[Node]) -> tuple[int, Iterable[ChunkRef]]:
-    """The chunk table's chunks (:data:`TableChunks`) from the nodes' ``chunks``."""
+def table_chunks(nodes: list[Node], external: frozenset[int] = frozenset()) -> tuple[int, Iterable[ChunkRef]]:
+    """The chunk table's chunks (:data:`TableChunks`) from the nodes' ``chunks``. ``external``: the indexes
+    of external blobs, whose chunks have no digest: nydus keys each by its index in its blob as well, so
+    that they do not all become the first of them."""
     records: dict[tuple[bytes, int, int], ChunkRef] = {}
     for node in nodes:
         for c in node.chunks or ():
-            # A chunk with no digest (an external blob's, a tarfs one's) is only itself: nydus keys it by its
-            # index in its blob as well, so that such chunks do not all become the first of them.
-            records.setdefault((c.digest, c.blob_index, -1 if c.digest else c.ci_index), c)
+            records.setdefault((c.digest, c.blob_index, c.ci_index if c.blob_index in external else -1), c)
     return len(records), [records[key] for key in sorted(records)]
 
 

@@ -280,6 +280,12 @@ def merge_bootstrap(
     for layer in layers:
         if not layer.has_bootstrap or layer.is_v5:
             raise UsageError(f"{layer.path}: merge needs RAFS v6 layers with a bootstrap ({layer.kind})")
+        if layer.rafs.tarfs:
+            # Its metadata counts 512-byte blocks and its files' blocks are the tar's: this writer makes 4K ones.
+            raise UsageError(
+                f"{layer.path}: a tarfs layer (nydus-image --type tar-tarfs); merge writes no tarfs "
+                "bootstrap, nydus-image merge does"
+            )
     _check_compatible(layers)
     sources: list[BlobSource] = []
     index: dict[str, int] = {}

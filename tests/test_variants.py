@@ -352,6 +352,23 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, some), 2, ent["blob_id"])
 
 
+def test_merging_tarfs_layers_is_refused_in_one_line(oracle, tmp_path):
+    """A tarfs bootstrap counts 512-byte blocks that are the tar's own; our merge writes 4K blocks and
+    would lose both (nydus-image merge writes a tarfs bootstrap): it says so and writes nothing."""
+    boots = []
+    for i in range(2):
+        src = small_files_tar(tmp_path / f"l{i}.tar", count=4, seed=i)
+        boot = tmp_path / f"l{i}.boot"
+        oracle.run(
+            "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
+            "--blob-dir", tmp_path, src,
+        )  # fmt: skip
+        boots.append(boot)
+    out = tmp_path / "merged.boot"
+    assert_one_line_error(run_cli("merge", "-o", out, *boots), 2, "tarfs layer")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("variant", ["batch", "encrypted", "encrypted-batch"])
 @pytest.mark.parametrize("source", ["small-files", "fixture:dedup.tar"])
 def test_their_inline_variant_layer(request, oracle, fuse_ok, source, variant, tmp_path):
