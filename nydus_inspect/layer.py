@@ -901,6 +901,13 @@ class Layer:
                     self._blob_files[blob_index] = bf
                     return bf
             if path is None:
+                cached = self._find_cache_data(ent)
+                if cached is not None:
+                    layer = Layer(cached, data_blob=True)
+                    layer.table_entry = ent
+                    bf = self._blob_files[blob_index] = Blob(blob_index, layer, ent, cache_data=True)
+                    return bf
+            if path is None:
                 if not required:
                     return None
                 where = self.blob_dir or os.path.dirname(os.path.abspath(self.path))
@@ -958,9 +965,31 @@ class Layer:
             files=self.extra_blobs,
             directory=self.blob_dir or os.path.dirname(os.path.abspath(self.path)),
         )
-        if found is None and len(self.extra_blobs) == 1 and len(self.rafs.blobs) == 1:
+        if (
+            found is None
+            and len(self.extra_blobs) == 1
+            and len(self.rafs.blobs) == 1
+            # The blob's blob-cache files are not the blob (_find_cache_data, _separate_meta).
+            and os.path.basename(self.extra_blobs[0]) not in (blob_id + ".blob.data", blob_id + ".blob.meta")
+        ):
             return self.extra_blobs[0]
         return found
+
+    def _find_cache_data(self, ent: rafs_v6.BlobTableEntry) -> str | None:
+        """``<blob id>.blob.data``, given with --blob or in the blob directory: the blob in nydus's blob-cache
+        form (nydus-image --blob-cache-dir writes it instead of the blob; nydusd keeps one per blob), when it
+        is as large as the blob's uncompressed size says."""
+        name = ent.id + ".blob.data"
+        directory = self.blob_dir or os.path.dirname(os.path.abspath(self.path))
+        cands = [p for p in self.extra_blobs if os.path.basename(p) == name] + [os.path.join(directory, name)]
+        for p in cands:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size >= ent.uncompressed_size:
+                return p
+        return None
 
     @cached_property
     def chunk_reader(self) -> ChunkReader:
@@ -987,7 +1016,10 @@ def find_blob(blob_id: str, compressed_size: int, *, files: list[str], directory
     large directory costs a listing, not a read of every file. ``blob_id`` must be a plain name.
     """
     for p in files:
-        if os.path.basename(p).split(".")[0] == blob_id:
+        name = os.path.basename(p)
+        # (ID.blob.meta and ID.blob.data are the blob's cache files, not the blob: Layer._separate_meta and
+        # Layer._find_cache_data look for them.)
+        if name.split(".")[0] == blob_id and not name.endswith((".blob.meta", ".blob.data")):
             return p
     for cand in (blob_id, blob_id + ".blob"):
         p = os.path.join(directory, cand)

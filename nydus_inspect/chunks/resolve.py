@@ -22,7 +22,7 @@ from ..digests import Digester
 from ..errors import NydusInspectError, UsageError
 from ..formats import blob_meta
 from .ref import ChunkRef
-from .variants import Variant
+from .variants import CacheData, Variant
 
 if TYPE_CHECKING:
     from ..formats.rafs_v6 import BlobTableEntry
@@ -43,7 +43,9 @@ class Blob:
         compressor: Compressor | None = None,
         digester: Digester | None = None,
         meta: Layer | None = None,
+        cache_data: bool = False,
     ) -> None:
+        """``cache_data``: ``layer`` is the blob's blob-cache file (chunks.variants.CacheData), not the blob."""
         self.index = index
         self.layer = layer
         #: The file holding the blob's blob.meta: the blob itself, or, for a blob whose data is kept apart from
@@ -57,7 +59,8 @@ class Blob:
         #: The persistent cache of checked chunks (chunks.store) a remote blob's source carries; None for a file.
         self.store = getattr(self.source, "store", None)
         #: How a batch or encrypted blob stores its chunks (chunks.variants); None for a plain blob.
-        self.variant = Variant.of(layer, entry, self.compressor)
+        self.variant = CacheData(layer) if cache_data else Variant.of(layer, entry, self.compressor)
+        self.cache_data = cache_data
 
     @classmethod
     def without_bootstrap(cls, layer: Layer, records, digests: bytes | None) -> Blob:

@@ -10,7 +10,8 @@
   IV in blob_meta_size and cipher_iv (little-endian, in that order), so the bootstrap alone decrypts them.
   Data shorter than one 16-byte unit is padded first: to 16 bytes with the pad length, then 0x78 0x90.
 
-:class:`Variant` is what :class:`~.resolve.Blob` holds for such a blob (None for a plain one);
+:class:`Variant` is what :class:`~.resolve.Blob` holds for such a blob (None for a plain one), and
+:class:`CacheData` for a blob given in nydus's blob-cache form (every chunk decoded, at its uncompressed offset);
 ``ChunkReader.decode`` and verify's chunk pass ask it for a chunk's decoded bytes, which they then check as
 any chunk's (digest, CRC32C). Nothing here trusts a size before checking it against the blob or the limits.
 """
@@ -84,6 +85,31 @@ class Cipher:
                 )
             data = data[: _UNIT - pad]
         return data
+
+
+class CacheData:
+    """A blob present only in nydus's blob-cache form (``<blob id>.blob.data``, what ``nydus-image create
+    --blob-cache-dir`` writes instead of a blob and what nydusd keeps of one): each chunk decoded, at its
+    uncompressed offset. A chunk is read from there as it is; its digest is checked as any chunk's."""
+
+    #: Chunk records come from the bootstrap's chunk table: the cache file holds data only.
+    infos = None
+
+    def __init__(self, layer) -> None:
+        self.source = layer.source
+        self.path = layer.path
+
+    def decode(self, rec, ci_index: int, name: str) -> bytes:
+        off, size = rec.uncompressed_offset, rec.uncompressed_size
+        raw = self.source.pread(off, size, name)
+        if len(raw) != size:
+            raise FormatError(
+                name, f"{size} bytes at {off} lie past the end of the blob cache file", offset=off
+            )
+        return raw
+
+    def stored_range(self, rec, ci_index: int) -> tuple[int, int]:
+        return rec.uncompressed_offset, rec.uncompressed_size
 
 
 class Variant:

@@ -116,7 +116,9 @@ class ChunkVerifier:
         self.meta = resolved.meta if resolved is not None else self.blob
         #: A targz-ref blob's zran view (chunks.zran): its chunks are inflated from the gzip through it.
         self.zran = resolved.zran if resolved is not None else None
-        infos = self.meta.chunk_infos
+        # A blob-cache file holds chunk data only: the bootstrap's records describe it.
+        cache_data = resolved is not None and resolved.cache_data
+        infos = None if cache_data else self.meta.chunk_infos
         if infos is not None:
             self.records = infos
             self.source = "blob.meta"
@@ -127,7 +129,7 @@ class ChunkVerifier:
             raise UsageError(
                 f"{layer.path}: no blob.meta and no bootstrap chunk table: nothing describes chunks"
             )
-        self.digests: bytes | None = _recorded_digests(self.meta)
+        self.digests: bytes | None = None if cache_data else _recorded_digests(self.meta)
         # Compressor and digester as every reader resolves them (chunks.resolve): the blob's own.
         if resolved is None:
             resolved = Blob.without_bootstrap(self.blob, self.records, self.digests)
@@ -443,7 +445,8 @@ def _check_chunks(run: _Run, blob: Layer, blob_index: int | None, ent) -> None:
     try:
         blob.chunk_infos  # noqa: B018
     except NydusInspectError:
-        return  # the blob.meta pass has reported it
+        if blob_index is None or not run.layer.blob_file(blob_index).cache_data:
+            return  # the blob.meta pass has reported it
     ahead = run.ahead.take_chunks(blob_index, blob)
     try:
         if ahead is not None:
