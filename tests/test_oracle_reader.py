@@ -94,8 +94,50 @@ def served_by_nydusd(oracle: Oracle, boot: Path, blobs: Path, work: Path) -> dic
         return want_from_dir(mnt, (started, int(time.time()) + 1))
 
 
+def listed_as_wanted(layer: Path, want: dict[bytes, Want], *reader_args) -> None:
+    """The command line's `ls -R --json` lists exactly the paths of ``want``, each with its type, mode, owner,
+    mtime (where ``want`` knows it: nydusd shows an mtime of 0 as its own start time), size, link target and
+    hard-link group."""
+    ls = run_cli("ls", layer, *reader_args, "-R", "--json")
+    assert ls.returncode == 0, ls.stderr
+    listed = {os.fsencode(n["path"]): n for n in json.loads(ls.stdout)}
+    assert set(listed) == set(want) | {b"/"}, set(listed) ^ (set(want) | {b"/"})
+    for path, w in want.items():
+        got = listed[path]
+        assert (got["type"], got["uid"], got["gid"]) == (w.type, w.uid, w.gid), path
+        if w.type != "symlink":
+            assert int(got["mode"], 8) == w.mode, path
+        if w.mtime:
+            assert got["mtime"] == w.mtime, path
+        if w.type == "file":
+            assert got["size"] == w.size, path
+        if w.type == "symlink":
+            assert os.fsencode(got["target"]) == w.target, path
+    groups: dict[object, set[bytes]] = {}
+    for path, w in want.items():
+        if len(w.names) > 1:
+            groups.setdefault(listed[path]["hardlink"], set()).add(path)
+    wanted = {id(w): w for w in want.values() if len(w.names) > 1}.values()
+    assert sorted(map(sorted, groups.values())) == sorted(sorted(w.names) for w in wanted)
+
+
+def cat_some_files(layer: Path, want: dict[bytes, Want], *reader_args) -> None:
+    """The command line's `cat` of the largest file, the smallest non-empty one and a hard-linked name gives
+    their bytes (describe has read every file through the same chunk service; a process each is costly)."""
+    files = [(p, w) for p, w in want.items() if w.type == "file" and w.size]
+    if not files:
+        return
+    picks = [max(files, key=lambda f: f[1].size), min(files, key=lambda f: f[1].size)]
+    picks += [f for f in files if len(f[1].names) > 1][:1]
+    for path, w in dict(picks).items():
+        proc = run_cli("cat", layer, *reader_args, os.fsdecode(path))
+        assert proc.returncode == 0, proc.stderr
+        assert hashlib.sha256(proc.stdout).hexdigest() == w.sha256, path
+
+
 def read_in_ours(request, layer: Path, want: dict[bytes, Want], work: Path, *reader_args) -> None:
-    """Every reader of ours gives ``want``: describe (ls and cat), verify, unpack, and our mount."""
+    """Every reader of ours gives ``want``: describe (the tree and every file's bytes), verify, unpack, the
+    command line's ls and cat, and our mount."""
     assert_tree_matches(want, layer, **({"blob_dir": str(reader_args[1])} if reader_args else {}))
     proc = run_cli("verify", layer, *reader_args)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
@@ -103,10 +145,8 @@ def read_in_ours(request, layer: Path, want: dict[bytes, Want], work: Path, *rea
     proc = run_cli("unpack", layer, *reader_args, "-o", back)
     assert proc.returncode == 0, proc.stderr
     assert_tree_matches(want, back)
-    ls = run_cli("ls", layer, *reader_args, "-R", "--json")
-    assert ls.returncode == 0, ls.stderr
-    listed = {node["path"] for node in json.loads(ls.stdout)}
-    assert {os.fsdecode(p) for p in want} <= listed | {"/"}
+    listed_as_wanted(layer, want, *reader_args)
+    cat_some_files(layer, want, *reader_args)
     request.getfixturevalue("fuse_ok")
     mnt = work / "ours"
     mnt.mkdir()
