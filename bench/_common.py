@@ -68,6 +68,13 @@ def run_once(
         return wall, int(rss), float(user) + float(system)
 
 
+def drop_caches() -> None:
+    """Write back and drop the page cache (root only), so that the next run reads its input cold."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def measure(name: str, cmd, repeat: int = 5, setup=None, **kw) -> dict:
     walls, rss, cpu = [], [], []
     for _ in range(repeat):

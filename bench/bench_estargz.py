@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from _common import ensure_rootfs  # noqa: E402
+from _common import drop_caches, ensure_rootfs  # noqa: E402
 
 from oracle import Oracle, find_oracle  # noqa: E402
 
@@ -57,12 +57,6 @@ def layer_tar(rootfs_tar: Path, out: Path) -> None:
         ti = tarfile.TarInfo("bench-big.bin")
         ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
         tf.addfile(ti, io.BytesIO(data))
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def timed(cmd: str, cwd: Path) -> float:
