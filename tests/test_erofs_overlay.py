@@ -27,6 +27,7 @@ from fixtures_util import run_cli
 from test_check import image, tar
 from test_erofs_native import _linux_keeps, assert_same_tree
 
+from nydus_inspect.layer import open_layer
 from nydus_inspect.overlay import DIRECTORY, OPAQUE_DIRECTORY, OTHER, WHITEOUT, stack_names
 
 pytestmark = pytest.mark.erofs
@@ -323,6 +324,15 @@ def test_ls_and_cat_show_the_kernels_tree(images, judge, kind):
     assert_same_tree(listed_tree(f"oci:{images[kind]}"), dict(judge), f"oci:{kind}: ls -R --json and cat")
 
 
+def test_an_oci_archive_reads_as_its_layout(images, tmp_path):
+    archive = tmp_path / "image.tar"
+    subprocess.run(["tar", "-cf", archive, "-C", images["ours-seekable"], "."], check=True)
+    got = run_cli("ls", "-R", "-l", f"oci-archive:{archive}", "--cache-dir", tmp_path / "cache")
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout == run_cli("ls", "-R", "-l", images["ours-seekable"]).stdout
+    assert b"/var/lib/d" in got.stdout and b"/var/lib/a" not in got.stdout
+
+
 @pytest.mark.parametrize("kind", ["ours", "ours-seekable", "mkfs"])
 def test_unpack_writes_the_kernels_tree(images, judge, kind, tmp_path):
     proc = run_cli("unpack", images[kind], "--to-dir", tmp_path / "out")
@@ -356,6 +366,25 @@ def test_layer_files_given_to_the_mount_are_overlaid(images, judge, mounts):
     mp = mounts.mount(*_layer_blobs(images["mkfs"]))
     assert_same_tree(tree_of(mp / "rootfs"), dict(judge), "mount of the layer files")
     mounts.umount(mp)
+
+
+def test_a_lookup_lists_only_the_directories_on_its_path(images):
+    """Nothing is merged up front: finding /var/lib/d lists the root and /var of each layer, and /var/lib of
+    the two layers above the opaque one's bottom (the top one and the opaque one itself)."""
+    listed: list[tuple[int, int]] = []
+    with open_layer(str(images["mkfs"])) as stack:
+        r = stack.rafs
+        for k, im in enumerate(r.images):
+            real = im.readdir
+
+            def counted(nid, include_dots=False, _real=real, _k=k):
+                listed.append((_k, nid))
+                return _real(nid, include_dots)
+
+            im.readdir = counted
+        node = r.lookup("/var/lib/d")
+        assert b"".join(stack.read_file(node)) == b"above the opaque directory\n"
+    assert sorted(k for k, _ in listed) == [0, 0, 1, 1, 1, 2, 2, 2], listed
 
 
 # ---------------------------------------------------------------------------- diff, info, verify
