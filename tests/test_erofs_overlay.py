@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import test_mount
 from fixtures_util import run_cli
-from test_check import image, tar
-from test_erofs_native import _linux_keeps, assert_same_tree
+from test_check import MTIME, tar
+from test_convert import simple_layout
+from test_erofs_native import _linux_keeps
 
 from nydus_inspect.layer import open_layer
 from nydus_inspect.overlay import DIRECTORY, OPAQUE_DIRECTORY, OTHER, WHITEOUT, stack_names
@@ -66,6 +67,10 @@ BOTTOM = [
     {"name": "srv/old", "data": b"hidden by the opaque srv\n"},
     {"name": "gone-dir", "type": "dir"},
     {"name": "gone-dir/inside", "data": b"a directory whited out whole\n"},
+    {"name": "dev", "type": "dir"},
+    {"name": "dev/null", "type": "char", "rdev": (1, 3)},  # a character device, not a whiteout
+    {"name": "dev/fifo", "type": "fifo"},
+    {"name": "dev/zero", "type": "char", "rdev": (1, 5)},
 ]
 MIDDLE = [
     {"name": "etc", "type": "dir", "mode": 0o750},  # the merged /etc takes these attributes
@@ -88,6 +93,9 @@ MIDDLE = [
     {"name": "hl/one", "data": b"three names\n", "xattrs": {"user.k": "v"}},
     {"name": "hl/two", "type": "hardlink", "link": "hl/one"},
     {"name": "hl/three", "type": "hardlink", "link": "hl/one"},
+    {"name": "dev", "type": "dir"},
+    {"name": "dev/.wh.zero"},
+    {"name": "dev/sda", "type": "block", "rdev": (8, 0)},
 ]
 TOP = [
     {"name": "bin", "type": "dir"},
@@ -130,6 +138,28 @@ def test_the_rule_for_one_directory():
 
 
 # ---------------------------------------------------------------------------- building the images
+def layer_tar(entries: list[dict]) -> bytes:
+    """test_check.tar, with devices and fifos ("char", "block" with "rdev": (major, minor); "fifo")."""
+    import io
+    import tarfile
+
+    special = {"char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}
+    plain = tarfile.open(fileobj=io.BytesIO(tar([e for e in entries if e.get("type") not in special])))
+    buf = io.BytesIO()
+    with plain, tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        members = {m.name: m for m in plain.getmembers()}
+        for e in entries:
+            if e.get("type") in special:
+                info = tarfile.TarInfo(e["name"])
+                info.type, info.mode, info.mtime = special[e["type"]], 0o644, MTIME
+                info.devmajor, info.devminor = e.get("rdev", (0, 0))
+                tf.addfile(info)
+            else:
+                m = members[e["name"]]
+                tf.addfile(m, plain.extractfile(m) if m.isreg() else None)
+    return buf.getvalue()
+
+
 def _write_layout(root: Path, blobs: list[Path]) -> Path:
     """An OCI layout of the EROFS layers ``blobs`` (lowest first), as containerd's converter lists them."""
     store = root / "blobs" / "sha256"
@@ -172,7 +202,7 @@ def _layer_blobs(layout: Path) -> list[Path]:
 def images(tmp_path_factory, erofs_utils) -> dict[str, Path]:
     """The image of LAYERS as OCI layouts: converted by ours (plain, seekable), made by mkfs.erofs --aufs."""
     work = tmp_path_factory.mktemp("overlay")
-    src = image(work / "src", LAYERS)
+    src = simple_layout(work / "src", [layer_tar(x) for x in LAYERS], ["gzip"] * len(LAYERS))
     out = {}
     for kind, opts in (("ours", ()), ("ours-seekable", ("--seekable",))):
         proc = run_cli("convert", src, work / kind, "--to", "erofs", *opts)
@@ -180,13 +210,23 @@ def images(tmp_path_factory, erofs_utils) -> dict[str, Path]:
         out[kind] = work / kind
     blobs = []
     for i, layer in enumerate(LAYERS):
-        (work / f"layer{i}.tar").write_bytes(tar(layer))
+        (work / f"layer{i}.tar").write_bytes(layer_tar(layer))
         blobs.append(erofs_utils.mkfs(work / f"layer{i}.erofs", work / f"layer{i}.tar", "--tar=f", "--aufs"))
     out["mkfs"] = _write_layout(work / "mkfs", blobs)
     return out
 
 
 # ---------------------------------------------------------------------------- the judge
+TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+    stat.S_IFIFO: "fifo",
+}
+
+
 def tree_of(root: Path, nlink: bool = True) -> dict[bytes, dict]:
     """The tree under ``root`` as a mount or a directory shows it, path by path; names of one inode (by device
     and inode number: the layers of an overlay are file systems of their own) grouped under "links"."""
@@ -198,9 +238,7 @@ def tree_of(root: Path, nlink: bool = True) -> dict[bytes, dict]:
             full = os.path.join(dirpath, name)
             rel = full[len(base) :]
             st = os.lstat(full)
-            ntype = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}.get(
-                stat.S_IFMT(st.st_mode), "other"
-            )
+            ntype = TYPES[stat.S_IFMT(st.st_mode)]
             e = {"type": ntype, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
             e["mtime"] = st.st_mtime_ns // 10**9
             if nlink:
@@ -212,6 +250,8 @@ def tree_of(root: Path, nlink: bool = True) -> dict[bytes, dict]:
             elif ntype == "symlink":
                 e["target"] = os.fsencode(os.readlink(full))
                 del e["mode"]
+            elif ntype in ("char", "block"):
+                e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
             e["xattrs"] = {
                 os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
                 for n in os.listxattr(full, follow_symlinks=False)
@@ -275,7 +315,25 @@ def judge(images, erofs_utils, tmp_path_factory) -> dict[bytes, dict]:
     assert want[b"/hl/one"]["links"] == (b"/hl/one", b"/hl/three")
     assert "links" not in want[b"/etc/hosts"] and "links" not in want[b"/etc/hosts.link"]
     assert want[b"/bin/tool"]["size"] == 12 and want[b"/etc/motd"]["size"] == 9
+    assert {p: want[p].get("rdev") for p in names if p.startswith(b"/dev/")} == {
+        b"/dev/null": (1, 3),
+        b"/dev/fifo": None,
+        b"/dev/sda": (8, 0),
+    }
     return want
+
+
+def assert_same_tree(found: dict[bytes, dict], want: dict[bytes, dict], what: str) -> None:
+    """``found`` is the kernel's tree ``want``, path by path and field by field."""
+    problems = [f"{os.fsdecode(p)}: only in the kernel's overlay" for p in want.keys() - found.keys()]
+    problems += [f"{os.fsdecode(p)}: only in ours" for p in found.keys() - want.keys()]
+    for p in sorted(want.keys() & found.keys()):
+        for k in sorted(want[p].keys() | found[p].keys()):
+            if want[p].get(k) != found[p].get(k):
+                problems.append(
+                    f"{os.fsdecode(p)}: {k}: the kernel {want[p].get(k)!r}, ours {found[p].get(k)!r}"
+                )
+    assert not problems, f"{what}: {len(problems)} difference(s):\n" + "\n".join(problems[:30])
 
 
 def _without(tree: dict[bytes, dict], *keys: str) -> dict[bytes, dict]:
@@ -303,6 +361,8 @@ def listed_tree(ref: Path) -> dict[bytes, dict]:
         elif n["type"] == "symlink":
             e["target"] = os.fsencode(n["target"])
             del e["mode"]
+        elif n["type"] in ("char", "block"):
+            e["rdev"] = (n["rdev"]["major"], n["rdev"]["minor"])
         e["xattrs"] = {
             os.fsencode(k): v.encode()
             for k, v in (n.get("xattrs") or {}).items()
