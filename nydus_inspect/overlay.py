@@ -99,9 +99,11 @@ class ErofsOverlay(RafsV6):
     PLAIN_EROFS = True
     release_pages = None
 
-    def __init__(self, images: list[RafsV6], name: str = "image") -> None:
+    def __init__(self, images: list[RafsV6], name: str = "image", paths: list[str] | None = None) -> None:
+        """``paths``: each image's file, named by the errors its bytes raise (offsets are the image's own)."""
         # Not RafsV6.__init__: there is no one buffer; every inode is read by the image that holds it.
         self.images = images
+        self.paths = paths or [f"{name} layer {k + 1}" for k in range(len(images))]
         self.n = len(images)
         self.name = name
         self.size = sum(im.size for im in images)
@@ -120,8 +122,11 @@ class ErofsOverlay(RafsV6):
         root_stack = []
         for k in range(top, -1, -1):
             root_stack.append((k, images[k].root_nid))
-            if self._opaque(k, images[k].root_nid):
-                break
+            try:
+                if self._opaque(k, images[k].root_nid):
+                    break
+            except FormatError as exc:
+                raise self._located(k, exc) from None
         self._root = self.gnid(top, images[top].root_nid)
         if len(root_stack) > 1:
             self._stacks[self._root] = tuple(root_stack)
@@ -150,9 +155,15 @@ class ErofsOverlay(RafsV6):
         return got if got is not None else (self.split(gnid),)
 
     # ------------------------------------------------------------------ inodes
+    def _located(self, k: int, exc: FormatError) -> FormatError:
+        return exc.located(self.paths[k])
+
     def inode(self, gnid: int) -> rafs_v6.Inode:
         k, nid = self.split(gnid)
-        return self.images[k].inode(nid)
+        try:
+            return self.images[k].inode(nid)
+        except FormatError as exc:
+            raise self._located(k, exc) from None
 
     def inode_offset(self, gnid: int) -> int:
         k, nid = self.split(gnid)
@@ -160,7 +171,10 @@ class ErofsOverlay(RafsV6):
 
     def has_xattrs(self, gnid: int) -> bool:
         k, nid = self.split(gnid)
-        return self.images[k].has_xattrs(nid)
+        try:
+            return self.images[k].has_xattrs(nid)
+        except FormatError as exc:
+            raise self._located(k, exc) from None
 
     @property
     def may_have_xattrs(self) -> bool:
@@ -168,7 +182,10 @@ class ErofsOverlay(RafsV6):
 
     def node(self, gnid: int, path: bytes) -> Node:
         k, nid = self.split(gnid)
-        n = self.images[k].node(nid, path)
+        try:
+            n = self.images[k].node(nid, path)
+        except FormatError as exc:
+            raise self._located(k, exc) from None
         n.nid = gnid
         if n.hardlink is not None:
             n.hardlink = gnid
@@ -180,7 +197,10 @@ class ErofsOverlay(RafsV6):
 
     def attrs(self, gnid: int) -> tuple[int, int, int, int, int, int, int, int, int]:
         k, nid = self.split(gnid)
-        t = self.images[k].attrs(nid)
+        try:
+            t = self.images[k].attrs(nid)
+        except FormatError as exc:
+            raise self._located(k, exc) from None
         if gnid in self._stacks:
             t = (t[0], 1, *t[2:])
         return t
@@ -208,12 +228,9 @@ class ErofsOverlay(RafsV6):
         listing = self._listings.get(gnid)
         if listing is None:
             stack = self.stack(gnid)
-            top_k, top_nid = stack[0]
-            if node_type(self.images[top_k].inode(top_nid).i_mode) != DIR:
+            if node_type(self.inode(gnid).i_mode) != DIR:
                 raise FormatError("erofs inode", f"nid {gnid} is not a directory", value=gnid)
-            levels = (
-                [(d.name, self._kind(k, d), (k, d)) for d in self.images[k].readdir(nid)] for k, nid in stack
-            )
+            levels = (self._level(k, nid) for k, nid in stack)
             listing = []
             for name, found in sorted(stack_names(levels).items()):
                 k, d = found[0]
@@ -233,6 +250,13 @@ class ErofsOverlay(RafsV6):
             ]
         return list(listing)
 
+    def _level(self, k: int, nid: int) -> list[tuple[bytes, str, tuple[int, rafs_v6.Dirent]]]:
+        """Directory ``nid`` of layer ``k`` in the overlay rule's terms."""
+        try:
+            return [(d.name, self._kind(k, d), (k, d)) for d in self.images[k].readdir(nid)]
+        except FormatError as exc:
+            raise self._located(k, exc) from None
+
     def dir_entries(self, gnid: int) -> list[tuple[bytes, int]]:
         return [(d.name, d.nid) for d in self.readdir(gnid, include_dots=True)]
 
@@ -240,7 +264,10 @@ class ErofsOverlay(RafsV6):
     def chunks(self, node: Node) -> list[ChunkRef]:
         """The file's chunks as its layer gives them, each blob index made global (``blob * layers + layer``)."""
         k, nid = self.split(node.nid)
-        local = self.images[k].chunks(dataclasses.replace(node, nid=nid, chunks=None))
+        try:
+            local = self.images[k].chunks(dataclasses.replace(node, nid=nid, chunks=None))
+        except FormatError as exc:
+            raise self._located(k, exc) from None
         out = [dataclasses.replace(c, blob_index=c.blob_index * self.n + k) for c in local]
         node.chunks = out
         return out
@@ -344,7 +371,9 @@ class LayerStack:
                     f"{self.path}: layer {i + 1} of {len(self.layers)} ({layer.path}) keeps its data on extra "
                     "devices; overlaid layers must hold their own data"
                 )
-        return ErofsOverlay([layer.rafs for layer in self.layers], self.path)
+        return ErofsOverlay(
+            [layer.rafs for layer in self.layers], self.path, [layer.path for layer in self.layers]
+        )
 
     @cached_property
     def chunk_reader(self) -> OverlayChunkReader:

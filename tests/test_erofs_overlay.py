@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -513,6 +514,36 @@ def test_a_damaged_layer_is_named_by_verify(images, tmp_path):
     proc = run_cli("cat", layout, "/etc/motd")
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.count("\n") == 1 and "sha256" in err, err
+
+
+def test_a_bad_layer_is_named(images, tmp_path):
+    """A layer that is no EROFS image, or whose metadata does not decode, is named in one line."""
+    blobs = _layer_blobs(images["mkfs"])
+    (tmp_path / "tar.erofs").write_bytes(layer_tar(TOP))
+    (tmp_path / "cut.erofs").write_bytes(blobs[1].read_bytes()[:1200])  # past the superblock only
+    # Our layer's root inode lies past the block the superblock checksum covers (mkfs.erofs's lies inside it).
+    ours = _layer_blobs(images["ours"])
+    raw = bytearray(ours[1].read_bytes())
+    root_nid, meta_blkaddr = (
+        struct.unpack_from("<H", raw, 1024 + 14)[0],
+        struct.unpack_from("<I", raw, 1024 + 40)[0],
+    )
+    raw[meta_blkaddr * 4096 + 32 * root_nid : meta_blkaddr * 4096 + 32 * root_nid + 2] = (
+        b"\xff\xff"  # i_format
+    )
+    (tmp_path / "bad-root.erofs").write_bytes(bytes(raw))
+    for name, layers, said in (
+        ("not-erofs", [blobs[0], tmp_path / "tar.erofs"], "layer 2 of 2"),
+        ("cut", [blobs[0], tmp_path / "cut.erofs", blobs[2]], None),
+        ("bad-root", [ours[0], tmp_path / "bad-root.erofs", ours[2]], None),
+    ):
+        layout = _write_layout(tmp_path / name, layers)
+        for argv in (("ls", "-R", layout), ("cat", layout, "/srv/new")):
+            proc = run_cli(*argv)
+            err = proc.stderr.decode()
+            assert proc.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+            # The cut layer is named by its blob: its digest is the one the layout gives it.
+            assert (said or _layer_blobs(layout)[1].name) in err, err
 
 
 def test_errors_are_one_line(images, tmp_path):
