@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .chunks.decode import ChunkCache, ChunkReader
 from .chunks.ref import ChunkRef
+from .erofs import _NotNydus
 from .errors import FormatError, UsageError
 from .formats import rafs_v6
 from .model import _LRU, DIR, Node, RafsV6, node_type
@@ -75,20 +76,6 @@ def stack_names(levels: Iterable[Iterable[tuple[bytes, str, T]]]) -> dict[bytes,
     return out
 
 
-class _NotNydus:
-    """Stands for the RAFS v6 parts a stack of EROFS layers lacks: a command that needs them says so."""
-
-    def __init__(self, image: str, what: str) -> None:
-        self._image = image
-        self._what = what
-
-    def __getattr__(self, name: str):
-        raise UsageError(
-            f"{self._image}: an image of several EROFS layers has no {self._what}: this command reads nydus "
-            "layers (EROFS images: info, ls, cat, unpack, diff, verify, mount)"
-        )
-
-
 class ErofsOverlay(RafsV6):
     """The read-only overlay of EROFS images (``images``, lowest first; each an :class:`~.erofs.Erofs`).
 
@@ -109,9 +96,10 @@ class ErofsOverlay(RafsV6):
         self.size = sum(im.size for im in images)
         self.block_size = max(im.block_size for im in images)
         self.chunk_size = max(im.chunk_size for im in images)
-        self.sb = self.ext = self.meta = _NotNydus(name, "RAFS superblock")
-        self.digester = _NotNydus(name, "chunk digester")
-        self.compressor = _NotNydus(name, "chunk compressor")
+        stack = "an image of several EROFS layers"
+        self.sb = self.ext = self.meta = _NotNydus(name, "RAFS superblock", stack)
+        self.digester = _NotNydus(name, "chunk digester", stack)
+        self.compressor = _NotNydus(name, "chunk compressor", stack)
         self.prefixes: list[bytes] = []
         # Merged directory (global nid) -> its stack [(layer, nid)], top first; a directory not here is
         # its own layer's alone. Filled as directories are listed: each is listed before its children are.
@@ -274,9 +262,6 @@ class ErofsOverlay(RafsV6):
 
     def chunk_refs(self, node: Node) -> list[tuple[int, int]]:
         return [(c.blob_index, c.ci_index) for c in self.chunks(node)]
-
-    def packed_read(self, offset: int, length: int) -> bytes:
-        raise FormatError("erofs overlay", "fragments are read through the layer that holds them")
 
     @property
     def chunk_table_records(self) -> int:
