@@ -404,12 +404,20 @@ class LayerStack:
 def open_stack(
     path: str, descriptors: list[dict], open_one: Callable[[int, dict], Layer], documents=None
 ) -> LayerStack:
-    """The stack of ``descriptors`` (lowest first), each layer opened by ``open_one(index, descriptor)``."""
+    """The stack of ``descriptors`` (lowest first), each layer opened by ``open_one(index, descriptor)``: each
+    must be a plain EROFS image (a seekable layer is one once opened)."""
+    from .layer import KIND_EROFS
+
     layers: list[Layer] = []
     try:
         for i, desc in enumerate(descriptors):
-            layers.append(open_one(i, desc))
-        check_stackable(layers, path, descriptors)
+            layer = open_one(i, desc)
+            layers.append(layer)
+            if layer.kind != KIND_EROFS:
+                raise UsageError(
+                    f"{path}: layer {i + 1} of {len(descriptors)} ({desc.get('digest')}) is a {layer.kind}, "
+                    "not an EROFS image"
+                )
     except BaseException:
         for layer in layers:
             layer.close()
@@ -418,15 +426,3 @@ def open_stack(
     if documents:
         stack.documents = documents
     return stack
-
-
-def check_stackable(layers: list[Layer], path: str, descriptors: list[dict] | None = None) -> None:
-    """Every layer must be a plain EROFS image (a seekable one is one once opened)."""
-    from .layer import KIND_EROFS
-
-    for i, layer in enumerate(layers):
-        if layer.kind != KIND_EROFS:
-            digest = (descriptors[i].get("digest") if descriptors else None) or layer.path
-            raise UsageError(
-                f"{path}: layer {i + 1} of {len(layers)} ({digest}) is a {layer.kind}, not an EROFS image"
-            )

@@ -152,8 +152,8 @@ def open_sources(paths: list[str], *, blob_dir: str | None = None, blobs: list[s
             got = open_layer(p, blob_dir=blob_dir, blobs=blobs)
             if isinstance(got, LayerStack):
                 # The layers of a containerd EROFS image: shown overlaid, each under entries/.
+                layers.extend(got.layers)  # closed with the others if anything below fails
                 if len(paths) > 1:
-                    got.close()
                     raise UsageError(f"{p}: an image of several EROFS layers is mounted on its own")
                 image = StackImage(got, got.path)
                 return Sources(got.layers, image, _views(got.layers, image))
@@ -186,9 +186,6 @@ def _image(layers: list[Layer]) -> Image:
             )
         if len(layers) == 1:
             return PlainErofsImage(erofs[0])
-        from ..overlay import check_stackable
-
-        check_stackable(layers, layers[-1].path)
         description = f"{len(layers)} EROFS layers overlaid: " + " ".join(layer.path for layer in layers)
         return StackImage(LayerStack(layers, layers[-1].path), description)
     if len(layers) == 1:
