@@ -224,6 +224,19 @@ def cmd_info(args) -> int:
     if args.json:
         print_json(data)
         return 0
+    if "layers" in data:
+        # An image of several EROFS layers, overlaid: each layer as info says it of its file.
+        n = len(data["layers"])
+        print_kv([("path", data["path"]), ("kind", data["kind"]), ("layers", f"{n} (lowest first)")])
+        for i, one in enumerate(data["layers"]):
+            print(f"\nlayer {i + 1} of {n}: {one['digest']} ({one['media_type']})")
+            _print_info(one)
+        return 0
+    _print_info(data)
+    return 0
+
+
+def _print_info(data: dict) -> None:
     print_kv(
         [
             ("path", data["path"]),
@@ -359,7 +372,6 @@ def cmd_info(args) -> int:
                 ],
                 indent="      ",
             )
-    return 0
 
 
 def cmd_toc(args) -> int:

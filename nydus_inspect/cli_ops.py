@@ -547,7 +547,6 @@ def cmd_check(args) -> int:
 
 def cmd_verify(args) -> int:
     from .layer import open_layer
-    from .verify import verify
 
     sources = args.source or []
     if sources and len(sources) != len(args.layers):
@@ -583,55 +582,36 @@ def cmd_verify(args) -> int:
             results.append({"path": path, "ok": False, "unreadable": str(exc)})
             worst = max(worst, 2)
             continue
-        with layer, progress_stages(args, path) as update:
-            if root_hash is not None and layer.kind != "erofs":
-                raise UsageError(
-                    f"{path}: --root-hash applies to plain EROFS images, this is a {layer.kind} layer"
-                )
-            report = verify(
-                layer,
-                source=sources[i] if sources else None,
-                progress=update,
-                toc_digest=toc_digests[i] if toc_digests else None,
-                root_hash=root_hash,
-                verity_salt=verity_salt,
-            )
-            bad_input = [f for f in report.findings if f.check in ("verity.payload", "verity.root")]
-            if bad_input:
-                # Not damage found but a payload or root hash that does not fit the image: an input error.
-                f = bad_input[0]
-                msg = f.message + (
-                    f" (given {f.expected}, the tree's {f.found})" if f.check == "verity.root" else ""
-                )
-                results.append({"path": path, "ok": False, "unreadable": msg})
-                worst = max(worst, 2)
-                continue
-            entry = report.to_json()
-            entry["summary"] = report.summary()
-            ok = report.ok
-            if rules is not None:
-                from .rules import apply_rules, image_stats, needs_analysis
+        with layer:
+            from .overlay import LayerStack
 
-                try:
-                    stats = image_stats(layer)
-                    analysis = None
-                    if needs_analysis(rules):
-                        from .analyze import analyze
+            parts = [(path, layer)]
+            if isinstance(layer, LayerStack):
+                # An image of several EROFS layers: each layer verified as it would be on its own.
+                if root_hash is not None or sources:
+                    raise UsageError(
+                        f"{path}: an image of {len(layer.layers)} EROFS layers: --root-hash and --source apply "
+                        "to one layer; give the layer's file (blobs/sha256/<digest>)"
+                    )
+                n = len(layer.layers)
+                parts = [
+                    (f"{path} [layer {k + 1}/{n} {desc.get('digest')}]", sub)
+                    for k, (sub, desc) in enumerate(zip(layer.layers, layer.descriptors))
+                ]
+            for name, one in parts:
+                code = _verify_one(
+                    args,
+                    name,
+                    path,
+                    one,
+                    sources[i] if sources else None,
+                    toc_digests[i] if toc_digests else None,
+                    (root_hash, verity_salt),
+                    rules,
+                    results,
+                )
+                worst = max(worst, code)
 
-                        analysis = analyze([path], blob_dir=args.blob_dir, blobs=args.blob)
-                        entry["analysis"] = analysis.figures()
-                    outcome = apply_rules(rules, stats, analysis)
-                    entry["stats"] = stats.to_json()
-                    entry["rules"] = [r.to_json() for r in outcome]
-                    entry["_rule_lines"] = [str(r) for r in outcome]
-                    ok = ok and all(r.ok for r in outcome)
-                except UsageError as exc:
-                    entry["rules_error"] = str(exc)
-                    ok = False
-            entry["ok"] = ok
-            entry["_lines"] = [str(f) for f in report.findings]
-            results.append(entry)
-            worst = max(worst, 0 if ok else 1)
     if args.json:
         from .cli import print_json
 
@@ -661,6 +641,62 @@ def cmd_verify(args) -> int:
         if "rules_error" in r:
             print(f"  rules: {r['rules_error']}")
     return worst
+
+
+def _verify_one(args, name: str, path: str, layer, source, toc_digest, verity, rules, results: list) -> int:
+    """Verify one layer (``name`` in the report, ``path`` as given) and append its result to ``results``; the
+    exit code it calls for. ``verity``: (root hash, salt)."""
+    from .verify import verify
+
+    root_hash, verity_salt = verity
+    with progress_stages(args, name) as update:
+        if root_hash is not None and layer.kind != "erofs":
+            raise UsageError(
+                f"{name}: --root-hash applies to plain EROFS images, this is a {layer.kind} layer"
+            )
+        report = verify(
+            layer,
+            source=source,
+            progress=update,
+            toc_digest=toc_digest,
+            root_hash=root_hash,
+            verity_salt=verity_salt,
+        )
+        bad_input = [f for f in report.findings if f.check in ("verity.payload", "verity.root")]
+        if bad_input:
+            # Not damage found but a payload or root hash that does not fit the image: an input error.
+            f = bad_input[0]
+            msg = f.message + (
+                f" (given {f.expected}, the tree's {f.found})" if f.check == "verity.root" else ""
+            )
+            results.append({"path": name, "ok": False, "unreadable": msg})
+            return 2
+        entry = report.to_json()
+        entry["summary"] = report.summary()
+        ok = report.ok
+        if rules is not None:
+            from .rules import apply_rules, image_stats, needs_analysis
+
+            try:
+                stats = image_stats(layer)
+                analysis = None
+                if needs_analysis(rules):
+                    from .analyze import analyze
+
+                    analysis = analyze([path], blob_dir=args.blob_dir, blobs=args.blob)
+                    entry["analysis"] = analysis.figures()
+                outcome = apply_rules(rules, stats, analysis)
+                entry["stats"] = stats.to_json()
+                entry["rules"] = [r.to_json() for r in outcome]
+                entry["_rule_lines"] = [str(r) for r in outcome]
+                ok = ok and all(r.ok for r in outcome)
+            except UsageError as exc:
+                entry["rules_error"] = str(exc)
+                ok = False
+        entry["ok"] = ok
+        entry["_lines"] = [str(f) for f in report.findings]
+        results.append(entry)
+    return 0 if ok else 1
 
 
 @contextlib.contextmanager

@@ -204,7 +204,9 @@ def describe_tar(path: str, hardlinks: str = LINK_HEADER) -> Tree:
 
 def layer_hardlinks(layer: Layer) -> str:
     """The hard-link rule of the tool that writes layers of this one's format."""
-    return hardlink_rule(erofs=layer.kind == KIND_EROFS)
+    from .overlay import KIND_EROFS_STACK
+
+    return hardlink_rule(erofs=layer.kind in (KIND_EROFS, KIND_EROFS_STACK))
 
 
 def describe_layer(layer: Layer) -> Tree:

@@ -88,16 +88,18 @@ class _DeviceFile:
 
 
 class _NotNydus:
-    """Stands for the RAFS v6 parts a plain EROFS image lacks: a command that needs them says so in one line."""
+    """Stands for the RAFS v6 parts a plain EROFS image (or a stack of them, ``kind``) lacks: a command that
+    needs them says so in one line."""
 
-    def __init__(self, image: str, what: str) -> None:
+    def __init__(self, image: str, what: str, kind: str = "a plain EROFS image") -> None:
         self._image = image
         self._what = what
+        self._kind = kind
 
     def __getattr__(self, name: str):
         raise UsageError(
-            f"{self._image}: a plain EROFS image has no {self._what}: this command reads nydus layers "
-            "(plain EROFS images: info, ls, cat, unpack, diff, verify)"
+            f"{self._image}: {self._kind} has no {self._what}: this command reads nydus layers "
+            "(plain EROFS images: info, ls, cat, unpack, diff, verify, mount)"
         )
 
 

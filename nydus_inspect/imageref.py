@@ -631,9 +631,10 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     cache), chunk data by Range requests when read (chunks.source.RemoteBlob), each checked chunk kept in the
     persistent chunk cache. A blob found whole in the image cache (or given with ``--blob``) is read there.
     The containerd EROFS image of one layer is that layer: a seekable one whose descriptor locates and digests
-    its chunk table read by frame (:func:`_seekable_by_frame`), any other fetched whole."""
+    its chunk table read by frame (:func:`_seekable_by_frame`), any other fetched whole; one of several layers
+    is its layers overlaid (:func:`_erofs_stack`)."""
     from .layer import Layer, open_file
-    from .oci import is_erofs_layer, readable_layer_of_layout
+    from .oci import is_erofs_layer, readable_layers_of_layout
 
     opts = options or OPTIONS
     ref = parse(text)
@@ -643,10 +644,13 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     meta.stats = opts.stats
     try:
         root = _from_registry(ref, store, meta, reg)
-        image, desc, path = readable_layer_of_layout(root, opts.platforms, by_frame=True)
+        image, descs, paths = readable_layers_of_layout(root, opts.platforms, by_frame=True)
     except BaseException:
         reg.close()
         raise
+    if len(descs) > 1:
+        return _erofs_stack(reg, ref, store, image, descs, paths, opts)
+    desc, path = descs[0], paths[0]
     if path is None:
         return _seekable_by_frame(reg, ref, store, image, desc, opts)
     if is_erofs_layer(desc):
@@ -668,6 +672,30 @@ def open_lazy(text: str, *, blob_dir: str | None = None, blobs: list[str] | None
     layer = Layer(path, blob_dir=blob_dir or store.blobs, blobs=blobs, blob_opener=opener)
     layer.documents = _documents(store, image)
     return layer
+
+
+def _erofs_stack(
+    reg: Registry, ref: Ref, store: _Store, image, descs: list[dict], paths: list, opts: ImageOptions
+):
+    """The layers of a containerd EROFS image, overlaid (overlay.LayerStack): each seekable layer whose
+    descriptor locates its chunk table read by frame (:func:`_seekable_by_frame`, in a registry session of
+    its own, which the layer closes), any other fetched whole (done by :func:`_from_registry`)."""
+    from .layer import open_file
+    from .overlay import open_stack
+
+    sessions = [reg]
+
+    def open_one(i: int, desc: dict):
+        if paths[i] is None:
+            session = sessions.pop() if sessions else registry_for(ref, opts)
+            return _seekable_by_frame(session, ref, store, image, desc, opts)
+        return open_file(paths[i], annotations=desc.get("annotations"))
+
+    try:
+        return open_stack(str(ref), descs, open_one, _documents(store, image))
+    finally:
+        for session in sessions:  # the first session, when no layer took it
+            session.close()
 
 
 def _seekable_by_frame(reg: Registry, ref: Ref, store: _Store, image, desc: dict, opts: ImageOptions):

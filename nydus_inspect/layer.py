@@ -1123,8 +1123,8 @@ def _zstd_frame_size(raw: bytes, what: str, offset: int) -> int:
 
 def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | None = None) -> Layer:
     """Open a nydus blob, bootstrap, bootstrap layer, EROFS image (plain or seekable), the OCI image layout of
-    a nydus image or of a one-layer EROFS image, or an image reference (docker://, oci:, oci-archive:,
-    docker-archive:); raises FormatError / UsageError."""
+    a nydus image or of a containerd EROFS image (of several layers: an overlay.LayerStack of them), or an
+    image reference (docker://, oci:, oci-archive:, docker-archive:); raises FormatError / UsageError."""
     from . import imageref
 
     if imageref.is_reference(path) and path.startswith("docker://"):
@@ -1135,15 +1135,23 @@ def open_layer(path: str, *, blob_dir: str | None = None, blobs: list[str] | Non
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "oci-layout")):
             # A converted image: its bootstrap layer, with the layout's blobs (named by digest = blob id);
-            # or the one layer of an EROFS image, which holds its whole file system.
-            from .oci import is_erofs_layer, readable_layer_of_layout
+            # or the layers of an EROFS image: one holds its whole file system, several are overlaid.
+            from .oci import is_erofs_layer, readable_layers_of_layout
 
-            _, desc, layer_path = readable_layer_of_layout(path, imageref.OPTIONS.platforms)
-            if is_erofs_layer(desc):
-                return open_file(
-                    layer_path, blob_dir=blob_dir, blobs=blobs, annotations=desc.get("annotations")
+            _, descs, paths = readable_layers_of_layout(path, imageref.OPTIONS.platforms)
+            if not is_erofs_layer(descs[0]):
+                return Layer(
+                    paths[0], blob_dir=blob_dir or os.path.join(path, "blobs", "sha256"), blobs=blobs
                 )
-            return Layer(layer_path, blob_dir=blob_dir or os.path.join(path, "blobs", "sha256"), blobs=blobs)
+            if len(descs) == 1:
+                return open_file(
+                    paths[0], blob_dir=blob_dir, blobs=blobs, annotations=descs[0].get("annotations")
+                )
+            from .overlay import open_stack
+
+            return open_stack(
+                path, descs, lambda i, desc: open_file(paths[i], annotations=desc.get("annotations"))
+            )
         raise UsageError(
             f"{path}: is a directory; give a layer blob, a bootstrap file or an OCI image layout"
         )

@@ -25,6 +25,7 @@ from .formats import blob_meta, rafs_v6
 from .fsutil import atomic_output
 from .layer import Layer, open_layer
 from .model import DIR, REG, Node, RafsV6, fsdecode
+from .overlay import DIRECTORY, OPAQUE_DIRECTORY, OTHER, WHITEOUT, stack_names
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE = b".wh..wh..opq"
@@ -119,7 +120,9 @@ def _skeleton(r: RafsV6, src: int, max_depth: int = 4096) -> _Ent:
 
 
 def overlay(lower: _Ent, upper: _Ent) -> None:
-    """Apply the upper layer's directory ``upper`` onto ``lower`` in place, with OCI whiteout rules.
+    """Apply the upper layer's directory ``upper`` onto ``lower`` in place, with OCI whiteout rules: each
+    directory pair by the one overlay rule (:func:`.overlay.stack_names`), the upper layer over the lower
+    ones unless it is opaque.
 
     ``lower`` takes the upper directory's metadata (for the root too), keeping its children merged."""
     lower.src, lower.nid = upper.src, upper.nid
@@ -128,23 +131,31 @@ def overlay(lower: _Ent, upper: _Ent) -> None:
         low, up = todo.pop()
         kids, ukids = low.kids, up.kids
         assert kids is not None and ukids is not None
-        # Pass 1: whiteouts act on what the lower layers put here.
-        if OPAQUE in ukids:
-            kids.clear()
-        for name in ukids:
-            if name[:4] == WHITEOUT_PREFIX and name != OPAQUE:
-                kids.pop(name[4:], None)
-        # Pass 2: everything else replaces the lower name; two directories merge (upper metadata, both contents).
-        for name, un in ukids.items():
-            if name[:4] == WHITEOUT_PREFIX:
-                continue
-            ln = kids.get(name)
-            if ln is not None and ln.is_dir and un.is_dir:
-                merged = _Ent(un.src, un.nid, True, ln.kids)
-                kids[name] = merged
-                todo.append((merged, un))
-            else:
-                kids[name] = un
+        levels = [_oci_level(ukids)] if OPAQUE in ukids else [_oci_level(ukids), _oci_level(kids)]
+        merged: dict[bytes, _Ent] = {}
+        for name, found in stack_names(levels).items():
+            top = found[0]
+            if len(found) > 1:
+                # Two directories merge: the upper one's metadata, both contents (the lower's, updated).
+                top = _Ent(top.src, top.nid, True, found[1].kids)
+                todo.append((top, found[0]))
+            merged[name] = top
+        kids.clear()
+        kids.update(merged)
+
+
+def _oci_level(kids: dict[bytes, _Ent]):
+    """One layer's directory in the overlay rule's terms: ``.wh.NAME`` a whiteout of NAME, a directory holding
+    ``.wh..wh..opq`` an opaque one (the marker itself is no name)."""
+    for name, ent in kids.items():
+        if name == OPAQUE:
+            continue
+        if name[:4] == WHITEOUT_PREFIX:
+            yield name[4:], WHITEOUT, ent
+        elif ent.is_dir:
+            yield name, OPAQUE_DIRECTORY if ent.kids and OPAQUE in ent.kids else DIRECTORY, ent
+        else:
+            yield name, OTHER, ent
 
 
 class _Materialiser:

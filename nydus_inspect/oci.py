@@ -342,35 +342,34 @@ def _one_image(root: str, platforms: list[Platform] | None) -> Image:
 
 def nydus_image_of_layout(root: str, platforms: list[Platform] | None = None) -> tuple[Image, str]:
     """(the image, its bootstrap layer blob path, checked) of the one nydus image in the layout at ``root``."""
-    image, desc, path = readable_layer_of_layout(root, platforms)
-    if is_erofs_layer(desc):
+    image, descs, paths = readable_layers_of_layout(root, platforms)
+    if is_erofs_layer(descs[0]):
         raise UsageError(f"{root}: image {image.digest} is an EROFS image, not a nydus image")
-    return image, path
+    assert paths[0] is not None
+    return image, paths[0]
 
 
-def readable_layer_of_layout(
+def readable_layers_of_layout(
     root: str, platforms: list[Platform] | None = None, by_frame: bool = False
-) -> tuple[Image, dict, str | None]:
-    """(the image, the descriptor and the blob path, checked, of the layer that holds its file system) of the
-    one image in the layout at ``root``: a nydus image's bootstrap layer, or the layer of a containerd EROFS
-    image (plain or seekable, :func:`is_erofs_layer`) of one layer. An EROFS image of several layers is
-    refused: they are overlaid only when mounted, and one of them alone is not the image. ``by_frame``: a
-    layer the caller reads by frame (:func:`read_by_frame`) is not looked for in the layout (path None)."""
+) -> tuple[Image, list[dict], list[str | None]]:
+    """(the image, the descriptors and the blob paths, checked, of the layers that hold its file system) of the
+    one image in the layout at ``root``: a nydus image's bootstrap layer, or every layer of a containerd EROFS
+    image (plain or seekable, :func:`is_erofs_layer`), lowest first, which overlay.LayerStack overlays as
+    containerd's snapshotter mounts them. ``by_frame``: a layer the caller reads by frame
+    (:func:`read_by_frame`) is not looked for in the layout (path None)."""
     layout = OciLayout(root)
     image = _one_image(root, platforms)
     layers = image.manifest["layers"]
     boot = next((d for d in reversed(layers) if is_nydus_bootstrap(d)), None)
     if boot is not None:
-        return image, boot, layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}")
+        return image, [boot], [layout.check_blob(boot, f"bootstrap layer of manifest {image.digest}")]
     if layers and all(is_erofs_layer(d) for d in layers):
-        if len(layers) > 1:
-            raise UsageError(
-                f"{root}: image {image.digest} has {len(layers)} EROFS layers, overlaid only when mounted; "
-                f"read one at a time as a file ({os.path.join(root, 'blobs', 'sha256')}/<digest>)"
-            )
-        if by_frame and read_by_frame(layers[0]):
-            return image, layers[0], None
-        return image, layers[0], layout.check_blob(layers[0], f"EROFS layer of manifest {image.digest}")
+        paths: list[str | None] = []
+        for i, desc in enumerate(layers):
+            which = f"EROFS layer {i + 1} of {len(layers)}" if len(layers) > 1 else "EROFS layer"
+            by_range = by_frame and read_by_frame(desc)
+            paths.append(None if by_range else layout.check_blob(desc, f"{which} of manifest {image.digest}"))
+        return image, list(layers), paths
     raise UsageError(
         f"{root}: image {image.digest} is not a nydus image (no layer annotated "
         f"{ANNOTATION_NYDUS_BOOTSTRAP}) nor an EROFS image; convert it first with `nydus-inspect convert`"
@@ -390,6 +389,6 @@ __all__ = [
     "is_erofs_layer",
     "is_nydus_image",
     "read_by_frame",
-    "readable_layer_of_layout",
+    "readable_layers_of_layout",
     "select_images",
 ]

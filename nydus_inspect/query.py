@@ -17,6 +17,17 @@ from .model import DIR, REG, Node, WalkError, fsdecode
 
 
 def info(layer: Layer) -> dict:
+    from .overlay import LayerStack
+
+    if isinstance(layer, LayerStack):
+        # An image of several EROFS layers: each layer said as it is on its own, lowest first.
+        out = {"path": layer.path, "kind": layer.kind, "size": layer.size, "sha256": None, "layers": []}
+        for sub, desc in zip(layer.layers, layer.descriptors):
+            one = info(sub)
+            one["digest"] = desc.get("digest")
+            one["media_type"] = desc.get("mediaType")
+            out["layers"].append(one)
+        return out
     table = getattr(layer.source, "table", None)  # a seekable EROFS layer's chunk table
     # Hashing a seekable layer's image decodes every frame: that is verify's work. Its own digests are in
     # its chunk table (below); the image's sha256, its diff ID, is in the image's config, not in the layer.

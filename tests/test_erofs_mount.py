@@ -157,11 +157,13 @@ def test_a_pcluster_that_does_not_decode_is_eio(erofs_utils, mounts, tmp_path):
     assert "/a" in mounts.log(mp)
 
 
-def test_erofs_is_mounted_on_its_own(erofs_utils, fixture_tars, tmp_path, fuse):
+def test_erofs_is_not_merged_with_nydus_layers(erofs_utils, fixture_tars, tmp_path, fuse):
+    """Several EROFS images are overlaid (tests/test_erofs_overlay.py); with a nydus layer, one line."""
     image = erofs_utils.mkfs(tmp_path / "img.erofs", fixture_tars["every-type.tar"], "--tar=f")
+    nydus = test_mount._pack(fixture_tars["every-type.tar"], tmp_path / "layer.blob")
     (tmp_path / "mnt").mkdir()
-    err = one_line_error(cli("mount", image, image, tmp_path / "mnt"))
-    assert "plain EROFS image is mounted on its own" in err
+    err = one_line_error(cli("mount", image, nydus, tmp_path / "mnt"))
+    assert "not merged with nydus layers" in err
 
 
 @pytest.mark.parametrize("opts", [("--chunksize=65536",), ("--chunksize=4096", "-Eforce-chunk-indexes")])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 def cmd_tui(args) -> int:
     from nydus_inspect import UsageError, open_layer
+    from nydus_inspect.overlay import LayerStack
 
     if args.source is not None:
         from nydus_inspect.tarstream import check_tar_input
@@ -18,6 +19,13 @@ def cmd_tui(args) -> int:
     try:
         for path in args.layers:
             layers.append(open_layer(path, blob_dir=args.blob_dir, blobs=args.blob))
+            if isinstance(layers[-1], LayerStack):
+                # An image of several EROFS layers: the screens show one layer's parts, which such an image
+                # does not have as one.
+                raise UsageError(
+                    f"{path}: an image of {len(layers[-1].layers)} EROFS layers: the TUI opens one layer (give "
+                    "its file, blobs/sha256/<digest>); ls, cat and mount read the overlaid tree"
+                )
         try:
             from .app import NydusApp
         except ModuleNotFoundError as exc:

@@ -18,6 +18,7 @@ from ..chunks.resolve import Blob
 from ..errors import NydusInspectError, UsageError
 from ..layer import KIND_EROFS, Layer, open_layer
 from ..model import RafsV6
+from ..overlay import LayerStack
 
 
 @dataclass
@@ -91,6 +92,35 @@ class PlainErofsImage(Image):
         return self.rafs.size
 
 
+class StackImage(Image):
+    """The tree of the layers of a containerd EROFS image overlaid (overlay.ErofsOverlay): each chunk names its
+    layer in its blob index, and the chunk service of that layer decodes it."""
+
+    uniform_chunks = False
+
+    def __init__(self, stack: LayerStack, description: str) -> None:
+        super().__init__(stack.rafs, [], description)
+        self.stack = stack
+
+    def blob(self, blob_index: int) -> Blob:
+        return self.stack.blob_file(blob_index)
+
+    def chunk_reader(self, cache: ChunkCache) -> ChunkReader:
+        from ..overlay import OverlayChunkReader
+
+        return OverlayChunkReader(self.stack.layers, cache)
+
+    @property
+    def chunk_size(self) -> int:
+        from ..erofs import PIECE
+
+        return PIECE
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self.rafs.size
+
+
 @dataclass
 class Sources:
     layers: list[Layer]
@@ -119,7 +149,15 @@ def open_sources(paths: list[str], *, blob_dir: str | None = None, blobs: list[s
     layers: list[Layer] = []
     try:
         for p in paths:
-            layers.append(open_layer(p, blob_dir=blob_dir, blobs=blobs))
+            got = open_layer(p, blob_dir=blob_dir, blobs=blobs)
+            if isinstance(got, LayerStack):
+                # The layers of a containerd EROFS image: shown overlaid, each under entries/.
+                layers.extend(got.layers)  # closed with the others if anything below fails
+                if len(paths) > 1:
+                    raise UsageError(f"{p}: an image of several EROFS layers is mounted on its own")
+                image = StackImage(got, got.path)
+                return Sources(got.layers, image, _views(got.layers, image))
+            layers.append(got)
         with_boot = [layer for layer in layers if layer.has_bootstrap]
         data_only = [layer for layer in layers if not layer.has_bootstrap]
         if not with_boot:
@@ -141,11 +179,15 @@ def open_sources(paths: list[str], *, blob_dir: str | None = None, blobs: list[s
 def _image(layers: list[Layer]) -> Image:
     erofs = [layer for layer in layers if layer.kind == KIND_EROFS]
     if erofs:
-        if len(layers) > 1:
+        if len(erofs) != len(layers):
             raise UsageError(
-                f"{erofs[0].path}: a plain EROFS image is mounted on its own (it is not merged with other layers)"
+                f"{erofs[0].path}: a plain EROFS image is not merged with nydus layers; several EROFS images "
+                "are overlaid, lowest first, as containerd's snapshotter mounts an image's layers"
             )
-        return PlainErofsImage(erofs[0])
+        if len(layers) == 1:
+            return PlainErofsImage(erofs[0])
+        description = f"{len(layers)} EROFS layers overlaid: " + " ".join(layer.path for layer in layers)
+        return StackImage(LayerStack(layers, layers[-1].path), description)
     if len(layers) == 1:
         layer = layers[0]
         rafs = layer.rafs
