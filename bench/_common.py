@@ -6,6 +6,7 @@ ratios measured in the same run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -66,6 +67,14 @@ def run_once(
         last = tf.read().strip().splitlines()[-1:] or ["0 0 0"]
         rss, user, system = last[0].split()
         return wall, int(rss), float(user) + float(system)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 def drop_caches() -> None:

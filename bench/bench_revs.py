@@ -17,7 +17,6 @@ dropped, which would disturb whoever else shares the machine, so both revisions 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PY, ROOT, ensure_rootfs, load_note, measure_together, run_once, table  # noqa: E402
+from _common import PY, ROOT, ensure_rootfs, load_note, measure_together, run_once, sha256_of, table  # noqa: E402
 
 
 def _checkout(rev: str, where: Path) -> Path:
@@ -46,14 +45,6 @@ def _checkout(rev: str, where: Path) -> Path:
 def _cli(tree: Path) -> list[str]:
     # run_once puts this checkout on PYTHONPATH; env puts the revision's first for the command itself.
     return ["env", f"PYTHONPATH={tree}", PY, "-m", "nydus_inspect"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 MOUNT_WORKLOADS = {
@@ -192,7 +183,7 @@ def main() -> int:
             base_c, head_c = rows[0]["cpu"], rows[1]["cpu"]
             print(f"{op}: head / base = {head_c:.3f} / {base_c:.3f} = {head_c / base_c:.3f}x (CPU, median)")
             if outputs:
-                a, b = (_sha256(work / f"{op}-{side}.out") for side in ("base", "head"))
+                a, b = (sha256_of(work / f"{op}-{side}.out") for side in ("base", "head"))
                 print(f"{op}: outputs {'identical' if a == b else 'DIFFER'} (sha256 {a[:16]} / {b[:16]})")
     finally:
         for tree in trees.values():

@@ -30,6 +30,7 @@ from _common import (  # noqa: E402
     load_note,
     ratio,
     run_once,
+    sha256_of,
     table,
 )
 
@@ -103,7 +104,7 @@ def main() -> None:
         sep,
         gz,
     )
-    os.link(gz, sep / _sha256_of(gz))
+    os.link(gz, sep / sha256_of(gz))
     rafs = WORK / "rafs.blob"
     if not rafs.exists():
         import subprocess
@@ -133,7 +134,7 @@ def main() -> None:
         ).stdout
         assert hashlib.sha256(out).hexdigest() == want, f"{name}: cat gave other bytes"
     with oracle.mount(boot, sep, WORK / "nydusd-check") as mnt:
-        assert _sha256_of(Path(mnt) / BIG) == want, "nydusd: cat gave other bytes"
+        assert sha256_of(Path(mnt) / BIG) == want, "nydusd: cat gave other bytes"
     shutil.rmtree(WORK / "nydusd-check", ignore_errors=True)
 
     mounts = 0
@@ -177,14 +178,6 @@ def main() -> None:
         ("full tar: targz-ref (ours)", "full tar: nydusd (zran)"),
     ]:
         print(f"{a} / {b}: {ratio(rows, a, b):.2f}x")
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,18 @@ def debian_rootfs_tar() -> Path:
     return src
 
 
+#: The type names of nydus-inspect's listings, by the file-type bits of st_mode (as a mount shows entries).
+FILE_TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+
+
 def run_cli(
     *args: str | os.PathLike, input: bytes | None = None, stdin=None, cwd=None, timeout: float = 120
 ) -> subprocess.CompletedProcess:

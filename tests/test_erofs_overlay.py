@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import test_mount
-from fixtures_util import run_cli
+from fixtures_util import FILE_TYPES, run_cli
 from test_check import MTIME, tar
 from test_convert import simple_layout
 from test_erofs_native import _linux_keeps
@@ -218,16 +218,6 @@ def images(tmp_path_factory, erofs_utils) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------- the judge
-TYPES = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "char",
-    stat.S_IFBLK: "block",
-    stat.S_IFIFO: "fifo",
-}
-
-
 def tree_of(root: Path, nlink: bool = True) -> dict[bytes, dict]:
     """The tree under ``root`` as a mount or a directory shows it, path by path; names of one inode (by device
     and inode number: the layers of an overlay are file systems of their own) grouped under "links"."""
@@ -239,7 +229,7 @@ def tree_of(root: Path, nlink: bool = True) -> dict[bytes, dict]:
             full = os.path.join(dirpath, name)
             rel = full[len(base) :]
             st = os.lstat(full)
-            ntype = TYPES[stat.S_IFMT(st.st_mode)]
+            ntype = FILE_TYPES[stat.S_IFMT(st.st_mode)]
             e = {"type": ntype, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
             e["mtime"] = st.st_mtime_ns // 10**9
             if nlink:

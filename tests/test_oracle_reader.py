@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_util import (
+    FILE_TYPES,
     Want,
     assert_dir_matches,
     assert_tree_matches,
@@ -38,21 +39,12 @@ def want_from_dir(root: Path, zero_mtime_shown_as: tuple[int, int] = (0, 0)) -> 
     base = os.fsencode(str(root))
     out: dict[bytes, Want] = {}
     by_inode: dict[int, Want] = {}
-    kinds = {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "dir",
-        stat.S_IFLNK: "symlink",
-        stat.S_IFCHR: "char",
-        stat.S_IFBLK: "block",
-        stat.S_IFIFO: "fifo",
-        stat.S_IFSOCK: "socket",
-    }
     for dirpath, dirnames, filenames in os.walk(base):
         entries = [dirpath] if dirpath == base else []
         for full in entries + [os.path.join(dirpath, n) for n in dirnames + filenames]:
             rel = full[len(base) :] or b"/"
             st = os.lstat(full)
-            kind = kinds[stat.S_IFMT(st.st_mode)]
+            kind = FILE_TYPES[stat.S_IFMT(st.st_mode)]
             if kind != "dir" and st.st_nlink > 1 and st.st_ino in by_inode:
                 want = by_inode[st.st_ino]
                 want.names.append(rel)

@@ -211,26 +211,27 @@ def _is_v5(layer: Layer) -> bool:
         return False  # the bootstrap check says what is wrong
 
 
+def _resolved(run: _Run, blob_index: int | None):
+    """Blob ``blob_index`` as the readers resolve it (chunks.resolve.Blob), or None (not found, or no index:
+    the blob and bootstrap checks say what is wrong)."""
+    if blob_index is None:
+        return None
+    try:
+        return run.layer.blob_file(blob_index, required=False)
+    except NydusInspectError:
+        return None
+
+
 def _cache_data(run: _Run, blob_index: int | None) -> bool:
     """Is blob ``blob_index`` read from its blob-cache file (chunks.variants.CacheData)?"""
-    if blob_index is None:
-        return False
-    try:
-        bf = run.layer.blob_file(blob_index, required=False)
-    except NydusInspectError:
-        return False
+    bf = _resolved(run, blob_index)
     return bf is not None and bf.cache_data
 
 
 def _meta_layer(run: _Run, blob_index: int | None, blob_layer: Layer) -> Layer:
     """The layer holding the blob.meta of blob ``blob_index`` (chunks.resolve.Blob.meta): the blob itself,
     or, for a targz-ref blob, the layer or meta file beside the bootstrap."""
-    if blob_index is None:
-        return blob_layer
-    try:
-        bf = run.layer.blob_file(blob_index, required=False)
-    except NydusInspectError:
-        return blob_layer
+    bf = _resolved(run, blob_index)
     return bf.meta if bf is not None and bf.layer is blob_layer else blob_layer
 
 
