@@ -133,3 +133,41 @@ def test_erofs_tar_index_previews_through_the_tar(erofs_utils, tmp_path, with_ta
             assert "blob device" in preview and "--blob" in preview, preview
 
     drive([image], script, blobs=[tar] if with_tar else None)
+
+
+def test_an_image_of_several_erofs_layers_is_browsed_layer_by_layer(tmp_path):
+    """A containerd EROFS image of two layers (our convert --to erofs of an OCI image): the TUI shows each
+    layer as a layer of its own (``]`` goes to the next), the upper layer's files screen holding what that
+    layer adds, its whiteout included (the overlaid tree is what ls, cat and mount read)."""
+    from test_convert import simple_layout
+    from test_erofs_overlay import layer_tar
+
+    lower = [{"name": "etc", "type": "dir"}, {"name": "etc/base.conf", "data": b"base\n"}]
+    upper = [
+        {"name": "etc", "type": "dir"},
+        {"name": "etc/.wh.base.conf"},
+        {"name": "etc/new.conf", "data": b"new\n"},
+    ]
+    src = simple_layout(tmp_path / "src", [layer_tar(lower), layer_tar(upper)], ["gzip", "gzip"])
+    out = tmp_path / "erofs"
+    assert run_cli("convert", src, out, "--to", "erofs").returncode == 0
+
+    async def script(app, pilot):
+        assert len(app.views) == 2
+        await press(app, pilot, "4")
+        tree = app.screen.query_one("#tree", Tree)
+        assert app.screen.reveal("/etc/base.conf")
+        await settle(app, pilot)
+        assert text_of(app, "#file-preview").endswith("base\n")
+        await press(app, pilot, "right_square_bracket")
+        assert app.current == 1
+        assert app.screen.reveal("/etc/new.conf")
+        await settle(app, pilot)
+        assert text_of(app, "#file-preview").endswith("new\n")
+        # The upper layer's own tree: its whiteout of base.conf, as mkfs.erofs --aufs stores it.
+        assert app.screen.reveal("/etc/base.conf")
+        await settle(app, pilot)
+        assert tree.cursor_node.data.path == b"/etc/base.conf"
+        assert app.screen.query_one("#file-detail").value("type") == "char"
+
+    drive([out], script)

@@ -122,9 +122,10 @@ def drive(
     """Open ``paths`` (``blobs``: files given with --blob), run the app headless and hand ``(app, pilot)`` to
     ``script``."""
     from tui.app import NydusApp
+    from tui.cli import tui_layers
 
     files = [str(b) for b in blobs] if blobs else None
-    layers = [open_layer(str(p), blob_dir=blob_dir, blobs=files) for p in paths]
+    layers = [x for p in paths for x in tui_layers(open_layer(str(p), blob_dir=blob_dir, blobs=files))]
 
     async def main() -> None:
         app = NydusApp(layers, source=source, start=start, jobs_in_process=jobs_in_process)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 def cmd_tui(args) -> int:
     from nydus_inspect import UsageError, open_layer
-    from nydus_inspect.overlay import LayerStack
 
     if args.source is not None:
         from nydus_inspect.tarstream import check_tar_input
@@ -18,14 +17,7 @@ def cmd_tui(args) -> int:
     layers = []
     try:
         for path in args.layers:
-            layers.append(open_layer(path, blob_dir=args.blob_dir, blobs=args.blob))
-            if isinstance(layers[-1], LayerStack):
-                # An image of several EROFS layers: the screens show one layer's parts, which such an image
-                # does not have as one.
-                raise UsageError(
-                    f"{path}: an image of {len(layers[-1].layers)} EROFS layers: the TUI opens one layer (give "
-                    "its file, blobs/sha256/<digest>); ls, cat and mount read the overlaid tree"
-                )
+            layers += tui_layers(open_layer(path, blob_dir=args.blob_dir, blobs=args.blob))
         try:
             from .app import NydusApp
         except ModuleNotFoundError as exc:
@@ -35,6 +27,15 @@ def cmd_tui(args) -> int:
         for layer in layers:
             layer.close()
     return 0
+
+
+def tui_layers(opened) -> list:
+    """The layers the TUI shows for what ``open_layer`` opened: an image of several EROFS layers is shown layer
+    by layer (the keys that switch layers go through them), as several nydus layers given together are; its
+    overlaid tree is what ls, cat and mount read."""
+    from nydus_inspect.overlay import LayerStack
+
+    return list(opened.layers) if isinstance(opened, LayerStack) else [opened]
 
 
 def register(sub) -> None:
