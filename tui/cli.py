@@ -41,7 +41,10 @@ def tui_layers(opened) -> list:
 def register(sub) -> None:
     s = sub.add_parser("tui", help="browse and verify layers interactively (a Textual app)")
     s.add_argument(
-        "layers", nargs="+", metavar="LAYER", help="nydus layer blob(s), bootstrap(s) or bootstrap layer(s)"
+        "layers",
+        nargs="+",
+        metavar="LAYER",
+        help="layer(s): nydus blobs, bootstraps or bootstrap layers, EROFS images, OCI layouts, image references",
     )
     s.add_argument(
         "--blob-dir", metavar="DIR", help="where blob files named by blob id live (default: beside LAYER)"
