@@ -31,6 +31,9 @@ import trio  # noqa: E402, F401
 with atheris.instrument_imports():
     from targets import TARGETS, seeds
 
+    import nydus_inspect.chunks.decode  # noqa: F401
+    import nydus_inspect.chunks.variants  # noqa: F401
+    import nydus_inspect.chunks.zran  # noqa: F401
     import nydus_inspect.erofs  # noqa: F401
     import nydus_inspect.erofs_codecs  # noqa: F401
     import nydus_inspect.formats.blob_meta  # noqa: F401
@@ -40,11 +43,13 @@ with atheris.instrument_imports():
     import nydus_inspect.formats.rafs_v6  # noqa: F401
     import nydus_inspect.formats.tar_header  # noqa: F401
     import nydus_inspect.formats.toc  # noqa: F401
+    import nydus_inspect.formats.zran  # noqa: F401
     import nydus_inspect.layer  # noqa: F401
     import nydus_inspect.model  # noqa: F401
     import nydus_inspect.mount.entries  # noqa: F401
     import nydus_inspect.mount.fs  # noqa: F401
     import nydus_inspect.mount.sources  # noqa: F401
+    import nydus_inspect.targz  # noqa: F401
 
 
 def main() -> None:
