@@ -32,6 +32,7 @@ from fixtures_util import (
     run_cli,
     source_tar,
 )
+from test_oracle_reader import read_in_ours, served_by_nydusd
 
 from nydus_inspect.errors import FormatError
 from nydus_inspect.formats import blob_meta, zran
@@ -415,13 +416,19 @@ def test_small_chunks_every_context(oracle, tmp_path):
     assert run_cli("verify", meta, "--blob", gz).returncode == 0
 
 
-def test_debian_targz_ref(oracle, tmp_path):
+def test_debian_targz_ref(request, oracle, fuse_ok, tmp_path):
     """The Debian minbase tar, gzipped, as the real tool references it: one ~1 MB file read inflates only
-    the contexts it lies in; unpack and verify agree with the source tar."""
+    the contexts it lies in; unpack and verify of the snapshotter's form agree with the source tar; and the
+    real nydusd's mount of nydusd's form (bootstrap, meta blob and gzip in a blob dir) is what every reader
+    of ours (describe, verify, unpack, ls, our mount) gives of that same layer."""
     src = debian_rootfs_tar()
     gz = tmp_path / "rootfs.tar.gz"
     with open(src, "rb") as f, gzip.GzipFile(gz, "wb", compresslevel=6, mtime=0) as g:
         shutil.copyfileobj(f, g, 1 << 20)
+    boot, blobs = real_separate(oracle, gz, tmp_path / "sep")
+    want = served_by_nydusd(oracle, boot, blobs, tmp_path)
+    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
+    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
     meta = real_inline(oracle, gz, tmp_path / "real")
     with tarfile.open(src) as tf:
         regs = [m for m in tf if m.isreg()]
