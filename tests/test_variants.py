@@ -382,6 +382,29 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, some), 2, ent["blob_id"])
 
 
+def test_debian_rootfs_as_a_tarfs_layer(request, oracle, erofs_utils, fuse_ok, tmp_path):
+    """The Debian minbase tar as a tarfs layer: erofsfuse serves it over the tar, and ours (describe,
+    verify, unpack, ls, our mount) gives the same tree and bytes."""
+    src = debian_rootfs_tar()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    boot = tmp_path / "layer.boot"
+    oracle.run(
+        "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
+        "--blob-dir", blobs, src,
+    )  # fmt: skip
+    ent = _entry(boot)
+    assert "tarfs" in ent["features_names"]
+    blob = blobs / ent["blob_id"]
+    blob.unlink(missing_ok=True)
+    blob.symlink_to(src)  # the tar is the blob: named by its sha256, not copied (120 MB)
+    started = int(time.time())
+    with erofsfuse_with_device(erofs_utils, boot, blob, tmp_path / "erofsfuse") as mnt:
+        want = want_from_dir(mnt, (started, int(time.time()) + 1))
+    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
+    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
+
+
 def test_merging_tarfs_layers_is_refused_in_one_line(oracle, tmp_path):
     """A tarfs bootstrap counts 512-byte blocks that are the tar's own; our merge writes 4K blocks and
     would lose both (nydus-image merge writes a tarfs bootstrap): it says so and writes nothing."""
