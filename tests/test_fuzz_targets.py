@@ -53,7 +53,8 @@ def test_variant_seeds_read_whole(oracle, monkeypatch):
     from fuzz import targets
 
     made = targets._variant_seeds()
-    assert len(made["layer"]) == 7 and len(made["blob_meta"]) == 2 and len(made["zran"]) == 1, made.keys()
+    counts = {name: len(inputs) for name, inputs in made.items()}
+    assert counts == {"layer": 7, "blob_meta": 2, "zran": 1, "mount": 3}, counts
     monkeypatch.setattr(targets, "EXPECTED", ())
     for name, inputs in [*made.items(), ("targz_ref", targets._targz_seeds())]:
         for data in inputs:

@@ -118,6 +118,24 @@ def _resealed_gzip(data: bytes) -> bytes | None:
     return None if fixed == data[: end + 8] else fixed
 
 
+def _inflates_within(data: bytes, limit: int) -> bool:
+    """Whether the gzip members of ``data`` inflate to at most ``limit`` bytes before they end or fail: 64 KiB
+    of deflate can stand for 64 MiB, which pack would rightly spend seconds on."""
+    import zlib
+
+    total, rest = 0, data
+    while rest:
+        d = zlib.decompressobj(31)
+        try:
+            total += len(d.decompress(rest, limit + 1 - total))
+        except zlib.error:
+            return True
+        if total > limit or d.unconsumed_tail or not d.eof:
+            return total <= limit and not d.unconsumed_tail
+        rest = d.unused_data.lstrip(b"\0")
+    return True
+
+
 def fuzz_targz_ref(data: bytes) -> None:
     """``pack --type targz-ref`` over a .tar.gz: the gzip walked block by block (zran contexts: bit positions
     and windows at deflate block boundaries, across members), the tar read from it, the bootstrap and
@@ -127,7 +145,7 @@ def fuzz_targz_ref(data: bytes) -> None:
     from nydus_inspect.layer import open_layer
 
     for gz in (data, _resealed_gzip(data)):
-        if gz is None:
+        if gz is None or not _inflates_within(gz, TARGZ_MAX_OUT):
             continue
         path = _scratch_file("targz", gz)
         try:
@@ -665,7 +683,7 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
         "rafs_v5_model": [v5],
         "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
         "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2], *variants["layer"]],
-        "mount": [toc_blob, *_mount_seeds()],
+        "mount": [toc_blob, *_mount_seeds(), *variants["mount"]],
         "zran": [_zran_seed(), *variants["zran"]],
         "targz_ref": _targz_seeds(),
         "estargz": _estargz_seeds(read("nydus/stargz/estargz_sample.json")),
@@ -688,6 +706,7 @@ def _variant_seeds() -> dict[str, list[bytes]]:
     - ``blob_meta``: the decoded blob.meta and header of the batch blob (batch records after the chunk info)
       and of the targz-ref layer (chunk info v2, the zran table after it).
     - ``zran``: the targz-ref layer's zran table over its gzip.
+    - ``mount``: the inline blobs (the mount takes one layer file).
 
     Built once per process; every file is small (the fuzzer's -max_len is 64 KiB)."""
     if _VARIANTS:
@@ -705,7 +724,7 @@ def _variant_seeds() -> dict[str, list[bytes]]:
     from nydus_inspect.layer import open_layer
     from oracle import find_oracle
 
-    out: dict[str, list[bytes]] = {"layer": [], "blob_meta": [], "zran": []}
+    out: dict[str, list[bytes]] = {"layer": [], "blob_meta": [], "zran": [], "mount": []}
     where = find_oracle()
     if where is None:
         _VARIANTS.update(out)
@@ -748,6 +767,7 @@ def _variant_seeds() -> dict[str, list[bytes]]:
             blob = os.path.join(tmp, name + ".blob")
             create(tmp, *inline, *opts, "--blob", blob, source=src)
             out["layer"].append(read(blob))
+            out["mount"].append(read(blob))
             if name == "batch":
                 with open_layer(blob) as layer:
                     out["blob_meta"].append(layer.entry("blob.meta") + layer.entry("blob.meta.header"))
