@@ -495,4 +495,4 @@ def test_verify_catches_flipped_bit_in_inline_metadata(oracle, tmp_path):
         assert proc.returncode == 1, proc.stdout + proc.stderr
         # A flip inside zstd data may be caught by zstd itself, before the ToC's sha256: either names it.
         assert f" {entry['name']}" in proc.stdout.decode(), proc.stdout
-        assert_one_line_error(run_cli("cat", bad, "--blob", gz, some), 2, entry["name"])
+        assert_one_line_error(run_cli("cat", bad, "--blob", gz, some), 2, entry["name"], str(bad))
