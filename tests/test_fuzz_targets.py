@@ -47,14 +47,14 @@ def test_targets_accept_their_seeds(vectors):
 
 def test_variant_seeds_read_whole(oracle, monkeypatch):
     """The seeds of the layer kinds nydus-image writes (batch, encrypted, targz-ref, tarfs, an old no-ToC
-    blob) and the .tar.gz seeds of the targz-ref indexer get through their targets with no error at all:
-    every file read and checked, every table parsed. A seed refused at once would leave those paths
-    unfuzzed."""
+    blob, external files) and the .tar.gz seeds of the targz-ref indexer get through their targets with no
+    error at all: every file read and checked, every table parsed. A seed refused at once would leave those
+    paths unfuzzed."""
     from fuzz import targets
 
     made = targets._variant_seeds()
     counts = {name: len(inputs) for name, inputs in made.items()}
-    assert counts == {"layer": 7, "blob_meta": 2, "zran": 1, "mount": 3}, counts
+    assert counts == {"layer": 8, "blob_meta": 2, "zran": 1, "mount": 3}, counts
     monkeypatch.setattr(targets, "EXPECTED", ())
     for name, inputs in [*made.items(), ("targz_ref", targets._targz_seeds())]:
         for data in inputs:

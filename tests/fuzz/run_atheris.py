@@ -13,10 +13,19 @@ from pathlib import Path
 
 # Linux keeps a process's peak RSS across exec, so a runner started by a big pytest worker would begin at
 # that worker's peak and trip -rss_limit_mb at once. A forked child starts its own count: run the fuzzer there.
+# The targets' scratch files go in a directory made here and removed once the child ends (libFuzzer ends it
+# with exit(), which runs no Python cleanup).
 if __name__ == "__main__":
+    import shutil
+
+    os.environ["NYDUS_FUZZ_SCRATCH"] = tempfile.mkdtemp(
+        prefix="nydus-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
     _pid = os.fork()
     if _pid:
-        sys.exit(os.waitstatus_to_exitcode(os.waitpid(_pid, 0)[1]) & 0xFF)
+        _status = os.waitpid(_pid, 0)[1]
+        shutil.rmtree(os.environ["NYDUS_FUZZ_SCRATCH"], ignore_errors=True)
+        sys.exit(os.waitstatus_to_exitcode(_status) & 0xFF)
 
 import atheris  # noqa: E402
 

@@ -248,14 +248,34 @@ def fuzz_dir_block(data: bytes) -> None:
 
 
 _SCRATCH: dict[str, str] = {}
+_SCRATCH_DIR: list[str] = []
+
+
+def scratch_dir() -> str:
+    """This process's scratch directory (in /dev/shm when there is one), removed at exit; or the one
+    NYDUS_FUZZ_SCRATCH names (the atheris runner's, which libFuzzer's exit would leave behind)."""
+    if not _SCRATCH_DIR:
+        given = os.environ.get("NYDUS_FUZZ_SCRATCH")
+        if given:
+            _SCRATCH_DIR.append(given)
+        else:
+            import atexit
+            import shutil
+
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            _SCRATCH_DIR.append(tempfile.mkdtemp(prefix="nydus-fuzz-", dir=base))
+            atexit.register(shutil.rmtree, _SCRATCH_DIR[0], True)
+    return _SCRATCH_DIR[0]
 
 
 def _scratch_file(kind: str, data: bytes) -> str:
-    """``data`` written to this target's one scratch file (in /dev/shm when there is one)."""
+    """``data`` written to this target's one scratch file, alone in a directory of its own: a reader looks
+    for a bootstrap's blobs beside it, and by content, so it must find no other input there."""
     path = _SCRATCH.get(kind)
     if path is None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix=f"nydus-fuzz-{kind}-", dir=base)
+        where = os.path.join(scratch_dir(), kind)
+        os.makedirs(where, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"nydus-fuzz-{kind}-", dir=where)
         os.close(fd)
         _SCRATCH[kind] = path
     with open(path, "wb") as f:
@@ -701,8 +721,9 @@ def _variant_seeds() -> dict[str, list[bytes]]:
 
     - ``layer``: inline blobs (``--blob-inline-meta --features blob-toc``) with batch chunks, encrypted, and
       both (decrypt and padding, batch decode); pairs (:data:`PAIR`) of a tarfs bootstrap and its tar, a
-      targz-ref meta blob and its gzip, an old v6 bootstrap (no chunk table) and its no-ToC data blob; and
-      that data blob alone (its blob.meta header ends it).
+      targz-ref meta blob and its gzip, an old v6 bootstrap (no chunk table) and its no-ToC data blob, the
+      bootstrap of external files and the file holding them; and the old data blob alone (its blob.meta
+      header ends it).
     - ``blob_meta``: the decoded blob.meta and header of the batch blob (batch records after the chunk info)
       and of the targz-ref layer (chunk info v2, the zran table after it).
     - ``zran``: the targz-ref layer's zran table over its gzip.
@@ -804,8 +825,57 @@ def _variant_seeds() -> dict[str, list[bytes]]:
         at = rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.offsets["s_chunk_table_offset"]
         raw[at : at + 16] = bytes(16)  # s_chunk_table_offset and s_chunk_table_size
         out["layer"] += [pair(bytes(raw), read(blob)), read(blob)]
+        out["layer"].append(_external_pair(tmp, create))
     _VARIANTS.update(out)
     return out
+
+
+def _external_pair(tmp: str, create) -> bytes:
+    """A pair of the bootstrap nydus-image writes of files marked ``type=external`` (``--attributes``, as
+    nydusify marks a model's files) and the file their chunks lie in, raw at no block boundary: a tar of
+    them, named by its sha256, with a CRC32C per 4 KiB chunk."""
+    import hashlib
+    import io
+
+    from nydus_inspect.digests import crc32c
+
+    files = {"a": bytes(range(256)) * 20 + b"tail", "b": b"tiny"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    model = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(model)) as tf:
+        where = {m.name: m.offset_data for m in tf}
+    src = os.path.join(tmp, "external-src")
+    os.makedirs(os.path.join(src, "m"))
+    attrs = []
+    for name, data in files.items():
+        with open(os.path.join(src, "m", name), "wb") as f:
+            f.write(data)
+        crcs = ",".join(hex(crc32c(data[k : k + 4096])) for k in range(0, len(data), 4096))
+        attrs.append(
+            f"/m/{name} type=external blob_index=0 blob_id={hashlib.sha256(model).hexdigest()} "
+            f"chunk_size=4096 chunk_0_compressed_offset={where[name]} compressed_size={len(model)} "
+            f"file_size={len(data)} crcs={crcs}"
+        )
+    with open(os.path.join(src, "readme"), "wb") as f:
+        f.write(b"not external\n")
+    attributes = os.path.join(tmp, "attributes")
+    with open(attributes, "w") as f:
+        f.write("\n".join(attrs) + "\n")
+    boot = os.path.join(tmp, "external.boot")
+    # The chunk size of the attributes must be the bootstrap's.
+    create(
+        tmp, "--type", "dir-rafs", "--chunk-size", "0x1000", "--attributes", attributes,
+        "--external-blob", os.path.join(tmp, "external.blob"), "--bootstrap", boot,
+        "--blob", os.path.join(tmp, "external-other.blob"), source=src,
+    )  # fmt: skip
+    # nydus-image writes the external files' bootstrap beside the other one, its suffix in place of .boot.
+    with open(os.path.join(tmp, "external.external"), "rb") as f:
+        return pair(f.read(), model)
 
 
 def _seekable_seeds(images: list[bytes]) -> list[bytes]:
