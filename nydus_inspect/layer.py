@@ -531,7 +531,10 @@ class Layer:
         if comp is Compressor.NONE:
             data = raw
         else:  # entries are kept as bytes (a bootstrap's names are sliced from it as dict keys)
-            data = codecs.decompress(raw, comp, usize, name, off, as_bytes=True)
+            try:
+                data = codecs.decompress(raw, comp, usize, name, off, as_bytes=True)
+            except FormatError as exc:
+                raise exc.located(self.path) from None  # (blob.meta is read on a chunk's behalf: say where)
             del raw
         if not isinstance(data, bytes):
             data = bytes(data)
@@ -593,7 +596,7 @@ class Layer:
                 f"sha256 of {name} is {h.hexdigest()}, the ToC says {digest.hex()}",
                 field="uncompressed_digest",
                 offset=off,
-            )
+            ).located(self.path)
 
     def iter_entry(
         self, name: str, block: int = 1 << 20, *, decode_zstd: bool = False, verify: bool = True

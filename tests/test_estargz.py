@@ -46,6 +46,7 @@ from fixtures_util import (
     run_cli,
     source_tar,
 )
+from test_oracle_reader import read_in_ours, want_from_dir
 
 from nydus_inspect import cli
 from nydus_inspect.estargz import read_index, ref_bootstrap
@@ -770,8 +771,9 @@ def test_estargz_ref_in_nydusd(request, oracle, fuse_ok, estargz_build, source, 
 def test_estargz_ref_against_nydus_image(request, oracle, fuse_ok, estargz_build, fixture_tars, tmp_path):
     """The real ``nydus-image create --type estargz-ref`` over the same eStargz blob (a zran bootstrap: it
     indexes the gzip stream instead of using the TOC's members) agrees with ours where the designs meet: the
-    blob id (the blob's sha256), compressor gzip, digester sha256, the blob's size, the tree; and the two
-    nydusd mounts serve the same files."""
+    blob id (the blob's sha256), compressor gzip, digester sha256, the blob's size, the tree; the two
+    nydusd mounts serve the same files; and every reader of ours (describe, verify, unpack, ls, our mount)
+    gives of their layer what nydusd serves of it."""
     src = fixture_tars["dedup.tar"]
     layer = tmp_path / "l.tar.gz"
     made = build(estargz_build, src, layer)
@@ -801,12 +803,16 @@ def test_estargz_ref_against_nydus_image(request, oracle, fuse_ok, estargz_build
         assert a[field] == b[field], field
     assert ours_info["ext_superblock"]["compressor"] == theirs_info["ext_superblock"]["compressor"] == "gzip"
     assert ours_info["ext_superblock"]["digester"] == theirs_info["ext_superblock"]["digester"] == "sha256"
-    # Their zran chunks are not read by our chunk service (it has no zran index decoder), so their tree is
-    # judged in nydusd; ours through our reader and nydusd: both the tar's.
+    # Both trees are the tar's: ours through our reader and nydusd; theirs (zran chunks into the gzip
+    # stream, read by our chunk service's zran decoder) through nydusd and every reader of ours.
     assert_tree_matches(expected, boot, blob_dir=str(blobs))
     started = int(time.time())
     with oracle.mount(theirs, theirs_dir, tmp_path / "nydusd-theirs") as mnt:
         assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
+        want = want_from_dir(mnt, (started, int(time.time()) + 1))
+    work = tmp_path / "read-theirs"
+    work.mkdir()
+    read_in_ours(request, theirs, want, work, "--blob-dir", theirs_dir)
     with oracle.mount(boot, blobs, tmp_path / "nydusd-ours") as mnt:
         assert_dir_matches(expected, mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
 

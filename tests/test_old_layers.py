@@ -31,6 +31,7 @@ from fixtures_util import (
 from test_oracle_reader import read_in_ours, want_from_dir
 
 from nydus_inspect.formats import rafs_v5, rafs_v6
+from nydus_inspect.layer import open_layer
 from oracle import Oracle
 
 V5 = ("--type", "tar-rafs", "--fs-version", "5", "--whiteout-spec", "none")
@@ -243,6 +244,42 @@ def test_old_v6_data_blob(request, oracle, fuse_ok, source, options, tmp_path):
     verify = run_cli("verify", old, "--blob-dir", blobs, "--json")
     report = report_of(verify)
     assert report["ok"] and report["checked"].get("blob.meta headers") == 1, report
+
+
+@pytest.mark.parametrize("options", [OPTIONS["zstd-blake3"], OPTIONS["none-blake3"]], ids=["zstd", "none"])
+def test_old_v6_flipped_chunk_bit(request, oracle, options, tmp_path):
+    """A flipped bit in a chunk of an old data blob (no ToC). Through the bootstrap as built, its chunk
+    table's digest names the chunk (verify exit 1) and cat of the file is one line, exit 2. Through the
+    bootstrap without a chunk table the chunks are located by blob.meta alone, which records no digest: the
+    blob id (the sha256 of the whole file) is what covers them, and verify reports it, as it does for the blob
+    opened alone."""
+    src = source_tar(request, "fixture:dedup.tar")
+    boot, blobs = make_layer(oracle, src, tmp_path, *V6_PLAIN, *options)
+    old = strip(boot, tmp_path / "old.boot")
+    (blob,) = blobs.iterdir()
+    assert run_cli("verify", old, "--blob-dir", blobs).returncode == 0
+    assert report_of(run_cli("verify", blob, "--json"))["checked"]["blob ids"] == 1
+    with open_layer(str(old), blob_dir=str(blobs)) as layer:
+        assert not layer.rafs.meta.ext.s_chunk_table_size
+        path, chunk = next(
+            (os.fsdecode(node.path), c)
+            for node in layer.rafs.walk()
+            if node.type == "file"
+            for c in layer.rafs.chunks(node)
+            if c.compressed_size > 64
+        )
+    raw = bytearray(blob.read_bytes())
+    raw[chunk.compressed_offset + chunk.compressed_size // 2] ^= 0x10
+    blob.write_bytes(raw)
+    report = report_of(run_cli("verify", old, "--blob-dir", blobs, "--json"))
+    assert not report["ok"] and [f["check"] for f in report["findings"]] == ["blob.id"], report
+    # The blob opened alone (as its blob dir names it, by its id): the same.
+    report = report_of(run_cli("verify", blob, "--json"))
+    assert not report["ok"] and [f["check"] for f in report["findings"]] == ["blob.id"], report
+    proc = run_cli("verify", boot, "--blob-dir", blobs)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and f"chunk {chunk.ci_index} of blob 0" in out and path in out, out
+    assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, path), 2, f"chunk {chunk.ci_index}")
 
 
 def test_nothing_locates_the_chunks(request, oracle, tmp_path):

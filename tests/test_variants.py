@@ -32,6 +32,7 @@ from fixtures_util import (
 from test_oracle_reader import read_in_ours, served_by_nydusd, want_from_dir
 
 from nydus_inspect.formats import blob_meta, rafs_v6
+from nydus_inspect.layer import open_layer
 from oracle import INLINE, fuse_served
 
 SOURCES = ["fixture:dedup.tar", "vector:all-entry-type.tar", "small-files"]
@@ -255,11 +256,9 @@ def test_a_batch_record_that_lies_is_one_line(oracle, lie, needle, tmp_path):
     assert proc.returncode == 1, proc.stdout.decode() + proc.stderr.decode()
 
 
-def test_chunk_dict_layer_reads_with_its_dict_blob_and_names_it_when_missing(
-    oracle, fuse_ok, request, tmp_path
-):
-    """`--chunk-dict`: chunks found in the dictionary stay in the dictionary's blob, which the layer's
-    bootstrap lists beside its own; found in the blob dir like any blob; missing, one line names it."""
+def chunk_dict_layer(oracle, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(bootstrap, blob dir, dictionary blob) of a `--chunk-dict` layer: the small files and a new one,
+    deduplicated against a dictionary made of the small files."""
     src = small_files_tar(tmp_path / "small.tar")
     dict_boot, blobs = their_layer(oracle, src, tmp_path / "dict")
     (dict_blob,) = blobs.iterdir()
@@ -277,6 +276,15 @@ def test_chunk_dict_layer_reads_with_its_dict_blob_and_names_it_when_missing(
         "nydus-image", "create", "--log-level", "warn", "--type", "tar-rafs", "--bootstrap", boot,
         "--blob-dir", blobs, "--chunk-dict", f"bootstrap={dict_boot}", layer_src,
     )  # fmt: skip
+    return boot, blobs, dict_blob
+
+
+def test_chunk_dict_layer_reads_with_its_dict_blob_and_names_it_when_missing(
+    oracle, fuse_ok, request, tmp_path
+):
+    """`--chunk-dict`: chunks found in the dictionary stay in the dictionary's blob, which the layer's
+    bootstrap lists beside its own; found in the blob dir like any blob; missing, one line names it."""
+    boot, blobs, dict_blob = chunk_dict_layer(oracle, tmp_path)
     info = json.loads(run_cli("info", boot, "--json").stdout)["bootstrap"]["blobs"]
     assert len(info) == 2 and dict_blob.name in {b["blob_id"] for b in info}
     want = served_by_nydusd(oracle, boot, blobs, tmp_path)
@@ -288,6 +296,28 @@ def test_chunk_dict_layer_reads_with_its_dict_blob_and_names_it_when_missing(
             shutil.copy(f, alone / f.name)
     proc = run_cli("unpack", boot, "--blob-dir", alone, "-o", tmp_path / "x.tar")
     assert_one_line_error(proc, 2, dict_blob.name)
+
+
+def test_a_flipped_bit_in_the_dict_blob_is_caught(oracle, tmp_path):
+    """A chunk the layer keeps in the dictionary's blob, damaged there: verify names it (exit 1) and cat of
+    the file holding it is one line, exit 2."""
+    boot, blobs, dict_blob = chunk_dict_layer(oracle, tmp_path)
+    assert run_cli("verify", boot, "--blob-dir", blobs).returncode == 0
+    with open_layer(str(boot), blob_dir=str(blobs)) as layer:
+        dict_index = next(e.blob_index for e in layer.rafs.blobs if e.id == dict_blob.name)
+        path, chunk = next(
+            (os.fsdecode(node.path), c)
+            for node in layer.rafs.walk()
+            if node.type == "file"
+            for c in layer.rafs.chunks(node)
+            if c.blob_index == dict_index and c.compressed_size > 1
+        )
+    _flip(dict_blob, chunk.compressed_offset + chunk.compressed_size // 2)
+    proc = run_cli("verify", boot, "--blob-dir", blobs)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out + proc.stderr.decode()
+    assert f"chunk {chunk.ci_index} of blob {dict_index}" in out and path in out, out
+    assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, path), 2, "chunk", dict_blob.name)
 
 
 def test_debian_rootfs_as_an_encrypted_batch_layer(request, oracle, fuse_ok, tmp_path):
@@ -350,6 +380,29 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     blob.unlink()
     some = next(os.fsdecode(p) for p, w in want.items() if w.type == "file" and w.size)
     assert_one_line_error(run_cli("cat", boot, "--blob-dir", blobs, some), 2, ent["blob_id"])
+
+
+def test_debian_rootfs_as_a_tarfs_layer(request, oracle, erofs_utils, fuse_ok, tmp_path):
+    """The Debian minbase tar as a tarfs layer: erofsfuse serves it over the tar, and ours (describe,
+    verify, unpack, ls, our mount) gives the same tree and bytes."""
+    src = debian_rootfs_tar()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    boot = tmp_path / "layer.boot"
+    oracle.run(
+        "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
+        "--blob-dir", blobs, src,
+    )  # fmt: skip
+    ent = _entry(boot)
+    assert "tarfs" in ent["features_names"]
+    blob = blobs / ent["blob_id"]
+    blob.unlink(missing_ok=True)
+    blob.symlink_to(src)  # the tar is the blob: named by its sha256, not copied (120 MB)
+    started = int(time.time())
+    with erofsfuse_with_device(erofs_utils, boot, blob, tmp_path / "erofsfuse") as mnt:
+        want = want_from_dir(mnt, (started, int(time.time()) + 1))
+    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
+    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
 
 
 def test_merging_tarfs_layers_is_refused_in_one_line(oracle, tmp_path):

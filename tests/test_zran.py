@@ -8,6 +8,7 @@ or in a zran window, forged context fields) must be refused with a one-line erro
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -31,7 +32,9 @@ from fixtures_util import (
     run_cli,
     source_tar,
 )
+from test_oracle_reader import read_in_ours, served_by_nydusd
 
+from nydus_inspect.errors import FormatError
 from nydus_inspect.formats import blob_meta, zran
 from nydus_inspect.layer import KIND_BLOB_META, open_layer
 from oracle import NYDUS_IMAGE_SOURCES, Oracle
@@ -231,6 +234,12 @@ def separate_layer(oracle, fixture_tars, tmp_path):
     """A dir with the real tool's bootstrap, the gzip (named by its id) and the cache-file form of its
     blob.meta (uncompressed, so windows and contexts can be damaged in place)."""
     src = big_tar(tmp_path / "big.tar")
+    d, blob_id, cache = _separate(oracle, src, tmp_path)
+    cat_all(d / "boot", {"/one-mib": files_of(src)["/one-mib"]})
+    return d, blob_id, cache
+
+
+def _separate(oracle, src: Path, tmp_path: Path) -> tuple[Path, str, Path]:
     gz = gzipped(src, tmp_path / "big.tar.gz")
     # 4 KiB chunks: a chunk starts close enough after a context's start to refer back into its window.
     boot, d = real_separate(oracle, gz, tmp_path / "sep", "--chunk-size", "0x1000")
@@ -240,7 +249,6 @@ def separate_layer(oracle, fixture_tars, tmp_path):
     meta.unlink()
     shutil.move(boot, d / "boot")
     assert run_cli("verify", d / "boot").returncode == 0
-    cat_all(d / "boot", {"/one-mib": files_of(src)["/one-mib"]})
     return d, blob_id, cache
 
 
@@ -276,6 +284,74 @@ def test_verify_catches_flipped_bit_in_context(separate_layer):
     proc = run_cli("verify", d / "boot")
     assert proc.returncode != 0, proc.stdout
     assert b"chunk." in proc.stdout
+
+
+def _needed_window_byte(d: Path, blob_id: str, cache: Path) -> tuple[int, int, int]:
+    """(context index, window byte, chunk-info index of a chunk that reads it): a byte of a context's inflate
+    window that one of its chunks' data is copied from. Found by flipping windows in halves: a window byte
+    deflate refers back to reaches the output unchanged, so a flipped set changes some chunk's bytes exactly
+    when it holds such a byte."""
+    raw, hdr, ctxs = _table(cache)
+    infos = blob_meta.ChunkInfoArray(bytes(raw), hdr.s_ci_entries, True)
+    gz = (d / blob_id).read_bytes()
+    for ctx in ctxs:
+        if not ctx.dict_size:
+            continue
+        slices = [
+            (ci.index, ci.data & 0xFFFFFFFF, ci.uncompressed_size)
+            for ci in infos
+            if ci.flags & blob_meta.CI_ZRAN and ci.data >> 32 == ctx.index
+        ]
+        off, n = zran.input_range(ctx, len(gz))
+        raw_in = gz[off : off + n]
+        good = zran.inflate(ctx, raw_in)
+
+        def changed(lo: int, hi: int, ctx=ctx, raw_in=raw_in, good=good, slices=slices) -> int | None:
+            window = bytes(b ^ 0x10 if lo <= i < hi else b for i, b in enumerate(ctx.window))
+            try:
+                out = zran.inflate(dataclasses.replace(ctx, window=window), raw_in)
+            except FormatError:
+                return slices[0][0]
+            return next((k for k, at, size in slices if out[at : at + size] != good[at : at + size]), None)
+
+        if changed(0, ctx.dict_size) is None:
+            continue
+        lo, hi = 0, ctx.dict_size
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if changed(lo, mid) is not None else (mid, hi)
+        return ctx.index, lo, changed(lo, hi)
+    raise AssertionError("no chunk of the layer refers back into a zran window")
+
+
+def test_verify_catches_flipped_byte_in_window(oracle, tmp_path):
+    """A flipped byte of a context's inflate window that a chunk's data is copied from: verify names that
+    chunk, and cat of the file holding it is refused in one line (not served with the wrong byte).
+    The layer is numbered lines (5 MiB, so several contexts): deflate refers back across every context
+    start, and no 4 KiB chunk repeats another (big_tar's do, and the copies are read from the first)."""
+    src = tmp_path / "lines.tar"
+    data = b"".join(b"%07d a line that deflate finds again 32 KiB on\n" % i for i in range(100_000))
+    with tarfile.open(src, "w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("lines")
+        ti.size, ti.mtime, ti.mode = len(data), make_fixtures.T0, 0o644
+        tf.addfile(ti, io.BytesIO(data))
+    d, blob_id, cache = _separate(oracle, src, tmp_path)
+    index, at, ci_index = _needed_window_byte(d, blob_id, cache)
+    raw, hdr, ctxs = _table(cache)
+    dicts = hdr.s_ci_zran_offset + len(ctxs) * zran.CONTEXT_SIZE
+    raw[dicts + ctxs[index].dict_offset + at] ^= 0x10
+    cache.write_bytes(raw)
+    with open_layer(str(d / "boot")) as layer:
+        path = next(
+            os.fsdecode(node.path)
+            for node in layer.rafs.walk()
+            if node.type == "file" and any(c.ci_index == ci_index for c in layer.rafs.chunks(node))
+        )
+    proc = run_cli("verify", d / "boot", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    found = json.dumps(json.loads(proc.stdout))
+    assert path in found or f"chunk {ci_index}" in found, found
+    assert_one_line_error(run_cli("cat", d / "boot", path), 2, "chunk")
 
 
 def _forge(cache: Path, index: int, field: str, value: int) -> None:
@@ -340,13 +416,19 @@ def test_small_chunks_every_context(oracle, tmp_path):
     assert run_cli("verify", meta, "--blob", gz).returncode == 0
 
 
-def test_debian_targz_ref(oracle, tmp_path):
+def test_debian_targz_ref(request, oracle, fuse_ok, tmp_path):
     """The Debian minbase tar, gzipped, as the real tool references it: one ~1 MB file read inflates only
-    the contexts it lies in; unpack and verify agree with the source tar."""
+    the contexts it lies in; unpack and verify of the snapshotter's form agree with the source tar; and the
+    real nydusd's mount of nydusd's form (bootstrap, meta blob and gzip in a blob dir) is what every reader
+    of ours (describe, verify, unpack, ls, our mount) gives of that same layer."""
     src = debian_rootfs_tar()
     gz = tmp_path / "rootfs.tar.gz"
     with open(src, "rb") as f, gzip.GzipFile(gz, "wb", compresslevel=6, mtime=0) as g:
         shutil.copyfileobj(f, g, 1 << 20)
+    boot, blobs = real_separate(oracle, gz, tmp_path / "sep")
+    want = served_by_nydusd(oracle, boot, blobs, tmp_path)
+    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
+    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
     meta = real_inline(oracle, gz, tmp_path / "real")
     with tarfile.open(src) as tf:
         regs = [m for m in tf if m.isreg()]
@@ -389,3 +471,28 @@ def test_multi_member_gzip(oracle, tmp_path):
     assert crossing, "no context runs across a member boundary"
     cat_all(meta, files_of(src), "--blob", gz)
     assert run_cli("verify", meta, "--blob", gz).returncode == 0
+
+
+def test_verify_catches_flipped_bit_in_inline_metadata(oracle, tmp_path):
+    """The snapshotter's form of a targz-ref layer (a meta blob of blob.meta, its header, blob.digest and
+    image.boot, each covered by the ToC's sha256): a flipped bit in any of them is a verify finding naming
+    the entry, and cat of a file is refused in one line naming it (not read through damaged metadata)."""
+    from test_variants import small_files_tar
+
+    src = small_files_tar(tmp_path / "small.tar", count=12)
+    gz = gzipped(src, tmp_path / "small.tar.gz")
+    meta = real_inline(oracle, gz, tmp_path / "real")
+    assert run_cli("verify", meta, "--blob", gz).returncode == 0
+    some = next(p for p, data in files_of(src).items() if data)
+    entries = json.loads(run_cli("toc", meta, "--json").stdout)["entries"]
+    assert {e["name"] for e in entries} >= {"blob.meta", "blob.meta.header", "blob.digest", "image.boot"}
+    for entry in entries:
+        bad = tmp_path / f"{entry['name']}.blob"
+        raw = bytearray(meta.read_bytes())
+        raw[entry["compressed_offset"] + entry["compressed_size"] // 2] ^= 0x10
+        bad.write_bytes(raw)
+        proc = run_cli("verify", bad, "--blob", gz)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        # A flip inside zstd data may be caught by zstd itself, before the ToC's sha256: either names it.
+        assert f" {entry['name']}" in proc.stdout.decode(), proc.stdout
+        assert_one_line_error(run_cli("cat", bad, "--blob", gz, some), 2, entry["name"], str(bad))

@@ -12,7 +12,7 @@ from ..formats.tar_header import (
     BLOB_DIGEST,
     IMAGE_BLOB,
 )
-from ..layer import KIND_BLOB_NO_TOC, KIND_BLOB_TOC, Layer
+from ..layer import KIND_BLOB_NO_TOC, KIND_BLOB_TOC, KIND_DATA_BLOB, Layer
 from .findings import Cancelled, Finding
 
 if TYPE_CHECKING:
@@ -28,7 +28,9 @@ def _check_blob_ids(run: _Run, blobs: list) -> None:
     """A blob file named by a 64-hex id hashes to it (OCI layouts and blob dirs name blobs by digest)."""
     layer = run.layer
     todo: list[tuple[Layer, str, int | None]] = []
-    if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC):
+    # A data blob opened alone too: a blob dir names it by its id, and with no bootstrap (no chunk table) its
+    # sha256 is all that covers its chunks' bytes.
+    if layer.kind in (KIND_BLOB_TOC, KIND_BLOB_NO_TOC, KIND_DATA_BLOB):
         stem = layer.name.split(".")[0]
         if _HEX64.fullmatch(stem):
             todo.append((layer, stem, None))

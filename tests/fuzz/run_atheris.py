@@ -13,10 +13,19 @@ from pathlib import Path
 
 # Linux keeps a process's peak RSS across exec, so a runner started by a big pytest worker would begin at
 # that worker's peak and trip -rss_limit_mb at once. A forked child starts its own count: run the fuzzer there.
+# The targets' scratch files go in a directory made here and removed once the child ends (libFuzzer ends it
+# with exit(), which runs no Python cleanup).
 if __name__ == "__main__":
+    import shutil
+
+    os.environ["NYDUS_FUZZ_SCRATCH"] = tempfile.mkdtemp(
+        prefix="nydus-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
     _pid = os.fork()
     if _pid:
-        sys.exit(os.waitstatus_to_exitcode(os.waitpid(_pid, 0)[1]) & 0xFF)
+        _status = os.waitpid(_pid, 0)[1]
+        shutil.rmtree(os.environ["NYDUS_FUZZ_SCRATCH"], ignore_errors=True)
+        sys.exit(os.waitstatus_to_exitcode(_status) & 0xFF)
 
 import atheris  # noqa: E402
 
@@ -31,6 +40,9 @@ import trio  # noqa: E402, F401
 with atheris.instrument_imports():
     from targets import TARGETS, seeds
 
+    import nydus_inspect.chunks.decode  # noqa: F401
+    import nydus_inspect.chunks.variants  # noqa: F401
+    import nydus_inspect.chunks.zran  # noqa: F401
     import nydus_inspect.erofs  # noqa: F401
     import nydus_inspect.erofs_codecs  # noqa: F401
     import nydus_inspect.formats.blob_meta  # noqa: F401
@@ -40,11 +52,13 @@ with atheris.instrument_imports():
     import nydus_inspect.formats.rafs_v6  # noqa: F401
     import nydus_inspect.formats.tar_header  # noqa: F401
     import nydus_inspect.formats.toc  # noqa: F401
+    import nydus_inspect.formats.zran  # noqa: F401
     import nydus_inspect.layer  # noqa: F401
     import nydus_inspect.model  # noqa: F401
     import nydus_inspect.mount.entries  # noqa: F401
     import nydus_inspect.mount.fs  # noqa: F401
     import nydus_inspect.mount.sources  # noqa: F401
+    import nydus_inspect.targz  # noqa: F401
 
 
 def main() -> None:

@@ -43,8 +43,15 @@ def fuzz_blob_meta(data: bytes) -> None:
         )
         for ci in arr:
             ci.to_json()
-        # A batch blob's batch records, where the header says (chunks.variants reads them so).
-        blob_meta.parse_batch_contexts(body, hdr.s_ci_zran_offset, min(hdr.s_ci_zran_count, 10_000))
+        count = min(hdr.s_ci_zran_count, 10_000)
+        if hdr.s_features & blob_meta.ZRAN:
+            # A targz-ref blob's zran table (its contexts and windows) is where a batch blob's records are.
+            from nydus_inspect.formats import zran
+
+            zran.parse_table(body, hdr.s_ci_zran_offset, hdr.s_ci_zran_size, count)
+        else:
+            # A batch blob's batch records, where the header says (chunks.variants reads them so).
+            blob_meta.parse_batch_contexts(body, hdr.s_ci_zran_offset, count)
     except EXPECTED:
         pass
 
@@ -84,6 +91,106 @@ def _zran_seed() -> bytes:
     ]
     table = zran.build_table(ctxs)
     return len(table).to_bytes(4, "little") + len(ctxs).to_bytes(4, "little") + table + stream
+
+
+#: Output the targz-ref target lets one input inflate (the gzip's own and its layer's reads, each).
+TARGZ_MAX_OUT = 1 << 20
+
+
+def _resealed_gzip(data: bytes) -> bytes | None:
+    """A one-member gzip whose deflate data inflates, with its CRC and length set again to what it inflates
+    to (as the erofs target sets its checksum): mutations of the deflate blocks then get past the gzip's
+    trailer check into the indexer's block and window walk. None when there is nothing to reseal."""
+    import zlib
+
+    if len(data) < 18 or data[:4] != b"\x1f\x8b\x08\x00":  # no optional header fields: the data is at 10
+        return None
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data[10:], TARGZ_MAX_OUT)
+    except zlib.error:
+        return None
+    if not d.eof:
+        return None
+    end = len(data) - len(d.unused_data)
+    trailer = zlib.crc32(out).to_bytes(4, "little") + (len(out) & 0xFFFFFFFF).to_bytes(4, "little")
+    fixed = data[:end] + trailer
+    return None if fixed == data[: end + 8] else fixed
+
+
+def _inflates_within(data: bytes, limit: int) -> bool:
+    """Whether the gzip members of ``data`` inflate to at most ``limit`` bytes before they end or fail: 64 KiB
+    of deflate can stand for 64 MiB, which pack would rightly spend seconds on."""
+    import zlib
+
+    total, rest = 0, data
+    while rest:
+        d = zlib.decompressobj(31)
+        try:
+            total += len(d.decompress(rest, limit + 1 - total))
+        except zlib.error:
+            return True
+        if total > limit or d.unconsumed_tail or not d.eof:
+            return total <= limit and not d.unconsumed_tail
+        rest = d.unused_data.lstrip(b"\0")
+    return True
+
+
+def fuzz_targz_ref(data: bytes) -> None:
+    """``pack --type targz-ref`` over a .tar.gz: the gzip walked block by block (zran contexts: bit positions
+    and windows at deflate block boundaries, across members), the tar read from it, the bootstrap and
+    blob.meta built; then the layer that makes read back through those contexts with the gzip as its blob.
+    Once as given and once resealed (:func:`_resealed_gzip`); 4 KiB chunks, so that contexts are used."""
+    from nydus_inspect import targz
+    from nydus_inspect.layer import open_layer
+
+    for gz in (data, _resealed_gzip(data)):
+        if gz is None or not _inflates_within(gz, TARGZ_MAX_OUT):
+            continue
+        path = _scratch_file("targz", gz)
+        try:
+            ref = targz.build(path, 0x1000, inline=True)
+        except EXPECTED:
+            continue
+        meta = _scratch_file("targz-meta", ref.meta)
+        try:
+            with open_layer(meta, blobs=[path]) as layer:
+                budget = TARGZ_MAX_OUT
+                for i, node in enumerate(layer.rafs.walk()):
+                    if i >= MAX_NODES or budget <= 0:
+                        break
+                    if node.type == REG:
+                        for piece in layer.read_file(node):
+                            budget -= len(piece)
+        except EXPECTED:
+            pass
+
+
+def _targz_seeds() -> list[bytes]:
+    """Small real .tar.gz layers: one member at level 6, one of stored blocks (level 0: the mutations a
+    bit flip makes inside them keep the stream inflatable), and two members."""
+    import gzip
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import hostile
+
+    tar = hostile.small_tar()
+    half = len(tar) // 1024 * 512
+    small = b"".join(
+        [
+            hostile.member(b"d/", typeflag=b"5", mode=0o755),
+            hostile.member(b"d/a", hostile.text("a", 6_000)),
+            hostile.member(b"d/b", hostile.seeded_bytes("b", 5_000)),
+        ]
+    )
+    return [
+        gzip.compress(tar, 6, mtime=0),
+        gzip.compress(small + hostile.END, 0, mtime=0),
+        gzip.compress(tar[:half], 6, mtime=0) + gzip.compress(tar[half:], 1, mtime=0),
+    ]
 
 
 def fuzz_rafs_v6(data: bytes) -> None:
@@ -141,14 +248,34 @@ def fuzz_dir_block(data: bytes) -> None:
 
 
 _SCRATCH: dict[str, str] = {}
+_SCRATCH_DIR: list[str] = []
+
+
+def scratch_dir() -> str:
+    """This process's scratch directory (in /dev/shm when there is one), removed at exit; or the one
+    NYDUS_FUZZ_SCRATCH names (the atheris runner's, which libFuzzer's exit would leave behind)."""
+    if not _SCRATCH_DIR:
+        given = os.environ.get("NYDUS_FUZZ_SCRATCH")
+        if given:
+            _SCRATCH_DIR.append(given)
+        else:
+            import atexit
+            import shutil
+
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            _SCRATCH_DIR.append(tempfile.mkdtemp(prefix="nydus-fuzz-", dir=base))
+            atexit.register(shutil.rmtree, _SCRATCH_DIR[0], True)
+    return _SCRATCH_DIR[0]
 
 
 def _scratch_file(kind: str, data: bytes) -> str:
-    """``data`` written to this target's one scratch file (in /dev/shm when there is one)."""
+    """``data`` written to this target's one scratch file, alone in a directory of its own: a reader looks
+    for a bootstrap's blobs beside it, and by content, so it must find no other input there."""
     path = _SCRATCH.get(kind)
     if path is None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix=f"nydus-fuzz-{kind}-", dir=base)
+        where = os.path.join(scratch_dir(), kind)
+        os.makedirs(where, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"nydus-fuzz-{kind}-", dir=where)
         os.close(fd)
         _SCRATCH[kind] = path
     with open(path, "wb") as f:
@@ -156,14 +283,31 @@ def _scratch_file(kind: str, data: bytes) -> str:
     return path
 
 
+#: An input of the layer target that starts so holds two files: a layer (its length in the 4 bytes after
+#: this) and then the one blob it reads its data from (given as ``--blob``): a bootstrap and the tar of a tarfs
+#: layer, the meta blob of a targz-ref layer and its .tar.gz, an old bootstrap and its data blob.
+PAIR = b"nydus-fuzz-pair\0"
+
+
+def pair(layer: bytes, blob: bytes) -> bytes:
+    return PAIR + len(layer).to_bytes(4, "little") + layer + blob
+
+
 def fuzz_layer(data: bytes) -> None:
-    """The whole reading path on a file: sniff, ToC, entries, bootstrap, listing, chunk reads."""
+    """The whole reading path on a file: sniff, ToC, entries, bootstrap, listing, chunk reads (with the
+    blob of a :data:`PAIR` input)."""
     from nydus_inspect import query
     from nydus_inspect.layer import open_layer
 
+    blobs = None
+    if data.startswith(PAIR) and len(data) >= len(PAIR) + 4:
+        n = int.from_bytes(data[len(PAIR) : len(PAIR) + 4], "little")
+        start = len(PAIR) + 4
+        blobs = [_scratch_file("layer-blob", data[start + n :])]
+        data = data[start : start + n]
     path = _scratch_file("layer", data)
     try:
-        with open_layer(path) as layer:
+        with open_layer(path, blobs=blobs) as layer:
             query.info(layer)
             if layer.toc is not None or layer.kind == "nydus-blob-no-toc":
                 query.toc_report(layer)
@@ -521,6 +665,7 @@ TARGETS = {
     "layer": fuzz_layer,
     "mount": fuzz_mount,
     "zran": fuzz_zran,
+    "targz_ref": fuzz_targz_ref,
     "estargz": fuzz_estargz,
     "seekable": fuzz_seekable,
     "verity": fuzz_verity,
@@ -542,6 +687,7 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
 
     inline_boot = zstandard.ZstdDecompressor().decompress(toc_blob[7997 : 7997 + 501])
     erofs_images = [boot] + _erofs_seeds()
+    variants = _variant_seeds()
     return {
         "erofs": erofs_images,
         "tar_header": [toc_blob[-512:], data_blob[-512:], toc_blob[2829 : 2829 + 512]],
@@ -551,18 +697,185 @@ def seeds(vectors: str) -> dict[str, list[bytes]]:
             if os.path.getsize(os.path.join(vectors, "nydus/tar", name)) < 1 << 20
         ][:4],
         "toc": [toc_blob[9010:9522], data_blob[13530 - 512 : 13530]],
-        "blob_meta": [toc_blob[3341:7485], data_blob[8314:12442]],
+        "blob_meta": [toc_blob[3341:7485], data_blob[8314:12442], *variants["blob_meta"]],
         "rafs_v6": [boot, inline_boot],
         "rafs_v5": [v5],
         "rafs_v5_model": [v5],
         "dir_block": [boot[8192 + 4096 : 8192 + 8192]],
-        "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2]],
-        "mount": [toc_blob, *_mount_seeds()],
-        "zran": [_zran_seed()],
+        "layer": [toc_blob, data_blob, boot, v5, *erofs_images[1:2], *variants["layer"]],
+        "mount": [toc_blob, *_mount_seeds(), *variants["mount"]],
+        "zran": [_zran_seed(), *variants["zran"]],
+        "targz_ref": _targz_seeds(),
         "estargz": _estargz_seeds(read("nydus/stargz/estargz_sample.json")),
         "seekable": _seekable_seeds(erofs_images),
         "verity": _verity_seeds(),
     }
+
+
+_VARIANTS: dict[str, dict[str, list[bytes]]] = {}
+
+
+def _variant_seeds() -> dict[str, list[bytes]]:
+    """Seeds of the layer kinds nydus-image writes besides a plain tar-rafs blob, made by the real
+    nydus-image (when `make oracle` has built it) from a small tar and its gzip, per target:
+
+    - ``layer``: inline blobs (``--blob-inline-meta --features blob-toc``) with batch chunks, encrypted, and
+      both (decrypt and padding, batch decode); pairs (:data:`PAIR`) of a tarfs bootstrap and its tar, a
+      targz-ref meta blob and its gzip, an old v6 bootstrap (no chunk table) and its no-ToC data blob, the
+      bootstrap of external files and the file holding them; and the old data blob alone (its blob.meta
+      header ends it).
+    - ``blob_meta``: the decoded blob.meta and header of the batch blob (batch records after the chunk info)
+      and of the targz-ref layer (chunk info v2, the zran table after it).
+    - ``zran``: the targz-ref layer's zran table over its gzip.
+    - ``mount``: the inline blobs (the mount takes one layer file).
+
+    Built once per process; every file is small (the fuzzer's -max_len is 64 KiB)."""
+    if _VARIANTS:
+        return _VARIANTS
+    import gzip
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import hostile
+
+    from nydus_inspect.formats import blob_meta as bm
+    from nydus_inspect.layer import open_layer
+    from oracle import find_oracle
+
+    out: dict[str, list[bytes]] = {"layer": [], "blob_meta": [], "zran": [], "mount": []}
+    where = find_oracle()
+    if where is None:
+        _VARIANTS.update(out)
+        return out
+    # Files of 1 byte to 9 KB: chunks under half the batch size (batched), data under 16 bytes (padded when
+    # encrypted), a hard link; about 20 KB of tar.
+    members = [hostile.member(b"a/", typeflag=b"5", mode=0o755)]
+    for i, n in enumerate((1, 15, 17, 700, 3000, 9000, 5, 16)):
+        members.append(
+            hostile.member(b"a/f%d" % i, (hostile.text(f"f{i}", n) + hostile.seeded_bytes("x", n))[:n])
+        )
+    members.append(hostile.member(b"a/link", typeflag=b"1", linkname=b"a/f5"))
+    tar = b"".join(members) + hostile.END
+    gz = gzip.compress(tar, 6, mtime=0)
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def create(work: str, *opts: str, source: str) -> None:
+        subprocess.run(
+            [str(where / "nydus-image"), "create", "--log-level", "warn", *opts, source],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    inline = ("--type", "tar-rafs", "--blob-inline-meta", "--features", "blob-toc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, gz_path = os.path.join(tmp, "src.tar"), os.path.join(tmp, "src.tar.gz")
+        with open(src, "wb") as f:
+            f.write(tar)
+        with open(gz_path, "wb") as f:
+            f.write(gz)
+        for name, opts in (
+            ("batch", ("--batch-size", "0x10000", "--compressor", "zstd")),
+            ("encrypted", ("--encrypt",)),
+            ("encrypted-batch", ("--encrypt", "--batch-size", "0x10000")),
+        ):
+            blob = os.path.join(tmp, name + ".blob")
+            create(tmp, *inline, *opts, "--blob", blob, source=src)
+            out["layer"].append(read(blob))
+            out["mount"].append(read(blob))
+            if name == "batch":
+                with open_layer(blob) as layer:
+                    out["blob_meta"].append(layer.entry("blob.meta") + layer.entry("blob.meta.header"))
+        # targz-ref, as the snapshotter makes it: a meta blob; the data stays in the gzip.
+        meta = os.path.join(tmp, "ref.meta")
+        ref = (
+            "--type",
+            "targz-ref",
+            "--blob-inline-meta",
+            "--features",
+            "blob-toc",
+            "--chunk-size",
+            "0x1000",
+        )
+        create(tmp, *ref, "--blob", meta, source=gz_path)
+        out["layer"].append(pair(read(meta), gz))
+        with open_layer(meta, blobs=[gz_path]) as layer:
+            area, header = layer.entry("blob.meta"), layer.entry("blob.meta.header")
+        out["blob_meta"].append(area + header)
+        hdr = bm.BlobMetaHeader.parse(header)
+        table = area[hdr.s_ci_zran_offset : hdr.s_ci_zran_offset + hdr.s_ci_zran_size]
+        out["zran"].append(
+            len(table).to_bytes(4, "little") + hdr.s_ci_zran_count.to_bytes(4, "little") + table + gz
+        )
+        # tarfs: 512-byte blocks, and the blob is the tar itself.
+        boot = os.path.join(tmp, "tarfs.boot")
+        create(tmp, "--type", "tar-tarfs", "--bootstrap", boot, "--blob-dir", tmp, source=src)
+        out["layer"].append(pair(read(boot), tar))
+        # An old v6 data blob (chunks, chunk info, its header; no tar headers, no ToC), and its bootstrap
+        # without chunk-table records, as a 2022 builder left it: chunks are then found through blob.meta.
+        boot, blob = os.path.join(tmp, "old.boot"), os.path.join(tmp, "old.blob")
+        create(tmp, "--type", "tar-rafs", "--bootstrap", boot, "--blob", blob, source=src)
+        raw = bytearray(read(boot))
+        at = rafs_v6.EXT_SUPERBLOCK_OFFSET + rafs_v6.EXT_SUPERBLOCK.offsets["s_chunk_table_offset"]
+        raw[at : at + 16] = bytes(16)  # s_chunk_table_offset and s_chunk_table_size
+        out["layer"] += [pair(bytes(raw), read(blob)), read(blob)]
+        out["layer"].append(_external_pair(tmp, create))
+    _VARIANTS.update(out)
+    return out
+
+
+def _external_pair(tmp: str, create) -> bytes:
+    """A pair of the bootstrap nydus-image writes of files marked ``type=external`` (``--attributes``, as
+    nydusify marks a model's files) and the file their chunks lie in, raw at no block boundary: a tar of
+    them, named by its sha256, with a CRC32C per 4 KiB chunk."""
+    import hashlib
+    import io
+
+    from nydus_inspect.digests import crc32c
+
+    files = {"a": bytes(range(256)) * 20 + b"tail", "b": b"tiny"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    model = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(model)) as tf:
+        where = {m.name: m.offset_data for m in tf}
+    src = os.path.join(tmp, "external-src")
+    os.makedirs(os.path.join(src, "m"))
+    attrs = []
+    for name, data in files.items():
+        with open(os.path.join(src, "m", name), "wb") as f:
+            f.write(data)
+        crcs = ",".join(hex(crc32c(data[k : k + 4096])) for k in range(0, len(data), 4096))
+        attrs.append(
+            f"/m/{name} type=external blob_index=0 blob_id={hashlib.sha256(model).hexdigest()} "
+            f"chunk_size=4096 chunk_0_compressed_offset={where[name]} compressed_size={len(model)} "
+            f"file_size={len(data)} crcs={crcs}"
+        )
+    with open(os.path.join(src, "readme"), "wb") as f:
+        f.write(b"not external\n")
+    attributes = os.path.join(tmp, "attributes")
+    with open(attributes, "w") as f:
+        f.write("\n".join(attrs) + "\n")
+    boot = os.path.join(tmp, "external.boot")
+    # The chunk size of the attributes must be the bootstrap's.
+    create(
+        tmp, "--type", "dir-rafs", "--chunk-size", "0x1000", "--attributes", attributes,
+        "--external-blob", os.path.join(tmp, "external.blob"), "--bootstrap", boot,
+        "--blob", os.path.join(tmp, "external-other.blob"), source=src,
+    )  # fmt: skip
+    # nydus-image writes the external files' bootstrap beside the other one, its suffix in place of .boot.
+    with open(os.path.join(tmp, "external.external"), "rb") as f:
+        return pair(f.read(), model)
 
 
 def _seekable_seeds(images: list[bytes]) -> list[bytes]:
