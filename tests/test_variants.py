@@ -347,6 +347,33 @@ def erofsfuse_with_device(erofs_utils, boot: Path, device: Path, mnt: Path):
         yield served
 
 
+def _their_tarfs_read_in_ours(request, oracle, erofs_utils, src: Path, work: Path, *, copy: bool):
+    """nydus-image's tarfs layer of ``src`` (the tar as its blob, in a blob dir under its sha256: a copy, or a
+    link), served by erofsfuse with the tar as its extra device and read by every reader of ours against
+    that; (bootstrap, blob, blob-table entry, what erofsfuse served)."""
+    blobs = work / "blobs"
+    blobs.mkdir()
+    boot = work / "layer.boot"
+    oracle.run(
+        "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
+        "--blob-dir", blobs, src,
+    )  # fmt: skip
+    ent = _entry(boot)
+    assert "tarfs" in ent["features_names"]
+    blob = blobs / ent["blob_id"]
+    blob.unlink(missing_ok=True)
+    if copy:
+        shutil.copy(src, blob)
+    else:
+        blob.symlink_to(src)
+    started = int(time.time())
+    with erofsfuse_with_device(erofs_utils, boot, blob, work / "erofsfuse") as mnt:
+        want = want_from_dir(mnt, (started, int(time.time()) + 1))
+    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
+    read_in_ours(request, boot, want, work, "--blob-dir", blobs)
+    return boot, blob, ent, want
+
+
 @pytest.mark.parametrize("source", ["fixture:dedup.tar", "vector:all-entry-type.tar", "small-files"])
 def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     request, oracle, erofs_utils, fuse_ok, source, tmp_path
@@ -356,24 +383,10 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
     file, verify, unpack, our mount) gives the same tree and bytes. verify checks the tar by its blob id:
     a flipped bit is found; without the tar one line names the blob to give."""
     src = _source(request, source, tmp_path)
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
-    boot = tmp_path / "layer.boot"
-    oracle.run(
-        "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
-        "--blob-dir", blobs, src,
-    )  # fmt: skip
-    ent = _entry(boot)
-    assert "tarfs" in ent["features_names"]
+    boot, blob, ent, want = _their_tarfs_read_in_ours(request, oracle, erofs_utils, src, tmp_path, copy=True)
+    blobs = blob.parent
     info = json.loads(run_cli("info", boot, "--json").stdout)
     assert info["bootstrap"]["superblock"]["block_size"] == 512
-    blob = blobs / ent["blob_id"]
-    shutil.copy(src, blob)
-    started = int(time.time())
-    with erofsfuse_with_device(erofs_utils, boot, blob, tmp_path / "erofsfuse") as mnt:
-        want = want_from_dir(mnt, (started, int(time.time()) + 1))
-    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
-    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
     _flip(blob, os.path.getsize(blob) // 2)
     proc = run_cli("verify", boot, "--blob-dir", blobs)
     assert proc.returncode == 1 and "blob.id" in proc.stdout.decode(), proc.stdout.decode()
@@ -385,24 +398,8 @@ def test_their_tarfs_layer_reads_as_erofs_utils_serves_it(
 def test_debian_rootfs_as_a_tarfs_layer(request, oracle, erofs_utils, fuse_ok, tmp_path):
     """The Debian minbase tar as a tarfs layer: erofsfuse serves it over the tar, and ours (describe,
     verify, unpack, ls, our mount) gives the same tree and bytes."""
-    src = debian_rootfs_tar()
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
-    boot = tmp_path / "layer.boot"
-    oracle.run(
-        "nydus-image", "create", "--log-level", "warn", "--type", "tar-tarfs", "--bootstrap", boot,
-        "--blob-dir", blobs, src,
-    )  # fmt: skip
-    ent = _entry(boot)
-    assert "tarfs" in ent["features_names"]
-    blob = blobs / ent["blob_id"]
-    blob.unlink(missing_ok=True)
-    blob.symlink_to(src)  # the tar is the blob: named by its sha256, not copied (120 MB)
-    started = int(time.time())
-    with erofsfuse_with_device(erofs_utils, boot, blob, tmp_path / "erofsfuse") as mnt:
-        want = want_from_dir(mnt, (started, int(time.time()) + 1))
-    assert want.keys() - {b"/"} == expected_tree(src).keys() - {b"/"}
-    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
+    # The tar is the blob: linked under its sha256, not copied (120 MB).
+    _their_tarfs_read_in_ours(request, oracle, erofs_utils, debian_rootfs_tar(), tmp_path, copy=False)
 
 
 def test_merging_tarfs_layers_is_refused_in_one_line(oracle, tmp_path):
