@@ -256,10 +256,10 @@ def test_a_batch_record_that_lies_is_one_line(oracle, lie, needle, tmp_path):
     assert proc.returncode == 1, proc.stdout.decode() + proc.stderr.decode()
 
 
-def chunk_dict_layer(oracle, tmp_path: Path) -> tuple[Path, Path, Path]:
-    """(bootstrap, blob dir, dictionary blob) of a `--chunk-dict` layer: the small files and a new one,
-    deduplicated against a dictionary made of the small files."""
-    src = small_files_tar(tmp_path / "small.tar")
+def chunk_dict_layer(oracle, tmp_path: Path, src: Path | None = None) -> tuple[Path, Path, Path]:
+    """(bootstrap, blob dir, dictionary blob) of a `--chunk-dict` layer: the files of ``src`` (by default the
+    small files) and a new one, deduplicated against a dictionary made of ``src``."""
+    src = src or small_files_tar(tmp_path / "small.tar")
     dict_boot, blobs = their_layer(oracle, src, tmp_path / "dict")
     (dict_blob,) = blobs.iterdir()
     # The layer: the same files and some new ones, deduplicated against the dictionary.
@@ -296,6 +296,18 @@ def test_chunk_dict_layer_reads_with_its_dict_blob_and_names_it_when_missing(
             shutil.copy(f, alone / f.name)
     proc = run_cli("unpack", boot, "--blob-dir", alone, "-o", tmp_path / "x.tar")
     assert_one_line_error(proc, 2, dict_blob.name)
+
+
+def test_debian_rootfs_as_a_chunk_dict_layer(oracle, fuse_ok, request, tmp_path):
+    """The Debian minbase tar and one new file, deduplicated against a dictionary of the Debian tar: nearly
+    every chunk lies in the dictionary's blob; nydusd and every reader of ours agree."""
+    boot, blobs, dict_blob = chunk_dict_layer(oracle, tmp_path, debian_rootfs_tar())
+    with open_layer(str(boot), blob_dir=str(blobs)) as layer:
+        dict_index = next(e.blob_index for e in layer.rafs.blobs if e.id == dict_blob.name)
+        owners = [c.blob_index for n in layer.rafs.walk() if n.type == "file" for c in layer.rafs.chunks(n)]
+    assert owners.count(dict_index) >= len(owners) - 1 > 1000
+    want = served_by_nydusd(oracle, boot, blobs, tmp_path)
+    read_in_ours(request, boot, want, tmp_path, "--blob-dir", blobs)
 
 
 def test_a_flipped_bit_in_the_dict_blob_is_caught(oracle, tmp_path):
