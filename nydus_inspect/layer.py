@@ -994,6 +994,18 @@ class Layer:
                 return p
         return None
 
+    def content_sha256(self) -> str:
+        """The sha256 of the whole file (of a local one once per process, shared with the search of a blob by
+        its content)."""
+        if os.path.isfile(self.path):
+            got = _file_sha256(self.path)
+            if got is not None:
+                return got
+        h = hashlib.sha256()
+        for pos in range(0, self.size, 4 << 20):
+            h.update(self.pread(pos, min(4 << 20, self.size - pos), "blob"))
+        return h.hexdigest()
+
     @cached_property
     def chunk_reader(self) -> ChunkReader:
         """The chunk service over this layer's blob table: decode, check and cache chunk data."""

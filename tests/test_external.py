@@ -30,9 +30,10 @@ MTIME = 1_700_000_000
 MODEL = {"tokenizer.json": 10, "weights-1.bin": 2 * CHUNK, "weights-2.bin": 3 * CHUNK + 4321}
 
 
-def _external_layer(oracle, work: Path) -> tuple[Path, Path, Path, Path, Path]:
+def _external_layer(oracle, work: Path, wrong_crc: str | None = None) -> tuple[Path, Path, Path, Path, Path]:
     """(source tree, blob dir, bootstrap of the other files, bootstrap of the external ones, model tar).
-    The model tar is in the blob dir under its sha256, the other files' blob under its id."""
+    The model tar is in the blob dir under its sha256, the other files' blob under its id. ``wrong_crc``: a
+    model file whose first chunk's CRC32C the attributes give wrong."""
     rng = random.Random(11)
     files = {name: rng.randbytes(size) for name, size in MODEL.items()}
     work.mkdir(parents=True)
@@ -53,7 +54,10 @@ def _external_layer(oracle, work: Path) -> tuple[Path, Path, Path, Path, Path]:
     attrs = []
     for name, data in files.items():
         (src / "models" / "llm" / name).write_bytes(data)
-        crcs = ",".join(hex(crc32c(data[k : k + CHUNK])) for k in range(0, len(data), CHUNK))
+        values = [crc32c(data[k : k + CHUNK]) for k in range(0, len(data), CHUNK)]
+        if name == wrong_crc:
+            values[0] ^= 1
+        crcs = ",".join(map(hex, values))
         # nydus-image parses chunk_size as a plain number, and needs a CRC32C for every chunk.
         attrs.append(
             f"/models/llm/{name} type=external blob_index=0 blob_id={model_id} chunk_size={CHUNK} "
@@ -160,11 +164,25 @@ def test_a_flipped_bit_in_the_external_blob_is_caught(external_layer, tmp_path):
     out = proc.stdout.decode()
     assert "chunk.crc: chunk " in out and "/models/llm/weights-2.bin" in out, out
     assert "blob.id" in out, out  # the tar's sha256 is the blob's id
-    assert_one_line_error(run_cli("cat", boot, "--blob", bad, "/models/llm/weights-2.bin"), 2, "CRC32C")
-    # The untouched file of the same tar still reads.
-    proc = run_cli("cat", boot, "--blob", bad, "/models/llm/weights-1.bin")
-    assert proc.returncode == 0 and proc.stdout == (src / "models/llm/weights-1.bin").read_bytes()
+    # The chunks record no digest, so the readers hold the tar to its id before returning any of its bytes:
+    # the damaged file is refused, and so is an untouched one of the same tar.
+    for name in ("weights-2.bin", "weights-1.bin"):
+        proc = run_cli("cat", boot, "--blob", bad, f"/models/llm/{name}")
+        assert_one_line_error(proc, 2, "is not its id")
+        assert not proc.stdout
     assert run_cli("verify", boot, "--blob", model).returncode == 0
+
+
+def test_a_recorded_crc_that_disagrees_is_caught(oracle, tmp_path):
+    """The CRC32C the attributes give is checked as well: a blob that is its id, with one chunk's CRC32C
+    recorded wrong, reads except for that chunk's file, and verify names the chunk."""
+    _, blobs, _, external, _ = _external_layer(oracle, tmp_path / "layer", wrong_crc="weights-1.bin")
+    proc = run_cli("verify", external, "--blob-dir", blobs)
+    assert proc.returncode == 1 and "chunk.crc" in proc.stdout.decode(), proc.stdout
+    assert_one_line_error(
+        run_cli("cat", external, "--blob-dir", blobs, "/models/llm/weights-1.bin"), 2, "CRC32C"
+    )
+    assert run_cli("cat", external, "--blob-dir", blobs, "/models/llm/weights-2.bin").returncode == 0
 
 
 def test_a_missing_external_blob_is_one_line(external_layer, tmp_path):

@@ -251,8 +251,8 @@ def test_old_v6_flipped_chunk_bit(request, oracle, options, tmp_path):
     """A flipped bit in a chunk of an old data blob (no ToC). Through the bootstrap as built, its chunk
     table's digest names the chunk (verify exit 1) and cat of the file is one line, exit 2. Through the
     bootstrap without a chunk table the chunks are located by blob.meta alone, which records no digest: the
-    blob id (the sha256 of the whole file) is what covers them, and verify reports it, as it does for the blob
-    opened alone."""
+    blob id (the sha256 of the whole file) is what covers them; verify reports it, as it does for the blob
+    opened alone, and cat refuses the blob in one line."""
     src = source_tar(request, "fixture:dedup.tar")
     boot, blobs = make_layer(oracle, src, tmp_path, *V6_PLAIN, *options)
     old = strip(boot, tmp_path / "old.boot")
@@ -273,6 +273,9 @@ def test_old_v6_flipped_chunk_bit(request, oracle, options, tmp_path):
     blob.write_bytes(raw)
     report = report_of(run_cli("verify", old, "--blob-dir", blobs, "--json"))
     assert not report["ok"] and [f["check"] for f in report["findings"]] == ["blob.id"], report
+    proc = run_cli("cat", old, "--blob-dir", blobs, path)
+    assert_one_line_error(proc, 2, "is not its id")
+    assert not proc.stdout
     # The blob opened alone (as its blob dir names it, by its id): the same.
     report = report_of(run_cli("verify", blob, "--json"))
     assert not report["ok"] and [f["check"] for f in report["findings"]] == ["blob.id"], report

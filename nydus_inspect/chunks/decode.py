@@ -285,8 +285,11 @@ class ChunkReader:
 
     @staticmethod
     def check(blob: Blob, ref: ChunkRef, data) -> None:
-        """Refuse ``data`` unless it has every digest and CRC32C recorded for ``ref``."""
+        """Refuse ``data`` unless it has every digest and CRC32C recorded for ``ref`` (and, with no digest of
+        its own, unless its blob has its id: Blob.check_whole)."""
         wants = blob.recorded_digests(ref)
+        if not wants:
+            blob.check_whole()
         if wants:
             got = blob.digester.digest(data)
             for where, want in wants:

@@ -9,17 +9,22 @@ The rule, in one place:
   chunks are asked (:meth:`Blob.without_bootstrap`);
 - digest: the bootstrap's record and the blob's blob.digest (checked against the ToC's sha256), both, as
   verify compares them;
-- CRC32C: the record's, when it has one; checked when no digest is recorded.
+- CRC32C: the record's, when it has one; checked when no digest is recorded;
+- a blob whose chunks carry no digest (tarfs: the tar itself; an external blob; nydus's oldest blobs read
+  through blob.meta alone) has one digest for its bytes, its id, the sha256 of the whole file: checked once
+  (:meth:`Blob.check_whole`) before any of its bytes are returned.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ..codecs import Compressor, decompress
 from ..digests import Digester
-from ..errors import NydusInspectError, UsageError
+from ..errors import FormatError, NydusInspectError, UsageError
 from ..formats import blob_meta
 from .ref import ChunkRef
 from .variants import CacheData, Variant
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     from ..layer import Layer
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class Blob:
@@ -61,6 +67,8 @@ class Blob:
         #: How a batch or encrypted blob stores its chunks (chunks.variants); None for a plain blob.
         self.variant = CacheData(layer) if cache_data else Variant.of(layer, entry, self.compressor)
         self.cache_data = cache_data
+        self._whole_checked = False
+        self._whole_lock = threading.Lock()
 
     @classmethod
     def without_bootstrap(cls, layer: Layer, records, digests: bytes | None) -> Blob:
@@ -136,6 +144,27 @@ class Blob:
         if self.variant is not None:
             return self.variant.infos
         return self.meta.chunk_infos
+
+    def check_whole(self) -> None:
+        """For a chunk with no digest of its own: the blob's bytes against its id, when the id is a sha256 (the
+        file is hashed once; readers in other threads wait for it). A blob-cache file is not the blob, and an
+        id that is no sha256 names no digest (a plain EROFS image's own blocks have none)."""
+        if self._whole_checked:
+            return
+        with self._whole_lock:
+            if self._whole_checked:
+                return
+            want = self.entry.id if self.entry is not None and not self.cache_data else ""
+            if _SHA256_HEX.fullmatch(want):
+                got = self.layer.content_sha256()
+                if got != want:
+                    raise FormatError(
+                        "blob",
+                        f"its sha256 {got} is not its id {want}; its chunks record no digest of their own, so "
+                        "none of its bytes are read",
+                        value=got,
+                    ).located(self.path)
+            self._whole_checked = True
 
     def recorded_digests(self, ref: ChunkRef) -> list[tuple[str, bytes]]:
         """Every digest ``ref``'s bytes must have, with where it is recorded: ``ref``'s own (the bootstrap
