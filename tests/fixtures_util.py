@@ -150,14 +150,7 @@ TYPES = {
     tarfile.BLKTYPE: "block",
     tarfile.FIFOTYPE: "fifo",
 }
-S_IFMT_OF = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-    "fifo": stat.S_IFIFO,
-}
+S_IFMT_OF = {name: fmt for fmt, name in FILE_TYPES.items()}
 STORABLE_PREFIXES = (b"user.", b"trusted.", b"security.")
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 

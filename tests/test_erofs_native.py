@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_util import (  # noqa: F401
-    S_IFMT_OF,
+    FILE_TYPES,
     assert_one_line_error,
     debian_rootfs_tar,
     expected_tree,
@@ -67,7 +67,6 @@ LAYOUTS = {
     "long-xattr-prefix": ("--xattr-prefix=user.nydus.", "-Eplain-xattr-prefixes"),
     "long-xattr-prefix-table": ("--xattr-prefix=user.nydus.",),
 }
-_TYPE = {fmt: name for name, fmt in S_IFMT_OF.items()}
 
 
 def _linux_keeps(ntype: str, name: bytes) -> bool:
@@ -79,17 +78,19 @@ def _linux_keeps(ntype: str, name: bytes) -> bool:
     return ntype in ("file", "dir") or not name.startswith(b"user.")
 
 
-def extracted_tree(root: Path) -> dict[bytes, dict]:
-    """What fsck.erofs extracted, path by path, with names of one inode grouped."""
+def extracted_tree(root: Path, nlink: bool = False) -> dict[bytes, dict]:
+    """What fsck.erofs extracted, or what a mount shows, path by path, with names of one inode grouped (by
+    device and inode number: the layers of an overlay are file systems of their own); ``nlink``: with each
+    entry's link count as well."""
     base = os.fsencode(str(root))
     out: dict[bytes, dict] = {}
-    by_ino: dict[int, list[bytes]] = {}
+    by_ino: dict[tuple[int, int], list[bytes]] = {}
     for dirpath, dirnames, filenames in os.walk(base):
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
             rel = full[len(base) :]
             st = os.lstat(full)
-            ntype = _TYPE[stat.S_IFMT(st.st_mode)]
+            ntype = FILE_TYPES[stat.S_IFMT(st.st_mode)]
             e = {
                 "type": ntype,
                 "mode": stat.S_IMODE(st.st_mode),
@@ -97,6 +98,8 @@ def extracted_tree(root: Path) -> dict[bytes, dict]:
                 "gid": st.st_gid,
                 "mtime": st.st_mtime_ns // 10**9,
             }
+            if nlink:
+                e["nlink"] = st.st_nlink
             if ntype == "file":
                 with open(full, "rb") as f:
                     e["sha256"] = hashlib.sha256(f.read()).hexdigest()
@@ -114,7 +117,7 @@ def extracted_tree(root: Path) -> dict[bytes, dict]:
             }
             out[rel] = e
             if ntype != "dir":
-                by_ino.setdefault(st.st_ino, []).append(rel)
+                by_ino.setdefault((st.st_dev, st.st_ino), []).append(rel)
     _group(out, by_ino.values())
     return out
 

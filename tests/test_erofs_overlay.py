@@ -17,17 +17,16 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 import test_mount
-from fixtures_util import FILE_TYPES, run_cli
+from fixtures_util import run_cli
 from test_check import MTIME, tar
 from test_convert import simple_layout
-from test_erofs_native import _linux_keeps
+from test_erofs_native import _group, _linux_keeps, extracted_tree
 
 from nydus_inspect.layer import open_layer
 from nydus_inspect.overlay import DIRECTORY, OPAQUE_DIRECTORY, OTHER, WHITEOUT, stack_names
@@ -218,46 +217,6 @@ def images(tmp_path_factory, erofs_utils) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------- the judge
-def tree_of(root: Path, nlink: bool = True) -> dict[bytes, dict]:
-    """The tree under ``root`` as a mount or a directory shows it, path by path; names of one inode (by device
-    and inode number: the layers of an overlay are file systems of their own) grouped under "links"."""
-    base = os.fsencode(str(root))
-    out: dict[bytes, dict] = {}
-    by_ino: dict[tuple[int, int], list[bytes]] = {}
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            rel = full[len(base) :]
-            st = os.lstat(full)
-            ntype = FILE_TYPES[stat.S_IFMT(st.st_mode)]
-            e = {"type": ntype, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-            e["mtime"] = st.st_mtime_ns // 10**9
-            if nlink:
-                e["nlink"] = st.st_nlink
-            if ntype == "file":
-                with open(full, "rb") as f:
-                    e["sha256"] = hashlib.sha256(f.read()).hexdigest()
-                e["size"] = st.st_size
-            elif ntype == "symlink":
-                e["target"] = os.fsencode(os.readlink(full))
-                del e["mode"]
-            elif ntype in ("char", "block"):
-                e["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            e["xattrs"] = {
-                os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
-                for n in os.listxattr(full, follow_symlinks=False)
-                if _linux_keeps(ntype, os.fsencode(n))
-            }
-            out[rel] = e
-            if ntype != "dir":
-                by_ino.setdefault((st.st_dev, st.st_ino), []).append(rel)
-    for names in by_ino.values():
-        if len(names) > 1:
-            for n in names:
-                out[n]["links"] = tuple(sorted(names))
-    return out
-
-
 def _mount(*argv) -> bool:
     return subprocess.run(argv, capture_output=True).returncode == 0
 
@@ -294,7 +253,7 @@ def judge(images, erofs_utils, tmp_path_factory) -> dict[bytes, dict]:
     that a judge mounted wrongly cannot agree with a reader that is wrong the same way)."""
     work = tmp_path_factory.mktemp("judge")
     with kernel_overlay(_layer_blobs(images["mkfs"]), work, erofs_utils) as merged:
-        want = tree_of(merged)
+        want = extracted_tree(merged, nlink=True)
     names = set(want)
     for gone in (b"/var/gone", b"/var/lib/a", b"/var/lib/sub", b"/opt/x", b"/data/keep", b"/srv/old"):
         assert gone not in names, gone
@@ -307,9 +266,9 @@ def judge(images, erofs_utils, tmp_path_factory) -> dict[bytes, dict]:
     assert "links" not in want[b"/etc/hosts"] and "links" not in want[b"/etc/hosts.link"]
     assert want[b"/bin/tool"]["size"] == 12 and want[b"/etc/motd"]["size"] == 9
     assert {p: want[p].get("rdev") for p in names if p.startswith(b"/dev/")} == {
-        b"/dev/null": (1, 3),
+        b"/dev/null": os.makedev(1, 3),
         b"/dev/fifo": None,
-        b"/dev/sda": (8, 0),
+        b"/dev/sda": os.makedev(8, 0),
     }
     return want
 
@@ -353,7 +312,7 @@ def listed_tree(ref: Path) -> dict[bytes, dict]:
             e["target"] = os.fsencode(n["target"])
             del e["mode"]
         elif n["type"] in ("char", "block"):
-            e["rdev"] = (n["rdev"]["major"], n["rdev"]["minor"])
+            e["rdev"] = os.makedev(n["rdev"]["major"], n["rdev"]["minor"])
         e["xattrs"] = {
             os.fsencode(k): v.encode()
             for k, v in (n.get("xattrs") or {}).items()
@@ -362,10 +321,7 @@ def listed_tree(ref: Path) -> dict[bytes, dict]:
         out[path] = e
         if "hardlink" in n:
             groups.setdefault(n["hardlink"], []).append(path)
-    for names in groups.values():
-        if len(names) > 1:
-            for p in names:
-                out[p]["links"] = tuple(sorted(names))
+    _group(out, groups.values())
     return out
 
 
@@ -389,9 +345,7 @@ def test_unpack_writes_the_kernels_tree(images, judge, kind, tmp_path):
     proc = run_cli("unpack", images[kind], "--to-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr.decode()
     # Link counts are those of the names written (the image's inodes keep the counts of their own layer).
-    assert_same_tree(
-        tree_of(tmp_path / "out", nlink=False), _without(judge, "nlink"), f"{kind}: unpack --to-dir"
-    )
+    assert_same_tree(extracted_tree(tmp_path / "out"), _without(judge, "nlink"), f"{kind}: unpack --to-dir")
     proc = run_cli("unpack", images[kind], "-o", tmp_path / "out.tar")
     assert proc.returncode == 0, proc.stderr.decode()
     (tmp_path / "fromtar").mkdir()
@@ -399,15 +353,13 @@ def test_unpack_writes_the_kernels_tree(images, judge, kind, tmp_path):
         ["tar", "-xpf", tmp_path / "out.tar", "--xattrs", "--xattrs-include=*", "-C", tmp_path / "fromtar"],
         check=True,
     )
-    assert_same_tree(
-        tree_of(tmp_path / "fromtar", nlink=False), _without(judge, "nlink"), f"{kind}: unpack -o"
-    )
+    assert_same_tree(extracted_tree(tmp_path / "fromtar"), _without(judge, "nlink"), f"{kind}: unpack -o")
 
 
 @pytest.mark.parametrize("kind", ["ours-seekable", "mkfs"])
 def test_our_mount_serves_the_kernels_tree(images, judge, kind, mounts):
     mp = mounts.mount(images[kind])
-    assert_same_tree(tree_of(mp / "rootfs"), dict(judge), f"{kind}: our mount")
+    assert_same_tree(extracted_tree(mp / "rootfs", nlink=True), dict(judge), f"{kind}: our mount")
     assert sorted(os.listdir(mp / "entries")) == sorted(b.name for b in _layer_blobs(images[kind]))
     mounts.umount(mp)
 
@@ -415,7 +367,7 @@ def test_our_mount_serves_the_kernels_tree(images, judge, kind, mounts):
 def test_layer_files_given_to_the_mount_are_overlaid(images, judge, mounts):
     """``mount L0 L1 L2 MNT``: EROFS layer files given lowest first are overlaid as an image's are."""
     mp = mounts.mount(*_layer_blobs(images["mkfs"]))
-    assert_same_tree(tree_of(mp / "rootfs"), dict(judge), "mount of the layer files")
+    assert_same_tree(extracted_tree(mp / "rootfs", nlink=True), dict(judge), "mount of the layer files")
     mounts.umount(mp)
 
 
