@@ -1,7 +1,8 @@
-"""Long coverage-guided fuzz runs with atheris: `python tests/fuzz/run_atheris.py TARGET [RUNS]`.
+"""Long coverage-guided fuzz runs with atheris: `python tests/fuzz/run_atheris.py TARGET [RUNS [CORPUS_DIR]]`.
 
 Limits as the acceptance asks: -timeout=1 (no input may take over 1 s) and -rss_limit_mb=256. The
-seed corpus is cut from ../shared/vectors (NYDUS_VECTORS overrides). Prints libFuzzer's summary.
+seed corpus is cut from ../shared/vectors (NYDUS_VECTORS overrides) into CORPUS_DIR, which keeps what the run
+finds; without it, the corpus lives in the scratch directory and goes with it. Prints libFuzzer's summary.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ def main() -> None:
     name = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
     vectors = os.environ.get("NYDUS_VECTORS", str(ROOT.parent / "shared" / "vectors"))
-    corpus = Path(tempfile.mkdtemp(prefix=f"nydus-corpus-{name}-"))
+    corpus = Path(
+        sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.environ["NYDUS_FUZZ_SCRATCH"], "corpus")
+    )
+    corpus.mkdir(parents=True, exist_ok=True)
     for i, seed in enumerate(seeds(vectors)[name]):
         (corpus / f"seed{i}").write_bytes(seed)
     target = TARGETS[name]
