@@ -110,6 +110,10 @@ class TarEntries:
     tar = True
 
     def __init__(self, path: str, hardlinks: str = LINK_HEADER) -> None:
+        # Each file's sha256, 32 bytes in a column by its number among the tar's files: a bytes object per
+        # file kept on the tree would cost several times the digest.
+        digests = bytearray()
+
         def on_file(node, fobj, _ref=None) -> None:
             h = hashlib.sha256()
             remaining = node.size
@@ -119,21 +123,24 @@ class TarEntries:
                     raise FormatError("tar", f"{fsdecode(node.path)}: data ends early")
                 h.update(data)
                 remaining -= len(data)
-            # Kept on the node (this tree is our own, never packed), as the digest's bytes: a dict by id()
-            # would cost an entry more, and the hex text twice the bytes.
-            node.data = h.digest()
+            digests.extend(h.digest())
+
+        def file_view(fileno: int, node) -> None:
+            node.data = bytes(digests[32 * fileno : 32 * fileno + 32])
 
         with open_tar_input(path) as stream:
             self._tt = read_tar(stream, on_file, path, hardlinks=hardlinks)
+        self._tt.file_view = file_view
         self.explicit_root = self._tt.explicit_root
         self.hardlinks = hardlinks
         # Only names of inodes with more than one name are collected (the builder counts them in nlink).
         names: dict[int, list[bytes]] = {}
         self._count = 0
-        for p, node in self._tt.walk():
+        for p, i in self._tt.walk_ids():
             self._count += 1
-            if node.hardlink is not None:
-                names.setdefault(id(node), []).append(p)
+            group = self._tt.hardlink.get(i)
+            if group is not None:
+                names.setdefault(group, []).append(p)
         # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
         self._links = {key: tuple(sorted(group)) for key, group in names.items() if len(group) > 1}
 
@@ -143,7 +150,7 @@ class TarEntries:
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         for p, node in self._tt.walk(path_order=True):
-            yield p, _entry(node, node.data, self._links.get(id(node), ()))
+            yield p, _entry(node, node.data, self._links.get(node.hardlink, ()) if node.hardlink else ())
 
     def tree(self) -> Tree:
         return Tree(dict(self.items()), self.explicit_root, self.hardlinks, tar=True)
