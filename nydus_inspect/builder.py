@@ -699,6 +699,9 @@ def _out_of_line_blocks(plan: Plan, index: int) -> list[bytes]:
 def _chunk_indexes(node: Node) -> bytearray:
     """A chunk-based inode's chunk indexes (stored after the inode and its xattrs, 8-byte aligned)."""
     chunks = node.chunks or ()
+    own = getattr(chunks, "chunk_indexes", None)  # chunks that write their own indexes (pack's, from columns)
+    if own is not None:
+        return own()
     out = bytearray(8 * len(chunks))
     pack_into = rafs_v6.CHUNK_INDEX.pack_into
     pos = 0

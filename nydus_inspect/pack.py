@@ -20,6 +20,7 @@ import hashlib
 import logging
 import mmap
 import os
+import struct
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 0x100000
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 64
+_U64 = struct.Struct("<Q")
 #: A worker reads a batch's chunks with one pread when that reads at most this much besides twice the data.
 SPAN_SLACK = 1 << 20
 
@@ -224,6 +226,20 @@ class _FileChunks(Sequence):
             raise IndexError(k)
         chunker = self._chunker
         return chunker.chunk(chunker.refs[self._start + k], k * chunker.opts.chunk_size)
+
+    def chunk_indexes(self) -> bytearray:
+        """The file's chunk indexes as the bootstrap stores them after its inode (builder's
+        ``_chunk_indexes``), read from the columns: no ChunkRef, with its digest, is made for each chunk."""
+        chunker = self._chunker
+        refs, records = chunker.refs, chunker.ci_array
+        out = bytearray(8 * self._n)
+        pack_into, unpack_from = rafs_v6.CHUNK_INDEX.pack_into, _U64.unpack_from
+        for k in range(self._n):
+            ci = refs[self._start + k]
+            # A v1 record's first word holds the uncompressed offset (blob_meta.decode_v1); the blob is 0.
+            uoff = unpack_from(records, 16 * ci)[0] & 0xFFF_FFFF_F000
+            pack_into(out, 8 * k, ci & 0xFFFF, 1 | ((ci >> 16) << 8), uoff // rafs_v6.BLOCK_SIZE)
+        return out
 
 
 class _DigestIndex:
