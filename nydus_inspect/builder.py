@@ -107,13 +107,13 @@ class Slots:
 
     def _sized(self, flat_files: bool) -> None:
         n = len(self.nodes)
-        self.offset = array("Q", bytes(8 * n))
+        self.offset = array("Q", [0]) * n
         self.layout = bytearray([rafs_v6.LAYOUT_FLAT_PLAIN]) * n
-        self.size = array("Q", bytes(8 * n))
+        self.size = array("Q", [0]) * n
         # 64 bits: an EROFS image of more than 2^32 blocks is refused by its writer, after planning.
-        self.blkaddr = array("Q", bytes(8 * n))
+        self.blkaddr = array("Q", [0]) * n
         if flat_files:
-            self.data_blocks = array("Q", bytes(8 * n))
+            self.data_blocks = array("Q", [0]) * n
 
 
 class NodeTree:

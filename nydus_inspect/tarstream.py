@@ -481,6 +481,12 @@ class LinkHeader:
     xattrs: dict[bytes, bytes]
 
 
+def _table(slots: int) -> tuple[mmap.mmap, memoryview]:
+    """A zeroed table of ``slots`` 32-bit slots in an anonymous map, and its view as such."""
+    m = mmap.mmap(-1, 4 * slots)
+    return m, memoryview(m).cast("I")
+
+
 class TreeBuilder:
     """Accumulates tar members into a :class:`TarTree` with tar's last-entry-wins semantics; ``hardlinks`` is
     the rule for a hard link's own header (:data:`LINK_HEADER` or :data:`TARGET_HEADER`)."""
@@ -494,8 +500,10 @@ class TreeBuilder:
         self._files = 0
         # The entry of each (directory, name): an open-addressing table of entry indexes + 1 (0: a free
         # slot), at most half full, keyed by hash(), which is randomised per process; a dict of a key object
-        # per entry would cost more than the entry's whole row.
-        self._table = array("I", bytes(4 * 1024))
+        # per entry would cost more than the entry's whole row. It lives only while the tar is read, in an
+        # anonymous map of its own: given back whole when it grows or the tree is finished, it leaves no
+        # hole in the heap under the columns and the layout that are made after it.
+        self._table_map, self._table = _table(1024)
         self._used = 0
         # Directories by path, so that each entry finds its parent with one lookup. A directory put out of
         # the tree by a later entry of the same name would stay here: any such replacement empties it.
@@ -519,12 +527,14 @@ class TreeBuilder:
             h = (h + 1) & mask
 
     def _grow(self) -> None:
-        old = self._table
-        self._table = array("I", bytes(8 * len(old)))
+        old_map, old = self._table_map, self._table
+        self._table_map, self._table = _table(2 * len(old))
         tree = self.tree
         for e in old:
             if e:
                 self._table[self._slot(tree.parent[e - 1], tree.name(e - 1))] = e
+        old.release()
+        old_map.close()
 
     def _put(self, slot: int, e: int) -> None:
         if not self._table[slot]:
@@ -699,32 +709,40 @@ class TreeBuilder:
         tree = self.tree
         n = len(tree.types)
         types, parents = tree.types, tree.parent
-        live = array("I", (e - 1 for e in self._table if e))
-        self._table = array("I")
+        table = self._table
         self._dirs = {}
-        count = array("I", bytes(4 * (n + 1)))
-        subdirs = array("I", bytes(4 * n))
-        for e in live:
-            p = parents[e]
-            count[p + 1] += 1
-            if types[e] == _DIR:
-                subdirs[p] += 1
+        # Children grouped by directory (a counting sort of the entries in the table: those the tree holds),
+        # no temporary column beside them.
+        count = array("I", [0]) * (n + 1)
+        for i in range(n):
+            if types[i] == _DIR:
+                tree.nlink[i] = 2
+        for e in table:
+            if e:
+                p = parents[e - 1]
+                count[p + 1] += 1
+                if types[e - 1] == _DIR:
+                    tree.nlink[p] += 1
         for i in range(n):
             count[i + 1] += count[i]
-        kids = array("I", bytes(4 * len(live)))
-        fill = array("I", count)
-        for e in live:
-            p = parents[e]
-            kids[fill[p]] = e
-            fill[p] += 1
-        del live, fill
+        kids = array("I", [0]) * count[n]
+        for e in table:
+            if e:
+                p = parents[e - 1]
+                kids[count[p]] = e - 1
+                count[p] += 1
+        # count[p] is now where p's children end, which is where p + 1's begin.
+        for i in range(n, 0, -1):
+            count[i] = count[i - 1]
+        count[0] = 0
+        table.release()
+        self._table_map.close()
+        self._table = memoryview(b"").cast("I")
         at, names = tree.name_at, tree.names
         for i in range(n):
             a, b = count[i], count[i + 1]
             if b - a > 1:
                 kids[a:b] = array("I", sorted(kids[a:b], key=lambda e: names[at[e] : at[e + 1]]))
-            if types[i] == _DIR:
-                tree.nlink[i] = 2 + subdirs[i]
         tree.kids, tree.kids_at = kids, count
         return tree
 
