@@ -1,4 +1,5 @@
-"""Lay out and serialise a RAFS v6 bootstrap from a Node tree.
+"""Lay out and serialise a RAFS v6 bootstrap from a Node tree (or a tree that makes its Nodes as the layout
+asks for them: :class:`NodeTree`).
 
 Pure function of its inputs (no I/O): ``build_bootstrap(root, blobs, ...)``
 returns the bootstrap bytes. The layout follows EROFS rules (32-byte inode

@@ -413,7 +413,7 @@ def diff_paths(
     if empty:
         raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
     # A tar side takes the hard-link rule of the layer it is compared with: the layer is opened once to learn
-    # its format. Then ``a`` is described first: the source is usually the tar, whose tree of nodes (the
+    # its format. Then ``a`` is described first: the source is usually the tar, whose tree (the
     # largest thing either side builds) is then made while the other side's entries are not yet held.
     rule = _hardlinks_of([b, a], blob_dir, blobs)
     with contextlib.ExitStack() as stack:

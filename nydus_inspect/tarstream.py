@@ -1,4 +1,5 @@
-"""Read OCI layer tars (plain, gzip or zstd; a file or a stream) into a Node tree.
+"""Read OCI layer tars (plain, gzip or zstd; a file or a stream) into a file tree (:class:`TarTree`, held in
+columns, its Nodes made as they are asked for).
 
 One streaming pass: regular files' bytes are handed to a callback as a file
 object and never held whole, so memory follows metadata, not layer size. Used
