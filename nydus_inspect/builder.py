@@ -1,4 +1,5 @@
-"""Lay out and serialise a RAFS v6 bootstrap from a Node tree.
+"""Lay out and serialise a RAFS v6 bootstrap from a Node tree (or a tree that makes its Nodes as the layout
+asks for them: :class:`NodeTree`).
 
 Pure function of its inputs (no I/O): ``build_bootstrap(root, blobs, ...)``
 returns the bootstrap bytes. The layout follows EROFS rules (32-byte inode
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .chunks.ref import ChunkRef
@@ -73,7 +74,11 @@ class Slots:
     index: a pack runs with the cyclic garbage collector off."""
 
     def __init__(self) -> None:
-        self.nodes: list[Node] = []
+        #: The tree laid out (:class:`NodeTree`, or a tree of its kind), its key of each slot, and the node of
+        #: each slot (made as it is asked for, from a tree that keeps no nodes).
+        self.tree = None
+        self.keys: Sequence = []
+        self.nodes: Sequence[Node] = []
         self.parent = array("I")  # a slot's directory (the root is its own)
         self.names = array("I")  # names of the inode in the tree
         # Set once the order is known (:meth:`_sized`).
@@ -103,64 +108,100 @@ class Slots:
 
     def _sized(self, flat_files: bool) -> None:
         n = len(self.nodes)
-        self.offset = array("Q", bytes(8 * n))
+        self.offset = array("Q", [0]) * n
         self.layout = bytearray([rafs_v6.LAYOUT_FLAT_PLAIN]) * n
-        self.size = array("Q", bytes(8 * n))
+        self.size = array("Q", [0]) * n
         # 64 bits: an EROFS image of more than 2^32 blocks is refused by its writer, after planning.
-        self.blkaddr = array("Q", bytes(8 * n))
+        self.blkaddr = array("Q", [0]) * n
         if flat_files:
-            self.data_blocks = array("Q", bytes(8 * n))
+            self.data_blocks = array("Q", [0]) * n
 
 
-def _order(root: Node, flat_files: bool = False) -> tuple[Slots, int]:
+class NodeTree:
+    """A tree of Nodes linked by their ``children`` dicts, as the layout sees a tree: keys (here the nodes
+    themselves) it orders, entries of a directory by key, and the node of a key. A tree held otherwise
+    (tarstream's TarTree, in columns) offers the same ``layout_*`` methods, with its own keys, and makes
+    each node only when it is asked for."""
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+
+    def layout_keys(self) -> list:
+        return []
+
+    def layout_root(self) -> Node:
+        return self.root
+
+    def layout_entries(self, node: Node) -> list[tuple[bytes, Node, str]]:
+        """(name, child, type) of a directory's entries, sorted by name (the order of its dirents, and of its
+        slot's ``dirents``)."""
+        return [(name, child, child.type) for name, child in sorted((node.children or {}).items())]
+
+    def layout_linked(self, node: Node) -> bool:
+        return node.hardlink is not None or node.nlink > 1
+
+    def layout_nodes(self, keys: list) -> list[Node]:
+        return keys
+
+
+#: A tree that offers the layout NodeTree's ``layout_*`` methods (tarstream's TarTree).
+LayoutTree = object
+
+
+def _order(root: Node | LayoutTree, flat_files: bool = False) -> tuple[Slots, int]:
     """Unique nodes in nydus's order: a directory's non-directory children, then its sub-directories.
 
     A node under several names (a hard link) says so: its ``hardlink`` is set or its ``nlink`` is over 1.
     Only those are looked up by identity; an index of every node would cost more than its slot."""
+    tree = root if hasattr(root, "layout_keys") else NodeTree(root)
     slots = Slots()
-    nodes, parents, counts = slots.nodes, slots.parent, slots.names
-    linked: dict[int, int] = {}
+    slots.tree = tree
+    keys, parents, counts = tree.layout_keys(), slots.parent, slots.names
+    linked: dict[object, int] = {}
     names = 0
+    entries, is_linked = tree.layout_entries, tree.layout_linked
 
     # No slot keeps its path: the layout needs none, and the paths of a deep tree sum to depth squared.
-    def visit(node: Node, parent: int) -> int:
+    def visit(key, kind: str, parent: int) -> int:
         nonlocal names
         names += 1
-        if node.type != DIR and (node.hardlink is not None or node.nlink > 1):
-            i = linked.get(id(node))
+        if kind != DIR and is_linked(key):
+            i = linked.get(key)  # a Node hashes by identity, a tree's own key by value
             if i is not None:
                 counts[i] += 1
                 return i
-            linked[id(node)] = len(nodes)
-        nodes.append(node)
+            linked[key] = len(keys)
+        keys.append(key)
         parents.append(parent)
         counts.append(1)
-        return len(nodes) - 1
+        return len(keys) - 1
 
-    queue = [visit(root, 0)]
+    queue = [visit(tree.layout_root(), DIR, 0)]
     while queue:
         d = queue.pop()
-        kids = _entries(nodes[d])
+        kids = entries(keys[d])
         ents = array("I", bytes(4 * len(kids)))
-        for k, (_, child) in enumerate(kids):
-            if child.type != DIR:
-                ents[k] = visit(child, d)
+        for k, (_, child, kind) in enumerate(kids):
+            if kind != DIR:
+                ents[k] = visit(child, kind, d)
         subdirs = []
-        for k, (_, child) in enumerate(kids):
-            if child.type == DIR:
-                ents[k] = visit(child, d)
+        for k, (_, child, kind) in enumerate(kids):
+            if kind == DIR:
+                ents[k] = visit(child, kind, d)
                 subdirs.append(ents[k])
         slots.dirents[d] = ents
         slots.subdirs[d] = len(subdirs)
         # Depth-first: the first sub-directory is laid out next.
         queue.extend(reversed(subdirs))
+    slots.keys = keys
+    slots.nodes = tree.layout_nodes(keys)
     slots._sized(flat_files)
     return slots, names
 
 
-def _entries(node: Node) -> list[tuple[bytes, Node]]:
-    """A directory's entries, sorted by name (the order of its dirents, and of its slot's ``dirents``)."""
-    return sorted((node.children or {}).items())
+def _entries(slots: Slots, i: int) -> list[tuple[bytes, object, str]]:
+    """Slot ``i``'s directory entries as (name, key, type), sorted by name."""
+    return slots.tree.layout_entries(slots.keys[i])
 
 
 def _nid(offset: int, meta_start: int) -> int:
@@ -177,7 +218,7 @@ def _prepare(
     fixed = INODE_SIZE + len(xattrs)
     if node.type == DIR:
         ents = [Dirent(b".", 0, rafs_v6.FT_DIR), Dirent(b"..", 0, rafs_v6.FT_DIR)]
-        ents += [Dirent(name, 0, FT_OF_TYPE[child.type]) for name, child in _entries(node)]
+        ents += [Dirent(name, 0, FT_OF_TYPE[kind]) for name, _, kind in _entries(slots, i)]
         ents.sort(key=lambda d: d.name)
         blocks, size = rafs_v6.build_dir_blocks(ents)
         slots.size[i] = size
@@ -260,7 +301,7 @@ class Plan:
 
 
 def plan_bootstrap(
-    root: Node,
+    root: Node | LayoutTree,
     nblobs: int,
     *,
     chunk_size: int,
@@ -269,7 +310,8 @@ def plan_bootstrap(
     flat_files: str | None = None,
     compressed: dict[int, int] | None = None,
 ) -> Plan:
-    """Order, prepare and place every inode and data block of the tree under ``root``.
+    """Order, prepare and place every inode and data block of the tree under ``root`` (a Node, or a tree that
+    lays itself out, :data:`LayoutTree`).
 
     ``flat_files`` ("plain" or "inline"): a plain EROFS image, regular files stored flat in the image
     (their blocks after ``data_end``, up to ``files_end``) instead of as chunks of a blob. ``compressed``:
@@ -405,7 +447,7 @@ class BootstrapHead:
 
 
 def build_bootstrap(
-    root: Node,
+    root: Node | LayoutTree,
     blobs: list[BlobTableEntry],
     *,
     chunk_size: int,
@@ -438,7 +480,7 @@ def build_bootstrap(
 
 def write_bootstrap(
     write: Callable[[bytes], object],
-    root: Node,
+    root: Node | LayoutTree,
     blobs: list[BlobTableEntry],
     *,
     chunk_size: int,
@@ -634,8 +676,8 @@ def _dir_blocks(plan: Plan, index: int) -> list[bytes]:
         Dirent(b"..", _nid(offsets[slots.parent[index]], meta_start), rafs_v6.FT_DIR),
     ]
     ents += [
-        Dirent(name, _nid(offsets[i], meta_start), FT_OF_TYPE[child.type])
-        for (name, child), i in zip(_entries(slots.nodes[index]), slots.dirents[index], strict=True)
+        Dirent(name, _nid(offsets[i], meta_start), FT_OF_TYPE[kind])
+        for (name, _, kind), i in zip(_entries(slots, index), slots.dirents[index], strict=True)
     ]
     ents.sort(key=lambda d: d.name)
     return rafs_v6.build_dir_blocks(ents)[0]
@@ -658,6 +700,9 @@ def _out_of_line_blocks(plan: Plan, index: int) -> list[bytes]:
 def _chunk_indexes(node: Node) -> bytearray:
     """A chunk-based inode's chunk indexes (stored after the inode and its xattrs, 8-byte aligned)."""
     chunks = node.chunks or ()
+    own = getattr(chunks, "chunk_indexes", None)  # chunks that write their own indexes (pack's, from columns)
+    if own is not None:
+        return own()
     out = bytearray(8 * len(chunks))
     pack_into = rafs_v6.CHUNK_INDEX.pack_into
     pos = 0

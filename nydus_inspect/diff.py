@@ -16,6 +16,9 @@ from .layer import KIND_BOOTSTRAP_LAYER, KIND_EROFS, Layer, open_layer
 from .model import BLK, CHR, REG, fsdecode
 from .tarstream import LINK_HEADER, hardlink_rule, open_tar_input, read_tar, storable_xattr
 
+#: Decoded inodes a layer's walk keeps (RafsV6.cache_inodes), as verify's walk keeps them.
+WALK_INODES = 8192
+
 FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "target", "rdev", "xattrs", "sha256", "hardlinks")
 
 
@@ -110,6 +113,10 @@ class TarEntries:
     tar = True
 
     def __init__(self, path: str, hardlinks: str = LINK_HEADER) -> None:
+        # Each file's sha256, 32 bytes in a column by its number among the tar's files: a bytes object per
+        # file kept on the tree would cost several times the digest.
+        digests = bytearray()
+
         def on_file(node, fobj, _ref=None) -> None:
             h = hashlib.sha256()
             remaining = node.size
@@ -119,21 +126,24 @@ class TarEntries:
                     raise FormatError("tar", f"{fsdecode(node.path)}: data ends early")
                 h.update(data)
                 remaining -= len(data)
-            # Kept on the node (this tree is our own, never packed), as the digest's bytes: a dict by id()
-            # would cost an entry more, and the hex text twice the bytes.
-            node.data = h.digest()
+            digests.extend(h.digest())
+
+        def file_view(fileno: int, node) -> None:
+            node.data = bytes(digests[32 * fileno : 32 * fileno + 32])
 
         with open_tar_input(path) as stream:
             self._tt = read_tar(stream, on_file, path, hardlinks=hardlinks)
+        self._tt.file_view = file_view
         self.explicit_root = self._tt.explicit_root
         self.hardlinks = hardlinks
         # Only names of inodes with more than one name are collected (the builder counts them in nlink).
         names: dict[int, list[bytes]] = {}
         self._count = 0
-        for p, node in self._tt.walk():
+        for p, i in self._tt.walk_ids():
             self._count += 1
-            if node.hardlink is not None:
-                names.setdefault(id(node), []).append(p)
+            group = self._tt.hardlink.get(i)
+            if group is not None:
+                names.setdefault(group, []).append(p)
         # One tuple per hard-linked inode, shared by its names: a tuple per name would hold names squared.
         self._links = {key: tuple(sorted(group)) for key, group in names.items() if len(group) > 1}
 
@@ -143,7 +153,7 @@ class TarEntries:
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         for p, node in self._tt.walk(path_order=True):
-            yield p, _entry(node, node.data, self._links.get(id(node), ()))
+            yield p, _entry(node, node.data, self._links.get(node.hardlink, ()) if node.hardlink else ())
 
     def tree(self) -> Tree:
         return Tree(dict(self.items()), self.explicit_root, self.hardlinks, tar=True)
@@ -163,7 +173,20 @@ class LayerEntries:
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         groups: dict[int, _Names] = {}
         hashed: dict[int, bytes] = {}  # hard-link group -> its inode's digest: hashed at its first name only
-        walk = self.layer.rafs.walk(path_order=True)
+        rafs = self.layer.rafs
+        # Each inode is looked at where the walk decodes it and right after (its file's chunks): a few
+        # directories' worth of decoded inodes serves the walk as well as the model's full cache (65,536
+        # inodes, some 25 MB that a layer of many files fills).
+        kept = rafs.cache_inodes(WALK_INODES)
+        try:
+            yield from self._items(rafs, groups, hashed)
+        finally:
+            rafs.cache_inodes(kept)
+
+    def _items(
+        self, rafs, groups: dict[int, _Names], hashed: dict[int, bytes]
+    ) -> Iterator[tuple[bytes, Entry]]:
+        walk = rafs.walk(path_order=True)
         for node, data in iter_file_data(self.layer, walk):
             digest = None
             if data is not None:
@@ -390,7 +413,7 @@ def diff_paths(
     if empty:
         raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
     # A tar side takes the hard-link rule of the layer it is compared with: the layer is opened once to learn
-    # its format. Then ``a`` is described first: the source is usually the tar, whose tree of nodes (the
+    # its format. Then ``a`` is described first: the source is usually the tar, whose tree (the
     # largest thing either side builds) is then made while the other side's entries are not yet held.
     rule = _hardlinks_of([b, a], blob_dir, blobs)
     with contextlib.ExitStack() as stack:

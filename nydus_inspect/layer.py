@@ -57,6 +57,8 @@ MAX_BOOTSTRAP = 1 << 30
 SPILL_BOOTSTRAP = 32 << 20
 #: Bootstrap layers are small tars; refuse to scan more members than this.
 MAX_TAR_MEMBERS = 100_000
+#: A scan of a tar for its image.boot lets the mapped pages behind it go in steps of this many bytes.
+_RELEASE_STEP = 8 << 20
 
 KIND_BLOB_TOC = "nydus-blob"  # layer blob with rafs.blob.toc
 KIND_BLOB_NO_TOC = "nydus-blob-no-toc"  # layer blob found by tar-header walk only
@@ -758,7 +760,14 @@ class Layer:
 
         # Read through slices of the map: tarfile looks at headers and seeks past data, so a big layer tar is
         # neither copied whole (as BytesIO would) nor, when remote, fetched whole.
-        raw = io.BufferedReader(SliceReader(self._map, self.size), 64 << 10)
+        reader = SliceReader(self._map, self.size)
+        raw = io.BufferedReader(reader, 64 << 10)
+        # The pages of the map behind the scan are let go: a tar of small files is mostly headers, and every
+        # page read would otherwise stay resident (a hundred MiB for the members a scan reads at most).
+        release = (
+            self._map.madvise if isinstance(self._map, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") else None
+        )
+        released = 0
         try:
             if self._map[:2] == b"\x1f\x8b":
                 import gzip
@@ -769,9 +778,19 @@ class Layer:
             # Not stream mode ("r|"): it skips a member's data by reading size/10240 blocks even past the end,
             # so a forged size (GNU base-256 allows 2^95) would spin for ever. Seeking stops at the real end.
             with tarfile.open(fileobj=fobj, mode="r:") as tf:
-                for count, member in enumerate(tf):
+                count = 0
+                while (member := tf.next()) is not None:
+                    # tarfile keeps every member it has read (a TarInfo of several hundred bytes each): only
+                    # the one looked for is wanted.
+                    tf.members.clear()
                     if count >= MAX_TAR_MEMBERS:
                         break
+                    count += 1
+                    if release is not None and reader.pos - released >= _RELEASE_STEP:
+                        upto = (reader.pos - _RELEASE_STEP // 2) // mmap.PAGESIZE * mmap.PAGESIZE
+                        if upto > released:
+                            release(mmap.MADV_DONTNEED, released, upto - released)
+                            released = upto
                     if member.name.lstrip("./") == "image/image.boot":
                         if not member.isreg():
                             raise FormatError("bootstrap layer", "image/image.boot is not a regular file")

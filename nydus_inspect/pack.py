@@ -15,13 +15,15 @@ in flight, so memory follows metadata, never layer size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import mmap
 import os
+import struct
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 0x100000
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 64
+_U64 = struct.Struct("<Q")
 #: A worker reads a batch's chunks with one pread when that reads at most this much besides twice the data.
 SPAN_SLACK = 1 << 20
 
@@ -224,6 +227,20 @@ class _FileChunks(Sequence):
         chunker = self._chunker
         return chunker.chunk(chunker.refs[self._start + k], k * chunker.opts.chunk_size)
 
+    def chunk_indexes(self) -> bytearray:
+        """The file's chunk indexes as the bootstrap stores them after its inode (builder's
+        ``_chunk_indexes``), read from the columns: no ChunkRef, with its digest, is made for each chunk."""
+        chunker = self._chunker
+        refs, records = chunker.refs, chunker.ci_array
+        out = bytearray(8 * self._n)
+        pack_into, unpack_from = rafs_v6.CHUNK_INDEX.pack_into, _U64.unpack_from
+        for k in range(self._n):
+            ci = refs[self._start + k]
+            # A v1 record's first word holds the uncompressed offset (blob_meta.decode_v1); the blob is 0.
+            uoff = unpack_from(records, 16 * ci)[0] & 0xFFF_FFFF_F000
+            pack_into(out, 8 * k, ci & 0xFFFF, 1 | ((ci >> 16) << 8), uoff // rafs_v6.BLOCK_SIZE)
+        return out
+
 
 class _DigestIndex:
     """The first chunk stored under each digest, found through the digests column: an open-addressing table
@@ -325,6 +342,7 @@ class _Chunker:
         self.by_size: dict[tuple[bytes, int], int] = {}
         self.crcs = array("I")  # by stored chunk
         self.refs = array("I")  # by chunk of a file: the stored chunk it is
+        self.starts = array("Q")  # by file, in tar order: where its run of ``refs`` starts
         self.submitted = 0  # chunks of files handed to the workers so far
         self.count = 0  # chunks stored
         self.stored_bytes = 0
@@ -333,9 +351,11 @@ class _Chunker:
         self.data_bytes = 0
 
     def add_file(self, node: Node, fobj: BinaryIO, ref: tuple[int, int] | None = None) -> None:
+        """Chunk the tar's next regular file; its chunks are given to its node later, by :meth:`file_view`
+        (the tree keeps no object per file)."""
         cs = self.opts.chunk_size
         n = -(-node.size // cs)
-        node.chunks = _FileChunks(self, self.submitted, n) if n else ()
+        self.starts.append(self.submitted)
         self.submitted += n
         remaining = node.size
         k = 0
@@ -359,6 +379,11 @@ class _Chunker:
             remaining -= len(data)
             k += 1
         self.data_bytes += node.size
+
+    def file_view(self, fileno: int, node: Node) -> None:
+        """Set the ``chunks`` of the tar's regular file number ``fileno`` on its node, as the tree makes it."""
+        n = -(-node.size // self.opts.chunk_size)
+        node.chunks = _FileChunks(self, self.starts[fileno], n) if n else ()
 
     def _submit(self, size: int, data) -> None:
         self.batch.append(data)
@@ -413,22 +438,19 @@ class _Chunker:
         chunk.crc32 = self.crcs[ci]
         return chunk
 
-    def table_chunks(self, nodes: list[Node]) -> tuple[int, Iterator[ChunkRef]]:
-        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the inodes of a tree
-        whose files are all packed here: a stored chunk's record takes the file offset of its first use
-        in layout order."""
+    def table_chunks(self, files: Iterable[tuple[int, int]]) -> tuple[int, Iterator[ChunkRef]]:
+        """The chunk table's chunks (:data:`builder.TableChunks`) from the columns, for the files (number
+        in tar order, size) of a tree whose files are all packed here, in layout order: a stored chunk's
+        record takes the file offset of its first use in that order."""
         cs = self.opts.chunk_size
-        refs = self.refs
+        refs, starts = self.refs, self.starts
         first = array("q", [-1]) * self.count
         # Of the chunks stored under one digest (a collision), the first used in layout order is recorded.
         collided = set(self.by_size.values()) | {self.by_digest.get(d) for d, _ in self.by_size}
         picked: dict[bytes, int] = {}
-        for node in nodes:
-            chunks = node.chunks
-            if not chunks:
-                continue
-            start = chunks._start
-            for k in range(len(chunks)):
+        for fileno, size in files:
+            start = starts[fileno]
+            for k in range(-(-size // cs)):
                 ci = refs[start + k]
                 if first[ci] < 0:
                     first[ci] = k * cs
@@ -471,10 +493,11 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
             chunker = _Chunker(out, opts, pool, workers)
             tree = read_tar(stream, chunker.add_file, source, progress=opts.progress)
+            tree.file_view = chunker.file_view
             chunker._flush_batch()
             # Lay the bootstrap out while the workers finish the last chunks.
             plan = plan_bootstrap(
-                tree.root, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, prefetch=opts.prefetch
+                tree, 1 if chunker.data_bytes else 0, chunk_size=opts.chunk_size, prefetch=opts.prefetch
             )
             chunker.drain()
         for warning in tree.warnings:
@@ -485,7 +508,7 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             digest="",
             size=0,
             entries=tree.entries,
-            files=sum(1 for _, node in tree.walk() if node.type == "file"),
+            files=tree.files(),
             chunks=chunker.referenced,
             unique_chunks=chunker.count,
             data_bytes=chunker.data_bytes,
@@ -501,14 +524,15 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
         with tempfile.TemporaryFile(buffering=SectionWriter.FLUSH_BYTES) as spool:
             head = write_bootstrap(
                 spool.write,
-                tree.root,
+                tree,
                 blobs,
                 chunk_size=opts.chunk_size,
                 compressor=opts.compressor,
                 digester=opts.digester,
                 prefetch=opts.prefetch,
                 plan=plan,
-                table=chunker.table_chunks,
+                # From the tree's columns: no node is made for it.
+                table=functools.partial(_files_table, chunker, tree.file_runs(plan.slots.keys)),
             )
             spool.flush()
             del tree, plan, chunker
@@ -519,6 +543,13 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
                 if opts.bootstrap:
                     _write_separate_bootstrap(files[0], boot, head, blobs, result)
     return result
+
+
+def _files_table(
+    chunker: _Chunker, files: Iterable[tuple[int, int]], _nodes
+) -> tuple[int, Iterator[ChunkRef]]:
+    """:data:`builder.TableChunks` of the files (number, size) of the tree, in layout order."""
+    return chunker.table_chunks(files)
 
 
 def _write_blob_sections(

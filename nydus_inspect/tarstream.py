@@ -1,4 +1,5 @@
-"""Read OCI layer tars (plain, gzip or zstd; a file or a stream) into a Node tree.
+"""Read OCI layer tars (plain, gzip or zstd; a file or a stream) into a file tree (:class:`TarTree`, held in
+columns, its Nodes made as they are asked for).
 
 One streaming pass: regular files' bytes are handed to a callback as a file
 object and never held whole, so memory follows metadata, not layer size. Used
@@ -12,7 +13,6 @@ created its inode. What becomes of them is decided here only (:data:`LINK_HEADER
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import mmap
@@ -20,8 +20,9 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
@@ -64,49 +65,242 @@ def hardlink_rule(erofs: bool) -> str:
 FileCallback = Callable[[Node, BinaryIO, "tuple[int, int] | None"], None]
 
 
-@dataclass
-class TarTree:
-    """The file tree a layer tar describes, root first."""
+#: Type codes of the ``types`` column; a further name of an inode (a hard link's) is an entry of its own.
+_TYPES = (DIR, REG, SYMLINK, CHR, BLK, FIFO)
+_CODE = {t: i for i, t in enumerate(_TYPES)}
+_DIR = _CODE[DIR]
+_REG = _CODE[REG]
+_ALIAS = len(_TYPES)
 
-    root: Node
-    explicit_root: bool = False
-    entries: int = 0
-    warnings: list[str] = field(default_factory=list)
+
+class TarTree:
+    """The file tree a layer tar describes, held as columns: a layer of a million small files would take
+    an object per entry and attribute, a dict per directory and a path per entry (several hundred bytes an
+    entry) as a tree of :class:`~nydus_inspect.model.Node`; here an entry takes a row of typed arrays and its
+    name in one byte string (tens of bytes). What only some entries have (xattrs, symlink targets, device
+    numbers, hard-link groups, what a file callback set on its node) is kept by index in dicts.
+
+    An entry is a name in a directory; index 0 is the root. An entry that names an inode made by an earlier
+    one (a hard link) has no attributes of its own: ``links`` gives the index it names. Nodes are made one
+    at a time as they are asked for (:meth:`walk`, :meth:`node`); :attr:`root` makes the whole tree of them,
+    for the writers that change it before writing.
+    """
+
+    def __init__(self) -> None:
+        self.explicit_root = False
+        self.entries = 0
+        self.warnings: list[str] = []
+        self.names = bytearray()  # every entry's name, one after the other
+        self.name_at = array("Q", [0, 0])  # entry i's name is names[name_at[i]:name_at[i + 1]]
+        self.parent = array("I", [0])
+        self.types = bytearray([_DIR])
+        self.mode = array("I", [stat.S_IFDIR | 0o755])
+        self.uid = array("I", [0])
+        self.gid = array("I", [0])
+        self.mtime = array("q", [0])
+        self.size = array("Q", [0])
+        self.nlink = array("I", [2])
+        #: A regular file's number among the files handed to the tar's file callback (-1 for the others).
+        self.fileno = array("i", [-1])
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}
+        self.target: dict[int, bytes] = {}
+        self.rdev: dict[int, int] = {}
+        self.hardlink: dict[int, int] = {}
+        self.links: dict[int, int] = {}  # a hard link's entry -> the entry whose inode it names
+        #: What a file callback set on a file's node (``chunks``, ``data``), by index.
+        self.file_refs: dict[int, tuple[object, object]] = {}
+        #: ``file_view(fileno, node)``: gives a regular file's node, as it is made, what its reader keeps of
+        #: it in columns of its own (pack its chunks, diff its digest) instead of an object per file.
+        self.file_view: Callable[[int, Node], None] | None = None
+        # Set by finish(): the children of directory i are kids[kids_at[i]:kids_at[i + 1]], sorted by name.
+        self.kids = array("I")
+        self.kids_at = array("I")
+        self._root: Node | None = None
+        self._last_dir: tuple[int, bytes] = (-1, b"")
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def name(self, i: int) -> bytes:
+        at = self.name_at
+        return bytes(self.names[at[i] : at[i + 1]])
+
+    def inode(self, i: int) -> int:
+        """The entry holding the attributes of the inode entry ``i`` names."""
+        return self.links.get(i, i) if self.types[i] == _ALIAS else i
+
+    def type(self, i: int) -> str:
+        return _TYPES[self.types[self.inode(i)]]
+
+    def path(self, i: int) -> bytes:
+        """Entry ``i``'s path (the one it was made with: a hard-linked node's first name)."""
+        if i == 0:
+            return b"/"
+        # The entries of a directory are asked for one after another: its path is kept for the next.
+        p = self.parent[i]
+        if self._last_dir[0] != p:
+            self._last_dir = (p, b"" if p == 0 else self.path(p))
+        return self._last_dir[1] + b"/" + self.name(i)
+
+    def node(self, i: int, path: bytes | None = None) -> Node:
+        """A Node of inode ``i`` (made anew at each call; a directory's has no ``children``)."""
+        i = self.inode(i)
+        kind = _TYPES[self.types[i]]
+        node = Node(
+            self.path(i) if path is None else path,
+            kind,
+            self.mode[i],
+            self.uid[i],
+            self.gid[i],
+            self.mtime[i],
+            0,
+            self.size[i],
+            self.nlink[i],
+            self.rdev.get(i, 0) if kind in (CHR, BLK) else 0,
+            self.target.get(i),
+            self.xattrs.get(i, NO_XATTRS),
+            hardlink=self.hardlink.get(i),
+        )
+        if kind == REG:
+            refs = self.file_refs.get(i)
+            if refs is not None:
+                node.chunks, node.data = refs
+            if self.file_view is not None and self.fileno[i] >= 0:
+                self.file_view(self.fileno[i], node)
+        return node
+
+    def children(self, i: int) -> Iterator[tuple[bytes, int]]:
+        """(name, entry) of directory ``i``'s children, sorted by name."""
+        kids = self.kids
+        for k in range(self.kids_at[i], self.kids_at[i + 1]):
+            e = kids[k]
+            yield self.name(e), e
+
+    def file_runs(self, keys: Sequence[int]) -> Iterator[tuple[int, int]]:
+        """(file number, size) of the regular files among inodes ``keys``, in their order."""
+        fileno, size = self.fileno, self.size
+        for i in keys:
+            k = fileno[i]
+            if k >= 0:
+                yield k, size[i]
+
+    def files(self) -> int:
+        """How many names of regular files the tree has (a hard-linked file counts once per name)."""
+        return sum(1 for _, i in self.walk_ids() if self.types[i] == _REG)
+
+    def walk_ids(self) -> Iterator[tuple[bytes, int]]:
+        stack: list[tuple[bytes, int]] = [(b"/", 0)]
+        types, kids, kids_at = self.types, self.kids, self.kids_at
+        links = self.links
+        while stack:
+            path, e = stack.pop()
+            i = links.get(e, e) if types[e] == _ALIAS else e
+            yield path, i
+            if types[i] == _DIR and kids_at[i] < kids_at[i + 1]:
+                base = b"" if i == 0 else path
+                for k in range(kids_at[i + 1] - 1, kids_at[i] - 1, -1):
+                    e = kids[k]
+                    stack.append((base + b"/" + self.name(e), e))
 
     def walk(self, path_order: bool = False) -> Iterator[tuple[bytes, Node]]:
         """(path, node) pre-order, children sorted by raw name bytes (the order RAFS stores them in); with
         ``path_order``, in the byte order of the paths (:func:`~nydus_inspect.model.path_order`), as
         :meth:`RafsV6.walk <nydus_inspect.model.RafsV6.walk>` gives them, to be compared side by side.
 
-        A hard-linked node appears once per name; ``node.path`` is its first name.
+        A hard-linked node appears once per name (a node of its own each time: ``node.hardlink`` tells them
+        apart); ``node.path`` is its first name.
         """
-        if path_order:
-            yield from self._walk_path_order()
-            return
-        stack: list[tuple[bytes, Node]] = [(b"/", self.root)]
-        while stack:
-            path, node = stack.pop()
-            yield path, node
-            if node.type == DIR and node.children:
-                base = path.rstrip(b"/")
-                for name in sorted(node.children, reverse=True):
-                    stack.append((base + b"/" + name, node.children[name]))
+        ids = self._walk_path_order() if path_order else self.walk_ids()
+        links = self.links
+        for path, i in ids:
+            yield path, self.node(i, None if i in self.hardlink and links else path)
 
-    def _walk_path_order(self) -> Iterator[tuple[bytes, Node]]:
-        def order(node: Node) -> Iterator[tuple[tuple[bytes, Node], bool]]:
-            return iter(path_order((name, c.type == DIR, (name, c)) for name, c in node.children.items()))
+    def _walk_path_order(self) -> Iterator[tuple[bytes, int]]:
+        types = self.types
 
-        yield b"/", self.root
-        stack = [(b"", order(self.root))]
+        def order(d: int) -> Iterator[tuple[tuple[bytes, int], bool]]:
+            return iter(
+                path_order((name, types[self.inode(e)] == _DIR, (name, e)) for name, e in self.children(d))
+            )
+
+        yield b"/", 0
+        stack = [(b"", order(0))]
         while stack:
             base, entries = stack[-1]
-            for (name, node), expand in entries:
+            for (name, e), expand in entries:
                 if expand:
-                    stack.append((base + b"/" + name, order(node)))
+                    stack.append((base + b"/" + name, order(e)))
                     break
-                yield base + b"/" + name, node
+                yield base + b"/" + name, self.inode(e)
             else:
                 stack.pop()
+
+    # The builder's view of a tree (nydus_inspect.builder): inodes by index, made into nodes one at a time.
+    def layout_keys(self) -> array:
+        return array("I")
+
+    def layout_root(self) -> int:
+        return 0
+
+    def layout_entries(self, i: int) -> list[tuple[bytes, int, str]]:
+        """(name, inode, type) of directory ``i``'s children, sorted by name."""
+        out = []
+        for name, e in self.children(i):
+            e = self.inode(e)
+            out.append((name, e, _TYPES[self.types[e]]))
+        return out
+
+    def layout_linked(self, i: int) -> bool:
+        return i in self.hardlink
+
+    def layout_nodes(self, keys: array) -> Sequence[Node]:
+        return _Nodes(self, keys)
+
+    @property
+    def root(self) -> Node:
+        """The whole tree as Nodes linked by their ``children`` (made once): for the writers that change it
+        (overlay whiteouts) or look nodes up by identity. A hard-linked inode is one node under all its names."""
+        if self._root is None:
+            made: dict[int, Node] = {}
+            root = self._root = self.node(0, b"/")
+            root.children = {}
+            stack = [(root, 0)]
+            while stack:
+                parent, d = stack.pop()
+                for name, e in self.children(d):
+                    i = self.inode(e)
+                    node = made.get(i)
+                    if node is None:
+                        node = self.node(i)
+                        if i in self.hardlink:
+                            made[i] = node
+                        if node.type == DIR:
+                            node.children = {}
+                            stack.append((node, i))
+                    parent.children[name] = node
+        return self._root
+
+
+class _Nodes(Sequence):
+    """The nodes of a tree's inodes in layout order, made as they are asked for; the last one is kept, as
+    the writer asks for an inode's node several times in a row."""
+
+    def __init__(self, tree: TarTree, keys: array) -> None:
+        self.tree, self.keys = tree, keys
+        self.last: tuple[int, Node] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        last = self.last
+        if last is not None and last[0] == k:
+            return last[1]
+        node = self.tree.node(self.keys[k])
+        self.last = (k, node)
+        return node
 
 
 @contextlib.contextmanager
@@ -288,68 +482,184 @@ class LinkHeader:
     xattrs: dict[bytes, bytes]
 
 
+def _table(slots: int) -> tuple[mmap.mmap, memoryview]:
+    """A zeroed table of ``slots`` 32-bit slots in an anonymous map, and its view as such."""
+    m = mmap.mmap(-1, 4 * slots)
+    return m, memoryview(m).cast("I")
+
+
 class TreeBuilder:
-    """Accumulates tar members into a Node tree with tar's last-entry-wins semantics; ``hardlinks`` is the
-    rule for a hard link's own header (:data:`LINK_HEADER` or :data:`TARGET_HEADER`)."""
+    """Accumulates tar members into a :class:`TarTree` with tar's last-entry-wins semantics; ``hardlinks`` is
+    the rule for a hard link's own header (:data:`LINK_HEADER` or :data:`TARGET_HEADER`)."""
 
     def __init__(self, hardlinks: str = LINK_HEADER) -> None:
         if hardlinks not in (LINK_HEADER, TARGET_HEADER):
             raise ValueError(f"unknown hard link rule {hardlinks!r}")
         self.hardlinks = hardlinks
-        self.root = Node(path=b"/", type=DIR, mode=stat.S_IFDIR | 0o755, nlink=2, children={})
-        self.tree = TarTree(self.root)
+        self.tree = TarTree()
         self._hardlink_groups = 0
+        self._files = 0
+        # The entry of each (directory, name): an open-addressing table of entry indexes + 1 (0: a free
+        # slot), at most half full, keyed by hash(), which is randomised per process; a dict of a key object
+        # per entry would cost more than the entry's whole row. It lives only while the tar is read, in an
+        # anonymous map of its own: given back whole when it grows or the tree is finished, it leaves no
+        # hole in the heap under the columns and the layout that are made after it.
+        self._table_map, self._table = _table(1024)
+        self._used = 0
         # Directories by path, so that each entry finds its parent with one lookup. A directory put out of
         # the tree by a later entry of the same name would stay here: any such replacement empties it.
-        self._dirs: dict[bytes, Node] = {b"": self.root}
+        self._dirs: dict[bytes, int] = {b"": 0}
 
-    def _parent(self, path: bytes) -> Node:
+    def _slot(self, parent: int, name: bytes) -> int:
+        """The slot of ``name`` in directory ``parent``, or the free slot where it would go."""
+        table = self._table
+        mask = len(table) - 1
+        tree = self.tree
+        at, names, parents = tree.name_at, tree.names, tree.parent
+        h = (hash(name) ^ (parent * 0x9E3779B1)) & mask
+        n = len(name)
+        while True:
+            e = table[h]
+            if not e:
+                return h
+            e -= 1
+            if parents[e] == parent and at[e + 1] - at[e] == n and names[at[e] : at[e + 1]] == name:
+                return h
+            h = (h + 1) & mask
+
+    def _grow(self) -> None:
+        old_map, old = self._table_map, self._table
+        self._table_map, self._table = _table(2 * len(old))
+        tree = self.tree
+        for e in old:
+            if e:
+                self._table[self._slot(tree.parent[e - 1], tree.name(e - 1))] = e
+        old.release()
+        old_map.close()
+
+    def _put(self, slot: int, e: int) -> None:
+        if not self._table[slot]:
+            self._used += 1
+        self._table[slot] = e + 1
+        if 2 * self._used > len(self._table):
+            self._grow()
+
+    def _child(self, parent: int, name: bytes) -> int:
+        """The entry of ``name`` in directory ``parent``, or -1."""
+        return self._table[self._slot(parent, name)] - 1
+
+    def _append(self, parent: int, name: bytes, node: Node | None, alias: int = -1) -> int:
+        """A new entry (a node's, or a hard link's to entry ``alias``) at the end of the columns."""
+        tree = self.tree
+        e = len(tree.types)
+        tree.names += name
+        tree.name_at.append(len(tree.names))
+        tree.parent.append(parent)
+        if node is None:
+            tree.types.append(_ALIAS)
+            tree.links[e] = alias
+            for col in (tree.mode, tree.uid, tree.gid, tree.mtime, tree.size, tree.nlink):
+                col.append(0)
+            tree.fileno.append(-1)
+            return e
+        code = _CODE[node.type]
+        tree.types.append(code)
+        tree.mode.append(node.mode)
+        tree.uid.append(node.uid)
+        tree.gid.append(node.gid)
+        tree.mtime.append(node.mtime)
+        tree.size.append(node.size)
+        tree.nlink.append(node.nlink)
+        if code == _REG:
+            tree.fileno.append(self._files)
+            self._files += 1
+        else:
+            tree.fileno.append(-1)
+        if node.xattrs:
+            tree.xattrs[e] = node.xattrs
+        if node.target is not None:
+            tree.target[e] = node.target
+        if node.rdev:
+            tree.rdev[e] = node.rdev
+        if node.hardlink is not None:
+            tree.hardlink[e] = node.hardlink
+        if node.chunks is not None or node.data is not None:
+            tree.file_refs[e] = (node.chunks, node.data)
+        return e
+
+    def _set(self, i: int, node: Node) -> None:
+        """Entry ``i``'s attributes, all of them, from ``node``: a directory's (or the root's) given again."""
+        tree = self.tree
+        code = _CODE[node.type]
+        tree.types[i] = code
+        tree.mode[i], tree.uid[i], tree.gid[i] = node.mode, node.uid, node.gid
+        tree.mtime[i], tree.size[i], tree.nlink[i] = node.mtime, node.size, node.nlink
+        for col, value, empty in (
+            (tree.xattrs, node.xattrs, not node.xattrs),
+            (tree.target, node.target, node.target is None),
+            (tree.rdev, node.rdev, not node.rdev),
+            (tree.hardlink, node.hardlink, node.hardlink is None),
+        ):
+            if empty:
+                col.pop(i, None)
+            else:
+                col[i] = value  # type: ignore[index]
+        if node.chunks is not None or node.data is not None:
+            tree.file_refs[i] = (node.chunks, node.data)
+        else:
+            tree.file_refs.pop(i, None)
+
+    def _implicit_dir(self, parent: int, name: bytes) -> int:
+        return self._append(parent, name, Node(path=b"", type=DIR, mode=stat.S_IFDIR | 0o755, nlink=2))
+
+    def _parent(self, path: bytes) -> int:
         parent_path = path[: path.rfind(b"/")]
-        node = self._dirs.get(parent_path)
-        if node is not None:
-            return node
-        node = self.root
-        cur = b""
+        d = self._dirs.get(parent_path)
+        if d is not None:
+            return d
+        d = 0
+        tree = self.tree
         for part in [p for p in parent_path.split(b"/") if p]:
-            cur += b"/" + part
-            child = node.children.get(part)
-            if child is None or child.type != DIR:
+            slot = self._slot(d, part)
+            child = self._table[slot] - 1
+            if child < 0 or tree.types[tree.inode(child)] != _DIR:
                 # Implicit parent, or a non-directory replaced by the directory tar needs here.
-                if child is not None:
+                if child >= 0:
                     self._dirs.clear()
-                child = Node(path=cur, type=DIR, mode=stat.S_IFDIR | 0o755, nlink=2, children={})
-                node.children[part] = child
-            node = child
-        self._dirs[parent_path] = node
-        return node
+                child = self._implicit_dir(d, part)
+                self._put(slot, child)
+            d = child
+        self._dirs[parent_path] = d
+        return d
 
     def add(self, node: Node) -> None:
+        tree = self.tree
         if node.path == b"/":
             if node.type != DIR:
                 raise FormatError("tar entry", "the layer root is not a directory", value=node.type)
-            node.children = self.root.children
-            for f in dataclasses.fields(Node):  # Node has slots (no __dict__): copy field by field
-                if f.name != "children":
-                    setattr(self.root, f.name, getattr(node, f.name))
-            self.tree.explicit_root = True
+            self._set(0, node)
+            tree.explicit_root = True
             return
         parent = self._parent(node.path)
         name = node.path[node.path.rfind(b"/") + 1 :]
-        old = parent.children.get(name)
-        if old is not None:
-            if old.type == DIR:
+        slot = self._slot(parent, name)
+        old = self._table[slot] - 1
+        if old >= 0:
+            inode = tree.inode(old)
+            if tree.types[inode] == _DIR:
                 self._dirs.clear()
                 if node.type == DIR:
-                    node.children = old.children
-            elif old.hardlink is not None:
-                old.nlink -= 1
-        if node.type == DIR and node.children is None:
-            node.children = {}
-        parent.children[name] = node
+                    # The directory keeps its entries and takes the new entry's attributes.
+                    self._set(old, node)
+                    return
+            elif inode in tree.hardlink:
+                tree.nlink[inode] -= 1
+        self._put(slot, self._append(parent, name, node))
 
     def link(self, path: bytes, target_path: bytes, where: object, header: LinkHeader | None = None) -> None:
         """Give the inode at ``target_path`` the name ``path``; ``header`` (the link's own attributes) bears on
         that inode as the builder's rule says."""
+        tree = self.tree
         target = self.lookup(target_path)
         if target is None:
             raise FormatError(
@@ -358,45 +668,84 @@ class TreeBuilder:
                 f"{os.fsdecode(target_path)!r}, which no earlier entry created",
                 value=str(where),
             )
-        if target.type == DIR:
+        if tree.types[target] == _DIR:
             raise FormatError(
                 "tar entry", f"hard link {os.fsdecode(path)!r} points at a directory", value=str(where)
             )
-        if target.hardlink is None:
+        if target not in tree.hardlink:
             self._hardlink_groups += 1
-            target.hardlink = self._hardlink_groups
-        target.nlink += 1
+            tree.hardlink[target] = self._hardlink_groups
+        tree.nlink[target] += 1
         if header is not None and self.hardlinks == LINK_HEADER:
-            if target.type != SYMLINK:
-                target.mode = stat.S_IFMT(target.mode) | (header.perm & 0o7777)
-            target.uid, target.gid, target.mtime = header.uid, header.gid, header.mtime
+            if tree.types[target] != _CODE[SYMLINK]:
+                tree.mode[target] = stat.S_IFMT(tree.mode[target]) | (header.perm & 0o7777)
+            tree.uid[target], tree.gid[target], tree.mtime[target] = header.uid, header.gid, header.mtime
             if header.xattrs:
-                merged = {**target.xattrs, **header.xattrs}
+                merged = {**tree.xattrs.get(target, NO_XATTRS), **header.xattrs}
                 _check_xattr_area(merged, path)
-                target.xattrs = merged
+                tree.xattrs[target] = merged
         parent = self._parent(path)
         name = path[path.rfind(b"/") + 1 :]
-        old = parent.children.get(name)
-        if old is not None and old.type == DIR:
+        slot = self._slot(parent, name)
+        old = self._table[slot] - 1
+        if old >= 0 and tree.types[tree.inode(old)] == _DIR:
             self._dirs.clear()
-        parent.children[name] = target
+        self._put(slot, self._append(parent, name, None, target))
 
-    def lookup(self, path: bytes) -> Node | None:
-        node = self.root
+    def lookup(self, path: bytes) -> int | None:
+        """The inode (its entry) at ``path``, or None."""
+        tree = self.tree
+        i = 0
         for part in [p for p in path.split(b"/") if p]:
-            if node.children is None:
+            if tree.types[i] != _DIR:
                 return None
-            node = node.children.get(part)
-            if node is None:
+            e = self._child(i, part)
+            if e < 0:
                 return None
-        return node
+            i = tree.inode(e)
+        return i
 
     def finish(self) -> TarTree:
-        # Directory link counts: 2 + child directories.
-        for _, node in self.tree.walk():
-            if node.type == DIR:
-                node.nlink = 2 + sum(1 for c in node.children.values() if c.type == DIR)
-        return self.tree
+        """The tree, its directories' children sorted and their link counts set (2 + child directories)."""
+        tree = self.tree
+        n = len(tree.types)
+        types, parents = tree.types, tree.parent
+        table = self._table
+        self._dirs = {}
+        # Children grouped by directory (a counting sort of the entries in the table: those the tree holds),
+        # no temporary column beside them.
+        count = array("I", [0]) * (n + 1)
+        for i in range(n):
+            if types[i] == _DIR:
+                tree.nlink[i] = 2
+        for e in table:
+            if e:
+                p = parents[e - 1]
+                count[p + 1] += 1
+                if types[e - 1] == _DIR:
+                    tree.nlink[p] += 1
+        for i in range(n):
+            count[i + 1] += count[i]
+        kids = array("I", [0]) * count[n]
+        for e in table:
+            if e:
+                p = parents[e - 1]
+                kids[count[p]] = e - 1
+                count[p] += 1
+        # count[p] is now where p's children end, which is where p + 1's begin.
+        for i in range(n, 0, -1):
+            count[i] = count[i - 1]
+        count[0] = 0
+        table.release()
+        self._table_map.close()
+        self._table = memoryview(b"").cast("I")
+        at, names = tree.name_at, tree.names
+        for i in range(n):
+            a, b = count[i], count[i + 1]
+            if b - a > 1:
+                kids[a:b] = array("I", sorted(kids[a:b], key=lambda e: names[at[e] : at[e + 1]]))
+        tree.kids, tree.kids_at = kids, count
+        return tree
 
 
 #: Progress is reported at least this often (bytes of input), and after each entry.
@@ -698,29 +1047,6 @@ def iter_members(source: _Source, where: str) -> Iterator[TarMember]:
             source.progress(source.pos)
 
 
-#: How many distinct values of an entry's mode, owner and mtime are shared between nodes.
-SHARED_INTS = 4096
-
-
-class _Ints:
-    """One int object per value of an entry's mode, owner or mtime: they repeat across a layer, and each
-    above 256 is an object of its own (32 bytes an entry and field). Up to :data:`SHARED_INTS` values: a
-    layer whose mtimes all differ is not given an index of them."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen: dict[int, int] = {}
-
-    def __call__(self, value: int) -> int:
-        got = self.seen.get(value)
-        if got is not None:
-            return got
-        if len(self.seen) < SHARED_INTS:
-            self.seen[value] = value
-        return value
-
-
 class _Where:
     """Names an entry in messages ("SOURCE entry N (PATH)"); the text is made only if a message needs it."""
 
@@ -748,7 +1074,6 @@ def read_tar(
     (:data:`LINK_HEADER`, :data:`TARGET_HEADER`).
     """
     builder = TreeBuilder(hardlinks)
-    shared = _Ints()
     index = 0
     fd = plain_fd(stream)
     if fd is not None and stream.tell() != 0:
@@ -795,10 +1120,10 @@ def read_tar(
             node = Node(
                 path=path,
                 type=ntype,
-                mode=shared(mode),
-                uid=shared(member.uid),
-                gid=shared(member.gid),
-                mtime=shared(int(member.mtime)),
+                mode=mode,
+                uid=member.uid,
+                gid=member.gid,
+                mtime=int(member.mtime),
                 size=member.size if ntype == REG else 0,
                 xattrs=_xattrs(member.pax, path, builder.tree.warnings) if member.pax else NO_XATTRS,
             )
