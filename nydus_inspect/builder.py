@@ -703,18 +703,8 @@ def _chunk_indexes(node: Node) -> bytearray:
     own = getattr(chunks, "chunk_indexes", None)  # chunks that write their own indexes (pack's, from columns)
     if own is not None:
         return own()
-    out = bytearray(8 * len(chunks))
-    pack_into = rafs_v6.CHUNK_INDEX.pack_into
-    pos = 0
-    for c in chunks:
-        # ChunkIndex(blob_index, ci_index, blkaddr).build(), in place.
-        ci = c.ci_index
-        pack_into(
-            out,
-            pos,
-            ci & 0xFFFF,
-            ((c.blob_index + 1) & 0xFF) | ((ci >> 16) << 8),
-            c.uncompressed_offset // BLOCK_SIZE,
-        )
-        pos += 8
+    out = bytearray(rafs_v6.CHUNK_INDEX.size * len(chunks))
+    pack = rafs_v6.pack_chunk_index
+    for k, c in enumerate(chunks):
+        pack(out, 8 * k, c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK_SIZE)
     return out

@@ -232,13 +232,12 @@ class _FileChunks(Sequence):
         ``_chunk_indexes``), read from the columns: no ChunkRef, with its digest, is made for each chunk."""
         chunker = self._chunker
         refs, records = chunker.refs, chunker.ci_array
-        out = bytearray(8 * self._n)
-        pack_into, unpack_from = rafs_v6.CHUNK_INDEX.pack_into, _U64.unpack_from
+        out = bytearray(rafs_v6.CHUNK_INDEX.size * self._n)
+        pack, mask = rafs_v6.pack_chunk_index, blob_meta.V1_UNCOMPRESSED_OFFSET
         for k in range(self._n):
             ci = refs[self._start + k]
-            # A v1 record's first word holds the uncompressed offset (blob_meta.decode_v1); the blob is 0.
-            uoff = unpack_from(records, 16 * ci)[0] & 0xFFF_FFFF_F000
-            pack_into(out, 8 * k, ci & 0xFFFF, 1 | ((ci >> 16) << 8), uoff // rafs_v6.BLOCK_SIZE)
+            # The stored chunk's v1 record (its first word holds the offset); the layer's one blob is 0.
+            pack(out, 8 * k, 0, ci, (_U64.unpack_from(records, 16 * ci)[0] & mask) // rafs_v6.BLOCK_SIZE)
         return out
 
 

@@ -205,6 +205,10 @@ class ChunkInfo:
         return out
 
 
+#: The bits of a v1 record's first word that hold the chunk's uncompressed offset.
+V1_UNCOMPRESSED_OFFSET = 0xFFF_FFFF_F000
+
+
 def decode_v1(index: int, uncomp: int, comp: int) -> ChunkInfo:
     usize = ((((uncomp >> 8) & 0xF) << 20) | ((uncomp >> 44) & 0xFFFFF)) + 1
     csize = ((((comp >> 40) & 0xF) << 20) | ((comp >> 44) & 0xFFFFF)) + 1
@@ -212,7 +216,7 @@ def decode_v1(index: int, uncomp: int, comp: int) -> ChunkInfo:
         index=index,
         compressed_offset=comp & 0xFF_FFFF_FFFF,
         compressed_size=csize,
-        uncompressed_offset=uncomp & 0xFFF_FFFF_F000,
+        uncompressed_offset=uncomp & V1_UNCOMPRESSED_OFFSET,
         uncompressed_size=usize,
         compressed=csize != usize,
         flags=CI_COMPRESSED if csize != usize else 0,

@@ -677,11 +677,16 @@ class ChunkIndex:
         return cls((device_id & 0xFF) - 1, ((device_id >> 8) << 16) | advise, blkaddr)
 
     def build(self) -> bytes:
-        return CHUNK_INDEX.pack(
-            self.ci_index & 0xFFFF,
-            ((self.blob_index + 1) & 0xFF) | ((self.ci_index >> 16) << 8),
-            self.blkaddr,
-        )
+        out = bytearray(CHUNK_INDEX.size)
+        pack_chunk_index(out, 0, self.blob_index, self.ci_index, self.blkaddr)
+        return bytes(out)
+
+
+def pack_chunk_index(buf, pos: int, blob_index: int, ci_index: int, blkaddr: int) -> None:
+    """A chunk index written into ``buf`` at ``pos`` (the writers fill a file's whole run in place)."""
+    CHUNK_INDEX.pack_into(
+        buf, pos, ci_index & 0xFFFF, ((blob_index + 1) & 0xFF) | ((ci_index >> 16) << 8), blkaddr
+    )
 
 
 CHUNK_TABLE_ENTRY = Layout(

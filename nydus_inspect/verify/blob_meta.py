@@ -238,7 +238,7 @@ def _columns(run: _Run, infos) -> tuple[array, array, array, array, array]:
         cols = (
             array("Q", [c & 0xFF_FFFF_FFFF for c in cs]),
             array("Q", [((((c >> 40) & 0xF) << 20) | ((c >> 44) & 0xFFFFF)) + 1 for c in cs]),
-            array("Q", [u & 0xFFF_FFFF_F000 for u in us]),
+            array("Q", [u & blob_meta.V1_UNCOMPRESSED_OFFSET for u in us]),
             array("Q", [((((u >> 8) & 0xF) << 20) | ((u >> 44) & 0xFFFFF)) + 1 for u in us]),
             array("B", bytes([1]) * infos.count),
         )
