@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .chunks.ref import ChunkRef
 from .codecs import Compressor
@@ -144,8 +145,14 @@ class NodeTree:
         return keys
 
 
-#: A tree that offers the layout NodeTree's ``layout_*`` methods (tarstream's TarTree).
-LayoutTree = object
+class LayoutTree(Protocol):
+    """What the layout asks of a tree (NodeTree's methods; tarstream's TarTree has its own)."""
+
+    def layout_keys(self) -> MutableSequence: ...
+    def layout_root(self) -> Hashable: ...
+    def layout_entries(self, key) -> list[tuple[bytes, Hashable, str]]: ...
+    def layout_linked(self, key) -> bool: ...
+    def layout_nodes(self, keys) -> Sequence[Node]: ...
 
 
 def _order(root: Node | LayoutTree, flat_files: bool = False) -> tuple[Slots, int]:
@@ -311,7 +318,7 @@ def plan_bootstrap(
     compressed: dict[int, int] | None = None,
 ) -> Plan:
     """Order, prepare and place every inode and data block of the tree under ``root`` (a Node, or a tree that
-    lays itself out, :data:`LayoutTree`).
+    lays itself out, :class:`LayoutTree`).
 
     ``flat_files`` ("plain" or "inline"): a plain EROFS image, regular files stored flat in the image
     (their blocks after ``data_end``, up to ``files_end``) instead of as chunks of a blob. ``compressed``:
