@@ -86,6 +86,12 @@ def _zstd_compressor() -> zstandard.ZstdCompressor:
     return comp
 
 
+def zstd_compressobj(size: int):
+    """A zstd compressor fed a piece at a time (``compress(piece)``, then ``flush()``), for input of ``size``
+    bytes too large to hold at once; its frame is as valid as :func:`compress`'s, not the same bytes."""
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=size)
+
+
 def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     dec = getattr(_local, "zd", None)
     if dec is None:

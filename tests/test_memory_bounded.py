@@ -269,6 +269,39 @@ def test_pack_keeps_little_beside_the_tree(tmp_path):
     assert 0 < per_entry < 350, f"pack: {per_entry:.0f} heap bytes per entry ({peaks})"
 
 
+def test_a_large_bootstrap_is_compressed_a_piece_at_a_time(tmp_path, monkeypatch):
+    """Past STREAM_BOOT, pack compresses the bootstrap a piece at a time, its frame kept in a temporary file:
+    compressed in one call, the frame is on the heap whole (and the mapped bootstrap all resident), which at
+    a million inodes alone is 60 MB beside 197. Heap while the bootstrap is written, small pieces here: the
+    output's 1 MiB write buffer and a few pieces (the one call: the whole frame, ~3 MB)."""
+    import tracemalloc
+
+    from fixtures_util import pack_layer
+
+    from nydus_inspect import pack as pack_mod
+
+    tar = tmp_path / "files.tar"
+    _small_files_tar(tar, 50_000)
+    monkeypatch.setattr(pack_mod, "STREAM_BOOT", 1 << 20)
+    monkeypatch.setattr(pack_mod, "BOOT_PIECE", 64 << 10)
+    seen = []
+    real = pack_mod.write_boot_and_toc
+
+    def traced(out, boot, entries):
+        tracemalloc.start()
+        try:
+            real(out, boot, entries)
+            seen.append((len(boot), entries[-1].compressed_size, tracemalloc.get_traced_memory()[1]))
+        finally:
+            tracemalloc.stop()
+
+    monkeypatch.setattr(pack_mod, "write_boot_and_toc", traced)
+    pack_layer(tar, tmp_path / "files.blob")
+    ((size, stored, peak),) = seen
+    assert stored > 2 << 20 and size > 2 * stored, (size, stored)
+    assert peak < (1 << 20) + 8 * (64 << 10), f"{peak} bytes of heap to write a {size}-byte bootstrap"
+
+
 def test_analyze_keeps_little_for_each_entry_of_a_layer(tmp_path):
     """analyze holds a layer's entries in columns while it walks and merges it, and the top layer's files
     stay there instead of becoming objects of the merged tree (no layer above looks their names up). Heap

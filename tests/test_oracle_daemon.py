@@ -111,6 +111,47 @@ def test_separate_bootstrap_in_nydusd(request, oracle, fixture_tars, tmp_path):
         assert_dir_matches(expected_tree(src), mnt, zero_mtime_shown_as=(started, int(time.time()) + 1))
 
 
+def test_a_bootstrap_compressed_in_pieces_in_nydusd(request, oracle, fixture_tars, tmp_path, monkeypatch):
+    """A bootstrap too large to compress in one call (a million inodes) is compressed a piece at a time (its
+    frame is then not the one call's), and written apart a piece at a time: nydusd, nydus-image check and
+    our reader take it as the same bootstrap, inline and apart. Pieces of an odd size here, so that their
+    ends fall inside pages."""
+    _fuse(request)
+    from nydus_inspect import pack as pack_mod
+    from nydus_inspect.layer import open_layer
+
+    src = fixture_tars["every-type.tar"]
+    whole = tmp_path / "whole.blob"
+    pack_layer(src, whole)
+    pieces: list[int] = []
+
+    def counted(boot, start=0):
+        for piece in real(boot, start):
+            pieces.append(len(piece))
+            yield piece
+
+    real = pack_mod._pieces
+    monkeypatch.setattr(pack_mod, "_pieces", counted)
+    monkeypatch.setattr(pack_mod, "STREAM_BOOT", 0)
+    monkeypatch.setattr(pack_mod, "BOOT_PIECE", 5000)
+    blob, boot = tmp_path / "layer.blob", tmp_path / "layer.boot"
+    pack_layer(src, blob, bootstrap=str(boot))
+    with open_layer(str(whole)) as a, open_layer(str(blob)) as b:
+        size = len(a.bootstrap_bytes())
+        assert bytes(a.bootstrap_bytes()) == bytes(b.bootstrap_bytes())
+    # Inline, then apart after its head (the blocks after the superblock): each in pieces.
+    assert max(pieces) == 5000 and sum(pieces) > size + size // 2, (pieces, size)
+    proc = run_cli("verify", blob)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check_in_daemon(oracle, blob, expected_tree(src), tmp_path / "inline")
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    os.link(blob, blobs / hashlib.sha256(blob.read_bytes()).hexdigest())
+    oracle.check(boot)
+    with oracle.mount(boot, blobs, tmp_path / "nydusd") as mnt:
+        assert_dir_matches(expected_tree(src), mnt, zero_mtime_shown_as=(0, int(time.time()) + 1))
+
+
 def test_debian_rootfs_in_nydusd(request, oracle, tmp_path):
     """The Debian minbase tar of the benches, when it has been built (`bash bench/make_rootfs.sh`)."""
     _fuse(request)
