@@ -517,9 +517,8 @@ def _pack(source: str, output: str, opts: PackOptions, workers: int) -> PackResu
             warnings=list(tree.warnings),
         )
         # The bootstrap is written to an unlinked temporary file as it is serialised, and the tree, its layout
-        # and the chunk columns are let go before it is compressed. zstd has to take it whole: fed in pieces,
-        # it makes another frame than the one-shot call, and the layer would change. So it is mapped then,
-        # when little else is held.
+        # and the chunk columns are let go before it is mapped and compressed (write_boot_and_toc: whole, or
+        # a piece at a time when large).
         with tempfile.TemporaryFile(buffering=SectionWriter.FLUSH_BYTES) as spool:
             head = write_bootstrap(
                 spool.write,
