@@ -254,7 +254,7 @@ def _traced_peak(*args) -> int:
 
 def test_pack_keeps_little_beside_the_tree(tmp_path):
     """Beside the tree it reads from the tar, pack keeps a layout slot per inode and a few columns per chunk,
-    and lets them and the tree go before it takes the bootstrap whole to compress it. Heap bytes per entry
+    and lets them and the tree go before it compresses the bootstrap. Heap bytes per entry
     (the growth from 2,000 to 10,000 one-line files, so the start-up cancels out): a ChunkRef and a list per
     file, slots that refer to each other (kept to the end with the collector off) or the bootstrap built in
     memory while the tree is held each put it above the bound, and so do a layout object per inode, an index
