@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 import mmap
 import os
 import stat
 import struct
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from . import codecs
+from .boot_tar import bootstrap_in_tar
 from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
-from .chunks.source import BlobSource, LocalFile, PieceReader, SliceReader, SourceBytes
+from .chunks.source import BlobSource, LocalFile, PieceReader, SourceBytes
 from .codecs import Compressor
 from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -55,10 +54,6 @@ MAX_BOOTSTRAP = 1 << 30
 #: A compressed image.boot that decodes to more than this is kept in a temporary file and mapped (see
 #: Layer._bootstrap_entry), not held as bytes.
 SPILL_BOOTSTRAP = 32 << 20
-#: Bootstrap layers are small tars; refuse to scan more members than this.
-MAX_TAR_MEMBERS = 100_000
-#: A scan of a tar for its image.boot lets the mapped pages behind it go in steps of this many bytes.
-_RELEASE_STEP = 8 << 20
 
 KIND_BLOB_TOC = "nydus-blob"  # layer blob with rafs.blob.toc
 KIND_BLOB_NO_TOC = "nydus-blob-no-toc"  # layer blob found by tar-header walk only
@@ -721,7 +716,7 @@ class Layer:
                 # All metadata, and RafsV6 indexes its chunk table through a memoryview: held whole.
                 data = self._map if not isinstance(self._map, SourceBytes) else self._map[: self.size]
             elif self.kind == KIND_BOOTSTRAP_LAYER:
-                data = self._bootstrap_from_tar()
+                data = bootstrap_in_tar(self._map, self.size, MAX_BOOTSTRAP)
             elif self.kind == KIND_ESTARGZ:
                 from .estargz import ref_bootstrap
 
@@ -754,61 +749,6 @@ class Layer:
             f.flush()
             self._spilled = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         return self._spilled
-
-    def _bootstrap_from_tar(self) -> bytes:
-        import tarfile  # only bootstrap layers (image/image.boot in a tar) need it
-
-        # Read through slices of the map: tarfile looks at headers and seeks past data, so a big layer tar is
-        # neither copied whole (as BytesIO would) nor, when remote, fetched whole.
-        reader = SliceReader(self._map, self.size)
-        raw = io.BufferedReader(reader, 64 << 10)
-        # The pages of the map behind the scan are let go: a tar of small files is mostly headers, and every
-        # page read would otherwise stay resident (a hundred MiB for the members a scan reads at most).
-        release = (
-            self._map.madvise if isinstance(self._map, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") else None
-        )
-        released = 0
-        try:
-            if self._map[:2] == b"\x1f\x8b":
-                import gzip
-
-                fobj: io.IOBase = gzip.GzipFile(fileobj=raw)
-            else:
-                fobj = raw
-            # Not stream mode ("r|"): it skips a member's data by reading size/10240 blocks even past the end,
-            # so a forged size (GNU base-256 allows 2^95) would spin for ever. Seeking stops at the real end.
-            with tarfile.open(fileobj=fobj, mode="r:") as tf:
-                count = 0
-                while (member := tf.next()) is not None:
-                    # tarfile keeps every member it has read (a TarInfo of several hundred bytes each): only
-                    # the one looked for is wanted.
-                    tf.members.clear()
-                    if count >= MAX_TAR_MEMBERS:
-                        break
-                    count += 1
-                    if release is not None and reader.pos - released >= _RELEASE_STEP:
-                        upto = (reader.pos - _RELEASE_STEP // 2) // mmap.PAGESIZE * mmap.PAGESIZE
-                        if upto > released:
-                            release(mmap.MADV_DONTNEED, released, upto - released)
-                            released = upto
-                    if member.name.lstrip("./") == "image/image.boot":
-                        if not member.isreg():
-                            raise FormatError("bootstrap layer", "image/image.boot is not a regular file")
-                        if member.size > MAX_BOOTSTRAP:
-                            raise FormatError(
-                                "bootstrap layer", "image/image.boot larger than 1 GiB", value=member.size
-                            )
-                        f = tf.extractfile(member)
-                        data = f.read() if f else b""
-                        if len(data) != member.size:
-                            raise FormatError(
-                                "bootstrap layer", "image/image.boot is truncated", value=len(data)
-                            )
-                        return data
-        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, OverflowError) as exc:
-            # ValueError / OverflowError: tarfile seeking to a forged member size beyond any offset.
-            raise FormatError("bootstrap layer", f"not a readable tar or tar.gz: {exc}") from None
-        raise FormatError("bootstrap layer", "no image/image.boot in this tar")
 
     @cached_property
     def estargz_index(self):
