@@ -790,7 +790,11 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_unpack, bulk=True)
 
     s = sub.add_parser("diff", help="compare two trees (layer tar, nydus layer or bootstrap) entry by entry")
-    s.add_argument("a", metavar="SOURCE", help="the expected tree: a layer tar, a nydus layer or a bootstrap")
+    s.add_argument(
+        "a",
+        metavar="SOURCE",
+        help="the expected tree: a layer tar ('-' for stdin), a nydus layer or a bootstrap",
+    )
     s.add_argument("b", metavar="LAYER", help="the tree to check against it (same kinds)")
     s.add_argument("--blob-dir", metavar="DIR")
     s.add_argument("--blob", metavar="FILE", action="append")

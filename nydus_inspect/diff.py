@@ -273,6 +273,8 @@ def entries_of(
     ``stack`` until they have been taken."""
     from .imageref import materialise
 
+    if path == "-":  # a tar on stdin, as pack takes it
+        return TarEntries(path, hardlinks)
     path = materialise(path)
     layer = _open(path, blob_dir, blobs)
     if layer is None:
@@ -412,6 +414,8 @@ def diff_paths(
         empty = False  # missing: the opener says so
     if empty:
         raise UsageError(f"{b}: empty file: not a nydus layer, bootstrap or layer tar")
+    if a == b == "-":
+        raise UsageError("-: only one side of diff can be read from stdin")
     # A tar side takes the hard-link rule of the layer it is compared with: the layer is opened once to learn
     # its format. Then ``a`` is described first: the source is usually the tar, whose tree (the
     # largest thing either side builds) is then made while the other side's entries are not yet held.

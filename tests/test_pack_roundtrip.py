@@ -328,6 +328,14 @@ def test_cli_pack_from_stdin_json_and_diff(tmp_path, fixture_tars):
     assert proc.returncode == 0 and proc.stdout.strip() == b"no differences", proc.stdout
     proc = run_cli("diff", src, blob, "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout) == {"equal": True, "differences": []}
+    # The source tar on stdin, as pack takes it: plain and compressed, equal; another tar, not.
+    for name, code in [("every-type.tar", 0), ("every-type.tar.zst", 0), ("whiteouts.tar", 1)]:
+        with open(fixture_tars[name], "rb") as f:
+            proc = run_cli("diff", "-", blob, stdin=f)
+        assert proc.returncode == code, (name, proc.stdout, proc.stderr)
+    with open(src, "rb") as f:
+        proc = run_cli("diff", "-", "-", stdin=f)
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
 
 
 def test_cli_unpack_to_tar_and_stdout(tmp_path, fixture_tars):
