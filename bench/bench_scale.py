@@ -3,11 +3,12 @@
     python bench/bench_scale.py [--series inodes,chunks,bytes,layers] [--max-inodes N] [--max-chunks N]
                                 [--max-gb N] [--no-mount] [--no-oracle]
 
-Series (inputs are generated, kept in $NYDUS_BENCH_DIR/scale for the next run, never committed):
+Series (inputs are generated, most kept in $NYDUS_BENCH_DIR/scale for the next run, never committed):
 
   inodes   10k, 100k and 1M one-line files, 1,000 to a directory
   chunks   1M and 10M chunk records (4 KiB chunks; the data repeats every 65,536 blocks, so the blob
-           stays small while the bootstrap's chunk table and every reader walk all the records)
+           stays small while the bootstrap's chunk table and every reader walk all the records); these
+           tars (4 and 40 GB) are never stored: a child process writes them to the reader's stdin
   bytes    tars of 1, 3 and 10 GB: 50 MiB files of incompressible, compressible and mixed 1 MiB pieces
   layers   3, 10 and 30 layers of 5,000 files each (replacements and whiteouts), merged and analysed
 
@@ -37,6 +38,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH_DIR, NYDUS, ROOT, load_note, run_once  # noqa: E402
@@ -111,16 +113,25 @@ class _Blocks(io.RawIOBase):
         return m
 
 
-def chunks_tar(n: int) -> Path:
-    per_file = 1 << 20  # 4 GiB files: a chunk table of 1M records each
+class Streamed:
+    """A tar written by a child process as it is read (pack's, diff's and nydus-image's stdin): the 10M-chunk
+    tar is 40 GB, about what the machines this runs on have free, and writing it costs longer than packing it."""
 
-    def fill(tf: tarfile.TarFile) -> None:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.argv = [sys.executable, str(Path(__file__).resolve()), "--emit-chunks", str(n)]
+
+    def __str__(self) -> str:
+        return f"<{self.n:,}-chunk tar, streamed>"
+
+
+def emit_chunks_tar(n: int, out: BinaryIO) -> None:
+    per_file = 1 << 20  # 4 GiB files: a chunk table of 1M records each
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tf:
         tf.addfile(_info("c", is_dir=True))
         for f, k in enumerate(range(0, n, per_file)):
             m = min(per_file, n - k)
             tf.addfile(_info(f"c/f{f:03d}", m * 4096), io.BufferedReader(_Blocks(k, m), 1 << 20))
-
-    return _write_atomically(SCALE_DIR / f"chunks-{n}.tar", fill)
 
 
 class _Mixed(io.RawIOBase):
@@ -194,11 +205,27 @@ def oracle_dir() -> Path | None:
     return Path(lines[-1]) if proc.returncode == 0 and lines else None
 
 
-def timed(cmd: list[str] | str, shell: bool = False) -> tuple[float, float, int]:
+def timed(cmd: list[str] | str, shell: bool = False, stdin=None) -> tuple[float, float, int]:
     """(wall s, CPU s, peak RSS KiB) of one run, after a sync (untimed) so earlier writes are not paid here."""
     os.sync()
-    wall, rss, cpu = run_once(cmd, shell=shell)
+    wall, rss, cpu = run_once(cmd, shell=shell, stdin=stdin)
     return wall, cpu, rss
+
+
+def timed_on(tar: Path | Streamed, cmd, stdin_name: str = "-") -> tuple[float, float, int]:
+    """``timed(cmd(path))`` of a tar on disk, or of a streamed one given as ``stdin_name`` with the child's
+    output on stdin (the child's own time is not counted: it is not a child of GNU time)."""
+    if isinstance(tar, Path):
+        return timed(cmd(str(tar)))
+    # The generator's exit status is not looked at: a reader that stops at the tar's end-of-archive
+    # blocks leaves it an EPIPE on the rest of the last record, and a generator that failed midway
+    # leaves a truncated tar, which fails the reader.
+    with subprocess.Popen(tar.argv, stdout=subprocess.PIPE) as gen:
+        try:
+            return timed(cmd(stdin_name), stdin=gen.stdout)
+        finally:
+            gen.stdout.close()
+            gen.kill()
 
 
 def mount_figures(blob: Path, work: Path, oracle: Path | None) -> dict[str, tuple[float, float, int]]:
@@ -242,17 +269,23 @@ def mount_figures(blob: Path, work: Path, oracle: Path | None) -> dict[str, tupl
     return figures
 
 
-def layer_figures(tar: Path, work: Path, oracle: Path | None, mount: bool, chunk_size: str) -> dict:
+def layer_figures(
+    tar: Path | Streamed, work: Path, oracle: Path | None, mount: bool, chunk_size: str
+) -> dict:
     blob = work / "layer.blob"
     blob.unlink(missing_ok=True)
     fig = {}
-    fig["pack"] = timed([*NYDUS, "pack", "-q", "--chunk-size", chunk_size, str(tar), "-o", str(blob)])
+    fig["pack"] = timed_on(
+        tar, lambda t: [*NYDUS, "pack", "-q", "--chunk-size", chunk_size, t, "-o", str(blob)]
+    )
     if oracle is not None:
         theirs = work / "theirs.blob"
         theirs.unlink(missing_ok=True)
         import bench_oracle
 
-        fig["nydus-image create"] = timed(bench_oracle.create_cmd(oracle, tar, theirs, chunk_size))
+        fig["nydus-image create"] = timed_on(
+            tar, lambda t: bench_oracle.create_cmd(oracle, Path(t), theirs, chunk_size), "/dev/stdin"
+        )
         theirs.unlink(missing_ok=True)
     # The tar goes to /dev/null: at 10M chunks it is as large as the input (40 GB), and both on disk at once
     # would not fit the machines this runs on.
@@ -263,7 +296,7 @@ def layer_figures(tar: Path, work: Path, oracle: Path | None, mount: bool, chunk
     fig["ls -R --json"] = timed(
         f"{shlex_join([*NYDUS, 'ls', '-R', '--json', str(blob)])} > /dev/null", shell=True
     )
-    fig["diff"] = timed([*NYDUS, "diff", str(tar), str(blob)])
+    fig["diff"] = timed_on(tar, lambda t: [*NYDUS, "diff", t, str(blob)])
     fig["analyze"] = timed(f"{shlex_join([*NYDUS, 'analyze', '--json', str(blob)])} > /dev/null", shell=True)
     if mount:
         fig.update(mount_figures(blob, work, oracle))
@@ -345,7 +378,11 @@ def main() -> int:
         "--no-mount", action="store_true", help="skip the mount figures (they need root and FUSE)"
     )
     ap.add_argument("--no-oracle", action="store_true", help="skip the real nydus tools' series")
+    ap.add_argument("--emit-chunks", type=int, metavar="N", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.emit_chunks:
+        emit_chunks_tar(args.emit_chunks, sys.stdout.buffer)
+        return 0
     oracle = None if args.no_oracle else oracle_dir()
     mount = not args.no_mount and os.geteuid() == 0
     print(f"nydus-inspect scale series; {load_note()}; real tools: {oracle or 'not used'}", flush=True)
@@ -359,7 +396,7 @@ def main() -> int:
             verdicts += report("inodes", sizes, "inodes", res)
         if "chunks" in wanted:
             sizes = [n for n in (1_000_000, 10_000_000) if n <= args.max_chunks]
-            res = [layer_figures(chunks_tar(n), work, oracle, mount, "0x1000") for n in sizes]
+            res = [layer_figures(Streamed(n), work, oracle, mount, "0x1000") for n in sizes]
             verdicts += report("chunks", sizes, "chunks", res)
         if "bytes" in wanted:
             sizes = [n for n in (1, 3, 10) if n <= args.max_gb]
