@@ -67,8 +67,10 @@ class OverviewScreen(NydusScreen):
         multi = len(self.nydus.views) > 1
         self.query_one("#layers-title").display = multi
         layers.display = multi
-        self._digest(view)
-        self._bootstrap(view)
+        # The file's digest and the bootstrap's decoding take a core each: started once the first frame is
+        # painted, they do not slow it down.
+        self.call_after_refresh(self._digest, view)
+        self.call_after_refresh(self._bootstrap, view)
 
     @work(thread=True, exclusive=True, group="overview-digest")
     def _digest(self, view: LayerView) -> None:
