@@ -121,9 +121,6 @@ class Streamed:
         self.n = n
         self.argv = [sys.executable, str(Path(__file__).resolve()), "--emit-chunks", str(n)]
 
-    def __str__(self) -> str:
-        return f"<{self.n:,}-chunk tar, streamed>"
-
 
 def emit_chunks_tar(n: int, out: BinaryIO) -> None:
     per_file = 1 << 20  # 4 GiB files: a chunk table of 1M records each
