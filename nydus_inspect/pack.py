@@ -14,6 +14,7 @@ in flight, so memory follows metadata, never layer size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -47,6 +48,9 @@ DEFAULT_CHUNK_SIZE = 0x100000
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 64
 _U64 = struct.Struct("<Q")
+_U64X2 = struct.Struct("<QQ")
+#: A digest's first two bytes (its bucket in the sort by digest) and the next four.
+_DIGEST_KEY = struct.Struct(">HI26x")
 #: A worker reads a batch's chunks with one pread when that reads at most this much besides twice the data.
 SPAN_SLACK = 1 << 20
 
@@ -211,6 +215,8 @@ class _FileChunks(Sequence):
 
     __slots__ = ("_chunker", "_start", "_n")
 
+    WINDOW = 4096  # chunks whose records chunk_indexes reads at a time
+
     def __init__(self, chunker: _Chunker, start: int, n: int) -> None:
         self._chunker, self._start, self._n = chunker, start, n
 
@@ -231,90 +237,164 @@ class _FileChunks(Sequence):
         """The file's chunk indexes as the bootstrap stores them after its inode (builder's
         ``_chunk_indexes``), read from the columns: no ChunkRef, with its digest, is made for each chunk."""
         chunker = self._chunker
-        refs, records = chunker.refs, chunker.ci_array
+        records = chunker.records
         out = bytearray(rafs_v6.CHUNK_INDEX.size * self._n)
         pack, mask = rafs_v6.pack_chunk_index, blob_meta.V1_UNCOMPRESSED_OFFSET
-        for k in range(self._n):
-            ci = refs[self._start + k]
-            # The stored chunk's v1 record (its first word holds the offset); the layer's one blob is 0.
-            pack(out, 8 * k, 0, ci, (_U64.unpack_from(records, 16 * ci)[0] & mask) // rafs_v6.BLOCK_SIZE)
+        for at in range(0, self._n, self.WINDOW):
+            window = chunker.refs[self._start + at : self._start + min(self._n, at + self.WINDOW)]
+            lo, hi = min(window), max(window)
+            # A file's chunks are mostly stored in a run of their own: their records are read with one pread
+            # over the run, each record by itself when they lie far apart.
+            if hi - lo < 4 * len(window) + self.WINDOW:
+                span = records.read(lo, hi - lo + 1)
+                offsets = [_U64.unpack_from(span, 16 * (ci - lo))[0] for ci in window]
+            else:
+                offsets = [_U64.unpack_from(records.read(ci))[0] for ci in window]
+            for k, ci, offset in zip(range(at, at + len(window)), window, offsets):
+                # The stored chunk's v1 record (its first word holds the offset); the layer's one blob is 0.
+                pack(out, 8 * k, 0, ci, (offset & mask) // rafs_v6.BLOCK_SIZE)
         return out
 
 
-class _DigestIndex:
-    """The first chunk stored under each digest, found through the digests column: an open-addressing table
-    of chunk indexes (4 bytes a slot, at most half of them taken), not a dict of a bytes key and an int per
-    chunk (over a hundred bytes). Positions come from ``hash()``, randomised per process, so that no layer
-    can be made to pile its chunks up in one run of the table."""
+class _Spill:
+    """An append-only column of ``width``-byte records in an unlinked temporary file: a column per stored
+    chunk held on the heap would grow with the layer's distinct chunks (tens of bytes each, over half a
+    gigabyte at ten million). Records are written a piece at a time as they come, and read back by
+    ``pread``, one at a time or in order a piece at a time; those not written yet are read from the tail."""
 
-    def __init__(self, digests: bytearray) -> None:
+    PIECE = 1 << 16  # bytes of records held before they are written
+
+    def __init__(self, width: int) -> None:
+        import tempfile  # only here: importing it costs every other command start-up time
+
+        self.width = width
+        self._file = tempfile.TemporaryFile(buffering=0)
+        self._fd = self._file.fileno()
+        self._written = 0  # bytes in the file
+        self._tail = bytearray()
+
+    @property
+    def size(self) -> int:
+        """Bytes of records so far."""
+        return self._written + len(self._tail)
+
+    def append(self, record) -> None:
+        self._tail += record
+        if len(self._tail) >= self.PIECE:
+            self.flush()
+
+    def flush(self) -> None:
+        data, self._tail = self._tail, bytearray()
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, memoryview(data)[done:], self._written + done)
+        self._written += done
+
+    def read(self, index: int, count: int = 1) -> bytes:
+        """Records ``index`` to ``index + count - 1``, joined."""
+        start, end = index * self.width, (index + count) * self.width
+        if start >= self._written:
+            return bytes(self._tail[start - self._written : end - self._written])
+        if end > self._written:
+            self.flush()
+        return _pread_column(self._fd, end - start, start)
+
+    def pieces(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """All the records in order, in pieces of about ``size`` bytes (whole records)."""
+        self.flush()
+        size = max(size - size % self.width, self.width)
+        for at in range(0, self._written, size):
+            yield _pread_column(self._fd, min(size, self._written - at), at)
+
+    @contextlib.contextmanager
+    def mapped(self) -> Iterator[memoryview]:
+        """All the records as one buffer (mapped, so in the page cache, not the heap)."""
+        self.flush()
+        with mmap.mmap(self._fd, self._written, prot=mmap.PROT_READ) as m, memoryview(m) as view:
+            yield view
+
+    def __del__(self) -> None:
+        # The file goes with the column: its chunker (and so the tree, whose files' chunks are views of its
+        # columns) may outlive pack.
+        if hasattr(self, "_file"):
+            self._file.close()
+
+
+def _pread_column(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise OSError(f"short read of a temporary file: {len(data)} bytes of {size} at {offset}")
+    return data
+
+
+class _DigestIndex:
+    """The first chunk stored under each digest: an open-addressing table of chunk indexes (4 bytes a slot,
+    at most three quarters of them taken), not a dict of a bytes key and an int per chunk (over a hundred
+    bytes). Beside it, by chunk, a tag of each digest (32 bits of its ``hash()``), so that a probe reads a
+    whole digest from the spilled column only when the tags match, and the table is grown from the tags
+    alone. Positions come from those bits of ``hash()``, randomised per process, so that no layer can be
+    made to pile its chunks up in one run of the table."""
+
+    MASK = 0xFFFF_FFFF
+
+    def __init__(self, digests: _Spill) -> None:
         self.digests = digests
         self.table = array("I", bytes(4 * 1024))  # chunk index + 1; 0 is a free slot
+        self.tags = array("I")  # by stored chunk
         self.used = 0
+        # Stored chunks not in the table (their digest is there, at another size).
+        self.outside: set[int] = set()
 
-    def _find(self, digest: bytes) -> int:
+    def _find(self, digest: bytes, tag: int) -> int:
         """The slot of ``digest``, or the free slot where it would go."""
-        table, digests = self.table, self.digests
+        table, tags = self.table, self.tags
         mask = len(table) - 1
-        i = hash(digest) & mask
+        i = tag & mask
         while True:
             v = table[i]
-            if not v or digests[32 * (v - 1) : 32 * v] == digest:
+            if not v or (tags[v - 1] == tag and self.digests.read(v - 1) == digest):
                 return i
             i = (i + 1) & mask
 
     def get(self, digest: bytes) -> int | None:
-        v = self.table[self._find(digest)]
+        v = self.table[self._find(digest, hash(digest) & self.MASK)]
         return v - 1 if v else None
 
-    def add(self, digest: bytes, ci: int) -> None:
-        """Record ``ci`` (whose digest is in the column) for ``digest``, which has none yet."""
-        self.table[self._find(digest)] = ci + 1
+    def add(self, digest: bytes, ci: int, indexed: bool = True) -> None:
+        """Record the next stored chunk, ``ci`` (whose digest is in the column): under ``digest``, which has
+        none yet, unless not ``indexed`` (stored at another size beside the chunk the table has for it)."""
+        tag = hash(digest) & self.MASK
+        self.tags.append(tag)
+        if not indexed:
+            self.outside.add(ci)
+            return
+        self.table[self._find(digest, tag)] = ci + 1
         self.used += 1
-        if 2 * self.used > len(self.table):
+        if 4 * self.used > 3 * len(self.table):
             self._grow()
 
     def _grow(self) -> None:
-        old, digests = self.table, self.digests
-        self.table = table = array("I", bytes(8 * len(old)))
-        mask = len(table) - 1
-        for v in old:
-            if v:
-                i = hash(bytes(digests[32 * (v - 1) : 32 * v])) & mask
-                while table[i]:
-                    i = (i + 1) & mask
-                table[i] = v
-
-    def sorted(self) -> array:
-        """The chunks in the table, by digest: bucketed by the digest's first two bytes (a counting sort over
-        arrays), then each bucket's few sorted, so that no list of a million keys is made."""
-        digests = self.digests
-        cis = array("I", (v - 1 for v in self.table if v))
-        starts = array("I", bytes(4 * 65537))
-        for ci in cis:
-            starts[(digests[32 * ci] << 8 | digests[32 * ci + 1]) + 1] += 1
-        for b in range(65536):
-            starts[b + 1] += starts[b]
-        fill = array("I", starts)
-        out = array("I", bytes(4 * len(cis)))
-        for ci in cis:
-            b = digests[32 * ci] << 8 | digests[32 * ci + 1]
-            out[fill[b]] = ci
-            fill[b] += 1
-        del cis, fill
-        for b in range(65536):
-            lo, hi = starts[b], starts[b + 1]
-            if hi - lo > 1:
-                out[lo:hi] = array("I", sorted(out[lo:hi], key=lambda ci: digests[32 * ci : 32 * ci + 32]))
-        return out
+        # Rebuilt from the tags, the old table let go first: never both at once.
+        size = 2 * len(self.table)
+        del self.table
+        self.table = table = array("I", bytes(4 * size))
+        mask, outside = size - 1, self.outside
+        for ci, tag in enumerate(self.tags):
+            if outside and ci in outside:
+                continue
+            i = tag & mask
+            while table[i]:
+                i = (i + 1) & mask
+            table[i] = ci + 1
 
 
 class _Chunker:
     """Orders, deduplicates and writes chunks produced by the worker pool.
 
-    What it learns of each chunk is kept in columns: its blob.meta record (``ci_array``), digest and CRC
-    by stored chunk, and which stored chunk each chunk of a file is (``refs``, files in tar order, so a
-    file's chunks are a run of it); a file's ``chunks`` is a view of its run (:class:`_FileChunks`)."""
+    What it learns of each chunk is kept in columns: its blob.meta record (``records``), digest and CRC by
+    stored chunk, spilled to temporary files (:class:`_Spill`), and which stored chunk each chunk of a file
+    is (``refs``, on the heap: files in tar order, so a file's chunks are a run of it); a file's ``chunks``
+    is a view of its run (:class:`_FileChunks`)."""
 
     def __init__(self, out: SectionWriter, opts: PackOptions, pool: ThreadPoolExecutor, workers: int) -> None:
         self.out = out
@@ -331,15 +411,16 @@ class _Chunker:
         self.batch: list = []
         self.batch_sizes: list[int] = []
         self.batch_bytes = 0
-        self.ci_array = bytearray()  # blob.meta's chunk-info records (v1), one per stored chunk
-        # blob.digest: the digest of each stored chunk, 32 bytes each (as a list, joining it at the end took
-        # a buffer descriptor per chunk on top).
-        self.digests = bytearray()
+        self.records = _Spill(16)  # blob.meta's chunk-info records (v1), one per stored chunk
+        self.digests = _Spill(32)  # blob.digest: the digest of each stored chunk
+        self.crcs = _Spill(4)  # by stored chunk, little-endian
         # Chunks are told apart by (digest, size): by digest first, and a chunk of a digest already
-        # stored at another size (a digest collision, in practice never) under both.
-        self.by_digest = _DigestIndex(self.digests)
+        # stored at another size (a digest collision, in practice never) under both. The index goes when
+        # the last chunk is stored (drain); the stored chunks it left out stay in ``outside``.
+        self.by_digest: _DigestIndex | None = _DigestIndex(self.digests)
         self.by_size: dict[tuple[bytes, int], int] = {}
-        self.crcs = array("I")  # by stored chunk
+        self.outside: set[int] = set()
+        self.collided: set[int] = set()  # stored chunks sharing their digest with another
         self.refs = array("I")  # by chunk of a file: the stored chunk it is
         self.starts = array("Q")  # by file, in tar order: where its run of ``refs`` starts
         self.submitted = 0  # chunks of files handed to the workers so far
@@ -406,35 +487,40 @@ class _Chunker:
         usize, fut, i = self.pending.popleft()
         self.pending_bytes -= usize
         digest, stored, compressed, crc = fut.result()[i]
-        ci = first = self.by_digest.get(digest)
+        by_digest = self.by_digest
+        assert by_digest is not None, "a chunk after drain"
+        ci = first = by_digest.get(digest)
         if ci is not None and self._info(ci).uncompressed_size != usize:
             ci = self.by_size.get((digest, usize))
         if ci is None:
             ci = self.count
-            self.ci_array += blob_meta.pack_v1(self.out.pos, len(stored), self.uncompressed, usize)
+            self.records.append(blob_meta.pack_v1(self.out.pos, len(stored), self.uncompressed, usize))
             self.out.write(stored)
             self.count += 1
             self.stored_bytes += len(stored)
-            self.digests += digest
-            if first is None:
-                self.by_digest.add(digest, ci)
-            else:
+            self.digests.append(digest)
+            by_digest.add(digest, ci, indexed=first is None)
+            if first is not None:
                 self.by_size[digest, usize] = ci
-            self.crcs.append(crc)
+            self.crcs.append(crc.to_bytes(4, "little"))
             self.uncompressed += round_up(usize, rafs_v6.BLOCK_SIZE)
         self.referenced += 1
         self.refs.append(ci)
 
     def _info(self, ci: int) -> blob_meta.ChunkInfo:
-        return blob_meta.ChunkInfoArray(self.ci_array, self.count, False)[ci]
+        if not 0 <= ci < self.count:
+            raise IndexError(ci)
+        return blob_meta.decode_v1(ci, *_U64X2.unpack(self.records.read(ci)))
 
     def _digest(self, ci: int) -> bytes:
-        return bytes(blob_meta.DigestArray(self.digests)[ci])
+        if not 0 <= ci < self.count:
+            raise IndexError(ci)
+        return self.digests.read(ci)
 
     def chunk(self, ci: int, file_offset: int) -> ChunkRef:
         """Stored chunk ``ci`` at ``file_offset`` of a file."""
         chunk = ChunkRef.from_info(self._info(ci), 0, file_offset, self._digest(ci))
-        chunk.crc32 = self.crcs[ci]
+        chunk.crc32 = int.from_bytes(self.crcs.read(ci), "little")
         return chunk
 
     def table_chunks(self, files: Iterable[tuple[int, int]]) -> tuple[int, Iterator[ChunkRef]]:
@@ -443,31 +529,74 @@ class _Chunker:
         record takes the file offset of its first use in that order."""
         cs = self.opts.chunk_size
         refs, starts = self.refs, self.starts
-        first = array("q", [-1]) * self.count
+        # By stored chunk: 1 + the number, in its file, of its first use in layout order; 0 while unused.
+        first = array("I", bytes(4 * self.count))
         # Of the chunks stored under one digest (a collision), the first used in layout order is recorded.
-        collided = set(self.by_size.values()) | {self.by_digest.get(d) for d, _ in self.by_size}
+        collided = self.collided
         picked: dict[bytes, int] = {}
         for fileno, size in files:
             start = starts[fileno]
             for k in range(-(-size // cs)):
                 ci = refs[start + k]
-                if first[ci] < 0:
-                    first[ci] = k * cs
-                    if ci in collided:
+                if not first[ci]:
+                    first[ci] = k + 1
+                    if collided and ci in collided:
                         picked.setdefault(self._digest(ci), ci)
         # A chunk stored but used by no file of the tree (its file was replaced later in the tar) has no record.
         order = array("I")
-        for ci in self.by_digest.sorted():
-            if ci in collided:
+        for ci in self._by_digest():
+            if collided and ci in collided:
                 ci = picked.get(self._digest(ci), -1)
-            if ci >= 0 and first[ci] >= 0:
+            if ci >= 0 and first[ci]:
                 order.append(ci)
-        return len(order), (self.chunk(ci, first[ci]) for ci in order)
+        return len(order), (self.chunk(ci, (first[ci] - 1) * cs) for ci in order)
+
+    def _by_digest(self) -> array:
+        """The stored chunks but those left out of the dedup index, by digest: bucketed by the digest's first
+        two bytes (a counting sort over arrays, the digests read in order from their column), then each
+        bucket sorted by the next four bytes (kept beside it) or, where those tie, by whole digests; so that
+        no list of a million keys, nor the digests, is held."""
+        outside, digests = self.outside, self.digests
+        starts = array("I", bytes(4 * 65537))
+        ci = 0
+        for piece in digests.pieces():
+            for b, _ in _DIGEST_KEY.iter_unpack(piece):
+                if not (outside and ci in outside):
+                    starts[b + 1] += 1
+                ci += 1
+        for b in range(65536):
+            starts[b + 1] += starts[b]
+        fill = array("I", starts)
+        out = array("I", bytes(4 * starts[65536]))
+        keys = array("I", bytes(4 * starts[65536]))
+        ci = 0
+        for piece in digests.pieces():
+            for b, key in _DIGEST_KEY.iter_unpack(piece):
+                if not (outside and ci in outside):
+                    at = fill[b]
+                    out[at], keys[at] = ci, key
+                    fill[b] = at + 1
+                ci += 1
+        del fill
+        for b in range(65536):
+            lo, hi = starts[b], starts[b + 1]
+            if hi - lo > 1:
+                bucket = keys[lo:hi]
+                if len(set(bucket)) == hi - lo:
+                    out[lo:hi] = array("I", (ci for _, ci in sorted(zip(bucket, out[lo:hi]))))
+                else:
+                    out[lo:hi] = array("I", sorted(out[lo:hi], key=self._digest))
+        return out
 
     def drain(self) -> None:
+        """Store the chunks still in flight; then the dedup index is let go (no chunk comes after)."""
         self._flush_batch()
         while self.pending:
             self._drain_one()
+        if self.by_digest is not None:
+            self.outside = self.by_digest.outside
+            self.collided = set(self.by_size.values()) | {self.by_digest.get(d) for d, _ in self.by_size}
+            self.by_digest = None
 
 
 def pack(source: str, output: str, opts: PackOptions | None = None) -> PackResult:
@@ -564,20 +693,28 @@ def _write_blob_sections(
     entries = [
         toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
     ]
-    # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header.
-    ci_data = bytes(chunker.ci_array)
-    stored, compressed = codecs.compress_if_smaller(ci_data, opts.compressor)
-    ci_comp = opts.compressor if compressed else Compressor.NONE
+    # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header. The array is
+    # compressed in one call, from its mapped column: zstd fed in pieces can make other bytes.
+    records = chunker.records
+    ci_size = records.size
+    stored: bytes | _Spill = records
+    ci_comp = Compressor.NONE
+    if opts.compressor is not Compressor.NONE:
+        with records.mapped() as ci_data:
+            packed = codecs.compress(ci_data, opts.compressor)
+        if len(packed) < ci_size:
+            stored, ci_comp = packed, opts.compressor
+        del packed
     ci_offset = out.pos
     header = blob_meta.BlobMetaHeader(
         s_features=blob_meta.DEFAULT_LAYER_FEATURES,
         s_ci_compressor=ci_comp.algo,
         s_ci_entries=n,
         s_ci_offset=ci_offset,
-        s_ci_compressed_size=len(stored),
-        s_ci_uncompressed_size=len(ci_data),
+        s_ci_compressed_size=_nbytes(stored),
+        s_ci_uncompressed_size=ci_size,
     ).build()
-    entries += write_meta_sections(out, stored, header, ci_comp, ci_data, chunker.digests)
+    entries += write_meta_sections(out, stored, header, ci_comp, records, chunker.digests)
     blob = rafs_v6.BlobTableEntry(
         blob_id=rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
         blob_index=0,
@@ -590,8 +727,8 @@ def _write_blob_sections(
         uncompressed_size=chunker.uncompressed,
         ci_compressor=ci_comp.algo,
         ci_offset=ci_offset,
-        ci_compressed_size=len(stored),
-        ci_uncompressed_size=len(ci_data),
+        ci_compressed_size=_nbytes(stored),
+        ci_uncompressed_size=ci_size,
     )
     return entries, [blob]
 
@@ -616,31 +753,56 @@ def _write_separate_bootstrap(
         f.write(piece)
 
 
+def _nbytes(data: bytes | _Spill) -> int:
+    return data.size if isinstance(data, _Spill) else len(data)
+
+
+def _sha256_of(data: bytes | _Spill) -> bytes:
+    if not isinstance(data, _Spill):
+        return hashlib.sha256(data).digest()
+    sha = hashlib.sha256()
+    for piece in data.pieces():
+        sha.update(piece)
+    return sha.digest()
+
+
+def _write_all(out: SectionWriter, data: bytes | _Spill) -> None:
+    for piece in data.pieces() if isinstance(data, _Spill) else (data,):
+        out.write(piece)
+
+
 def write_meta_sections(
-    out: SectionWriter, stored: bytes, header: bytes, ci_comp: Compressor, ci_data: bytes, digests: bytes
+    out: SectionWriter,
+    stored: bytes | _Spill,
+    header: bytes,
+    ci_comp: Compressor,
+    ci_data: bytes | _Spill,
+    digests: bytes | _Spill,
 ) -> list[toc.TocEntry]:
     """blob.meta (its chunk-info data as stored, then its 4096-byte header) and blob.digest (the chunk
-    digests), each followed by its tar header; returns their ToC entries."""
+    digests), each followed by its tar header; returns their ToC entries. The data is bytes, or a column
+    spilled to a file (read back a piece at a time)."""
     at = out.pos
-    out.write(stored)
+    stored_size, ci_size, digests_size = _nbytes(stored), _nbytes(ci_data), _nbytes(digests)
+    _write_all(out, stored)
     out.write(header)
-    out.write(tar_header.build(BLOB_META, len(stored) + len(header)))
+    out.write(tar_header.build(BLOB_META, stored_size + len(header)))
     entries = [
-        toc.TocEntry(BLOB_META, ci_comp, hashlib.sha256(ci_data).digest(), at, len(stored), len(ci_data)),
+        toc.TocEntry(BLOB_META, ci_comp, _sha256_of(ci_data), at, stored_size, ci_size),
         toc.TocEntry(
             BLOB_META_HEADER,
             Compressor.NONE,
             hashlib.sha256(header).digest(),
-            at + len(stored),
+            at + stored_size,
             len(header),
             len(header),
         ),
     ]
-    off = out.section(BLOB_DIGEST, digests)
+    off = out.pos
+    _write_all(out, digests)
+    out.write(tar_header.build(BLOB_DIGEST, digests_size))
     entries.append(
-        toc.TocEntry(
-            BLOB_DIGEST, Compressor.NONE, hashlib.sha256(digests).digest(), off, len(digests), len(digests)
-        )
+        toc.TocEntry(BLOB_DIGEST, Compressor.NONE, _sha256_of(digests), off, digests_size, digests_size)
     )
     return entries
 

@@ -578,3 +578,67 @@ def test_a_cache_of_tiny_chunks_stays_within_its_limit():
         tracemalloc.stop()
     assert cache.get((0, 1_000_000 + 40 * 49_999, 40, 17, 2_000_000 + 17 * 49_999)) == b"file %08d\n" % 49_999
     assert held < 1.5 * limit, f"a cache of {limit} bytes holds {held} bytes"
+
+
+def _distinct_chunks_tar(path, n: int) -> None:
+    """A .tar.zst of 100 files of ``n`` distinct 4 KiB blocks in all (each zeros but for its number), a few
+    hundred KB however many blocks."""
+    import tarfile
+
+    import zstandard
+
+    per_file = n // 100
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as z:
+        with tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+            for f in range(100):
+                info = tarfile.TarInfo(f"f{f:03d}")
+                info.size = per_file * 4096
+
+                class _Blocks:
+                    def __init__(self, first: int) -> None:
+                        self.next, self.end, self.buf = first, first + per_file, b""
+
+                    def read(self, size: int = -1) -> bytes:
+                        while (size < 0 or len(self.buf) < size) and self.next < self.end:
+                            self.buf += self.next.to_bytes(8, "little") + bytes(4088)
+                            self.next += 1
+                        size = len(self.buf) if size < 0 else size
+                        out, self.buf = self.buf[:size], self.buf[size:]
+                        return out
+
+                tf.addfile(info, _Blocks(f * per_file))
+
+
+def test_pack_spills_what_it_keeps_of_each_distinct_chunk(tmp_path, monkeypatch):
+    """What pack keeps of each distinct chunk it stores (its blob.meta record, digest and CRC) goes to
+    temporary files, and its dedup index keeps a 4-byte tag of each digest beside a table of 4-byte slots at
+    most three quarters full. Peak heap bytes per distinct 4 KiB chunk while the chunker is held (until the
+    bootstrap is compressed; the growth from 20,000 to 100,000 chunks, so that start-up cancels out): the
+    columns on the heap and a table of chunk indexes at most half full took about 78."""
+    import tracemalloc
+
+    from nydus_inspect import pack as pack_mod
+
+    seen = []
+    real = pack_mod.write_boot_and_toc
+
+    def traced(out, boot, entries):
+        seen.append(tracemalloc.get_traced_memory()[1])
+        return real(out, boot, entries)
+
+    monkeypatch.setattr(pack_mod, "write_boot_and_toc", traced)
+    peaks = {}
+    for n in (20_000, 100_000):
+        tar = tmp_path / f"{n}.tar.zst"
+        _distinct_chunks_tar(tar, n)
+        tracemalloc.start()
+        try:
+            result = pack_mod.pack(
+                str(tar), str(tmp_path / f"{n}.blob"), pack_mod.PackOptions(chunk_size=0x1000)
+            )
+        finally:
+            tracemalloc.stop()
+        assert result.unique_chunks == n
+        peaks[n] = seen[-1]
+    per_chunk = (peaks[100_000] - peaks[20_000]) / 80_000
+    assert 0 < per_chunk < 40, f"pack: {per_chunk:.0f} heap bytes per distinct chunk ({peaks})"
