@@ -262,7 +262,7 @@ class _Spill:
     gigabyte at ten million). Records are written a piece at a time as they come, and read back by
     ``pread``, one at a time or in order a piece at a time; those not written yet are read from the tail."""
 
-    PIECE = 1 << 16  # bytes of records held before they are written
+    HOLD = 1 << 16  # bytes of records held before they are written
 
     def __init__(self, width: int) -> None:
         import tempfile  # only here: importing it costs every other command start-up time
@@ -280,7 +280,7 @@ class _Spill:
 
     def append(self, record) -> None:
         self._tail += record
-        if len(self._tail) >= self.PIECE:
+        if len(self._tail) >= self.HOLD:
             self.flush()
 
     def flush(self) -> None:
@@ -307,11 +307,11 @@ class _Spill:
             yield _pread_column(self._fd, min(size, self._written - at), at)
 
     @contextlib.contextmanager
-    def mapped(self) -> Iterator[memoryview]:
-        """All the records as one buffer (mapped, so in the page cache, not the heap)."""
+    def mapped(self) -> Iterator[mmap.mmap]:
+        """All the records (some) as one buffer, mapped: in the page cache, not the heap."""
         self.flush()
-        with mmap.mmap(self._fd, self._written, prot=mmap.PROT_READ) as m, memoryview(m) as view:
-            yield view
+        with mmap.mmap(self._fd, self._written, prot=mmap.PROT_READ) as m:
+            yield m
 
     def __del__(self) -> None:
         # The file goes with the column: its chunker (and so the tree, whose files' chunks are views of its
@@ -694,15 +694,20 @@ def _write_blob_sections(
         toc.TocEntry(IMAGE_BLOB, Compressor.NONE, out.digest_so_far(), 0, data_size, chunker.uncompressed)
     ]
     # blob.meta: chunk-info array (compressed when that helps), then its 4096-byte header. The array is
-    # compressed in one call, from its mapped column: zstd fed in pieces can make other bytes.
+    # compressed from its mapped column: in one call, or past STREAM_OVER by zstd a piece at a time, as the
+    # bootstrap is (at ten million chunks it is 160 MB).
     records = chunker.records
     ci_size = records.size
     stored: bytes | _Spill = records
     ci_comp = Compressor.NONE
     if opts.compressor is not Compressor.NONE:
         with records.mapped() as ci_data:
-            packed = codecs.compress(ci_data, opts.compressor)
-        if len(packed) < ci_size:
+            if opts.compressor is Compressor.ZSTD and ci_size > STREAM_OVER:
+                packed: bytes | _Spill = _squeezed(ci_data)[0]
+            else:
+                with memoryview(ci_data) as view:
+                    packed = codecs.compress(view, opts.compressor)
+        if _nbytes(packed) < ci_size:
             stored, ci_comp = packed, opts.compressor
         del packed
     ci_offset = out.pos
@@ -807,58 +812,60 @@ def write_meta_sections(
     return entries
 
 
-#: A bootstrap larger than this is compressed a piece of BOOT_PIECE bytes at a time, and a map's pages are let
+#: A bootstrap or chunk-info array larger than this is compressed a PIECE at a time, and a map's pages are let
 #: go behind the pieces: compressed in one call, a 1M-inode layer's 197 MB bootstrap and its 60 MB frame are
 #: all resident at once. zstd fed in pieces makes another frame (as valid) than one call does, so smaller
-#: bootstraps keep the one call and their layers' bytes.
-STREAM_BOOT = 32 << 20
-BOOT_PIECE = 4 << 20
+#: sections keep the one call and their layers' bytes.
+STREAM_OVER = 32 << 20
+PIECE = 4 << 20
 
 
 def _pieces(boot, start: int = 0) -> Iterator[memoryview]:
-    """``boot[start:]`` a BOOT_PIECE at a time; a mapped bootstrap's pages are given back as each is done."""
+    """``boot[start:]`` a PIECE at a time; a mapped section's pages are given back as each is done."""
     release = boot.madvise if isinstance(boot, mmap.mmap) else None
     with memoryview(boot) as view:
-        for at in range(start, len(view), BOOT_PIECE):
-            with view[at : at + BOOT_PIECE] as piece:
+        for at in range(start, len(view), PIECE):
+            with view[at : at + PIECE] as piece:
                 yield piece
             if release is not None:
                 # Back to the page boundary at or before ``at``: madvise takes whole pages.
                 low = at - at % mmap.PAGESIZE
-                release(mmap.MADV_DONTNEED, low, min(at + BOOT_PIECE, len(view)) - low)
+                release(mmap.MADV_DONTNEED, low, min(at + PIECE, len(view)) - low)
+
+
+def _squeezed(data) -> tuple[_Spill, bytes]:
+    """``data`` compressed by zstd a piece at a time into a temporary file (in the page cache, not the heap,
+    until it is known to be smaller than ``data``), and the sha256 of ``data``."""
+    sha = hashlib.sha256()
+    squeeze = codecs.zstd_compressobj(len(data))
+    frame = _Spill(1)
+    for piece in _pieces(data):
+        sha.update(piece)
+        frame.append(squeeze.compress(piece))
+    frame.append(squeeze.flush())
+    return frame, sha.digest()
 
 
 def _boot_in_pieces(out: SectionWriter, boot) -> tuple[int, int, bool, bytes]:
     """A large bootstrap's section written from pieces: (offset, stored size, compressed, sha256)."""
-    import tempfile
-
-    sha = hashlib.sha256()
-    squeeze = codecs.zstd_compressobj(len(boot))
+    frame, digest = _squeezed(boot)
     off = out.pos
-    # The frame goes to a temporary file until it is known to be smaller than the bootstrap: in the page
-    # cache, not the heap.
-    with tempfile.TemporaryFile() as frame:
+    compressed = frame.size < len(boot)
+    if compressed:
+        stored = frame.size
+        for piece in frame.pieces(PIECE):
+            out.write(piece)
+    else:
+        stored = len(boot)
         for piece in _pieces(boot):
-            sha.update(piece)
-            frame.write(squeeze.compress(piece))
-        frame.write(squeeze.flush())
-        stored = frame.tell()
-        compressed = stored < len(boot)
-        if compressed:
-            frame.seek(0)
-            while data := frame.read(BOOT_PIECE):
-                out.write(data)
-        else:
-            stored = len(boot)
-            for piece in _pieces(boot):
-                out.write(piece)
+            out.write(piece)
     out.write(tar_header.build(IMAGE_BOOT, stored))
-    return off, stored, compressed, sha.digest()
+    return off, stored, compressed, digest
 
 
 def write_boot_and_toc(out: SectionWriter, boot, entries: list[toc.TocEntry]) -> None:
     """The bootstrap (zstd when smaller) and its tar header, then the ToC of ``entries`` and it."""
-    if len(boot) > STREAM_BOOT:
+    if len(boot) > STREAM_OVER:
         off, stored_size, compressed, digest = _boot_in_pieces(out, boot)
     else:
         stored, compressed = codecs.compress_if_smaller(boot, Compressor.ZSTD)

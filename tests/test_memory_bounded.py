@@ -270,7 +270,7 @@ def test_pack_keeps_little_beside_the_tree(tmp_path):
 
 
 def test_a_large_bootstrap_is_compressed_a_piece_at_a_time(tmp_path, monkeypatch):
-    """Past STREAM_BOOT, pack compresses the bootstrap a piece at a time, its frame kept in a temporary file:
+    """Past STREAM_OVER, pack compresses the bootstrap a piece at a time, its frame kept in a temporary file:
     compressed in one call, the frame is on the heap whole (and the mapped bootstrap all resident), which at
     a million inodes alone is 60 MB beside 197. Heap while the bootstrap is written, small pieces here: the
     output's 1 MiB write buffer and a few pieces (the one call: the whole frame, ~3 MB)."""
@@ -282,8 +282,8 @@ def test_a_large_bootstrap_is_compressed_a_piece_at_a_time(tmp_path, monkeypatch
 
     tar = tmp_path / "files.tar"
     _small_files_tar(tar, 50_000)
-    monkeypatch.setattr(pack_mod, "STREAM_BOOT", 1 << 20)
-    monkeypatch.setattr(pack_mod, "BOOT_PIECE", 64 << 10)
+    monkeypatch.setattr(pack_mod, "STREAM_OVER", 1 << 20)
+    monkeypatch.setattr(pack_mod, "PIECE", 64 << 10)
     seen = []
     real = pack_mod.write_boot_and_toc
 

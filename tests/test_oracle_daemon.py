@@ -132,8 +132,8 @@ def test_a_bootstrap_compressed_in_pieces_in_nydusd(request, oracle, fixture_tar
 
     real = pack_mod._pieces
     monkeypatch.setattr(pack_mod, "_pieces", counted)
-    monkeypatch.setattr(pack_mod, "STREAM_BOOT", 0)
-    monkeypatch.setattr(pack_mod, "BOOT_PIECE", 5000)
+    monkeypatch.setattr(pack_mod, "STREAM_OVER", 0)
+    monkeypatch.setattr(pack_mod, "PIECE", 5000)
     blob, boot = tmp_path / "layer.blob", tmp_path / "layer.boot"
     pack_layer(src, blob, bootstrap=str(boot))
     with open_layer(str(whole)) as a, open_layer(str(blob)) as b:
