@@ -227,6 +227,12 @@ def _big_tar() -> bytes:
     return buf.getvalue()
 
 
+def _sigint_as_at_a_terminal() -> None:
+    # A suite run from a script's background job ignores SIGINT, and its children inherit that (Python then
+    # keeps it ignored); Ctrl-C at a terminal meets the default disposition, which is what is tested here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_pack_and_wait(out_dir, data, *extra) -> subprocess.Popen:
     """A pack reading ``data`` from a pipe, given half of it and waited for until its temporary blob grows
     past 1 MiB (it then waits for the rest of the tar)."""
@@ -238,6 +244,7 @@ def _start_pack_and_wait(out_dir, data, *extra) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         env=env,
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     proc.stdin.write(data[: len(data) // 2])
     proc.stdin.flush()
