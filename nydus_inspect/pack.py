@@ -700,10 +700,11 @@ def _write_blob_sections(
     ci_size = records.size
     stored: bytes | _Spill = records
     ci_comp = Compressor.NONE
+    ci_sha256 = None
     if opts.compressor is not Compressor.NONE:
         with records.mapped() as ci_data:
             if opts.compressor is Compressor.ZSTD and ci_size > STREAM_OVER:
-                packed: bytes | _Spill = _squeezed(ci_data)[0]
+                packed, ci_sha256 = _squeezed(ci_data)
             else:
                 with memoryview(ci_data) as view:
                     packed = codecs.compress(view, opts.compressor)
@@ -719,7 +720,7 @@ def _write_blob_sections(
         s_ci_compressed_size=_nbytes(stored),
         s_ci_uncompressed_size=ci_size,
     ).build()
-    entries += write_meta_sections(out, stored, header, ci_comp, records, chunker.digests)
+    entries += write_meta_sections(out, stored, header, ci_comp, records, chunker.digests, ci_sha256)
     blob = rafs_v6.BlobTableEntry(
         blob_id=rafs_v6.PLACEHOLDER_BLOB_ID.encode(),
         blob_index=0,
@@ -758,22 +759,28 @@ def _write_separate_bootstrap(
         f.write(piece)
 
 
-def _nbytes(data: bytes | _Spill) -> int:
-    return data.size if isinstance(data, _Spill) else len(data)
-
-
 def _sha256_of(data: bytes | _Spill) -> bytes:
-    if not isinstance(data, _Spill):
-        return hashlib.sha256(data).digest()
     sha = hashlib.sha256()
-    for piece in data.pieces():
+    for piece in _pieces_of(data):
         sha.update(piece)
     return sha.digest()
 
 
-def _write_all(out: SectionWriter, data: bytes | _Spill) -> None:
-    for piece in data.pieces() if isinstance(data, _Spill) else (data,):
+def _nbytes(data: bytes | _Spill) -> int:
+    return data.size if isinstance(data, _Spill) else len(data)
+
+
+def _pieces_of(data: bytes | _Spill) -> Iterable:
+    return data.pieces() if isinstance(data, _Spill) else (data,)
+
+
+def _write_all(out: SectionWriter, data: bytes | _Spill) -> bytes:
+    """Writes ``data``; returns its sha256, taken on the way (a spilled column is read once)."""
+    sha = hashlib.sha256()
+    for piece in _pieces_of(data):
+        sha.update(piece)
         out.write(piece)
+    return sha.digest()
 
 
 def write_meta_sections(
@@ -783,17 +790,21 @@ def write_meta_sections(
     ci_comp: Compressor,
     ci_data: bytes | _Spill,
     digests: bytes | _Spill,
+    ci_sha256: bytes | None = None,
 ) -> list[toc.TocEntry]:
     """blob.meta (its chunk-info data as stored, then its 4096-byte header) and blob.digest (the chunk
     digests), each followed by its tar header; returns their ToC entries. The data is bytes, or a column
-    spilled to a file (read back a piece at a time)."""
+    spilled to a file (read back a piece at a time). ``ci_sha256`` is that of ``ci_data`` when the caller
+    took it while compressing; otherwise it is taken here."""
     at = out.pos
     stored_size, ci_size, digests_size = _nbytes(stored), _nbytes(ci_data), _nbytes(digests)
-    _write_all(out, stored)
+    stored_sha = _write_all(out, stored)
+    if ci_sha256 is None:
+        ci_sha256 = stored_sha if ci_comp is Compressor.NONE else _sha256_of(ci_data)
     out.write(header)
     out.write(tar_header.build(BLOB_META, stored_size + len(header)))
     entries = [
-        toc.TocEntry(BLOB_META, ci_comp, _sha256_of(ci_data), at, stored_size, ci_size),
+        toc.TocEntry(BLOB_META, ci_comp, ci_sha256, at, stored_size, ci_size),
         toc.TocEntry(
             BLOB_META_HEADER,
             Compressor.NONE,
@@ -804,11 +815,9 @@ def write_meta_sections(
         ),
     ]
     off = out.pos
-    _write_all(out, digests)
+    digests_sha = _write_all(out, digests)
     out.write(tar_header.build(BLOB_DIGEST, digests_size))
-    entries.append(
-        toc.TocEntry(BLOB_DIGEST, Compressor.NONE, _sha256_of(digests), off, digests_size, digests_size)
-    )
+    entries.append(toc.TocEntry(BLOB_DIGEST, Compressor.NONE, digests_sha, off, digests_size, digests_size))
     return entries
 
 
