@@ -1,6 +1,6 @@
 """How every command's cost grows with its input: series of generated layers, each ten times the last.
 
-    python bench/bench_scale.py [--series inodes,chunks,bytes,layers] [--max-inodes N] [--max-chunks N]
+    python bench/bench_scale.py [--series inodes,chunks,distinct,bytes,layers] [--max-inodes N] [--max-chunks N]
                                 [--max-gb N] [--no-mount] [--no-oracle]
 
 Series (inputs are generated, most kept in $NYDUS_BENCH_DIR/scale for the next run, never committed):
@@ -9,6 +9,8 @@ Series (inputs are generated, most kept in $NYDUS_BENCH_DIR/scale for the next r
   chunks   1M and 10M chunk records (4 KiB chunks; the data repeats every 65,536 blocks, so the blob
            stays small while the bootstrap's chunk table and every reader walk all the records); these
            tars (4 and 40 GB) are never stored: a child process writes them to the reader's stdin
+  distinct the same, every chunk distinct: blob.meta, blob.digest and the dedup index hold 1M and 10M
+           chunks too
   bytes    tars of 1, 3 and 10 GB: 50 MiB files of incompressible, compressible and mixed 1 MiB pieces
   layers   3, 10 and 30 layers of 5,000 files each (replacements and whiteouts), merged and analysed
 
@@ -89,13 +91,14 @@ def inodes_tar(n: int) -> Path:
 
 
 class _Blocks(io.RawIOBase):
-    """``n`` 4 KiB blocks; block k starts with k mod PERIOD, so the layer has n chunk records but at most
-    PERIOD distinct chunks."""
+    """``n`` 4 KiB blocks; block k starts with k mod ``period``, so the layer has n chunk records but at most
+    ``period`` distinct chunks (all distinct without one)."""
 
     PERIOD = 65536
 
-    def __init__(self, start: int, n: int) -> None:
+    def __init__(self, start: int, n: int, period: int | None = PERIOD) -> None:
         self.i, self.end, self.buf = start, start + n, b""
+        self.period = period or 1 << 64
 
     def readable(self) -> bool:
         return True
@@ -104,7 +107,7 @@ class _Blocks(io.RawIOBase):
         while len(self.buf) < len(b) and self.i < self.end:
             stop = min(self.end, self.i + 256)
             self.buf += b"".join(
-                (k % self.PERIOD).to_bytes(8, "little") + bytes(4088) for k in range(self.i, stop)
+                (k % self.period).to_bytes(8, "little") + bytes(4088) for k in range(self.i, stop)
             )
             self.i = stop
         m = min(len(b), len(self.buf))
@@ -117,18 +120,23 @@ class Streamed:
     """A tar written by a child process as it is read (pack's, diff's and nydus-image's stdin): the 10M-chunk
     tar is 40 GB, about what the machines this runs on have free, and writing it costs longer than packing it."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, distinct: bool = False) -> None:
         self.n = n
         self.argv = [sys.executable, str(Path(__file__).resolve()), "--emit-chunks", str(n)]
+        if distinct:
+            self.argv.append("--distinct")
 
 
-def emit_chunks_tar(n: int, out: BinaryIO) -> None:
+def emit_chunks_tar(n: int, out: BinaryIO, distinct: bool = False) -> None:
     per_file = 1 << 20  # 4 GiB files: a chunk table of 1M records each
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tf:
         tf.addfile(_info("c", is_dir=True))
         for f, k in enumerate(range(0, n, per_file)):
             m = min(per_file, n - k)
-            tf.addfile(_info(f"c/f{f:03d}", m * 4096), io.BufferedReader(_Blocks(k, m), 1 << 20))
+            tf.addfile(
+                _info(f"c/f{f:03d}", m * 4096),
+                io.BufferedReader(_Blocks(k, m, None if distinct else _Blocks.PERIOD), 1 << 20),
+            )
 
 
 class _Mixed(io.RawIOBase):
@@ -366,7 +374,7 @@ def report(series: str, sizes: list[int], unit: str, results: list[dict]) -> lis
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--series", default="inodes,chunks,bytes,layers")
+    ap.add_argument("--series", default="inodes,chunks,distinct,bytes,layers")
     ap.add_argument("--max-inodes", type=int, default=1_000_000)
     ap.add_argument("--max-chunks", type=int, default=10_000_000)
     ap.add_argument("--max-gb", type=int, default=10)
@@ -376,9 +384,10 @@ def main() -> int:
     )
     ap.add_argument("--no-oracle", action="store_true", help="skip the real nydus tools' series")
     ap.add_argument("--emit-chunks", type=int, metavar="N", help=argparse.SUPPRESS)
+    ap.add_argument("--distinct", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.emit_chunks:
-        emit_chunks_tar(args.emit_chunks, sys.stdout.buffer)
+        emit_chunks_tar(args.emit_chunks, sys.stdout.buffer, args.distinct)
         return 0
     oracle = None if args.no_oracle else oracle_dir()
     mount = not args.no_mount and os.geteuid() == 0
@@ -391,10 +400,14 @@ def main() -> int:
             sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.max_inodes]
             res = [layer_figures(inodes_tar(n), work, oracle, mount, "0x100000") for n in sizes]
             verdicts += report("inodes", sizes, "inodes", res)
-        if "chunks" in wanted:
-            sizes = [n for n in (1_000_000, 10_000_000) if n <= args.max_chunks]
-            res = [layer_figures(Streamed(n), work, oracle, mount, "0x1000") for n in sizes]
-            verdicts += report("chunks", sizes, "chunks", res)
+        for name in ("chunks", "distinct"):
+            if name in wanted:
+                sizes = [n for n in (1_000_000, 10_000_000) if n <= args.max_chunks]
+                res = [
+                    layer_figures(Streamed(n, name == "distinct"), work, oracle, mount, "0x1000")
+                    for n in sizes
+                ]
+                verdicts += report(name, sizes, "chunks", res)
         if "bytes" in wanted:
             sizes = [n for n in (1, 3, 10) if n <= args.max_gb]
             res = [layer_figures(bytes_tar(n), work, oracle, mount, "0x100000") for n in sizes]
