@@ -181,8 +181,9 @@ RELEASE_EVERY = 16384
 class ChunkRecords:
     """A chunk table's records by (blob_index, ci index), the first record of a key winning: a mapping that
     keeps the table where it is (the bootstrap) and, per blob, the row of each chunk index in an array of
-    8 bytes a chunk; a record's fields are unpacked when asked for. (A dict of field tuples cost about half a
-    kilobyte a chunk: gigabytes for a layer of ten million chunks.) Chunk indexes are dense in every real
+    4 bytes a chunk (a table of 80-byte records never reaches 2**32 rows); a record's fields are unpacked
+    when asked for. (A dict of field tuples cost about half a kilobyte a chunk: gigabytes for a layer of ten
+    million chunks.) Chunk indexes are dense in every real
     table; a blob whose indexes are not (a hand-made table) is kept in a dict of rows instead."""
 
     __slots__ = ("_buf", "_off", "_rows", "_count", "_release", "_left")
@@ -216,7 +217,7 @@ class ChunkRecords:
             rows: dict[int, array | dict[int, int]] = {}
             for b, count in per_blob.items():
                 # Dense: a slot per index up to the highest (row + 1, 0 for none); sparse: a dict.
-                rows[b] = array("q", bytes(8 * top[b])) if top[b] <= 2 * count + 1024 else {}
+                rows[b] = array("I", bytes(4 * top[b])) if top[b] <= 2 * count + 1024 else {}
             found = 0
             for row, (b, ci) in enumerate(self._KEY.iter_unpack(view), 1):
                 where = rows[b]
@@ -266,9 +267,9 @@ class ChunkRecords:
                 top = max(top, max(words[20 * s + 18 : 20 * e : 20].tolist()) + 1)
             if top > 2 * n + 1024:
                 return None  # sparse: the general loop keeps a dict
-            rows, zeros = array("q"), bytes(8 * step)
+            rows, zeros = array("I"), bytes(4 * step)
             for k in range(0, top, step):
-                rows.frombytes(zeros[: 8 * min(step, top - k)])
+                rows.frombytes(zeros[: 4 * min(step, top - k)])
             for s in reversed(range(0, n, step)):
                 e = min(n, s + step)
                 for row, ci in zip(range(e, s, -1), reversed(words[20 * s + 18 : 20 * e : 20].tolist())):
