@@ -500,22 +500,23 @@ WALK_INODES = 1024
 class _Stored:
     """The chunks a layer's own blob stores: how many, and each chunk index's sizes in an array slot (chunk
     indexes are dense, 0 .. count-1: arrays index faster than a dict of a million keys, and hold 8 bytes a
-    chunk where a list holds a pointer and an int object). The digests and compressed sizes, a column each
-    in record order, only where an upper layer's duplicate chunks are counted from them: a layer of its own
-    has no other to share chunks with, and they are 40 bytes a chunk."""
+    chunk, the two sizes being 32-bit fields wherever they are recorded, where a list holds a pointer and an
+    int object). The digests and compressed sizes, a column each in record order, only where an upper layer's
+    duplicate chunks are counted from them: a layer of its own has no other to share chunks with, and they
+    are 36 bytes a chunk."""
 
     __slots__ = ("count", "usizes", "csizes", "far", "digests", "record_csizes")
 
     def __init__(self, size_hint: int, with_digests: bool) -> None:
         self.count = 0
-        self.usizes = array("Q", bytes(8 * size_hint))  # by chunk index, uncompressed and compressed size
-        self.csizes = array("Q", bytes(8 * size_hint))
+        self.usizes = array("I", bytes(4 * size_hint))  # by chunk index, uncompressed and compressed size
+        self.csizes = array("I", bytes(4 * size_hint))
         # Indexes far past every one before them (a hand-made or hostile table: one record of index 2**32
         # would otherwise size the arrays at 32 GiB), by index: (uncompressed, compressed) size.
         self.far: dict[int, tuple[int, int]] = {}
         # DIGEST_SIZE bytes a record, zeros where the layer records none; then its compressed size
         self.digests = bytearray() if with_digests else None
-        self.record_csizes = array("Q") if with_digests else None
+        self.record_csizes = array("I") if with_digests else None
 
     def add(self, digest: bytes, index: int, usize: int, csize: int) -> None:
         self.count += 1
@@ -526,7 +527,7 @@ class _Stored:
             far[index] = (usize, csize)
         else:
             if index >= have:  # beyond the blob's chunk count, or what the arrays were sized for
-                grow = bytes(8 * (index + 1 - have))
+                grow = bytes(4 * (index + 1 - have))
                 self.usizes.frombytes(grow)
                 self.csizes.frombytes(grow)
             self.usizes[index] = usize
@@ -540,7 +541,7 @@ class _Stored:
 
     def drop_sizes(self) -> None:
         """Let go of the per-index sizes once the layer's files are summed up from them."""
-        self.usizes, self.csizes, self.far = array("Q"), array("Q"), {}
+        self.usizes, self.csizes, self.far = array("I"), array("I"), {}
 
     def digested(self) -> Iterator[tuple[bytes, int]]:
         """(digest, compressed size) of each chunk whose digest the layer records."""
