@@ -183,8 +183,8 @@ class ChunkRecords:
     keeps the table where it is (the bootstrap) and, per blob, the row of each chunk index in an array of
     4 bytes a chunk (a table of 80-byte records never reaches 2**32 rows); a record's fields are unpacked
     when asked for. (A dict of field tuples cost about half a kilobyte a chunk: gigabytes for a layer of ten
-    million chunks.) Chunk indexes are dense in every real
-    table; a blob whose indexes are not (a hand-made table) is kept in a dict of rows instead."""
+    million chunks.) Chunk indexes are dense in every real table; a blob whose indexes are not (a hand-made
+    table) is kept in a dict of rows instead."""
 
     __slots__ = ("_buf", "_off", "_rows", "_count", "_release", "_left")
 
@@ -193,16 +193,33 @@ class ChunkRecords:
     #: Records looked up between two calls of ``release`` (see __init__).
     RELEASE_LOOKUPS = 256
 
-    def __init__(self, buf, off: int, size: int, release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, buf, off: int, size: int, release_pages: Callable[[int, int], None] | None = None
+    ) -> None:
         self._buf, self._off = buf, off
-        # Gives the table's mapped pages back to the kernel. The table is sorted by digest, so a walk looks its
-        # records up in no order, and each page fault maps the pages around the one asked for as well: a few
-        # hundred lookups make megabytes of the table resident, and a walk of a big layer all of it.
-        self._release, self._left = release, self.RELEASE_LOOKUPS
+        # ``release_pages(start, length)`` gives a mapped buffer's pages back to the kernel. The table is sorted
+        # by digest, so a walk looks its records up in no order, and each page fault maps the pages around the
+        # one asked for as well: a few hundred lookups make megabytes of the table resident, and a walk of a
+        # big layer all of it. Keying reads the table once, in order: its pages go behind each step, else a
+        # table of ten million records (800 MB) would be resident all at once.
+        self._release, self._left = None, self.RELEASE_LOOKUPS
+        behind: Callable[[int, int], None] | None = None
+        if release_pages is not None and size:
+            low = off - off % mmap.PAGESIZE
+            self._release = functools.partial(release_pages, low, off + size - low)
+
+            def behind(first: int, stop: int) -> None:
+                # The whole pages of records first .. stop - 1 (those at the edges go with the next step).
+                start, end = off + first * self._RECORD.size, off + stop * self._RECORD.size
+                start += -start % mmap.PAGESIZE
+                end -= end % mmap.PAGESIZE
+                if end > start:
+                    release_pages(start, end - start)
+
         whole = memoryview(buf)
         view = whole[off : off + size]
         try:
-            one = self._one_blob(view)
+            one = self._one_blob(view, behind)
             if one is not None:
                 self._rows, self._count = one
                 return
@@ -246,7 +263,9 @@ class ChunkRecords:
     _STEP = 1 << 16
 
     @classmethod
-    def _one_blob(cls, view) -> tuple[dict[int, array], int] | None:
+    def _one_blob(
+        cls, view, behind: Callable[[int, int], None] | None = None
+    ) -> tuple[dict[int, array], int] | None:
         """(rows, records found) of a table whose records all name one blob, as nydus writes it for a layer of
         its own: its two key columns are read with no per-record unpacking, and the rows filled from the last
         record to the first, so the first record of a key wins (the general loop below takes most of a second
@@ -265,6 +284,8 @@ class ChunkRecords:
                 if blobs.count(blob) != e - s:
                     return None
                 top = max(top, max(words[20 * s + 18 : 20 * e : 20].tolist()) + 1)
+                if behind is not None:
+                    behind(s, e)
             if top > 2 * n + 1024:
                 return None  # sparse: the general loop keeps a dict
             rows, zeros = array("I"), bytes(4 * step)
@@ -274,6 +295,8 @@ class ChunkRecords:
                 e = min(n, s + step)
                 for row, ci in zip(range(e, s, -1), reversed(words[20 * s + 18 : 20 * e : 20].tolist())):
                     rows[ci] = row
+                if behind is not None:
+                    behind(s, e)
         finally:
             words.release()
         empty = sum(rows[k : k + step].count(0) for k in range(0, top, step))
@@ -876,11 +899,7 @@ class RafsV6:
         building a record object for every chunk of the image."""
         if self._records is None:
             off, size = self.ext.s_chunk_table_offset, self.ext.s_chunk_table_size
-            release = None
-            if self.release_pages is not None and size:
-                start = off - off % mmap.PAGESIZE
-                release = functools.partial(self.release_pages, start, off + size - start)
-            self._records = ChunkRecords(self.buf, off, size, release)
+            self._records = ChunkRecords(self.buf, off, size, self.release_pages)
             self._records._released()
         return self._records
 
