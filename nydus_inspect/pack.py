@@ -708,6 +708,7 @@ def _write_blob_sections(
             else:
                 with memoryview(ci_data) as view:
                     packed = codecs.compress(view, opts.compressor)
+                    ci_sha256 = hashlib.sha256(view).digest()  # while mapped: not read again to hash it
         if _nbytes(packed) < ci_size:
             stored, ci_comp = packed, opts.compressor
         del packed
