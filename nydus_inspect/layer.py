@@ -28,7 +28,7 @@ from .boot_tar import bootstrap_in_tar
 from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
-from .chunks.source import BlobSource, LocalFile, PieceReader, SourceBytes
+from .chunks.source import BlobSource, LocalFile, PieceReader, SourceBytes, Window
 from .codecs import Compressor
 from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -54,6 +54,11 @@ MAX_BOOTSTRAP = 1 << 30
 #: A compressed image.boot that decodes to more than this is kept in a temporary file and mapped (see
 #: Layer._bootstrap_entry), not held as bytes.
 SPILL_BOOTSTRAP = 32 << 20
+#: blob.digest or a chunk-info array larger than this is not held on the heap (32 and 16 or 24 bytes a chunk:
+#: hundreds of MiB at ten million chunks): checked by streaming it, then read a few pages at a time where it
+#: lies (an uncompressed entry of a local file) or from a temporary file it was decoded into (see
+#: Layer._section_data).
+SPILL_SECTION = 1 << 20
 
 KIND_BLOB_TOC = "nydus-blob"  # layer blob with rafs.blob.toc
 KIND_BLOB_NO_TOC = "nydus-blob-no-toc"  # layer blob found by tar-header walk only
@@ -122,6 +127,7 @@ class Layer:
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
         self._spilled: mmap.mmap | None = None  # a large bootstrap decoded into a temporary file
+        self._section_files: list[LocalFile] = []  # large sections decoded into temporary files
         self._blob_files: dict[int, Blob] = {}
         #: For a data blob opened from a bootstrap: its blob-table entry, which locates its blob.meta when
         #: nothing in the file does (:meth:`_entry_from_blob_table`).
@@ -160,6 +166,9 @@ class Layer:
                     mapped.close()
                 except BufferError:
                     pass
+        for spilled in self._section_files:
+            spilled.close()
+        self._section_files.clear()
         self.source.close()
         self._fd = -1
 
@@ -604,8 +613,12 @@ class Layer:
         for a caller that can drop what it got (a temporary file)."""
         off, size, comp, usize, digest = self.entry_location(name)
         streamed = (Compressor.NONE, Compressor.ZSTD) if decode_zstd else (Compressor.NONE,)
-        if comp not in streamed or name in (BLOB_META, BLOB_META_HEADER):
-            yield self.entry(name, verify)  # small; maybe encrypted
+        if (
+            comp not in streamed
+            or name == BLOB_META_HEADER
+            or (name == BLOB_META and not self._meta_in_clear)
+        ):
+            yield self.entry(name, verify)  # small, or encrypted
             return
         h = hashlib.sha256()
         if comp is Compressor.ZSTD:
@@ -665,7 +678,9 @@ class Layer:
                 offset=off + size,
                 value=hdr.s_ci_offset,
             ).located(self.path)
-        data = self.entry(BLOB_META)
+        # zran and batch blobs keep contexts after the records, parsed from the same bytes: held whole.
+        whole = hdr.s_features & (blob_meta.ZRAN | blob_meta.BATCH)
+        data = self.entry(BLOB_META) if whole else self._section_data(BLOB_META)
         if len(data) != hdr.s_ci_uncompressed_size:
             raise FormatError(
                 "blob.meta", "decoded size differs from the header", offset=off, value=len(data)
@@ -678,7 +693,7 @@ class Layer:
     def chunk_digests(self) -> blob_meta.DigestArray | None:
         if not self.has_entry(BLOB_DIGEST):
             return None
-        data = self.entry(BLOB_DIGEST)
+        data = self._section_data(BLOB_DIGEST)
         if len(data) % 32:
             raise FormatError("blob.digest", "size is not a multiple of 32", value=len(data)).located(
                 self.path
@@ -691,6 +706,35 @@ class Layer:
                 value=len(data),
             ).located(self.path)
         return blob_meta.DigestArray(data)
+
+    def _section_data(self, name: str):
+        """Entry ``name``'s checked bytes: as bytes when small (or compressed by a codec that is not read in
+        pieces, or encrypted); else a :class:`SourceBytes` view, after its sha256 was checked by streaming
+        it. The view reads the entry where it lies only in a local file, whose bytes are those just hashed;
+        a remote one's later ranges could differ from what was hashed, so its (and any compressed) entry is
+        decoded into an unlinked temporary file as it is hashed, and read from there."""
+        off, size, comp, usize, _ = self.entry_location(name)
+        if usize < SPILL_SECTION or comp not in (Compressor.NONE, Compressor.ZSTD):
+            return self.entry(name)
+        if name == BLOB_META and not self._meta_in_clear:
+            return self.entry(name)
+        if comp is Compressor.NONE and isinstance(self.source, LocalFile):
+            for _ in self.iter_entry(name):
+                pass  # checked against the ToC after the last piece
+            return SourceBytes(Window(self.source, off, size), name)
+        fd, tmp = tempfile.mkstemp(prefix=f"nydus-inspect-{name}-")
+        os.unlink(tmp)
+        spilled = LocalFile.of_fd(fd, f"{self.path} ({name}, decoded)")
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                for piece in self.iter_entry(name, decode_zstd=True):
+                    f.write(piece)
+            spilled.size = os.fstat(fd).st_size
+        except BaseException:
+            spilled.close()
+            raise
+        self._section_files.append(spilled)
+        return SourceBytes(spilled, name)
 
     # ------------------------------------------------------------------ bootstrap
     @property

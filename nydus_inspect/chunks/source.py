@@ -44,6 +44,16 @@ class LocalFile:
             raise UsageError(f"{path}: cannot open: {exc.strerror}") from None
         self.size = os.fstat(self.fd).st_size
 
+    @classmethod
+    def of_fd(cls, fd: int, path: str) -> LocalFile:
+        """A source over an open descriptor (an unlinked temporary file), which it then owns and closes;
+        ``path`` names it in messages."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+        return self
+
     def pread(self, offset: int, size: int, what: str = "data") -> bytes:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise FormatError(
@@ -65,6 +75,30 @@ class LocalFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class Window:
+    """``size`` bytes of ``source`` from ``offset``, as a source of their own (a section of a blob read where
+    it lies, its first byte at 0)."""
+
+    def __init__(self, source: BlobSource, offset: int, size: int) -> None:
+        self.source = source
+        self.path = source.path
+        self.offset = offset
+        self.size = size
+
+    def pread(self, offset: int, size: int, what: str = "data") -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise FormatError(
+                what, f"range of {size} bytes lies outside the {self.size}-byte section", offset=offset
+            )
+        return self.source.pread(self.offset + offset, size, what)
+
+    def will_need(self, offset: int = 0, size: int = 0) -> None:
+        self.source.will_need(self.offset + offset, size or self.size - offset)
+
+    def close(self) -> None:
+        pass  # the source is its owner's
 
 
 class RemoteBlob:

@@ -286,6 +286,13 @@ class ChunkInfoArray:
         self.count = count
         self.v2 = v2
         self.base = base
+        # ``data`` may be a view that reads its source by slice (chunks.source.SourceBytes), not a buffer:
+        # a record is then sliced out before it is unpacked.
+        try:
+            memoryview(data)
+            self._buffer = True
+        except TypeError:
+            self._buffer = False
 
     def __len__(self) -> int:
         return self.count
@@ -293,8 +300,11 @@ class ChunkInfoArray:
     def __getitem__(self, index: int) -> ChunkInfo:
         index = _record_index(index, self.count)
         off = index * self.record_size
+        data = self.data
+        if not self._buffer:
+            data, off = data[off : off + self.record_size], 0
         if self.v2:
-            ci = decode_v2(index, *_U64X3.unpack_from(self.data, off))
+            ci = decode_v2(index, *_U64X3.unpack_from(data, off))
             if ci.flags & ~CI_KNOWN:
                 raise FormatError(
                     "chunk info v2",
@@ -304,7 +314,7 @@ class ChunkInfoArray:
                     value=ci.flags,
                 )
             return ci
-        return decode_v1(index, *_U64X2.unpack_from(self.data, off))
+        return decode_v1(index, *_U64X2.unpack_from(data, off))
 
     def __iter__(self):
         for i in range(self.count):
