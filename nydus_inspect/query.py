@@ -393,6 +393,11 @@ class PathTable:
         self._names, self._ends, self.parents = state["names"], state["ends"], state["parents"]
 
 
+#: Path ids and chunk positions up to this share a first-use slot (FileIndex.add_owner); beyond, a chunk's
+#: owners are kept as its later ones are.
+_SLOT = 1 << 31
+
+
 @dataclass
 class FileIndex:
     """What a full walk of a bootstrap learns, held compactly enough for millions of chunks.
@@ -424,15 +429,18 @@ class FileIndex:
         """Number the next path of the walk (``is_dir``: later paths may lie below it)."""
         return self.paths.append(path, is_dir)
 
-    def add_owner(self, blob_index: int, ci_index: int, path_id: int) -> bool:
-        """Record that ``path_id`` uses the chunk; True when the chunk had no owner before."""
+    def add_owner(self, blob_index: int, ci_index: int, path_id: int, position: int = 0) -> bool:
+        """Record that ``path_id`` uses the chunk (as its ``position``-th chunk); True when the chunk had no
+        owner before. A chunk's first use, path and position, is one 8-byte slot (:meth:`first_use`): the
+        one array per blob that grows with its chunks."""
         self.chunk_refs += 1
         first = self._first.get(blob_index)
-        if first is not None and 0 <= ci_index < len(first):
-            if first[ci_index] < 0:
-                first[ci_index] = path_id
+        if first is not None and 0 <= ci_index < len(first) and path_id < _SLOT and position < _SLOT:
+            slot = first[ci_index]
+            if slot < 0:
+                first[ci_index] = path_id << 32 | position
                 return True
-            if first[ci_index] == path_id:
+            if slot >> 32 == path_id:
                 return False
         lst = self._more.setdefault((blob_index, ci_index), [])
         if path_id in lst:
@@ -445,9 +453,18 @@ class FileIndex:
         ids: list[int] = []
         first = self._first.get(blob_index)
         if first is not None and 0 <= ci_index < len(first) and first[ci_index] >= 0:
-            ids.append(first[ci_index])
+            ids.append(first[ci_index] >> 32)
         ids += self._more.get((blob_index, ci_index), ())
         return [fsdecode(self.paths[i]) for i in ids]
+
+    def first_use(self, blob_index: int, ci_index: int) -> tuple[int, int] | None:
+        """(path id, position of the chunk in that file) of the chunk's first use in the walk, or None when
+        it has none recorded here."""
+        first = self._first.get(blob_index)
+        if first is not None and 0 <= ci_index < len(first) and first[ci_index] >= 0:
+            slot = first[ci_index]
+            return slot >> 32, slot & 0xFFFF_FFFF
+        return None
 
     def add_hardlink(self, group: int, path_id: int) -> None:
         self._links.setdefault(group, []).append(path_id)
@@ -501,7 +518,7 @@ def index_walk(
             index.files += 1
             chunks = chunks_of(node)
             if chunks:
-                new = [add_owner(c.blob_index, c.ci_index, pid) for c in chunks]
+                new = [add_owner(c.blob_index, c.ci_index, pid, k) for k, c in enumerate(chunks)]
         yield n, node, chunks, new
 
 

@@ -10,12 +10,8 @@ import zstandard
 
 from nydus_inspect import codecs
 from nydus_inspect.formats import blob_meta
+from nydus_inspect.verify import blob_meta as verify_blob_meta
 from nydus_inspect.verify import verify
-from nydus_inspect.verify.blob_meta import _columns
-
-
-class _Run:
-    columns = None
 
 
 def _cols_by_record(arr):
@@ -42,12 +38,21 @@ def _cols_by_record(arr):
 
 
 @pytest.mark.parametrize("v2", [False, True])
-def test_columns_equal_record_decoding(v2):
+def test_columns_equal_record_decoding(v2, monkeypatch):
+    """The columns, decoded a piece at a time (pieces of 64 records here, the last one short), are the
+    records' fields."""
+    monkeypatch.setattr(verify_blob_meta, "COLUMN_PIECE", 64)
     rng = random.Random(6)
     size = 24 if v2 else 16
     raw = bytes(rng.getrandbits(8) for _ in range(size * 500))
     arr = blob_meta.ChunkInfoArray(raw + b"tail", 500, v2)
-    got = _columns(_Run(), arr)
+    got = ([], [], [], [], [])
+    firsts = []
+    for first, cols in verify_blob_meta.column_pieces(arr):
+        firsts.append(first)
+        for g, c in zip(got, cols):
+            g.extend(c)
+    assert firsts == list(range(0, 500, 64))
     want = _cols_by_record(arr)
     if v2:
         assert not all(got[4]) and any(got[4])  # random flag bytes: some records do not decode

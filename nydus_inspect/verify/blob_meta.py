@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..codecs import Compressor
@@ -165,7 +166,7 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
         data_end = blob.entry_location(IMAGE_BLOB)[1]
     tiled = data_end is not None and not hdr.s_features & _NOT_TILED
 
-    def bad(index: int, message: str, expected, found) -> None:
+    def bad(index: int, offset: int, message: str, expected, found) -> None:
         owners = run.owners(blob_index, index)
         run.add(
             Finding(
@@ -175,7 +176,7 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
                 file=blob.path,
                 blob_index=blob_index,
                 chunk=index,
-                offset=coffs[index],
+                offset=offset,
                 paths=owners,
                 path=owners[0] if owners else None,
                 expected=str(expected),
@@ -183,64 +184,66 @@ def _check_chunk_layout(run: _Run, blob: Layer, blob_index: int | None) -> None:
             )
         )
 
-    coffs, csizes, uoffs, usizes, ok = _columns(run, infos)
     expect = 0
-    prev = -1
+    prev = prev_off = -1
     floor = 0
-    for i in range(len(coffs)):
-        if not ok[i]:
-            continue  # unknown v2 flags: the chunk pass reports it
-        coff = coffs[i]
-        if tiled and coff != expect:
-            what = "a gap before it" if coff > expect else "overlaps the chunk before it"
-            bad(i, f"compressed data not contiguous in write order: {what}", expect, coff)
-        expect = coff + csizes[i]
-        if prev >= 0 and uoffs[i] < floor:
-            bad(
-                i,
-                f"uncompressed offset not after chunk {prev}'s data (offsets increase in write order)",
-                f">= {floor}",
-                uoffs[i],
-            )
-        prev = i
-        floor = uoffs[i] + (usizes[i] + 4095) // 4096 * 4096
+    for first, (coffs, csizes, uoffs, usizes, ok) in column_pieces(infos):
+        for k in range(len(coffs)):
+            if not ok[k]:
+                continue  # unknown v2 flags: the chunk pass reports it
+            i = first + k
+            coff = coffs[k]
+            if tiled and coff != expect:
+                what = "a gap before it" if coff > expect else "overlaps the chunk before it"
+                bad(i, coff, f"compressed data not contiguous in write order: {what}", expect, coff)
+            expect = coff + csizes[k]
+            if prev >= 0 and uoffs[k] < floor:
+                bad(
+                    i,
+                    coff,
+                    f"uncompressed offset not after chunk {prev}'s data (offsets increase in write order)",
+                    f">= {floor}",
+                    uoffs[k],
+                )
+            prev, prev_off = i, coff
+            floor = uoffs[k] + (usizes[k] + 4095) // 4096 * 4096
     if tiled and prev >= 0 and expect != data_end:
-        bad(prev, "chunk data does not end where image.blob does", data_end, expect)
+        bad(prev, prev_off, "chunk data does not end where image.blob does", data_end, expect)
 
 
-def _columns(run: _Run, infos) -> tuple[array, array, array, array, array]:
-    """compressed offsets, compressed sizes, uncompressed offsets, uncompressed sizes of a blob.meta chunk-info
-    array, and whether each record decodes (v2: no unknown flag bits), all at once: the arithmetic of
-    ``blob_meta.decode_v1`` / ``decode_v2`` without building a record object per chunk. Kept for the
-    run (blob.table and chunk.layout both need them)."""
-    got = run.columns
-    if got is not None and got[0] is infos:
-        return got[1]
-    raw = memoryview(infos.data)[: infos.count * infos.record_size]
-    flat = array("Q")
-    flat.frombytes(raw)
-    if sys.byteorder != "little":
-        flat.byteswap()
+#: Chunk-info records decoded at a time into columns: the columns of every chunk at once were 33 bytes a
+#: chunk, hundreds of MiB at ten million.
+COLUMN_PIECE = 1 << 14
+
+
+def column_pieces(infos) -> Iterator[tuple[int, tuple[array, array, array, array, array]]]:
+    """A blob.meta chunk-info array's records a piece at a time, as (index of the piece's first record,
+    (compressed offsets, compressed sizes, uncompressed offsets, uncompressed sizes, whether each record
+    decodes (v2: no unknown flag bits))): the arithmetic of ``blob_meta.decode_v1`` / ``decode_v2`` without
+    building a record object per chunk."""
+    rs = infos.record_size
     width = 3 if infos.v2 else 2  # v2 records carry a third word (the chunk's data), unused here
-    us, cs = flat[0::width], flat[1::width]
-    del flat
-    # Arrays, not lists: 8 bytes a chunk and column, where a list of ints held ~36 (180 MB over the five
-    # columns of a million chunks). Each list below lives only until its array is made.
-    if infos.v2:
-        cols = (
-            array("Q", [c & 0xFF_FFFF_FFFF for c in cs]),
-            array("Q", [c >> 40 for c in cs]),
-            array("Q", [(u & 0xFFFFFFFF) << 12 for u in us]),
-            array("Q", [((u >> 32) & 0xFFFFFF) + 1 for u in us]),
-            array("B", [not (u >> 56) & ~blob_meta.CI_KNOWN for u in us]),
-        )
-    else:
-        cols = (
-            array("Q", [c & 0xFF_FFFF_FFFF for c in cs]),
-            array("Q", [((((c >> 40) & 0xF) << 20) | ((c >> 44) & 0xFFFFF)) + 1 for c in cs]),
-            array("Q", [u & blob_meta.V1_UNCOMPRESSED_OFFSET for u in us]),
-            array("Q", [((((u >> 8) & 0xF) << 20) | ((u >> 44) & 0xFFFFF)) + 1 for u in us]),
-            array("B", bytes([1]) * infos.count),
-        )
-    run.columns = (infos, cols)  # one array at a time: the checks of a blob run one after the other
-    return cols
+    for first in range(0, infos.count, COLUMN_PIECE):
+        n = min(COLUMN_PIECE, infos.count - first)
+        flat = array("Q")
+        flat.frombytes(infos.data[first * rs : (first + n) * rs])
+        if sys.byteorder != "little":
+            flat.byteswap()
+        us, cs = flat[0::width], flat[1::width]
+        if infos.v2:
+            cols = (
+                array("Q", [c & 0xFF_FFFF_FFFF for c in cs]),
+                array("Q", [c >> 40 for c in cs]),
+                array("Q", [(u & 0xFFFFFFFF) << 12 for u in us]),
+                array("Q", [((u >> 32) & 0xFFFFFF) + 1 for u in us]),
+                array("B", [not (u >> 56) & ~blob_meta.CI_KNOWN for u in us]),
+            )
+        else:
+            cols = (
+                array("Q", [c & 0xFF_FFFF_FFFF for c in cs]),
+                array("Q", [((((c >> 40) & 0xF) << 20) | ((c >> 44) & 0xFFFFF)) + 1 for c in cs]),
+                array("Q", [u & blob_meta.V1_UNCOMPRESSED_OFFSET for u in us]),
+                array("Q", [((((u >> 8) & 0xF) << 20) | ((u >> 44) & 0xFFFFF)) + 1 for u in us]),
+                array("B", bytes([1]) * n),
+            )
+        yield first, cols

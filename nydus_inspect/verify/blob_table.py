@@ -13,7 +13,7 @@ from ..formats.tar_header import (
     IMAGE_BOOT,
 )
 from ..layer import Layer
-from .blob_meta import _columns
+from .blob_meta import column_pieces
 from .bootstrap import _BLOB
 from .findings import Finding, _show
 
@@ -59,9 +59,13 @@ def _check_blob_entry(run: _Run, blob: Layer, blob_index: int | None, ent) -> No
     except NydusInspectError:
         infos = None
     if infos is not None and len(infos) == ent.chunk_count:
-        _, _, _, usizes, ok = _columns(run, infos)
         # The sum of the 4K-rounded sizes; none when a record does not decode (the chunk pass reports it).
-        want = sum((u + 4095) // 4096 * 4096 for u in usizes) if all(ok) else None
+        want = 0
+        for _, (_, _, _, usizes, ok) in column_pieces(infos):
+            if not all(ok):
+                want = None
+                break
+            want += sum((u + 4095) // 4096 * 4096 for u in usizes)
         if want is not None and ent.uncompressed_size != want:
             bad(
                 "uncompressed_size",

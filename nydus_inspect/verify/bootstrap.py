@@ -231,8 +231,9 @@ class _Tree:
         # Extents for the overlap check, flat: tag 2*nid = the inode record, 2*nid+1 = its data blocks,
         # negative = a fixed table (_TABLES). Paths are looked up again only for a finding.
         self._starts, self._ends, self._tags = array("q"), array("q"), array("q")
-        # File offset at which files use each chunk: the first per blob chunk, the rest (dedup) in a dict.
-        self._first_off: dict[int, array] = {}
+        # File offsets at which files use each chunk: the first is the run's file index's first use of it
+        # (FileIndex.first_use), the rest (dedup) in a dict.
+        self._index = run.index
         self._more_off: dict[tuple[int, int], set[int]] = {}
         self.has_xattrs: str | bool = False  # the first path with xattrs
         self.nids = _NidSet(len(rafs.buf) // 32 + 1)  # every inode the walk reached
@@ -844,7 +845,7 @@ class _Tree:
         if not first or self.rafs.tarfs:
             return  # tarfs records no chunks: a file's chunks are where the tar holds them
         cs = self.rafs.chunk_size
-        first_off = self._first_off
+        first_use = self._index.first_use
         for k, c in enumerate(chunks):
             bi, ci = c.blob_index, c.ci_index
             if records and (bi, ci) not in records:
@@ -856,12 +857,11 @@ class _Tree:
                     chunk=ci,
                     path=fsdecode(node.path),
                 )
-            # _used_at, inline for the common case: the first file offset seen for the chunk.
-            offs = first_off.get(bi)
-            if offs is not None and 0 <= ci < len(offs) and offs[ci] == -1:
-                offs[ci] = k * cs
-            else:
-                self._used_at(bi, ci, k * cs)
+            # The walk recorded the chunk's first use (this file, or one before it): its position is one of
+            # the chunk's offsets already.
+            use = first_use(bi, ci)
+            if use is None or use[1] != k:
+                self._more_off.setdefault((bi, ci), set()).add(k * cs)
         if chunks and len(chunks) > 1:
             try:
                 ino = self.rafs.inode(node.nid)
@@ -887,21 +887,12 @@ class _Tree:
                         found=bits,
                     )
 
-    def _used_at(self, blob_index: int, ci: int, file_offset: int) -> None:
-        first = self._first_off.get(blob_index)
-        if first is None and 0 <= blob_index < len(self.rafs.blobs):
-            first = self._first_off[blob_index] = array("q", [-1]) * self.rafs.blobs[blob_index].chunk_count
-        if first is not None and 0 <= ci < len(first) and first[ci] in (-1, file_offset):
-            first[ci] = file_offset
-        else:
-            self._more_off.setdefault((blob_index, ci), set()).add(file_offset)
-
     def _offsets_of(self, blob_index: int, ci: int) -> set[int]:
         """The file offsets at which files use chunk ``ci`` of blob ``blob_index`` (empty: no file does)."""
         out = set(self._more_off.get((blob_index, ci), ()))
-        first = self._first_off.get(blob_index)
-        if first is not None and 0 <= ci < len(first) and first[ci] >= 0:
-            out.add(first[ci])
+        use = self._index.first_use(blob_index, ci)
+        if use is not None:
+            out.add(use[1] * self.rafs.chunk_size)
         return out
 
     # ------------------------------------------------------------------ after the walk
@@ -1075,14 +1066,16 @@ class _Tree:
         rafs, ext = self.rafs, self.ext
         base = ext.s_chunk_table_offset
         blobs = rafs.blobs
-        # Per record, this check keeps 8 bytes (its HAS_CRC32 mark) and reads the table in place: the index
+        # This check keeps nothing per record and reads the table in place: the index
         # of first records by key that every reader uses tells duplicates (a dict of the keys and a copy of
         # the table held hundreds of bytes a record, gigabytes for tens of millions of chunks).
         try:
             first_of = rafs._chunk_records().first
         except (NydusInspectError, struct.error):  # reported by the walk; duplicates are not looked for
             first_of = None
-        crc_flags: dict[int, array] = {}
+        # Per blob, how many records carry HAS_CRC32 and how many there are: a blob's records all do or all
+        # don't, and the few that differ from the rest are found by a second pass, only when some do.
+        crc_counts: dict[int, list[int]] = {}
         cs = rafs.chunk_size
         rows = _CT.struct.iter_unpack(memoryview(rafs.buf)[base : base + ext.s_chunk_table_size])
         for i, vals in enumerate(rows):
@@ -1118,10 +1111,11 @@ class _Tree:
                 tbad("flags", "encrypted chunk in a blob that is not encrypted", "clear", hex(flags))
             if flags & rafs_v6.CHUNK_BATCH and not ent.features & blob_meta.BATCH:
                 tbad("flags", "batch chunk in a blob without batches", "clear", hex(flags))
-            marks = crc_flags.get(bi)
-            if marks is None:
-                marks = crc_flags[bi] = array("q")
-            marks.append(i if flags & rafs_v6.CHUNK_HAS_CRC32 else ~i)
+            counts = crc_counts.get(bi)
+            if counts is None:
+                counts = crc_counts[bi] = [0, 0]
+            counts[0] += bool(flags & rafs_v6.CHUNK_HAS_CRC32)
+            counts[1] += 1
             # The table is read once from end to end here: its pages need not stay (RafsV6.release_pages).
             if i % RELEASE_EVERY == RELEASE_EVERY - 1 and rafs.release_pages is not None:
                 rafs.release_pages()
@@ -1158,14 +1152,16 @@ class _Tree:
                     tbad("index", "no file uses this chunk record", "used", idx)
                 elif foff not in have:
                     tbad("file_offset", "no file uses this chunk at this offset", sorted(have), foff)
-        for bi, marks in crc_flags.items():
-            with_crc = sum(1 for m in marks if m >= 0)
-            if with_crc and with_crc != len(marks):
-                if with_crc * 2 >= len(marks):
-                    odd: Iterable[int] = (~m for m in marks if m < 0)
-                else:
-                    odd = (m for m in marks if m >= 0)
-                for i in odd:
+        # The minority of a mixed blob is what is odd: records without a crc where most have one, else those
+        # with one.
+        odd_has = {bi: n * 2 < total for bi, (n, total) in crc_counts.items() if 0 < n < total}
+        if odd_has:
+            rows = _CT.struct.iter_unpack(memoryview(rafs.buf)[base : base + ext.s_chunk_table_size])
+            for i, vals in enumerate(rows):
+                bi, flags = vals[1], vals[2]
+                want = odd_has.get(bi)
+                if want is not None and bool(flags & rafs_v6.CHUNK_HAS_CRC32) == want:
+                    with_crc, total = crc_counts[bi]
                     self.bad(
                         "chunk.table",
                         f"HAS_CRC32 differs from the other records of blob {bi}",
@@ -1173,5 +1169,7 @@ class _Tree:
                         blob_index=bi,
                         field="flags",
                         offset=base + i * _CT.size + 36,
-                        found=f"{with_crc} of {len(marks)} records with a crc",
+                        found=f"{with_crc} of {total} records with a crc",
                     )
+                if i % RELEASE_EVERY == RELEASE_EVERY - 1 and rafs.release_pages is not None:
+                    rafs.release_pages()

@@ -6,7 +6,9 @@ reader resolves them (``chunks.resolve.Blob``).
 
 from __future__ import annotations
 
+import functools
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -491,17 +493,21 @@ class _Batches:
     sequential run), taking the batches no worker has started from the back itself meanwhile.
 
     Finished batches hold their findings until collected: past AHEAD_FINDINGS of them no more batches start
-    early, so a badly broken blob does not hold millions of findings at once.
+    early, so a badly broken blob does not hold millions of findings at once. A finished batch keeps its
+    result, not its Future (the workers may finish every batch of a blob before the main thread gets to it:
+    a Future, its condition and lock for each were hundreds of bytes a batch).
     """
 
     def __init__(self, pool: Scheduler, cv: ChunkVerifier, queue: int) -> None:
         total = len(cv)
         self.pool, self.cv, self.queue = pool, cv, queue
-        self.spans = [(s, min(total, s + BATCH)) for s in range(0, total, BATCH)]
-        self.futures: list = [None] * len(self.spans)
+        self.total = total
+        self.count = (total + BATCH - 1) // BATCH
+        #: Per batch: None (not started), its Future (submitted), or once finished its result or exception.
+        self.futures: list = [None] * self.count
         self.lock = threading.RLock()  # a done callback may run in the thread that adds it
         self.next = 0  # the next batch a worker may start
-        self.end = len(self.spans)  # batches from here on were taken by the main thread
+        self.end = self.count  # batches from here on were taken by the main thread
         self.running = 0  # submitted and not finished
         self.held = 0  # findings of finished batches not collected yet
         self.stopped = False
@@ -517,20 +523,27 @@ class _Batches:
             ):
                 k = self.next
                 try:
-                    fut = self.pool.submit(self.cv.check_batch, *self.spans[k])
+                    fut = self.pool.submit(self.cv.check_batch, *self.span(k))
                 except RuntimeError:  # the pool is shutting down
                     self.stopped = True
                     return
                 self.futures[k] = fut
                 self.next += 1
                 self.running += 1
-                fut.add_done_callback(self._done)
+                fut.add_done_callback(functools.partial(self._done, k))
 
-    def _done(self, fut) -> None:
+    def span(self, k: int) -> tuple[int, int]:
+        return k * BATCH, min(self.total, (k + 1) * BATCH)
+
+    def _done(self, k: int, fut) -> None:
         with self.lock:
             self.running -= 1
-            if not fut.cancelled() and fut.exception() is None:
-                self.held += len(fut.result()[1])
+            if not fut.cancelled():
+                exc = fut.exception()
+                if exc is None:
+                    self.held += len(fut.result()[1])
+                if self.futures[k] is fut:  # not collected yet
+                    self.futures[k] = _Failed(exc) if exc is not None else fut.result()
             self.feed()
 
     def stop(self) -> None:
@@ -545,6 +558,8 @@ class _Batches:
                 if k == self.next:
                     self.next += 1
                 return True
+            if not isinstance(fut, Future):
+                return False  # finished
         return fut.cancel()
 
     def _steal(self, k: int) -> int | None:
@@ -562,7 +577,7 @@ class _Batches:
         mine: dict[int, tuple[int, list[Finding]] | Exception] = {}
         done = 0
         k = 0
-        while k < len(self.spans):
+        while k < self.count:
             fut = self.futures[k]
             if k in mine:
                 result = mine.pop(k)
@@ -571,10 +586,10 @@ class _Batches:
                 with self.lock:
                     self.held -= len(result[1])
             elif self._take(k):
-                result = self.cv.check_batch(*self.spans[k])
-            elif not fut.done() and (j := self._steal(k)) is not None:
+                result = self.cv.check_batch(*self.span(k))
+            elif isinstance(fut, Future) and not fut.done() and (j := self._steal(k)) is not None:
                 try:
-                    mine[j] = got = self.cv.check_batch(*self.spans[j])
+                    mine[j] = got = self.cv.check_batch(*self.span(j))
                 except Exception as exc:  # noqa: BLE001 - raised when its turn comes
                     mine[j] = exc
                 else:
@@ -584,14 +599,29 @@ class _Batches:
                     raise Cancelled(f"verification cancelled during {stage}")
                 continue
             else:
-                result = fut.result()
+                if isinstance(fut, Future):
+                    result = fut.result()  # (its callback may not have run yet)
+                elif isinstance(fut, _Failed):
+                    raise fut.exc
+                else:
+                    result = fut
                 with self.lock:
                     self.held -= len(result[1])
+                    self.futures[k] = None
                     self.feed()
             done += _collect(run, result)
             run.tick(stage, done, total)
             k += 1
         run.tick(stage, total, total)
+
+
+class _Failed:
+    """A batch's exception, kept in its place until its turn comes."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 def _collect(run: _Run, result: tuple[int, list[Finding]]) -> int:

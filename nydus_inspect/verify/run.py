@@ -34,7 +34,6 @@ class _Run:
         self.index: FileIndex | None = None
         self._counts: dict[str, int] = {}
         self.ahead = _Ahead(self)
-        self.columns: tuple | None = None  # (chunk-info array, _columns of it)
         self.verity_root: bytes | None = None  # a plain EROFS image's dm-verity root hash, when given
         self.verity_salt: bytes | None = None
 
