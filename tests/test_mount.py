@@ -721,6 +721,113 @@ def test_entries_xattrs_with_getfattr(mounts, vectors):
     assert 'user.nydus.uncompressed_size="20480"' in out
 
 
+@pytest.fixture(scope="session")
+def many_chunks(tmp_path_factory) -> tuple[Path, bytes]:
+    """A layer of 2,000 distinct 4 KiB chunks, and its ``chunks --json``: several hundred KB, so that reading
+    it takes several FUSE read requests."""
+    d = tmp_path_factory.mktemp("many-chunks")
+    tar = d / "blocks.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        data = b"".join(i.to_bytes(8, "little") + bytes(4088) for i in range(2000))
+        info = tarfile.TarInfo("blocks")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    layer = _pack(tar, d / "blocks.blob", chunk_size=0x1000)
+    want = cli("chunks", "--json", layer).stdout
+    assert len(want) > 256 << 10
+    return layer, want
+
+
+def _tmp_files(pid: int, tmpdir: Path) -> set[str]:
+    """The files in ``tmpdir`` the daemon has open (made entries/ content is an unlinked file there)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{tmpdir}/"):
+            out.add(target)
+    return out
+
+
+def test_listing_entries_does_not_make_chunks_json(mounts, many_chunks, tmp_path, monkeypatch):
+    """Listing and stat'ing entries/ (a lookup, os.walk with lstat, ls -lR, find, listxattr) does not make
+    chunks.json, whose size is known only once it is made: it shows size 0 until read (no temporary file
+    appears in the daemon's TMPDIR). Several readers at offsets at once then make it once and get the CLI's
+    bytes; after that it shows its size and reads whole through the page cache too."""
+    layer, want = many_chunks
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    mp = mounts.mount(layer)
+    pid = mounts.pid(mp)
+    before = _tmp_files(pid, tmpdir)
+    path = mp / "entries" / layer.name / "chunks.json"
+    looked_up = os.lstat(path)  # a lookup, before anything is listed
+    assert _tmp_files(pid, tmpdir) == before, "chunks.json was made for a lookup"
+    seen = 0
+    for top, dirs, files in os.walk(mp / "entries"):
+        for name in dirs + files:
+            os.lstat(os.path.join(top, name))
+            seen += 1
+    assert seen > 10
+    for argv in (["ls", "-lR", str(mp / "entries")], ["find", str(mp / "entries"), "-size", "+0"]):
+        subprocess.run(argv, check=True, capture_output=True)
+    assert "user.nydus.sha256" in os.listxattr(path)
+    assert _tmp_files(pid, tmpdir) == before, "chunks.json was made to list entries/"
+    assert looked_up.st_size == 0 and os.stat(path).st_size == 0
+
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        with open(path, "rb", buffering=0) as f:
+            for _ in range(50):
+                off = rng.randrange(0, len(want) + 100)
+                size = rng.choice([1, 4096, 100_000, 131072 + 7, 1 << 20])
+                if os.pread(f.fileno(), size, off) != want[off : off + size]:
+                    errors.append(f"[{off}:+{size}] differs")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:10]
+    assert len(_tmp_files(pid, tmpdir) - before) == 1  # made once
+    assert os.stat(path).st_size == len(want)
+    assert path.read_bytes() == want
+    with open(path, "rb") as f:
+        assert f.read() == want and f.read() == b""
+    assert os.getxattr(path, "user.nydus.sha256").decode() == hashlib.sha256(want).hexdigest()
+
+
+@pytest.mark.parametrize("tool", ["cat", "cp", "sha256sum", "python", "json.load"])
+def test_chunks_json_reads_whole_before_it_is_made(tool, mounts, many_chunks, tmp_path):
+    """chunks.json shows size 0 until made: a reader that trusts the size it is shown and reads to the end (as
+    each of these does) still gets every byte the CLI prints."""
+    layer, want = many_chunks
+    mp = mounts.mount(layer)
+    path = mp / "entries" / layer.name / "chunks.json"
+    assert os.stat(path).st_size == 0
+    if tool == "cat":
+        assert subprocess.run(["cat", str(path)], check=True, capture_output=True).stdout == want
+    elif tool == "cp":
+        subprocess.run(["cp", str(path), str(tmp_path / "copy")], check=True)
+        assert (tmp_path / "copy").read_bytes() == want
+    elif tool == "sha256sum":
+        out = subprocess.run(["sha256sum", str(path)], check=True, capture_output=True, text=True).stdout
+        assert out.split()[0] == hashlib.sha256(want).hexdigest()
+    elif tool == "python":
+        with open(path, "rb") as f:
+            assert f.read() == want
+    else:
+        with open(path) as f:
+            assert json.load(f) == json.loads(want)
+    assert os.stat(path).st_size == len(want)
+
+
 # ---------------------------------------------------------------------------- reading
 def test_concurrent_random_reads(mounts, fixture_tars, fixture_layers):
     """8 readers, random ranges (crossing chunk boundaries, past EOF), all get the source's bytes."""
@@ -1335,8 +1442,9 @@ def test_generated_entry_larger_than_its_cache_is_made_once(fixture_layers):
 
 def test_entries_made_into_a_temporary_file_read_as_made_whole(fixture_layers, monkeypatch):
     """No FUSE: with every made entries/ file over the size that sends it to a temporary file, each reads (by
-    small pieces, several readers at once) and sums as the entry and chunks.json the CLI gives, its size is
-    known before a read, and it is made once."""
+    small pieces, several readers at once) and sums as the entry and chunks.json the CLI gives, and it is made
+    once. An entry's size is known before a read; chunks.json's only once it is made (0 until then: a stat
+    does not make it)."""
     import trio
 
     from nydus_inspect.mount import entries as entries_mod
@@ -1381,11 +1489,11 @@ def test_entries_made_into_a_temporary_file_read_as_made_whole(fixture_layers, m
             try:
                 with trio.fail_after(60):
                     for name, node in nodes.items():
-                        size = (await fs.getattr(node.ino)).st_size
-                        got[name] = [size]
+                        got[name] = [(await fs.getattr(node.ino)).st_size]
                         async with trio.open_nursery() as nursery:
                             for _ in range(3):
                                 nursery.start_soon(read, node, got[name])
+                        got[name].append((await fs.getattr(node.ino)).st_size)
                         got[name].append(await fs.getxattr(node.ino, b"user.nydus.sha256"))
             finally:
                 fs.detach()
@@ -1394,7 +1502,8 @@ def test_entries_made_into_a_temporary_file_read_as_made_whole(fixture_layers, m
         got = trio.run(run)
         for name, data in want.items():
             digest = hashlib.sha256(data).hexdigest().encode()
-            assert got[name] == [len(data), data, data, data, digest], name
+            before = 0 if name == "chunks.json" else len(data)
+            assert got[name] == [before, data, data, data, len(data), digest], name
         assert made == {name: 1 for name in nodes}
     finally:
         sources.close()

@@ -10,7 +10,11 @@ xattrs: ``sha256`` of its content, ``compressor``, ``compressed_offset``, ``comp
 
 Content that grows with the layer (an entry that decompresses to more than SPILL_LIMIT, chunks.json) is made
 a piece at a time into an unlinked temporary file and read from there (:class:`Streamed`), so that listing or
-reading entries/ of a big layer holds none of it in memory.
+reading entries/ of a big layer holds none of it in memory. Such content whose size is not known before it is
+made (chunks.json) is made by the first read only, never to answer a stat: listing entries/ of a big layer
+(``find``, ``ls -lR``) would otherwise make every chunks.json in it. Until then the file shows size 0, as
+procfs and sysfs files do, and is read with direct I/O (the kernel reads it to a short read, not to its
+size); once made it shows its size.
 
 No FUSE here: nodes, content makers and xattr values only. Makers are blocking and thread-safe; the file
 system runs them in worker threads.
@@ -55,6 +59,8 @@ class Generated:
     """Content produced whole by ``make()`` (blocking); ``size`` may be unknown until it runs."""
 
     ranged = False
+    #: A stat may make it to learn its size: made in memory, a few KiB (a ToC, a superblock, a header).
+    made_by_stat = True
 
     def __init__(self, make: Callable[[], bytes], size: int | None = None, what: str = "") -> None:
         self.make = make
@@ -66,6 +72,7 @@ class Stored:
     """A byte range of a file, read with pread (nothing held in memory)."""
 
     ranged = True
+    made_by_stat = True  # nothing to make: its size is known
 
     def __init__(self, layer: Layer, offset: int, size: int, what: str = "") -> None:
         self.layer = layer
@@ -90,6 +97,9 @@ class Streamed:
     the layer (the bootstrap, chunks.json). Made once, whatever the number of threads asking; thread-safe."""
 
     ranged = True
+    #: Never made to answer a stat: making it costs time and disk in proportion to the layer. Until it is
+    #: read, a ``size`` of None is shown as 0 (see the module's docstring).
+    made_by_stat = False
 
     def __init__(
         self, pieces: Callable[[], Iterable[bytes]], size: int | None = None, what: str = ""

@@ -7,9 +7,11 @@ one inode, as nydusd shows them; two inodes that merely claim one i_ino stay two
 
 The image never changes, so the kernel may cache everything for long: entry and attribute timeouts of a year
 (negative lookups too), ``keep_cache`` on every open, and directory listings come with their attributes
-(readdirplus), so ``ls -l`` and ``find`` cost about one request per directory. When the image holds no
-xattrs at all, getxattr on its files answers ENOTSUP rather than ENODATA, which tells ``ls -l`` and friends
-to stop asking for SELinux labels and ACLs on this mount.
+(readdirplus), so ``ls -l`` and ``find`` cost about one request per directory. The one exception is an
+entries/ file whose size is known only once it is made (chunks.json): a stat does not make it, so until its
+first read it shows size 0, uncached, and is read with direct I/O (see ``mount.entries``). When the image
+holds no xattrs at all, getxattr on its files answers ENOTSUP rather than ENODATA, which tells ``ls -l`` and
+friends to stop asking for SELinux labels and ACLs on this mount.
 
 File data is read by chunk. Chunks are read with pread, decompressed and checked against their digest in the
 workers of the one read-ahead scheduler (``chunks.readahead``; zstd, lz4, blake3 and pread release the GIL), never
@@ -445,15 +447,15 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         else:
             e.st_nlink = 1
             content = node.content
-            if content.size is None:
-                if content.ranged:
-                    try:
-                        await trio.to_thread.run_sync(content.prepare, limiter=self.limiter)
-                    except (NydusInspectError, OSError) as exc:
-                        raise self._eio(node.path, exc) from None
-                else:
-                    await self._generated(node)
+            if content.size is None and content.made_by_stat:
+                await self._generated(node)
             size = content.size
+            if size is None:
+                # Not made yet, and not made for a stat (chunks.json: a listing of entries/ would make every
+                # one in it): size 0 until it is read, as procfs shows its files, read with direct I/O (open).
+                # Not kept by the kernel, so that a stat once it is made shows its size.
+                size = 0
+                e.attr_timeout = 0
         e.st_size = size
         e.st_blksize = 4096
         e.st_blocks = (size + 511) >> 9
@@ -626,6 +628,11 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         if node is not None:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            if node.content.size is None:
+                # Its size is not known until it is made (the kernel may hold 0 for it): direct I/O, so that
+                # reads go on until a short one rather than stop at the size the kernel has, and the first
+                # read makes it. Opened once it is made, it is read through the page cache as any file.
+                return pyfuse3.FileInfo(fh=inode, direct_io=True)
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
         try:
             fmt = self._stat(inode)[0] & S_IFMT
