@@ -401,11 +401,22 @@ class SourceBytes:
         self.what = what
         self._pages: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        # The page read last, as one tuple (read and replaced whole, so no lock is needed): records read in
+        # order hit it a page's worth of times in a row, and skip the lock and the cache's reordering.
+        self._last: tuple[int, bytes] = (-1, b"")
 
     def __len__(self) -> int:
         return self.size
 
     def _page(self, k: int) -> bytes:
+        last = self._last
+        if last[0] == k:
+            return last[1]
+        page = self._cached(k)
+        self._last = (k, page)
+        return page
+
+    def _cached(self, k: int) -> bytes:
         with self._lock:
             page = self._pages.get(k)
             if page is not None:
