@@ -738,6 +738,15 @@ def many_chunks(tmp_path_factory) -> tuple[Path, bytes]:
     return layer, want
 
 
+def _in_threads(reader, n: int) -> None:
+    """``reader(0)`` to ``reader(n - 1)``, each in a thread of its own, all at once."""
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
+
 def _tmp_files(pid: int, tmpdir: Path) -> set[str]:
     """The files in ``tmpdir`` the daemon has open (made entries/ content is an unlinked file there)."""
     out = set()
@@ -789,11 +798,7 @@ def test_listing_entries_does_not_make_chunks_json(mounts, many_chunks, tmp_path
                 if os.pread(f.fileno(), size, off) != want[off : off + size]:
                     errors.append(f"[{off}:+{size}] differs")
 
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    _in_threads(reader, 4)
     assert not errors, errors[:10]
     assert len(_tmp_files(pid, tmpdir) - before) == 1  # made once
     assert os.stat(path).st_size == len(want)
@@ -856,11 +861,7 @@ def test_concurrent_random_reads(mounts, fixture_tars, fixture_layers):
                 if got != data[off : off + size]:
                     errors.append(f"{name} [{off}:+{size}] differs")
 
-        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        _in_threads(reader, 8)
         assert not errors, errors[:10]
         # And whole files, read through the page cache.
         for name, data in want.items():
