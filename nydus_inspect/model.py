@@ -434,6 +434,7 @@ class RafsV6:
         #: RELEASE_EVERY nodes, so that a walk of a mapped bootstrap holds a part of it, not all of it,
         #: resident; the chunk records give back the chunk table's range (ChunkRecords).
         self.release_pages: Callable[..., None] | None = None
+        self._decoded = 0  # chunks decoded since the pages were last given back (_decode_chunks)
         self._chunk_table: dict[tuple[int, int], ChunkTableEntry] | None = None
         self._records: ChunkRecords | None = None
         self._ci_source = ci_source
@@ -1021,6 +1022,13 @@ class RafsV6:
                     value=blkaddr,
                 )
             out.append(chunk)
+        # A file of millions of chunks reads megabytes of chunk indexes and table rows: given back as it goes,
+        # not at the walk's next file (each row is read by the call that decodes its chunk).
+        if self.release_pages is not None:
+            self._decoded += k1 - k0
+            if self._decoded >= RELEASE_EVERY:
+                self._decoded = 0
+                self.release_pages()
         return out
 
     def _external_chunk(self, node: Node | _ChunkedFile, k: int, rec: tuple) -> ChunkRef:
