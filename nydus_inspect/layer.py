@@ -722,19 +722,24 @@ class Layer:
             for _ in self.iter_entry(name):
                 pass  # checked against the ToC after the last piece
             return SourceBytes(Window(self.source, off, size), name)
-        fd, tmp = tempfile.mkstemp(prefix=f"nydus-inspect-{name}-")
+        spilled = LocalFile.of_fd(self._decoded_into_file(name, name), f"{self.path} ({name}, decoded)")
+        self._section_files.append(spilled)
+        return SourceBytes(spilled, name)
+
+    def _decoded_into_file(self, name: str, label: str) -> int:
+        """Entry ``name`` decoded a piece at a time into an unlinked temporary file, checked against the ToC
+        after the last piece: its descriptor, the caller's to close. Named, then unlinked at once: nothing is
+        left behind, and it shows in /proc/PID/fd and /proc/PID/maps as nydus-inspect-``label``-."""
+        fd, tmp = tempfile.mkstemp(prefix=f"nydus-inspect-{label}-")
         os.unlink(tmp)
-        spilled = LocalFile.of_fd(fd, f"{self.path} ({name}, decoded)")
         try:
             with open(fd, "wb", closefd=False) as f:
                 for piece in self.iter_entry(name, decode_zstd=True):
                     f.write(piece)
-            spilled.size = os.fstat(fd).st_size
         except BaseException:
-            spilled.close()
+            os.close(fd)
             raise
-        self._section_files.append(spilled)
-        return SourceBytes(spilled, name)
+        return fd
 
     # ------------------------------------------------------------------ bootstrap
     @property
@@ -784,14 +789,11 @@ class Layer:
         _, _, comp, usize, _ = self.entry_location(IMAGE_BOOT)
         if comp is not Compressor.ZSTD or usize < SPILL_BOOTSTRAP:
             return self.entry(IMAGE_BOOT)
-        # Named, then unlinked at once: nothing is left behind, and the map shows in /proc/PID/maps by name.
-        fd, name = tempfile.mkstemp(prefix="nydus-inspect-bootstrap-")
-        os.unlink(name)
-        with open(fd, "w+b") as f:
-            for piece in self.iter_entry(IMAGE_BOOT, decode_zstd=True):
-                f.write(piece)
-            f.flush()
-            self._spilled = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        fd = self._decoded_into_file(IMAGE_BOOT, "bootstrap")
+        try:
+            self._spilled = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)  # the map keeps the file
         return self._spilled
 
     @cached_property
