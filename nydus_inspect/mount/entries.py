@@ -58,9 +58,9 @@ LOG_XATTR = b"user.nydus.mount.log"
 class Generated:
     """Content produced whole by ``make()`` (blocking); ``size`` may be unknown until it runs."""
 
+    #: Made whole in memory, a few KiB (a ToC, a superblock, a header): a stat may make it to learn its size.
+    #: Ranged content (Stored, Streamed) is never made for a stat (see the module's docstring).
     ranged = False
-    #: A stat may make it to learn its size: made in memory, a few KiB (a ToC, a superblock, a header).
-    made_by_stat = True
 
     def __init__(self, make: Callable[[], bytes], size: int | None = None, what: str = "") -> None:
         self.make = make
@@ -72,7 +72,6 @@ class Stored:
     """A byte range of a file, read with pread (nothing held in memory)."""
 
     ranged = True
-    made_by_stat = True  # nothing to make: its size is known
 
     def __init__(self, layer: Layer, offset: int, size: int, what: str = "") -> None:
         self.layer = layer
@@ -93,13 +92,11 @@ class Stored:
 
 class Streamed:
     """Content made a piece at a time by ``pieces()`` (blocking), into an unlinked temporary file when it is
-    first needed (its size, or a read), then read from that file with pread: for content that grows with
-    the layer (the bootstrap, chunks.json). Made once, whatever the number of threads asking; thread-safe."""
+    first read or its sha256 asked for (never for a stat), then read from that file with pread: for content
+    that grows with the layer (the bootstrap, chunks.json). Made once, whatever the number of threads asking;
+    thread-safe."""
 
     ranged = True
-    #: Never made to answer a stat: making it costs time and disk in proportion to the layer. Until it is
-    #: read, a ``size`` of None is shown as 0 (see the module's docstring).
-    made_by_stat = False
 
     def __init__(
         self, pieces: Callable[[], Iterable[bytes]], size: int | None = None, what: str = ""

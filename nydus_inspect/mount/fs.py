@@ -447,8 +447,8 @@ class NydusFS(TreeReaderPrefetch, pyfuse3.Operations):
         else:
             e.st_nlink = 1
             content = node.content
-            if content.size is None and content.made_by_stat:
-                await self._generated(node)
+            if content.size is None and not content.ranged:
+                await self._generated(node)  # a few KiB made in memory
             size = content.size
             if size is None:
                 # Not made yet, and not made for a stat (chunks.json: a listing of entries/ would make every
