@@ -503,7 +503,8 @@ class _Batches:
         self.pool, self.cv, self.queue = pool, cv, queue
         self.total = total
         self.count = (total + BATCH - 1) // BATCH
-        #: Per batch: None (not started), its Future (submitted), or once finished its result or exception.
+        #: Per batch: None (not started), its Future (submitted to the pool), or once finished (by a worker or
+        #: taken by the main thread ahead of its turn) its result or its exception.
         self.futures: list = [None] * self.count
         self.lock = threading.RLock()  # a done callback may run in the thread that adds it
         self.next = 0  # the next batch a worker may start
@@ -543,7 +544,7 @@ class _Batches:
                 if exc is None:
                     self.held += len(fut.result()[1])
                 if self.futures[k] is fut:  # not collected yet
-                    self.futures[k] = _Failed(exc) if exc is not None else fut.result()
+                    self.futures[k] = exc if exc is not None else fut.result()
             self.feed()
 
     def stop(self) -> None:
@@ -574,26 +575,21 @@ class _Batches:
     def collect(self, run: _Run, stage: str) -> None:
         total = len(self.cv)
         run.tick(stage, 0, total)
-        mine: dict[int, tuple[int, list[Finding]] | Exception] = {}
         done = 0
         k = 0
         while k < self.count:
             fut = self.futures[k]
-            if k in mine:
-                result = mine.pop(k)
-                if isinstance(result, Exception):
-                    raise result  # in its turn, as a sequential run meets it
-                with self.lock:
-                    self.held -= len(result[1])
-            elif self._take(k):
+            if self._take(k):
                 result = self.cv.check_batch(*self.span(k))
             elif isinstance(fut, Future) and not fut.done() and (j := self._steal(k)) is not None:
+                # Kept in its slot as a worker's finished batch is, and collected as one in its turn.
                 try:
-                    mine[j] = got = self.cv.check_batch(*self.span(j))
+                    got = self.cv.check_batch(*self.span(j))
                 except Exception as exc:  # noqa: BLE001 - raised when its turn comes
-                    mine[j] = exc
+                    self.futures[j] = exc
                 else:
                     with self.lock:
+                        self.futures[j] = got
                         self.held += len(got[1])
                 if run.cancel is not None and run.cancel():  # progress is told in batch order
                     raise Cancelled(f"verification cancelled during {stage}")
@@ -601,8 +597,8 @@ class _Batches:
             else:
                 if isinstance(fut, Future):
                     result = fut.result()  # (its callback may not have run yet)
-                elif isinstance(fut, _Failed):
-                    raise fut.exc
+                elif isinstance(fut, BaseException):
+                    raise fut  # in its turn, as a sequential run meets it
                 else:
                     result = fut
                 with self.lock:
@@ -613,15 +609,6 @@ class _Batches:
             run.tick(stage, done, total)
             k += 1
         run.tick(stage, total, total)
-
-
-class _Failed:
-    """A batch's exception, kept in its place until its turn comes."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 def _collect(run: _Run, result: tuple[int, list[Finding]]) -> int:
