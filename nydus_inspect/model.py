@@ -190,8 +190,11 @@ class ChunkRecords:
 
     _RECORD = rafs_v6.CHUNK_TABLE_ENTRY.struct
     _KEY = struct.Struct("<32xI36xI4x")  # blob_index and index of an 80-byte record
-    #: Records looked up between two calls of ``release`` (see __init__).
-    RELEASE_LOOKUPS = 256
+    #: Records looked up between two calls of ``release`` (see __init__). Few: keying reads the table in order,
+    #: so the page cache holds it in large folios (ext4 and xfs make them on read-ahead), and a fault on one
+    #: record maps its whole folio, up to megabytes: what stays resident between releases grows with this
+    #: count times the folio size, and each release costs an madvise and the faults that follow it.
+    RELEASE_LOOKUPS = 32
 
     def __init__(
         self, buf, off: int, size: int, release_pages: Callable[[int, int], None] | None = None
