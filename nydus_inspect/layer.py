@@ -17,7 +17,6 @@ import mmap
 import os
 import stat
 import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,7 +27,8 @@ from .boot_tar import bootstrap_in_tar
 from .chunks.decode import ChunkReader
 from .chunks.ref import ChunkRef
 from .chunks.resolve import Blob
-from .chunks.source import BlobSource, LocalFile, PieceReader, SourceBytes, Window
+from .chunks.sections import ChunkSections, decoded_into_file
+from .chunks.source import BlobSource, LocalFile, PieceReader, SourceBytes
 from .codecs import Compressor
 from .errors import FormatError, NydusInspectError, UsageError
 from .formats import blob_meta, rafs_v6, tar_header, toc
@@ -54,11 +54,6 @@ MAX_BOOTSTRAP = 1 << 30
 #: A compressed image.boot that decodes to more than this is kept in a temporary file and mapped (see
 #: Layer._bootstrap_entry), not held as bytes.
 SPILL_BOOTSTRAP = 32 << 20
-#: blob.digest or a chunk-info array larger than this is not held on the heap (32 and 16 or 24 bytes a chunk:
-#: hundreds of MiB at ten million chunks): checked by streaming it, then read a few pages at a time where it
-#: lies (an uncompressed entry of a local file) or from a temporary file it was decoded into (see
-#: Layer._section_data).
-SPILL_SECTION = 1 << 20
 
 KIND_BLOB_TOC = "nydus-blob"  # layer blob with rafs.blob.toc
 KIND_BLOB_NO_TOC = "nydus-blob-no-toc"  # layer blob found by tar-header walk only
@@ -127,7 +122,8 @@ class Layer:
         self.notes: list[str] = []
         self._bootstrap_raw: bytes | None = None
         self._spilled: mmap.mmap | None = None  # a large bootstrap decoded into a temporary file
-        self._section_files: list[LocalFile] = []  # large sections decoded into temporary files
+        #: blob.meta's records and blob.digest, and the temporary files large ones were decoded into.
+        self._chunk_sections = ChunkSections(self)
         self._blob_files: dict[int, Blob] = {}
         #: For a data blob opened from a bootstrap: its blob-table entry, which locates its blob.meta when
         #: nothing in the file does (:meth:`_entry_from_blob_table`).
@@ -166,9 +162,7 @@ class Layer:
                     mapped.close()
                 except BufferError:
                     pass
-        for spilled in self._section_files:
-            spilled.close()
-        self._section_files.clear()
+        self._chunk_sections.close()
         self.source.close()
         self._fd = -1
 
@@ -557,7 +551,7 @@ class Layer:
         return h
 
     @cached_property
-    def _meta_in_clear(self) -> bool:
+    def meta_in_clear(self) -> bool:
         """Whether this file's blob.meta is stored in the clear: its header then shows its magic where an
         encrypted blob's holds ciphertext."""
         try:
@@ -571,7 +565,7 @@ class Layer:
         """blob.meta and its header as stored by an encrypted blob (``--encrypt``) are ciphertext, and the ToC
         records the plaintext's sha256: decrypted with the key the blob's table entry keeps (chunks.variants),
         the entry found by where its blob.meta lies. Unchanged for a blob that is not encrypted."""
-        if self._meta_in_clear:
+        if self.meta_in_clear:
             return raw  # the common case, told without decoding the bootstrap (which may be large)
         if self.kind == KIND_DATA_BLOB:
             # A data blob with no ToC: the bootstrap that opened it gave it its table entry.
@@ -613,11 +607,7 @@ class Layer:
         for a caller that can drop what it got (a temporary file)."""
         off, size, comp, usize, digest = self.entry_location(name)
         streamed = (Compressor.NONE, Compressor.ZSTD) if decode_zstd else (Compressor.NONE,)
-        if (
-            comp not in streamed
-            or name == BLOB_META_HEADER
-            or (name == BLOB_META and not self._meta_in_clear)
-        ):
+        if comp not in streamed or name == BLOB_META_HEADER or (name == BLOB_META and not self.meta_in_clear):
             yield self.entry(name, verify)  # small, or encrypted
             return
         h = hashlib.sha256()
@@ -664,82 +654,14 @@ class Layer:
 
     @cached_property
     def chunk_infos(self) -> blob_meta.ChunkInfoArray | None:
-        hdr = self.blob_meta_header
-        if hdr is None:
-            return None
-        off, size, comp, usize, _ = self.entry_location(BLOB_META)
+        """blob.meta's chunk-info array (chunks.sections), or None without a blob.meta header."""
         # A blob.meta file on its own starts its data at 0 (the header keeps the blob's offsets).
-        if self.kind != KIND_BLOB_META and (off != hdr.s_ci_offset or size != hdr.s_ci_compressed_size):
-            raise FormatError(
-                "blob.meta.header",
-                f"ci location {hdr.s_ci_offset}+{hdr.s_ci_compressed_size} differs from the "
-                f"blob.meta entry at {off}+{size}",
-                field="s_ci_offset",
-                offset=off + size,
-                value=hdr.s_ci_offset,
-            ).located(self.path)
-        # zran and batch blobs keep contexts after the records, parsed from the same bytes: held whole.
-        whole = hdr.s_features & (blob_meta.ZRAN | blob_meta.BATCH)
-        data = self.entry(BLOB_META) if whole else self._section_data(BLOB_META)
-        if len(data) != hdr.s_ci_uncompressed_size:
-            raise FormatError(
-                "blob.meta", "decoded size differs from the header", offset=off, value=len(data)
-            ).located(self.path)
-        return blob_meta.ChunkInfoArray(
-            data, hdr.s_ci_entries, bool(hdr.s_features & blob_meta.CHUNK_INFO_V2), off
-        )
+        return self._chunk_sections.infos(located_by_header=self.kind != KIND_BLOB_META)
 
     @cached_property
     def chunk_digests(self) -> blob_meta.DigestArray | None:
-        if not self.has_entry(BLOB_DIGEST):
-            return None
-        data = self._section_data(BLOB_DIGEST)
-        if len(data) % 32:
-            raise FormatError("blob.digest", "size is not a multiple of 32", value=len(data)).located(
-                self.path
-            )
-        hdr = self.blob_meta_header
-        if hdr is not None and len(data) != 32 * hdr.s_ci_entries:
-            raise FormatError(
-                "blob.digest",
-                f"holds {len(data) // 32} digests for {hdr.s_ci_entries} chunks",
-                value=len(data),
-            ).located(self.path)
-        return blob_meta.DigestArray(data)
-
-    def _section_data(self, name: str):
-        """Entry ``name``'s checked bytes: as bytes when small (or compressed by a codec that is not read in
-        pieces, or encrypted); else a :class:`SourceBytes` view, after its sha256 was checked by streaming
-        it. The view reads the entry where it lies only in a local file, whose bytes are those just hashed;
-        a remote one's later ranges could differ from what was hashed, so its (and any compressed) entry is
-        decoded into an unlinked temporary file as it is hashed, and read from there."""
-        off, size, comp, usize, _ = self.entry_location(name)
-        if usize < SPILL_SECTION or comp not in (Compressor.NONE, Compressor.ZSTD):
-            return self.entry(name)
-        if name == BLOB_META and not self._meta_in_clear:
-            return self.entry(name)
-        if comp is Compressor.NONE and isinstance(self.source, LocalFile):
-            for _ in self.iter_entry(name):
-                pass  # checked against the ToC after the last piece
-            return SourceBytes(Window(self.source, off, size), name)
-        spilled = LocalFile.of_fd(self._decoded_into_file(name, name), f"{self.path} ({name}, decoded)")
-        self._section_files.append(spilled)
-        return SourceBytes(spilled, name)
-
-    def _decoded_into_file(self, name: str, label: str) -> int:
-        """Entry ``name`` decoded a piece at a time into an unlinked temporary file, checked against the ToC
-        after the last piece: its descriptor, the caller's to close. Named, then unlinked at once: nothing is
-        left behind, and it shows in /proc/PID/fd and /proc/PID/maps as nydus-inspect-``label``-."""
-        fd, tmp = tempfile.mkstemp(prefix=f"nydus-inspect-{label}-")
-        os.unlink(tmp)
-        try:
-            with open(fd, "wb", closefd=False) as f:
-                for piece in self.iter_entry(name, decode_zstd=True):
-                    f.write(piece)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        """blob.digest's digests (chunks.sections), or None without that section."""
+        return self._chunk_sections.digests()
 
     # ------------------------------------------------------------------ bootstrap
     @property
@@ -789,7 +711,7 @@ class Layer:
         _, _, comp, usize, _ = self.entry_location(IMAGE_BOOT)
         if comp is not Compressor.ZSTD or usize < SPILL_BOOTSTRAP:
             return self.entry(IMAGE_BOOT)
-        fd = self._decoded_into_file(IMAGE_BOOT, "bootstrap")
+        fd = decoded_into_file(self, IMAGE_BOOT, "bootstrap")
         try:
             self._spilled = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         finally:

@@ -2,8 +2,8 @@
 at a time where they lie (an uncompressed entry of a local file) or from the temporary file they were
 decoded into (compressed, or a remote source), never held whole on the heap.
 
-The layers here are small; the size past which a section is handled so (``layer.SPILL_SECTION``) is set to 0
-so that their sections take that path."""
+The layers here are small; the size past which a section is handled so
+(``chunks.sections.SPILL_SECTION``) is set to 0 so that their sections take that path."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from test_memory_bounded import _distinct_chunks_tar
 
 from nydus_inspect import layer as layer_mod
 from nydus_inspect import pack as pack_mod
+from nydus_inspect.chunks import sections as sections_mod
 from nydus_inspect.chunks.source import LocalFile, SourceBytes
 from nydus_inspect.errors import FormatError
 from nydus_inspect.layer import Layer
@@ -35,7 +36,7 @@ def blob(tmp_path_factory):
 
 @pytest.fixture
 def spill(monkeypatch):
-    monkeypatch.setattr(layer_mod, "SPILL_SECTION", 0)
+    monkeypatch.setattr(sections_mod, "SPILL_SECTION", 0)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def test_verify_keeps_little_for_each_distinct_chunk(tmp_path, monkeypatch):
     batch took about 150."""
     import tracemalloc
 
-    monkeypatch.setattr(layer_mod, "SPILL_SECTION", 0)
+    monkeypatch.setattr(sections_mod, "SPILL_SECTION", 0)
     monkeypatch.setattr(layer_mod, "SPILL_BOOTSTRAP", 0)
     monkeypatch.setattr(SourceBytes, "PAGES", 16)
     peaks = {}

@@ -5,6 +5,8 @@
   :class:`LocalFile` is today's. A new source (an HTTP range reader) implements that protocol.
 - :mod:`.resolve`: :class:`Blob`, one blob resolved: its source, compressor, digester and recorded digests,
   per blob (a merged bootstrap's blobs each keep their own algorithms).
+- :mod:`.sections`: :class:`ChunkSections`, a layer's blob.meta chunk-info array and blob.digest, read and
+  checked; large ones read in pages where they lie or from a temporary file, not held on the heap.
 - :mod:`.decode`: :class:`ChunkReader`, the one decode-and-check path, single and batched, with the one
   decoded-chunk cache (:class:`ChunkCache`). A new codec plugs into ``codecs.decompress``.
 - :mod:`.readahead`: the one read-ahead :class:`Scheduler` (urgent and background work, claimable items, an
