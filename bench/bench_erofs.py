@@ -27,7 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from _common import BENCH_DIR, NYDUS, ensure_rootfs, load_note, measure_together, ratio, run_once, table  # noqa: E402
+from _common import (  # noqa: E402
+    BENCH_DIR,
+    NYDUS,
+    drop_caches,
+    ensure_rootfs,
+    load_note,
+    measure_together,
+    ratio,
+    run_once,
+    table,
+)
 
 from oracle import find_erofs_utils  # noqa: E402
 
@@ -86,15 +96,6 @@ def _mounters(tools: Path, image: Path, work: Path):
     return out
 
 
-def _drop_caches() -> None:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass  # not root: the figures are warm-page-cache ones for the image file
-
-
 def mount_bench(tools: Path, image: Path, work: Path, repeat: int) -> None:
     mounters = _mounters(tools, image, work)
     walls: dict[tuple[str, str], list[float]] = {}
@@ -104,7 +105,7 @@ def mount_bench(tools: Path, image: Path, work: Path, repeat: int) -> None:
             for name, mount, tree, unmount in mounters:  # in turns, so drift in load spreads over all
                 mount()
                 try:
-                    _drop_caches()
+                    drop_caches(required=False)  # not root: warm-page-cache figures for the image
                     w, _, c = run_once(cmd.format(mnt=tree), shell=True)
                 finally:
                     unmount()

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, NYDUS, ROOT, ensure_rootfs, load_note  # noqa: E402
+from _common import BENCH_DIR, NYDUS, ROOT, drop_caches, ensure_rootfs, load_note  # noqa: E402
 
 BIG_NAME = "nydus-bench-50M.bin"
 BIG_SIZE = 50 << 20
@@ -318,11 +318,6 @@ class Ratarmount(Tool):
 def is_mounted(mp: Path) -> bool:
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == str(mp) for line in f)
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def rss_kib(pid: int | None) -> tuple[int, int]:

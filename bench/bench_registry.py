@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, NYDUS, ROOT, ensure_rootfs, load_note  # noqa: E402
+from _common import BENCH_DIR, NYDUS, ROOT, drop_caches, ensure_rootfs, load_note  # noqa: E402
 
 WORK = BENCH_DIR / "registry"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -139,11 +139,6 @@ class Registry:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def mount(source: str, mp: Path, *extra: str) -> float:

@@ -23,7 +23,8 @@ Target: every exponent <= 1.1, peak RSS under 256 MiB (the mount's chunk cache s
 the real nydus tools (`make oracle`) do the same job (pack, mount), their series is printed beside ours.
 
 One run of each command per size (the inputs are large; the exponents between sizes ten times apart
-dwarf the noise of one run). The TUI's figures at 1M inodes come from bench_tui.py --inodes 1000000.
+dwarf the noise of one run), each with the page cache dropped before it (as root; otherwise the report
+says the runs were warm), so every size reads its input from the disk. The TUI's figures at 1M inodes come from bench_tui.py --inodes 1000000.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, NYDUS, ROOT, load_note, run_once  # noqa: E402
+from _common import BENCH_DIR, NYDUS, ROOT, drop_caches, load_note, run_once  # noqa: E402
 
 SCALE_DIR = BENCH_DIR / "scale"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -210,9 +211,18 @@ def oracle_dir() -> Path | None:
     return Path(lines[-1]) if proc.returncode == 0 and lines else None
 
 
+#: Whether the page cache could be dropped before each command (root only); the header says which.
+COLD = {"dropped": True}
+
+
 def timed(cmd: list[str] | str, shell: bool = False, stdin=None) -> tuple[float, float, int]:
-    """(wall s, CPU s, peak RSS KiB) of one run, after a sync (untimed) so earlier writes are not paid here."""
-    os.sync()
+    """(wall s, CPU s, peak RSS KiB) of one run. Earlier writes are synced and the page cache dropped first
+    (untimed): every size reads its input from disk, where a warm small input beside a cold large one
+    would put the cost of the disk into the exponent between them."""
+    if COLD["dropped"]:
+        COLD["dropped"] = drop_caches(required=False)
+    else:
+        os.sync()
     wall, rss, cpu = run_once(cmd, shell=shell, stdin=stdin)
     return wall, cpu, rss
 
@@ -420,6 +430,10 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
+    print(
+        "page cache: "
+        + ("dropped before every command" if COLD["dropped"] else "warm (dropping it needs root)")
+    )
     print(
         "\n".join(verdicts)
         if verdicts
