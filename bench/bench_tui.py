@@ -261,7 +261,7 @@ async def run(
             node = next(c for c in tree.root.children if str(c.label) == "d000/")
             t = time.perf_counter()
             node.expand()
-            await frames.next()
+            first = await frames.next() - t
             from tui.data import DIR_PAGE
 
             # A directory of more than a page shows its first page and a node that loads the rest.
@@ -271,7 +271,7 @@ async def run(
                 await frames.next()
             report(
                 f"expand a directory of {entries:,} entries ({min(entries, DIR_PAGE):,} shown)",
-                f"{1000 * (time.perf_counter() - t):.0f} ms",
+                f"{1000 * (time.perf_counter() - t):.0f} ms (its first frame after {1000 * first:.0f} ms)",
             )
             tree.focus()
             keys = await key_latency(tree.action_cursor_down, frames, 50)

@@ -325,6 +325,54 @@ def test_files_big_directory_pages(small):
     drive([small["zstd"]], script)
 
 
+def test_files_big_directory_is_listed_off_the_event_loop(small, monkeypatch):
+    """A directory past LIST_IN_THREAD bytes of entries is decoded in a thread, a "listing…" node shown until
+    its first page replaces it; the event loop's thread never decodes it."""
+    import threading
+
+    import tui.screens.files as files
+
+    monkeypatch.setattr(files, "LIST_IN_THREAD", 1024)  # /many's 1,500 entries take some 27 KiB
+
+    async def script(app, pilot):
+        await press(app, pilot, "4")
+        rafs = app.view.layer.rafs
+        listed_by = []
+        go_on = threading.Event()  # the listing waits until the placeholder has been seen
+        real = rafs.readdir
+
+        def readdir(nid, **kw):
+            listed_by.append(threading.current_thread())
+            go_on.wait(10)
+            return real(nid, **kw)
+
+        monkeypatch.setattr(rafs, "readdir", readdir)
+        tree = app.screen.query_one("#tree", Tree)
+        many = tree.root.children[1]
+        many.expand()
+        await pilot.pause()
+        assert [str(c.label) for c in many.children] == ["listing…"]
+        go_on.set()
+        await settle(app, pilot)
+        labels = [str(c.label) for c in many.children]
+        assert (
+            len(labels) == 1001 and labels[0] == "e00000" and labels[-1].startswith(f"… {MANY - 1000} more")
+        )
+        assert len(listed_by) == 1 and listed_by[0] is not threading.main_thread()
+        # Collapsed and expanded again, it is not listed again; a small directory is listed at once.
+        many.collapse()
+        many.expand()
+        await settle(app, pilot)
+        assert len(listed_by) == 1 and len(many.children) == 1001
+        srv = next(c for c in tree.root.children if str(c.label) == "srv/")
+        srv.expand()
+        await pilot.pause()
+        assert srv.children and "listing…" not in [str(c.label) for c in srv.children]
+        assert listed_by[1] is threading.main_thread()
+
+    drive([small["zstd"]], script)
+
+
 def test_files_detail_follows_the_cursor_once_it_rests(small, monkeypatch):
     """While the cursor moves through the tree, the detail pane waits for it to rest (each node shown costs a
     decode and a layout pass): rows passed are never shown; the row it stops on is, and a command acting on

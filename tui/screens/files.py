@@ -39,6 +39,9 @@ READ_DELAY = 0.05
 #: Seconds the cursor must rest on a node before the detail pane follows it: while an arrow key repeats, only
 #: the tree redraws (each detail shown costs a decode of the node and a layout pass of the pane).
 DETAIL_DELAY = 0.04
+#: A directory whose entries take more bytes than this (some 3,000 names) is listed in a thread, a "listing…"
+#: node shown meanwhile: decoding a directory of 100k entries takes longer than several frames.
+LIST_IN_THREAD = 1 << 16
 
 
 class FilesScreen(NydusScreen):
@@ -56,6 +59,7 @@ class FilesScreen(NydusScreen):
         self._reads = None  # the timer that starts the highlighted file's reads
         self._detail = None  # the timer that shows the highlighted node's detail
         self._highlighted: FileRef | None = None  # the node it will show
+        self._listing: dict[int, TreeNode] = {}  # tree node id -> the node whose directory a thread lists
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="files-body"):
@@ -81,6 +85,7 @@ class FilesScreen(NydusScreen):
         tree.clear()
         self.loaded.clear()
         self.totals.clear()
+        self._listing.clear()
         self.current = self._highlighted = None
         if self._detail is not None:  # a node of the tree being replaced
             self._detail.stop()
@@ -149,8 +154,35 @@ class FilesScreen(NydusScreen):
                 return
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded) -> None:
-        if event.node.id not in self.loaded:
-            self._load_children(self.view, event.node)
+        node, view = event.node, self.view
+        if node.id in self.loaded or node.id in self._listing:
+            return
+        ref = node.data
+        if isinstance(ref, FileRef) and ref.is_dir and view.dir_size(ref) is None:
+            try:
+                big = view.node(ref).size > LIST_IN_THREAD
+            except NydusInspectError:
+                big = False  # _load_children says what is wrong
+            if big:
+                # Enter on the placeholder lists the directory at once, as a "more" node loads its page.
+                node.add_leaf("listing…", data=DirPage(ref, 0))
+                self._listing[node.id] = node
+                self._list(view, ref, node)
+                return
+        self._load_children(view, node)
+
+    @work(thread=True, group="files-list")
+    def _list(self, view: LayerView, ref: FileRef, node: TreeNode) -> None:
+        try:
+            view.children(ref, 0, 0)  # keeps the listing in the view
+        except NydusInspectError:
+            pass  # not kept: _load_children lists it again and shows the error
+        self.app.call_from_thread(self._listed, view, node)
+
+    def _listed(self, view: LayerView, node: TreeNode) -> None:
+        # Not if the tree was loaded afresh meanwhile, nor if the directory was loaded already (by a reveal).
+        if self._listing.pop(node.id, None) is node and view is self.view and not self.loaded.get(node.id):
+            self._load_children(view, node)
 
     def on_tree_node_selected(self, event: Tree.NodeSelected) -> None:
         if isinstance(event.node.data, DirPage) and event.node.parent is not None:
