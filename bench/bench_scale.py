@@ -24,7 +24,8 @@ the real nydus tools (`make oracle`) do the same job (pack, mount), their series
 
 One run of each command per size (the inputs are large; the exponents between sizes ten times apart
 dwarf the noise of one run), each with the page cache dropped before it (as root; otherwise the report
-says the runs were warm), so every size reads its input from the disk. The TUI's figures at 1M inodes come from bench_tui.py --inodes 1000000.
+says the runs were warm), so every size reads its input from the disk. The TUI's figures at 1M inodes
+and 10M chunks come from `bench_tui.py --inodes 1000000 --chunks 10000000 --per-dir 100000`.
 """
 
 from __future__ import annotations
