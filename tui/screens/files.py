@@ -167,7 +167,8 @@ class FilesScreen(NydusScreen):
                 # Enter on the placeholder lists the directory at once, as a "more" node loads its page.
                 node.add_leaf("listing…", data=DirPage(ref, 0))
                 self._listing[node.id] = node
-                self._list(view, ref, node)
+                # Started once the placeholder is drawn: a thread decoding beside that frame takes the GIL from it.
+                self.call_after_refresh(self._list, view, ref, node)
                 return
         self._load_children(view, node)
 
