@@ -41,7 +41,15 @@ TIME = shutil.which("time") or "/usr/bin/time"
 def run_once(
     cmd: list[str] | str, *, stdin=None, stdout=subprocess.DEVNULL, shell: bool = False
 ) -> tuple[float, int, float]:
-    """(wall seconds, peak RSS in KiB, CPU seconds: user + system) of one run; raises if the command fails.
+    """(wall seconds, peak RSS in KiB, CPU seconds: user + system) of one run; raises if the command fails."""
+    wall, rss, user, system = run_times(cmd, stdin=stdin, stdout=stdout, shell=shell)
+    return wall, rss, user + system
+
+
+def run_times(
+    cmd: list[str] | str, *, stdin=None, stdout=subprocess.DEVNULL, shell: bool = False
+) -> tuple[float, int, float, float]:
+    """(wall seconds, peak RSS in KiB, user CPU seconds, system CPU seconds) of one run.
 
     RSS comes from GNU time, whose child is forked from that small program: rusage taken here would
     count the pre-exec copy of this (large) Python process instead.
@@ -66,7 +74,7 @@ def run_once(
         # GNU time's last line is ours; lines before it are the command's own complaints (a signal).
         last = tf.read().strip().splitlines()[-1:] or ["0 0 0"]
         rss, user, system = last[0].split()
-        return wall, int(rss), float(user) + float(system)
+        return wall, int(rss), float(user), float(system)
 
 
 def sha256_of(path: Path) -> str:

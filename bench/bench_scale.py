@@ -16,15 +16,16 @@ Series (inputs are generated, most kept in $NYDUS_BENCH_DIR/scale for the next r
 
 For each layer: `pack`, `unpack -o`, `verify`, `ls -R --json`, `diff` (against the source tar),
 `analyze --json`, and the mount (ready, `find`, `ls -lR`, a cold full `tar -cf - .`); for the layers series
-`merge` and `analyze` of the whole image. Each row: wall seconds, CPU seconds (user + system), peak RSS;
-then the growth exponent between consecutive sizes, log(t2/t1) / log(n2/n1), of CPU time (wall time for
-the mount's workloads, which run in other processes) and of RSS.
+`merge` and `analyze` of the whole image. Each row: wall seconds, user + system CPU seconds, peak
+RSS; then the growth exponent between consecutive sizes, log(t2/t1) / log(n2/n1), of user CPU time (wall
+time for the mount's workloads, which run in other processes) and of RSS. System time is printed, not
+judged: on a VM the kernel's cost of the same reads varies threefold from one run to the next.
 Target: every exponent <= 1.1, peak RSS under 256 MiB (the mount's chunk cache set to 64 MiB). Where
 the real nydus tools (`make oracle`) do the same job (pack, mount), their series is printed beside ours.
 
-One run of each command per size (the inputs are large; the exponents between sizes ten times apart
-dwarf the noise of one run), each with the page cache dropped before it (as root; otherwise the report
-says the runs were warm), so every size reads its input from the disk. The TUI's figures at 1M inodes
+One run of each command per size, three (the median reported) where it took under 30 s: on a shared
+machine a short run's time can double from one run to the next. Each run starts with the page cache
+dropped (as root; otherwise the report says the runs were warm), so every size reads its input from disk. The TUI's figures at 1M inodes
 and 10M chunks come from `bench_tui.py --inodes 1000000 --chunks 10000000 --per-dir 100000`.
 """
 
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, NYDUS, ROOT, drop_caches, load_note, run_once  # noqa: E402
+from _common import BENCH_DIR, NYDUS, ROOT, drop_caches, load_note, run_times  # noqa: E402
 
 SCALE_DIR = BENCH_DIR / "scale"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -214,37 +215,61 @@ def oracle_dir() -> Path | None:
 
 #: Whether the page cache could be dropped before each command (root only); the header says which.
 COLD = {"dropped": True}
+#: A command that ran in less than this many seconds is run twice more and the median of the three reported:
+#: on a shared machine one short run can take twice as long as the next (the host's disk, other tenants).
+REPEAT_UNDER = 30.0
 
 
-def timed(cmd: list[str] | str, shell: bool = False, stdin=None) -> tuple[float, float, int]:
-    """(wall s, CPU s, peak RSS KiB) of one run. Earlier writes are synced and the page cache dropped first
+#: A run's figures: wall s, user CPU s, system CPU s, peak RSS KiB.
+Figures = tuple[float, float, float, int]
+
+
+def repeated(once) -> Figures:
+    """The medians of ``once()``'s times, run once or three times if it was short, and its highest RSS."""
+    runs = [once()]
+    if runs[0][0] < REPEAT_UNDER:
+        runs += [once(), once()]
+    mid = len(runs) // 2
+    return (*(sorted(r[i] for r in runs)[mid] for i in range(3)), max(r[3] for r in runs))
+
+
+def run_cold(cmd: list[str] | str, shell: bool = False, stdin=None) -> Figures:
+    """The figures of one run. Earlier writes are synced and the page cache dropped first
     (untimed): every size reads its input from disk, where a warm small input beside a cold large one
     would put the cost of the disk into the exponent between them."""
     if COLD["dropped"]:
         COLD["dropped"] = drop_caches(required=False)
     else:
         os.sync()
-    wall, rss, cpu = run_once(cmd, shell=shell, stdin=stdin)
-    return wall, cpu, rss
+    wall, rss, user, system = run_times(cmd, shell=shell, stdin=stdin)
+    return wall, user, system, rss
 
 
-def timed_on(tar: Path | Streamed, cmd, stdin_name: str = "-") -> tuple[float, float, int]:
+def timed(cmd: list[str] | str, shell: bool = False) -> Figures:
+    return repeated(lambda: run_cold(cmd, shell=shell))
+
+
+def timed_on(tar: Path | Streamed, cmd, stdin_name: str = "-") -> Figures:
     """``timed(cmd(path))`` of a tar on disk, or of a streamed one given as ``stdin_name`` with the child's
     output on stdin (the child's own time is not counted: it is not a child of GNU time)."""
     if isinstance(tar, Path):
         return timed(cmd(str(tar)))
-    # The generator's exit status is not looked at: a reader that stops at the tar's end-of-archive
-    # blocks leaves it an EPIPE on the rest of the last record, and a generator that failed midway
-    # leaves a truncated tar, which fails the reader.
-    with subprocess.Popen(tar.argv, stdout=subprocess.PIPE) as gen:
-        try:
-            return timed(cmd(stdin_name), stdin=gen.stdout)
-        finally:
-            gen.stdout.close()
-            gen.kill()
+
+    def once() -> Figures:
+        # The generator's exit status is not looked at: a reader that stops at the tar's end-of-archive
+        # blocks leaves it an EPIPE on the rest of the last record, and a generator that failed midway
+        # leaves a truncated tar, which fails the reader.
+        with subprocess.Popen(tar.argv, stdout=subprocess.PIPE) as gen:
+            try:
+                return run_cold(cmd(stdin_name), stdin=gen.stdout)
+            finally:
+                gen.stdout.close()
+                gen.kill()
+
+    return repeated(once)
 
 
-def mount_figures(blob: Path, work: Path, oracle: Path | None) -> dict[str, tuple[float, float, int]]:
+def mount_figures(blob: Path, work: Path, oracle: Path | None) -> dict[str, Figures]:
     """Mount ready, then cold find, ls -lR and full tar, each on a fresh mount: ours, and nydusd's beside."""
     import bench_mount
 
@@ -274,14 +299,18 @@ def mount_figures(blob: Path, work: Path, oracle: Path | None) -> dict[str, tupl
         label = "mount" if isinstance(tool, Ours) else "nydusd"
         ready = tool.mount(mp)
         tool.umount(mp)
-        figures[f"{label} ready"] = (ready, 0.0, 0)
+        figures[f"{label} ready"] = (ready, 0.0, 0.0, 0)
         for what, shell in (
             ("find", "find . | wc -l"),
             ("ls -lR", "ls -lR > /dev/null"),
             ("tar", "tar -cf - . | wc -c"),
         ):
-            wall, peak = bench_mount.run_workload(tool, mp, shell)
-            figures[f"{label} {what}"] = (wall, 0.0, peak)
+
+            def once(tool=tool, shell: str = shell) -> Figures:
+                wall, peak = bench_mount.run_workload(tool, mp, shell)
+                return wall, 0.0, 0.0, peak
+
+            figures[f"{label} {what}"] = repeated(once)
     return figures
 
 
@@ -352,31 +381,34 @@ def report(series: str, sizes: list[int], unit: str, results: list[dict]) -> lis
     """One table per series (a row per command, a column per size) and the verdicts it yields."""
     verdicts = []
     names = [n for n in results[0] if all(n in r for r in results)]
-    head = "".join(f"{f'{s:,} {unit}':>32}" for s in sizes)
+    head = "".join(f"{f'{s:,} {unit}':>34}" for s in sizes)
     print(
-        f"\n== {series}: wall s / CPU s / peak RSS MiB at each size; exponent of CPU (or wall) and RSS growth"
+        f"\n== {series}: wall s / user + system CPU s / peak RSS MiB at each size; "
+        "exponent of user CPU (or wall) and RSS growth"
     )
-    print(f"{'command':<22}{head}   exponents (CPU or wall, RSS)")
+    print(f"{'command':<22}{head}   exponents (user CPU or wall, RSS)")
     for name in names:
         cells = "".join(
-            f"{f'{w:.2f} / {c:.2f} / {r / 1024:.0f}':>32}" for w, c, r in (res[name] for res in results)
+            f"{f'{w:.2f} / {u:.2f} + {y:.2f} / {r / 1024:.0f}':>34}"
+            for w, u, y, r in (res[name] for res in results)
         )
         exps = []
         for (s1, r1), (s2, r2) in zip(zip(sizes, results), zip(sizes[1:], results[1:])):
             k = math.log(s2 / s1)
-            # CPU time, not wall, where it was measured: on a machine shared with other work the wall
-            # time of the bigger run takes the load, the CPU time does not. The mount's workloads run
-            # in other processes (CPU 0 here): their wall time is all there is.
+            # User CPU time where it was measured: the wall time of the bigger run takes whatever else
+            # shares the machine, and the system time of reading and writing files here (a VM) varies
+            # threefold between identical runs with the page cache dropped. The mount's workloads run in
+            # other processes (no CPU counted here): their wall time is all there is.
             t = 1 if r1[name][1] > 0 and r2[name][1] > 0 else 0
             ew = math.log(max(r2[name][t], 1e-3) / max(r1[name][t], 1e-3)) / k
-            er = math.log(max(r2[name][2], 1) / max(r1[name][2], 1)) / k if r1[name][2] else 0.0
+            er = math.log(max(r2[name][3], 1) / max(r1[name][3], 1)) / k if r1[name][3] else 0.0
             exps.append(f"{ew:.2f},{er:.2f}")
             if ew > EXPONENT_BOUND and not name.startswith(("nydusd", "nydus-image")):
-                what = "CPU" if t else "wall"
+                what = "user CPU" if t else "wall"
                 verdicts.append(
                     f"{series}: {name} {what} time grows with exponent {ew:.2f} from {s1:,} to {s2:,} {unit}"
                 )
-        peak = max(res[name][2] for res in results) / 1024
+        peak = max(res[name][3] for res in results) / 1024
         if peak > RSS_BOUND_MIB and not name.startswith(("nydusd", "nydus-image")):
             verdicts.append(f"{series}: {name} peaks at {peak:.0f} MiB (bound {RSS_BOUND_MIB})")
         print(f"{name:<22}{cells}   {' '.join(exps)}")
