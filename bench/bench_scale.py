@@ -25,8 +25,9 @@ the real nydus tools (`make oracle`) do the same job (pack, mount), their series
 
 One run of each command per size, three (the median reported) where it took under 30 s: on a shared
 machine a short run's time can double from one run to the next. Each run starts with the page cache
-dropped (as root; otherwise the report says the runs were warm), so every size reads its input from disk. The TUI's figures at 1M inodes
-and 10M chunks come from `bench_tui.py --inodes 1000000 --chunks 10000000 --per-dir 100000`.
+dropped (as root; otherwise the report says the runs were warm), so every size reads its input from disk.
+The TUI's figures at 1M inodes and 10M chunks come from
+`bench_tui.py --inodes 1000000 --chunks 10000000 --per-dir 100000`.
 """
 
 from __future__ import annotations
