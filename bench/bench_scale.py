@@ -238,10 +238,8 @@ def run_cold(cmd: list[str] | str, shell: bool = False, stdin=None) -> Figures:
     """The figures of one run. Earlier writes are synced and the page cache dropped first
     (untimed): every size reads its input from disk, where a warm small input beside a cold large one
     would put the cost of the disk into the exponent between them."""
-    if COLD["dropped"]:
-        COLD["dropped"] = drop_caches(required=False)
-    else:
-        os.sync()
+    if not drop_caches(required=False):  # it syncs in any case
+        COLD["dropped"] = False
     wall, rss, user, system = run_times(cmd, shell=shell, stdin=stdin)
     return wall, user, system, rss
 
